@@ -1,0 +1,276 @@
+//! The shard actor: the single owner of a shard's state.
+//!
+//! Every change and every read of a shard goes through its actor's mailbox,
+//! one message at a time, so item state needs no locks. Actors run on a small
+//! pool of actix arbiters (one thread each, as many as there are cores), many
+//! shards to an arbiter. The mailbox is actix's bounded one: a caller that
+//! outpaces the shard waits at `send`, memory does not grow.
+
+use std::io;
+use std::thread::JoinHandle;
+
+use actix::dev::MessageResponse;
+use actix::prelude::*;
+use rkyv::util::AlignedVec;
+
+use crate::error::{ApplyError, SnapshotError};
+use crate::event::EventRecord;
+use crate::log::LogEntry;
+use crate::snapshot::SnapshotMeta;
+use crate::state::{Applied, ShardState};
+
+/// Owns one shard's state.
+#[derive(Debug)]
+pub struct ShardActor {
+    state: ShardState,
+    /// Reused across entries so a steady stream of applies does not allocate
+    /// new outcome and event buffers each time.
+    spare: Vec<Applied>,
+}
+
+impl ShardActor {
+    pub fn new(state: ShardState) -> Self {
+        Self {
+            state,
+            spare: Vec::new(),
+        }
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+}
+
+/// Apply committed entries in order. With `describe_events` the answer also
+/// names each event's item, for the leader to publish.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AppliedEntries, ApplyError>")]
+pub struct Apply {
+    pub entries: Vec<LogEntry>,
+    pub describe_events: bool,
+}
+
+#[derive(Debug, Default, MessageResponse)]
+pub struct AppliedEntries {
+    /// One per entry, in order. Entries after a failure are not applied.
+    pub applied: Vec<Applied>,
+    pub records: Vec<EventRecord>,
+}
+
+impl Handler<Apply> for ShardActor {
+    type Result = Result<AppliedEntries, ApplyError>;
+
+    fn handle(&mut self, message: Apply, _: &mut Context<Self>) -> Self::Result {
+        let mut answer = AppliedEntries {
+            applied: Vec::with_capacity(message.entries.len()),
+            records: Vec::new(),
+        };
+        for entry in &message.entries {
+            let mut applied = self.spare.pop().unwrap_or_default();
+            self.state.apply_into(entry, &mut applied)?;
+            if message.describe_events {
+                answer.records.extend(
+                    applied
+                        .events
+                        .iter()
+                        .map(|event| self.state.describe(event)),
+                );
+            }
+            answer.applied.push(applied);
+        }
+        Ok(answer)
+    }
+}
+
+/// Run a read against the state. The closure must be quick: the shard
+/// applies nothing while it runs.
+pub struct Read<R: Send + 'static>(pub Box<dyn FnOnce(&ShardState) -> R + Send>);
+
+impl<R: Send + 'static> Read<R> {
+    pub fn new(read: impl FnOnce(&ShardState) -> R + Send + 'static) -> Self {
+        Self(Box::new(read))
+    }
+}
+
+impl<R: Send + 'static> std::fmt::Debug for Read<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Read")
+    }
+}
+
+impl<R: Send + 'static> Message for Read<R> {
+    type Result = ReadAnswer<R>;
+}
+
+/// The answer of a `Read`.
+#[derive(Debug)]
+pub struct ReadAnswer<R>(pub R);
+
+impl<R: Send + 'static> MessageResponse<ShardActor, Read<R>> for ReadAnswer<R> {
+    fn handle(
+        self,
+        _: &mut Context<ShardActor>,
+        tx: Option<actix::dev::OneshotSender<ReadAnswer<R>>>,
+    ) {
+        if let Some(tx) = tx {
+            let _ = tx.send(self);
+        }
+    }
+}
+
+impl<R: Send + 'static> Handler<Read<R>> for ShardActor {
+    type Result = ReadAnswer<R>;
+
+    fn handle(&mut self, message: Read<R>, _: &mut Context<Self>) -> ReadAnswer<R> {
+        ReadAnswer((message.0)(&self.state))
+    }
+}
+
+/// Serialise the state for a snapshot. The bytes are written to disk
+/// elsewhere, so the shard is busy only for the serialisation.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SnapshotBytes, SnapshotError>")]
+pub struct TakeSnapshot;
+
+#[derive(Debug, MessageResponse)]
+pub struct SnapshotBytes {
+    pub meta: SnapshotMeta,
+    pub state: AlignedVec,
+}
+
+impl Handler<TakeSnapshot> for ShardActor {
+    type Result = Result<SnapshotBytes, SnapshotError>;
+
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        Ok(SnapshotBytes {
+            meta: SnapshotMeta::of(&self.state),
+            state: self.state.to_snapshot_bytes()?,
+        })
+    }
+}
+
+/// Replace the state with one loaded from a snapshot.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Install(pub Box<ShardState>);
+
+impl Handler<Install> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Install, _: &mut Context<Self>) {
+        self.state = *message.0;
+    }
+}
+
+/// Hand back buffers of `Applied` once the caller is done with them.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Recycle(pub Vec<Applied>);
+
+impl Handler<Recycle> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Recycle, _: &mut Context<Self>) {
+        // Bounded: one entry's worth of buffers per shard is plenty to reuse.
+        const SPARE_MAX: usize = 64;
+        for applied in message.0 {
+            if self.spare.len() >= SPARE_MAX {
+                break;
+            }
+            self.spare.push(applied);
+        }
+    }
+}
+
+/// The shard actors of a process, on their arbiters.
+#[derive(Debug)]
+pub struct ShardPool {
+    shards: Vec<Addr<ShardActor>>,
+    system: System,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ShardPool {
+    /// Starts one actor per state, spread round-robin over `arbiters`
+    /// threads (at least one; use `default_arbiters()` for one per core).
+    pub fn start(states: Vec<ShardState>, arbiters: usize) -> io::Result<ShardPool> {
+        let arbiters = arbiters.clamp(1, states.len().max(1));
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("tally-shards".into())
+            .spawn(move || {
+                let runner = System::new();
+                let started = runner.block_on(async move {
+                    let mut threads = Vec::with_capacity(arbiters);
+                    for _ in 0..arbiters {
+                        threads.push(Arbiter::try_new()?);
+                    }
+                    let shards: Vec<Addr<ShardActor>> = states
+                        .into_iter()
+                        .enumerate()
+                        .map(|(shard, state)| {
+                            let arbiter = threads[shard % arbiters].handle();
+                            ShardActor::start_in_arbiter(&arbiter, move |_| ShardActor::new(state))
+                        })
+                        .collect();
+                    io::Result::Ok((shards, threads))
+                });
+                match started {
+                    Ok((shards, threads)) => {
+                        let _ = sender.send(Ok((shards, System::current())));
+                        let _ = runner.run();
+                        for thread in threads {
+                            thread.stop();
+                            let _ = thread.join();
+                        }
+                    }
+                    Err(error) => {
+                        let _ = sender.send(Err(error));
+                    }
+                }
+            })?;
+        let (shards, system) = receiver
+            .recv()
+            .map_err(|_| io::Error::other("shard pool thread died while starting"))??;
+        Ok(ShardPool {
+            shards,
+            system,
+            thread: Some(thread),
+        })
+    }
+
+    /// One arbiter per core.
+    pub fn default_arbiters() -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    pub fn shard(&self, shard: u32) -> Option<&Addr<ShardActor>> {
+        self.shards.get(shard as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// Stops every actor and waits for the threads to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.system.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ShardPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,275 @@
+//! `Adjust`: add to or take from `on_hand` by a signed delta, with a reason.
+//!
+//! Receipts, returns, write-offs, count corrections and offline sales all
+//! come through here. An adjustment never takes `on_hand` below `reserved`
+//! (held units stay sellable) nor above `QUANTITY_MAX`.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::error::{Field, InputError};
+use crate::event::Cause;
+use crate::ids::{Principal, QUANTITY_MAX, Sku, Warehouse};
+use crate::item::MovementReason;
+use crate::outcome::{Outcome, Refusal};
+use crate::state::{Change, Emitter, ShardState};
+
+/// Why stock was adjusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum AdjustReason {
+    Receive,
+    Return,
+    Damage,
+    Loss,
+    Count,
+    Sale,
+    Correction,
+}
+
+impl AdjustReason {
+    pub const ALL: [AdjustReason; 7] = [
+        AdjustReason::Receive,
+        AdjustReason::Return,
+        AdjustReason::Damage,
+        AdjustReason::Loss,
+        AdjustReason::Count,
+        AdjustReason::Sale,
+        AdjustReason::Correction,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        self.movement().as_str()
+    }
+
+    pub fn movement(self) -> MovementReason {
+        match self {
+            AdjustReason::Receive => MovementReason::Receive,
+            AdjustReason::Return => MovementReason::Return,
+            AdjustReason::Damage => MovementReason::Damage,
+            AdjustReason::Loss => MovementReason::Loss,
+            AdjustReason::Count => MovementReason::Count,
+            AdjustReason::Sale => MovementReason::Sale,
+            AdjustReason::Correction => MovementReason::Correction,
+        }
+    }
+}
+
+impl std::str::FromStr for AdjustReason {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        AdjustReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+            .ok_or(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Adjust {
+    pub sku: Sku,
+    pub warehouse: Warehouse,
+    /// Units to add (positive) or take away (negative); never 0.
+    pub delta: i64,
+    pub reason: AdjustReason,
+    pub principal: Option<Principal>,
+}
+
+impl Adjust {
+    pub fn validate(&self) -> Result<(), InputError> {
+        self.sku.check()?;
+        self.warehouse.check()?;
+        if self.delta == 0 {
+            return Err(InputError::Zero {
+                field: Field::Delta,
+            });
+        }
+        if self.delta.unsigned_abs() > QUANTITY_MAX {
+            return Err(InputError::TooLarge {
+                field: Field::Delta,
+                value: self.delta.unsigned_abs(),
+                max: QUANTITY_MAX,
+            });
+        }
+        if let Some(principal) = &self.principal {
+            principal.check()?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn apply(state: &mut ShardState, command: &Adjust, emitter: &mut Emitter) -> Outcome {
+    let Some(id) = state.find_item(command.sku.as_str(), command.warehouse.as_str()) else {
+        return Refusal::ItemNotFound.into();
+    };
+    let item = state.item(id);
+    let on_hand = match item.on_hand.checked_add_signed(command.delta) {
+        Some(on_hand) if on_hand >= item.reserved => on_hand,
+        _ => {
+            return Refusal::BelowReserved {
+                on_hand: item.on_hand,
+                reserved: item.reserved,
+            }
+            .into();
+        }
+    };
+    if on_hand > QUANTITY_MAX {
+        return Refusal::QuantityOverflow { max: QUANTITY_MAX }.into();
+    }
+    let before = state.before(id);
+    let who = state.who(command.principal.as_ref());
+    state.item_mut(id).on_hand = on_hand;
+    let change = Change {
+        cause: Cause::Adjust(command.reason),
+        movement: Some((command.reason.movement(), who)),
+        created: false,
+    };
+    state.finish_change(id, before, change, emitter);
+    Outcome::Adjusted {
+        item: state.item_view(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::Command;
+    use crate::event::EventKind;
+    use crate::item::Status;
+    use crate::state::tests_support::{Fixture, sku_of, wh};
+
+    fn adjust(delta: i64, reason: AdjustReason) -> Command {
+        Command::Adjust(Adjust {
+            sku: sku_of("SKU-1"),
+            warehouse: wh("berlin"),
+            delta,
+            reason,
+            principal: Some(Principal::new("erp-sync").unwrap_or_else(|e| panic!("{e}"))),
+        })
+    }
+
+    #[test]
+    fn adjust_adds_and_takes_stock_with_a_reason() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        let received = f.one(adjust(5, AdjustReason::Receive));
+        assert!(
+            matches!(received, Outcome::Adjusted { ref item } if item.on_hand == 15 && item.version == 2)
+        );
+        let damaged = f.one(adjust(-3, AdjustReason::Damage));
+        assert!(matches!(damaged, Outcome::Adjusted { ref item } if item.on_hand == 12));
+        let history = f.state.history("SKU-1", "berlin", 2).unwrap_or_default();
+        assert_eq!(history[0].reason, MovementReason::Damage);
+        assert_eq!(
+            (
+                history[0].on_hand_before,
+                history[0].on_hand_after,
+                history[0].delta
+            ),
+            (15, 12, -3)
+        );
+        assert_eq!(history[0].who, "erp-sync");
+        assert_eq!(history[1].reason, MovementReason::Receive);
+    }
+
+    #[test]
+    fn adjust_of_a_missing_item_is_refused() {
+        let mut f = Fixture::new();
+        assert_eq!(
+            f.one(adjust(5, AdjustReason::Receive)),
+            Outcome::Refused(Refusal::ItemNotFound)
+        );
+    }
+
+    #[test]
+    fn adjust_refuses_to_go_below_reserved() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 8)]);
+        assert_eq!(
+            f.one(adjust(-3, AdjustReason::Damage)),
+            Outcome::Refused(Refusal::BelowReserved {
+                on_hand: 10,
+                reserved: 8
+            })
+        );
+        assert_eq!(
+            f.one(adjust(-11, AdjustReason::Loss)),
+            Outcome::Refused(Refusal::BelowReserved {
+                on_hand: 10,
+                reserved: 8
+            })
+        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 8));
+        assert!(matches!(
+            f.one(adjust(-2, AdjustReason::Damage)),
+            Outcome::Adjusted { .. }
+        ));
+    }
+
+    #[test]
+    fn adjust_refuses_to_pass_the_maximum() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", QUANTITY_MAX - 1, 0);
+        assert_eq!(
+            f.one(adjust(2, AdjustReason::Receive)),
+            Outcome::Refused(Refusal::QuantityOverflow { max: QUANTITY_MAX })
+        );
+    }
+
+    #[test]
+    fn adjust_refuses_a_zero_or_huge_delta_as_bad_input() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 1, 0);
+        assert_eq!(
+            f.one(adjust(0, AdjustReason::Count))
+                .refusal()
+                .map(Refusal::code),
+            Some("quantity_zero")
+        );
+        assert_eq!(
+            f.one(adjust(i64::MIN, AdjustReason::Count))
+                .refusal()
+                .map(Refusal::code),
+            Some("quantity_too_large")
+        );
+    }
+
+    #[test]
+    fn adjust_to_zero_crosses_to_out_of_stock_once() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 2);
+        let first = f.run(vec![
+            adjust(-3, AdjustReason::Sale),
+            adjust(-2, AdjustReason::Sale),
+        ]);
+        let crossings: Vec<(Status, Status)> = first
+            .events
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::ThresholdCrossed { from, to, .. } => Some((from, to)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            crossings,
+            vec![
+                (Status::InStock, Status::LowStock),
+                (Status::LowStock, Status::OutOfStock)
+            ]
+        );
+        let positions: Vec<u32> = first.events.iter().map(|e| e.id.position).collect();
+        assert_eq!(
+            positions,
+            (0..first.events.len() as u32).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn adjust_reasons_round_trip_through_their_names() {
+        for reason in AdjustReason::ALL {
+            assert_eq!(reason.as_str().parse::<AdjustReason>(), Ok(reason));
+        }
+        assert_eq!("teleport".parse::<AdjustReason>(), Err(()));
+    }
+}

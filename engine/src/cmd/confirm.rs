@@ -1,0 +1,126 @@
+//! `Confirm`: the sale. Every line of a held reservation leaves the shelf:
+//! `on_hand -= q`, `reserved -= q`.
+//!
+//! Idempotent: confirming a confirmed reservation answers the same
+//! (`replayed`). A released or expired reservation cannot be confirmed; each
+//! refusal has its own code, so the caller can tell the shopper why.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::ids::ReservationId;
+use crate::outcome::{Outcome, Refusal};
+use crate::reservation::ReservationState;
+use crate::state::{Emitter, ShardState};
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Confirm {
+    pub id: ReservationId,
+}
+
+pub(super) fn apply(state: &mut ShardState, command: &Confirm, emitter: &mut Emitter) -> Outcome {
+    let Some(slot) = state.find_reservation(&command.id) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    let Some(current) = state.summary(slot) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    match current.state {
+        ReservationState::Held => {
+            match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
+                Some(reservation) => Outcome::Confirmed {
+                    reservation,
+                    replayed: false,
+                },
+                None => Refusal::ReservationNotFound.into(),
+            }
+        }
+        ReservationState::Confirmed => Outcome::Confirmed {
+            reservation: current,
+            replayed: true,
+        },
+        ReservationState::Released => Refusal::AlreadyReleased.into(),
+        ReservationState::Expired => Refusal::AlreadyExpired.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::Command;
+    use crate::item::MovementReason;
+    use crate::state::tests_support::{Fixture, rid};
+
+    fn confirm(n: u8) -> Command {
+        Command::Confirm(Confirm { id: rid(n) })
+    }
+
+    #[test]
+    fn confirm_sells_the_held_units() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        let outcome = f.one(confirm(1));
+        assert!(
+            matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false }
+            if reservation.state == ReservationState::Confirmed && reservation.ended_at_ms == Some(1_000))
+        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
+        let history = f.state.history("SKU-1", "berlin", 1).unwrap_or_default();
+        assert_eq!(history[0].reason, MovementReason::Confirmed);
+        assert_eq!(history[0].who, rid(1).to_string());
+    }
+
+    #[test]
+    fn confirming_twice_answers_the_same_and_sells_once() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        let Outcome::Confirmed {
+            reservation: first, ..
+        } = f.one(confirm(1))
+        else {
+            panic!("not confirmed")
+        };
+        let again = f.one(confirm(1));
+        assert_eq!(
+            again,
+            Outcome::Confirmed {
+                reservation: first,
+                replayed: true
+            }
+        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
+    }
+
+    #[test]
+    fn confirm_after_release_is_refused() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        f.one(Command::Release(crate::cmd::Release { id: rid(1) }));
+        assert_eq!(
+            f.one(confirm(1)),
+            Outcome::Refused(Refusal::AlreadyReleased)
+        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
+    }
+
+    #[test]
+    fn confirm_after_expiry_is_refused() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        f.now_ms += 60_000;
+        assert_eq!(f.one(confirm(1)), Outcome::Refused(Refusal::AlreadyExpired));
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
+    }
+
+    #[test]
+    fn confirm_of_an_unknown_reservation_is_refused() {
+        let mut f = Fixture::new();
+        assert_eq!(
+            f.one(confirm(9)),
+            Outcome::Refused(Refusal::ReservationNotFound)
+        );
+    }
+}

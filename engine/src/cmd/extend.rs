@@ -1,0 +1,141 @@
+//! `Extend`: move a held reservation's deadline later (a shopper still in
+//! checkout). Idempotent: extending to the deadline it already has answers the
+//! same. A deadline is never moved earlier (release instead), never past the
+//! longest hold allowed from now, and a terminal reservation cannot be
+//! extended.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::cmd::Deadline;
+use crate::error::InputError;
+use crate::ids::ReservationId;
+use crate::outcome::{Outcome, Refusal};
+use crate::reservation::ReservationState;
+use crate::state::ShardState;
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Extend {
+    pub id: ReservationId,
+    pub deadline: Deadline,
+}
+
+impl Extend {
+    pub fn validate(&self) -> Result<(), InputError> {
+        self.deadline.validate()
+    }
+}
+
+pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Outcome {
+    let Some(slot) = state.find_reservation(&command.id) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    let Some(current) = state.summary(slot) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    match current.state {
+        ReservationState::Held => {}
+        ReservationState::Confirmed => return Refusal::AlreadyConfirmed.into(),
+        ReservationState::Released => return Refusal::AlreadyReleased.into(),
+        ReservationState::Expired => return Refusal::AlreadyExpired.into(),
+    }
+    let deadline_ms = match command
+        .deadline
+        .resolve(state.now_ms(), state.limits().hold_ttl_max_ms)
+    {
+        Ok(deadline_ms) => deadline_ms,
+        Err(refusal) => return refusal.into(),
+    };
+    if deadline_ms < current.deadline_ms {
+        return Refusal::DeadlineEarlier {
+            current_ms: current.deadline_ms,
+            requested_ms: deadline_ms,
+        }
+        .into();
+    }
+    if deadline_ms > current.deadline_ms {
+        state.move_deadline(slot, deadline_ms);
+    }
+    match state.summary(slot) {
+        Some(reservation) => Outcome::Extended { reservation },
+        None => Refusal::ReservationNotFound.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::{Command, Release};
+    use crate::state::tests_support::{Fixture, rid};
+
+    fn extend(n: u8, deadline: Deadline) -> Command {
+        Command::Extend(Extend {
+            id: rid(n),
+            deadline,
+        })
+    }
+
+    #[test]
+    fn extend_moves_the_deadline_and_the_hold_lives_until_it() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        f.now_ms += 30_000;
+        let outcome = f.one(extend(1, Deadline::AfterMs(60_000)));
+        assert!(
+            matches!(outcome, Outcome::Extended { ref reservation } if reservation.deadline_ms == 91_000)
+        );
+        f.now_ms = 90_999;
+        f.run(vec![Command::Tick]);
+        assert_eq!(
+            f.levels("SKU-1", "berlin"),
+            (10, 4),
+            "still held before the new deadline"
+        );
+        f.now_ms = 91_000;
+        f.run(vec![Command::Tick]);
+        assert_eq!(
+            f.levels("SKU-1", "berlin"),
+            (10, 0),
+            "expired at the new deadline"
+        );
+    }
+
+    #[test]
+    fn extend_to_the_same_deadline_answers_the_same() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        let first = f.one(extend(1, Deadline::AtMs(61_000)));
+        assert_eq!(first, f.one(extend(1, Deadline::AtMs(61_000))));
+    }
+
+    #[test]
+    fn extend_never_moves_a_deadline_earlier() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        assert_eq!(
+            f.one(extend(1, Deadline::AfterMs(10))),
+            Outcome::Refused(Refusal::DeadlineEarlier {
+                current_ms: 61_000,
+                requested_ms: 1_010
+            })
+        );
+    }
+
+    #[test]
+    fn extend_of_a_terminal_or_unknown_reservation_is_refused() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        f.one(Command::Release(Release { id: rid(1) }));
+        assert_eq!(
+            f.one(extend(1, Deadline::AfterMs(90_000))),
+            Outcome::Refused(Refusal::AlreadyReleased)
+        );
+        assert_eq!(
+            f.one(extend(2, Deadline::AfterMs(90_000))),
+            Outcome::Refused(Refusal::ReservationNotFound)
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! Commands: one file per command, each with the same shape — the command's
+//! fields, `validate` (input rules, no state), and `apply` (state rules, then
+//! the change, then the outcome).
+//!
+//! `apply` functions check everything before they write anything, so a refused
+//! command changes nothing. They run inside `ShardState::apply`, after the
+//! shard's clock has moved to the entry's time and due holds have expired.
+
+mod adjust;
+mod confirm;
+mod extend;
+mod hold;
+mod release;
+mod set_limits;
+mod transfer;
+mod upsert;
+
+pub use adjust::{Adjust, AdjustReason};
+pub use confirm::Confirm;
+pub use extend::Extend;
+pub use hold::{Deadline, Hold, HoldLine};
+pub use release::Release;
+pub use set_limits::SetLimits;
+pub use transfer::Transfer;
+pub use upsert::{AttrUpdate, Expect, UpsertItem};
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::error::InputError;
+use crate::outcome::Outcome;
+use crate::state::{Emitter, ShardState};
+
+/// A change to one shard, applied atomically by its actor.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Command {
+    UpsertItem(UpsertItem),
+    Adjust(Adjust),
+    Transfer(Transfer),
+    Hold(Hold),
+    Confirm(Confirm),
+    Release(Release),
+    Extend(Extend),
+    SetLimits(SetLimits),
+    /// Moves log time only; the leader proposes it when a deadline is due and
+    /// nothing else flows, so holds expire on time without traffic.
+    Tick,
+}
+
+impl Command {
+    /// The SKU whose shard must apply this command, if it names one.
+    pub fn routing_sku(&self) -> Option<&str> {
+        match self {
+            Command::UpsertItem(c) => Some(c.sku.as_str()),
+            Command::Adjust(c) => Some(c.sku.as_str()),
+            Command::Transfer(c) => Some(c.sku.as_str()),
+            Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
+            Command::Confirm(_)
+            | Command::Release(_)
+            | Command::Extend(_)
+            | Command::SetLimits(_)
+            | Command::Tick => None,
+        }
+    }
+
+    /// Input rules that need no state. Run by `apply` too, because a command
+    /// read from the log or a peer was built without the constructors.
+    pub fn validate(&self, lines_per_hold_max: u32) -> Result<(), InputError> {
+        match self {
+            Command::UpsertItem(c) => c.validate(),
+            Command::Adjust(c) => c.validate(),
+            Command::Transfer(c) => c.validate(),
+            Command::Hold(c) => c.validate(lines_per_hold_max),
+            Command::Extend(c) => c.validate(),
+            Command::SetLimits(c) => c.validate(),
+            Command::Confirm(_) | Command::Release(_) | Command::Tick => Ok(()),
+        }
+    }
+}
+
+/// Applies one command. The caller has advanced time and expired holds.
+pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emitter) -> Outcome {
+    if let Err(error) = command.validate(state.limits().lines_per_hold_max) {
+        return error.into();
+    }
+    if let Some(error) = state.wrong_shard(command) {
+        return error.into();
+    }
+    match command {
+        Command::UpsertItem(c) => upsert::apply(state, c, emitter),
+        Command::Adjust(c) => adjust::apply(state, c, emitter),
+        Command::Transfer(c) => transfer::apply(state, c, emitter),
+        Command::Hold(c) => hold::apply(state, c, emitter),
+        Command::Confirm(c) => confirm::apply(state, c, emitter),
+        Command::Release(c) => release::apply(state, c, emitter),
+        Command::Extend(c) => extend::apply(state, c),
+        Command::SetLimits(c) => set_limits::apply(state, c),
+        Command::Tick => Outcome::Ticked,
+    }
+}

@@ -1,0 +1,173 @@
+//! `Release`: give a hold back. Every line's units return to `available`.
+//!
+//! Idempotent: releasing a released reservation answers the same
+//! (`replayed`). A confirmed reservation is sold and cannot be released; an
+//! expired one already gave its units back. Each has its own refusal.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::ids::ReservationId;
+use crate::outcome::{Outcome, Refusal};
+use crate::reservation::ReservationState;
+use crate::state::{Emitter, ShardState};
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Release {
+    pub id: ReservationId,
+}
+
+pub(super) fn apply(state: &mut ShardState, command: &Release, emitter: &mut Emitter) -> Outcome {
+    let Some(slot) = state.find_reservation(&command.id) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    let Some(current) = state.summary(slot) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    match current.state {
+        ReservationState::Held => {
+            match state.end_reservation(slot, ReservationState::Released, emitter) {
+                Some(reservation) => Outcome::Released {
+                    reservation,
+                    replayed: false,
+                },
+                None => Refusal::ReservationNotFound.into(),
+            }
+        }
+        ReservationState::Released => Outcome::Released {
+            reservation: current,
+            replayed: true,
+        },
+        ReservationState::Confirmed => Refusal::AlreadyConfirmed.into(),
+        ReservationState::Expired => Refusal::AlreadyExpired.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::{Command, Confirm};
+    use crate::config::Limits;
+    use crate::event::{Cause, EventKind};
+    use crate::state::tests_support::{Fixture, rid};
+
+    fn release(n: u8) -> Command {
+        Command::Release(Release { id: rid(n) })
+    }
+
+    #[test]
+    fn release_gives_the_units_back() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        let applied = f.run(vec![release(1)]);
+        assert!(matches!(
+            applied.outcomes[0],
+            Outcome::Released {
+                replayed: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            applied.events[0].kind,
+            EventKind::StockChanged {
+                cause: Cause::Release(_),
+                ..
+            }
+        ));
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
+        assert!(
+            f.state
+                .history("SKU-1", "berlin", 10)
+                .unwrap_or_default()
+                .len()
+                == 1,
+            "a release is not a movement"
+        );
+    }
+
+    #[test]
+    fn releasing_twice_answers_the_same() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        let Outcome::Released { reservation, .. } = f.one(release(1)) else {
+            panic!("not released")
+        };
+        assert_eq!(
+            f.one(release(1)),
+            Outcome::Released {
+                reservation,
+                replayed: true
+            }
+        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
+    }
+
+    #[test]
+    fn release_after_confirm_is_refused() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        f.one(Command::Confirm(Confirm { id: rid(1) }));
+        assert_eq!(
+            f.one(release(1)),
+            Outcome::Refused(Refusal::AlreadyConfirmed)
+        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
+    }
+
+    #[test]
+    fn release_after_expiry_is_refused_with_its_own_code() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        f.now_ms += 60_000;
+        assert_eq!(f.one(release(1)), Outcome::Refused(Refusal::AlreadyExpired));
+    }
+
+    #[test]
+    fn a_terminal_reservation_is_forgotten_after_its_retention() {
+        let mut f = Fixture::with_limits(Limits {
+            terminal_retention_ms: 5_000,
+            ..Limits::default()
+        });
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 4)]);
+        f.one(release(1));
+        f.now_ms += 4_999;
+        assert!(matches!(
+            f.one(release(1)),
+            Outcome::Released { replayed: true, .. }
+        ));
+        f.now_ms += 1;
+        assert_eq!(
+            f.one(release(1)),
+            Outcome::Refused(Refusal::ReservationNotFound)
+        );
+    }
+
+    #[test]
+    fn terminal_reservations_beyond_the_count_bound_are_forgotten_oldest_first() {
+        let mut f = Fixture::with_limits(Limits {
+            terminal_retained_max: 2,
+            ..Limits::default()
+        });
+        f.stock("SKU-1", "berlin", 10, 0);
+        for n in 1..=3 {
+            f.hold(n, &[("SKU-1", "berlin", 1)]);
+            f.one(release(n));
+        }
+        assert_eq!(
+            f.one(release(1)),
+            Outcome::Refused(Refusal::ReservationNotFound)
+        );
+        assert!(matches!(
+            f.one(release(2)),
+            Outcome::Released { replayed: true, .. }
+        ));
+        assert!(matches!(
+            f.one(release(3)),
+            Outcome::Released { replayed: true, .. }
+        ));
+    }
+}

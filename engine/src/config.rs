@@ -1,0 +1,110 @@
+//! Limits that shape a shard's state, and the WAL's settings.
+//!
+//! `Limits` decide outcomes (a hold with too many lines is refused, a full
+//! shard refuses new items), so every replica must use the same values at the
+//! same log position. They are therefore part of the replicated state: a new
+//! shard starts with `Limits::default()`, a `SetLimits` command changes them,
+//! and snapshots carry them. A node's config file proposes limits; it never
+//! applies them behind the log's back.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Bounds on a shard's state. Every one is a named upper bound (STYLE.md).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(default, deny_unknown_fields)]
+#[rkyv(derive(Debug))]
+pub struct Limits {
+    /// Most lines in one hold (before summing duplicates).
+    pub lines_per_hold_max: u32,
+    /// Longest a hold may last, from the log time it is made or extended.
+    pub hold_ttl_max_ms: u64,
+    /// Most items (SKU × warehouse) one shard stores.
+    pub items_per_shard_max: u32,
+    /// Most reservations one shard holds at once.
+    pub live_holds_per_shard_max: u32,
+    /// Most distinct warehouses one shard knows.
+    pub warehouses_per_shard_max: u16,
+    /// Most distinct principals one shard names in histories; later ones are
+    /// recorded as "other".
+    pub principals_per_shard_max: u16,
+    /// Movements kept per item (at most 255).
+    pub history_len_max: u8,
+    /// How long a confirmed, released or expired reservation is remembered, so
+    /// a retried confirm or release answers the same.
+    pub terminal_retention_ms: u64,
+    /// Most terminal reservations remembered per shard; the oldest go first.
+    pub terminal_retained_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            lines_per_hold_max: 64,
+            hold_ttl_max_ms: 24 * 60 * 60 * 1000,
+            items_per_shard_max: 4_000_000,
+            live_holds_per_shard_max: 4_000_000,
+            warehouses_per_shard_max: 4096,
+            principals_per_shard_max: 4096,
+            history_len_max: 32,
+            terminal_retention_ms: 60 * 60 * 1000,
+            terminal_retained_max: 1_000_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that the limits make sense together; says which one does not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lines_per_hold_max == 0 {
+            return Err("lines_per_hold_max must be at least 1".into());
+        }
+        if self.hold_ttl_max_ms == 0 {
+            return Err("hold_ttl_max_ms must be at least 1".into());
+        }
+        // The timer wheel spans 2^36 ms (about 2.2 years) without cascading
+        // past its top level; longer holds would still work but no flash sale
+        // needs them, and a bound keeps deadline arithmetic far from overflow.
+        if self.hold_ttl_max_ms > 1 << 36 {
+            return Err(format!("hold_ttl_max_ms must be at most {}", 1u64 << 36));
+        }
+        if self.items_per_shard_max == 0 || self.live_holds_per_shard_max == 0 {
+            return Err(
+                "items_per_shard_max and live_holds_per_shard_max must be at least 1".into(),
+            );
+        }
+        if self.warehouses_per_shard_max == 0 {
+            return Err("warehouses_per_shard_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// WAL settings. These do not shape state, so nodes may differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalConfig {
+    /// A segment is closed and a new one started once it passes this size.
+    pub segment_size_max: u64,
+    /// Largest single record (one log entry); bigger appends are refused.
+    pub record_size_max: u32,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            segment_size_max: 64 << 20,
+            record_size_max: 32 << 20,
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Errors of the engine crate, each with a stable `code` the HTTP layer shows.
+//!
+//! `InputError` is bad input: it is found before anything changes, so a refused
+//! command never writes half of itself. Refusals decided by the state (not
+//! enough stock, wrong version) are outcomes, not errors: see `outcome.rs`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The field a piece of bad input was found in, named as the API names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Field {
+    Sku,
+    Warehouse,
+    FromWarehouse,
+    ToWarehouse,
+    Principal,
+    IdempotencyKey,
+    ReservationId,
+    Name,
+    Quantity,
+    OnHand,
+    LowStockThreshold,
+    UnitPriceMinor,
+    Delta,
+    TtlMs,
+    DeadlineMs,
+    Lines,
+}
+
+impl Field {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Sku => "sku",
+            Field::Warehouse => "warehouse",
+            Field::FromWarehouse => "from_warehouse",
+            Field::ToWarehouse => "to_warehouse",
+            Field::Principal => "principal",
+            Field::IdempotencyKey => "idempotency_key",
+            Field::ReservationId => "reservation_id",
+            Field::Name => "name",
+            Field::Quantity => "quantity",
+            Field::OnHand => "on_hand",
+            Field::LowStockThreshold => "low_stock_threshold",
+            Field::UnitPriceMinor => "unit_price_minor",
+            Field::Delta => "delta",
+            Field::TtlMs => "ttl_ms",
+            Field::DeadlineMs => "deadline_ms",
+            Field::Lines => "lines",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Input that breaks a documented rule. Found before any state changes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum InputError {
+    #[error("{field} is empty")]
+    Empty { field: Field },
+    #[error("{field} is {len} bytes long; the maximum is {max}")]
+    TooLong {
+        field: Field,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} is {len} characters long; it must be {expected}")]
+    BadLength {
+        field: Field,
+        len: usize,
+        expected: usize,
+    },
+    #[error("{field} has a character that is not allowed at byte {position}")]
+    BadCharacter { field: Field, position: usize },
+    #[error("{field} must be at least 1")]
+    Zero { field: Field },
+    #[error("{field} is {value}; the maximum is {max}")]
+    TooLarge { field: Field, value: u64, max: u64 },
+    #[error("a hold needs at least one line")]
+    NoLines,
+    #[error("a hold has {count} lines; the maximum is {max}")]
+    TooManyLines { count: usize, max: usize },
+    #[error("a transfer needs two different warehouses")]
+    SameWarehouse,
+    #[error("the SKU belongs to shard {owner}, not to shard {shard}")]
+    WrongShard { owner: u32, shard: u32 },
+    #[error("limits are not valid: {reason}")]
+    BadLimits { reason: String },
+}
+
+impl InputError {
+    /// A stable, machine-readable code for this kind of error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::Empty { .. } => "field_empty",
+            InputError::TooLong { .. } => "field_too_long",
+            InputError::BadLength { .. } => "field_bad_length",
+            InputError::BadCharacter { .. } => "field_bad_character",
+            InputError::Zero { .. } => "quantity_zero",
+            InputError::TooLarge { .. } => "quantity_too_large",
+            InputError::NoLines => "no_lines",
+            InputError::TooManyLines { .. } => "too_many_lines",
+            InputError::SameWarehouse => "same_warehouse",
+            InputError::WrongShard { .. } => "wrong_shard",
+            InputError::BadLimits { .. } => "bad_limits",
+        }
+    }
+
+    /// The field at fault, if the error is about one field.
+    pub fn field(&self) -> Option<Field> {
+        match self {
+            InputError::Empty { field }
+            | InputError::TooLong { field, .. }
+            | InputError::BadLength { field, .. }
+            | InputError::BadCharacter { field, .. }
+            | InputError::Zero { field }
+            | InputError::TooLarge { field, .. } => Some(*field),
+            InputError::NoLines | InputError::TooManyLines { .. } => Some(Field::Lines),
+            InputError::SameWarehouse => Some(Field::ToWarehouse),
+            InputError::WrongShard { .. } => Some(Field::Sku),
+            InputError::BadLimits { .. } => None,
+        }
+    }
+}
+
+/// Why `apply` refused a log entry as a whole. These are caller bugs (entries
+/// out of order), never a consequence of what a client sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "entry {got} applied after {last_applied:?}; entries must be applied in order without gaps"
+    )]
+    OutOfOrder { last_applied: Option<u64>, got: u64 },
+}
+
+/// Errors of the write-ahead log.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "WAL corrupt in {path} at byte {offset}: {reason}; refusing to start (restore this shard from a peer or a backup)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("WAL append of entry {got} does not follow the last entry {last:?}")]
+    NotContiguous { last: Option<u64>, got: u64 },
+    #[error("WAL append of entry {index} in term {term} goes back from term {last_term}")]
+    TermRegressed {
+        index: u64,
+        term: u64,
+        last_term: u64,
+    },
+    #[error("WAL record of {len} bytes is over the limit of {max}")]
+    RecordTooLarge { len: usize, max: usize },
+    #[error("WAL record failed its check before writing: {0}")]
+    Encode(String),
+    #[error(
+        "WAL is unusable after an earlier I/O failure; restart the process to recover from disk"
+    )]
+    Poisoned,
+}
+
+impl From<WalError> for std::io::Error {
+    fn from(error: WalError) -> Self {
+        match error {
+            WalError::Io { source, .. } => std::io::Error::new(source.kind(), source.to_string()),
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// Errors of snapshot files.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("snapshot is {len} bytes, over the format's limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("snapshot could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl From<SnapshotError> for std::io::Error {
+    fn from(error: SnapshotError) -> Self {
+        match error {
+            SnapshotError::Io { source, .. } => {
+                std::io::Error::new(source.kind(), source.to_string())
+            }
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}

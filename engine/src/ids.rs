@@ -1,0 +1,465 @@
+//! Validated identifiers and quantities: the vocabulary every command is written in.
+//!
+//! Every value that can come from a caller is checked once, where it is built
+//! (`Sku::new`, `Quantity::new`, ...), and again by `Command::validate` when a
+//! command arrives from the log or a peer, because deserialisation bypasses the
+//! constructors. Both paths share the functions below, so the rules live once.
+//!
+//! Identifier rule (SKU, warehouse, principal): 1 to N bytes of ASCII, the first
+//! a letter or digit, the rest letters, digits or one of `. _ : -`. No `/`, so an
+//! identifier is always one URL path segment.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::error::{Field, InputError};
+
+/// Longest SKU, in bytes.
+pub const SKU_LEN_MAX: usize = 64;
+/// Longest warehouse id, in bytes.
+pub const WAREHOUSE_LEN_MAX: usize = 32;
+/// Longest principal (the "who" of a movement), in bytes.
+pub const PRINCIPAL_LEN_MAX: usize = 64;
+/// Longest idempotency key, in bytes (printable ASCII, no spaces).
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
+/// Longest item name, in bytes of UTF-8 (no control characters).
+pub const NAME_LEN_MAX: usize = 200;
+/// Largest quantity of anything: on hand, reserved, a line, a delta, a threshold.
+/// 10^15 stays exact in an IEEE double, so JavaScript clients never round it.
+pub const QUANTITY_MAX: u64 = 1_000_000_000_000_000;
+/// Largest unit price, in minor units (cents).
+pub const PRICE_MINOR_MAX: u64 = QUANTITY_MAX;
+
+/// Checks an identifier against the rule in the module docs.
+pub(crate) fn check_ident(field: Field, value: &str, len_max: usize) -> Result<(), InputError> {
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return Err(InputError::Empty { field });
+    }
+    if bytes.len() > len_max {
+        return Err(InputError::TooLong {
+            field,
+            len: bytes.len(),
+            max: len_max,
+        });
+    }
+    for (position, &byte) in bytes.iter().enumerate() {
+        let allowed = byte.is_ascii_alphanumeric()
+            || (position > 0 && matches!(byte, b'.' | b'_' | b':' | b'-'));
+        if !allowed {
+            return Err(InputError::BadCharacter { field, position });
+        }
+    }
+    Ok(())
+}
+
+/// Checks a quantity that must be positive: a line, a transfer.
+pub(crate) fn check_quantity(field: Field, value: u64) -> Result<(), InputError> {
+    if value == 0 {
+        return Err(InputError::Zero { field });
+    }
+    check_level(field, value)
+}
+
+/// Checks a level that may be zero: on hand, a threshold.
+pub(crate) fn check_level(field: Field, value: u64) -> Result<(), InputError> {
+    if value > QUANTITY_MAX {
+        return Err(InputError::TooLarge {
+            field,
+            value,
+            max: QUANTITY_MAX,
+        });
+    }
+    Ok(())
+}
+
+macro_rules! ident_type {
+    ($(#[$doc:meta])* $name:ident, $field:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+        #[rkyv(derive(Debug))]
+        pub struct $name(String);
+
+        impl $name {
+            /// Builds the identifier, or says which rule it breaks.
+            pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
+                let value = value.into();
+                check_ident($field, &value, $max)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub(crate) fn check(&self) -> Result<(), InputError> {
+                check_ident($field, &self.0, $max)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InputError;
+            fn from_str(value: &str) -> Result<Self, InputError> {
+                Self::new(value)
+            }
+        }
+    };
+}
+
+ident_type!(
+    /// A stock-keeping unit. Every warehouse of one SKU lives on one shard.
+    Sku,
+    Field::Sku,
+    SKU_LEN_MAX
+);
+ident_type!(
+    /// A warehouse (or store, or fulfilment centre) that holds stock.
+    Warehouse,
+    Field::Warehouse,
+    WAREHOUSE_LEN_MAX
+);
+ident_type!(
+    /// Who made an administrative change: the name of an API token, a service.
+    Principal,
+    Field::Principal,
+    PRINCIPAL_LEN_MAX
+);
+
+/// A caller's key that makes a hold safe to retry: the same key answers the
+/// first reservation and never holds twice. 1 to 128 bytes of printable ASCII
+/// (`!` to `~`), so any HTTP header value without spaces fits.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
+        let value = value.into();
+        check_idempotency_key(&value)?;
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn check(&self) -> Result<(), InputError> {
+        check_idempotency_key(&self.0)
+    }
+}
+
+fn check_idempotency_key(value: &str) -> Result<(), InputError> {
+    let field = Field::IdempotencyKey;
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return Err(InputError::Empty { field });
+    }
+    if bytes.len() > IDEMPOTENCY_KEY_LEN_MAX {
+        return Err(InputError::TooLong {
+            field,
+            len: bytes.len(),
+            max: IDEMPOTENCY_KEY_LEN_MAX,
+        });
+    }
+    match bytes.iter().position(|byte| !(b'!'..=b'~').contains(byte)) {
+        Some(position) => Err(InputError::BadCharacter { field, position }),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// A display name for an item: 1 to 200 bytes of UTF-8 without control characters.
+#[derive(Clone, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ItemName(String);
+
+impl ItemName {
+    pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
+        let value = value.into();
+        check_name(&value)?;
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn check(&self) -> Result<(), InputError> {
+        check_name(&self.0)
+    }
+}
+
+fn check_name(value: &str) -> Result<(), InputError> {
+    let field = Field::Name;
+    if value.is_empty() {
+        return Err(InputError::Empty { field });
+    }
+    if value.len() > NAME_LEN_MAX {
+        return Err(InputError::TooLong {
+            field,
+            len: value.len(),
+            max: NAME_LEN_MAX,
+        });
+    }
+    match value.char_indices().find(|(_, c)| c.is_control()) {
+        Some((position, _)) => Err(InputError::BadCharacter { field, position }),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Debug for ItemName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// A positive number of units, at most [`QUANTITY_MAX`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Quantity(u64);
+
+impl Quantity {
+    pub fn new(value: u64) -> Result<Self, InputError> {
+        check_quantity(Field::Quantity, value)?;
+        Ok(Self(value))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn check(self, field: Field) -> Result<(), InputError> {
+        check_quantity(field, self.0)
+    }
+}
+
+impl fmt::Debug for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A reservation's id: 16 bytes, written as 32 lowercase hex digits.
+///
+/// The first two bytes name the reservation's home shard, so a confirm or a
+/// release routes without a lookup; the other fourteen are chosen by the caller
+/// (random, in the server) to make the id unique.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug, PartialEq, Eq, Hash))]
+pub struct ReservationId([u8; 16]);
+
+impl ReservationId {
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// An id whose home is `shard`, made unique by `unique`.
+    pub fn from_parts(shard: u16, unique: [u8; 14]) -> Self {
+        let mut bytes = [0; 16];
+        bytes[..2].copy_from_slice(&shard.to_be_bytes());
+        bytes[2..].copy_from_slice(&unique);
+        Self(bytes)
+    }
+
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// The shard that coordinates this reservation.
+    pub fn home_shard(&self) -> u16 {
+        u16::from_be_bytes([self.0[0], self.0[1]])
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for ReservationId {
+    type Err = InputError;
+
+    fn from_str(text: &str) -> Result<Self, InputError> {
+        let field = Field::ReservationId;
+        let digits = text.as_bytes();
+        if digits.len() != 32 {
+            return Err(InputError::BadLength {
+                field,
+                len: digits.len(),
+                expected: 32,
+            });
+        }
+        let mut bytes = [0u8; 16];
+        for (index, pair) in digits.chunks_exact(2).enumerate() {
+            let high = hex_value(pair[0]).ok_or(InputError::BadCharacter {
+                field,
+                position: index * 2,
+            })?;
+            let low = hex_value(pair[1]).ok_or(InputError::BadCharacter {
+                field,
+                position: index * 2 + 1,
+            })?;
+            bytes[index] = (high << 4) | low;
+        }
+        Ok(Self(bytes))
+    }
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_accept_the_documented_character_set() {
+        assert!(Sku::new("SKU-1.blue:XL_2").is_ok());
+        assert!(Warehouse::new("berlin-1").is_ok());
+        assert_eq!(
+            Sku::new("a".repeat(SKU_LEN_MAX)).map(|s| s.as_str().len()),
+            Ok(SKU_LEN_MAX)
+        );
+    }
+
+    #[test]
+    fn identifiers_refuse_empty_long_and_foreign_characters() {
+        assert_eq!(Sku::new(""), Err(InputError::Empty { field: Field::Sku }));
+        assert_eq!(
+            Sku::new("a".repeat(SKU_LEN_MAX + 1)),
+            Err(InputError::TooLong {
+                field: Field::Sku,
+                len: SKU_LEN_MAX + 1,
+                max: SKU_LEN_MAX
+            })
+        );
+        assert_eq!(
+            Sku::new("a/b"),
+            Err(InputError::BadCharacter {
+                field: Field::Sku,
+                position: 1
+            })
+        );
+        assert_eq!(
+            Sku::new("-lead"),
+            Err(InputError::BadCharacter {
+                field: Field::Sku,
+                position: 0
+            })
+        );
+        assert_eq!(
+            Warehouse::new("wh 1"),
+            Err(InputError::BadCharacter {
+                field: Field::Warehouse,
+                position: 2
+            })
+        );
+        assert_eq!(
+            Sku::new("é"),
+            Err(InputError::BadCharacter {
+                field: Field::Sku,
+                position: 0
+            })
+        );
+    }
+
+    #[test]
+    fn quantities_are_positive_and_bounded() {
+        assert_eq!(
+            Quantity::new(0),
+            Err(InputError::Zero {
+                field: Field::Quantity
+            })
+        );
+        assert!(Quantity::new(QUANTITY_MAX).is_ok());
+        assert_eq!(
+            Quantity::new(QUANTITY_MAX + 1),
+            Err(InputError::TooLarge {
+                field: Field::Quantity,
+                value: QUANTITY_MAX + 1,
+                max: QUANTITY_MAX
+            })
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_printable_ascii() {
+        assert!(IdempotencyKey::new("order-7/retry#1").is_ok());
+        assert_eq!(
+            IdempotencyKey::new("has space"),
+            Err(InputError::BadCharacter {
+                field: Field::IdempotencyKey,
+                position: 3
+            })
+        );
+    }
+
+    #[test]
+    fn names_refuse_control_characters() {
+        assert!(ItemName::new("Trainers, blue — size 44").is_ok());
+        assert_eq!(
+            ItemName::new("a\nb"),
+            Err(InputError::BadCharacter {
+                field: Field::Name,
+                position: 1
+            })
+        );
+    }
+
+    #[test]
+    fn reservation_ids_round_trip_through_hex_and_name_their_home_shard() {
+        let id = ReservationId::from_parts(513, [7; 14]);
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<ReservationId>(), Ok(id));
+        assert_eq!(id.home_shard(), 513);
+        assert_eq!(
+            "zz".parse::<ReservationId>(),
+            Err(InputError::BadLength {
+                field: Field::ReservationId,
+                len: 2,
+                expected: 32
+            })
+        );
+        assert!(
+            format!("{}x", &text[..31])
+                .parse::<ReservationId>()
+                .is_err()
+        );
+    }
+}

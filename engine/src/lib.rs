@@ -1,0 +1,37 @@
+//! Tally's engine: the state of one shard and everything that keeps it.
+//!
+//! * `state` / `cmd` — items, reservations and `apply`: a pure function of
+//!   (state, log entry). One file per command under `cmd/`.
+//! * `wheel` — the timer wheel that expires holds on log time.
+//! * `wal` — per-shard segment files: the Raft log, with group commit.
+//! * `snapshot` — the whole shard state in one checksummed file.
+//! * `actor` — the shard actor that owns a state, on a pool of arbiters.
+//!
+//! The engine knows nothing of networks, HTTP or Raft libraries: the cluster
+//! layer converts its log ids and votes field for field.
+
+pub mod actor;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod item;
+pub mod log;
+pub mod outcome;
+pub mod placement;
+pub mod query;
+pub mod reservation;
+pub mod snapshot;
+pub mod state;
+pub mod wal;
+mod wheel;
+
+pub use cmd::Command;
+pub use config::{Limits, WalConfig};
+pub use error::{ApplyError, Field, InputError, SnapshotError, WalError};
+pub use event::{Event, EventId, EventKind, EventRecord};
+pub use log::{Batch, EntryPayload, LogEntry, LogId, StoredMembership, Vote};
+pub use outcome::{Outcome, Refusal};
+pub use placement::shard_of;
+pub use state::{Applied, ShardState, ShardStats};

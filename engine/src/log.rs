@@ -1,0 +1,116 @@
+//! The log's vocabulary: log ids, votes, entries and the batch of commands an
+//! entry carries.
+//!
+//! These types are Raft-shaped but know nothing of a Raft library. A log id is
+//! `(term, index)`, the "committed leader id" of Raft's standard mode being the
+//! term alone; a vote is `(term, voted_for, committed)`. Membership entries are
+//! carried as opaque bytes: the cluster layer encodes them, the engine only
+//! stores them and hands them back (in the WAL, in `applied_state`, in
+//! snapshots). So `RaftLogStorage` and `RaftStateMachine` sit directly on the
+//! WAL and the shard state, converting ids field for field.
+
+use std::fmt;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::cmd::Command;
+
+/// A log position: the term of the leader that wrote the entry, and its index.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Archive, Serialize, Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub struct LogId {
+    pub term: u64,
+    pub index: u64,
+}
+
+impl LogId {
+    pub const fn new(term: u64, index: u64) -> Self {
+        Self { term, index }
+    }
+}
+
+impl fmt::Debug for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.term, self.index)
+    }
+}
+
+impl From<&ArchivedLogId> for LogId {
+    fn from(archived: &ArchivedLogId) -> Self {
+        Self {
+            term: archived.term.to_native(),
+            index: archived.index.to_native(),
+        }
+    }
+}
+
+/// A Raft vote: in `term`, this node voted for `voted_for`; `committed` once a
+/// quorum granted it (the node then knows `voted_for` is the leader).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Vote {
+    pub term: u64,
+    pub voted_for: Option<u64>,
+    pub committed: bool,
+}
+
+/// The commands of one log entry, stamped by the leader when it proposed them.
+///
+/// `ts_ms` is log time: the only clock `apply` knows. The leader stamps
+/// `max(now, last ts)`, and `apply` clamps again, so log time never goes back.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct Batch {
+    pub ts_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+/// What an entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum EntryPayload {
+    /// Written by a new leader to commit its term; changes nothing.
+    Blank,
+    /// Commands for the shard.
+    Batch(Batch),
+    /// A cluster membership, encoded by the cluster layer. Stored, not read.
+    Membership(Vec<u8>),
+}
+
+/// One log entry: the unit of the WAL and of replication.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub log_id: LogId,
+    pub payload: EntryPayload,
+}
+
+impl LogEntry {
+    pub fn batch(log_id: LogId, ts_ms: u64, commands: Vec<Command>) -> Self {
+        Self {
+            log_id,
+            payload: EntryPayload::Batch(Batch { ts_ms, commands }),
+        }
+    }
+
+    pub fn blank(log_id: LogId) -> Self {
+        Self {
+            log_id,
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Commands in this entry (0 for blank and membership entries).
+    pub fn command_count(&self) -> usize {
+        match &self.payload {
+            EntryPayload::Batch(batch) => batch.commands.len(),
+            EntryPayload::Blank | EntryPayload::Membership(_) => 0,
+        }
+    }
+}
+
+/// The last membership the state machine applied, with the id of its entry.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct StoredMembership {
+    pub log_id: LogId,
+    pub config: Vec<u8>,
+}

@@ -1,0 +1,232 @@
+//! Outcomes: the typed answer `apply` gives each command, and the views reads
+//! return.
+//!
+//! Outcomes are decided at apply time, on the one replica order, and carried
+//! back to the waiting request (possibly across the cluster, hence rkyv). A
+//! refusal changes nothing: every check runs before the first write.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::error::InputError;
+use crate::ids::ReservationId;
+use crate::item::{MovementReason, Status};
+use crate::reservation::ReservationState;
+
+/// An item as a caller sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ItemView {
+    pub sku: String,
+    pub warehouse: String,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
+    pub low_stock_threshold: u64,
+    pub status: Status,
+    pub version: u64,
+    pub updated_at_ms: u64,
+    pub name: Option<String>,
+    pub unit_price_minor: Option<u64>,
+}
+
+/// A reservation without its lines: what write outcomes return, so the hot
+/// path allocates nothing. Reads return the lines too (`ReservationView`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ReservationSummary {
+    pub id: ReservationId,
+    pub state: ReservationState,
+    pub created_at_ms: u64,
+    pub deadline_ms: u64,
+    /// When it left `HELD`, if it has.
+    pub ended_at_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LineView {
+    pub sku: String,
+    pub warehouse: String,
+    pub quantity: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ReservationView {
+    pub summary: ReservationSummary,
+    pub lines: Vec<LineView>,
+    pub idempotency_key: Option<String>,
+}
+
+/// One movement of an item's stock, newest first in a history.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct MovementView {
+    pub at_ms: u64,
+    pub reason: MovementReason,
+    pub delta: i64,
+    pub on_hand_before: u64,
+    pub on_hand_after: u64,
+    /// A principal's name, a reservation id, or "system".
+    pub who: String,
+}
+
+/// A line a hold could not take: the request's line (the first, when the
+/// same item appeared twice and was summed), what it asked, what there was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ShortLine {
+    pub line: u32,
+    pub requested: u64,
+    pub available: u64,
+    /// False when no such item exists on the shard (then `available` is 0).
+    pub exists: bool,
+}
+
+/// Which bound a full shard hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Bound {
+    ItemsPerShard,
+    LiveHoldsPerShard,
+    WarehousesPerShard,
+}
+
+/// Why a command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The command breaks an input rule.
+    Invalid(InputError),
+    ItemNotFound,
+    /// A create-only upsert found the item.
+    ItemExists {
+        version: u64,
+    },
+    /// The item's version is not the one the caller expected (`None`: absent).
+    VersionMismatch {
+        expected: u64,
+        actual: Option<u64>,
+    },
+    /// The change would leave `on_hand` below `reserved`.
+    BelowReserved {
+        on_hand: u64,
+        reserved: u64,
+    },
+    /// The change would push a level over `QUANTITY_MAX`.
+    QuantityOverflow {
+        max: u64,
+    },
+    /// Some lines are short; every short line is listed.
+    InsufficientStock {
+        lines: Vec<ShortLine>,
+    },
+    ReservationNotFound,
+    /// The id names another reservation (different lines or key).
+    ReservationIdInUse,
+    AlreadyConfirmed,
+    AlreadyReleased,
+    AlreadyExpired,
+    /// The requested deadline is not after the current log time.
+    DeadlineInPast {
+        now_ms: u64,
+        deadline_ms: u64,
+    },
+    /// The requested deadline is further than the longest hold allowed.
+    DeadlineTooFar {
+        deadline_ms: u64,
+        latest_ms: u64,
+    },
+    /// An extension would move the deadline earlier.
+    DeadlineEarlier {
+        current_ms: u64,
+        requested_ms: u64,
+    },
+    ShardFull {
+        bound: Bound,
+        max: u64,
+    },
+}
+
+impl Refusal {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Invalid(error) => error.code(),
+            Refusal::ItemNotFound => "item_not_found",
+            Refusal::ItemExists { .. } => "item_exists",
+            Refusal::VersionMismatch { .. } => "version_mismatch",
+            Refusal::BelowReserved { .. } => "below_reserved",
+            Refusal::QuantityOverflow { .. } => "quantity_overflow",
+            Refusal::InsufficientStock { .. } => "insufficient_stock",
+            Refusal::ReservationNotFound => "reservation_not_found",
+            Refusal::ReservationIdInUse => "reservation_id_in_use",
+            Refusal::AlreadyConfirmed => "reservation_confirmed",
+            Refusal::AlreadyReleased => "reservation_released",
+            Refusal::AlreadyExpired => "reservation_expired",
+            Refusal::DeadlineInPast { .. } => "deadline_in_past",
+            Refusal::DeadlineTooFar { .. } => "deadline_too_far",
+            Refusal::DeadlineEarlier { .. } => "deadline_earlier",
+            Refusal::ShardFull { .. } => "shard_full",
+        }
+    }
+}
+
+/// The answer to one command.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Outcome {
+    /// `changed` is false when the upsert matched the item as it was (the
+    /// version does not move then).
+    Upserted {
+        item: ItemView,
+        created: bool,
+        changed: bool,
+    },
+    Adjusted {
+        item: ItemView,
+    },
+    Transferred {
+        from: ItemView,
+        to: ItemView,
+    },
+    /// `replayed`: the hold was already there (same id and lines, or the same
+    /// idempotency key) and this is its current state; nothing was held twice.
+    Held {
+        reservation: ReservationSummary,
+        replayed: bool,
+    },
+    Confirmed {
+        reservation: ReservationSummary,
+        replayed: bool,
+    },
+    Released {
+        reservation: ReservationSummary,
+        replayed: bool,
+    },
+    Extended {
+        reservation: ReservationSummary,
+    },
+    LimitsSet,
+    Ticked,
+    Refused(Refusal),
+}
+
+impl Outcome {
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Outcome::Refused(_))
+    }
+
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Outcome::Refused(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+impl From<Refusal> for Outcome {
+    fn from(refusal: Refusal) -> Self {
+        Outcome::Refused(refusal)
+    }
+}
+
+impl From<InputError> for Outcome {
+    fn from(error: InputError) -> Self {
+        Outcome::Refused(Refusal::Invalid(error))
+    }
+}

@@ -1,0 +1,1058 @@
+//! A shard's state and `apply`: the deterministic heart of Tally.
+//!
+//! `ShardState` is split in two. `Persisted` is the state proper: plain
+//! vectors in log order, which snapshots serialise byte for byte and the
+//! digest hashes. `Indexes` are derived from it (hash tables, the timer wheel)
+//! and rebuilt when a snapshot loads. Nothing in `apply` reads a clock, a
+//! random number or a hash map's iteration order: time is the entry's
+//! `ts_ms`, ids come from the log, and the hash tables are only probed.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::cmd::{self, Command};
+use crate::config::Limits;
+use crate::error::{ApplyError, InputError, SnapshotError};
+use crate::event::{Cause, Event, EventId, EventKind, LevelChange};
+use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, ReservationId};
+use crate::item::{Item, ItemId, Movement, MovementReason, Status, Who};
+use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
+use crate::outcome::{Bound, Outcome, Refusal, ReservationSummary};
+use crate::placement::shard_of;
+use crate::reservation::{Reservation, ReservationState};
+use crate::wheel::TimerWheel;
+
+/// Bumped when `Persisted` changes shape; a snapshot of another format is
+/// refused rather than misread.
+pub(crate) const STATE_FORMAT: u32 = 1;
+
+/// Principal id recorded once the principal table is full.
+pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;
+
+/// The state proper. Field order is the snapshot's byte order.
+#[derive(Clone, Debug, Archive, Serialize, Deserialize)]
+pub(crate) struct Persisted {
+    pub format: u32,
+    pub shard: u32,
+    pub shard_count: u32,
+    pub limits: Limits,
+    pub last_applied: Option<LogId>,
+    pub membership: Option<StoredMembership>,
+    /// Log time: the largest `ts_ms` applied.
+    pub now_ms: u64,
+    /// Holds ever made; the next hold's `seq`.
+    pub holds_made: u64,
+    pub items: Vec<Item>,
+    /// SKU bytes of all items, appended as items are created.
+    pub sku_arena: Vec<u8>,
+    pub warehouses: Vec<String>,
+    pub principals: Vec<String>,
+    /// A slab: `None` marks a free slot, listed in `free_slots`.
+    pub reservations: Vec<Option<Reservation>>,
+    pub free_slots: Vec<u32>,
+    /// Terminal reservations, oldest end first, waiting to be forgotten.
+    pub terminal: VecDeque<u32>,
+}
+
+/// Derived lookups, rebuilt from `Persisted` on load.
+#[derive(Debug)]
+pub(crate) struct Indexes {
+    hasher: DefaultHashBuilder,
+    /// Item ids, hashed by (SKU bytes, warehouse id).
+    items: HashTable<u32>,
+    warehouses: HashMap<String, u16>,
+    principals: HashMap<String, u16>,
+    reservations: HashMap<ReservationId, u32>,
+    /// Reservation slots, hashed by idempotency key.
+    keys: HashTable<u32>,
+    pub wheel: TimerWheel,
+    pub live_holds: u32,
+}
+
+/// The result of applying one entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub log_id: LogId,
+    /// One per command, in order.
+    pub outcomes: Vec<Outcome>,
+    pub events: Vec<Event>,
+}
+
+/// Collects an entry's events and numbers them.
+#[derive(Debug)]
+pub(crate) struct Emitter {
+    shard: u32,
+    index: u64,
+    pub at_ms: u64,
+    events: Vec<Event>,
+}
+
+impl Emitter {
+    pub fn emit(&mut self, kind: EventKind) {
+        let position = u32::try_from(self.events.len()).unwrap_or(u32::MAX);
+        let id = EventId {
+            shard: self.shard,
+            index: self.index,
+            position,
+        };
+        self.events.push(Event {
+            id,
+            at_ms: self.at_ms,
+            kind,
+        });
+    }
+}
+
+/// Levels of an item before a change, to tell what the change did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Before {
+    on_hand: u64,
+    reserved: u64,
+    status: Status,
+}
+
+/// How a change to an item should be recorded.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Change {
+    pub cause: Cause,
+    /// Why and by whom, if `on_hand` moved (a movement in the history).
+    pub movement: Option<(MovementReason, Who)>,
+    /// The item was created by this change: its version becomes 1 and its
+    /// first status is not a crossing.
+    pub created: bool,
+}
+
+/// Counts that operators and the proposer need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardStats {
+    pub items: u64,
+    pub live_holds: u64,
+    pub terminal_retained: u64,
+    pub now_ms: u64,
+    pub last_applied: Option<LogId>,
+}
+
+/// A shard's items and reservations. Owned by one actor; never shared.
+#[derive(Debug)]
+pub struct ShardState {
+    pub(crate) p: Persisted,
+    pub(crate) ix: Indexes,
+    expired_scratch: Vec<u32>,
+}
+
+impl ShardState {
+    /// An empty shard. In a cluster every replica must start from the same
+    /// limits (use the defaults and change them with `SetLimits`).
+    pub fn new(shard: u32, shard_count: u32, limits: Limits) -> Self {
+        debug_assert!(shard < shard_count);
+        let p = Persisted {
+            format: STATE_FORMAT,
+            shard,
+            shard_count,
+            limits,
+            last_applied: None,
+            membership: None,
+            now_ms: 0,
+            holds_made: 0,
+            items: Vec::new(),
+            sku_arena: Vec::new(),
+            warehouses: Vec::new(),
+            principals: Vec::new(),
+            reservations: Vec::new(),
+            free_slots: Vec::new(),
+            terminal: VecDeque::new(),
+        };
+        Self::from_persisted(p)
+    }
+
+    fn from_persisted(p: Persisted) -> Self {
+        let mut ix = Indexes {
+            hasher: DefaultHashBuilder::default(),
+            items: HashTable::with_capacity(p.items.len()),
+            warehouses: HashMap::with_capacity(p.warehouses.len()),
+            principals: HashMap::with_capacity(p.principals.len()),
+            reservations: HashMap::new(),
+            keys: HashTable::new(),
+            wheel: TimerWheel::new(p.now_ms),
+            live_holds: 0,
+        };
+        for (id, item) in p.items.iter().enumerate() {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            let hash = item_hash(&ix.hasher, sku_bytes(&p.sku_arena, item), item.warehouse);
+            ix.items.insert_unique(hash, id, |&other| {
+                let other = &p.items[other as usize];
+                item_hash(&ix.hasher, sku_bytes(&p.sku_arena, other), other.warehouse)
+            });
+        }
+        for (id, name) in p.warehouses.iter().enumerate() {
+            ix.warehouses
+                .insert(name.clone(), u16::try_from(id).unwrap_or(u16::MAX));
+        }
+        for (id, name) in p.principals.iter().enumerate() {
+            ix.principals
+                .insert(name.clone(), u16::try_from(id).unwrap_or(PRINCIPAL_OTHER));
+        }
+        for (slot, reservation) in p.reservations.iter().enumerate() {
+            let Some(reservation) = reservation else {
+                continue;
+            };
+            let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+            ix.reservations.insert(reservation.id, slot);
+            if let Some(key) = &reservation.idempotency_key {
+                let hash = ix.hasher.hash_one(key.as_str());
+                ix.keys.insert_unique(hash, slot, |&other| {
+                    key_hash(&ix.hasher, &p.reservations, other)
+                });
+            }
+            if reservation.state == ReservationState::Held {
+                ix.wheel.insert(slot, reservation.deadline_ms);
+                ix.live_holds += 1;
+            }
+        }
+        Self {
+            p,
+            ix,
+            expired_scratch: Vec::new(),
+        }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.p.shard
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.p.shard_count
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.p.limits
+    }
+
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.p.last_applied
+    }
+
+    pub fn membership(&self) -> Option<&StoredMembership> {
+        self.p.membership.as_ref()
+    }
+
+    /// Log time: the largest entry timestamp applied.
+    pub fn now_ms(&self) -> u64 {
+        self.p.now_ms
+    }
+
+    /// A lower bound on the next hold deadline, for the proposer's `Tick`.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.ix.wheel.next_deadline_ms()
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            items: self.p.items.len() as u64,
+            live_holds: u64::from(self.ix.live_holds),
+            terminal_retained: self.p.terminal.len() as u64,
+            now_ms: self.p.now_ms,
+            last_applied: self.p.last_applied,
+        }
+    }
+
+    /// Applies one committed entry: moves log time to the entry's `ts_ms`,
+    /// expires every hold due by then, then applies each command in order.
+    pub fn apply(&mut self, entry: &LogEntry) -> Result<Applied, ApplyError> {
+        let mut applied = Applied {
+            outcomes: Vec::with_capacity(entry.command_count()),
+            ..Applied::default()
+        };
+        self.apply_into(entry, &mut applied)?;
+        Ok(applied)
+    }
+
+    /// `apply`, reusing the buffers of `applied`.
+    pub fn apply_into(
+        &mut self,
+        entry: &LogEntry,
+        applied: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        if let Some(last) = self.p.last_applied
+            && entry.log_id.index != last.index + 1
+        {
+            return Err(ApplyError::OutOfOrder {
+                last_applied: Some(last.index),
+                got: entry.log_id.index,
+            });
+        }
+        applied.log_id = entry.log_id;
+        applied.outcomes.clear();
+        applied.events.clear();
+        let mut emitter = Emitter {
+            shard: self.p.shard,
+            index: entry.log_id.index,
+            at_ms: self.p.now_ms,
+            events: std::mem::take(&mut applied.events),
+        };
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(config) => {
+                self.p.membership = Some(StoredMembership {
+                    log_id: entry.log_id,
+                    config: config.clone(),
+                });
+            }
+            EntryPayload::Batch(batch) => {
+                // Log time never goes back, even if a new leader's clock does.
+                self.p.now_ms = self.p.now_ms.max(batch.ts_ms);
+                emitter.at_ms = self.p.now_ms;
+                self.expire_due(&mut emitter);
+                self.forget_terminal();
+                for command in &batch.commands {
+                    let outcome = cmd::apply(self, command, &mut emitter);
+                    applied.outcomes.push(outcome);
+                }
+            }
+        }
+        self.p.last_applied = Some(entry.log_id);
+        applied.events = emitter.events;
+        Ok(())
+    }
+
+    /// Expires every held reservation whose deadline is at or before now, in
+    /// (deadline, creation) order so every replica emits the same events.
+    fn expire_due(&mut self, emitter: &mut Emitter) {
+        let mut expired = std::mem::take(&mut self.expired_scratch);
+        expired.clear();
+        self.ix.wheel.advance(self.p.now_ms, &mut expired);
+        expired.sort_unstable_by_key(|&slot| {
+            self.reservation_at(slot)
+                .map_or((u64::MAX, u64::MAX), |r| (r.deadline_ms, r.seq))
+        });
+        for &slot in &expired {
+            let Some(reservation) = self.reservation_at(slot) else {
+                continue;
+            };
+            debug_assert_eq!(reservation.state, ReservationState::Held);
+            debug_assert!(reservation.deadline_ms <= self.p.now_ms);
+            emitter.emit(EventKind::ReservationExpired {
+                reservation: reservation.id,
+                deadline_ms: reservation.deadline_ms,
+            });
+            self.end_reservation(slot, ReservationState::Expired, emitter);
+        }
+        self.expired_scratch = expired;
+    }
+
+    /// Forgets terminal reservations past their retention, oldest first.
+    fn forget_terminal(&mut self) {
+        let retention_ms = self.p.limits.terminal_retention_ms;
+        let retained_max = self.p.limits.terminal_retained_max as usize;
+        while let Some(&slot) = self.p.terminal.front() {
+            let ended_at_ms = self.reservation_at(slot).map_or(0, |r| r.ended_at_ms);
+            let expired = ended_at_ms.saturating_add(retention_ms) <= self.p.now_ms;
+            if !expired && self.p.terminal.len() <= retained_max {
+                break;
+            }
+            self.p.terminal.pop_front();
+            self.free_reservation(slot);
+        }
+    }
+
+    // ----- items -----
+
+    pub(crate) fn find_item(&self, sku: &str, warehouse: &str) -> Option<ItemId> {
+        let warehouse = *self.ix.warehouses.get(warehouse)?;
+        let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse);
+        self.ix
+            .items
+            .find(hash, |&id| {
+                let item = &self.p.items[id as usize];
+                item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == sku.as_bytes()
+            })
+            .map(|&id| ItemId(id))
+    }
+
+    /// Creates an empty item (version 0 until its first change is finished).
+    /// Refuses, changing nothing, when a bound is reached.
+    pub(crate) fn create_item(&mut self, sku: &str, warehouse: &str) -> Result<ItemId, Refusal> {
+        let limits = self.p.limits;
+        if self.p.items.len() >= limits.items_per_shard_max as usize {
+            return Err(Refusal::ShardFull {
+                bound: Bound::ItemsPerShard,
+                max: u64::from(limits.items_per_shard_max),
+            });
+        }
+        let warehouse_id = match self.ix.warehouses.get(warehouse) {
+            Some(&id) => id,
+            None => {
+                if self.p.warehouses.len() >= usize::from(limits.warehouses_per_shard_max) {
+                    return Err(Refusal::ShardFull {
+                        bound: Bound::WarehousesPerShard,
+                        max: u64::from(limits.warehouses_per_shard_max),
+                    });
+                }
+                let id = u16::try_from(self.p.warehouses.len()).unwrap_or(u16::MAX);
+                self.p.warehouses.push(warehouse.to_owned());
+                self.ix.warehouses.insert(warehouse.to_owned(), id);
+                id
+            }
+        };
+        let id = u32::try_from(self.p.items.len()).unwrap_or(u32::MAX);
+        let sku_offset = u32::try_from(self.p.sku_arena.len()).unwrap_or(u32::MAX);
+        self.p.sku_arena.extend_from_slice(sku.as_bytes());
+        self.p.items.push(Item {
+            on_hand: 0,
+            reserved: 0,
+            low_stock_threshold: 0,
+            version: 0,
+            updated_at_ms: self.p.now_ms,
+            sku_offset,
+            sku_len: u8::try_from(sku.len()).unwrap_or(u8::MAX),
+            history_head: 0,
+            warehouse: warehouse_id,
+            attrs: None,
+            history: Vec::new(),
+        });
+        let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse_id);
+        let (p, ix) = (&self.p, &mut self.ix);
+        ix.items.insert_unique(hash, id, |&other| {
+            let other = &p.items[other as usize];
+            item_hash(&ix.hasher, sku_bytes(&p.sku_arena, other), other.warehouse)
+        });
+        Ok(ItemId(id))
+    }
+
+    pub(crate) fn item(&self, id: ItemId) -> &Item {
+        &self.p.items[id.0 as usize]
+    }
+
+    pub(crate) fn item_mut(&mut self, id: ItemId) -> &mut Item {
+        &mut self.p.items[id.0 as usize]
+    }
+
+    pub(crate) fn item_sku(&self, id: ItemId) -> &str {
+        std::str::from_utf8(sku_bytes(&self.p.sku_arena, self.item(id))).unwrap_or_default()
+    }
+
+    pub(crate) fn item_warehouse(&self, id: ItemId) -> &str {
+        self.p
+            .warehouses
+            .get(usize::from(self.item(id).warehouse))
+            .map_or("", String::as_str)
+    }
+
+    pub(crate) fn before(&self, id: ItemId) -> Before {
+        let item = self.item(id);
+        Before {
+            on_hand: item.on_hand,
+            reserved: item.reserved,
+            status: item.status(),
+        }
+    }
+
+    /// Finishes a change made to an item's fields: bumps the version, stamps
+    /// the time, records the movement, emits stock and crossing events, and
+    /// asserts the item's invariants.
+    pub(crate) fn finish_change(
+        &mut self,
+        id: ItemId,
+        before: Before,
+        change: Change,
+        emitter: &mut Emitter,
+    ) {
+        let history_len_max = usize::from(self.p.limits.history_len_max);
+        let item = &mut self.p.items[id.0 as usize];
+        debug_assert!(
+            item.reserved <= item.on_hand,
+            "reserved {} > on_hand {}",
+            item.reserved,
+            item.on_hand
+        );
+        debug_assert!(item.on_hand <= QUANTITY_MAX && item.low_stock_threshold <= QUANTITY_MAX);
+        item.version += 1;
+        item.updated_at_ms = emitter.at_ms;
+        if item.on_hand != before.on_hand {
+            debug_assert!(
+                change.movement.is_some(),
+                "on_hand moved without a movement"
+            );
+            if let Some((reason, who)) = change.movement {
+                let delta = signed_delta(before.on_hand, item.on_hand);
+                item.record(
+                    Movement {
+                        at_ms: emitter.at_ms,
+                        delta,
+                        on_hand_after: item.on_hand,
+                        who,
+                        reason,
+                    },
+                    history_len_max,
+                );
+            }
+        }
+        let (on_hand, reserved, status) = (item.on_hand, item.reserved, item.status());
+        let available = on_hand - reserved;
+        let low_stock_threshold = item.low_stock_threshold;
+        if on_hand != before.on_hand || reserved != before.reserved {
+            emitter.emit(EventKind::StockChanged {
+                item: id,
+                cause: change.cause,
+                levels: LevelChange {
+                    on_hand_before: before.on_hand,
+                    on_hand_after: on_hand,
+                    reserved_before: before.reserved,
+                    reserved_after: reserved,
+                },
+            });
+        }
+        if !change.created && status != before.status {
+            emitter.emit(EventKind::ThresholdCrossed {
+                item: id,
+                from: before.status,
+                to: status,
+                available,
+                low_stock_threshold,
+            });
+        }
+    }
+
+    /// The `Who` of a movement made by `principal`, interning the name.
+    pub(crate) fn who(&mut self, principal: Option<&Principal>) -> Who {
+        let Some(principal) = principal else {
+            return Who::System;
+        };
+        if let Some(&id) = self.ix.principals.get(principal.as_str()) {
+            return Who::Principal(id);
+        }
+        if self.p.principals.len()
+            >= usize::from(self.p.limits.principals_per_shard_max.min(PRINCIPAL_OTHER))
+        {
+            return Who::Principal(PRINCIPAL_OTHER);
+        }
+        let id = u16::try_from(self.p.principals.len()).unwrap_or(PRINCIPAL_OTHER);
+        self.p.principals.push(principal.as_str().to_owned());
+        self.ix.principals.insert(principal.as_str().to_owned(), id);
+        Who::Principal(id)
+    }
+
+    pub(crate) fn principal_name(&self, id: u16) -> &str {
+        self.p
+            .principals
+            .get(usize::from(id))
+            .map_or("other", String::as_str)
+    }
+
+    /// The input error if any SKU of the command belongs to another shard.
+    pub(crate) fn wrong_shard(&self, command: &Command) -> Option<InputError> {
+        let check = |sku: &str| {
+            let owner = shard_of(sku, self.p.shard_count);
+            (owner != self.p.shard).then_some(InputError::WrongShard {
+                owner,
+                shard: self.p.shard,
+            })
+        };
+        match command {
+            Command::Hold(hold) => hold.lines.iter().find_map(|line| check(line.sku.as_str())),
+            other => other.routing_sku().and_then(check),
+        }
+    }
+
+    // ----- reservations -----
+
+    pub(crate) fn find_reservation(&self, id: &ReservationId) -> Option<u32> {
+        self.ix.reservations.get(id).copied()
+    }
+
+    pub(crate) fn find_by_key(&self, key: &IdempotencyKey) -> Option<u32> {
+        let hash = self.ix.hasher.hash_one(key.as_str());
+        self.ix
+            .keys
+            .find(hash, |&slot| {
+                self.reservation_at(slot)
+                    .and_then(|r| r.idempotency_key.as_ref())
+                    .is_some_and(|k| k == key)
+            })
+            .copied()
+    }
+
+    pub(crate) fn reservation_at(&self, slot: u32) -> Option<&Reservation> {
+        self.p
+            .reservations
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+    }
+
+    fn reservation_at_mut(&mut self, slot: u32) -> Option<&mut Reservation> {
+        self.p
+            .reservations
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+    }
+
+    pub(crate) fn live_holds(&self) -> u32 {
+        self.ix.live_holds
+    }
+
+    pub(crate) fn next_hold_seq(&mut self) -> u64 {
+        let seq = self.p.holds_made;
+        self.p.holds_made += 1;
+        seq
+    }
+
+    /// Stores a new held reservation and arms its timer.
+    pub(crate) fn insert_reservation(&mut self, reservation: Reservation) -> u32 {
+        debug_assert_eq!(reservation.state, ReservationState::Held);
+        debug_assert!(!self.ix.reservations.contains_key(&reservation.id));
+        let slot = match self.p.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.p.reservations.push(None);
+                u32::try_from(self.p.reservations.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.ix.reservations.insert(reservation.id, slot);
+        self.ix.wheel.insert(slot, reservation.deadline_ms);
+        self.ix.live_holds += 1;
+        let key_hash_value = reservation
+            .idempotency_key
+            .as_ref()
+            .map(|key| self.ix.hasher.hash_one(key.as_str()));
+        self.p.reservations[slot as usize] = Some(reservation);
+        if let Some(hash) = key_hash_value {
+            let (p, ix) = (&self.p, &mut self.ix);
+            ix.keys.insert_unique(hash, slot, |&other| {
+                key_hash(&ix.hasher, &p.reservations, other)
+            });
+        }
+        slot
+    }
+
+    /// Moves a held reservation's deadline.
+    pub(crate) fn move_deadline(&mut self, slot: u32, deadline_ms: u64) {
+        if let Some(reservation) = self.reservation_at_mut(slot) {
+            debug_assert_eq!(reservation.state, ReservationState::Held);
+            reservation.deadline_ms = deadline_ms;
+            self.ix.wheel.insert(slot, deadline_ms);
+        }
+    }
+
+    /// Ends a held reservation: sells (confirm) or gives back (release,
+    /// expiry) every line, and keeps the reservation for retries until the
+    /// retention runs out. Returns its summary as it ended.
+    pub(crate) fn end_reservation(
+        &mut self,
+        slot: u32,
+        state: ReservationState,
+        emitter: &mut Emitter,
+    ) -> Option<ReservationSummary> {
+        let reservation = self.reservation_at(slot)?;
+        debug_assert_eq!(
+            reservation.state,
+            ReservationState::Held,
+            "ending a terminal reservation"
+        );
+        let id = reservation.id;
+        let lines = reservation.lines.clone();
+        for line in lines.as_slice() {
+            let before = self.before(line.item);
+            let item = self.item_mut(line.item);
+            debug_assert!(item.reserved >= line.quantity, "hold larger than reserved");
+            item.reserved -= line.quantity;
+            let change = match state {
+                ReservationState::Confirmed => {
+                    item.on_hand -= line.quantity;
+                    Change {
+                        cause: Cause::Confirm(id),
+                        movement: Some((MovementReason::Confirmed, Who::Reservation(id))),
+                        created: false,
+                    }
+                }
+                ReservationState::Released => Change {
+                    cause: Cause::Release(id),
+                    movement: None,
+                    created: false,
+                },
+                ReservationState::Expired | ReservationState::Held => Change {
+                    cause: Cause::Expire(id),
+                    movement: None,
+                    created: false,
+                },
+            };
+            self.finish_change(line.item, before, change, emitter);
+        }
+        self.ix.wheel.cancel(slot);
+        self.ix.live_holds -= 1;
+        let now_ms = self.p.now_ms;
+        let reservation = self.reservation_at_mut(slot)?;
+        reservation.end(state, now_ms);
+        let summary = summary_of(reservation);
+        self.p.terminal.push_back(slot);
+        self.forget_terminal();
+        Some(summary)
+    }
+
+    fn free_reservation(&mut self, slot: u32) {
+        let Some(reservation) = self
+            .p
+            .reservations
+            .get_mut(slot as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        debug_assert!(reservation.state.is_terminal(), "forgetting a live hold");
+        self.ix.reservations.remove(&reservation.id);
+        if let Some(key) = &reservation.idempotency_key {
+            let hash = self.ix.hasher.hash_one(key.as_str());
+            if let Ok(entry) = self.ix.keys.find_entry(hash, |&other| other == slot) {
+                entry.remove();
+            }
+        }
+        self.p.free_slots.push(slot);
+    }
+
+    pub(crate) fn summary(&self, slot: u32) -> Option<ReservationSummary> {
+        self.reservation_at(slot).map(summary_of)
+    }
+
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.p.limits = limits;
+        self.forget_terminal();
+    }
+
+    // ----- snapshots, digest, invariants -----
+
+    /// The state as snapshot bytes (rkyv). Deterministic: equal states give
+    /// equal bytes.
+    pub fn to_snapshot_bytes(&self) -> Result<AlignedVec, SnapshotError> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(&self.p)
+            .map_err(|error| SnapshotError::Encode(error.to_string()))
+    }
+
+    /// Rebuilds a shard from snapshot bytes, validating the archive and every
+    /// cross-reference so a bad snapshot is an error, never a panic later.
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let p = rkyv::from_bytes::<Persisted, rkyv::rancor::Error>(&aligned)
+            .map_err(|error| error.to_string())?;
+        if p.format != STATE_FORMAT {
+            return Err(format!(
+                "state format {} is not the supported {}",
+                p.format, STATE_FORMAT
+            ));
+        }
+        check_references(&p)?;
+        let state = Self::from_persisted(p);
+        state.check_invariants()?;
+        Ok(state)
+    }
+
+    /// A 128-bit digest of the whole state. Two replicas with equal digests
+    /// hold byte-identical state.
+    pub fn digest(&self) -> u128 {
+        match self.to_snapshot_bytes() {
+            Ok(bytes) => xxhash_rust::xxh3::xxh3_128(&bytes),
+            Err(_) => 0,
+        }
+    }
+
+    /// Checks every invariant of DESIGN.md over the whole shard. O(state):
+    /// for tests and for loading snapshots, not for the hot path (which
+    /// asserts the same rules where it changes state).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut reserved = vec![0u64; self.p.items.len()];
+        let mut live = 0u32;
+        for (slot, reservation) in self.p.reservations.iter().enumerate() {
+            let Some(reservation) = reservation else {
+                continue;
+            };
+            if reservation.state == ReservationState::Held {
+                live += 1;
+                if reservation.deadline_ms <= self.p.now_ms {
+                    return Err(format!("hold {} outlived its deadline", reservation.id));
+                }
+                for line in reservation.lines.as_slice() {
+                    reserved[line.item.0 as usize] += line.quantity;
+                }
+            } else if !self.p.terminal.contains(&(slot as u32)) {
+                return Err(format!(
+                    "terminal reservation {} is not queued to be forgotten",
+                    reservation.id
+                ));
+            }
+            if self.ix.reservations.get(&reservation.id) != Some(&(slot as u32)) {
+                return Err(format!("reservation {} is not indexed", reservation.id));
+            }
+        }
+        for (id, item) in self.p.items.iter().enumerate() {
+            if item.reserved > item.on_hand {
+                return Err(format!(
+                    "item {id}: reserved {} > on_hand {}",
+                    item.reserved, item.on_hand
+                ));
+            }
+            if item.on_hand > QUANTITY_MAX {
+                return Err(format!(
+                    "item {id}: on_hand {} over the maximum",
+                    item.on_hand
+                ));
+            }
+            if item.reserved != reserved[id] {
+                return Err(format!(
+                    "item {id}: reserved {} but live holds sum to {}",
+                    item.reserved, reserved[id]
+                ));
+            }
+            if item.version == 0 {
+                return Err(format!("item {id}: version 0"));
+            }
+        }
+        if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {
+            return Err(format!(
+                "{live} live holds, {} counted, {} timers",
+                self.ix.live_holds,
+                self.ix.wheel.len()
+            ));
+        }
+        if self.ix.reservations.len() + self.p.free_slots.len() != self.p.reservations.len() {
+            return Err("reservation slab, index and free list disagree".into());
+        }
+        Ok(())
+    }
+}
+
+fn summary_of(reservation: &Reservation) -> ReservationSummary {
+    ReservationSummary {
+        id: reservation.id,
+        state: reservation.state,
+        created_at_ms: reservation.created_at_ms,
+        deadline_ms: reservation.deadline_ms,
+        ended_at_ms: reservation
+            .state
+            .is_terminal()
+            .then_some(reservation.ended_at_ms),
+    }
+}
+
+fn sku_bytes<'a>(arena: &'a [u8], item: &Item) -> &'a [u8] {
+    let start = item.sku_offset as usize;
+    arena
+        .get(start..start + usize::from(item.sku_len))
+        .unwrap_or_default()
+}
+
+fn item_hash(hasher: &DefaultHashBuilder, sku: &[u8], warehouse: u16) -> u64 {
+    hasher.hash_one((sku, warehouse))
+}
+
+fn key_hash(hasher: &DefaultHashBuilder, reservations: &[Option<Reservation>], slot: u32) -> u64 {
+    let key = reservations
+        .get(slot as usize)
+        .and_then(Option::as_ref)
+        .and_then(|r| r.idempotency_key.as_ref())
+        .map_or("", IdempotencyKey::as_str);
+    hasher.hash_one(key)
+}
+
+fn signed_delta(before: u64, after: u64) -> i64 {
+    // Both are at most QUANTITY_MAX (10^15), so the difference fits an i64.
+    if after >= before {
+        i64::try_from(after - before).unwrap_or(i64::MAX)
+    } else {
+        -i64::try_from(before - after).unwrap_or(i64::MAX)
+    }
+}
+
+/// Every index a snapshot holds points inside its own vectors.
+fn check_references(p: &Persisted) -> Result<(), String> {
+    if p.shard_count == 0 || p.shard >= p.shard_count {
+        return Err(format!("shard {} of {}", p.shard, p.shard_count));
+    }
+    p.limits.validate()?;
+    for (id, item) in p.items.iter().enumerate() {
+        let end = item.sku_offset as usize + usize::from(item.sku_len);
+        let sku = p
+            .sku_arena
+            .get(item.sku_offset as usize..end)
+            .ok_or(format!("item {id}: SKU outside arena"))?;
+        let sku = std::str::from_utf8(sku).map_err(|_| format!("item {id}: SKU not UTF-8"))?;
+        crate::ids::check_ident(crate::error::Field::Sku, sku, crate::ids::SKU_LEN_MAX)
+            .map_err(|error| format!("item {id}: {error}"))?;
+        if usize::from(item.warehouse) >= p.warehouses.len() {
+            return Err(format!("item {id}: unknown warehouse"));
+        }
+        if let Some(Who::Principal(principal)) = item.history.iter().map(|m| m.who).find(|who| {
+            matches!(who, Who::Principal(id) if *id != PRINCIPAL_OTHER && usize::from(*id) >= p.principals.len())
+        }) {
+            return Err(format!("item {id}: unknown principal {principal}"));
+        }
+    }
+    let mut seen_free = vec![false; p.reservations.len()];
+    for &slot in &p.free_slots {
+        let index = slot as usize;
+        if p.reservations.get(index).is_none_or(Option::is_some) || seen_free[index] {
+            return Err(format!("free slot {slot} is not an empty slot"));
+        }
+        seen_free[index] = true;
+    }
+    let mut ids = hashbrown::HashSet::new();
+    for (slot, reservation) in p.reservations.iter().enumerate() {
+        match reservation {
+            None if !seen_free[slot] => return Err(format!("empty slot {slot} is not free")),
+            None => {}
+            Some(reservation) => {
+                if !ids.insert(reservation.id) {
+                    return Err(format!("reservation {} appears twice", reservation.id));
+                }
+                if reservation
+                    .lines
+                    .as_slice()
+                    .iter()
+                    .any(|line| line.item.0 as usize >= p.items.len())
+                {
+                    return Err(format!("reservation {}: unknown item", reservation.id));
+                }
+            }
+        }
+    }
+    for &slot in &p.terminal {
+        if !p
+            .reservations
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|r| r.state.is_terminal())
+        {
+            return Err(format!(
+                "terminal queue names slot {slot}, which is not terminal"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    //! Small builders shared by the command tests.
+
+    use super::*;
+    use crate::cmd::{AttrUpdate, Deadline, Expect, Hold, HoldLine, UpsertItem};
+    use crate::ids::{Quantity, Sku, Warehouse};
+
+    pub struct Fixture {
+        pub state: ShardState,
+        pub index: u64,
+        pub now_ms: u64,
+    }
+
+    impl Fixture {
+        /// A one-shard state at log time 1000.
+        pub fn new() -> Self {
+            Self::with_limits(Limits::default())
+        }
+
+        pub fn with_limits(limits: Limits) -> Self {
+            Self {
+                state: ShardState::new(0, 1, limits),
+                index: 0,
+                now_ms: 1_000,
+            }
+        }
+
+        pub fn run(&mut self, commands: Vec<Command>) -> Applied {
+            self.index += 1;
+            let entry = LogEntry::batch(LogId::new(1, self.index), self.now_ms, commands);
+            match self.state.apply(&entry) {
+                Ok(applied) => {
+                    if let Err(error) = self.state.check_invariants() {
+                        panic!("invariant broken after entry {}: {error}", self.index);
+                    }
+                    applied
+                }
+                Err(error) => panic!("apply failed: {error}"),
+            }
+        }
+
+        pub fn one(&mut self, command: Command) -> Outcome {
+            self.run(vec![command]).outcomes.remove(0)
+        }
+
+        pub fn stock(&mut self, sku: &str, warehouse: &str, on_hand: u64, threshold: u64) {
+            let outcome = self.one(Command::UpsertItem(UpsertItem {
+                sku: sku_of(sku),
+                warehouse: wh(warehouse),
+                on_hand: Some(on_hand),
+                low_stock_threshold: Some(threshold),
+                name: AttrUpdate::Keep,
+                unit_price_minor: AttrUpdate::Keep,
+                expect: Expect::Any,
+                principal: None,
+            }));
+            assert!(!outcome.is_refused(), "stocking failed: {outcome:?}");
+        }
+
+        pub fn levels(&self, sku: &str, warehouse: &str) -> (u64, u64) {
+            let id = self
+                .state
+                .find_item(sku, warehouse)
+                .unwrap_or(ItemId(u32::MAX));
+            let item = self.state.item(id);
+            (item.on_hand, item.reserved)
+        }
+    }
+
+    impl Fixture {
+        /// Holds `lines` under reservation id `n` for 60 s.
+        pub fn hold(&mut self, n: u8, lines: &[(&str, &str, u64)]) -> Outcome {
+            self.one(hold_command(n, lines, None))
+        }
+    }
+
+    /// Reservation id number `n`.
+    pub fn rid(n: u8) -> ReservationId {
+        ReservationId::from_parts(0, [n; 14])
+    }
+
+    pub fn hold_command(
+        n: u8,
+        lines: &[(&str, &str, u64)],
+        key: Option<IdempotencyKey>,
+    ) -> Command {
+        Command::Hold(Hold {
+            id: rid(n),
+            lines: lines
+                .iter()
+                .map(|&(sku, warehouse, quantity)| HoldLine {
+                    sku: sku_of(sku),
+                    warehouse: wh(warehouse),
+                    quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("{e}")),
+                })
+                .collect(),
+            deadline: Deadline::AfterMs(60_000),
+            idempotency_key: key,
+            confirm: false,
+        })
+    }
+
+    pub fn upsert(sku: &str, warehouse: &str) -> UpsertItem {
+        UpsertItem {
+            sku: sku_of(sku),
+            warehouse: wh(warehouse),
+            on_hand: None,
+            low_stock_threshold: None,
+            name: AttrUpdate::Keep,
+            unit_price_minor: AttrUpdate::Keep,
+            expect: Expect::Any,
+            principal: None,
+        }
+    }
+
+    pub fn sku_of(text: &str) -> Sku {
+        Sku::new(text).unwrap_or_else(|error| panic!("bad test SKU {text}: {error}"))
+    }
+
+    pub fn wh(text: &str) -> Warehouse {
+        Warehouse::new(text).unwrap_or_else(|error| panic!("bad test warehouse {text}: {error}"))
+    }
+}

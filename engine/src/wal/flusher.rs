@@ -1,0 +1,193 @@
+//! Group commit: one thread per WAL that turns many flush requests into one
+//! `fdatasync`.
+//!
+//! Appends write their bytes and mark the segment dirty; `flush` queues a
+//! callback. The thread takes every queued callback together with the dirty
+//! files, syncs those files (and the directory, after a new segment), and
+//! only then completes the callbacks. Whatever was appended before a
+//! callback was queued is in a file marked dirty before it, so one sync
+//! covers it. After a failed sync the WAL is poisoned: every later flush and
+//! append fails, because after fsync fails the kernel may have dropped the
+//! dirty pages and retrying would report success for lost data.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::WalError;
+
+/// Called once the appends before it are durable, or with the error.
+pub type FlushCallback = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
+
+/// Counters of the flusher, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// `fdatasync` rounds run (one may cover many callbacks).
+    pub syncs: u64,
+    /// Callbacks completed.
+    pub flushes: u64,
+    /// Time spent in sync rounds, in microseconds.
+    pub sync_us_total: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    callbacks: Vec<FlushCallback>,
+    dirty: BTreeMap<u64, Arc<File>>,
+    dir_dirty: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    poisoned: AtomicBool,
+    syncs: AtomicU64,
+    flushes: AtomicU64,
+    sync_us_total: AtomicU64,
+}
+
+pub(crate) struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher")
+            .field("poisoned", &self.shared.poisoned.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Flusher {
+    pub fn start(dir: PathBuf) -> io::Result<Flusher> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            sync_us_total: AtomicU64::new(0),
+        });
+        let thread = std::thread::Builder::new()
+            .name("tally-wal-flush".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || run(&shared, &dir)
+            })?;
+        Ok(Flusher {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn flush(&self, callback: FlushCallback) {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            callback(Err(io::Error::other(WalError::Poisoned.to_string())));
+            return;
+        }
+        self.shared.queue.lock().callbacks.push(callback);
+        self.shared.wake.notify_one();
+    }
+
+    pub fn mark_dirty(&self, seq: u64, file: Arc<File>) {
+        self.shared.queue.lock().dirty.entry(seq).or_insert(file);
+    }
+
+    pub fn mark_dir_dirty(&self) {
+        self.shared.queue.lock().dir_dirty = true;
+    }
+
+    pub fn poison(&self) {
+        self.shared.poisoned.store(true, Ordering::Release);
+    }
+
+    pub fn check_healthy(&self) -> Result<(), WalError> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            Err(WalError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+            flushes: self.shared.flushes.load(Ordering::Relaxed),
+            sync_us_total: self.shared.sync_us_total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Flusher {
+    /// Completes every queued callback (with a final sync) before returning.
+    fn drop(&mut self) {
+        self.shared.queue.lock().shutdown = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, dir: &PathBuf) {
+    loop {
+        let (callbacks, dirty, dir_dirty) = {
+            let mut queue = shared.queue.lock();
+            while queue.callbacks.is_empty() && !queue.shutdown {
+                shared.wake.wait(&mut queue);
+            }
+            if queue.callbacks.is_empty() && queue.shutdown {
+                return;
+            }
+            let dir_dirty = std::mem::take(&mut queue.dir_dirty);
+            (
+                std::mem::take(&mut queue.callbacks),
+                std::mem::take(&mut queue.dirty),
+                dir_dirty,
+            )
+        };
+        let result = if shared.poisoned.load(Ordering::Acquire) {
+            Err(WalError::Poisoned.to_string())
+        } else {
+            let started = Instant::now();
+            let result = sync(&dirty, dir_dirty.then_some(dir));
+            let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            shared.syncs.fetch_add(1, Ordering::Relaxed);
+            shared
+                .sync_us_total
+                .fetch_add(elapsed_us, Ordering::Relaxed);
+            if result.is_err() {
+                shared.poisoned.store(true, Ordering::Release);
+            }
+            result
+        };
+        shared
+            .flushes
+            .fetch_add(callbacks.len() as u64, Ordering::Relaxed);
+        for callback in callbacks {
+            callback(result.clone().map_err(io::Error::other));
+        }
+    }
+}
+
+fn sync(dirty: &BTreeMap<u64, Arc<File>>, dir: Option<&PathBuf>) -> Result<(), String> {
+    for (seq, file) in dirty {
+        file.sync_data()
+            .map_err(|error| format!("fdatasync of WAL segment {seq} failed: {error}"))?;
+    }
+    if let Some(dir) = dir {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|error| format!("fsync of WAL directory failed: {error}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! The write-ahead log of one shard: its Raft log.
+//!
+//! Segment files `NNNNNNNNNNNNNNNNNNNN.wal` (a 20-digit sequence number) hold
+//! CRC-checked frames of rkyv records (`record.rs`). The first record of each
+//! segment is a header repeating the log's durable metadata (vote, committed
+//! id, purge point), so old segments can be deleted without losing it.
+//!
+//! * `append` writes entries with one `pwrite` and returns: they are readable
+//!   at once (`WalReader`), durable later.
+//! * `flush(callback)` queues the callback; a flusher thread runs one
+//!   `fdatasync` for everything appended so far and then completes every
+//!   queued callback (group commit). Nothing is acknowledged before its fsync.
+//! * Truncation and purging are records too, so every change is one ordered
+//!   append; segments are deleted only after the purge record is durable.
+//! * `save_vote` appends a vote record and waits for its fsync.
+//!
+//! `open` recovers: it replays every record through the same rules the writer
+//! obeys, cuts a torn tail off the last segment, and refuses to start, naming
+//! the file and offset, on damage anywhere else.
+
+mod flusher;
+mod index;
+mod record;
+mod recovery;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rkyv::util::AlignedVec;
+
+use crate::config::WalConfig;
+use crate::error::WalError;
+use crate::log::{LogEntry, LogId, Vote};
+
+use flusher::Flusher;
+use index::{Loc, LogIndex, RuleError, Segment, check_follows};
+use record::{Encoder, Meta, Record, RecordRef, SEGMENT_FORMAT, SEGMENT_MAGIC, SegmentHeader};
+
+pub use flusher::{FlushCallback, WalStats};
+
+/// What a log holds, as Raft asks for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// The last purged entry's id.
+    pub purged: Option<LogId>,
+    /// The last entry's id, or `purged` when no entry is live.
+    pub last: Option<LogId>,
+}
+
+/// The writer of one shard's WAL. One per shard; not shared.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    config: WalConfig,
+    index: Arc<RwLock<LogIndex>>,
+    active_seq: u64,
+    active_file: Arc<File>,
+    active_len: u64,
+    /// Length of the active segment's header: a segment with nothing after
+    /// its header takes any record, however large, instead of rolling.
+    active_header_len: u64,
+    encoder: Encoder,
+    buffer: Vec<u8>,
+    flusher: Flusher,
+}
+
+/// A cheap, cloneable reader of the WAL, for replication tasks.
+#[derive(Clone, Debug)]
+pub struct WalReader {
+    index: Arc<RwLock<LogIndex>>,
+    record_size_max: usize,
+}
+
+pub(crate) fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.wal")
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn rule_error(error: RuleError) -> WalError {
+    match error {
+        RuleError::NotContiguous { last, got } => WalError::NotContiguous { last, got },
+        RuleError::TermRegressed {
+            index,
+            term,
+            last_term,
+        } => WalError::TermRegressed {
+            index,
+            term,
+            last_term,
+        },
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `dir`, recovering what is on disk.
+    pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<Wal, WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let recovered = recovery::recover(&dir)?;
+        let mut index = recovered.index;
+        let active = match recovered.active {
+            Some(active) => active,
+            None => {
+                let (file, len) =
+                    create_segment(&dir, 1, &index.meta, &mut Encoder::default(), config)?;
+                sync_dir(&dir)?;
+                index.segments.insert(
+                    1,
+                    Segment {
+                        path: dir.join(segment_name(1)),
+                        file: Arc::clone(&file),
+                        index_max: None,
+                    },
+                );
+                recovery::Active {
+                    seq: 1,
+                    file,
+                    len,
+                    header_len: len,
+                }
+            }
+        };
+        let index = Arc::new(RwLock::new(index));
+        let flusher = Flusher::start(dir.clone()).map_err(io_error(&dir))?;
+        Ok(Wal {
+            dir,
+            config,
+            index,
+            active_seq: active.seq,
+            active_file: active.file,
+            active_len: active.len,
+            active_header_len: active.header_len,
+            encoder: Encoder::default(),
+            buffer: Vec::new(),
+            flusher,
+        })
+    }
+
+    pub fn reader(&self) -> WalReader {
+        WalReader {
+            index: Arc::clone(&self.index),
+            record_size_max: self.config.record_size_max as usize,
+        }
+    }
+
+    pub fn log_state(&self) -> LogState {
+        let index = self.index.read();
+        LogState {
+            purged: index.meta.purged,
+            last: index.last_log_id(),
+        }
+    }
+
+    pub fn vote(&self) -> Option<Vote> {
+        self.index.read().meta.vote
+    }
+
+    pub fn committed(&self) -> Option<LogId> {
+        self.index.read().meta.committed
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.flusher.stats()
+    }
+
+    /// Writes entries; they are readable when this returns and durable after
+    /// the next flush. Each must follow the log (next index, no lower term);
+    /// on a broken rule nothing is written.
+    pub fn append<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a LogEntry>,
+    ) -> Result<(), WalError> {
+        self.flusher.check_healthy()?;
+        self.buffer.clear();
+        let mut pending: Vec<(LogId, u64, u32)> = Vec::new();
+        let mut next = self.index.read().last_seen;
+        for entry in entries {
+            check_follows(next, entry.log_id).map_err(rule_error)?;
+            next = Some(entry.log_id);
+            let offset = self.buffer.len() as u64;
+            let len = self
+                .encoder
+                .encode(
+                    RecordRef::Entry(entry),
+                    self.config.record_size_max as usize,
+                    &mut self.buffer,
+                )
+                .map_err(|reason| self.encode_error(reason))?;
+            pending.push((entry.log_id, offset, u32::try_from(len).unwrap_or(u32::MAX)));
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if self.active_len > self.active_header_len
+            && self.active_len + self.buffer.len() as u64 > self.config.segment_size_max
+        {
+            self.roll()?;
+        }
+        let base = self.active_len;
+        self.write_buffer()?;
+        let mut index = self.index.write();
+        for (log_id, offset, len) in pending {
+            let loc = Loc {
+                seq: self.active_seq,
+                offset: base + offset,
+                len,
+                term: log_id.term,
+            };
+            index.push(log_id, loc);
+        }
+        Ok(())
+    }
+
+    /// Calls `callback` once everything appended so far is on disk (or with
+    /// the error that stopped it). Returns at once.
+    pub fn flush(&self, callback: FlushCallback) {
+        self.flusher.flush(callback);
+    }
+
+    /// Waits until everything appended so far is on disk.
+    pub fn sync(&self) -> Result<(), WalError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.flush(Box::new(move |result| {
+            let _ = sender.send(result);
+        }));
+        match receiver.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(WalError::Io {
+                path: self.dir.clone(),
+                source,
+            }),
+            Err(_) => Err(WalError::Poisoned),
+        }
+    }
+
+    /// Saves the vote durably before returning.
+    pub fn save_vote(&mut self, vote: Vote) -> Result<(), WalError> {
+        self.append_meta(RecordRef::Vote(&vote))?;
+        self.index.write().set_vote(vote);
+        self.sync()
+    }
+
+    /// Records the committed log id; durable with the next flush.
+    pub fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), WalError> {
+        self.append_meta(RecordRef::Committed(&committed))?;
+        self.index.write().meta.committed = committed;
+        Ok(())
+    }
+
+    /// Drops every entry after `keep` (all entries for `None`). Durable with
+    /// the next flush; entries appended later follow `keep`.
+    pub fn truncate_after(&mut self, keep: Option<LogId>) -> Result<(), WalError> {
+        let keep_index = keep.map(|log_id| log_id.index);
+        self.append_meta(RecordRef::Truncate(&keep_index))?;
+        self.index.write().truncate(keep_index);
+        Ok(())
+    }
+
+    /// Forgets every entry up to `upto`, inclusive, and deletes segments
+    /// that hold nothing newer. Durable when this returns.
+    pub fn purge(&mut self, upto: LogId) -> Result<(), WalError> {
+        if self
+            .index
+            .read()
+            .meta
+            .purged
+            .is_some_and(|purged| purged.index >= upto.index)
+        {
+            return Ok(());
+        }
+        self.append_meta(RecordRef::Purge(&upto))?;
+        self.index.write().purge(upto);
+        self.sync()?;
+        let doomed: Vec<(u64, PathBuf)> = {
+            let index = self.index.read();
+            index
+                .segments
+                .iter()
+                .take_while(|(seq, segment)| {
+                    **seq != self.active_seq
+                        && segment.index_max.is_none_or(|max| max <= upto.index)
+                })
+                .map(|(seq, segment)| (*seq, segment.path.clone()))
+                .collect()
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        for (seq, path) in &doomed {
+            std::fs::remove_file(path).map_err(io_error(path))?;
+            self.index.write().segments.remove(seq);
+        }
+        sync_dir(&self.dir)
+    }
+
+    fn append_meta(&mut self, record: RecordRef<'_>) -> Result<(), WalError> {
+        self.flusher.check_healthy()?;
+        self.buffer.clear();
+        self.encoder
+            .encode(
+                record,
+                self.config.record_size_max as usize,
+                &mut self.buffer,
+            )
+            .map_err(|reason| self.encode_error(reason))?;
+        self.write_buffer()
+    }
+
+    fn encode_error(&self, reason: String) -> WalError {
+        if reason.contains("over the limit") {
+            WalError::RecordTooLarge {
+                len: self.buffer.len(),
+                max: self.config.record_size_max as usize,
+            }
+        } else {
+            WalError::Encode(reason)
+        }
+    }
+
+    /// Writes `buffer` at the end of the active segment with one `pwrite`.
+    fn write_buffer(&mut self) -> Result<(), WalError> {
+        let path = self.dir.join(segment_name(self.active_seq));
+        if let Err(source) = self.active_file.write_all_at(&self.buffer, self.active_len) {
+            // A partial frame may be on disk; recovery cuts it off. Until a
+            // restart, nothing more is written.
+            self.flusher.poison();
+            return Err(WalError::Io { path, source });
+        }
+        self.active_len += self.buffer.len() as u64;
+        self.flusher
+            .mark_dirty(self.active_seq, Arc::clone(&self.active_file));
+        Ok(())
+    }
+
+    /// Starts the next segment, headed by the current metadata. The old
+    /// segment is synced first, so only the last segment can ever end in a
+    /// torn write and the new header never claims more than the old segment
+    /// durably holds.
+    fn roll(&mut self) -> Result<(), WalError> {
+        let old_path = self.dir.join(segment_name(self.active_seq));
+        if let Err(source) = self.active_file.sync_data() {
+            self.flusher.poison();
+            return Err(WalError::Io {
+                path: old_path,
+                source,
+            });
+        }
+        let seq = self.active_seq + 1;
+        let meta = self.index.read().meta;
+        let (file, len) =
+            match create_segment(&self.dir, seq, &meta, &mut self.encoder, self.config) {
+                Ok(created) => created,
+                Err(error) => {
+                    self.flusher.poison();
+                    return Err(error);
+                }
+            };
+        self.index.write().segments.insert(
+            seq,
+            Segment {
+                path: self.dir.join(segment_name(seq)),
+                file: Arc::clone(&file),
+                index_max: None,
+            },
+        );
+        self.active_seq = seq;
+        self.active_file = Arc::clone(&file);
+        self.active_len = len;
+        self.active_header_len = len;
+        self.flusher.mark_dirty(seq, file);
+        self.flusher.mark_dir_dirty();
+        Ok(())
+    }
+}
+
+/// Creates segment `seq` with its header record (not yet synced).
+fn create_segment(
+    dir: &Path,
+    seq: u64,
+    meta: &Meta,
+    encoder: &mut Encoder,
+    config: WalConfig,
+) -> Result<(Arc<File>, u64), WalError> {
+    let path = dir.join(segment_name(seq));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    let header = SegmentHeader {
+        magic: SEGMENT_MAGIC,
+        format: SEGMENT_FORMAT,
+        seq,
+        meta: *meta,
+    };
+    let mut frame = Vec::new();
+    encoder
+        .encode(
+            RecordRef::Header(&header),
+            config.record_size_max as usize,
+            &mut frame,
+        )
+        .map_err(WalError::Encode)?;
+    file.write_all_at(&frame, 0).map_err(io_error(&path))?;
+    file.sync_data().map_err(io_error(&path))?;
+    Ok((Arc::new(file), frame.len() as u64))
+}
+
+impl WalReader {
+    /// Live entries with index in `[start, end)`, in order. Entries already
+    /// purged are skipped (the answer may be shorter than asked).
+    pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<LogEntry>, WalError> {
+        let wanted: Vec<(u64, Loc, Arc<File>, PathBuf)> = {
+            let index = self.index.read();
+            index
+                .range(start, end)
+                .into_iter()
+                .filter_map(|(entry_index, loc)| {
+                    let segment = index.segments.get(&loc.seq)?;
+                    Some((
+                        entry_index,
+                        loc,
+                        Arc::clone(&segment.file),
+                        segment.path.clone(),
+                    ))
+                })
+                .collect()
+        };
+        let mut entries = Vec::with_capacity(wanted.len());
+        let mut bytes = Vec::new();
+        let mut scratch = AlignedVec::new();
+        let mut position = 0;
+        while position < wanted.len() {
+            // One read for a run of frames that sit back to back in one file.
+            let (_, first, file, path) = &wanted[position];
+            let mut run_end = position + 1;
+            let mut span = u64::from(first.len);
+            while run_end < wanted.len()
+                && wanted[run_end].1.seq == first.seq
+                && wanted[run_end].1.offset == first.offset + span
+                && span < 4 << 20
+            {
+                span += u64::from(wanted[run_end].1.len);
+                run_end += 1;
+            }
+            bytes.resize(usize::try_from(span).unwrap_or(usize::MAX), 0);
+            file.read_exact_at(&mut bytes, first.offset)
+                .map_err(io_error(path))?;
+            let mut at = 0usize;
+            for (entry_index, loc, _, path) in &wanted[position..run_end] {
+                let corrupt = |reason: String| WalError::Corrupt {
+                    path: path.clone(),
+                    offset: loc.offset,
+                    reason,
+                };
+                let frame = &bytes[at..at + loc.len as usize];
+                let (record, len) =
+                    record::read_frame(frame, &mut scratch).map_err(|e| corrupt(e.reason()))?;
+                debug_assert!(len <= self.record_size_max + record::FRAME_HEADER_LEN);
+                match record {
+                    Record::Entry(entry)
+                        if entry.log_id.index == *entry_index && entry.log_id.term == loc.term =>
+                    {
+                        entries.push(entry);
+                    }
+                    other => {
+                        return Err(corrupt(format!(
+                            "expected entry {entry_index}, found {other:?}"
+                        )));
+                    }
+                }
+                at += loc.len as usize;
+            }
+            position = run_end;
+        }
+        Ok(entries)
+    }
+
+    pub fn vote(&self) -> Option<Vote> {
+        self.index.read().meta.vote
+    }
+
+    pub fn log_state(&self) -> LogState {
+        let index = self.index.read();
+        LogState {
+            purged: index.meta.purged,
+            last: index.last_log_id(),
+        }
+    }
+
+    /// The term of the entry at `index`, if it is live (or the purge point).
+    pub fn term_of(&self, index: u64) -> Option<u64> {
+        self.index.read().term_of(index)
+    }
+}
