@@ -30,10 +30,7 @@ pub struct ShardActor {
 
 impl ShardActor {
     pub fn new(state: ShardState) -> Self {
-        Self {
-            state,
-            spare: Vec::new(),
-        }
+        Self { state, spare: Vec::new() }
     }
 }
 
@@ -61,20 +58,12 @@ impl Handler<Apply> for ShardActor {
     type Result = Result<AppliedEntries, ApplyError>;
 
     fn handle(&mut self, message: Apply, _: &mut Context<Self>) -> Self::Result {
-        let mut answer = AppliedEntries {
-            applied: Vec::with_capacity(message.entries.len()),
-            records: Vec::new(),
-        };
+        let mut answer = AppliedEntries { applied: Vec::with_capacity(message.entries.len()), records: Vec::new() };
         for entry in &message.entries {
             let mut applied = self.spare.pop().unwrap_or_default();
             self.state.apply_into(entry, &mut applied)?;
             if message.describe_events {
-                answer.records.extend(
-                    applied
-                        .events
-                        .iter()
-                        .map(|event| self.state.describe(event)),
-                );
+                answer.records.extend(applied.events.iter().map(|event| self.state.describe(event)));
             }
             answer.applied.push(applied);
         }
@@ -107,11 +96,7 @@ impl<R: Send + 'static> Message for Read<R> {
 pub struct ReadAnswer<R>(pub R);
 
 impl<R: Send + 'static> MessageResponse<ShardActor, Read<R>> for ReadAnswer<R> {
-    fn handle(
-        self,
-        _: &mut Context<ShardActor>,
-        tx: Option<actix::dev::OneshotSender<ReadAnswer<R>>>,
-    ) {
+    fn handle(self, _: &mut Context<ShardActor>, tx: Option<actix::dev::OneshotSender<ReadAnswer<R>>>) {
         if let Some(tx) = tx {
             let _ = tx.send(self);
         }
@@ -142,10 +127,7 @@ impl Handler<TakeSnapshot> for ShardActor {
     type Result = Result<SnapshotBytes, SnapshotError>;
 
     fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
-        Ok(SnapshotBytes {
-            meta: SnapshotMeta::of(&self.state),
-            state: self.state.to_snapshot_bytes()?,
-        })
+        Ok(SnapshotBytes { meta: SnapshotMeta::of(&self.state), state: self.state.to_snapshot_bytes()? })
     }
 }
 
@@ -196,47 +178,40 @@ impl ShardPool {
     pub fn start(states: Vec<ShardState>, arbiters: usize) -> io::Result<ShardPool> {
         let arbiters = arbiters.clamp(1, states.len().max(1));
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("tally-shards".into())
-            .spawn(move || {
-                let runner = System::new();
-                let started = runner.block_on(async move {
-                    let mut threads = Vec::with_capacity(arbiters);
-                    for _ in 0..arbiters {
-                        threads.push(Arbiter::try_new()?);
-                    }
-                    let shards: Vec<Addr<ShardActor>> = states
-                        .into_iter()
-                        .enumerate()
-                        .map(|(shard, state)| {
-                            let arbiter = threads[shard % arbiters].handle();
-                            ShardActor::start_in_arbiter(&arbiter, move |_| ShardActor::new(state))
-                        })
-                        .collect();
-                    io::Result::Ok((shards, threads))
-                });
-                match started {
-                    Ok((shards, threads)) => {
-                        let _ = sender.send(Ok((shards, System::current())));
-                        let _ = runner.run();
-                        for thread in threads {
-                            thread.stop();
-                            let _ = thread.join();
-                        }
-                    }
-                    Err(error) => {
-                        let _ = sender.send(Err(error));
+        let thread = std::thread::Builder::new().name("tally-shards".into()).spawn(move || {
+            let runner = System::new();
+            let started = runner.block_on(async move {
+                let mut threads = Vec::with_capacity(arbiters);
+                for _ in 0..arbiters {
+                    threads.push(Arbiter::try_new()?);
+                }
+                let shards: Vec<Addr<ShardActor>> = states
+                    .into_iter()
+                    .enumerate()
+                    .map(|(shard, state)| {
+                        let arbiter = threads[shard % arbiters].handle();
+                        ShardActor::start_in_arbiter(&arbiter, move |_| ShardActor::new(state))
+                    })
+                    .collect();
+                io::Result::Ok((shards, threads))
+            });
+            match started {
+                Ok((shards, threads)) => {
+                    let _ = sender.send(Ok((shards, System::current())));
+                    let _ = runner.run();
+                    for thread in threads {
+                        thread.stop();
+                        let _ = thread.join();
                     }
                 }
-            })?;
-        let (shards, system) = receiver
-            .recv()
-            .map_err(|_| io::Error::other("shard pool thread died while starting"))??;
-        Ok(ShardPool {
-            shards,
-            system,
-            thread: Some(thread),
-        })
+                Err(error) => {
+                    let _ = sender.send(Err(error));
+                }
+            }
+        })?;
+        let (shards, system) =
+            receiver.recv().map_err(|_| io::Error::other("shard pool thread died while starting"))??;
+        Ok(ShardPool { shards, system, thread: Some(thread) })
     }
 
     /// One arbiter per core.

@@ -10,18 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Bounds on a shard's state. Every one is a named upper bound (STYLE.md).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Deserialize,
-    serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 #[rkyv(derive(Debug))]
 pub struct Limits {
@@ -79,9 +68,7 @@ impl Limits {
             return Err(format!("hold_ttl_max_ms must be at most {}", 1u64 << 36));
         }
         if self.items_per_shard_max == 0 || self.live_holds_per_shard_max == 0 {
-            return Err(
-                "items_per_shard_max and live_holds_per_shard_max must be at least 1".into(),
-            );
+            return Err("items_per_shard_max and live_holds_per_shard_max must be at least 1".into());
         }
         if self.warehouses_per_shard_max == 0 {
             return Err("warehouses_per_shard_max must be at least 1".into());
@@ -102,9 +89,6 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     fn default() -> Self {
-        Self {
-            segment_size_max: 64 << 20,
-            record_size_max: 32 << 20,
-        }
+        Self { segment_size_max: 64 << 20, record_size_max: 32 << 20 }
     }
 }

@@ -67,17 +67,9 @@ pub enum InputError {
     #[error("{field} is empty")]
     Empty { field: Field },
     #[error("{field} is {len} bytes long; the maximum is {max}")]
-    TooLong {
-        field: Field,
-        len: usize,
-        max: usize,
-    },
+    TooLong { field: Field, len: usize, max: usize },
     #[error("{field} is {len} characters long; it must be {expected}")]
-    BadLength {
-        field: Field,
-        len: usize,
-        expected: usize,
-    },
+    BadLength { field: Field, len: usize, expected: usize },
     #[error("{field} has a character that is not allowed at byte {position}")]
     BadCharacter { field: Field, position: usize },
     #[error("{field} must be at least 1")]
@@ -135,9 +127,7 @@ impl InputError {
 /// out of order), never a consequence of what a client sent.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
-    #[error(
-        "entry {got} applied after {last_applied:?}; entries must be applied in order without gaps"
-    )]
+    #[error("entry {got} applied after {last_applied:?}; entries must be applied in order without gaps")]
     OutOfOrder { last_applied: Option<u64>, got: u64 },
 }
 
@@ -145,33 +135,20 @@ pub enum ApplyError {
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("WAL I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "WAL corrupt in {path} at byte {offset}: {reason}; refusing to start (restore this shard from a peer or a backup)"
     )]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("WAL append of entry {got} does not follow the last entry {last:?}")]
     NotContiguous { last: Option<u64>, got: u64 },
     #[error("WAL append of entry {index} in term {term} goes back from term {last_term}")]
-    TermRegressed {
-        index: u64,
-        term: u64,
-        last_term: u64,
-    },
+    TermRegressed { index: u64, term: u64, last_term: u64 },
     #[error("WAL record of {len} bytes is over the limit of {max}")]
     RecordTooLarge { len: usize, max: usize },
     #[error("WAL record failed its check before writing: {0}")]
     Encode(String),
-    #[error(
-        "WAL is unusable after an earlier I/O failure; restart the process to recover from disk"
-    )]
+    #[error("WAL is unusable after an earlier I/O failure; restart the process to recover from disk")]
     Poisoned,
 }
 
@@ -188,10 +165,7 @@ impl From<WalError> for std::io::Error {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("snapshot {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("snapshot is {len} bytes, over the format's limit of {max}")]
@@ -203,9 +177,7 @@ pub enum SnapshotError {
 impl From<SnapshotError> for std::io::Error {
     fn from(error: SnapshotError) -> Self {
         match error {
-            SnapshotError::Io { source, .. } => {
-                std::io::Error::new(source.kind(), source.to_string())
-            }
+            SnapshotError::Io { source, .. } => std::io::Error::new(source.kind(), source.to_string()),
             other => std::io::Error::other(other.to_string()),
         }
     }

@@ -68,9 +68,7 @@ impl Cause {
 
     pub fn reservation(self) -> Option<ReservationId> {
         match self {
-            Cause::Hold(id) | Cause::Confirm(id) | Cause::Release(id) | Cause::Expire(id) => {
-                Some(id)
-            }
+            Cause::Hold(id) | Cause::Confirm(id) | Cause::Release(id) | Cause::Expire(id) => Some(id),
             Cause::Upsert | Cause::Adjust(_) | Cause::TransferIn | Cause::TransferOut => None,
         }
     }
@@ -90,24 +88,11 @@ pub struct LevelChange {
 #[rkyv(derive(Debug))]
 pub enum EventKind {
     /// `on_hand` or `reserved` (so `available`) of an item changed.
-    StockChanged {
-        item: ItemId,
-        cause: Cause,
-        levels: LevelChange,
-    },
+    StockChanged { item: ItemId, cause: Cause, levels: LevelChange },
     /// An item's status changed: one event per crossing.
-    ThresholdCrossed {
-        item: ItemId,
-        from: Status,
-        to: Status,
-        available: u64,
-        low_stock_threshold: u64,
-    },
+    ThresholdCrossed { item: ItemId, from: Status, to: Status, available: u64, low_stock_threshold: u64 },
     /// A hold reached its deadline and its units went back.
-    ReservationExpired {
-        reservation: ReservationId,
-        deadline_ms: u64,
-    },
+    ReservationExpired { reservation: ReservationId, deadline_ms: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -39,15 +39,10 @@ pub(crate) fn check_ident(field: Field, value: &str, len_max: usize) -> Result<(
         return Err(InputError::Empty { field });
     }
     if bytes.len() > len_max {
-        return Err(InputError::TooLong {
-            field,
-            len: bytes.len(),
-            max: len_max,
-        });
+        return Err(InputError::TooLong { field, len: bytes.len(), max: len_max });
     }
     for (position, &byte) in bytes.iter().enumerate() {
-        let allowed = byte.is_ascii_alphanumeric()
-            || (position > 0 && matches!(byte, b'.' | b'_' | b':' | b'-'));
+        let allowed = byte.is_ascii_alphanumeric() || (position > 0 && matches!(byte, b'.' | b'_' | b':' | b'-'));
         if !allowed {
             return Err(InputError::BadCharacter { field, position });
         }
@@ -66,11 +61,7 @@ pub(crate) fn check_quantity(field: Field, value: u64) -> Result<(), InputError>
 /// Checks a level that may be zero: on hand, a threshold.
 pub(crate) fn check_level(field: Field, value: u64) -> Result<(), InputError> {
     if value > QUANTITY_MAX {
-        return Err(InputError::TooLarge {
-            field,
-            value,
-            max: QUANTITY_MAX,
-        });
+        return Err(InputError::TooLarge { field, value, max: QUANTITY_MAX });
     }
     Ok(())
 }
@@ -169,11 +160,7 @@ fn check_idempotency_key(value: &str) -> Result<(), InputError> {
         return Err(InputError::Empty { field });
     }
     if bytes.len() > IDEMPOTENCY_KEY_LEN_MAX {
-        return Err(InputError::TooLong {
-            field,
-            len: bytes.len(),
-            max: IDEMPOTENCY_KEY_LEN_MAX,
-        });
+        return Err(InputError::TooLong { field, len: bytes.len(), max: IDEMPOTENCY_KEY_LEN_MAX });
     }
     match bytes.iter().position(|byte| !(b'!'..=b'~').contains(byte)) {
         Some(position) => Err(InputError::BadCharacter { field, position }),
@@ -214,11 +201,7 @@ fn check_name(value: &str) -> Result<(), InputError> {
         return Err(InputError::Empty { field });
     }
     if value.len() > NAME_LEN_MAX {
-        return Err(InputError::TooLong {
-            field,
-            len: value.len(),
-            max: NAME_LEN_MAX,
-        });
+        return Err(InputError::TooLong { field, len: value.len(), max: NAME_LEN_MAX });
     }
     match value.char_indices().find(|(_, c)| c.is_control()) {
         Some((position, _)) => Err(InputError::BadCharacter { field, position }),
@@ -312,22 +295,12 @@ impl FromStr for ReservationId {
         let field = Field::ReservationId;
         let digits = text.as_bytes();
         if digits.len() != 32 {
-            return Err(InputError::BadLength {
-                field,
-                len: digits.len(),
-                expected: 32,
-            });
+            return Err(InputError::BadLength { field, len: digits.len(), expected: 32 });
         }
         let mut bytes = [0u8; 16];
         for (index, pair) in digits.chunks_exact(2).enumerate() {
-            let high = hex_value(pair[0]).ok_or(InputError::BadCharacter {
-                field,
-                position: index * 2,
-            })?;
-            let low = hex_value(pair[1]).ok_or(InputError::BadCharacter {
-                field,
-                position: index * 2 + 1,
-            })?;
+            let high = hex_value(pair[0]).ok_or(InputError::BadCharacter { field, position: index * 2 })?;
+            let low = hex_value(pair[1]).ok_or(InputError::BadCharacter { field, position: index * 2 + 1 })?;
             bytes[index] = (high << 4) | low;
         }
         Ok(Self(bytes))
@@ -351,10 +324,7 @@ mod tests {
     fn identifiers_accept_the_documented_character_set() {
         assert!(Sku::new("SKU-1.blue:XL_2").is_ok());
         assert!(Warehouse::new("berlin-1").is_ok());
-        assert_eq!(
-            Sku::new("a".repeat(SKU_LEN_MAX)).map(|s| s.as_str().len()),
-            Ok(SKU_LEN_MAX)
-        );
+        assert_eq!(Sku::new("a".repeat(SKU_LEN_MAX)).map(|s| s.as_str().len()), Ok(SKU_LEN_MAX));
     }
 
     #[test]
@@ -362,58 +332,21 @@ mod tests {
         assert_eq!(Sku::new(""), Err(InputError::Empty { field: Field::Sku }));
         assert_eq!(
             Sku::new("a".repeat(SKU_LEN_MAX + 1)),
-            Err(InputError::TooLong {
-                field: Field::Sku,
-                len: SKU_LEN_MAX + 1,
-                max: SKU_LEN_MAX
-            })
+            Err(InputError::TooLong { field: Field::Sku, len: SKU_LEN_MAX + 1, max: SKU_LEN_MAX })
         );
-        assert_eq!(
-            Sku::new("a/b"),
-            Err(InputError::BadCharacter {
-                field: Field::Sku,
-                position: 1
-            })
-        );
-        assert_eq!(
-            Sku::new("-lead"),
-            Err(InputError::BadCharacter {
-                field: Field::Sku,
-                position: 0
-            })
-        );
-        assert_eq!(
-            Warehouse::new("wh 1"),
-            Err(InputError::BadCharacter {
-                field: Field::Warehouse,
-                position: 2
-            })
-        );
-        assert_eq!(
-            Sku::new("é"),
-            Err(InputError::BadCharacter {
-                field: Field::Sku,
-                position: 0
-            })
-        );
+        assert_eq!(Sku::new("a/b"), Err(InputError::BadCharacter { field: Field::Sku, position: 1 }));
+        assert_eq!(Sku::new("-lead"), Err(InputError::BadCharacter { field: Field::Sku, position: 0 }));
+        assert_eq!(Warehouse::new("wh 1"), Err(InputError::BadCharacter { field: Field::Warehouse, position: 2 }));
+        assert_eq!(Sku::new("é"), Err(InputError::BadCharacter { field: Field::Sku, position: 0 }));
     }
 
     #[test]
     fn quantities_are_positive_and_bounded() {
-        assert_eq!(
-            Quantity::new(0),
-            Err(InputError::Zero {
-                field: Field::Quantity
-            })
-        );
+        assert_eq!(Quantity::new(0), Err(InputError::Zero { field: Field::Quantity }));
         assert!(Quantity::new(QUANTITY_MAX).is_ok());
         assert_eq!(
             Quantity::new(QUANTITY_MAX + 1),
-            Err(InputError::TooLarge {
-                field: Field::Quantity,
-                value: QUANTITY_MAX + 1,
-                max: QUANTITY_MAX
-            })
+            Err(InputError::TooLarge { field: Field::Quantity, value: QUANTITY_MAX + 1, max: QUANTITY_MAX })
         );
     }
 
@@ -422,23 +355,14 @@ mod tests {
         assert!(IdempotencyKey::new("order-7/retry#1").is_ok());
         assert_eq!(
             IdempotencyKey::new("has space"),
-            Err(InputError::BadCharacter {
-                field: Field::IdempotencyKey,
-                position: 3
-            })
+            Err(InputError::BadCharacter { field: Field::IdempotencyKey, position: 3 })
         );
     }
 
     #[test]
     fn names_refuse_control_characters() {
         assert!(ItemName::new("Trainers, blue — size 44").is_ok());
-        assert_eq!(
-            ItemName::new("a\nb"),
-            Err(InputError::BadCharacter {
-                field: Field::Name,
-                position: 1
-            })
-        );
+        assert_eq!(ItemName::new("a\nb"), Err(InputError::BadCharacter { field: Field::Name, position: 1 }));
     }
 
     #[test]
@@ -450,16 +374,8 @@ mod tests {
         assert_eq!(id.home_shard(), 513);
         assert_eq!(
             "zz".parse::<ReservationId>(),
-            Err(InputError::BadLength {
-                field: Field::ReservationId,
-                len: 2,
-                expected: 32
-            })
+            Err(InputError::BadLength { field: Field::ReservationId, len: 2, expected: 32 })
         );
-        assert!(
-            format!("{}x", &text[..31])
-                .parse::<ReservationId>()
-                .is_err()
-        );
+        assert!(format!("{}x", &text[..31]).parse::<ReservationId>().is_err());
     }
 }

@@ -12,9 +12,7 @@ use crate::ids::{ItemName, ReservationId};
 /// The index of an item in its shard. Items are never deleted, so an id is
 /// stable for the shard's life and identical on every replica (ids are handed
 /// out in log order).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct ItemId(pub u32);
 
@@ -159,12 +157,7 @@ pub(crate) struct Item {
 
 impl Item {
     pub fn available(&self) -> u64 {
-        debug_assert!(
-            self.reserved <= self.on_hand,
-            "reserved {} > on_hand {}",
-            self.reserved,
-            self.on_hand
-        );
+        debug_assert!(self.reserved <= self.on_hand, "reserved {} > on_hand {}", self.reserved, self.on_hand);
         self.on_hand - self.reserved
     }
 
@@ -197,11 +190,7 @@ impl Item {
     /// Movements, newest first.
     pub fn movements(&self) -> impl Iterator<Item = &Movement> {
         let len = self.history.len();
-        let head = if len == 0 {
-            0
-        } else {
-            usize::from(self.history_head) % len
-        };
+        let head = if len == 0 { 0 } else { usize::from(self.history_head) % len };
         // Oldest is at `head` once the ring has wrapped, at 0 before; either way
         // walking back from `head - 1` visits newest to oldest.
         (1..=len).map(move |back| &self.history[(head + len - back) % len])
@@ -229,13 +218,7 @@ mod tests {
     }
 
     fn movement(at_ms: u64) -> Movement {
-        Movement {
-            at_ms,
-            delta: 1,
-            on_hand_after: at_ms,
-            who: Who::System,
-            reason: MovementReason::Receive,
-        }
+        Movement { at_ms, delta: 1, on_hand_after: at_ms, who: Who::System, reason: MovementReason::Receive }
     }
 
     #[test]
@@ -270,13 +253,7 @@ mod tests {
 
     #[test]
     fn movement_knows_the_level_before_it() {
-        let m = Movement {
-            at_ms: 1,
-            delta: -3,
-            on_hand_after: 7,
-            who: Who::System,
-            reason: MovementReason::Damage,
-        };
+        let m = Movement { at_ms: 1, delta: -3, on_hand_after: 7, who: Who::System, reason: MovementReason::Damage };
         assert_eq!(m.on_hand_before(), 10);
     }
 }

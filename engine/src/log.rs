@@ -16,9 +16,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::cmd::Command;
 
 /// A log position: the term of the leader that wrote the entry, and its index.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Archive, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub struct LogId {
     pub term: u64,
@@ -39,10 +37,7 @@ impl fmt::Debug for LogId {
 
 impl From<&ArchivedLogId> for LogId {
     fn from(archived: &ArchivedLogId) -> Self {
-        Self {
-            term: archived.term.to_native(),
-            index: archived.index.to_native(),
-        }
+        Self { term: archived.term.to_native(), index: archived.index.to_native() }
     }
 }
 
@@ -86,17 +81,11 @@ pub struct LogEntry {
 
 impl LogEntry {
     pub fn batch(log_id: LogId, ts_ms: u64, commands: Vec<Command>) -> Self {
-        Self {
-            log_id,
-            payload: EntryPayload::Batch(Batch { ts_ms, commands }),
-        }
+        Self { log_id, payload: EntryPayload::Batch(Batch { ts_ms, commands }) }
     }
 
     pub fn blank(log_id: LogId) -> Self {
-        Self {
-            log_id,
-            payload: EntryPayload::Blank,
-        }
+        Self { log_id, payload: EntryPayload::Blank }
     }
 
     /// Commands in this entry (0 for blank and membership entries).

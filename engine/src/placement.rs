@@ -36,10 +36,7 @@ mod tests {
             counts[shard_of(&format!("SKU-{n}"), shards) as usize] += 1;
         }
         for count in counts {
-            assert!(
-                (9_000..11_000).contains(&count),
-                "uneven placement: {count}"
-            );
+            assert!((9_000..11_000).contains(&count), "uneven placement: {count}");
         }
     }
 

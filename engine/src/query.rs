@@ -79,9 +79,7 @@ impl ShardState {
             status: item.status(),
             version: item.version,
             updated_at_ms: item.updated_at_ms,
-            name: attrs
-                .and_then(|a| a.name.as_ref())
-                .map(|name| name.as_str().to_owned()),
+            name: attrs.and_then(|a| a.name.as_ref()).map(|name| name.as_str().to_owned()),
             unit_price_minor: attrs.and_then(|a| a.unit_price_minor),
         }
     }
@@ -114,19 +112,14 @@ impl ShardState {
             Some(name) => match self.p.warehouses.iter().position(|w| w == name) {
                 Some(id) => Some(id),
                 None => {
-                    return ItemPage {
-                        items: Vec::new(),
-                        next_cursor: None,
-                    };
+                    return ItemPage { items: Vec::new(), next_cursor: None };
                 }
             },
             None => None,
         };
         let total = self.p.items.len();
         let start = (filter.cursor as usize).min(total);
-        let end = start
-            .saturating_add(filter.scan_max.max(1) as usize)
-            .min(total);
+        let end = start.saturating_add(filter.scan_max.max(1) as usize).min(total);
         let limit = filter.limit as usize;
         let mut items = Vec::with_capacity(limit.min(end - start));
         let mut position = start;
@@ -166,13 +159,11 @@ impl ShardState {
     }
 
     pub fn reservation(&self, id: &ReservationId) -> Option<ReservationView> {
-        self.find_reservation(id)
-            .and_then(|slot| self.reservation_view(slot))
+        self.find_reservation(id).and_then(|slot| self.reservation_view(slot))
     }
 
     pub fn reservation_by_key(&self, key: &IdempotencyKey) -> Option<ReservationView> {
-        self.find_by_key(key)
-            .and_then(|slot| self.reservation_view(slot))
+        self.find_by_key(key).and_then(|slot| self.reservation_view(slot))
     }
 
     fn reservation_view(&self, slot: u32) -> Option<ReservationView> {
@@ -189,20 +180,14 @@ impl ShardState {
                     quantity: line.quantity,
                 })
                 .collect(),
-            idempotency_key: reservation
-                .idempotency_key
-                .as_ref()
-                .map(|key| key.as_str().to_owned()),
+            idempotency_key: reservation.idempotency_key.as_ref().map(|key| key.as_str().to_owned()),
         })
     }
 
     /// Whether each line could be held now, summing lines that name the same
     /// item, as a hold would.
     pub fn availability(&self, lines: &[AvailabilityLine]) -> AvailabilityView {
-        let found: Vec<Option<ItemId>> = lines
-            .iter()
-            .map(|l| self.find_item(&l.sku, &l.warehouse))
-            .collect();
+        let found: Vec<Option<ItemId>> = lines.iter().map(|l| self.find_item(&l.sku, &l.warehouse)).collect();
         let lines: Vec<LineAvailability> = lines
             .iter()
             .zip(&found)
@@ -212,42 +197,26 @@ impl ShardState {
                     .iter()
                     .filter(|other| other.sku == line.sku && other.warehouse == line.warehouse)
                     .fold(0u64, |sum, other| sum.saturating_add(other.quantity));
-                LineAvailability {
-                    available,
-                    exists: id.is_some(),
-                    enough: id.is_some() && asked <= available,
-                }
+                LineAvailability { available, exists: id.is_some(), enough: id.is_some() && asked <= available }
             })
             .collect();
         let all_available = lines.iter().all(|line| line.enough);
-        AvailabilityView {
-            lines,
-            all_available,
-        }
+        AvailabilityView { lines, all_available }
     }
 
     /// An event with its item named, for publishing.
     pub fn describe(&self, event: &Event) -> EventRecord {
         let item = match event.kind {
-            EventKind::StockChanged { item, .. } | EventKind::ThresholdCrossed { item, .. } => {
-                Some(item)
-            }
+            EventKind::StockChanged { item, .. } | EventKind::ThresholdCrossed { item, .. } => Some(item),
             EventKind::ReservationExpired { .. } => None,
         };
         let (sku, warehouse) = match item {
-            Some(id) if (id.0 as usize) < self.p.items.len() => (
-                self.item_sku(id).to_owned(),
-                self.item_warehouse(id).to_owned(),
-            ),
+            Some(id) if (id.0 as usize) < self.p.items.len() => {
+                (self.item_sku(id).to_owned(), self.item_warehouse(id).to_owned())
+            }
             _ => (String::new(), String::new()),
         };
-        EventRecord {
-            id: event.id,
-            at_ms: event.at_ms,
-            sku,
-            warehouse,
-            kind: event.kind,
-        }
+        EventRecord { id: event.id, at_ms: event.at_ms, sku, warehouse, kind: event.kind }
     }
 }
 
@@ -274,48 +243,21 @@ mod tests {
     fn listing_filters_by_status_and_warehouse_and_pages() {
         let mut f = Fixture::new();
         for n in 0..10 {
-            f.stock(
-                &format!("SKU-{n}"),
-                if n % 2 == 0 { "berlin" } else { "paris" },
-                n,
-                3,
-            );
+            f.stock(&format!("SKU-{n}"), if n % 2 == 0 { "berlin" } else { "paris" }, n, 3);
         }
-        let filter = ItemFilter {
-            status: Some(Status::LowStock),
-            limit: 100,
-            scan_max: 1_000,
-            ..ItemFilter::default()
-        };
-        let low: Vec<u64> = f
-            .state
-            .list_items(&filter)
-            .items
-            .iter()
-            .map(|i| i.on_hand)
-            .collect();
+        let filter =
+            ItemFilter { status: Some(Status::LowStock), limit: 100, scan_max: 1_000, ..ItemFilter::default() };
+        let low: Vec<u64> = f.state.list_items(&filter).items.iter().map(|i| i.on_hand).collect();
         assert_eq!(low, vec![1, 2, 3]);
-        let berlin = ItemFilter {
-            warehouse: Some("berlin".into()),
-            limit: 2,
-            scan_max: 1_000,
-            ..ItemFilter::default()
-        };
+        let berlin =
+            ItemFilter { warehouse: Some("berlin".into()), limit: 2, scan_max: 1_000, ..ItemFilter::default() };
         let page = f.state.list_items(&berlin);
         assert_eq!(page.items.len(), 2);
-        let next = ItemFilter {
-            cursor: page.next_cursor.unwrap_or(0),
-            ..berlin.clone()
-        };
+        let next = ItemFilter { cursor: page.next_cursor.unwrap_or(0), ..berlin.clone() };
         let rest = f.state.list_items(&ItemFilter { limit: 100, ..next });
         assert_eq!(rest.items.len(), 3);
         assert_eq!(rest.next_cursor, None);
-        let unknown = ItemFilter {
-            warehouse: Some("oslo".into()),
-            limit: 10,
-            scan_max: 10,
-            ..ItemFilter::default()
-        };
+        let unknown = ItemFilter { warehouse: Some("oslo".into()), limit: 10, scan_max: 10, ..ItemFilter::default() };
         assert!(f.state.list_items(&unknown).items.is_empty());
     }
 
@@ -325,12 +267,7 @@ mod tests {
         for n in 0..10 {
             f.stock(&format!("SKU-{n}"), "berlin", 100, 0);
         }
-        let filter = ItemFilter {
-            status: Some(Status::OutOfStock),
-            limit: 5,
-            scan_max: 4,
-            ..ItemFilter::default()
-        };
+        let filter = ItemFilter { status: Some(Status::OutOfStock), limit: 5, scan_max: 4, ..ItemFilter::default() };
         let page = f.state.list_items(&filter);
         assert!(page.items.is_empty());
         assert_eq!(page.next_cursor, Some(4));
@@ -340,31 +277,11 @@ mod tests {
     fn availability_sums_duplicate_lines() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
-        let line = |sku: &str, quantity| AvailabilityLine {
-            sku: sku.into(),
-            warehouse: "berlin".into(),
-            quantity,
-        };
-        let view = f
-            .state
-            .availability(&[line("SKU-1", 3), line("SKU-1", 3), line("SKU-9", 1)]);
+        let line = |sku: &str, quantity| AvailabilityLine { sku: sku.into(), warehouse: "berlin".into(), quantity };
+        let view = f.state.availability(&[line("SKU-1", 3), line("SKU-1", 3), line("SKU-9", 1)]);
         assert!(!view.all_available);
-        assert_eq!(
-            view.lines[0],
-            LineAvailability {
-                available: 5,
-                exists: true,
-                enough: false
-            }
-        );
-        assert_eq!(
-            view.lines[2],
-            LineAvailability {
-                available: 0,
-                exists: false,
-                enough: false
-            }
-        );
+        assert_eq!(view.lines[0], LineAvailability { available: 5, exists: true, enough: false });
+        assert_eq!(view.lines[2], LineAvailability { available: 0, exists: false, enough: false });
         assert!(f.state.availability(&[line("SKU-1", 5)]).all_available);
     }
 
@@ -373,23 +290,9 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
         let key = IdempotencyKey::new("cart-1").ok();
-        f.one(crate::state::tests_support::hold_command(
-            1,
-            &[("SKU-1", "berlin", 2)],
-            key.clone(),
-        ));
-        let view = f
-            .state
-            .reservation(&rid(1))
-            .unwrap_or_else(|| panic!("missing"));
-        assert_eq!(
-            view.lines,
-            vec![LineView {
-                sku: "SKU-1".into(),
-                warehouse: "berlin".into(),
-                quantity: 2
-            }]
-        );
+        f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], key.clone()));
+        let view = f.state.reservation(&rid(1)).unwrap_or_else(|| panic!("missing"));
+        assert_eq!(view.lines, vec![LineView { sku: "SKU-1".into(), warehouse: "berlin".into(), quantity: 2 }]);
         assert_eq!(view.idempotency_key.as_deref(), Some("cart-1"));
         let by_key = key.and_then(|key| f.state.reservation_by_key(&key));
         assert_eq!(by_key, Some(view));
@@ -400,16 +303,9 @@ mod tests {
     fn events_are_described_with_their_item() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
-        let applied = f.run(vec![crate::state::tests_support::hold_command(
-            1,
-            &[("SKU-1", "berlin", 2)],
-            None,
-        )]);
+        let applied = f.run(vec![crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None)]);
         let record = f.state.describe(&applied.events[0]);
-        assert_eq!(
-            (record.sku.as_str(), record.warehouse.as_str()),
-            ("SKU-1", "berlin")
-        );
+        assert_eq!((record.sku.as_str(), record.warehouse.as_str()), ("SKU-1", "berlin"));
         assert_eq!(record.id.index, f.index);
     }
 }

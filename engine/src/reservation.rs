@@ -52,11 +52,7 @@ pub(crate) enum Lines {
 impl Lines {
     pub fn from_vec(mut lines: Vec<HeldLine>) -> Lines {
         debug_assert!(!lines.is_empty());
-        if lines.len() == 1 {
-            Lines::One(lines.remove(0))
-        } else {
-            Lines::Many(lines)
-        }
+        if lines.len() == 1 { Lines::One(lines.remove(0)) } else { Lines::Many(lines) }
     }
 
     pub fn as_slice(&self) -> &[HeldLine] {
@@ -87,12 +83,7 @@ impl Reservation {
     /// never changes again: asserting it here turns a logic slip into a crash
     /// a test finds.
     pub fn end(&mut self, state: ReservationState, at_ms: u64) {
-        debug_assert_eq!(
-            self.state,
-            ReservationState::Held,
-            "terminal reservation {} changed",
-            self.id
-        );
+        debug_assert_eq!(self.state, ReservationState::Held, "terminal reservation {} changed", self.id);
         debug_assert!(state.is_terminal());
         self.state = state;
         self.ended_at_ms = at_ms;

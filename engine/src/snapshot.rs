@@ -71,17 +71,11 @@ pub struct SnapshotStore {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SnapshotError::Io { path: path.to_path_buf(), source }
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> SnapshotError {
-    SnapshotError::Corrupt {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    SnapshotError::Corrupt { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn file_name(last: Option<LogId>) -> String {
@@ -104,10 +98,7 @@ impl SnapshotStore {
                 std::fs::remove_file(&path).map_err(io(&path))?;
             }
         }
-        Ok(Self {
-            dir,
-            keep: keep.max(1),
-        })
+        Ok(Self { dir, keep: keep.max(1) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -123,32 +114,17 @@ impl SnapshotStore {
 
     /// Writes a snapshot from its meta and state bytes durably, then deletes
     /// all but the newest `keep`.
-    pub fn save_parts(
-        &self,
-        meta: &SnapshotMeta,
-        state: &[u8],
-    ) -> Result<SnapshotFile, SnapshotError> {
+    pub fn save_parts(&self, meta: &SnapshotMeta, state: &[u8]) -> Result<SnapshotFile, SnapshotError> {
         if state.len() > STATE_LEN_MAX {
-            return Err(SnapshotError::TooLarge {
-                len: state.len(),
-                max: STATE_LEN_MAX,
-            });
+            return Err(SnapshotError::TooLarge { len: state.len(), max: STATE_LEN_MAX });
         }
-        let meta_bytes =
-            rkyv::to_bytes::<RkyvError>(meta).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        let meta_bytes = rkyv::to_bytes::<RkyvError>(meta).map_err(|e| SnapshotError::Encode(e.to_string()))?;
         let padding = vec![0u8; padded(meta_bytes.len()) - meta_bytes.len()];
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c_append(crc32c::crc32c(&meta_bytes), &padding),
-            state,
-        );
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&meta_bytes), &padding), state);
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&FORMAT.to_le_bytes());
-        header[12..16].copy_from_slice(
-            &u32::try_from(meta_bytes.len())
-                .unwrap_or(u32::MAX)
-                .to_le_bytes(),
-        );
+        header[12..16].copy_from_slice(&u32::try_from(meta_bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
         header[16..24].copy_from_slice(&(state.len() as u64).to_le_bytes());
         header[24..28].copy_from_slice(&crc.to_le_bytes());
 
@@ -156,12 +132,7 @@ impl SnapshotStore {
         let path = self.dir.join(&name);
         let temp = self.dir.join(format!(".{name}.tmp"));
         {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp)
-                .map_err(io(&temp))?;
+            let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp).map_err(io(&temp))?;
             for part in [&header[..], &meta_bytes[..], &padding[..], state] {
                 file.write_all(part).map_err(io(&temp))?;
             }
@@ -171,11 +142,7 @@ impl SnapshotStore {
         sync_dir(&self.dir)?;
         self.delete_older_than(&name)?;
         let len = (HEADER_LEN + padded(meta_bytes.len()) + state.len()) as u64;
-        Ok(SnapshotFile {
-            meta: meta.clone(),
-            path,
-            len,
-        })
+        Ok(SnapshotFile { meta: meta.clone(), path, len })
     }
 
     /// Stores a snapshot file image received from a peer, after checking it
@@ -201,8 +168,8 @@ impl SnapshotStore {
         let mut meta_bytes = AlignedVec::<16>::with_capacity(meta_len);
         meta_bytes.resize(meta_len, 0);
         file.read_exact(&mut meta_bytes).map_err(io(&path))?;
-        let meta = rkyv::from_bytes::<SnapshotMeta, RkyvError>(&meta_bytes)
-            .map_err(|e| corrupt(&path, e.to_string()))?;
+        let meta =
+            rkyv::from_bytes::<SnapshotMeta, RkyvError>(&meta_bytes).map_err(|e| corrupt(&path, e.to_string()))?;
         Ok(Some(SnapshotFile { meta, path, len }))
     }
 
@@ -231,10 +198,7 @@ impl SnapshotStore {
 
     fn delete_older_than(&self, newest: &str) -> Result<(), SnapshotError> {
         let paths = self.paths()?;
-        let older: Vec<&PathBuf> = paths
-            .iter()
-            .filter(|p| p.file_name().is_some_and(|n| n != newest))
-            .collect();
+        let older: Vec<&PathBuf> = paths.iter().filter(|p| p.file_name().is_some_and(|n| n != newest)).collect();
         let excess = (older.len() + 1).saturating_sub(self.keep);
         for path in older.into_iter().take(excess) {
             std::fs::remove_file(path).map_err(io(path))?;
@@ -263,44 +227,31 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, SnapshotError> {
     std::fs::read(path).map_err(io(path))
 }
 
-fn parse_header(
-    header: &[u8; HEADER_LEN],
-    path: &Path,
-) -> Result<(usize, usize, u32), SnapshotError> {
+fn parse_header(header: &[u8; HEADER_LEN], path: &Path) -> Result<(usize, usize, u32), SnapshotError> {
     if header[..8] != MAGIC {
         return Err(corrupt(path, "not a Tally snapshot (bad magic)"));
     }
     let format = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
     if format != FORMAT {
-        return Err(corrupt(
-            path,
-            format!("snapshot format {format}, expected {FORMAT}"),
-        ));
+        return Err(corrupt(path, format!("snapshot format {format}, expected {FORMAT}")));
     }
     if header[28..32] != [0; 4] {
         return Err(corrupt(path, "reserved header bytes are not zero"));
     }
     let meta_len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
     let state_len = u64::from_le_bytes([
-        header[16], header[17], header[18], header[19], header[20], header[21], header[22],
-        header[23],
+        header[16], header[17], header[18], header[19], header[20], header[21], header[22], header[23],
     ]);
     let state_len = usize::try_from(state_len).unwrap_or(usize::MAX);
     let crc = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
     if state_len > STATE_LEN_MAX {
-        return Err(corrupt(
-            path,
-            format!("state length {state_len} over the limit"),
-        ));
+        return Err(corrupt(path, format!("state length {state_len} over the limit")));
     }
     Ok((meta_len, state_len, crc))
 }
 
 /// Checks a whole image; returns its meta and where its state lies.
-fn parse(
-    image: &[u8],
-    path: &Path,
-) -> Result<(SnapshotMeta, std::ops::Range<usize>), SnapshotError> {
+fn parse(image: &[u8], path: &Path) -> Result<(SnapshotMeta, std::ops::Range<usize>), SnapshotError> {
     let Some(header) = image.get(..HEADER_LEN) else {
         return Err(corrupt(path, "shorter than its header"));
     };
@@ -308,22 +259,16 @@ fn parse(
     header_bytes.copy_from_slice(header);
     let (meta_len, state_len, crc) = parse_header(&header_bytes, path)?;
     let state_start = HEADER_LEN + padded(meta_len);
-    let end = state_start
-        .checked_add(state_len)
-        .ok_or_else(|| corrupt(path, "lengths overflow"))?;
+    let end = state_start.checked_add(state_len).ok_or_else(|| corrupt(path, "lengths overflow"))?;
     if image.len() != end {
-        return Err(corrupt(
-            path,
-            format!("{} bytes long, its header says {end}", image.len()),
-        ));
+        return Err(corrupt(path, format!("{} bytes long, its header says {end}", image.len())));
     }
     if crc32c::crc32c(&image[HEADER_LEN..]) != crc {
         return Err(corrupt(path, "checksum mismatch"));
     }
     let mut meta_bytes = AlignedVec::<16>::with_capacity(meta_len);
     meta_bytes.extend_from_slice(&image[HEADER_LEN..HEADER_LEN + meta_len]);
-    let meta = rkyv::from_bytes::<SnapshotMeta, RkyvError>(&meta_bytes)
-        .map_err(|e| corrupt(path, e.to_string()))?;
+    let meta = rkyv::from_bytes::<SnapshotMeta, RkyvError>(&meta_bytes).map_err(|e| corrupt(path, e.to_string()))?;
     Ok((meta, state_start..end))
 }
 

@@ -94,16 +94,8 @@ pub(crate) struct Emitter {
 impl Emitter {
     pub fn emit(&mut self, kind: EventKind) {
         let position = u32::try_from(self.events.len()).unwrap_or(u32::MAX);
-        let id = EventId {
-            shard: self.shard,
-            index: self.index,
-            position,
-        };
-        self.events.push(Event {
-            id,
-            at_ms: self.at_ms,
-            kind,
-        });
+        let id = EventId { shard: self.shard, index: self.index, position };
+        self.events.push(Event { id, at_ms: self.at_ms, kind });
     }
 }
 
@@ -189,12 +181,10 @@ impl ShardState {
             });
         }
         for (id, name) in p.warehouses.iter().enumerate() {
-            ix.warehouses
-                .insert(name.clone(), u16::try_from(id).unwrap_or(u16::MAX));
+            ix.warehouses.insert(name.clone(), u16::try_from(id).unwrap_or(u16::MAX));
         }
         for (id, name) in p.principals.iter().enumerate() {
-            ix.principals
-                .insert(name.clone(), u16::try_from(id).unwrap_or(PRINCIPAL_OTHER));
+            ix.principals.insert(name.clone(), u16::try_from(id).unwrap_or(PRINCIPAL_OTHER));
         }
         for (slot, reservation) in p.reservations.iter().enumerate() {
             let Some(reservation) = reservation else {
@@ -204,20 +194,14 @@ impl ShardState {
             ix.reservations.insert(reservation.id, slot);
             if let Some(key) = &reservation.idempotency_key {
                 let hash = ix.hasher.hash_one(key.as_str());
-                ix.keys.insert_unique(hash, slot, |&other| {
-                    key_hash(&ix.hasher, &p.reservations, other)
-                });
+                ix.keys.insert_unique(hash, slot, |&other| key_hash(&ix.hasher, &p.reservations, other));
             }
             if reservation.state == ReservationState::Held {
                 ix.wheel.insert(slot, reservation.deadline_ms);
                 ix.live_holds += 1;
             }
         }
-        Self {
-            p,
-            ix,
-            expired_scratch: Vec::new(),
-        }
+        Self { p, ix, expired_scratch: Vec::new() }
     }
 
     pub fn shard(&self) -> u32 {
@@ -263,27 +247,17 @@ impl ShardState {
     /// Applies one committed entry: moves log time to the entry's `ts_ms`,
     /// expires every hold due by then, then applies each command in order.
     pub fn apply(&mut self, entry: &LogEntry) -> Result<Applied, ApplyError> {
-        let mut applied = Applied {
-            outcomes: Vec::with_capacity(entry.command_count()),
-            ..Applied::default()
-        };
+        let mut applied = Applied { outcomes: Vec::with_capacity(entry.command_count()), ..Applied::default() };
         self.apply_into(entry, &mut applied)?;
         Ok(applied)
     }
 
     /// `apply`, reusing the buffers of `applied`.
-    pub fn apply_into(
-        &mut self,
-        entry: &LogEntry,
-        applied: &mut Applied,
-    ) -> Result<(), ApplyError> {
+    pub fn apply_into(&mut self, entry: &LogEntry, applied: &mut Applied) -> Result<(), ApplyError> {
         if let Some(last) = self.p.last_applied
             && entry.log_id.index != last.index + 1
         {
-            return Err(ApplyError::OutOfOrder {
-                last_applied: Some(last.index),
-                got: entry.log_id.index,
-            });
+            return Err(ApplyError::OutOfOrder { last_applied: Some(last.index), got: entry.log_id.index });
         }
         applied.log_id = entry.log_id;
         applied.outcomes.clear();
@@ -297,10 +271,7 @@ impl ShardState {
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(config) => {
-                self.p.membership = Some(StoredMembership {
-                    log_id: entry.log_id,
-                    config: config.clone(),
-                });
+                self.p.membership = Some(StoredMembership { log_id: entry.log_id, config: config.clone() });
             }
             EntryPayload::Batch(batch) => {
                 // Log time never goes back, even if a new leader's clock does.
@@ -326,8 +297,7 @@ impl ShardState {
         expired.clear();
         self.ix.wheel.advance(self.p.now_ms, &mut expired);
         expired.sort_unstable_by_key(|&slot| {
-            self.reservation_at(slot)
-                .map_or((u64::MAX, u64::MAX), |r| (r.deadline_ms, r.seq))
+            self.reservation_at(slot).map_or((u64::MAX, u64::MAX), |r| (r.deadline_ms, r.seq))
         });
         for &slot in &expired {
             let Some(reservation) = self.reservation_at(slot) else {
@@ -378,10 +348,7 @@ impl ShardState {
     pub(crate) fn create_item(&mut self, sku: &str, warehouse: &str) -> Result<ItemId, Refusal> {
         let limits = self.p.limits;
         if self.p.items.len() >= limits.items_per_shard_max as usize {
-            return Err(Refusal::ShardFull {
-                bound: Bound::ItemsPerShard,
-                max: u64::from(limits.items_per_shard_max),
-            });
+            return Err(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: u64::from(limits.items_per_shard_max) });
         }
         let warehouse_id = match self.ix.warehouses.get(warehouse) {
             Some(&id) => id,
@@ -436,57 +403,30 @@ impl ShardState {
     }
 
     pub(crate) fn item_warehouse(&self, id: ItemId) -> &str {
-        self.p
-            .warehouses
-            .get(usize::from(self.item(id).warehouse))
-            .map_or("", String::as_str)
+        self.p.warehouses.get(usize::from(self.item(id).warehouse)).map_or("", String::as_str)
     }
 
     pub(crate) fn before(&self, id: ItemId) -> Before {
         let item = self.item(id);
-        Before {
-            on_hand: item.on_hand,
-            reserved: item.reserved,
-            status: item.status(),
-        }
+        Before { on_hand: item.on_hand, reserved: item.reserved, status: item.status() }
     }
 
     /// Finishes a change made to an item's fields: bumps the version, stamps
     /// the time, records the movement, emits stock and crossing events, and
     /// asserts the item's invariants.
-    pub(crate) fn finish_change(
-        &mut self,
-        id: ItemId,
-        before: Before,
-        change: Change,
-        emitter: &mut Emitter,
-    ) {
+    pub(crate) fn finish_change(&mut self, id: ItemId, before: Before, change: Change, emitter: &mut Emitter) {
         let history_len_max = usize::from(self.p.limits.history_len_max);
         let item = &mut self.p.items[id.0 as usize];
-        debug_assert!(
-            item.reserved <= item.on_hand,
-            "reserved {} > on_hand {}",
-            item.reserved,
-            item.on_hand
-        );
+        debug_assert!(item.reserved <= item.on_hand, "reserved {} > on_hand {}", item.reserved, item.on_hand);
         debug_assert!(item.on_hand <= QUANTITY_MAX && item.low_stock_threshold <= QUANTITY_MAX);
         item.version += 1;
         item.updated_at_ms = emitter.at_ms;
         if item.on_hand != before.on_hand {
-            debug_assert!(
-                change.movement.is_some(),
-                "on_hand moved without a movement"
-            );
+            debug_assert!(change.movement.is_some(), "on_hand moved without a movement");
             if let Some((reason, who)) = change.movement {
                 let delta = signed_delta(before.on_hand, item.on_hand);
                 item.record(
-                    Movement {
-                        at_ms: emitter.at_ms,
-                        delta,
-                        on_hand_after: item.on_hand,
-                        who,
-                        reason,
-                    },
+                    Movement { at_ms: emitter.at_ms, delta, on_hand_after: item.on_hand, who, reason },
                     history_len_max,
                 );
             }
@@ -525,9 +465,9 @@ impl ShardState {
         if let Some(&id) = self.ix.principals.get(principal.as_str()) {
             return Who::Principal(id);
         }
-        if self.p.principals.len()
-            >= usize::from(self.p.limits.principals_per_shard_max.min(PRINCIPAL_OTHER))
-        {
+        // The last id is reserved for "other", so the table never reaches it.
+        let principals_max = usize::from(self.p.limits.principals_per_shard_max).min(usize::from(PRINCIPAL_OTHER));
+        if self.p.principals.len() >= principals_max {
             return Who::Principal(PRINCIPAL_OTHER);
         }
         let id = u16::try_from(self.p.principals.len()).unwrap_or(PRINCIPAL_OTHER);
@@ -537,20 +477,14 @@ impl ShardState {
     }
 
     pub(crate) fn principal_name(&self, id: u16) -> &str {
-        self.p
-            .principals
-            .get(usize::from(id))
-            .map_or("other", String::as_str)
+        self.p.principals.get(usize::from(id)).map_or("other", String::as_str)
     }
 
     /// The input error if any SKU of the command belongs to another shard.
     pub(crate) fn wrong_shard(&self, command: &Command) -> Option<InputError> {
         let check = |sku: &str| {
             let owner = shard_of(sku, self.p.shard_count);
-            (owner != self.p.shard).then_some(InputError::WrongShard {
-                owner,
-                shard: self.p.shard,
-            })
+            (owner != self.p.shard).then_some(InputError::WrongShard { owner, shard: self.p.shard })
         };
         match command {
             Command::Hold(hold) => hold.lines.iter().find_map(|line| check(line.sku.as_str())),
@@ -569,25 +503,17 @@ impl ShardState {
         self.ix
             .keys
             .find(hash, |&slot| {
-                self.reservation_at(slot)
-                    .and_then(|r| r.idempotency_key.as_ref())
-                    .is_some_and(|k| k == key)
+                self.reservation_at(slot).and_then(|r| r.idempotency_key.as_ref()).is_some_and(|k| k == key)
             })
             .copied()
     }
 
     pub(crate) fn reservation_at(&self, slot: u32) -> Option<&Reservation> {
-        self.p
-            .reservations
-            .get(slot as usize)
-            .and_then(Option::as_ref)
+        self.p.reservations.get(slot as usize).and_then(Option::as_ref)
     }
 
     fn reservation_at_mut(&mut self, slot: u32) -> Option<&mut Reservation> {
-        self.p
-            .reservations
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
+        self.p.reservations.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
     pub(crate) fn live_holds(&self) -> u32 {
@@ -614,16 +540,11 @@ impl ShardState {
         self.ix.reservations.insert(reservation.id, slot);
         self.ix.wheel.insert(slot, reservation.deadline_ms);
         self.ix.live_holds += 1;
-        let key_hash_value = reservation
-            .idempotency_key
-            .as_ref()
-            .map(|key| self.ix.hasher.hash_one(key.as_str()));
+        let key_hash_value = reservation.idempotency_key.as_ref().map(|key| self.ix.hasher.hash_one(key.as_str()));
         self.p.reservations[slot as usize] = Some(reservation);
         if let Some(hash) = key_hash_value {
             let (p, ix) = (&self.p, &mut self.ix);
-            ix.keys.insert_unique(hash, slot, |&other| {
-                key_hash(&ix.hasher, &p.reservations, other)
-            });
+            ix.keys.insert_unique(hash, slot, |&other| key_hash(&ix.hasher, &p.reservations, other));
         }
         slot
     }
@@ -647,11 +568,7 @@ impl ShardState {
         emitter: &mut Emitter,
     ) -> Option<ReservationSummary> {
         let reservation = self.reservation_at(slot)?;
-        debug_assert_eq!(
-            reservation.state,
-            ReservationState::Held,
-            "ending a terminal reservation"
-        );
+        debug_assert_eq!(reservation.state, ReservationState::Held, "ending a terminal reservation");
         let id = reservation.id;
         let lines = reservation.lines.clone();
         for line in lines.as_slice() {
@@ -668,16 +585,10 @@ impl ShardState {
                         created: false,
                     }
                 }
-                ReservationState::Released => Change {
-                    cause: Cause::Release(id),
-                    movement: None,
-                    created: false,
-                },
-                ReservationState::Expired | ReservationState::Held => Change {
-                    cause: Cause::Expire(id),
-                    movement: None,
-                    created: false,
-                },
+                ReservationState::Released => Change { cause: Cause::Release(id), movement: None, created: false },
+                ReservationState::Expired | ReservationState::Held => {
+                    Change { cause: Cause::Expire(id), movement: None, created: false }
+                }
             };
             self.finish_change(line.item, before, change, emitter);
         }
@@ -693,12 +604,7 @@ impl ShardState {
     }
 
     fn free_reservation(&mut self, slot: u32) {
-        let Some(reservation) = self
-            .p
-            .reservations
-            .get_mut(slot as usize)
-            .and_then(Option::take)
-        else {
+        let Some(reservation) = self.p.reservations.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
         debug_assert!(reservation.state.is_terminal(), "forgetting a live hold");
@@ -726,8 +632,7 @@ impl ShardState {
     /// The state as snapshot bytes (rkyv). Deterministic: equal states give
     /// equal bytes.
     pub fn to_snapshot_bytes(&self) -> Result<AlignedVec, SnapshotError> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(&self.p)
-            .map_err(|error| SnapshotError::Encode(error.to_string()))
+        rkyv::to_bytes::<rkyv::rancor::Error>(&self.p).map_err(|error| SnapshotError::Encode(error.to_string()))
     }
 
     /// Rebuilds a shard from snapshot bytes, validating the archive and every
@@ -735,13 +640,9 @@ impl ShardState {
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, String> {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        let p = rkyv::from_bytes::<Persisted, rkyv::rancor::Error>(&aligned)
-            .map_err(|error| error.to_string())?;
+        let p = rkyv::from_bytes::<Persisted, rkyv::rancor::Error>(&aligned).map_err(|error| error.to_string())?;
         if p.format != STATE_FORMAT {
-            return Err(format!(
-                "state format {} is not the supported {}",
-                p.format, STATE_FORMAT
-            ));
+            return Err(format!("state format {} is not the supported {}", p.format, STATE_FORMAT));
         }
         check_references(&p)?;
         let state = Self::from_persisted(p);
@@ -764,10 +665,10 @@ impl ShardState {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut reserved = vec![0u64; self.p.items.len()];
         let mut live = 0u32;
+        let terminal: hashbrown::HashSet<u32> = self.p.terminal.iter().copied().collect();
         for (slot, reservation) in self.p.reservations.iter().enumerate() {
-            let Some(reservation) = reservation else {
-                continue;
-            };
+            let Some(reservation) = reservation else { continue };
+            let slot = u32::try_from(slot).map_err(|_| "reservation slab over u32".to_string())?;
             if reservation.state == ReservationState::Held {
                 live += 1;
                 if reservation.deadline_ms <= self.p.now_ms {
@@ -776,45 +677,29 @@ impl ShardState {
                 for line in reservation.lines.as_slice() {
                     reserved[line.item.0 as usize] += line.quantity;
                 }
-            } else if !self.p.terminal.contains(&(slot as u32)) {
-                return Err(format!(
-                    "terminal reservation {} is not queued to be forgotten",
-                    reservation.id
-                ));
+            } else if !terminal.contains(&slot) {
+                return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));
             }
-            if self.ix.reservations.get(&reservation.id) != Some(&(slot as u32)) {
+            if self.ix.reservations.get(&reservation.id) != Some(&slot) {
                 return Err(format!("reservation {} is not indexed", reservation.id));
             }
         }
         for (id, item) in self.p.items.iter().enumerate() {
             if item.reserved > item.on_hand {
-                return Err(format!(
-                    "item {id}: reserved {} > on_hand {}",
-                    item.reserved, item.on_hand
-                ));
+                return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
             }
             if item.on_hand > QUANTITY_MAX {
-                return Err(format!(
-                    "item {id}: on_hand {} over the maximum",
-                    item.on_hand
-                ));
+                return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));
             }
             if item.reserved != reserved[id] {
-                return Err(format!(
-                    "item {id}: reserved {} but live holds sum to {}",
-                    item.reserved, reserved[id]
-                ));
+                return Err(format!("item {id}: reserved {} but live holds sum to {}", item.reserved, reserved[id]));
             }
             if item.version == 0 {
                 return Err(format!("item {id}: version 0"));
             }
         }
         if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {
-            return Err(format!(
-                "{live} live holds, {} counted, {} timers",
-                self.ix.live_holds,
-                self.ix.wheel.len()
-            ));
+            return Err(format!("{live} live holds, {} counted, {} timers", self.ix.live_holds, self.ix.wheel.len()));
         }
         if self.ix.reservations.len() + self.p.free_slots.len() != self.p.reservations.len() {
             return Err("reservation slab, index and free list disagree".into());
@@ -829,18 +714,13 @@ fn summary_of(reservation: &Reservation) -> ReservationSummary {
         state: reservation.state,
         created_at_ms: reservation.created_at_ms,
         deadline_ms: reservation.deadline_ms,
-        ended_at_ms: reservation
-            .state
-            .is_terminal()
-            .then_some(reservation.ended_at_ms),
+        ended_at_ms: reservation.state.is_terminal().then_some(reservation.ended_at_ms),
     }
 }
 
 fn sku_bytes<'a>(arena: &'a [u8], item: &Item) -> &'a [u8] {
     let start = item.sku_offset as usize;
-    arena
-        .get(start..start + usize::from(item.sku_len))
-        .unwrap_or_default()
+    arena.get(start..start + usize::from(item.sku_len)).unwrap_or_default()
 }
 
 fn item_hash(hasher: &DefaultHashBuilder, sku: &[u8], warehouse: u16) -> u64 {
@@ -873,19 +753,16 @@ fn check_references(p: &Persisted) -> Result<(), String> {
     p.limits.validate()?;
     for (id, item) in p.items.iter().enumerate() {
         let end = item.sku_offset as usize + usize::from(item.sku_len);
-        let sku = p
-            .sku_arena
-            .get(item.sku_offset as usize..end)
-            .ok_or(format!("item {id}: SKU outside arena"))?;
+        let sku = p.sku_arena.get(item.sku_offset as usize..end).ok_or(format!("item {id}: SKU outside arena"))?;
         let sku = std::str::from_utf8(sku).map_err(|_| format!("item {id}: SKU not UTF-8"))?;
         crate::ids::check_ident(crate::error::Field::Sku, sku, crate::ids::SKU_LEN_MAX)
             .map_err(|error| format!("item {id}: {error}"))?;
         if usize::from(item.warehouse) >= p.warehouses.len() {
             return Err(format!("item {id}: unknown warehouse"));
         }
-        if let Some(Who::Principal(principal)) = item.history.iter().map(|m| m.who).find(|who| {
-            matches!(who, Who::Principal(id) if *id != PRINCIPAL_OTHER && usize::from(*id) >= p.principals.len())
-        }) {
+        if let Some(Who::Principal(principal)) = item.history.iter().map(|m| m.who).find(
+            |who| matches!(who, Who::Principal(id) if *id != PRINCIPAL_OTHER && usize::from(*id) >= p.principals.len()),
+        ) {
             return Err(format!("item {id}: unknown principal {principal}"));
         }
     }
@@ -906,27 +783,15 @@ fn check_references(p: &Persisted) -> Result<(), String> {
                 if !ids.insert(reservation.id) {
                     return Err(format!("reservation {} appears twice", reservation.id));
                 }
-                if reservation
-                    .lines
-                    .as_slice()
-                    .iter()
-                    .any(|line| line.item.0 as usize >= p.items.len())
-                {
+                if reservation.lines.as_slice().iter().any(|line| line.item.0 as usize >= p.items.len()) {
                     return Err(format!("reservation {}: unknown item", reservation.id));
                 }
             }
         }
     }
     for &slot in &p.terminal {
-        if !p
-            .reservations
-            .get(slot as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|r| r.state.is_terminal())
-        {
-            return Err(format!(
-                "terminal queue names slot {slot}, which is not terminal"
-            ));
+        if !p.reservations.get(slot as usize).and_then(Option::as_ref).is_some_and(|r| r.state.is_terminal()) {
+            return Err(format!("terminal queue names slot {slot}, which is not terminal"));
         }
     }
     Ok(())
@@ -953,11 +818,7 @@ pub(crate) mod tests_support {
         }
 
         pub fn with_limits(limits: Limits) -> Self {
-            Self {
-                state: ShardState::new(0, 1, limits),
-                index: 0,
-                now_ms: 1_000,
-            }
+            Self { state: ShardState::new(0, 1, limits), index: 0, now_ms: 1_000 }
         }
 
         pub fn run(&mut self, commands: Vec<Command>) -> Applied {
@@ -993,10 +854,7 @@ pub(crate) mod tests_support {
         }
 
         pub fn levels(&self, sku: &str, warehouse: &str) -> (u64, u64) {
-            let id = self
-                .state
-                .find_item(sku, warehouse)
-                .unwrap_or(ItemId(u32::MAX));
+            let id = self.state.find_item(sku, warehouse).unwrap_or(ItemId(u32::MAX));
             let item = self.state.item(id);
             (item.on_hand, item.reserved)
         }
@@ -1014,11 +872,7 @@ pub(crate) mod tests_support {
         ReservationId::from_parts(0, [n; 14])
     }
 
-    pub fn hold_command(
-        n: u8,
-        lines: &[(&str, &str, u64)],
-        key: Option<IdempotencyKey>,
-    ) -> Command {
+    pub fn hold_command(n: u8, lines: &[(&str, &str, u64)], key: Option<IdempotencyKey>) -> Command {
         Command::Hold(Hold {
             id: rid(n),
             lines: lines

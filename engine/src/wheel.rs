@@ -13,6 +13,10 @@
 //! so replicas that rebuilt their wheel from a snapshot expire in the same
 //! order as replicas that never restarted.
 
+// Slot arithmetic masks every value to six bits before narrowing it, so the
+// casts below cannot truncate anything that matters.
+#![allow(clippy::cast_possible_truncation)]
+
 const LEVEL_BITS: u32 = 6;
 const SLOTS: usize = 1 << LEVEL_BITS;
 const LEVELS: usize = 6;
@@ -29,12 +33,7 @@ struct Node {
     slot: u16,
 }
 
-const EMPTY_NODE: Node = Node {
-    deadline_ms: 0,
-    prev: NIL,
-    next: NIL,
-    slot: UNARMED,
-};
+const EMPTY_NODE: Node = Node { deadline_ms: 0, prev: NIL, next: NIL, slot: UNARMED };
 
 #[derive(Clone, Debug)]
 pub(crate) struct TimerWheel {
@@ -47,13 +46,7 @@ pub(crate) struct TimerWheel {
 
 impl TimerWheel {
     pub fn new(now_ms: u64) -> Self {
-        Self {
-            elapsed_ms: now_ms,
-            heads: [[NIL; SLOTS]; LEVELS],
-            occupied: [0; LEVELS],
-            nodes: Vec::new(),
-            armed: 0,
-        }
+        Self { elapsed_ms: now_ms, heads: [[NIL; SLOTS]; LEVELS], occupied: [0; LEVELS], nodes: Vec::new(), armed: 0 }
     }
 
     /// Timers waiting.
@@ -97,10 +90,7 @@ impl TimerWheel {
         if self.heads[level][slot] == NIL {
             self.occupied[level] &= !(1 << slot);
         }
-        self.nodes[id as usize] = Node {
-            deadline_ms: node.deadline_ms,
-            ..EMPTY_NODE
-        };
+        self.nodes[id as usize] = Node { deadline_ms: node.deadline_ms, ..EMPTY_NODE };
         self.armed -= 1;
         true
     }
@@ -120,10 +110,7 @@ impl TimerWheel {
                 let index = cursor as usize;
                 let next = self.nodes[index].next;
                 let deadline_ms = self.nodes[index].deadline_ms;
-                self.nodes[index] = Node {
-                    deadline_ms,
-                    ..EMPTY_NODE
-                };
+                self.nodes[index] = Node { deadline_ms, ..EMPTY_NODE };
                 if deadline_ms <= self.elapsed_ms {
                     self.armed -= 1;
                     expired.push(cursor);
@@ -179,8 +166,7 @@ impl TimerWheel {
         }
         // Crossing into the next top-level window: the clamp keeps it in the
         // top level, in a slot behind the current one, so it starts later.
-        let masked =
-            ((self.elapsed_ms ^ deadline_ms) | (SLOTS as u64 - 1)).min((1 << SPAN_BITS) - 1);
+        let masked = ((self.elapsed_ms ^ deadline_ms) | (SLOTS as u64 - 1)).min((1 << SPAN_BITS) - 1);
         let significant = 63 - masked.leading_zeros();
         let level = (significant / LEVEL_BITS) as usize;
         let slot = ((deadline_ms >> (level as u32 * LEVEL_BITS)) as usize) % SLOTS;
@@ -286,18 +272,16 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (
-                0u32..64,
-                prop_oneof![0u64..130, 0u64..10_000, 0u64..(1 << 38)]
-            )
+            (0u32..64, prop_oneof![0u64..130, 0u64..10_000, 0u64..(1 << 38)])
                 .prop_map(|(id, after_ms)| Op::Insert { id, after_ms }),
             (0u32..64).prop_map(|id| Op::Cancel { id }),
-            prop_oneof![0u64..70, 0u64..5_000, 0u64..(1 << 37)]
-                .prop_map(|by_ms| Op::Advance { by_ms }),
+            prop_oneof![0u64..70, 0u64..5_000, 0u64..(1 << 37)].prop_map(|by_ms| Op::Advance { by_ms }),
         ]
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
         /// The wheel expires exactly what a sorted map of deadlines says.
         #[test]
         fn wheel_matches_a_sorted_model(start in 0u64..(1 << 40), ops in proptest::collection::vec(op(), 1..200)) {

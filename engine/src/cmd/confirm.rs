@@ -25,19 +25,11 @@ pub(super) fn apply(state: &mut ShardState, command: &Confirm, emitter: &mut Emi
         return Refusal::ReservationNotFound.into();
     };
     match current.state {
-        ReservationState::Held => {
-            match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
-                Some(reservation) => Outcome::Confirmed {
-                    reservation,
-                    replayed: false,
-                },
-                None => Refusal::ReservationNotFound.into(),
-            }
-        }
-        ReservationState::Confirmed => Outcome::Confirmed {
-            reservation: current,
-            replayed: true,
+        ReservationState::Held => match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
+            Some(reservation) => Outcome::Confirmed { reservation, replayed: false },
+            None => Refusal::ReservationNotFound.into(),
         },
+        ReservationState::Confirmed => Outcome::Confirmed { reservation: current, replayed: true },
         ReservationState::Released => Refusal::AlreadyReleased.into(),
         ReservationState::Expired => Refusal::AlreadyExpired.into(),
     }
@@ -60,10 +52,8 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         let outcome = f.one(confirm(1));
-        assert!(
-            matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false }
-            if reservation.state == ReservationState::Confirmed && reservation.ended_at_ms == Some(1_000))
-        );
+        assert!(matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false }
+            if reservation.state == ReservationState::Confirmed && reservation.ended_at_ms == Some(1_000)));
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
         let history = f.state.history("SKU-1", "berlin", 1).unwrap_or_default();
         assert_eq!(history[0].reason, MovementReason::Confirmed);
@@ -75,20 +65,9 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        let Outcome::Confirmed {
-            reservation: first, ..
-        } = f.one(confirm(1))
-        else {
-            panic!("not confirmed")
-        };
+        let Outcome::Confirmed { reservation: first, .. } = f.one(confirm(1)) else { panic!("not confirmed") };
         let again = f.one(confirm(1));
-        assert_eq!(
-            again,
-            Outcome::Confirmed {
-                reservation: first,
-                replayed: true
-            }
-        );
+        assert_eq!(again, Outcome::Confirmed { reservation: first, replayed: true });
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
     }
 
@@ -98,10 +77,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         f.one(Command::Release(crate::cmd::Release { id: rid(1) }));
-        assert_eq!(
-            f.one(confirm(1)),
-            Outcome::Refused(Refusal::AlreadyReleased)
-        );
+        assert_eq!(f.one(confirm(1)), Outcome::Refused(Refusal::AlreadyReleased));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
     }
 
@@ -118,9 +94,6 @@ mod tests {
     #[test]
     fn confirm_of_an_unknown_reservation_is_refused() {
         let mut f = Fixture::new();
-        assert_eq!(
-            f.one(confirm(9)),
-            Outcome::Refused(Refusal::ReservationNotFound)
-        );
+        assert_eq!(f.one(confirm(9)), Outcome::Refused(Refusal::ReservationNotFound));
     }
 }

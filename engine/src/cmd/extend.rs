@@ -38,19 +38,12 @@ pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Outcome {
         ReservationState::Released => return Refusal::AlreadyReleased.into(),
         ReservationState::Expired => return Refusal::AlreadyExpired.into(),
     }
-    let deadline_ms = match command
-        .deadline
-        .resolve(state.now_ms(), state.limits().hold_ttl_max_ms)
-    {
+    let deadline_ms = match command.deadline.resolve(state.now_ms(), state.limits().hold_ttl_max_ms) {
         Ok(deadline_ms) => deadline_ms,
         Err(refusal) => return refusal.into(),
     };
     if deadline_ms < current.deadline_ms {
-        return Refusal::DeadlineEarlier {
-            current_ms: current.deadline_ms,
-            requested_ms: deadline_ms,
-        }
-        .into();
+        return Refusal::DeadlineEarlier { current_ms: current.deadline_ms, requested_ms: deadline_ms }.into();
     }
     if deadline_ms > current.deadline_ms {
         state.move_deadline(slot, deadline_ms);
@@ -68,10 +61,7 @@ mod tests {
     use crate::state::tests_support::{Fixture, rid};
 
     fn extend(n: u8, deadline: Deadline) -> Command {
-        Command::Extend(Extend {
-            id: rid(n),
-            deadline,
-        })
+        Command::Extend(Extend { id: rid(n), deadline })
     }
 
     #[test]
@@ -81,23 +71,13 @@ mod tests {
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         f.now_ms += 30_000;
         let outcome = f.one(extend(1, Deadline::AfterMs(60_000)));
-        assert!(
-            matches!(outcome, Outcome::Extended { ref reservation } if reservation.deadline_ms == 91_000)
-        );
+        assert!(matches!(outcome, Outcome::Extended { ref reservation } if reservation.deadline_ms == 91_000));
         f.now_ms = 90_999;
         f.run(vec![Command::Tick]);
-        assert_eq!(
-            f.levels("SKU-1", "berlin"),
-            (10, 4),
-            "still held before the new deadline"
-        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 4), "still held before the new deadline");
         f.now_ms = 91_000;
         f.run(vec![Command::Tick]);
-        assert_eq!(
-            f.levels("SKU-1", "berlin"),
-            (10, 0),
-            "expired at the new deadline"
-        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 0), "expired at the new deadline");
     }
 
     #[test]
@@ -116,10 +96,7 @@ mod tests {
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         assert_eq!(
             f.one(extend(1, Deadline::AfterMs(10))),
-            Outcome::Refused(Refusal::DeadlineEarlier {
-                current_ms: 61_000,
-                requested_ms: 1_010
-            })
+            Outcome::Refused(Refusal::DeadlineEarlier { current_ms: 61_000, requested_ms: 1_010 })
         );
     }
 
@@ -129,13 +106,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         f.one(Command::Release(Release { id: rid(1) }));
-        assert_eq!(
-            f.one(extend(1, Deadline::AfterMs(90_000))),
-            Outcome::Refused(Refusal::AlreadyReleased)
-        );
-        assert_eq!(
-            f.one(extend(2, Deadline::AfterMs(90_000))),
-            Outcome::Refused(Refusal::ReservationNotFound)
-        );
+        assert_eq!(f.one(extend(1, Deadline::AfterMs(90_000))), Outcome::Refused(Refusal::AlreadyReleased));
+        assert_eq!(f.one(extend(2, Deadline::AfterMs(90_000))), Outcome::Refused(Refusal::ReservationNotFound));
     }
 }

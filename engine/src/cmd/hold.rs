@@ -30,12 +30,8 @@ pub enum Deadline {
 impl Deadline {
     pub(crate) fn validate(self) -> Result<(), InputError> {
         match self {
-            Deadline::AfterMs(0) => Err(InputError::Zero {
-                field: Field::TtlMs,
-            }),
-            Deadline::AtMs(0) => Err(InputError::Zero {
-                field: Field::DeadlineMs,
-            }),
+            Deadline::AfterMs(0) => Err(InputError::Zero { field: Field::TtlMs }),
+            Deadline::AtMs(0) => Err(InputError::Zero { field: Field::DeadlineMs }),
             Deadline::AfterMs(_) | Deadline::AtMs(_) => Ok(()),
         }
     }
@@ -49,16 +45,10 @@ impl Deadline {
             Deadline::AfterMs(ttl) => now_ms.saturating_add(ttl),
         };
         if deadline_ms <= now_ms {
-            return Err(Refusal::DeadlineInPast {
-                now_ms,
-                deadline_ms,
-            });
+            return Err(Refusal::DeadlineInPast { now_ms, deadline_ms });
         }
         if deadline_ms > latest_ms {
-            return Err(Refusal::DeadlineTooFar {
-                deadline_ms,
-                latest_ms,
-            });
+            return Err(Refusal::DeadlineTooFar { deadline_ms, latest_ms });
         }
         Ok(deadline_ms)
     }
@@ -87,10 +77,7 @@ impl Hold {
             return Err(InputError::NoLines);
         }
         if self.lines.len() > lines_per_hold_max as usize {
-            return Err(InputError::TooManyLines {
-                count: self.lines.len(),
-                max: lines_per_hold_max as usize,
-            });
+            return Err(InputError::TooManyLines { count: self.lines.len(), max: lines_per_hold_max as usize });
         }
         for line in &self.lines {
             line.sku.check()?;
@@ -114,11 +101,7 @@ struct Summed {
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitter) -> Outcome {
-    if let Some(slot) = command
-        .idempotency_key
-        .as_ref()
-        .and_then(|key| state.find_by_key(key))
-    {
+    if let Some(slot) = command.idempotency_key.as_ref().and_then(|key| state.find_by_key(key)) {
         return replay(state, slot);
     }
     let summed = match sum_lines(state, &command.lines) {
@@ -133,20 +116,13 @@ pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitte
         };
     }
     let now_ms = state.now_ms();
-    let deadline_ms = match command
-        .deadline
-        .resolve(now_ms, state.limits().hold_ttl_max_ms)
-    {
+    let deadline_ms = match command.deadline.resolve(now_ms, state.limits().hold_ttl_max_ms) {
         Ok(deadline_ms) => deadline_ms,
         Err(refusal) => return refusal.into(),
     };
     let live_max = state.limits().live_holds_per_shard_max;
     if state.live_holds() >= live_max {
-        return Refusal::ShardFull {
-            bound: Bound::LiveHoldsPerShard,
-            max: u64::from(live_max),
-        }
-        .into();
+        return Refusal::ShardFull { bound: Bound::LiveHoldsPerShard, max: u64::from(live_max) }.into();
     }
     let short: Vec<ShortLine> = summed
         .iter()
@@ -165,23 +141,12 @@ pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitte
     }
 
     // Every check passed: from here on nothing refuses.
-    let held: Vec<HeldLine> = summed
-        .iter()
-        .filter_map(|line| {
-            line.item.map(|item| HeldLine {
-                item,
-                quantity: line.quantity,
-            })
-        })
-        .collect();
+    let held: Vec<HeldLine> =
+        summed.iter().filter_map(|line| line.item.map(|item| HeldLine { item, quantity: line.quantity })).collect();
     for line in &held {
         let before = state.before(line.item);
         state.item_mut(line.item).reserved += line.quantity;
-        let change = Change {
-            cause: Cause::Hold(command.id),
-            movement: None,
-            created: false,
-        };
+        let change = Change { cause: Cause::Hold(command.id), movement: None, created: false };
         state.finish_change(line.item, before, change, emitter);
     }
     let seq = state.next_hold_seq();
@@ -197,28 +162,19 @@ pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitte
     });
     if command.confirm {
         return match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
-            Some(reservation) => Outcome::Confirmed {
-                reservation,
-                replayed: false,
-            },
+            Some(reservation) => Outcome::Confirmed { reservation, replayed: false },
             None => Refusal::ReservationNotFound.into(),
         };
     }
     match state.summary(slot) {
-        Some(reservation) => Outcome::Held {
-            reservation,
-            replayed: false,
-        },
+        Some(reservation) => Outcome::Held { reservation, replayed: false },
         None => Refusal::ReservationNotFound.into(),
     }
 }
 
 fn replay(state: &ShardState, slot: u32) -> Outcome {
     match state.summary(slot) {
-        Some(reservation) => Outcome::Held {
-            reservation,
-            replayed: true,
-        },
+        Some(reservation) => Outcome::Held { reservation, replayed: true },
         None => Refusal::ReservationNotFound.into(),
     }
 }
@@ -229,9 +185,8 @@ fn replay(state: &ShardState, slot: u32) -> Outcome {
 fn sum_lines(state: &ShardState, lines: &[HoldLine]) -> Result<Vec<Summed>, InputError> {
     let mut summed: Vec<Summed> = Vec::with_capacity(lines.len());
     for (index, line) in lines.iter().enumerate() {
-        let first = lines[..index]
-            .iter()
-            .position(|earlier| earlier.sku == line.sku && earlier.warehouse == line.warehouse);
+        let first =
+            lines[..index].iter().position(|earlier| earlier.sku == line.sku && earlier.warehouse == line.warehouse);
         match first {
             Some(first) => {
                 let first = u32::try_from(first).unwrap_or(u32::MAX);
@@ -287,11 +242,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.stock("SKU-2", "berlin", 5, 0);
         let outcome = f.hold(1, &[("SKU-1", "berlin", 3), ("SKU-2", "berlin", 5)]);
-        let Outcome::Held {
-            reservation,
-            replayed: false,
-        } = outcome
-        else {
+        let Outcome::Held { reservation, replayed: false } = outcome else {
             panic!("not held: {outcome:?}");
         };
         assert_eq!(reservation.state, ReservationState::Held);
@@ -305,30 +256,13 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.stock("SKU-2", "berlin", 1, 0);
-        let outcome = f.hold(
-            1,
-            &[
-                ("SKU-1", "berlin", 3),
-                ("SKU-2", "berlin", 2),
-                ("SKU-3", "berlin", 1),
-            ],
-        );
+        let outcome = f.hold(1, &[("SKU-1", "berlin", 3), ("SKU-2", "berlin", 2), ("SKU-3", "berlin", 1)]);
         assert_eq!(
             outcome,
             Outcome::Refused(Refusal::InsufficientStock {
                 lines: vec![
-                    ShortLine {
-                        line: 1,
-                        requested: 2,
-                        available: 1,
-                        exists: true
-                    },
-                    ShortLine {
-                        line: 2,
-                        requested: 1,
-                        available: 0,
-                        exists: false
-                    },
+                    ShortLine { line: 1, requested: 2, available: 1, exists: true },
+                    ShortLine { line: 2, requested: 1, available: 0, exists: false },
                 ]
             })
         );
@@ -344,23 +278,12 @@ mod tests {
         assert_eq!(
             outcome,
             Outcome::Refused(Refusal::InsufficientStock {
-                lines: vec![ShortLine {
-                    line: 0,
-                    requested: 6,
-                    available: 5,
-                    exists: true
-                }]
+                lines: vec![ShortLine { line: 0, requested: 6, available: 5, exists: true }]
             })
         );
-        assert!(matches!(
-            f.hold(2, &[("SKU-1", "berlin", 2), ("SKU-1", "berlin", 3)]),
-            Outcome::Held { .. }
-        ));
+        assert!(matches!(f.hold(2, &[("SKU-1", "berlin", 2), ("SKU-1", "berlin", 3)]), Outcome::Held { .. }));
         assert_eq!(f.levels("SKU-1", "berlin"), (5, 5));
-        let view = f
-            .state
-            .reservation(&rid(2))
-            .unwrap_or_else(|| panic!("missing"));
+        let view = f.state.reservation(&rid(2)).unwrap_or_else(|| panic!("missing"));
         assert_eq!(view.lines.len(), 1);
         assert_eq!(view.lines[0].quantity, 5);
     }
@@ -374,10 +297,7 @@ mod tests {
             hold_command(2, &[("SKU-1", "berlin", 1)], None),
         ]);
         assert!(matches!(applied.outcomes[0], Outcome::Held { .. }));
-        assert_eq!(
-            applied.outcomes[1].refusal().map(Refusal::code),
-            Some("insufficient_stock")
-        );
+        assert_eq!(applied.outcomes[1].refusal().map(Refusal::code), Some("insufficient_stock"));
         assert_eq!(f.levels("SKU-1", "berlin"), (1, 1));
     }
 
@@ -387,16 +307,8 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         let first = f.hold(1, &[("SKU-1", "berlin", 3)]);
         let again = f.hold(1, &[("SKU-1", "berlin", 3)]);
-        let (
-            Outcome::Held {
-                reservation: a,
-                replayed: false,
-            },
-            Outcome::Held {
-                reservation: b,
-                replayed: true,
-            },
-        ) = (first, again)
+        let (Outcome::Held { reservation: a, replayed: false }, Outcome::Held { reservation: b, replayed: true }) =
+            (first, again)
         else {
             panic!("retry did not replay");
         };
@@ -411,9 +323,7 @@ mod tests {
         let key = IdempotencyKey::new("order-77").ok();
         f.one(hold_command(1, &[("SKU-1", "berlin", 3)], key.clone()));
         let retry = f.one(hold_command(2, &[("SKU-1", "berlin", 3)], key));
-        assert!(
-            matches!(retry, Outcome::Held { ref reservation, replayed: true } if reservation.id == rid(1))
-        );
+        assert!(matches!(retry, Outcome::Held { ref reservation, replayed: true } if reservation.id == rid(1)));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
         assert!(f.state.find_reservation(&rid(2)).is_none());
     }
@@ -423,19 +333,13 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 3)]);
-        assert_eq!(
-            f.hold(1, &[("SKU-1", "berlin", 4)]),
-            Outcome::Refused(Refusal::ReservationIdInUse)
-        );
+        assert_eq!(f.hold(1, &[("SKU-1", "berlin", 4)]), Outcome::Refused(Refusal::ReservationIdInUse));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
     }
 
     #[test]
     fn hold_refuses_deadlines_in_the_past_or_too_far() {
-        let mut f = Fixture::with_limits(Limits {
-            hold_ttl_max_ms: 10_000,
-            ..Limits::default()
-        });
+        let mut f = Fixture::with_limits(Limits { hold_ttl_max_ms: 10_000, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
         let mut past = hold_command(1, &[("SKU-1", "berlin", 1)], None);
         let mut far = past.clone();
@@ -447,29 +351,14 @@ mod tests {
             far.deadline = Deadline::AfterMs(10_001);
             assert_eq!(hold.deadline, Deadline::AtMs(1_000));
         }
-        assert_eq!(
-            f.one(past),
-            Outcome::Refused(Refusal::DeadlineInPast {
-                now_ms: 1_000,
-                deadline_ms: 1_000
-            })
-        );
-        assert_eq!(
-            f.one(far),
-            Outcome::Refused(Refusal::DeadlineTooFar {
-                deadline_ms: 11_001,
-                latest_ms: 11_000
-            })
-        );
+        assert_eq!(f.one(past), Outcome::Refused(Refusal::DeadlineInPast { now_ms: 1_000, deadline_ms: 1_000 }));
+        assert_eq!(f.one(far), Outcome::Refused(Refusal::DeadlineTooFar { deadline_ms: 11_001, latest_ms: 11_000 }));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
     }
 
     #[test]
     fn hold_refuses_bad_input_without_touching_stock() {
-        let mut f = Fixture::with_limits(Limits {
-            lines_per_hold_max: 2,
-            ..Limits::default()
-        });
+        let mut f = Fixture::with_limits(Limits { lines_per_hold_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
         let none = Command::Hold(Hold {
             id: rid(1),
@@ -480,35 +369,23 @@ mod tests {
         });
         assert_eq!(f.one(none).refusal().map(Refusal::code), Some("no_lines"));
         let many = hold_command(1, &[("SKU-1", "berlin", 1); 3], None);
-        assert_eq!(
-            f.one(many).refusal().map(Refusal::code),
-            Some("too_many_lines")
-        );
+        assert_eq!(f.one(many).refusal().map(Refusal::code), Some("too_many_lines"));
         let mut zero_ttl = hold_command(1, &[("SKU-1", "berlin", 1)], None);
         if let Command::Hold(hold) = &mut zero_ttl {
             hold.deadline = Deadline::AfterMs(0);
         }
-        assert_eq!(
-            f.one(zero_ttl).refusal().map(Refusal::code),
-            Some("quantity_zero")
-        );
+        assert_eq!(f.one(zero_ttl).refusal().map(Refusal::code), Some("quantity_zero"));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
     }
 
     #[test]
     fn a_full_shard_refuses_new_holds() {
-        let mut f = Fixture::with_limits(Limits {
-            live_holds_per_shard_max: 1,
-            ..Limits::default()
-        });
+        let mut f = Fixture::with_limits(Limits { live_holds_per_shard_max: 1, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 1)]);
         assert_eq!(
             f.hold(2, &[("SKU-1", "berlin", 1)]),
-            Outcome::Refused(Refusal::ShardFull {
-                bound: Bound::LiveHoldsPerShard,
-                max: 1
-            })
+            Outcome::Refused(Refusal::ShardFull { bound: Bound::LiveHoldsPerShard, max: 1 })
         );
     }
 
@@ -533,21 +410,10 @@ mod tests {
         f.stock("SKU-1", "berlin", 3, 1);
         let applied = f.run(vec![hold_command(1, &[("SKU-1", "berlin", 3)], None)]);
         let kinds: Vec<_> = applied.events.iter().map(|e| e.kind).collect();
-        assert!(matches!(
-            kinds[0],
-            EventKind::StockChanged {
-                cause: Cause::Hold(_),
-                ..
-            }
-        ));
+        assert!(matches!(kinds[0], EventKind::StockChanged { cause: Cause::Hold(_), .. }));
         assert!(matches!(
             kinds[1],
-            EventKind::ThresholdCrossed {
-                from: Status::InStock,
-                to: Status::OutOfStock,
-                available: 0,
-                ..
-            }
+            EventKind::ThresholdCrossed { from: Status::InStock, to: Status::OutOfStock, available: 0, .. }
         ));
         assert_eq!(kinds.len(), 2);
     }

@@ -54,11 +54,9 @@ impl Command {
             Command::Adjust(c) => Some(c.sku.as_str()),
             Command::Transfer(c) => Some(c.sku.as_str()),
             Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
-            Command::Confirm(_)
-            | Command::Release(_)
-            | Command::Extend(_)
-            | Command::SetLimits(_)
-            | Command::Tick => None,
+            Command::Confirm(_) | Command::Release(_) | Command::Extend(_) | Command::SetLimits(_) | Command::Tick => {
+                None
+            }
         }
     }
 

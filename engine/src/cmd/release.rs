@@ -24,19 +24,11 @@ pub(super) fn apply(state: &mut ShardState, command: &Release, emitter: &mut Emi
         return Refusal::ReservationNotFound.into();
     };
     match current.state {
-        ReservationState::Held => {
-            match state.end_reservation(slot, ReservationState::Released, emitter) {
-                Some(reservation) => Outcome::Released {
-                    reservation,
-                    replayed: false,
-                },
-                None => Refusal::ReservationNotFound.into(),
-            }
-        }
-        ReservationState::Released => Outcome::Released {
-            reservation: current,
-            replayed: true,
+        ReservationState::Held => match state.end_reservation(slot, ReservationState::Released, emitter) {
+            Some(reservation) => Outcome::Released { reservation, replayed: false },
+            None => Refusal::ReservationNotFound.into(),
         },
+        ReservationState::Released => Outcome::Released { reservation: current, replayed: true },
         ReservationState::Confirmed => Refusal::AlreadyConfirmed.into(),
         ReservationState::Expired => Refusal::AlreadyExpired.into(),
     }
@@ -60,29 +52,10 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         let applied = f.run(vec![release(1)]);
-        assert!(matches!(
-            applied.outcomes[0],
-            Outcome::Released {
-                replayed: false,
-                ..
-            }
-        ));
-        assert!(matches!(
-            applied.events[0].kind,
-            EventKind::StockChanged {
-                cause: Cause::Release(_),
-                ..
-            }
-        ));
+        assert!(matches!(applied.outcomes[0], Outcome::Released { replayed: false, .. }));
+        assert!(matches!(applied.events[0].kind, EventKind::StockChanged { cause: Cause::Release(_), .. }));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
-        assert!(
-            f.state
-                .history("SKU-1", "berlin", 10)
-                .unwrap_or_default()
-                .len()
-                == 1,
-            "a release is not a movement"
-        );
+        assert!(f.state.history("SKU-1", "berlin", 10).unwrap_or_default().len() == 1, "a release is not a movement");
     }
 
     #[test]
@@ -90,16 +63,8 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        let Outcome::Released { reservation, .. } = f.one(release(1)) else {
-            panic!("not released")
-        };
-        assert_eq!(
-            f.one(release(1)),
-            Outcome::Released {
-                reservation,
-                replayed: true
-            }
-        );
+        let Outcome::Released { reservation, .. } = f.one(release(1)) else { panic!("not released") };
+        assert_eq!(f.one(release(1)), Outcome::Released { reservation, replayed: true });
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
     }
 
@@ -109,10 +74,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         f.one(Command::Confirm(Confirm { id: rid(1) }));
-        assert_eq!(
-            f.one(release(1)),
-            Outcome::Refused(Refusal::AlreadyConfirmed)
-        );
+        assert_eq!(f.one(release(1)), Outcome::Refused(Refusal::AlreadyConfirmed));
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
     }
 
@@ -127,47 +89,26 @@ mod tests {
 
     #[test]
     fn a_terminal_reservation_is_forgotten_after_its_retention() {
-        let mut f = Fixture::with_limits(Limits {
-            terminal_retention_ms: 5_000,
-            ..Limits::default()
-        });
+        let mut f = Fixture::with_limits(Limits { terminal_retention_ms: 5_000, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         f.one(release(1));
         f.now_ms += 4_999;
-        assert!(matches!(
-            f.one(release(1)),
-            Outcome::Released { replayed: true, .. }
-        ));
+        assert!(matches!(f.one(release(1)), Outcome::Released { replayed: true, .. }));
         f.now_ms += 1;
-        assert_eq!(
-            f.one(release(1)),
-            Outcome::Refused(Refusal::ReservationNotFound)
-        );
+        assert_eq!(f.one(release(1)), Outcome::Refused(Refusal::ReservationNotFound));
     }
 
     #[test]
     fn terminal_reservations_beyond_the_count_bound_are_forgotten_oldest_first() {
-        let mut f = Fixture::with_limits(Limits {
-            terminal_retained_max: 2,
-            ..Limits::default()
-        });
+        let mut f = Fixture::with_limits(Limits { terminal_retained_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
         for n in 1..=3 {
             f.hold(n, &[("SKU-1", "berlin", 1)]);
             f.one(release(n));
         }
-        assert_eq!(
-            f.one(release(1)),
-            Outcome::Refused(Refusal::ReservationNotFound)
-        );
-        assert!(matches!(
-            f.one(release(2)),
-            Outcome::Released { replayed: true, .. }
-        ));
-        assert!(matches!(
-            f.one(release(3)),
-            Outcome::Released { replayed: true, .. }
-        ));
+        assert_eq!(f.one(release(1)), Outcome::Refused(Refusal::ReservationNotFound));
+        assert!(matches!(f.one(release(2)), Outcome::Released { replayed: true, .. }));
+        assert!(matches!(f.one(release(3)), Outcome::Released { replayed: true, .. }));
     }
 }

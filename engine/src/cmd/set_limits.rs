@@ -16,9 +16,7 @@ pub struct SetLimits {
 
 impl SetLimits {
     pub fn validate(&self) -> Result<(), InputError> {
-        self.limits
-            .validate()
-            .map_err(|reason| InputError::BadLimits { reason })
+        self.limits.validate().map_err(|reason| InputError::BadLimits { reason })
     }
 }
 
@@ -38,40 +36,21 @@ mod tests {
     fn set_limits_applies_new_bounds_from_that_entry_on() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let limits = Limits {
-            items_per_shard_max: 1,
-            ..Limits::default()
-        };
-        assert_eq!(
-            f.one(Command::SetLimits(SetLimits { limits })),
-            Outcome::LimitsSet
-        );
+        let limits = Limits { items_per_shard_max: 1, ..Limits::default() };
+        assert_eq!(f.one(Command::SetLimits(SetLimits { limits })), Outcome::LimitsSet);
         assert_eq!(*f.state.limits(), limits);
-        let mut g = Fixture {
-            state: f.state,
-            index: f.index,
-            now_ms: f.now_ms,
-        };
+        let mut g = Fixture { state: f.state, index: f.index, now_ms: f.now_ms };
         let refused = g.one(Command::UpsertItem(crate::cmd::UpsertItem {
             on_hand: Some(1),
             ..crate::state::tests_support::upsert("SKU-2", "berlin")
         }));
-        assert_eq!(
-            refused,
-            Outcome::Refused(Refusal::ShardFull {
-                bound: Bound::ItemsPerShard,
-                max: 1
-            })
-        );
+        assert_eq!(refused, Outcome::Refused(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: 1 }));
     }
 
     #[test]
     fn set_limits_refuses_nonsense() {
         let mut f = Fixture::new();
-        let limits = Limits {
-            lines_per_hold_max: 0,
-            ..Limits::default()
-        };
+        let limits = Limits { lines_per_hold_max: 0, ..Limits::default() };
         let outcome = f.one(Command::SetLimits(SetLimits { limits }));
         assert_eq!(outcome.refusal().map(Refusal::code), Some("bad_limits"));
         assert_eq!(*f.state.limits(), Limits::default());

@@ -26,12 +26,8 @@ pub struct Transfer {
 impl Transfer {
     pub fn validate(&self) -> Result<(), InputError> {
         self.sku.check()?;
-        self.from
-            .check()
-            .map_err(|e| relabel(e, Field::FromWarehouse))?;
-        self.to
-            .check()
-            .map_err(|e| relabel(e, Field::ToWarehouse))?;
+        self.from.check().map_err(|e| relabel(e, Field::FromWarehouse))?;
+        self.to.check().map_err(|e| relabel(e, Field::ToWarehouse))?;
         if self.from == self.to {
             return Err(InputError::SameWarehouse);
         }
@@ -59,12 +55,7 @@ pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Em
     };
     let available = state.item(from).available();
     if available < quantity {
-        let short = ShortLine {
-            line: 0,
-            requested: quantity,
-            available,
-            exists: true,
-        };
+        let short = ShortLine { line: 0, requested: quantity, available, exists: true };
         return Refusal::InsufficientStock { lines: vec![short] }.into();
     }
     let existing = state.find_item(command.sku.as_str(), command.to.as_str());
@@ -88,26 +79,15 @@ pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Em
     let who = state.who(command.principal.as_ref());
     let before = state.before(from);
     state.item_mut(from).on_hand -= quantity;
-    let out = Change {
-        cause: Cause::TransferOut,
-        movement: Some((MovementReason::TransferOut, who)),
-        created: false,
-    };
+    let out = Change { cause: Cause::TransferOut, movement: Some((MovementReason::TransferOut, who)), created: false };
     state.finish_change(from, before, out, emitter);
 
     let before = state.before(to);
     state.item_mut(to).on_hand += quantity;
-    let into = Change {
-        cause: Cause::TransferIn,
-        movement: Some((MovementReason::TransferIn, who)),
-        created,
-    };
+    let into = Change { cause: Cause::TransferIn, movement: Some((MovementReason::TransferIn, who)), created };
     state.finish_change(to, before, into, emitter);
 
-    Outcome::Transferred {
-        from: state.item_view(from),
-        to: state.item_view(to),
-    }
+    Outcome::Transferred { from: state.item_view(from), to: state.item_view(to) }
 }
 
 #[cfg(test)]
@@ -144,22 +124,12 @@ mod tests {
     fn transfer_creates_the_destination_with_the_source_attributes() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        f.state.item_mut(crate::item::ItemId(0)).attrs = Some(Box::new(crate::item::Attrs {
-            name: ItemName::new("Mug").ok(),
-            unit_price_minor: Some(500),
-        }));
+        f.state.item_mut(crate::item::ItemId(0)).attrs =
+            Some(Box::new(crate::item::Attrs { name: ItemName::new("Mug").ok(), unit_price_minor: Some(500) }));
         let Outcome::Transferred { to, .. } = f.one(transfer("berlin", "madrid", 3)) else {
             panic!("not transferred");
         };
-        assert_eq!(
-            (
-                to.on_hand,
-                to.version,
-                to.name.as_deref(),
-                to.unit_price_minor
-            ),
-            (3, 1, Some("Mug"), Some(500))
-        );
+        assert_eq!((to.on_hand, to.version, to.name.as_deref(), to.unit_price_minor), (3, 1, Some("Mug"), Some(500)));
     }
 
     #[test]
@@ -168,37 +138,18 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 7)]);
         let outcome = f.one(transfer("berlin", "paris", 4));
-        let short = ShortLine {
-            line: 0,
-            requested: 4,
-            available: 3,
-            exists: true,
-        };
-        assert_eq!(
-            outcome,
-            Outcome::Refused(Refusal::InsufficientStock { lines: vec![short] })
-        );
+        let short = ShortLine { line: 0, requested: 4, available: 3, exists: true };
+        assert_eq!(outcome, Outcome::Refused(Refusal::InsufficientStock { lines: vec![short] }));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 7));
-        assert!(
-            f.state.find_item("SKU-1", "paris").is_none(),
-            "a refused transfer creates nothing"
-        );
+        assert!(f.state.find_item("SKU-1", "paris").is_none(), "a refused transfer creates nothing");
     }
 
     #[test]
     fn transfer_from_a_missing_item_or_to_itself_is_refused() {
         let mut f = Fixture::new();
-        assert_eq!(
-            f.one(transfer("berlin", "paris", 1)),
-            Outcome::Refused(Refusal::ItemNotFound)
-        );
+        assert_eq!(f.one(transfer("berlin", "paris", 1)), Outcome::Refused(Refusal::ItemNotFound));
         f.stock("SKU-1", "berlin", 10, 0);
-        assert_eq!(
-            f.one(transfer("berlin", "berlin", 1))
-                .refusal()
-                .map(Refusal::code),
-            Some("same_warehouse")
-        );
+        assert_eq!(f.one(transfer("berlin", "berlin", 1)).refusal().map(Refusal::code), Some("same_warehouse"));
     }
 
     #[test]

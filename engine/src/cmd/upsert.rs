@@ -73,11 +73,7 @@ impl UpsertItem {
         if let AttrUpdate::Set(price) = self.unit_price_minor
             && price > PRICE_MINOR_MAX
         {
-            return Err(InputError::TooLarge {
-                field: Field::UnitPriceMinor,
-                value: price,
-                max: PRICE_MINOR_MAX,
-            });
+            return Err(InputError::TooLarge { field: Field::UnitPriceMinor, value: price, max: PRICE_MINOR_MAX });
         }
         if let Some(principal) = &self.principal {
             principal.check()?;
@@ -86,32 +82,17 @@ impl UpsertItem {
     }
 }
 
-pub(super) fn apply(
-    state: &mut ShardState,
-    command: &UpsertItem,
-    emitter: &mut Emitter,
-) -> Outcome {
+pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut Emitter) -> Outcome {
     let found = state.find_item(command.sku.as_str(), command.warehouse.as_str());
     match (found, command.expect) {
         (Some(id), Expect::Absent) => {
-            return Refusal::ItemExists {
-                version: state.item(id).version,
-            }
-            .into();
+            return Refusal::ItemExists { version: state.item(id).version }.into();
         }
         (Some(id), Expect::Version(expected)) if state.item(id).version != expected => {
-            return Refusal::VersionMismatch {
-                expected,
-                actual: Some(state.item(id).version),
-            }
-            .into();
+            return Refusal::VersionMismatch { expected, actual: Some(state.item(id).version) }.into();
         }
         (None, Expect::Version(expected)) => {
-            return Refusal::VersionMismatch {
-                expected,
-                actual: None,
-            }
-            .into();
+            return Refusal::VersionMismatch { expected, actual: None }.into();
         }
         _ => {}
     }
@@ -127,31 +108,19 @@ pub(super) fn apply(
     let on_hand = command.on_hand.unwrap_or(item.on_hand);
     if on_hand < item.reserved {
         debug_assert!(!created, "a new item has nothing reserved");
-        return Refusal::BelowReserved {
-            on_hand: item.on_hand,
-            reserved: item.reserved,
-        }
-        .into();
+        return Refusal::BelowReserved { on_hand: item.on_hand, reserved: item.reserved }.into();
     }
-    let threshold = command
-        .low_stock_threshold
-        .unwrap_or(item.low_stock_threshold);
+    let threshold = command.low_stock_threshold.unwrap_or(item.low_stock_threshold);
     let current = item.attrs.as_deref();
     let attrs = Attrs {
         name: command.name.resolve(current.and_then(|a| a.name.as_ref())),
-        unit_price_minor: command
-            .unit_price_minor
-            .resolve(current.and_then(|a| a.unit_price_minor.as_ref())),
+        unit_price_minor: command.unit_price_minor.resolve(current.and_then(|a| a.unit_price_minor.as_ref())),
     };
     let unchanged = on_hand == item.on_hand
         && threshold == item.low_stock_threshold
         && current.cloned().unwrap_or_default() == attrs;
     if unchanged && !created {
-        return Outcome::Upserted {
-            item: state.item_view(id),
-            created: false,
-            changed: false,
-        };
+        return Outcome::Upserted { item: state.item_view(id), created: false, changed: false };
     }
 
     let before = state.before(id);
@@ -160,17 +129,9 @@ pub(super) fn apply(
     item.on_hand = on_hand;
     item.low_stock_threshold = threshold;
     item.attrs = (!attrs.is_empty()).then(|| Box::new(attrs));
-    let change = Change {
-        cause: Cause::Upsert,
-        movement: Some((MovementReason::Set, who)),
-        created,
-    };
+    let change = Change { cause: Cause::Upsert, movement: Some((MovementReason::Set, who)), created };
     state.finish_change(id, before, change, emitter);
-    Outcome::Upserted {
-        item: state.item_view(id),
-        created,
-        changed: true,
-    }
+    Outcome::Upserted { item: state.item_view(id), created, changed: true }
 }
 
 #[cfg(test)]
@@ -211,18 +172,10 @@ mod tests {
             unit_price_minor: AttrUpdate::Set(4_999),
             ..upsert("SKU-1", "berlin")
         };
-        let Outcome::Upserted {
-            item,
-            created: true,
-            changed: true,
-        } = run(&mut f, command)
-        else {
+        let Outcome::Upserted { item, created: true, changed: true } = run(&mut f, command) else {
             panic!("not created");
         };
-        assert_eq!(
-            (item.on_hand, item.reserved, item.available, item.version),
-            (10, 0, 10, 1)
-        );
+        assert_eq!((item.on_hand, item.reserved, item.available, item.version), (10, 0, 10, 1));
         assert_eq!(item.status, Status::InStock);
         assert_eq!(item.name.as_deref(), Some("Blue trainers"));
         assert_eq!(item.unit_price_minor, Some(4_999));
@@ -233,33 +186,11 @@ mod tests {
     fn upsert_changes_the_version_on_every_change_and_only_then() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let same = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(10),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
-        assert!(
-            matches!(same, Outcome::Upserted { changed: false, ref item, .. } if item.version == 1)
-        );
-        let changed = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(11),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
-        assert!(
-            matches!(changed, Outcome::Upserted { changed: true, ref item, .. } if item.version == 2)
-        );
-        let threshold = run(
-            &mut f,
-            UpsertItem {
-                low_stock_threshold: Some(4),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
+        let same = run(&mut f, UpsertItem { on_hand: Some(10), ..upsert("SKU-1", "berlin") });
+        assert!(matches!(same, Outcome::Upserted { changed: false, ref item, .. } if item.version == 1));
+        let changed = run(&mut f, UpsertItem { on_hand: Some(11), ..upsert("SKU-1", "berlin") });
+        assert!(matches!(changed, Outcome::Upserted { changed: true, ref item, .. } if item.version == 2));
+        let threshold = run(&mut f, UpsertItem { low_stock_threshold: Some(4), ..upsert("SKU-1", "berlin") });
         assert!(matches!(threshold, Outcome::Upserted { ref item, .. } if item.version == 3));
     }
 
@@ -267,50 +198,20 @@ mod tests {
     fn upsert_with_a_stale_version_is_refused() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let outcome = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(5),
-                expect: Expect::Version(7),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
-        assert_eq!(
-            outcome,
-            Outcome::Refused(Refusal::VersionMismatch {
-                expected: 7,
-                actual: Some(1)
-            })
-        );
+        let outcome =
+            run(&mut f, UpsertItem { on_hand: Some(5), expect: Expect::Version(7), ..upsert("SKU-1", "berlin") });
+        assert_eq!(outcome, Outcome::Refused(Refusal::VersionMismatch { expected: 7, actual: Some(1) }));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
-        let matching = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(5),
-                expect: Expect::Version(1),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
+        let matching =
+            run(&mut f, UpsertItem { on_hand: Some(5), expect: Expect::Version(1), ..upsert("SKU-1", "berlin") });
         assert!(matches!(matching, Outcome::Upserted { changed: true, .. }));
     }
 
     #[test]
     fn upsert_expecting_a_version_of_a_missing_item_is_refused() {
         let mut f = Fixture::new();
-        let outcome = run(
-            &mut f,
-            UpsertItem {
-                expect: Expect::Version(1),
-                ..upsert("SKU-9", "berlin")
-            },
-        );
-        assert_eq!(
-            outcome,
-            Outcome::Refused(Refusal::VersionMismatch {
-                expected: 1,
-                actual: None
-            })
-        );
+        let outcome = run(&mut f, UpsertItem { expect: Expect::Version(1), ..upsert("SKU-9", "berlin") });
+        assert_eq!(outcome, Outcome::Refused(Refusal::VersionMismatch { expected: 1, actual: None }));
         assert_eq!(f.state.stats().items, 0);
     }
 
@@ -318,18 +219,8 @@ mod tests {
     fn create_only_upsert_of_an_existing_item_is_refused() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let outcome = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(1),
-                expect: Expect::Absent,
-                ..upsert("SKU-1", "berlin")
-            },
-        );
-        assert_eq!(
-            outcome,
-            Outcome::Refused(Refusal::ItemExists { version: 1 })
-        );
+        let outcome = run(&mut f, UpsertItem { on_hand: Some(1), expect: Expect::Absent, ..upsert("SKU-1", "berlin") });
+        assert_eq!(outcome, Outcome::Refused(Refusal::ItemExists { version: 1 }));
     }
 
     #[test]
@@ -337,33 +228,15 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 6)]);
-        let outcome = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(5),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
-        assert_eq!(
-            outcome,
-            Outcome::Refused(Refusal::BelowReserved {
-                on_hand: 10,
-                reserved: 6
-            })
-        );
+        let outcome = run(&mut f, UpsertItem { on_hand: Some(5), ..upsert("SKU-1", "berlin") });
+        assert_eq!(outcome, Outcome::Refused(Refusal::BelowReserved { on_hand: 10, reserved: 6 }));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 6));
     }
 
     #[test]
     fn upsert_refuses_levels_over_the_maximum() {
         let mut f = Fixture::new();
-        let outcome = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(QUANTITY_MAX + 1),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
+        let outcome = run(&mut f, UpsertItem { on_hand: Some(QUANTITY_MAX + 1), ..upsert("SKU-1", "berlin") });
         assert_eq!(
             outcome.refusal().map(Refusal::code),
             Some("quantity_too_large"),
@@ -376,33 +249,17 @@ mod tests {
     fn upsert_can_clear_attributes() {
         let mut f = Fixture::new();
         let name = ItemName::new("Mug").unwrap_or_else(|e| panic!("{e}"));
-        run(
-            &mut f,
-            UpsertItem {
-                name: AttrUpdate::Set(name),
-                ..upsert("SKU-1", "berlin")
-            },
-        );
-        let outcome = run(
-            &mut f,
-            UpsertItem {
-                name: AttrUpdate::Clear,
-                ..upsert("SKU-1", "berlin")
-            },
-        );
-        assert!(
-            matches!(outcome, Outcome::Upserted { ref item, changed: true, .. } if item.name.is_none())
-        );
+        run(&mut f, UpsertItem { name: AttrUpdate::Set(name), ..upsert("SKU-1", "berlin") });
+        let outcome = run(&mut f, UpsertItem { name: AttrUpdate::Clear, ..upsert("SKU-1", "berlin") });
+        assert!(matches!(outcome, Outcome::Upserted { ref item, changed: true, .. } if item.name.is_none()));
     }
 
     #[test]
     fn upsert_emits_a_crossing_when_the_threshold_moves_status() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let applied = f.run(vec![Command::UpsertItem(UpsertItem {
-            low_stock_threshold: Some(10),
-            ..upsert("SKU-1", "berlin")
-        })]);
+        let applied =
+            f.run(vec![Command::UpsertItem(UpsertItem { low_stock_threshold: Some(10), ..upsert("SKU-1", "berlin") })]);
         let crossings: Vec<_> = applied
             .events
             .iter()
@@ -420,39 +277,17 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.stock("SKU-1", "berlin", 4, 0);
         let history = f.state.history("SKU-1", "berlin", 10).unwrap_or_default();
-        let seen: Vec<(i64, u64, u64)> = history
-            .iter()
-            .map(|m| (m.delta, m.on_hand_before, m.on_hand_after))
-            .collect();
+        let seen: Vec<(i64, u64, u64)> = history.iter().map(|m| (m.delta, m.on_hand_before, m.on_hand_after)).collect();
         assert_eq!(seen, vec![(-6, 10, 4), (10, 0, 10)]);
-        assert!(
-            history
-                .iter()
-                .all(|m| m.reason == MovementReason::Set && m.who == "system")
-        );
+        assert!(history.iter().all(|m| m.reason == MovementReason::Set && m.who == "system"));
     }
 
     #[test]
     fn a_full_shard_refuses_new_items() {
-        let mut f = Fixture::with_limits(Limits {
-            items_per_shard_max: 1,
-            ..Limits::default()
-        });
+        let mut f = Fixture::with_limits(Limits { items_per_shard_max: 1, ..Limits::default() });
         f.stock("SKU-1", "berlin", 1, 0);
-        let outcome = run(
-            &mut f,
-            UpsertItem {
-                on_hand: Some(1),
-                ..upsert("SKU-2", "berlin")
-            },
-        );
-        assert_eq!(
-            outcome,
-            Outcome::Refused(Refusal::ShardFull {
-                bound: Bound::ItemsPerShard,
-                max: 1
-            })
-        );
+        let outcome = run(&mut f, UpsertItem { on_hand: Some(1), ..upsert("SKU-2", "berlin") });
+        assert_eq!(outcome, Outcome::Refused(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: 1 }));
         // Updating the existing item still works.
         f.stock("SKU-1", "berlin", 2, 0);
     }

@@ -61,9 +61,7 @@ pub(crate) struct Flusher {
 
 impl std::fmt::Debug for Flusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flusher")
-            .field("poisoned", &self.shared.poisoned.load(Ordering::Relaxed))
-            .finish()
+        f.debug_struct("Flusher").field("poisoned", &self.shared.poisoned.load(Ordering::Relaxed)).finish()
     }
 }
 
@@ -77,16 +75,11 @@ impl Flusher {
             flushes: AtomicU64::new(0),
             sync_us_total: AtomicU64::new(0),
         });
-        let thread = std::thread::Builder::new()
-            .name("tally-wal-flush".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                move || run(&shared, &dir)
-            })?;
-        Ok(Flusher {
-            shared,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("tally-wal-flush".into()).spawn({
+            let shared = Arc::clone(&shared);
+            move || run(&shared, &dir)
+        })?;
+        Ok(Flusher { shared, thread: Some(thread) })
     }
 
     pub fn flush(&self, callback: FlushCallback) {
@@ -111,11 +104,7 @@ impl Flusher {
     }
 
     pub fn check_healthy(&self) -> Result<(), WalError> {
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            Err(WalError::Poisoned)
-        } else {
-            Ok(())
-        }
+        if self.shared.poisoned.load(Ordering::Acquire) { Err(WalError::Poisoned) } else { Ok(()) }
     }
 
     pub fn stats(&self) -> WalStats {
@@ -149,11 +138,7 @@ fn run(shared: &Shared, dir: &PathBuf) {
                 return;
             }
             let dir_dirty = std::mem::take(&mut queue.dir_dirty);
-            (
-                std::mem::take(&mut queue.callbacks),
-                std::mem::take(&mut queue.dirty),
-                dir_dirty,
-            )
+            (std::mem::take(&mut queue.callbacks), std::mem::take(&mut queue.dirty), dir_dirty)
         };
         let result = if shared.poisoned.load(Ordering::Acquire) {
             Err(WalError::Poisoned.to_string())
@@ -162,17 +147,13 @@ fn run(shared: &Shared, dir: &PathBuf) {
             let result = sync(&dirty, dir_dirty.then_some(dir));
             let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             shared.syncs.fetch_add(1, Ordering::Relaxed);
-            shared
-                .sync_us_total
-                .fetch_add(elapsed_us, Ordering::Relaxed);
+            shared.sync_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
             if result.is_err() {
                 shared.poisoned.store(true, Ordering::Release);
             }
             result
         };
-        shared
-            .flushes
-            .fetch_add(callbacks.len() as u64, Ordering::Relaxed);
+        shared.flushes.fetch_add(callbacks.len() as u64, Ordering::Relaxed);
         for callback in callbacks {
             callback(result.clone().map_err(io::Error::other));
         }
@@ -181,8 +162,7 @@ fn run(shared: &Shared, dir: &PathBuf) {
 
 fn sync(dirty: &BTreeMap<u64, Arc<File>>, dir: Option<&PathBuf>) -> Result<(), String> {
     for (seq, file) in dirty {
-        file.sync_data()
-            .map_err(|error| format!("fdatasync of WAL segment {seq} failed: {error}"))?;
+        file.sync_data().map_err(|error| format!("fdatasync of WAL segment {seq} failed: {error}"))?;
     }
     if let Some(dir) = dir {
         File::open(dir)

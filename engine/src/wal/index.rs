@@ -30,15 +30,8 @@ pub(crate) struct Segment {
 /// A broken log rule, found when replaying or appending.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RuleError {
-    NotContiguous {
-        last: Option<u64>,
-        got: u64,
-    },
-    TermRegressed {
-        index: u64,
-        term: u64,
-        last_term: u64,
-    },
+    NotContiguous { last: Option<u64>, got: u64 },
+    TermRegressed { index: u64, term: u64, last_term: u64 },
 }
 
 /// Checks that `log_id` may follow `last`: the next index, a term not lower.
@@ -47,17 +40,10 @@ pub(crate) fn check_follows(last: Option<LogId>, log_id: LogId) -> Result<(), Ru
         return Ok(());
     };
     if log_id.index != last.index + 1 {
-        return Err(RuleError::NotContiguous {
-            last: Some(last.index),
-            got: log_id.index,
-        });
+        return Err(RuleError::NotContiguous { last: Some(last.index), got: log_id.index });
     }
     if log_id.term < last.term {
-        return Err(RuleError::TermRegressed {
-            index: log_id.index,
-            term: log_id.term,
-            last_term: last.term,
-        });
+        return Err(RuleError::TermRegressed { index: log_id.index, term: log_id.term, last_term: last.term });
     }
     Ok(())
 }
@@ -77,26 +63,18 @@ impl LogIndex {
     /// The id of the last live entry, or the purge point if none is live.
     pub fn last_log_id(&self) -> Option<LogId> {
         match self.locs.back() {
-            Some(loc) => Some(LogId::new(
-                loc.term,
-                self.first_index + self.locs.len() as u64 - 1,
-            )),
+            Some(loc) => Some(LogId::new(loc.term, self.first_index + self.locs.len() as u64 - 1)),
             None => self.meta.purged,
         }
     }
 
     pub fn term_of(&self, index: u64) -> Option<u64> {
         if index >= self.first_index
-            && let Some(loc) = self
-                .locs
-                .get(usize::try_from(index - self.first_index).ok()?)
+            && let Some(loc) = self.locs.get(usize::try_from(index - self.first_index).ok()?)
         {
             return Some(loc.term);
         }
-        self.meta
-            .purged
-            .filter(|purged| purged.index == index)
-            .map(|purged| purged.term)
+        self.meta.purged.filter(|purged| purged.index == index).map(|purged| purged.term)
     }
 
     /// Checks that `log_id` may follow the log.
@@ -109,17 +87,9 @@ impl LogIndex {
         debug_assert_eq!(self.check_next(log_id), Ok(()));
         self.last_seen = Some(log_id);
         if let Some(segment) = self.segments.get_mut(&loc.seq) {
-            segment.index_max = Some(
-                segment
-                    .index_max
-                    .map_or(log_id.index, |max| max.max(log_id.index)),
-            );
+            segment.index_max = Some(segment.index_max.map_or(log_id.index, |max| max.max(log_id.index)));
         }
-        if self
-            .meta
-            .purged
-            .is_some_and(|purged| log_id.index <= purged.index)
-        {
+        if self.meta.purged.is_some_and(|purged| log_id.index <= purged.index) {
             // Still on disk in an old segment, but purged: not live.
             return;
         }
@@ -139,21 +109,13 @@ impl LogIndex {
             _ => 0,
         };
         self.locs.truncate(keep_len);
-        self.last_seen = match keep {
-            Some(index) => Some(LogId::new(self.term_of(index).unwrap_or(0), index)),
-            None => None,
-        }
-        .or(self.meta.purged);
+        self.last_seen = keep.map(|index| LogId::new(self.term_of(index).unwrap_or(0), index)).or(self.meta.purged);
     }
 
     /// Forgets every entry up to `upto`, inclusive; later appends follow it
     /// if it is beyond the last entry (a snapshot installed past the log).
     pub fn purge(&mut self, upto: LogId) {
-        if self
-            .meta
-            .purged
-            .is_some_and(|purged| purged.index >= upto.index)
-        {
+        if self.meta.purged.is_some_and(|purged| purged.index >= upto.index) {
             return;
         }
         while !self.locs.is_empty() && self.first_index <= upto.index {
@@ -191,29 +153,15 @@ mod tests {
     use super::*;
 
     fn loc(seq: u64) -> Loc {
-        Loc {
-            seq,
-            offset: 0,
-            len: 1,
-            term: 0,
-        }
+        Loc { seq, offset: 0, len: 1, term: 0 }
     }
 
     #[test]
     fn entries_must_be_contiguous_with_terms_that_never_fall() {
         let mut index = LogIndex::default();
         index.push(LogId::new(1, 1), loc(1));
-        assert_eq!(
-            index.check_next(LogId::new(1, 3)),
-            Err(RuleError::NotContiguous {
-                last: Some(1),
-                got: 3
-            })
-        );
-        assert!(matches!(
-            index.check_next(LogId::new(0, 2)),
-            Err(RuleError::TermRegressed { .. })
-        ));
+        assert_eq!(index.check_next(LogId::new(1, 3)), Err(RuleError::NotContiguous { last: Some(1), got: 3 }));
+        assert!(matches!(index.check_next(LogId::new(0, 2)), Err(RuleError::TermRegressed { .. })));
         assert_eq!(index.check_next(LogId::new(2, 2)), Ok(()));
     }
 

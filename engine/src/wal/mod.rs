@@ -38,7 +38,7 @@ use crate::log::{LogEntry, LogId, Vote};
 
 use flusher::Flusher;
 use index::{Loc, LogIndex, RuleError, Segment, check_follows};
-use record::{Encoder, Meta, Record, RecordRef, SEGMENT_FORMAT, SEGMENT_MAGIC, SegmentHeader};
+use record::{EncodeError, Encoder, Meta, Record, RecordRef, SEGMENT_FORMAT, SEGMENT_MAGIC, SegmentHeader};
 
 pub use flusher::{FlushCallback, WalStats};
 
@@ -80,31 +80,18 @@ pub(crate) fn segment_name(seq: u64) -> String {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-    move |source| WalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| WalError::Io { path: path.to_path_buf(), source }
 }
 
 fn rule_error(error: RuleError) -> WalError {
     match error {
         RuleError::NotContiguous { last, got } => WalError::NotContiguous { last, got },
-        RuleError::TermRegressed {
-            index,
-            term,
-            last_term,
-        } => WalError::TermRegressed {
-            index,
-            term,
-            last_term,
-        },
+        RuleError::TermRegressed { index, term, last_term } => WalError::TermRegressed { index, term, last_term },
     }
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
 
 impl Wal {
@@ -117,23 +104,12 @@ impl Wal {
         let active = match recovered.active {
             Some(active) => active,
             None => {
-                let (file, len) =
-                    create_segment(&dir, 1, &index.meta, &mut Encoder::default(), config)?;
+                let (file, len) = create_segment(&dir, 1, &index.meta, &mut Encoder::default(), config)?;
                 sync_dir(&dir)?;
-                index.segments.insert(
-                    1,
-                    Segment {
-                        path: dir.join(segment_name(1)),
-                        file: Arc::clone(&file),
-                        index_max: None,
-                    },
-                );
-                recovery::Active {
-                    seq: 1,
-                    file,
-                    len,
-                    header_len: len,
-                }
+                index
+                    .segments
+                    .insert(1, Segment { path: dir.join(segment_name(1)), file: Arc::clone(&file), index_max: None });
+                recovery::Active { seq: 1, file, len, header_len: len }
             }
         };
         let index = Arc::new(RwLock::new(index));
@@ -153,18 +129,12 @@ impl Wal {
     }
 
     pub fn reader(&self) -> WalReader {
-        WalReader {
-            index: Arc::clone(&self.index),
-            record_size_max: self.config.record_size_max as usize,
-        }
+        WalReader { index: Arc::clone(&self.index), record_size_max: self.config.record_size_max as usize }
     }
 
     pub fn log_state(&self) -> LogState {
         let index = self.index.read();
-        LogState {
-            purged: index.meta.purged,
-            last: index.last_log_id(),
-        }
+        LogState { purged: index.meta.purged, last: index.last_log_id() }
     }
 
     pub fn vote(&self) -> Option<Vote> {
@@ -182,10 +152,7 @@ impl Wal {
     /// Writes entries; they are readable when this returns and durable after
     /// the next flush. Each must follow the log (next index, no lower term);
     /// on a broken rule nothing is written.
-    pub fn append<'a>(
-        &mut self,
-        entries: impl IntoIterator<Item = &'a LogEntry>,
-    ) -> Result<(), WalError> {
+    pub fn append<'a>(&mut self, entries: impl IntoIterator<Item = &'a LogEntry>) -> Result<(), WalError> {
         self.flusher.check_healthy()?;
         self.buffer.clear();
         let mut pending: Vec<(LogId, u64, u32)> = Vec::new();
@@ -196,12 +163,8 @@ impl Wal {
             let offset = self.buffer.len() as u64;
             let len = self
                 .encoder
-                .encode(
-                    RecordRef::Entry(entry),
-                    self.config.record_size_max as usize,
-                    &mut self.buffer,
-                )
-                .map_err(|reason| self.encode_error(reason))?;
+                .encode(RecordRef::Entry(entry), self.config.record_size_max as usize, &mut self.buffer)
+                .map_err(Self::encode_error)?;
             pending.push((entry.log_id, offset, u32::try_from(len).unwrap_or(u32::MAX)));
         }
         if pending.is_empty() {
@@ -216,12 +179,7 @@ impl Wal {
         self.write_buffer()?;
         let mut index = self.index.write();
         for (log_id, offset, len) in pending {
-            let loc = Loc {
-                seq: self.active_seq,
-                offset: base + offset,
-                len,
-                term: log_id.term,
-            };
+            let loc = Loc { seq: self.active_seq, offset: base + offset, len, term: log_id.term };
             index.push(log_id, loc);
         }
         Ok(())
@@ -241,10 +199,7 @@ impl Wal {
         }));
         match receiver.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(WalError::Io {
-                path: self.dir.clone(),
-                source,
-            }),
+            Ok(Err(source)) => Err(WalError::Io { path: self.dir.clone(), source }),
             Err(_) => Err(WalError::Poisoned),
         }
     }
@@ -275,13 +230,7 @@ impl Wal {
     /// Forgets every entry up to `upto`, inclusive, and deletes segments
     /// that hold nothing newer. Durable when this returns.
     pub fn purge(&mut self, upto: LogId) -> Result<(), WalError> {
-        if self
-            .index
-            .read()
-            .meta
-            .purged
-            .is_some_and(|purged| purged.index >= upto.index)
-        {
+        if self.index.read().meta.purged.is_some_and(|purged| purged.index >= upto.index) {
             return Ok(());
         }
         self.append_meta(RecordRef::Purge(&upto))?;
@@ -293,8 +242,7 @@ impl Wal {
                 .segments
                 .iter()
                 .take_while(|(seq, segment)| {
-                    **seq != self.active_seq
-                        && segment.index_max.is_none_or(|max| max <= upto.index)
+                    **seq != self.active_seq && segment.index_max.is_none_or(|max| max <= upto.index)
                 })
                 .map(|(seq, segment)| (*seq, segment.path.clone()))
                 .collect()
@@ -313,23 +261,15 @@ impl Wal {
         self.flusher.check_healthy()?;
         self.buffer.clear();
         self.encoder
-            .encode(
-                record,
-                self.config.record_size_max as usize,
-                &mut self.buffer,
-            )
-            .map_err(|reason| self.encode_error(reason))?;
+            .encode(record, self.config.record_size_max as usize, &mut self.buffer)
+            .map_err(Self::encode_error)?;
         self.write_buffer()
     }
 
-    fn encode_error(&self, reason: String) -> WalError {
-        if reason.contains("over the limit") {
-            WalError::RecordTooLarge {
-                len: self.buffer.len(),
-                max: self.config.record_size_max as usize,
-            }
-        } else {
-            WalError::Encode(reason)
+    fn encode_error(error: EncodeError) -> WalError {
+        match error {
+            EncodeError::TooLarge { len, max } => WalError::RecordTooLarge { len, max },
+            EncodeError::Invalid(reason) => WalError::Encode(reason),
         }
     }
 
@@ -343,8 +283,7 @@ impl Wal {
             return Err(WalError::Io { path, source });
         }
         self.active_len += self.buffer.len() as u64;
-        self.flusher
-            .mark_dirty(self.active_seq, Arc::clone(&self.active_file));
+        self.flusher.mark_dirty(self.active_seq, Arc::clone(&self.active_file));
         Ok(())
     }
 
@@ -356,29 +295,21 @@ impl Wal {
         let old_path = self.dir.join(segment_name(self.active_seq));
         if let Err(source) = self.active_file.sync_data() {
             self.flusher.poison();
-            return Err(WalError::Io {
-                path: old_path,
-                source,
-            });
+            return Err(WalError::Io { path: old_path, source });
         }
         let seq = self.active_seq + 1;
         let meta = self.index.read().meta;
-        let (file, len) =
-            match create_segment(&self.dir, seq, &meta, &mut self.encoder, self.config) {
-                Ok(created) => created,
-                Err(error) => {
-                    self.flusher.poison();
-                    return Err(error);
-                }
-            };
-        self.index.write().segments.insert(
-            seq,
-            Segment {
-                path: self.dir.join(segment_name(seq)),
-                file: Arc::clone(&file),
-                index_max: None,
-            },
-        );
+        let (file, len) = match create_segment(&self.dir, seq, &meta, &mut self.encoder, self.config) {
+            Ok(created) => created,
+            Err(error) => {
+                self.flusher.poison();
+                return Err(error);
+            }
+        };
+        self.index
+            .write()
+            .segments
+            .insert(seq, Segment { path: self.dir.join(segment_name(seq)), file: Arc::clone(&file), index_max: None });
         self.active_seq = seq;
         self.active_file = Arc::clone(&file);
         self.active_len = len;
@@ -398,26 +329,12 @@ fn create_segment(
     config: WalConfig,
 ) -> Result<(Arc<File>, u64), WalError> {
     let path = dir.join(segment_name(seq));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    let header = SegmentHeader {
-        magic: SEGMENT_MAGIC,
-        format: SEGMENT_FORMAT,
-        seq,
-        meta: *meta,
-    };
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io_error(&path))?;
+    let header = SegmentHeader { magic: SEGMENT_MAGIC, format: SEGMENT_FORMAT, seq, meta: *meta };
     let mut frame = Vec::new();
     encoder
-        .encode(
-            RecordRef::Header(&header),
-            config.record_size_max as usize,
-            &mut frame,
-        )
-        .map_err(WalError::Encode)?;
+        .encode(RecordRef::Header(&header), config.record_size_max as usize, &mut frame)
+        .map_err(|error| WalError::Encode(format!("{error:?}")))?;
     file.write_all_at(&frame, 0).map_err(io_error(&path))?;
     file.sync_data().map_err(io_error(&path))?;
     Ok((Arc::new(file), frame.len() as u64))
@@ -434,12 +351,7 @@ impl WalReader {
                 .into_iter()
                 .filter_map(|(entry_index, loc)| {
                     let segment = index.segments.get(&loc.seq)?;
-                    Some((
-                        entry_index,
-                        loc,
-                        Arc::clone(&segment.file),
-                        segment.path.clone(),
-                    ))
+                    Some((entry_index, loc, Arc::clone(&segment.file), segment.path.clone()))
                 })
                 .collect()
         };
@@ -461,29 +373,19 @@ impl WalReader {
                 run_end += 1;
             }
             bytes.resize(usize::try_from(span).unwrap_or(usize::MAX), 0);
-            file.read_exact_at(&mut bytes, first.offset)
-                .map_err(io_error(path))?;
+            file.read_exact_at(&mut bytes, first.offset).map_err(io_error(path))?;
             let mut at = 0usize;
             for (entry_index, loc, _, path) in &wanted[position..run_end] {
-                let corrupt = |reason: String| WalError::Corrupt {
-                    path: path.clone(),
-                    offset: loc.offset,
-                    reason,
-                };
+                let corrupt = |reason: String| WalError::Corrupt { path: path.clone(), offset: loc.offset, reason };
                 let frame = &bytes[at..at + loc.len as usize];
-                let (record, len) =
-                    record::read_frame(frame, &mut scratch).map_err(|e| corrupt(e.reason()))?;
+                let (record, len) = record::read_frame(frame, &mut scratch).map_err(|e| corrupt(e.reason()))?;
                 debug_assert!(len <= self.record_size_max + record::FRAME_HEADER_LEN);
                 match record {
-                    Record::Entry(entry)
-                        if entry.log_id.index == *entry_index && entry.log_id.term == loc.term =>
-                    {
+                    Record::Entry(entry) if entry.log_id.index == *entry_index && entry.log_id.term == loc.term => {
                         entries.push(entry);
                     }
                     other => {
-                        return Err(corrupt(format!(
-                            "expected entry {entry_index}, found {other:?}"
-                        )));
+                        return Err(corrupt(format!("expected entry {entry_index}, found {other:?}")));
                     }
                 }
                 at += loc.len as usize;
@@ -499,10 +401,7 @@ impl WalReader {
 
     pub fn log_state(&self) -> LogState {
         let index = self.index.read();
-        LogState {
-            purged: index.meta.purged,
-            last: index.last_log_id(),
-        }
+        LogState { purged: index.meta.purged, last: index.last_log_id() }
     }
 
     /// The term of the entry at `index`, if it is live (or the purge point).

@@ -112,9 +112,9 @@ impl FrameError {
     pub fn frame_len(&self) -> Option<usize> {
         match self {
             FrameError::ShortHeader => None,
-            FrameError::ShortPayload { len }
-            | FrameError::BadChecksum { len }
-            | FrameError::BadContent { len, .. } => Some(FRAME_HEADER_LEN + len),
+            FrameError::ShortPayload { len } | FrameError::BadChecksum { len } | FrameError::BadContent { len, .. } => {
+                Some(FRAME_HEADER_LEN + len)
+            }
         }
     }
 
@@ -128,6 +128,13 @@ impl FrameError {
             FrameError::BadContent { reason, .. } => format!("record content invalid: {reason}"),
         }
     }
+}
+
+/// Why a record could not be encoded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum EncodeError {
+    TooLarge { len: usize, max: usize },
+    Invalid(String),
 }
 
 /// Reusable buffers for encoding.
@@ -144,7 +151,7 @@ impl Encoder {
         record: RecordRef<'_>,
         record_size_max: usize,
         out: &mut Vec<u8>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, EncodeError> {
         let payload = std::mem::take(&mut self.payload);
         let result = match record {
             RecordRef::Header(value) => serialize(value, payload),
@@ -154,7 +161,7 @@ impl Encoder {
             RecordRef::Truncate(value) => serialize(value, payload),
             RecordRef::Purge(value) => serialize(value, payload),
         };
-        let payload = result?;
+        let payload = result.map_err(EncodeError::Invalid)?;
         let outcome = self.frame(record, &payload, record_size_max, out);
         self.payload = payload;
         outcome
@@ -166,16 +173,14 @@ impl Encoder {
         payload: &AlignedVec,
         record_size_max: usize,
         out: &mut Vec<u8>,
-    ) -> Result<usize, String> {
-        if payload.len() > record_size_max {
-            return Err(format!(
-                "record of {} bytes is over the limit of {record_size_max}",
-                payload.len()
-            ));
-        }
+    ) -> Result<usize, EncodeError> {
         let kind = kind_of(record);
-        check_before_write(record, kind, payload)?;
-        let len = u32::try_from(payload.len()).map_err(|_| "record too large".to_string())?;
+        if kind == Kind::Entry && payload.len() > record_size_max {
+            return Err(EncodeError::TooLarge { len: payload.len(), max: record_size_max });
+        }
+        check_before_write(record, kind, payload).map_err(EncodeError::Invalid)?;
+        let len = u32::try_from(payload.len())
+            .map_err(|_| EncodeError::TooLarge { len: payload.len(), max: u32::MAX as usize })?;
         let header = frame_header(len, kind, payload);
         out.extend_from_slice(&header);
         out.extend_from_slice(payload);
@@ -185,13 +190,7 @@ impl Encoder {
 
 fn serialize<T>(value: &T, mut buffer: AlignedVec) -> Result<AlignedVec, String>
 where
-    T: for<'a> Serialize<
-        rkyv::api::high::HighSerializer<
-            AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            RkyvError,
-        >,
-    >,
+    T: for<'a> Serialize<rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, RkyvError>>,
 {
     buffer.clear();
     rkyv::api::high::to_bytes_in::<_, RkyvError>(value, buffer).map_err(|error| error.to_string())
@@ -226,11 +225,7 @@ fn checksum(header: &[u8; FRAME_HEADER_LEN], payload: &[u8]) -> u32 {
 
 /// Validates the archive and decodes the parts a reader will rely on, so a
 /// serialiser bug can never reach the disk.
-fn check_before_write(
-    record: RecordRef<'_>,
-    kind: Kind,
-    payload: &AlignedVec,
-) -> Result<(), String> {
+fn check_before_write(record: RecordRef<'_>, kind: Kind, payload: &AlignedVec) -> Result<(), String> {
     let decoded = decode(kind, payload).map_err(|error| error.reason())?;
     let matches = match (record, &decoded) {
         (RecordRef::Entry(entry), Record::Entry(read)) => read.log_id == entry.log_id,
@@ -241,21 +236,12 @@ fn check_before_write(
         (RecordRef::Purge(upto), Record::Purge(read)) => read == upto,
         _ => false,
     };
-    if matches {
-        Ok(())
-    } else {
-        Err(format!(
-            "{kind:?} record does not decode to what was written"
-        ))
-    }
+    if matches { Ok(()) } else { Err(format!("{kind:?} record does not decode to what was written")) }
 }
 
 /// Reads the frame at the start of `bytes`: returns the record and the
 /// frame's length.
-pub(crate) fn read_frame(
-    bytes: &[u8],
-    scratch: &mut AlignedVec,
-) -> Result<(Record, usize), FrameError> {
+pub(crate) fn read_frame(bytes: &[u8], scratch: &mut AlignedVec) -> Result<(Record, usize), FrameError> {
     let Some(header) = bytes.get(..FRAME_HEADER_LEN) else {
         return Err(FrameError::ShortHeader);
     };
@@ -270,16 +256,10 @@ pub(crate) fn read_frame(
         return Err(FrameError::BadChecksum { len });
     }
     if header[9..12] != [0, 0, 0] {
-        return Err(FrameError::BadContent {
-            len,
-            reason: "reserved header bytes are not zero".into(),
-        });
+        return Err(FrameError::BadContent { len, reason: "reserved header bytes are not zero".into() });
     }
     let Some(kind) = Kind::from_byte(header[8]) else {
-        return Err(FrameError::BadContent {
-            len,
-            reason: format!("unknown record kind {}", header[8]),
-        });
+        return Err(FrameError::BadContent { len, reason: format!("unknown record kind {}", header[8]) });
     };
     scratch.clear();
     scratch.extend_from_slice(payload);
@@ -291,24 +271,13 @@ pub(crate) fn read_frame(
 }
 
 fn decode(kind: Kind, payload: &AlignedVec) -> Result<Record, FrameError> {
-    let bad = |error: RkyvError| FrameError::BadContent {
-        len: payload.len(),
-        reason: error.to_string(),
-    };
+    let bad = |error: RkyvError| FrameError::BadContent { len: payload.len(), reason: error.to_string() };
     Ok(match kind {
-        Kind::Header => {
-            Record::Header(rkyv::from_bytes::<SegmentHeader, RkyvError>(payload).map_err(bad)?)
-        }
-        Kind::Entry => {
-            Record::Entry(rkyv::from_bytes::<LogEntry, RkyvError>(payload).map_err(bad)?)
-        }
+        Kind::Header => Record::Header(rkyv::from_bytes::<SegmentHeader, RkyvError>(payload).map_err(bad)?),
+        Kind::Entry => Record::Entry(rkyv::from_bytes::<LogEntry, RkyvError>(payload).map_err(bad)?),
         Kind::Vote => Record::Vote(rkyv::from_bytes::<Vote, RkyvError>(payload).map_err(bad)?),
-        Kind::Committed => {
-            Record::Committed(rkyv::from_bytes::<Option<LogId>, RkyvError>(payload).map_err(bad)?)
-        }
-        Kind::Truncate => {
-            Record::Truncate(rkyv::from_bytes::<Option<u64>, RkyvError>(payload).map_err(bad)?)
-        }
+        Kind::Committed => Record::Committed(rkyv::from_bytes::<Option<LogId>, RkyvError>(payload).map_err(bad)?),
+        Kind::Truncate => Record::Truncate(rkyv::from_bytes::<Option<u64>, RkyvError>(payload).map_err(bad)?),
         Kind::Purge => Record::Purge(rkyv::from_bytes::<LogId, RkyvError>(payload).map_err(bad)?),
     })
 }
@@ -327,9 +296,7 @@ mod tests {
         let mut encoder = Encoder::default();
         let mut out = Vec::new();
         let entry = entry(5);
-        let len = encoder
-            .encode(RecordRef::Entry(&entry), 1 << 20, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let len = encoder.encode(RecordRef::Entry(&entry), 1 << 20, &mut out).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(len, out.len());
         let mut scratch = AlignedVec::new();
         let (record, read_len) = read_frame(&out, &mut scratch).unwrap_or_else(|e| panic!("{e:?}"));
@@ -341,22 +308,13 @@ mod tests {
     fn every_flipped_byte_is_caught() {
         let mut encoder = Encoder::default();
         let mut out = Vec::new();
-        let vote = Vote {
-            term: 3,
-            voted_for: Some(2),
-            committed: true,
-        };
-        encoder
-            .encode(RecordRef::Vote(&vote), 1 << 20, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let vote = Vote { term: 3, voted_for: Some(2), committed: true };
+        encoder.encode(RecordRef::Vote(&vote), 1 << 20, &mut out).unwrap_or_else(|e| panic!("{e:?}"));
         let mut scratch = AlignedVec::new();
         for position in 0..out.len() {
             let mut bad = out.clone();
             bad[position] ^= 0x40;
-            assert!(
-                read_frame(&bad, &mut scratch).is_err(),
-                "flip at {position} went unnoticed"
-            );
+            assert!(read_frame(&bad, &mut scratch).is_err(), "flip at {position} went unnoticed");
         }
     }
 
@@ -364,18 +322,10 @@ mod tests {
     fn a_short_frame_says_so() {
         let mut encoder = Encoder::default();
         let mut out = Vec::new();
-        encoder
-            .encode(RecordRef::Purge(&LogId::new(1, 9)), 1 << 20, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
+        encoder.encode(RecordRef::Purge(&LogId::new(1, 9)), 1 << 20, &mut out).unwrap_or_else(|e| panic!("{e:?}"));
         let mut scratch = AlignedVec::new();
-        assert_eq!(
-            read_frame(&out[..5], &mut scratch),
-            Err(FrameError::ShortHeader)
-        );
-        assert!(matches!(
-            read_frame(&out[..out.len() - 1], &mut scratch),
-            Err(FrameError::ShortPayload { .. })
-        ));
+        assert_eq!(read_frame(&out[..5], &mut scratch), Err(FrameError::ShortHeader));
+        assert!(matches!(read_frame(&out[..out.len() - 1], &mut scratch), Err(FrameError::ShortPayload { .. })));
     }
 
     #[test]
@@ -383,11 +333,10 @@ mod tests {
         let mut encoder = Encoder::default();
         let mut out = Vec::new();
         let entry = entry(1);
-        assert!(
-            encoder
-                .encode(RecordRef::Entry(&entry), 8, &mut out)
-                .is_err()
-        );
+        assert!(matches!(
+            encoder.encode(RecordRef::Entry(&entry), 8, &mut out),
+            Err(EncodeError::TooLarge { max: 8, .. })
+        ));
         assert!(out.is_empty());
     }
 }

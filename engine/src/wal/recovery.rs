@@ -10,7 +10,7 @@
 //! the byte offset, and never skips a record silently.
 
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
@@ -37,10 +37,7 @@ pub(crate) struct Recovered {
 }
 
 fn segment_seqs(dir: &Path) -> Result<Vec<u64>, WalError> {
-    let io = |source| WalError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| WalError::Io { path: dir.to_path_buf(), source };
     let mut seqs = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let name = entry.map_err(io)?.file_name();
@@ -65,54 +62,26 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
     let mut scratch = AlignedVec::new();
     for (position, &seq) in seqs.iter().enumerate() {
         let path = dir.join(segment_name(seq));
-        let corrupt = |offset: u64, reason: String| WalError::Corrupt {
-            path: path.clone(),
-            offset,
-            reason,
-        };
+        let corrupt = |offset: u64, reason: String| WalError::Corrupt { path: path.clone(), offset, reason };
         if position > 0 && seq != seqs[position - 1] + 1 {
-            return Err(corrupt(
-                0,
-                format!("segment {} is missing", seqs[position - 1] + 1),
-            ));
+            return Err(corrupt(0, format!("segment {} is missing", seqs[position - 1] + 1)));
         }
         let is_last = position + 1 == seqs.len();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|source| WalError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        let bytes = std::fs::read(&path).map_err(|source| WalError::Io {
-            path: path.clone(),
-            source,
-        })?;
+            .map_err(|source| WalError::Io { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| WalError::Io { path: path.clone(), source })?;
         let file = Arc::new(file);
-        index.segments.insert(
-            seq,
-            Segment {
-                path: path.clone(),
-                file: Arc::clone(&file),
-                index_max: None,
-            },
-        );
+        index.segments.insert(seq, Segment { path: path.clone(), file: Arc::clone(&file), index_max: None });
 
         let mut offset = 0usize;
         let mut header_len = 0usize;
         while offset < bytes.len() {
             match read_frame(&bytes[offset..], &mut scratch) {
                 Ok((record, len)) => {
-                    replay(
-                        &mut index,
-                        seq,
-                        offset,
-                        len,
-                        record,
-                        position == 0,
-                        &corrupt,
-                    )?;
+                    replay(&mut index, seq, offset, len, record, position == 0, &corrupt)?;
                     if offset == 0 {
                         header_len = len;
                     }
@@ -140,20 +109,12 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
                 return Err(corrupt(0, "segment has no header".into()));
             }
             index.segments.remove(&seq);
-            std::fs::remove_file(&path).map_err(|source| WalError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::remove_file(&path).map_err(|source| WalError::Io { path: path.clone(), source })?;
             sync_dir(dir)?;
             break;
         }
         if is_last {
-            active = Some(Active {
-                seq,
-                file,
-                len: offset as u64,
-                header_len: header_len as u64,
-            });
+            active = Some(Active { seq, file, len: offset as u64, header_len: header_len as u64 });
         }
     }
     if active.is_none()
@@ -161,20 +122,8 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
     {
         // The last segment was an empty shell and is gone; continue in the
         // one before it.
-        let len = segment
-            .file
-            .metadata()
-            .map_err(|source| WalError::Io {
-                path: segment.path.clone(),
-                source,
-            })?
-            .len();
-        active = Some(Active {
-            seq,
-            file: Arc::clone(&segment.file),
-            len,
-            header_len: len,
-        });
+        let len = segment.file.metadata().map_err(|source| WalError::Io { path: segment.path.clone(), source })?.len();
+        active = Some(Active { seq, file: Arc::clone(&segment.file), len, header_len: len });
     }
     Ok(Recovered { index, active })
 }
@@ -193,20 +142,10 @@ fn replay(
     match record {
         Record::Header(header) => {
             if offset != 0 {
-                return Err(corrupt(
-                    at,
-                    "segment header in the middle of a segment".into(),
-                ));
+                return Err(corrupt(at, "segment header in the middle of a segment".into()));
             }
-            if header.magic != SEGMENT_MAGIC || header.format != SEGMENT_FORMAT || header.seq != seq
-            {
-                return Err(corrupt(
-                    at,
-                    format!(
-                        "header names format {} segment {}",
-                        header.format, header.seq
-                    ),
-                ));
+            if header.magic != SEGMENT_MAGIC || header.format != SEGMENT_FORMAT || header.seq != seq {
+                return Err(corrupt(at, format!("header names format {} segment {}", header.format, header.seq)));
             }
             if first_segment {
                 index.meta = header.meta;
@@ -215,35 +154,18 @@ fn replay(
                     index.first_index = purged.index + 1;
                 }
             } else if header.meta != index.meta {
-                return Err(corrupt(
-                    at,
-                    "segment header disagrees with the log before it".into(),
-                ));
+                return Err(corrupt(at, "segment header disagrees with the log before it".into()));
             }
         }
         _ if offset == 0 => return Err(corrupt(at, "segment does not start with a header".into())),
         Record::Entry(entry) => {
-            index
-                .check_next(entry.log_id)
-                .map_err(|error| match error {
-                    RuleError::NotContiguous { last, got } => {
-                        corrupt(at, format!("entry {got} follows entry {last:?}"))
-                    }
-                    RuleError::TermRegressed {
-                        index,
-                        term,
-                        last_term,
-                    } => corrupt(
-                        at,
-                        format!("entry {index} has term {term}, below {last_term}"),
-                    ),
-                })?;
-            let loc = Loc {
-                seq,
-                offset: at,
-                len: u32::try_from(len).unwrap_or(u32::MAX),
-                term: entry.log_id.term,
-            };
+            index.check_next(entry.log_id).map_err(|error| match error {
+                RuleError::NotContiguous { last, got } => corrupt(at, format!("entry {got} follows entry {last:?}")),
+                RuleError::TermRegressed { index, term, last_term } => {
+                    corrupt(at, format!("entry {index} has term {term}, below {last_term}"))
+                }
+            })?;
+            let loc = Loc { seq, offset: at, len: u32::try_from(len).unwrap_or(u32::MAX), term: entry.log_id.term };
             index.push(entry.log_id, loc);
         }
         Record::Vote(vote) => index.set_vote(vote),
@@ -260,20 +182,15 @@ fn is_torn_tail(error: &FrameError, rest: &[u8]) -> bool {
     let only_zeros = rest.iter().all(|&byte| byte == 0);
     match error {
         FrameError::ShortHeader | FrameError::ShortPayload { .. } => true,
-        FrameError::BadChecksum { .. } => {
-            only_zeros || error.frame_len().is_some_and(|len| len >= rest.len())
-        }
+        FrameError::BadChecksum { .. } => only_zeros || error.frame_len().is_some_and(|len| len >= rest.len()),
         // A frame whose checksum holds was written whole: bad content is a
         // bug or tampering, never a torn write.
         FrameError::BadContent { .. } => false,
     }
 }
 
-fn cut_tail(file: &File, path: &PathBuf, len: u64) -> Result<(), WalError> {
-    let io = |source| WalError::Io {
-        path: path.clone(),
-        source,
-    };
+fn cut_tail(file: &File, path: &Path, len: u64) -> Result<(), WalError> {
+    let io = |source| WalError::Io { path: path.to_path_buf(), source };
     file.set_len(len).map_err(io)?;
     file.sync_all().map_err(io)
 }
@@ -286,25 +203,10 @@ mod tests {
     #[test]
     fn a_torn_tail_is_a_short_or_last_frame_or_zeros() {
         assert!(is_torn_tail(&FrameError::ShortHeader, &[1, 2]));
-        assert!(is_torn_tail(
-            &FrameError::ShortPayload { len: 99 },
-            &[0; 20]
-        ));
-        assert!(is_torn_tail(
-            &FrameError::BadChecksum { len: 8 },
-            &[7; FRAME_HEADER_LEN + 8]
-        ));
+        assert!(is_torn_tail(&FrameError::ShortPayload { len: 99 }, &[0; 20]));
+        assert!(is_torn_tail(&FrameError::BadChecksum { len: 8 }, &[7; FRAME_HEADER_LEN + 8]));
         assert!(is_torn_tail(&FrameError::BadChecksum { len: 8 }, &[0; 64]));
-        assert!(
-            !is_torn_tail(&FrameError::BadChecksum { len: 8 }, &[7; 64]),
-            "valid-looking data follows"
-        );
-        assert!(!is_torn_tail(
-            &FrameError::BadContent {
-                len: 8,
-                reason: String::new()
-            },
-            &[7; 20]
-        ));
+        assert!(!is_torn_tail(&FrameError::BadChecksum { len: 8 }, &[7; 64]), "valid-looking data follows");
+        assert!(!is_torn_tail(&FrameError::BadContent { len: 8, reason: String::new() }, &[7; 20]));
     }
 }
