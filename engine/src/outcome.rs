@@ -167,22 +167,24 @@ impl Refusal {
     }
 }
 
-/// The answer to one command.
+/// The answer to one command. Item views are boxed: admin answers are rare
+/// and large, hold answers are frequent and small, and a vector of outcomes
+/// is as wide as its widest variant.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum Outcome {
     /// `changed` is false when the upsert matched the item as it was (the
     /// version does not move then).
     Upserted {
-        item: ItemView,
+        item: Box<ItemView>,
         created: bool,
         changed: bool,
     },
     Adjusted {
-        item: ItemView,
+        item: Box<ItemView>,
     },
     Transferred {
-        from: ItemView,
-        to: ItemView,
+        from: Box<ItemView>,
+        to: Box<ItemView>,
     },
     /// `replayed`: the hold was already there (same id and lines, or the same
     /// idempotency key) and this is its current state; nothing was held twice.

@@ -50,11 +50,6 @@ pub(crate) enum Lines {
 }
 
 impl Lines {
-    pub fn from_vec(mut lines: Vec<HeldLine>) -> Lines {
-        debug_assert!(!lines.is_empty());
-        if lines.len() == 1 { Lines::One(lines.remove(0)) } else { Lines::Many(lines) }
-    }
-
     pub fn as_slice(&self) -> &[HeldLine] {
         match self {
             Lines::One(line) => std::slice::from_ref(line),

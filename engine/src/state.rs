@@ -66,7 +66,9 @@ pub(crate) struct Indexes {
     items: HashTable<u32>,
     warehouses: HashMap<String, u16>,
     principals: HashMap<String, u16>,
-    reservations: HashMap<ReservationId, u32>,
+    /// Reservation slots, hashed by reservation id. Slots (4 bytes) rather
+    /// than id → slot pairs (20), so the table stays small and cache-warm.
+    reservations: HashTable<u32>,
     /// Reservation slots, hashed by idempotency key.
     keys: HashTable<u32>,
     pub wheel: TimerWheel,
@@ -134,6 +136,10 @@ pub struct ShardState {
     pub(crate) p: Persisted,
     pub(crate) ix: Indexes,
     expired_scratch: Vec<u32>,
+    /// Expired holds as (deadline, creation, slot), reused.
+    expiry_order_scratch: Vec<(u64, u64, u32)>,
+    /// Reused by holds to sum their lines.
+    pub(crate) summed_scratch: Vec<crate::cmd::Summed>,
 }
 
 impl ShardState {
@@ -167,7 +173,7 @@ impl ShardState {
             items: HashTable::with_capacity(p.items.len()),
             warehouses: HashMap::with_capacity(p.warehouses.len()),
             principals: HashMap::with_capacity(p.principals.len()),
-            reservations: HashMap::new(),
+            reservations: HashTable::new(),
             keys: HashTable::new(),
             wheel: TimerWheel::new(p.now_ms),
             live_holds: 0,
@@ -191,7 +197,8 @@ impl ShardState {
                 continue;
             };
             let slot = u32::try_from(slot).unwrap_or(u32::MAX);
-            ix.reservations.insert(reservation.id, slot);
+            let hash = ix.hasher.hash_one(reservation.id);
+            ix.reservations.insert_unique(hash, slot, |&other| id_hash(&ix.hasher, &p.reservations, other));
             if let Some(key) = &reservation.idempotency_key {
                 let hash = ix.hasher.hash_one(key.as_str());
                 ix.keys.insert_unique(hash, slot, |&other| key_hash(&ix.hasher, &p.reservations, other));
@@ -201,7 +208,13 @@ impl ShardState {
                 ix.live_holds += 1;
             }
         }
-        Self { p, ix, expired_scratch: Vec::new() }
+        Self {
+            p,
+            ix,
+            expired_scratch: Vec::new(),
+            expiry_order_scratch: Vec::new(),
+            summed_scratch: Vec::new(),
+        }
     }
 
     pub fn shard(&self) -> u32 {
@@ -293,13 +306,22 @@ impl ShardState {
     /// Expires every held reservation whose deadline is at or before now, in
     /// (deadline, creation) order so every replica emits the same events.
     fn expire_due(&mut self, emitter: &mut Emitter) {
-        let mut expired = std::mem::take(&mut self.expired_scratch);
+        let mut slots = std::mem::take(&mut self.expired_scratch);
+        slots.clear();
+        self.ix.wheel.advance(self.p.now_ms, &mut slots);
+        if slots.is_empty() {
+            self.expired_scratch = slots;
+            return;
+        }
+        // Sort on keys read once, not on every comparison.
+        let mut expired = std::mem::take(&mut self.expiry_order_scratch);
         expired.clear();
-        self.ix.wheel.advance(self.p.now_ms, &mut expired);
-        expired.sort_unstable_by_key(|&slot| {
-            self.reservation_at(slot).map_or((u64::MAX, u64::MAX), |r| (r.deadline_ms, r.seq))
-        });
-        for &slot in &expired {
+        expired.extend(slots.iter().map(|&slot| {
+            self.reservation_at(slot).map_or((u64::MAX, u64::MAX, slot), |r| (r.deadline_ms, r.seq, slot))
+        }));
+        expired.sort_unstable();
+        self.expired_scratch = slots;
+        for &(_, _, slot) in &expired {
             let Some(reservation) = self.reservation_at(slot) else {
                 continue;
             };
@@ -311,7 +333,7 @@ impl ShardState {
             });
             self.end_reservation(slot, ReservationState::Expired, emitter);
         }
-        self.expired_scratch = expired;
+        self.expiry_order_scratch = expired;
     }
 
     /// Forgets terminal reservations past their retention, oldest first.
@@ -495,7 +517,8 @@ impl ShardState {
     // ----- reservations -----
 
     pub(crate) fn find_reservation(&self, id: &ReservationId) -> Option<u32> {
-        self.ix.reservations.get(id).copied()
+        let hash = self.ix.hasher.hash_one(id);
+        self.ix.reservations.find(hash, |&slot| self.reservation_at(slot).is_some_and(|r| r.id == *id)).copied()
     }
 
     pub(crate) fn find_by_key(&self, key: &IdempotencyKey) -> Option<u32> {
@@ -526,10 +549,11 @@ impl ShardState {
         seq
     }
 
-    /// Stores a new held reservation and arms its timer.
-    pub(crate) fn insert_reservation(&mut self, reservation: Reservation) -> u32 {
+    /// Stores a new held reservation and arms its timer. Returns its slot and
+    /// summary (taken before the move, so the caller need not read it back).
+    pub(crate) fn insert_reservation(&mut self, reservation: Reservation) -> (u32, ReservationSummary) {
         debug_assert_eq!(reservation.state, ReservationState::Held);
-        debug_assert!(!self.ix.reservations.contains_key(&reservation.id));
+        debug_assert!(self.find_reservation(&reservation.id).is_none());
         let slot = match self.p.free_slots.pop() {
             Some(slot) => slot,
             None => {
@@ -537,16 +561,18 @@ impl ShardState {
                 u32::try_from(self.p.reservations.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.ix.reservations.insert(reservation.id, slot);
         self.ix.wheel.insert(slot, reservation.deadline_ms);
         self.ix.live_holds += 1;
+        let id_hash_value = self.ix.hasher.hash_one(reservation.id);
         let key_hash_value = reservation.idempotency_key.as_ref().map(|key| self.ix.hasher.hash_one(key.as_str()));
+        let summary = summary_of(&reservation);
         self.p.reservations[slot as usize] = Some(reservation);
+        let (p, ix) = (&self.p, &mut self.ix);
+        ix.reservations.insert_unique(id_hash_value, slot, |&other| id_hash(&ix.hasher, &p.reservations, other));
         if let Some(hash) = key_hash_value {
-            let (p, ix) = (&self.p, &mut self.ix);
             ix.keys.insert_unique(hash, slot, |&other| key_hash(&ix.hasher, &p.reservations, other));
         }
-        slot
+        (slot, summary)
     }
 
     /// Moves a held reservation's deadline.
@@ -608,7 +634,10 @@ impl ShardState {
             return;
         };
         debug_assert!(reservation.state.is_terminal(), "forgetting a live hold");
-        self.ix.reservations.remove(&reservation.id);
+        let hash = self.ix.hasher.hash_one(reservation.id);
+        if let Ok(entry) = self.ix.reservations.find_entry(hash, |&other| other == slot) {
+            entry.remove();
+        }
         if let Some(key) = &reservation.idempotency_key {
             let hash = self.ix.hasher.hash_one(key.as_str());
             if let Ok(entry) = self.ix.keys.find_entry(hash, |&other| other == slot) {
@@ -680,7 +709,7 @@ impl ShardState {
             } else if !terminal.contains(&slot) {
                 return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));
             }
-            if self.ix.reservations.get(&reservation.id) != Some(&slot) {
+            if self.find_reservation(&reservation.id) != Some(slot) {
                 return Err(format!("reservation {} is not indexed", reservation.id));
             }
         }
@@ -725,6 +754,11 @@ fn sku_bytes<'a>(arena: &'a [u8], item: &Item) -> &'a [u8] {
 
 fn item_hash(hasher: &DefaultHashBuilder, sku: &[u8], warehouse: u16) -> u64 {
     hasher.hash_one((sku, warehouse))
+}
+
+fn id_hash(hasher: &DefaultHashBuilder, reservations: &[Option<Reservation>], slot: u32) -> u64 {
+    let id = reservations.get(slot as usize).and_then(Option::as_ref).map_or(ReservationId::from_bytes([0; 16]), |r| r.id);
+    hasher.hash_one(id)
 }
 
 fn key_hash(hasher: &DefaultHashBuilder, reservations: &[Option<Reservation>], slot: u32) -> u64 {

@@ -116,7 +116,7 @@ pub(super) fn apply(state: &mut ShardState, command: &Adjust, emitter: &mut Emit
         created: false,
     };
     state.finish_change(id, before, change, emitter);
-    Outcome::Adjusted { item: state.item_view(id) }
+    Outcome::Adjusted { item: Box::new(state.item_view(id)) }
 }
 
 #[cfg(test)]

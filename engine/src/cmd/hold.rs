@@ -94,22 +94,32 @@ impl Hold {
 
 /// A request line after summing: the first line that named the item, the
 /// total asked, and the item if it exists.
-struct Summed {
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Summed {
     first_line: u32,
     quantity: u64,
     item: Option<ItemId>,
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitter) -> Outcome {
+    // The summing buffer is the shard's, reused, so a hold allocates nothing
+    // it does not keep.
+    let mut summed = std::mem::take(&mut state.summed_scratch);
+    summed.clear();
+    let outcome = apply_with(state, command, emitter, &mut summed);
+    state.summed_scratch = summed;
+    outcome
+}
+
+fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, summed: &mut Vec<Summed>) -> Outcome {
     if let Some(slot) = command.idempotency_key.as_ref().and_then(|key| state.find_by_key(key)) {
         return replay(state, slot);
     }
-    let summed = match sum_lines(state, &command.lines) {
-        Ok(summed) => summed,
-        Err(error) => return error.into(),
-    };
+    if let Err(error) = sum_lines(state, &command.lines, summed) {
+        return error.into();
+    }
     if let Some(slot) = state.find_reservation(&command.id) {
-        return if same_request(state, slot, &summed, command) {
+        return if same_request(state, slot, summed, command) {
             replay(state, slot)
         } else {
             Refusal::ReservationIdInUse.into()
@@ -140,24 +150,31 @@ pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitte
         return Refusal::InsufficientStock { lines: short }.into();
     }
 
-    // Every check passed: from here on nothing refuses.
-    let held: Vec<HeldLine> =
-        summed.iter().filter_map(|line| line.item.map(|item| HeldLine { item, quantity: line.quantity })).collect();
-    for line in &held {
+    // Every check passed: from here on nothing refuses. Every summed line
+    // has an item (a missing one is short).
+    let held = |line: &Summed| line.item.map(|item| HeldLine { item, quantity: line.quantity });
+    let lines = match summed.as_slice() {
+        [one] => held(one).map(Lines::One),
+        many => Some(Lines::Many(many.iter().filter_map(held).collect())),
+    };
+    let Some(lines) = lines else {
+        return Refusal::ItemNotFound.into();
+    };
+    for line in lines.as_slice() {
         let before = state.before(line.item);
         state.item_mut(line.item).reserved += line.quantity;
         let change = Change { cause: Cause::Hold(command.id), movement: None, created: false };
         state.finish_change(line.item, before, change, emitter);
     }
     let seq = state.next_hold_seq();
-    let slot = state.insert_reservation(Reservation {
+    let (slot, summary) = state.insert_reservation(Reservation {
         id: command.id,
         state: ReservationState::Held,
         seq,
         created_at_ms: now_ms,
         deadline_ms,
         ended_at_ms: 0,
-        lines: Lines::from_vec(held),
+        lines,
         idempotency_key: command.idempotency_key.clone(),
     });
     if command.confirm {
@@ -166,10 +183,7 @@ pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitte
             None => Refusal::ReservationNotFound.into(),
         };
     }
-    match state.summary(slot) {
-        Some(reservation) => Outcome::Held { reservation, replayed: false },
-        None => Refusal::ReservationNotFound.into(),
-    }
+    Outcome::Held { reservation: summary, replayed: false }
 }
 
 fn replay(state: &ShardState, slot: u32) -> Outcome {
@@ -182,8 +196,7 @@ fn replay(state: &ShardState, slot: u32) -> Outcome {
 /// Sums lines that name the same item, keeping the order of first mention.
 /// Lines are few (bounded by `lines_per_hold_max`), so a quadratic scan beats
 /// a hash map and allocates nothing for the one-line flash-sale hold.
-fn sum_lines(state: &ShardState, lines: &[HoldLine]) -> Result<Vec<Summed>, InputError> {
-    let mut summed: Vec<Summed> = Vec::with_capacity(lines.len());
+fn sum_lines(state: &ShardState, lines: &[HoldLine], summed: &mut Vec<Summed>) -> Result<(), InputError> {
     for (index, line) in lines.iter().enumerate() {
         let first =
             lines[..index].iter().position(|earlier| earlier.sku == line.sku && earlier.warehouse == line.warehouse);
@@ -208,7 +221,7 @@ fn sum_lines(state: &ShardState, lines: &[HoldLine]) -> Result<Vec<Summed>, Inpu
             }),
         }
     }
-    Ok(summed)
+    Ok(())
 }
 
 /// Whether a hold with an existing id is a retry of the one stored: same

@@ -19,6 +19,7 @@ pub use adjust::{Adjust, AdjustReason};
 pub use confirm::Confirm;
 pub use extend::Extend;
 pub use hold::{Deadline, Hold, HoldLine};
+pub(crate) use hold::Summed;
 pub use release::Release;
 pub use set_limits::SetLimits;
 pub use transfer::Transfer;

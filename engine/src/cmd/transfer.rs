@@ -87,7 +87,7 @@ pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Em
     let into = Change { cause: Cause::TransferIn, movement: Some((MovementReason::TransferIn, who)), created };
     state.finish_change(to, before, into, emitter);
 
-    Outcome::Transferred { from: state.item_view(from), to: state.item_view(to) }
+    Outcome::Transferred { from: Box::new(state.item_view(from)), to: Box::new(state.item_view(to)) }
 }
 
 #[cfg(test)]

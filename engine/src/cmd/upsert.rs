@@ -120,7 +120,7 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
         && threshold == item.low_stock_threshold
         && current.cloned().unwrap_or_default() == attrs;
     if unchanged && !created {
-        return Outcome::Upserted { item: state.item_view(id), created: false, changed: false };
+        return Outcome::Upserted { item: Box::new(state.item_view(id)), created: false, changed: false };
     }
 
     let before = state.before(id);
@@ -131,7 +131,7 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
     item.attrs = (!attrs.is_empty()).then(|| Box::new(attrs));
     let change = Change { cause: Cause::Upsert, movement: Some((MovementReason::Set, who)), created };
     state.finish_change(id, before, change, emitter);
-    Outcome::Upserted { item: state.item_view(id), created, changed: true }
+    Outcome::Upserted { item: Box::new(state.item_view(id)), created, changed: true }
 }
 
 #[cfg(test)]

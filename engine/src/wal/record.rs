@@ -226,6 +226,16 @@ fn checksum(header: &[u8; FRAME_HEADER_LEN], payload: &[u8]) -> u32 {
 /// Validates the archive and decodes the parts a reader will rely on, so a
 /// serialiser bug can never reach the disk.
 fn check_before_write(record: RecordRef<'_>, kind: Kind, payload: &AlignedVec) -> Result<(), String> {
+    if let RecordRef::Entry(entry) = record {
+        // Entries are large: validate the archive in place (every byte of it,
+        // as a reader will) without building a second copy of the commands.
+        let archived = rkyv::access::<crate::log::ArchivedLogEntry, RkyvError>(payload).map_err(|e| e.to_string())?;
+        return if LogId::from(&archived.log_id) == entry.log_id {
+            Ok(())
+        } else {
+            Err("entry record does not decode to its log id".into())
+        };
+    }
     let decoded = decode(kind, payload).map_err(|error| error.reason())?;
     let matches = match (record, &decoded) {
         (RecordRef::Entry(entry), Record::Entry(read)) => read.log_id == entry.log_id,

@@ -1,0 +1,96 @@
+//! Workload builders shared by the engine benchmarks.
+#![allow(dead_code)]
+
+use engine::cmd::{AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
+use engine::ids::{Quantity, QUANTITY_MAX, ReservationId, Sku, Warehouse};
+use engine::{Limits, LogEntry, LogId, ShardState};
+
+pub fn sku(n: u64) -> Sku {
+    Sku::new(format!("SKU-{n:06}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn warehouse() -> Warehouse {
+    Warehouse::new("berlin").unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn reservation_id(n: u64) -> ReservationId {
+    let mut unique = [0u8; 14];
+    unique[..8].copy_from_slice(&n.to_le_bytes());
+    ReservationId::from_parts(0, unique)
+}
+
+pub fn upsert(n: u64, on_hand: u64) -> Command {
+    Command::UpsertItem(UpsertItem {
+        sku: sku(n),
+        warehouse: warehouse(),
+        on_hand: Some(on_hand),
+        low_stock_threshold: Some(10),
+        name: AttrUpdate::Keep,
+        unit_price_minor: AttrUpdate::Keep,
+        expect: Expect::Any,
+        principal: None,
+    })
+}
+
+/// A one-line, one-unit hold: the flash-sale request.
+pub fn hold(id: u64, sku_n: u64, ttl_ms: u64) -> Command {
+    Command::Hold(Hold {
+        id: reservation_id(id),
+        lines: vec![HoldLine {
+            sku: sku(sku_n),
+            warehouse: warehouse(),
+            quantity: Quantity::new(1).unwrap_or_else(|e| panic!("{e}")),
+        }],
+        deadline: Deadline::AfterMs(ttl_ms),
+        idempotency_key: None,
+        confirm: false,
+    })
+}
+
+/// Default limits, except that every hold the benchmarks make is allowed.
+pub fn bench_limits() -> Limits {
+    Limits { items_per_shard_max: u32::MAX, live_holds_per_shard_max: u32::MAX, ..Limits::default() }
+}
+
+/// A shard with `items` items of (practically) endless stock, applied
+/// through the log like any other state.
+pub fn stocked_shard(items: u64) -> (ShardState, u64) {
+    stocked_shard_with(items, bench_limits())
+}
+
+pub fn stocked_shard_with(items: u64, limits: Limits) -> (ShardState, u64) {
+    let mut state = ShardState::new(0, 1, limits);
+    let mut index = 0;
+    let chunk = 4096;
+    let mut next = 0;
+    while next < items {
+        let end = (next + chunk).min(items);
+        index += 1;
+        let commands = (next..end).map(|n| upsert(n, QUANTITY_MAX / 2)).collect();
+        state.apply(&LogEntry::batch(LogId::new(1, index), 1, commands)).unwrap_or_else(|e| panic!("{e}"));
+        next = end;
+    }
+    (state, index)
+}
+
+/// True under `cargo test` (benchmarks run once, as tests, to keep them
+/// from rotting); false under `cargo bench`, which passes `--bench`.
+pub fn quick() -> bool {
+    !std::env::args().any(|arg| arg == "--bench")
+}
+
+/// A small, fast, seeded generator (xorshift64*), so workloads repeat.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+    }
+}
