@@ -103,9 +103,9 @@ fn steady_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply_steady_state");
     group.throughput(Throughput::Elements(COMMANDS_PER_ENTRY));
     group.measurement_time(Duration::from_secs(10));
-    let retentions = [("retain_1m", bench_limits()), ("retain_10k", Limits { terminal_retained_max: 10_000, ..bench_limits() })];
-    for ((name, items), (retention, limits)) in
-        WORKLOADS.iter().flat_map(|w| retentions.iter().map(move |r| (*w, *r)))
+    let retentions =
+        [("retain_1m", bench_limits()), ("retain_10k", Limits { terminal_retained_max: 10_000, ..bench_limits() })];
+    for ((name, items), (retention, limits)) in WORKLOADS.iter().flat_map(|w| retentions.iter().map(move |r| (*w, *r)))
     {
         let items = items_for(items);
         let (mut state, mut index) = stocked_shard_with(items, limits);

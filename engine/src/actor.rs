@@ -49,7 +49,7 @@ pub struct Apply {
 
 #[derive(Debug, Default, MessageResponse)]
 pub struct AppliedEntries {
-    /// One per entry, in order. Entries after a failure are not applied.
+    /// One per entry, in order.
     pub applied: Vec<Applied>,
     pub records: Vec<EventRecord>,
 }
@@ -58,6 +58,16 @@ impl Handler<Apply> for ShardActor {
     type Result = Result<AppliedEntries, ApplyError>;
 
     fn handle(&mut self, message: Apply, _: &mut Context<Self>) -> Self::Result {
+        // All or nothing: the order of the whole batch is checked first, so
+        // an error never leaves some entries applied without their answers.
+        let mut expected = self.state.last_applied().map(|last| last.index + 1);
+        for entry in &message.entries {
+            if expected.is_some_and(|index| index != entry.log_id.index) {
+                let last_applied = self.state.last_applied().map(|last| last.index);
+                return Err(ApplyError::OutOfOrder { last_applied, got: entry.log_id.index });
+            }
+            expected = Some(entry.log_id.index + 1);
+        }
         let mut answer = AppliedEntries { applied: Vec::with_capacity(message.entries.len()), records: Vec::new() };
         for entry in &message.entries {
             let mut applied = self.spare.pop().unwrap_or_default();

@@ -208,13 +208,7 @@ impl ShardState {
                 ix.live_holds += 1;
             }
         }
-        Self {
-            p,
-            ix,
-            expired_scratch: Vec::new(),
-            expiry_order_scratch: Vec::new(),
-            summed_scratch: Vec::new(),
-        }
+        Self { p, ix, expired_scratch: Vec::new(), expiry_order_scratch: Vec::new(), summed_scratch: Vec::new() }
     }
 
     pub fn shard(&self) -> u32 {
@@ -757,7 +751,8 @@ fn item_hash(hasher: &DefaultHashBuilder, sku: &[u8], warehouse: u16) -> u64 {
 }
 
 fn id_hash(hasher: &DefaultHashBuilder, reservations: &[Option<Reservation>], slot: u32) -> u64 {
-    let id = reservations.get(slot as usize).and_then(Option::as_ref).map_or(ReservationId::from_bytes([0; 16]), |r| r.id);
+    let id =
+        reservations.get(slot as usize).and_then(Option::as_ref).map_or(ReservationId::from_bytes([0; 16]), |r| r.id);
     hasher.hash_one(id)
 }
 

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use engine::cmd::{AdjustReason, Command, Confirm, Deadline, Extend, Release, Transfer};
 use engine::event::EventKind;
 use engine::ids::ReservationId;
+use engine::item::Status;
 use engine::outcome::{Outcome, Refusal};
 use engine::reservation::ReservationState;
 use engine::{Limits, LogEntry, LogId, ShardState};
@@ -344,6 +345,41 @@ fn check_state(state: &ShardState, model: &Model) -> Result<(), TestCaseError> {
 /// What a run produced: the final state, the log, each entry's outcomes.
 type Run = (ShardState, Vec<LogEntry>, Vec<Vec<Outcome>>);
 
+/// Threshold crossings: exactly one event per change of status, chained from
+/// the status before the entry to the status after it.
+fn check_crossings(
+    state: &ShardState,
+    events: &[engine::Event],
+    before: &HashMap<Key, Status>,
+) -> Result<(), TestCaseError> {
+    let mut chains: HashMap<Key, Vec<(Status, Status)>> = HashMap::new();
+    for event in events {
+        if let EventKind::ThresholdCrossed { from, to, .. } = event.kind {
+            let record = state.describe(event);
+            prop_assert_ne!(from, to, "a crossing that changes nothing");
+            chains.entry((record.sku, record.warehouse)).or_default().push((from, to));
+        }
+    }
+    for (item, status) in before {
+        let now = state.get_item(&item.0, &item.1).map(|v| v.status);
+        let chain = chains.remove(item).unwrap_or_default();
+        let mut at = *status;
+        for (from, to) in &chain {
+            prop_assert_eq!(*from, at, "crossing of {:?} does not start where the last ended", item);
+            at = *to;
+        }
+        prop_assert_eq!(Some(at), now, "crossings of {:?} do not add up to its status", item);
+    }
+    // Items created in this entry: their first status is not a crossing, but
+    // later changes within the entry are; they must still chain.
+    for (item, chain) in chains {
+        for pair in chain.windows(2) {
+            prop_assert_eq!(pair[0].1, pair[1].0, "crossings of new item {:?} do not chain", item);
+        }
+    }
+    Ok(())
+}
+
 fn run(batches: &[(u64, Vec<Op>)]) -> Result<Run, TestCaseError> {
     let mut state = ShardState::new(0, 1, limits());
     let mut model = Model::default();
@@ -354,7 +390,10 @@ fn run(batches: &[(u64, Vec<Op>)]) -> Result<Run, TestCaseError> {
         let previous_ms = ts_ms;
         ts_ms += step_ms;
         let entry = LogEntry::batch(LogId::new(1, index as u64 + 1), ts_ms, ops.iter().map(Op::command).collect());
+        let status_before: HashMap<Key, Status> =
+            model.on_hand.keys().filter_map(|k| state.get_item(&k.0, &k.1).map(|v| (k.clone(), v.status))).collect();
         let applied = state.apply(&entry).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_crossings(&state, &applied.events, &status_before)?;
 
         // Expiry first: exactly the holds whose deadline this entry reached.
         model.now_ms = ts_ms;

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use engine::cmd::{AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
-use engine::ids::{Quantity, QUANTITY_MAX, ReservationId, Sku, Warehouse};
+use engine::ids::{QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use engine::{Limits, LogEntry, LogId, ShardState};
 
 pub fn sku(n: u64) -> Sku {

@@ -100,16 +100,18 @@ impl LogIndex {
         self.locs.push_back(loc);
     }
 
-    /// Drops every entry after `keep` (all of them for `None`).
-    pub fn truncate(&mut self, keep: Option<u64>) {
+    /// Drops every entry after `keep` (all of them for `None`). The record
+    /// carries the kept entry's whole id: after old segments are deleted the
+    /// entry itself may be gone, but the next append must still follow it.
+    pub fn truncate(&mut self, keep: Option<LogId>) {
         let keep_len = match keep {
-            Some(keep) if keep >= self.first_index => {
-                usize::try_from(keep - self.first_index + 1).unwrap_or(usize::MAX)
+            Some(keep) if keep.index >= self.first_index => {
+                usize::try_from(keep.index - self.first_index + 1).unwrap_or(usize::MAX)
             }
             _ => 0,
         };
         self.locs.truncate(keep_len);
-        self.last_seen = keep.map(|index| LogId::new(self.term_of(index).unwrap_or(0), index)).or(self.meta.purged);
+        self.last_seen = keep.or(self.meta.purged);
     }
 
     /// Forgets every entry up to `upto`, inclusive; later appends follow it
@@ -171,7 +173,7 @@ mod tests {
         for i in 1..=5 {
             index.push(LogId::new(1, i), Loc { term: 1, ..loc(1) });
         }
-        index.truncate(Some(3));
+        index.truncate(Some(LogId::new(1, 3)));
         assert_eq!(index.last_log_id(), Some(LogId::new(1, 3)));
         assert_eq!(index.check_next(LogId::new(2, 4)), Ok(()));
         index.truncate(None);

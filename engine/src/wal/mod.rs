@@ -104,7 +104,8 @@ impl Wal {
         let active = match recovered.active {
             Some(active) => active,
             None => {
-                let (file, len) = create_segment(&dir, 1, &index.meta, &mut Encoder::default(), config)?;
+                let (file, len) =
+                    create_segment(&dir, 1, &index.meta, index.last_seen, &mut Encoder::default(), config)?;
                 sync_dir(&dir)?;
                 index
                     .segments
@@ -221,9 +222,8 @@ impl Wal {
     /// Drops every entry after `keep` (all entries for `None`). Durable with
     /// the next flush; entries appended later follow `keep`.
     pub fn truncate_after(&mut self, keep: Option<LogId>) -> Result<(), WalError> {
-        let keep_index = keep.map(|log_id| log_id.index);
-        self.append_meta(RecordRef::Truncate(&keep_index))?;
-        self.index.write().truncate(keep_index);
+        self.append_meta(RecordRef::Truncate(&keep))?;
+        self.index.write().truncate(keep);
         Ok(())
     }
 
@@ -298,8 +298,11 @@ impl Wal {
             return Err(WalError::Io { path: old_path, source });
         }
         let seq = self.active_seq + 1;
-        let meta = self.index.read().meta;
-        let (file, len) = match create_segment(&self.dir, seq, &meta, &mut self.encoder, self.config) {
+        let (meta, last) = {
+            let index = self.index.read();
+            (index.meta, index.last_seen)
+        };
+        let (file, len) = match create_segment(&self.dir, seq, &meta, last, &mut self.encoder, self.config) {
             Ok(created) => created,
             Err(error) => {
                 self.flusher.poison();
@@ -325,12 +328,13 @@ fn create_segment(
     dir: &Path,
     seq: u64,
     meta: &Meta,
+    last: Option<LogId>,
     encoder: &mut Encoder,
     config: WalConfig,
 ) -> Result<(Arc<File>, u64), WalError> {
     let path = dir.join(segment_name(seq));
     let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io_error(&path))?;
-    let header = SegmentHeader { magic: SEGMENT_MAGIC, format: SEGMENT_FORMAT, seq, meta: *meta };
+    let header = SegmentHeader { magic: SEGMENT_MAGIC, format: SEGMENT_FORMAT, seq, meta: *meta, last };
     let mut frame = Vec::new();
     encoder
         .encode(RecordRef::Header(&header), config.record_size_max as usize, &mut frame)

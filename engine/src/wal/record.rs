@@ -37,6 +37,10 @@ pub(crate) struct SegmentHeader {
     pub format: u32,
     pub seq: u64,
     pub meta: Meta,
+    /// The last entry written before this segment (or the purge point past
+    /// it): the first entry in this segment follows it. Recovery needs it
+    /// once the segments before are deleted.
+    pub last: Option<LogId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +50,7 @@ pub(crate) enum Kind {
     Entry = 2,
     Vote = 3,
     Committed = 4,
-    /// Drops every entry after an index (`None`: all entries).
+    /// Drops every entry after a log id (`None`: all entries).
     Truncate = 5,
     /// Forgets every entry up to a log id, inclusive.
     Purge = 6,
@@ -73,7 +77,7 @@ pub(crate) enum Record {
     Entry(LogEntry),
     Vote(Vote),
     Committed(Option<LogId>),
-    Truncate(Option<u64>),
+    Truncate(Option<LogId>),
     Purge(LogId),
 }
 
@@ -84,7 +88,7 @@ pub(crate) enum RecordRef<'a> {
     Entry(&'a LogEntry),
     Vote(&'a Vote),
     Committed(&'a Option<LogId>),
-    Truncate(&'a Option<u64>),
+    Truncate(&'a Option<LogId>),
     Purge(&'a LogId),
 }
 
@@ -287,7 +291,7 @@ fn decode(kind: Kind, payload: &AlignedVec) -> Result<Record, FrameError> {
         Kind::Entry => Record::Entry(rkyv::from_bytes::<LogEntry, RkyvError>(payload).map_err(bad)?),
         Kind::Vote => Record::Vote(rkyv::from_bytes::<Vote, RkyvError>(payload).map_err(bad)?),
         Kind::Committed => Record::Committed(rkyv::from_bytes::<Option<LogId>, RkyvError>(payload).map_err(bad)?),
-        Kind::Truncate => Record::Truncate(rkyv::from_bytes::<Option<u64>, RkyvError>(payload).map_err(bad)?),
+        Kind::Truncate => Record::Truncate(rkyv::from_bytes::<Option<LogId>, RkyvError>(payload).map_err(bad)?),
         Kind::Purge => Record::Purge(rkyv::from_bytes::<LogId, RkyvError>(payload).map_err(bad)?),
     })
 }

@@ -149,11 +149,11 @@ fn replay(
             }
             if first_segment {
                 index.meta = header.meta;
-                index.last_seen = header.meta.purged;
+                index.last_seen = header.last;
                 if let Some(purged) = header.meta.purged {
                     index.first_index = purged.index + 1;
                 }
-            } else if header.meta != index.meta {
+            } else if header.meta != index.meta || header.last != index.last_seen {
                 return Err(corrupt(at, "segment header disagrees with the log before it".into()));
             }
         }
