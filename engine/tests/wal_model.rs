@@ -8,20 +8,20 @@ use proptest::prelude::*;
 #[derive(Clone, Debug)]
 enum Op {
     Append { count: u64, new_term: bool },
-    Truncate { back: u64 },
+    Truncate { back: usize },
     Purge { ahead: u64 },
     SaveVote { term: u64 },
-    SaveCommitted { back: u64 },
+    SaveCommitted { back: usize },
     Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (1u64..6, proptest::bool::weighted(0.2)).prop_map(|(count, new_term)| Op::Append { count, new_term }),
-        1 => (0u64..8).prop_map(|back| Op::Truncate { back }),
+        1 => (0usize..8).prop_map(|back| Op::Truncate { back }),
         1 => (0u64..12).prop_map(|ahead| Op::Purge { ahead }),
         1 => (0u64..50).prop_map(|term| Op::SaveVote { term }),
-        1 => (0u64..6).prop_map(|back| Op::SaveCommitted { back }),
+        1 => (0usize..6).prop_map(|back| Op::SaveCommitted { back }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -80,7 +80,7 @@ proptest! {
                     model.last = model.live.last().copied();
                 }
                 Op::Truncate { back } => {
-                    let keep = model.live.len().saturating_sub(back as usize);
+                    let keep = model.live.len().saturating_sub(back);
                     let keep_id = if keep == 0 { model.purged } else { Some(model.live[keep - 1]) };
                     wal.truncate_after(keep_id).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     model.live.truncate(keep);
@@ -95,7 +95,7 @@ proptest! {
                         .find(|id| id.index == upto_index)
                         .copied()
                         .unwrap_or(LogId::new(term, upto_index));
-                    if model.last.is_some_and(|l| upto.index <= l.index) && !model.live.iter().any(|id| *id == upto) {
+                    if model.last.is_some_and(|l| upto.index <= l.index) && !model.live.contains(&upto) {
                         // A purge names a log id the log has (or one past its end).
                         continue;
                     }
@@ -113,7 +113,7 @@ proptest! {
                     model.vote = Some(vote);
                 }
                 Op::SaveCommitted { back } => {
-                    let committed = model.live.iter().rev().nth(back as usize).copied();
+                    let committed = model.live.iter().rev().nth(back).copied();
                     wal.save_committed(committed).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     model.committed = committed;
                 }
