@@ -8,7 +8,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::ReservationId;
-use crate::outcome::{Outcome, Refusal};
+use crate::outcome::Outcome;
 use crate::reservation::ReservationState;
 use crate::state::{Emitter, ShardState};
 
@@ -18,21 +18,7 @@ pub struct Confirm {
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &Confirm, emitter: &mut Emitter) -> Outcome {
-    let Some(slot) = state.find_reservation(&command.id) else {
-        return Refusal::ReservationNotFound.into();
-    };
-    let Some(current) = state.summary(slot) else {
-        return Refusal::ReservationNotFound.into();
-    };
-    match current.state {
-        ReservationState::Held => match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
-            Some(reservation) => Outcome::Confirmed { reservation, replayed: false },
-            None => Refusal::ReservationNotFound.into(),
-        },
-        ReservationState::Confirmed => Outcome::Confirmed { reservation: current, replayed: true },
-        ReservationState::Released => Refusal::AlreadyReleased.into(),
-        ReservationState::Expired => Refusal::AlreadyExpired.into(),
-    }
+    super::end_held(state, &command.id, ReservationState::Confirmed, emitter)
 }
 
 #[cfg(test)]
@@ -40,6 +26,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::item::MovementReason;
+    use crate::outcome::Refusal;
     use crate::state::tests_support::{Fixture, rid};
 
     fn confirm(n: u8) -> Command {

@@ -32,11 +32,8 @@ pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Outcome {
     let Some(current) = state.summary(slot) else {
         return Refusal::ReservationNotFound.into();
     };
-    match current.state {
-        ReservationState::Held => {}
-        ReservationState::Confirmed => return Refusal::AlreadyConfirmed.into(),
-        ReservationState::Released => return Refusal::AlreadyReleased.into(),
-        ReservationState::Expired => return Refusal::AlreadyExpired.into(),
+    if current.state != ReservationState::Held {
+        return super::not_held(current.state).into();
     }
     let deadline_ms = match command.deadline.resolve(state.now_ms(), state.limits().hold_ttl_max_ms) {
         Ok(deadline_ms) => deadline_ms,

@@ -28,7 +28,9 @@ pub use upsert::{AttrUpdate, Expect, UpsertItem};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::InputError;
-use crate::outcome::Outcome;
+use crate::ids::ReservationId;
+use crate::outcome::{Outcome, Refusal};
+use crate::reservation::ReservationState;
 use crate::state::{Emitter, ShardState};
 
 /// A change to one shard, applied atomically by its actor.
@@ -73,6 +75,36 @@ impl Command {
             Command::SetLimits(c) => c.validate(),
             Command::Confirm(_) | Command::Release(_) | Command::Tick => Ok(()),
         }
+    }
+}
+
+/// Ends a held reservation as `target` (confirm or release). Asking again
+/// for the state it is already in answers the same (`replayed`); any other
+/// terminal state is refused with its own code.
+fn end_held(state: &mut ShardState, id: &ReservationId, target: ReservationState, emitter: &mut Emitter) -> Outcome {
+    let Some((slot, current)) = state.find_reservation(id).and_then(|slot| Some((slot, state.summary(slot)?))) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    let (reservation, replayed) = match current.state {
+        ReservationState::Held => match state.end_reservation(slot, target, emitter) {
+            Some(ended) => (ended, false),
+            None => return Refusal::ReservationNotFound.into(),
+        },
+        now if now == target => (current, true),
+        now => return not_held(now).into(),
+    };
+    match target {
+        ReservationState::Confirmed => Outcome::Confirmed { reservation, replayed },
+        _ => Outcome::Released { reservation, replayed },
+    }
+}
+
+/// Why a reservation that is no longer held cannot be changed.
+fn not_held(state: ReservationState) -> Refusal {
+    match state {
+        ReservationState::Confirmed => Refusal::AlreadyConfirmed,
+        ReservationState::Released => Refusal::AlreadyReleased,
+        ReservationState::Expired | ReservationState::Held => Refusal::AlreadyExpired,
     }
 }
 

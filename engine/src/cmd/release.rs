@@ -7,7 +7,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::ReservationId;
-use crate::outcome::{Outcome, Refusal};
+use crate::outcome::Outcome;
 use crate::reservation::ReservationState;
 use crate::state::{Emitter, ShardState};
 
@@ -17,21 +17,7 @@ pub struct Release {
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &Release, emitter: &mut Emitter) -> Outcome {
-    let Some(slot) = state.find_reservation(&command.id) else {
-        return Refusal::ReservationNotFound.into();
-    };
-    let Some(current) = state.summary(slot) else {
-        return Refusal::ReservationNotFound.into();
-    };
-    match current.state {
-        ReservationState::Held => match state.end_reservation(slot, ReservationState::Released, emitter) {
-            Some(reservation) => Outcome::Released { reservation, replayed: false },
-            None => Refusal::ReservationNotFound.into(),
-        },
-        ReservationState::Released => Outcome::Released { reservation: current, replayed: true },
-        ReservationState::Confirmed => Refusal::AlreadyConfirmed.into(),
-        ReservationState::Expired => Refusal::AlreadyExpired.into(),
-    }
+    super::end_held(state, &command.id, ReservationState::Released, emitter)
 }
 
 #[cfg(test)]
@@ -40,6 +26,7 @@ mod tests {
     use crate::cmd::{Command, Confirm};
     use crate::config::Limits;
     use crate::event::{Cause, EventKind};
+    use crate::outcome::Refusal;
     use crate::state::tests_support::{Fixture, rid};
 
     fn release(n: u8) -> Command {

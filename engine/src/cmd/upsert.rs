@@ -143,20 +143,7 @@ mod tests {
     use crate::ids::QUANTITY_MAX;
     use crate::item::Status;
     use crate::outcome::Bound;
-    use crate::state::tests_support::{Fixture, sku_of, wh};
-
-    fn upsert(sku: &str, warehouse: &str) -> UpsertItem {
-        UpsertItem {
-            sku: sku_of(sku),
-            warehouse: wh(warehouse),
-            on_hand: None,
-            low_stock_threshold: None,
-            name: AttrUpdate::Keep,
-            unit_price_minor: AttrUpdate::Keep,
-            expect: Expect::Any,
-            principal: None,
-        }
-    }
+    use crate::state::tests_support::{Fixture, upsert};
 
     fn run(fixture: &mut Fixture, command: UpsertItem) -> Outcome {
         fixture.one(Command::UpsertItem(command))
