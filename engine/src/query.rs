@@ -20,7 +20,7 @@ pub struct ItemFilter {
     pub warehouse: Option<String>,
     /// Resume from this item position (from the previous page's cursor).
     pub cursor: u32,
-    /// Most items to return.
+    /// Most items to return (at least 1).
     pub limit: u32,
     /// Most items to look at before returning a (possibly short) page.
     pub scan_max: u32,
@@ -120,7 +120,8 @@ impl ShardState {
         let total = self.p.items.len();
         let start = (filter.cursor as usize).min(total);
         let end = start.saturating_add(filter.scan_max.max(1) as usize).min(total);
-        let limit = filter.limit as usize;
+        // At least one item per page, so paging always moves forward.
+        let limit = filter.limit.max(1) as usize;
         let mut items = Vec::with_capacity(limit.min(end - start));
         let mut position = start;
         while position < end && items.len() < limit {
