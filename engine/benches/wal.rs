@@ -12,7 +12,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::wal::Wal;
 use engine::{LogEntry, LogId, WalConfig};
 
@@ -26,27 +26,42 @@ fn entry(index: u64, batch: u64) -> LogEntry {
     LogEntry::batch(LogId::new(1, index), index, commands)
 }
 
-fn open(dir: &std::path::Path) -> Wal {
-    Wal::open(dir, WalConfig::default()).unwrap_or_else(|e| panic!("{e}"))
+/// A fresh WAL and 64 entries of `batch` commands to append, renumbered.
+fn setup(batch: u64) -> (tempfile::TempDir, Wal, Vec<LogEntry>) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
+    let wal = Wal::open(dir.path(), WalConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    let template = (1..=64).map(|i| entry(i, batch)).collect();
+    (dir, wal, template)
+}
+
+/// A copy of a template entry at `index`; built outside the timing.
+fn numbered(template: &[LogEntry], index: u64) -> LogEntry {
+    let mut next = template[(index % 64) as usize].clone();
+    next.log_id = LogId::new(1, index);
+    next
 }
 
 fn sync_each(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_sync_each");
     group.measurement_time(Duration::from_secs(6));
     for batch in BATCHES {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
-        let mut wal = open(dir.path());
-        let entries: Vec<LogEntry> = (1..=64).map(|i| entry(i, batch)).collect();
+        let (_dir, mut wal, template) = setup(batch);
         let mut index = 0u64;
         group.throughput(Throughput::Elements(batch));
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
-            b.iter(|| {
-                index += 1;
-                let mut next = entries[(index % 64) as usize].clone();
-                next.log_id = LogId::new(1, index);
-                wal.append(std::slice::from_ref(&next)).unwrap_or_else(|e| panic!("{e}"));
-                wal.sync().unwrap_or_else(|e| panic!("{e}"));
-            });
+            b.iter_batched(
+                || {
+                    index += 1;
+                    numbered(&template, index)
+                },
+                |next| {
+                    wal.append(std::slice::from_ref(&next)).unwrap_or_else(|e| panic!("{e}"));
+                    wal.sync().unwrap_or_else(|e| panic!("{e}"));
+                    // Dropped outside the timing.
+                    next
+                },
+                BatchSize::SmallInput,
+            );
         });
     }
     group.finish();
@@ -56,20 +71,12 @@ fn group_commit(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_group_commit");
     group.measurement_time(Duration::from_secs(6));
     for batch in BATCHES {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
-        let mut wal = open(dir.path());
-        let template: Vec<LogEntry> = (1..=64).map(|i| entry(i, batch)).collect();
+        let (_dir, mut wal, template) = setup(batch);
         let mut index = 0u64;
         group.throughput(Throughput::Elements(batch));
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
             b.iter_custom(|iters| {
-                let entries: Vec<LogEntry> = (0..iters)
-                    .map(|i| {
-                        let mut next = template[(i % 64) as usize].clone();
-                        next.log_id = LogId::new(1, index + i + 1);
-                        next
-                    })
-                    .collect();
+                let entries: Vec<LogEntry> = (1..=iters).map(|i| numbered(&template, index + i)).collect();
                 index += iters;
                 let (sender, receiver) = mpsc::channel();
                 let started = Instant::now();

@@ -297,16 +297,19 @@ fn a_flipped_byte_mid_log_is_a_clear_error_naming_file_and_offset() {
     }
 }
 
+/// Appends entries 1..=count one by one into small segments, synced.
+fn write_small_segments(dir: &Path, count: u64) {
+    let mut wal = Wal::open(dir, small_segments()).unwrap_or_else(|e| panic!("{e}"));
+    for index in 1..=count {
+        wal.append(&[entry(1, index)]).unwrap_or_else(|e| panic!("{e}"));
+    }
+    wal.sync().unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    {
-        let mut wal = Wal::open(dir.path(), small_segments()).unwrap_or_else(|e| panic!("{e}"));
-        for index in 1..=40 {
-            wal.append(&[entry(1, index)]).unwrap_or_else(|e| panic!("{e}"));
-        }
-        wal.sync().unwrap_or_else(|e| panic!("{e}"));
-    }
+    write_small_segments(dir.path(), 40);
     let first = segments(dir.path()).remove(0);
     let len = std::fs::metadata(&first).map(|m| m.len()).unwrap_or(0);
     OpenOptions::new().write(true).open(&first).and_then(|f| f.set_len(len - 3)).unwrap_or_else(|e| panic!("{e}"));
@@ -316,13 +319,7 @@ fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
 #[test]
 fn a_missing_middle_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    {
-        let mut wal = Wal::open(dir.path(), small_segments()).unwrap_or_else(|e| panic!("{e}"));
-        for index in 1..=40 {
-            wal.append(&[entry(1, index)]).unwrap_or_else(|e| panic!("{e}"));
-        }
-        wal.sync().unwrap_or_else(|e| panic!("{e}"));
-    }
+    write_small_segments(dir.path(), 40);
     let middle = segments(dir.path()).remove(2);
     std::fs::remove_file(middle).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(Wal::open(dir.path(), small_segments()), Err(WalError::Corrupt { .. })));
