@@ -29,6 +29,7 @@ pub enum Field {
     TtlMs,
     DeadlineMs,
     Lines,
+    RequestId,
 }
 
 impl Field {
@@ -50,6 +51,7 @@ impl Field {
             Field::TtlMs => "ttl_ms",
             Field::DeadlineMs => "deadline_ms",
             Field::Lines => "lines",
+            Field::RequestId => "request_id",
         }
     }
 }

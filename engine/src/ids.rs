@@ -275,10 +275,7 @@ impl ReservationId {
 
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        write_hex(f, &self.0)
     }
 }
 
@@ -292,19 +289,74 @@ impl FromStr for ReservationId {
     type Err = InputError;
 
     fn from_str(text: &str) -> Result<Self, InputError> {
-        let field = Field::ReservationId;
-        let digits = text.as_bytes();
-        if digits.len() != 32 {
-            return Err(InputError::BadLength { field, len: digits.len(), expected: 32 });
-        }
-        let mut bytes = [0u8; 16];
-        for (index, pair) in digits.chunks_exact(2).enumerate() {
-            let high = hex_value(pair[0]).ok_or(InputError::BadCharacter { field, position: index * 2 })?;
-            let low = hex_value(pair[1]).ok_or(InputError::BadCharacter { field, position: index * 2 + 1 })?;
-            bytes[index] = (high << 4) | low;
-        }
-        Ok(Self(bytes))
+        parse_hex(Field::ReservationId, text).map(Self)
     }
+}
+
+/// The id a client or the cluster layer gives one command so that a retry
+/// of it is recognised: 16 opaque bytes, written as 32 lowercase hex digits.
+///
+/// The engine never looks inside. A batch that carries request ids has one
+/// per command, and `apply` remembers each id with the command's outcome in
+/// a bounded window (`Limits::dedup_window_max`, `dedup_retention_ms`): a
+/// command whose id is still remembered is not applied again and answers
+/// the first outcome. So ids must be unique per command (random, in the
+/// proposer): a reused id gets another command's answer.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug, PartialEq, Eq, Hash))]
+pub struct RequestId(pub [u8; 16]);
+
+impl RequestId {
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for RequestId {
+    type Err = InputError;
+
+    fn from_str(text: &str) -> Result<Self, InputError> {
+        parse_hex(Field::RequestId, text).map(Self)
+    }
+}
+
+/// Writes 16 bytes as 32 lowercase hex digits.
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8; 16]) -> fmt::Result {
+    for byte in bytes {
+        write!(f, "{byte:02x}")?;
+    }
+    Ok(())
+}
+
+/// Reads 32 hex digits (either case) as 16 bytes.
+fn parse_hex(field: Field, text: &str) -> Result<[u8; 16], InputError> {
+    let digits = text.as_bytes();
+    if digits.len() != 32 {
+        return Err(InputError::BadLength { field, len: digits.len(), expected: 32 });
+    }
+    let mut bytes = [0u8; 16];
+    for (index, pair) in digits.chunks_exact(2).enumerate() {
+        let high = hex_value(pair[0]).ok_or(InputError::BadCharacter { field, position: index * 2 })?;
+        let low = hex_value(pair[1]).ok_or(InputError::BadCharacter { field, position: index * 2 + 1 })?;
+        bytes[index] = (high << 4) | low;
+    }
+    Ok(bytes)
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
@@ -377,5 +429,17 @@ mod tests {
             Err(InputError::BadLength { field: Field::ReservationId, len: 2, expected: 32 })
         );
         assert!(format!("{}x", &text[..31]).parse::<ReservationId>().is_err());
+    }
+
+    #[test]
+    fn request_ids_print_as_32_lowercase_hex_digits_and_parse_back() {
+        let id = RequestId([0xAB; 16]);
+        assert_eq!(id.to_string(), "ab".repeat(16));
+        assert_eq!(format!("{id:?}"), "ab".repeat(16));
+        assert_eq!("AB".repeat(16).parse::<RequestId>(), Ok(id));
+        assert_eq!(
+            "ab".parse::<RequestId>(),
+            Err(InputError::BadLength { field: Field::RequestId, len: 2, expected: 32 })
+        );
     }
 }

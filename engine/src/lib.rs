@@ -3,6 +3,7 @@
 //! * `state` / `cmd` — items, reservations and `apply`: a pure function of
 //!   (state, log entry). One file per command under `cmd/`.
 //! * `wheel` — the timer wheel that expires holds on log time.
+//! * `dedup` — the window of request ids that makes a retried command apply once.
 //! * `wal` — per-shard segment files: the Raft log, with group commit.
 //! * `snapshot` — the whole shard state in one checksummed file.
 //! * `actor` — the shard actor that owns a state, on a pool of arbiters.
@@ -13,6 +14,7 @@
 pub mod actor;
 pub mod cmd;
 pub mod config;
+mod dedup;
 pub mod error;
 pub mod event;
 pub mod ids;

@@ -14,6 +14,7 @@ use std::fmt;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cmd::Command;
+use crate::ids::RequestId;
 
 /// A log position: the term of the leader that wrote the entry, and its index.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Archive, Serialize, Deserialize)]
@@ -55,10 +56,36 @@ pub struct Vote {
 ///
 /// `ts_ms` is log time: the only clock `apply` knows. The leader stamps
 /// `max(now, last ts)`, and `apply` clamps again, so log time never goes back.
+///
+/// `request_ids` is either empty (no command is deduplicated) or holds one id
+/// per command, in order. A command whose id `apply` still remembers is not
+/// applied again: it answers the outcome of the first (see `state.rs`, the
+/// dedup window). A batch whose ids are neither empty nor one per command
+/// came from a buggy or hostile peer; `apply` treats it as carrying no ids
+/// (every command applies, nothing is remembered), the same on every replica.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
 pub struct Batch {
     pub ts_ms: u64,
     pub commands: Vec<Command>,
+    pub request_ids: Vec<RequestId>,
+}
+
+impl Batch {
+    /// The ids `apply` uses: `request_ids` when there is one per command,
+    /// otherwise none.
+    pub fn effective_request_ids(&self) -> &[RequestId] {
+        if self.request_ids.len() == self.commands.len() { &self.request_ids } else { &[] }
+    }
+}
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch(ts={}, commands={}", self.ts_ms, self.commands.len())?;
+        if !self.request_ids.is_empty() {
+            write!(f, ", request_ids={}", self.request_ids.len())?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// What an entry carries.
@@ -80,8 +107,15 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// A batch without request ids: no command is deduplicated.
     pub fn batch(log_id: LogId, ts_ms: u64, commands: Vec<Command>) -> Self {
-        Self { log_id, payload: EntryPayload::Batch(Batch { ts_ms, commands }) }
+        Self::batch_with_ids(log_id, ts_ms, commands, Vec::new())
+    }
+
+    /// A batch whose commands carry request ids, one per command, so a
+    /// retried command is applied once (see [`Batch`]).
+    pub fn batch_with_ids(log_id: LogId, ts_ms: u64, commands: Vec<Command>, request_ids: Vec<RequestId>) -> Self {
+        Self { log_id, payload: EntryPayload::Batch(Batch { ts_ms, commands, request_ids }) }
     }
 
     pub fn blank(log_id: LogId) -> Self {
@@ -102,4 +136,28 @@ impl LogEntry {
 pub struct StoredMembership {
     pub log_id: LogId,
     pub config: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_displays_its_time_and_counts() {
+        let plain = Batch { ts_ms: 123, commands: vec![Command::Tick; 5], request_ids: Vec::new() };
+        assert_eq!(plain.to_string(), "batch(ts=123, commands=5)");
+        let tagged = Batch { request_ids: vec![RequestId([0; 16]); 5], ..plain };
+        assert_eq!(tagged.to_string(), "batch(ts=123, commands=5, request_ids=5)");
+    }
+
+    #[test]
+    fn request_ids_count_only_when_there_is_one_per_command() {
+        let ids = vec![RequestId([1; 16]), RequestId([2; 16])];
+        let matched = Batch { ts_ms: 0, commands: vec![Command::Tick; 2], request_ids: ids.clone() };
+        assert_eq!(matched.effective_request_ids(), &ids[..]);
+        let short = Batch { commands: vec![Command::Tick; 3], ..matched.clone() };
+        assert!(short.effective_request_ids().is_empty());
+        let long = Batch { commands: vec![Command::Tick; 1], ..matched };
+        assert!(long.effective_request_ids().is_empty());
+    }
 }

@@ -6,6 +6,10 @@
 //! and rebuilt when a snapshot loads. Nothing in `apply` reads a clock, a
 //! random number or a hash map's iteration order: time is the entry's
 //! `ts_ms`, ids come from the log, and the hash tables are only probed.
+//!
+//! A batch may tag its commands with request ids; `apply` then runs each
+//! command at most once per id while the id is in the dedup window (see
+//! `dedup.rs`), answering a retry with the first outcome.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -16,9 +20,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cmd::{self, Command};
 use crate::config::Limits;
+use crate::dedup::{DedupIndex, DedupRecord, DedupWindow};
 use crate::error::{ApplyError, InputError, SnapshotError};
 use crate::event::{Cause, Event, EventId, EventKind, LevelChange};
-use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, ReservationId};
+use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, RequestId, ReservationId};
 use crate::item::{Item, ItemId, Movement, MovementReason, Status, Who};
 use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
 use crate::outcome::{Bound, Outcome, Refusal, ReservationSummary};
@@ -27,8 +32,8 @@ use crate::reservation::{Reservation, ReservationState};
 use crate::wheel::TimerWheel;
 
 /// Bumped when `Persisted` changes shape; a snapshot of another format is
-/// refused rather than misread.
-pub(crate) const STATE_FORMAT: u32 = 1;
+/// refused rather than misread. 2: the dedup window.
+pub(crate) const STATE_FORMAT: u32 = 2;
 
 /// Principal id recorded once the principal table is full.
 pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;
@@ -56,6 +61,8 @@ pub(crate) struct Persisted {
     pub free_slots: Vec<u32>,
     /// Terminal reservations, oldest end first, waiting to be forgotten.
     pub terminal: VecDeque<u32>,
+    /// Request ids of applied commands with their outcomes, oldest first.
+    pub dedup: DedupWindow,
 }
 
 /// Derived lookups, rebuilt from `Persisted` on load.
@@ -73,6 +80,8 @@ pub(crate) struct Indexes {
     keys: HashTable<u32>,
     pub wheel: TimerWheel,
     pub live_holds: u32,
+    /// Request id → record in `Persisted::dedup`.
+    dedup: DedupIndex,
 }
 
 /// The result of applying one entry.
@@ -126,6 +135,8 @@ pub struct ShardStats {
     pub items: u64,
     pub live_holds: u64,
     pub terminal_retained: u64,
+    /// Request ids in the dedup window.
+    pub request_ids_remembered: u64,
     pub now_ms: u64,
     pub last_applied: Option<LogId>,
 }
@@ -163,6 +174,7 @@ impl ShardState {
             reservations: Vec::new(),
             free_slots: Vec::new(),
             terminal: VecDeque::new(),
+            dedup: DedupWindow::default(),
         };
         Self::from_persisted(p)
     }
@@ -177,6 +189,7 @@ impl ShardState {
             keys: HashTable::new(),
             wheel: TimerWheel::new(p.now_ms),
             live_holds: 0,
+            dedup: DedupIndex::rebuild(&p.dedup),
         };
         for (id, item) in p.items.iter().enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
@@ -246,13 +259,15 @@ impl ShardState {
             items: self.p.items.len() as u64,
             live_holds: u64::from(self.ix.live_holds),
             terminal_retained: self.p.terminal.len() as u64,
+            request_ids_remembered: self.p.dedup.len() as u64,
             now_ms: self.p.now_ms,
             last_applied: self.p.last_applied,
         }
     }
 
     /// Applies one committed entry: moves log time to the entry's `ts_ms`,
-    /// expires every hold due by then, then applies each command in order.
+    /// expires every hold due by then, forgets what has outlived its
+    /// retention, then applies each command in order, once per request id.
     pub fn apply(&mut self, entry: &LogEntry) -> Result<Applied, ApplyError> {
         let mut applied = Applied { outcomes: Vec::with_capacity(entry.command_count()), ..Applied::default() };
         self.apply_into(entry, &mut applied)?;
@@ -286,8 +301,15 @@ impl ShardState {
                 emitter.at_ms = self.p.now_ms;
                 self.expire_due(&mut emitter);
                 self.forget_terminal();
-                for command in &batch.commands {
-                    let outcome = cmd::apply(self, command, &mut emitter);
+                self.forget_request_ids();
+                // Ids that are not one per command are ignored as a whole
+                // (see `Batch`): deterministic, and no command is lost.
+                let request_ids = batch.effective_request_ids();
+                for (position, command) in batch.commands.iter().enumerate() {
+                    let outcome = match request_ids.get(position) {
+                        Some(&request_id) => self.apply_once(request_id, command, &mut emitter),
+                        None => cmd::apply(self, command, &mut emitter),
+                    };
                     applied.outcomes.push(outcome);
                 }
             }
@@ -328,6 +350,27 @@ impl ShardState {
             self.end_reservation(slot, ReservationState::Expired, emitter);
         }
         self.expiry_order_scratch = expired;
+    }
+
+    /// Applies a command tagged with a request id: if the id is in the dedup
+    /// window the command ran before (in this batch or an earlier one), so it
+    /// changes nothing and answers the first outcome; otherwise it applies
+    /// and its outcome, refusals included, is remembered.
+    fn apply_once(&mut self, request_id: RequestId, command: &Command, emitter: &mut Emitter) -> Outcome {
+        let vacant = match self.ix.dedup.find(&self.p.dedup, &request_id) {
+            Ok(first) => return first.clone(),
+            Err(vacant) => vacant,
+        };
+        let outcome = cmd::apply(self, command, emitter);
+        let record = DedupRecord { request_id, at_ms: self.p.now_ms, outcome: outcome.clone() };
+        self.ix.dedup.push(&mut self.p.dedup, vacant, record, self.p.limits.dedup_window_max);
+        outcome
+    }
+
+    /// Forgets request ids past the window's bounds, oldest first.
+    fn forget_request_ids(&mut self) {
+        let limits = &self.p.limits;
+        self.ix.dedup.forget(&mut self.p.dedup, self.p.now_ms, limits.dedup_window_max, limits.dedup_retention_ms);
     }
 
     /// Forgets terminal reservations past their retention, oldest first.
@@ -648,6 +691,7 @@ impl ShardState {
     pub(crate) fn set_limits(&mut self, limits: Limits) {
         self.p.limits = limits;
         self.forget_terminal();
+        self.forget_request_ids();
     }
 
     // ----- snapshots, digest, invariants -----
@@ -727,7 +771,8 @@ impl ShardState {
         if self.ix.reservations.len() + self.p.free_slots.len() != self.p.reservations.len() {
             return Err("reservation slab, index and free list disagree".into());
         }
-        Ok(())
+        let limits = &self.p.limits;
+        self.ix.dedup.check(&self.p.dedup, self.p.now_ms, limits.dedup_window_max, limits.dedup_retention_ms)
     }
 }
 
@@ -851,8 +896,13 @@ pub(crate) mod tests_support {
         }
 
         pub fn run(&mut self, commands: Vec<Command>) -> Applied {
+            self.run_with_ids(commands, Vec::new())
+        }
+
+        /// Applies one batch whose commands carry `request_ids`.
+        pub fn run_with_ids(&mut self, commands: Vec<Command>, request_ids: Vec<RequestId>) -> Applied {
             self.index += 1;
-            let entry = LogEntry::batch(LogId::new(1, self.index), self.now_ms, commands);
+            let entry = LogEntry::batch_with_ids(LogId::new(1, self.index), self.now_ms, commands, request_ids);
             match self.state.apply(&entry) {
                 Ok(applied) => {
                     if let Err(error) = self.state.check_invariants() {

@@ -9,13 +9,17 @@
 //! * terminal reservations never change;
 //! * a hold expires at the first entry whose time reaches its deadline;
 //! * replaying the log, or loading a snapshot and replaying the suffix, gives
-//!   the same digest and the same outcomes.
+//!   the same digest and the same outcomes;
+//! * a command whose request id is still in the dedup window (retries of
+//!   earlier commands, ids reused on purpose, duplicates within one batch)
+//!   changes nothing and answers the first outcome; ids not one per command
+//!   are ignored; the window forgets by count and by log time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use engine::cmd::{AdjustReason, Command, Confirm, Deadline, Extend, Release, Transfer};
 use engine::event::EventKind;
-use engine::ids::ReservationId;
+use engine::ids::{RequestId, ReservationId};
 use engine::item::Status;
 use engine::outcome::{Outcome, Refusal};
 use engine::reservation::ReservationState;
@@ -49,6 +53,8 @@ struct Model {
     holds: BTreeMap<ReservationId, ModelHold>,
     keys: HashMap<String, ReservationId>,
     now_ms: u64,
+    /// Remembered commands, oldest first: (request id, log time, outcome).
+    window: VecDeque<(RequestId, u64, Outcome)>,
 }
 
 impl Model {
@@ -64,6 +70,30 @@ impl Model {
 
     fn available(&self, item: &Key) -> Option<u64> {
         self.on_hand.get(item).map(|on_hand| on_hand - self.reserved(item))
+    }
+
+    /// The first outcome of `request_id`, if the window still holds it.
+    fn remembered(&self, request_id: &RequestId) -> Option<&Outcome> {
+        self.window.iter().find(|(id, _, _)| id == request_id).map(|(_, _, outcome)| outcome)
+    }
+
+    /// Forgets what is past the window's bounds, as `apply` does before a batch.
+    fn forget(&mut self) {
+        let limits = limits();
+        while let Some(&(_, at_ms, _)) = self.window.front() {
+            if at_ms + limits.dedup_retention_ms >= self.now_ms && self.window.len() <= limits.dedup_window_max as usize
+            {
+                break;
+            }
+            self.window.pop_front();
+        }
+    }
+
+    fn remember(&mut self, request_id: RequestId, outcome: Outcome) {
+        self.window.push_back((request_id, self.now_ms, outcome));
+        if self.window.len() > limits().dedup_window_max as usize {
+            self.window.pop_front();
+        }
     }
 
     fn end(&mut self, id: ReservationId, state: ReservationState) {
@@ -150,15 +180,85 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// One entry: a time step and its commands.
-fn batch() -> impl Strategy<Value = (u64, Vec<Op>)> {
-    (prop_oneof![Just(0u64), 0u64..300, 0u64..3_000], proptest::collection::vec(op(), 1..6))
+/// The request id a generated command carries (used when its batch has ids).
+#[derive(Clone, Debug)]
+enum Tag {
+    /// Practically unique.
+    Fresh(u64),
+    /// One of a few ids, reused on purpose by unrelated commands.
+    Pool(u8),
+    /// Resend one of the last commands sent, with its id: a proposer's retry.
+    Retry(prop::sample::Index),
+}
+
+/// Whether an entry's commands carry request ids.
+#[derive(Clone, Copy, Debug)]
+enum Ids {
+    None,
+    OnePerCommand,
+    /// One too few or one too many: ignored by `apply`.
+    Mismatched,
+}
+
+/// How far back a retry may reach, in commands sent.
+const RETRY_REACH: usize = 16;
+
+fn tag() -> impl Strategy<Value = Tag> {
+    prop_oneof![
+        3 => any::<u64>().prop_map(Tag::Fresh),
+        1 => (0u8..6).prop_map(Tag::Pool),
+        2 => any::<prop::sample::Index>().prop_map(Tag::Retry),
+    ]
+}
+
+fn ids() -> impl Strategy<Value = Ids> {
+    prop_oneof![1 => Just(Ids::None), 4 => Just(Ids::OnePerCommand), 1 => Just(Ids::Mismatched)]
+}
+
+/// One entry as generated: a time step, its commands with their tags, and
+/// whether the tags are sent.
+type Step = (u64, Vec<(Op, Tag)>, Ids);
+
+fn batch() -> impl Strategy<Value = Step> {
+    (prop_oneof![Just(0u64), 0u64..300, 0u64..3_000], proptest::collection::vec((op(), tag()), 1..6), ids())
 }
 
 fn limits() -> Limits {
     // Never forget terminal reservations during a test, so the model can
-    // compare every one of them.
-    Limits { terminal_retention_ms: u64::MAX / 4, terminal_retained_max: u32::MAX, ..Limits::default() }
+    // compare every one of them. A small dedup window, so that both of its
+    // bounds are reached (entries step up to 3 s apart).
+    Limits {
+        terminal_retention_ms: u64::MAX / 4,
+        terminal_retained_max: u32::MAX,
+        dedup_window_max: 12,
+        dedup_retention_ms: 2_500,
+        ..Limits::default()
+    }
+}
+
+/// Resolves the tags of one entry against the commands sent before it.
+/// Returns the commands and their request ids (one per command).
+fn resolve(tagged: &[(Op, Tag)], sent: &mut Vec<(Op, RequestId)>) -> Vec<(Op, RequestId)> {
+    tagged
+        .iter()
+        .map(|(op, tag)| {
+            let resolved = match tag {
+                Tag::Fresh(n) => {
+                    let mut bytes = [0xFF; 16];
+                    bytes[8..].copy_from_slice(&n.to_be_bytes());
+                    (op.clone(), RequestId(bytes))
+                }
+                Tag::Pool(n) => (op.clone(), RequestId([*n; 16])),
+                Tag::Retry(back) if !sent.is_empty() => {
+                    let reach = sent.len().min(RETRY_REACH);
+                    sent[sent.len() - 1 - back.index(reach)].clone()
+                }
+                Tag::Retry(_) => (op.clone(), RequestId([0xEE; 16])),
+            };
+            sent.push(resolved.clone());
+            resolved
+        })
+        .collect()
 }
 
 /// Checks one command's outcome against the model and updates the model.
@@ -321,6 +421,7 @@ fn check_state(state: &ShardState, model: &Model) -> Result<(), TestCaseError> {
     if let Err(broken) = state.check_invariants() {
         prop_assert!(false, "invariant broken: {}", broken);
     }
+    prop_assert_eq!(state.stats().request_ids_remembered, model.window.len() as u64, "dedup window size");
     for (item, on_hand) in &model.on_hand {
         let view = state.get_item(&item.0, &item.1);
         prop_assert!(view.is_some(), "missing item {:?}", item);
@@ -380,16 +481,37 @@ fn check_crossings(
     Ok(())
 }
 
-fn run(batches: &[(u64, Vec<Op>)]) -> Result<Run, TestCaseError> {
+fn run(batches: &[Step]) -> Result<Run, TestCaseError> {
     let mut state = ShardState::new(0, 1, limits());
     let mut model = Model::default();
     let mut entries = Vec::new();
     let mut outcomes = Vec::new();
     let mut ts_ms = 1_000;
-    for (index, (step_ms, ops)) in batches.iter().enumerate() {
+    let mut sent = Vec::new();
+    for (index, (step_ms, tagged, ids)) in batches.iter().enumerate() {
         let previous_ms = ts_ms;
         ts_ms += step_ms;
-        let entry = LogEntry::batch(LogId::new(1, index as u64 + 1), ts_ms, ops.iter().map(Op::command).collect());
+        let resolved = resolve(tagged, &mut sent);
+        let ops: Vec<Op> = resolved.iter().map(|(op, _)| op.clone()).collect();
+        let mut request_ids: Vec<RequestId> = resolved.iter().map(|(_, id)| *id).collect();
+        match ids {
+            Ids::None => request_ids.clear(),
+            Ids::OnePerCommand => {}
+            Ids::Mismatched if request_ids.len() > 1 => {
+                request_ids.pop();
+            }
+            Ids::Mismatched => request_ids.push(RequestId([0xDD; 16])),
+        }
+        let effective: Vec<Option<RequestId>> = match ids {
+            Ids::OnePerCommand => request_ids.iter().copied().map(Some).collect(),
+            Ids::None | Ids::Mismatched => vec![None; ops.len()],
+        };
+        let entry = LogEntry::batch_with_ids(
+            LogId::new(1, index as u64 + 1),
+            ts_ms,
+            ops.iter().map(Op::command).collect(),
+            request_ids,
+        );
         let status_before: HashMap<Key, Status> =
             model.on_hand.keys().filter_map(|k| state.get_item(&k.0, &k.1).map(|v| (k.clone(), v.status))).collect();
         let applied = state.apply(&entry).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -427,8 +549,22 @@ fn run(batches: &[(u64, Vec<Op>)]) -> Result<Run, TestCaseError> {
         for id in expired {
             model.end(id, ReservationState::Expired);
         }
-        for (op, outcome) in ops.iter().zip(&applied.outcomes) {
-            check_outcome(&mut model, op, outcome)?;
+        // Then the dedup window forgets, and each command either repeats a
+        // remembered one (no-op, first outcome) or applies.
+        model.forget();
+        for ((op, request_id), outcome) in ops.iter().zip(&effective).zip(&applied.outcomes) {
+            match request_id {
+                Some(request_id) => match model.remembered(request_id) {
+                    Some(first) => {
+                        prop_assert_eq!(outcome, first, "a repeated request id must answer the first outcome")
+                    }
+                    None => {
+                        check_outcome(&mut model, op, outcome)?;
+                        model.remember(*request_id, outcome.clone());
+                    }
+                },
+                None => check_outcome(&mut model, op, outcome)?,
+            }
         }
         check_state(&state, &model)?;
         for (position, event) in applied.events.iter().enumerate() {
