@@ -60,13 +60,14 @@ impl Handler<Apply> for ShardActor {
     fn handle(&mut self, message: Apply, _: &mut Context<Self>) -> Self::Result {
         // All or nothing: the order of the whole batch is checked first, so
         // an error never leaves some entries applied without their answers.
-        let mut expected = self.state.last_applied().map(|last| last.index + 1);
+        // (The rule is `ShardState::apply_into`'s: indexes strictly rise.)
+        let mut last = self.state.last_applied().map(|last| last.index);
         for entry in &message.entries {
-            if expected.is_some_and(|index| index != entry.log_id.index) {
+            if last.is_some_and(|index| entry.log_id.index <= index) {
                 let last_applied = self.state.last_applied().map(|last| last.index);
                 return Err(ApplyError::OutOfOrder { last_applied, got: entry.log_id.index });
             }
-            expected = Some(entry.log_id.index + 1);
+            last = Some(entry.log_id.index);
         }
         let mut answer = AppliedEntries { applied: Vec::with_capacity(message.entries.len()), records: Vec::new() };
         for entry in &message.entries {

@@ -129,7 +129,7 @@ impl InputError {
 /// out of order), never a consequence of what a client sent.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
-    #[error("entry {got} applied after {last_applied:?}; entries must be applied in order without gaps")]
+    #[error("entry {got} applied after {last_applied:?}; an entry must never apply twice or go back")]
     OutOfOrder { last_applied: Option<u64>, got: u64 },
 }
 

@@ -75,8 +75,13 @@ fn out_of_order_entries_are_refused_and_change_nothing() {
         let addr = pool.shard(2).unwrap_or_else(|| panic!("no shard"));
         let first = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command(&sku, "berlin", 5, 1)])];
         let _ = addr.send(Apply { entries: first, describe_events: false }).await;
-        let gap = vec![LogEntry::batch(LogId::new(1, 3), 2, vec![upsert_command(&sku, "berlin", 9, 1)])];
-        let answer = addr.send(Apply { entries: gap, describe_events: false }).await.unwrap_or_else(|e| panic!("{e}"));
+        // A batch whose second entry replays the first applies none of them.
+        let replay = vec![
+            LogEntry::batch(LogId::new(1, 2), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
+            LogEntry::batch(LogId::new(1, 1), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
+        ];
+        let answer =
+            addr.send(Apply { entries: replay, describe_events: false }).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(answer.is_err());
         let on_hand = addr.send(Read::new(move |s: &ShardState| s.get_item(&sku, "berlin").map(|i| i.on_hand))).await;
         assert_eq!(on_hand.unwrap_or_else(|e| panic!("{e}")).0, Some(5));

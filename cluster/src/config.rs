@@ -1,0 +1,162 @@
+//! A node's cluster settings: who it is, where it listens, who its peers are,
+//! and every bound the cluster layer keeps (STYLE.md: a limit on everything).
+//!
+//! These are per node and shape no outcome, unlike `engine::Limits`, which
+//! are replicated. The server's TOML file carries them under `[cluster]`.
+
+use std::path::PathBuf;
+
+use engine::WalConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// One member of the initial voter set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: NodeId,
+    /// Peer transport address, `host:port`.
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id (1 or more).
+    pub node_id: NodeId,
+    /// Where the peer transport listens, `host:port` (port 0 picks one).
+    pub listen: String,
+    /// The initial voters, this node among them. A node not listed here
+    /// never initializes a group; it waits to be added (`add_learner`).
+    pub members: Vec<Member>,
+    /// Shard count. Fixed for the life of the data directory.
+    pub shards: u32,
+    pub data_dir: PathBuf,
+    /// Threads running shard actors; 0 means one per core.
+    pub shard_threads: usize,
+
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Entries appended since the last snapshot that trigger a new one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging
+    /// follower catches up from the log rather than by snapshot.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Snapshot files kept per shard.
+    pub snapshots_kept: usize,
+    /// Largest snapshot this node accepts from a leader.
+    pub snapshot_size_max: u64,
+    /// Bytes per snapshot chunk on the wire.
+    pub snapshot_chunk_size: usize,
+    /// Entries per AppendEntries RPC.
+    pub append_entries_max: u64,
+
+    /// Commands in one log entry (the proposer's batch cap).
+    pub batch_size_max: usize,
+    /// Entries a shard's proposer keeps in flight; more commands wait and
+    /// join the next batch. 1 is strict "gather while the previous is in flight".
+    pub entries_in_flight_max: usize,
+    /// Commands waiting per shard; beyond this `submit` answers Overloaded.
+    pub queue_per_shard_max: usize,
+
+    /// How long `submit` and `read` keep retrying through an election before
+    /// answering Unavailable.
+    pub retry_window_ms: u64,
+    /// Timeout of one RPC to a peer (Raft, forwarding, read index).
+    pub rpc_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Largest frame on a peer connection.
+    pub frame_size_max: u32,
+    /// Requests in flight per peer connection.
+    pub peer_requests_in_flight_max: u32,
+    /// Events buffered for slow subscribers before they miss some.
+    pub event_buffer_max: usize,
+    /// How often a leader checks whether a group's preferred leader is back
+    /// and hands leadership over; 0 turns rebalancing off.
+    pub rebalance_interval_ms: u64,
+
+    pub wal: WalConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listen: "127.0.0.1:7001".into(),
+            members: vec![Member { id: 1, addr: "127.0.0.1:7001".into() }],
+            shards: 8,
+            data_dir: PathBuf::from("data"),
+            shard_threads: 0,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_after_entries: 50_000,
+            log_entries_kept_after_snapshot: 5_000,
+            snapshots_kept: 2,
+            snapshot_size_max: 4 << 30,
+            snapshot_chunk_size: 4 << 20,
+            append_entries_max: 256,
+            batch_size_max: 1024,
+            entries_in_flight_max: 2,
+            queue_per_shard_max: 65_536,
+            retry_window_ms: 3_000,
+            rpc_timeout_ms: 2_000,
+            connect_timeout_ms: 500,
+            frame_size_max: 64 << 20,
+            peer_requests_in_flight_max: 4096,
+            event_buffer_max: 65_536,
+            rebalance_interval_ms: 2_000,
+            wal: WalConfig::default(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the settings together; says which one is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id must be at least 1".into());
+        }
+        if self.shards == 0 || self.shards > u32::from(u16::MAX) {
+            return Err(format!("shards must be in 1..={}", u16::MAX));
+        }
+        let mut ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.members.len() {
+            return Err("members lists a node id twice".into());
+        }
+        if ids.contains(&0) {
+            return Err("member ids must be at least 1".into());
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
+            return Err("election_timeout_min_ms must exceed heartbeat_ms (> 0)".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("election_timeout_max_ms must exceed election_timeout_min_ms".into());
+        }
+        if self.batch_size_max == 0 || self.entries_in_flight_max == 0 || self.queue_per_shard_max == 0 {
+            return Err("batch_size_max, entries_in_flight_max and queue_per_shard_max must be at least 1".into());
+        }
+        if self.snapshot_chunk_size == 0 || self.snapshot_chunk_size as u64 >= u64::from(self.frame_size_max) {
+            return Err("snapshot_chunk_size must be at least 1 and below frame_size_max".into());
+        }
+        if self.append_entries_max == 0 {
+            return Err("append_entries_max must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The member that initializes group `shard` and, when up, leads it:
+    /// members sorted by id, taken round-robin, so leaders spread evenly.
+    pub fn preferred_leader(voters: &[NodeId], shard: u32) -> Option<NodeId> {
+        if voters.is_empty() {
+            return None;
+        }
+        let mut sorted = voters.to_vec();
+        sorted.sort_unstable();
+        Some(sorted[shard as usize % sorted.len()])
+    }
+}

@@ -1,0 +1,32 @@
+//! Tally's cluster layer: turns the engine's shards into replicated state
+//! machines, one openraft group per shard.
+//!
+//! A write acknowledged here is in the WAL of a majority of nodes (fsynced)
+//! and applied by the shard's leader. A single node is a 1-member cluster:
+//! there is one write path.
+//!
+//! * `types` — openraft's type configuration and conversions to the engine's
+//!   log vocabulary.
+//! * `log_store` — `RaftLogStorage` on the engine's WAL (group-commit flush).
+//! * `state_machine` — `RaftStateMachine` on the shard actor; engine snapshots.
+//! * `transport` — one multiplexed TCP connection per peer, rkyv frames.
+//! * `wire` — every message peers exchange.
+//! * `network` — openraft's network on the transport, shared by all groups.
+//! * `proposer` — per-shard batching of commands into log entries, and ticks.
+//! * `node` — the groups of a process and the API for the server layer.
+
+pub mod config;
+pub mod error;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod proposer;
+pub mod state_machine;
+pub mod transport;
+pub mod types;
+pub mod wire;
+
+pub use config::{ClusterConfig, Member};
+pub use error::{AdminError, ReadError, StartError, SubmitError};
+pub use node::{ClusterStatus, Node, NodeStats, ShardStatus, Stale};
+pub use types::NodeId;

@@ -1,0 +1,218 @@
+//! `RaftLogStorage` on the engine's WAL: the shard's WAL *is* its Raft log.
+//!
+//! `append` writes the entries (readable at once) and hands openraft's flush
+//! callback to the WAL's group-commit flusher, which calls it after the one
+//! `fdatasync` that covers every append before it. So an append never waits
+//! for the disk, and many appends (from many proposer batches and many
+//! replication rounds) share one sync. Votes are durable before `save_vote`
+//! returns; truncation and purging are WAL records.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use engine::wal::{Wal, WalReader, WalStats};
+use engine::{LogEntry, WalError};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use parking_lot::Mutex;
+
+use crate::types::{
+    Entry, LogId, TypeConfig, Vote, entry_from_engine, entry_to_engine, log_id_from_engine, log_id_to_engine,
+    vote_from_engine, vote_to_engine,
+};
+
+/// One shard's Raft log. The WAL sits behind a mutex only so the node can
+/// read its counters; openraft is its one writer.
+///
+/// Purges run one request behind on disk: `purge(upto)` makes `upto` the
+/// purge point openraft sees (log state, `try_get_log_entries`) but removes
+/// from the WAL only what the previous request named. openraft's replication
+/// streams decide which range to read before they read it, and a stream to a
+/// slow follower that read entries purged in between would send a batch that
+/// does not follow its `prev_log_id` (openraft 0.10.0-alpha.37 asserts on
+/// it). Keeping one snapshot interval of entries readable for replication
+/// closes that window; the cost is disk, not correctness.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    wal: Arc<Mutex<Wal>>,
+    reader: WalReader,
+    purge_pending: Arc<Mutex<Option<LogId>>>,
+}
+
+impl LogStore {
+    pub fn new(wal: Wal) -> Self {
+        let reader = wal.reader();
+        Self { wal: Arc::new(Mutex::new(wal)), reader, purge_pending: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Counters of the WAL's flusher (fsync rounds, callbacks, time).
+    pub fn wal_stats(&self) -> WalStats {
+        self.wal.lock().stats()
+    }
+}
+
+fn to_io(error: WalError) -> io::Error {
+    match error {
+        WalError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Reads entries for replication; cheap to clone, shares only the WAL's index.
+#[derive(Clone, Debug)]
+pub struct LogReader {
+    reader: WalReader,
+    purge_pending: Arc<Mutex<Option<LogId>>>,
+}
+
+fn range_of(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&end) => end.saturating_add(1),
+        Bound::Excluded(&end) => end,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+/// Entries in `range` above the logical purge point.
+fn read_entries(
+    reader: &WalReader,
+    purged: Option<&LogId>,
+    range: impl RangeBounds<u64>,
+) -> Result<Vec<Entry>, io::Error> {
+    let (start, end) = range_of(&range);
+    let start = purged.map_or(start, |purged| start.max(purged.index + 1));
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    let entries = reader.read_range(start, end).map_err(to_io)?;
+    entries.into_iter().map(entry_from_engine).collect()
+}
+
+/// For replication: entries from exactly `start`, or none. A batch that
+/// began after `start` (its head purged meanwhile) would not follow the
+/// `prev_log_id` it is sent with; openraft treats an empty answer as a
+/// heartbeat and asks again.
+fn read_for_replication(reader: &WalReader, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+    let entries = read_entries(reader, None, start..end)?;
+    if entries.first().is_some_and(|first| first.log_id.index != start) {
+        tracing::warn!(start, "replication asked for purged entries; sending none");
+        return Ok(Vec::new());
+    }
+    Ok(entries)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let purged = *self.purge_pending.lock();
+        read_entries(&self.reader, purged.as_ref(), range)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        read_for_replication(&self.reader, start, end)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.reader.vote().map(vote_from_engine))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let purged = *self.purge_pending.lock();
+        read_entries(&self.reader, purged.as_ref(), range)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.reader.vote().map(vote_from_engine))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let state = self.reader.log_state();
+        let pending = *self.purge_pending.lock();
+        let purged = state.purged.map(log_id_from_engine).max(pending);
+        let last = state.last.map(log_id_from_engine).max(purged);
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader { reader: self.reader.clone(), purge_pending: Arc::clone(&self.purge_pending) }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.wal.lock().save_vote(vote_to_engine(vote)).map_err(to_io)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.wal.lock().save_committed(committed.as_ref().map(log_id_to_engine)).map_err(to_io)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.wal.lock().committed().map(log_id_from_engine))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<LogEntry> = entries.into_iter().map(entry_to_engine).collect();
+        let wal = self.wal.lock();
+        wal_append(wal, &entries, callback)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.wal.lock().truncate_after(last_log_id.as_ref().map(log_id_to_engine)).map_err(to_io)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let previous = {
+            let mut pending = self.purge_pending.lock();
+            if pending.as_ref().is_some_and(|pending| pending.index >= log_id.index) {
+                return Ok(());
+            }
+            // Purging to or past the end of the log (a snapshot installed
+            // ahead of it) must happen now: the next append follows `log_id`,
+            // and no replication reads from a log that ends before it.
+            let beyond_end = self.reader.log_state().last.is_none_or(|last| last.index <= log_id.index);
+            if beyond_end {
+                *pending = Some(log_id);
+                drop(pending);
+                return self.wal.lock().purge(log_id_to_engine(&log_id)).map_err(to_io);
+            }
+            pending.replace(log_id)
+        };
+        match previous {
+            Some(previous) => self.wal.lock().purge(log_id_to_engine(&previous)).map_err(to_io),
+            None => Ok(()),
+        }
+    }
+}
+
+fn wal_append(
+    mut wal: parking_lot::MutexGuard<'_, Wal>,
+    entries: &[LogEntry],
+    callback: IOFlushed<TypeConfig>,
+) -> Result<(), io::Error> {
+    wal.append(entries).map_err(to_io)?;
+    // The flusher thread calls back after the fsync that covers this append.
+    wal.flush(Box::new(move |result| callback.io_completed(result)));
+    Ok(())
+}

@@ -1,0 +1,1002 @@
+//! The node: every shard's Raft group on this process, and the API the
+//! server layer calls.
+//!
+//! * `submit` routes a command to its shard. On the shard's leader it goes to
+//!   the proposer; elsewhere it is forwarded to the leader over the peer
+//!   connection and the outcome relayed back. Through an election it retries
+//!   for a bounded window, always with the same request id, so a command
+//!   whose first attempt did commit is never applied twice.
+//! * `read` is linearizable: the leader confirms its leadership for a read
+//!   index (asked over the peer connection when this node is a follower), and
+//!   the local shard actor answers once it has applied up to that index.
+//!   `read_stale` answers from local state at once and says so.
+//! * Bootstrap: the member preferred for a group (members by id, round
+//!   robin) initializes it, once, after asking its peers that none has it.
+//!   Restarts resume from the WAL and the newest snapshot. While up, a
+//!   preferred leader gets its groups back (rebalancing).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use engine::actor::{Read, ShardActor, ShardPool};
+use engine::ids::RequestId;
+use engine::snapshot::SnapshotStore;
+use engine::wal::Wal;
+use engine::{Command, EventRecord, Limits, Outcome, ShardState, shard_of};
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ClusterConfig;
+use crate::error::{AdminError, ProposeError, ReadError, StartError, SubmitError};
+use crate::log_store::LogStore;
+use crate::network::{GroupNetwork, Router};
+use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
+use crate::state_machine::{Publisher, StateMachine};
+use crate::transport::{Handler, Transport, TransportConfig};
+use crate::types::{
+    MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_engine, log_id_from_engine,
+    log_id_to_engine, vote_from_engine, vote_to_engine,
+};
+use crate::wire::{AdminOp, AppendResult, Request, Response, SnapshotDone};
+
+/// One shard's Raft group on this node.
+struct Group {
+    shard: u32,
+    raft: Raft,
+    proposer: Proposer,
+    actor: Addr<ShardActor>,
+    is_leader: Arc<AtomicBool>,
+    log: LogStore,
+}
+
+/// A snapshot being received from a leader.
+struct Inbound {
+    transfer: u64,
+    image: Vec<u8>,
+}
+
+struct Inner {
+    id: NodeId,
+    config: ClusterConfig,
+    transport: Transport,
+    groups: Vec<Group>,
+    pool: Mutex<Option<ShardPool>>,
+    events: broadcast::Sender<EventRecord>,
+    clock: Arc<Clock>,
+    /// Request ids: this node's id, a per-boot nonce, a counter.
+    request_prefix: [u8; 8],
+    request_seq: AtomicU64,
+    inbound: Mutex<HashMap<(NodeId, u32), Inbound>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+/// What a stale read answers: the value and the log position it reflects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale<R> {
+    pub value: R,
+    pub applied_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub shard: u32,
+    pub leader: Option<NodeId>,
+    pub role: String,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// On the leader: entries each follower is behind the leader's log.
+    pub lag: BTreeMap<NodeId, u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    /// Every node named in any group's membership, with its address.
+    pub nodes: BTreeMap<NodeId, String>,
+    pub shards: Vec<ShardStatus>,
+}
+
+/// Counters across the node's shards, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub entries_proposed: u64,
+    pub commands_proposed: u64,
+    pub ticks_proposed: u64,
+    pub fsyncs: u64,
+    pub fsync_us_total: u64,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard:05}"))
+}
+
+fn data_dir_error(path: &Path, reason: impl ToString) -> StartError {
+    StartError::DataDir { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// The data directory remembers the node id and shard count it was made
+/// for: placement depends on the shard count, so opening with another count
+/// would silently send SKUs to the wrong shard.
+fn check_identity(config: &ClusterConfig) -> Result<(), StartError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| data_dir_error(dir, e))?;
+    let path = dir.join("IDENTITY");
+    let expected = format!("node_id = {}\nshards = {}\n", config.node_id, config.shards);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == expected => Ok(()),
+        Ok(found) => {
+            Err(data_dir_error(&path, format!("was made for {:?}, config says {:?}", found.trim(), expected.trim())))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temp = dir.join("IDENTITY.tmp");
+            std::fs::write(&temp, expected.as_bytes()).map_err(|e| data_dir_error(&temp, e))?;
+            std::fs::File::open(&temp).and_then(|f| f.sync_all()).map_err(|e| data_dir_error(&temp, e))?;
+            std::fs::rename(&temp, &path).map_err(|e| data_dir_error(&path, e))?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| data_dir_error(dir, e))?;
+            Ok(())
+        }
+        Err(error) => Err(data_dir_error(&path, error)),
+    }
+}
+
+impl Node {
+    /// Opens the data directory, starts every shard's actor and Raft group,
+    /// listens for peers and starts bootstrap. Call inside a tokio runtime.
+    pub async fn start(config: ClusterConfig) -> Result<Node, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        check_identity(&config)?;
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+        Self::start_on(config, listener).await
+    }
+
+    /// `start`, on a listener the caller bound (tests bind port 0 first).
+    pub async fn start_on(config: ClusterConfig, listener: TcpListener) -> Result<Node, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        check_identity(&config)?;
+        let id = config.node_id;
+
+        // Shard state: the newest snapshot, or empty; the WAL's committed
+        // suffix is re-applied by openraft once the group starts.
+        let mut states = Vec::with_capacity(config.shards as usize);
+        let mut stores = Vec::with_capacity(config.shards as usize);
+        let mut wals = Vec::with_capacity(config.shards as usize);
+        for shard in 0..config.shards {
+            let dir = shard_dir(&config.data_dir, shard);
+            let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
+            let state = match snapshots.load_latest()? {
+                Some((_, state)) => state,
+                None => ShardState::new(shard, config.shards, Limits::default()),
+            };
+            wals.push(Wal::open(dir.join("wal"), config.wal)?);
+            states.push(state);
+            stores.push(snapshots);
+        }
+        let threads = if config.shard_threads == 0 { ShardPool::default_arbiters() } else { config.shard_threads };
+        let pool = ShardPool::start(states, threads).map_err(StartError::Threads)?;
+
+        let transport = Transport::new(
+            id,
+            TransportConfig {
+                frame_size_max: config.frame_size_max,
+                connect_timeout_ms: config.connect_timeout_ms,
+                requests_in_flight_max: config.peer_requests_in_flight_max,
+                ..TransportConfig::default()
+            },
+        );
+        for member in &config.members {
+            if member.id != id {
+                transport.set_peer(member.id, member.addr.clone());
+            }
+        }
+        let router = Router::new(transport.clone(), config.snapshot_chunk_size);
+        let (events, _) = broadcast::channel(config.event_buffer_max.max(1));
+        let clock = Arc::new(Clock::default());
+
+        let raft_config = openraft::Config {
+            cluster_name: "tally".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            max_payload_entries: config.append_entries_max,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
+            snapshot_max_chunk_size: config.snapshot_chunk_size as u64,
+            install_snapshot_timeout: config.rpc_timeout_ms.max(config.heartbeat_ms),
+            // A node whose data directory was wiped comes back with an empty
+            // log. Without this, the leader's replication to it panics on
+            // the "reverted" log; with it, the leader starts that follower
+            // over (log or snapshot). The wiped node also forgot its vote:
+            // ARCHITECTURE.md says what that risks and how to avoid it.
+            allow_log_reversion: Some(true),
+            ..openraft::Config::default()
+        };
+        let raft_config =
+            Arc::new(raft_config.validate().map_err(|e| StartError::Raft { shard: 0, reason: e.to_string() })?);
+
+        let mut groups = Vec::with_capacity(config.shards as usize);
+        let mut tasks = Vec::new();
+        for ((shard, wal), snapshots) in (0..config.shards).zip(wals).zip(stores) {
+            let actor = pool
+                .shard(shard)
+                .cloned()
+                .ok_or_else(|| StartError::Raft { shard, reason: "no actor for the shard".into() })?;
+            let is_leader = Arc::new(AtomicBool::new(false));
+            let (deadline_tx, deadline_rx) = watch::channel(None);
+            let publisher = Publisher { is_leader: Arc::clone(&is_leader), events: events.clone() };
+            let state_machine = StateMachine::new(shard, actor.clone(), snapshots, publisher, Arc::new(deadline_tx));
+            let log = LogStore::new(wal);
+            let network = GroupNetwork { router: router.clone(), group: shard };
+            let raft = Raft::new(id, Arc::clone(&raft_config), network, log.clone(), state_machine)
+                .await
+                .map_err(|e| StartError::Raft { shard, reason: e.to_string() })?;
+            let (proposer, proposer_task) = Proposer::start(
+                raft.clone(),
+                ProposerSettings {
+                    batch_size_max: config.batch_size_max,
+                    entries_in_flight_max: config.entries_in_flight_max,
+                    queue_max: config.queue_per_shard_max,
+                },
+                Arc::clone(&is_leader),
+                deadline_rx,
+                Arc::clone(&clock),
+            );
+            tasks.push(proposer_task);
+            tasks.push(tokio::spawn(watch_leadership(raft.clone(), id, Arc::clone(&is_leader))));
+            groups.push(Group { shard, raft, proposer, actor, is_leader, log });
+        }
+
+        let mut request_prefix = [0u8; 8];
+        request_prefix[..4].copy_from_slice(&u32::try_from(id).unwrap_or(u32::MAX).to_le_bytes());
+        // Distinct per boot, so ids from before a restart never repeat.
+        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        request_prefix[4..].copy_from_slice(&(xor_fold(boot) ^ std::process::id()).to_le_bytes());
+
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                transport: transport.clone(),
+                groups,
+                pool: Mutex::new(Some(pool)),
+                events,
+                clock,
+                request_prefix,
+                request_seq: AtomicU64::new(0),
+                inbound: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(tasks),
+                shut_down: AtomicBool::new(false),
+            }),
+        };
+        let serve = transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&node.inner) }));
+        node.inner.tasks.lock().push(serve);
+        let bootstrap = tokio::spawn(bootstrap(node.clone()));
+        node.inner.tasks.lock().push(bootstrap);
+        if node.inner.config.rebalance_interval_ms > 0 {
+            let rebalance = tokio::spawn(rebalance(Arc::downgrade(&node.inner)));
+            node.inner.tasks.lock().push(rebalance);
+        }
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.inner.config.shards
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The leader's clock (tests and chaos runs move it).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The peer transport, for fault injection in tests.
+    pub fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    /// The shard a command belongs to: its SKU's shard, or the home shard in
+    /// its reservation id.
+    pub fn shard_for(&self, command: &Command) -> Result<u32, SubmitError> {
+        let shards = self.inner.config.shards;
+        let shard = match command {
+            Command::Confirm(c) => u32::from(c.id.home_shard()),
+            Command::Release(c) => u32::from(c.id.home_shard()),
+            Command::Extend(c) => u32::from(c.id.home_shard()),
+            other => match other.routing_sku() {
+                Some(sku) => shard_of(sku, shards),
+                None => return Err(SubmitError::Invalid("this command names no shard; use submit_to".into())),
+            },
+        };
+        if shard >= shards {
+            return Err(SubmitError::Invalid(format!("shard {shard} does not exist (shards: {shards})")));
+        }
+        Ok(shard)
+    }
+
+    /// Submits a command to its shard and waits for its outcome.
+    pub async fn submit(&self, command: Command) -> Result<Outcome, SubmitError> {
+        let shard = self.shard_for(&command)?;
+        self.submit_to(shard, command).await
+    }
+
+    /// Submits a command to `shard` (e.g. `SetLimits`, which names no SKU).
+    pub async fn submit_to(&self, shard: u32, command: Command) -> Result<Outcome, SubmitError> {
+        let request_id = self.next_request_id();
+        self.submit_with_id(shard, command, request_id).await
+    }
+
+    /// Submits with a caller-chosen request id: a retry of the same id is
+    /// answered with the first outcome and applied once (within the shard's
+    /// dedup window).
+    pub async fn submit_with_id(
+        &self,
+        shard: u32,
+        command: Command,
+        request_id: RequestId,
+    ) -> Result<Outcome, SubmitError> {
+        let inner = &self.inner;
+        let group = inner.group(shard).ok_or_else(|| SubmitError::Invalid(format!("shard {shard} does not exist")))?;
+        let deadline = Instant::now() + Duration::from_millis(inner.config.retry_window_ms);
+        let mut backoff = BACKOFF_FIRST;
+        // Whether some attempt may have reached a log; then running out of
+        // retries means "unknown", not "not applied".
+        let mut maybe_applied: Option<String> = None;
+        loop {
+            if inner.shut_down.load(Ordering::Acquire) {
+                return Err(SubmitError::ShuttingDown);
+            }
+            let leader = group.raft.current_leader().await;
+            let attempt = match leader {
+                Some(leader) if leader == inner.id => {
+                    // A leader cut off from its majority cannot commit and may
+                    // not notice at once: the wait is bounded by the window.
+                    let remaining = deadline.saturating_duration_since(Instant::now()).max(BACKOFF_FIRST);
+                    let proposal = group.proposer.propose(command.clone(), request_id);
+                    let answer = tokio::time::timeout(remaining, proposal)
+                        .await
+                        .unwrap_or_else(|_| Err(ProposeError::Unknown("not committed within the retry window".into())));
+                    match answer {
+                        Ok(outcome) => return Ok(outcome),
+                        Err(ProposeError::Overloaded) => {
+                            return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
+                        }
+                        Err(ProposeError::Closed) => return Err(SubmitError::ShuttingDown),
+                        Err(ProposeError::NotLeader(_)) => None,
+                        Err(ProposeError::Unknown(reason)) => Some(reason),
+                    }
+                }
+                Some(leader) => {
+                    let request = Request::Submit {
+                        group: shard,
+                        commands: vec![command.clone()],
+                        request_ids: vec![request_id],
+                    };
+                    match inner.transport.call(leader, &request, inner.rpc_timeout()).await {
+                        Ok(Response::Submitted(mut outcomes)) if outcomes.len() == 1 => {
+                            if let Some(outcome) = outcomes.pop() {
+                                return Ok(outcome);
+                            }
+                            None
+                        }
+                        Ok(Response::Overloaded) => {
+                            return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
+                        }
+                        Ok(Response::NotLeader { .. }) => None,
+                        Ok(Response::Unknown(reason)) => Some(reason),
+                        Ok(other) => Some(format!("leader {leader} answered {other:?}")),
+                        // The request may have reached the leader.
+                        Err(error) => Some(format!("forward to {leader}: {error}")),
+                    }
+                }
+                None => None,
+            };
+            if let Some(reason) = attempt {
+                maybe_applied = Some(reason);
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(match maybe_applied {
+                    Some(reason) => SubmitError::Unknown { shard, reason },
+                    None => SubmitError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms },
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Reads `shard` linearizably: the answer reflects every write
+    /// acknowledged before the read began.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<R, ReadError> {
+        let inner = &self.inner;
+        let group = inner.group(shard).ok_or_else(|| ReadError::Invalid(format!("shard {shard} does not exist")))?;
+        let index = self.read_index(group).await?;
+        let timeout = inner.rpc_timeout();
+        // Wait until this node has applied what the leader committed.
+        if let Some(index) = index
+            && group.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "linearizable read").await.is_err()
+        {
+            return Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms });
+        }
+        let answer = group.actor.send(Read::new(read)).await.map_err(|_| ReadError::ShuttingDown)?;
+        Ok(answer.0)
+    }
+
+    /// Reads this node's copy of `shard` at once. It may be behind the leader.
+    pub async fn read_stale<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<Stale<R>, ReadError> {
+        let group =
+            self.inner.group(shard).ok_or_else(|| ReadError::Invalid(format!("shard {shard} does not exist")))?;
+        let answer = group
+            .actor
+            .send(Read::new(move |state| {
+                let applied_index = state.last_applied().map(|id| id.index);
+                (read(state), applied_index)
+            }))
+            .await
+            .map_err(|_| ReadError::ShuttingDown)?;
+        let (value, applied_index) = answer.0;
+        Ok(Stale { value, applied_index })
+    }
+
+    async fn read_index(&self, group: &Group) -> Result<Option<u64>, ReadError> {
+        let inner = &self.inner;
+        let shard = group.shard;
+        let deadline = Instant::now() + Duration::from_millis(inner.config.retry_window_ms);
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            if inner.shut_down.load(Ordering::Acquire) {
+                return Err(ReadError::ShuttingDown);
+            }
+            match group.raft.current_leader().await {
+                Some(leader) if leader == inner.id => {
+                    let confirm = group.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+                    if let Ok(Ok(read)) = tokio::time::timeout(inner.rpc_timeout(), confirm).await {
+                        return Ok(Some(read.index()));
+                    }
+                }
+                Some(leader) => {
+                    let request = Request::ReadIndex { group: shard };
+                    if let Ok(Response::ReadIndex { index }) =
+                        inner.transport.call(leader, &request, inner.rpc_timeout()).await
+                    {
+                        return Ok(index);
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Events applied by the shards this node leads, named, in log order per
+    /// shard. A subscriber that falls `event_buffer_max` behind misses events
+    /// (it sees `Lagged`) rather than slowing the shards.
+    pub fn events(&self) -> broadcast::Receiver<EventRecord> {
+        self.inner.events.subscribe()
+    }
+
+    /// Nodes, and per shard: leader, term, indexes and follower lag.
+    pub fn status(&self) -> ClusterStatus {
+        let mut nodes = BTreeMap::new();
+        let mut shards = Vec::with_capacity(self.inner.groups.len());
+        for group in &self.inner.groups {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            for (id, node) in membership.nodes() {
+                nodes.insert(*id, node.addr.clone());
+            }
+            let last = metrics.last_log_index.unwrap_or(0);
+            let lag = metrics
+                .replication
+                .as_ref()
+                .map(|replication| {
+                    replication
+                        .iter()
+                        .map(|(id, matched)| (*id, last.saturating_sub(matched.as_ref().map_or(0, |m| m.index))))
+                        .collect()
+                })
+                .unwrap_or_default();
+            shards.push(ShardStatus {
+                shard: group.shard,
+                leader: metrics.current_leader,
+                role: format!("{:?}", metrics.state),
+                term: metrics.current_term,
+                last_log_index: metrics.last_log_index,
+                committed_index: metrics.local_committed.as_ref().map(|id| id.index),
+                applied_index: metrics.last_applied.as_ref().map(|id| id.index),
+                snapshot_index: metrics.snapshot.as_ref().map(|id| id.index),
+                purged_index: metrics.purged.as_ref().map(|id| id.index),
+                lag,
+                voters: membership.voter_ids().collect(),
+                learners: membership.learner_ids().collect(),
+            });
+        }
+        ClusterStatus { node_id: self.inner.id, nodes, shards }
+    }
+
+    /// Counters summed over this node's shards.
+    pub fn stats(&self) -> NodeStats {
+        let mut stats = NodeStats::default();
+        for group in &self.inner.groups {
+            let proposer: &ProposerStats = &group.proposer.stats;
+            stats.entries_proposed += proposer.entries.load(Ordering::Relaxed);
+            stats.commands_proposed += proposer.commands.load(Ordering::Relaxed);
+            stats.ticks_proposed += proposer.ticks.load(Ordering::Relaxed);
+            let wal = group.log.wal_stats();
+            stats.fsyncs += wal.syncs;
+            stats.fsync_us_total += wal.sync_us_total;
+        }
+        stats
+    }
+
+    /// State digest of each shard as this node has applied it, with the
+    /// applied index (replicas that applied the same log agree).
+    pub async fn digests(&self) -> Result<Vec<(Option<u64>, u128)>, ReadError> {
+        let mut digests = Vec::with_capacity(self.inner.groups.len());
+        for group in &self.inner.groups {
+            let answer = group
+                .actor
+                .send(Read::new(|state| (state.last_applied().map(|id| id.index), state.digest())))
+                .await
+                .map_err(|_| ReadError::ShuttingDown)?;
+            digests.push(answer.0);
+        }
+        Ok(digests)
+    }
+
+    /// Adds `node` (at `addr`) to every group as a learner and waits until
+    /// each has caught up. Admin operation; never automatic.
+    pub async fn add_learner(&self, node: NodeId, addr: String) -> Result<(), AdminError> {
+        if node == 0 {
+            return Err(AdminError::Invalid("node ids start at 1".into()));
+        }
+        self.inner.transport.set_peer(node, addr.clone());
+        self.admin_all(AdminOp::AddLearner { node, addr }).await
+    }
+
+    /// Makes `voters` the voter set of every group (joint consensus inside
+    /// openraft). With `retain`, removed voters stay as learners.
+    pub async fn change_voters(&self, voters: Vec<NodeId>, retain: bool) -> Result<(), AdminError> {
+        if voters.is_empty() {
+            return Err(AdminError::Invalid("a group needs at least one voter".into()));
+        }
+        self.admin_all(AdminOp::ChangeVoters { voters, retain }).await
+    }
+
+    /// Removes `node` from every group: from the voters, then as a learner.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), AdminError> {
+        for group in &self.inner.groups {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            let voters: Vec<NodeId> =
+                metrics.membership_config.membership().voter_ids().filter(|id| *id != node).collect();
+            if voters.is_empty() {
+                return Err(AdminError::Invalid(format!("removing {node} would leave shard {} no voter", group.shard)));
+            }
+            self.admin_one(group.shard, AdminOp::ChangeVoters { voters, retain: false }).await?;
+        }
+        Ok(())
+    }
+
+    async fn admin_all(&self, op: AdminOp) -> Result<(), AdminError> {
+        for shard in 0..self.inner.config.shards {
+            self.admin_one(shard, op.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn admin_one(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
+        let inner = &self.inner;
+        let group = inner.group(shard).ok_or_else(|| AdminError::Invalid(format!("shard {shard} does not exist")))?;
+        let deadline = Instant::now() + Duration::from_millis(inner.config.retry_window_ms);
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            match group.raft.current_leader().await {
+                Some(leader) if leader == inner.id => {
+                    return apply_admin(&group.raft, op).await.map_err(|reason| AdminError::Failed { shard, reason });
+                }
+                Some(leader) => {
+                    let request = Request::Admin { group: shard, op: op.clone() };
+                    // Catching a learner up can take a while: a longer timeout.
+                    match inner.transport.call(leader, &request, inner.rpc_timeout() * 15).await {
+                        Ok(Response::AdminDone) => return Ok(()),
+                        Ok(Response::Refused(reason)) => return Err(AdminError::Failed { shard, reason }),
+                        _ => {}
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(AdminError::Unavailable { shard });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Stops the node: peers see it go at once; Raft groups, proposers and
+    /// shard actors stop. Durable state stays on disk for a restart.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        inner.transport.shutdown();
+        for task in inner.tasks.lock().drain(..) {
+            task.abort();
+        }
+        for group in &inner.groups {
+            let _ = group.raft.shutdown().await;
+        }
+        let pool = inner.pool.lock().take();
+        if let Some(pool) = pool {
+            // Joining the actor threads blocks; keep it off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
+        }
+    }
+
+    fn next_request_id(&self) -> RequestId {
+        let seq = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.inner.request_prefix);
+        bytes[8..].copy_from_slice(&seq.to_le_bytes());
+        RequestId(bytes)
+    }
+}
+
+fn xor_fold(value: u128) -> u32 {
+    let mut folded = 0u32;
+    for chunk in value.to_le_bytes().chunks(4) {
+        let mut word = [0u8; 4];
+        word.copy_from_slice(chunk);
+        folded ^= u32::from_le_bytes(word);
+    }
+    folded
+}
+
+impl Inner {
+    fn group(&self, shard: u32) -> Option<&Group> {
+        self.groups.get(shard as usize)
+    }
+
+    fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.rpc_timeout_ms)
+    }
+}
+
+async fn apply_admin(raft: &Raft, op: AdminOp) -> Result<(), String> {
+    match op {
+        AdminOp::AddLearner { node, addr } => {
+            raft.add_learner(node, PeerNode { addr }, true).await.map(|_| ()).map_err(|e| e.to_string())
+        }
+        AdminOp::ChangeVoters { voters, retain } => {
+            let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Keeps `is_leader` true exactly while this node leads the group.
+async fn watch_leadership(raft: Raft, id: NodeId, is_leader: Arc<AtomicBool>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let leading = {
+            let m = metrics.borrow_and_update();
+            m.state == ServerState::Leader && m.current_leader == Some(id)
+        };
+        is_leader.store(leading, Ordering::Release);
+        if metrics.changed().await.is_err() {
+            is_leader.store(false, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// Initializes the groups this node is preferred for, unless a peer already
+/// has them (this node's data was wiped: it must rejoin, not start anew).
+async fn bootstrap(node: Node) {
+    let inner = &node.inner;
+    let members: BTreeMap<NodeId, PeerNode> =
+        inner.config.members.iter().map(|m| (m.id, PeerNode { addr: m.addr.clone() })).collect();
+    if !members.contains_key(&inner.id) {
+        return;
+    }
+    let voters: Vec<NodeId> = members.keys().copied().collect();
+    for group in &inner.groups {
+        if ClusterConfig::preferred_leader(&voters, group.shard) != Some(inner.id) {
+            continue;
+        }
+        if group.raft.is_initialized().await.unwrap_or(true) {
+            continue;
+        }
+        let mut known_elsewhere = false;
+        for peer in voters.iter().filter(|peer| **peer != inner.id) {
+            let probe = Request::Probe { group: group.shard };
+            if let Ok(Response::Probe { initialized: true }) =
+                inner.transport.call(*peer, &probe, inner.rpc_timeout()).await
+            {
+                known_elsewhere = true;
+                break;
+            }
+        }
+        if known_elsewhere {
+            tracing::info!(shard = group.shard, "group exists on a peer; waiting to be caught up");
+            continue;
+        }
+        if let Err(error) = group.raft.initialize(members.clone()).await {
+            tracing::warn!(shard = group.shard, %error, "initialize failed");
+        }
+    }
+}
+
+/// Hands each group back to its preferred leader when that node is a caught
+/// up voter, so leaders stay spread after a node returns.
+async fn rebalance(inner: std::sync::Weak<Inner>) {
+    let interval = match inner.upgrade() {
+        Some(inner) => Duration::from_millis(inner.config.rebalance_interval_ms),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        for group in &inner.groups {
+            if !group.is_leader.load(Ordering::Acquire) {
+                continue;
+            }
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+            let Some(preferred) = ClusterConfig::preferred_leader(&voters, group.shard) else {
+                continue;
+            };
+            if preferred == inner.id {
+                continue;
+            }
+            let last = metrics.last_log_index.unwrap_or(0);
+            let caught_up = metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(&preferred).cloned())
+                .flatten()
+                .is_some_and(|matched| last.saturating_sub(matched.index) <= 16);
+            if caught_up {
+                tracing::info!(shard = group.shard, to = preferred, "handing leadership to its preferred node");
+                let _ = group.raft.trigger().transfer_leader(preferred).await;
+            }
+        }
+    }
+}
+
+/// Answers peers' requests.
+struct Service {
+    node: std::sync::Weak<Inner>,
+}
+
+impl Handler for Service {
+    fn handle(
+        &self,
+        from: NodeId,
+        request: Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + 'static>> {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let Some(inner) = node.upgrade() else {
+                return Response::Unavailable("node is shutting down".into());
+            };
+            if inner.shut_down.load(Ordering::Acquire) {
+                return Response::Unavailable("node is shutting down".into());
+            }
+            let shard = request.group();
+            let Some(group) = inner.group(shard) else {
+                return Response::Refused(format!("shard {shard} does not exist here"));
+            };
+            serve(&inner, group, from, request).await
+        })
+    }
+}
+
+async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request) -> Response {
+    let raft = &group.raft;
+    match request {
+        Request::AppendEntries { vote, prev_log_id, entries, leader_commit, .. } => {
+            let entries: Result<Vec<_>, _> = entries.into_iter().map(entry_from_engine).collect();
+            let entries = match entries {
+                Ok(entries) => entries,
+                Err(error) => return Response::Refused(error.to_string()),
+            };
+            let rpc = AppendEntriesRequest {
+                vote: vote_from_engine(vote),
+                prev_log_id: prev_log_id.map(log_id_from_engine),
+                entries,
+                leader_commit: leader_commit.map(log_id_from_engine),
+            };
+            match raft.append_entries(rpc).await {
+                Ok(response) => Response::AppendEntries(match response {
+                    AppendEntriesResponse::Success => AppendResult::Success,
+                    AppendEntriesResponse::PartialSuccess(last) => {
+                        AppendResult::PartialSuccess(last.as_ref().map(log_id_to_engine))
+                    }
+                    AppendEntriesResponse::Conflict => AppendResult::Conflict,
+                    AppendEntriesResponse::HigherVote(vote) => AppendResult::HigherVote(vote_to_engine(&vote)),
+                }),
+                Err(error) => Response::Unavailable(error.to_string()),
+            }
+        }
+        Request::Vote { pre_vote, vote, last_log_id, leadership_transfer, .. } => {
+            let rpc = VoteRequest {
+                vote: vote_from_engine(vote),
+                last_log_id: last_log_id.map(log_id_from_engine),
+                leadership_transfer,
+            };
+            let answer = if pre_vote { raft.pre_vote(rpc).await } else { raft.vote(rpc).await };
+            match answer {
+                Ok(response) => Response::Vote {
+                    vote: vote_to_engine(&response.vote),
+                    vote_granted: response.vote_granted,
+                    last_log_id: response.last_log_id.as_ref().map(log_id_to_engine),
+                },
+                Err(error) => Response::Unavailable(error.to_string()),
+            }
+        }
+        Request::SnapshotChunk { group: shard, transfer, offset, data, done } => {
+            receive_snapshot_chunk(inner, raft, from, shard, transfer, offset, data, done).await
+        }
+        Request::TransferLeader { from_leader, to, last_log_id, .. } => {
+            let request =
+                TransferLeaderRequest::new(vote_from_engine(from_leader), to, last_log_id.map(log_id_from_engine));
+            match raft.handle_transfer_leader(request).await {
+                Ok(Ok(())) => Response::TransferLeader(Ok(())),
+                Ok(Err(error)) => Response::TransferLeader(Err(error.to_string())),
+                Err(error) => Response::Unavailable(error.to_string()),
+            }
+        }
+        Request::Submit { commands, request_ids, .. } => {
+            if commands.len() != request_ids.len() {
+                return Response::Refused("one request id per command".into());
+            }
+            let proposals = commands
+                .into_iter()
+                .zip(request_ids)
+                .map(|(command, request_id)| group.proposer.propose(command, request_id));
+            let results = futures_util::future::join_all(proposals).await;
+            let mut outcomes = Vec::with_capacity(results.len());
+            for result in results {
+                match result {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(ProposeError::NotLeader(_)) => {
+                        return Response::NotLeader { leader: raft.current_leader().await };
+                    }
+                    Err(ProposeError::Overloaded) => return Response::Overloaded,
+                    Err(ProposeError::Unknown(reason)) => return Response::Unknown(reason),
+                    Err(ProposeError::Closed) => return Response::Unavailable("node is shutting down".into()),
+                }
+            }
+            Response::Submitted(outcomes)
+        }
+        Request::ReadIndex { .. } => {
+            if !group.is_leader.load(Ordering::Acquire) {
+                return Response::NotLeader { leader: raft.current_leader().await };
+            }
+            let confirm = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            match tokio::time::timeout(inner.rpc_timeout(), confirm).await {
+                Ok(Ok(read)) => Response::ReadIndex { index: Some(read.index()) },
+                _ => Response::NotLeader { leader: raft.current_leader().await },
+            }
+        }
+        Request::Admin { op, .. } => {
+            if !group.is_leader.load(Ordering::Acquire) {
+                return Response::NotLeader { leader: raft.current_leader().await };
+            }
+            match apply_admin(raft, op).await {
+                Ok(()) => Response::AdminDone,
+                Err(reason) => Response::Refused(reason),
+            }
+        }
+        Request::Probe { .. } => Response::Probe { initialized: raft.is_initialized().await.unwrap_or(false) },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_snapshot_chunk(
+    inner: &Arc<Inner>,
+    raft: &Raft,
+    from: NodeId,
+    shard: u32,
+    transfer: u64,
+    offset: u64,
+    data: Vec<u8>,
+    done: Option<SnapshotDone>,
+) -> Response {
+    let size_max = inner.config.snapshot_size_max;
+    let image = {
+        let mut inbound = inner.inbound.lock();
+        let entry = inbound.entry((from, shard)).or_insert_with(|| Inbound { transfer, image: Vec::new() });
+        if entry.transfer != transfer {
+            // A new transfer from the same leader replaces an abandoned one.
+            *entry = Inbound { transfer, image: Vec::new() };
+        }
+        if offset != entry.image.len() as u64 {
+            let expected = entry.image.len();
+            inbound.remove(&(from, shard));
+            return Response::Refused(format!("snapshot chunk at {offset}, expected {expected}"));
+        }
+        if entry.image.len() as u64 + data.len() as u64 > size_max {
+            inbound.remove(&(from, shard));
+            return Response::Refused(format!("snapshot larger than snapshot_size_max ({size_max} bytes)"));
+        }
+        entry.image.extend_from_slice(&data);
+        if done.is_none() {
+            return Response::SnapshotChunkStored;
+        }
+        inbound.remove(&(from, shard)).map(|inbound| inbound.image).unwrap_or_default()
+    };
+    let Some(done) = done else {
+        return Response::SnapshotChunkStored;
+    };
+    if image.len() as u64 != done.total_len {
+        return Response::Refused(format!("snapshot is {} bytes, expected {}", image.len(), done.total_len));
+    }
+    let membership = if done.membership.is_empty() {
+        openraft::StoredMembership::default()
+    } else {
+        match MembershipImage::decode(&done.membership) {
+            Ok(membership) => {
+                openraft::StoredMembership::new(done.membership_log_id.map(log_id_from_engine), membership)
+            }
+            Err(error) => return Response::Refused(error.to_string()),
+        }
+    };
+    let meta = SnapshotMeta { last_log_id: done.last_log_id.map(log_id_from_engine), last_membership: membership };
+    let snapshot = Snapshot { meta, snapshot: image };
+    match raft.install_full_snapshot(vote_from_engine(done.vote), snapshot).await {
+        Ok(response) => Response::SnapshotInstalled { vote: vote_to_engine(&response.vote) },
+        Err(error) => Response::Unavailable(error.to_string()),
+    }
+}

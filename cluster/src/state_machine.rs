@@ -1,0 +1,195 @@
+//! `RaftStateMachine` on the shard actor: committed entries are applied by
+//! the actor that owns the shard's state, snapshots are the engine's.
+//!
+//! openraft hands over committed entries as a stream; this module gathers
+//! what is ready into one `Apply` message, so a burst of commits costs one
+//! mailbox round trip. Each entry's `Applied` (one outcome per command, and
+//! the events) goes back to the proposer that wrote it. On the group's leader
+//! the events are also published, named, to the node's event stream.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::Addr;
+use engine::actor::{Apply, Install, Read, ShardActor, TakeSnapshot};
+use engine::snapshot::{SnapshotFile, SnapshotStore, read_image};
+use engine::{EventRecord, LogEntry, SnapshotError};
+use futures_util::StreamExt;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::OptionalSend;
+use tokio::sync::{broadcast, watch};
+
+use crate::types::{
+    LogId, RaftStoredMembership, Snapshot, SnapshotImage, SnapshotMeta, TypeConfig, entry_to_engine,
+    log_id_from_engine, stored_membership_from_engine,
+};
+
+/// Where a group's events go, and whether this node may publish them.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    /// True while this node leads the group; only leaders publish (DESIGN §7).
+    pub is_leader: Arc<AtomicBool>,
+    pub events: broadcast::Sender<EventRecord>,
+}
+
+/// One shard's state machine: its actor and its snapshot directory.
+#[derive(Clone)]
+pub struct StateMachine {
+    shard: u32,
+    actor: Addr<ShardActor>,
+    snapshots: SnapshotStore,
+    publisher: Publisher,
+    /// Log time of the next hold deadline, for the proposer's ticks.
+    next_deadline_ms: Arc<watch::Sender<Option<u64>>>,
+}
+
+impl StateMachine {
+    pub fn new(
+        shard: u32,
+        actor: Addr<ShardActor>,
+        snapshots: SnapshotStore,
+        publisher: Publisher,
+        next_deadline_ms: Arc<watch::Sender<Option<u64>>>,
+    ) -> Self {
+        Self { shard, actor, snapshots, publisher, next_deadline_ms }
+    }
+}
+
+fn mailbox_error(error: actix::MailboxError) -> io::Error {
+    io::Error::other(format!("shard actor is gone: {error}"))
+}
+
+fn snapshot_error(error: SnapshotError) -> io::Error {
+    match error {
+        SnapshotError::Io { source, .. } => source,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+fn meta_of(file_meta: &engine::snapshot::SnapshotMeta) -> io::Result<SnapshotMeta> {
+    Ok(SnapshotMeta {
+        last_log_id: file_meta.last_applied.map(log_id_from_engine),
+        last_membership: stored_membership_from_engine(file_meta.membership.as_ref())?,
+    })
+}
+
+async fn load_snapshot(file: SnapshotFile) -> io::Result<Snapshot> {
+    let meta = meta_of(&file.meta)?;
+    let path = file.path.clone();
+    let image = tokio::task::spawn_blocking(move || read_image(&path))
+        .await
+        .map_err(io::Error::other)?
+        .map_err(snapshot_error)?;
+    Ok(Snapshot { meta, snapshot: image })
+}
+
+/// Builds a snapshot: the actor serialises its state (the shard pauses only
+/// for that), then a blocking task writes it durably.
+pub struct SnapshotBuilder {
+    actor: Addr<ShardActor>,
+    snapshots: SnapshotStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotImage;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let bytes = self.actor.send(TakeSnapshot).await.map_err(mailbox_error)?.map_err(snapshot_error)?;
+        let store = self.snapshots.clone();
+        let file = tokio::task::spawn_blocking(move || store.save_parts(&bytes.meta, &bytes.state))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(snapshot_error)?;
+        load_snapshot(file).await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotImage;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, RaftStoredMembership), io::Error> {
+        let answer = self
+            .actor
+            .send(Read::new(|state| (state.last_applied(), state.membership().cloned())))
+            .await
+            .map_err(mailbox_error)?;
+        let (last, membership) = answer.0;
+        Ok((last.map(log_id_from_engine), stored_membership_from_engine(membership.as_ref())?))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch: Vec<LogEntry> = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            batch.push(entry_to_engine(entry));
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let describe_events = self.publisher.is_leader.load(Ordering::Acquire);
+        // Both messages are queued before either is awaited: the mailbox is
+        // FIFO, so the read sees the state after the apply, at no extra wait.
+        let apply = self.actor.send(Apply { entries: batch, describe_events });
+        let deadline = self.actor.send(Read::new(|state| state.next_deadline_ms()));
+        let (applied, deadline) = futures_util::future::join(apply, deadline).await;
+        let applied = applied.map_err(mailbox_error)?.map_err(|error| io::Error::other(error.to_string()))?;
+        if let Ok(deadline) = deadline {
+            self.next_deadline_ms.send_replace(deadline.0);
+        }
+        for record in applied.records {
+            // No subscriber is not an error: events are also in the log.
+            let _ = self.publisher.events.send(record);
+        }
+        debug_assert_eq!(applied.applied.len(), responders.len());
+        for (result, responder) in applied.applied.into_iter().zip(responders) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { actor: self.actor.clone(), snapshots: self.snapshots.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, image: SnapshotImage) -> Result<(), io::Error> {
+        let store = self.snapshots.clone();
+        let (file, state) = tokio::task::spawn_blocking(move || store.install(&image))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(snapshot_error)?;
+        if file.meta.shard != self.shard {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot of shard {} offered to shard {}", file.meta.shard, self.shard),
+            ));
+        }
+        if meta_of(&file.meta)?.last_log_id != meta.last_log_id {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot image does not match its meta"));
+        }
+        let deadline = state.next_deadline_ms();
+        self.actor.send(Install(Box::new(state))).await.map_err(mailbox_error)?;
+        self.next_deadline_ms.send_replace(deadline);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let store = self.snapshots.clone();
+        let latest = tokio::task::spawn_blocking(move || store.latest())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(snapshot_error)?;
+        match latest {
+            Some(file) => load_snapshot(file).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}

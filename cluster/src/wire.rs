@@ -1,0 +1,159 @@
+//! What peers say to each other: every message the transport carries, as
+//! rkyv types.
+//!
+//! Raft RPCs are mirrored field for field from openraft's types (which have
+//! no rkyv support) and tagged with their group, the shard. Entries travel as
+//! the engine's `LogEntry`, the same archive the WAL writes. The rest is the
+//! node-to-node service: forwarded commands, read index, admin operations
+//! and a probe used at bootstrap.
+
+use engine::ids::RequestId;
+use engine::log::{LogEntry, LogId as EngineLogId, Vote as EngineVote};
+use engine::{Command, Outcome};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// A request from one node to another.
+#[derive(Clone, Debug, Archive, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries {
+        group: u32,
+        vote: EngineVote,
+        prev_log_id: Option<EngineLogId>,
+        entries: Vec<LogEntry>,
+        leader_commit: Option<EngineLogId>,
+    },
+    Vote {
+        group: u32,
+        pre_vote: bool,
+        vote: EngineVote,
+        last_log_id: Option<EngineLogId>,
+        leadership_transfer: bool,
+    },
+    /// One piece of a snapshot. Pieces of one transfer share `transfer`, are
+    /// sent in order and each is acknowledged before the next; the last
+    /// carries `done`, and only then does the receiver install it.
+    SnapshotChunk {
+        group: u32,
+        transfer: u64,
+        offset: u64,
+        data: Vec<u8>,
+        done: Option<SnapshotDone>,
+    },
+    TransferLeader {
+        group: u32,
+        from_leader: EngineVote,
+        to: NodeId,
+        last_log_id: Option<EngineLogId>,
+    },
+    /// Commands forwarded to the shard's leader, each with its request id.
+    Submit {
+        group: u32,
+        commands: Vec<Command>,
+        request_ids: Vec<RequestId>,
+    },
+    /// "Confirm you lead `group` and tell me the index to read at."
+    ReadIndex {
+        group: u32,
+    },
+    /// A membership change, forwarded to the group's leader.
+    Admin {
+        group: u32,
+        op: AdminOp,
+    },
+    /// "Is `group` initialized on you?" Asked at bootstrap so that a node
+    /// whose data was wiped does not initialize a group that already exists.
+    Probe {
+        group: u32,
+    },
+}
+
+impl Request {
+    pub fn group(&self) -> u32 {
+        match self {
+            Request::AppendEntries { group, .. }
+            | Request::Vote { group, .. }
+            | Request::SnapshotChunk { group, .. }
+            | Request::TransferLeader { group, .. }
+            | Request::Submit { group, .. }
+            | Request::ReadIndex { group }
+            | Request::Admin { group, .. }
+            | Request::Probe { group } => *group,
+        }
+    }
+}
+
+/// The end of a snapshot transfer: the leader's vote and what the snapshot
+/// covers.
+#[derive(Clone, Debug, Archive, Serialize, Deserialize)]
+pub struct SnapshotDone {
+    pub vote: EngineVote,
+    pub last_log_id: Option<EngineLogId>,
+    pub membership_log_id: Option<EngineLogId>,
+    /// `MembershipImage` bytes; empty when the snapshot has no membership.
+    pub membership: Vec<u8>,
+    pub total_len: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum AdminOp {
+    AddLearner {
+        node: NodeId,
+        addr: String,
+    },
+    /// Make exactly these nodes the voters; others stay as learners unless
+    /// `retain` is false.
+    ChangeVoters {
+        voters: Vec<NodeId>,
+        retain: bool,
+    },
+}
+
+/// An answer.
+#[derive(Clone, Debug, Archive, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(AppendResult),
+    Vote {
+        vote: EngineVote,
+        vote_granted: bool,
+        last_log_id: Option<EngineLogId>,
+    },
+    /// A chunk was stored (not the last).
+    SnapshotChunkStored,
+    /// The snapshot was installed; the receiver's vote.
+    SnapshotInstalled {
+        vote: EngineVote,
+    },
+    /// Leadership transfer accepted, or why not.
+    TransferLeader(Result<(), String>),
+    /// One outcome per submitted command, in order.
+    Submitted(Vec<Outcome>),
+    ReadIndex {
+        index: Option<u64>,
+    },
+    AdminDone,
+    Probe {
+        initialized: bool,
+    },
+    /// The shard's queue is full; nothing was proposed.
+    Overloaded,
+    /// Proposed, but whether it committed is not known (leadership moved).
+    Unknown(String),
+    /// This node does not lead the group; `leader` is its best guess.
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// The group does not exist here or the node is shutting down.
+    Unavailable(String),
+    /// The request was refused (too big, malformed, out of bounds).
+    Refused(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum AppendResult {
+    Success,
+    PartialSuccess(Option<EngineLogId>),
+    Conflict,
+    HigherVote(EngineVote),
+}

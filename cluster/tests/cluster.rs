@@ -1,0 +1,253 @@
+//! A real 3-node cluster in one process, over loopback sockets: routing,
+//! failover, catch-up, partitions, concurrency and expiry.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cluster::SubmitError;
+use common::*;
+use engine::Outcome;
+use engine::reservation::ReservationState;
+
+const SHARDS: u32 = 6;
+const SETTLE: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_is_a_one_member_cluster() {
+    let cluster = TestCluster::start(1, 2, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let node = cluster.node(1);
+    expect_ok(&node.submit(upsert("solo", "w1", 5)).await.unwrap_or_else(|e| panic!("submit: {e}")));
+    let shard = engine::shard_of("solo", 2);
+    let item = node.read(shard, |s| s.get_item("solo", "w1")).await.unwrap_or_else(|e| panic!("read: {e}"));
+    assert_eq!(item.map(|i| i.on_hand), Some(5));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
+    let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    for shard in 0..SHARDS {
+        let name = sku_on_shard(shard, SHARDS, "route");
+        for via in 1..=3u64 {
+            let outcome = cluster
+                .node(via)
+                .submit(upsert(&name, &format!("w{via}"), 10 * via))
+                .await
+                .unwrap_or_else(|e| panic!("submit via {via}: {e}"));
+            expect_ok(&outcome);
+        }
+        // A linearizable read on every node, leader or not, sees all three.
+        for via in 1..=3u64 {
+            let name_read = name.clone();
+            let total = cluster
+                .node(via)
+                .read(shard, move |s| s.sku_items(&name_read).items.iter().map(|i| i.on_hand).sum::<u64>())
+                .await
+                .unwrap_or_else(|e| panic!("read via {via}: {e}"));
+            assert_eq!(total, 60, "shard {shard} via node {via}");
+        }
+    }
+    cluster.converged_digests(SETTLE).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_are_spread_evenly_over_the_nodes() {
+    let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let mut led: BTreeMap<u64, u32> = BTreeMap::new();
+        for shard in cluster.node(1).status().shards {
+            *led.entry(shard.leader.unwrap_or(0)).or_default() += 1;
+        }
+        if led == BTreeMap::from([(1, 2), (2, 2), (3, 2)]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leaders not spread: {led:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_replaced_as_leader_and_catches_up_on_restart() {
+    let mut cluster = TestCluster::start(3, SHARDS, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let victim = cluster.leader_of(1, 0).unwrap_or_else(|| panic!("no leader"));
+    cluster.kill(victim).await;
+    let survivor = if victim == 1 { 2 } else { 1 };
+
+    // Every shard keeps taking writes through a survivor (the submit's own
+    // bounded retry covers the election).
+    for shard in 0..SHARDS {
+        let name = sku_on_shard(shard, SHARDS, "failover");
+        let outcome = cluster.node(survivor).submit(upsert(&name, "w1", 7)).await;
+        expect_ok(&outcome.unwrap_or_else(|e| panic!("shard {shard} after killing {victim}: {e}")));
+    }
+    cluster.restart(victim, false).await;
+    let digests = cluster.converged_digests(SETTLE).await;
+    assert!(digests.iter().all(|(applied, _)| applied.is_some()));
+    let name = sku_on_shard(0, SHARDS, "failover");
+    let seen = cluster.node(victim).read_stale(0, move |s| s.get_item(&name, "w1").map(|i| i.on_hand)).await;
+    assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")).value, Some(7));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rejoins_and_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start(3, 2, |config| {
+        config.snapshot_after_entries = 40;
+        config.log_entries_kept_after_snapshot = 5;
+    })
+    .await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let name = sku_on_shard(0, 2, "wipe");
+    for n in 0..150u64 {
+        let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w1", n)).await;
+        expect_ok(&outcome.unwrap_or_else(|e| panic!("write {n}: {e}")));
+    }
+    cluster.kill(3).await;
+    for n in 150..300u64 {
+        let outcome = cluster.node(1 + n % 2).submit(upsert(&name, "w1", n)).await;
+        expect_ok(&outcome.unwrap_or_else(|e| panic!("write {n}: {e}")));
+    }
+    cluster.restart(3, true).await;
+    cluster.converged_digests(SETTLE).await;
+    // The leader purged the log behind its snapshot, so node 3 can only have
+    // caught up by installing one.
+    let status = cluster.node(3).status();
+    assert!(status.shards[0].snapshot_index.is_some(), "no snapshot installed: {status:#?}");
+    let seen = cluster.node(3).read_stale(0, move |s| s.get_item(&name, "w1").map(|i| i.on_hand)).await;
+    assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")).value, Some(299));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_left_behind_the_purged_log_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start(3, 1, |config| {
+        config.snapshot_after_entries = 40;
+        config.log_entries_kept_after_snapshot = 5;
+    })
+    .await;
+    cluster.wait_for_leaders(SETTLE).await;
+    for n in 0..60u64 {
+        expect_ok(&cluster.node(1 + n % 3).submit(upsert("behind", "w1", n)).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let lagging = 1 + (cluster.leader_of(1, 0).unwrap_or(1) % 3);
+    cluster.kill(lagging).await;
+    let via = 1 + (lagging % 3);
+    for n in 60..300u64 {
+        expect_ok(&cluster.node(via).submit(upsert("behind", "w1", n)).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    // Its log ends where the leader's purged log began long ago.
+    cluster.restart(lagging, false).await;
+    cluster.converged_digests(SETTLE).await;
+    let status = cluster.node(lagging).status();
+    assert!(status.shards[0].snapshot_index.is_some_and(|index| index > 62), "no snapshot: {status:#?}");
+    let seen = cluster.node(lagging).read_stale(0, |s| s.get_item("behind", "w1").map(|i| i.on_hand)).await;
+    assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")).value, Some(299));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_old_leader_cannot_acknowledge_a_write() {
+    let cluster = TestCluster::start(3, 1, |config| config.retry_window_ms = 2_000).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let old = cluster.leader_of(1, 0).unwrap_or_else(|| panic!("no leader"));
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    for other in &others {
+        cluster.node(old).transport().faults().block(*other);
+        cluster.node(*other).transport().faults().block(old);
+    }
+    let lost = cluster.node(old).submit(upsert("partitioned", "w1", 1)).await;
+    assert!(
+        matches!(lost, Err(SubmitError::Unknown { .. } | SubmitError::Unavailable { .. })),
+        "old leader acknowledged a write it cannot commit: {lost:?}"
+    );
+    // The majority side elects a leader and takes writes.
+    let fresh = cluster.node(others[0]).submit(upsert("majority", "w1", 2)).await;
+    expect_ok(&fresh.unwrap_or_else(|e| panic!("majority write: {e}")));
+    for node in cluster.live() {
+        node.transport().faults().heal_all();
+    }
+    cluster.converged_digests(SETTLE).await;
+    let seen = cluster.node(old).read(0, |s| (s.get_item("partitioned", "w1"), s.get_item("majority", "w1"))).await;
+    let (lost, kept) = seen.unwrap_or_else(|e| panic!("read: {e}"));
+    assert!(lost.is_none(), "an unacknowledged minority write survived: {lost:?}");
+    assert_eq!(kept.map(|i| i.on_hand), Some(2));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_holds_on_one_sku_across_nodes_never_oversell() {
+    let cluster = TestCluster::start(3, 2, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    // Several rounds with different stock and demand: a small property run.
+    for (round, (stock, attempts, quantity)) in [(25u64, 120u64, 1u64), (40, 90, 2), (7, 60, 3)].into_iter().enumerate()
+    {
+        let name = format!("hot-{round}");
+        expect_ok(&cluster.node(1).submit(upsert(&name, "w1", stock)).await.unwrap_or_else(|e| panic!("{e}")));
+        let mut tasks = Vec::new();
+        for n in 0..attempts {
+            let node = cluster.node(1 + n % 3).clone();
+            let command = hold(rid(n + 1000 * round as u64, &name, 2), &name, "w1", quantity, 600_000);
+            tasks.push(tokio::spawn(async move { node.submit(command).await }));
+        }
+        let mut held = 0u64;
+        for task in tasks {
+            match task.await.unwrap_or_else(|e| panic!("join: {e}")) {
+                Ok(Outcome::Held { .. }) => held += 1,
+                Ok(Outcome::Refused(refusal)) => assert_eq!(refusal.code(), "insufficient_stock"),
+                other => panic!("unexpected: {other:?}"),
+            }
+        }
+        assert_eq!(held, stock / quantity, "round {round}: every unit sold once, none twice");
+        let shard = engine::shard_of(&name, 2);
+        let item = cluster.node(2).read(shard, move |s| s.get_item(&name, "w1")).await;
+        let item = item.unwrap_or_else(|e| panic!("read: {e}")).unwrap_or_else(|| panic!("item gone"));
+        assert_eq!(item.reserved, held * quantity);
+        assert!(item.reserved <= item.on_hand);
+    }
+    cluster.converged_digests(SETTLE).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_made_under_one_leader_expires_on_time_under_the_next() {
+    let mut cluster = TestCluster::start(3, 1, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let first = cluster.leader_of(1, 0).unwrap_or_else(|| panic!("no leader"));
+    let via = if first == 1 { 2 } else { 1 };
+    expect_ok(&cluster.node(via).submit(upsert("expiring", "w1", 3)).await.unwrap_or_else(|e| panic!("{e}")));
+    let id = rid(1, "expiring", 1);
+    let ttl_ms = 3_000;
+    let held = cluster.node(via).submit(hold(id, "expiring", "w1", 2, ttl_ms)).await;
+    let deadline_ms = match held.unwrap_or_else(|e| panic!("hold: {e}")) {
+        Outcome::Held { reservation, .. } => reservation.deadline_ms,
+        other => panic!("not held: {other:?}"),
+    };
+    cluster.kill(first).await;
+    // Nothing else is written: only the new leader's ticks can expire it.
+    let state = cluster.node(via).read(0, move |s| s.reservation(&id).map(|r| r.summary.state)).await;
+    assert_eq!(state.unwrap_or_else(|e| panic!("read: {e}")), Some(ReservationState::Held), "expired early");
+    let give_up = Instant::now() + Duration::from_millis(ttl_ms) + SETTLE;
+    loop {
+        let view = cluster.node(via).read(0, move |s| s.reservation(&id)).await;
+        let view = view.unwrap_or_else(|e| panic!("read: {e}")).unwrap_or_else(|| panic!("reservation gone"));
+        if view.summary.state == ReservationState::Expired {
+            let ended = view.summary.ended_at_ms.unwrap_or(0);
+            assert!(ended >= deadline_ms, "expired at {ended}, before its deadline {deadline_ms}");
+            break;
+        }
+        assert!(Instant::now() < give_up, "hold never expired under the new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let item = cluster.node(via).read(0, |s| s.get_item("expiring", "w1")).await;
+    assert_eq!(item.unwrap_or_else(|e| panic!("read: {e}")).map(|i| i.reserved), Some(0));
+    cluster.shutdown().await;
+}

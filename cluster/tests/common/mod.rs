@@ -1,0 +1,200 @@
+//! A real in-process cluster over loopback sockets, and command builders.
+// Node ids index a vector of 3; test code, not input.
+#![allow(clippy::cast_possible_truncation)]
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use cluster::{ClusterConfig, Member, Node, NodeId};
+use engine::cmd::{AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
+use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
+use engine::{Outcome, shard_of};
+use tokio::net::TcpListener;
+
+pub fn sku(text: &str) -> Sku {
+    Sku::new(text).unwrap_or_else(|error| panic!("bad test SKU {text}: {error}"))
+}
+
+pub fn wh(text: &str) -> Warehouse {
+    Warehouse::new(text).unwrap_or_else(|error| panic!("bad test warehouse {text}: {error}"))
+}
+
+pub fn upsert(sku_text: &str, warehouse: &str, on_hand: u64) -> Command {
+    Command::UpsertItem(UpsertItem {
+        sku: sku(sku_text),
+        warehouse: wh(warehouse),
+        on_hand: Some(on_hand),
+        low_stock_threshold: Some(0),
+        name: AttrUpdate::Keep,
+        unit_price_minor: AttrUpdate::Keep,
+        expect: Expect::Any,
+        principal: None,
+    })
+}
+
+/// A reservation id homed on the SKU's shard, unique per `n`.
+pub fn rid(n: u64, sku_text: &str, shards: u32) -> ReservationId {
+    let mut unique = [0u8; 14];
+    unique[..8].copy_from_slice(&n.to_be_bytes());
+    let home = u16::try_from(shard_of(sku_text, shards)).unwrap_or_else(|e| panic!("shard: {e}"));
+    ReservationId::from_parts(home, unique)
+}
+
+pub fn hold(id: ReservationId, sku_text: &str, warehouse: &str, quantity: u64, ttl_ms: u64) -> Command {
+    Command::Hold(Hold {
+        id,
+        lines: vec![HoldLine {
+            sku: sku(sku_text),
+            warehouse: wh(warehouse),
+            quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("quantity: {e}")),
+        }],
+        deadline: Deadline::AfterMs(ttl_ms),
+        idempotency_key: None,
+        confirm: false,
+    })
+}
+
+pub fn expect_ok(outcome: &Outcome) {
+    assert!(!outcome.is_refused(), "refused: {outcome:?}");
+}
+
+/// Settings that make elections quick on loopback.
+pub fn fast_config(node_id: NodeId, shards: u32, members: Vec<Member>, dir: &std::path::Path) -> ClusterConfig {
+    ClusterConfig {
+        node_id,
+        listen: members.iter().find(|m| m.id == node_id).map(|m| m.addr.clone()).unwrap_or_default(),
+        members,
+        shards,
+        data_dir: dir.to_path_buf(),
+        shard_threads: 1,
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 250,
+        election_timeout_max_ms: 500,
+        rpc_timeout_ms: 1_000,
+        retry_window_ms: 6_000,
+        rebalance_interval_ms: 500,
+        ..ClusterConfig::default()
+    }
+}
+
+pub struct TestCluster {
+    pub dirs: Vec<tempfile::TempDir>,
+    pub configs: Vec<ClusterConfig>,
+    pub nodes: Vec<Option<Node>>,
+}
+
+impl TestCluster {
+    /// Starts `size` nodes with `shards` shards each; `tune` adjusts every config.
+    pub async fn start(size: u64, shards: u32, tune: impl Fn(&mut ClusterConfig)) -> TestCluster {
+        let mut listeners = Vec::new();
+        let mut members = Vec::new();
+        for id in 1..=size {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+            let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string();
+            members.push(Member { id, addr });
+            listeners.push(listener);
+        }
+        let mut cluster = TestCluster { dirs: Vec::new(), configs: Vec::new(), nodes: Vec::new() };
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+            let mut config = fast_config(index as u64 + 1, shards, members.clone(), dir.path());
+            tune(&mut config);
+            let node = Node::start_on(config.clone(), listener).await.unwrap_or_else(|e| panic!("start node: {e}"));
+            cluster.dirs.push(dir);
+            cluster.configs.push(config);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        self.nodes[id as usize - 1].as_ref().unwrap_or_else(|| panic!("node {id} is down"))
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+
+    pub async fn kill(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Restarts node `id` on its old address and data (wiped first if asked).
+    pub async fn restart(&mut self, id: NodeId, wipe: bool) {
+        let config = self.configs[id as usize - 1].clone();
+        if wipe {
+            std::fs::remove_dir_all(&config.data_dir).unwrap_or_else(|e| panic!("wipe: {e}"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(&config.listen).await {
+                Ok(listener) => break listener,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("rebind {}: {error}", config.listen),
+            }
+        };
+        let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("restart node {id}: {e}"));
+        self.nodes[id as usize - 1] = Some(node);
+    }
+
+    /// Waits until every shard has a leader that every live node agrees on.
+    pub async fn wait_for_leaders(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses: Vec<_> = self.live().map(Node::status).collect();
+            let shards = statuses.first().map_or(0, |s| s.shards.len());
+            let agreed = (0..shards).all(|shard| {
+                let leader = statuses[0].shards[shard].leader;
+                leader.is_some()
+                    && self.nodes[leader.unwrap_or(1) as usize - 1].is_some()
+                    && statuses.iter().all(|s| s.shards[shard].leader == leader)
+            });
+            if agreed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no agreed leaders within {within:?}: {statuses:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Leader of `shard` as node `via` sees it.
+    pub fn leader_of(&self, via: NodeId, shard: u32) -> Option<NodeId> {
+        self.node(via).status().shards[shard as usize].leader
+    }
+
+    /// Waits until every live node applied the same index on every shard,
+    /// then returns their digests (equal state on every replica).
+    pub async fn converged_digests(&self, within: Duration) -> Vec<(Option<u64>, u128)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut all = Vec::new();
+            for node in self.live() {
+                all.push(node.digests().await.unwrap_or_else(|e| panic!("digests: {e}")));
+            }
+            if all.windows(2).all(|pair| pair[0] == pair[1]) {
+                return all.swap_remove(0);
+            }
+            assert!(Instant::now() < deadline, "replicas did not converge within {within:?}: {all:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.kill(id).await;
+        }
+    }
+}
+
+/// A SKU name that lands on `shard` of `shards`.
+pub fn sku_on_shard(shard: u32, shards: u32, salt: &str) -> String {
+    (0..100_000)
+        .map(|n| format!("sku-{salt}-{n}"))
+        .find(|name| shard_of(name, shards) == shard)
+        .unwrap_or_else(|| panic!("no SKU for shard {shard}"))
+}
