@@ -157,14 +157,21 @@ async fn fsyncs(cluster: &Cluster) -> (u64, u64) {
     cluster.nodes.iter().map(Node::stats).fold((0, 0), |(f, e), s| (f + s.fsyncs, e + s.entries_proposed))
 }
 
-async fn closed_loop(cluster: &Cluster, clients: usize, seconds: f64) -> Run {
+/// The node leading each shard, to send load straight to leaders.
+fn leaders(cluster: &Cluster) -> Vec<usize> {
+    cluster.nodes[0].status().shards.iter().map(|s| s.leader.map_or(0, |id| id as usize - 1)).collect()
+}
+
+async fn closed_loop(cluster: &Cluster, clients: usize, seconds: f64, at_leaders: bool) -> Run {
+    let leaders = Arc::new(leaders(cluster));
     let stop = Arc::new(AtomicBool::new(false));
     let sequence = Arc::new(AtomicU64::new(1));
     let (fsyncs_before, entries_before) = fsyncs(cluster).await;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
     for client in 0..clients {
-        let node = cluster.nodes[client % cluster.nodes.len()].clone();
+        let nodes = cluster.nodes.clone();
+        let leaders = Arc::clone(&leaders);
         let stop = Arc::clone(&stop);
         let sequence = Arc::clone(&sequence);
         tasks.push(tokio::spawn(async move {
@@ -172,6 +179,11 @@ async fn closed_loop(cluster: &Cluster, clients: usize, seconds: f64) -> Run {
             let mut committed = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let n = sequence.fetch_add(1, Ordering::Relaxed);
+                let node = if at_leaders {
+                    &nodes[leaders[shard_of(&sku_name(n % SKUS), SHARDS) as usize]]
+                } else {
+                    &nodes[client % nodes.len()]
+                };
                 let begun = Instant::now();
                 if let Ok(Outcome::Held { .. }) = node.submit(hold_command(n, n)).await {
                     committed += 1;
@@ -262,11 +274,15 @@ fn main() {
         for &nodes in &settings.node_counts {
             for &cap in &settings.batch_caps {
                 let cluster = start(nodes, cap).await;
-                let run = closed_loop(&cluster, settings.clients, settings.seconds).await;
+                let run = closed_loop(&cluster, settings.clients, settings.seconds, false).await;
                 assert!(run.committed > 0, "nothing committed");
                 println!("{}", row(&format!("{nodes} node(s), batch cap {cap}, {} clients", settings.clients), &run));
                 if nodes == 3 {
                     peak_three = peak_three.max(run.committed as f64 / run.seconds);
+                    let run = closed_loop(&cluster, settings.clients, settings.seconds, true).await;
+                    let label =
+                        format!("{nodes} nodes, batch cap {cap}, {} clients at shard leaders", settings.clients);
+                    println!("{}", row(&label, &run));
                 }
                 for node in cluster.nodes {
                     node.shutdown().await;

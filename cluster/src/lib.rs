@@ -13,10 +13,12 @@
 //! * `wire` — every message peers exchange.
 //! * `network` — openraft's network on the transport, shared by all groups.
 //! * `proposer` — per-shard batching of commands into log entries, and ticks.
+//! * `forwarder` — per-shard batching of commands forwarded to the leader.
 //! * `node` — the groups of a process and the API for the server layer.
 
 pub mod config;
 pub mod error;
+mod forwarder;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
 use crate::error::{AdminError, ProposeError, ReadError, StartError, SubmitError};
+use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
@@ -53,6 +54,7 @@ struct Group {
     shard: u32,
     raft: Raft,
     proposer: Proposer,
+    forwarder: Forwarder,
     actor: Addr<ShardActor>,
     is_leader: Arc<AtomicBool>,
     log: LogStore,
@@ -268,8 +270,19 @@ impl Node {
                 Arc::clone(&clock),
             );
             tasks.push(proposer_task);
+            let (forwarder, forwarder_task) = Forwarder::start(
+                transport.clone(),
+                ForwarderSettings {
+                    shard,
+                    batch_size_max: config.batch_size_max,
+                    in_flight_max: config.entries_in_flight_max,
+                    queue_max: config.queue_per_shard_max,
+                    timeout: Duration::from_millis(config.rpc_timeout_ms),
+                },
+            );
+            tasks.push(forwarder_task);
             tasks.push(tokio::spawn(watch_leadership(raft.clone(), id, Arc::clone(&is_leader))));
-            groups.push(Group { shard, raft, proposer, actor, is_leader, log });
+            groups.push(Group { shard, raft, proposer, forwarder, actor, is_leader, log });
         }
 
         let mut request_prefix = [0u8; 8];
@@ -398,29 +411,15 @@ impl Node {
                         Err(ProposeError::Unknown(reason)) => Some(reason),
                     }
                 }
-                Some(leader) => {
-                    let request = Request::Submit {
-                        group: shard,
-                        commands: vec![command.clone()],
-                        request_ids: vec![request_id],
-                    };
-                    match inner.transport.call(leader, &request, inner.rpc_timeout()).await {
-                        Ok(Response::Submitted(mut outcomes)) if outcomes.len() == 1 => {
-                            if let Some(outcome) = outcomes.pop() {
-                                return Ok(outcome);
-                            }
-                            None
-                        }
-                        Ok(Response::Overloaded) => {
-                            return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
-                        }
-                        Ok(Response::NotLeader { .. }) => None,
-                        Ok(Response::Unknown(reason)) => Some(reason),
-                        Ok(other) => Some(format!("leader {leader} answered {other:?}")),
-                        // The request may have reached the leader.
-                        Err(error) => Some(format!("forward to {leader}: {error}")),
+                Some(leader) => match group.forwarder.forward(leader, command.clone(), request_id).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(ForwardError::Overloaded) => {
+                        return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
                     }
-                }
+                    Err(ForwardError::Closed) => return Err(SubmitError::ShuttingDown),
+                    Err(ForwardError::NotLeader) => None,
+                    Err(ForwardError::Unknown(reason)) => Some(reason),
+                },
                 None => None,
             };
             if let Some(reason) = attempt {
@@ -906,19 +905,33 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
                 .zip(request_ids)
                 .map(|(command, request_id)| group.proposer.propose(command, request_id));
             let results = futures_util::future::join_all(proposals).await;
-            let mut outcomes = Vec::with_capacity(results.len());
+            let count = results.len();
+            let mut outcomes = Vec::with_capacity(count);
+            let mut failures = Vec::new();
             for result in results {
                 match result {
                     Ok(outcome) => outcomes.push(outcome),
-                    Err(ProposeError::NotLeader(_)) => {
-                        return Response::NotLeader { leader: raft.current_leader().await };
-                    }
-                    Err(ProposeError::Overloaded) => return Response::Overloaded,
-                    Err(ProposeError::Unknown(reason)) => return Response::Unknown(reason),
-                    Err(ProposeError::Closed) => return Response::Unavailable("node is shutting down".into()),
+                    Err(error) => failures.push(error),
                 }
             }
-            Response::Submitted(outcomes)
+            if failures.is_empty() {
+                return Response::Submitted(outcomes);
+            }
+            // "Nothing was proposed" is true only if it holds for every
+            // command; otherwise some may have applied, and the caller
+            // retries the batch under the same request ids (applied once).
+            if failures.len() == count {
+                if failures.iter().all(|f| matches!(f, ProposeError::NotLeader(_))) {
+                    return Response::NotLeader { leader: raft.current_leader().await };
+                }
+                if failures.iter().all(|f| matches!(f, ProposeError::Overloaded)) {
+                    return Response::Overloaded;
+                }
+                if failures.iter().all(|f| matches!(f, ProposeError::Closed)) {
+                    return Response::Unavailable("node is shutting down".into());
+                }
+            }
+            Response::Unknown(format!("{} of {count} commands got no outcome: {:?}", failures.len(), failures[0]))
         }
         Request::ReadIndex { .. } => {
             if !group.is_leader.load(Ordering::Acquire) {

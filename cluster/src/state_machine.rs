@@ -16,8 +16,8 @@ use engine::actor::{Apply, Install, Read, ShardActor, TakeSnapshot};
 use engine::snapshot::{SnapshotFile, SnapshotStore, read_image};
 use engine::{EventRecord, LogEntry, SnapshotError};
 use futures_util::StreamExt;
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::OptionalSend;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
 
 use crate::types::{
