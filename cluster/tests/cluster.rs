@@ -251,3 +251,46 @@ async fn a_hold_made_under_one_leader_expires_on_time_under_the_next() {
     assert_eq!(item.unwrap_or_else(|e| panic!("read: {e}")).map(|i| i.reserved), Some(0));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_are_explicit_admin_operations() {
+    let mut cluster = TestCluster::start(3, 2, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    expect_ok(&cluster.node(1).submit(upsert("members", "w1", 9)).await.unwrap_or_else(|e| panic!("{e}")));
+
+    // A fourth node knows the others but is not in their member list: it
+    // initializes nothing and waits to be added.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut config = cluster.configs[0].clone();
+    config.node_id = 4;
+    config.listen = addr.clone();
+    config.data_dir = dir.path().to_path_buf();
+    let fourth = cluster::Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start 4: {e}"));
+    assert!(fourth.status().shards.iter().all(|s| s.leader.is_none()), "node 4 joined by itself");
+
+    cluster.node(2).add_learner(4, addr).await.unwrap_or_else(|e| panic!("add learner: {e}"));
+    let status = cluster.node(1).status();
+    assert!(status.shards.iter().all(|s| s.learners.contains(&4)), "{status:#?}");
+
+    cluster.node(3).change_voters(vec![1, 2, 3, 4], false).await.unwrap_or_else(|e| panic!("promote: {e}"));
+    cluster.node(1).remove_node(1).await.unwrap_or_else(|e| panic!("remove: {e}"));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let status = fourth.status();
+        let done = status.shards.iter().all(|s| s.voters == vec![2, 3, 4] && s.leader.is_some_and(|l| l != 1));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "membership did not settle: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new voter serves linearizable reads of what was written before it joined.
+    let shard = engine::shard_of("members", 2);
+    let seen = fourth.read(shard, |s| s.get_item("members", "w1").map(|i| i.on_hand)).await;
+    assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")), Some(9));
+    fourth.shutdown().await;
+    cluster.kill(1).await;
+    cluster.shutdown().await;
+}
