@@ -271,8 +271,13 @@ async fn membership_changes_are_explicit_admin_operations() {
     assert!(fourth.status().shards.iter().all(|s| s.leader.is_none()), "node 4 joined by itself");
 
     cluster.node(2).add_learner(4, addr).await.unwrap_or_else(|e| panic!("add learner: {e}"));
-    let status = cluster.node(1).status();
-    assert!(status.shards.iter().all(|s| s.learners.contains(&4)), "{status:#?}");
+    // Every node learns the new membership from the log (a follower may be a
+    // heartbeat behind the leaders that committed it).
+    let deadline = Instant::now() + SETTLE;
+    while !cluster.live().all(|node| node.status().shards.iter().all(|s| s.learners.contains(&4))) {
+        assert!(Instant::now() < deadline, "learner not in every membership: {:#?}", cluster.node(1).status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     cluster.node(3).change_voters(vec![1, 2, 3, 4], false).await.unwrap_or_else(|e| panic!("promote: {e}"));
     cluster.node(1).remove_node(1).await.unwrap_or_else(|e| panic!("remove: {e}"));
