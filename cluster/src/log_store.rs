@@ -37,14 +37,15 @@ use crate::types::{
 #[derive(Clone, Debug)]
 pub struct LogStore {
     wal: Arc<Mutex<Wal>>,
-    reader: WalReader,
-    purge_pending: Arc<Mutex<Option<LogId>>>,
+    /// The same reader openraft's replication gets; it holds the logical
+    /// purge point the store moves.
+    reader: LogReader,
 }
 
 impl LogStore {
     pub fn new(wal: Wal) -> Self {
-        let reader = wal.reader();
-        Self { wal: Arc::new(Mutex::new(wal)), reader, purge_pending: Arc::new(Mutex::new(None)) }
+        let reader = LogReader { reader: wal.reader(), purge_pending: Arc::new(Mutex::new(None)) };
+        Self { wal: Arc::new(Mutex::new(wal)), reader }
     }
 
     /// Counters of the WAL's flusher (fsync rounds, callbacks, time).
@@ -132,12 +133,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let purged = *self.purge_pending.lock();
-        read_entries(&self.reader, purged.as_ref(), range)
+        self.reader.try_get_log_entries(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.reader.vote().map(vote_from_engine))
+        self.reader.read_vote().await
     }
 }
 
@@ -145,15 +145,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let state = self.reader.log_state();
-        let pending = *self.purge_pending.lock();
+        let state = self.reader.reader.log_state();
+        let pending = *self.reader.purge_pending.lock();
         let purged = state.purged.map(log_id_from_engine).max(pending);
         let last = state.last.map(log_id_from_engine).max(purged);
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader { reader: self.reader.clone(), purge_pending: Arc::clone(&self.purge_pending) }
+        self.reader.clone()
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
@@ -174,8 +174,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<LogEntry> = entries.into_iter().map(entry_to_engine).collect();
-        let wal = self.wal.lock();
-        wal_append(wal, &entries, callback)
+        let mut wal = self.wal.lock();
+        wal.append(&entries).map_err(to_io)?;
+        // The flusher thread calls back after the fsync that covers this append.
+        wal.flush(Box::new(move |result| callback.io_completed(result)));
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -184,14 +187,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let previous = {
-            let mut pending = self.purge_pending.lock();
+            let mut pending = self.reader.purge_pending.lock();
             if pending.as_ref().is_some_and(|pending| pending.index >= log_id.index) {
                 return Ok(());
             }
             // Purging to or past the end of the log (a snapshot installed
             // ahead of it) must happen now: the next append follows `log_id`,
             // and no replication reads from a log that ends before it.
-            let beyond_end = self.reader.log_state().last.is_none_or(|last| last.index <= log_id.index);
+            let beyond_end = self.reader.reader.log_state().last.is_none_or(|last| last.index <= log_id.index);
             if beyond_end {
                 *pending = Some(log_id);
                 drop(pending);
@@ -204,15 +207,4 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => Ok(()),
         }
     }
-}
-
-fn wal_append(
-    mut wal: parking_lot::MutexGuard<'_, Wal>,
-    entries: &[LogEntry],
-    callback: IOFlushed<TypeConfig>,
-) -> Result<(), io::Error> {
-    wal.append(entries).map_err(to_io)?;
-    // The flusher thread calls back after the fsync that covers this append.
-    wal.flush(Box::new(move |result| callback.io_completed(result)));
-    Ok(())
 }

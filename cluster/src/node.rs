@@ -133,6 +133,35 @@ pub struct NodeStats {
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
+/// The bounded retry of `submit`, `read` and admin operations: exponential
+/// backoff from 10 ms to 200 ms, for at most `retry_window_ms`.
+struct Retry {
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn new(window_ms: u64) -> Self {
+        Self { deadline: Instant::now() + Duration::from_millis(window_ms), backoff: BACKOFF_FIRST }
+    }
+
+    /// Time left in the window (at least the first backoff).
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now()).max(BACKOFF_FIRST)
+    }
+
+    /// Sleeps before the next attempt; false when the window has no room
+    /// left for one, and the caller gives up.
+    async fn pause(&mut self) -> bool {
+        if Instant::now() + self.backoff > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        true
+    }
+}
+
 fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
     data_dir.join(format!("shard-{shard:05}"))
 }
@@ -170,8 +199,8 @@ impl Node {
     /// Opens the data directory, starts every shard's actor and Raft group,
     /// listens for peers and starts bootstrap. Call inside a tokio runtime.
     pub async fn start(config: ClusterConfig) -> Result<Node, StartError> {
+        // Checked before binding, so a bad config is reported as such.
         config.validate().map_err(StartError::Config)?;
-        check_identity(&config)?;
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
@@ -382,8 +411,7 @@ impl Node {
     ) -> Result<Outcome, SubmitError> {
         let inner = &self.inner;
         let group = inner.group(shard).ok_or_else(|| SubmitError::Invalid(format!("shard {shard} does not exist")))?;
-        let deadline = Instant::now() + Duration::from_millis(inner.config.retry_window_ms);
-        let mut backoff = BACKOFF_FIRST;
+        let mut retry = Retry::new(inner.config.retry_window_ms);
         // Whether some attempt may have reached a log; then running out of
         // retries means "unknown", not "not applied".
         let mut maybe_applied: Option<String> = None;
@@ -396,9 +424,8 @@ impl Node {
                 Some(leader) if leader == inner.id => {
                     // A leader cut off from its majority cannot commit and may
                     // not notice at once: the wait is bounded by the window.
-                    let remaining = deadline.saturating_duration_since(Instant::now()).max(BACKOFF_FIRST);
                     let proposal = group.proposer.propose(command.clone(), request_id);
-                    let answer = tokio::time::timeout(remaining, proposal)
+                    let answer = tokio::time::timeout(retry.remaining(), proposal)
                         .await
                         .unwrap_or_else(|_| Err(ProposeError::Unknown("not committed within the retry window".into())));
                     match answer {
@@ -425,14 +452,12 @@ impl Node {
             if let Some(reason) = attempt {
                 maybe_applied = Some(reason);
             }
-            if Instant::now() + backoff > deadline {
+            if !retry.pause().await {
                 return Err(match maybe_applied {
                     Some(reason) => SubmitError::Unknown { shard, reason },
                     None => SubmitError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms },
                 });
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -480,8 +505,7 @@ impl Node {
     async fn read_index(&self, group: &Group) -> Result<Option<u64>, ReadError> {
         let inner = &self.inner;
         let shard = group.shard;
-        let deadline = Instant::now() + Duration::from_millis(inner.config.retry_window_ms);
-        let mut backoff = BACKOFF_FIRST;
+        let mut retry = Retry::new(inner.config.retry_window_ms);
         loop {
             if inner.shut_down.load(Ordering::Acquire) {
                 return Err(ReadError::ShuttingDown);
@@ -503,11 +527,9 @@ impl Node {
                 }
                 None => {}
             }
-            if Instant::now() + backoff > deadline {
+            if !retry.pause().await {
                 return Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms });
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -630,8 +652,7 @@ impl Node {
     async fn admin_one(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
         let inner = &self.inner;
         let group = inner.group(shard).ok_or_else(|| AdminError::Invalid(format!("shard {shard} does not exist")))?;
-        let deadline = Instant::now() + Duration::from_millis(inner.config.retry_window_ms);
-        let mut backoff = BACKOFF_FIRST;
+        let mut retry = Retry::new(inner.config.retry_window_ms);
         loop {
             match group.raft.current_leader().await {
                 Some(leader) if leader == inner.id => {
@@ -648,11 +669,9 @@ impl Node {
                 }
                 None => {}
             }
-            if Instant::now() + backoff > deadline {
+            if !retry.pause().await {
                 return Err(AdminError::Unavailable { shard });
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
