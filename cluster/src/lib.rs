@@ -31,4 +31,5 @@ pub mod wire;
 pub use config::{ClusterConfig, Member};
 pub use error::{AdminError, ReadError, StartError, SubmitError};
 pub use node::{ClusterStatus, Node, NodeStats, ShardStatus, Stale};
+pub use state_machine::NodeEvent;
 pub use types::NodeId;

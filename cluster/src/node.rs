@@ -26,7 +26,7 @@ use engine::actor::{Read, ShardActor, ShardPool};
 use engine::ids::RequestId;
 use engine::snapshot::SnapshotStore;
 use engine::wal::Wal;
-use engine::{Command, EventRecord, Limits, Outcome, ShardState, shard_of};
+use engine::{Command, Limits, Outcome, ShardState, shard_of};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
@@ -41,7 +41,7 @@ use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
-use crate::state_machine::{Publisher, StateMachine};
+use crate::state_machine::{NodeEvent, Publisher, StateMachine};
 use crate::transport::{Handler, Transport, TransportConfig};
 use crate::types::{
     MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_engine, log_id_from_engine,
@@ -72,7 +72,7 @@ struct Inner {
     transport: Transport,
     groups: Vec<Group>,
     pool: Mutex<Option<ShardPool>>,
-    events: broadcast::Sender<EventRecord>,
+    events: broadcast::Sender<NodeEvent>,
     clock: Arc<Clock>,
     /// Request ids: this node's id, a per-boot nonce, a counter.
     request_prefix: [u8; 8],
@@ -533,10 +533,10 @@ impl Node {
         }
     }
 
-    /// Events applied by the shards this node leads, named, in log order per
-    /// shard. A subscriber that falls `event_buffer_max` behind misses events
+    /// Every event this node applies, named and marked with whether this node
+    /// led the shard, in log order per shard. A subscriber that falls `event_buffer_max` behind misses events
     /// (it sees `Lagged`) rather than slowing the shards.
-    pub fn events(&self) -> broadcast::Receiver<EventRecord> {
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.inner.events.subscribe()
     }
 

@@ -25,12 +25,23 @@ use crate::types::{
     log_id_from_engine, stored_membership_from_engine,
 };
 
-/// Where a group's events go, and whether this node may publish them.
+/// An applied event as this node saw it. Every replica applies the same
+/// events with the same ids; `leader` says whether this node led the group
+/// when it applied them. Sinks with outside effects (webhooks, alert files)
+/// take only leader events (DESIGN §7); a live stream may take them all, so
+/// that any node can serve every shard's events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEvent {
+    pub record: EventRecord,
+    pub leader: bool,
+}
+
+/// Where a group's events go, and whether this node leads the group.
 #[derive(Clone, Debug)]
 pub struct Publisher {
-    /// True while this node leads the group; only leaders publish (DESIGN §7).
+    /// True while this node leads the group.
     pub is_leader: Arc<AtomicBool>,
-    pub events: broadcast::Sender<EventRecord>,
+    pub events: broadcast::Sender<NodeEvent>,
 }
 
 /// One shard's state machine: its actor and its snapshot directory.
@@ -133,7 +144,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let describe_events = self.publisher.is_leader.load(Ordering::Acquire);
+        let leader = self.publisher.is_leader.load(Ordering::Acquire);
+        // Naming events costs string copies: only when someone listens.
+        let describe_events = self.publisher.events.receiver_count() > 0;
         // Both messages are queued before either is awaited: the mailbox is
         // FIFO, so the read sees the state after the apply, at no extra wait.
         let apply = self.actor.send(Apply { entries: batch, describe_events });
@@ -145,7 +158,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         for record in applied.records {
             // No subscriber is not an error: events are also in the log.
-            let _ = self.publisher.events.send(record);
+            let _ = self.publisher.events.send(NodeEvent { record, leader });
         }
         debug_assert_eq!(applied.applied.len(), responders.len());
         for (result, responder) in applied.applied.into_iter().zip(responders) {

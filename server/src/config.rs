@@ -1,0 +1,445 @@
+//! The server's settings: one TOML file, every key overridable by a
+//! `TALLY_*` environment variable and the most used ones by flags.
+//!
+//! Layers, later wins: built-in defaults, the file, the environment, flags.
+//! An environment variable names a key by its path in the file, sections
+//! joined with `__`: `TALLY_SERVER__LISTEN=0.0.0.0:8080`,
+//! `TALLY_CLUSTER__SHARDS=16`. Its value is read as TOML (a number, a bool,
+//! an array) and, failing that, as a string.
+//!
+//! Every limit the server keeps is named here (STYLE.md: a bound on
+//! everything), with the cluster's under `[cluster]` and the replicated
+//! engine limits under `[engine]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cluster::{ClusterConfig, Member};
+use engine::Limits;
+use serde::{Deserialize, Serialize};
+
+/// Everything `tally serve` reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub api: ApiConfig,
+    pub auth: AuthConfig,
+    pub events: EventsConfig,
+    pub alerts: AlertsConfig,
+    pub cluster: ClusterConfig,
+    /// Proposed to every shard at start (they are replicated state).
+    pub engine: Limits,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the HTTP API listens.
+    pub listen: String,
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info` or `server=debug,info`.
+    pub log_level: String,
+    /// Largest request body.
+    pub body_bytes_max: usize,
+    /// A request that takes longer answers 503 `timeout`.
+    pub request_timeout_ms: u64,
+    /// On SIGTERM or ctrl-c, how long in-flight requests may still run.
+    pub shutdown_grace_ms: u64,
+    /// Origins allowed by CORS; empty means no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            body_bytes_max: 1 << 20,
+            request_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Bounds and defaults of the HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TTL of a hold when the request gives none.
+    pub ttl_seconds_default: u64,
+    /// Longest TTL a request may ask for (the engine's `hold_ttl_max_ms`
+    /// bounds it too).
+    pub ttl_seconds_max: u64,
+    /// Requests in one `POST /v1/reservations/batch`.
+    pub batch_requests_max: usize,
+    /// Lines in one availability question.
+    pub availability_lines_max: usize,
+    /// Largest page of `GET /v1/items`.
+    pub list_limit_max: u32,
+    /// Items a listing looks at per shard before answering a short page.
+    pub list_scan_max: u32,
+    /// Movements `history` returns at most.
+    pub history_limit_max: usize,
+    /// Attempts to allocate a line with no warehouse before answering 409
+    /// (the stock may move between reading and holding).
+    pub allocation_attempts_max: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            ttl_seconds_default: 600,
+            ttl_seconds_max: 86_400,
+            batch_requests_max: 1024,
+            availability_lines_max: 1000,
+            list_limit_max: 1000,
+            list_scan_max: 100_000,
+            history_limit_max: 255,
+            allocation_attempts_max: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads of items, reservations, events and the cluster.
+    Read,
+    /// Read, availability and reservations.
+    Reserve,
+    /// Everything.
+    Admin,
+}
+
+/// One API key, stored as the SHA-256 of the key (`tally hash-key`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who the key belongs to; recorded in histories and logs.
+    pub name: String,
+    pub role: Role,
+    /// Lowercase hex SHA-256 of the key.
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// With no keys, the server runs open (every request is admin) and
+    /// refuses to listen on anything but loopback.
+    pub keys: Vec<ApiKey>,
+    /// With keys, whether requests without one may still read (role `read`),
+    /// e.g. for a storefront widget.
+    pub anonymous_read: bool,
+    /// Requests per second per key (token bucket); 0 turns limiting off.
+    pub rate_per_second: u32,
+    /// Bucket size: the burst a key may send at once.
+    pub rate_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { keys: Vec::new(), anonymous_read: false, rate_per_second: 0, rate_burst: 1000 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events kept for `Last-Event-ID` resume and `GET /v1/alerts`.
+    pub retained_max: usize,
+    /// Alerts (threshold crossings) kept for `GET /v1/alerts`.
+    pub alerts_retained_max: usize,
+    /// Live `/v1/events` connections at once; more get 503.
+    pub subscribers_max: usize,
+    /// Seconds between SSE keep-alive comments.
+    pub keepalive_seconds: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { retained_max: 100_000, alerts_retained_max: 10_000, subscribers_max: 1_000, keepalive_seconds: 15 }
+    }
+}
+
+/// Where threshold crossings go besides the live stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Appends one JSON line per alert; empty for none.
+    pub file: Option<PathBuf>,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Key of the `X-Tally-Signature: sha256=<hex HMAC of the body>` header.
+    pub secret: String,
+    /// Alerts waiting for delivery; beyond it the oldest are dropped (and
+    /// counted), so a dead webhook never holds memory or slows writes.
+    pub queue_max: usize,
+    /// Attempts per alert before it is dropped (and counted).
+    pub attempts_max: u32,
+    /// First retry delay; doubles per attempt up to `backoff_max_ms`.
+    pub backoff_first_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Timeout of one delivery attempt.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: String::new(),
+            queue_max: 10_000,
+            attempts_max: 8,
+            backoff_first_ms: 100,
+            backoff_max_ms: 30_000,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Why the settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("bad settings: {0}")]
+    Invalid(String),
+}
+
+/// Flags of `tally serve` that override the file and environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub shards: Option<u32>,
+    pub node_id: Option<u64>,
+    pub peer_listen: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Defaults, then `file`, then `TALLY_*` variables from `env`, then
+    /// `overrides`; checked as a whole.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut shards_given = table.get("cluster").and_then(|c| c.get("shards")).is_some();
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("TALLY_") else { continue };
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            if keys.iter().any(String::is_empty) {
+                return Err(ConfigError::Invalid(format!("{name}: empty key in the name")));
+            }
+            if keys == ["cluster", "shards"] {
+                shards_given = true;
+            }
+            set_path(&mut table, &keys, parse_env_value(&value)).map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+        }
+        let mut config: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        if !shards_given {
+            config.cluster.shards = default_shards();
+        }
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, overrides: &Overrides) {
+        if let Some(listen) = &overrides.listen {
+            self.server.listen.clone_from(listen);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            self.cluster.data_dir.clone_from(dir);
+        }
+        if let Some(shards) = overrides.shards {
+            self.cluster.shards = shards;
+        }
+        if let Some(node_id) = overrides.node_id {
+            self.cluster.node_id = node_id;
+        }
+        if let Some(listen) = &overrides.peer_listen {
+            self.cluster.listen.clone_from(listen);
+        }
+        if let Some(format) = overrides.log_format {
+            self.server.log_format = format;
+        }
+        if let Some(level) = &overrides.log_level {
+            self.server.log_level.clone_from(level);
+        }
+        // A lone node that names no members is a one-member cluster.
+        if self.cluster.members.is_empty() {
+            self.cluster.members = vec![Member { id: self.cluster.node_id, addr: self.cluster.listen.clone() }];
+        }
+    }
+
+    /// Checks the settings together; says which one is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |text: String| Err(ConfigError::Invalid(text));
+        let listen: SocketAddr = match self.server.listen.parse() {
+            Ok(addr) => addr,
+            Err(e) => return invalid(format!("server.listen {:?}: {e}", self.server.listen)),
+        };
+        if self.auth.keys.is_empty() && !listen.ip().is_loopback() {
+            return invalid(format!(
+                "server.listen is {listen}, not loopback, and auth.keys is empty: \
+                 add API keys (tally hash-key) or listen on 127.0.0.1"
+            ));
+        }
+        for key in &self.auth.keys {
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return invalid(format!("auth.keys {:?}: sha256 must be 64 lowercase hex digits", key.name));
+            }
+            if key.name.is_empty() || key.name.len() > 64 {
+                return invalid("auth.keys: name must be 1 to 64 bytes".into());
+            }
+        }
+        if self.auth.rate_per_second > 0 && self.auth.rate_burst == 0 {
+            return invalid("auth.rate_burst must be at least 1 when rate_per_second is set".into());
+        }
+        let api = &self.api;
+        if api.ttl_seconds_default == 0 || api.ttl_seconds_default > api.ttl_seconds_max {
+            return invalid("api.ttl_seconds_default must be in 1..=ttl_seconds_max".into());
+        }
+        if api.ttl_seconds_max.saturating_mul(1000) > self.engine.hold_ttl_max_ms {
+            return invalid("api.ttl_seconds_max exceeds engine.hold_ttl_max_ms".into());
+        }
+        if api.batch_requests_max == 0
+            || api.availability_lines_max == 0
+            || api.list_limit_max == 0
+            || api.list_scan_max == 0
+            || api.history_limit_max == 0
+            || api.allocation_attempts_max == 0
+        {
+            return invalid("api limits must be at least 1".into());
+        }
+        if self.server.body_bytes_max < 1024 || self.server.request_timeout_ms == 0 {
+            return invalid("server.body_bytes_max must be at least 1024 and request_timeout_ms at least 1".into());
+        }
+        if self.events.retained_max == 0 || self.events.subscribers_max == 0 || self.events.keepalive_seconds == 0 {
+            return invalid("events limits must be at least 1".into());
+        }
+        for hook in &self.alerts.webhooks {
+            if !hook.url.starts_with("http://") {
+                return invalid(format!("alerts.webhooks url {:?}: only http:// is supported", hook.url));
+            }
+            if hook.secret.is_empty() || hook.queue_max == 0 || hook.attempts_max == 0 || hook.timeout_ms == 0 {
+                return invalid("alerts.webhooks: secret, queue_max, attempts_max and timeout_ms are required".into());
+            }
+        }
+        self.cluster.validate().map_err(|e| ConfigError::Invalid(format!("cluster: {e}")))?;
+        self.engine.validate().map_err(|e| ConfigError::Invalid(format!("engine: {e}")))?;
+        Ok(())
+    }
+}
+
+/// One shard per core: the shard actors are the CPU-bound part.
+fn default_shards() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+}
+
+fn parse_env_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = keys.split_last() else { return Err("no key".into()) };
+    let mut current = table;
+    for key in parents {
+        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => return Err(format!("{key} is not a section")),
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        Config::load(Some(&path), env, &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_a_loopback_single_node() {
+        let config = Config::load(None, Vec::new(), &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.server.listen, "127.0.0.1:8080");
+        assert_eq!(config.cluster.members.len(), 1);
+        assert_eq!(config.cluster.data_dir, PathBuf::from("data"));
+        assert!(config.cluster.shards >= 1);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_flags_override_both() {
+        let config = load(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[cluster]\nshards = 3\n",
+            &[("TALLY_CLUSTER__SHARDS", "5"), ("TALLY_SERVER__LOG_FORMAT", "json"), ("OTHER", "x")],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cluster.shards, 5);
+        assert_eq!(config.server.log_format, LogFormat::Json);
+        assert_eq!(config.server.listen, "127.0.0.1:9000");
+        let flags = Overrides { shards: Some(7), ..Overrides::default() };
+        let config = Config::load(None, vec![("TALLY_CLUSTER__SHARDS".into(), "5".into())], &flags)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cluster.shards, 7);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(load("[server]\nlisen = \"x\"\n", &[]).is_err());
+        assert!(load("[api]\nttl_seconds_default = 0\n", &[]).is_err());
+        assert!(load("", &[("TALLY_SERVER__NOPE", "1")]).is_err());
+    }
+
+    #[test]
+    fn an_open_server_refuses_to_listen_beyond_loopback() {
+        let error = load("[server]\nlisten = \"0.0.0.0:8080\"\n", &[]).err();
+        assert!(error.is_some_and(|e| e.to_string().contains("auth.keys")));
+        let hash = "a".repeat(64);
+        let keyed = format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{hash}\"\n"
+        );
+        assert!(load(&keyed, &[]).is_ok());
+    }
+}

@@ -1,0 +1,13 @@
+//! The `tally` server: Tally's HTTP API over the cluster layer.
+//!
+//! `config` reads settings; `app` builds the router and runs the node;
+//! `routes` hold the handlers, one module per resource; `problem` turns every
+//! failure into `application/problem+json` with a stable code; `auth` checks
+//! keys, roles and rate limits; `events` keeps the live stream and its resume
+//! buffer; `alerts` delivers threshold crossings to sinks; `metrics` renders
+//! Prometheus text.
+
+pub mod alerts;
+pub mod config;
+pub mod events;
+pub mod metrics;
