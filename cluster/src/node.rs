@@ -120,7 +120,10 @@ pub struct ClusterStatus {
     pub shards: Vec<ShardStatus>,
 }
 
-/// Counters across the node's shards, for metrics and benchmarks.
+/// Counters across the node's shards, for metrics and benchmarks. They only
+/// grow (a restart starts them at zero). The histograms are power-of-two
+/// buckets (`engine::histogram`: bucket i holds values in `(2^(i-1), 2^i]`,
+/// the last one everything above 2^30) summed over the shards.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeStats {
     pub entries_proposed: u64,
@@ -128,6 +131,16 @@ pub struct NodeStats {
     pub ticks_proposed: u64,
     pub fsyncs: u64,
     pub fsync_us_total: u64,
+    /// Commands per entry this node proposed as leader.
+    pub batch_size: engine::histogram::Log2Buckets,
+    /// Propose to outcome, per entry this node proposed, in microseconds.
+    pub commit_latency_us: engine::histogram::Log2Buckets,
+    /// Duration of each WAL sync round (fdatasync of every dirty segment),
+    /// in microseconds.
+    pub fsync_latency_us: engine::histogram::Log2Buckets,
+    /// Per hold expired by an entry this node proposed as leader: the
+    /// leader's clock at apply minus the deadline, in milliseconds.
+    pub expiry_lag_ms: engine::histogram::Log2Buckets,
 }
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
@@ -587,11 +600,26 @@ impl Node {
             stats.entries_proposed += proposer.entries.load(Ordering::Relaxed);
             stats.commands_proposed += proposer.commands.load(Ordering::Relaxed);
             stats.ticks_proposed += proposer.ticks.load(Ordering::Relaxed);
+            stats.batch_size.merge(&proposer.batch_size.snapshot());
+            stats.commit_latency_us.merge(&proposer.commit_latency_us.snapshot());
+            stats.expiry_lag_ms.merge(&proposer.expiry_lag_ms.snapshot());
             let wal = group.log.wal_stats();
             stats.fsyncs += wal.syncs;
             stats.fsync_us_total += wal.sync_us_total;
+            stats.fsync_latency_us.merge(&wal.sync_latency_us);
         }
         stats
+    }
+
+    /// Live holds summed over this node's copy of every shard. Every replica
+    /// applies the same holds, so this is the cluster's count as far as this
+    /// node has applied, not a share of it. A shard actor answers between
+    /// applies, so this may wait behind them: `None` when some shard does
+    /// not answer within `timeout`.
+    pub async fn live_holds(&self, timeout: Duration) -> Option<u64> {
+        let reads = self.inner.groups.iter().map(|group| group.actor.send(Read::new(|state| state.stats().live_holds)));
+        let answers = tokio::time::timeout(timeout, futures_util::future::join_all(reads)).await.ok()?;
+        answers.into_iter().map(|answer| answer.ok().map(|answer| answer.0)).sum()
     }
 
     /// State digest of each shard as this node has applied it, with the

@@ -7,6 +7,8 @@
 //! * `wal` — per-shard segment files: the Raft log, with group commit.
 //! * `snapshot` — the whole shard state in one checksummed file.
 //! * `actor` — the shard actor that owns a state, on a pool of arbiters.
+//! * `histogram` — lock-free power-of-two histograms for metrics (fsync
+//!   latency here; batch sizes, commit latency, expiry lag in the cluster).
 //!
 //! The engine knows nothing of networks, HTTP or Raft libraries: the cluster
 //! layer converts its log ids and votes field for field.
@@ -17,6 +19,7 @@ pub mod config;
 mod dedup;
 pub mod error;
 pub mod event;
+pub mod histogram;
 pub mod ids;
 pub mod item;
 pub mod log;

@@ -263,7 +263,8 @@ impl Config {
             if keys == ["cluster", "shards"] {
                 shards_given = true;
             }
-            set_path(&mut table, &keys, parse_env_value(&value)).map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+            set_path(&mut table, &keys, parse_env_value(&value))
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
         }
         let mut config: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         if !shards_given {
@@ -441,5 +442,27 @@ mod tests {
             "[server]\nlisten = \"0.0.0.0:8080\"\n[[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{hash}\"\n"
         );
         assert!(load(&keyed, &[]).is_ok());
+    }
+
+    fn shipped(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config").join(name)
+    }
+
+    #[test]
+    fn every_shipped_config_loads() {
+        for name in
+            ["single.toml", "example.toml", "cluster-3/node1.toml", "cluster-3/node2.toml", "cluster-3/node3.toml"]
+        {
+            let loaded = Config::load(Some(&shipped(name)), Vec::new(), &Overrides::default());
+            assert!(loaded.is_ok(), "{name}: {:?}", loaded.err());
+        }
+    }
+
+    #[test]
+    fn the_example_states_every_default() {
+        let example = Config::load(Some(&shipped("example.toml")), Vec::new(), &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::load(None, Vec::new(), &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(example, defaults);
     }
 }

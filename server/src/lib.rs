@@ -8,6 +8,11 @@
 //! Prometheus text.
 
 pub mod alerts;
+pub mod app;
+pub mod auth;
 pub mod config;
 pub mod events;
 pub mod metrics;
+pub mod openapi;
+pub mod problem;
+pub mod routes;

@@ -1,1 +1,777 @@
-//! (being written)
+//! Prometheus metrics: what the server counts itself, and what the cluster
+//! layer counts, rendered as one OpenMetrics text exposition.
+//!
+//! * HTTP and outcome counters live in a `prometheus_client` `Registry` owned
+//!   by `Metrics`; handlers call `observe_request` and `observe_outcome`.
+//! * Cluster figures are read at scrape time (`cluster::Node::stats`,
+//!   `status`, `live_holds`) into a `ClusterSnapshot` and encoded by a
+//!   collector. The cluster keeps its histograms as power-of-two buckets
+//!   (`engine::histogram`); `classic_buckets` turns them into Prometheus
+//!   buckets. Every bound is a power of two, so the counts at the bounds we
+//!   publish are exact.
+//! * `extra` gauges let the server add figures of its own parts (event hub,
+//!   alert sinks) without this module knowing them.
+//!
+//! Label cardinality is bounded: `route` must be a route template (the
+//! matched path, never the raw one), methods outside the standard set become
+//! `other`, and past `REQUEST_SERIES_MAX` (`OUTCOME_SERIES_MAX`) label sets
+//! new ones are folded into `route="other"` / `code="other"`.
+
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cluster::{ClusterStatus, Node, NodeId, NodeStats};
+use engine::histogram::{LOG2_BUCKETS, Log2Buckets, log2_bucket_bound};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The content type of `render`'s text (OpenMetrics; Prometheus reads it).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Distinct `tally_http_requests_total` label sets before new ones fold
+/// into `route="other", code="other"`.
+pub const REQUEST_SERIES_MAX: usize = 1_000;
+/// Distinct `tally_outcomes_total` codes before new ones fold into "other".
+pub const OUTCOME_SERIES_MAX: usize = 128;
+/// Longer route or code label values are cut (at a character boundary).
+pub const LABEL_VALUE_LEN_MAX: usize = 128;
+/// How long a scrape waits for the shard actors to count live holds; a
+/// scrape must not hang on a shard that is busy applying a burst.
+pub const LIVE_HOLDS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The label value that takes every label set past a series limit.
+const OVERFLOW: &str = "other";
+
+/// HTTP latency bounds in seconds: 100 µs (a stale read on loopback) to
+/// 10 s (past any request timeout).
+const REQUEST_DURATION_BOUNDS_S: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    code: String,
+}
+
+fn request_duration_histogram() -> Histogram {
+    Histogram::new(REQUEST_DURATION_BOUNDS_S)
+}
+
+/// The server's metrics. Share one (`Arc`) between handlers and the
+/// `/metrics` route; observing takes no lock beyond the family's read lock
+/// once a label set exists.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    /// Label sets created so far, against the limits above.
+    request_series: AtomicUsize,
+    outcome_series: AtomicUsize,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            request_duration_histogram as fn() -> Histogram,
+        );
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "tally_http_requests",
+            "HTTP requests answered, by route template, method, status and problem code (\"ok\" on success).",
+            requests.clone(),
+        );
+        registry.register_with_unit(
+            "tally_http_request_duration",
+            "Time from request to response, by route template and method.",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        registry.register(
+            "tally_outcomes",
+            "Engine outcomes of submitted commands, by code (accepted, or the refusal).",
+            outcomes.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            outcomes,
+            request_series: AtomicUsize::new(0),
+            outcome_series: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one answered request. `route` is the route template (e.g.
+    /// `/v1/items/{sku}`), `code` the problem code or `"ok"`.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, code: &str, elapsed: Duration) {
+        let mut labels = RequestLabels {
+            route: label_value(route),
+            method: method_label(method).to_owned(),
+            status,
+            code: label_value(code),
+        };
+        if self.requests.get(&labels).is_none() && !take_series(&self.request_series, REQUEST_SERIES_MAX) {
+            labels.route = OVERFLOW.to_owned();
+            labels.code = OVERFLOW.to_owned();
+        }
+        self.requests.get_or_create(&labels).inc();
+        // (route, method) has no more values than the full label set, so
+        // the duration family is bounded by the same limit.
+        let route = RouteLabels { route: labels.route, method: labels.method };
+        self.request_duration.get_or_create(&route).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one engine outcome by its code.
+    pub fn observe_outcome(&self, code: &str) {
+        let mut labels = OutcomeLabels { code: label_value(code) };
+        if self.outcomes.get(&labels).is_none() && !take_series(&self.outcome_series, OUTCOME_SERIES_MAX) {
+            labels.code = OVERFLOW.to_owned();
+        }
+        self.outcomes.get_or_create(&labels).inc();
+    }
+
+    /// The whole exposition: this registry, the node's figures, and
+    /// `extra` as gauges `(name, help, value)`. Extra names that are not
+    /// valid metric names are left out (and logged).
+    pub async fn render(&self, node: &Node, extra: &[(&str, &str, u64)]) -> String {
+        let snapshot = ClusterSnapshot::of(node).await;
+        self.render_snapshot(&snapshot, extra)
+    }
+
+    /// `render`, from figures already read: no node needed.
+    pub fn render_snapshot(&self, cluster: &ClusterSnapshot, extra: &[(&str, &str, u64)]) -> String {
+        let mut extra_gauges = Vec::with_capacity(extra.len());
+        for (name, help, value) in extra {
+            if is_metric_name(name) {
+                extra_gauges.push(((*name).to_owned(), help_text(help), *value));
+            } else {
+                tracing::warn!(name, "extra metric left out: not a valid metric name");
+            }
+        }
+        let mut scrape = Registry::default();
+        scrape.register_collector(Box::new(ClusterCollector { cluster: cluster.clone(), extra: extra_gauges }));
+
+        let mut text = String::with_capacity(16 * 1024);
+        let encoded = encode_registry(&mut text, &self.registry).and_then(|()| encode_registry(&mut text, &scrape));
+        if encoded.is_err() {
+            // Writing to a String cannot fail; an encoder error means a
+            // metric refused to encode. Serve what was written rather than
+            // nothing, and say so.
+            tracing::error!("metrics exposition is incomplete: an encoder failed");
+        }
+        let _ = encode_eof(&mut text);
+        text
+    }
+}
+
+/// The node's figures at one scrape.
+#[derive(Clone, Debug)]
+pub struct ClusterSnapshot {
+    pub node_id: NodeId,
+    pub stats: NodeStats,
+    pub status: ClusterStatus,
+    /// `None` when a shard did not answer within `LIVE_HOLDS_TIMEOUT`; the
+    /// gauge is then left out rather than reported wrong.
+    pub live_holds: Option<u64>,
+}
+
+impl ClusterSnapshot {
+    pub async fn of(node: &Node) -> Self {
+        let live_holds = node.live_holds(LIVE_HOLDS_TIMEOUT).await;
+        if live_holds.is_none() {
+            tracing::debug!("live holds not counted: a shard did not answer in time");
+        }
+        Self { node_id: node.id(), stats: node.stats(), status: node.status(), live_holds }
+    }
+}
+
+/// Claims one more label set under `max`; false when the limit is reached.
+/// Two requests racing on the same new label set may both claim one: the
+/// limit is approximate by that much, never unbounded.
+fn take_series(created: &AtomicUsize, max: usize) -> bool {
+    created.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+}
+
+fn label_value(value: &str) -> String {
+    if value.len() <= LABEL_VALUE_LEN_MAX {
+        return value.to_owned();
+    }
+    let mut end = LABEL_VALUE_LEN_MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_owned()
+}
+
+fn method_label(method: &str) -> &'static str {
+    METHODS.iter().find(|known| known.eq_ignore_ascii_case(method)).copied().unwrap_or(OVERFLOW)
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`, the Prometheus metric name syntax.
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_' || first == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// HELP text is written as is by the encoder: escape what would break the
+/// line (OpenMetrics escapes backslash, newline and double quote).
+fn help_text(help: &str) -> String {
+    let mut text = String::with_capacity(help.len());
+    for c in help.chars() {
+        match c {
+            '\\' => text.push_str("\\\\"),
+            '\n' => text.push_str("\\n"),
+            '"' => text.push_str("\\\""),
+            '\r' => text.push(' '),
+            c => text.push(c),
+        }
+    }
+    text
+}
+
+/// Prometheus buckets from power-of-two buckets, for the encoder (which
+/// takes per-bucket counts and accumulates them): one bucket per bound
+/// `2^first ..= 2^last` (in recorded units, times `scale` for the published
+/// unit), then +Inf. The first bucket takes every value at or below its
+/// bound, +Inf every value above `2^last`, so the counts add up to the
+/// histogram's count. `last` must be below the overflow bucket.
+pub fn classic_buckets(buckets: &Log2Buckets, exponents: RangeInclusive<usize>, scale: f64) -> Vec<(f64, u64)> {
+    let (first, last) = (*exponents.start(), *exponents.end());
+    debug_assert!(first <= last && last < LOG2_BUCKETS - 1, "bounds 2^{first}..=2^{last} out of range");
+    let last = last.min(LOG2_BUCKETS - 2);
+    let first = first.min(last);
+    let mut classic = Vec::with_capacity(last - first + 2);
+    for bucket in first..=last {
+        let bound = log2_bucket_bound(bucket).unwrap_or(u64::MAX) as f64 * scale;
+        let count = if bucket == first { buckets.counts[..=first].iter().sum() } else { buckets.counts[bucket] };
+        classic.push((bound, count));
+    }
+    classic.push((f64::INFINITY, buckets.counts[last + 1..].iter().sum()));
+    debug_assert_eq!(classic.iter().map(|(_, count)| count).sum::<u64>(), buckets.count());
+    classic
+}
+
+/// How one cluster histogram is published.
+struct Log2Export {
+    name: &'static str,
+    help: &'static str,
+    /// Published bounds: 2^first ..= 2^last recorded units.
+    exponents: RangeInclusive<usize>,
+    /// Recorded unit to published unit (µs → s is 1e-6).
+    scale: f64,
+    seconds: bool,
+}
+
+/// Commands per entry; batch_size_max defaults to 1024, so 1 ..= 4096.
+const BATCH_SIZE: Log2Export = Log2Export {
+    name: "tally_proposer_batch_size",
+    help: "Commands per log entry proposed by this node's shard leaders.",
+    exponents: 0..=12,
+    scale: 1.0,
+    seconds: false,
+};
+/// 64 µs ..= 16.8 s.
+const COMMIT_LATENCY: Log2Export = Log2Export {
+    name: "tally_commit_latency",
+    help: "Time from proposing a log entry to its outcomes (fsynced on a majority and applied), per entry.",
+    exponents: 6..=24,
+    scale: 1e-6,
+    seconds: true,
+};
+/// 16 µs ..= 4.2 s.
+const FSYNC_LATENCY: Log2Export = Log2Export {
+    name: "tally_fsync_latency",
+    help: "Duration of each WAL sync round (one fdatasync covers many appends).",
+    exponents: 4..=22,
+    scale: 1e-6,
+    seconds: true,
+};
+/// 1 ms ..= 65.5 s.
+const EXPIRY_LAG: Log2Export = Log2Export {
+    name: "tally_expiry_lag",
+    help: "Per expired hold: leader clock when its expiry was applied minus its deadline.",
+    exponents: 0..=16,
+    scale: 1e-3,
+    seconds: true,
+};
+
+/// Encodes one scrape's cluster figures and extra gauges.
+#[derive(Debug)]
+struct ClusterCollector {
+    cluster: ClusterSnapshot,
+    extra: Vec<(String, String, u64)>,
+}
+
+impl ClusterCollector {
+    fn histogram(
+        encoder: &mut DescriptorEncoder,
+        export: &Log2Export,
+        buckets: &Log2Buckets,
+    ) -> Result<(), std::fmt::Error> {
+        let unit = export.seconds.then_some(Unit::Seconds);
+        let mut metric = encoder.encode_descriptor(export.name, export.help, unit.as_ref(), MetricType::Histogram)?;
+        let classic = classic_buckets(buckets, export.exponents.clone(), export.scale);
+        metric.encode_histogram::<NoLabelSet>(buckets.sum as f64 * export.scale, buckets.count(), &classic, None)
+    }
+
+    /// A gauge with one sample per `(shard, value)`.
+    fn shard_gauge(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        samples: impl Iterator<Item = (u32, u64)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (shard, value) in samples {
+            metric.encode_family(&[("shard", shard)])?.encode_gauge(&value)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.cluster.stats;
+        Self::histogram(&mut encoder, &BATCH_SIZE, &stats.batch_size)?;
+        Self::histogram(&mut encoder, &COMMIT_LATENCY, &stats.commit_latency_us)?;
+        Self::histogram(&mut encoder, &FSYNC_LATENCY, &stats.fsync_latency_us)?;
+        Self::histogram(&mut encoder, &EXPIRY_LAG, &stats.expiry_lag_ms)?;
+
+        let ticks = ConstCounter::new(stats.ticks_proposed);
+        let metric = encoder.encode_descriptor(
+            "tally_proposer_ticks",
+            "Tick entries proposed to expire holds when no other entry flowed.",
+            None,
+            ticks.metric_type(),
+        )?;
+        ticks.encode(metric)?;
+
+        if let Some(live_holds) = self.cluster.live_holds {
+            let mut metric = encoder.encode_descriptor(
+                "tally_live_holds",
+                "Live holds in this node's copy of every shard (every replica reports the same).",
+                None,
+                MetricType::Gauge,
+            )?;
+            metric.encode_gauge(&live_holds)?;
+        }
+
+        let shards = &self.cluster.status.shards;
+        let node_id = self.cluster.node_id;
+        Self::shard_gauge(
+            &mut encoder,
+            "tally_shard_leader",
+            "1 if this node leads the shard's Raft group, else 0.",
+            shards.iter().map(|s| (s.shard, u64::from(s.leader == Some(node_id)))),
+        )?;
+        Self::shard_gauge(
+            &mut encoder,
+            "tally_shard_applied_index",
+            "Last log index this node applied to the shard.",
+            shards.iter().map(|s| (s.shard, s.applied_index.unwrap_or(0))),
+        )?;
+        Self::shard_gauge(
+            &mut encoder,
+            "tally_shard_commit_index",
+            "Last log index this node knows committed for the shard.",
+            shards.iter().map(|s| (s.shard, s.committed_index.unwrap_or(0))),
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_follower_lag",
+            "On the shard's leader: log entries each follower is behind the leader's log.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in shards {
+            for (node, lag) in status.lag.iter().filter(|(node, _)| **node != node_id) {
+                metric
+                    .encode_family(&[("shard", status.shard.to_string()), ("node", node.to_string())])?
+                    .encode_gauge(lag)?;
+            }
+        }
+
+        for (name, help, value) in &self.extra {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_gauge(value)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cluster::ShardStatus;
+
+    use super::*;
+
+    /// One sample line of the exposition.
+    #[derive(Debug)]
+    struct Sample {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    }
+
+    impl Sample {
+        fn label(&self, key: &str) -> Option<&str> {
+            self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        }
+    }
+
+    fn is_label_name(name: &str) -> bool {
+        is_metric_name(name) && !name.contains(':')
+    }
+
+    /// Parses `text` line by line as OpenMetrics text, panicking on any line
+    /// that is not a descriptor, a sample or the final `# EOF`.
+    fn parse(text: &str) -> Vec<Sample> {
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"# EOF"), "the exposition ends with # EOF");
+        let mut samples = Vec::new();
+        for line in &lines[..lines.len() - 1] {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut parts = rest.splitn(3, ' ');
+                let keyword = parts.next().unwrap_or_default();
+                let name = parts.next().unwrap_or_default();
+                assert!(matches!(keyword, "HELP" | "TYPE" | "UNIT"), "unknown comment: {line}");
+                assert!(is_metric_name(name), "bad metric name in: {line}");
+                if keyword == "TYPE" {
+                    let kind = parts.next().unwrap_or_default();
+                    assert!(matches!(kind, "counter" | "gauge" | "histogram"), "bad type: {line}");
+                }
+                continue;
+            }
+            samples.push(parse_sample(line));
+        }
+        samples
+    }
+
+    fn parse_sample(line: &str) -> Sample {
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line}"));
+        let name = &line[..name_end];
+        assert!(is_metric_name(name), "bad metric name: {line}");
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices().peekable();
+            loop {
+                let key_start = chars.peek().map(|(i, _)| *i).unwrap_or_else(|| panic!("open labels: {line}"));
+                if inner[key_start..].starts_with('}') {
+                    rest = &inner[key_start + 1..];
+                    break;
+                }
+                let eq = inner[key_start..].find("=\"").unwrap_or_else(|| panic!("bad label: {line}")) + key_start;
+                let key = &inner[key_start..eq];
+                assert!(is_label_name(key), "bad label name {key:?}: {line}");
+                while chars.peek().is_some_and(|(i, _)| *i <= eq + 1) {
+                    chars.next();
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c @ ('\\' | '"'))) => value.push(c),
+                            other => panic!("bad escape {other:?}: {line}"),
+                        },
+                        Some((_, '"')) => break,
+                        Some((_, c)) => value.push(c),
+                        None => panic!("open label value: {line}"),
+                    }
+                }
+                labels.push((key.to_owned(), value));
+                if chars.peek().is_some_and(|(_, c)| *c == ',') {
+                    chars.next();
+                }
+            }
+        }
+        let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before value: {line}"));
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            other => other.parse().unwrap_or_else(|e| panic!("bad value {other:?} ({e}): {line}")),
+        };
+        Sample { name: name.to_owned(), labels, value }
+    }
+
+    fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+        samples.iter().find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+    }
+
+    /// Every histogram's buckets rise with `le`, end at +Inf, and +Inf
+    /// equals `_count`. Returns the histograms checked.
+    fn check_histograms(samples: &[Sample]) -> Vec<String> {
+        let mut checked = Vec::new();
+        for count in samples.iter().filter(|s| s.name.ends_with("_count")) {
+            let base = count.name.trim_end_matches("_count");
+            let bucket_name = format!("{base}_bucket");
+            let buckets: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.name == bucket_name)
+                .filter(|s| count.labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+                .collect();
+            assert!(!buckets.is_empty(), "{base} has no buckets");
+            let mut previous = (f64::NEG_INFINITY, 0.0);
+            for bucket in &buckets {
+                let le = bucket.label("le").unwrap_or_else(|| panic!("bucket without le: {bucket:?}"));
+                let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or_else(|e| panic!("{e}")) };
+                assert!(le > previous.0, "{base}: bounds rise ({le} after {})", previous.0);
+                assert!(bucket.value >= previous.1, "{base}: buckets are cumulative");
+                previous = (le, bucket.value);
+            }
+            assert_eq!(previous.0, f64::INFINITY, "{base} ends at +Inf");
+            assert_eq!(previous.1, count.value, "{base}: +Inf equals _count");
+            checked.push(base.to_owned());
+        }
+        checked
+    }
+
+    fn shard_status(shard: u32, leader: Option<NodeId>, lag: &[(NodeId, u64)]) -> ShardStatus {
+        ShardStatus {
+            shard,
+            leader,
+            role: "Leader".into(),
+            term: 3,
+            last_log_index: Some(42),
+            committed_index: Some(41),
+            applied_index: Some(40),
+            snapshot_index: None,
+            purged_index: None,
+            lag: lag.iter().copied().collect(),
+            voters: vec![1, 2, 3],
+            learners: Vec::new(),
+        }
+    }
+
+    fn snapshot() -> ClusterSnapshot {
+        let mut stats = NodeStats { ticks_proposed: 7, ..NodeStats::default() };
+        for size in [1, 1, 3, 200, 5_000] {
+            stats.batch_size.record(size);
+        }
+        for latency_us in [10, 300, 1_500, 90_000, u64::from(u32::MAX)] {
+            stats.commit_latency_us.record(latency_us);
+            stats.fsync_latency_us.record(latency_us / 2);
+        }
+        for lag_ms in [0, 5, 120, 300] {
+            stats.expiry_lag_ms.record(lag_ms);
+        }
+        ClusterSnapshot {
+            node_id: 1,
+            stats,
+            status: ClusterStatus {
+                node_id: 1,
+                nodes: BTreeMap::new(),
+                shards: vec![shard_status(0, Some(1), &[(1, 0), (2, 0), (3, 5)]), shard_status(1, Some(2), &[])],
+            },
+            live_holds: Some(12),
+        }
+    }
+
+    #[test]
+    fn observed_requests_appear_with_their_labels() {
+        let metrics = Metrics::new();
+        metrics.observe_request("/v1/items/{sku}", "GET", 200, "ok", Duration::from_millis(3));
+        metrics.observe_request("/v1/items/{sku}", "get", 200, "ok", Duration::from_millis(30));
+        metrics.observe_request("/v1/reservations", "POST", 409, "insufficient_stock", Duration::from_micros(800));
+        metrics.observe_outcome("accepted");
+        metrics.observe_outcome("accepted");
+        metrics.observe_outcome("insufficient_stock");
+        let samples = parse(&metrics.render_snapshot(&snapshot(), &[]));
+
+        let ok = [("route", "/v1/items/{sku}"), ("method", "GET"), ("status", "200"), ("code", "ok")];
+        assert_eq!(find(&samples, "tally_http_requests_total", &ok).map(|s| s.value), Some(2.0));
+        let refused =
+            [("route", "/v1/reservations"), ("method", "POST"), ("status", "409"), ("code", "insufficient_stock")];
+        assert_eq!(find(&samples, "tally_http_requests_total", &refused).map(|s| s.value), Some(1.0));
+        let route = [("route", "/v1/items/{sku}"), ("method", "GET")];
+        let count = find(&samples, "tally_http_request_duration_seconds_count", &route).map(|s| s.value);
+        assert_eq!(count, Some(2.0));
+        let sum = find(&samples, "tally_http_request_duration_seconds_sum", &route).map_or(0.0, |s| s.value);
+        assert!((sum - 0.033).abs() < 1e-9, "sum {sum}");
+        let le_5ms = [("route", "/v1/items/{sku}"), ("le", "0.005")];
+        assert_eq!(find(&samples, "tally_http_request_duration_seconds_bucket", &le_5ms).map(|s| s.value), Some(1.0));
+        assert_eq!(find(&samples, "tally_outcomes_total", &[("code", "accepted")]).map(|s| s.value), Some(2.0));
+        assert_eq!(
+            find(&samples, "tally_outcomes_total", &[("code", "insufficient_stock")]).map(|s| s.value),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn cluster_figures_and_extra_gauges_are_rendered() {
+        let metrics = Metrics::new();
+        let text = metrics.render_snapshot(
+            &snapshot(),
+            &[("tally_event_subscribers", "Live event stream subscribers.", 3), ("bad name", "left out", 1)],
+        );
+        eprintln!("{text}");
+        let samples = parse(&text);
+        let value = |name: &str, labels: &[(&str, &str)]| find(&samples, name, labels).map(|s| s.value);
+        assert_eq!(value("tally_live_holds", &[]), Some(12.0));
+        assert_eq!(value("tally_proposer_ticks_total", &[]), Some(7.0));
+        assert_eq!(value("tally_shard_leader", &[("shard", "0")]), Some(1.0));
+        assert_eq!(value("tally_shard_leader", &[("shard", "1")]), Some(0.0));
+        assert_eq!(value("tally_shard_applied_index", &[("shard", "1")]), Some(40.0));
+        assert_eq!(value("tally_shard_commit_index", &[("shard", "0")]), Some(41.0));
+        assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "3")]), Some(5.0));
+        assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "1")]), None, "not the leader itself");
+        assert_eq!(value("tally_event_subscribers", &[]), Some(3.0));
+        assert!(!text.contains("bad name"));
+        assert!(text.contains("# UNIT tally_commit_latency_seconds seconds"));
+
+        let mut histograms = check_histograms(&samples);
+        histograms.sort();
+        assert_eq!(
+            histograms,
+            [
+                "tally_commit_latency_seconds",
+                "tally_expiry_lag_seconds",
+                "tally_fsync_latency_seconds",
+                "tally_proposer_batch_size",
+            ]
+        );
+        assert_eq!(value("tally_proposer_batch_size_count", &[]), Some(5.0));
+        assert_eq!(value("tally_proposer_batch_size_sum", &[]), Some(5_205.0));
+        // 1, 1 and 3 are at most 4; 5000 is past the last bound (4096).
+        assert_eq!(value("tally_proposer_batch_size_bucket", &[("le", "4.0")]), Some(3.0));
+        assert_eq!(value("tally_proposer_batch_size_bucket", &[("le", "4096.0")]), Some(4.0));
+        assert_eq!(value("tally_expiry_lag_seconds_sum", &[]), Some(0.425));
+    }
+
+    #[test]
+    fn classic_buckets_fold_the_ends_and_add_up_to_the_count() {
+        let mut buckets = Log2Buckets::default();
+        for value in [0, 1, 2, 16, 17, 1_000, 1 << 40] {
+            buckets.record(value);
+        }
+        let classic = classic_buckets(&buckets, 1..=10, 1.0);
+        let bounds: Vec<f64> = classic.iter().map(|(bound, _)| *bound).collect();
+        let mut expected: Vec<f64> = (1..=10).map(|exponent| f64::from(1u32 << exponent)).collect();
+        expected.push(f64::INFINITY);
+        assert_eq!(bounds, expected);
+        // 0, 1, 2 fold into le=2; 16 is in le=16, 17 in le=32, 1000 in
+        // le=1024; 2^40 is past every bound.
+        let counts: Vec<u64> = classic.iter().map(|(_, count)| *count).collect();
+        assert_eq!(counts, [3, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(counts.iter().sum::<u64>(), buckets.count());
+
+        let empty = classic_buckets(&Log2Buckets::default(), 0..=3, 1e-6);
+        assert_eq!(empty.len(), 5);
+        assert!(empty.iter().all(|(_, count)| *count == 0));
+        assert!((empty[3].0 - 8e-6).abs() < 1e-15);
+    }
+
+    #[test]
+    fn label_sets_past_the_limit_fold_into_other() {
+        let metrics = Metrics::new();
+        for n in 0..REQUEST_SERIES_MAX + 50 {
+            metrics.observe_request(&format!("/raw/{n}"), "BREW", 404, "not_found", Duration::from_millis(1));
+        }
+        // An existing label set still counts as itself.
+        metrics.observe_request("/raw/0", "BREW", 404, "not_found", Duration::from_millis(1));
+        let samples = parse(&metrics.render_snapshot(&snapshot(), &[]));
+        let requests: Vec<&Sample> = samples.iter().filter(|s| s.name == "tally_http_requests_total").collect();
+        assert_eq!(requests.len(), REQUEST_SERIES_MAX + 1);
+        let other = [("route", "other"), ("method", "other"), ("code", "other")];
+        assert_eq!(find(&samples, "tally_http_requests_total", &other).map(|s| s.value), Some(50.0));
+        assert_eq!(find(&samples, "tally_http_requests_total", &[("route", "/raw/0")]).map(|s| s.value), Some(2.0));
+    }
+
+    #[test]
+    fn label_values_are_cut_and_escaped() {
+        let metrics = Metrics::new();
+        let long = "é".repeat(LABEL_VALUE_LEN_MAX);
+        metrics.observe_request(&long, "GET", 200, "a\"quote\\and\nnewline", Duration::ZERO);
+        let samples = parse(&metrics.render_snapshot(&snapshot(), &[("tally_x", "multi\nline \"help\"", 1)]));
+        let request = find(&samples, "tally_http_requests_total", &[("method", "GET")])
+            .unwrap_or_else(|| panic!("request counted"));
+        assert_eq!(request.label("code"), Some("a\"quote\\and\nnewline"));
+        assert!(request.label("route").is_some_and(|route| route.len() <= LABEL_VALUE_LEN_MAX));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_node_renders_every_family() {
+        use engine::cmd::{AttrUpdate, Expect, UpsertItem};
+        use engine::ids::{Sku, Warehouse};
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string();
+        let config = cluster::ClusterConfig {
+            node_id: 1,
+            listen: addr.clone(),
+            members: vec![cluster::Member { id: 1, addr }],
+            shards: 2,
+            data_dir: dir.path().to_path_buf(),
+            shard_threads: 1,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            ..cluster::ClusterConfig::default()
+        };
+        let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start: {e}"));
+        let upsert = engine::Command::UpsertItem(UpsertItem {
+            sku: Sku::new("metrics").unwrap_or_else(|e| panic!("{e}")),
+            warehouse: Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}")),
+            on_hand: Some(5),
+            low_stock_threshold: Some(0),
+            name: AttrUpdate::Keep,
+            unit_price_minor: AttrUpdate::Keep,
+            expect: Expect::Any,
+            principal: None,
+        });
+        // Submit retries through the first election.
+        let outcome = node.submit(upsert).await.unwrap_or_else(|e| panic!("submit: {e}"));
+        assert!(!outcome.is_refused(), "refused: {outcome:?}");
+
+        let metrics = Metrics::new();
+        let text = metrics.render(&node, &[("tally_event_subscribers", "Subscribers.", 0)]).await;
+        let samples = parse(&text);
+        assert_eq!(check_histograms(&samples).len(), 4);
+        let value = |name: &str, labels: &[(&str, &str)]| find(&samples, name, labels).map(|s| s.value);
+        assert_eq!(value("tally_live_holds", &[]), Some(0.0));
+        let shard = engine::shard_of("metrics", 2).to_string();
+        assert_eq!(value("tally_shard_leader", &[("shard", &shard)]), Some(1.0));
+        assert!(value("tally_shard_applied_index", &[("shard", &shard)]).is_some_and(|index| index >= 1.0));
+        assert!(value("tally_proposer_batch_size_count", &[]).is_some_and(|count| count >= 1.0));
+        assert!(value("tally_commit_latency_seconds_count", &[]).is_some_and(|count| count >= 1.0));
+        assert!(value("tally_fsync_latency_seconds_count", &[]).is_some_and(|count| count >= 1.0));
+        assert_eq!(value("tally_event_subscribers", &[]), Some(0.0));
+        node.shutdown().await;
+    }
+}

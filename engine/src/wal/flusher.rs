@@ -22,6 +22,7 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::WalError;
+use crate::histogram::{Log2Buckets, Log2Histogram};
 
 /// Called once the appends before it are durable, or with the error.
 pub type FlushCallback = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
@@ -35,6 +36,8 @@ pub struct WalStats {
     pub flushes: u64,
     /// Time spent in sync rounds, in microseconds.
     pub sync_us_total: u64,
+    /// Duration of each sync round, in microseconds, by power of two.
+    pub sync_latency_us: Log2Buckets,
 }
 
 #[derive(Default)]
@@ -52,6 +55,7 @@ struct Shared {
     syncs: AtomicU64,
     flushes: AtomicU64,
     sync_us_total: AtomicU64,
+    sync_latency_us: Log2Histogram,
 }
 
 pub(crate) struct Flusher {
@@ -74,6 +78,7 @@ impl Flusher {
             syncs: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             sync_us_total: AtomicU64::new(0),
+            sync_latency_us: Log2Histogram::default(),
         });
         let thread = std::thread::Builder::new().name("tally-wal-flush".into()).spawn({
             let shared = Arc::clone(&shared);
@@ -112,6 +117,7 @@ impl Flusher {
             syncs: self.shared.syncs.load(Ordering::Relaxed),
             flushes: self.shared.flushes.load(Ordering::Relaxed),
             sync_us_total: self.shared.sync_us_total.load(Ordering::Relaxed),
+            sync_latency_us: self.shared.sync_latency_us.snapshot(),
         }
     }
 }
@@ -148,6 +154,7 @@ fn run(shared: &Shared, dir: &PathBuf) {
             let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             shared.syncs.fetch_add(1, Ordering::Relaxed);
             shared.sync_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
+            shared.sync_latency_us.record(elapsed_us);
             if result.is_err() {
                 shared.poisoned.store(true, Ordering::Release);
             }

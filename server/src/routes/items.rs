@@ -1,0 +1,497 @@
+//! Items (SKU × warehouse): create or set, read with an ETag, list by
+//! status, adjust, history, transfers between warehouses, and availability.
+//!
+//! The ETag of an item is its `version` in quotes. `If-Match` makes a write
+//! conditional on it (412 `version_mismatch` if it moved), `If-None-Match: *`
+//! makes a PUT create-only (412 `item_exists`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use engine::cmd::{Adjust, AdjustReason, AttrUpdate, Expect, Transfer, UpsertItem};
+use engine::ids::{ItemName, Principal as PrincipalName, Quantity, Sku, Warehouse};
+use engine::outcome::ItemView;
+use engine::query::{AvailabilityLine, ItemFilter};
+use engine::{Command, Outcome, shard_of};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+
+use super::{Consistency, JsonBody, PathParams, QueryParams, item_json, read_shard};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::config::Role;
+use crate::problem::{ApiResult, Problem};
+
+type Shared = State<Arc<AppState>>;
+
+/// `Some(None)` for an explicit `null` (clear), `None` when absent (keep).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutItem {
+    pub on_hand: Option<u64>,
+    pub low_stock_threshold: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub unit_price_minor: Option<Option<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+fn item_response(status: StatusCode, item: &ItemView, consistency: Option<Consistency>) -> Response {
+    let mut response = (status, axum::Json(item_json(item))).into_response();
+    response.headers_mut().insert(header::ETAG, etag(item.version));
+    if let Some(consistency) = consistency {
+        response.headers_mut().insert("x-tally-consistency", HeaderValue::from_static(consistency.as_str()));
+    }
+    response
+}
+
+fn principal_name(principal: &Principal) -> Option<PrincipalName> {
+    PrincipalName::new(principal.name.clone()).ok()
+}
+
+/// The version an `If-Match` header names (`"7"`, `W/"7"` or `7`).
+fn parse_version(value: &HeaderValue, header_name: &str) -> ApiResult<u64> {
+    let text = value.to_str().unwrap_or("").trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map_err(|_| Problem::bad_request("invalid_precondition", format!("{header_name} must be an ETag")))
+}
+
+fn expectation(headers: &HeaderMap) -> ApiResult<Expect> {
+    let if_match = headers.get(header::IF_MATCH);
+    let if_none_match = headers.get(header::IF_NONE_MATCH);
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => {
+            Err(Problem::bad_request("invalid_precondition", "send If-Match or If-None-Match, not both"))
+        }
+        (Some(value), None) if value.as_bytes() == b"*" => {
+            Err(Problem::bad_request("invalid_precondition", "If-Match: * is not supported; send the item's ETag"))
+        }
+        (Some(value), None) => Ok(Expect::Version(parse_version(value, "If-Match")?)),
+        (None, Some(value)) if value.as_bytes() == b"*" => Ok(Expect::Absent),
+        (None, Some(_)) => Err(Problem::bad_request("invalid_precondition", "If-None-Match on a PUT must be *")),
+        (None, None) => Ok(Expect::Any),
+    }
+}
+
+fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
+    match update {
+        None => AttrUpdate::Keep,
+        Some(None) => AttrUpdate::Clear,
+        Some(Some(value)) => AttrUpdate::Set(value),
+    }
+}
+
+/// `PUT /v1/items/{sku}/{warehouse}`: create or set (admin).
+pub async fn put_item(
+    State(state): Shared,
+    principal: Principal,
+    PathParams((sku, warehouse)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PutItem>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    let name = match body.name {
+        Some(Some(name)) => Some(Some(ItemName::new(name)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let command = Command::UpsertItem(UpsertItem {
+        sku: Sku::new(sku)?,
+        warehouse: Warehouse::new(warehouse)?,
+        on_hand: body.on_hand,
+        low_stock_threshold: body.low_stock_threshold,
+        name: attr(name),
+        unit_price_minor: attr(body.unit_price_minor),
+        expect: expectation(&headers)?,
+        principal: principal_name(&principal),
+    });
+    match state.submit(command).await? {
+        Outcome::Upserted { item, created, .. } => {
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(item_response(status, &item, None))
+        }
+        other => Err(state.unexpected(&other)),
+    }
+}
+
+/// `GET /v1/items/{sku}/{warehouse}`.
+pub async fn get_item(
+    State(state): Shared,
+    principal: Principal,
+    PathParams((sku, warehouse)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ReadQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    principal.require(Role::Read)?;
+    let sku = Sku::new(sku)?;
+    let warehouse = Warehouse::new(warehouse)?;
+    let shard = shard_of(sku.as_str(), state.node.shard_count());
+    let item = read_shard(&state, shard, query.consistency, move |s| s.get_item(sku.as_str(), warehouse.as_str()))
+        .await?
+        .ok_or_else(|| Problem::not_found("item_not_found", "no such item"))?;
+    let tag = etag(item.version);
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|value| value == tag) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, tag);
+        return Ok(response);
+    }
+    Ok(item_response(StatusCode::OK, &item, Some(query.consistency)))
+}
+
+/// `GET /v1/items/{sku}`: every warehouse of a SKU, with totals.
+pub async fn get_sku(
+    State(state): Shared,
+    principal: Principal,
+    PathParams(sku): PathParams<String>,
+    QueryParams(query): QueryParams<ReadQuery>,
+) -> ApiResult<Response> {
+    principal.require(Role::Read)?;
+    let sku = Sku::new(sku)?;
+    let shard = shard_of(sku.as_str(), state.node.shard_count());
+    let name = sku.as_str().to_owned();
+    let view = read_shard(&state, shard, query.consistency, move |s| s.sku_items(name.as_str())).await?;
+    if view.items.is_empty() {
+        return Err(Problem::not_found("item_not_found", "no warehouse stocks this SKU"));
+    }
+    let body = json!({
+        "sku": sku.as_str(),
+        "on_hand": view.on_hand,
+        "reserved": view.reserved,
+        "available": view.available,
+        "warehouses": view.items.iter().map(item_json).collect::<Vec<_>>(),
+        "consistency": query.consistency.as_str(),
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub warehouse: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+fn parse_status(text: &str) -> ApiResult<engine::item::Status> {
+    use engine::item::Status;
+    [Status::InStock, Status::LowStock, Status::OutOfStock]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+        .ok_or_else(|| Problem::bad_request("invalid_status", "status is IN_STOCK, LOW_STOCK or OUT_OF_STOCK"))
+}
+
+/// A listing cursor: shard and position within it, as `<shard>.<position>`.
+fn parse_cursor(text: &str, shards: u32) -> ApiResult<(u32, u32)> {
+    let bad = || Problem::bad_request("invalid_cursor", "cursor must come from a previous page's next_cursor");
+    let (shard, position) = text.split_once('.').ok_or_else(bad)?;
+    let shard: u32 = shard.parse().map_err(|_| bad())?;
+    let position: u32 = position.parse().map_err(|_| bad())?;
+    if shard >= shards {
+        return Err(bad());
+    }
+    Ok((shard, position))
+}
+
+/// `GET /v1/items?status=&warehouse=&limit=&cursor=`: a page in shard order.
+pub async fn list_items(
+    State(state): Shared,
+    principal: Principal,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Response> {
+    principal.require(Role::Read)?;
+    let status = query.status.as_deref().map(parse_status).transpose()?;
+    let limit = query.limit.unwrap_or(100);
+    let api = &state.config.api;
+    if limit == 0 || limit > api.list_limit_max {
+        return Err(Problem::bad_request("invalid_limit", format!("limit must be in 1..={}", api.list_limit_max)));
+    }
+    let shards = state.node.shard_count();
+    let (mut shard, mut position) = match &query.cursor {
+        Some(cursor) => parse_cursor(cursor, shards)?,
+        None => (0, 0),
+    };
+    let mut items: Vec<Value> = Vec::new();
+    let mut scanned_shards = 0;
+    let next_cursor = loop {
+        let filter = ItemFilter {
+            status,
+            warehouse: query.warehouse.clone(),
+            cursor: position,
+            limit: limit - u32::try_from(items.len()).unwrap_or(limit),
+            scan_max: api.list_scan_max,
+        };
+        let page = read_shard(&state, shard, query.consistency, move |s| s.list_items(&filter)).await?;
+        items.extend(page.items.iter().map(item_json));
+        scanned_shards += 1;
+        match page.next_cursor {
+            // The shard has more: stop here, the page is full or its scan budget spent.
+            Some(next) => break Some(format!("{shard}.{next}")),
+            None if shard + 1 >= shards => break None,
+            None => {
+                shard += 1;
+                position = 0;
+                if items.len() >= limit as usize || scanned_shards >= 4 {
+                    break Some(format!("{shard}.0"));
+                }
+            }
+        }
+    };
+    Ok(axum::Json(json!({
+        "items": items,
+        "next_cursor": next_cursor,
+        "consistency": query.consistency.as_str(),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustBody {
+    pub delta: i64,
+    pub reason: String,
+}
+
+/// `POST /v1/items/{sku}/{warehouse}/adjustments` (admin).
+pub async fn adjust(
+    State(state): Shared,
+    principal: Principal,
+    PathParams((sku, warehouse)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody<AdjustBody>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    let reason: AdjustReason = body.reason.parse().map_err(|()| {
+        let names: Vec<&str> = AdjustReason::ALL.iter().map(|r| r.as_str()).collect();
+        Problem::bad_request("invalid_reason", format!("reason is one of {}", names.join(", ")))
+    })?;
+    if body.delta == 0 {
+        return Err(Problem::bad_request("quantity_zero", "delta must not be 0"));
+    }
+    let command = Command::Adjust(Adjust {
+        sku: Sku::new(sku)?,
+        warehouse: Warehouse::new(warehouse)?,
+        delta: body.delta,
+        reason,
+        principal: principal_name(&principal),
+    });
+    match state.submit(command).await? {
+        Outcome::Adjusted { item } => Ok(item_response(StatusCode::OK, &item, None)),
+        other => Err(state.unexpected(&other)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// `GET /v1/items/{sku}/{warehouse}/history`: recent movements, newest first.
+pub async fn history(
+    State(state): Shared,
+    principal: Principal,
+    PathParams((sku, warehouse)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<HistoryQuery>,
+) -> ApiResult<Response> {
+    principal.require(Role::Read)?;
+    let limit = query.limit.unwrap_or(50);
+    let max = state.config.api.history_limit_max;
+    if limit == 0 || limit > max {
+        return Err(Problem::bad_request("invalid_limit", format!("limit must be in 1..={max}")));
+    }
+    let sku = Sku::new(sku)?;
+    let warehouse = Warehouse::new(warehouse)?;
+    let shard = shard_of(sku.as_str(), state.node.shard_count());
+    let (sku_name, warehouse_name) = (sku.as_str().to_owned(), warehouse.as_str().to_owned());
+    let movements = read_shard(&state, shard, query.consistency, move |s| {
+        s.history(sku_name.as_str(), warehouse_name.as_str(), limit)
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found("item_not_found", "no such item"))?;
+    let movements: Vec<Value> = movements
+        .iter()
+        .map(|m| {
+            json!({
+                "at_ms": m.at_ms,
+                "reason": m.reason.as_str(),
+                "delta": m.delta,
+                "on_hand_before": m.on_hand_before,
+                "on_hand_after": m.on_hand_after,
+                "by": m.who,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "sku": sku.as_str(), "warehouse": warehouse.as_str(), "movements": movements }))
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    pub sku: String,
+    pub from: String,
+    pub to: String,
+    pub quantity: u64,
+    /// Free text for the caller's records; the item histories record the
+    /// movement as `transfer_out` / `transfer_in`.
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/transfers` (admin): atomic, as both items live on one shard.
+pub async fn transfer(
+    State(state): Shared,
+    principal: Principal,
+    JsonBody(body): JsonBody<TransferBody>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    if body.reason.as_ref().is_some_and(|reason| reason.len() > 256) {
+        return Err(Problem::bad_request("field_too_long", "reason is at most 256 bytes"));
+    }
+    let command = Command::Transfer(Transfer {
+        sku: Sku::new(body.sku)?,
+        from: Warehouse::new(body.from)?,
+        to: Warehouse::new(body.to)?,
+        quantity: Quantity::new(body.quantity)?,
+        principal: principal_name(&principal),
+    });
+    match state.submit(command).await? {
+        Outcome::Transferred { from, to } => Ok((
+            StatusCode::OK,
+            axum::Json(json!({
+                "from": item_json(&from),
+                "to": item_json(&to),
+                "quantity": body.quantity,
+                "reason": body.reason,
+            })),
+        )
+            .into_response()),
+        other => Err(state.unexpected(&other)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityBody {
+    pub lines: Vec<AvailabilityRequestLine>,
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityRequestLine {
+    pub sku: String,
+    /// Absent: any of the SKU's warehouses (their total).
+    pub warehouse: Option<String>,
+    pub quantity: u64,
+}
+
+/// `POST /v1/availability`: per line, what is available and whether it is
+/// enough (lines naming the same item, or the same SKU without a warehouse,
+/// are summed); and whether every line is.
+pub async fn availability(
+    State(state): Shared,
+    principal: Principal,
+    JsonBody(body): JsonBody<AvailabilityBody>,
+) -> ApiResult<Response> {
+    principal.require(Role::Read)?;
+    let max = state.config.api.availability_lines_max;
+    if body.lines.is_empty() || body.lines.len() > max {
+        return Err(Problem::bad_request("invalid_lines", format!("send 1 to {max} lines")));
+    }
+    let shards = state.node.shard_count();
+    let mut by_shard: BTreeMap<u32, Vec<(usize, AvailabilityRequestLine)>> = BTreeMap::new();
+    for (index, line) in body.lines.iter().enumerate() {
+        Sku::new(line.sku.clone())?;
+        if let Some(warehouse) = &line.warehouse {
+            Warehouse::new(warehouse.clone())?;
+        }
+        Quantity::new(line.quantity)?;
+        by_shard.entry(shard_of(&line.sku, shards)).or_default().push((index, line.clone()));
+    }
+    let reads = by_shard.into_iter().map(|(shard, lines)| {
+        let state = Arc::clone(&state);
+        async move {
+            read_shard(&state, shard, body.consistency, move |s| {
+                let exact: Vec<AvailabilityLine> = lines
+                    .iter()
+                    .filter_map(|(_, line)| {
+                        line.warehouse.as_ref().map(|warehouse| AvailabilityLine {
+                            sku: line.sku.clone(),
+                            warehouse: warehouse.clone(),
+                            quantity: line.quantity,
+                        })
+                    })
+                    .collect();
+                let mut exact_answers = s.availability(&exact).lines.into_iter();
+                lines
+                    .iter()
+                    .map(|(index, line)| {
+                        if line.warehouse.is_some() {
+                            let answer = exact_answers.next().unwrap_or(engine::query::LineAvailability {
+                                available: 0,
+                                exists: false,
+                                enough: false,
+                            });
+                            (*index, answer.available, answer.exists, answer.enough)
+                        } else {
+                            let view = s.sku_items(&line.sku);
+                            let asked: u64 = lines
+                                .iter()
+                                .filter(|(_, other)| other.sku == line.sku && other.warehouse.is_none())
+                                .fold(0u64, |sum, (_, other)| sum.saturating_add(other.quantity));
+                            let exists = !view.items.is_empty();
+                            (*index, view.available, exists, exists && asked <= view.available)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(reads).await;
+    let mut lines = vec![Value::Null; body.lines.len()];
+    let mut all_available = true;
+    for answer in answers {
+        for (index, available, exists, enough) in answer? {
+            let line = &body.lines[index];
+            all_available &= enough;
+            lines[index] = json!({
+                "sku": line.sku,
+                "warehouse": line.warehouse,
+                "quantity": line.quantity,
+                "available": available,
+                "exists": exists,
+                "enough": enough,
+            });
+        }
+    }
+    Ok(axum::Json(json!({
+        "all_available": all_available,
+        "lines": lines,
+        "consistency": body.consistency.as_str(),
+    }))
+    .into_response())
+}

@@ -1,0 +1,177 @@
+//! HTTP handlers, one module per resource, and what they share: extractors
+//! that turn every malformed request into a problem, reads with a chosen
+//! consistency, and JSON shapes of engine views.
+//!
+//! Handlers are thin (STYLE.md): extract, validate, build a `Command`,
+//! submit, map the outcome. Business rules live in the engine.
+
+pub mod items;
+pub mod ops;
+pub mod reservations;
+pub mod stream;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use engine::ShardState;
+use engine::outcome::{ItemView, ReservationSummary};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::problem::{ApiResult, Problem};
+
+/// A JSON body; bad JSON, wrong types, unknown fields and oversize bodies
+/// answer 4xx problems.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_problem(&rejection)),
+        }
+    }
+}
+
+fn json_problem(rejection: &JsonRejection) -> Problem {
+    match rejection {
+        JsonRejection::JsonDataError(error) => Problem::bad_request("invalid_body", error.body_text()),
+        JsonRejection::JsonSyntaxError(error) => Problem::bad_request("invalid_json", error.body_text()),
+        JsonRejection::MissingJsonContentType(_) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", other.body_text())
+        }
+        other => Problem::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// Query parameters; unknown or malformed ones answer 400.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
+            Err(rejection) => Err(query_problem(&rejection)),
+        }
+    }
+}
+
+fn query_problem(rejection: &QueryRejection) -> Problem {
+    Problem::bad_request("invalid_query", rejection.body_text())
+}
+
+/// Path segments; bad percent-encoding answers 400.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParams(value)),
+            Err(rejection) => Err(path_problem(&rejection)),
+        }
+    }
+}
+
+fn path_problem(rejection: &PathRejection) -> Problem {
+    Problem::bad_request("invalid_path", rejection.body_text())
+}
+
+/// `?consistency=`: linearizable (default) or stale (DESIGN §6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+/// Reads `shard` with the asked consistency.
+pub async fn read_shard<R: Send + 'static>(
+    state: &AppState,
+    shard: u32,
+    consistency: Consistency,
+    read: impl FnOnce(&ShardState) -> R + Send + 'static,
+) -> ApiResult<R> {
+    match consistency {
+        Consistency::Linearizable => Ok(state.node.read(shard, read).await?),
+        Consistency::Stale => Ok(state.node.read_stale(shard, read).await?.value),
+    }
+}
+
+pub fn item_json(item: &ItemView) -> Value {
+    json!({
+        "sku": item.sku,
+        "warehouse": item.warehouse,
+        "on_hand": item.on_hand,
+        "reserved": item.reserved,
+        "available": item.available,
+        "low_stock_threshold": item.low_stock_threshold,
+        "status": item.status.as_str(),
+        "version": item.version,
+        "updated_at_ms": item.updated_at_ms,
+        "name": item.name,
+        "unit_price_minor": item.unit_price_minor,
+    })
+}
+
+pub fn reservation_state(summary: &ReservationSummary) -> &'static str {
+    summary.state.as_str()
+}
+
+/// RFC 3339 (UTC, milliseconds) of a Unix time in milliseconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let days = ms / 86_400_000;
+    let in_day = ms % 86_400_000;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_part = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_part + 2) / 5 + 1;
+    let month = if month_part < 10 { month_part + 3 } else { month_part - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_ms;
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(1_795_219_200_000), "2026-11-21T00:00:00.000Z");
+    }
+}

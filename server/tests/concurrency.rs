@@ -1,0 +1,98 @@
+//! A flash sale against the real binary: many clients race for a few units
+//! of one SKU on a single node, and the node never sells a unit twice.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::sync::Barrier;
+
+const CLIENTS: usize = 200;
+const UNITS: u64 = 100;
+const SKU: &str = "flash-sale-1";
+const WAREHOUSE: &str = "w1";
+
+/// What one racing client ended with.
+enum Attempt {
+    /// Held one unit and confirmed it: the reservation id.
+    Bought(String),
+    /// Refused with 409 `insufficient_stock`.
+    SoldOut,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_clients_racing_for_a_hundred_units_buy_exactly_a_hundred() {
+    let node = TallyProcess::start(Options::default()).await;
+    let (status, _, item) =
+        node.http().put(&item_path(SKU, WAREHOUSE), json!({ "on_hand": UNITS, "low_stock_threshold": 10 })).await;
+    assert_eq!(status, StatusCode::CREATED, "creating the item: {item}");
+
+    // Every client opens its own connection first, then all start at once.
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client_index| {
+            let http = node.client();
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                let (status, _, _) = http.get("/healthz").await;
+                assert_eq!(status, StatusCode::OK, "client {client_index}: /healthz");
+                start.wait().await;
+                buy_one(&http, client_index).await
+            })
+        })
+        .collect();
+
+    let mut bought = BTreeSet::new();
+    let mut sold_out = 0u64;
+    for task in tasks {
+        match task.await.unwrap_or_else(|e| panic!("a client task failed: {e}")) {
+            Attempt::Bought(id) => assert!(bought.insert(id.clone()), "reservation {id} was given to two clients"),
+            Attempt::SoldOut => sold_out += 1,
+        }
+    }
+    assert_eq!(bought.len() as u64, UNITS, "confirmed purchases");
+    assert_eq!(sold_out, CLIENTS as u64 - UNITS, "every other client is refused with insufficient_stock");
+
+    let (status, _, item) = node.http().get(&item_path(SKU, WAREHOUSE)).await;
+    assert_eq!(status, StatusCode::OK, "{item}");
+    assert_eq!(u64_of(&item, "on_hand"), 0, "every unit sold, none oversold: {item}");
+    assert_eq!(u64_of(&item, "reserved"), 0, "no hold left behind: {item}");
+    assert_eq!(u64_of(&item, "available"), 0, "{item}");
+    assert_eq!(str_of(&item, "status"), "OUT_OF_STOCK", "{item}");
+
+    for id in &bought {
+        let (status, _, reservation) = node.http().get(&format!("/v1/reservations/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{reservation}");
+        assert_eq!(str_of(&reservation, "state"), "CONFIRMED", "{reservation}");
+    }
+}
+
+/// Holds one unit and, if that succeeds, confirms it. 503s are retried: the
+/// hold carries an `Idempotency-Key`, so a retry never holds twice.
+async fn buy_one(http: &Http, client_index: usize) -> Attempt {
+    let key = format!("flash-client-{client_index}");
+    let hold = json!({
+        "lines": [{ "sku": SKU, "warehouse": WAREHOUSE, "quantity": 1 }],
+        "ttl_seconds": 600,
+        "order_id": format!("order-{client_index}"),
+    });
+    let reply = http.retry(Method::POST, "/v1/reservations", &[("Idempotency-Key", &key)], Some(&hold)).await;
+    match reply.0 {
+        StatusCode::CREATED => {}
+        StatusCode::CONFLICT => {
+            assert_problem(&reply, StatusCode::CONFLICT, "insufficient_stock");
+            return Attempt::SoldOut;
+        }
+        status => panic!("client {client_index}: hold answered {status}: {}", reply.2),
+    }
+    let reservation = reply.2;
+    assert_eq!(str_of(&reservation, "state"), "HELD", "client {client_index}: {reservation}");
+    assert_lines(&reservation, &[(SKU, WAREHOUSE, 1)]);
+    let id = str_of(&reservation, "id").to_owned();
+    end_reservation(http, &id, "confirm").await;
+    Attempt::Bought(id)
+}
