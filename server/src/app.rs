@@ -205,6 +205,7 @@ impl Running {
         // Wait for the signal, then for the server to drain, at most the grace.
         let _ = stopped.wait_for(|stop| *stop).await;
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        state.hub.close();
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
         let result = match tokio::time::timeout(grace, server).await {
             Ok(Ok(result)) => result.map_err(ServeError::Http),
@@ -214,6 +215,7 @@ impl Running {
                 Ok(())
             }
         };
+        state.alerts.flush(Duration::from_secs(2)).await;
         state.node.shutdown().await;
         tracing::info!("stopped");
         result

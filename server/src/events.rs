@@ -159,6 +159,9 @@ enum Live {
     Gap {
         missed: u64,
     },
+    /// The server is shutting down: every stream ends, so a graceful
+    /// shutdown does not wait on connections that never finish.
+    Closed,
 }
 
 /// Why a subscription was refused. The HTTP layer answers `code()`.
@@ -283,6 +286,12 @@ impl EventHub {
         debug_assert!(rings.events.front().is_none_or(|first| first.seq + rings.events.len() as u64 == seq + 1));
         // Sent under the lock: see `subscribe`. No subscriber is no error.
         let _ = self.live.send(Live::Event(event));
+    }
+
+    /// Ends every live stream (at shutdown); clients reconnect elsewhere
+    /// with their last event id.
+    pub fn close(&self) {
+        let _ = self.live.send(Live::Closed);
     }
 
     /// The hub missed `missed` events: what it retains no longer follows on
@@ -419,7 +428,7 @@ impl Subscription {
                     self.lagged = true;
                     return Some(Received::Lagged { missed });
                 }
-                Err(RecvError::Closed) => return None,
+                Ok(Live::Closed) | Err(RecvError::Closed) => return None,
             }
         }
     }
