@@ -32,20 +32,33 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Opti
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutItem {
+    /// Units on the shelf, reserved ones included; at most 10^15. Absent:
+    /// unchanged (0 for a new item).
     pub on_hand: Option<u64>,
+    /// Available units at or below which the item is `LOW_STOCK`; at most
+    /// 10^15. Absent: unchanged (0 for a new item).
     pub low_stock_threshold: Option<u64>,
+    /// Display name: 1 to 200 bytes, no control characters. `null` clears
+    /// it; absent keeps it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     pub name: Option<Option<String>>,
+    /// Unit price in minor units (cents), at most 10^15. `null` clears it;
+    /// absent keeps it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
     pub unit_price_minor: Option<Option<u64>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
+    /// `linearizable` (the default) reads through the shard's leader;
+    /// `stale` answers from this node's replica, which may lag.
     #[serde(default)]
     pub consistency: Consistency,
 }
@@ -100,6 +113,36 @@ fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
 }
 
 /// `PUT /v1/items/{sku}/{warehouse}`: create or set (admin).
+#[utoipa::path(
+    put,
+    path = "/v1/items/{sku}/{warehouse}",
+    tag = "items",
+    summary = "Create an item, or set its levels and attributes",
+    description = "Members left out keep their value. `If-None-Match: *` makes the PUT create-only; \
+        `If-Match` applies it only if the item is still at that ETag.",
+    extensions(("x-tally-role" = json!("admin"))),
+    params(
+        ("sku" = crate::openapi::Sku, Path, description = "The SKU."),
+        ("warehouse" = crate::openapi::Warehouse, Path, description = "The warehouse."),
+        ("If-Match" = Option<String>, Header, nullable = false,
+            description = "Apply only at this ETag (`\"7\"`, `W/\"7\"` or `7`)."),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "`*`: create only."),
+    ),
+    request_body = PutItem,
+    responses(
+        (status = 200, description = "Updated (or already so).", body = crate::openapi::Item,
+            headers(("ETag" = String, description = "The item's `version` in quotes."))),
+        (status = 201, description = "Created.", body = crate::openapi::Item,
+            headers(("ETag" = String, description = "The item's `version` in quotes."))),
+        (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `invalid_precondition` \
+            (If-Match and If-None-Match together, `If-Match: *`, a malformed ETag, If-None-Match other than `*`), \
+            `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, name), `quantity_too_large`."),
+        (status = 409, description = "`below_reserved`: on_hand would drop below the units reserved; \
+            `shard_full`: no room for another item."),
+        (status = 412, description = "`item_exists` (If-None-Match: *); `version_mismatch` (If-Match)."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn put_item(
     State(state): Shared,
     principal: Principal,
@@ -133,6 +176,33 @@ pub async fn put_item(
 }
 
 /// `GET /v1/items/{sku}/{warehouse}`.
+#[utoipa::path(
+    get,
+    path = "/v1/items/{sku}/{warehouse}",
+    tag = "items",
+    summary = "Read an item",
+    description = "With `If-None-Match` naming the current ETag, answers 304 without a body.",
+    extensions(("x-tally-role" = json!("read"))),
+    params(
+        ("sku" = crate::openapi::Sku, Path, description = "The SKU."),
+        ("warehouse" = crate::openapi::Warehouse, Path, description = "The warehouse."),
+        ReadQuery,
+        ("If-None-Match" = Option<String>, Header, nullable = false,
+            description = "An ETag the caller has: 304 if the item is still at it."),
+    ),
+    responses(
+        (status = 200, description = "The item.", body = crate::openapi::Item, headers(
+            ("ETag" = String, description = "The item's `version` in quotes."),
+            ("X-Tally-Consistency" = String, description = "The consistency the read had: `linearizable` or `stale`."),
+        )),
+        (status = 304, description = "The item is still at the ETag sent.",
+            headers(("ETag" = String, description = "The item's `version` in quotes."))),
+        (status = 400, description = "`invalid_path`, `invalid_query`, `field_empty`, `field_too_long`, \
+            `field_bad_character` (sku, warehouse)."),
+        (status = 404, description = "`item_not_found`."),
+        (status = 503, description = crate::openapi::READ_UNAVAILABLE),
+    ),
+)]
 pub async fn get_item(
     State(state): Shared,
     principal: Principal,
@@ -157,6 +227,21 @@ pub async fn get_item(
 }
 
 /// `GET /v1/items/{sku}`: every warehouse of a SKU, with totals.
+#[utoipa::path(
+    get,
+    path = "/v1/items/{sku}",
+    tag = "items",
+    summary = "Read every warehouse of a SKU, with totals",
+    extensions(("x-tally-role" = json!("read"))),
+    params(("sku" = crate::openapi::Sku, Path, description = "The SKU."), ReadQuery),
+    responses(
+        (status = 200, description = "The SKU's items and their totals.", body = crate::openapi::SkuItems),
+        (status = 400, description = "`invalid_path`, `invalid_query`, `field_empty`, `field_too_long`, \
+            `field_bad_character`."),
+        (status = 404, description = "`item_not_found`: no warehouse stocks this SKU."),
+        (status = 503, description = crate::openapi::READ_UNAVAILABLE),
+    ),
+)]
 pub async fn get_sku(
     State(state): Shared,
     principal: Principal,
@@ -182,13 +267,21 @@ pub async fn get_sku(
     Ok(axum::Json(body).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only items in this status.
+    #[param(value_type = Option<crate::openapi::ItemStatus>)]
     pub status: Option<String>,
+    /// Only items in this warehouse.
     pub warehouse: Option<String>,
+    /// Items per page: 1 to `api.list_limit_max` (1000 by default); 100 if absent.
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// `linearizable` (the default) or `stale`.
     #[serde(default)]
     pub consistency: Consistency,
 }
@@ -214,6 +307,21 @@ fn parse_cursor(text: &str, shards: u32) -> ApiResult<(u32, u32)> {
 }
 
 /// `GET /v1/items?status=&warehouse=&limit=&cursor=`: a page in shard order.
+#[utoipa::path(
+    get,
+    path = "/v1/items",
+    tag = "items",
+    summary = "List items, a page at a time",
+    description = "Pages go in shard order. A page may be short, even empty, and still have a \
+        `next_cursor`: follow it until it is `null`.",
+    extensions(("x-tally-role" = json!("read"))),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of items.", body = crate::openapi::ItemPage),
+        (status = 400, description = "`invalid_query`, `invalid_status`, `invalid_limit`, `invalid_cursor`."),
+        (status = 503, description = crate::openapi::READ_UNAVAILABLE),
+    ),
+)]
 pub async fn list_items(
     State(state): Shared,
     principal: Principal,
@@ -265,14 +373,41 @@ pub async fn list_items(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustBody {
+    /// Units to add (positive) or take away (negative); not 0, at most 10^15 either way.
     pub delta: i64,
+    /// Why the stock moves.
+    #[schema(value_type = crate::openapi::AdjustReason)]
     pub reason: String,
 }
 
 /// `POST /v1/items/{sku}/{warehouse}/adjustments` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/items/{sku}/{warehouse}/adjustments",
+    tag = "items",
+    summary = "Add to or take from an item's on hand, with a reason",
+    description = "Receipts, returns, write-offs, counts and sales made elsewhere. On hand never drops \
+        below the units reserved.",
+    extensions(("x-tally-role" = json!("admin"))),
+    params(
+        ("sku" = crate::openapi::Sku, Path, description = "The SKU."),
+        ("warehouse" = crate::openapi::Warehouse, Path, description = "The warehouse."),
+    ),
+    request_body = AdjustBody,
+    responses(
+        (status = 200, description = "The item after the adjustment.", body = crate::openapi::Item,
+            headers(("ETag" = String, description = "The item's `version` in quotes."))),
+        (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `invalid_reason`, \
+            `quantity_zero`, `quantity_too_large`, `field_empty`, `field_too_long`, `field_bad_character`."),
+        (status = 404, description = "`item_not_found`."),
+        (status = 409, description = "`below_reserved`: on_hand would drop below the units reserved."),
+        (status = 422, description = "`quantity_overflow`: on_hand would exceed 10^15."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn adjust(
     State(state): Shared,
     principal: Principal,
@@ -300,15 +435,40 @@ pub async fn adjust(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
+    /// Movements to return: 1 to `api.history_limit_max` (255 by default); 50 if absent.
+    #[param(minimum = 1)]
     pub limit: Option<usize>,
+    /// `linearizable` (the default) or `stale`.
     #[serde(default)]
     pub consistency: Consistency,
 }
 
 /// `GET /v1/items/{sku}/{warehouse}/history`: recent movements, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/items/{sku}/{warehouse}/history",
+    tag = "items",
+    summary = "Read an item's recent movements, newest first",
+    description = "Movements are changes of on hand: adjustments, sets, transfers and confirmed sales. \
+        Holds and releases move `reserved` only and are not listed.",
+    extensions(("x-tally-role" = json!("read"))),
+    params(
+        ("sku" = crate::openapi::Sku, Path, description = "The SKU."),
+        ("warehouse" = crate::openapi::Warehouse, Path, description = "The warehouse."),
+        HistoryQuery,
+    ),
+    responses(
+        (status = 200, description = "The item's movements.", body = crate::openapi::History),
+        (status = 400, description = "`invalid_path`, `invalid_query`, `invalid_limit`, `field_empty`, \
+            `field_too_long`, `field_bad_character`."),
+        (status = 404, description = "`item_not_found`."),
+        (status = 503, description = crate::openapi::READ_UNAVAILABLE),
+    ),
+)]
 pub async fn history(
     State(state): Shared,
     principal: Principal,
@@ -347,12 +507,18 @@ pub async fn history(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferBody {
+    #[schema(value_type = crate::openapi::Sku)]
     pub sku: String,
+    /// The warehouse the units leave.
+    #[schema(value_type = crate::openapi::Warehouse)]
     pub from: String,
+    /// The warehouse the units arrive at (created if the SKU has none there).
+    #[schema(value_type = crate::openapi::Warehouse)]
     pub to: String,
+    #[schema(value_type = crate::openapi::Quantity)]
     pub quantity: u64,
     /// Free text for the caller's records; the item histories record the
     /// movement as `transfer_out` / `transfer_in`.
@@ -360,6 +526,24 @@ pub struct TransferBody {
 }
 
 /// `POST /v1/transfers` (admin): atomic, as both items live on one shard.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers",
+    tag = "items",
+    summary = "Move units of a SKU from one warehouse to another",
+    description = "Atomic: both warehouses of a SKU live on one shard. Only available units move.",
+    extensions(("x-tally-role" = json!("admin"))),
+    request_body = TransferBody,
+    responses(
+        (status = 200, description = "Both items after the transfer.", body = crate::openapi::TransferResult),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `field_empty`, `field_too_long` (also a \
+            reason over 256 bytes), `field_bad_character`, `quantity_zero`, `quantity_too_large`, `same_warehouse`."),
+        (status = 404, description = "`item_not_found`: the SKU is not stocked in `from`."),
+        (status = 409, description = "`insufficient_stock`: `from` has fewer units available; `shard_full`."),
+        (status = 422, description = "`quantity_overflow`: `to` would exceed 10^15."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn transfer(
     State(state): Shared,
     principal: Principal,
@@ -391,26 +575,49 @@ pub async fn transfer(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AvailabilityBody {
+    /// 1 to `api.availability_lines_max` lines (1000 by default).
     pub lines: Vec<AvailabilityRequestLine>,
+    /// `linearizable` (the default) or `stale`.
     #[serde(default)]
     pub consistency: Consistency,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AvailabilityRequestLine {
+    #[schema(value_type = crate::openapi::Sku)]
     pub sku: String,
     /// Absent: any of the SKU's warehouses (their total).
+    #[schema(value_type = Option<crate::openapi::Warehouse>)]
     pub warehouse: Option<String>,
+    #[schema(value_type = crate::openapi::Quantity)]
     pub quantity: u64,
 }
 
 /// `POST /v1/availability`: per line, what is available and whether it is
 /// enough (lines naming the same item, or the same SKU without a warehouse,
 /// are summed); and whether every line is.
+#[utoipa::path(
+    post,
+    path = "/v1/availability",
+    tag = "items",
+    summary = "Ask whether lines of stock are available, without holding them",
+    description = "Per line: what is available and whether it is enough. Lines naming the same item, or \
+        the same SKU without a warehouse, are summed. Nothing is held: a reservation made next may still \
+        be short.",
+    extensions(("x-tally-role" = json!("read"))),
+    request_body = AvailabilityBody,
+    responses(
+        (status = 200, description = "Each line's availability, in request order.",
+            body = crate::openapi::Availability),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_lines`, `field_empty`, \
+            `field_too_long`, `field_bad_character`, `quantity_zero`, `quantity_too_large`."),
+        (status = 503, description = crate::openapi::READ_UNAVAILABLE),
+    ),
+)]
 pub async fn availability(
     State(state): Shared,
     principal: Principal,

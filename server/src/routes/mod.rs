@@ -91,8 +91,10 @@ fn path_problem(rejection: &PathRejection) -> Problem {
 }
 
 /// `?consistency=`: linearizable (default) or stale (DESIGN §6).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(description = "How a read is served: `linearizable` (the default) through the shard's leader, \
+    or `stale` from this node's replica, which may lag.")]
 pub enum Consistency {
     #[default]
     Linearizable,

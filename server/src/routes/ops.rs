@@ -15,12 +15,34 @@ use crate::problem::{ApiResult, Problem};
 type Shared = State<Arc<AppState>>;
 
 /// `GET /healthz`: the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: the process runs",
+    description = "Needs no key.",
+    security(),
+    responses((status = 200, description = "The process runs.", body = crate::openapi::Health)),
+)]
 pub async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
 /// `GET /readyz`: every shard has a leader this node knows, so requests
 /// can be served or forwarded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: every shard has a leader this node knows",
+    description = "Needs no key. Ready means requests can be served here or forwarded.",
+    security(),
+    responses(
+        (status = 200, description = "Ready.", body = crate::openapi::Ready),
+        (status = 503, description = "`not_ready`: some shards have no known leader (retry after \
+            `Retry-After`); `timeout`."),
+    ),
+)]
 pub async fn readyz(State(state): Shared) -> Response {
     let status = state.node.status();
     let leaderless: Vec<u32> = status.shards.iter().filter(|s| s.leader.is_none()).map(|s| s.shard).collect();
@@ -34,6 +56,17 @@ pub async fn readyz(State(state): Shared) -> Response {
 }
 
 /// `GET /v1/cluster`: nodes, and per shard leader, term, indexes and lag.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "operations",
+    summary = "Cluster status: nodes, and per shard leader, term, indexes and lag",
+    extensions(("x-tally-role" = json!("read"))),
+    responses(
+        (status = 200, description = "The cluster as this node sees it.", body = crate::openapi::ClusterStatus),
+        (status = 503, description = "`timeout`."),
+    ),
+)]
 pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let status = state.node.status();
@@ -61,6 +94,18 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Metrics in the Prometheus text format",
+    extensions(("x-tally-role" = json!("read"))),
+    responses(
+        (status = 200, description = "Prometheus text exposition.", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 503, description = "`timeout`."),
+    ),
+)]
 pub async fn metrics(State(state): Shared, principal: Principal) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let hub = state.hub.stats();
@@ -83,6 +128,17 @@ pub async fn metrics(State(state): Shared, principal: Principal) -> ApiResult<Re
 }
 
 /// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This OpenAPI document",
+    extensions(("x-tally-role" = json!("read"))),
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document.", body = Object),
+        (status = 503, description = "`timeout`."),
+    ),
+)]
 pub async fn openapi(principal: Principal) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     Ok(axum::Json(crate::openapi::document()).into_response())

@@ -51,21 +51,34 @@ const SPANS_SHARDS: u8 = 1;
 /// Prefix of the engine idempotency key that names an order.
 const ORDER_KEY_PREFIX: &str = "order:";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationBody {
+    /// 1 to `engine.lines_per_hold_max` lines (64 by default).
     pub lines: Vec<RequestLine>,
+    /// How long to hold: 1 to `api.ttl_seconds_max` (86400 by default);
+    /// `api.ttl_seconds_default` (600) if absent.
+    #[schema(minimum = 1)]
     pub ttl_seconds: Option<u64>,
+    /// The order the reservation is for: one reservation per order, found
+    /// again under `/v1/orders/{order_id}`; a retry with the same order id
+    /// answers the first. At most 122 printable ASCII characters (`!` to `~`).
     pub order_id: Option<String>,
+    /// Confirm at once: hold and sell in one request.
     #[serde(default)]
     pub commit: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLine {
+    #[schema(value_type = crate::openapi::Sku)]
     pub sku: String,
+    /// Absent: allocated from the SKU's warehouses, most available first,
+    /// split across warehouses when none has enough alone.
+    #[schema(value_type = Option<crate::openapi::Warehouse>)]
     pub warehouse: Option<String>,
+    #[schema(value_type = crate::openapi::Quantity)]
     pub quantity: u64,
 }
 
@@ -572,6 +585,35 @@ fn created_response(created: Created) -> Response {
 }
 
 /// `POST /v1/reservations` (reserve).
+#[utoipa::path(
+    post,
+    path = "/v1/reservations",
+    tag = "reservations",
+    summary = "Hold stock: every line or none",
+    description = "Holds every line until the deadline, or none and answers 409 with every short line. \
+        A line without a warehouse is allocated from the SKU's warehouses. With an `Idempotency-Key` or \
+        an `order_id`, a retry answers the first reservation and never holds twice.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            description = "Makes the request safe to retry: 1 to 128 printable ASCII characters (`!` to `~`)."),
+    ),
+    request_body = ReservationBody,
+    responses(
+        (status = 201, description = "Held (or, with `commit`, confirmed).", body = crate::openapi::Reservation,
+            headers(("Idempotent-Replayed" = String,
+                description = "`true` when this answers an earlier request with the same key or order."))),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_idempotency_key`, `ttl_out_of_range`, \
+            `no_lines`, `too_many_lines`, `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, \
+            Idempotency-Key, order_id), `quantity_zero`, `quantity_too_large`."),
+        (status = 409, description = "`insufficient_stock`: the problem's `lines` lists every short line; \
+            `idempotency_key_reused`: the key or order made a different reservation; `shard_full`; with `commit`, \
+            `reservation_released` or `reservation_expired` when a replayed reservation has ended."),
+        (status = 503, description = "`unavailable`, `overloaded`: retry after `Retry-After`; `outcome_unknown`: the \
+            reservation may or may not have been made, and a retry with the same key or order is safe; \
+            `shutting_down`; `timeout`."),
+    ),
+)]
 pub async fn create(
     State(state): Shared,
     principal: Principal,
@@ -583,22 +625,41 @@ pub async fn create(
     Ok(created_response(state.create_reservation(&body, key.as_deref()).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    /// 1 to `api.batch_requests_max` requests (1024 by default).
     pub requests: Vec<BatchRequest>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     #[serde(flatten)]
+    #[schema(inline)]
     pub reservation: ReservationBody,
+    /// As the `Idempotency-Key` header of `POST /v1/reservations`.
     pub idempotency_key: Option<String>,
 }
 
 /// `POST /v1/reservations/batch` (reserve): independent reservations, one
 /// result each (`status` and `body`, or a problem), in request order.
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/batch",
+    tag = "reservations",
+    summary = "Make many independent reservations in one request",
+    description = "Each request is made as by `POST /v1/reservations`, independently of the others; \
+        the answer has one result per request, in request order: the reservation, or the problem that \
+        request alone would have answered.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    request_body = BatchBody,
+    responses(
+        (status = 200, description = "One result per request.", body = crate::openapi::BatchResult),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_batch_size`."),
+        (status = 503, description = "`timeout`."),
+    ),
+)]
 pub async fn batch(
     State(state): Shared,
     principal: Principal,
@@ -631,6 +692,20 @@ pub async fn batch(
 }
 
 /// `GET /v1/reservations/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/reservations/{id}",
+    tag = "reservations",
+    summary = "Read a reservation",
+    extensions(("x-tally-role" = json!("read"))),
+    params(("id" = crate::openapi::ReservationId, Path, description = "The reservation's id."), ReadQuery),
+    responses(
+        (status = 200, description = "The reservation.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `invalid_reservation_id`, `invalid_query`."),
+        (status = 404, description = "`reservation_not_found`."),
+        (status = 503, description = crate::openapi::READ_UNAVAILABLE),
+    ),
+)]
 pub async fn get(
     State(state): Shared,
     principal: Principal,
@@ -643,6 +718,23 @@ pub async fn get(
 }
 
 /// `POST /v1/reservations/{id}/confirm` (reserve): the sale.
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/confirm",
+    tag = "reservations",
+    summary = "Confirm a reservation: the sale",
+    description = "Sells the held units. Confirming again answers the same. Every part of a reservation that \
+        spans shards is confirmed.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    params(("id" = crate::openapi::ReservationId, Path, description = "The reservation's id.")),
+    responses(
+        (status = 200, description = "The reservation, `CONFIRMED`.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `invalid_reservation_id`."),
+        (status = 404, description = "`reservation_not_found`."),
+        (status = 409, description = "`reservation_released`, `reservation_expired`."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn confirm(
     State(state): Shared,
     principal: Principal,
@@ -654,6 +746,22 @@ pub async fn confirm(
 }
 
 /// `POST /v1/reservations/{id}/release` and `DELETE /v1/reservations/{id}`.
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/release",
+    tag = "reservations",
+    summary = "Release a reservation: give the units back",
+    description = "Gives the held units back. Releasing again answers the same.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    params(("id" = crate::openapi::ReservationId, Path, description = "The reservation's id.")),
+    responses(
+        (status = 200, description = "The reservation, `RELEASED`.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `invalid_reservation_id`."),
+        (status = 404, description = "`reservation_not_found`."),
+        (status = 409, description = "`reservation_confirmed`, `reservation_expired`."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn release(
     State(state): Shared,
     principal: Principal,
@@ -664,14 +772,35 @@ pub async fn release(
     Ok(axum::Json(state.end(id, || Command::Release(Release { id })).await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendBody {
+    /// The new deadline is now + `ttl_seconds`: 1 to `api.ttl_seconds_max` (86400 by default).
+    #[schema(minimum = 1)]
     pub ttl_seconds: u64,
 }
 
 /// `POST /v1/reservations/{id}/extend` (reserve): the deadline becomes
 /// now + `ttl_seconds` (never earlier than it was).
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/extend",
+    tag = "reservations",
+    summary = "Move a held reservation's deadline",
+    description = "The deadline becomes now + `ttl_seconds`; it never moves earlier.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    params(("id" = crate::openapi::ReservationId, Path, description = "The reservation's id.")),
+    request_body = ExtendBody,
+    responses(
+        (status = 200, description = "The reservation with its new deadline.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `invalid_reservation_id`, `invalid_json`, `invalid_body`, \
+            `ttl_out_of_range`."),
+        (status = 404, description = "`reservation_not_found`."),
+        (status = 409, description = "`reservation_confirmed`, `reservation_released`, `reservation_expired`."),
+        (status = 422, description = "`deadline_earlier`: now + ttl_seconds is before the current deadline."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn extend(
     State(state): Shared,
     principal: Principal,
@@ -684,6 +813,20 @@ pub async fn extend(
 }
 
 /// `GET /v1/orders/{order_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}",
+    tag = "orders",
+    summary = "Read the reservation an order made",
+    extensions(("x-tally-role" = json!("read"))),
+    params(("order_id" = String, Path, description = "The `order_id` the reservation was made with.")),
+    responses(
+        (status = 200, description = "The order's reservation.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `field_too_long`, `field_bad_character` (the order id)."),
+        (status = 404, description = "`order_not_found`, `reservation_not_found`."),
+        (status = 503, description = crate::openapi::READ_UNAVAILABLE),
+    ),
+)]
 pub async fn get_order(
     State(state): Shared,
     principal: Principal,
@@ -695,6 +838,23 @@ pub async fn get_order(
 }
 
 /// `POST /v1/orders/{order_id}/confirm`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{order_id}/confirm",
+    tag = "orders",
+    summary = "Confirm an order's reservation: the sale",
+    description = "Sells the held units. Confirming again answers the same. Every part of a reservation that \
+        spans shards is confirmed.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    params(("order_id" = String, Path, description = "The `order_id` the reservation was made with.")),
+    responses(
+        (status = 200, description = "The reservation, `CONFIRMED`.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `field_too_long`, `field_bad_character` (the order id)."),
+        (status = 404, description = "`order_not_found`, `reservation_not_found`."),
+        (status = 409, description = "`reservation_released`, `reservation_expired`."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn order_confirm(
     State(state): Shared,
     principal: Principal,
@@ -706,6 +866,22 @@ pub async fn order_confirm(
 }
 
 /// `POST /v1/orders/{order_id}/release`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{order_id}/release",
+    tag = "orders",
+    summary = "Release an order's reservation",
+    description = "Gives the held units back. Releasing again answers the same.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    params(("order_id" = String, Path, description = "The `order_id` the reservation was made with.")),
+    responses(
+        (status = 200, description = "The reservation, `RELEASED`.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `field_too_long`, `field_bad_character` (the order id)."),
+        (status = 404, description = "`order_not_found`, `reservation_not_found`."),
+        (status = 409, description = "`reservation_confirmed`, `reservation_expired`."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn order_release(
     State(state): Shared,
     principal: Principal,
@@ -717,6 +893,25 @@ pub async fn order_release(
 }
 
 /// `POST /v1/orders/{order_id}/extend`.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{order_id}/extend",
+    tag = "orders",
+    summary = "Move the deadline of an order's held reservation",
+    description = "The deadline becomes now + `ttl_seconds`; it never moves earlier.",
+    extensions(("x-tally-role" = json!("reserve"))),
+    params(("order_id" = String, Path, description = "The `order_id` the reservation was made with.")),
+    request_body = ExtendBody,
+    responses(
+        (status = 200, description = "The reservation with its new deadline.", body = crate::openapi::Reservation),
+        (status = 400, description = "`invalid_path`, `field_too_long`, `field_bad_character` (the order id), \
+            `invalid_json`, `invalid_body`, `ttl_out_of_range`."),
+        (status = 404, description = "`order_not_found`, `reservation_not_found`."),
+        (status = 409, description = "`reservation_confirmed`, `reservation_released`, `reservation_expired`."),
+        (status = 422, description = "`deadline_earlier`: now + ttl_seconds is before the current deadline."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
 pub async fn order_extend(
     State(state): Shared,
     principal: Principal,

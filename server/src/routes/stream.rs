@@ -24,15 +24,43 @@ use crate::problem::{ApiResult, Problem};
 
 type Shared = State<Arc<AppState>>;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Only events of this SKU (reservation expiries name no SKU and are left out).
+    #[param(value_type = Option<crate::openapi::Sku>)]
     pub sku: Option<String>,
     /// For clients that cannot set headers (EventSource on first connect).
     pub last_event_id: Option<String>,
 }
 
 /// `GET /v1/events?sku=`: stock changes, threshold crossings and expiries.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Follow stock changes, threshold crossings and expiries live",
+    description = "A Server-Sent Events stream. Each message has `id:` the event id, `event:` its type and \
+        `data:` the event as JSON (schema `Event`); a comment line keeps the connection alive. A subscriber \
+        that falls behind gets a last `event: lagged` (data: `LaggedNotice`) and the stream ends. To resume, \
+        reconnect (to any node) with `Last-Event-ID`: retained events after it are sent first. Delivery is \
+        at least once; deduplicate by id.",
+    extensions(("x-tally-role" = json!("read"))),
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false,
+            description = "Resume after this event id; wins over the `last_event_id` query parameter."),
+    ),
+    responses(
+        (status = 200, description = "The event stream.", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_query`, `invalid_event_id`, `field_empty`, `field_too_long`, \
+            `field_bad_character` (sku)."),
+        (status = 410, description = "`event_id_not_retained`: the event is older than the resume buffer; \
+            read current state, then subscribe afresh."),
+        (status = 503, description = "`too_many_subscribers`: retry after `Retry-After`; `timeout`."),
+    ),
+)]
 pub async fn events(
     State(state): Shared,
     principal: Principal,
@@ -57,14 +85,32 @@ pub async fn events(
     Ok(sse_response(subscription, keepalive))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsQuery {
+    /// Only alerts of this SKU.
     pub sku: Option<String>,
+    /// Alerts to return: 1 to `events.alerts_retained_max` (10000 by default); 100 if absent.
+    #[param(minimum = 1)]
     pub limit: Option<usize>,
 }
 
 /// `GET /v1/alerts?sku=&limit=`: recent threshold crossings, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/alerts",
+    tag = "events",
+    summary = "Read recent threshold crossings, newest first",
+    description = "The alerts this node has kept (at most `events.alerts_retained_max`).",
+    extensions(("x-tally-role" = json!("read"))),
+    params(AlertsQuery),
+    responses(
+        (status = 200, description = "Recent alerts.", body = crate::openapi::AlertList),
+        (status = 400, description = "`invalid_query`, `invalid_limit`."),
+        (status = 503, description = "`timeout`."),
+    ),
+)]
 pub async fn alerts(
     State(state): Shared,
     principal: Principal,
