@@ -1,5 +1,5 @@
 //! Prometheus metrics: what the server counts itself, and what the cluster
-//! layer counts, rendered as one OpenMetrics text exposition.
+//! layer counts, rendered as one Prometheus text exposition (format 0.0.4).
 //!
 //! * HTTP and outcome counters live in a `prometheus_client` `Registry` owned
 //!   by `Metrics`; handlers call `observe_request` and `observe_outcome`.
@@ -11,6 +11,10 @@
 //!   publish are exact.
 //! * `extra` gauges let the server add figures of its own parts (event hub,
 //!   alert sinks) without this module knowing them.
+//! * `prometheus_client` writes OpenMetrics text; `/metrics` is served as the
+//!   classic Prometheus text format, which names a counter family with its
+//!   `_total` and has no `# UNIT` or `# EOF` lines. `to_prometheus_text`
+//!   makes that small rewrite, so every family keeps its type in Prometheus.
 //!
 //! Label cardinality is bounded: `route` must be a route template (the
 //! matched path, never the raw one), methods outside the standard set become
@@ -24,7 +28,7 @@ use std::time::Duration;
 use cluster::{ClusterStatus, Node, NodeId, NodeStats};
 use engine::histogram::{LOG2_BUCKETS, Log2Buckets, log2_bucket_bound};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -32,8 +36,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// The content type of `render`'s text (OpenMetrics; Prometheus reads it).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of `render`'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Distinct `tally_http_requests_total` label sets before new ones fold
 /// into `route="other", code="other"`.
@@ -183,16 +187,16 @@ impl Metrics {
         let mut scrape = Registry::default();
         scrape.register_collector(Box::new(ClusterCollector { cluster: cluster.clone(), extra: extra_gauges }));
 
-        let mut text = String::with_capacity(16 * 1024);
-        let encoded = encode_registry(&mut text, &self.registry).and_then(|()| encode_registry(&mut text, &scrape));
+        let mut openmetrics = String::with_capacity(16 * 1024);
+        let encoded =
+            encode_registry(&mut openmetrics, &self.registry).and_then(|()| encode_registry(&mut openmetrics, &scrape));
         if encoded.is_err() {
             // Writing to a String cannot fail; an encoder error means a
             // metric refused to encode. Serve what was written rather than
             // nothing, and say so.
             tracing::error!("metrics exposition is incomplete: an encoder failed");
         }
-        let _ = encode_eof(&mut text);
-        text
+        to_prometheus_text(&openmetrics)
     }
 }
 
@@ -247,18 +251,60 @@ fn is_metric_name(name: &str) -> bool {
 }
 
 /// HELP text is written as is by the encoder: escape what would break the
-/// line (OpenMetrics escapes backslash, newline and double quote).
+/// line (the text format escapes backslash and newline in HELP).
 fn help_text(help: &str) -> String {
     let mut text = String::with_capacity(help.len());
     for c in help.chars() {
         match c {
             '\\' => text.push_str("\\\\"),
             '\n' => text.push_str("\\n"),
-            '"' => text.push_str("\\\""),
             '\r' => text.push(' '),
             c => text.push(c),
         }
     }
+    text
+}
+
+/// Rewrites `prometheus_client`'s OpenMetrics text as Prometheus text 0.0.4.
+/// The encoder writes each family as `# HELP`, `# TYPE`, an optional
+/// `# UNIT`, then its samples, and ends with `# EOF`; samples and label
+/// escapes are the same in both formats. What differs: a counter family is
+/// named without `_total` in OpenMetrics and with it in 0.0.4 (else
+/// Prometheus would not match its samples to their type), OpenMetrics'
+/// `unknown` is 0.0.4's `untyped`, and 0.0.4 has no `# UNIT` or `# EOF`.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut text = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            // Held until the TYPE line says whether the name changes.
+            help = Some(rest.split_once(' ').map_or("", |(_, help)| help));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "unknown" => ("", "untyped"),
+                kind => ("", kind),
+            };
+            if let Some(help) = help.take() {
+                for part in ["# HELP ", name, suffix, " ", help, "\n"] {
+                    text.push_str(part);
+                }
+            }
+            for part in ["# TYPE ", name, suffix, " ", kind, "\n"] {
+                text.push_str(part);
+            }
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    debug_assert!(help.is_none(), "a HELP line without its TYPE");
     text
 }
 
@@ -457,26 +503,45 @@ mod tests {
         is_metric_name(name) && !name.contains(':')
     }
 
-    /// Parses `text` line by line as OpenMetrics text, panicking on any line
-    /// that is not a descriptor, a sample or the final `# EOF`.
+    /// Parses `text` line by line as Prometheus text 0.0.4, panicking on
+    /// any line that is not a HELP, a TYPE or a sample, on a family typed
+    /// twice, and on a sample whose family has no TYPE or whose name does
+    /// not fit its type (a counter's is the family name, ending `_total`; a
+    /// histogram's adds `_bucket`, `_sum` or `_count`).
     fn parse(text: &str) -> Vec<Sample> {
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.last(), Some(&"# EOF"), "the exposition ends with # EOF");
+        let mut types: BTreeMap<String, String> = BTreeMap::new();
         let mut samples = Vec::new();
-        for line in &lines[..lines.len() - 1] {
+        for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# ") {
                 let mut parts = rest.splitn(3, ' ');
                 let keyword = parts.next().unwrap_or_default();
                 let name = parts.next().unwrap_or_default();
-                assert!(matches!(keyword, "HELP" | "TYPE" | "UNIT"), "unknown comment: {line}");
+                assert!(matches!(keyword, "HELP" | "TYPE"), "unknown comment: {line}");
                 assert!(is_metric_name(name), "bad metric name in: {line}");
                 if keyword == "TYPE" {
                     let kind = parts.next().unwrap_or_default();
                     assert!(matches!(kind, "counter" | "gauge" | "histogram"), "bad type: {line}");
+                    assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "typed twice: {line}");
                 }
                 continue;
             }
+            assert!(!line.starts_with('#') && !line.is_empty(), "not a sample: {line:?}");
             samples.push(parse_sample(line));
+        }
+        for sample in &samples {
+            let name = sample.name.as_str();
+            let kind = types.get(name).map(String::as_str).or_else(|| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|suffix| name.strip_suffix(suffix))
+                    .find_map(|family| types.get(family).filter(|kind| *kind == "histogram"))
+                    .map(String::as_str)
+            });
+            match kind {
+                Some("counter") => assert!(name.ends_with("_total"), "counter without _total: {name}"),
+                Some("gauge" | "histogram") => {}
+                other => panic!("sample {name} has no family type ({other:?})"),
+            }
         }
         samples
     }
@@ -639,7 +704,6 @@ mod tests {
             &snapshot(),
             &[("tally_event_subscribers", "Live event stream subscribers.", 3), ("bad name", "left out", 1)],
         );
-        eprintln!("{text}");
         let samples = parse(&text);
         let value = |name: &str, labels: &[(&str, &str)]| find(&samples, name, labels).map(|s| s.value);
         assert_eq!(value("tally_live_holds", &[]), Some(12.0));
@@ -652,7 +716,8 @@ mod tests {
         assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "1")]), None, "not the leader itself");
         assert_eq!(value("tally_event_subscribers", &[]), Some(3.0));
         assert!(!text.contains("bad name"));
-        assert!(text.contains("# UNIT tally_commit_latency_seconds seconds"));
+        assert!(text.contains("# TYPE tally_commit_latency_seconds histogram\n"));
+        assert!(text.contains("# TYPE tally_proposer_ticks_total counter\n"));
 
         let mut histograms = check_histograms(&samples);
         histograms.sort();
@@ -694,6 +759,19 @@ mod tests {
         assert_eq!(empty.len(), 5);
         assert!(empty.iter().all(|(_, count)| *count == 0));
         assert!((empty[3].0 - 8e-6).abs() < 1e-15);
+    }
+
+    #[test]
+    fn openmetrics_counters_get_their_total_and_units_and_eof_go() {
+        let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 3\n\
+                           # HELP a_wait_seconds Wait.\n# TYPE a_wait_seconds histogram\n# UNIT a_wait_seconds seconds\n\
+                           a_wait_seconds_count 0\n# HELP a_odd Odd.\n# TYPE a_odd unknown\na_odd 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(openmetrics),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 3\n\
+             # HELP a_wait_seconds Wait.\n# TYPE a_wait_seconds histogram\na_wait_seconds_count 0\n\
+             # HELP a_odd Odd.\n# TYPE a_odd untyped\na_odd 1\n"
+        );
     }
 
     #[test]

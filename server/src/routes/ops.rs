@@ -123,7 +123,7 @@ pub async fn metrics(State(state): Shared, principal: Principal) -> ApiResult<Re
     let mut response = text.into_response();
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     Ok(response)
 }
 
