@@ -121,9 +121,7 @@ pub async fn metrics(State(state): Shared, principal: Principal) -> ApiResult<Re
     ];
     let text = state.metrics.render(&state.node, &extra).await;
     let mut response = text.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     Ok(response)
 }
 

@@ -1,0 +1,995 @@
+//! The HTTP API as a client sees it: every route of README's table against
+//! the real `tally` binary, with the status, problem code and JSON shape it
+//! promises, and the rule that a refused write changes nothing.
+//!
+//! Processes are few (each start costs about a second and the machine may be
+//! small): one open node with four shards serves the item, reservation,
+//! bad-input and operations specifications, each a sequence of named rules
+//! on SKUs of its own; one node with API keys serves the auth rules. A rule
+//! that fails is reported by name and the others still run.
+
+mod common;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::FutureExt as _;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Longest wait for a 1-second hold to expire with no other traffic.
+const EXPIRY_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Runs each named rule in turn on `$http`; reports every rule that
+/// panicked by name, after all have run.
+macro_rules! rules {
+    ($http:expr; $($rule:ident),* $(,)?) => {{
+        let mut failed: Vec<&str> = Vec::new();
+        $(
+            if AssertUnwindSafe($rule($http)).catch_unwind().await.is_err() {
+                failed.push(stringify!($rule));
+            }
+        )*
+        assert!(failed.is_empty(), "rules that failed (their panics are printed above): {failed:?}");
+    }};
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// One request with a raw body and an optional content type, for what the
+/// JSON client cannot send (bad JSON, oversize bodies).
+async fn raw(http: &Http, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", http.addr()));
+    if let Some(content_type) = content_type {
+        builder = builder.header(CONTENT_TYPE, content_type);
+    }
+    let request = builder.body(Full::new(Bytes::from(body))).unwrap_or_else(|e| panic!("building {path}: {e}"));
+    let exchange = async {
+        let response = client.request(request).await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap_or_else(|e| panic!("{path}: reading the body: {e:?}")).to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (parts.status, parts.headers, value)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.unwrap_or_else(|_| panic!("{path}: no answer"))
+}
+
+/// Creates (or sets) an item; asserts 200 or 201 and answers its body.
+async fn put_item(http: &Http, sku: &str, warehouse: &str, on_hand: u64, threshold: u64) -> Value {
+    let (status, _, body) =
+        http.put(&item_path(sku, warehouse), json!({ "on_hand": on_hand, "low_stock_threshold": threshold })).await;
+    assert!(status == StatusCode::CREATED || status == StatusCode::OK, "PUT {sku}/{warehouse}: {status} {body}");
+    body
+}
+
+/// The item as the server shows it now; asserts 200.
+async fn item(http: &Http, sku: &str, warehouse: &str) -> Value {
+    let (status, _, body) = http.get(&item_path(sku, warehouse)).await;
+    assert_eq!(status, StatusCode::OK, "GET {sku}/{warehouse}: {body}");
+    body
+}
+
+/// `(on_hand, reserved, version)` of an item.
+async fn levels(http: &Http, sku: &str, warehouse: &str) -> (u64, u64, u64) {
+    let body = item(http, sku, warehouse).await;
+    (u64_of(&body, "on_hand"), u64_of(&body, "reserved"), u64_of(&body, "version"))
+}
+
+/// Holds `lines` as `(sku, warehouse, quantity)`; asserts 201 and answers
+/// the reservation.
+async fn reserve(http: &Http, lines: &[(&str, &str, u64)]) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(sku, warehouse, quantity)| json!({ "sku": sku, "warehouse": warehouse, "quantity": quantity }))
+        .collect();
+    let (status, _, body) = http.post("/v1/reservations", json!({ "lines": lines })).await;
+    assert_eq!(status, StatusCode::CREATED, "reserving: {body}");
+    body
+}
+
+fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
+    reply.1.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Items
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_api_follows_its_contract() {
+    let node = TallyProcess::start(Options::default().shards(4)).await;
+    rules!(node.http();
+        put_creates_with_201_and_etag_1_then_updates_with_200,
+        put_with_if_none_match_star_on_an_existing_item_is_item_exists,
+        put_with_a_stale_if_match_is_version_mismatch_and_a_current_one_succeeds,
+        get_with_the_current_etag_in_if_none_match_is_304,
+        get_of_a_missing_item_is_item_not_found,
+        sku_view_sums_every_warehouse,
+        listing_filters_by_status_and_pages_through_every_item_once,
+        adjustments_move_on_hand_and_never_below_reserved,
+        history_lists_movements_newest_first_with_reasons,
+        transfers_move_stock_atomically_between_warehouses,
+        availability_sums_duplicate_lines_and_names_missing_items,
+    );
+}
+
+async fn put_creates_with_201_and_etag_1_then_updates_with_200(http: &Http) {
+    let path = item_path("it-put", "w1");
+    let created = http.put(&path, json!({ "on_hand": 10, "low_stock_threshold": 2, "name": "Mug" })).await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
+    assert_eq!(header(&created, "etag"), Some("\"1\""));
+    assert_eq!(u64_of(&created.2, "on_hand"), 10);
+    assert_eq!(u64_of(&created.2, "available"), 10);
+    assert_eq!(str_of(&created.2, "status"), "IN_STOCK");
+    assert_eq!(str_of(&created.2, "name"), "Mug");
+
+    let updated = http.put(&path, json!({ "on_hand": 7 })).await;
+    assert_eq!(updated.0, StatusCode::OK, "{}", updated.2);
+    assert_eq!(header(&updated, "etag"), Some("\"2\""));
+    assert_eq!(u64_of(&updated.2, "on_hand"), 7);
+    assert_eq!(u64_of(&updated.2, "low_stock_threshold"), 2, "an absent field is kept");
+    assert_eq!(str_of(&updated.2, "name"), "Mug", "an absent field is kept");
+}
+
+async fn put_with_if_none_match_star_on_an_existing_item_is_item_exists(http: &Http) {
+    let path = item_path("it-inm", "w1");
+    let first = http.request(Method::PUT, &path, &[("if-none-match", "*")], Some(&json!({ "on_hand": 5 }))).await;
+    assert_eq!(first.0, StatusCode::CREATED, "a create-only PUT of a new item creates it: {}", first.2);
+    let again = http.request(Method::PUT, &path, &[("if-none-match", "*")], Some(&json!({ "on_hand": 9 }))).await;
+    assert_problem(&again, StatusCode::PRECONDITION_FAILED, "item_exists");
+    assert_eq!(levels(http, "it-inm", "w1").await, (5, 0, 1), "the refused PUT changed nothing");
+}
+
+async fn put_with_a_stale_if_match_is_version_mismatch_and_a_current_one_succeeds(http: &Http) {
+    let path = item_path("it-ifm", "w1");
+    put_item(http, "it-ifm", "w1", 5, 0).await;
+    put_item(http, "it-ifm", "w1", 6, 0).await;
+    let stale = http.request(Method::PUT, &path, &[("if-match", "\"1\"")], Some(&json!({ "on_hand": 1 }))).await;
+    assert_problem(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(levels(http, "it-ifm", "w1").await, (6, 0, 2), "the refused PUT changed nothing");
+    let current = http.request(Method::PUT, &path, &[("if-match", "\"2\"")], Some(&json!({ "on_hand": 1 }))).await;
+    assert_eq!(current.0, StatusCode::OK, "{}", current.2);
+    assert_eq!(header(&current, "etag"), Some("\"3\""));
+    assert_eq!(levels(http, "it-ifm", "w1").await, (1, 0, 3));
+}
+
+async fn get_with_the_current_etag_in_if_none_match_is_304(http: &Http) {
+    let path = item_path("it-304", "w1");
+    put_item(http, "it-304", "w1", 3, 0).await;
+    let fresh = http.get(&path).await;
+    assert_eq!(fresh.0, StatusCode::OK);
+    let tag = header(&fresh, "etag").unwrap_or_else(|| panic!("no ETag on GET: {:?}", fresh.1)).to_owned();
+    assert_eq!(tag, "\"1\"");
+    let cached = http.request(Method::GET, &path, &[("if-none-match", &tag)], None).await;
+    assert_eq!(cached.0, StatusCode::NOT_MODIFIED, "{}", cached.2);
+    assert_eq!(cached.2, Value::Null, "a 304 has no body");
+    put_item(http, "it-304", "w1", 4, 0).await;
+    let changed = http.request(Method::GET, &path, &[("if-none-match", &tag)], None).await;
+    assert_eq!(changed.0, StatusCode::OK, "an old ETag does not match a changed item");
+    assert_eq!(header(&changed, "etag"), Some("\"2\""));
+}
+
+async fn get_of_a_missing_item_is_item_not_found(http: &Http) {
+    assert_problem(&http.get(&item_path("it-missing", "w1")).await, StatusCode::NOT_FOUND, "item_not_found");
+    assert_problem(&http.get("/v1/items/it-missing").await, StatusCode::NOT_FOUND, "item_not_found");
+    let history = http.get("/v1/items/it-missing/w1/history").await;
+    assert_problem(&history, StatusCode::NOT_FOUND, "item_not_found");
+}
+
+async fn sku_view_sums_every_warehouse(http: &Http) {
+    put_item(http, "it-sku", "w1", 10, 0).await;
+    put_item(http, "it-sku", "w2", 5, 0).await;
+    reserve(http, &[("it-sku", "w2", 2)]).await;
+    let (status, _, body) = http.get("/v1/items/it-sku").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((u64_of(&body, "on_hand"), u64_of(&body, "reserved"), u64_of(&body, "available")), (15, 2, 13));
+    let warehouses = body["warehouses"].as_array().unwrap_or_else(|| panic!("no warehouses in {body}"));
+    let mut names: Vec<&str> = warehouses.iter().map(|w| str_of(w, "warehouse")).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["w1", "w2"]);
+}
+
+async fn listing_filters_by_status_and_pages_through_every_item_once(http: &Http) {
+    // A warehouse of its own, so other rules' items stay out of the listing.
+    let warehouse = "wlist";
+    let low = ["ls-low-a", "ls-low-b", "ls-low-c", "ls-low-d", "ls-low-e"];
+    for sku in low {
+        put_item(http, sku, warehouse, 2, 5).await;
+    }
+    put_item(http, "ls-out", warehouse, 0, 5).await;
+    put_item(http, "ls-in", warehouse, 50, 5).await;
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _page in 0..100 {
+        let mut path = format!("/v1/items?status=LOW_STOCK&warehouse={warehouse}&limit=1");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let (status, _, body) = http.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let items = body["items"].as_array().unwrap_or_else(|| panic!("no items in {body}"));
+        assert!(items.len() <= 1, "limit=1 answered {} items", items.len());
+        for item in items {
+            assert_eq!(str_of(item, "status"), "LOW_STOCK", "{item}");
+            seen.push(str_of(item, "sku").to_owned());
+        }
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => {
+                assert!(body["next_cursor"].is_null(), "{body}");
+                cursor = None;
+                break;
+            }
+        }
+    }
+    assert!(cursor.is_none(), "the listing did not end within 100 pages");
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "a page repeated an item: {seen:?}");
+    assert_eq!(sorted, low, "LOW_STOCK lists exactly the low items");
+
+    let (status, _, body) = http.get(&format!("/v1/items?status=OUT_OF_STOCK&warehouse={warehouse}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let out: Vec<&str> =
+        body["items"].as_array().map(|a| a.iter().map(|i| str_of(i, "sku")).collect()).unwrap_or_default();
+    assert_eq!(out, ["ls-out"], "{body}");
+    assert_problem(&http.get("/v1/items?status=SOMETIMES").await, StatusCode::BAD_REQUEST, "invalid_status");
+    assert_problem(&http.get("/v1/items?cursor=nonsense").await, StatusCode::BAD_REQUEST, "invalid_cursor");
+    assert_problem(&http.get("/v1/items?limit=0").await, StatusCode::BAD_REQUEST, "invalid_limit");
+}
+
+async fn adjustments_move_on_hand_and_never_below_reserved(http: &Http) {
+    let path = "/v1/items/it-adj/w1/adjustments";
+    put_item(http, "it-adj", "w1", 10, 0).await;
+    let received = http.post(path, json!({ "delta": 5, "reason": "receive" })).await;
+    assert_eq!(received.0, StatusCode::OK, "{}", received.2);
+    assert_eq!(u64_of(&received.2, "on_hand"), 15);
+    let damaged = http.post(path, json!({ "delta": -3, "reason": "damage" })).await;
+    assert_eq!(damaged.0, StatusCode::OK, "{}", damaged.2);
+    assert_eq!(u64_of(&damaged.2, "on_hand"), 12);
+
+    reserve(http, &[("it-adj", "w1", 10)]).await;
+    let before = levels(http, "it-adj", "w1").await;
+    assert_eq!((before.0, before.1), (12, 10));
+    let below = http.post(path, json!({ "delta": -3, "reason": "loss" })).await;
+    assert_problem(&below, StatusCode::CONFLICT, "below_reserved");
+    let bad_reason = http.post(path, json!({ "delta": 1, "reason": "magic" })).await;
+    assert_problem(&bad_reason, StatusCode::BAD_REQUEST, "invalid_reason");
+    let zero = http.post(path, json!({ "delta": 0, "reason": "count" })).await;
+    assert_problem(&zero, StatusCode::BAD_REQUEST, "quantity_zero");
+    assert_eq!(levels(http, "it-adj", "w1").await, before, "refused adjustments changed nothing");
+    let missing =
+        http.post("/v1/items/it-adj-missing/w1/adjustments", json!({ "delta": 1, "reason": "receive" })).await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "item_not_found");
+}
+
+async fn history_lists_movements_newest_first_with_reasons(http: &Http) {
+    let path = "/v1/items/it-hist/w1/adjustments";
+    put_item(http, "it-hist", "w1", 10, 0).await;
+    for (delta, reason) in [(4, "receive"), (-1, "damage"), (2, "return")] {
+        let (status, _, body) = http.post(path, json!({ "delta": delta, "reason": reason })).await;
+        assert_eq!(status, StatusCode::OK, "{reason}: {body}");
+    }
+    let (status, _, body) = http.get("/v1/items/it-hist/w1/history").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let movements = body["movements"].as_array().unwrap_or_else(|| panic!("no movements in {body}"));
+    assert!(movements.len() >= 3, "{body}");
+    let newest: Vec<(&str, i64, u64, u64)> = movements[..3]
+        .iter()
+        .map(|m| {
+            let delta = m["delta"].as_i64().unwrap_or_else(|| panic!("delta in {m}"));
+            (str_of(m, "reason"), delta, u64_of(m, "on_hand_before"), u64_of(m, "on_hand_after"))
+        })
+        .collect();
+    assert_eq!(newest, [("return", 2, 13, 15), ("damage", -1, 14, 13), ("receive", 4, 10, 14)]);
+    let (status, _, body) = http.get("/v1/items/it-hist/w1/history?limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["movements"].as_array().map(Vec::len), Some(1), "{body}");
+}
+
+async fn transfers_move_stock_atomically_between_warehouses(http: &Http) {
+    put_item(http, "it-xfer", "w1", 10, 0).await;
+    put_item(http, "it-xfer", "w2", 1, 0).await;
+    let moved = http.post("/v1/transfers", json!({ "sku": "it-xfer", "from": "w1", "to": "w2", "quantity": 4 })).await;
+    assert_eq!(moved.0, StatusCode::OK, "{}", moved.2);
+    assert_eq!(u64_of(&moved.2["from"], "on_hand"), 6);
+    assert_eq!(u64_of(&moved.2["to"], "on_hand"), 5);
+    let (w1, w2) = (levels(http, "it-xfer", "w1").await, levels(http, "it-xfer", "w2").await);
+    assert_eq!((w1.0, w2.0), (6, 5));
+
+    let same = http.post("/v1/transfers", json!({ "sku": "it-xfer", "from": "w1", "to": "w1", "quantity": 1 })).await;
+    assert_problem(&same, StatusCode::BAD_REQUEST, "same_warehouse");
+    let too_many =
+        http.post("/v1/transfers", json!({ "sku": "it-xfer", "from": "w1", "to": "w2", "quantity": 100 })).await;
+    assert_eq!(too_many.0, StatusCode::CONFLICT, "{}", too_many.2);
+    assert_eq!(levels(http, "it-xfer", "w1").await, w1, "a refused transfer leaves the source unchanged");
+    assert_eq!(levels(http, "it-xfer", "w2").await, w2, "a refused transfer leaves the target unchanged");
+    let history = http.get("/v1/items/it-xfer/w2/history").await;
+    assert_eq!(history.0, StatusCode::OK);
+    assert_eq!(history.2["movements"][0]["reason"], "transfer_in", "{}", history.2);
+}
+
+async fn availability_sums_duplicate_lines_and_names_missing_items(http: &Http) {
+    put_item(http, "it-avail", "w1", 5, 0).await;
+    let one = http
+        .post("/v1/availability", json!({ "lines": [{ "sku": "it-avail", "warehouse": "w1", "quantity": 3 }] }))
+        .await;
+    assert_eq!(one.0, StatusCode::OK, "{}", one.2);
+    assert_eq!(one.2["all_available"], true, "{}", one.2);
+    assert_eq!(u64_of(&one.2["lines"][0], "available"), 5);
+
+    let twice = json!({ "lines": [
+        { "sku": "it-avail", "warehouse": "w1", "quantity": 3 },
+        { "sku": "it-avail", "warehouse": "w1", "quantity": 3 },
+    ] });
+    let (status, _, body) = http.post("/v1/availability", twice).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["all_available"], false, "3 + 3 of the same item is more than 5: {body}");
+
+    let missing = json!({ "lines": [
+        { "sku": "it-avail", "quantity": 2 },
+        { "sku": "it-avail-missing", "warehouse": "w1", "quantity": 1 },
+    ] });
+    let (status, _, body) = http.post("/v1/availability", missing).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["all_available"], false, "{body}");
+    assert_eq!((&body["lines"][0]["exists"], &body["lines"][0]["enough"]), (&json!(true), &json!(true)), "{body}");
+    assert_eq!((&body["lines"][1]["exists"], &body["lines"][1]["enough"]), (&json!(false), &json!(false)), "{body}");
+    let empty = http.post("/v1/availability", json!({ "lines": [] })).await;
+    assert_problem(&empty, StatusCode::BAD_REQUEST, "invalid_lines");
+}
+
+// ---------------------------------------------------------------------------
+// Reservations
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_api_follows_its_contract() {
+    let node = TallyProcess::start(Options::default().shards(4)).await;
+    rules!(node.http();
+        a_reservation_is_created_held_with_an_expiry,
+        a_retry_with_the_same_idempotency_key_replays_and_holds_once,
+        insufficient_stock_lists_every_short_line,
+        confirm_takes_the_units_and_a_second_confirm_replays,
+        release_gives_the_units_back_and_ended_reservations_refuse_the_other_end,
+        delete_releases,
+        extend_moves_the_deadline_later,
+        commit_true_confirms_at_once,
+        a_hold_expires_on_its_own_and_then_cannot_be_confirmed,
+        a_reservation_across_shards_is_all_or_nothing,
+        a_line_without_warehouse_takes_the_most_available_first,
+        an_order_is_found_and_confirmed_by_its_order_id,
+        a_batch_answers_one_result_per_request_in_order,
+        bad_and_unknown_reservation_ids_are_refused,
+    );
+}
+
+async fn a_reservation_is_created_held_with_an_expiry(http: &Http) {
+    put_item(http, "rs-new", "w1", 10, 0).await;
+    let (status, _, body) = http
+        .post(
+            "/v1/reservations",
+            json!({ "lines": [{ "sku": "rs-new", "warehouse": "w1", "quantity": 3 }], "ttl_seconds": 60 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(str_of(&body, "state"), "HELD");
+    assert_lines(&body, &[("rs-new", "w1", 3)]);
+    let id = str_of(&body, "id");
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(str_of(&body, "expires_at").ends_with('Z'), "{body}");
+    let expires = u64_of(&body, "expires_at_ms");
+    let created = u64_of(&body, "created_at_ms");
+    assert!(expires > created, "{body}");
+    let (status, _, got) = http.get(&format!("/v1/reservations/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(str_of(&got, "state"), "HELD");
+    assert_eq!(u64_of(&got, "expires_at_ms"), expires);
+    assert_eq!(levels(http, "rs-new", "w1").await.1, 3);
+}
+
+async fn a_retry_with_the_same_idempotency_key_replays_and_holds_once(http: &Http) {
+    put_item(http, "rs-idem", "w1", 10, 0).await;
+    let body = json!({ "lines": [{ "sku": "rs-idem", "warehouse": "w1", "quantity": 4 }] });
+    let key = [("idempotency-key", "rs-idem-key-1")];
+    let first = http.post_with("/v1/reservations", body.clone(), &key).await;
+    assert_eq!(first.0, StatusCode::CREATED, "{}", first.2);
+    assert_eq!(header(&first, "idempotent-replayed"), None, "a first create is not a replay");
+    let again = http.post_with("/v1/reservations", body, &key).await;
+    assert_eq!(again.0, StatusCode::CREATED, "{}", again.2);
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+    assert_eq!(again.2["id"], first.2["id"]);
+    assert_eq!(levels(http, "rs-idem", "w1").await.1, 4, "the stock is held once");
+}
+
+async fn insufficient_stock_lists_every_short_line(http: &Http) {
+    put_item(http, "rs-short", "w1", 2, 0).await;
+    put_item(http, "rs-short", "w2", 1, 0).await;
+    put_item(http, "rs-short", "w3", 10, 0).await;
+    let body = json!({ "lines": [
+        { "sku": "rs-short", "warehouse": "w1", "quantity": 5 },
+        { "sku": "rs-short", "warehouse": "w3", "quantity": 1 },
+        { "sku": "rs-short", "warehouse": "w2", "quantity": 3 },
+    ] });
+    let refused = http.post("/v1/reservations", body).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "insufficient_stock");
+    let lines = refused.2["lines"].as_array().unwrap_or_else(|| panic!("no lines in {}", refused.2));
+    let mut short: Vec<(u64, &str, u64, u64)> = lines
+        .iter()
+        .map(|l| (u64_of(l, "line"), str_of(l, "warehouse"), u64_of(l, "requested"), u64_of(l, "available")))
+        .collect();
+    short.sort_unstable();
+    assert_eq!(short, [(0, "w1", 5, 2), (2, "w2", 3, 1)], "{}", refused.2);
+    for warehouse in ["w1", "w2", "w3"] {
+        assert_eq!(levels(http, "rs-short", warehouse).await.1, 0, "nothing is held in {warehouse}");
+    }
+}
+
+async fn confirm_takes_the_units_and_a_second_confirm_replays(http: &Http) {
+    put_item(http, "rs-confirm", "w1", 10, 0).await;
+    let held = reserve(http, &[("rs-confirm", "w1", 3)]).await;
+    let path = format!("/v1/reservations/{}/confirm", str_of(&held, "id"));
+    let (status, _, body) = http.post_empty(&path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(str_of(&body, "state"), "CONFIRMED");
+    let (on_hand, reserved, _) = levels(http, "rs-confirm", "w1").await;
+    assert_eq!((on_hand, reserved), (7, 0), "a confirm takes on_hand and reserved down by the quantity");
+    let (status, _, body) = http.post_empty(&path).await;
+    assert_eq!(status, StatusCode::OK, "a second confirm replays the first: {body}");
+    assert_eq!(str_of(&body, "state"), "CONFIRMED");
+    assert_eq!(levels(http, "rs-confirm", "w1").await.0, 7, "a replayed confirm takes nothing more");
+}
+
+async fn release_gives_the_units_back_and_ended_reservations_refuse_the_other_end(http: &Http) {
+    put_item(http, "rs-release", "w1", 10, 0).await;
+    let confirmed = reserve(http, &[("rs-release", "w1", 2)]).await;
+    let confirmed_id = str_of(&confirmed, "id");
+    assert_eq!(http.post_empty(&format!("/v1/reservations/{confirmed_id}/confirm")).await.0, StatusCode::OK);
+    let late = http.post_empty(&format!("/v1/reservations/{confirmed_id}/release")).await;
+    assert_problem(&late, StatusCode::CONFLICT, "reservation_confirmed");
+
+    let held = reserve(http, &[("rs-release", "w1", 3)]).await;
+    let id = str_of(&held, "id");
+    assert_eq!(levels(http, "rs-release", "w1").await.1, 3);
+    let (status, _, body) = http.post_empty(&format!("/v1/reservations/{id}/release")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(str_of(&body, "state"), "RELEASED");
+    assert_eq!(levels(http, "rs-release", "w1").await.0, 8);
+    assert_eq!(levels(http, "rs-release", "w1").await.1, 0, "a release gives the units back");
+    let confirm = http.post_empty(&format!("/v1/reservations/{id}/confirm")).await;
+    assert_problem(&confirm, StatusCode::CONFLICT, "reservation_released");
+    assert_eq!(levels(http, "rs-release", "w1").await.0, 8, "a refused confirm takes nothing");
+}
+
+async fn delete_releases(http: &Http) {
+    put_item(http, "rs-delete", "w1", 10, 0).await;
+    let held = reserve(http, &[("rs-delete", "w1", 4)]).await;
+    let (status, _, body) = http.delete(&format!("/v1/reservations/{}", str_of(&held, "id")), Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(str_of(&body, "state"), "RELEASED");
+    assert_eq!(levels(http, "rs-delete", "w1").await.1, 0);
+}
+
+async fn extend_moves_the_deadline_later(http: &Http) {
+    put_item(http, "rs-extend", "w1", 10, 0).await;
+    let (status, _, held) = http
+        .post(
+            "/v1/reservations",
+            json!({ "lines": [{ "sku": "rs-extend", "warehouse": "w1", "quantity": 1 }], "ttl_seconds": 30 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let id = str_of(&held, "id");
+    let (status, _, extended) =
+        http.post(&format!("/v1/reservations/{id}/extend"), json!({ "ttl_seconds": 3600 })).await;
+    assert_eq!(status, StatusCode::OK, "{extended}");
+    assert_eq!(str_of(&extended, "state"), "HELD");
+    assert!(
+        // From now + 30 s to now + 1 h: later by nearly an hour.
+        u64_of(&extended, "expires_at_ms") >= u64_of(&held, "expires_at_ms") + 3_000_000,
+        "the deadline moved to now + 1 h: {held} -> {extended}"
+    );
+    let zero = http.post(&format!("/v1/reservations/{id}/extend"), json!({ "ttl_seconds": 0 })).await;
+    assert_problem(&zero, StatusCode::BAD_REQUEST, "ttl_out_of_range");
+    let (_, _, after) = http.get(&format!("/v1/reservations/{id}")).await;
+    assert_eq!(after["expires_at_ms"], extended["expires_at_ms"], "a refused extend keeps the deadline");
+}
+
+async fn commit_true_confirms_at_once(http: &Http) {
+    put_item(http, "rs-commit", "w1", 10, 0).await;
+    let (status, _, body) = http
+        .post(
+            "/v1/reservations",
+            json!({ "lines": [{ "sku": "rs-commit", "warehouse": "w1", "quantity": 4 }], "commit": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(str_of(&body, "state"), "CONFIRMED");
+    assert_eq!(levels(http, "rs-commit", "w1").await.0, 6);
+    assert_eq!(levels(http, "rs-commit", "w1").await.1, 0);
+}
+
+async fn a_hold_expires_on_its_own_and_then_cannot_be_confirmed(http: &Http) {
+    put_item(http, "rs-expire", "w1", 10, 0).await;
+    let (status, _, held) = http
+        .post(
+            "/v1/reservations",
+            json!({ "lines": [{ "sku": "rs-expire", "warehouse": "w1", "quantity": 5 }], "ttl_seconds": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let id = str_of(&held, "id").to_owned();
+    let path = format!("/v1/reservations/{id}");
+    // No other request in between: the server must expire it by itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually("the 1 s hold shows EXPIRED", EXPIRY_WAIT_MAX, async || {
+        let (status, _, body) = http.get(&path).await;
+        (status == StatusCode::OK && body["state"] == "EXPIRED").then_some(())
+    })
+    .await;
+    assert_eq!(levels(http, "rs-expire", "w1").await.0, 10);
+    assert_eq!(levels(http, "rs-expire", "w1").await.1, 0, "an expired hold gives its units back");
+    let confirm = http.post_empty(&format!("{path}/confirm")).await;
+    assert_problem(&confirm, StatusCode::CONFLICT, "reservation_expired");
+}
+
+/// Two SKUs on different shards, found by trying names: a reservation over
+/// both spans shards, and says so with `parts`.
+async fn skus_on_two_shards(http: &Http, prefix: &str) -> (String, String) {
+    let first = format!("{prefix}-0");
+    put_item(http, &first, "w1", 10, 0).await;
+    for index in 1..64 {
+        let other = format!("{prefix}-{index}");
+        put_item(http, &other, "w1", 10, 0).await;
+        let held = reserve(http, &[(&first, "w1", 1), (&other, "w1", 1)]).await;
+        let (status, _, _) = http.post_empty(&format!("/v1/reservations/{}/release", str_of(&held, "id"))).await;
+        assert_eq!(status, StatusCode::OK);
+        if held.get("parts").is_some() {
+            return (first, other);
+        }
+    }
+    panic!("no two of 64 SKUs on different shards")
+}
+
+async fn a_reservation_across_shards_is_all_or_nothing(http: &Http) {
+    let (a, b) = skus_on_two_shards(http, "rs-xs").await;
+    put_item(http, &b, "w1", 2, 0).await;
+    let body = json!({ "lines": [
+        { "sku": a, "warehouse": "w1", "quantity": 5 },
+        { "sku": b, "warehouse": "w1", "quantity": 3 },
+    ] });
+    let refused = http.post("/v1/reservations", body).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "insufficient_stock");
+    assert_eq!(refused.2["lines"].as_array().map(Vec::len), Some(1), "{}", refused.2);
+    assert_eq!(refused.2["lines"][0]["sku"], b.as_str(), "{}", refused.2);
+    assert_eq!(levels(http, &a, "w1").await.1, 0, "the part held on the other shard was given back");
+    assert_eq!(levels(http, &b, "w1").await.1, 0);
+
+    let held = reserve(http, &[(&a, "w1", 5), (&b, "w1", 2)]).await;
+    assert!(held.get("parts").is_some(), "{held}");
+    let (status, _, confirmed) = http.post_empty(&format!("/v1/reservations/{}/confirm", str_of(&held, "id"))).await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    assert_eq!(str_of(&confirmed, "state"), "CONFIRMED");
+    assert_eq!(levels(http, &a, "w1").await.0, 5);
+    assert_eq!(levels(http, &b, "w1").await.0, 0);
+}
+
+async fn a_line_without_warehouse_takes_the_most_available_first(http: &Http) {
+    put_item(http, "rs-alloc", "w1", 3, 0).await;
+    put_item(http, "rs-alloc", "w2", 7, 0).await;
+    let (status, _, body) =
+        http.post("/v1/reservations", json!({ "lines": [{ "sku": "rs-alloc", "quantity": 8 }] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_lines(&body, &[("rs-alloc", "w2", 7), ("rs-alloc", "w1", 1)]);
+    assert_eq!(levels(http, "rs-alloc", "w2").await.1, 7);
+    assert_eq!(levels(http, "rs-alloc", "w1").await.1, 1);
+    let short = http.post("/v1/reservations", json!({ "lines": [{ "sku": "rs-alloc", "quantity": 3 }] })).await;
+    assert_problem(&short, StatusCode::CONFLICT, "insufficient_stock");
+    assert_eq!(levels(http, "rs-alloc", "w1").await.1, 1, "a refused allocation holds nothing");
+}
+
+async fn an_order_is_found_and_confirmed_by_its_order_id(http: &Http) {
+    put_item(http, "rs-order", "w1", 10, 0).await;
+    let (status, _, held) = http
+        .post(
+            "/v1/reservations",
+            json!({ "lines": [{ "sku": "rs-order", "warehouse": "w1", "quantity": 2 }], "order_id": "order-77" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(str_of(&held, "order_id"), "order-77");
+    let (status, _, got) = http.get("/v1/orders/order-77").await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["id"], held["id"]);
+    assert_eq!(str_of(&got, "state"), "HELD");
+    let (status, _, confirmed) = http.post_empty("/v1/orders/order-77/confirm").await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    assert_eq!(str_of(&confirmed, "state"), "CONFIRMED");
+    assert_eq!(levels(http, "rs-order", "w1").await.0, 8);
+    assert_problem(&http.get("/v1/orders/order-none").await, StatusCode::NOT_FOUND, "order_not_found");
+}
+
+async fn a_batch_answers_one_result_per_request_in_order(http: &Http) {
+    put_item(http, "rs-batch", "w1", 5, 0).await;
+    let line = |quantity: u64| json!({ "lines": [{ "sku": "rs-batch", "warehouse": "w1", "quantity": quantity }] });
+    let requests = json!({ "requests": [line(2), line(100), line(0)] });
+    let (status, _, body) = http.post("/v1/reservations/batch", requests).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap_or_else(|| panic!("no results in {body}"));
+    assert_eq!(results.len(), 3, "{body}");
+    assert_eq!(results[0]["status"], 201, "{body}");
+    assert_eq!(results[0]["reservation"]["state"], "HELD", "{body}");
+    assert_eq!(results[1]["status"], 409, "{body}");
+    assert_eq!(results[1]["problem"]["code"], "insufficient_stock", "{body}");
+    assert_eq!(results[2]["status"], 400, "{body}");
+    assert_eq!(results[2]["problem"]["code"], "quantity_zero", "{body}");
+    assert_eq!(body["held"], 1, "{body}");
+    assert_eq!(levels(http, "rs-batch", "w1").await.1, 2, "only the good request holds");
+
+    let oversize: Vec<Value> = (0..1025).map(|_| line(1)).collect();
+    let refused = http.post("/v1/reservations/batch", json!({ "requests": oversize })).await;
+    assert_problem(&refused, StatusCode::BAD_REQUEST, "invalid_batch_size");
+    let empty = http.post("/v1/reservations/batch", json!({ "requests": [] })).await;
+    assert_problem(&empty, StatusCode::BAD_REQUEST, "invalid_batch_size");
+    assert_eq!(levels(http, "rs-batch", "w1").await.1, 2, "a refused batch holds nothing");
+}
+
+async fn bad_and_unknown_reservation_ids_are_refused(http: &Http) {
+    for path in ["/v1/reservations/not-an-id", "/v1/reservations/xyz/confirm"] {
+        let reply = if path.ends_with("confirm") { http.post_empty(path).await } else { http.get(path).await };
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_reservation_id");
+    }
+    let unknown = "00000000000000000000000000000000";
+    assert_problem(
+        &http.get(&format!("/v1/reservations/{unknown}")).await,
+        StatusCode::NOT_FOUND,
+        "reservation_not_found",
+    );
+    let confirm = http.post_empty(&format!("/v1/reservations/{unknown}/confirm")).await;
+    assert_problem(&confirm, StatusCode::NOT_FOUND, "reservation_not_found");
+    let release = http.post_empty(&format!("/v1/reservations/{unknown}/release")).await;
+    assert_problem(&release, StatusCode::NOT_FOUND, "reservation_not_found");
+}
+
+// ---------------------------------------------------------------------------
+// Bad input
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_4xx_problem_and_writes_nothing() {
+    let node = TallyProcess::start(Options::default().shards(2)).await;
+    rules!(node.http();
+        malformed_json_is_invalid_json,
+        wrong_types_negative_numbers_and_unknown_fields_are_invalid_body,
+        a_body_without_json_content_type_is_415,
+        zero_and_oversize_quantities_are_refused,
+        ttl_outside_its_range_is_ttl_out_of_range,
+        a_body_over_the_limit_is_body_too_large,
+        unknown_routes_are_404_and_wrong_methods_405,
+    );
+}
+
+/// A fresh item for a bad-input rule, and its state to compare with later.
+async fn fixture(http: &Http, sku: &str) -> Value {
+    put_item(http, sku, "w1", 10, 2).await;
+    reserve(http, &[(sku, "w1", 1)]).await;
+    item(http, sku, "w1").await
+}
+
+async fn assert_unchanged(http: &Http, sku: &str, before: &Value) {
+    assert_eq!(&item(http, sku, "w1").await, before, "a refused request changed {sku}");
+    let (status, _, history) = http.get(&format!("/v1/items/{sku}/w1/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(history["movements"].as_array().map(Vec::len), Some(1), "only the create is recorded: {history}");
+}
+
+async fn malformed_json_is_invalid_json(http: &Http) {
+    let before = fixture(http, "bi-json").await;
+    let json = Some("application/json");
+    for (method, path) in [
+        (Method::PUT, item_path("bi-json", "w1")),
+        (Method::POST, "/v1/items/bi-json/w1/adjustments".to_owned()),
+        (Method::POST, "/v1/reservations".to_owned()),
+        (Method::POST, "/v1/transfers".to_owned()),
+    ] {
+        let reply = raw(http, method.clone(), &path, json, b"{on_hand: 1".to_vec()).await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_json");
+    }
+    assert_unchanged(http, "bi-json", &before).await;
+}
+
+async fn wrong_types_negative_numbers_and_unknown_fields_are_invalid_body(http: &Http) {
+    let before = fixture(http, "bi-body").await;
+    let path = item_path("bi-body", "w1");
+    for body in [
+        json!({ "on_hand": "ten" }),
+        json!({ "on_hand": -1 }),
+        json!({ "on_hand": 1, "colour": "red" }),
+        json!({ "low_stock_threshold": true }),
+    ] {
+        assert_problem(&http.put(&path, body).await, StatusCode::BAD_REQUEST, "invalid_body");
+    }
+    let adjust = "/v1/items/bi-body/w1/adjustments";
+    for body in [
+        json!({ "delta": 1.5, "reason": "receive" }),
+        json!({ "delta": 1 }),
+        json!({ "delta": 1, "reason": "receive", "x": 1 }),
+    ] {
+        assert_problem(&http.post(adjust, body).await, StatusCode::BAD_REQUEST, "invalid_body");
+    }
+    for body in [
+        json!({ "lines": [{ "sku": "bi-body", "warehouse": "w1", "quantity": -1 }] }),
+        json!({ "lines": [{ "sku": "bi-body", "warehouse": "w1", "quantity": 1, "note": "x" }] }),
+        json!({ "lines": "all" }),
+    ] {
+        assert_problem(&http.post("/v1/reservations", body).await, StatusCode::BAD_REQUEST, "invalid_body");
+    }
+    assert_unchanged(http, "bi-body", &before).await;
+}
+
+async fn a_body_without_json_content_type_is_415(http: &Http) {
+    let before = fixture(http, "bi-ctype").await;
+    let body = br#"{"on_hand": 1}"#.to_vec();
+    let none = raw(http, Method::PUT, &item_path("bi-ctype", "w1"), None, body.clone()).await;
+    assert_problem(&none, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    let text = raw(http, Method::PUT, &item_path("bi-ctype", "w1"), Some("text/plain"), body).await;
+    assert_problem(&text, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    let reservation = http.request(Method::POST, "/v1/reservations", &[], None).await;
+    assert_problem(&reservation, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_unchanged(http, "bi-ctype", &before).await;
+}
+
+async fn zero_and_oversize_quantities_are_refused(http: &Http) {
+    let before = fixture(http, "bi-qty").await;
+    let line = |quantity: u64| json!({ "lines": [{ "sku": "bi-qty", "warehouse": "w1", "quantity": quantity }] });
+    assert_problem(&http.post("/v1/reservations", line(0)).await, StatusCode::BAD_REQUEST, "quantity_zero");
+    let huge = 1_000_000_000_000_000_001;
+    assert_problem(&http.post("/v1/reservations", line(huge)).await, StatusCode::BAD_REQUEST, "quantity_too_large");
+    let transfer = |quantity: u64| json!({ "sku": "bi-qty", "from": "w1", "to": "w2", "quantity": quantity });
+    assert_problem(&http.post("/v1/transfers", transfer(0)).await, StatusCode::BAD_REQUEST, "quantity_zero");
+    assert_problem(&http.post("/v1/transfers", transfer(huge)).await, StatusCode::BAD_REQUEST, "quantity_too_large");
+    let put = http.put(&item_path("bi-qty", "w1"), json!({ "on_hand": huge })).await;
+    assert_problem(&put, StatusCode::BAD_REQUEST, "quantity_too_large");
+    let availability = json!({ "lines": [{ "sku": "bi-qty", "warehouse": "w1", "quantity": 0 }] });
+    assert_problem(&http.post("/v1/availability", availability).await, StatusCode::BAD_REQUEST, "quantity_zero");
+    assert_unchanged(http, "bi-qty", &before).await;
+}
+
+async fn ttl_outside_its_range_is_ttl_out_of_range(http: &Http) {
+    let before = fixture(http, "bi-ttl").await;
+    for ttl in [0, 86_401, u64::MAX] {
+        let body = json!({ "lines": [{ "sku": "bi-ttl", "warehouse": "w1", "quantity": 1 }], "ttl_seconds": ttl });
+        assert_problem(&http.post("/v1/reservations", body).await, StatusCode::BAD_REQUEST, "ttl_out_of_range");
+    }
+    assert_unchanged(http, "bi-ttl", &before).await;
+}
+
+async fn a_body_over_the_limit_is_body_too_large(http: &Http) {
+    let before = fixture(http, "bi-large").await;
+    // Valid JSON a little over the default 1 MiB `server.body_bytes_max`.
+    let name = "x".repeat((1 << 20) + 1024);
+    let body = serde_json::to_vec(&json!({ "on_hand": 1, "name": name })).unwrap_or_else(|e| panic!("{e}"));
+    let reply = raw(http, Method::PUT, &item_path("bi-large", "w1"), Some("application/json"), body).await;
+    assert_problem(&reply, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    assert_unchanged(http, "bi-large", &before).await;
+}
+
+async fn unknown_routes_are_404_and_wrong_methods_405(http: &Http) {
+    assert_problem(&http.get("/v1/nothing-here").await, StatusCode::NOT_FOUND, "not_found");
+    assert_problem(&http.get("/v2/items").await, StatusCode::NOT_FOUND, "not_found");
+    assert_problem(
+        &http.delete("/v1/items/bi-x/w1", Value::Null).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    assert_problem(&http.get("/v1/transfers").await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_problem(&http.post("/v1/items", json!({})).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_array_where_an_object_is_expected_is_invalid_body() {
+    let node = TallyProcess::start(Options::default().shards(1)).await;
+    let http = node.http();
+    let before = fixture(http, "bi-array").await;
+    let put = http.put(&item_path("bi-array", "w1"), json!([1, 2])).await;
+    assert_problem(&put, StatusCode::BAD_REQUEST, "invalid_body");
+    let adjust = http.post("/v1/items/bi-array/w1/adjustments", json!([-5, "damage"])).await;
+    assert_problem(&adjust, StatusCode::BAD_REQUEST, "invalid_body");
+    assert_unchanged(http, "bi-array", &before).await;
+}
+
+// ---------------------------------------------------------------------------
+// Operations
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_routes_answer_health_metrics_cluster_and_openapi() {
+    let node = TallyProcess::start(Options::default().shards(2)).await;
+    let http = node.http();
+    let (status, _, body) = http.get("/healthz").await;
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("ok")), "{body}");
+    let (status, _, body) = http.get("/readyz").await;
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("ready")), "{body}");
+
+    let (status, _, cluster) = http.get("/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK, "{cluster}");
+    let shards = cluster["shards"].as_array().unwrap_or_else(|| panic!("no shards in {cluster}"));
+    assert_eq!(shards.len(), 2, "{cluster}");
+    assert!(shards.iter().all(|s| s["leader"] == 1), "node 1 leads every shard: {cluster}");
+
+    // A request first, so the counter has a sample.
+    assert_eq!(http.get(&item_path("op-none", "w1")).await.0, StatusCode::NOT_FOUND);
+    let metrics = http.get("/metrics").await;
+    assert_eq!(metrics.0, StatusCode::OK);
+    assert!(header(&metrics, "content-type").is_some_and(|t| t.starts_with("text/plain")), "{:?}", metrics.1);
+    let text = metrics.2.as_str().unwrap_or_else(|| panic!("metrics are not text: {}", metrics.2));
+    assert!(text.contains("tally_http_requests_total"), "{text}");
+
+    let (status, _, openapi) = http.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(openapi["openapi"].is_string(), "{openapi}");
+    assert!(openapi["paths"].is_object(), "{openapi}");
+}
+
+// ---------------------------------------------------------------------------
+// Auth
+
+const ADMIN_KEY: &str = "test-admin-key";
+const RESERVE_KEY: &str = "test-reserve-key";
+const READ_KEY: &str = "test-read-key";
+const BURST_KEY: &str = "test-burst-key";
+/// Every key's bucket: enough for each rule, small enough to empty quickly.
+const RATE_BURST: u32 = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_authenticate_authorize_and_rate_limit() {
+    let keys: Vec<String> = [
+        ("ops", "admin", ADMIN_KEY),
+        ("shop", "reserve", RESERVE_KEY),
+        ("viewer", "read", READ_KEY),
+        ("burst", "read", BURST_KEY),
+    ]
+    .iter()
+    .map(|(name, role, key)| format!("{{ name = \"{name}\", role = \"{role}\", sha256 = \"{}\" }}", sha256_hex(key)))
+    .collect();
+    let options = Options::default()
+        .shards(1)
+        .set("auth", "keys", &format!("[{}]", keys.join(", ")))
+        .set("auth", "rate_per_second", "1")
+        .set("auth", "rate_burst", &RATE_BURST.to_string());
+    let node = TallyProcess::start(options).await;
+    rules!(node.http();
+        requests_without_a_valid_key_are_unauthorized,
+        health_and_readiness_need_no_key,
+        a_read_key_reads_but_cannot_write,
+        a_reserve_key_reserves_but_cannot_adjust,
+        an_admin_key_may_do_everything,
+        a_key_over_its_burst_is_rate_limited_with_retry_after,
+    );
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+async fn requests_without_a_valid_key_are_unauthorized(http: &Http) {
+    assert_problem(&http.get("/v1/items").await, StatusCode::UNAUTHORIZED, "unauthorized");
+    let wrong = bearer("not-a-key");
+    assert_problem(
+        &http.request(Method::GET, "/v1/items", &[("authorization", &wrong)], None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let not_bearer = http.request(Method::GET, "/v1/items", &[("authorization", ADMIN_KEY)], None).await;
+    assert_problem(&not_bearer, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_problem(
+        &http.put(&item_path("au-none", "w1"), json!({ "on_hand": 1 })).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_problem(&http.get("/metrics").await, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+async fn health_and_readiness_need_no_key(http: &Http) {
+    assert_eq!(http.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(http.get("/readyz").await.0, StatusCode::OK);
+}
+
+async fn a_read_key_reads_but_cannot_write(http: &Http) {
+    let admin = bearer(ADMIN_KEY);
+    let read = bearer(READ_KEY);
+    let created = http
+        .request(Method::PUT, &item_path("au-read", "w1"), &[("authorization", &admin)], Some(&json!({ "on_hand": 5 })))
+        .await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
+    let got = http.request(Method::GET, &item_path("au-read", "w1"), &[("authorization", &read)], None).await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.2);
+    let put = http
+        .request(Method::PUT, &item_path("au-read", "w1"), &[("authorization", &read)], Some(&json!({ "on_hand": 1 })))
+        .await;
+    assert_problem(&put, StatusCode::FORBIDDEN, "forbidden");
+    let hold = json!({ "lines": [{ "sku": "au-read", "warehouse": "w1", "quantity": 1 }] });
+    let reserve = http.request(Method::POST, "/v1/reservations", &[("authorization", &read)], Some(&hold)).await;
+    assert_problem(&reserve, StatusCode::FORBIDDEN, "forbidden");
+    let after = http.request(Method::GET, &item_path("au-read", "w1"), &[("authorization", &read)], None).await;
+    assert_eq!((u64_of(&after.2, "on_hand"), u64_of(&after.2, "reserved")), (5, 0), "forbidden writes change nothing");
+}
+
+async fn a_reserve_key_reserves_but_cannot_adjust(http: &Http) {
+    let admin = bearer(ADMIN_KEY);
+    let shop = bearer(RESERVE_KEY);
+    let created = http
+        .request(Method::PUT, &item_path("au-shop", "w1"), &[("authorization", &admin)], Some(&json!({ "on_hand": 5 })))
+        .await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
+    let hold = json!({ "lines": [{ "sku": "au-shop", "warehouse": "w1", "quantity": 2 }] });
+    let held = http.request(Method::POST, "/v1/reservations", &[("authorization", &shop)], Some(&hold)).await;
+    assert_eq!(held.0, StatusCode::CREATED, "{}", held.2);
+    let adjust = json!({ "delta": 5, "reason": "receive" });
+    let refused = http
+        .request(Method::POST, "/v1/items/au-shop/w1/adjustments", &[("authorization", &shop)], Some(&adjust))
+        .await;
+    assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden");
+    let put = http
+        .request(Method::PUT, &item_path("au-shop", "w1"), &[("authorization", &shop)], Some(&json!({ "on_hand": 9 })))
+        .await;
+    assert_problem(&put, StatusCode::FORBIDDEN, "forbidden");
+    let after = http.request(Method::GET, &item_path("au-shop", "w1"), &[("authorization", &shop)], None).await;
+    assert_eq!((u64_of(&after.2, "on_hand"), u64_of(&after.2, "reserved")), (5, 2), "{}", after.2);
+}
+
+async fn an_admin_key_may_do_everything(http: &Http) {
+    let admin = bearer(ADMIN_KEY);
+    let auth = [("authorization", admin.as_str())];
+    let created = http.request(Method::PUT, &item_path("au-admin", "w1"), &auth, Some(&json!({ "on_hand": 5 }))).await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
+    let adjust = json!({ "delta": 5, "reason": "receive" });
+    let adjusted = http.request(Method::POST, "/v1/items/au-admin/w1/adjustments", &auth, Some(&adjust)).await;
+    assert_eq!(adjusted.0, StatusCode::OK, "{}", adjusted.2);
+    let hold = json!({ "lines": [{ "sku": "au-admin", "warehouse": "w1", "quantity": 2 }] });
+    let held = http.request(Method::POST, "/v1/reservations", &auth, Some(&hold)).await;
+    assert_eq!(held.0, StatusCode::CREATED, "{}", held.2);
+    let history = http.request(Method::GET, "/v1/items/au-admin/w1/history", &auth, None).await;
+    assert_eq!(history.0, StatusCode::OK, "{}", history.2);
+    assert_eq!(history.2["movements"][0]["by"], "ops", "the history names the key: {}", history.2);
+    assert_eq!(http.request(Method::GET, "/metrics", &auth, None).await.0, StatusCode::OK);
+}
+
+async fn a_key_over_its_burst_is_rate_limited_with_retry_after(http: &Http) {
+    let burst = bearer(BURST_KEY);
+    let auth = [("authorization", burst.as_str())];
+    let mut limited: Option<Reply> = None;
+    // The bucket holds RATE_BURST and refills one a second: well before
+    // 3 × RATE_BURST quick requests, one is refused.
+    for _ in 0..3 * RATE_BURST {
+        let reply = http.request(Method::GET, "/v1/cluster", &auth, None).await;
+        if reply.0 == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(reply);
+            break;
+        }
+        assert_eq!(reply.0, StatusCode::OK, "{}", reply.2);
+    }
+    let limited = limited.unwrap_or_else(|| panic!("no 429 within {} requests", 3 * RATE_BURST));
+    assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let retry_after = limited.1.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    assert!(retry_after.is_some_and(|s| s >= 1), "Retry-After in whole seconds: {:?}", limited.1);
+    let admin = bearer(ADMIN_KEY);
+    let other = http.request(Method::GET, "/v1/cluster", &[("authorization", &admin)], None).await;
+    assert_eq!(other.0, StatusCode::OK, "another key has a bucket of its own");
+    assert_eq!(http.get("/healthz").await.0, StatusCode::OK, "health is never rate limited");
+}
