@@ -63,14 +63,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     // empty signature fails every check rather than passing one.
     let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret) else { return String::new() };
     mac.update(body);
-    let code = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(code.len() * 2);
-    for byte in code.iter() {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    hex
+    crate::hex(&mac.finalize().into_bytes())
 }
 
 /// Counts for `/metrics`, summed over the sinks.

@@ -76,7 +76,7 @@ pub struct Auth {
 
 /// The hex SHA-256 of a key, as `auth.keys[].sha256` wants it.
 pub fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::hex(&Sha256::digest(key.as_bytes()))
 }
 
 fn decode_hex32(text: &str) -> Option<[u8; 32]> {

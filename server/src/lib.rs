@@ -16,3 +16,14 @@ pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
+
+/// Lowercase hex of `bytes`: key hashes and webhook signatures.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}

@@ -19,7 +19,7 @@ use engine::{Command, Outcome, shard_of};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use super::{Consistency, JsonBody, PathParams, QueryParams, item_json, read_shard};
+use super::{Consistency, JsonBody, PathParams, QueryParams, item_json, limit_within, read_shard};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Role;
@@ -329,11 +329,8 @@ pub async fn list_items(
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let status = query.status.as_deref().map(parse_status).transpose()?;
-    let limit = query.limit.unwrap_or(100);
     let api = &state.config.api;
-    if limit == 0 || limit > api.list_limit_max {
-        return Err(Problem::bad_request("invalid_limit", format!("limit must be in 1..={}", api.list_limit_max)));
-    }
+    let limit = limit_within(query.limit, 100, api.list_limit_max)?;
     let shards = state.node.shard_count();
     let (mut shard, mut position) = match &query.cursor {
         Some(cursor) => parse_cursor(cursor, shards)?,
@@ -476,11 +473,7 @@ pub async fn history(
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
-    let limit = query.limit.unwrap_or(50);
-    let max = state.config.api.history_limit_max;
-    if limit == 0 || limit > max {
-        return Err(Problem::bad_request("invalid_limit", format!("limit must be in 1..={max}")));
-    }
+    let limit = limit_within(query.limit, 50, state.config.api.history_limit_max)?;
     let sku = Sku::new(sku)?;
     let warehouse = Warehouse::new(warehouse)?;
     let shard = shard_of(sku.as_str(), state.node.shard_count());

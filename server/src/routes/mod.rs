@@ -70,18 +70,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// What `Json::from_bytes` refuses: the content type and size are checked
+/// before it runs.
 fn json_problem(rejection: &JsonRejection) -> Problem {
     match rejection {
-        JsonRejection::JsonDataError(error) => Problem::bad_request("invalid_body", error.body_text()),
         JsonRejection::JsonSyntaxError(error) => Problem::bad_request("invalid_json", error.body_text()),
-        JsonRejection::MissingJsonContentType(_) => Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as Content-Type: application/json",
-        ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", other.body_text())
-        }
         other => Problem::bad_request("invalid_body", other.body_text()),
     }
 }
@@ -120,6 +113,19 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
 
 fn path_problem(rejection: &PathRejection) -> Problem {
     Problem::bad_request("invalid_path", rejection.body_text())
+}
+
+/// A `limit` query parameter: `default` when absent, else within `1..=max`
+/// (400 `invalid_limit`).
+pub fn limit_within<T>(limit: Option<T>, default: T, max: T) -> ApiResult<T>
+where
+    T: Copy + Default + PartialOrd + std::fmt::Display,
+{
+    let limit = limit.unwrap_or(default);
+    if limit == T::default() || limit > max {
+        return Err(Problem::bad_request("invalid_limit", format!("limit must be in 1..={max}")));
+    }
+    Ok(limit)
 }
 
 /// `?consistency=`: linearizable (default) or stale (DESIGN §6).

@@ -30,7 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::cmd::{Confirm, Deadline, Extend, Hold, HoldLine, Release};
 use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
-use engine::outcome::{ReservationSummary, ReservationView, ShortLine};
+use engine::outcome::{ReservationView, ShortLine};
 use engine::reservation::ReservationState;
 use engine::{Command, Outcome, Refusal, shard_of};
 use serde::Deserialize;
@@ -179,8 +179,7 @@ fn reservation_json(view: &ReservationView, order_id: Option<&str>) -> Value {
 /// Merges the parts of a reservation (one per shard) into one view. The
 /// state is the parts' common state; parts that disagree (a saga cut short)
 /// show as the least advanced non-held state, with each part listed.
-fn merge_parts(mut parts: Vec<ReservationView>) -> Option<(ReservationView, Vec<Value>)> {
-    parts.sort_by_key(|part| part.summary.id.home_shard());
+fn merge_parts(parts: Vec<ReservationView>) -> Option<(ReservationView, Vec<Value>)> {
     let first = parts.first()?.clone();
     let mut merged = first.clone();
     merged.lines = parts.iter().flat_map(|part| part.lines.clone()).collect();
@@ -210,13 +209,20 @@ impl AppState {
         Ok(ttl * 1000)
     }
 
-    /// Reads every part of a reservation.
-    async fn reservation_parts(&self, id: ReservationId, read: super::Consistency) -> ApiResult<Vec<ReservationView>> {
+    /// The shards a reservation's parts may live on: its home, or every
+    /// shard if it spans shards.
+    fn part_shards(&self, id: ReservationId) -> ApiResult<Vec<u32>> {
         let shards: Vec<u32> =
             if spans_shards(&id) { (0..self.node.shard_count()).collect() } else { vec![u32::from(id.home_shard())] };
         if shards.iter().any(|&shard| shard >= self.node.shard_count()) {
             return Err(Problem::not_found("reservation_not_found", "no such reservation"));
         }
+        Ok(shards)
+    }
+
+    /// Reads every part of a reservation, in shard order.
+    async fn reservation_parts(&self, id: ReservationId, read: super::Consistency) -> ApiResult<Vec<ReservationView>> {
+        let shards = self.part_shards(id)?;
         let reads = shards.into_iter().map(|shard| read_shard(self, shard, read, move |s| s.reservation(&id)));
         let mut parts = Vec::new();
         for answer in futures_util::future::join_all(reads).await {
@@ -397,13 +403,11 @@ impl AppState {
         let mut failure: Option<Problem> = None;
         let mut held_shards = Vec::new();
         let mut replayed = true;
-        let mut first_summary: Option<ReservationSummary> = None;
         for (shard, answer) in answers {
             match answer {
-                Ok(Outcome::Held { reservation, replayed: again }) => {
+                Ok(Outcome::Held { replayed: again, .. }) => {
                     held_shards.push(shard);
                     replayed &= again;
-                    first_summary.get_or_insert(reservation);
                 }
                 Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
                     let shard_lines = &by_shard[&shard];
@@ -436,19 +440,12 @@ impl AppState {
                 short_lines_problem(&short)
             });
         }
-        if body.commit {
-            for shard in &held_shards {
-                let outcome = self.node.submit_to(*shard, Command::Confirm(Confirm { id })).await?;
-                if let Outcome::Refused(refusal) = outcome {
-                    return Err(Problem::refusal(&refusal));
-                }
-            }
-        }
-        let mut body_json = self.reservation_body(id, super::Consistency::Linearizable).await?;
-        if let Some(summary) = first_summary {
-            body_json["created_at_ms"] = json!(summary.created_at_ms);
-        }
-        Ok(Created { body: body_json, replayed })
+        let body = if body.commit {
+            self.end_on(id, &held_shards, || Command::Confirm(Confirm { id })).await?
+        } else {
+            self.reservation_body(id, super::Consistency::Linearizable).await?
+        };
+        Ok(Created { body, replayed })
     }
 
     async fn release_parts(&self, id: ReservationId, shards: &[u32]) {
@@ -506,11 +503,11 @@ impl AppState {
 
     /// Confirms, releases or extends every part of a reservation.
     async fn end(&self, id: ReservationId, make: impl Fn() -> Command) -> ApiResult<Value> {
-        let shards: Vec<u32> =
-            if spans_shards(&id) { (0..self.node.shard_count()).collect() } else { vec![u32::from(id.home_shard())] };
-        if shards.iter().any(|&shard| shard >= self.node.shard_count()) {
-            return Err(Problem::not_found("reservation_not_found", "no such reservation"));
-        }
+        self.end_on(id, &self.part_shards(id)?, make).await
+    }
+
+    /// Confirms, releases or extends the parts of a reservation on `shards`.
+    async fn end_on(&self, id: ReservationId, shards: &[u32], make: impl Fn() -> Command) -> ApiResult<Value> {
         let submits = shards.iter().map(|&shard| self.node.submit_to(shard, make()));
         let mut found = false;
         let mut refusal: Option<Refusal> = None;

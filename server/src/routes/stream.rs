@@ -15,7 +15,7 @@ use engine::ids::Sku;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::QueryParams;
+use super::{QueryParams, limit_within};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Role;
@@ -117,11 +117,7 @@ pub async fn alerts(
     QueryParams(query): QueryParams<AlertsQuery>,
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
-    let max = state.config.events.alerts_retained_max;
-    let limit = query.limit.unwrap_or(100);
-    if limit == 0 || limit > max {
-        return Err(Problem::bad_request("invalid_limit", format!("limit must be in 1..={max}")));
-    }
+    let limit = limit_within(query.limit, 100, state.config.events.alerts_retained_max)?;
     let alerts = state.hub.recent_alerts(query.sku.as_deref(), limit);
     Ok(axum::Json(json!({ "alerts": alerts })).into_response())
 }
