@@ -8,12 +8,13 @@
 //! and `id` in the body, which is `events::event_json`).
 //!
 //! One task reads the cluster's events and only ever pushes into the sinks'
-//! queues, each bounded (`queue_max` per webhook, `FILE_QUEUE_MAX` for the
+//! queues, each bounded (`queue_max` per webhook, `file_queue_max` for the
 //! file) and dropping its oldest alert when full, so a slow disk or a dead
 //! webhook never holds memory, the event stream or the writes that feed it.
 //! Each sink drains its queue in its own task:
 //!
-//! * the file sink appends a batch of lines and flushes once per batch;
+//! * the file sink appends a batch of lines and syncs it to disk once per
+//!   batch;
 //! * a webhook sink POSTs one alert at a time, in order, signed with
 //!   `X-Tally-Signature: sha256=<hex HMAC-SHA256(secret, body)>`, and retries
 //!   with doubling backoff up to `attempts_max` before dropping it.
@@ -44,11 +45,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use crate::config::{AlertsConfig, WebhookConfig};
 use crate::events::event_json;
 
-/// Alerts waiting for the file sink. Beyond it the oldest are dropped and
-/// counted, as for a webhook's `queue_max`. (A candidate for an
-/// `alerts.file_queue_max` setting.)
-pub const FILE_QUEUE_MAX: usize = 10_000;
-/// Lines appended and flushed at once by the file sink.
+/// Lines appended and synced at once by the file sink.
 pub const FILE_BATCH_LINES_MAX: usize = 1024;
 
 /// `X-Tally-Event-Id`: the alert's event id, for deduplication.
@@ -96,7 +93,7 @@ impl Alerts {
     /// Starts the reader of `events` and one task per sink. With no sink
     /// configured nothing is started.
     pub fn start(config: &AlertsConfig, events: broadcast::Receiver<NodeEvent>) -> Arc<Alerts> {
-        let file = config.file.clone().map(|path| Arc::new(FileSink { path, sink: Sink::new(FILE_QUEUE_MAX) }));
+        let file = config.file.clone().map(|path| Arc::new(FileSink { path, sink: Sink::new(config.file_queue_max) }));
         let webhooks: Vec<Arc<WebhookSink>> = config
             .webhooks
             .iter()
@@ -338,14 +335,16 @@ async fn run_file(file: Arc<FileSink>) {
     }
 }
 
-/// Appends `lines` to the file at `path`, opening it if needed, and flushes.
+/// Appends `lines` to the file at `path`, opening it if needed, and syncs the
+/// data to disk, so an alert counted as delivered survives a crash.
 async fn append(open: &mut Option<tokio::fs::File>, path: &Path, lines: &[u8]) -> std::io::Result<()> {
     let file = match open {
         Some(file) => file,
         None => open.insert(tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?),
     };
     file.write_all(lines).await?;
-    file.flush().await
+    file.flush().await?;
+    file.sync_data().await
 }
 
 /// One webhook: its settings, its parsed URL and its queue.
@@ -593,7 +592,10 @@ mod tests {
     async fn a_webhook_gets_leader_crossings_signed_and_nothing_else() {
         let (url, mut requests) = receiver(Vec::new()).await;
         let (cluster, events) = broadcast::channel(64);
-        let alerts = Alerts::start(&AlertsConfig { file: None, webhooks: vec![webhook(&url)] }, events);
+        let alerts = Alerts::start(
+            &AlertsConfig { file: None, webhooks: vec![webhook(&url)], ..AlertsConfig::default() },
+            events,
+        );
         send(&cluster, crossing(1, false));
         send(&cluster, stock_changed(2));
         send(&cluster, crossing(3, true));
@@ -613,7 +615,10 @@ mod tests {
     async fn a_failed_post_is_retried_with_the_same_id_and_body() {
         let (url, mut requests) = receiver(vec![500]).await;
         let (cluster, events) = broadcast::channel(64);
-        let alerts = Alerts::start(&AlertsConfig { file: None, webhooks: vec![webhook(&url)] }, events);
+        let alerts = Alerts::start(
+            &AlertsConfig { file: None, webhooks: vec![webhook(&url)], ..AlertsConfig::default() },
+            events,
+        );
         send(&cluster, crossing(5, true));
         let first = next(&mut requests).await;
         let second = next(&mut requests).await;
@@ -629,7 +634,10 @@ mod tests {
         // Its retries would wait a minute: the live webhook must not.
         let dead = WebhookConfig { backoff_first_ms: 60_000, backoff_max_ms: 60_000, ..webhook(&dead_url().await) };
         let (cluster, events) = broadcast::channel(64);
-        let alerts = Alerts::start(&AlertsConfig { file: None, webhooks: vec![dead, webhook(&url)] }, events);
+        let alerts = Alerts::start(
+            &AlertsConfig { file: None, webhooks: vec![dead, webhook(&url)], ..AlertsConfig::default() },
+            events,
+        );
         send(&cluster, crossing(1, true));
         send(&cluster, crossing(2, true));
         assert_eq!(header(&next(&mut requests).await, "x-tally-event-id"), "0-1-1");
@@ -641,7 +649,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_webhook_drops_each_alert_after_attempts_max() {
         let (cluster, events) = broadcast::channel(64);
-        let config = AlertsConfig { file: None, webhooks: vec![webhook(&dead_url().await)] };
+        let config = AlertsConfig { file: None, webhooks: vec![webhook(&dead_url().await)], ..AlertsConfig::default() };
         let alerts = Alerts::start(&config, events);
         send(&cluster, crossing(1, true));
         send(&cluster, crossing(2, true));
@@ -655,7 +663,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("alerts.jsonl");
         let (cluster, events) = broadcast::channel(64);
-        let alerts = Alerts::start(&AlertsConfig { file: Some(path.clone()), webhooks: Vec::new() }, events);
+        let alerts = Alerts::start(
+            &AlertsConfig { file: Some(path.clone()), webhooks: Vec::new(), ..AlertsConfig::default() },
+            events,
+        );
         send(&cluster, crossing(1, false));
         send(&cluster, stock_changed(2));
         send(&cluster, crossing(3, true));
@@ -679,7 +690,10 @@ mod tests {
         for index in 1..=4 {
             send(&cluster, crossing(index, true));
         }
-        let alerts = Alerts::start(&AlertsConfig { file: Some(path.clone()), webhooks: Vec::new() }, events);
+        let alerts = Alerts::start(
+            &AlertsConfig { file: Some(path.clone()), webhooks: Vec::new(), ..AlertsConfig::default() },
+            events,
+        );
         let stats = wait_until(&alerts, |s| s.file_lines == 2).await;
         assert_eq!(stats.missed, 2);
         let text = tokio::fs::read_to_string(&path).await.unwrap_or_else(|e| panic!("{e}"));

@@ -174,12 +174,21 @@ impl Default for EventsConfig {
 }
 
 /// Where threshold crossings go besides the live stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
     /// Appends one JSON line per alert; empty for none.
     pub file: Option<PathBuf>,
+    /// Alerts waiting for the file; beyond it the oldest are dropped (and
+    /// counted), so a stuck disk never holds memory or slows writes.
+    pub file_queue_max: usize,
     pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { file: None, file_queue_max: 10_000, webhooks: Vec::new() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +357,9 @@ impl Config {
         }
         if self.events.retained_max == 0 || self.events.subscribers_max == 0 || self.events.keepalive_seconds == 0 {
             return invalid("events limits must be at least 1".into());
+        }
+        if self.alerts.file_queue_max == 0 {
+            return invalid("alerts.file_queue_max must be at least 1".into());
         }
         for hook in &self.alerts.webhooks {
             if !hook.url.starts_with("http://") {
