@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod metrics;

@@ -1,0 +1,14 @@
+//! `tally-bench`: holds per second and latency of Tally side by side with
+//! Redis and PostgreSQL on one machine in one run, with oversell and
+//! lost-write checks after every workload. See `bench/README.md`.
+
+pub mod expiry;
+pub mod load;
+pub mod peers;
+pub mod plot;
+pub mod report;
+pub mod results;
+pub mod runner;
+pub mod tally;
+pub mod target;
+pub mod workload;

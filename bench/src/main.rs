@@ -1,0 +1,200 @@
+//! `tally-bench`: see `bench/README.md`.
+//!
+//! `tally-bench run` measures every target × workload and writes
+//! `results.md`, `results.json` and SVG plots into `--out`. It exits 1 when
+//! any run found oversell or a lost acknowledged write, so the smoke run in
+//! the test suite fails on a correctness bug; a missed speed goal is
+//! reported, not an error.
+//!
+//! `tally-bench tally …` is the `tally` binary itself (`server::cli`), which
+//! the bench starts when no `--tally-bin` is given.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bench::load::Timing;
+use bench::results::Report;
+use bench::runner::{Plan, TargetKind};
+use bench::tally::Program;
+use bench::workload::{Shape, Workload};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tally-bench", version, about = "Holds per second and latency: Tally beside Redis and PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the benchmark.
+    Run(RunArgs),
+    /// The `tally` server itself (what the bench starts by default).
+    #[command(hide = true, disable_help_flag = true)]
+    Tally {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Targets, comma-separated: tally, tally-3, redis-always, redis-everysec, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "tally,tally-3,redis-always,redis-everysec,postgres")]
+    targets: Vec<String>,
+    /// Workloads, comma-separated: flash-sale, uniform, mixed, batch (= batch-16,batch-256,batch-1024), batch-N, expiry.
+    #[arg(long, value_delimiter = ',', default_value = "flash-sale,uniform,mixed,batch,expiry")]
+    workloads: Vec<String>,
+    /// Concurrent clients (connections) of every workload.
+    #[arg(long, default_value_t = 50)]
+    clients: u32,
+    /// Further client counts for flash-sale, for throughput against clients.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,200")]
+    sweep: Vec<u32>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// SKUs of uniform, mixed and batch.
+    #[arg(long, default_value_t = 100_000)]
+    skus: usize,
+    /// Units the flash-sale race sells out at the end (exactly this many holds must succeed).
+    #[arg(long, default_value_t = 1_000)]
+    sellout_units: u64,
+    /// Holds per second offered by the expiry workload (1 s holds).
+    #[arg(long, default_value_t = 2_000.0)]
+    expiry_rate: f64,
+    /// Skip the open-loop flash-sale run at half the closed-loop peak.
+    #[arg(long)]
+    no_half_load: bool,
+    /// A short run of every target and workload (about a second each), as the test suite runs it.
+    #[arg(long)]
+    smoke: bool,
+    /// The `tally` binary to measure; by default this program re-runs itself as `tally-bench tally`.
+    #[arg(long)]
+    tally_bin: Option<PathBuf>,
+    /// Folder for results.md, results.json and the plots.
+    #[arg(long, default_value = "bench/results/latest")]
+    out: PathBuf,
+    /// Folder the targets keep their data in during the run (a fresh temporary folder by default).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn plan(args: &RunArgs, data_dir: PathBuf) -> Result<Plan, String> {
+    let targets = args.targets.iter().map(|t| TargetKind::parse(t)).collect::<Result<Vec<_>, _>>()?;
+    let mut workloads = Vec::new();
+    for name in &args.workloads {
+        workloads.extend(Workload::parse(name)?);
+    }
+    if args.clients == 0 || args.sweep.contains(&0) {
+        return Err("clients must be at least 1".into());
+    }
+    if !(args.duration >= 1.0 && args.warmup >= 0.0 && args.expiry_rate > 0.0) {
+        return Err("duration must be at least 1 s, warmup at least 0, expiry rate above 0".into());
+    }
+    let program = match &args.tally_bin {
+        Some(path) => Program::Binary(path.clone()),
+        None => Program::SelfExec(std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?),
+    };
+    let mut plan = Plan {
+        targets,
+        workloads,
+        clients: args.clients,
+        sweep: args.sweep.clone(),
+        timing: Timing {
+            warmup: Duration::from_secs_f64(args.warmup),
+            measure: Duration::from_secs_f64(args.duration),
+        },
+        shape: Shape {
+            skus: args.skus.max(1),
+            stock: 1_000_000_000,
+            sellout_units: args.sellout_units.max(1),
+            ttl_ms: 3_600_000,
+            expiry_ttl_ms: 1_000,
+        },
+        half_load: !args.no_half_load,
+        expiry_rate: args.expiry_rate,
+        program,
+        data_dir,
+    };
+    if args.smoke {
+        plan.clients = plan.clients.min(8);
+        plan.sweep = vec![2];
+        plan.timing = Timing { warmup: Duration::from_millis(200), measure: Duration::from_secs(1) };
+        plan.shape.skus = plan.shape.skus.min(200);
+        plan.shape.sellout_units = plan.shape.sellout_units.min(200);
+        plan.expiry_rate = plan.expiry_rate.min(100.0);
+    }
+    Ok(plan)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let temporary = match &args.data_dir {
+        Some(_) => None,
+        None => match tempfile::Builder::new().prefix("tally-bench-").tempdir() {
+            Ok(dir) => Some(dir),
+            Err(error) => {
+                eprintln!("tally-bench: no temporary folder: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let data_dir = args.data_dir.clone().or_else(|| temporary.as_ref().map(|t| t.path().to_owned()));
+    let plan = match data_dir.ok_or_else(|| "no data folder".to_owned()).and_then(|dir| plan(&args, dir)) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("tally-bench: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tally-bench: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = Report {
+        started: bench::report::now_rfc3339(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: bench::report::machine(),
+        ..Report::default()
+    };
+    println!("tally-bench on {}", report.machine);
+    runtime.block_on(bench::runner::run(&plan, &mut report));
+    report.goals = bench::report::goals(&report, plan.clients);
+    if let Err(error) = write(&report, &args.out) {
+        eprintln!("tally-bench: cannot write results to {}: {error}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    let markdown = bench::report::markdown(&report);
+    println!("\n{markdown}");
+    println!("results: {}", args.out.display());
+    if report.runs.iter().all(|r| r.check.passed()) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn write(report: &Report, out: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(out.join("results.json"), json)?;
+    std::fs::write(out.join("results.md"), bench::report::markdown(report))?;
+    bench::plot::write_plots(report, &out.join("plots"))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run(args) => run(args),
+        Cmd::Tally { args } => {
+            let mut argv = vec![std::ffi::OsString::from("tally")];
+            argv.extend(args);
+            server::cli::run(argv)
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The run's markdown table, its goals as measured ratios, and the machine
+//! it ran on.
+
+use std::fmt::Write as _;
+
+use crate::results::{Goal, Report, RunResult};
+
+/// The goals, from this run's results. A goal whose sides did not
+/// both run is listed with `met: None`.
+pub fn goals(report: &Report, clients: u32) -> Vec<Goal> {
+    let closed = |target: &str, workload: &str| {
+        report
+            .runs
+            .iter()
+            .find(|r| r.target == target && r.workload == workload && r.mode == "closed" && r.clients == clients)
+    };
+    let hot = |target: &str| closed(target, "flash-sale").map(|r| r.holds_per_s);
+    let ratio = |name: &str, ours: &str, theirs: &str, at_least: f64| {
+        let (a, b) = (hot(ours), hot(theirs));
+        let measured = match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x ({a:.0} / {b:.0} holds/s)", a / b),
+            _ => "not measured (a side did not run)".into(),
+        };
+        let met = match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b >= at_least),
+            _ => None,
+        };
+        Goal {
+            name: format!("{name}: flash-sale, 1 hold per request, {clients} clients"),
+            required: format!(">= {at_least}x"),
+            measured,
+            met,
+        }
+    };
+    let mut goals = vec![
+        ratio("tally vs redis-always", "tally", "redis-always", 2.0),
+        ratio("tally vs postgres", "tally", "postgres", 20.0),
+        ratio("tally-3 vs redis-always", "tally-3", "redis-always", 1.0),
+    ];
+    let batch = report
+        .runs
+        .iter()
+        .filter(|r| r.target == "tally" && r.workload.starts_with("batch-"))
+        .max_by(|a, b| a.holds_per_s.total_cmp(&b.holds_per_s));
+    goals.push(Goal {
+        name: "tally batch endpoint, single node".into(),
+        required: ">= 1000000 holds/s".into(),
+        measured: batch.map_or("not measured".into(), |r| format!("{:.0} holds/s ({})", r.holds_per_s, r.workload)),
+        met: batch.map(|r| r.holds_per_s >= 1_000_000.0),
+    });
+    let half = report.runs.iter().find(|r| r.target == "tally" && r.workload == "flash-sale" && r.mode == "open");
+    goals.push(Goal {
+        name: "tally p99 at half of peak (open loop, flash-sale)".into(),
+        required: "< 5 ms".into(),
+        measured: half.map_or("not measured".into(), |r| {
+            format!("{:.2} ms at {:.0} req/s", r.latency.p99 as f64 / 1000.0, r.rate.unwrap_or(0.0))
+        }),
+        met: half.map(|r| r.latency.p99 < 5_000),
+    });
+    let expiry = report.runs.iter().find(|r| r.target == "tally" && r.workload == "expiry");
+    let lag = expiry.and_then(|r| r.expiry_lag);
+    goals.push(Goal {
+        name: "tally expiry lag p99 (deadline to a live subscriber)".into(),
+        required: "< 250 ms".into(),
+        measured: lag.map_or("not measured".into(), |l| format!("{:.1} ms", l.p99 as f64 / 1000.0)),
+        met: lag.map(|l| l.p99 < 250_000),
+    });
+    goals
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+/// The run as markdown: the results table, the goals, what was skipped.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# tally-bench results\n");
+    let _ = writeln!(out, "- Started: {}", report.started);
+    let _ = writeln!(out, "- Command: `{}`", report.command);
+    let _ = writeln!(out, "- Machine: {}\n", report.machine);
+    let _ = writeln!(
+        out,
+        "| target | workload | mode | clients | holds/s | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | oversell | lost |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for run in &report.runs {
+        let _ = writeln!(out, "{}", row(run));
+    }
+    let lags: Vec<&RunResult> = report.runs.iter().filter(|r| r.expiry_lag.is_some()).collect();
+    if !lags.is_empty() {
+        let _ = writeln!(out, "\n## Expiry lag (deadline to a live subscriber)\n");
+        let _ = writeln!(out, "| target | expiries | p50 ms | p99 ms | p99.9 ms | max ms |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for run in lags {
+            if let Some(lag) = run.expiry_lag {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    run.target,
+                    lag.count,
+                    ms(lag.p50),
+                    ms(lag.p99),
+                    ms(lag.p999),
+                    ms(lag.max)
+                );
+            }
+        }
+    }
+    if !report.goals.is_empty() {
+        let _ = writeln!(out, "\n## Goals\n");
+        let _ = writeln!(out, "| goal | required | measured | met |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        for goal in &report.goals {
+            let met = match goal.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(out, "| {} | {} | {} | {met} |", goal.name, goal.required, goal.measured);
+        }
+    }
+    let problems: Vec<&RunResult> = report.runs.iter().filter(|r| !r.check.passed()).collect();
+    if !problems.is_empty() {
+        let _ = writeln!(out, "\n## Correctness problems\n");
+        for run in problems {
+            let _ = writeln!(out, "- {} {}: {}", run.target, run.workload, run.check.problems.join("; "));
+        }
+    }
+    if !report.skipped.is_empty() {
+        let _ = writeln!(out, "\n## Skipped\n");
+        for skipped in &report.skipped {
+            let _ = writeln!(
+                out,
+                "- {} {}: {}",
+                skipped.target,
+                skipped.workload.as_deref().unwrap_or("(all workloads)"),
+                skipped.reason
+            );
+        }
+    }
+    out
+}
+
+fn row(run: &RunResult) -> String {
+    let mode = match run.rate {
+        Some(rate) => format!("open {rate:.0}/s"),
+        None => run.mode.clone(),
+    };
+    format!(
+        "| {} | {} | {mode} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        run.target,
+        run.workload,
+        run.clients,
+        run.holds_per_s,
+        run.requests_per_s,
+        ms(run.latency.p50),
+        ms(run.latency.p99),
+        ms(run.latency.p999),
+        ms(run.latency.max),
+        run.errors,
+        run.check.oversell,
+        run.check.lost
+    )
+}
+
+/// Cores, memory, kernel and CPU model of this machine.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map_or("unknown CPU".to_owned(), |m| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({model}), {memory_gib:.1} GiB, Linux {}", kernel.trim())
+}
+
+/// Now as RFC 3339 UTC, seconds.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rest = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::Latency;
+
+    fn run(target: &str, workload: &str, holds: f64) -> RunResult {
+        RunResult {
+            target: target.into(),
+            workload: workload.into(),
+            mode: "closed".into(),
+            clients: 50,
+            holds_per_s: holds,
+            latency: Latency { p99: 1500, ..Latency::default() },
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn goals_are_ratios_of_the_same_run() {
+        let report = Report {
+            runs: vec![run("tally", "flash-sale", 100.0), run("redis-always", "flash-sale", 40.0)],
+            ..Report::default()
+        };
+        let goals = goals(&report, 50);
+        assert_eq!(goals[0].met, Some(true), "{:?}", goals[0]);
+        assert!(goals[0].measured.starts_with("2.50x"), "{:?}", goals[0]);
+        assert_eq!(goals[1].met, None, "postgres did not run");
+        assert_eq!(goals[2].met, None, "tally-3 did not run");
+        let text = markdown(&Report { goals, ..report });
+        assert!(text.contains("| tally | flash-sale | closed | 50 | 100 |"), "{text}");
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 20, "{now}");
+        assert!(now.starts_with("20"), "{now}");
+    }
+}
