@@ -20,6 +20,11 @@ use bench::tally::Program;
 use bench::workload::{Shape, Workload};
 use clap::{Parser, Subcommand};
 
+/// The allocator of the `tally` binary (see `server/src/main.rs`), since
+/// this program runs the server too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "tally-bench", version, about = "Holds per second and latency: Tally beside Redis and PostgreSQL")]
 struct Cli {

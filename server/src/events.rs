@@ -119,13 +119,14 @@ pub struct PublishedEvent {
     /// Hub-local arrival number: consecutive, never reused.
     seq: u64,
     record: EventRecord,
-    data: String,
+    /// `event_json` as text, made when first asked for: most events are
+    /// retained and never sent, and making it costs more than the hold did.
+    data: std::sync::OnceLock<String>,
 }
 
 impl PublishedEvent {
     fn new(seq: u64, record: EventRecord) -> Self {
-        let data = event_json(&record).to_string();
-        Self { seq, record, data }
+        Self { seq, record, data: std::sync::OnceLock::new() }
     }
 
     pub fn id(&self) -> EventId {
@@ -138,7 +139,7 @@ impl PublishedEvent {
 
     /// `event_json` of the record, as text.
     pub fn data(&self) -> &str {
-        &self.data
+        self.data.get_or_init(|| event_json(&self.record).to_string())
     }
 
     pub fn kind_name(&self) -> &'static str {

@@ -162,18 +162,34 @@ fn reservation_json(view: &ReservationView, order_id: Option<&str>) -> Value {
     let order_id = order_id.map(str::to_owned).or_else(|| {
         view.idempotency_key.as_deref().and_then(|key| key.strip_prefix(ORDER_KEY_PREFIX)).map(str::to_owned)
     });
-    json!({
-        "id": summary.id.to_string(),
-        "state": summary.state.as_str(),
-        "lines": view.lines.iter().map(|l| json!({
-            "sku": l.sku, "warehouse": l.warehouse, "quantity": l.quantity,
-        })).collect::<Vec<_>>(),
-        "created_at_ms": summary.created_at_ms,
-        "expires_at_ms": summary.deadline_ms,
-        "expires_at": rfc3339_ms(summary.deadline_ms),
-        "ended_at_ms": summary.ended_at_ms,
-        "order_id": order_id,
-    })
+    // Built field by field: `json!` would copy every nested value through
+    // the serializer again, and this is on the path of every hold.
+    let lines = view
+        .lines
+        .iter()
+        .map(|l| {
+            object([
+                ("sku", Value::String(l.sku.to_string())),
+                ("warehouse", Value::String(l.warehouse.to_string())),
+                ("quantity", Value::from(l.quantity)),
+            ])
+        })
+        .collect();
+    object([
+        ("id", Value::String(summary.id.to_string())),
+        ("state", Value::from(summary.state.as_str())),
+        ("lines", Value::Array(lines)),
+        ("created_at_ms", Value::from(summary.created_at_ms)),
+        ("expires_at_ms", Value::from(summary.deadline_ms)),
+        ("expires_at", Value::String(rfc3339_ms(summary.deadline_ms))),
+        ("ended_at_ms", summary.ended_at_ms.map_or(Value::Null, Value::from)),
+        ("order_id", order_id.map_or(Value::Null, Value::String)),
+    ])
+}
+
+/// A JSON object of the fields, moved in (no copy).
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::Object(fields.into_iter().map(|(key, value)| (key.to_owned(), value)).collect())
 }
 
 /// Merges the parts of a reservation (one per shard) into one view. The
@@ -680,12 +696,16 @@ pub async fn batch(
         .await
         .into_iter()
         .map(|result| match result {
-            Ok(created) => json!({ "status": 201, "replayed": created.replayed, "reservation": created.body }),
-            Err(problem) => json!({ "status": problem.status.as_u16(), "problem": problem.body() }),
+            Ok(created) => object([
+                ("status", Value::from(201)),
+                ("replayed", Value::Bool(created.replayed)),
+                ("reservation", created.body),
+            ]),
+            Err(problem) => object([("status", Value::from(problem.status.as_u16())), ("problem", problem.body())]),
         })
         .collect();
     let held = results.iter().filter(|r| r["status"] == 201).count();
-    Ok(axum::Json(json!({ "held": held, "results": results })).into_response())
+    Ok(axum::Json(object([("held", Value::from(held)), ("results", Value::Array(results))])).into_response())
 }
 
 /// `GET /v1/reservations/{id}`.
