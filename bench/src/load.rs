@@ -44,6 +44,11 @@ pub struct Step {
 /// What a client measured.
 pub struct Measured {
     pub latency: Histogram<u64>,
+    /// Open loop: how late each request started after its scheduled time
+    /// (no free connection, or this process not scheduled in time). Part of
+    /// `latency`; a large value means the load generator, not only the
+    /// target, was behind.
+    pub start_lag: Histogram<u64>,
     pub requests: u64,
     pub held: u64,
     pub refused: u64,
@@ -56,6 +61,7 @@ impl Measured {
     pub fn new(seconds: usize) -> Measured {
         Measured {
             latency: new_histogram(),
+            start_lag: new_histogram(),
             requests: 0,
             held: 0,
             refused: 0,
@@ -68,6 +74,7 @@ impl Measured {
     pub fn merge(&mut self, other: &Measured) {
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        let _ = self.start_lag.add(&other.start_lag);
         self.requests += other.requests;
         self.held += other.held;
         self.refused += other.refused;
@@ -126,56 +133,134 @@ pub trait Stepper {
     fn step(&mut self) -> impl std::future::Future<Output = Step> + Send;
 }
 
-/// Runs `client` until the run ends, recording what it did after warm-up.
-/// `index` is the client's number of `clients` (open mode spreads the
-/// schedule by it); `start` is shared by all clients.
-pub async fn drive<S: Stepper>(
-    client: &mut S,
-    mode: Mode,
-    timing: Timing,
-    start: Instant,
-    index: usize,
-    clients: usize,
-) -> Measured {
+/// Records one finished request.
+fn record(measured: &mut Measured, done: Step, scheduled: Instant, finished: Instant, measure_from: Instant) {
+    if scheduled < measure_from {
+        return;
+    }
+    let micros = u64::try_from(finished.duration_since(scheduled).as_micros()).unwrap_or(u64::MAX);
+    measured.latency.saturating_record(micros.clamp(1, LATENCY_MAX_US));
+    measured.requests += 1;
+    measured.held += done.held;
+    measured.refused += done.refused;
+    measured.errors += done.errors;
+    let second = usize::try_from(finished.duration_since(measure_from).as_secs()).unwrap_or(usize::MAX);
+    if let Some(slot) = measured.held_each_second.get_mut(second) {
+        *slot += done.held;
+    }
+}
+
+fn seconds_of(timing: Timing) -> usize {
+    usize::try_from(timing.measure.as_secs().max(1)).unwrap_or(1)
+}
+
+/// Runs every client until the run ends, each on its own task, and returns
+/// what each measured (after warm-up) with the client, in order.
+pub async fn run_clients<S>(clients: Vec<S>, mode: Mode, timing: Timing) -> Vec<(Measured, S)>
+where
+    S: Stepper + Send + 'static,
+{
+    match mode {
+        Mode::Closed => run_closed(clients, timing).await,
+        Mode::Open { rate } => run_open(clients, rate, timing).await,
+    }
+}
+
+async fn run_closed<S>(clients: Vec<S>, timing: Timing) -> Vec<(Measured, S)>
+where
+    S: Stepper + Send + 'static,
+{
+    let start = Instant::now();
     let measure_from = start + timing.warmup;
     let end = measure_from + timing.measure;
-    let seconds = usize::try_from(timing.measure.as_secs().max(1)).unwrap_or(1);
-    let mut measured = Measured::new(seconds);
-    let mut arrival: u64 = index as u64;
-    loop {
-        let scheduled = match mode {
-            Mode::Closed => Instant::now(),
-            Mode::Open { rate } => {
-                let at = start + Duration::from_secs_f64(arrival as f64 / rate);
-                arrival += clients as u64;
-                if at > Instant::now() {
-                    tokio::time::sleep_until(at.into()).await;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut measured = Measured::new(seconds_of(timing));
+                loop {
+                    let scheduled = Instant::now();
+                    if scheduled >= end {
+                        break;
+                    }
+                    let done = client.step().await;
+                    record(&mut measured, done, scheduled, Instant::now(), measure_from);
                 }
-                at
+                (measured, client)
+            })
+        })
+        .collect();
+    join_all(tasks).await
+}
+
+/// Open loop: a dispatcher thread releases arrivals at `rate` per second on
+/// their exact schedule (a thread's sleep is precise to tens of µs, where
+/// tokio's timer rounds up to the next millisecond, which would add up to
+/// a millisecond to every measured latency), into one queue that every
+/// client takes the next arrival from when it is free, as a pool of
+/// connections would. Latency counts from the arrival's scheduled time.
+async fn run_open<S>(clients: Vec<S>, rate: f64, timing: Timing) -> Vec<(Measured, S)>
+where
+    S: Stepper + Send + 'static,
+{
+    let start = Instant::now();
+    let measure_from = start + timing.warmup;
+    let end = measure_from + timing.measure;
+    let (arrivals, queue) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(queue));
+    let dispatcher = std::thread::spawn(move || {
+        let mut index: u64 = 0;
+        loop {
+            let at = start + Duration::from_secs_f64(index as f64 / rate);
+            if at >= end {
+                return;
             }
-        };
-        if scheduled >= end {
-            break;
-        }
-        let done = client.step().await;
-        let finished = Instant::now();
-        if scheduled >= measure_from {
-            let micros = u64::try_from(finished.duration_since(scheduled).as_micros()).unwrap_or(u64::MAX);
-            measured.latency.saturating_record(micros.clamp(1, LATENCY_MAX_US));
-            measured.requests += 1;
-            measured.held += done.held;
-            measured.refused += done.refused;
-            measured.errors += done.errors;
-            let second = usize::try_from(finished.duration_since(measure_from).as_secs()).unwrap_or(usize::MAX);
-            if let Some(slot) = measured.held_each_second.get_mut(second) {
-                *slot += done.held;
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
             }
+            if arrivals.send(at).is_err() {
+                return;
+            }
+            index += 1;
         }
-        if finished >= end {
-            break;
+    });
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let queue = std::sync::Arc::clone(&queue);
+            tokio::spawn(async move {
+                let mut measured = Measured::new(seconds_of(timing));
+                loop {
+                    let next = queue.lock().await.recv().await;
+                    let Some(scheduled) = next else { break };
+                    if scheduled >= measure_from {
+                        let lag = u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        measured.start_lag.saturating_record(lag.clamp(1, LATENCY_MAX_US));
+                    }
+                    let done = client.step().await;
+                    record(&mut measured, done, scheduled, Instant::now(), measure_from);
+                }
+                (measured, client)
+            })
+        })
+        .collect();
+    let results = join_all(tasks).await;
+    // The dispatcher ends at the end of the schedule; its queue is closed.
+    let _ = tokio::task::spawn_blocking(move || dispatcher.join()).await;
+    results
+}
+
+async fn join_all<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match task.await {
+            Ok(result) => results.push(result),
+            // A client task that panicked is a bench bug: surface it.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
         }
     }
-    measured
+    results
 }
 
 #[cfg(test)]
@@ -211,8 +296,9 @@ mod tests {
         // grows, and latency (from the scheduled start) must grow with it,
         // well past the 20 ms of service time.
         let timing = Timing { warmup: Duration::ZERO, measure: Duration::from_millis(400) };
-        let mut client = Sleeper(Duration::from_millis(20), Step { held: 1, ..Step::default() });
-        let measured = drive(&mut client, Mode::Open { rate: 200.0 }, timing, Instant::now(), 0, 1).await;
+        let client = Sleeper(Duration::from_millis(20), Step { held: 1, ..Step::default() });
+        let mut results = run_clients(vec![client], Mode::Open { rate: 200.0 }, timing).await;
+        let (measured, _) = results.remove(0);
         assert!(measured.requests >= 5, "{}", measured.requests);
         assert!(measured.latency.max() >= 60_000, "max {} us", measured.latency.max());
     }
@@ -220,8 +306,9 @@ mod tests {
     #[tokio::test]
     async fn closed_loop_records_every_step_after_warmup() {
         let timing = Timing { warmup: Duration::from_millis(50), measure: Duration::from_millis(200) };
-        let mut client = Sleeper(Duration::from_millis(5), Step { held: 1, refused: 1, errors: 0 });
-        let measured = drive(&mut client, Mode::Closed, timing, Instant::now(), 0, 1).await;
+        let client = Sleeper(Duration::from_millis(5), Step { held: 1, refused: 1, errors: 0 });
+        let mut results = run_clients(vec![client], Mode::Closed, timing).await;
+        let (measured, _) = results.remove(0);
         assert!(measured.requests >= 10, "{}", measured.requests);
         assert_eq!(measured.held, measured.requests);
         assert_eq!(measured.refused, measured.requests);

@@ -120,6 +120,31 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(out, "| {} | {} | {} | {met} |", goal.name, goal.required, goal.measured);
         }
     }
+    let open: Vec<&RunResult> = report.runs.iter().filter(|r| r.start_lag.is_some()).collect();
+    if !open.is_empty() {
+        let _ = writeln!(out, "\n## Open loop: start lag of the load generator\n");
+        let _ = writeln!(
+            out,
+            "How late requests started after their scheduled time (no free connection, or the bench not \
+             scheduled in time on the shared cores). It is part of the latency above.\n"
+        );
+        let _ = writeln!(out, "| target | workload | rate/s | p50 ms | p99 ms | p99.9 ms |");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+        for run in open {
+            if let Some(lag) = run.start_lag {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {} | {} | {} |",
+                    run.target,
+                    run.workload,
+                    run.rate.unwrap_or(0.0),
+                    ms(lag.p50),
+                    ms(lag.p99),
+                    ms(lag.p999)
+                );
+            }
+        }
+    }
     let problems: Vec<&RunResult> = report.runs.iter().filter(|r| !r.check.passed()).collect();
     if !problems.is_empty() {
         let _ = writeln!(out, "\n## Correctness problems\n");

@@ -49,6 +49,10 @@ pub struct RunResult {
     pub errors: u64,
     /// Request latency, microseconds.
     pub latency: Latency,
+    /// Open loop: how late requests started after their scheduled time,
+    /// microseconds (included in `latency`). Large values mean the load
+    /// generator, sharing the machine, was behind too.
+    pub start_lag: Option<Latency>,
     /// Latency CDF: (fraction of requests, microseconds), for plots.
     pub cdf: Vec<(f64, u64)>,
     /// Acknowledged holds in each second of the run.

@@ -224,7 +224,14 @@ fn print_run(run: &RunResult) {
         run.errors,
         run.check.oversell,
         run.check.lost,
-        if run.check.problems.is_empty() { String::new() } else { format!("  PROBLEMS: {:?}", run.check.problems) }
+        match run.start_lag {
+            Some(lag) => format!("  start lag p99 {:.2} ms", ms(lag.p99)),
+            None => String::new(),
+        } + &if run.check.problems.is_empty() {
+            String::new()
+        } else {
+            format!("  PROBLEMS: {:?}", run.check.problems)
+        }
     );
 }
 
@@ -278,22 +285,15 @@ async fn measure<C: Conn>(
     conns: Vec<C>,
     mut control: C,
 ) -> Result<(RunResult, Vec<Ledger>), String> {
-    let clients = conns.len();
-    let start = Instant::now();
-    let timing = plan.timing;
-    let mut tasks = Vec::with_capacity(clients);
-    for (index, conn) in conns.into_iter().enumerate() {
-        let mut client = Client::new(conn, job.workload, Arc::clone(&items), &plan.shape, index);
-        tasks.push(tokio::spawn(async move {
-            let measured = load::drive(&mut client, job.mode, timing, start, index, clients).await;
-            (measured, client)
-        }));
-    }
-    let seconds = usize::try_from(timing.measure.as_secs().max(1)).unwrap_or(1);
+    let clients: Vec<Client<C>> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(index, conn)| Client::new(conn, job.workload, Arc::clone(&items), &plan.shape, index))
+        .collect();
+    let seconds = usize::try_from(plan.timing.measure.as_secs().max(1)).unwrap_or(1);
     let mut measured = Measured::new(seconds);
-    let mut finished = Vec::with_capacity(clients);
-    for task in tasks {
-        let (part, client) = task.await.map_err(|e| format!("client task: {e}"))?;
+    let mut finished = Vec::with_capacity(clients.len());
+    for (part, client) in load::run_clients(clients, job.mode, plan.timing).await {
         measured.merge(&part);
         finished.push(client);
     }
@@ -442,6 +442,10 @@ fn result_of(plan: &Plan, job: Job, measured: &Measured) -> RunResult {
         refused_per_s: per_second(measured.refused),
         errors: measured.errors,
         latency: load::latency_of(&measured.latency),
+        start_lag: match job.mode {
+            Mode::Closed => None,
+            Mode::Open { .. } => Some(load::latency_of(&measured.start_lag)),
+        },
         cdf: load::cdf_of(&measured.latency),
         holds_each_second: measured.held_each_second.clone(),
         expiry_lag: None,
