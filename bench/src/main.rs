@@ -2,9 +2,9 @@
 //!
 //! `tally-bench run` measures every target × workload and writes
 //! `results.md`, `results.json` and SVG plots into `--out`. It exits 1 when
-//! any run found oversell or a lost acknowledged write, so the smoke run in
-//! the test suite fails on a correctness bug; a missed speed goal is
-//! reported, not an error.
+//! any run found oversell or a lost acknowledged write, or a target that
+//! should have run failed to, so the smoke run in the test suite fails on
+//! a correctness bug; a missed speed goal is reported, not an error.
 //!
 //! `tally-bench tally …` is the `tally` binary itself (`server::cli`), which
 //! the bench starts when no `--tally-bin` is given.
@@ -180,7 +180,11 @@ fn run(args: RunArgs) -> ExitCode {
     let markdown = bench::report::markdown(&report);
     println!("\n{markdown}");
     println!("results: {}", args.out.display());
-    if report.runs.iter().all(|r| r.check.passed()) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    let failed = report.skipped.iter().any(|s| s.failed);
+    if failed {
+        eprintln!("tally-bench: a target or workload failed to run (see \"Skipped\")");
+    }
+    if report.runs.iter().all(|r| r.check.passed()) && !failed { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 fn write(report: &Report, out: &std::path::Path) -> std::io::Result<()> {

@@ -157,7 +157,8 @@ pub fn markdown(report: &Report) -> String {
         for skipped in &report.skipped {
             let _ = writeln!(
                 out,
-                "- {} {}: {}",
+                "- {}{} {}: {}",
+                if skipped.failed { "**FAILED** " } else { "" },
                 skipped.target,
                 skipped.workload.as_deref().unwrap_or("(all workloads)"),
                 skipped.reason

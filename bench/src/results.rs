@@ -106,6 +106,11 @@ pub struct Skipped {
     pub target: String,
     pub workload: Option<String>,
     pub reason: String,
+    /// It should have run and broke (a target that would not start, a
+    /// workload that failed), as opposed to a peer not installed or a
+    /// workload a target cannot run. A failure makes the run exit 1.
+    #[serde(default)]
+    pub failed: bool,
 }
 
 /// One goal of the issue, as measured.

@@ -115,10 +115,12 @@ fn jobs(plan: &Plan) -> Vec<Job> {
 
 async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
     let dir = plan.data_dir.join(target.name());
-    let skip = |report: &mut Report, workload: Option<String>, reason: String| {
-        println!("{:<15} {:<12} skipped: {reason}", target.name(), workload.as_deref().unwrap_or("*"));
-        report.skipped.push(Skipped { target: target.name().into(), workload, reason });
+    let skip = |report: &mut Report, workload: Option<String>, reason: String, failed: bool| {
+        let what = if failed { "FAILED" } else { "skipped" };
+        println!("{:<15} {:<12} {what}: {reason}", target.name(), workload.as_deref().unwrap_or("*"));
+        report.skipped.push(Skipped { target: target.name().into(), workload, reason, failed });
     };
+    let skip_start = |report: &mut Report, error: StartError| skip_start_of(target, report, error);
     // Peers start once and are wiped before each job; Tally starts afresh
     // for each job.
     let mut peer = match target {
@@ -127,12 +129,12 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
             let fsync = if target == TargetKind::RedisAlways { Fsync::Always } else { Fsync::EverySec };
             match RedisPeer::start(fsync, &dir).await {
                 Ok(peer) => Some(Running::Redis(peer)),
-                Err(error) => return skip(report, None, start_reason(error)),
+                Err(error) => return skip_start(report, error),
             }
         }
         TargetKind::Postgres => match PostgresPeer::start(&dir).await {
             Ok(peer) => Some(Running::Postgres(peer)),
-            Err(error) => return skip(report, None, start_reason(error)),
+            Err(error) => return skip_start(report, error),
         },
     };
     let mut all = jobs(plan);
@@ -147,6 +149,7 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
                 "expiry needs holds that expire by themselves; Redis and PostgreSQL would need a sweeper process, \
                  whose lag is its own polling period"
                     .into(),
+                false,
             );
             continue;
         }
@@ -190,7 +193,7 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
                 }
                 report.runs.push(run);
             }
-            Err(error) => skip(report, Some(job.workload.name()), format!("failed: {error}")),
+            Err(error) => skip(report, Some(job.workload.name()), format!("failed: {error}"), true),
         }
     }
     match peer.take() {
@@ -200,11 +203,16 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
     }
 }
 
-fn start_reason(error: StartError) -> String {
-    match error {
-        StartError::Missing(why) => why,
-        StartError::Failed(why) => format!("could not start: {why}"),
-    }
+/// Every job of a target skipped: its program is missing (a skip) or it
+/// would not start (a failure).
+fn skip_start_of(target: TargetKind, report: &mut Report, error: StartError) {
+    let (reason, failed) = match error {
+        StartError::Missing(why) => (why, false),
+        StartError::Failed(why) => (format!("could not start: {why}"), true),
+    };
+    let what = if failed { "FAILED" } else { "skipped" };
+    println!("{:<15} {:<12} {what}: {reason}", target.name(), "*");
+    report.skipped.push(Skipped { target: target.name().into(), workload: None, reason, failed });
 }
 
 fn print_run(run: &RunResult) {

@@ -5,7 +5,7 @@
 //!
 //! Redis and PostgreSQL are optional on a developer's machine (the run
 //! skips them with a message naming `scripts/install-peers.sh`); CI
-//! installs them and sets `TALLY_BENCH_REQUIRE_PEERS=1`, which makes their
+//! installs them and sets `BENCH_REQUIRE_PEERS=1`, which makes their
 //! absence a failure.
 
 use std::process::Command;
@@ -29,7 +29,7 @@ fn smoke_run_measures_every_target_and_checks_it() {
     let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap_or_else(|e| panic!("results.md: {e}"));
     assert!(markdown.contains("| target | workload |"), "{markdown}");
 
-    let require_peers = std::env::var("TALLY_BENCH_REQUIRE_PEERS").is_ok_and(|v| v == "1");
+    let require_peers = std::env::var("BENCH_REQUIRE_PEERS").is_ok_and(|v| v == "1");
     let mut targets = vec!["tally", "tally-3"];
     if require_peers {
         targets.extend(["redis-always", "redis-everysec", "postgres"]);
