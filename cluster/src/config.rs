@@ -30,6 +30,11 @@ pub struct ClusterConfig {
     /// The initial voters, this node among them. A node not listed here
     /// never initializes a group; it waits to be added (`add_learner`).
     pub members: Vec<Member>,
+    /// Addresses this node dials some peers at instead of the addresses in
+    /// the membership: a proxy or NAT between the nodes (the chaos harness
+    /// puts a fault proxy on every link this way). Empty: dial the
+    /// membership's addresses.
+    pub dial: Vec<Member>,
     /// Shard count. Fixed for the life of the data directory.
     pub shards: u32,
     pub data_dir: PathBuf,
@@ -86,6 +91,7 @@ impl Default for ClusterConfig {
             node_id: 1,
             listen: "127.0.0.1:7001".into(),
             members: vec![Member { id: 1, addr: "127.0.0.1:7001".into() }],
+            dial: Vec::new(),
             shards: 8,
             data_dir: PathBuf::from("data"),
             shard_threads: 0,
@@ -130,6 +136,12 @@ impl ClusterConfig {
         }
         if ids.contains(&0) {
             return Err("member ids must be at least 1".into());
+        }
+        let mut dialed: Vec<NodeId> = self.dial.iter().map(|m| m.id).collect();
+        dialed.sort_unstable();
+        dialed.dedup();
+        if dialed.len() != self.dial.len() || dialed.contains(&0) || dialed.contains(&self.node_id) {
+            return Err("dial lists a node twice, node 0, or this node".into());
         }
         if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
             return Err("election_timeout_min_ms must exceed heartbeat_ms (> 0)".into());

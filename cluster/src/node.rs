@@ -251,6 +251,7 @@ impl Node {
                 frame_size_max: config.frame_size_max,
                 connect_timeout_ms: config.connect_timeout_ms,
                 requests_in_flight_max: config.peer_requests_in_flight_max,
+                dial: config.dial.iter().map(|m| (m.id, m.addr.clone())).collect(),
                 ..TransportConfig::default()
             },
         );

@@ -109,6 +109,9 @@ pub struct TransportConfig {
     pub write_queue_max: usize,
     /// Connections accepted and open at once, over all `serve` listeners.
     pub connections_incoming_max: u32,
+    /// Addresses to dial some peers at, whatever address `set_peer` (the
+    /// membership) gives: a proxy or a NAT between the nodes.
+    pub dial: std::collections::HashMap<NodeId, String>,
 }
 
 impl Default for TransportConfig {
@@ -119,6 +122,7 @@ impl Default for TransportConfig {
             requests_in_flight_max: 4096,
             write_queue_max: 1024,
             connections_incoming_max: 256,
+            dial: std::collections::HashMap::new(),
         }
     }
 }
@@ -294,6 +298,8 @@ impl Transport {
     /// Learn or change where a peer listens (e.g. "127.0.0.1:7001"). Changing
     /// an address drops the old connection; the same address changes nothing.
     pub fn set_peer(&self, peer: NodeId, addr: String) {
+        // A configured dial address wins over what the membership says.
+        let addr = self.inner.common.config.dial.get(&peer).cloned().unwrap_or(addr);
         let old = {
             let mut peers = self.inner.registry.peers.lock();
             if peers.closed {

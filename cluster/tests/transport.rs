@@ -131,6 +131,21 @@ async fn a_call_is_answered_and_attributed_to_its_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_address_wins_over_the_membership_address() {
+    let handler: Arc<dyn Handler> =
+        Arc::new(|_from: NodeId, _request: Request| async { Response::Probe { initialized: true } });
+    let (_a, addr, _accept) = serving(1, TransportConfig::default(), handler).await;
+    let dial = std::collections::HashMap::from([(1, addr)]);
+    let b = Transport::new(2, TransportConfig { dial, ..TransportConfig::default() });
+    // The membership names an address nothing listens on; the dial address is used.
+    b.set_peer(1, "127.0.0.1:1".into());
+
+    let answer = b.call(1, &Request::Probe { group: 3 }, LIVENESS).await;
+
+    assert!(matches!(answer, Ok(Response::Probe { initialized: true })), "got {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_share_one_connection_and_are_matched_out_of_order() {
     // Later groups answer sooner, so answers come back out of order.
     let (a, addr, _accept) =
