@@ -80,6 +80,7 @@ pub fn document() -> Value {
         stream::events,
         stream::alerts,
         ops::cluster,
+        ops::digests,
         ops::metrics,
         ops::openapi,
         ops::healthz,
@@ -634,6 +635,24 @@ pub struct ShardStatus {
     pub lag: BTreeMap<String, u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+}
+
+/// One shard's state digest on this node.
+#[derive(ToSchema)]
+pub struct ShardDigest {
+    pub shard: u32,
+    /// The last log index this node applied to the shard.
+    #[schema(required = true)]
+    pub applied_index: Option<u64>,
+    /// 128-bit hash of the shard's state, 32 lowercase hex digits.
+    pub digest: String,
+}
+
+#[derive(ToSchema)]
+pub struct Digests {
+    /// This node.
+    pub node_id: u64,
+    pub shards: Vec<ShardDigest>,
 }
 
 #[derive(ToSchema)]

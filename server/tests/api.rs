@@ -831,6 +831,15 @@ async fn operations_routes_answer_health_metrics_cluster_and_openapi() {
     let shards = cluster["shards"].as_array().unwrap_or_else(|| panic!("no shards in {cluster}"));
     assert_eq!(shards.len(), 2, "{cluster}");
     assert!(shards.iter().all(|s| s["leader"] == 1), "node 1 leads every shard: {cluster}");
+    let (status, _, digests) = http.get("/v1/cluster/digests").await;
+    assert_eq!(status, StatusCode::OK, "{digests}");
+    let shards = digests["shards"].as_array().unwrap_or_else(|| panic!("no shards in {digests}"));
+    assert_eq!(shards.len(), 2, "{digests}");
+    for shard in shards {
+        let digest = shard["digest"].as_str().unwrap_or_else(|| panic!("no digest in {digests}"));
+        assert!(digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digests}");
+        assert!(shard["applied_index"].is_u64(), "{digests}");
+    }
 
     // A request first, so the counter has a sample.
     assert_eq!(http.get(&item_path("op-none", "w1")).await.0, StatusCode::NOT_FOUND);

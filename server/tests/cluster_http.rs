@@ -122,6 +122,19 @@ async fn any_node_serves_any_request_and_a_killed_node_catches_up() {
         let levels = same_levels_on(&cluster, &[1, 2, 3], sku).await;
         assert_eq!(levels.stock(), (ON_HAND - 5, 0, ON_HAND - 5), "{sku} after the release through node 1");
     }
+
+    // The replicas converged: once all three applied the same index of a
+    // shard, their digests of it are equal.
+    eventually("the three nodes' digests agree", CATCH_UP_WAIT_MAX, async || {
+        let mut views = Vec::new();
+        for via in 1..=3 {
+            let (status, _, view) = cluster.http(via).retry(Method::GET, "/v1/cluster/digests", &[], None).await;
+            assert_eq!(status, StatusCode::OK, "digests via node {via}: {view}");
+            views.push(view["shards"].clone());
+        }
+        (views[0] == views[1] && views[1] == views[2]).then_some(())
+    })
+    .await;
 }
 
 /// Holds `quantity` of `sku` through `http` under `key` (so 503 retries hold

@@ -93,6 +93,34 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
     Ok(axum::Json(json!({ "node_id": status.node_id, "nodes": status.nodes, "shards": shards })).into_response())
 }
 
+/// `GET /v1/cluster/digests`: each shard's state digest on this node.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/digests",
+    tag = "operations",
+    summary = "This node's state digest of each shard, at its applied index",
+    description = "A hash of the shard's whole state (items, reservations, indexes) as this node has applied it. \
+        Replicas that have applied the same index must have the same digest: compare nodes once they have \
+        caught up to check that they converged.",
+    extensions(("x-tally-role" = json!("read"))),
+    responses(
+        (status = 200, description = "One entry per shard.", body = crate::openapi::Digests),
+        (status = 503, description = "`unavailable` (a shard did not answer), `timeout`."),
+    ),
+)]
+pub async fn digests(State(state): Shared, principal: Principal) -> ApiResult<Response> {
+    principal.require(Role::Read)?;
+    let digests = state.node.digests().await.map_err(|e| Problem::read(&e))?;
+    let shards: Vec<serde_json::Value> = digests
+        .iter()
+        .enumerate()
+        .map(|(shard, (applied, digest))| {
+            json!({ "shard": shard, "applied_index": applied, "digest": format!("{digest:032x}") })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "node_id": state.node.id(), "shards": shards })).into_response())
+}
+
 /// `GET /metrics`: Prometheus text.
 #[utoipa::path(
     get,
