@@ -55,3 +55,77 @@ async fn a_cluster_starts_through_its_proxies_and_survives_a_kill_and_a_partitio
 
     cluster.stop().await;
 }
+
+/// Clients through every node while node 1 is cut off for a while: every
+/// operation is recorded with its times, writes succeed on the majority
+/// side, and no read ever shows more reserved than on hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_record_every_operation_through_a_partition() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use chaos::client::{self, ClientPlan, Recorder};
+    use chaos::history::Outcome;
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let program = Program::SelfExec(env!("CARGO_BIN_EXE_tally-chaos").into());
+    let cluster = ChaosCluster::start(program, dir.path(), &settings()).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let items: Arc<Vec<(String, String)>> =
+        Arc::new(vec![("hot-a".into(), "w1".into()), ("hot-b".into(), "w1".into())]);
+    for (sku, warehouse) in items.iter() {
+        let status = put_item(cluster.http(2), sku, warehouse, 50).await;
+        assert!(status == Some(200) || status == Some(201), "PUT {sku}: {status:?}");
+    }
+
+    let started = Instant::now();
+    let recorder = Arc::new(Recorder::new(started));
+    let until = started + Duration::from_secs(6);
+    let nodes: Vec<_> = (1..=3).map(|id| cluster.http(id)).collect();
+    let clients: Vec<_> = (0..8u32)
+        .map(|index| {
+            let plan = ClientPlan {
+                index,
+                nodes: nodes.clone(),
+                items: Arc::clone(&items),
+                seed: u64::from(index) + 1,
+                timeout: Duration::from_secs(2),
+            };
+            tokio::spawn(client::run(plan, Arc::clone(&recorder), until))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.partition(&[&[1], &[2, 3]]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.heal();
+    for task in clients {
+        task.await.unwrap_or_else(|e| panic!("client: {e}"));
+    }
+    let ops = recorder.take();
+    assert!(ops.len() > 50, "only {} operations", ops.len());
+    assert!(ops.windows(2).all(|w| w[0].index < w[1].index), "indexes are unique and ordered");
+    assert!(ops.iter().all(|op| op.invoke_us <= op.complete_us));
+    let held = ops.iter().filter(|op| matches!(op.outcome, Outcome::Held { .. })).count();
+    assert!(held > 0, "no hold succeeded: {:?}", ops.iter().take(5).collect::<Vec<_>>());
+    for op in &ops {
+        if let Outcome::Levels { on_hand, reserved } = op.outcome {
+            assert!(reserved <= on_hand, "op {}: reserved {reserved} above on hand {on_hand}", op.index);
+        }
+    }
+    cluster.stop().await;
+}
+
+/// `PUT /v1/items/{sku}/{warehouse}` with `on_hand`; the status.
+async fn put_item(addr: std::net::SocketAddr, sku: &str, warehouse: &str, on_hand: u64) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!("{{\"on_hand\":{on_hand}}}");
+    let request = format!(
+        "PUT /v1/items/{sku}/{warehouse} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}

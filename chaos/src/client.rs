@@ -1,0 +1,220 @@
+//! The clients of a chaos run: each sends inventory operations on a few hot
+//! items to a node picked at random, and records every one, with the times
+//! it was invoked and answered and what the answer was, into the history.
+//!
+//! An answer is `Held`/`Done`/`Levels` (2xx), `Refused` (4xx: nothing
+//! changed), or `Unknown`: no answer within the timeout, a broken
+//! connection, or a 5xx, none of which says whether the operation happened.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use crate::history::{Call, Item, Op, Outcome};
+
+/// Time to live of the clients' holds: none expires during a run.
+pub const HOLD_TTL_SECONDS: u64 = 3_600;
+
+/// Where operations are recorded, shared by every client of a run.
+pub struct Recorder {
+    started: Instant,
+    next: AtomicU64,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    pub fn new(started: Instant) -> Recorder {
+        Recorder { started, next: AtomicU64::new(0), ops: Mutex::new(Vec::new()) }
+    }
+
+    pub fn micros(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Every operation, in invocation order.
+    pub fn take(&self) -> Vec<Op> {
+        let mut ops = std::mem::take(&mut *self.ops.lock());
+        ops.sort_by_key(|op| op.index);
+        ops
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection to one node, re-opened after errors.
+struct Http {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Http {
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Value), String> {
+        let result = self.try_request(method, path, body).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn try_request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Value), String> {
+        if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
+            let stream = TcpStream::connect(self.addr).await.map_err(|e| format!("connect: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().ok_or_else(|| "no connection".to_owned())?;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let mut builder = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Ok((status, value))
+    }
+}
+
+/// xorshift64*, seeded per client.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// What a client does, and where.
+pub struct ClientPlan {
+    pub index: u32,
+    /// HTTP address of each node, node `i + 1` at `nodes[i]`.
+    pub nodes: Vec<SocketAddr>,
+    pub items: Arc<Vec<Item>>,
+    pub seed: u64,
+    /// A request with no answer after this is `Unknown`.
+    pub timeout: Duration,
+}
+
+/// Runs one client until `until`, recording into `recorder`.
+pub async fn run(plan: ClientPlan, recorder: Arc<Recorder>, until: Instant) {
+    let mut conns: Vec<Http> = plan.nodes.iter().map(|&addr| Http { addr, sender: None }).collect();
+    let mut rng = Rng(plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    // This client's acknowledged live holds: (reservation, item index).
+    let mut live: Vec<String> = Vec::new();
+    while Instant::now() < until {
+        let node = usize::try_from(rng.below(conns.len() as u64)).unwrap_or(0);
+        let item = &plan.items[usize::try_from(rng.below(plan.items.len() as u64)).unwrap_or(0)];
+        let roll = rng.below(100);
+        let call = if roll < 30 {
+            Call::Read { sku: item.0.clone(), warehouse: item.1.clone() }
+        } else if roll < 65 || live.is_empty() {
+            Call::Hold { sku: item.0.clone(), warehouse: item.1.clone(), qty: 1 + rng.below(3) }
+        } else {
+            let at = usize::try_from(rng.below(live.len() as u64)).unwrap_or(0);
+            match roll {
+                65..75 => Call::Confirm { reservation: live.swap_remove(at) },
+                75..85 => Call::Release { reservation: live.swap_remove(at) },
+                85..90 => Call::Extend { reservation: live[at].clone(), ttl_seconds: HOLD_TTL_SECONDS },
+                _ => {
+                    let delta = if rng.below(4) == 0 { -1 } else { 3 };
+                    Call::Adjust { sku: item.0.clone(), warehouse: item.1.clone(), delta }
+                }
+            }
+        };
+        let index = recorder.next.fetch_add(1, Ordering::Relaxed);
+        let invoke_us = recorder.micros();
+        let outcome = match tokio::time::timeout(plan.timeout, perform(&mut conns[node], &call)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                conns[node].sender = None;
+                Outcome::Unknown { why: format!("no answer within {:?}", plan.timeout) }
+            }
+        };
+        let complete_us = recorder.micros();
+        if let Outcome::Held { reservation, .. } = &outcome {
+            live.push(reservation.clone());
+        }
+        let node = u8::try_from(node + 1).unwrap_or(u8::MAX);
+        recorder.ops.lock().push(Op { index, client: plan.index, node, call, invoke_us, complete_us, outcome });
+    }
+}
+
+fn item_path(sku: &str, warehouse: &str) -> String {
+    format!("/v1/items/{sku}/{warehouse}")
+}
+
+/// Sends `call` and reads what its answer means.
+async fn perform(http: &mut Http, call: &Call) -> Outcome {
+    let (method, path, body) = match call {
+        Call::Hold { sku, warehouse, qty } => (
+            Method::POST,
+            "/v1/reservations".to_owned(),
+            Some(format!(
+                "{{\"lines\":[{{\"sku\":\"{sku}\",\"warehouse\":\"{warehouse}\",\"quantity\":{qty}}}],\
+                 \"ttl_seconds\":{HOLD_TTL_SECONDS}}}"
+            )),
+        ),
+        Call::Confirm { reservation } => (Method::POST, format!("/v1/reservations/{reservation}/confirm"), None),
+        Call::Release { reservation } => (Method::POST, format!("/v1/reservations/{reservation}/release"), None),
+        Call::Extend { reservation, ttl_seconds } => (
+            Method::POST,
+            format!("/v1/reservations/{reservation}/extend"),
+            Some(format!("{{\"ttl_seconds\":{ttl_seconds}}}")),
+        ),
+        Call::Adjust { sku, warehouse, delta } => (
+            Method::POST,
+            format!("{}/adjustments", item_path(sku, warehouse)),
+            Some(format!("{{\"delta\":{delta},\"reason\":\"count\"}}")),
+        ),
+        Call::Read { sku, warehouse } => (Method::GET, item_path(sku, warehouse), None),
+    };
+    let (status, body) = match http.request(method, &path, body).await {
+        Ok(answer) => answer,
+        Err(why) => return Outcome::Unknown { why },
+    };
+    if status.is_server_error() {
+        return Outcome::Unknown { why: format!("{status} {}", body["code"].as_str().unwrap_or("")) };
+    }
+    if status.is_client_error() {
+        return Outcome::Refused { code: body["code"].as_str().unwrap_or("unknown").to_owned() };
+    }
+    match call {
+        Call::Hold { .. } => match (body["id"].as_str(), body["expires_at_ms"].as_u64()) {
+            (Some(id), Some(expires_at_ms)) => Outcome::Held { reservation: id.to_owned(), expires_at_ms },
+            _ => Outcome::Unknown { why: format!("a {status} hold answer without id: {body}") },
+        },
+        Call::Read { .. } => match (body["on_hand"].as_u64(), body["reserved"].as_u64()) {
+            (Some(on_hand), Some(reserved)) => Outcome::Levels { on_hand, reserved },
+            _ => Outcome::Unknown { why: format!("a {status} read without levels: {body}") },
+        },
+        Call::Confirm { .. } | Call::Release { .. } | Call::Extend { .. } | Call::Adjust { .. } => Outcome::Done,
+    }
+}
