@@ -88,6 +88,13 @@ pub struct History {
     pub final_levels: Vec<NodeLevels>,
     /// After healing: each node's state digest per shard.
     pub digests: Vec<NodeDigests>,
+    /// After healing: the state of each reservation a client was told about,
+    /// as (reservation id, `HELD` | `CONFIRMED` | `RELEASED` | `EXPIRED` |
+    /// `MISSING`), `MISSING` when no node knows the id. Empty when the run
+    /// did not collect it (the checker then skips that part of its "no lost
+    /// write" check).
+    #[serde(default)]
+    pub final_holds: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
