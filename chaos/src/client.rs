@@ -2,9 +2,12 @@
 //! items to a node picked at random, and records every one, with the times
 //! it was invoked and answered and what the answer was, into the history.
 //!
-//! An answer is `Held`/`Done`/`Levels` (2xx), `Refused` (4xx: nothing
-//! changed), or `Unknown`: no answer within the timeout, a broken
-//! connection, or a 5xx, none of which says whether the operation happened.
+//! An answer is `Held`/`Done`/`Levels` (2xx), `Refused` (4xx, and the 503s
+//! `unavailable` and `overloaded`, which the API promises applied nothing),
+//! or `Unknown`: no answer within the timeout, a broken connection, or any
+//! other 5xx, none of which says whether the operation happened. A node
+//! that refuses the connection never got the request, so the client tries
+//! the next node, as a load balancer would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +25,9 @@ use tokio::net::TcpStream;
 
 use crate::history::{Call, Item, Op, Outcome};
 
-/// Time to live of the clients' holds: none expires during a run.
-pub const HOLD_TTL_SECONDS: u64 = 3_600;
+/// Time to live of the clients' holds (the API's default longest): none
+/// expires during a run shorter than a day.
+pub const HOLD_TTL_SECONDS: u64 = 86_400;
 
 /// Where operations are recorded, shared by every client of a run.
 pub struct Recorder {
@@ -50,18 +54,45 @@ impl Recorder {
 }
 
 /// One keep-alive HTTP/1.1 connection to one node, re-opened after errors.
-struct Http {
+pub(crate) struct Http {
     addr: SocketAddr,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
+/// Why a request got no answer.
+pub(crate) enum HttpError {
+    /// The connection could not be opened: the request was never sent, so
+    /// it certainly did not happen.
+    NotSent(String),
+    /// Sent, or maybe sent: it may have happened.
+    Lost(String),
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::NotSent(why) => write!(f, "not sent: {why}"),
+            HttpError::Lost(why) => f.write_str(why),
+        }
+    }
+}
+
 impl Http {
-    async fn request(
+    pub(crate) fn new(addr: SocketAddr) -> Http {
+        Http { addr, sender: None }
+    }
+
+    /// Forgets the connection (after a timeout: its answer may still come).
+    pub(crate) fn reset(&mut self) {
+        self.sender = None;
+    }
+
+    pub(crate) async fn request(
         &mut self,
         method: Method,
         path: &str,
         body: Option<String>,
-    ) -> Result<(StatusCode, Value), String> {
+    ) -> Result<(StatusCode, Value), HttpError> {
         let result = self.try_request(method, path, body).await;
         if result.is_err() {
             self.sender = None;
@@ -74,27 +105,31 @@ impl Http {
         method: Method,
         path: &str,
         body: Option<String>,
-    ) -> Result<(StatusCode, Value), String> {
+    ) -> Result<(StatusCode, Value), HttpError> {
         if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
-            let stream = TcpStream::connect(self.addr).await.map_err(|e| format!("connect: {e}"))?;
+            let stream =
+                TcpStream::connect(self.addr).await.map_err(|e| HttpError::NotSent(format!("connect: {e}")))?;
             let _ = stream.set_nodelay(true);
-            let (sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| HttpError::NotSent(e.to_string()))?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
             self.sender = Some(sender);
         }
-        let sender = self.sender.as_mut().ok_or_else(|| "no connection".to_owned())?;
-        sender.ready().await.map_err(|e| e.to_string())?;
+        let sender = self.sender.as_mut().ok_or_else(|| HttpError::NotSent("no connection".to_owned()))?;
+        sender.ready().await.map_err(|e| HttpError::NotSent(e.to_string()))?;
         let mut builder = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
         if body.is_some() {
             builder = builder.header("content-type", "application/json");
         }
-        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| HttpError::NotSent(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| HttpError::Lost(e.to_string()))?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = response.into_body().collect().await.map_err(|e| HttpError::Lost(e.to_string()))?.to_bytes();
         let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         Ok((status, value))
     }
@@ -121,11 +156,16 @@ pub struct ClientPlan {
     pub seed: u64,
     /// A request with no answer after this is `Unknown`.
     pub timeout: Duration,
+    /// Pause between two operations, uniform in this range (ms).
+    pub think_ms: (u64, u64),
 }
+
+/// The refusal code of an operation no node accepted a connection for.
+pub const NOT_SENT: &str = "not_sent";
 
 /// Runs one client until `until`, recording into `recorder`.
 pub async fn run(plan: ClientPlan, recorder: Arc<Recorder>, until: Instant) {
-    let mut conns: Vec<Http> = plan.nodes.iter().map(|&addr| Http { addr, sender: None }).collect();
+    let mut conns: Vec<Http> = plan.nodes.iter().map(|&addr| Http::new(addr)).collect();
     let mut rng = Rng(plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // This client's acknowledged live holds: (reservation, item index).
     let mut live: Vec<String> = Vec::new();
@@ -151,19 +191,40 @@ pub async fn run(plan: ClientPlan, recorder: Arc<Recorder>, until: Instant) {
         };
         let index = recorder.next.fetch_add(1, Ordering::Relaxed);
         let invoke_us = recorder.micros();
-        let outcome = match tokio::time::timeout(plan.timeout, perform(&mut conns[node], &call)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                conns[node].sender = None;
-                Outcome::Unknown { why: format!("no answer within {:?}", plan.timeout) }
+        // Like a load balancer: a node that refuses the connection did not
+        // get the request, so the next node is tried; only the last try's
+        // node and answer are recorded.
+        let mut node = node;
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            let answer = match tokio::time::timeout(plan.timeout, perform(&mut conns[node], &call)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    conns[node].reset();
+                    Err(HttpError::Lost(format!("no answer within {:?}", plan.timeout)))
+                }
+            };
+            match answer {
+                Ok(outcome) => break outcome,
+                Err(HttpError::NotSent(_)) if tries < conns.len() => node = (node + 1) % conns.len(),
+                // No node took it: certainly not applied.
+                Err(HttpError::NotSent(_)) => break Outcome::Refused { code: NOT_SENT.to_owned() },
+                Err(error) => break Outcome::Unknown { why: error.to_string() },
             }
         };
         let complete_us = recorder.micros();
         if let Outcome::Held { reservation, .. } = &outcome {
             live.push(reservation.clone());
         }
+        let nobody_listened = matches!(&outcome, Outcome::Refused { code } if code == NOT_SENT);
         let node = u8::try_from(node + 1).unwrap_or(u8::MAX);
         recorder.ops.lock().push(Op { index, client: plan.index, node, call, invoke_us, complete_us, outcome });
+        // Think time keeps the history checkable (a few operations in
+        // flight per item, not dozens); with every node down, a longer one.
+        let pause =
+            if nobody_listened { 200 } else { plan.think_ms.0 + rng.below(plan.think_ms.1 - plan.think_ms.0 + 1) };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 
@@ -172,7 +233,7 @@ fn item_path(sku: &str, warehouse: &str) -> String {
 }
 
 /// Sends `call` and reads what its answer means.
-async fn perform(http: &mut Http, call: &Call) -> Outcome {
+async fn perform(http: &mut Http, call: &Call) -> Result<Outcome, HttpError> {
     let (method, path, body) = match call {
         Call::Hold { sku, warehouse, qty } => (
             Method::POST,
@@ -196,17 +257,21 @@ async fn perform(http: &mut Http, call: &Call) -> Outcome {
         ),
         Call::Read { sku, warehouse } => (Method::GET, item_path(sku, warehouse), None),
     };
-    let (status, body) = match http.request(method, &path, body).await {
-        Ok(answer) => answer,
-        Err(why) => return Outcome::Unknown { why },
-    };
+    let (status, body) = http.request(method, &path, body).await?;
+    let code = body["code"].as_str().unwrap_or("");
     if status.is_server_error() {
-        return Outcome::Unknown { why: format!("{status} {}", body["code"].as_str().unwrap_or("")) };
+        // The API promises that `unavailable` (no reachable leader) and
+        // `overloaded` (queue full) applied nothing: the checker holds it
+        // to that by reading them as refusals. Anything else may have.
+        if matches!(code, "unavailable" | "overloaded") && !matches!(call, Call::Read { .. }) {
+            return Ok(Outcome::Refused { code: code.to_owned() });
+        }
+        return Ok(Outcome::Unknown { why: format!("{status} {code}") });
     }
     if status.is_client_error() {
-        return Outcome::Refused { code: body["code"].as_str().unwrap_or("unknown").to_owned() };
+        return Ok(Outcome::Refused { code: body["code"].as_str().unwrap_or("unknown").to_owned() });
     }
-    match call {
+    Ok(match call {
         Call::Hold { .. } => match (body["id"].as_str(), body["expires_at_ms"].as_u64()) {
             (Some(id), Some(expires_at_ms)) => Outcome::Held { reservation: id.to_owned(), expires_at_ms },
             _ => Outcome::Unknown { why: format!("a {status} hold answer without id: {body}") },
@@ -216,5 +281,5 @@ async fn perform(http: &mut Http, call: &Call) -> Outcome {
             _ => Outcome::Unknown { why: format!("a {status} read without levels: {body}") },
         },
         Call::Confirm { .. } | Call::Release { .. } | Call::Extend { .. } | Call::Adjust { .. } => Outcome::Done,
-    }
+    })
 }

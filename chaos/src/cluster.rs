@@ -138,7 +138,7 @@ impl ChaosCluster {
                 })
                 .collect();
             let config = format!(
-                "[server]\nlisten = \"{}\"\nlog_level = \"info\"\n\n[cluster]\nnode_id = {}\nlisten = \"{}\"\n\
+                "[server]\nlisten = \"{}\"\nlog_level = \"info,openraft=warn\"\ndebug_clock = true\n\n[cluster]\nnode_id = {}\nlisten = \"{}\"\n\
                  members = [{}]\ndial = [{}]\nshards = {}\ndata_dir = \"{}\"\n{}\n",
                 node.http,
                 node.id,
@@ -315,6 +315,17 @@ impl ChaosCluster {
                     proxy.set(Rule::blackhole());
                     proxy.cut();
                 }
+            }
+        }
+    }
+
+    /// Cuts `a` and `b` from each other (both ways); every other link keeps
+    /// its rule.
+    pub fn cut_between(&self, a: u8, b: u8) {
+        for (from, to) in [(a, b), (b, a)] {
+            if let Some(proxy) = self.proxy(from, to) {
+                proxy.set(Rule::blackhole());
+                proxy.cut();
             }
         }
     }

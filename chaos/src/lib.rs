@@ -10,3 +10,5 @@ pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod proxy;
+pub mod run;
+pub mod schedule;

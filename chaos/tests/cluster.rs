@@ -89,6 +89,7 @@ async fn clients_record_every_operation_through_a_partition() {
                 items: Arc::clone(&items),
                 seed: u64::from(index) + 1,
                 timeout: Duration::from_secs(2),
+                think_ms: (0, 5),
             };
             tokio::spawn(client::run(plan, Arc::clone(&recorder), until))
         })

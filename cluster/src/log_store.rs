@@ -13,11 +13,12 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use engine::wal::{Wal, WalReader, WalStats};
-use engine::{LogEntry, WalError};
+use engine::{EntryPayload, LogEntry, WalError};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
+use crate::proposer::Clock;
 use crate::types::{
     Entry, LogId, TypeConfig, Vote, entry_from_engine, entry_to_engine, log_id_from_engine, log_id_to_engine,
     vote_from_engine, vote_to_engine,
@@ -40,12 +41,21 @@ pub struct LogStore {
     /// The same reader openraft's replication gets; it holds the logical
     /// purge point the store moves.
     reader: LogReader,
+    /// Observes the log time of every batch appended (see `Clock`).
+    clock: Option<Arc<Clock>>,
 }
 
 impl LogStore {
     pub fn new(wal: Wal) -> Self {
         let reader = LogReader { reader: wal.reader(), purge_pending: Arc::new(Mutex::new(None)) };
-        Self { wal: Arc::new(Mutex::new(wal)), reader }
+        Self { wal: Arc::new(Mutex::new(wal)), reader, clock: None }
+    }
+
+    /// Feeds the log time of every appended batch to `clock`: the live
+    /// entries of this node's shard, never the ones recovered at start.
+    pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Counters of the WAL's flusher (fsync rounds, callbacks, time).
@@ -174,6 +184,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<LogEntry> = entries.into_iter().map(entry_to_engine).collect();
+        if let Some(clock) = &self.clock {
+            let latest = entries
+                .iter()
+                .filter_map(|entry| match &entry.payload {
+                    EntryPayload::Batch(batch) => Some(batch.ts_ms),
+                    _ => None,
+                })
+                .max();
+            if let Some(ts_ms) = latest {
+                clock.observe(ts_ms);
+            }
+        }
         let mut wal = self.wal.lock();
         wal.append(&entries).map_err(to_io)?;
         // The flusher thread calls back after the fsync that covers this append.

@@ -296,7 +296,7 @@ impl Node {
             let (deadline_tx, deadline_rx) = watch::channel(None);
             let publisher = Publisher { is_leader: Arc::clone(&is_leader), events: events.clone() };
             let state_machine = StateMachine::new(shard, actor.clone(), snapshots, publisher, Arc::new(deadline_tx));
-            let log = LogStore::new(wal);
+            let log = LogStore::new(wal).with_clock(Arc::clone(&clock));
             let network = GroupNetwork { router: router.clone(), group: shard };
             let raft = Raft::new(id, Arc::clone(&raft_config), network, log.clone(), state_machine)
                 .await

@@ -32,23 +32,82 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::error::ProposeError;
 use crate::types::Raft;
 
-/// The leader's clock: wall time in ms, plus an offset tests and chaos runs
-/// can move to simulate a clock jump on one node.
-#[derive(Debug, Default)]
+/// A node's log clock: the time a leader stamps on the entries it proposes
+/// (log time, DESIGN §3), and what expiry ticks and multi-shard deadlines
+/// are planned against.
+///
+/// Log time is carried from entry to entry on this node's monotonic clock,
+/// not read off its wall clock: every entry this node stamps or appends
+/// (from its own proposals or from a leader's replication) is an
+/// observation "log time was `ts` at this instant", and log time now is the
+/// latest observation plus the monotonic time since. A leader's wall clock
+/// that jumps ahead therefore moves nothing: holds never expire early
+/// because of it. One that jumps back does not stall log time either.
+///
+/// The wall clock is read only while the node has observed nothing since it
+/// started (a fresh cluster, or a node that restarted and was elected
+/// before any entry reached it): then log time is its wall clock, and the
+/// engine keeps log time from going back (`max` with the state's). A wrong
+/// wall clock at exactly that moment is not detected: see ARCHITECTURE.md.
+///
+/// Observations taken when an entry is appended late (a follower catching
+/// up) under-estimate log time; taking the latest of all of them keeps the
+/// best, so the estimate lags true log time by no more than the replication
+/// delay of the freshest entry seen, and holds expire late by at most that,
+/// never early.
+#[derive(Debug)]
 pub struct Clock {
+    /// Added to the wall clock (tests and chaos runs move it, to simulate a
+    /// clock jump on this node).
     offset_ms: AtomicI64,
+    /// Where the monotonic clock is read from.
+    base: Instant,
+    /// Log time at `base`, as the best observation says (`NO_ORIGIN`: none
+    /// yet). Log time now is `origin + (now - base)`.
+    origin_ms: AtomicI64,
+}
+
+const NO_ORIGIN: i64 = i64::MIN;
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { offset_ms: AtomicI64::new(0), base: Instant::now(), origin_ms: AtomicI64::new(NO_ORIGIN) }
+    }
 }
 
 impl Clock {
+    /// Log time now, in ms: carried from the latest observation on the
+    /// monotonic clock, or the wall clock before any observation.
     pub fn now_ms(&self) -> u64 {
+        let origin = self.origin_ms.load(Ordering::Acquire);
+        if origin == NO_ORIGIN {
+            return self.wall_ms();
+        }
+        u64::try_from(origin.saturating_add(self.since_base_ms())).unwrap_or(0)
+    }
+
+    /// This node's wall clock in Unix ms, with its offset.
+    pub fn wall_ms(&self) -> u64 {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let wall = i64::try_from(wall).unwrap_or(i64::MAX);
         u64::try_from(wall.saturating_add(self.offset_ms.load(Ordering::Relaxed))).unwrap_or(0)
     }
 
-    /// Moves this node's clock by `offset_ms` (negative: back in time).
+    /// Log time was at least `ts_ms` just now (an entry was stamped or
+    /// appended with it). Keeps the latest of all observations.
+    pub fn observe(&self, ts_ms: u64) {
+        let ts = i64::try_from(ts_ms).unwrap_or(i64::MAX);
+        let origin = ts.saturating_sub(self.since_base_ms());
+        self.origin_ms.fetch_max(origin, Ordering::AcqRel);
+    }
+
+    /// Moves this node's wall clock by `offset_ms` (negative: back in time).
     pub fn set_offset_ms(&self, offset_ms: i64) {
         self.offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    fn since_base_ms(&self) -> i64 {
+        i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -232,6 +291,7 @@ impl Run {
 
     fn stamp(&mut self) -> u64 {
         self.last_ts_ms = self.last_ts_ms.max(self.clock.now_ms());
+        self.clock.observe(self.last_ts_ms);
         self.last_ts_ms
     }
 

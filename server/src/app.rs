@@ -85,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", get(stream::alerts))
         .route("/v1/cluster", get(ops::cluster))
         .route("/v1/cluster/digests", get(ops::digests))
+        .route("/v1/debug/clock", post(ops::set_clock))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state.auth), authenticate));

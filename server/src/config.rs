@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Origins allowed by CORS; empty means no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Allows `POST /v1/debug/clock` (admin) to move this node's clock.
+    /// For chaos runs only; never set it in production.
+    pub debug_clock: bool,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             cors_origins: Vec::new(),
+            debug_clock: false,
         }
     }
 }

@@ -81,6 +81,7 @@ pub fn document() -> Value {
         stream::alerts,
         ops::cluster,
         ops::digests,
+        ops::set_clock,
         ops::metrics,
         ops::openapi,
         ops::healthz,

@@ -121,6 +121,65 @@ pub async fn digests(State(state): Shared, principal: Principal) -> ApiResult<Re
     Ok(axum::Json(json!({ "node_id": state.node.id(), "shards": shards })).into_response())
 }
 
+/// Body of `POST /v1/debug/clock`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockOffset {
+    /// Milliseconds added to this node's wall clock where it stamps log
+    /// time as a leader (negative: back in time). 0 puts it back.
+    pub offset_ms: i64,
+}
+
+/// Largest clock offset `POST /v1/debug/clock` takes: a year either way.
+const CLOCK_OFFSET_MAX_MS: i64 = 366 * 24 * 3_600 * 1_000;
+
+/// `POST /v1/debug/clock`: moves this node's clock, to test clock jumps.
+#[utoipa::path(
+    post,
+    path = "/v1/debug/clock",
+    tag = "operations",
+    summary = "Move this node's clock (chaos tests only; off unless `server.debug_clock`)",
+    description = "Sets the offset this node adds to its wall clock. Log time is carried on the monotonic clock \
+        once the node has seen an entry, so the offset only shows where the wall clock is still read (a node \
+        that has seen none). Chaos runs use it to inject a clock jump on one node. Answers 404 `debug_disabled` unless the node's \
+        config sets `server.debug_clock = true`, which no production config should.",
+    extensions(("x-tally-role" = json!("admin"))),
+    request_body = ClockOffset,
+    responses(
+        (status = 200, description = "The offset is set: `node_id`, `offset_ms`, `wall_ms` (the moved wall clock) \
+            and `log_time_ms` (this node's log time, which a moved wall clock does not move once the node has \
+            seen an entry)."),
+        (status = 400, description = "`invalid_body`, `invalid_json`, `offset_out_of_range`."),
+        (status = 404, description = "`debug_disabled`."),
+    ),
+)]
+pub async fn set_clock(
+    State(state): Shared,
+    principal: Principal,
+    crate::routes::JsonBody(body): crate::routes::JsonBody<ClockOffset>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    if !state.config.server.debug_clock {
+        return Err(Problem::not_found("debug_disabled", "debug routes are off (server.debug_clock = false)"));
+    }
+    if body.offset_ms.unsigned_abs() > CLOCK_OFFSET_MAX_MS.unsigned_abs() {
+        return Err(Problem::bad_request(
+            "offset_out_of_range",
+            format!("offset_ms must be within ±{CLOCK_OFFSET_MAX_MS}"),
+        ));
+    }
+    state.node.clock().set_offset_ms(body.offset_ms);
+    tracing::warn!(offset_ms = body.offset_ms, "clock offset set through /v1/debug/clock");
+    let clock = state.node.clock();
+    Ok(axum::Json(json!({
+        "node_id": state.node.id(),
+        "offset_ms": body.offset_ms,
+        "wall_ms": clock.wall_ms(),
+        "log_time_ms": clock.now_ms(),
+    }))
+    .into_response())
+}
+
 /// `GET /metrics`: Prometheus text.
 #[utoipa::path(
     get,

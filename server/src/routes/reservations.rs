@@ -30,7 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::cmd::{Confirm, Deadline, Extend, Hold, HoldLine, Release};
 use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
-use engine::outcome::{ReservationView, ShortLine};
+use engine::outcome::{ReservationSummary, ReservationView, ShortLine};
 use engine::reservation::ReservationState;
 use engine::{Command, Outcome, Refusal, shard_of};
 use serde::Deserialize;
@@ -258,6 +258,44 @@ impl AppState {
         Ok(body)
     }
 
+    /// The body of a reservation this request has just written (held,
+    /// confirmed, released, extended): the write is done, so no read after
+    /// it may turn the answer into an error. A 503 `unavailable` would tell
+    /// the client nothing was applied (chaos FINDINGS.md #2). It is read
+    /// linearizably when it can be, else from this node's replica with the
+    /// write's own summaries (state, deadline) laid over it.
+    async fn written_body(&self, id: ReservationId, written: &[ReservationSummary]) -> Value {
+        let error = match self.reservation_body(id, super::Consistency::Linearizable).await {
+            Ok(body) => return body,
+            Err(error) => error,
+        };
+        tracing::warn!(%id, code = error.code, "the read after a write failed; answering from this replica");
+        let parts = self.reservation_parts(id, super::Consistency::Stale).await.unwrap_or_default();
+        let mut view = match (merge_parts(parts), written.first()) {
+            (Some((merged, _)), _) => merged,
+            (None, Some(summary)) => {
+                ReservationView { summary: *summary, lines: Vec::new(), idempotency_key: None }
+            }
+            (None, None) => ReservationView {
+                summary: ReservationSummary {
+                    id,
+                    state: ReservationState::Held,
+                    created_at_ms: 0,
+                    deadline_ms: 0,
+                    ended_at_ms: None,
+                },
+                lines: Vec::new(),
+                idempotency_key: None,
+            },
+        };
+        if let Some(first) = written.first() {
+            view.summary.state = first.state;
+            view.summary.ended_at_ms = first.ended_at_ms;
+            view.summary.deadline_ms = written.iter().map(|w| w.deadline_ms).min().unwrap_or(first.deadline_ms);
+        }
+        reservation_json(&view, None)
+    }
+
     /// Resolves the lines' warehouses, allocating lines that name none.
     async fn allocate(&self, lines: &[RequestLine]) -> ApiResult<Vec<Line>> {
         let shards = self.node.shard_count();
@@ -418,11 +456,13 @@ impl AppState {
         let mut short: Vec<(usize, &str, &str, ShortLine)> = Vec::new();
         let mut failure: Option<Problem> = None;
         let mut held_shards = Vec::new();
+        let mut written = Vec::new();
         let mut replayed = true;
         for (shard, answer) in answers {
             match answer {
-                Ok(Outcome::Held { replayed: again, .. }) => {
+                Ok(Outcome::Held { replayed: again, reservation }) => {
                     held_shards.push(shard);
+                    written.push(reservation);
                     replayed &= again;
                 }
                 Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
@@ -459,7 +499,7 @@ impl AppState {
         let body = if body.commit {
             self.end_on(id, &held_shards, || Command::Confirm(Confirm { id })).await?
         } else {
-            self.reservation_body(id, super::Consistency::Linearizable).await?
+            self.written_body(id, &written).await
         };
         Ok(Created { body, replayed })
     }
@@ -485,7 +525,7 @@ impl AppState {
             Outcome::Held { reservation, replayed } | Outcome::Confirmed { reservation, replayed } => {
                 if replayed {
                     // Answer with the reservation as stored (it may name other lines).
-                    let body = self.reservation_body(reservation.id, super::Consistency::Linearizable).await?;
+                    let body = self.written_body(reservation.id, std::slice::from_ref(&reservation)).await;
                     return Ok(Created { body, replayed });
                 }
                 let view = ReservationView {
@@ -527,9 +567,15 @@ impl AppState {
         let submits = shards.iter().map(|&shard| self.node.submit_to(shard, make()));
         let mut found = false;
         let mut refusal: Option<Refusal> = None;
+        let mut written = Vec::new();
         for answer in futures_util::future::join_all(submits).await {
             match answer? {
-                Outcome::Confirmed { .. } | Outcome::Released { .. } | Outcome::Extended { .. } => found = true,
+                Outcome::Confirmed { reservation, .. }
+                | Outcome::Released { reservation, .. }
+                | Outcome::Extended { reservation } => {
+                    found = true;
+                    written.push(reservation);
+                }
                 Outcome::Refused(Refusal::ReservationNotFound) => {}
                 Outcome::Refused(other) => {
                     found = true;
@@ -544,7 +590,7 @@ impl AppState {
         if !found {
             return Err(Problem::not_found("reservation_not_found", "no such reservation"));
         }
-        self.reservation_body(id, super::Consistency::Linearizable).await
+        Ok(self.written_body(id, &written).await)
     }
 
     /// Moves every part's deadline to now + `ttl_seconds`.
