@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the peers tally-bench compares Tally with: Redis and PostgreSQL,
-# from the distribution's packages (Debian/Ubuntu).
+# Installs the peers tally-bench compares Tally with, Redis and PostgreSQL,
+# and the headless browser the admin page and widget tests drive, Chromium and
+# its chromedriver, from the distribution's packages (Debian/Ubuntu).
 #
 # The bench starts its own servers, on free loopback ports with their data in
 # the run's folder; it never uses the services the packages set up. Those are
@@ -21,12 +22,17 @@ have_postgres() {
     command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1
 }
 
-if have_redis && have_postgres; then
-    echo "install-peers: redis-server and a PostgreSQL server are installed; nothing to do."
+# Where server/tests/browser.rs looks for them.
+have_browser() {
+    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]
+}
+
+if have_redis && have_postgres && have_browser; then
+    echo "install-peers: redis-server, a PostgreSQL server, chromium and chromedriver are installed; nothing to do."
     exit 0
 fi
 
-packages=(redis-server postgresql)
+packages=(redis-server postgresql chromium chromium-driver)
 
 if [[ "$(id -u)" -ne 0 ]]; then
     echo "install-peers: installing needs root; run:" >&2
@@ -36,7 +42,7 @@ if [[ "$(id -u)" -ne 0 ]]; then
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-peers: no apt-get here; install Redis 7 and PostgreSQL (server and initdb) with your package manager." >&2
+    echo "install-peers: no apt-get here; install Redis 7, PostgreSQL (server and initdb), Chromium and chromedriver with your package manager." >&2
     exit 1
 fi
 
@@ -53,9 +59,9 @@ elif command -v service >/dev/null 2>&1; then
     service postgresql stop >/dev/null 2>&1 || true
 fi
 
-if have_redis && have_postgres; then
-    echo "install-peers: done: $(redis-server --version | cut -d' ' -f1-3), PostgreSQL in $(ls -d /usr/lib/postgresql/*/bin | tail -n1)."
+if have_redis && have_postgres && have_browser; then
+    echo "install-peers: done: $(redis-server --version | cut -d' ' -f1-3), PostgreSQL in $(ls -d /usr/lib/postgresql/*/bin | tail -n1), $(/usr/bin/chromedriver --version | cut -d' ' -f1-2)."
 else
-    echo "install-peers: the packages installed, but redis-server or initdb/postgres is still missing." >&2
+    echo "install-peers: the packages installed, but redis-server, initdb/postgres, /usr/bin/chromium or /usr/bin/chromedriver is still missing." >&2
     exit 1
 fi

@@ -3,8 +3,9 @@
 //!
 //! Layers, outermost first: CORS, observe (metrics, request timeout, a
 //! request id in the logs), then per route group `authenticate` (keys,
-//! roles, rate limits). Health and readiness need no key; everything under
-//! `/v1`, `/metrics` and `/openapi.json` does when keys are configured.
+//! roles, rate limits). Health and readiness need no key, nor do the admin
+//! page and widget scripts (`routes/ui.rs`); everything under `/v1`,
+//! `/metrics` and `/openapi.json` does when keys are configured.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use crate::config::Config;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
-use crate::routes::{items, ops, reservations, stream};
+use crate::routes::{items, ops, reservations, stream, ui};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -90,8 +91,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state.auth), authenticate));
     let open = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
+    // The admin page and the widget are pages, not API: no key to load them,
+    // not in the OpenAPI document (routes/ui.rs).
     let mut app = api
         .merge(open)
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.server.body_bytes_max))

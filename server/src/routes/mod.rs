@@ -1,4 +1,5 @@
-//! HTTP handlers, one module per resource, and what they share: extractors
+//! HTTP handlers, one module per resource (and `ui`, the admin page and
+//! widget, which are pages, not API), and what they share: extractors
 //! that turn every malformed request into a problem, reads with a chosen
 //! consistency, and JSON shapes of engine views.
 //!
@@ -9,6 +10,7 @@ pub mod items;
 pub mod ops;
 pub mod reservations;
 pub mod stream;
+pub mod ui;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

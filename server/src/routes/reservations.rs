@@ -273,9 +273,7 @@ impl AppState {
         let parts = self.reservation_parts(id, super::Consistency::Stale).await.unwrap_or_default();
         let mut view = match (merge_parts(parts), written.first()) {
             (Some((merged, _)), _) => merged,
-            (None, Some(summary)) => {
-                ReservationView { summary: *summary, lines: Vec::new(), idempotency_key: None }
-            }
+            (None, Some(summary)) => ReservationView { summary: *summary, lines: Vec::new(), idempotency_key: None },
             (None, None) => ReservationView {
                 summary: ReservationSummary {
                     id,
