@@ -271,10 +271,23 @@ impl ChaosCluster {
         self.spawn(id)
     }
 
-    /// SIGSTOP: the process freezes with its sockets open.
+    /// SIGSTOP: the process freezes with its sockets open. Returns once the
+    /// kernel shows it stopped: the signal is delivered asynchronously, and
+    /// a process still running for a moment after `kill` returns would
+    /// answer requests the schedule thinks it cannot.
     pub async fn pause(&mut self, id: u8) -> Result<(), String> {
         self.signal(id, "STOP").await?;
         self.node_mut(id).paused = true;
+        let Some(pid) = self.node(id).child.as_ref().and_then(Child::id) else {
+            return Err(format!("node {id} is not running"));
+        };
+        let started = Instant::now();
+        while !is_stopped(pid) {
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(format!("node {id} (pid {pid}) did not stop within 5 s of SIGSTOP"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(())
     }
 
@@ -365,6 +378,14 @@ impl ChaosCluster {
             proxy.stop().await;
         }
     }
+}
+
+/// Whether the kernel shows process `pid` stopped (state `T` in
+/// `/proc/<pid>/stat`). Where there is no `/proc`, it is taken as stopped.
+fn is_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    // "pid (comm) state ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
 }
 
 /// `GET path` on `addr` with a one-shot HTTP/1.1 request; the status, or
