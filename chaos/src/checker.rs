@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::history::{Call, History, Item, Op, Outcome};
+use crate::rng::SplitMix;
 
 /// How much work the linearizability search may do.
 #[derive(Clone, Debug)]
@@ -1947,7 +1948,7 @@ fn check_window(
     let hint_applies = hint.keys().any(|key| prefix.pending.get(key).is_some_and(|&count| count > 0));
     let hinted = hint_applies.then(|| Window::build(seq, holds, prefix, start, end, hint));
     let canonical = Window::build(seq, holds, prefix, start, end, &Hint::new());
-    let mut rng = SplitMix(u64::try_from(start).unwrap_or(0) ^ 0x5eed);
+    let mut rng = SplitMix::new(u64::try_from(start).unwrap_or(0) ^ 0x5eed);
     for attempt in 0..QUICK_ATTEMPTS_MAX {
         if Instant::now() >= quick_until {
             break;
@@ -1993,22 +1994,9 @@ fn guess_times(window: &Window, spread_per_mille: u64, rng: &mut SplitMix) -> Ve
             }
             let latency = e.complete_us.saturating_sub(e.invoke_us);
             let spread = latency.saturating_mul(spread_per_mille) / 1000;
-            e.complete_us - if spread == 0 { 0 } else { rng.next() % (spread + 1) }
+            e.complete_us - if spread == 0 { 0 } else { rng.below(spread + 1) }
         })
         .collect()
-}
-
-/// A small deterministic generator (splitmix64) for the search's guesses.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 fn check_linearizability(
@@ -2475,30 +2463,7 @@ mod tests {
         assert!(report.summary().contains("kill node 1: 1500 ms"));
     }
 
-    /// A small seeded generator (splitmix64).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-
-        fn pick(&mut self, n: usize) -> usize {
-            usize::try_from(self.below(n as u64)).unwrap_or(0)
-        }
-
-        fn chance(&mut self, per_mille: u64) -> bool {
-            self.below(1000) < per_mille
-        }
-    }
+    type Rng = crate::rng::SplitMix;
 
     struct Sim {
         clients: u32,
@@ -2532,7 +2497,7 @@ mod tests {
     /// `effect_tail_per_mille`; an unknown one possibly long after it, or
     /// never), clients run one operation at a time.
     fn simulate(sim: &Sim, seed: u64) -> History {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let names: Vec<Item> = (0..sim.items).map(|i| (format!("sku-{i}"), WH.to_string())).collect();
         let mut on_hand: Vec<u64> = vec![sim.initial; sim.items];
         let mut reserved: Vec<u64> = vec![0; sim.items];
@@ -2547,16 +2512,16 @@ mod tests {
                     if ops.len() >= sim.ops {
                         continue;
                     }
-                    let item = rng.pick(sim.items);
+                    let item = rng.index(sim.items);
                     let (sku, warehouse) = names[item].clone();
                     let mine = &client_holds[client as usize];
                     let roll = rng.below(100);
                     let call = if roll < 20 && !mine.is_empty() {
-                        Call::Confirm { reservation: mine[rng.pick(mine.len())].clone() }
+                        Call::Confirm { reservation: mine[rng.index(mine.len())].clone() }
                     } else if roll < 32 && !mine.is_empty() {
-                        Call::Release { reservation: mine[rng.pick(mine.len())].clone() }
+                        Call::Release { reservation: mine[rng.index(mine.len())].clone() }
                     } else if roll < 36 && !mine.is_empty() {
-                        Call::Extend { reservation: mine[rng.pick(mine.len())].clone(), ttl_seconds: 60 }
+                        Call::Extend { reservation: mine[rng.index(mine.len())].clone(), ttl_seconds: 60 }
                     } else if roll < 46 {
                         let delta = rng.below(9) as i64 - 3;
                         Call::Adjust { sku, warehouse, delta: if delta == 0 { 2 } else { delta } }
@@ -2566,7 +2531,7 @@ mod tests {
                         Call::Hold { sku, warehouse, qty: 1 + rng.below(3) }
                     };
                     let latency = 1 + rng.below(sim.latency_us_max);
-                    let is_unknown = rng.chance(sim.unknown_per_mille);
+                    let is_unknown = rng.below(1000) < sim.unknown_per_mille;
                     let at = ops.len();
                     ops.push(Op {
                         index: at as u64,
@@ -2577,7 +2542,7 @@ mod tests {
                         complete_us: now + latency,
                         outcome: if is_unknown { unknown() } else { Outcome::Done },
                     });
-                    let effect = !is_unknown || rng.chance(500);
+                    let effect = !is_unknown || rng.below(1000) < 500;
                     if effect {
                         // Unknown ones may take effect after the client gave up.
                         let effect_us = if is_unknown {

@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 use crate::history::{Call, Item, Op, Outcome};
+use crate::rng::SplitMix;
 
 /// Time to live of the clients' holds (the API's default longest): none
 /// expires during a run shorter than a day.
@@ -135,18 +136,6 @@ impl Http {
     }
 }
 
-/// xorshift64*, seeded per client.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
-
 /// What a client does, and where.
 pub struct ClientPlan {
     pub index: u32,
@@ -166,19 +155,19 @@ pub const NOT_SENT: &str = "not_sent";
 /// Runs one client until `until`, recording into `recorder`.
 pub async fn run(plan: ClientPlan, recorder: Arc<Recorder>, until: Instant) {
     let mut conns: Vec<Http> = plan.nodes.iter().map(|&addr| Http::new(addr)).collect();
-    let mut rng = Rng(plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = SplitMix::new(plan.seed);
     // This client's acknowledged live holds: (reservation, item index).
     let mut live: Vec<String> = Vec::new();
     while Instant::now() < until {
-        let node = usize::try_from(rng.below(conns.len() as u64)).unwrap_or(0);
-        let item = &plan.items[usize::try_from(rng.below(plan.items.len() as u64)).unwrap_or(0)];
+        let node = rng.index(conns.len());
+        let item = &plan.items[rng.index(plan.items.len())];
         let roll = rng.below(100);
         let call = if roll < 30 {
             Call::Read { sku: item.0.clone(), warehouse: item.1.clone() }
         } else if roll < 65 || live.is_empty() {
             Call::Hold { sku: item.0.clone(), warehouse: item.1.clone(), qty: 1 + rng.below(3) }
         } else {
-            let at = usize::try_from(rng.below(live.len() as u64)).unwrap_or(0);
+            let at = rng.index(live.len());
             match roll {
                 65..75 => Call::Confirm { reservation: live.swap_remove(at) },
                 75..85 => Call::Release { reservation: live.swap_remove(at) },

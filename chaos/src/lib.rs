@@ -10,5 +10,6 @@ pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod proxy;
+pub mod rng;
 pub mod run;
 pub mod schedule;

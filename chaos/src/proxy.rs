@@ -48,6 +48,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use crate::rng::SplitMix;
+
 /// Bytes before every payload: length, kind, 3 reserved bytes, correlation id.
 pub const FRAME_HEADER_LEN: usize = 16;
 /// Largest payload relayed, the transport's default `frame_size_max`. A header
@@ -474,7 +476,8 @@ impl Rng {
     fn new(seed: u64, connection_index: u64, direction: Direction) -> Rng {
         let stream = connection_index.wrapping_mul(2).wrapping_add(direction as u64);
         // xorshift never leaves zero, so the state must not start there.
-        Rng(splitmix64(splitmix64(seed) ^ stream) | 1)
+        let mix = |x: u64| SplitMix::new(x).next_u64();
+        Rng(mix(mix(seed) ^ stream) | 1)
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -498,14 +501,6 @@ impl Rng {
         let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         unit < probability
     }
-}
-
-/// One step of splitmix64: spreads nearby inputs (seeds 1, 2, 3) far apart.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use crate::checker::{self, CheckOptions, Report};
 use crate::client::{self, ClientPlan, Http, HttpError, Recorder};
 use crate::cluster::{ChaosCluster, NODES, Program, Settings};
 use crate::history::{Call, FaultEvent, History, Item, NodeDigests, NodeLevels, Outcome};
-use crate::schedule::{self, FaultKind, Rng, Schedule, Step};
+use crate::rng::SplitMix;
+use crate::schedule::{self, FaultKind, Schedule, Step};
 
 /// How far the clock jump moves a leader's clock: more than the clients'
 /// hold TTL, so a leader that stamps log time from its wall clock would
@@ -338,7 +339,7 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
         })
         .collect();
 
-    let mut rng = Rng::new(options.seed ^ 0xFA17);
+    let mut rng = schedule::rng(options.seed ^ 0xFA17);
     let mut faults: Vec<FaultEvent> = Vec::new();
     let mut step_reports = Vec::new();
     let mut leader_kills = Vec::new();
@@ -448,8 +449,8 @@ struct Injected {
     killed_leader: Option<(u8, Vec<Option<u8>>)>,
 }
 
-fn random_node(rng: &mut Rng) -> u8 {
-    u8::try_from(rng.below(usize::from(NODES))).unwrap_or(0) + 1
+fn random_node(rng: &mut SplitMix) -> u8 {
+    u8::try_from(rng.below(u64::from(NODES))).unwrap_or(0) + 1
 }
 
 fn others(node: u8) -> Vec<u8> {
@@ -461,7 +462,7 @@ fn others(node: u8) -> Vec<u8> {
 async fn inject(
     cluster: &mut ChaosCluster,
     step: &Step,
-    rng: &mut Rng,
+    rng: &mut SplitMix,
     hot_shard: u32,
     shards: u32,
     recorder: &Recorder,

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rng::SplitMix;
+
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -141,17 +143,17 @@ const COOLDOWN: Duration = Duration::from_secs(3);
 
 /// The steps of a run of `duration`.
 pub fn plan(schedule: &Schedule, duration: Duration, seed: u64) -> Vec<Step> {
-    let mut rng = Rng::new(seed);
+    let mut rng = rng(seed);
     let mut steps = Vec::new();
     let mut at = WARMUP;
     let mut round: Vec<FaultKind> = Vec::new();
     loop {
         let (kind, hold, gap) = match schedule {
             Schedule::Random => {
-                let kind = FaultKind::ALL[rng.below(FaultKind::ALL.len())];
-                let hold = Duration::from_millis(2_000 + 500 * rng.below(13) as u64);
+                let kind = FaultKind::ALL[rng.index(FaultKind::ALL.len())];
+                let hold = Duration::from_millis(2_000 + 500 * rng.below(13));
                 let hold = if kind == FaultKind::KillAll { hold.min(Duration::from_secs(3)) } else { hold };
-                (kind, hold, Duration::from_millis(2_000 + 500 * rng.below(9) as u64))
+                (kind, hold, Duration::from_millis(2_000 + 500 * rng.below(9)))
             }
             Schedule::Each(kinds) => {
                 if kinds.is_empty() {
@@ -174,33 +176,10 @@ pub fn plan(schedule: &Schedule, duration: Duration, seed: u64) -> Vec<Step> {
     }
 }
 
-/// splitmix64: the run's seeded choices (fault kinds, targets).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_5EED)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next_u64() % (n.max(1) as u64)).unwrap_or(0)
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
+/// The run's seeded choices (fault kinds, targets): the seed, mixed so a
+/// run's schedule does not share its stream with anything else seeded alike.
+pub fn rng(seed: u64) -> SplitMix {
+    SplitMix::new(seed ^ 0x5DEE_CE66_D1CE_5EED)
 }
 
 #[cfg(test)]
