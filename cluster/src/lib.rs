@@ -23,6 +23,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod shard_thread;
 pub mod state_machine;
 pub mod transport;
 pub mod types;

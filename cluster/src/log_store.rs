@@ -19,6 +19,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
 use crate::proposer::Clock;
+use crate::shard_thread::ShardThread;
 use crate::types::{
     Entry, LogId, TypeConfig, Vote, entry_from_engine, entry_to_engine, log_id_from_engine, log_id_to_engine,
     vote_from_engine, vote_to_engine,
@@ -43,12 +44,20 @@ pub struct LogStore {
     reader: LogReader,
     /// Observes the log time of every batch appended (see `Clock`).
     clock: Option<Arc<Clock>>,
+    /// The thread the shard's write path runs on.
+    thread: Arc<ShardThread>,
 }
 
 impl LogStore {
     pub fn new(wal: Wal) -> Self {
         let reader = LogReader { reader: wal.reader(), purge_pending: Arc::new(Mutex::new(None)) };
-        Self { wal: Arc::new(Mutex::new(wal)), reader, clock: None }
+        Self { wal: Arc::new(Mutex::new(wal)), reader, clock: None, thread: Arc::default() }
+    }
+
+    /// Checks that appends run on `thread` (see `shard_thread`).
+    pub fn with_thread(mut self, thread: Arc<ShardThread>) -> Self {
+        self.thread = thread;
+        self
     }
 
     /// Feeds the log time of every appended batch to `clock`: the live
@@ -183,6 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.thread.check();
         let entries: Vec<LogEntry> = entries.into_iter().map(entry_to_engine).collect();
         if let Some(clock) = &self.clock {
             let latest = entries

@@ -41,6 +41,7 @@ use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
+use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, StateMachine};
 use crate::transport::{Handler, Transport, TransportConfig};
 use crate::types::{
@@ -58,6 +59,8 @@ struct Group {
     actor: Addr<ShardActor>,
     is_leader: Arc<AtomicBool>,
     log: LogStore,
+    /// The thread the group's write path runs on.
+    thread: Arc<ShardThread>,
 }
 
 /// A snapshot being received from a leader.
@@ -141,6 +144,9 @@ pub struct NodeStats {
     /// Per hold expired by an entry this node proposed as leader: the
     /// leader's clock at apply minus the deadline, in milliseconds.
     pub expiry_lag_ms: engine::histogram::Log2Buckets,
+    /// Stages of the write path (propose, append, apply, answer) that ran
+    /// off their shard's thread: 0 while DESIGN §10's thread model holds.
+    pub write_path_off_thread: u64,
 }
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
@@ -296,23 +302,59 @@ impl Node {
             let (deadline_tx, deadline_rx) = watch::channel(None);
             let publisher = Publisher { is_leader: Arc::clone(&is_leader), events: events.clone() };
             let state_machine = StateMachine::new(shard, actor.clone(), snapshots, publisher, Arc::new(deadline_tx));
-            let log = LogStore::new(wal).with_clock(Arc::clone(&clock));
+            let thread = Arc::new(ShardThread::default());
+            let state_machine = state_machine.with_thread(Arc::clone(&thread));
+            let log = LogStore::new(wal).with_clock(Arc::clone(&clock)).with_thread(Arc::clone(&thread));
             let network = GroupNetwork { router: router.clone(), group: shard };
-            let raft = Raft::new(id, Arc::clone(&raft_config), network, log.clone(), state_machine)
+            let settings = ProposerSettings {
+                batch_size_max: config.batch_size_max,
+                entries_in_flight_max: config.entries_in_flight_max,
+                queue_max: config.queue_per_shard_max,
+            };
+            // The group, its proposer and its leadership watch start on the
+            // actor's arbiter, so every task they spawn runs on the shard's
+            // thread (DESIGN §10, `shard_thread`).
+            let arbiter = pool
+                .arbiter(shard)
+                .cloned()
+                .ok_or_else(|| StartError::Raft { shard, reason: "no thread for the shard".into() })?;
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+            let on_shard_thread = {
+                let (raft_config, clock, is_leader, thread, log) = (
+                    Arc::clone(&raft_config),
+                    Arc::clone(&clock),
+                    Arc::clone(&is_leader),
+                    Arc::clone(&thread),
+                    log.clone(),
+                );
+                async move {
+                    thread.claim();
+                    let started = match Raft::new(id, raft_config, network, log, state_machine).await {
+                        Ok(raft) => {
+                            let (proposer, proposer_task) = Proposer::start(
+                                raft.clone(),
+                                settings,
+                                Arc::clone(&is_leader),
+                                deadline_rx,
+                                clock,
+                                thread,
+                            );
+                            let watch_task = tokio::spawn(watch_leadership(raft.clone(), id, is_leader));
+                            Ok((raft, proposer, [proposer_task, watch_task]))
+                        }
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let _ = started_tx.send(started);
+                }
+            };
+            if !arbiter.spawn(on_shard_thread) {
+                return Err(StartError::Raft { shard, reason: "the shard's thread has stopped".into() });
+            }
+            let (raft, proposer, group_tasks) = started_rx
                 .await
-                .map_err(|e| StartError::Raft { shard, reason: e.to_string() })?;
-            let (proposer, proposer_task) = Proposer::start(
-                raft.clone(),
-                ProposerSettings {
-                    batch_size_max: config.batch_size_max,
-                    entries_in_flight_max: config.entries_in_flight_max,
-                    queue_max: config.queue_per_shard_max,
-                },
-                Arc::clone(&is_leader),
-                deadline_rx,
-                Arc::clone(&clock),
-            );
-            tasks.push(proposer_task);
+                .map_err(|_| StartError::Raft { shard, reason: "the shard's thread stopped while starting".into() })?
+                .map_err(|reason| StartError::Raft { shard, reason })?;
+            tasks.extend(group_tasks);
             let (forwarder, forwarder_task) = Forwarder::start(
                 transport.clone(),
                 ForwarderSettings {
@@ -324,8 +366,7 @@ impl Node {
                 },
             );
             tasks.push(forwarder_task);
-            tasks.push(tokio::spawn(watch_leadership(raft.clone(), id, Arc::clone(&is_leader))));
-            groups.push(Group { shard, raft, proposer, forwarder, actor, is_leader, log });
+            groups.push(Group { shard, raft, proposer, forwarder, actor, is_leader, log, thread });
         }
 
         let mut request_prefix = [0u8; 8];
@@ -608,6 +649,7 @@ impl Node {
             stats.fsyncs += wal.syncs;
             stats.fsync_us_total += wal.sync_us_total;
             stats.fsync_latency_us.merge(&wal.sync_latency_us);
+            stats.write_path_off_thread += group.thread.off_thread();
         }
         stats
     }

@@ -30,6 +30,7 @@ use engine::{Batch, Command, Event, EventKind, Outcome};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::ProposeError;
+use crate::shard_thread::ShardThread;
 use crate::types::Raft;
 
 /// A node's log clock: the time a leader stamps on the entries it proposes
@@ -173,6 +174,7 @@ impl Proposer {
         is_leader: Arc<AtomicBool>,
         next_deadline_ms: watch::Receiver<Option<u64>>,
         clock: Arc<Clock>,
+        thread: Arc<ShardThread>,
     ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(settings.queue_max.max(1));
         let stats = Arc::new(ProposerStats::default());
@@ -187,6 +189,7 @@ impl Proposer {
             clock,
             last_ts_ms: 0,
             stats: Arc::clone(&stats),
+            thread,
         };
         let handle = tokio::spawn(task.run());
         (Proposer { queue, is_leader, stats }, handle)
@@ -219,6 +222,7 @@ struct Run {
     clock: Arc<Clock>,
     last_ts_ms: u64,
     stats: Arc<ProposerStats>,
+    thread: Arc<ShardThread>,
 }
 
 /// How long to wait before ticking again after a tick could not be written.
@@ -312,6 +316,7 @@ impl Run {
     }
 
     fn propose_batch(&mut self, first: Pending, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.thread.check();
         let mut pending = Vec::with_capacity(self.batch_size_max.min(64));
         pending.push(first);
         while pending.len() < self.batch_size_max {
@@ -335,10 +340,12 @@ impl Run {
         let raft = self.raft.clone();
         let stats = Arc::clone(&self.stats);
         let clock = Arc::clone(&self.clock);
+        let thread = Arc::clone(&self.thread);
         let started = Instant::now();
         tokio::spawn(async move {
             let result = raft.client_write(batch).await;
             drop(permit);
+            thread.check();
             match result {
                 Ok(response) => {
                     let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -479,6 +486,25 @@ mod tests {
         assert_eq!(stats.commit_latency_us.count() - before.commit_latency_us.count(), entries);
         assert!(stats.commit_latency_us.sum > before.commit_latency_us.sum);
         assert!(stats.fsync_latency_us.count() > before.fsync_latency_us.count());
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_is_proposed_appended_applied_and_answered_on_its_shards_thread() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let node = single_node(dir.path()).await;
+        // Writes from the test's runtime threads, concurrent so entries
+        // carry several commands and the flusher batches fsyncs.
+        let submits = (0..200).map(|n| node.submit(upsert(&format!("thread-{n}"), 5)));
+        for outcome in futures_util::future::join_all(submits).await {
+            let outcome = outcome.unwrap_or_else(|e| panic!("submit: {e}"));
+            assert!(!outcome.is_refused(), "refused: {outcome:?}");
+        }
+        let stats = node.stats();
+        assert!(stats.entries_proposed > 0);
+        // Every propose, append, apply and answer ran on the thread its
+        // group claimed: a stage on a runtime worker would count here.
+        assert_eq!(stats.write_path_off_thread, 0);
         node.shutdown().await;
     }
 

@@ -20,6 +20,7 @@ use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
 
+use crate::shard_thread::ShardThread;
 use crate::types::{
     LogId, RaftStoredMembership, Snapshot, SnapshotImage, SnapshotMeta, TypeConfig, entry_to_engine,
     log_id_from_engine, stored_membership_from_engine,
@@ -53,6 +54,8 @@ pub struct StateMachine {
     publisher: Publisher,
     /// Log time of the next hold deadline, for the proposer's ticks.
     next_deadline_ms: Arc<watch::Sender<Option<u64>>>,
+    /// The thread the shard's write path runs on.
+    thread: Arc<ShardThread>,
 }
 
 impl StateMachine {
@@ -63,7 +66,13 @@ impl StateMachine {
         publisher: Publisher,
         next_deadline_ms: Arc<watch::Sender<Option<u64>>>,
     ) -> Self {
-        Self { shard, actor, snapshots, publisher, next_deadline_ms }
+        Self { shard, actor, snapshots, publisher, next_deadline_ms, thread: Arc::default() }
+    }
+
+    /// Checks that apply runs on `thread` (see `shard_thread`).
+    pub fn with_thread(mut self, thread: Arc<ShardThread>) -> Self {
+        self.thread = thread;
+        self
     }
 }
 
@@ -147,15 +156,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let leader = self.publisher.is_leader.load(Ordering::Acquire);
         // Naming events costs string copies: only when someone listens.
         let describe_events = self.publisher.events.receiver_count() > 0;
-        // Both messages are queued before either is awaited: the mailbox is
-        // FIFO, so the read sees the state after the apply, at no extra wait.
-        let apply = self.actor.send(Apply { entries: batch, describe_events });
-        let deadline = self.actor.send(Read::new(|state| state.next_deadline_ms()));
-        let (applied, deadline) = futures_util::future::join(apply, deadline).await;
-        let applied = applied.map_err(mailbox_error)?.map_err(|error| io::Error::other(error.to_string()))?;
-        if let Ok(deadline) = deadline {
-            self.next_deadline_ms.send_replace(deadline.0);
-        }
+        // The actor runs on this task's thread (DESIGN §10): one mailbox
+        // message, a same-thread wake-up, no thread crossing.
+        self.thread.check();
+        let applied = self
+            .actor
+            .send(Apply { entries: batch, describe_events })
+            .await
+            .map_err(mailbox_error)?
+            .map_err(|error| io::Error::other(error.to_string()))?;
+        self.next_deadline_ms.send_if_modified(|deadline| {
+            let changed = *deadline != applied.next_deadline_ms;
+            *deadline = applied.next_deadline_ms;
+            changed
+        });
         for record in applied.records {
             // No subscriber is not an error: events are also in the log.
             let _ = self.publisher.events.send(NodeEvent { record, leader });

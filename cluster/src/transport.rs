@@ -257,6 +257,10 @@ struct Inner {
     /// Tells accept loops to stop.
     shutdown: watch::Sender<bool>,
     connections_incoming: Arc<Semaphore>,
+    /// The runtime connections run on: the one the transport was made on,
+    /// never a shard's thread that happens to call first (DESIGN §10 keeps
+    /// shard threads for their shards' write paths).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Drop for Inner {
@@ -287,7 +291,9 @@ impl Transport {
         let registry = Arc::new(Registry::default());
         let faults = Faults { common: common.clone(), registry: registry.clone() };
         let (shutdown, _) = watch::channel(false);
-        let inner = Inner { common, registry, faults, closed: AtomicBool::new(false), shutdown, connections_incoming };
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let inner =
+            Inner { common, registry, faults, closed: AtomicBool::new(false), shutdown, connections_incoming, runtime };
         Transport { inner: Arc::new(inner) }
     }
 
@@ -375,7 +381,14 @@ impl Transport {
         }
         let common = &self.inner.common;
         let connect_deadline = deadline.min(deadline_after(common.connect_timeout()));
-        let connection = match connect(common, peer, &slot.addr, connect_deadline).await {
+        let connecting = connect(Arc::clone(common), peer, slot.addr.clone(), connect_deadline);
+        let connected = match &self.inner.runtime {
+            Some(runtime) => runtime.spawn(connecting).await.unwrap_or_else(|error| {
+                Err(TransportError::Unreachable(format!("node {peer}: connect task: {error}")))
+            }),
+            None => connecting.await,
+        };
+        let connection = match connected {
             Ok(connection) => connection,
             Err(error) => {
                 bump(&common.counters.connect_failures, 1);
@@ -767,13 +780,14 @@ impl Connection {
 /// Connects to `peer` at `addr`, shakes hands and starts the connection's
 /// reader and writer, all before `deadline`.
 async fn connect(
-    common: &Arc<Common>,
+    common: Arc<Common>,
     peer: NodeId,
-    addr: &str,
+    addr: String,
     deadline: Instant,
 ) -> Result<Arc<Connection>, TransportError> {
+    let common = &common;
     let unreachable = |what: String| TransportError::Unreachable(format!("node {peer} at {addr}: {what}"));
-    let stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
+    let stream = match timeout_at(deadline, TcpStream::connect(&addr)).await {
         Err(_) => return Err(unreachable("connect timed out".to_string())),
         Ok(Err(e)) => return Err(unreachable(format!("connect: {e}"))),
         Ok(Ok(stream)) => stream,

@@ -52,6 +52,9 @@ pub struct AppliedEntries {
     /// One per entry, in order.
     pub applied: Vec<Applied>,
     pub records: Vec<EventRecord>,
+    /// Log time of the next hold deadline after these entries, so the
+    /// leader can plan its expiry tick without a second message.
+    pub next_deadline_ms: Option<u64>,
 }
 
 impl Handler<Apply> for ShardActor {
@@ -69,7 +72,11 @@ impl Handler<Apply> for ShardActor {
             }
             last = Some(entry.log_id.index);
         }
-        let mut answer = AppliedEntries { applied: Vec::with_capacity(message.entries.len()), records: Vec::new() };
+        let mut answer = AppliedEntries {
+            applied: Vec::with_capacity(message.entries.len()),
+            records: Vec::new(),
+            next_deadline_ms: None,
+        };
         for entry in &message.entries {
             let mut applied = self.spare.pop().unwrap_or_default();
             self.state.apply_into(entry, &mut applied)?;
@@ -78,6 +85,7 @@ impl Handler<Apply> for ShardActor {
             }
             answer.applied.push(applied);
         }
+        answer.next_deadline_ms = self.state.next_deadline_ms();
         Ok(answer)
     }
 }
@@ -179,6 +187,8 @@ impl Handler<Recycle> for ShardActor {
 #[derive(Debug)]
 pub struct ShardPool {
     shards: Vec<Addr<ShardActor>>,
+    /// The arbiter (thread) each shard's actor runs on, by shard.
+    arbiters: Vec<ArbiterHandle>,
     system: System,
     thread: Option<JoinHandle<()>>,
 }
@@ -196,19 +206,18 @@ impl ShardPool {
                 for _ in 0..arbiters {
                     threads.push(Arbiter::try_new()?);
                 }
-                let shards: Vec<Addr<ShardActor>> = states
-                    .into_iter()
-                    .enumerate()
-                    .map(|(shard, state)| {
-                        let arbiter = threads[shard % arbiters].handle();
-                        ShardActor::start_in_arbiter(&arbiter, move |_| ShardActor::new(state))
-                    })
-                    .collect();
-                io::Result::Ok((shards, threads))
+                let mut shards = Vec::with_capacity(states.len());
+                let mut handles = Vec::with_capacity(states.len());
+                for (shard, state) in states.into_iter().enumerate() {
+                    let arbiter = threads[shard % arbiters].handle();
+                    shards.push(ShardActor::start_in_arbiter(&arbiter, move |_| ShardActor::new(state)));
+                    handles.push(arbiter);
+                }
+                io::Result::Ok((shards, handles, threads))
             });
             match started {
-                Ok((shards, threads)) => {
-                    let _ = sender.send(Ok((shards, System::current())));
+                Ok((shards, handles, threads)) => {
+                    let _ = sender.send(Ok((shards, handles, System::current())));
                     let _ = runner.run();
                     for thread in threads {
                         thread.stop();
@@ -220,9 +229,9 @@ impl ShardPool {
                 }
             }
         })?;
-        let (shards, system) =
+        let (shards, arbiters, system) =
             receiver.recv().map_err(|_| io::Error::other("shard pool thread died while starting"))??;
-        Ok(ShardPool { shards, system, thread: Some(thread) })
+        Ok(ShardPool { shards, arbiters, system, thread: Some(thread) })
     }
 
     /// One arbiter per core.
@@ -232,6 +241,13 @@ impl ShardPool {
 
     pub fn shard(&self, shard: u32) -> Option<&Addr<ShardActor>> {
         self.shards.get(shard as usize)
+    }
+
+    /// The thread `shard`'s actor runs on. Work spawned there (the shard's
+    /// proposer and Raft group, DESIGN §10) shares the actor's thread, so
+    /// hand-offs with the actor are same-thread wake-ups.
+    pub fn arbiter(&self, shard: u32) -> Option<&ArbiterHandle> {
+        self.arbiters.get(shard as usize)
     }
 
     pub fn len(&self) -> usize {

@@ -425,6 +425,16 @@ impl Collector for ClusterCollector {
         )?;
         ticks.encode(metric)?;
 
+        let off_thread = ConstCounter::new(stats.write_path_off_thread);
+        let metric = encoder.encode_descriptor(
+            "tally_write_path_off_thread",
+            "Write-path stages (propose, append, apply, answer) that ran off their shard's thread; 0 while each \
+             write crosses at most four threads (handler, shard, WAL flusher, shard, handler).",
+            None,
+            off_thread.metric_type(),
+        )?;
+        off_thread.encode(metric)?;
+
         if let Some(live_holds) = self.cluster.live_holds {
             let mut metric = encoder.encode_descriptor(
                 "tally_live_holds",
@@ -644,7 +654,7 @@ mod tests {
     }
 
     fn snapshot() -> ClusterSnapshot {
-        let mut stats = NodeStats { ticks_proposed: 7, ..NodeStats::default() };
+        let mut stats = NodeStats { ticks_proposed: 7, write_path_off_thread: 2, ..NodeStats::default() };
         for size in [1, 1, 3, 200, 5_000] {
             stats.batch_size.record(size);
         }
@@ -708,6 +718,7 @@ mod tests {
         let value = |name: &str, labels: &[(&str, &str)]| find(&samples, name, labels).map(|s| s.value);
         assert_eq!(value("tally_live_holds", &[]), Some(12.0));
         assert_eq!(value("tally_proposer_ticks_total", &[]), Some(7.0));
+        assert_eq!(value("tally_write_path_off_thread_total", &[]), Some(2.0));
         assert_eq!(value("tally_shard_leader", &[("shard", "0")]), Some(1.0));
         assert_eq!(value("tally_shard_leader", &[("shard", "1")]), Some(0.0));
         assert_eq!(value("tally_shard_applied_index", &[("shard", "1")]), Some(40.0));
