@@ -3,8 +3,8 @@
 //! them into one log entry.
 //!
 //! Commands wait only while `entries_in_flight_max` forwards are already on
-//! the wire; then everything queued (up to `batch_size_max`) goes as one
-//! frame. One frame per batch instead of one per command is what lets a node
+//! the wire; then everything queued (whole callers' lists, up to about
+//! `batch_size_max` commands) goes as one frame. One frame per batch instead of one per command is what lets a node
 //! that receives a shard's traffic without leading it keep up.
 
 use std::sync::Arc;
@@ -30,11 +30,13 @@ pub(crate) enum ForwardError {
     Closed,
 }
 
+/// Commands of one caller, forwarded in the same `Submit` with one reply
+/// for all of them (a single command is a list of one).
 struct Pending {
     leader: NodeId,
-    command: Command,
-    request_id: RequestId,
-    reply: oneshot::Sender<Result<Outcome, ForwardError>>,
+    commands: Vec<Command>,
+    request_ids: Vec<RequestId>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, ForwardError>>,
 }
 
 #[derive(Clone)]
@@ -58,14 +60,17 @@ impl Forwarder {
         (Forwarder { queue }, task)
     }
 
-    pub async fn forward(
+    /// Forwards a list of commands; the leader proposes them as one entry
+    /// (or with others' commands, never split).
+    pub async fn forward_many(
         &self,
         leader: NodeId,
-        command: Command,
-        request_id: RequestId,
-    ) -> Result<Outcome, ForwardError> {
+        commands: Vec<Command>,
+        request_ids: Vec<RequestId>,
+    ) -> Result<Vec<Outcome>, ForwardError> {
+        debug_assert_eq!(commands.len(), request_ids.len());
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Pending { leader, command, request_id, reply }) {
+        match self.queue.try_send(Pending { leader, commands, request_ids, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(ForwardError::Overloaded),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(ForwardError::Closed),
@@ -84,10 +89,14 @@ async fn run(
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
+        let mut commands = first.commands.len();
         let mut batch = vec![first];
-        while batch.len() < settings.batch_size_max {
+        while commands < settings.batch_size_max {
             match receiver.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => {
+                    commands += next.commands.len();
+                    batch.push(next);
+                }
                 Err(_) => break,
             }
         }
@@ -116,20 +125,21 @@ async fn run(
 
 async fn send(transport: &Transport, shard: u32, group: Vec<Pending>, timeout: Duration) {
     let leader = group[0].leader;
-    let mut commands = Vec::with_capacity(group.len());
-    let mut request_ids = Vec::with_capacity(group.len());
+    let mut commands = Vec::new();
+    let mut request_ids = Vec::new();
     let mut replies = Vec::with_capacity(group.len());
-    for Pending { command, request_id, reply, .. } in group {
-        commands.push(command);
-        request_ids.push(request_id);
-        replies.push(reply);
+    for Pending { commands: theirs, request_ids: their_ids, reply, .. } in group {
+        replies.push((reply, theirs.len()));
+        commands.extend(theirs);
+        request_ids.extend(their_ids);
     }
     let count = commands.len();
     let request = Request::Submit { group: shard, commands, request_ids };
     let failure = match transport.call(leader, &request, timeout).await {
         Ok(Response::Submitted(outcomes)) if outcomes.len() == count => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+            let mut outcomes = outcomes.into_iter();
+            for (reply, count) in replies {
+                let _ = reply.send(Ok(outcomes.by_ref().take(count).collect()));
             }
             return;
         }
@@ -140,7 +150,7 @@ async fn send(transport: &Transport, shard: u32, group: Vec<Pending>, timeout: D
         // The request may have reached the leader.
         Err(error) => ForwardError::Unknown(format!("forward to {leader}: {error}")),
     };
-    for reply in replies {
+    for (reply, _) in replies {
         let _ = reply.send(Err(failure.clone()));
     }
 }

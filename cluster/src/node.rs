@@ -464,6 +464,34 @@ impl Node {
         command: Command,
         request_id: RequestId,
     ) -> Result<Outcome, SubmitError> {
+        let mut outcomes = self.submit_many_with_ids(shard, vec![command], vec![request_id]).await?;
+        debug_assert_eq!(outcomes.len(), 1);
+        outcomes.pop().ok_or_else(|| SubmitError::Unknown { shard, reason: "no outcome for the command".into() })
+    }
+
+    /// Submits a list of commands to `shard` as one proposal (one entry,
+    /// one fsync, one replication round) and answers their outcomes in
+    /// order. Each command is applied on its own (a refusal of one does not
+    /// undo the others), once, under its own request id.
+    pub async fn submit_many_to(&self, shard: u32, commands: Vec<Command>) -> Result<Vec<Outcome>, SubmitError> {
+        let request_ids = commands.iter().map(|_| self.next_request_id()).collect();
+        self.submit_many_with_ids(shard, commands, request_ids).await
+    }
+
+    /// `submit_many_to` with caller-chosen request ids, retried as
+    /// `submit_with_id` is.
+    pub async fn submit_many_with_ids(
+        &self,
+        shard: u32,
+        commands: Vec<Command>,
+        request_ids: Vec<RequestId>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
+        if commands.len() != request_ids.len() {
+            return Err(SubmitError::Invalid("one request id per command".into()));
+        }
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
         let inner = &self.inner;
         let group = inner.group(shard).ok_or_else(|| SubmitError::Invalid(format!("shard {shard} does not exist")))?;
         let mut retry = Retry::new(inner.config.retry_window_ms);
@@ -479,7 +507,7 @@ impl Node {
                 Some(leader) if leader == inner.id => {
                     // A leader cut off from its majority cannot commit and may
                     // not notice at once: the wait is bounded by the window.
-                    let proposal = group.proposer.propose(command.clone(), request_id);
+                    let proposal = group.proposer.propose_many(commands.clone(), request_ids.clone());
                     let answer = tokio::time::timeout(retry.remaining(), proposal)
                         .await
                         .unwrap_or_else(|_| Err(ProposeError::Unknown("not committed within the retry window".into())));
@@ -493,7 +521,8 @@ impl Node {
                         Err(ProposeError::Unknown(reason)) => Some(reason),
                     }
                 }
-                Some(leader) => match group.forwarder.forward(leader, command.clone(), request_id).await {
+                Some(leader) => match group.forwarder.forward_many(leader, commands.clone(), request_ids.clone()).await
+                {
                     Ok(outcome) => return Ok(outcome),
                     Err(ForwardError::Overloaded) => {
                         return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
@@ -990,38 +1019,17 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
             if commands.len() != request_ids.len() {
                 return Response::Refused("one request id per command".into());
             }
-            let proposals = commands
-                .into_iter()
-                .zip(request_ids)
-                .map(|(command, request_id)| group.proposer.propose(command, request_id));
-            let results = futures_util::future::join_all(proposals).await;
-            let count = results.len();
-            let mut outcomes = Vec::with_capacity(count);
-            let mut failures = Vec::new();
-            for result in results {
-                match result {
-                    Ok(outcome) => outcomes.push(outcome),
-                    Err(error) => failures.push(error),
-                }
+            // One list, one entry (with whatever else is queued): a
+            // follower's forwarded batch costs the leader one proposal.
+            match group.proposer.propose_many(commands, request_ids).await {
+                Ok(outcomes) => Response::Submitted(outcomes),
+                Err(ProposeError::NotLeader(_)) => Response::NotLeader { leader: raft.current_leader().await },
+                Err(ProposeError::Overloaded) => Response::Overloaded,
+                Err(ProposeError::Closed) => Response::Unavailable("node is shutting down".into()),
+                // The entry may commit yet: the caller retries under the same
+                // request ids (applied once).
+                Err(ProposeError::Unknown(reason)) => Response::Unknown(reason),
             }
-            if failures.is_empty() {
-                return Response::Submitted(outcomes);
-            }
-            // "Nothing was proposed" is true only if it holds for every
-            // command; otherwise some may have applied, and the caller
-            // retries the batch under the same request ids (applied once).
-            if failures.len() == count {
-                if failures.iter().all(|f| matches!(f, ProposeError::NotLeader(_))) {
-                    return Response::NotLeader { leader: raft.current_leader().await };
-                }
-                if failures.iter().all(|f| matches!(f, ProposeError::Overloaded)) {
-                    return Response::Overloaded;
-                }
-                if failures.iter().all(|f| matches!(f, ProposeError::Closed)) {
-                    return Response::Unavailable("node is shutting down".into());
-                }
-            }
-            Response::Unknown(format!("{} of {count} commands got no outcome: {:?}", failures.len(), failures[0]))
         }
         Request::ReadIndex { .. } => {
             if !group.is_leader.load(Ordering::Acquire) {

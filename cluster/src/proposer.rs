@@ -146,11 +146,16 @@ impl ProposerStats {
     }
 }
 
+/// Commands of one caller that go into the same entry, in order, with one
+/// reply for all of them (a single command is a list of one).
 struct Pending {
-    command: Command,
-    request_id: RequestId,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    commands: Vec<Command>,
+    request_ids: Vec<RequestId>,
+    reply: Reply,
 }
+
+/// Where one caller's outcomes go.
+type Reply = oneshot::Sender<Result<Vec<Outcome>, ProposeError>>;
 
 /// The sending side of a shard's proposer.
 #[derive(Clone)]
@@ -190,19 +195,28 @@ impl Proposer {
             last_ts_ms: 0,
             stats: Arc::clone(&stats),
             thread,
+            carried: None,
         };
         let handle = tokio::spawn(task.run());
         (Proposer { queue, is_leader, stats }, handle)
     }
 
-    /// Proposes one command and waits for its outcome. Refuses at once, with
-    /// nothing proposed, when this node does not lead or the queue is full.
-    pub(crate) async fn propose(&self, command: Command, request_id: RequestId) -> Result<Outcome, ProposeError> {
+    /// Proposes a list of commands in one entry (never split across
+    /// entries, so the list takes one queue slot and one fsync) and waits
+    /// for their outcomes, in order. Refuses at once, with nothing proposed,
+    /// when this node does not lead or the queue is full. A single command
+    /// is a list of one.
+    pub(crate) async fn propose_many(
+        &self,
+        commands: Vec<Command>,
+        request_ids: Vec<RequestId>,
+    ) -> Result<Vec<Outcome>, ProposeError> {
+        debug_assert_eq!(commands.len(), request_ids.len());
         if !self.is_leader.load(Ordering::Acquire) {
             return Err(ProposeError::NotLeader(None));
         }
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Pending { command, request_id, reply }) {
+        match self.queue.try_send(Pending { commands, request_ids, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(ProposeError::Overloaded),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(ProposeError::Closed),
@@ -223,6 +237,9 @@ struct Run {
     last_ts_ms: u64,
     stats: Arc<ProposerStats>,
     thread: Arc<ShardThread>,
+    /// A caller's list taken from the queue that did not fit the last entry:
+    /// first in the next.
+    carried: Option<Pending>,
 }
 
 /// How long to wait before ticking again after a tick could not be written.
@@ -234,6 +251,14 @@ impl Run {
     async fn run(mut self) {
         let mut tick_blocked_until: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(carried) = self.carried.take() {
+                // Queued before anything still in the channel: it goes first.
+                let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                    return;
+                };
+                self.propose_batch(carried, permit);
+                continue;
+            }
             let tick_in = self.tick_due_in(tick_blocked_until);
             let first = tokio::select! {
                 biased;
@@ -317,22 +342,28 @@ impl Run {
 
     fn propose_batch(&mut self, first: Pending, permit: tokio::sync::OwnedSemaphorePermit) {
         self.thread.check();
-        let mut pending = Vec::with_capacity(self.batch_size_max.min(64));
-        pending.push(first);
-        while pending.len() < self.batch_size_max {
-            match self.receiver.try_recv() {
-                Ok(next) => pending.push(next),
-                Err(_) => break,
+        let mut commands = first.commands;
+        let mut request_ids = first.request_ids;
+        let mut replies = vec![(first.reply, commands.len())];
+        // Whole callers' lists only: a list that would pass `batch_size_max`
+        // waits for the next entry (a first list larger than it goes alone).
+        while commands.len() < self.batch_size_max {
+            let next = match self.carried.take() {
+                Some(next) => next,
+                None => match self.receiver.try_recv() {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            if commands.len() + next.commands.len() > self.batch_size_max {
+                self.carried = Some(next);
+                break;
             }
+            replies.push((next.reply, next.commands.len()));
+            commands.extend(next.commands);
+            request_ids.extend(next.request_ids);
         }
-        let mut commands = Vec::with_capacity(pending.len());
-        let mut request_ids = Vec::with_capacity(pending.len());
-        let mut replies = Vec::with_capacity(pending.len());
-        for Pending { command, request_id, reply } in pending {
-            commands.push(command);
-            request_ids.push(request_id);
-            replies.push(reply);
-        }
+        debug_assert_eq!(replies.iter().map(|(_, count)| count).sum::<usize>(), commands.len());
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         self.stats.commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
         self.stats.batch_size.record(commands.len() as u64);
@@ -353,23 +384,38 @@ impl Run {
                     // Before the replies, so a caller that sees its outcome
                     // also sees the lag of what the entry expired.
                     stats.record_expiries(&clock, &response.data.events);
-                    let outcomes = response.data.outcomes;
-                    debug_assert_eq!(outcomes.len(), replies.len());
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
-                    }
+                    answer(replies, response.data.outcomes);
                 }
                 Err(error) => {
                     // The entry may have been appended before leadership
                     // moved, so it may yet commit: "unknown", and the node
                     // retries with the same request ids.
                     let reason = error.to_string();
-                    for reply in replies {
+                    for (reply, _) in replies {
                         let _ = reply.send(Err(ProposeError::Unknown(reason.clone())));
                     }
                 }
             }
         });
+    }
+}
+
+/// Hands each caller its outcomes, in entry order: `count` per caller.
+fn answer(replies: Vec<(Reply, usize)>, outcomes: Vec<Outcome>) {
+    let expected: usize = replies.iter().map(|(_, count)| count).sum();
+    if outcomes.len() != expected {
+        // An entry answers every command it carries (engine invariant); a
+        // mismatch is a bug, and guessing which outcome is whose would be worse.
+        let reason = format!("entry answered {} outcomes for {expected} commands", outcomes.len());
+        tracing::error!("{reason}");
+        for (reply, _) in replies {
+            let _ = reply.send(Err(ProposeError::Unknown(reason.clone())));
+        }
+        return;
+    }
+    let mut outcomes = outcomes.into_iter();
+    for (reply, count) in replies {
+        let _ = reply.send(Ok(outcomes.by_ref().take(count).collect()));
     }
 }
 
@@ -505,6 +551,40 @@ mod tests {
         // Every propose, append, apply and answer ran on the thread its
         // group claimed: a stage on a runtime worker would count here.
         assert_eq!(stats.write_path_off_thread, 0);
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_list_of_commands_is_one_entry_and_answers_in_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let node = single_node(dir.path()).await;
+        let name = (0..).map(|n| format!("list-{n}")).find(|name| shard_of(name, SHARDS) == 0).unwrap_or_default();
+        node.submit(upsert(&name, 3)).await.unwrap_or_else(|e| panic!("upsert: {e}"));
+        let before = node.stats();
+
+        // Five holds of one unit on three units: the first three hold, the
+        // last two are refused, each on its own.
+        let holds: Vec<Command> = (0..5).map(|n| hold(n, &name, 60_000)).collect();
+        let outcomes = node.submit_many_to(0, holds).await.unwrap_or_else(|e| panic!("submit_many: {e}"));
+        let held: Vec<bool> = outcomes.iter().map(|outcome| matches!(outcome, Outcome::Held { .. })).collect();
+        assert_eq!(held, [true, true, true, false, false], "{outcomes:?}");
+        assert!(outcomes[3..].iter().all(|o| o.refusal().is_some_and(|r| r.code() == "insufficient_stock")));
+
+        let stats = node.stats();
+        assert_eq!(stats.entries_proposed - before.entries_proposed, 1, "one list, one entry");
+        assert_eq!(stats.commands_proposed - before.commands_proposed, 5);
+
+        // A list longer than an entry's batch cap still goes whole.
+        let upserts: Vec<Command> = (0..)
+            .map(|n| format!("{name}-{n}"))
+            .filter(|other| shard_of(other, SHARDS) == 0)
+            .take(1500)
+            .map(|other| upsert(&other, 1))
+            .collect();
+        let outcomes = node.submit_many_to(0, upserts).await.unwrap_or_else(|e| panic!("submit_many: {e}"));
+        assert_eq!(outcomes.len(), 1500);
+        assert!(outcomes.iter().all(|o| !o.is_refused()), "{:?}", outcomes.iter().find(|o| o.is_refused()));
+        assert_eq!(node.stats().entries_proposed - stats.entries_proposed, 1);
         node.shutdown().await;
     }
 

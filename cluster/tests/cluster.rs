@@ -27,6 +27,30 @@ async fn a_single_node_is_a_one_member_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_submitted_on_any_node_is_applied_in_order_on_the_leader() {
+    let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let shard = 1;
+    let name = sku_on_shard(shard, SHARDS, "list");
+    for via in 1..=3u64 {
+        let warehouse = format!("w{via}");
+        // An upsert then holds of it in the same list: later commands see
+        // the earlier ones, and the fourth hold finds no stock left.
+        let mut commands = vec![upsert(&name, &warehouse, 3)];
+        commands.extend((0..4).map(|n| hold(rid(via * 10 + n, &name, SHARDS), &name, &warehouse, 1, 60_000)));
+        let outcomes = cluster
+            .node(via)
+            .submit_many_to(shard, commands)
+            .await
+            .unwrap_or_else(|e| panic!("submit_many via {via}: {e}"));
+        assert_eq!(outcomes.len(), 5);
+        outcomes[..4].iter().for_each(expect_ok);
+        assert_eq!(outcomes[4].refusal().map(engine::Refusal::code), Some("insufficient_stock"), "via {via}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
     let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;

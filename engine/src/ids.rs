@@ -338,10 +338,21 @@ impl FromStr for RequestId {
 
 /// Writes 16 bytes as 32 lowercase hex digits.
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8; 16]) -> fmt::Result {
-    for byte in bytes {
-        write!(f, "{byte:02x}")?;
+    let digits = hex_digits(bytes);
+    // Lowercase hex digits are ASCII: always valid UTF-8.
+    f.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
+}
+
+/// 32 lowercase hex digits of 16 bytes, without a formatter per byte (ids
+/// are printed on every hold's answer).
+fn hex_digits(bytes: &[u8; 16]) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
-    Ok(())
+    out
 }
 
 /// Reads 32 hex digits (either case) as 16 bytes.

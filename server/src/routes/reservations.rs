@@ -33,7 +33,7 @@ use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 use engine::outcome::{ReservationSummary, ReservationView, ShortLine};
 use engine::reservation::ReservationState;
 use engine::{Command, Outcome, Refusal, shard_of};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -95,22 +95,29 @@ struct Line {
 /// What creating a reservation answered.
 #[derive(Debug)]
 pub struct Created {
-    pub body: Value,
+    pub body: ReservationOut,
     pub replayed: bool,
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: fall back to time and a counter, still unique per process.
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let seed = Sha256::digest(format!("{nanos}-{count}").as_bytes());
-        for (slot, byte) in bytes.iter_mut().zip(seed.iter().cycle()) {
-            *slot = *byte;
-        }
+/// 13 unpredictable bytes for a reservation id without a system call per
+/// hold: SipHash, keyed once per process from the OS's randomness (std's
+/// `RandomState`), of a process-wide counter, twice with two keys.
+fn random_bytes() -> [u8; 13] {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let keys = KEYS.get_or_init(|| [std::collections::hash_map::RandomState::new(), Default::default()]);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut wide = [0u8; 16];
+    for (half, key) in wide.chunks_exact_mut(8).zip(keys) {
+        let mut hasher = key.build_hasher();
+        hasher.write_u64(count);
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
     }
+    let mut bytes = [0u8; 13];
+    bytes.copy_from_slice(&wide[..13]);
     bytes
 }
 
@@ -157,45 +164,96 @@ fn short_lines_problem(short: &[(usize, &str, &str, ShortLine)]) -> Problem {
         .with_extra(json!({ "lines": lines }))
 }
 
-fn reservation_json(view: &ReservationView, order_id: Option<&str>) -> Value {
-    let summary = &view.summary;
-    let order_id = order_id.map(str::to_owned).or_else(|| {
-        view.idempotency_key.as_deref().and_then(|key| key.strip_prefix(ORDER_KEY_PREFIX)).map(str::to_owned)
-    });
-    // Built field by field: `json!` would copy every nested value through
-    // the serializer again, and this is on the path of every hold.
-    let lines = view
-        .lines
-        .iter()
-        .map(|l| {
-            object([
-                ("sku", Value::String(l.sku.to_string())),
-                ("warehouse", Value::String(l.warehouse.to_string())),
-                ("quantity", Value::from(l.quantity)),
-            ])
-        })
-        .collect();
-    object([
-        ("id", Value::String(summary.id.to_string())),
-        ("state", Value::from(summary.state.as_str())),
-        ("lines", Value::Array(lines)),
-        ("created_at_ms", Value::from(summary.created_at_ms)),
-        ("expires_at_ms", Value::from(summary.deadline_ms)),
-        ("expires_at", Value::String(rfc3339_ms(summary.deadline_ms))),
-        ("ended_at_ms", summary.ended_at_ms.map_or(Value::Null, Value::from)),
-        ("order_id", order_id.map_or(Value::Null, Value::String)),
-    ])
+/// A reservation as the API answers it (`openapi::Reservation`), serialized
+/// straight to bytes: no `serde_json::Value` tree on the path of every hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReservationOut {
+    id: HexId,
+    state: &'static str,
+    lines: Vec<LineOut>,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    expires_at: String,
+    ended_at_ms: Option<u64>,
+    order_id: Option<String>,
+    /// Only for a reservation whose parts live on several shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<PartOut>>,
 }
 
-/// A JSON object of the fields, moved in (no copy).
-fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    Value::Object(fields.into_iter().map(|(key, value)| (key.to_owned(), value)).collect())
+#[derive(Debug, Clone, Serialize)]
+struct LineOut {
+    sku: String,
+    warehouse: String,
+    quantity: u64,
+}
+
+impl From<engine::outcome::LineView> for LineOut {
+    fn from(line: engine::outcome::LineView) -> Self {
+        Self { sku: line.sku, warehouse: line.warehouse, quantity: line.quantity }
+    }
+}
+
+/// One shard's part of a reservation that spans shards.
+#[derive(Debug, Clone, Serialize)]
+struct PartOut {
+    state: &'static str,
+    lines: usize,
+}
+
+/// A reservation id as its 32 hex digits.
+#[derive(Debug, Clone, Copy)]
+struct HexId(ReservationId);
+
+impl Serialize for HexId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl ReservationOut {
+    fn new(view: ReservationView, order_id: Option<&str>) -> Self {
+        let summary = view.summary;
+        let order_id = order_id.map(str::to_owned).or_else(|| {
+            view.idempotency_key.as_deref().and_then(|key| key.strip_prefix(ORDER_KEY_PREFIX)).map(str::to_owned)
+        });
+        Self {
+            id: HexId(summary.id),
+            state: summary.state.as_str(),
+            lines: view.lines.into_iter().map(LineOut::from).collect(),
+            created_at_ms: summary.created_at_ms,
+            expires_at_ms: summary.deadline_ms,
+            expires_at: rfc3339_ms(summary.deadline_ms),
+            ended_at_ms: summary.ended_at_ms,
+            order_id,
+            parts: None,
+        }
+    }
+
+    pub fn state(&self) -> &'static str {
+        self.state
+    }
+
+    /// The JSON response with `status`.
+    fn respond(&self, status: StatusCode) -> Response {
+        json_response(status, self)
+    }
+}
+
+/// `value` as a JSON response, serialized straight to bytes.
+fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    match serde_json::to_vec(value) {
+        Ok(bytes) => (status, [(axum::http::header::CONTENT_TYPE, JSON)], bytes).into_response(),
+        // Strings, integers and values only: serializing cannot fail.
+        Err(error) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response(),
+    }
 }
 
 /// Merges the parts of a reservation (one per shard) into one view. The
 /// state is the parts' common state; parts that disagree (a saga cut short)
 /// show as the least advanced non-held state, with each part listed.
-fn merge_parts(parts: Vec<ReservationView>) -> Option<(ReservationView, Vec<Value>)> {
+fn merge_parts(parts: Vec<ReservationView>) -> Option<(ReservationView, Vec<PartOut>)> {
     let first = parts.first()?.clone();
     let mut merged = first.clone();
     merged.lines = parts.iter().flat_map(|part| part.lines.clone()).collect();
@@ -207,8 +265,7 @@ fn merge_parts(parts: Vec<ReservationView>) -> Option<(ReservationView, Vec<Valu
             if first.summary.state == ReservationState::Confirmed { *other } else { first.summary.state };
     }
     merged.summary.deadline_ms = parts.iter().map(|p| p.summary.deadline_ms).min().unwrap_or(0);
-    let part_states =
-        parts.iter().map(|p| json!({ "state": p.summary.state.as_str(), "lines": p.lines.len() })).collect();
+    let part_states = parts.iter().map(|p| PartOut { state: p.summary.state.as_str(), lines: p.lines.len() }).collect();
     Some((merged, part_states))
 }
 
@@ -247,13 +304,13 @@ impl AppState {
         Ok(parts)
     }
 
-    async fn reservation_body(&self, id: ReservationId, read: super::Consistency) -> ApiResult<Value> {
+    async fn reservation_body(&self, id: ReservationId, read: super::Consistency) -> ApiResult<ReservationOut> {
         let parts = self.reservation_parts(id, read).await?;
         let (merged, part_states) =
             merge_parts(parts).ok_or_else(|| Problem::not_found("reservation_not_found", "no such reservation"))?;
-        let mut body = reservation_json(&merged, None);
+        let mut body = ReservationOut::new(merged, None);
         if spans_shards(&id) {
-            body["parts"] = Value::Array(part_states);
+            body.parts = Some(part_states);
         }
         Ok(body)
     }
@@ -264,7 +321,7 @@ impl AppState {
     /// the client nothing was applied (chaos FINDINGS.md #2). It is read
     /// linearizably when it can be, else from this node's replica with the
     /// write's own summaries (state, deadline) laid over it.
-    async fn written_body(&self, id: ReservationId, written: &[ReservationSummary]) -> Value {
+    async fn written_body(&self, id: ReservationId, written: &[ReservationSummary]) -> ReservationOut {
         let error = match self.reservation_body(id, super::Consistency::Linearizable).await {
             Ok(body) => return body,
             Err(error) => error,
@@ -291,7 +348,7 @@ impl AppState {
             view.summary.ended_at_ms = first.ended_at_ms;
             view.summary.deadline_ms = written.iter().map(|w| w.deadline_ms).min().unwrap_or(first.deadline_ms);
         }
-        reservation_json(&view, None)
+        ReservationOut::new(view, None)
     }
 
     /// Resolves the lines' warehouses, allocating lines that name none.
@@ -539,7 +596,7 @@ impl AppState {
                     idempotency_key: None,
                 };
                 debug_assert_eq!(reservation.id, id);
-                Ok(Created { body: reservation_json(&view, order_id), replayed })
+                Ok(Created { body: ReservationOut::new(view, order_id), replayed })
             }
             Outcome::Refused(Refusal::InsufficientStock { lines: shorts }) => {
                 let short: Vec<(usize, &str, &str, ShortLine)> = shorts
@@ -556,12 +613,12 @@ impl AppState {
     }
 
     /// Confirms, releases or extends every part of a reservation.
-    async fn end(&self, id: ReservationId, make: impl Fn() -> Command) -> ApiResult<Value> {
+    async fn end(&self, id: ReservationId, make: impl Fn() -> Command) -> ApiResult<ReservationOut> {
         self.end_on(id, &self.part_shards(id)?, make).await
     }
 
     /// Confirms, releases or extends the parts of a reservation on `shards`.
-    async fn end_on(&self, id: ReservationId, shards: &[u32], make: impl Fn() -> Command) -> ApiResult<Value> {
+    async fn end_on(&self, id: ReservationId, shards: &[u32], make: impl Fn() -> Command) -> ApiResult<ReservationOut> {
         let submits = shards.iter().map(|&shard| self.node.submit_to(shard, make()));
         let mut found = false;
         let mut refusal: Option<Refusal> = None;
@@ -599,7 +656,7 @@ impl AppState {
         } else {
             Deadline::AfterMs(ttl_ms)
         };
-        Ok(axum::Json(self.end(id, || Command::Extend(Extend { id, deadline })).await?).into_response())
+        Ok(self.end(id, || Command::Extend(Extend { id, deadline })).await?.respond(StatusCode::OK))
     }
 
     /// The reservation an order made: its key is on every part.
@@ -634,7 +691,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 }
 
 fn created_response(created: Created) -> Response {
-    let mut response = (StatusCode::CREATED, axum::Json(created.body)).into_response();
+    let mut response = created.body.respond(StatusCode::CREATED);
     if created.replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
@@ -736,20 +793,29 @@ pub async fn batch(
             state.create_reservation(&request.reservation, request.idempotency_key.as_deref()).await
         }
     });
-    let results: Vec<Value> = futures_util::future::join_all(runs)
+    let results: Vec<BatchResultOut> = futures_util::future::join_all(runs)
         .await
         .into_iter()
         .map(|result| match result {
-            Ok(created) => object([
-                ("status", Value::from(201)),
-                ("replayed", Value::Bool(created.replayed)),
-                ("reservation", created.body),
-            ]),
-            Err(problem) => object([("status", Value::from(problem.status.as_u16())), ("problem", problem.body())]),
+            Ok(created) => BatchResultOut::Held { status: 201, replayed: created.replayed, reservation: created.body },
+            Err(problem) => BatchResultOut::Failed { status: problem.status.as_u16(), problem: problem.body() },
         })
         .collect();
-    let held = results.iter().filter(|r| r["status"] == 201).count();
-    Ok(axum::Json(object([("held", Value::from(held)), ("results", Value::Array(results))])).into_response())
+    let held = results.iter().filter(|r| matches!(r, BatchResultOut::Held { .. })).count();
+    Ok(json_response(StatusCode::OK, &BatchOut { held, results }))
+}
+
+#[derive(Serialize)]
+struct BatchOut {
+    held: usize,
+    results: Vec<BatchResultOut>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchResultOut {
+    Held { status: u16, replayed: bool, reservation: ReservationOut },
+    Failed { status: u16, problem: Value },
 }
 
 /// `GET /v1/reservations/{id}`.
@@ -775,7 +841,7 @@ pub async fn get(
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let id = parse_id(&id)?;
-    Ok(axum::Json(state.reservation_body(id, query.consistency).await?).into_response())
+    Ok(state.reservation_body(id, query.consistency).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/reservations/{id}/confirm` (reserve): the sale.
@@ -803,7 +869,7 @@ pub async fn confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(axum::Json(state.end(id, || Command::Confirm(Confirm { id })).await?).into_response())
+    Ok(state.end(id, || Command::Confirm(Confirm { id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/reservations/{id}/release` and `DELETE /v1/reservations/{id}`.
@@ -830,7 +896,7 @@ pub async fn release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(axum::Json(state.end(id, || Command::Release(Release { id })).await?).into_response())
+    Ok(state.end(id, || Command::Release(Release { id })).await?.respond(StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -895,7 +961,7 @@ pub async fn get_order(
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let id = state.order_reservation(&order_id).await?;
-    Ok(axum::Json(state.reservation_body(id, super::Consistency::Linearizable).await?).into_response())
+    Ok(state.reservation_body(id, super::Consistency::Linearizable).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/confirm`.
@@ -923,7 +989,7 @@ pub async fn order_confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&order_id).await?;
-    Ok(axum::Json(state.end(id, || Command::Confirm(Confirm { id })).await?).into_response())
+    Ok(state.end(id, || Command::Confirm(Confirm { id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/release`.
@@ -950,7 +1016,7 @@ pub async fn order_release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&order_id).await?;
-    Ok(axum::Json(state.end(id, || Command::Release(Release { id })).await?).into_response())
+    Ok(state.end(id, || Command::Release(Release { id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/extend`.
