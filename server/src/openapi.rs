@@ -466,11 +466,36 @@ pub struct BatchRefused {
     pub problem: Problem,
 }
 
+/// One request of a batch that was held, with `?view=compact`.
+#[derive(ToSchema)]
+pub struct BatchHeldCompact {
+    /// Always 201.
+    pub status: u16,
+    pub id: ReservationId,
+    pub state: ReservationState,
+    /// Present (and true) only when the request repeated an earlier one.
+    #[schema(nullable = false)]
+    pub replayed: Option<bool>,
+}
+
+/// One request of a batch that was refused, with `?view=compact`.
+#[derive(ToSchema)]
+pub struct BatchRefusedCompact {
+    /// The status the request alone would have answered.
+    pub status: u16,
+    /// The problem's stable `code`.
+    pub code: String,
+}
+
+/// A batch result: `BatchHeld` or `BatchRefused`, or with `?view=compact`
+/// `BatchHeldCompact` or `BatchRefusedCompact`.
 #[derive(ToSchema)]
 #[serde(untagged)]
 pub enum BatchOutcome {
     Held(BatchHeld),
     Refused(BatchRefused),
+    HeldCompact(BatchHeldCompact),
+    RefusedCompact(BatchRefusedCompact),
 }
 
 /// One result per request, in request order.

@@ -649,6 +649,66 @@ async fn a_batch_answers_one_result_per_request_in_order(http: &Http) {
     let empty = http.post("/v1/reservations/batch", json!({ "requests": [] })).await;
     assert_problem(&empty, StatusCode::BAD_REQUEST, "invalid_batch_size");
     assert_eq!(levels(http, "rs-batch", "w1").await.1, 2, "a refused batch holds nothing");
+
+    // Many SKUs (so several shards), a line to allocate, a request across
+    // shards, and a key repeated inside the batch: each answers as alone.
+    let skus: Vec<String> = (0..8).map(|n| format!("rs-batch-{n}")).collect();
+    for sku in &skus {
+        put_item(http, sku, "w1", 3, 0).await;
+    }
+    let mut requests: Vec<Value> = Vec::new();
+    for round in 0..4 {
+        for sku in &skus {
+            requests.push(json!({ "lines": [{ "sku": sku, "warehouse": "w1", "quantity": 1 }], "order_id": format!("{sku}-{round}") }));
+        }
+    }
+    let keyed =
+        json!({ "lines": [{ "sku": skus[0], "warehouse": "w1", "quantity": 1 }], "idempotency_key": "batch-dup" });
+    requests.push(json!({ "lines": [{ "sku": skus[1], "quantity": 1 }] }));
+    requests.push(json!({ "lines": [{ "sku": skus[2], "warehouse": "w1", "quantity": 1 }, { "sku": skus[3], "warehouse": "w1", "quantity": 1 }] }));
+    let (status, _, body) = http.post("/v1/reservations/batch", json!({ "requests": requests })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap_or_else(|| panic!("no results in {body}"));
+    assert_eq!(results.len(), 34, "{body}");
+    for (index, result) in results[..32].iter().enumerate() {
+        // Three units each: rounds 0..3 hold, round 3 is short.
+        let (round, sku) = (index / 8, &skus[index % 8]);
+        if round < 3 {
+            assert_eq!(result["status"], 201, "request {index}: {result}");
+            assert_eq!(result["reservation"]["order_id"], format!("{sku}-{round}"), "{result}");
+            assert_eq!(result["reservation"]["lines"][0]["sku"], sku.as_str(), "{result}");
+        } else {
+            assert_eq!(result["problem"]["code"], "insufficient_stock", "request {index}: {result}");
+        }
+    }
+    assert_eq!(results[32]["problem"]["code"], "insufficient_stock", "all three of the SKU's units are held");
+    assert_eq!(results[33]["problem"]["code"], "insufficient_stock", "{}", results[33]);
+    assert_eq!(body["held"], 24, "{body}");
+    for sku in &skus {
+        assert_eq!(levels(http, sku, "w1").await.1, 3, "{sku}");
+    }
+
+    // Compact: ids and states only; a key repeated in one batch holds once.
+    put_item(http, &skus[0], "w1", 10, 0).await;
+    let requests = json!({ "requests": [keyed, keyed, line(1)] });
+    let (status, _, body) = http.post("/v1/reservations/batch?view=compact", requests).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap_or_else(|| panic!("no results in {body}"));
+    assert_eq!(results[0]["status"], 201, "{body}");
+    assert_eq!(results[0]["state"], "HELD", "{body}");
+    assert!(results[0].get("reservation").is_none() && results[0].get("replayed").is_none(), "{body}");
+    assert_eq!(results[1]["id"], results[0]["id"], "{body}");
+    assert_eq!(results[1]["replayed"], true, "{body}");
+    assert_eq!(str_of(&results[2], "id").len(), 32, "{body}");
+    assert_eq!(levels(http, &skus[0], "w1").await.1, 4, "three held before, one by the key");
+    let (status, _, body) = http.post("/v1/reservations/batch?view=compact", json!({ "requests": [line(1000)] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0], json!({ "status": 409, "code": "insufficient_stock" }), "{body}");
+    assert_problem(
+        &http.post("/v1/reservations/batch?view=tiny", json!({ "requests": [line(1)] })).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    );
 }
 
 async fn bad_and_unknown_reservation_ids_are_refused(http: &Http) {

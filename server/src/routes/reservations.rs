@@ -92,6 +92,24 @@ struct Line {
     quantity: u64,
 }
 
+/// A request's checked settings.
+struct Checked {
+    ttl_ms: u64,
+    /// The engine's idempotency key: the order or the caller's key.
+    engine_key: Option<IdempotencyKey>,
+    /// What the reservation id is derived from, when the request can be
+    /// retried.
+    seed: Option<String>,
+}
+
+/// A reservation that is one `Hold` on one shard.
+struct SingleHold {
+    shard: u32,
+    id: ReservationId,
+    command: Command,
+    lines: Vec<Line>,
+}
+
 /// What creating a reservation answered.
 #[derive(Debug)]
 pub struct Created {
@@ -418,20 +436,12 @@ impl AppState {
     /// Creates a reservation: the one path of `POST /v1/reservations`, the
     /// batch endpoint and orders.
     pub async fn create_reservation(&self, body: &ReservationBody, key: Option<&str>) -> ApiResult<Created> {
-        let ttl_ms = self.ttl_ms(body.ttl_seconds)?;
-        if body.lines.is_empty() {
-            return Err(Problem::bad_request("no_lines", "a reservation needs at least one line"));
+        let checked = self.check_request(body, key)?;
+        if let Some(single) = self.single_shard_hold(body, &checked)? {
+            let outcome = self.node.submit_to(single.shard, single.command).await?;
+            return self.held(outcome, &single.lines, body.order_id.as_deref(), single.id).await;
         }
-        let max = self.config.engine.lines_per_hold_max as usize;
-        if body.lines.len() > max {
-            return Err(Problem::bad_request("too_many_lines", format!("a reservation has at most {max} lines")));
-        }
-        let engine_key = match (&body.order_id, key) {
-            (Some(order), _) => Some(IdempotencyKey::new(format!("{ORDER_KEY_PREFIX}{order}"))?),
-            (None, Some(key)) => Some(IdempotencyKey::new(key.to_owned())?),
-            (None, None) => None,
-        };
-        let seed = key.map(|k| format!("key\0{k}")).or_else(|| body.order_id.as_ref().map(|o| format!("order\0{o}")));
+        let Checked { ttl_ms, engine_key, seed } = checked;
         let shards = self.node.shard_count();
         let home = shard_of(&body.lines[0].sku, shards);
         // A keyed retry whose lines need allocating may allocate differently
@@ -455,6 +465,56 @@ impl AppState {
                 other => return other,
             }
         }
+    }
+
+    /// What every reservation request is checked for before anything is
+    /// submitted.
+    fn check_request(&self, body: &ReservationBody, key: Option<&str>) -> ApiResult<Checked> {
+        let ttl_ms = self.ttl_ms(body.ttl_seconds)?;
+        if body.lines.is_empty() {
+            return Err(Problem::bad_request("no_lines", "a reservation needs at least one line"));
+        }
+        let max = self.config.engine.lines_per_hold_max as usize;
+        if body.lines.len() > max {
+            return Err(Problem::bad_request("too_many_lines", format!("a reservation has at most {max} lines")));
+        }
+        let engine_key = match (&body.order_id, key) {
+            (Some(order), _) => Some(IdempotencyKey::new(format!("{ORDER_KEY_PREFIX}{order}"))?),
+            (None, Some(key)) => Some(IdempotencyKey::new(key.to_owned())?),
+            (None, None) => None,
+        };
+        let seed = key.map(|k| format!("key\0{k}")).or_else(|| body.order_id.as_ref().map(|o| format!("order\0{o}")));
+        Ok(Checked { ttl_ms, engine_key, seed })
+    }
+
+    /// The one `Hold` of a request whose lines all name their warehouse and
+    /// live on one shard: nothing to read before it, nothing to undo after.
+    /// `None` for every other request (allocation, several shards).
+    fn single_shard_hold(&self, body: &ReservationBody, checked: &Checked) -> ApiResult<Option<SingleHold>> {
+        let shards = self.node.shard_count();
+        let shard = shard_of(&body.lines[0].sku, shards);
+        let fits = body.lines.iter().all(|line| line.warehouse.is_some() && shard_of(&line.sku, shards) == shard);
+        if !fits {
+            return Ok(None);
+        }
+        let mut lines = Vec::with_capacity(body.lines.len());
+        let mut hold_lines = Vec::with_capacity(body.lines.len());
+        for (index, line) in body.lines.iter().enumerate() {
+            let sku = Sku::new(line.sku.clone())?;
+            let warehouse = Warehouse::new(line.warehouse.clone().unwrap_or_default())?;
+            let quantity = Quantity::new(line.quantity)?;
+            hold_lines.push(HoldLine { sku: sku.clone(), warehouse: warehouse.clone(), quantity });
+            lines.push(Line { request_line: index, sku, warehouse, quantity: line.quantity });
+        }
+        let id = make_id(shard, false, checked.seed.as_deref());
+        let command = Command::Hold(Hold {
+            id,
+            lines: hold_lines,
+            deadline: Deadline::AfterMs(checked.ttl_ms),
+            idempotency_key: checked.engine_key.clone(),
+            confirm: body.commit,
+        });
+        Ok(Some(SingleHold { shard, id, command, lines }))
     }
 
     async fn hold_lines(
@@ -756,8 +816,35 @@ pub struct BatchRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// `?view=` of the batch endpoint.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// `full` (the default): each result carries the whole reservation or
+    /// problem. `compact`: ids and states only (`id`, `state`, and
+    /// `replayed` when true), and a problem's `code`.
+    #[serde(default)]
+    #[param(inline)]
+    pub view: BatchView,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchView {
+    #[default]
+    Full,
+    Compact,
+}
+
 /// `POST /v1/reservations/batch` (reserve): independent reservations, one
 /// result each (`status` and `body`, or a problem), in request order.
+///
+/// Requests whose lines all name a warehouse on one shard (the flash-sale
+/// shape) are grouped by shard: one list of `Hold` commands per shard,
+/// proposed as one entry, applied in request order, each on its own. Every
+/// other request (allocation, lines on several shards) is made as by
+/// `POST /v1/reservations`, concurrently with the lists.
 #[utoipa::path(
     post,
     path = "/v1/reservations/batch",
@@ -765,18 +852,21 @@ pub struct BatchRequest {
     summary = "Make many independent reservations in one request",
     description = "Each request is made as by `POST /v1/reservations`, independently of the others; \
         the answer has one result per request, in request order: the reservation, or the problem that \
-        request alone would have answered.",
+        request alone would have answered. Requests on one shard are proposed together as one log entry. \
+        `?view=compact` answers ids and states only.",
     extensions(("x-tally-role" = json!("reserve"))),
+    params(BatchQuery),
     request_body = BatchBody,
     responses(
         (status = 200, description = "One result per request.", body = crate::openapi::BatchResult),
-        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_batch_size`."),
+        (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_batch_size`, `invalid_query`."),
         (status = 503, description = "`timeout`."),
     ),
 )]
 pub async fn batch(
     State(state): Shared,
     principal: Principal,
+    QueryParams(query): QueryParams<BatchQuery>,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
@@ -784,25 +874,94 @@ pub async fn batch(
     if body.requests.is_empty() || body.requests.len() > max {
         return Err(Problem::bad_request("invalid_batch_size", format!("send 1 to {max} requests")));
     }
-    let runs = body.requests.iter().map(|request| {
-        let state = Arc::clone(&state);
-        async move {
-            if let Some(key) = &request.idempotency_key {
-                IdempotencyKey::new(key.clone())?;
-            }
-            state.create_reservation(&request.reservation, request.idempotency_key.as_deref()).await
-        }
-    });
-    let results: Vec<BatchResultOut> = futures_util::future::join_all(runs)
-        .await
+    let results = state.create_batch(&body.requests).await;
+    let held = results.iter().filter(|result| result.is_ok()).count();
+    let results: Vec<BatchResultOut> = results
         .into_iter()
-        .map(|result| match result {
-            Ok(created) => BatchResultOut::Held { status: 201, replayed: created.replayed, reservation: created.body },
-            Err(problem) => BatchResultOut::Failed { status: problem.status.as_u16(), problem: problem.body() },
+        .map(|result| match (result, query.view) {
+            (Ok(created), BatchView::Full) => {
+                BatchResultOut::Held { status: 201, replayed: created.replayed, reservation: created.body }
+            }
+            (Ok(created), BatchView::Compact) => BatchResultOut::HeldCompact {
+                status: 201,
+                id: created.body.id,
+                state: created.body.state,
+                replayed: created.replayed,
+            },
+            (Err(problem), BatchView::Full) => {
+                BatchResultOut::Failed { status: problem.status.as_u16(), problem: problem.body() }
+            }
+            (Err(problem), BatchView::Compact) => {
+                BatchResultOut::FailedCompact { status: problem.status.as_u16(), code: problem.code }
+            }
         })
         .collect();
-    let held = results.iter().filter(|r| matches!(r, BatchResultOut::Held { .. })).count();
     Ok(json_response(StatusCode::OK, &BatchOut { held, results }))
+}
+
+impl AppState {
+    /// The results of a batch's requests, in request order.
+    async fn create_batch(&self, requests: &[BatchRequest]) -> Vec<ApiResult<Created>> {
+        let mut results: Vec<Option<ApiResult<Created>>> = requests.iter().map(|_| None).collect();
+        let mut lists: BTreeMap<u32, Vec<(usize, SingleHold)>> = BTreeMap::new();
+        let mut others = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            let key = request.idempotency_key.as_deref();
+            let prepared = key
+                .map_or(Ok(()), |key| IdempotencyKey::new(key.to_owned()).map(drop).map_err(Problem::from))
+                .and_then(|()| self.check_request(&request.reservation, key))
+                .and_then(|checked| self.single_shard_hold(&request.reservation, &checked));
+            match prepared {
+                Ok(Some(single)) => lists.entry(single.shard).or_default().push((index, single)),
+                Ok(None) => others.push(index),
+                Err(problem) => results[index] = Some(Err(problem)),
+            }
+        }
+        let lists = lists.into_iter().map(|(shard, holds)| self.hold_list(shard, holds, requests));
+        let others = others.into_iter().map(|index| async move {
+            let request = &requests[index];
+            (index, self.create_reservation(&request.reservation, request.idempotency_key.as_deref()).await)
+        });
+        let (lists, others) =
+            futures_util::future::join(futures_util::future::join_all(lists), futures_util::future::join_all(others))
+                .await;
+        for (index, result) in lists.into_iter().flatten().chain(others) {
+            results[index] = Some(result);
+        }
+        debug_assert!(results.iter().all(Option::is_some), "every request of a batch has its result");
+        results.into_iter().map(|result| result.unwrap_or_else(|| Err(self.unexpected(&Outcome::Ticked)))).collect()
+    }
+
+    /// One shard's holds of a batch, proposed as one list.
+    async fn hold_list(
+        &self,
+        shard: u32,
+        holds: Vec<(usize, SingleHold)>,
+        requests: &[BatchRequest],
+    ) -> Vec<(usize, ApiResult<Created>)> {
+        let (holds, commands): (Vec<_>, Vec<_>) =
+            holds.into_iter().map(|(index, single)| ((index, single.id, single.lines), single.command)).unzip();
+        let outcomes = match self.node.submit_many_to(shard, commands).await {
+            Ok(outcomes) if outcomes.len() == holds.len() => outcomes,
+            Ok(outcomes) => {
+                let problem = Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("{} outcomes for {} holds", outcomes.len(), holds.len()),
+                );
+                return holds.into_iter().map(|(index, ..)| (index, Err(problem.clone()))).collect();
+            }
+            Err(error) => {
+                let problem = Problem::from(error);
+                return holds.into_iter().map(|(index, ..)| (index, Err(problem.clone()))).collect();
+            }
+        };
+        let answers = holds.into_iter().zip(outcomes).map(|((index, id, lines), outcome)| async move {
+            let order_id = requests[index].reservation.order_id.as_deref();
+            (index, self.held(outcome, &lines, order_id, id).await)
+        });
+        futures_util::future::join_all(answers).await
+    }
 }
 
 #[derive(Serialize)]
@@ -814,8 +973,26 @@ struct BatchOut {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum BatchResultOut {
-    Held { status: u16, replayed: bool, reservation: ReservationOut },
-    Failed { status: u16, problem: Value },
+    Held {
+        status: u16,
+        replayed: bool,
+        reservation: ReservationOut,
+    },
+    HeldCompact {
+        status: u16,
+        id: HexId,
+        state: &'static str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replayed: bool,
+    },
+    Failed {
+        status: u16,
+        problem: Value,
+    },
+    FailedCompact {
+        status: u16,
+        code: &'static str,
+    },
 }
 
 /// `GET /v1/reservations/{id}`.
