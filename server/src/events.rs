@@ -21,7 +21,7 @@
 //! `event_json` is the one JSON shape of an event, shared by the stream,
 //! `GET /v1/alerts` and the alert sinks (`alerts.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -205,9 +205,10 @@ pub struct EventStats {
 /// The rings, under one lock with the live sender so that a subscriber sees
 /// every event exactly once: either in its copy of the ring or live.
 struct Rings {
+    /// In arrival order. A resume finds its event by scanning from the
+    /// newest end: resumes are rare and an index kept per event cost more
+    /// than the scan (a hash insert and remove on every hold's event).
     events: VecDeque<Arc<PublishedEvent>>,
-    /// Where each retained event is in `events`, by arrival number.
-    seq_by_id: HashMap<EventId, u64>,
     alerts: VecDeque<Arc<PublishedEvent>>,
     next_seq: u64,
 }
@@ -242,7 +243,6 @@ impl EventHub {
             subscribers_max: config.subscribers_max,
             rings: Mutex::new(Rings {
                 events: VecDeque::with_capacity(config.retained_max.min(1024)),
-                seq_by_id: HashMap::with_capacity(config.retained_max.min(1024)),
                 alerts: VecDeque::with_capacity(config.alerts_retained_max.min(1024)),
                 next_seq: 0,
             }),
@@ -265,15 +265,9 @@ impl EventHub {
         rings.next_seq += 1;
         let event = Arc::new(PublishedEvent::new(seq, record));
         if self.retained_max > 0 {
-            if rings.events.len() == self.retained_max
-                && let Some(oldest) = rings.events.pop_front()
-            {
-                // Another arrival of the same id points at the newer copy.
-                if rings.seq_by_id.get(&oldest.id()) == Some(&oldest.seq) {
-                    rings.seq_by_id.remove(&oldest.id());
-                }
+            if rings.events.len() == self.retained_max {
+                rings.events.pop_front();
             }
-            rings.seq_by_id.insert(event.id(), seq);
             rings.events.push_back(Arc::clone(&event));
         }
         if self.alerts_retained_max > 0 && matches!(event.record.kind, EventKind::ThresholdCrossed { .. }) {
@@ -283,7 +277,6 @@ impl EventHub {
             rings.alerts.push_back(Arc::clone(&event));
         }
         debug_assert!(rings.events.len() <= self.retained_max);
-        debug_assert!(rings.seq_by_id.len() <= rings.events.len());
         debug_assert!(rings.events.front().is_none_or(|first| first.seq + rings.events.len() as u64 == seq + 1));
         // Sent under the lock: see `subscribe`. No subscriber is no error.
         let _ = self.live.send(Live::Event(event));
@@ -302,7 +295,6 @@ impl EventHub {
         self.lagged_missed.fetch_add(missed, Ordering::Relaxed);
         let mut rings = self.rings();
         rings.events.clear();
-        rings.seq_by_id.clear();
         let _ = self.live.send(Live::Gap { missed });
     }
 
@@ -326,10 +318,12 @@ impl EventHub {
         let live = self.live.subscribe();
         let mut replay = VecDeque::new();
         if let Some(after) = after {
-            let seq = *rings.seq_by_id.get(&after).ok_or(SubscribeError::NotRetained(after))?;
-            let first_seq = rings.events.front().map_or(seq, |first| first.seq);
-            let skip = usize::try_from(seq - first_seq + 1).unwrap_or(usize::MAX);
-            replay.extend(rings.events.iter().skip(skip).filter(|event| event.matches(sku.as_deref())).cloned());
+            // The newest arrival of that id (an event can arrive twice,
+            // across a leader change): replay what came after it.
+            let position =
+                rings.events.iter().rposition(|event| event.id() == after).ok_or(SubscribeError::NotRetained(after))?;
+            replay
+                .extend(rings.events.iter().skip(position + 1).filter(|event| event.matches(sku.as_deref())).cloned());
         }
         let live_after_seq = rings.next_seq.checked_sub(1);
         drop(rings);

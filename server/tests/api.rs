@@ -646,6 +646,9 @@ async fn a_batch_answers_one_result_per_request_in_order(http: &Http) {
     let oversize: Vec<Value> = (0..1025).map(|_| line(1)).collect();
     let refused = http.post("/v1/reservations/batch", json!({ "requests": oversize })).await;
     assert_problem(&refused, StatusCode::BAD_REQUEST, "invalid_batch_size");
+    let unknown =
+        json!({ "requests": [{ "lines": [{ "sku": "rs-batch", "warehouse": "w1", "quantity": 1 }], "colour": 1 }] });
+    assert_problem(&http.post("/v1/reservations/batch", unknown).await, StatusCode::BAD_REQUEST, "invalid_body");
     let empty = http.post("/v1/reservations/batch", json!({ "requests": [] })).await;
     assert_problem(&empty, StatusCode::BAD_REQUEST, "invalid_batch_size");
     assert_eq!(levels(http, "rs-batch", "w1").await.1, 2, "a refused batch holds nothing");
