@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cluster::SubmitError;
+use cluster::{SagaOutcome, SagaPart, SubmitError};
 use common::*;
 use engine::Outcome;
 use engine::reservation::ReservationState;
@@ -46,6 +46,76 @@ async fn a_list_submitted_on_any_node_is_applied_in_order_on_the_leader() {
         assert_eq!(outcomes.len(), 5);
         outcomes[..4].iter().for_each(expect_ok);
         assert_eq!(outcomes[4].refusal().map(engine::Refusal::code), Some("insufficient_stock"), "via {via}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_holds_every_part_or_releases_them_even_if_its_caller_gives_up() {
+    let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let node = cluster.node(2);
+    let names: Vec<String> = (0..3).map(|shard| sku_on_shard(shard, SHARDS, "saga")).collect();
+    for name in &names {
+        expect_ok(&node.submit(upsert(name, "w1", 5)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+    }
+    let parts = |id, quantities: [u64; 3]| -> Vec<SagaPart> {
+        (0..3u32)
+            .zip(&names)
+            .zip(quantities)
+            .map(|((shard, name), quantity)| SagaPart { shard, hold: hold(id, name, "w1", quantity, 60_000) })
+            .collect()
+    };
+
+    // Every part holds: held, and confirmed when asked.
+    let id = rid(1, &names[0], SHARDS);
+    match node.reserve_across_shards(id, parts(id, [1, 1, 1]), true).await {
+        Ok(SagaOutcome::Held { holds, confirms: Some(confirms) }) => {
+            assert_eq!(holds.len(), 3);
+            assert!(confirms.iter().all(|c| matches!(c, Ok(Outcome::Confirmed { .. }))), "{confirms:?}");
+        }
+        other => panic!("expected held and confirmed: {other:?}"),
+    }
+
+    // One part short: every other part is released, nothing stays held.
+    let id = rid(2, &names[0], SHARDS);
+    match node.reserve_across_shards(id, parts(id, [1, 100, 1]), false).await {
+        Ok(SagaOutcome::Undone { holds }) => {
+            assert!(matches!(holds[1], Ok(Outcome::Refused(_))), "{holds:?}");
+            assert!(matches!(holds[0], Ok(Outcome::Held { .. })), "{holds:?}");
+        }
+        other => panic!("expected undone: {other:?}"),
+    }
+    // This node's replicas (live_holds reads them) see the releases once
+    // they apply what the leaders committed.
+    let live = |node: &cluster::Node| {
+        let node = node.clone();
+        async move { node.live_holds(Duration::from_secs(5)).await }
+    };
+
+    // The caller gives up at once (an HTTP timeout, a disconnect): the saga
+    // still releases what it held, long before the 60 s deadline.
+    for n in 3..13 {
+        let id = rid(n, &names[0], SHARDS);
+        let _ = tokio::time::timeout(
+            Duration::from_micros(1),
+            node.reserve_across_shards(id, parts(id, [1, 100, 1]), false),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while live(node).await != Some(0) {
+        assert!(Instant::now() < deadline, "saga parts left held: {:?}", live(node).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in &names {
+        let shard = engine::shard_of(name, SHARDS);
+        let item = node.read(shard, {
+            let name = name.clone();
+            move |s| s.get_item(&name, "w1")
+        });
+        let item = item.await.unwrap_or_else(|e| panic!("read: {e}")).unwrap_or_else(|| panic!("no item {name}"));
+        assert_eq!((item.on_hand, item.reserved), (4, 0), "{name}: one unit sold, none left held");
     }
     cluster.shutdown().await;
 }

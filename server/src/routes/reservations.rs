@@ -28,6 +28,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cluster::{SagaOutcome, SagaPart};
 use engine::cmd::{Confirm, Deadline, Extend, Hold, HoldLine, Release};
 use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 use engine::outcome::{ReservationSummary, ReservationView, ShortLine};
@@ -90,6 +91,16 @@ struct Line {
     sku: Sku,
     warehouse: Warehouse,
     quantity: u64,
+}
+
+impl Line {
+    fn view(&self) -> engine::outcome::LineView {
+        engine::outcome::LineView {
+            sku: self.sku.as_str().to_owned(),
+            warehouse: self.warehouse.as_str().to_owned(),
+            quantity: self.quantity,
+        }
+    }
 }
 
 /// A request's checked settings.
@@ -266,6 +277,18 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
         // Strings, integers and values only: serializing cannot fail.
         Err(error) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response(),
     }
+}
+
+/// The summary of a reservation from its parts' summaries: the first
+/// part's, with the earliest deadline (parts share one).
+fn merged_summary(parts: &[ReservationSummary]) -> Option<ReservationSummary> {
+    let mut merged = *parts.first()?;
+    merged.deadline_ms = parts.iter().map(|part| part.deadline_ms).min().unwrap_or(merged.deadline_ms);
+    Some(merged)
+}
+
+fn empty_summary(id: ReservationId) -> ReservationSummary {
+    ReservationSummary { id, state: ReservationState::Held, created_at_ms: 0, deadline_ms: 0, ended_at_ms: None }
 }
 
 /// Merges the parts of a reservation (one per shard) into one view. The
@@ -560,28 +583,55 @@ impl AppState {
             let outcome = self.node.submit_to(shard, command).await?;
             return self.held(outcome, lines, body.order_id.as_deref(), id).await;
         }
-        // The saga: every part gets the same absolute deadline.
+        // The saga (cluster::saga): every part gets the same absolute deadline.
         let deadline = Deadline::AtMs(self.node.clock().now_ms().saturating_add(ttl_ms));
-        let mut submits = Vec::with_capacity(by_shard.len());
+        let mut parts = Vec::with_capacity(by_shard.len());
         for (shard, shard_lines) in &by_shard {
-            let command = hold(shard_lines, deadline, false)?;
-            submits.push(async move { (*shard, self.node.submit_to(*shard, command).await) });
+            parts.push(SagaPart { shard: *shard, hold: hold(shard_lines, deadline, false)? });
         }
-        let answers = futures_util::future::join_all(submits).await;
+        let holds = match self.node.reserve_across_shards(id, parts, body.commit).await? {
+            SagaOutcome::Held { holds, confirms } => {
+                let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
+                let written: Vec<ReservationSummary> = match confirms {
+                    Some(confirms) => self.ended(confirms)?,
+                    None => holds
+                        .iter()
+                        .filter_map(|hold| match hold {
+                            Outcome::Held { reservation, .. } => Some(*reservation),
+                            _ => None,
+                        })
+                        .collect(),
+                };
+                let body = if replayed {
+                    // Answer with the reservation as stored (it may name other lines).
+                    self.written_body(id, &written).await
+                } else {
+                    let view = ReservationView {
+                        summary: merged_summary(&written).unwrap_or_else(|| empty_summary(id)),
+                        // In shard order, as a read of the parts lists them.
+                        lines: by_shard.values().flatten().map(|line| line.view()).collect(),
+                        idempotency_key: None,
+                    };
+                    let mut out = ReservationOut::new(view, body.order_id.as_deref());
+                    out.parts = Some(
+                        by_shard
+                            .values()
+                            .zip(&written)
+                            .map(|(lines, part)| PartOut { state: part.state.as_str(), lines: lines.len() })
+                            .collect(),
+                    );
+                    out
+                };
+                return Ok(Created { body, replayed });
+            }
+            SagaOutcome::Undone { holds } => holds,
+        };
         let mut short: Vec<(usize, &str, &str, ShortLine)> = Vec::new();
         let mut failure: Option<Problem> = None;
-        let mut held_shards = Vec::new();
-        let mut written = Vec::new();
-        let mut replayed = true;
-        for (shard, answer) in answers {
+        for (shard_lines, answer) in by_shard.values().zip(holds) {
             match answer {
-                Ok(Outcome::Held { replayed: again, reservation }) => {
-                    held_shards.push(shard);
-                    written.push(reservation);
-                    replayed &= again;
-                }
+                Ok(Outcome::Held { .. }) => {}
                 Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
-                    let shard_lines = &by_shard[&shard];
                     for line in shorts {
                         if let Some(original) = shard_lines.get(line.line as usize) {
                             short.push((
@@ -595,38 +645,15 @@ impl AppState {
                 }
                 Ok(Outcome::Refused(refusal)) => failure = Some(Problem::refusal(&refusal)),
                 Ok(other) => failure = Some(self.unexpected(&other)),
-                Err(error) => {
-                    // The part may or may not be held: release it too.
-                    held_shards.push(shard);
-                    failure = Some(Problem::from(error));
-                }
+                Err(error) => failure = Some(Problem::from(error)),
             }
         }
-        if !short.is_empty() || failure.is_some() {
-            self.release_parts(id, &held_shards).await;
-            return Err(if short.is_empty() {
-                failure.unwrap_or_else(|| self.unexpected(&Outcome::Ticked))
-            } else {
-                short.sort_by_key(|(line, ..)| *line);
-                short_lines_problem(&short)
-            });
-        }
-        let body = if body.commit {
-            self.end_on(id, &held_shards, || Command::Confirm(Confirm { id })).await?
+        Err(if short.is_empty() {
+            failure.unwrap_or_else(|| self.unexpected(&Outcome::Ticked))
         } else {
-            self.written_body(id, &written).await
-        };
-        Ok(Created { body, replayed })
-    }
-
-    async fn release_parts(&self, id: ReservationId, shards: &[u32]) {
-        let releases = shards.iter().map(|&shard| self.node.submit_to(shard, Command::Release(Release { id })));
-        for answer in futures_util::future::join_all(releases).await {
-            if let Err(error) = answer {
-                // The part expires at its deadline anyway.
-                tracing::warn!(%id, %error, "could not release a saga part; it will expire");
-            }
-        }
+            short.sort_by_key(|(line, ..)| *line);
+            short_lines_problem(&short)
+        })
     }
 
     async fn held(
@@ -645,14 +672,7 @@ impl AppState {
                 }
                 let view = ReservationView {
                     summary: reservation,
-                    lines: lines
-                        .iter()
-                        .map(|line| engine::outcome::LineView {
-                            sku: line.sku.as_str().to_owned(),
-                            warehouse: line.warehouse.as_str().to_owned(),
-                            quantity: line.quantity,
-                        })
-                        .collect(),
+                    lines: lines.iter().map(Line::view).collect(),
                     idempotency_key: None,
                 };
                 debug_assert_eq!(reservation.id, id);
@@ -680,10 +700,17 @@ impl AppState {
     /// Confirms, releases or extends the parts of a reservation on `shards`.
     async fn end_on(&self, id: ReservationId, shards: &[u32], make: impl Fn() -> Command) -> ApiResult<ReservationOut> {
         let submits = shards.iter().map(|&shard| self.node.submit_to(shard, make()));
+        let written = self.ended(futures_util::future::join_all(submits).await)?;
+        Ok(self.written_body(id, &written).await)
+    }
+
+    /// What confirming, releasing or extending the parts of a reservation
+    /// answered: the parts' summaries, or the first refusal.
+    fn ended(&self, answers: Vec<Result<Outcome, cluster::SubmitError>>) -> ApiResult<Vec<ReservationSummary>> {
         let mut found = false;
         let mut refusal: Option<Refusal> = None;
         let mut written = Vec::new();
-        for answer in futures_util::future::join_all(submits).await {
+        for answer in answers {
             match answer? {
                 Outcome::Confirmed { reservation, .. }
                 | Outcome::Released { reservation, .. }
@@ -705,7 +732,7 @@ impl AppState {
         if !found {
             return Err(Problem::not_found("reservation_not_found", "no such reservation"));
         }
-        Ok(self.written_body(id, &written).await)
+        Ok(written)
     }
 
     /// Moves every part's deadline to now + `ttl_seconds`.
