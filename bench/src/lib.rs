@@ -1,8 +1,10 @@
 //! `tally-bench`: holds per second and latency of Tally side by side with
 //! Redis and PostgreSQL on one machine in one run, with oversell and
-//! lost-write checks after every workload. See `bench/README.md`.
+//! lost-write checks after every workload, and against the machine's HTTP
+//! limit (`http-floor`). See `bench/README.md`.
 
 pub mod expiry;
+pub mod floor;
 pub mod load;
 pub mod peers;
 pub mod plot;

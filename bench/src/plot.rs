@@ -7,6 +7,12 @@
 //! data is skipped, and non-finite or non-positive values that a scale cannot
 //! show are dropped or floored rather than turned into a panic. Only closed-loop
 //! runs are plotted; open-loop runs are in the markdown table.
+//!
+//! `http-floor` (`GET /healthz`) is drawn on the latency CDFs, where its
+//! requests' latency is the floor under every target's. It is left off the
+//! two holds/s plots: it holds nothing, so it would be a line at zero that
+//! reads as a target that failed, and its requests/s on a holds/s axis would
+//! compare unlike units (a `batch-256` request is 256 holds).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,7 +23,7 @@ use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::results::{Report, RunResult};
+use crate::results::{HTTP_FLOOR, Report, RunResult};
 
 /// Width and height of every plot, pixels.
 const CHART_SIZE_PX: (u32, u32) = (1024, 640);
@@ -54,21 +60,19 @@ const CDF_TICKS: [(f64, &str); 7] = [
 
 /// Known targets in legend order, each with a colour of its own (Tableau 10)
 /// so a target looks the same in every plot and every run.
-const TARGET_COLOURS: [(&str, RGBColor); 5] = [
+const TARGET_COLOURS: [(&str, RGBColor); 6] = [
     ("tally", RGBColor(0x1f, 0x77, 0xb4)),
     ("tally-3", RGBColor(0x2c, 0xa0, 0x2c)),
+    // Grey: a reference line, not a competitor.
+    (HTTP_FLOOR, RGBColor(0x7f, 0x7f, 0x7f)),
     ("redis-always", RGBColor(0xd6, 0x27, 0x28)),
     ("redis-everysec", RGBColor(0xff, 0x7f, 0x0e)),
     ("postgres", RGBColor(0x94, 0x67, 0xbd)),
 ];
-/// Colours for targets not in [`TARGET_COLOURS`], picked by a hash of the name.
-const OTHER_COLOURS: [RGBColor; 5] = [
-    RGBColor(0x8c, 0x56, 0x4b),
-    RGBColor(0xe3, 0x77, 0xc2),
-    RGBColor(0x7f, 0x7f, 0x7f),
-    RGBColor(0xbc, 0xbd, 0x22),
-    RGBColor(0x17, 0xbe, 0xcf),
-];
+/// Colours for targets not in [`TARGET_COLOURS`], picked by a hash of the name;
+/// none of them is a known target's.
+const OTHER_COLOURS: [RGBColor; 4] =
+    [RGBColor(0x8c, 0x56, 0x4b), RGBColor(0xe3, 0x77, 0xc2), RGBColor(0xbc, 0xbd, 0x22), RGBColor(0x17, 0xbe, 0xcf)];
 
 type DrawResult = Result<(), DrawingAreaErrorKind<io::Error>>;
 
@@ -96,8 +100,12 @@ pub fn write_plots(report: &Report, dir: &Path) -> io::Result<Vec<PathBuf>> {
             written.push(path);
         }
 
-        let per_second: Vec<SecondsSeries<'_>> =
-            runs.iter().filter_map(|(target, run)| seconds_series(target, run)).collect();
+        // Not the floor: it holds nothing (see the module docs).
+        let per_second: Vec<SecondsSeries<'_>> = runs
+            .iter()
+            .filter(|(_, run)| run.holds_stock())
+            .filter_map(|(target, run)| seconds_series(target, run))
+            .collect();
         if !per_second.is_empty() {
             let path = unique_path(dir, &format!("holds-per-second-{name}"), &written);
             write_svg(&path, |root| draw_holds_per_second(root, workload, &per_second))?;
@@ -284,7 +292,8 @@ struct ThroughputSeries<'a> {
 fn throughput_series(report: &Report) -> Option<Vec<ThroughputSeries<'_>>> {
     let mut sums: BTreeMap<TargetKey<'_>, BTreeMap<u32, (f64, u32)>> = BTreeMap::new();
     for run in &report.runs {
-        if !is_closed(run) || run.workload != WORKLOAD_SWEEP {
+        // Not the floor: it holds nothing (see the module docs).
+        if !is_closed(run) || run.workload != WORKLOAD_SWEEP || !run.holds_stock() {
             continue;
         }
         if run.clients == 0 || !run.holds_per_s.is_finite() || run.holds_per_s < 0.0 {
@@ -682,6 +691,25 @@ mod tests {
             }
         }
         assert_eq!(TargetKey::new("mystery").colour(), TargetKey::new("mystery").colour());
+        assert!(OTHER_COLOURS.iter().all(|other| !known.contains(other)), "an unknown target would look known");
+    }
+
+    #[test]
+    fn the_floor_is_on_latency_plots_only() {
+        let mut report = sweep_report();
+        for clients in [1, 10, 50] {
+            let mut floor = run(HTTP_FLOOR, "flash-sale", clients, 0.0);
+            floor.requests_per_s = f64::from(clients) * 1000.0;
+            floor.batch = 0;
+            report.runs.push(floor);
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        write_plots(&report, dir.path()).unwrap_or_else(|e| panic!("write_plots: {e}"));
+        assert!(read(&dir.path().join("latency-cdf-flash-sale.svg")).contains("http-floor (50 clients)"));
+        for holds in ["throughput-vs-clients.svg", "holds-per-second-flash-sale.svg"] {
+            let svg = read(&dir.path().join(holds));
+            assert!(svg.contains("tally") && !svg.contains(HTTP_FLOOR), "{holds} shows the floor");
+        }
     }
 
     #[test]

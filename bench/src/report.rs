@@ -1,9 +1,16 @@
-//! The run's markdown table, its goals as measured ratios, and the machine
-//! it ran on.
+//! The run's markdown table, its goals as measured ratios, Tally's
+//! throughput as a share of the HTTP floor, and the machine it ran on.
 
 use std::fmt::Write as _;
 
-use crate::results::{Goal, Report, RunResult};
+use crate::results::{FloorShare, Goal, HTTP_FLOOR, Report, RunResult};
+
+/// The targets whose throughput is given as a share of `http-floor`'s.
+const FLOOR_COMPARED: [&str; 2] = ["tally", "tally-3"];
+/// The workload whose requests are not all holds (reads, holds, confirms,
+/// releases, adjustments): its share of the floor counts every request.
+const WORKLOAD_MIXED: &str = "mixed";
+const MODE_CLOSED: &str = "closed";
 
 /// The issue's goals, from this run's results. A goal whose sides did not
 /// both run is listed with `met: None`.
@@ -68,6 +75,63 @@ pub fn goals(report: &Report, clients: u32) -> Vec<Goal> {
     goals
 }
 
+/// `tally`'s and `tally-3`'s throughput as a percentage of `http-floor`'s,
+/// for each workload and client count where both ran closed loop in this
+/// run. Both sides count requests, since the floor's are `GET /healthz`:
+/// Tally's that did the workload's work are its acknowledged holds ÷ holds
+/// per request (a `batch-256` request is one request), or for `mixed` every
+/// request answered. Open-loop runs are left out: their rate is the one
+/// offered, not a capacity.
+pub fn floor_shares(report: &Report) -> Vec<FloorShare> {
+    let floor_of = |workload: &str, clients: u32| {
+        report
+            .runs
+            .iter()
+            .find(|r| r.target == HTTP_FLOOR && r.workload == workload && r.clients == clients && r.mode == MODE_CLOSED)
+    };
+    report
+        .runs
+        .iter()
+        .filter(|r| FLOOR_COMPARED.contains(&r.target.as_str()) && r.mode == MODE_CLOSED)
+        .filter_map(|run| {
+            let floor = floor_of(&run.workload, run.clients)?;
+            let requests_per_s = if run.workload == WORKLOAD_MIXED {
+                run.requests_per_s
+            } else {
+                run.holds_per_s / f64::from(run.batch.max(1))
+            };
+            Some(FloorShare {
+                target: run.target.clone(),
+                workload: run.workload.clone(),
+                clients: run.clients,
+                holds_per_s: run.holds_per_s,
+                batch: run.batch.max(1),
+                requests_per_s,
+                floor_requests_per_s: floor.requests_per_s,
+                percent: (floor.requests_per_s > 0.0).then(|| 100.0 * requests_per_s / floor.requests_per_s),
+            })
+        })
+        .collect()
+}
+
+/// One line of the floor section: `flash-sale, 50 clients: tally = 37.2% of
+/// http-floor (…)`, with the figures it was computed from.
+fn floor_line(share: &FloorShare) -> String {
+    let percent = share.percent.map_or("n/a".to_owned(), |p| format!("{p:.1}%"));
+    let ours = if share.workload == WORKLOAD_MIXED {
+        format!("{:.0} req/s", share.requests_per_s)
+    } else if share.batch > 1 {
+        format!("{:.0} holds/s ÷ {} = {:.0} req/s", share.holds_per_s, share.batch, share.requests_per_s)
+    } else {
+        format!("{:.0} holds/s", share.holds_per_s)
+    };
+    let clients = if share.clients == 1 { "1 client".to_owned() } else { format!("{} clients", share.clients) };
+    format!(
+        "{}, {clients}: {} = {percent} of {HTTP_FLOOR} ({ours}; {HTTP_FLOOR} {:.0} req/s)",
+        share.workload, share.target, share.floor_requests_per_s
+    )
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
@@ -86,6 +150,19 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in &report.runs {
         let _ = writeln!(out, "{}", row(run));
+    }
+    if !report.floor_shares.is_empty() {
+        let _ = writeln!(out, "\n## Against the HTTP floor\n");
+        let _ = writeln!(
+            out,
+            "`{HTTP_FLOOR}` is `GET /healthz` on one `tally` node, started as for `tally`, with the same \
+             clients and timing: the most requests per second this machine's HTTP path gives. It holds \
+             nothing, so its holds/s, oversell and lost are n/a. Tally's side counts the requests that did \
+             the workload's work: acknowledged holds ÷ holds per request, or every request for `mixed`.\n"
+        );
+        for share in &report.floor_shares {
+            let _ = writeln!(out, "- {}", floor_line(share));
+        }
     }
     let lags: Vec<&RunResult> = report.runs.iter().filter(|r| r.expiry_lag.is_some()).collect();
     if !lags.is_empty() {
@@ -145,7 +222,7 @@ pub fn markdown(report: &Report) -> String {
             }
         }
     }
-    let problems: Vec<&RunResult> = report.runs.iter().filter(|r| !r.check.passed()).collect();
+    let problems: Vec<&RunResult> = report.runs.iter().filter(|r| r.check.failed()).collect();
     if !problems.is_empty() {
         let _ = writeln!(out, "\n## Correctness problems\n");
         for run in problems {
@@ -173,20 +250,23 @@ fn row(run: &RunResult) -> String {
         Some(rate) => format!("open {rate:.0}/s"),
         None => run.mode.clone(),
     };
+    // The floor holds nothing: its holds/s and checks are not applicable.
+    let (holds_per_s, oversell, lost) = if run.holds_stock() {
+        (format!("{:.0}", run.holds_per_s), run.check.oversell.to_string(), run.check.lost.to_string())
+    } else {
+        ("n/a".to_owned(), "n/a".to_owned(), "n/a".to_owned())
+    };
     format!(
-        "| {} | {} | {mode} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {mode} | {} | {holds_per_s} | {:.0} | {} | {} | {} | {} | {} | {oversell} | {lost} |",
         run.target,
         run.workload,
         run.clients,
-        run.holds_per_s,
         run.requests_per_s,
         ms(run.latency.p50),
         ms(run.latency.p99),
         ms(run.latency.p999),
         ms(run.latency.max),
         run.errors,
-        run.check.oversell,
-        run.check.lost
     )
 }
 
@@ -257,6 +337,80 @@ mod tests {
         assert_eq!(goals[2].met, None, "tally-3 did not run");
         let text = markdown(&Report { goals, ..report });
         assert!(text.contains("| tally | flash-sale | closed | 50 | 100 |"), "{text}");
+    }
+
+    fn floor(workload: &str, requests: f64) -> RunResult {
+        RunResult {
+            requests_per_s: requests,
+            check: crate::results::Check::not_applicable(crate::floor::NOT_CHECKED),
+            ..run(HTTP_FLOOR, workload, 0.0)
+        }
+    }
+
+    #[test]
+    fn floor_share_compares_requests_of_the_same_workload_and_clients() {
+        let mut batch = run("tally", "batch-256", 25_600.0);
+        batch.batch = 256;
+        let mut mixed = run("tally", "mixed", 100.0);
+        mixed.requests_per_s = 400.0;
+        let mut half_load = run("tally", "flash-sale", 150.0);
+        half_load.mode = "open".into();
+        let mut other_clients = run("tally-3", "flash-sale", 80.0);
+        other_clients.clients = 10;
+        let mut one = run("tally", "flash-sale", 90.0);
+        one.clients = 1;
+        let mut floor_one = floor("flash-sale", 600.0);
+        floor_one.clients = 1;
+        let report = Report {
+            runs: vec![
+                run("tally", "flash-sale", 300.0),
+                half_load,
+                batch,
+                mixed,
+                run("tally-3", "flash-sale", 200.0),
+                other_clients,
+                one,
+                run("tally", "uniform", 50.0),
+                floor("flash-sale", 1000.0),
+                floor_one,
+                floor("batch-256", 800.0),
+                floor("mixed", 1000.0),
+                floor("uniform", 0.0),
+            ],
+            ..Report::default()
+        };
+        let shares = floor_shares(&report);
+        let percent = |target: &str, workload: &str| {
+            shares.iter().find(|s| s.target == target && s.workload == workload).and_then(|s| s.percent)
+        };
+        assert_eq!(shares.len(), 6, "the open-loop run and tally-3 at 10 clients have no floor: {shares:?}");
+        assert_eq!(percent("tally", "flash-sale"), Some(30.0));
+        assert_eq!(percent("tally", "batch-256"), Some(12.5), "25600 holds/s ÷ 256 = 100 req/s of 800");
+        assert_eq!(percent("tally", "mixed"), Some(40.0), "mixed counts every request");
+        assert_eq!(percent("tally-3", "flash-sale"), Some(20.0));
+        assert_eq!(percent("tally", "uniform"), None, "a floor that answered nothing is no base");
+
+        let text = markdown(&Report { floor_shares: shares, ..report });
+        for line in [
+            "- flash-sale, 50 clients: tally = 30.0% of http-floor (300 holds/s; http-floor 1000 req/s)",
+            "- batch-256, 50 clients: tally = 12.5% of http-floor (25600 holds/s ÷ 256 = 100 req/s; http-floor 800 req/s)",
+            "- mixed, 50 clients: tally = 40.0% of http-floor (400 req/s; http-floor 1000 req/s)",
+            "- flash-sale, 50 clients: tally-3 = 20.0% of http-floor (200 holds/s; http-floor 1000 req/s)",
+            "- uniform, 50 clients: tally = n/a of http-floor (50 holds/s; http-floor 0 req/s)",
+            "- flash-sale, 1 client: tally = 15.0% of http-floor (90 holds/s; http-floor 600 req/s)",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn floor_rows_say_holds_and_checks_do_not_apply() {
+        let report = Report { runs: vec![floor("flash-sale", 1000.0)], ..Report::default() };
+        let text = markdown(&report);
+        assert!(text.contains("| http-floor | flash-sale | closed | 50 | n/a | 1000 |"), "{text}");
+        assert!(text.contains("| n/a | n/a |\n"), "oversell and lost are n/a, not 0: {text}");
+        assert!(!text.contains("Correctness problems"), "{text}");
+        assert!(!text.contains("Against the HTTP floor"), "no tally run to compare: {text}");
     }
 
     #[test]

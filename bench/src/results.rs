@@ -3,6 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The `http-floor` target's name: `GET /healthz` on one `tally` node with
+/// the same clients as the other targets (see `floor.rs`). Its requests hold
+/// nothing, so its holds/s and its oversell and lost checks do not apply.
+pub const HTTP_FLOOR: &str = "http-floor";
+
 /// A whole run of `tally-bench`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -18,12 +23,17 @@ pub struct Report {
     pub skipped: Vec<Skipped>,
     /// The goals as ratios measured in this run.
     pub goals: Vec<Goal>,
+    /// Tally's throughput as a share of `http-floor`'s, per workload and
+    /// client count that both ran.
+    #[serde(default)]
+    pub floor_shares: Vec<FloorShare>,
 }
 
 /// One measured run of one workload against one target.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunResult {
-    /// `tally`, `tally-3`, `redis-always`, `redis-everysec`, `postgres`.
+    /// `tally`, `tally-3`, `http-floor`, `redis-always`, `redis-everysec`,
+    /// `postgres`.
     pub target: String,
     /// `flash-sale`, `uniform`, `mixed`, `batch-16`, `batch-256`,
     /// `batch-1024`, `expiry`, `half-load`.
@@ -35,11 +45,13 @@ pub struct RunResult {
     pub clients: u32,
     /// Requests per second offered, in open mode.
     pub rate: Option<f64>,
-    /// Holds per request (1, or the batch size).
+    /// Holds per request (1, or the batch size; 0 for `http-floor`, whose
+    /// requests are `GET /healthz`).
     pub batch: u32,
     /// Seconds measured (after warm-up).
     pub seconds: f64,
-    /// Requests answered (any answer) per second.
+    /// Requests answered (any answer) per second. For `http-floor`, each
+    /// is one `GET /healthz`.
     pub requests_per_s: f64,
     /// Acknowledged holds per second.
     pub holds_per_s: f64,
@@ -62,6 +74,15 @@ pub struct RunResult {
     pub expiry_lag: Option<Latency>,
     /// What reading back the final state found.
     pub check: Check,
+}
+
+impl RunResult {
+    /// Whether the run's requests hold stock: every target's do but
+    /// `http-floor`'s, whose holds/s and checks are then not applicable
+    /// rather than zero or passed.
+    pub fn holds_stock(&self) -> bool {
+        self.target != HTTP_FLOOR
+    }
 }
 
 /// Latency percentiles, microseconds.
@@ -92,12 +113,56 @@ pub struct Check {
     pub sampled: u64,
     /// What was wrong, if anything.
     pub problems: Vec<String>,
+    /// Why no check applies to the run (`http-floor`: its requests change
+    /// no stock), so that it reads as not checked rather than as a pass.
+    /// `None` when the checks ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<String>,
 }
 
 impl Check {
-    pub fn passed(&self) -> bool {
-        self.oversell == 0 && self.lost == 0 && self.problems.is_empty()
+    /// A run with nothing to check, and why.
+    pub fn not_applicable(reason: &str) -> Check {
+        Check { not_applicable: Some(reason.to_owned()), ..Check::default() }
     }
+
+    /// The checks ran and found nothing wrong.
+    pub fn passed(&self) -> bool {
+        self.not_applicable.is_none() && !self.failed()
+    }
+
+    /// Something was found wrong: oversell, a lost write or another
+    /// problem. A check that does not apply has found nothing, so it has
+    /// neither passed nor failed.
+    pub fn failed(&self) -> bool {
+        self.oversell > 0 || self.lost > 0 || !self.problems.is_empty()
+    }
+}
+
+/// A target's throughput as a share of `http-floor`'s at the same workload
+/// and client count, both closed loop, from the same run: how close the
+/// target comes to the most requests per second this machine's HTTP path
+/// gives.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FloorShare {
+    /// `tally` or `tally-3`.
+    pub target: String,
+    pub workload: String,
+    pub clients: u32,
+    /// The target's acknowledged holds per second.
+    pub holds_per_s: f64,
+    /// Holds per request of the target's run (1, or the batch size).
+    pub batch: u32,
+    /// The target's requests per second that did the workload's work:
+    /// acknowledged holds ÷ holds per request, or for `mixed` every request
+    /// answered (its operations are reads, holds, confirms, releases and
+    /// adjustments, each one request).
+    pub requests_per_s: f64,
+    /// `GET /healthz` answered per second by `http-floor`.
+    pub floor_requests_per_s: f64,
+    /// `requests_per_s` as a percentage of `floor_requests_per_s`; `None`
+    /// when the floor answered nothing.
+    pub percent: Option<f64>,
 }
 
 /// A target or workload that was not run.
@@ -123,4 +188,19 @@ pub struct Goal {
     pub measured: String,
     /// `None` when a side of the comparison did not run.
     pub met: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_that_does_not_apply_neither_passes_nor_fails() {
+        let check = Check::not_applicable("nothing held");
+        assert!(!check.passed());
+        assert!(!check.failed());
+        assert!(Check::default().passed());
+        let oversold = Check { oversell: 1, ..Check::default() };
+        assert!(oversold.failed() && !oversold.passed());
+    }
 }

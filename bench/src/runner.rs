@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::expiry::Subscriber;
+use crate::floor::{self, FloorClient};
 use crate::load::{self, Measured, Mode, Timing};
 use crate::peers::postgres::PostgresPeer;
 use crate::peers::redis::{Fsync, RedisPeer};
-use crate::results::{Check, Report, RunResult, Skipped};
+use crate::results::{Check, HTTP_FLOOR, Report, RunResult, Skipped};
 use crate::tally::{Program, TallyTarget, Topology};
 use crate::target::{Conn, HoldState, ItemSpec, StartError};
 use crate::workload::{self, Client, Known, Ledger, Shape, Workload};
@@ -25,15 +26,19 @@ const EXPIRY_GRACE: Duration = Duration::from_secs(10);
 pub enum TargetKind {
     Tally,
     Tally3,
+    /// `GET /healthz` on one `tally` node with the same clients: the HTTP
+    /// limit of the machine (see `floor.rs`).
+    HttpFloor,
     RedisAlways,
     RedisEverysec,
     Postgres,
 }
 
 impl TargetKind {
-    pub const ALL: [TargetKind; 5] = [
+    pub const ALL: [TargetKind; 6] = [
         TargetKind::Tally,
         TargetKind::Tally3,
+        TargetKind::HttpFloor,
         TargetKind::RedisAlways,
         TargetKind::RedisEverysec,
         TargetKind::Postgres,
@@ -43,6 +48,7 @@ impl TargetKind {
         match self {
             TargetKind::Tally => "tally",
             TargetKind::Tally3 => "tally-3",
+            TargetKind::HttpFloor => HTTP_FLOOR,
             TargetKind::RedisAlways => "redis-always",
             TargetKind::RedisEverysec => "redis-everysec",
             TargetKind::Postgres => "postgres",
@@ -121,10 +127,10 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
         report.skipped.push(Skipped { target: target.name().into(), workload, reason, failed });
     };
     let skip_start = |report: &mut Report, error: StartError| skip_start_of(target, report, error);
-    // Peers start once and are wiped before each job; Tally starts afresh
-    // for each job.
+    // Peers start once and are wiped before each job; Tally (and the
+    // floor, which is Tally) starts afresh for each job.
     let mut peer = match target {
-        TargetKind::Tally | TargetKind::Tally3 => None,
+        TargetKind::Tally | TargetKind::Tally3 | TargetKind::HttpFloor => None,
         TargetKind::RedisAlways | TargetKind::RedisEverysec => {
             let fsync = if target == TargetKind::RedisAlways { Fsync::Always } else { Fsync::EverySec };
             match RedisPeer::start(fsync, &dir).await {
@@ -142,7 +148,10 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
     while index < all.len() {
         let job = all[index];
         index += 1;
-        if job.workload == Workload::Expiry && !matches!(target, TargetKind::Tally | TargetKind::Tally3) {
+        // The floor runs expiry's timing (open loop at the expiry rate) with
+        // its own request, as it does every workload's.
+        let runs_expiry = matches!(target, TargetKind::Tally | TargetKind::Tally3 | TargetKind::HttpFloor);
+        if job.workload == Workload::Expiry && !runs_expiry {
             skip(
                 report,
                 Some(job.workload.name()),
@@ -167,6 +176,9 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
                     Ok(()) => measure_peer(plan, job, items, || pg.connect()).await,
                     Err(error) => Err(format!("{}: load: {error}", pg.describe())),
                 }
+            }
+            (None, TargetKind::HttpFloor) => {
+                measure_floor(plan, job, &dir.join(format!("{}-{}-{index}", job.workload.name(), job.clients))).await
             }
             (None, _) => {
                 let topology = if target == TargetKind::Tally { Topology::Single } else { Topology::Cluster3 };
@@ -217,21 +229,25 @@ fn skip_start_of(target: TargetKind, report: &mut Report, error: StartError) {
 
 fn print_run(run: &RunResult) {
     let ms = |us: u64| us as f64 / 1000.0;
+    // The floor holds nothing: its holds/s and checks are not applicable.
+    let (holds_per_s, oversell, lost) = if run.holds_stock() {
+        (format!("{:.0}", run.holds_per_s), run.check.oversell.to_string(), run.check.lost.to_string())
+    } else {
+        ("n/a".to_owned(), "n/a".to_owned(), "n/a".to_owned())
+    };
     println!(
-        "{:<15} {:<12} {:<6} {:>4} clients  {:>10.0} holds/s  {:>10.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  \
-         p99.9 {:>7.2} ms  errors {}  oversell {}  lost {}{}",
+        "{:<15} {:<12} {:<6} {:>4} clients  {:>10} holds/s  {:>10.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  \
+         p99.9 {:>7.2} ms  errors {}  oversell {oversell}  lost {lost}{}",
         run.target,
         run.workload,
         run.mode,
         run.clients,
-        run.holds_per_s,
+        holds_per_s,
         run.requests_per_s,
         ms(run.latency.p50),
         ms(run.latency.p99),
         ms(run.latency.p999),
         run.errors,
-        run.check.oversell,
-        run.check.lost,
         match run.start_lag {
             Some(lag) => format!("  start lag p99 {:.2} ms", ms(lag.p99)),
             None => String::new(),
@@ -284,6 +300,29 @@ async fn measure_tally(plan: &Plan, job: Job, topology: Topology, dir: &Path) ->
     result
 }
 
+/// `http-floor`: a node started as for `tally`, the job's clients and
+/// timing, every request `GET /healthz`. No items are created: no request
+/// reads them, and creating `--skus` of them would only lengthen the run.
+async fn measure_floor(plan: &Plan, job: Job, dir: &Path) -> Result<RunResult, String> {
+    let tally = TallyTarget::start(&plan.program, Topology::Single, dir).await.map_err(|e| e.to_string())?;
+    let clients: Vec<FloorClient> = (0..job.clients as usize).map(|i| FloorClient::new(tally.address(i))).collect();
+    let mut measured = Measured::new(seconds_measured(plan));
+    for (part, _) in load::run_clients(clients, job.mode, plan.timing).await {
+        measured.merge(&part);
+    }
+    tally.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+    let mut run = result_of(plan, job, &measured);
+    run.batch = 0;
+    run.check = Check::not_applicable(floor::NOT_CHECKED);
+    Ok(run)
+}
+
+/// Whole seconds of the measured window, for holds in each second.
+fn seconds_measured(plan: &Plan) -> usize {
+    usize::try_from(plan.timing.measure.as_secs().max(1)).unwrap_or(1)
+}
+
 /// Runs one job on ready connections and checks the final state; returns
 /// the result and the clients' ledgers.
 async fn measure<C: Conn>(
@@ -298,8 +337,7 @@ async fn measure<C: Conn>(
         .enumerate()
         .map(|(index, conn)| Client::new(conn, job.workload, Arc::clone(&items), &plan.shape, index))
         .collect();
-    let seconds = usize::try_from(plan.timing.measure.as_secs().max(1)).unwrap_or(1);
-    let mut measured = Measured::new(seconds);
+    let mut measured = Measured::new(seconds_measured(plan));
     let mut finished = Vec::with_capacity(clients.len());
     for (part, client) in load::run_clients(clients, job.mode, plan.timing).await {
         measured.merge(&part);

@@ -1,7 +1,8 @@
 //! The bench's smoke run, so it never rots: every target and workload for
 //! about a second each, against real processes, with the correctness checks
-//! that every run makes (oversell, lost acknowledged holds). Figures from a
-//! debug build on a shared machine mean nothing and are not asserted.
+//! that every run makes (oversell, lost acknowledged holds), and Tally's
+//! share of the `http-floor` target. Figures from a debug build on a shared
+//! machine mean nothing and are not asserted.
 //!
 //! Redis and PostgreSQL are optional on a developer's machine (the run
 //! skips them with a message naming `scripts/install-peers.sh`); CI
@@ -59,6 +60,30 @@ fn smoke_run_measures_every_target_and_checks_it() {
         let half = report.runs.iter().find(|r| r.target == *target && r.workload == "flash-sale" && r.mode == "open");
         assert!(half.is_some_and(|r| r.rate.is_some()), "{target}: no half-load run");
     }
+    // The floor runs every workload with its own request, checks nothing
+    // (and says so), and each tally run has its share of it.
+    for workload in ["flash-sale", "uniform", "mixed", "batch-16", "batch-256", "batch-1024", "expiry"] {
+        let floor = report
+            .runs
+            .iter()
+            .find(|r| r.target == "http-floor" && r.workload == workload)
+            .unwrap_or_else(|| panic!("no http-floor {workload} run:\n{stdout}"));
+        assert!(floor.requests_per_s > 0.0 && floor.latency.count > 0, "http-floor {workload}: {floor:?}");
+        assert_eq!(floor.errors, 0, "http-floor {workload}: GET /healthz failed");
+        assert!(floor.check.not_applicable.is_some() && !floor.check.failed(), "{:?}", floor.check);
+    }
+    for target in &targets[..2] {
+        for workload in ["flash-sale", "uniform", "mixed", "batch-16", "batch-256", "batch-1024"] {
+            let share = report
+                .floor_shares
+                .iter()
+                .find(|s| s.target == *target && s.workload == workload)
+                .unwrap_or_else(|| panic!("no {target} {workload} share of the floor: {:?}", report.floor_shares));
+            assert!(share.percent.is_some_and(|p| p > 0.0), "{share:?}");
+        }
+    }
+    assert!(markdown.contains(" clients: tally = ") && markdown.contains("% of http-floor ("), "{markdown}");
+
     let expiry = report.runs.iter().find(|r| r.target == "tally" && r.workload == "expiry");
     let lag = expiry.and_then(|r| r.expiry_lag).unwrap_or_else(|| panic!("no expiry lag measured"));
     assert!(lag.count > 0, "no expiry observed: {expiry:?}");
