@@ -290,10 +290,11 @@ struct BatchAnswer {
     results: Vec<BatchResult>,
 }
 
+/// A result of `?view=compact`: the id when held, else the problem's code.
 #[derive(Deserialize)]
 struct BatchResult {
     status: u16,
-    reservation: Option<Reservation>,
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -354,13 +355,13 @@ impl Conn for TallyConn {
         }
         body.push_str("]}");
         let unknown = |why: String| vec![HoldResult::Unknown(why); holds.len()];
-        match self.http.request(Method::POST, "/v1/reservations/batch", Some(Bytes::from(body))).await {
+        match self.http.request(Method::POST, "/v1/reservations/batch?view=compact", Some(Bytes::from(body))).await {
             Ok((StatusCode::OK, body)) => match serde_json::from_slice::<BatchAnswer>(&body) {
                 Ok(answer) if answer.results.len() == holds.len() => answer
                     .results
                     .into_iter()
-                    .map(|result| match (result.status, result.reservation) {
-                        (201, Some(reservation)) => HoldResult::Held(reservation.id),
+                    .map(|result| match (result.status, result.id) {
+                        (201, Some(id)) => HoldResult::Held(id),
                         (409, _) => HoldResult::Refused,
                         (status, _) => HoldResult::Unknown(format!("status {status}")),
                     })
