@@ -28,7 +28,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use engine::cmd::{Confirm, Deadline, Extend, Hold, HoldLine, Release};
+use engine::cmd::{Allocation, Confirm, Deadline, Extend, Hold, HoldLine, Release};
 use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 use engine::outcome::{ReservationSummary, ReservationView, ShortLine};
 use engine::reservation::ReservationState;
@@ -424,7 +424,7 @@ impl AppState {
                     .map(|line| {
                         Ok(HoldLine {
                             sku: line.sku.clone(),
-                            warehouse: line.warehouse.clone(),
+                            warehouse: Some(line.warehouse.clone()),
                             quantity: Quantity::new(line.quantity)?,
                         })
                     })
@@ -432,6 +432,7 @@ impl AppState {
                 deadline,
                 idempotency_key: key.cloned(),
                 confirm,
+                allocation: Allocation::MostAvailable,
             }))
         };
         if !spans {
@@ -458,7 +459,7 @@ impl AppState {
         let mut replayed = true;
         for (shard, answer) in answers {
             match answer {
-                Ok(Outcome::Held { replayed: again, reservation }) => {
+                Ok(Outcome::Held { replayed: again, reservation, .. }) => {
                     held_shards.push(shard);
                     written.push(reservation);
                     replayed &= again;
@@ -520,7 +521,7 @@ impl AppState {
         id: ReservationId,
     ) -> ApiResult<Created> {
         match outcome {
-            Outcome::Held { reservation, replayed } | Outcome::Confirmed { reservation, replayed } => {
+            Outcome::Held { reservation, replayed, .. } | Outcome::Confirmed { reservation, replayed, .. } => {
                 if replayed {
                     // Answer with the reservation as stored (it may name other lines).
                     let body = self.written_body(reservation.id, std::slice::from_ref(&reservation)).await;
@@ -570,7 +571,7 @@ impl AppState {
             match answer? {
                 Outcome::Confirmed { reservation, .. }
                 | Outcome::Released { reservation, .. }
-                | Outcome::Extended { reservation } => {
+                | Outcome::Extended { reservation, .. } => {
                     found = true;
                     written.push(reservation);
                 }
