@@ -36,12 +36,15 @@
 //!    those of the allocation the server used to make by reading first).
 //! 5. The refusal lists every short request line, by line index ascending.
 //!
-//! This is the read-then-hold allocation the server made before, with the
-//! same result whenever that one was granted: ordering by availability
-//! *before* the hold is what makes it so. It differs only where the old one
-//! refused for nothing, because it could not see the fixed lines of the same
-//! hold when it chose (a fixed line and an allocated line competing for one
-//! item were summed by the engine only after the choice).
+//! This is the read-then-hold allocation the server made before: whenever
+//! that one was granted (and nothing moved between its read and its hold),
+//! this one holds the same units in the same warehouses; ordering by
+//! availability *before* the hold is what makes it so. It differs only in
+//! holds the old one refused: it grants those it refused for nothing,
+//! because it could not see the fixed lines of the same hold when it chose
+//! (a fixed line and an allocated line competing for one item were summed
+//! only after the choice), and its refusal lists fixed and allocated short
+//! lines together.
 //!
 //! The reservation stores its lines summed per item, in order of first
 //! mention when the request is read in order, an allocated line mentioning
