@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::{ClusterConfig, Member, Node};
-use engine::cmd::{AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
+use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
 use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
 use engine::{Outcome, shard_of};
 use hdrhistogram::Histogram;
@@ -67,12 +67,13 @@ fn hold_command(n: u64, sequence: u64) -> Command {
         id: ReservationId::from_parts(home, unique),
         lines: vec![HoldLine {
             sku: Sku::new(name).unwrap_or_else(|e| panic!("{e}")),
-            warehouse: Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}")),
+            warehouse: Some(Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}"))),
             quantity: Quantity::new(1).unwrap_or_else(|e| panic!("{e}")),
         }],
         deadline: Deadline::AfterMs(3_600_000),
         idempotency_key: None,
         confirm: false,
+        allocation: Allocation::MostAvailable,
     })
 }
 

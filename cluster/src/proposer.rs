@@ -430,7 +430,7 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use engine::cmd::{AttrUpdate, Deadline, Expect, Hold, HoldLine, UpsertItem};
+    use engine::cmd::{Allocation, AttrUpdate, Deadline, Expect, Hold, HoldLine, UpsertItem};
     use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
     use engine::shard_of;
     use tokio::net::TcpListener;
@@ -469,12 +469,13 @@ mod tests {
             id: ReservationId::from_parts(home, unique),
             lines: vec![HoldLine {
                 sku: sku(sku_text),
-                warehouse: wh("w1"),
+                warehouse: Some(wh("w1")),
                 quantity: Quantity::new(1).unwrap_or_else(|e| panic!("quantity: {e}")),
             }],
             deadline: Deadline::AfterMs(ttl_ms),
             idempotency_key: None,
             confirm: false,
+            allocation: Allocation::MostAvailable,
         })
     }
 

@@ -79,8 +79,10 @@ pub const FRAME_KIND_ANSWER_TOO_LARGE: u8 = 4;
 pub const FRAME_KIND_ANSWER_FAILED: u8 = 5;
 /// First bytes of a hello payload.
 pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";
-/// Bumped on any change to the frame layout or to the `wire` types.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any change to the frame layout or to the `wire` types (2: the
+/// engine's `Hold` allocates lines without a warehouse, and write outcomes
+/// carry the reservation's lines).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Magic, version, 4 reserved bytes, node id.
 const HELLO_LEN: u32 = 24;
 /// Payload of an answer-too-large frame: the answer's length and the limit.

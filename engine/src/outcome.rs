@@ -28,8 +28,8 @@ pub struct ItemView {
     pub unit_price_minor: Option<u64>,
 }
 
-/// A reservation without its lines: what write outcomes return, so the hot
-/// path allocates nothing. Reads return the lines too (`ReservationView`).
+/// A reservation without its lines. Write outcomes carry the lines beside
+/// it (`Vec<LineView>`), reads inside `ReservationView`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct ReservationSummary {
@@ -41,6 +41,9 @@ pub struct ReservationSummary {
     pub ended_at_ms: Option<u64>,
 }
 
+/// One line of a reservation as stored: units held of one item. A
+/// reservation has one per item, summed, with allocated lines already
+/// resolved to their warehouses.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct LineView {
     pub sku: String,
@@ -69,6 +72,8 @@ pub struct MovementView {
 
 /// A line a hold could not take: the request's line (the first, when the
 /// same item appeared twice and was summed), what it asked, what there was.
+/// For a line without a warehouse: its own quantity, what allocation found
+/// for it, and whether the SKU has any item on the shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct ShortLine {
@@ -186,22 +191,30 @@ pub enum Outcome {
         from: Box<ItemView>,
         to: Box<ItemView>,
     },
-    /// `replayed`: the hold was already there (same id and lines, or the same
-    /// idempotency key) and this is its current state; nothing was held twice.
+    /// `replayed`: the hold was already there (same id and request, or the
+    /// same idempotency key) and this is its current state; nothing was held
+    /// twice. `lines` in this and the next three: the reservation's lines as
+    /// stored (summed per item, allocated lines resolved to warehouses), for
+    /// a fresh write and a replay alike, so a caller can answer from the
+    /// outcome without reading after the write.
     Held {
         reservation: ReservationSummary,
         replayed: bool,
+        lines: Vec<LineView>,
     },
     Confirmed {
         reservation: ReservationSummary,
         replayed: bool,
+        lines: Vec<LineView>,
     },
     Released {
         reservation: ReservationSummary,
         replayed: bool,
+        lines: Vec<LineView>,
     },
     Extended {
         reservation: ReservationSummary,
+        lines: Vec<LineView>,
     },
     LimitsSet,
     Ticked,

@@ -11,6 +11,7 @@ use crate::event::{Event, EventKind, EventRecord};
 use crate::ids::{IdempotencyKey, ReservationId};
 use crate::item::{ItemId, Status, Who};
 use crate::outcome::{ItemView, LineView, MovementView, ReservationView};
+use crate::reservation::HeldLine;
 use crate::state::ShardState;
 
 /// Which items a listing wants, and where to resume.
@@ -90,13 +91,7 @@ impl ShardState {
 
     /// All warehouses of a SKU. Empty if the SKU is unknown.
     pub fn sku_items(&self, sku: &str) -> SkuView {
-        let mut items: Vec<ItemView> = self
-            .p
-            .warehouses
-            .iter()
-            .filter_map(|warehouse| self.find_item(sku, warehouse))
-            .map(|id| self.item_view(id))
-            .collect();
+        let mut items: Vec<ItemView> = self.items_of_sku(sku).map(|id| self.item_view(id)).collect();
         items.sort_by(|a, b| a.warehouse.cmp(&b.warehouse));
         SkuView {
             on_hand: items.iter().map(|i| i.on_hand).sum(),
@@ -171,18 +166,26 @@ impl ShardState {
         let reservation = self.reservation_at(slot)?;
         Some(ReservationView {
             summary: self.summary(slot)?,
-            lines: reservation
-                .lines
-                .as_slice()
-                .iter()
-                .map(|line| LineView {
-                    sku: self.item_sku(line.item).to_owned(),
-                    warehouse: self.item_warehouse(line.item).to_owned(),
-                    quantity: line.quantity,
-                })
-                .collect(),
+            lines: self.line_views(reservation.lines.as_slice()),
             idempotency_key: reservation.idempotency_key.as_ref().map(|key| key.as_str().to_owned()),
         })
+    }
+
+    /// The lines of the reservation in `slot`, as stored.
+    pub(crate) fn reservation_lines(&self, slot: u32) -> Option<Vec<LineView>> {
+        self.reservation_at(slot).map(|reservation| self.line_views(reservation.lines.as_slice()))
+    }
+
+    /// Held lines as callers see them, in the order given.
+    pub(crate) fn line_views(&self, lines: &[HeldLine]) -> Vec<LineView> {
+        lines
+            .iter()
+            .map(|line| LineView {
+                sku: self.item_sku(line.item).to_owned(),
+                warehouse: self.item_warehouse(line.item).to_owned(),
+                quantity: line.quantity,
+            })
+            .collect()
     }
 
     /// Whether each line could be held now, summing lines that name the same

@@ -32,8 +32,9 @@ use crate::reservation::{Reservation, ReservationState};
 use crate::wheel::TimerWheel;
 
 /// Bumped when `Persisted` changes shape; a snapshot of another format is
-/// refused rather than misread. 2: the dedup window.
-pub(crate) const STATE_FORMAT: u32 = 2;
+/// refused rather than misread. 2: the dedup window. 3: write outcomes (in
+/// the dedup window) carry the reservation's lines.
+pub(crate) const STATE_FORMAT: u32 = 3;
 
 /// Principal id recorded once the principal table is full.
 pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;
@@ -149,8 +150,8 @@ pub struct ShardState {
     expired_scratch: Vec<u32>,
     /// Expired holds as (deadline, creation, slot), reused.
     expiry_order_scratch: Vec<(u64, u64, u32)>,
-    /// Reused by holds to sum their lines.
-    pub(crate) summed_scratch: Vec<crate::cmd::Summed>,
+    /// Reused by holds to sum and allocate their lines.
+    pub(crate) hold_scratch: crate::cmd::HoldScratch,
 }
 
 impl ShardState {
@@ -221,7 +222,13 @@ impl ShardState {
                 ix.live_holds += 1;
             }
         }
-        Self { p, ix, expired_scratch: Vec::new(), expiry_order_scratch: Vec::new(), summed_scratch: Vec::new() }
+        Self {
+            p,
+            ix,
+            expired_scratch: Vec::new(),
+            expiry_order_scratch: Vec::new(),
+            hold_scratch: crate::cmd::HoldScratch::default(),
+        }
     }
 
     pub fn shard(&self) -> u32 {
@@ -396,7 +403,10 @@ impl ShardState {
     // ----- items -----
 
     pub(crate) fn find_item(&self, sku: &str, warehouse: &str) -> Option<ItemId> {
-        let warehouse = *self.ix.warehouses.get(warehouse)?;
+        self.find_item_in(sku, *self.ix.warehouses.get(warehouse)?)
+    }
+
+    fn find_item_in(&self, sku: &str, warehouse: u16) -> Option<ItemId> {
         let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse);
         self.ix
             .items
@@ -405,6 +415,15 @@ impl ShardState {
                 item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == sku.as_bytes()
             })
             .map(|&id| ItemId(id))
+    }
+
+    /// Every item of a SKU on this shard, in the order its warehouses were
+    /// first seen: the order of a vector, so the same on every replica. One
+    /// probe per warehouse the shard knows (at most
+    /// `warehouses_per_shard_max`).
+    pub(crate) fn items_of_sku<'a>(&'a self, sku: &'a str) -> impl Iterator<Item = ItemId> + 'a {
+        (0..self.p.warehouses.len())
+            .filter_map(move |warehouse| self.find_item_in(sku, u16::try_from(warehouse).unwrap_or(u16::MAX)))
     }
 
     /// Creates an empty item (version 0 until its first change is finished).
@@ -881,7 +900,7 @@ pub(crate) mod tests_support {
     //! Small builders shared by the command tests.
 
     use super::*;
-    use crate::cmd::{AttrUpdate, Deadline, Expect, Hold, HoldLine, UpsertItem};
+    use crate::cmd::{Allocation, AttrUpdate, Deadline, Expect, Hold, HoldLine, UpsertItem};
     use crate::ids::{Quantity, Sku, Warehouse};
 
     pub struct Fixture {
@@ -949,6 +968,12 @@ pub(crate) mod tests_support {
         pub fn hold(&mut self, n: u8, lines: &[(&str, &str, u64)]) -> Outcome {
             self.one(hold_command(n, lines, None))
         }
+
+        /// Holds `lines` under reservation id `n` for 60 s; a line without a
+        /// warehouse is allocated.
+        pub fn hold_any(&mut self, n: u8, lines: &[(&str, Option<&str>, u64)]) -> Outcome {
+            self.one(hold_any_command(n, lines, None))
+        }
     }
 
     /// Reservation id number `n`.
@@ -957,19 +982,27 @@ pub(crate) mod tests_support {
     }
 
     pub fn hold_command(n: u8, lines: &[(&str, &str, u64)], key: Option<IdempotencyKey>) -> Command {
+        let lines: Vec<_> = lines.iter().map(|&(sku, warehouse, quantity)| (sku, Some(warehouse), quantity)).collect();
+        hold_any_command(n, &lines, key)
+    }
+
+    /// A 60 s hold whose lines without a warehouse are allocated, most
+    /// available first.
+    pub fn hold_any_command(n: u8, lines: &[(&str, Option<&str>, u64)], key: Option<IdempotencyKey>) -> Command {
         Command::Hold(Hold {
             id: rid(n),
             lines: lines
                 .iter()
                 .map(|&(sku, warehouse, quantity)| HoldLine {
                     sku: sku_of(sku),
-                    warehouse: wh(warehouse),
+                    warehouse: warehouse.map(wh),
                     quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("{e}")),
                 })
                 .collect(),
             deadline: Deadline::AfterMs(60_000),
             idempotency_key: key,
             confirm: false,
+            allocation: Allocation::MostAvailable,
         })
     }
 

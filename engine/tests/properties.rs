@@ -5,7 +5,15 @@
 //! * `available` is never negative; `reserved` equals the sum of live holds;
 //! * `on_hand` equals what upserts set plus adjustments and transfers minus
 //!   confirmations — computed by the model, not read from the engine;
-//! * a hold is never granted beyond what the model says is available;
+//! * a hold is never granted beyond what the model says is available, and
+//!   lines without a warehouse are allocated exactly as the model's own
+//!   allocation says (most available first, ties by name, split in that
+//!   order, fixed lines set aside first, earlier lines consuming for later
+//!   ones): the same lines held in the same order, or the same short lines;
+//! * write outcomes carry the reservation's lines as the model stored them;
+//! * a hold with a taken id replays exactly when the model finds that the
+//!   stored lines fulfil the request (same key, same total per SKU, fixed
+//!   items covered), and is refused as `reservation_id_in_use` otherwise;
 //! * terminal reservations never change;
 //! * a hold expires at the first entry whose time reaches its deadline;
 //! * replaying the log, or loading a snapshot and replaying the suffix, gives
@@ -15,22 +23,23 @@
 //!   changes nothing and answers the first outcome; ids not one per command
 //!   are ignored; the window forgets by count and by log time.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use engine::cmd::{AdjustReason, Command, Confirm, Deadline, Extend, Release, Transfer};
 use engine::event::EventKind;
 use engine::ids::{RequestId, ReservationId};
 use engine::item::Status;
-use engine::outcome::{Outcome, Refusal};
+use engine::outcome::{LineView, Outcome, Refusal, ShortLine};
 use engine::reservation::ReservationState;
 use engine::{Limits, LogEntry, LogId, ShardState};
 use proptest::prelude::*;
 
 mod common;
-use common::{adjust_command, hold_command, qty, rid, sku, upsert_command, wh};
+use common::{adjust_command, hold_any_command, qty, rid, sku, upsert_command, wh};
 
 const SKUS: [&str; 3] = ["A", "B", "C"];
-const WAREHOUSES: [&str; 2] = ["w1", "w2"];
+/// Three, so that allocation orders, ties and splits have room.
+const WAREHOUSES: [&str; 3] = ["w1", "w2", "w3"];
 const KEYS: [&str; 3] = ["k1", "k2", "k3"];
 
 type Key = (String, String);
@@ -41,11 +50,16 @@ fn key(sku: &str, warehouse: &str) -> Key {
 
 #[derive(Clone, Debug)]
 struct ModelHold {
+    /// As stored: summed per item, in order of first mention.
     lines: Vec<(Key, u64)>,
+    key: Option<String>,
     deadline_ms: u64,
     state: ReservationState,
     ended_at_ms: Option<u64>,
 }
+
+/// A hold's request line: SKU, warehouse (`None`: allocate), quantity.
+type Asked = (String, Option<String>, u64);
 
 #[derive(Debug, Default)]
 struct Model {
@@ -70,6 +84,81 @@ impl Model {
 
     fn available(&self, item: &Key) -> Option<u64> {
         self.on_hand.get(item).map(|on_hand| on_hand - self.reserved(item))
+    }
+
+    /// The model's own allocation of a hold's lines against its current
+    /// stock: the lines to store, or every short request line. Written
+    /// from the rule, not from the engine's code: the order is recomputed
+    /// per line from the stock before the hold (it does not move while the
+    /// hold is decided), and fixed lines are added line by line.
+    fn allocate(&self, asked: &[Asked]) -> Result<Vec<(Key, u64)>, Vec<ShortLine>> {
+        let mut fixed: BTreeMap<Key, (u64, u32)> = BTreeMap::new();
+        for (line, (s, w, q)) in asked.iter().enumerate() {
+            if let Some(w) = w {
+                fixed.entry(key(s, w)).or_insert((0, line_index(line))).0 += q;
+            }
+        }
+        let mut short = Vec::new();
+        for (item, &(total, first)) in &fixed {
+            let available = self.available(item);
+            if available.is_none_or(|a| a < total) {
+                short.push(ShortLine {
+                    line: first,
+                    requested: total,
+                    available: available.unwrap_or(0),
+                    exists: available.is_some(),
+                });
+            }
+        }
+        let mut left: HashMap<Key, u64> = HashMap::new();
+        let mut takes: Vec<Vec<(Key, u64)>> = vec![Vec::new(); asked.len()];
+        for (line, (s, w, q)) in asked.iter().enumerate() {
+            if w.is_some() {
+                continue;
+            }
+            let mut items: Vec<(Key, u64)> = self
+                .on_hand
+                .keys()
+                .filter(|item| item.0 == *s)
+                .map(|item| (item.clone(), self.available(item).unwrap_or(0)))
+                .collect();
+            items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.1.cmp(&b.0.1)));
+            let mut need = *q;
+            for (item, available) in &items {
+                let fixed_here = fixed.get(item).map_or(0, |f| f.0);
+                let free = left.entry(item.clone()).or_insert(available.saturating_sub(fixed_here));
+                let take = need.min(*free);
+                if take > 0 {
+                    *free -= take;
+                    need -= take;
+                    takes[line].push((item.clone(), take));
+                }
+            }
+            if need > 0 {
+                short.push(ShortLine {
+                    line: line_index(line),
+                    requested: *q,
+                    available: q - need,
+                    exists: !items.is_empty(),
+                });
+            }
+        }
+        if !short.is_empty() {
+            short.sort_by_key(|s| s.line);
+            return Err(short);
+        }
+        let mut stored: Vec<(Key, u64)> = Vec::new();
+        let mut add = |item: Key, quantity: u64| match stored.iter_mut().find(|(k, _)| *k == item) {
+            Some((_, total)) => *total += quantity,
+            None => stored.push((item, quantity)),
+        };
+        for (line, (s, w, q)) in asked.iter().enumerate() {
+            match w {
+                Some(w) => add(key(s, w), *q),
+                None => takes[line].iter().for_each(|(item, take)| add(item.clone(), *take)),
+            }
+        }
+        Ok(stored)
     }
 
     /// The first outcome of `request_id`, if the window still holds it.
@@ -111,27 +200,77 @@ impl Model {
     }
 }
 
-fn summed(lines: &[(String, String, u64)]) -> Vec<(Key, u64)> {
-    let mut out: Vec<(Key, u64)> = Vec::new();
-    for (s, w, q) in lines {
-        match out.iter_mut().find(|(k, _)| *k == key(s, w)) {
-            Some((_, total)) => *total += q,
-            None => out.push((key(s, w), *q)),
+/// Whether stored lines answer a request: per SKU the same total, every
+/// fixed item held at least its fixed sum, and a SKU nothing of which is
+/// allocated held on its fixed items exactly.
+fn fulfils(stored: &[(Key, u64)], asked: &[Asked]) -> bool {
+    let mut per_sku_asked: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut per_sku_stored: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut allocating: BTreeSet<&str> = BTreeSet::new();
+    let mut fixed: BTreeMap<Key, u64> = BTreeMap::new();
+    for (s, w, q) in asked {
+        *per_sku_asked.entry(s).or_default() += q;
+        match w {
+            Some(w) => *fixed.entry(key(s, w)).or_default() += q,
+            None => {
+                allocating.insert(s);
+            }
         }
     }
-    out
+    for ((s, _), q) in stored {
+        *per_sku_stored.entry(s).or_default() += q;
+    }
+    let stored_of = |item: &Key| stored.iter().find(|(k, _)| k == item).map_or(0, |(_, q)| *q);
+    per_sku_asked == per_sku_stored
+        && fixed.iter().all(|(item, q)| stored_of(item) >= *q)
+        && stored.iter().all(|(item, q)| allocating.contains(item.0.as_str()) || fixed.get(item) == Some(q))
+}
+
+/// A request line's index as a `ShortLine` names it (lines are few).
+fn line_index(line: usize) -> u32 {
+    u32::try_from(line).unwrap_or(u32::MAX)
+}
+
+fn views(lines: &[(Key, u64)]) -> Vec<LineView> {
+    lines.iter().map(|((s, w), q)| LineView { sku: s.clone(), warehouse: w.clone(), quantity: *q }).collect()
 }
 
 /// A command as the test generates it, so the model can read it back.
 #[derive(Clone, Debug)]
 enum Op {
-    Upsert { sku: usize, wh: usize, on_hand: u64, threshold: u64 },
-    Adjust { sku: usize, wh: usize, delta: i64 },
-    Transfer { sku: usize, from: usize, quantity: u64 },
-    Hold { n: u64, lines: Vec<(usize, usize, u64)>, ttl_ms: u64, key: Option<usize> },
-    Confirm { n: u64 },
-    Release { n: u64 },
-    Extend { n: u64, ttl_ms: u64 },
+    Upsert {
+        sku: usize,
+        wh: usize,
+        on_hand: u64,
+        threshold: u64,
+    },
+    Adjust {
+        sku: usize,
+        wh: usize,
+        delta: i64,
+    },
+    Transfer {
+        sku: usize,
+        from: usize,
+        quantity: u64,
+    },
+    /// Lines of (SKU, warehouse or `None` to allocate, quantity).
+    Hold {
+        n: u64,
+        lines: Vec<(usize, Option<usize>, u64)>,
+        ttl_ms: u64,
+        key: Option<usize>,
+    },
+    Confirm {
+        n: u64,
+    },
+    Release {
+        n: u64,
+    },
+    Extend {
+        n: u64,
+        ttl_ms: u64,
+    },
     Tick,
 }
 
@@ -145,14 +284,14 @@ impl Op {
             Op::Transfer { sku: s, from, quantity } => Command::Transfer(Transfer {
                 sku: sku(SKUS[*s]),
                 from: wh(WAREHOUSES[*from]),
-                to: wh(WAREHOUSES[1 - *from]),
+                to: wh(WAREHOUSES[(*from + 1) % WAREHOUSES.len()]),
                 quantity: qty(*quantity),
                 principal: None,
             }),
             Op::Hold { n, lines, ttl_ms, key } => {
-                let lines: Vec<(&str, &str, u64)> =
-                    lines.iter().map(|&(s, w, q)| (SKUS[s], WAREHOUSES[w], q)).collect();
-                hold_command(*n, &lines, *ttl_ms, key.map(|k| KEYS[k]))
+                let lines: Vec<(&str, Option<&str>, u64)> =
+                    lines.iter().map(|&(s, w, q)| (SKUS[s], w.map(|w| WAREHOUSES[w]), q)).collect();
+                hold_any_command(*n, &lines, *ttl_ms, key.map(|k| KEYS[k]))
             }
             Op::Confirm { n } => Command::Confirm(Confirm { id: rid(*n) }),
             Op::Release { n } => Command::Release(Release { id: rid(*n) }),
@@ -163,7 +302,7 @@ impl Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let line = (0..SKUS.len(), 0..WAREHOUSES.len(), 1u64..8);
+    let line = (0..SKUS.len(), proptest::option::weighted(0.6, 0..WAREHOUSES.len()), 1u64..8);
     prop_oneof![
         2 => (0..SKUS.len(), 0..WAREHOUSES.len(), 0u64..30, 0u64..6)
             .prop_map(|(sku, wh, on_hand, threshold)| Op::Upsert { sku, wh, on_hand, threshold }),
@@ -289,7 +428,8 @@ fn check_outcome(model: &mut Model, op: &Op, outcome: &Outcome) -> Result<(), Te
             prop_assert!(on_hand.checked_add_signed(*delta).is_none_or(|after| after < model.reserved(&k)));
         }
         (Op::Transfer { sku, from, quantity }, Outcome::Transferred { .. }) => {
-            let (source, target) = (key(SKUS[*sku], WAREHOUSES[*from]), key(SKUS[*sku], WAREHOUSES[1 - *from]));
+            let (source, target) =
+                (key(SKUS[*sku], WAREHOUSES[*from]), key(SKUS[*sku], WAREHOUSES[(*from + 1) % WAREHOUSES.len()]));
             prop_assert!(model.available(&source).is_some_and(|available| available >= *quantity), "transfer oversold");
             *model.on_hand.entry(source).or_default() -= quantity;
             *model.on_hand.entry(target).or_default() += quantity;
@@ -304,58 +444,16 @@ fn check_outcome(model: &mut Model, op: &Op, outcome: &Outcome) -> Result<(), Te
                 other => prop_assert!(false, "unexpected transfer refusal {:?}", other),
             }
         }
-        (Op::Hold { n, lines, ttl_ms, key: hold_key }, Outcome::Held { reservation, replayed }) => {
-            let asked: Vec<(String, String, u64)> =
-                lines.iter().map(|&(s, w, q)| (SKUS[s].to_owned(), WAREHOUSES[w].to_owned(), q)).collect();
-            if *replayed {
-                let original = hold_key.and_then(|k| model.keys.get(KEYS[k]).copied()).unwrap_or(rid(*n));
-                prop_assert_eq!(reservation.id, original);
-                prop_assert!(model.holds.contains_key(&original), "replayed an unknown hold");
-            } else {
-                for (item, quantity) in summed(&asked) {
-                    let available = model.available(&item);
-                    prop_assert!(
-                        available.is_some_and(|a| a >= quantity),
-                        "oversold {:?}: {:?} < {}",
-                        item,
-                        available,
-                        quantity
-                    );
-                }
-                prop_assert_eq!(reservation.deadline_ms, model.now_ms + ttl_ms);
-                model.holds.insert(
-                    rid(*n),
-                    ModelHold {
-                        lines: summed(&asked),
-                        deadline_ms: reservation.deadline_ms,
-                        state: ReservationState::Held,
-                        ended_at_ms: None,
-                    },
-                );
-                if let Some(k) = hold_key {
-                    model.keys.insert(KEYS[*k].to_owned(), rid(*n));
-                }
-            }
-        }
-        (Op::Hold { lines, .. }, Outcome::Refused(Refusal::InsufficientStock { lines: short })) => {
-            let asked: Vec<(String, String, u64)> =
-                lines.iter().map(|&(s, w, q)| (SKUS[s].to_owned(), WAREHOUSES[w].to_owned(), q)).collect();
-            let short_in_model = summed(&asked)
-                .into_iter()
-                .filter(|(item, quantity)| model.available(item).is_none_or(|a| a < *quantity))
-                .count();
-            prop_assert_eq!(short.len(), short_in_model, "engine and model disagree on short lines");
-            prop_assert!(short_in_model > 0);
-        }
-        (Op::Hold { n, .. }, Outcome::Refused(Refusal::ReservationIdInUse)) => {
-            prop_assert!(model.holds.contains_key(&rid(*n)));
+        (Op::Hold { n, lines, ttl_ms, key: hold_key }, outcome) => {
+            check_hold(model, *n, lines, *ttl_ms, hold_key.map(|k| KEYS[k]), outcome)?;
         }
         (Op::Confirm { n }, outcome) => check_end(model, *n, outcome, ReservationState::Confirmed)?,
         (Op::Release { n }, outcome) => check_end(model, *n, outcome, ReservationState::Released)?,
-        (Op::Extend { n, .. }, Outcome::Extended { reservation }) => {
+        (Op::Extend { n, .. }, Outcome::Extended { reservation, lines }) => {
             let hold = model.holds.get_mut(&rid(*n));
             prop_assert!(hold.as_ref().is_some_and(|h| h.state == ReservationState::Held));
             if let Some(hold) = hold {
+                prop_assert_eq!(lines, &views(&hold.lines), "lines of an extended hold");
                 prop_assert!(reservation.deadline_ms >= hold.deadline_ms);
                 hold.deadline_ms = reservation.deadline_ms;
             }
@@ -377,14 +475,81 @@ fn check_outcome(model: &mut Model, op: &Op, outcome: &Outcome) -> Result<(), Te
     Ok(())
 }
 
+/// Checks a hold's outcome against what the model expects: a replay of the
+/// reservation its key or id names (if the stored lines fulfil the request),
+/// `reservation_id_in_use`, or the model's own allocation (granted or short).
+fn check_hold(
+    model: &mut Model,
+    n: u64,
+    lines: &[(usize, Option<usize>, u64)],
+    ttl_ms: u64,
+    hold_key: Option<&str>,
+    outcome: &Outcome,
+) -> Result<(), TestCaseError> {
+    let asked: Vec<Asked> =
+        lines.iter().map(|&(s, w, q)| (SKUS[s].to_owned(), w.map(|w| WAREHOUSES[w].to_owned()), q)).collect();
+    let key_name = hold_key.map(str::to_owned);
+    let by_key = key_name.as_ref().and_then(|k| model.keys.get(k)).copied();
+    let replay_of = by_key.or_else(|| {
+        model.holds.get(&rid(n)).filter(|h| h.key == key_name && fulfils(&h.lines, &asked)).map(|_| rid(n))
+    });
+    if let Some(id) = replay_of {
+        let Outcome::Held { reservation, replayed: true, lines } = outcome else {
+            prop_assert!(false, "expected a replay of {:?}, got {:?}", id, outcome);
+            return Ok(());
+        };
+        let hold = &model.holds[&id];
+        prop_assert_eq!(reservation.id, id);
+        prop_assert_eq!(reservation.state, hold.state);
+        prop_assert_eq!(reservation.deadline_ms, hold.deadline_ms);
+        prop_assert_eq!(lines, &views(&hold.lines), "a replay answers the lines as stored");
+        return Ok(());
+    }
+    if model.holds.contains_key(&rid(n)) {
+        prop_assert_eq!(outcome, &Outcome::Refused(Refusal::ReservationIdInUse));
+        return Ok(());
+    }
+    match model.allocate(&asked) {
+        Ok(stored) => {
+            let Outcome::Held { reservation, replayed: false, lines } = outcome else {
+                prop_assert!(false, "model holds {:?}, engine answered {:?}", stored, outcome);
+                return Ok(());
+            };
+            prop_assert_eq!(lines, &views(&stored), "engine and model allocate differently");
+            prop_assert_eq!(reservation.id, rid(n));
+            prop_assert_eq!(reservation.state, ReservationState::Held);
+            prop_assert_eq!(reservation.deadline_ms, model.now_ms + ttl_ms);
+            model.holds.insert(
+                rid(n),
+                ModelHold {
+                    lines: stored,
+                    key: key_name.clone(),
+                    deadline_ms: reservation.deadline_ms,
+                    state: ReservationState::Held,
+                    ended_at_ms: None,
+                },
+            );
+            if let Some(k) = key_name {
+                model.keys.insert(k, rid(n));
+            }
+        }
+        Err(short) => {
+            prop_assert_eq!(outcome, &Outcome::Refused(Refusal::InsufficientStock { lines: short }));
+        }
+    }
+    Ok(())
+}
+
 fn check_end(model: &mut Model, n: u64, outcome: &Outcome, target: ReservationState) -> Result<(), TestCaseError> {
     let id = rid(n);
     let state = model.holds.get(&id).map(|h| h.state);
-    let (ended, replayed) = match outcome {
-        Outcome::Confirmed { reservation, replayed } if target == ReservationState::Confirmed => {
-            (reservation, *replayed)
+    let (ended, replayed, lines) = match outcome {
+        Outcome::Confirmed { reservation, replayed, lines } if target == ReservationState::Confirmed => {
+            (reservation, *replayed, lines)
         }
-        Outcome::Released { reservation, replayed } if target == ReservationState::Released => (reservation, *replayed),
+        Outcome::Released { reservation, replayed, lines } if target == ReservationState::Released => {
+            (reservation, *replayed, lines)
+        }
         Outcome::Refused(Refusal::ReservationNotFound) => {
             prop_assert_eq!(state, None);
             return Ok(());
@@ -407,6 +572,8 @@ fn check_end(model: &mut Model, n: u64, outcome: &Outcome, target: ReservationSt
         }
     };
     prop_assert_eq!(ended.state, target);
+    let stored = model.holds.get(&id).map(|h| views(&h.lines));
+    prop_assert_eq!(Some(lines), stored.as_ref(), "lines of an ended hold");
     if replayed {
         prop_assert_eq!(state, Some(target));
     } else {

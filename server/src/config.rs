@@ -95,9 +95,27 @@ pub struct ApiConfig {
     pub list_scan_max: u32,
     /// Movements `history` returns at most.
     pub history_limit_max: usize,
-    /// Attempts to allocate a line with no warehouse before answering 409
-    /// (the stock may move between reading and holding).
-    pub allocation_attempts_max: u32,
+    /// How a reservation line with no warehouse is filled from the SKU's
+    /// warehouses, inside the hold's one atomic step.
+    pub allocation: AllocationStrategy,
+}
+
+/// `api.allocation`: how lines without a warehouse are allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationStrategy {
+    /// Most available warehouse first, ties by warehouse name; a line that
+    /// no warehouse fills alone is split across them in that order.
+    #[default]
+    MostAvailable,
+}
+
+impl AllocationStrategy {
+    pub fn engine(self) -> engine::cmd::Allocation {
+        match self {
+            AllocationStrategy::MostAvailable => engine::cmd::Allocation::MostAvailable,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -110,7 +128,7 @@ impl Default for ApiConfig {
             list_limit_max: 1000,
             list_scan_max: 100_000,
             history_limit_max: 255,
-            allocation_attempts_max: 3,
+            allocation: AllocationStrategy::MostAvailable,
         }
     }
 }
@@ -352,7 +370,6 @@ impl Config {
             || api.list_limit_max == 0
             || api.list_scan_max == 0
             || api.history_limit_max == 0
-            || api.allocation_attempts_max == 0
         {
             return invalid("api limits must be at least 1".into());
         }

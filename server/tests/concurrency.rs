@@ -96,3 +96,56 @@ async fn buy_one(http: &Http, client_index: usize) -> Attempt {
     end_reservation(http, &id, "confirm").await;
     Attempt::Bought(id)
 }
+
+/// Allocation is one atomic step in the engine: clients racing for units of
+/// a SKU spread over warehouses, naming none, are never refused while a
+/// unit is left anywhere (a read-then-hold allocation was, when another
+/// client took the units it had read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_racing_without_a_warehouse_get_every_unit_of_every_warehouse() {
+    const SPREAD_SKU: &str = "flash-spread-1";
+    const WAREHOUSES: [&str; 3] = ["north", "south", "west"];
+    const PER_WAREHOUSE: u64 = 40;
+    let node = TallyProcess::start(Options::default()).await;
+    for warehouse in WAREHOUSES {
+        let (status, _, item) =
+            node.http().put(&item_path(SPREAD_SKU, warehouse), json!({ "on_hand": PER_WAREHOUSE })).await;
+        assert_eq!(status, StatusCode::CREATED, "creating the item: {item}");
+    }
+    let units = PER_WAREHOUSE * WAREHOUSES.len() as u64;
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client_index| {
+            let http = node.client();
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                let (status, _, _) = http.get("/healthz").await;
+                assert_eq!(status, StatusCode::OK, "client {client_index}: /healthz");
+                start.wait().await;
+                let key = format!("spread-client-{client_index}");
+                let hold = json!({ "lines": [{ "sku": SPREAD_SKU, "quantity": 1 }], "ttl_seconds": 600 });
+                http.retry(Method::POST, "/v1/reservations", &[("Idempotency-Key", &key)], Some(&hold)).await
+            })
+        })
+        .collect();
+    let mut held_in: Vec<String> = Vec::new();
+    let mut refused = 0u64;
+    for task in tasks {
+        let reply = task.await.unwrap_or_else(|e| panic!("a client task failed: {e}"));
+        match reply.0 {
+            StatusCode::CREATED => held_in.push(str_of(&reply.2["lines"][0], "warehouse").to_owned()),
+            StatusCode::CONFLICT => {
+                assert_problem(&reply, StatusCode::CONFLICT, "insufficient_stock");
+                refused += 1;
+            }
+            status => panic!("hold answered {status}: {}", reply.2),
+        }
+    }
+    assert_eq!(held_in.len() as u64, units, "every unit held, none refused while stock was left");
+    assert_eq!(refused, CLIENTS as u64 - units);
+    for warehouse in WAREHOUSES {
+        assert_eq!(held_in.iter().filter(|w| *w == warehouse).count() as u64, PER_WAREHOUSE, "{warehouse}");
+        let (_, _, item) = node.http().get(&item_path(SPREAD_SKU, warehouse)).await;
+        assert_eq!((u64_of(&item, "reserved"), u64_of(&item, "available")), (PER_WAREHOUSE, 0), "{item}");
+    }
+}

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cluster::{ClusterConfig, Member, Node, NodeId};
-use engine::cmd::{AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
+use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
 use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
 use engine::{Outcome, shard_of};
 use tokio::net::TcpListener;
@@ -45,12 +45,13 @@ pub fn hold(id: ReservationId, sku_text: &str, warehouse: &str, quantity: u64, t
         id,
         lines: vec![HoldLine {
             sku: sku(sku_text),
-            warehouse: wh(warehouse),
+            warehouse: Some(wh(warehouse)),
             quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("quantity: {e}")),
         }],
         deadline: Deadline::AfterMs(ttl_ms),
         idempotency_key: None,
         confirm: false,
+        allocation: Allocation::MostAvailable,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Workload builders shared by the engine benchmarks.
 #![allow(dead_code)]
 
-use engine::cmd::{AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
+use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
 use engine::ids::{QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use engine::{Limits, LogEntry, LogId, ShardState};
 
@@ -38,12 +38,13 @@ pub fn hold(id: u64, sku_n: u64, ttl_ms: u64) -> Command {
         id: reservation_id(id),
         lines: vec![HoldLine {
             sku: sku(sku_n),
-            warehouse: warehouse(),
+            warehouse: Some(warehouse()),
             quantity: Quantity::new(1).unwrap_or_else(|e| panic!("{e}")),
         }],
         deadline: Deadline::AfterMs(ttl_ms),
         idempotency_key: None,
         confirm: false,
+        allocation: Allocation::MostAvailable,
     })
 }
 

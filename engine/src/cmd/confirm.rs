@@ -39,7 +39,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         let outcome = f.one(confirm(1));
-        assert!(matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false }
+        assert!(matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false, .. }
             if reservation.state == ReservationState::Confirmed && reservation.ended_at_ms == Some(1_000)));
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
         let history = f.state.history("SKU-1", "berlin", 1).unwrap_or_default();
@@ -52,9 +52,9 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        let Outcome::Confirmed { reservation: first, .. } = f.one(confirm(1)) else { panic!("not confirmed") };
+        let Outcome::Confirmed { reservation: first, lines, .. } = f.one(confirm(1)) else { panic!("not confirmed") };
         let again = f.one(confirm(1));
-        assert_eq!(again, Outcome::Confirmed { reservation: first, replayed: true });
+        assert_eq!(again, Outcome::Confirmed { reservation: first, replayed: true, lines });
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
     }
 

@@ -45,9 +45,9 @@ pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Outcome {
     if deadline_ms > current.deadline_ms {
         state.move_deadline(slot, deadline_ms);
     }
-    match state.summary(slot) {
-        Some(reservation) => Outcome::Extended { reservation },
-        None => Refusal::ReservationNotFound.into(),
+    match (state.summary(slot), state.reservation_lines(slot)) {
+        (Some(reservation), Some(lines)) => Outcome::Extended { reservation, lines },
+        _ => Refusal::ReservationNotFound.into(),
     }
 }
 
@@ -68,7 +68,7 @@ mod tests {
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         f.now_ms += 30_000;
         let outcome = f.one(extend(1, Deadline::AfterMs(60_000)));
-        assert!(matches!(outcome, Outcome::Extended { ref reservation } if reservation.deadline_ms == 91_000));
+        assert!(matches!(outcome, Outcome::Extended { ref reservation, .. } if reservation.deadline_ms == 91_000));
         f.now_ms = 90_999;
         f.run(vec![Command::Tick]);
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 4), "still held before the new deadline");

@@ -1,11 +1,82 @@
 //! `Hold`: reserve units of one or more items of this shard until a deadline.
 //!
-//! All lines or none: the same item named twice is summed first, every line is
-//! checked, and if any is short the answer lists every short line and nothing
-//! changes. A retry is safe: the same reservation id with the same lines, or
-//! the same idempotency key, answers the existing reservation (`replayed`)
-//! and never holds twice. With `confirm` set the hold is confirmed in the
-//! same step (a direct sale).
+//! All lines or none: every line is checked, and if any is short the answer
+//! lists every short request line and nothing changes. A retry is safe: the
+//! same reservation id with the same request, or the same idempotency key,
+//! answers the existing reservation (`replayed`) and never holds twice. With
+//! `confirm` set the hold is confirmed in the same step (a direct sale).
+//!
+//! # Allocation
+//!
+//! A line names a warehouse, or none (`HoldLine::warehouse` is `None`): then
+//! the hold chooses among the SKU's items on this shard (a SKU lives on
+//! exactly one shard, so these are all of them). The choice is made inside
+//! `apply`, on the one replica order, so choosing and holding are one atomic
+//! step: no other command can move the stock in between, and every replica
+//! chooses the same. `Hold::allocation` names the rule; today there is one,
+//! `Allocation::MostAvailable`:
+//!
+//! 1. Lines that name a warehouse are fixed. They are summed per item and set
+//!    aside first, wherever they stand in the request; such an item is short
+//!    when its available stock is below the sum (reported once, on the first
+//!    line that named it, with the sum as `requested`).
+//! 2. The items of each SKU to allocate are ordered once per hold: most
+//!    available first (available as it was before this hold), ties by
+//!    warehouse name ascending. Names are unique on a shard, so the order is
+//!    total.
+//! 3. Lines without a warehouse are filled in request order, each greedily
+//!    along that order: from the first item if what is left of it is enough,
+//!    else all that is left there and the rest from the next items. What is
+//!    left of an item is its available stock minus the fixed lines' sum on it
+//!    and what earlier lines took.
+//! 4. A line that cannot be filled is short, with `requested` its own
+//!    quantity, `available` what it could find, and `exists` whether the SKU
+//!    has any item on this shard. What it found still counts as taken for the
+//!    lines after it (the hold is refused anyway; this keeps the figures
+//!    those of the allocation the server used to make by reading first).
+//! 5. The refusal lists every short request line, by line index ascending.
+//!
+//! This is the read-then-hold allocation the server made before: whenever
+//! that one was granted (and nothing moved between its read and its hold),
+//! this one holds the same units in the same warehouses; ordering by
+//! availability *before* the hold is what makes it so. It differs only in
+//! holds the old one refused: it grants those it refused for nothing,
+//! because it could not see the fixed lines of the same hold when it chose
+//! (a fixed line and an allocated line competing for one item were summed
+//! only after the choice), and its refusal lists fixed and allocated short
+//! lines together.
+//!
+//! The reservation stores its lines summed per item, in order of first
+//! mention when the request is read in order, an allocated line mentioning
+//! the items it took from in allocation order. Write outcomes carry these
+//! lines, so a caller learns where its units are held without reading after
+//! the write. Allocating costs one hash probe per warehouse of the shard for
+//! each distinct SKU allocated, and scratch space bounded by
+//! `lines_per_hold_max × warehouses_per_shard_max`; the buffers are the
+//! shard's and are reused.
+//!
+//! # Replays
+//!
+//! A hold whose reservation id is taken is a retry of the stored reservation
+//! (answered `replayed`, nothing changes) when both
+//! * its idempotency key equals the stored one (both absent counts), and
+//! * the stored lines fulfil the request as sent: for every SKU the request
+//!   names, the stored quantities of that SKU's items sum to the request's
+//!   quantities of that SKU; every item a fixed line names is stored with at
+//!   least the fixed lines' sum on it; and the stored reservation holds
+//!   nothing else (an item of a SKU the request allocates nothing of is
+//!   stored with exactly its fixed sum; no other SKU is stored).
+//!
+//! Otherwise the answer is `reservation_id_in_use`. The rule looks at the
+//! request and the stored lines only, never at the stock: a retry of the
+//! very request that made the reservation always replays, even when
+//! allocating now would choose other warehouses, and `apply` asserts this
+//! (debug builds) for every reservation it makes. Line order does not
+//! matter, and neither does the allocation rule: a request that the stored
+//! lines fulfil is answered with them, whichever rule chose them (for fixed
+//! lines only, this is the old rule of equal summed lines, except that the
+//! order of first mention may now differ). A hold whose idempotency key is
+//! known replays that reservation before any of this, whatever its lines.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -54,10 +125,24 @@ impl Deadline {
     }
 }
 
+/// How a hold chooses items for the lines that name no warehouse (see the
+/// module docs). An enum, so that rules (priorities, split options) can be
+/// added without changing the shape of lines that name their warehouse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Allocation {
+    /// The SKU's items by available stock, most first, ties by warehouse
+    /// name; a line that the first cannot fill alone is split across the
+    /// next ones in that order.
+    MostAvailable,
+}
+
+/// Units of one SKU, from one warehouse or (`None`) from the SKU's
+/// warehouses on this shard as `Hold::allocation` chooses.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct HoldLine {
     pub sku: Sku,
-    pub warehouse: Warehouse,
+    pub warehouse: Option<Warehouse>,
     pub quantity: Quantity,
 }
 
@@ -69,6 +154,9 @@ pub struct Hold {
     pub idempotency_key: Option<IdempotencyKey>,
     /// Confirm at once: hold and sell in one step.
     pub confirm: bool,
+    /// How lines without a warehouse are allocated; unused when every line
+    /// names one.
+    pub allocation: Allocation,
 }
 
 impl Hold {
@@ -81,7 +169,9 @@ impl Hold {
         }
         for line in &self.lines {
             line.sku.check()?;
-            line.warehouse.check()?;
+            if let Some(warehouse) = &line.warehouse {
+                warehouse.check()?;
+            }
             line.quantity.check(Field::Quantity)?;
         }
         self.deadline.validate()?;
@@ -92,34 +182,89 @@ impl Hold {
     }
 }
 
-/// A request line after summing: the first line that named the item, the
-/// total asked, and the item if it exists.
+/// The buffers a hold works in. They belong to the shard and are reused, so
+/// a hold allocates nothing it does not keep. Each is bounded by
+/// `lines_per_hold_max`, the candidates by that times
+/// `warehouses_per_shard_max`.
+#[derive(Debug, Default)]
+pub(crate) struct HoldScratch {
+    /// Lines that name a warehouse, summed per item, by first line.
+    fixed: Vec<Summed>,
+    /// The items of the SKUs being allocated: one run per SKU, each in the
+    /// order the allocation fills it.
+    candidates: Vec<Candidate>,
+    /// Where each allocated SKU's run of candidates is.
+    runs: Vec<SkuRun>,
+    /// What each allocated line took, in request order.
+    takes: Vec<Take>,
+    /// The reservation's lines: summed per item, in order of first mention.
+    held: Vec<HeldLine>,
+}
+
+impl HoldScratch {
+    fn clear(&mut self) {
+        self.fixed.clear();
+        self.candidates.clear();
+        self.runs.clear();
+        self.takes.clear();
+        self.held.clear();
+    }
+}
+
+/// Fixed request lines after summing: the first line that named the item,
+/// the total asked, and the item if it exists.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Summed {
+struct Summed {
     first_line: u32,
     quantity: u64,
     item: Option<ItemId>,
 }
 
+/// An item an allocated line may take from.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    item: ItemId,
+    /// Available before the hold: what the order is decided on.
+    available: u64,
+    /// Still free for allocated lines: available, minus the fixed lines on
+    /// the item, minus what earlier allocated lines took.
+    left: u64,
+}
+
+/// The candidates of one SKU: `candidates[start..end]`. `first_line` is the
+/// first allocated request line of the SKU.
+#[derive(Clone, Copy, Debug)]
+struct SkuRun {
+    first_line: u32,
+    start: usize,
+    end: usize,
+}
+
+/// Units an allocated line took from one item.
+#[derive(Clone, Copy, Debug)]
+struct Take {
+    line: u32,
+    item: ItemId,
+    quantity: u64,
+}
+
 pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitter) -> Outcome {
-    // The summing buffer is the shard's, reused, so a hold allocates nothing
-    // it does not keep.
-    let mut summed = std::mem::take(&mut state.summed_scratch);
-    summed.clear();
-    let outcome = apply_with(state, command, emitter, &mut summed);
-    state.summed_scratch = summed;
+    let mut scratch = std::mem::take(&mut state.hold_scratch);
+    scratch.clear();
+    let outcome = apply_with(state, command, emitter, &mut scratch);
+    state.hold_scratch = scratch;
     outcome
 }
 
-fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, summed: &mut Vec<Summed>) -> Outcome {
+fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, scratch: &mut HoldScratch) -> Outcome {
     if let Some(slot) = command.idempotency_key.as_ref().and_then(|key| state.find_by_key(key)) {
         return replay(state, slot);
     }
-    if let Err(error) = sum_lines(state, &command.lines, summed) {
+    if let Err(error) = sum_fixed(state, &command.lines, &mut scratch.fixed) {
         return error.into();
     }
     if let Some(slot) = state.find_reservation(&command.id) {
-        return if same_request(state, slot, summed, command) {
+        return if same_request(state, slot, &scratch.fixed, command) {
             replay(state, slot)
         } else {
             Refusal::ReservationIdInUse.into()
@@ -134,38 +279,25 @@ fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, sum
     if state.live_holds() >= live_max {
         return Refusal::ShardFull { bound: Bound::LiveHoldsPerShard, max: u64::from(live_max) }.into();
     }
-    let short: Vec<ShortLine> = summed
-        .iter()
-        .filter_map(|line| {
-            let available = line.item.map_or(0, |id| state.item(id).available());
-            (available < line.quantity).then_some(ShortLine {
-                line: line.first_line,
-                requested: line.quantity,
-                available,
-                exists: line.item.is_some(),
-            })
-        })
-        .collect();
+    let short = allocate(state, command, scratch);
     if !short.is_empty() {
         return Refusal::InsufficientStock { lines: short }.into();
     }
 
-    // Every check passed: from here on nothing refuses. Every summed line
-    // has an item (a missing one is short).
-    let held = |line: &Summed| line.item.map(|item| HeldLine { item, quantity: line.quantity });
-    let lines = match summed.as_slice() {
-        [one] => held(one).map(Lines::One),
-        many => Some(Lines::Many(many.iter().filter_map(held).collect())),
+    // Every check passed: from here on nothing refuses.
+    let lines = match scratch.held.as_slice() {
+        [one] => Lines::One(*one),
+        many => Lines::Many(many.to_vec()),
     };
-    let Some(lines) = lines else {
-        return Refusal::ItemNotFound.into();
-    };
+    debug_assert!(!lines.as_slice().is_empty(), "a granted hold holds nothing");
     for line in lines.as_slice() {
         let before = state.before(line.item);
+        debug_assert!(line.quantity <= state.item(line.item).available(), "allocated over available");
         state.item_mut(line.item).reserved += line.quantity;
         let change = Change { cause: Cause::Hold(command.id), movement: None, created: false };
         state.finish_change(line.item, before, change, emitter);
     }
+    let views = state.line_views(lines.as_slice());
     let seq = state.next_hold_seq();
     let (slot, summary) = state.insert_reservation(Reservation {
         id: command.id,
@@ -177,27 +309,36 @@ fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, sum
         lines,
         idempotency_key: command.idempotency_key.clone(),
     });
+    debug_assert!(
+        same_request(state, slot, &scratch.fixed, command),
+        "a retry of hold {} would not replay",
+        command.id
+    );
     if command.confirm {
         return match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
-            Some(reservation) => Outcome::Confirmed { reservation, replayed: false },
+            Some(reservation) => Outcome::Confirmed { reservation, replayed: false, lines: views },
             None => Refusal::ReservationNotFound.into(),
         };
     }
-    Outcome::Held { reservation: summary, replayed: false }
+    Outcome::Held { reservation: summary, replayed: false, lines: views }
 }
 
 fn replay(state: &ShardState, slot: u32) -> Outcome {
-    match state.summary(slot) {
-        Some(reservation) => Outcome::Held { reservation, replayed: true },
-        None => Refusal::ReservationNotFound.into(),
+    match (state.summary(slot), state.reservation_lines(slot)) {
+        (Some(reservation), Some(lines)) => Outcome::Held { reservation, replayed: true, lines },
+        _ => Refusal::ReservationNotFound.into(),
     }
 }
 
-/// Sums lines that name the same item, keeping the order of first mention.
-/// Lines are few (bounded by `lines_per_hold_max`), so a quadratic scan beats
-/// a hash map and allocates nothing for the one-line flash-sale hold.
-fn sum_lines(state: &ShardState, lines: &[HoldLine], summed: &mut Vec<Summed>) -> Result<(), InputError> {
+/// Sums the fixed lines (those that name a warehouse) that name the same
+/// item, keeping the order of first mention. Lines are few (bounded by
+/// `lines_per_hold_max`), so a quadratic scan beats a hash map and allocates
+/// nothing for the one-line flash-sale hold.
+fn sum_fixed(state: &ShardState, lines: &[HoldLine], summed: &mut Vec<Summed>) -> Result<(), InputError> {
     for (index, line) in lines.iter().enumerate() {
+        let Some(warehouse) = &line.warehouse else {
+            continue;
+        };
         let first =
             lines[..index].iter().position(|earlier| earlier.sku == line.sku && earlier.warehouse == line.warehouse);
         match first {
@@ -217,37 +358,190 @@ fn sum_lines(state: &ShardState, lines: &[HoldLine], summed: &mut Vec<Summed>) -
             None => summed.push(Summed {
                 first_line: u32::try_from(index).unwrap_or(u32::MAX),
                 quantity: line.quantity.get(),
-                item: state.find_item(line.sku.as_str(), line.warehouse.as_str()),
+                item: state.find_item(line.sku.as_str(), warehouse.as_str()),
             }),
         }
     }
     Ok(())
 }
 
-/// Whether a hold with an existing id is a retry of the one stored: same
-/// summed lines and same key.
-fn same_request(state: &ShardState, slot: u32, summed: &[Summed], command: &Hold) -> bool {
+/// Checks every line and chooses items for the lines without a warehouse
+/// (module docs, "Allocation"). Returns the short request lines, by line
+/// index; when there are none, `scratch.held` has the reservation's lines.
+/// Changes nothing in the shard.
+fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Vec<ShortLine> {
+    let mut short: Vec<ShortLine> = scratch
+        .fixed
+        .iter()
+        .filter_map(|line| {
+            let available = line.item.map_or(0, |id| state.item(id).available());
+            (available < line.quantity).then_some(ShortLine {
+                line: line.first_line,
+                requested: line.quantity,
+                available,
+                exists: line.item.is_some(),
+            })
+        })
+        .collect();
+    for (index, line) in command.lines.iter().enumerate() {
+        if line.warehouse.is_some() {
+            continue;
+        }
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let run = sku_run(state, command, index, scratch);
+        let requested = line.quantity.get();
+        let found = fill(index, requested, &mut scratch.candidates[run.start..run.end], &mut scratch.takes);
+        debug_assert!(found <= requested);
+        if found < requested {
+            short.push(ShortLine { line: index, requested, available: found, exists: run.start < run.end });
+        }
+    }
+    if !short.is_empty() {
+        // Line indexes are unique, so the unstable sort is deterministic.
+        short.sort_unstable_by_key(|line| line.line);
+        return short;
+    }
+    hold_in_request_order(command, scratch);
+    debug_assert_eq!(
+        scratch.held.iter().map(|line| u128::from(line.quantity)).sum::<u128>(),
+        command.lines.iter().map(|line| u128::from(line.quantity.get())).sum::<u128>(),
+        "held units differ from the units asked"
+    );
+    short
+}
+
+/// The run of candidates of the SKU of allocated line `index`: the one an
+/// earlier line of the SKU made, or a new one, ordered by the hold's rule.
+fn sku_run(state: &ShardState, command: &Hold, index: u32, scratch: &mut HoldScratch) -> SkuRun {
+    let lines = &command.lines;
+    let sku = &lines[index as usize].sku;
+    if let Some(run) = scratch.runs.iter().find(|run| lines[run.first_line as usize].sku == *sku) {
+        return *run;
+    }
+    let start = scratch.candidates.len();
+    for item in state.items_of_sku(sku.as_str()) {
+        let available = state.item(item).available();
+        let fixed = scratch.fixed.iter().find(|line| line.item == Some(item)).map_or(0, |line| line.quantity);
+        scratch.candidates.push(Candidate { item, available, left: available.saturating_sub(fixed) });
+    }
+    let candidates = &mut scratch.candidates[start..];
+    match command.allocation {
+        // Warehouse names are unique on a shard, so the order is total and
+        // the unstable sort cannot leak its internal order.
+        Allocation::MostAvailable => candidates.sort_unstable_by(|a, b| {
+            b.available.cmp(&a.available).then_with(|| state.item_warehouse(a.item).cmp(state.item_warehouse(b.item)))
+        }),
+    }
+    let run = SkuRun { first_line: index, start, end: scratch.candidates.len() };
+    scratch.runs.push(run);
+    run
+}
+
+/// Takes up to `requested` units for line `index` from `candidates`, in
+/// their order: all from the first if it has enough left, else what it has
+/// and the rest from the next. Returns the units found.
+fn fill(index: u32, requested: u64, candidates: &mut [Candidate], takes: &mut Vec<Take>) -> u64 {
+    let mut wanted = requested;
+    for candidate in candidates {
+        if wanted == 0 {
+            break;
+        }
+        let quantity = wanted.min(candidate.left);
+        if quantity == 0 {
+            continue;
+        }
+        candidate.left -= quantity;
+        wanted -= quantity;
+        takes.push(Take { line: index, item: candidate.item, quantity });
+    }
+    requested - wanted
+}
+
+/// Builds `scratch.held`: the fixed sums and the takes, summed per item, in
+/// order of first mention reading the request in order. Both inputs are
+/// already in request-line order, and a line is either fixed or allocated.
+fn hold_in_request_order(command: &Hold, scratch: &mut HoldScratch) {
+    fn add(held: &mut Vec<HeldLine>, item: ItemId, quantity: u64) {
+        match held.iter_mut().find(|line| line.item == item) {
+            // Both sums are within the item's available stock (checked), so
+            // this cannot pass QUANTITY_MAX.
+            Some(line) => line.quantity += quantity,
+            None => held.push(HeldLine { item, quantity }),
+        }
+    }
+    let (mut fixed, mut takes) = (scratch.fixed.iter().peekable(), scratch.takes.iter().peekable());
+    for index in 0..command.lines.len() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        if let Some(line) = fixed.next_if(|line| line.first_line == index)
+            && let Some(item) = line.item
+        {
+            add(&mut scratch.held, item, line.quantity);
+        }
+        while let Some(take) = takes.next_if(|take| take.line == index) {
+            add(&mut scratch.held, take.item, take.quantity);
+        }
+    }
+    debug_assert!(fixed.next().is_none() && takes.next().is_none(), "a line was left out of the reservation");
+}
+
+/// Whether a hold whose id is taken is a retry of the reservation stored
+/// under it: the same idempotency key, and stored lines that fulfil the
+/// request as sent (module docs, "Replays"). Reads no stock, so a retry
+/// replays whatever allocating would choose now.
+fn same_request(state: &ShardState, slot: u32, fixed: &[Summed], command: &Hold) -> bool {
     let Some(stored) = state.reservation_at(slot) else {
         return false;
     };
-    stored.idempotency_key == command.idempotency_key
-        && stored.lines.as_slice().len() == summed.len()
-        && stored
-            .lines
-            .as_slice()
+    if stored.idempotency_key != command.idempotency_key {
+        return false;
+    }
+    let held = stored.lines.as_slice();
+    // Every fixed item is held, at least as much as the fixed lines name.
+    let fixed_held = fixed
+        .iter()
+        .all(|line| line.item.is_some_and(|item| held.iter().any(|h| h.item == item && h.quantity >= line.quantity)));
+    // Every SKU asked for is held, so its total is compared below.
+    let skus_held = command.lines.iter().all(|line| held.iter().any(|h| state.item_sku(h.item) == line.sku.as_str()));
+    // Every held item: its SKU's held total is the total asked, and it holds
+    // just the fixed sum when nothing of its SKU was to be allocated.
+    let held_asked = held.iter().all(|h| {
+        let sku = state.item_sku(h.item);
+        let (mut asked, mut allocates) = (0u64, false);
+        for line in command.lines.iter().filter(|line| line.sku.as_str() == sku) {
+            asked = asked.saturating_add(line.quantity.get());
+            allocates |= line.warehouse.is_none();
+        }
+        let sku_held = held
             .iter()
-            .zip(summed)
-            .all(|(held, asked)| asked.item == Some(held.item) && asked.quantity == held.quantity)
+            .filter(|other| state.item_sku(other.item) == sku)
+            .fold(0u64, |sum, other| sum.saturating_add(other.quantity));
+        let fixed_here = fixed.iter().find(|line| line.item == Some(h.item)).map_or(0, |line| line.quantity);
+        sku_held == asked && (allocates || h.quantity == fixed_here)
+    });
+    fixed_held && skus_held && held_asked
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::Command;
+    use crate::cmd::{Command, Confirm, Extend, Release};
     use crate::config::Limits;
     use crate::event::EventKind;
     use crate::item::Status;
-    use crate::state::tests_support::{Fixture, hold_command, rid};
+    use crate::outcome::LineView;
+    use crate::state::tests_support::{Fixture, hold_any_command, hold_command, rid};
+
+    fn line(sku: &str, warehouse: &str, quantity: u64) -> LineView {
+        LineView { sku: sku.into(), warehouse: warehouse.into(), quantity }
+    }
+
+    /// The lines of a granted hold, or a panic naming the outcome.
+    fn held_lines(outcome: Outcome) -> Vec<LineView> {
+        match outcome {
+            Outcome::Held { replayed: false, lines, .. } => lines,
+            other => panic!("not held: {other:?}"),
+        }
+    }
 
     #[test]
     fn hold_reserves_every_line_and_reports_the_deadline() {
@@ -255,11 +549,12 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.stock("SKU-2", "berlin", 5, 0);
         let outcome = f.hold(1, &[("SKU-1", "berlin", 3), ("SKU-2", "berlin", 5)]);
-        let Outcome::Held { reservation, replayed: false } = outcome else {
+        let Outcome::Held { reservation, replayed: false, lines } = outcome else {
             panic!("not held: {outcome:?}");
         };
         assert_eq!(reservation.state, ReservationState::Held);
         assert_eq!(reservation.deadline_ms, 1_000 + 60_000);
+        assert_eq!(lines, vec![line("SKU-1", "berlin", 3), line("SKU-2", "berlin", 5)]);
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
         assert_eq!(f.levels("SKU-2", "berlin"), (5, 5));
     }
@@ -320,12 +615,15 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         let first = f.hold(1, &[("SKU-1", "berlin", 3)]);
         let again = f.hold(1, &[("SKU-1", "berlin", 3)]);
-        let (Outcome::Held { reservation: a, replayed: false }, Outcome::Held { reservation: b, replayed: true }) =
-            (first, again)
+        let (
+            Outcome::Held { reservation: a, replayed: false, lines: first_lines },
+            Outcome::Held { reservation: b, replayed: true, lines: again_lines },
+        ) = (first, again)
         else {
             panic!("retry did not replay");
         };
         assert_eq!(a, b);
+        assert_eq!(first_lines, again_lines);
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
     }
 
@@ -336,7 +634,7 @@ mod tests {
         let key = IdempotencyKey::new("order-77").ok();
         f.one(hold_command(1, &[("SKU-1", "berlin", 3)], key.clone()));
         let retry = f.one(hold_command(2, &[("SKU-1", "berlin", 3)], key));
-        assert!(matches!(retry, Outcome::Held { ref reservation, replayed: true } if reservation.id == rid(1)));
+        assert!(matches!(retry, Outcome::Held { ref reservation, replayed: true, .. } if reservation.id == rid(1)));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
         assert!(f.state.find_reservation(&rid(2)).is_none());
     }
@@ -347,6 +645,17 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 3)]);
         assert_eq!(f.hold(1, &[("SKU-1", "berlin", 4)]), Outcome::Refused(Refusal::ReservationIdInUse));
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
+    }
+
+    #[test]
+    fn a_retry_with_its_lines_in_another_order_replays() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.stock("SKU-2", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 3), ("SKU-2", "berlin", 1)]);
+        let retry = f.hold(1, &[("SKU-2", "berlin", 1), ("SKU-1", "berlin", 1), ("SKU-1", "berlin", 2)]);
+        assert!(matches!(retry, Outcome::Held { replayed: true, .. }), "{retry:?}");
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
     }
 
@@ -379,6 +688,7 @@ mod tests {
             deadline: Deadline::AfterMs(1),
             idempotency_key: None,
             confirm: false,
+            allocation: Allocation::MostAvailable,
         });
         assert_eq!(f.one(none).refusal().map(Refusal::code), Some("no_lines"));
         let many = hold_command(1, &[("SKU-1", "berlin", 1); 3], None);
@@ -412,7 +722,7 @@ mod tests {
         }
         let outcome = f.one(command);
         assert!(
-            matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false } if reservation.state == ReservationState::Confirmed)
+            matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false, ref lines } if reservation.state == ReservationState::Confirmed && *lines == vec![line("SKU-1", "berlin", 4)])
         );
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
     }
@@ -429,5 +739,193 @@ mod tests {
             EventKind::ThresholdCrossed { from: Status::InStock, to: Status::OutOfStock, available: 0, .. }
         ));
         assert_eq!(kinds.len(), 2);
+    }
+
+    // ----- allocation -----
+
+    #[test]
+    fn an_allocated_line_comes_from_the_most_available_warehouse() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 4, 0);
+        f.stock("SKU-1", "paris", 10, 0);
+        f.stock("SKU-1", "rome", 7, 0);
+        assert_eq!(held_lines(f.hold_any(1, &[("SKU-1", None, 5)])), vec![line("SKU-1", "paris", 5)]);
+        assert_eq!(f.levels("SKU-1", "paris"), (10, 5));
+        assert_eq!((f.levels("SKU-1", "berlin"), f.levels("SKU-1", "rome")), ((4, 0), (7, 0)));
+    }
+
+    #[test]
+    fn an_allocated_line_no_warehouse_can_fill_alone_is_split_in_order() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 4, 0);
+        f.stock("SKU-1", "paris", 10, 0);
+        f.stock("SKU-1", "rome", 6, 0);
+        let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 18)]));
+        assert_eq!(lines, vec![line("SKU-1", "paris", 10), line("SKU-1", "rome", 6), line("SKU-1", "berlin", 2)]);
+        assert_eq!(f.state.reservation(&rid(1)).map(|view| view.lines), Some(lines), "stored as answered");
+        assert_eq!(f.levels("SKU-1", "berlin"), (4, 2));
+    }
+
+    #[test]
+    fn equally_available_warehouses_are_taken_by_name() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "paris", 5, 0);
+        f.stock("SKU-1", "oslo", 5, 0);
+        f.stock("SKU-1", "berlin", 5, 0);
+        assert_eq!(held_lines(f.hold_any(1, &[("SKU-1", None, 3)])), vec![line("SKU-1", "berlin", 3)]);
+        // Now oslo and paris tie at 5, ahead of berlin's 2.
+        let lines = held_lines(f.hold_any(2, &[("SKU-1", None, 11)]));
+        assert_eq!(lines, vec![line("SKU-1", "oslo", 5), line("SKU-1", "paris", 5), line("SKU-1", "berlin", 1)]);
+    }
+
+    #[test]
+    fn later_allocated_lines_see_what_earlier_lines_took_in_the_same_order() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.stock("SKU-1", "paris", 8, 0);
+        // The order is fixed before the first line: berlin (10), paris (8).
+        // The second line finds 5 left in berlin and takes them first, then
+        // 1 from paris, although paris has more left by then.
+        let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 5), ("SKU-1", None, 6)]));
+        assert_eq!(lines, vec![line("SKU-1", "berlin", 10), line("SKU-1", "paris", 1)]);
+    }
+
+    #[test]
+    fn a_short_allocated_line_reports_what_it_found_across_warehouses() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 2, 0);
+        f.stock("SKU-1", "paris", 3, 0);
+        f.stock("SKU-2", "berlin", 0, 0);
+        f.stock("SKU-3", "berlin", 9, 0);
+        let outcome = f.hold_any(
+            1,
+            &[("SKU-3", None, 1), ("SKU-1", None, 10), ("SKU-1", None, 1), ("SKU-2", None, 1), ("SKU-9", None, 1)],
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Refused(Refusal::InsufficientStock {
+                lines: vec![
+                    // Found all 5 of paris and berlin, which line 2 then lacks.
+                    ShortLine { line: 1, requested: 10, available: 5, exists: true },
+                    ShortLine { line: 2, requested: 1, available: 0, exists: true },
+                    ShortLine { line: 3, requested: 1, available: 0, exists: true },
+                    ShortLine { line: 4, requested: 1, available: 0, exists: false },
+                ]
+            })
+        );
+        assert_eq!((f.levels("SKU-1", "berlin"), f.levels("SKU-1", "paris")), ((2, 0), (3, 0)));
+        assert_eq!(f.levels("SKU-3", "berlin"), (9, 0), "nothing held");
+        assert_eq!(f.state.live_holds(), 0);
+    }
+
+    #[test]
+    fn fixed_and_allocated_lines_of_one_hold_share_the_stock() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.stock("SKU-1", "paris", 8, 0);
+        // berlin comes first (10 before the hold) but 5 of it are fixed by
+        // line 1, so line 0 takes the other 5 and 2 from paris. (Choosing
+        // first and summing after would have asked 12 of berlin's 10.)
+        let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 7), ("SKU-1", Some("berlin"), 5)]));
+        assert_eq!(lines, vec![line("SKU-1", "berlin", 10), line("SKU-1", "paris", 2)]);
+        assert_eq!((f.levels("SKU-1", "berlin"), f.levels("SKU-1", "paris")), ((10, 10), (8, 2)));
+    }
+
+    #[test]
+    fn a_short_fixed_line_is_reported_beside_allocated_lines_that_fit() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 3, 0);
+        f.stock("SKU-1", "paris", 1, 0);
+        let outcome = f.hold_any(1, &[("SKU-1", None, 1), ("SKU-1", Some("berlin"), 5), ("SKU-1", Some("rome"), 1)]);
+        assert_eq!(
+            outcome,
+            Outcome::Refused(Refusal::InsufficientStock {
+                lines: vec![
+                    ShortLine { line: 1, requested: 5, available: 3, exists: true },
+                    ShortLine { line: 2, requested: 1, available: 0, exists: false },
+                ]
+            })
+        );
+        assert_eq!(f.state.live_holds(), 0);
+    }
+
+    #[test]
+    fn an_allocated_hold_retried_after_the_stock_moved_replays_what_it_held() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.stock("SKU-1", "paris", 4, 0);
+        f.stock("SKU-2", "berlin", 10, 0);
+        let request = [("SKU-1", None, 6), ("SKU-2", Some("berlin"), 1)];
+        let first = held_lines(f.hold_any(1, &request));
+        assert_eq!(first, vec![line("SKU-1", "berlin", 6), line("SKU-2", "berlin", 1)]);
+        // Allocating now would choose paris.
+        f.stock("SKU-1", "paris", 100, 0);
+        let retry = f.hold_any(1, &request);
+        assert!(matches!(retry, Outcome::Held { replayed: true, ref lines, .. } if *lines == first), "{retry:?}");
+        // The stored lines fulfil a request that names their warehouses too.
+        let named = f.hold_any(1, &[("SKU-1", Some("berlin"), 6), ("SKU-2", None, 1)]);
+        assert!(matches!(named, Outcome::Held { replayed: true, .. }), "{named:?}");
+        // Other quantities, other warehouses or a missing SKU are another request.
+        for other in [
+            vec![("SKU-1", None, 5), ("SKU-2", Some("berlin"), 1)],
+            vec![("SKU-1", Some("paris"), 6), ("SKU-2", Some("berlin"), 1)],
+            vec![("SKU-1", Some("berlin"), 5), ("SKU-1", None, 1), ("SKU-2", Some("berlin"), 2)],
+            vec![("SKU-1", None, 6)],
+            vec![("SKU-1", None, 6), ("SKU-2", Some("berlin"), 1), ("SKU-3", None, 1)],
+        ] {
+            assert_eq!(f.hold_any(1, &other), Outcome::Refused(Refusal::ReservationIdInUse), "{other:?}");
+        }
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 6));
+        assert_eq!(f.levels("SKU-1", "paris"), (100, 0));
+    }
+
+    #[test]
+    fn an_allocated_hold_with_a_known_key_replays_whatever_it_asks() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        let key = IdempotencyKey::new("cart-9").ok();
+        f.one(hold_any_command(1, &[("SKU-1", None, 2)], key.clone()));
+        let retry = f.one(hold_any_command(2, &[("SKU-1", None, 3)], key));
+        assert!(
+            matches!(retry, Outcome::Held { ref reservation, replayed: true, ref lines } if reservation.id == rid(1) && *lines == vec![line("SKU-1", "berlin", 2)])
+        );
+        assert_eq!(f.levels("SKU-1", "berlin"), (10, 2));
+    }
+
+    #[test]
+    fn later_commands_answer_with_the_lines_as_held() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 2, 0);
+        f.stock("SKU-1", "paris", 3, 0);
+        let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 4)]));
+        assert_eq!(lines, vec![line("SKU-1", "paris", 3), line("SKU-1", "berlin", 1)]);
+        let extended = f.one(Command::Extend(Extend { id: rid(1), deadline: Deadline::AfterMs(90_000) }));
+        assert!(matches!(extended, Outcome::Extended { lines: ref got, .. } if *got == lines), "{extended:?}");
+        let confirmed = f.one(Command::Confirm(Confirm { id: rid(1) }));
+        assert!(matches!(confirmed, Outcome::Confirmed { replayed: false, lines: ref got, .. } if *got == lines));
+        let again = f.one(Command::Confirm(Confirm { id: rid(1) }));
+        assert!(matches!(again, Outcome::Confirmed { replayed: true, lines: ref got, .. } if *got == lines));
+        f.hold_any(2, &[("SKU-1", None, 1)]);
+        let released = f.one(Command::Release(Release { id: rid(2) }));
+        assert!(
+            matches!(released, Outcome::Released { lines: ref got, .. } if *got == vec![line("SKU-1", "berlin", 1)])
+        );
+    }
+
+    #[test]
+    fn a_confirmed_hold_forgotten_at_once_still_answers_its_lines() {
+        let limits = Limits { terminal_retention_ms: 0, terminal_retained_max: 0, ..Limits::default() };
+        let mut f = Fixture::with_limits(limits);
+        f.stock("SKU-1", "berlin", 5, 0);
+        let mut command = hold_any_command(1, &[("SKU-1", None, 2)], None);
+        if let Command::Hold(hold) = &mut command {
+            hold.confirm = true;
+        }
+        let outcome = f.one(command);
+        assert!(matches!(outcome, Outcome::Confirmed { ref lines, .. } if *lines == vec![line("SKU-1", "berlin", 2)]));
+        f.hold_any(2, &[("SKU-1", None, 1)]);
+        let released = f.one(Command::Release(Release { id: rid(2) }));
+        assert!(matches!(released, Outcome::Released { ref lines, .. } if lines.len() == 1), "{released:?}");
+        assert!(f.state.reservation(&rid(2)).is_none(), "forgotten at once");
     }
 }

@@ -18,8 +18,8 @@ mod upsert;
 pub use adjust::{Adjust, AdjustReason};
 pub use confirm::Confirm;
 pub use extend::Extend;
-pub(crate) use hold::Summed;
-pub use hold::{Deadline, Hold, HoldLine};
+pub(crate) use hold::HoldScratch;
+pub use hold::{Allocation, Deadline, Hold, HoldLine};
 pub use release::Release;
 pub use set_limits::SetLimits;
 pub use transfer::Transfer;
@@ -85,17 +85,25 @@ fn end_held(state: &mut ShardState, id: &ReservationId, target: ReservationState
     let Some((slot, current)) = state.find_reservation(id).and_then(|slot| Some((slot, state.summary(slot)?))) else {
         return Refusal::ReservationNotFound.into();
     };
-    let (reservation, replayed) = match current.state {
-        ReservationState::Held => match state.end_reservation(slot, target, emitter) {
+    if current.state != ReservationState::Held && current.state != target {
+        return not_held(current.state).into();
+    }
+    // Read before ending: a reservation may be forgotten as it ends, when
+    // the limits retain no terminal reservations.
+    let Some(lines) = state.reservation_lines(slot) else {
+        return Refusal::ReservationNotFound.into();
+    };
+    let (reservation, replayed) = if current.state == ReservationState::Held {
+        match state.end_reservation(slot, target, emitter) {
             Some(ended) => (ended, false),
             None => return Refusal::ReservationNotFound.into(),
-        },
-        now if now == target => (current, true),
-        now => return not_held(now).into(),
+        }
+    } else {
+        (current, true)
     };
     match target {
-        ReservationState::Confirmed => Outcome::Confirmed { reservation, replayed },
-        _ => Outcome::Released { reservation, replayed },
+        ReservationState::Confirmed => Outcome::Confirmed { reservation, replayed, lines },
+        _ => Outcome::Released { reservation, replayed, lines },
     }
 }
 

@@ -50,8 +50,8 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        let Outcome::Released { reservation, .. } = f.one(release(1)) else { panic!("not released") };
-        assert_eq!(f.one(release(1)), Outcome::Released { reservation, replayed: true });
+        let Outcome::Released { reservation, lines, .. } = f.one(release(1)) else { panic!("not released") };
+        assert_eq!(f.one(release(1)), Outcome::Released { reservation, replayed: true, lines });
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
     }
 

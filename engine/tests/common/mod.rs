@@ -1,7 +1,9 @@
 //! Builders shared by the integration tests.
 #![allow(dead_code)]
 
-use engine::cmd::{Adjust, AdjustReason, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
+use engine::cmd::{
+    Adjust, AdjustReason, Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem,
+};
 use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 
 pub fn sku(text: &str) -> Sku {
@@ -40,11 +42,21 @@ pub fn adjust_command(sku_text: &str, warehouse: &str, delta: i64, reason: Adjus
 }
 
 pub fn hold_command(n: u64, lines: &[(&str, &str, u64)], ttl_ms: u64, key: Option<&str>) -> Command {
+    let lines: Vec<_> = lines.iter().map(|&(s, w, q)| (s, Some(w), q)).collect();
+    hold_any_command(n, &lines, ttl_ms, key)
+}
+
+/// A hold whose lines without a warehouse are allocated, most available first.
+pub fn hold_any_command(n: u64, lines: &[(&str, Option<&str>, u64)], ttl_ms: u64, key: Option<&str>) -> Command {
     Command::Hold(Hold {
         id: rid(n),
-        lines: lines.iter().map(|&(s, w, q)| HoldLine { sku: sku(s), warehouse: wh(w), quantity: qty(q) }).collect(),
+        lines: lines
+            .iter()
+            .map(|&(s, w, q)| HoldLine { sku: sku(s), warehouse: w.map(wh), quantity: qty(q) })
+            .collect(),
         deadline: Deadline::AfterMs(ttl_ms),
         idempotency_key: key.map(|k| IdempotencyKey::new(k).unwrap_or_else(|error| panic!("bad key: {error}"))),
         confirm: false,
+        allocation: Allocation::MostAvailable,
     })
 }

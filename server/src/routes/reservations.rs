@@ -3,9 +3,15 @@
 //!
 //! A reservation whose lines all live on one shard is one `Hold` command:
 //! atomic in the shard's actor (the fast path). Lines on several shards
-//! follow the saga of DESIGN §4: hold on each shard with one shared
-//! deadline; if any part is refused, release the others and answer 409 with
-//! every short line. A crash mid-saga leaves parts that expire on their own.
+//! are the parts of the saga in `cluster::saga` (DESIGN §4): hold on each
+//! shard with one shared deadline; if any part is refused, release the
+//! others and answer 409 with every short line.
+//!
+//! A line with no warehouse is sent as such: the engine allocates it inside
+//! the hold (`api.allocation`, most available first by default, split across
+//! warehouses when none has enough alone), so there is no read before the
+//! hold and no retry. The answer is built from the hold's outcome, which
+//! carries the lines as held, for a first write and a replay alike.
 //!
 //! Reservation ids (32 hex digits) carry their home shard in the first two
 //! bytes (so confirm and release route without a lookup) and, in the third,
@@ -14,13 +20,6 @@
 //! `Idempotency-Key` or an `order_id` — a hash of it, so a retry makes the
 //! same id and the engine answers it with the first outcome instead of
 //! holding twice.
-//!
-//! A line with no warehouse is allocated from the SKU's warehouses, most
-//! available first (ties by warehouse name), split across warehouses when
-//! none has enough alone. The stock is read first and then held, so a
-//! concurrent hold can take it in between: the hold is still atomic (it never
-//! oversells) and allocation is retried `api.allocation_attempts_max` times
-//! before answering 409.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,24 +82,22 @@ pub struct RequestLine {
     pub quantity: u64,
 }
 
-/// One line as held: always with its warehouse.
+/// One request line as sent to its shard. With no warehouse, the engine
+/// allocates it (`Hold::allocation`) in the same step as the hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Line {
     /// Index of the request line it came from.
     request_line: usize,
     sku: Sku,
-    warehouse: Warehouse,
-    quantity: u64,
+    warehouse: Option<Warehouse>,
+    quantity: Quantity,
 }
 
-impl Line {
-    fn view(&self) -> engine::outcome::LineView {
-        engine::outcome::LineView {
-            sku: self.sku.as_str().to_owned(),
-            warehouse: self.warehouse.as_str().to_owned(),
-            quantity: self.quantity,
-        }
-    }
+/// What creating a reservation answered.
+#[derive(Debug)]
+pub struct Created {
+    pub body: ReservationOut,
+    pub replayed: bool,
 }
 
 /// A request's checked settings.
@@ -113,19 +110,19 @@ struct Checked {
     seed: Option<String>,
 }
 
-/// A reservation that is one `Hold` on one shard.
-struct SingleHold {
+/// A reservation's part on one shard: one `Hold` of the request's lines
+/// that live there.
+struct PartHold {
     shard: u32,
-    id: ReservationId,
     command: Command,
     lines: Vec<Line>,
 }
 
-/// What creating a reservation answered.
-#[derive(Debug)]
-pub struct Created {
-    pub body: ReservationOut,
-    pub replayed: bool,
+/// A request made ready to submit: its id and one part per shard, in
+/// shard order.
+struct Prepared {
+    id: ReservationId,
+    parts: Vec<PartHold>,
 }
 
 /// 13 unpredictable bytes for a reservation id without a system call per
@@ -287,6 +284,23 @@ fn merged_summary(parts: &[ReservationSummary]) -> Option<ReservationSummary> {
     Some(merged)
 }
 
+/// The engine's short lines (indexes into a part's lines) as the request's.
+fn short_lines<'a>(lines: &'a [Line], shorts: &[ShortLine]) -> Vec<(usize, &'a str, &'a str, ShortLine)> {
+    shorts
+        .iter()
+        .filter_map(|short| {
+            lines.get(short.line as usize).map(|line| {
+                let warehouse = line.warehouse.as_ref().map_or("", |w| w.as_str());
+                (line.request_line, line.sku.as_str(), warehouse, *short)
+            })
+        })
+        .collect()
+}
+
+fn part_outs(parts: Vec<(ReservationState, usize)>) -> Vec<PartOut> {
+    parts.into_iter().map(|(state, lines)| PartOut { state: state.as_str(), lines }).collect()
+}
+
 fn empty_summary(id: ReservationId) -> ReservationSummary {
     ReservationSummary { id, state: ReservationState::Held, created_at_ms: 0, deadline_ms: 0, ended_at_ms: None }
 }
@@ -392,100 +406,63 @@ impl AppState {
         ReservationOut::new(view, None)
     }
 
-    /// Resolves the lines' warehouses, allocating lines that name none.
-    async fn allocate(&self, lines: &[RequestLine]) -> ApiResult<Vec<Line>> {
-        let shards = self.node.shard_count();
-        let mut resolved = Vec::with_capacity(lines.len());
-        let mut open: BTreeMap<String, Vec<(usize, u64)>> = BTreeMap::new();
-        for (index, line) in lines.iter().enumerate() {
-            let sku = Sku::new(line.sku.clone())?;
-            Quantity::new(line.quantity)?;
-            match &line.warehouse {
-                Some(warehouse) => resolved.push(Line {
-                    request_line: index,
-                    sku,
-                    warehouse: Warehouse::new(warehouse.clone())?,
-                    quantity: line.quantity,
-                }),
-                None => open.entry(line.sku.clone()).or_default().push((index, line.quantity)),
-            }
-        }
-        let mut short = Vec::new();
-        for (sku_name, wanted) in open {
-            let shard = shard_of(&sku_name, shards);
-            let name = sku_name.clone();
-            let view = read_shard(self, shard, super::Consistency::Linearizable, move |s| s.sku_items(&name)).await?;
-            // Most available first, then by name: a documented, stable order.
-            let mut stock: Vec<(String, u64)> =
-                view.items.iter().map(|item| (item.warehouse.clone(), item.available)).collect();
-            stock.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            for (index, mut quantity) in wanted {
-                let requested = quantity;
-                for (warehouse, available) in &mut stock {
-                    if quantity == 0 {
-                        break;
-                    }
-                    let take = quantity.min(*available);
-                    if take == 0 {
-                        continue;
-                    }
-                    *available -= take;
-                    quantity -= take;
-                    resolved.push(Line {
-                        request_line: index,
-                        sku: Sku::new(sku_name.clone())?,
-                        warehouse: Warehouse::new(warehouse.clone())?,
-                        quantity: take,
-                    });
-                }
-                if quantity > 0 {
-                    let available = requested - quantity;
-                    short.push((
-                        index,
-                        sku_name.clone(),
-                        ShortLine { line: 0, requested, available, exists: !view.items.is_empty() },
-                    ));
-                }
-            }
-        }
-        if !short.is_empty() {
-            let short: Vec<(usize, &str, &str, ShortLine)> =
-                short.iter().map(|(index, sku, line)| (*index, sku.as_str(), "", *line)).collect();
-            return Err(short_lines_problem(&short));
-        }
-        Ok(resolved)
-    }
-
     /// Creates a reservation: the one path of `POST /v1/reservations`, the
-    /// batch endpoint and orders.
+    /// batch endpoint and orders. Lines on one shard are one `Hold` command
+    /// (allocation included, atomic in the shard); lines on several shards
+    /// are the saga's parts. The answer comes from the write's outcomes.
     pub async fn create_reservation(&self, body: &ReservationBody, key: Option<&str>) -> ApiResult<Created> {
         let checked = self.check_request(body, key)?;
-        if let Some(single) = self.single_shard_hold(body, &checked)? {
-            let outcome = self.node.submit_to(single.shard, single.command).await?;
-            return self.held(outcome, &single.lines, body.order_id.as_deref(), single.id).await;
+        let Prepared { id, mut parts } = self.prepare(body, &checked)?;
+        let order_id = body.order_id.as_deref();
+        if parts.len() == 1
+            && let Some(part) = parts.pop()
+        {
+            let outcome = self.node.submit_to(part.shard, part.command).await?;
+            return self.held(outcome, &part.lines, order_id, id);
         }
-        let Checked { ttl_ms, engine_key, seed } = checked;
-        let shards = self.node.shard_count();
-        let home = shard_of(&body.lines[0].sku, shards);
-        // A keyed retry whose lines need allocating may allocate differently
-        // the second time: answer it from the reservation the key made.
-        let needs_allocation = body.lines.iter().any(|line| line.warehouse.is_none());
-        if needs_allocation && let Some(seed) = &seed {
-            for spans in [false, true] {
-                let id = make_id(home, spans, Some(seed));
-                if let Ok(existing) = self.reservation_body(id, super::Consistency::Linearizable).await {
-                    return Ok(Created { body: existing, replayed: true });
+        let saga_parts = parts.iter().map(|part| SagaPart { shard: part.shard, hold: part.command.clone() }).collect();
+        match self.node.reserve_across_shards(id, saga_parts, body.commit).await? {
+            SagaOutcome::Held { holds, confirms } => {
+                let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
+                let mut summaries = Vec::with_capacity(holds.len());
+                let mut lines = Vec::new();
+                for hold in holds {
+                    if let Outcome::Held { reservation, lines: held, .. } = hold {
+                        summaries.push(reservation);
+                        lines.extend(held);
+                    }
                 }
+                if let Some(confirms) = confirms {
+                    summaries = self.ended(confirms)?;
+                }
+                let part_states =
+                    parts.iter().zip(&summaries).map(|(part, summary)| (summary.state, part.lines.len())).collect();
+                let summary = merged_summary(&summaries).unwrap_or_else(|| empty_summary(id));
+                let view = ReservationView { summary, lines, idempotency_key: None };
+                let mut out = ReservationOut::new(view, order_id);
+                out.parts = Some(part_outs(part_states));
+                Ok(Created { body: out, replayed })
             }
-        }
-        let attempts = if needs_allocation { self.config.api.allocation_attempts_max } else { 1 };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let lines = self.allocate(&body.lines).await?;
-            match self.hold_lines(body, &lines, home, seed.as_deref(), engine_key.as_ref(), ttl_ms).await {
-                Err(problem) if problem.code == "insufficient_stock" && attempt < attempts => continue,
-                other => return other,
+            SagaOutcome::Undone { holds } => {
+                let mut short: Vec<(usize, &str, &str, ShortLine)> = Vec::new();
+                let mut failure: Option<Problem> = None;
+                for (part, answer) in parts.iter().zip(holds) {
+                    match answer {
+                        Ok(Outcome::Held { .. }) => {}
+                        Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
+                            short.extend(short_lines(&part.lines, &shorts));
+                        }
+                        Ok(Outcome::Refused(refusal)) => failure = Some(Problem::refusal(&refusal)),
+                        Ok(other) => failure = Some(self.unexpected(&other)),
+                        Err(error) => failure = Some(Problem::from(error)),
+                    }
+                }
+                Err(if short.is_empty() {
+                    failure.unwrap_or_else(|| self.unexpected(&Outcome::Ticked))
+                } else {
+                    short.sort_by_key(|(line, ..)| *line);
+                    short_lines_problem(&short)
+                })
             }
         }
     }
@@ -510,182 +487,65 @@ impl AppState {
         Ok(Checked { ttl_ms, engine_key, seed })
     }
 
-    /// The one `Hold` of a request whose lines all name their warehouse and
-    /// live on one shard: nothing to read before it, nothing to undo after.
-    /// `None` for every other request (allocation, several shards).
-    fn single_shard_hold(&self, body: &ReservationBody, checked: &Checked) -> ApiResult<Option<SingleHold>> {
+    /// The request's id and its parts, one `Hold` per shard its lines live
+    /// on. Parts of a reservation across shards share one absolute deadline.
+    fn prepare(&self, body: &ReservationBody, checked: &Checked) -> ApiResult<Prepared> {
         let shards = self.node.shard_count();
-        let shard = shard_of(&body.lines[0].sku, shards);
-        let fits = body.lines.iter().all(|line| line.warehouse.is_some() && shard_of(&line.sku, shards) == shard);
-        if !fits {
-            return Ok(None);
-        }
-        let mut lines = Vec::with_capacity(body.lines.len());
-        let mut hold_lines = Vec::with_capacity(body.lines.len());
+        let mut by_shard: BTreeMap<u32, Vec<Line>> = BTreeMap::new();
         for (index, line) in body.lines.iter().enumerate() {
             let sku = Sku::new(line.sku.clone())?;
-            let warehouse = Warehouse::new(line.warehouse.clone().unwrap_or_default())?;
+            let warehouse = line.warehouse.clone().map(Warehouse::new).transpose()?;
             let quantity = Quantity::new(line.quantity)?;
-            hold_lines.push(HoldLine { sku: sku.clone(), warehouse: warehouse.clone(), quantity });
-            lines.push(Line { request_line: index, sku, warehouse, quantity: line.quantity });
-        }
-        let id = make_id(shard, false, checked.seed.as_deref());
-        let command = Command::Hold(Hold {
-            id,
-            lines: hold_lines,
-            deadline: Deadline::AfterMs(checked.ttl_ms),
-            idempotency_key: checked.engine_key.clone(),
-            confirm: body.commit,
-        });
-        Ok(Some(SingleHold { shard, id, command, lines }))
-    }
-
-    async fn hold_lines(
-        &self,
-        body: &ReservationBody,
-        lines: &[Line],
-        home: u32,
-        seed: Option<&str>,
-        key: Option<&IdempotencyKey>,
-        ttl_ms: u64,
-    ) -> ApiResult<Created> {
-        let shards = self.node.shard_count();
-        let mut by_shard: BTreeMap<u32, Vec<&Line>> = BTreeMap::new();
-        for line in lines {
-            by_shard.entry(shard_of(line.sku.as_str(), shards)).or_default().push(line);
+            let shard = shard_of(sku.as_str(), shards);
+            by_shard.entry(shard).or_default().push(Line { request_line: index, sku, warehouse, quantity });
         }
         let spans = by_shard.len() > 1;
-        let id = make_id(home, spans, seed);
-        let hold = |lines: &[&Line], deadline: Deadline, confirm: bool| -> ApiResult<Command> {
-            Ok(Command::Hold(Hold {
-                id,
-                lines: lines
-                    .iter()
-                    .map(|line| {
-                        Ok(HoldLine {
+        let home = shard_of(&body.lines[0].sku, shards);
+        let id = make_id(home, spans, checked.seed.as_deref());
+        let deadline = if spans {
+            Deadline::AtMs(self.node.clock().now_ms().saturating_add(checked.ttl_ms))
+        } else {
+            Deadline::AfterMs(checked.ttl_ms)
+        };
+        let allocation = self.config.api.allocation.engine();
+        let parts = by_shard
+            .into_iter()
+            .map(|(shard, lines)| {
+                let command = Command::Hold(Hold {
+                    id,
+                    lines: lines
+                        .iter()
+                        .map(|line| HoldLine {
                             sku: line.sku.clone(),
                             warehouse: line.warehouse.clone(),
-                            quantity: Quantity::new(line.quantity)?,
-                        })
-                    })
-                    .collect::<Result<_, engine::InputError>>()?,
-                deadline,
-                idempotency_key: key.cloned(),
-                confirm,
-            }))
-        };
-        if !spans {
-            let (shard, shard_lines) = by_shard
-                .into_iter()
-                .next()
-                .ok_or_else(|| Problem::bad_request("no_lines", "a reservation needs at least one line"))?;
-            let command = hold(&shard_lines, Deadline::AfterMs(ttl_ms), body.commit)?;
-            let outcome = self.node.submit_to(shard, command).await?;
-            return self.held(outcome, lines, body.order_id.as_deref(), id).await;
-        }
-        // The saga (cluster::saga): every part gets the same absolute deadline.
-        let deadline = Deadline::AtMs(self.node.clock().now_ms().saturating_add(ttl_ms));
-        let mut parts = Vec::with_capacity(by_shard.len());
-        for (shard, shard_lines) in &by_shard {
-            parts.push(SagaPart { shard: *shard, hold: hold(shard_lines, deadline, false)? });
-        }
-        let holds = match self.node.reserve_across_shards(id, parts, body.commit).await? {
-            SagaOutcome::Held { holds, confirms } => {
-                let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
-                let written: Vec<ReservationSummary> = match confirms {
-                    Some(confirms) => self.ended(confirms)?,
-                    None => holds
-                        .iter()
-                        .filter_map(|hold| match hold {
-                            Outcome::Held { reservation, .. } => Some(*reservation),
-                            _ => None,
+                            quantity: line.quantity,
                         })
                         .collect(),
-                };
-                let body = if replayed {
-                    // Answer with the reservation as stored (it may name other lines).
-                    self.written_body(id, &written).await
-                } else {
-                    let view = ReservationView {
-                        summary: merged_summary(&written).unwrap_or_else(|| empty_summary(id)),
-                        // In shard order, as a read of the parts lists them.
-                        lines: by_shard.values().flatten().map(|line| line.view()).collect(),
-                        idempotency_key: None,
-                    };
-                    let mut out = ReservationOut::new(view, body.order_id.as_deref());
-                    out.parts = Some(
-                        by_shard
-                            .values()
-                            .zip(&written)
-                            .map(|(lines, part)| PartOut { state: part.state.as_str(), lines: lines.len() })
-                            .collect(),
-                    );
-                    out
-                };
-                return Ok(Created { body, replayed });
-            }
-            SagaOutcome::Undone { holds } => holds,
-        };
-        let mut short: Vec<(usize, &str, &str, ShortLine)> = Vec::new();
-        let mut failure: Option<Problem> = None;
-        for (shard_lines, answer) in by_shard.values().zip(holds) {
-            match answer {
-                Ok(Outcome::Held { .. }) => {}
-                Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
-                    for line in shorts {
-                        if let Some(original) = shard_lines.get(line.line as usize) {
-                            short.push((
-                                original.request_line,
-                                original.sku.as_str(),
-                                original.warehouse.as_str(),
-                                line,
-                            ));
-                        }
-                    }
-                }
-                Ok(Outcome::Refused(refusal)) => failure = Some(Problem::refusal(&refusal)),
-                Ok(other) => failure = Some(self.unexpected(&other)),
-                Err(error) => failure = Some(Problem::from(error)),
-            }
-        }
-        Err(if short.is_empty() {
-            failure.unwrap_or_else(|| self.unexpected(&Outcome::Ticked))
-        } else {
-            short.sort_by_key(|(line, ..)| *line);
-            short_lines_problem(&short)
-        })
+                    deadline,
+                    idempotency_key: checked.engine_key.clone(),
+                    // Parts of a saga are confirmed once every part holds.
+                    confirm: body.commit && !spans,
+                    allocation,
+                });
+                PartHold { shard, command, lines }
+            })
+            .collect();
+        Ok(Prepared { id, parts })
     }
 
-    async fn held(
-        &self,
-        outcome: Outcome,
-        lines: &[Line],
-        order_id: Option<&str>,
-        id: ReservationId,
-    ) -> ApiResult<Created> {
+    /// The answer to a one-shard reservation, from its outcome: the lines
+    /// as held (allocation and splitting included), for a first write and a
+    /// replay alike.
+    fn held(&self, outcome: Outcome, lines: &[Line], order_id: Option<&str>, id: ReservationId) -> ApiResult<Created> {
         match outcome {
-            Outcome::Held { reservation, replayed } | Outcome::Confirmed { reservation, replayed } => {
-                if replayed {
-                    // Answer with the reservation as stored (it may name other lines).
-                    let body = self.written_body(reservation.id, std::slice::from_ref(&reservation)).await;
-                    return Ok(Created { body, replayed });
-                }
-                let view = ReservationView {
-                    summary: reservation,
-                    lines: lines.iter().map(Line::view).collect(),
-                    idempotency_key: None,
-                };
+            Outcome::Held { reservation, replayed, lines: held }
+            | Outcome::Confirmed { reservation, replayed, lines: held } => {
                 debug_assert_eq!(reservation.id, id);
+                let view = ReservationView { summary: reservation, lines: held, idempotency_key: None };
                 Ok(Created { body: ReservationOut::new(view, order_id), replayed })
             }
             Outcome::Refused(Refusal::InsufficientStock { lines: shorts }) => {
-                let short: Vec<(usize, &str, &str, ShortLine)> = shorts
-                    .iter()
-                    .filter_map(|s| {
-                        lines.get(s.line as usize).map(|l| (l.request_line, l.sku.as_str(), l.warehouse.as_str(), *s))
-                    })
-                    .collect();
-                Err(short_lines_problem(&short))
+                Err(short_lines_problem(&short_lines(lines, &shorts)))
             }
             Outcome::Refused(refusal) => Err(Problem::refusal(&refusal)),
             other => Err(self.unexpected(&other)),
@@ -714,7 +574,7 @@ impl AppState {
             match answer? {
                 Outcome::Confirmed { reservation, .. }
                 | Outcome::Released { reservation, .. }
-                | Outcome::Extended { reservation } => {
+                | Outcome::Extended { reservation, .. } => {
                     found = true;
                     written.push(reservation);
                 }
@@ -951,17 +811,22 @@ impl AppState {
     /// The results of a batch's requests, in request order.
     async fn create_batch(&self, requests: &[BatchRequest]) -> Vec<ApiResult<Created>> {
         let mut results: Vec<Option<ApiResult<Created>>> = requests.iter().map(|_| None).collect();
-        let mut lists: BTreeMap<u32, Vec<(usize, SingleHold)>> = BTreeMap::new();
+        let mut lists: BTreeMap<u32, Vec<(usize, ReservationId, PartHold)>> = BTreeMap::new();
         let mut others = Vec::new();
         for (index, request) in requests.iter().enumerate() {
             let key = request.idempotency_key.as_deref();
             let prepared = key
                 .map_or(Ok(()), |key| IdempotencyKey::new(key.to_owned()).map(drop).map_err(Problem::from))
                 .and_then(|()| self.check_request(&request.reservation, key))
-                .and_then(|checked| self.single_shard_hold(&request.reservation, &checked));
+                .and_then(|checked| self.prepare(&request.reservation, &checked));
             match prepared {
-                Ok(Some(single)) => lists.entry(single.shard).or_default().push((index, single)),
-                Ok(None) => others.push(index),
+                Ok(Prepared { id, mut parts }) if parts.len() == 1 => {
+                    if let Some(part) = parts.pop() {
+                        lists.entry(part.shard).or_default().push((index, id, part));
+                    }
+                }
+                // Across shards: the saga, on its own.
+                Ok(_) => others.push(index),
                 Err(problem) => results[index] = Some(Err(problem)),
             }
         }
@@ -984,11 +849,11 @@ impl AppState {
     async fn hold_list(
         &self,
         shard: u32,
-        holds: Vec<(usize, SingleHold)>,
+        holds: Vec<(usize, ReservationId, PartHold)>,
         requests: &[BatchRequest],
     ) -> Vec<(usize, ApiResult<Created>)> {
         let (holds, commands): (Vec<_>, Vec<_>) =
-            holds.into_iter().map(|(index, single)| ((index, single.id, single.lines), single.command)).unzip();
+            holds.into_iter().map(|(index, id, part)| ((index, id, part.lines), part.command)).unzip();
         let outcomes = match self.node.submit_many_to(shard, commands).await {
             Ok(outcomes) if outcomes.len() == holds.len() => outcomes,
             Ok(outcomes) => {
@@ -1004,11 +869,14 @@ impl AppState {
                 return holds.into_iter().map(|(index, ..)| (index, Err(problem.clone()))).collect();
             }
         };
-        let answers = holds.into_iter().zip(outcomes).map(|((index, id, lines), outcome)| async move {
-            let order_id = requests[index].reservation.order_id.as_deref();
-            (index, self.held(outcome, &lines, order_id, id).await)
-        });
-        futures_util::future::join_all(answers).await
+        holds
+            .into_iter()
+            .zip(outcomes)
+            .map(|((index, id, lines), outcome)| {
+                let order_id = requests[index].reservation.order_id.as_deref();
+                (index, self.held(outcome, &lines, order_id, id))
+            })
+            .collect()
     }
 }
 
