@@ -60,16 +60,16 @@ impl Node {
     async fn run_saga(&self, id: ReservationId, parts: Vec<SagaPart>, confirm: bool) -> SagaOutcome {
         let submits = parts.iter().map(|part| self.submit_to(part.shard, part.hold.clone()));
         let holds = futures_util::future::join_all(submits).await;
-        // A part "may be held" unless its shard refused it: a part with no
-        // outcome is released too (a release of nothing is refused, harmless).
-        let to_release: Vec<u32> = parts
-            .iter()
-            .zip(&holds)
-            .filter(|(_, hold)| !matches!(hold, Ok(outcome) if outcome.is_refused()))
-            .map(|(part, _)| part.shard)
-            .collect();
         let all_held = holds.iter().all(|hold| matches!(hold, Ok(Outcome::Held { .. })));
         if !all_held {
+            // A part "may be held" unless its shard refused it: a part with no
+            // outcome is released too (a release of nothing is refused, harmless).
+            let to_release: Vec<u32> = parts
+                .iter()
+                .zip(&holds)
+                .filter(|(_, hold)| !matches!(hold, Ok(outcome) if outcome.is_refused()))
+                .map(|(part, _)| part.shard)
+                .collect();
             self.release_parts(id, &to_release).await;
             return SagaOutcome::Undone { holds };
         }

@@ -61,7 +61,8 @@ impl ShardThread {
     }
 
     /// True when called on the shard's thread.
-    pub fn is_current(&self) -> bool {
+    #[cfg(test)]
+    fn is_current(&self) -> bool {
         self.owner.load(Ordering::Acquire) == current_token()
     }
 

@@ -31,25 +31,11 @@ async fn two_hundred_clients_racing_for_a_hundred_units_buy_exactly_a_hundred() 
         node.http().put(&item_path(SKU, WAREHOUSE), json!({ "on_hand": UNITS, "low_stock_threshold": 10 })).await;
     assert_eq!(status, StatusCode::CREATED, "creating the item: {item}");
 
-    // Every client opens its own connection first, then all start at once.
-    let start = Arc::new(Barrier::new(CLIENTS));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|client_index| {
-            let http = node.client();
-            let start = Arc::clone(&start);
-            tokio::spawn(async move {
-                let (status, _, _) = http.get("/healthz").await;
-                assert_eq!(status, StatusCode::OK, "client {client_index}: /healthz");
-                start.wait().await;
-                buy_one(&http, client_index).await
-            })
-        })
-        .collect();
-
+    let attempts = race(&node, |http, client_index| async move { buy_one(&http, client_index).await }).await;
     let mut bought = BTreeSet::new();
     let mut sold_out = 0u64;
-    for task in tasks {
-        match task.await.unwrap_or_else(|e| panic!("a client task failed: {e}")) {
+    for attempt in attempts {
+        match attempt {
             Attempt::Bought(id) => assert!(bought.insert(id.clone()), "reservation {id} was given to two clients"),
             Attempt::SoldOut => sold_out += 1,
         }
@@ -69,6 +55,36 @@ async fn two_hundred_clients_racing_for_a_hundred_units_buy_exactly_a_hundred() 
         assert_eq!(status, StatusCode::OK, "{reservation}");
         assert_eq!(str_of(&reservation, "state"), "CONFIRMED", "{reservation}");
     }
+}
+
+/// Runs `client` once per each of `CLIENTS` clients, each on its own
+/// connection, opened (and checked with `/healthz`) before all start at
+/// once; answers what each returned, by client index.
+async fn race<T, F, Fut>(node: &TallyProcess, client: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Http, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client_index| {
+            let http = node.client();
+            let start = Arc::clone(&start);
+            let run = client(http.clone(), client_index);
+            tokio::spawn(async move {
+                let (status, _, _) = http.get("/healthz").await;
+                assert_eq!(status, StatusCode::OK, "client {client_index}: /healthz");
+                start.wait().await;
+                run.await
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(CLIENTS);
+    for task in tasks {
+        answers.push(task.await.unwrap_or_else(|e| panic!("a client task failed: {e}")));
+    }
+    answers
 }
 
 /// Holds one unit and, if that succeeds, confirms it. 503s are retried: the
@@ -113,25 +129,15 @@ async fn clients_racing_without_a_warehouse_get_every_unit_of_every_warehouse() 
         assert_eq!(status, StatusCode::CREATED, "creating the item: {item}");
     }
     let units = PER_WAREHOUSE * WAREHOUSES.len() as u64;
-    let start = Arc::new(Barrier::new(CLIENTS));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|client_index| {
-            let http = node.client();
-            let start = Arc::clone(&start);
-            tokio::spawn(async move {
-                let (status, _, _) = http.get("/healthz").await;
-                assert_eq!(status, StatusCode::OK, "client {client_index}: /healthz");
-                start.wait().await;
-                let key = format!("spread-client-{client_index}");
-                let hold = json!({ "lines": [{ "sku": SPREAD_SKU, "quantity": 1 }], "ttl_seconds": 600 });
-                http.retry(Method::POST, "/v1/reservations", &[("Idempotency-Key", &key)], Some(&hold)).await
-            })
-        })
-        .collect();
+    let replies = race(&node, |http, client_index| async move {
+        let key = format!("spread-client-{client_index}");
+        let hold = json!({ "lines": [{ "sku": SPREAD_SKU, "quantity": 1 }], "ttl_seconds": 600 });
+        http.retry(Method::POST, "/v1/reservations", &[("Idempotency-Key", &key)], Some(&hold)).await
+    })
+    .await;
     let mut held_in: Vec<String> = Vec::new();
     let mut refused = 0u64;
-    for task in tasks {
-        let reply = task.await.unwrap_or_else(|e| panic!("a client task failed: {e}"));
+    for reply in replies {
         match reply.0 {
             StatusCode::CREATED => held_in.push(str_of(&reply.2["lines"][0], "warehouse").to_owned()),
             StatusCode::CONFLICT => {

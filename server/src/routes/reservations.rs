@@ -256,10 +256,6 @@ impl ReservationOut {
         }
     }
 
-    pub fn state(&self) -> &'static str {
-        self.state
-    }
-
     /// The JSON response with `status`.
     fn respond(&self, status: StatusCode) -> Response {
         json_response(status, self)
@@ -295,10 +291,6 @@ fn short_lines<'a>(lines: &'a [Line], shorts: &[ShortLine]) -> Vec<(usize, &'a s
             })
         })
         .collect()
-}
-
-fn part_outs(parts: Vec<(ReservationState, usize)>) -> Vec<PartOut> {
-    parts.into_iter().map(|(state, lines)| PartOut { state: state.as_str(), lines }).collect()
 }
 
 fn empty_summary(id: ReservationId) -> ReservationSummary {
@@ -383,25 +375,19 @@ impl AppState {
         };
         tracing::warn!(%id, code = error.code, "the read after a write failed; answering from this replica");
         let parts = self.reservation_parts(id, super::Consistency::Stale).await.unwrap_or_default();
-        let mut view = match (merge_parts(parts), written.first()) {
-            (Some((merged, _)), _) => merged,
-            (None, Some(summary)) => ReservationView { summary: *summary, lines: Vec::new(), idempotency_key: None },
-            (None, None) => ReservationView {
-                summary: ReservationSummary {
-                    id,
-                    state: ReservationState::Held,
-                    created_at_ms: 0,
-                    deadline_ms: 0,
-                    ended_at_ms: None,
-                },
+        let written = merged_summary(written);
+        let mut view = match merge_parts(parts) {
+            Some((merged, _)) => merged,
+            None => ReservationView {
+                summary: written.unwrap_or_else(|| empty_summary(id)),
                 lines: Vec::new(),
                 idempotency_key: None,
             },
         };
-        if let Some(first) = written.first() {
-            view.summary.state = first.state;
-            view.summary.ended_at_ms = first.ended_at_ms;
-            view.summary.deadline_ms = written.iter().map(|w| w.deadline_ms).min().unwrap_or(first.deadline_ms);
+        if let Some(summary) = written {
+            view.summary.state = summary.state;
+            view.summary.ended_at_ms = summary.ended_at_ms;
+            view.summary.deadline_ms = summary.deadline_ms;
         }
         ReservationOut::new(view, None)
     }
@@ -420,37 +406,43 @@ impl AppState {
             let outcome = self.node.submit_to(part.shard, part.command).await?;
             return self.held(outcome, &part.lines, order_id, id);
         }
-        let saga_parts = parts.iter().map(|part| SagaPart { shard: part.shard, hold: part.command.clone() }).collect();
+        let (saga_parts, part_lines): (Vec<SagaPart>, Vec<Vec<Line>>) =
+            parts.into_iter().map(|part| (SagaPart { shard: part.shard, hold: part.command }, part.lines)).unzip();
         match self.node.reserve_across_shards(id, saga_parts, body.commit).await? {
             SagaOutcome::Held { holds, confirms } => {
                 let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
                 let mut summaries = Vec::with_capacity(holds.len());
+                let mut part_line_counts = Vec::with_capacity(holds.len());
                 let mut lines = Vec::new();
                 for hold in holds {
                     if let Outcome::Held { reservation, lines: held, .. } = hold {
                         summaries.push(reservation);
+                        part_line_counts.push(held.len());
                         lines.extend(held);
                     }
                 }
                 if let Some(confirms) = confirms {
                     summaries = self.ended(confirms)?;
                 }
-                let part_states =
-                    parts.iter().zip(&summaries).map(|(part, summary)| (summary.state, part.lines.len())).collect();
+                let parts_out = summaries
+                    .iter()
+                    .zip(part_line_counts)
+                    .map(|(summary, lines)| PartOut { state: summary.state.as_str(), lines })
+                    .collect();
                 let summary = merged_summary(&summaries).unwrap_or_else(|| empty_summary(id));
                 let view = ReservationView { summary, lines, idempotency_key: None };
                 let mut out = ReservationOut::new(view, order_id);
-                out.parts = Some(part_outs(part_states));
+                out.parts = Some(parts_out);
                 Ok(Created { body: out, replayed })
             }
             SagaOutcome::Undone { holds } => {
                 let mut short: Vec<(usize, &str, &str, ShortLine)> = Vec::new();
                 let mut failure: Option<Problem> = None;
-                for (part, answer) in parts.iter().zip(holds) {
+                for (lines, answer) in part_lines.iter().zip(holds) {
                     match answer {
                         Ok(Outcome::Held { .. }) => {}
                         Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
-                            short.extend(short_lines(&part.lines, &shorts));
+                            short.extend(short_lines(lines, &shorts));
                         }
                         Ok(Outcome::Refused(refusal)) => failure = Some(Problem::refusal(&refusal)),
                         Ok(other) => failure = Some(self.unexpected(&other)),
@@ -554,12 +546,7 @@ impl AppState {
 
     /// Confirms, releases or extends every part of a reservation.
     async fn end(&self, id: ReservationId, make: impl Fn() -> Command) -> ApiResult<ReservationOut> {
-        self.end_on(id, &self.part_shards(id)?, make).await
-    }
-
-    /// Confirms, releases or extends the parts of a reservation on `shards`.
-    async fn end_on(&self, id: ReservationId, shards: &[u32], make: impl Fn() -> Command) -> ApiResult<ReservationOut> {
-        let submits = shards.iter().map(|&shard| self.node.submit_to(shard, make()));
+        let submits = self.part_shards(id)?.into_iter().map(|shard| self.node.submit_to(shard, make()));
         let written = self.ended(futures_util::future::join_all(submits).await)?;
         Ok(self.written_body(id, &written).await)
     }
