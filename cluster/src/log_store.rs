@@ -12,7 +12,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use engine::wal::{Wal, WalReader, WalStats};
+use engine::wal::{EntryFrame, Wal, WalReader, WalStats};
 use engine::{EntryPayload, LogEntry, WalError};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -112,7 +112,7 @@ fn read_entries(
     if start >= end {
         return Ok(Vec::new());
     }
-    let entries = reader.read_range(start, end).map_err(to_io)?;
+    let entries = reader.read_framed(start, end).map_err(to_io)?;
     entries.into_iter().map(entry_from_engine).collect()
 }
 
@@ -193,11 +193,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         self.thread.check();
-        let entries: Vec<LogEntry> = entries.into_iter().map(entry_to_engine).collect();
+        let entries: Vec<(LogEntry, Option<EntryFrame>)> = entries.into_iter().map(entry_to_engine).collect();
         if let Some(clock) = &self.clock {
             let latest = entries
                 .iter()
-                .filter_map(|entry| match &entry.payload {
+                .filter_map(|(entry, _)| match &entry.payload {
                     EntryPayload::Batch(batch) => Some(batch.ts_ms),
                     _ => None,
                 })
@@ -207,7 +207,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let mut wal = self.wal.lock();
-        wal.append(&entries).map_err(to_io)?;
+        wal.append_framed(entries.iter().map(|(entry, frame)| (entry, frame.as_ref()))).map_err(to_io)?;
         // The flusher thread calls back after the fsync that covers this append.
         wal.flush(Box::new(move |result| callback.io_completed(result)));
         Ok(())

@@ -23,8 +23,8 @@ use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 
 use crate::transport::{Transport, TransportError};
 use crate::types::{
-    MembershipImage, NodeId, PeerNode, Snapshot, TypeConfig, Vote, entry_to_engine, log_id_from_engine,
-    log_id_to_engine, vote_from_engine, vote_to_engine,
+    MembershipImage, NodeId, PeerNode, Snapshot, TypeConfig, Vote, frame_of, log_id_from_engine, log_id_to_engine,
+    vote_from_engine, vote_to_engine,
 };
 use crate::wire::{AppendResult, Request, Response, SnapshotDone};
 
@@ -33,12 +33,19 @@ use crate::wire::{AppendResult, Request, Response, SnapshotDone};
 pub struct Router {
     transport: Transport,
     snapshot_chunk_size: usize,
+    /// The WAL's record limit, for entries encoded on their way out.
+    record_size_max: usize,
     transfers: Arc<AtomicU64>,
 }
 
 impl Router {
-    pub fn new(transport: Transport, snapshot_chunk_size: usize) -> Self {
-        Self { transport, snapshot_chunk_size: snapshot_chunk_size.max(1), transfers: Arc::new(AtomicU64::new(1)) }
+    pub fn new(transport: Transport, snapshot_chunk_size: usize, record_size_max: usize) -> Self {
+        Self {
+            transport,
+            snapshot_chunk_size: snapshot_chunk_size.max(1),
+            record_size_max,
+            transfers: Arc::new(AtomicU64::new(1)),
+        }
     }
 
     pub fn transport(&self) -> &Transport {
@@ -80,11 +87,19 @@ impl GroupRouter<TypeConfig, u32> for Router {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // The leader's WAL frames, copied as bytes: nothing is re-encoded
+        // per follower (only a blank or membership entry, which has none).
+        let frames: Result<Vec<Vec<u8>>, _> = rpc
+            .entries
+            .into_iter()
+            .map(|entry| frame_of(entry, self.record_size_max).map(|frame| frame.as_bytes().to_vec()))
+            .collect();
+        let frames = frames.map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
         let request = Request::AppendEntries {
             group,
             vote: vote_to_engine(&rpc.vote),
             prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_engine),
-            entries: rpc.entries.into_iter().map(entry_to_engine).collect(),
+            frames,
             leader_commit: rpc.leader_commit.as_ref().map(log_id_to_engine),
         };
         match self.transport.call(target, &request, timeout_of(&option)).await.map_err(rpc_error)? {

@@ -25,7 +25,7 @@ use actix::Addr;
 use engine::actor::{Read, ShardActor, ShardPool};
 use engine::ids::RequestId;
 use engine::snapshot::SnapshotStore;
-use engine::wal::Wal;
+use engine::wal::{EntryFrame, Wal};
 use engine::{Command, Limits, Outcome, ShardState, shard_of};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
@@ -45,7 +45,7 @@ use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, StateMachine};
 use crate::transport::{Handler, Transport, TransportConfig};
 use crate::types::{
-    MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_engine, log_id_from_engine,
+    MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
     log_id_to_engine, vote_from_engine, vote_to_engine,
 };
 use crate::wire::{AdminOp, AppendResult, Request, Response, SnapshotDone};
@@ -134,6 +134,14 @@ pub struct NodeStats {
     pub ticks_proposed: u64,
     pub fsyncs: u64,
     pub fsync_us_total: u64,
+    /// Log entries this node's WALs encoded (entries it wrote as leader).
+    pub wal_entries_encoded: u64,
+    /// Log entries appended as the leader's frames (entries it replicated).
+    pub wal_entries_verbatim: u64,
+    /// Log entries read back (to apply or replicate) from memory, and from
+    /// disk with a decode.
+    pub wal_entries_read_from_memory: u64,
+    pub wal_entries_read_from_disk: u64,
     /// Commands per entry this node proposed as leader.
     pub batch_size: engine::histogram::Log2Buckets,
     /// Propose to outcome, per entry this node proposed, in microseconds.
@@ -266,7 +274,7 @@ impl Node {
                 transport.set_peer(member.id, member.addr.clone());
             }
         }
-        let router = Router::new(transport.clone(), config.snapshot_chunk_size);
+        let router = Router::new(transport.clone(), config.snapshot_chunk_size, config.wal.record_size_max as usize);
         let (events, _) = broadcast::channel(config.event_buffer_max.max(1));
         let clock = Arc::new(Clock::default());
 
@@ -677,6 +685,10 @@ impl Node {
             let wal = group.log.wal_stats();
             stats.fsyncs += wal.syncs;
             stats.fsync_us_total += wal.sync_us_total;
+            stats.wal_entries_encoded += wal.entries_encoded;
+            stats.wal_entries_verbatim += wal.entries_verbatim;
+            stats.wal_entries_read_from_memory += wal.entries_read_from_memory;
+            stats.wal_entries_read_from_disk += wal.entries_read_from_disk;
             stats.fsync_latency_us.merge(&wal.sync_latency_us);
             stats.write_path_off_thread += group.thread.off_thread();
         }
@@ -963,8 +975,12 @@ impl Handler for Service {
 async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request) -> Response {
     let raft = &group.raft;
     match request {
-        Request::AppendEntries { vote, prev_log_id, entries, leader_commit, .. } => {
-            let entries: Result<Vec<_>, _> = entries.into_iter().map(entry_from_engine).collect();
+        Request::AppendEntries { vote, prev_log_id, frames, leader_commit, .. } => {
+            let record_size_max = inner.config.wal.record_size_max as usize;
+            let entries: Result<Vec<_>, _> = frames
+                .into_iter()
+                .map(|frame| entry_from_frame(EntryFrame::from_received(frame), record_size_max))
+                .collect();
             let entries = match entries {
                 Ok(entries) => entries,
                 Err(error) => return Response::Refused(error.to_string()),

@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::ProposeError;
 use crate::shard_thread::ShardThread;
-use crate::types::Raft;
+use crate::types::{LogBatch, Raft};
 
 /// A node's log clock: the time a leader stamps on the entries it proposes
 /// (log time, DESIGN §3), and what expiry ticks and multi-shard deadlines
@@ -332,7 +332,7 @@ impl Run {
         let clock = Arc::clone(&self.clock);
         tokio::spawn(async move {
             // A failed tick is retried by the timer; nobody waits on it.
-            let result = raft.client_write(batch).await;
+            let result = raft.client_write(LogBatch::new(batch)).await;
             drop(permit);
             if let Ok(response) = result {
                 stats.record_expiries(&clock, &response.data.events);
@@ -374,7 +374,7 @@ impl Run {
         let thread = Arc::clone(&self.thread);
         let started = Instant::now();
         tokio::spawn(async move {
-            let result = raft.client_write(batch).await;
+            let result = raft.client_write(LogBatch::new(batch)).await;
             drop(permit);
             thread.check();
             match result {

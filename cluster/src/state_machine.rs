@@ -147,7 +147,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responders = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            batch.push(entry_to_engine(entry));
+            batch.push(entry_to_engine(entry).0);
             responders.push(responder);
         }
         if batch.is_empty() {

@@ -5,12 +5,19 @@
 //! `LogEntry`) so it needs no Raft library. This module converts field for
 //! field at the storage boundary: entries are moved, never re-encoded, except
 //! membership, which the engine stores as opaque bytes (`MembershipImage`).
+//!
+//! An entry's app data is a `LogBatch`: the engine's batch behind a pointer
+//! and, once the entry has one, its WAL frame. The leader's WAL append
+//! encodes the frame; replication sends it; a follower decodes it once and
+//! appends it verbatim (DESIGN §10, "encode once").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use engine::log::{EntryPayload as EnginePayload, LogEntry, LogId as EngineLogId, Vote as EngineVote};
+use engine::wal::{EntryFrame, FramedEntry};
 use openraft::vote::leader_id_std::CommittedLeaderId;
 use openraft::{EntryPayload, Membership, RaftTypeConfig, StoredMembership};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -32,10 +39,11 @@ impl fmt::Display for PeerNode {
 
 openraft::declare_raft_types!(
     /// Tally's openraft types: log ids are (term, index) (standard Raft
-    /// leader ids), an entry's app data is the engine's `Batch`, and a
-    /// committed entry answers with the engine's `Applied`.
+    /// leader ids), an entry's app data is a `LogBatch` (the engine's batch
+    /// and its WAL frame), and a committed entry answers with the engine's
+    /// `Applied`.
     pub TypeConfig:
-        D = engine::Batch,
+        D = LogBatch,
         R = engine::Applied,
         NodeId = NodeId,
         Node = PeerNode,
@@ -77,27 +85,71 @@ pub fn vote_from_engine(vote: EngineVote) -> Vote {
     openraft::impls::Vote { leader_id, committed: vote.committed }
 }
 
-/// Moves an openraft entry into the engine's form.
-pub fn entry_to_engine(entry: Entry) -> LogEntry {
-    let log_id = log_id_to_engine(&entry.log_id);
-    let payload = match entry.payload {
-        EntryPayload::Blank => EnginePayload::Blank,
-        EntryPayload::Normal(batch) => EnginePayload::Batch(batch),
-        EntryPayload::Membership(membership) => EnginePayload::Membership(MembershipImage::encode(&membership)),
-    };
-    LogEntry { log_id, payload }
+/// An entry's app data: the engine's batch, shared so that reading the
+/// entry back (to apply it, to replicate it) copies a pointer, and the WAL
+/// frame of the entry once it has one: after the leader's append, and on a
+/// follower as received. Blank and membership entries carry no frame (they
+/// are rare and small; they are encoded where needed).
+#[derive(Clone, Debug)]
+pub struct LogBatch {
+    pub batch: Arc<engine::Batch>,
+    pub frame: Option<EntryFrame>,
 }
 
-/// Moves an engine entry into openraft's form. Membership bytes were
-/// written by `entry_to_engine`; damaged ones are an I/O error.
-pub fn entry_from_engine(entry: LogEntry) -> io::Result<Entry> {
+impl LogBatch {
+    /// A batch the leader is about to propose: no frame yet.
+    pub fn new(batch: engine::Batch) -> Self {
+        Self { batch: Arc::new(batch), frame: None }
+    }
+}
+
+impl fmt::Display for LogBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.batch, f)
+    }
+}
+
+/// Moves an openraft entry into the engine's form, with its frame if the
+/// entry has one.
+pub fn entry_to_engine(entry: Entry) -> (LogEntry, Option<EntryFrame>) {
+    let log_id = log_id_to_engine(&entry.log_id);
+    let (payload, frame) = match entry.payload {
+        EntryPayload::Blank => (EnginePayload::Blank, None),
+        EntryPayload::Normal(LogBatch { batch, frame }) => (EnginePayload::Batch(batch), frame),
+        EntryPayload::Membership(membership) => (EnginePayload::Membership(MembershipImage::encode(&membership)), None),
+    };
+    (LogEntry { log_id, payload }, frame)
+}
+
+/// Moves an engine entry and its frame into openraft's form. Membership
+/// bytes were written by `entry_to_engine`; damaged ones are an I/O error.
+pub fn entry_from_engine(framed: FramedEntry) -> io::Result<Entry> {
+    let FramedEntry { entry, frame } = framed;
     let log_id = log_id_from_engine(entry.log_id);
     let payload = match entry.payload {
         EnginePayload::Blank => EntryPayload::Blank,
-        EnginePayload::Batch(batch) => EntryPayload::Normal(batch),
+        EnginePayload::Batch(batch) => EntryPayload::Normal(LogBatch { batch, frame: Some(frame) }),
         EnginePayload::Membership(bytes) => EntryPayload::Membership(MembershipImage::decode(&bytes)?),
     };
     Ok(openraft::Entry { log_id, payload })
+}
+
+/// The frame of an entry on its way to a follower: the one the leader's WAL
+/// wrote, or, for an entry without one (blank, membership), encoded now.
+pub fn frame_of(entry: Entry, record_size_max: usize) -> Result<EntryFrame, engine::WalError> {
+    match entry_to_engine(entry) {
+        (_, Some(frame)) => Ok(frame),
+        (entry, None) => EntryFrame::encode(&entry, record_size_max),
+    }
+}
+
+/// An entry a follower received: its frame checked whole and decoded, kept
+/// to be appended verbatim.
+pub fn entry_from_frame(frame: EntryFrame, record_size_max: usize) -> io::Result<Entry> {
+    let entry = frame
+        .decode(record_size_max)
+        .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, format!("received entry frame: {reason}")))?;
+    entry_from_engine(FramedEntry { entry, frame })
 }
 
 pub fn stored_membership_from_engine(stored: Option<&engine::StoredMembership>) -> io::Result<RaftStoredMembership> {
@@ -164,6 +216,32 @@ mod tests {
     #[test]
     fn damaged_membership_bytes_are_an_error_not_a_panic() {
         let error = MembershipImage::decode(&[1, 2, 3]).err();
+        assert_eq!(error.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+    }
+
+    #[test]
+    fn a_batch_travels_as_the_frame_its_leader_wrote() {
+        let entry = LogEntry::batch(EngineLogId::new(3, 9), 42, vec![engine::Command::Tick; 4]);
+        let frame = EntryFrame::encode(&entry, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        let raft_entry = entry_from_engine(FramedEntry { entry: entry.clone(), frame: frame.clone() })
+            .unwrap_or_else(|e| panic!("{e}"));
+        // What the leader sends is the frame itself, not a new encoding.
+        let sent = frame_of(raft_entry, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        assert!(std::ptr::eq(sent.as_bytes(), frame.as_bytes()), "the frame was re-encoded");
+        // The follower decodes it once and keeps it for its WAL.
+        let received = entry_from_frame(EntryFrame::from_received(sent.as_bytes().to_vec()), 1 << 20)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (decoded, kept) = entry_to_engine(received);
+        assert_eq!(decoded, entry);
+        assert_eq!(kept, Some(frame));
+    }
+
+    #[test]
+    fn a_damaged_frame_from_a_peer_is_an_error_not_a_panic() {
+        let entry = LogEntry::blank(EngineLogId::new(1, 1));
+        let mut bytes = EntryFrame::encode(&entry, 1 << 20).unwrap_or_else(|e| panic!("{e}")).as_bytes().to_vec();
+        bytes[14] ^= 1;
+        let error = entry_from_frame(EntryFrame::from_received(bytes), 1 << 20).err();
         assert_eq!(error.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
     }
 

@@ -3,12 +3,13 @@
 //!
 //! Raft RPCs are mirrored field for field from openraft's types (which have
 //! no rkyv support) and tagged with their group, the shard. Entries travel as
-//! the engine's `LogEntry`, the same archive the WAL writes. The rest is the
+//! the WAL frames the leader wrote: header, checksum and archive, appended
+//! verbatim by the follower after it decodes them once. The rest is the
 //! node-to-node service: forwarded commands, read index, admin operations
 //! and a probe used at bootstrap.
 
 use engine::ids::RequestId;
-use engine::log::{LogEntry, LogId as EngineLogId, Vote as EngineVote};
+use engine::log::{LogId as EngineLogId, Vote as EngineVote};
 use engine::{Command, Outcome};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -21,7 +22,8 @@ pub enum Request {
         group: u32,
         vote: EngineVote,
         prev_log_id: Option<EngineLogId>,
-        entries: Vec<LogEntry>,
+        /// One `engine::wal::EntryFrame` per entry, in log order.
+        frames: Vec<Vec<u8>>,
         leader_commit: Option<EngineLogId>,
     },
     Vote {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use cluster::{SagaOutcome, SagaPart, SubmitError};
 use common::*;
 use engine::Outcome;
+use engine::WalConfig;
 use engine::reservation::ReservationState;
+use engine::wal::Wal;
 
 const SHARDS: u32 = 6;
 const SETTLE: Duration = Duration::from_secs(20);
@@ -122,7 +124,7 @@ async fn a_saga_holds_every_part_or_releases_them_even_if_its_caller_gives_up() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
-    let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
+    let mut cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     for shard in 0..SHARDS {
         let name = sku_on_shard(shard, SHARDS, "route");
@@ -145,8 +147,60 @@ async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
             assert_eq!(total, 60, "shard {shard} via node {via}");
         }
     }
+    // More entries, so that batches outnumber the blank and membership
+    // entries elections and rebalancing write.
+    for shard in 0..SHARDS {
+        let name = sku_on_shard(shard, SHARDS, "route");
+        for n in 0..10u64 {
+            let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w9", n)).await;
+            expect_ok(&outcome.unwrap_or_else(|e| panic!("submit: {e}")));
+        }
+    }
     cluster.converged_digests(SETTLE).await;
+    let stats: Vec<cluster::NodeStats> = cluster.live().map(|node| node.stats()).collect();
+    let data_dirs: Vec<std::path::PathBuf> = cluster.configs.iter().map(|config| config.data_dir.clone()).collect();
+    let dirs = std::mem::take(&mut cluster.dirs);
     cluster.shutdown().await;
+    // Encode once: every replica holds the leader's frames byte for byte,
+    // each batch encoded by its leader alone and appended verbatim by the
+    // followers (blank and membership entries are encoded where written).
+    let (mut batches, mut others) = (0u64, 0u64);
+    for shard in 0..SHARDS {
+        let wal = Wal::open(data_dirs[0].join(format!("shard-{shard:05}")).join("wal"), WalConfig::default())
+            .unwrap_or_else(|e| panic!("open WAL: {e}"));
+        for framed in wal.reader().read_framed(0, u64::MAX).unwrap_or_else(|e| panic!("read WAL: {e}")) {
+            match framed.entry.payload {
+                engine::EntryPayload::Batch(_) => batches += 1,
+                _ => others += 1,
+            }
+        }
+    }
+    let encoded: u64 = stats.iter().map(|s| s.wal_entries_encoded).sum();
+    let verbatim: u64 = stats.iter().map(|s| s.wal_entries_verbatim).sum();
+    assert!(batches >= u64::from(SHARDS) * 13, "{batches} batches");
+    assert!(encoded <= batches + 3 * others, "{encoded} encoded for {batches} batches and {others} other entries");
+    assert!(verbatim >= 2 * batches, "{verbatim} verbatim appends for {batches} batches on 3 replicas");
+    for shard in 0..SHARDS {
+        let frames: Vec<Vec<(u64, Vec<u8>)>> = data_dirs
+            .iter()
+            .map(|dir| {
+                let wal = Wal::open(dir.join(format!("shard-{shard:05}")).join("wal"), WalConfig::default())
+                    .unwrap_or_else(|e| panic!("open WAL: {e}"));
+                let framed = wal.reader().read_framed(0, u64::MAX).unwrap_or_else(|e| panic!("read WAL: {e}"));
+                framed.into_iter().map(|f| (f.entry.log_id.index, f.frame.as_bytes().to_vec())).collect()
+            })
+            .collect();
+        let entries = frames[0].len();
+        assert!(entries >= 3, "shard {shard}: {entries} entries");
+        for (node, replica) in frames.iter().enumerate().skip(1) {
+            for (index, bytes) in replica {
+                if let Some((_, first)) = frames[0].iter().find(|(i, _)| i == index) {
+                    assert_eq!(bytes, first, "shard {shard}, entry {index}: node {} differs from node 1", node + 1);
+                }
+            }
+        }
+    }
+    drop(dirs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,7 @@ fn with_request_ids(entry: LogEntry, next_request: &mut u64) -> LogEntry {
     let engine::EntryPayload::Batch(batch) = entry.payload else {
         return entry;
     };
+    let batch = std::sync::Arc::unwrap_or_clone(batch);
     let request_ids = batch
         .commands
         .iter()

@@ -105,11 +105,15 @@ pub struct WalConfig {
     pub segment_size_max: u64,
     /// Largest single record (one log entry); bigger appends are refused.
     pub record_size_max: u32,
+    /// Frame bytes of the newest entries kept in memory, so applying and
+    /// replicating them neither reads the disk nor decodes (`wal/tail.rs`).
+    /// The decoded entries take about as much again.
+    pub tail_bytes_max: u64,
 }
 
 impl Default for WalConfig {
     fn default() -> Self {
-        Self { segment_size_max: 64 << 20, record_size_max: 32 << 20 }
+        Self { segment_size_max: 64 << 20, record_size_max: 32 << 20, tail_bytes_max: 8 << 20 }
     }
 }
 

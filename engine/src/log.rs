@@ -10,7 +10,9 @@
 //! WAL and the shard state, converting ids field for field.
 
 use std::fmt;
+use std::sync::Arc;
 
+use rkyv::with::Unshare;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cmd::Command;
@@ -93,8 +95,10 @@ impl fmt::Display for Batch {
 pub enum EntryPayload {
     /// Written by a new leader to commit its term; changes nothing.
     Blank,
-    /// Commands for the shard.
-    Batch(Batch),
+    /// Commands for the shard. Shared, so that reading an entry back from
+    /// the log (to apply it, to replicate it) copies a pointer, not the
+    /// commands. Archived inline: the pointer is not part of the format.
+    Batch(#[rkyv(with = Unshare)] Arc<Batch>),
     /// A cluster membership, encoded by the cluster layer. Stored, not read.
     Membership(Vec<u8>),
 }
@@ -115,7 +119,7 @@ impl LogEntry {
     /// A batch whose commands carry request ids, one per command, so a
     /// retried command is applied once (see [`Batch`]).
     pub fn batch_with_ids(log_id: LogId, ts_ms: u64, commands: Vec<Command>, request_ids: Vec<RequestId>) -> Self {
-        Self { log_id, payload: EntryPayload::Batch(Batch { ts_ms, commands, request_ids }) }
+        Self { log_id, payload: EntryPayload::Batch(Arc::new(Batch { ts_ms, commands, request_ids })) }
     }
 
     pub fn blank(log_id: LogId) -> Self {

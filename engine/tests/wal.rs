@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use engine::cmd::{AdjustReason, Command};
-use engine::wal::{LogState, Wal};
+use engine::wal::{EntryFrame, LogState, Wal};
 use engine::{LogEntry, LogId, Vote, WalConfig, WalError};
 
 mod common;
@@ -400,4 +400,85 @@ fn repeated_purges_and_rolls_recover_the_live_entries() {
     let wal = Wal::open(dir.path(), small_segments()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(wal.log_state(), LogState { purged: Some(LogId::new(1, last_purge)), last: Some(LogId::new(1, 200)) });
     assert_eq!(read_all(&wal), entries(1, last_purge + 1..=200));
+}
+
+fn framed_all(wal: &Wal) -> Vec<engine::wal::FramedEntry> {
+    wal.reader().read_framed(0, u64::MAX).unwrap_or_else(|error| panic!("read failed: {error}"))
+}
+
+#[test]
+fn a_follower_appends_the_leaders_frames_verbatim() {
+    let leader_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let follower_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut leader = open(leader_dir.path());
+    leader.append(&entries(1, 1..=12)).unwrap_or_else(|e| panic!("{e}"));
+    leader.sync().unwrap_or_else(|e| panic!("{e}"));
+    // What replication sends: each entry's frame, decoded once on arrival.
+    let received: Vec<(LogEntry, EntryFrame)> = framed_all(&leader)
+        .into_iter()
+        .map(|framed| {
+            let frame = EntryFrame::from_received(framed.frame.as_bytes().to_vec());
+            let entry = frame.decode(1 << 20).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(entry, framed.entry);
+            (entry, frame)
+        })
+        .collect();
+    {
+        let mut follower = open(follower_dir.path());
+        follower
+            .append_framed(received.iter().map(|(entry, frame)| (entry, Some(frame))))
+            .unwrap_or_else(|e| panic!("{e}"));
+        follower.sync().unwrap_or_else(|e| panic!("{e}"));
+        let frames: Vec<EntryFrame> = framed_all(&follower).into_iter().map(|framed| framed.frame).collect();
+        let sent: Vec<EntryFrame> = received.iter().map(|(_, frame)| frame.clone()).collect();
+        assert_eq!(frames, sent);
+    }
+    // Byte for byte the same segment, and it reads back after a restart.
+    let leader_bytes = std::fs::read(&segments(leader_dir.path())[0]).unwrap_or_else(|e| panic!("{e}"));
+    let follower_bytes = std::fs::read(&segments(follower_dir.path())[0]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(leader_bytes, follower_bytes);
+    let reopened = open(follower_dir.path());
+    assert_eq!(read_all(&reopened), entries(1, 1..=12));
+    let from_disk: Vec<EntryFrame> = framed_all(&reopened).into_iter().map(|framed| framed.frame).collect();
+    assert_eq!(from_disk, received.into_iter().map(|(_, frame)| frame).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_newest_entries_are_read_from_memory_and_older_ones_from_disk() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let one_frame = EntryFrame::encode(&entry(1, 1), 1 << 20).unwrap_or_else(|e| panic!("{e}")).len() as u64;
+    let config = WalConfig { tail_bytes_max: one_frame * 3, ..WalConfig::default() };
+    let mut wal = Wal::open(dir.path(), config).unwrap_or_else(|e| panic!("{e}"));
+    wal.append(&entries(1, 1..=8)).unwrap_or_else(|e| panic!("{e}"));
+    wal.sync().unwrap_or_else(|e| panic!("{e}"));
+    // Damage every entry on disk: only the three in the tail still read.
+    let (path, end) = record_ends(dir.path());
+    let header_end = end - one_frame * 8;
+    let file = OpenOptions::new().write(true).open(&path).unwrap_or_else(|e| panic!("{e}"));
+    use std::os::unix::fs::FileExt;
+    for index in 0..8 {
+        file.write_all_at(&[0xff], header_end + index * one_frame + 20).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let tail = wal.reader().read_range(6, 9).unwrap_or_else(|e| panic!("the tail reads from memory: {e}"));
+    assert_eq!(tail, entries(1, 6..=8));
+    assert!(matches!(wal.reader().read_range(5, 9), Err(WalError::Corrupt { .. })), "entry 5 is read from disk");
+}
+
+#[test]
+fn a_received_frame_that_is_not_one_whole_entry_is_refused() {
+    let frame = EntryFrame::encode(&entry(2, 7), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = frame.as_bytes().to_vec();
+    assert_eq!(frame.log_id(), Some(LogId::new(2, 7)));
+    for position in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[position] ^= 0x10;
+        assert!(EntryFrame::from_received(bad).decode(1 << 20).is_err(), "flip at {position} went unnoticed");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(EntryFrame::from_received(longer).decode(1 << 20).is_err());
+    assert!(EntryFrame::from_received(bytes[..bytes.len() - 1].to_vec()).decode(1 << 20).is_err());
+    assert!(EntryFrame::from_received(Vec::new()).decode(1 << 20).is_err());
+    assert!(EntryFrame::from_received(bytes.clone()).decode(8).is_err(), "over the record limit");
+    assert!(EntryFrame::from_received(bytes).decode(1 << 20).is_ok());
 }

@@ -435,6 +435,33 @@ impl Collector for ClusterCollector {
         )?;
         off_thread.encode(metric)?;
 
+        for (name, help, value) in [
+            (
+                "tally_wal_entries_encoded",
+                "Log entries encoded by this node's WAL appends (entries it wrote as leader; encoded once).",
+                stats.wal_entries_encoded,
+            ),
+            (
+                "tally_wal_entries_verbatim",
+                "Log entries appended as the leader's WAL frames, byte for byte (entries this node replicated).",
+                stats.wal_entries_verbatim,
+            ),
+            (
+                "tally_wal_entries_read_memory",
+                "Log entries read back to apply or replicate from the WAL's in-memory tail (no disk, no decode).",
+                stats.wal_entries_read_from_memory,
+            ),
+            (
+                "tally_wal_entries_read_disk",
+                "Log entries read back from WAL segment files and decoded (a follower far behind, recovery).",
+                stats.wal_entries_read_from_disk,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+
         if let Some(live_holds) = self.cluster.live_holds {
             let mut metric = encoder.encode_descriptor(
                 "tally_live_holds",

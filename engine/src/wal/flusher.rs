@@ -38,6 +38,14 @@ pub struct WalStats {
     pub sync_us_total: u64,
     /// Duration of each sync round, in microseconds, by power of two.
     pub sync_latency_us: Log2Buckets,
+    /// Entries encoded by this WAL's appends (a leader's new entries).
+    pub entries_encoded: u64,
+    /// Entries appended as the frame they arrived in (a follower's copies).
+    pub entries_verbatim: u64,
+    /// Entries read from the in-memory tail: no disk read, no decode.
+    pub entries_read_from_memory: u64,
+    /// Entries read from the segment files and decoded.
+    pub entries_read_from_disk: u64,
 }
 
 #[derive(Default)]
@@ -118,6 +126,7 @@ impl Flusher {
             flushes: self.shared.flushes.load(Ordering::Relaxed),
             sync_us_total: self.shared.sync_us_total.load(Ordering::Relaxed),
             sync_latency_us: self.shared.sync_latency_us.snapshot(),
+            ..WalStats::default()
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::log::{LogId, Vote};
 use crate::wal::record::Meta;
+use crate::wal::tail::Tail;
 
 /// Where one entry's frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub(crate) struct LogIndex {
     pub last_seen: Option<LogId>,
     pub meta: Meta,
     pub segments: BTreeMap<u64, Segment>,
+    /// The newest live entries, in memory (see `tail.rs`).
+    pub tail: Tail,
 }
 
 impl LogIndex {
@@ -111,6 +114,7 @@ impl LogIndex {
             _ => 0,
         };
         self.locs.truncate(keep_len);
+        self.tail.truncate(keep.map(|keep| keep.index));
         self.last_seen = keep.or(self.meta.purged);
     }
 
@@ -120,6 +124,7 @@ impl LogIndex {
         if self.meta.purged.is_some_and(|purged| purged.index >= upto.index) {
             return;
         }
+        self.tail.purge(upto.index);
         while !self.locs.is_empty() && self.first_index <= upto.index {
             self.locs.pop_front();
             self.first_index += 1;

@@ -22,12 +22,14 @@ mod flusher;
 mod index;
 mod record;
 mod recovery;
+mod tail;
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use rkyv::util::AlignedVec;
@@ -38,9 +40,12 @@ use crate::log::{LogEntry, LogId, Vote};
 
 use flusher::Flusher;
 use index::{Loc, LogIndex, RuleError, Segment, check_follows};
-use record::{EncodeError, Encoder, Meta, Record, RecordRef, SEGMENT_FORMAT, SEGMENT_MAGIC, SegmentHeader};
+use record::{Encoder, Meta, Record, RecordRef, SEGMENT_FORMAT, SEGMENT_MAGIC, SegmentHeader};
+use tail::Tail;
 
 pub use flusher::{FlushCallback, WalStats};
+pub use record::EntryFrame;
+pub use tail::FramedEntry;
 
 /// What a log holds, as Raft asks for it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +71,20 @@ pub struct Wal {
     encoder: Encoder,
     buffer: Vec<u8>,
     flusher: Flusher,
+    counters: Arc<Counters>,
+}
+
+/// How entries were written and read (see `WalStats`).
+#[derive(Debug, Default)]
+struct Counters {
+    encoded: AtomicU64,
+    verbatim: AtomicU64,
+    read_from_memory: AtomicU64,
+    read_from_disk: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: usize) {
+    counter.fetch_add(by as u64, Ordering::Relaxed);
 }
 
 /// A cheap, cloneable reader of the WAL, for replication tasks.
@@ -73,6 +92,7 @@ pub struct Wal {
 pub struct WalReader {
     index: Arc<RwLock<LogIndex>>,
     record_size_max: usize,
+    counters: Arc<Counters>,
 }
 
 pub(crate) fn segment_name(seq: u64) -> String {
@@ -101,6 +121,7 @@ impl Wal {
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let recovered = recovery::recover(&dir)?;
         let mut index = recovered.index;
+        index.tail = Tail::new(usize::try_from(config.tail_bytes_max).unwrap_or(usize::MAX));
         let active = match recovered.active {
             Some(active) => active,
             None => {
@@ -126,11 +147,16 @@ impl Wal {
             encoder: Encoder::default(),
             buffer: Vec::new(),
             flusher,
+            counters: Arc::default(),
         })
     }
 
     pub fn reader(&self) -> WalReader {
-        WalReader { index: Arc::clone(&self.index), record_size_max: self.config.record_size_max as usize }
+        WalReader {
+            index: Arc::clone(&self.index),
+            record_size_max: self.config.record_size_max as usize,
+            counters: Arc::clone(&self.counters),
+        }
     }
 
     pub fn log_state(&self) -> LogState {
@@ -147,26 +173,56 @@ impl Wal {
     }
 
     pub fn stats(&self) -> WalStats {
-        self.flusher.stats()
+        let counters = &self.counters;
+        WalStats {
+            entries_encoded: counters.encoded.load(Ordering::Relaxed),
+            entries_verbatim: counters.verbatim.load(Ordering::Relaxed),
+            entries_read_from_memory: counters.read_from_memory.load(Ordering::Relaxed),
+            entries_read_from_disk: counters.read_from_disk.load(Ordering::Relaxed),
+            ..self.flusher.stats()
+        }
     }
 
     /// Writes entries; they are readable when this returns and durable after
     /// the next flush. Each must follow the log (next index, no lower term);
     /// on a broken rule nothing is written.
     pub fn append<'a>(&mut self, entries: impl IntoIterator<Item = &'a LogEntry>) -> Result<(), WalError> {
+        self.append_framed(entries.into_iter().map(|entry| (entry, None)))
+    }
+
+    /// Writes entries as `append` does. An entry that comes with its frame
+    /// (a follower's copy of the leader's record) is written verbatim; the
+    /// others are encoded here, once. Both stay in the tail for reads.
+    pub fn append_framed<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a LogEntry, Option<&'a EntryFrame>)>,
+    ) -> Result<(), WalError> {
         self.flusher.check_healthy()?;
         self.buffer.clear();
-        let mut pending: Vec<(LogId, u64, u32)> = Vec::new();
+        let record_size_max = self.config.record_size_max as usize;
+        let mut pending: Vec<(&LogEntry, Option<&EntryFrame>, usize, usize)> = Vec::new();
         let mut next = self.index.read().last_seen;
-        for entry in entries {
+        for (entry, frame) in entries {
             check_follows(next, entry.log_id).map_err(rule_error)?;
             next = Some(entry.log_id);
-            let offset = self.buffer.len() as u64;
-            let len = self
-                .encoder
-                .encode(RecordRef::Entry(entry), self.config.record_size_max as usize, &mut self.buffer)
-                .map_err(Self::encode_error)?;
-            pending.push((entry.log_id, offset, u32::try_from(len).unwrap_or(u32::MAX)));
+            let offset = self.buffer.len();
+            let len = match frame {
+                Some(frame) => {
+                    // Decoded and checked whole when it was received.
+                    debug_assert_eq!(frame.log_id(), Some(entry.log_id));
+                    let payload_len = frame.len().saturating_sub(record::FRAME_HEADER_LEN);
+                    if payload_len > record_size_max {
+                        return Err(WalError::RecordTooLarge { len: payload_len, max: record_size_max });
+                    }
+                    self.buffer.extend_from_slice(frame.as_bytes());
+                    frame.len()
+                }
+                None => self
+                    .encoder
+                    .encode(RecordRef::Entry(entry), record_size_max, &mut self.buffer)
+                    .map_err(WalError::from)?,
+            };
+            pending.push((entry, frame, offset, len));
         }
         if pending.is_empty() {
             return Ok(());
@@ -178,10 +234,23 @@ impl Wal {
         }
         let base = self.active_len;
         self.write_buffer()?;
+        let verbatim = pending.iter().filter(|(_, frame, _, _)| frame.is_some()).count();
+        bump(&self.counters.verbatim, verbatim);
+        bump(&self.counters.encoded, pending.len() - verbatim);
         let mut index = self.index.write();
-        for (log_id, offset, len) in pending {
-            let loc = Loc { seq: self.active_seq, offset: base + offset, len, term: log_id.term };
-            index.push(log_id, loc);
+        for (entry, frame, offset, len) in pending {
+            let loc = Loc {
+                seq: self.active_seq,
+                offset: base + offset as u64,
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                term: entry.log_id.term,
+            };
+            index.push(entry.log_id, loc);
+            let frame = match frame {
+                Some(frame) => frame.clone(),
+                None => EntryFrame::from_written(&self.buffer[offset..offset + len]),
+            };
+            index.tail.push(FramedEntry { entry: entry.clone(), frame });
         }
         Ok(())
     }
@@ -260,17 +329,8 @@ impl Wal {
     fn append_meta(&mut self, record: RecordRef<'_>) -> Result<(), WalError> {
         self.flusher.check_healthy()?;
         self.buffer.clear();
-        self.encoder
-            .encode(record, self.config.record_size_max as usize, &mut self.buffer)
-            .map_err(Self::encode_error)?;
+        self.encoder.encode(record, self.config.record_size_max as usize, &mut self.buffer).map_err(WalError::from)?;
         self.write_buffer()
-    }
-
-    fn encode_error(error: EncodeError) -> WalError {
-        match error {
-            EncodeError::TooLarge { len, max } => WalError::RecordTooLarge { len, max },
-            EncodeError::Invalid(reason) => WalError::Encode(reason),
-        }
     }
 
     /// Writes `buffer` at the end of the active segment with one `pwrite`.
@@ -348,17 +408,39 @@ impl WalReader {
     /// Live entries with index in `[start, end)`, in order. Entries already
     /// purged are skipped (the answer may be shorter than asked).
     pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<LogEntry>, WalError> {
-        let wanted: Vec<(u64, Loc, Arc<File>, PathBuf)> = {
+        Ok(self.read_framed(start, end)?.into_iter().map(|framed| framed.entry).collect())
+    }
+
+    /// As `read_range`, each entry with its frame. Entries in the tail come
+    /// from memory (no read, no decode); older ones from the segments.
+    pub fn read_framed(&self, start: u64, end: u64) -> Result<Vec<FramedEntry>, WalError> {
+        let (wanted, cached) = {
             let index = self.index.read();
-            index
-                .range(start, end)
-                .into_iter()
-                .filter_map(|(entry_index, loc)| {
-                    let segment = index.segments.get(&loc.seq)?;
-                    Some((entry_index, loc, Arc::clone(&segment.file), segment.path.clone()))
-                })
-                .collect()
+            let disk_end = end.min(index.tail.first_index().unwrap_or(u64::MAX));
+            let wanted: Vec<(u64, Loc, Arc<File>, PathBuf)> = if start < disk_end {
+                index
+                    .range(start, disk_end)
+                    .into_iter()
+                    .filter_map(|(entry_index, loc)| {
+                        let segment = index.segments.get(&loc.seq)?;
+                        Some((entry_index, loc, Arc::clone(&segment.file), segment.path.clone()))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let cached: Vec<FramedEntry> = index.tail.range(start, end).cloned().collect();
+            (wanted, cached)
         };
+        let mut entries = self.read_segments(&wanted)?;
+        bump(&self.counters.read_from_disk, entries.len());
+        bump(&self.counters.read_from_memory, cached.len());
+        entries.extend(cached);
+        Ok(entries)
+    }
+
+    /// Reads and decodes entries from the segment files.
+    fn read_segments(&self, wanted: &[(u64, Loc, Arc<File>, PathBuf)]) -> Result<Vec<FramedEntry>, WalError> {
         let mut entries = Vec::with_capacity(wanted.len());
         let mut bytes = Vec::new();
         let mut scratch = AlignedVec::new();
@@ -386,7 +468,7 @@ impl WalReader {
                 debug_assert!(len <= self.record_size_max + record::FRAME_HEADER_LEN);
                 match record {
                     Record::Entry(entry) if entry.log_id.index == *entry_index && entry.log_id.term == loc.term => {
-                        entries.push(entry);
+                        entries.push(FramedEntry { entry, frame: EntryFrame::from_written(frame) });
                     }
                     other => {
                         return Err(corrupt(format!("expected entry {entry_index}, found {other:?}")));

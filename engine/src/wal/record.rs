@@ -10,10 +10,14 @@
 //! right after it is read (CRC, archive validation, then the reader's own
 //! position checks).
 
+use std::fmt;
+use std::sync::Arc;
+
 use rkyv::rancor::Error as RkyvError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::error::WalError;
 use crate::log::{LogEntry, LogId, Vote};
 
 pub(crate) const FRAME_HEADER_LEN: usize = 12;
@@ -142,6 +146,15 @@ impl FrameError {
 pub(crate) enum EncodeError {
     TooLarge { len: usize, max: usize },
     Invalid(String),
+}
+
+impl From<EncodeError> for WalError {
+    fn from(error: EncodeError) -> Self {
+        match error {
+            EncodeError::TooLarge { len, max } => WalError::RecordTooLarge { len, max },
+            EncodeError::Invalid(reason) => WalError::Encode(reason),
+        }
+    }
 }
 
 /// Reusable buffers for encoding.
@@ -297,6 +310,80 @@ fn decode(kind: Kind, payload: &AlignedVec) -> Result<Record, FrameError> {
         Kind::Truncate => Record::Truncate(rkyv::from_bytes::<Option<LogId>, RkyvError>(payload).map_err(bad)?),
         Kind::Purge => Record::Purge(rkyv::from_bytes::<LogId, RkyvError>(payload).map_err(bad)?),
     })
+}
+
+/// One entry's frame, exactly as the WAL holds it (header and payload):
+/// the bytes the leader encodes once, replicates to every follower and each
+/// follower appends verbatim. Cheap to clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EntryFrame(Arc<[u8]>);
+
+impl fmt::Debug for EntryFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntryFrame({} bytes)", self.0.len())
+    }
+}
+
+impl EntryFrame {
+    /// Encodes `entry` on its own (entries that arrive without a frame, such
+    /// as a new leader's blank entry on its way to a follower).
+    pub fn encode(entry: &LogEntry, record_size_max: usize) -> Result<EntryFrame, WalError> {
+        let mut out = Vec::new();
+        Encoder::default().encode(RecordRef::Entry(entry), record_size_max, &mut out).map_err(WalError::from)?;
+        Ok(EntryFrame(out.into()))
+    }
+
+    /// Wraps bytes received from a peer. Nothing is trusted until `decode`.
+    pub fn from_received(bytes: Vec<u8>) -> EntryFrame {
+        EntryFrame(bytes.into())
+    }
+
+    pub(crate) fn from_written(bytes: &[u8]) -> EntryFrame {
+        EntryFrame(bytes.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Checks the frame whole (length, CRC, kind, archive) and decodes its
+    /// entry. A frame that is more than one record, or not an entry, or
+    /// larger than `record_size_max` is refused.
+    pub fn decode(&self, record_size_max: usize) -> Result<LogEntry, String> {
+        let mut scratch = AlignedVec::new();
+        let (record, len) = read_frame(&self.0, &mut scratch).map_err(|error| error.reason())?;
+        if len != self.0.len() {
+            return Err(format!("frame of {len} bytes followed by {} more", self.0.len() - len));
+        }
+        if len > record_size_max + FRAME_HEADER_LEN {
+            return Err(format!("entry record of {len} bytes is over the limit of {record_size_max}"));
+        }
+        match record {
+            Record::Entry(entry) => Ok(entry),
+            other => Err(format!("expected an entry record, found {other:?}")),
+        }
+    }
+
+    /// The log id in the frame's archive, validated but not decoded (for
+    /// checks that a frame belongs to the entry it travels with).
+    pub fn log_id(&self) -> Option<LogId> {
+        let payload = self.0.get(FRAME_HEADER_LEN..)?;
+        if self.0.get(8) != Some(&(Kind::Entry as u8)) {
+            return None;
+        }
+        let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        let archived = rkyv::access::<crate::log::ArchivedLogEntry, RkyvError>(&aligned).ok()?;
+        Some(LogId::from(&archived.log_id))
+    }
 }
 
 #[cfg(test)]
