@@ -531,7 +531,7 @@ impl AppState {
     fn held(&self, outcome: Outcome, lines: &[Line], order_id: Option<&str>, id: ReservationId) -> ApiResult<Created> {
         match outcome {
             Outcome::Held { reservation, replayed, lines: held }
-            | Outcome::Confirmed { reservation, replayed, lines: held } => {
+            | Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
                 debug_assert_eq!(reservation.id, id);
                 let view = ReservationView { summary: reservation, lines: held, idempotency_key: None };
                 Ok(Created { body: ReservationOut::new(view, order_id), replayed })
