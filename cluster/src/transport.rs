@@ -81,7 +81,8 @@ pub const FRAME_KIND_ANSWER_FAILED: u8 = 5;
 pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";
 /// Bumped on any change to the frame layout or to the `wire` types (2: the
 /// engine's `Hold` allocates lines without a warehouse, and write outcomes
-/// carry the reservation's lines; 3: entries travel as WAL frames).
+/// carry the reservation's lines; 3: entries travel as WAL frames, and
+/// confirm, release and extend outcomes carry the idempotency key).
 pub const PROTOCOL_VERSION: u32 = 3;
 /// Magic, version, 4 reserved bytes, node id.
 const HELLO_LEN: u32 = 24;

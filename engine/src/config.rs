@@ -38,10 +38,10 @@ pub struct Limits {
     /// retried command applies once; the oldest go first. At least 1: the
     /// cluster's exactly-once delivery rests on this window, so no limit
     /// can switch it off (a proposer that wants no dedup sends no ids).
-    /// Each id costs a 112-byte record and an index entry, plus the heap of
-    /// an outcome's reservation lines: ~225 bytes measured for a one-line
-    /// hold (the default: up to ~55 MB per shard). Under load this bound,
-    /// not the retention, says how long an id is kept:
+    /// Each id costs a 136-byte record and an index entry, plus the heap of
+    /// an outcome's reservation lines (and key): ~257 bytes measured for a
+    /// one-line hold (the default: up to ~61 MB per shard). Under load this
+    /// bound, not the retention, says how long an id is kept:
     /// 262 144 ids last under 0.1 s at 3 M commands/s, so size it for the
     /// peak rate times the longest a proposer may retry.
     pub dedup_window_max: u32,

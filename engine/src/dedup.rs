@@ -194,9 +194,9 @@ fn rehash(hasher: &DefaultHashBuilder, window: &DedupWindow, seq: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{Adjust, AdjustReason, Command, Expect, SetLimits, Transfer, UpsertItem};
+    use crate::cmd::{Adjust, AdjustReason, Command, Confirm, Expect, SetLimits, Transfer, UpsertItem};
     use crate::config::Limits;
-    use crate::ids::Quantity;
+    use crate::ids::{IdempotencyKey, Quantity};
     use crate::outcome::Refusal;
     use crate::state::ShardState;
     use crate::state::tests_support::{Fixture, hold_command, rid, sku_of, upsert, wh};
@@ -282,6 +282,29 @@ mod tests {
         assert_eq!((retry, events), (first, 0));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
         assert!(f.state.reservation(&rid(2)).is_none());
+    }
+
+    #[test]
+    fn retried_confirm_with_same_request_id_answers_the_first_outcome_with_its_key_after_a_snapshot() {
+        // Retention 0: the reservation is forgotten as it is confirmed, so
+        // only the window still knows its key.
+        let limits = Limits { terminal_retention_ms: 0, terminal_retained_max: 0, ..Limits::default() };
+        let mut f = Fixture::with_limits(limits);
+        f.stock("SKU-1", "berlin", 10, 0);
+        let key = IdempotencyKey::new("order:77").ok();
+        f.one(hold_command(1, &[("SKU-1", "berlin", 3)], key.clone()));
+        let (first, _) = once(&mut f, req(10), Command::Confirm(Confirm { id: rid(1) }));
+        assert!(
+            matches!(first, Outcome::Confirmed { replayed: false, ref idempotency_key, .. } if *idempotency_key == key),
+            "{first:?}"
+        );
+        assert!(f.state.reservation(&rid(1)).is_none(), "forgotten at once");
+        let bytes = f.state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}"));
+        let restored = ShardState::from_snapshot_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let mut g = Fixture { state: restored, index: f.index, now_ms: f.now_ms + 10 };
+        let (retry, events) = once(&mut g, req(10), Command::Confirm(Confirm { id: rid(1) }));
+        assert_eq!((retry, events), (first, 0));
+        assert_eq!(g.levels("SKU-1", "berlin"), (7, 0));
     }
 
     #[test]

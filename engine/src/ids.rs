@@ -148,6 +148,10 @@ impl IdempotencyKey {
         &self.0
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     pub(crate) fn check(&self) -> Result<(), InputError> {
         check_idempotency_key(&self.0)
     }

@@ -176,6 +176,11 @@ impl ShardState {
         self.reservation_at(slot).map(|reservation| self.line_views(reservation.lines.as_slice()))
     }
 
+    /// The idempotency key of the reservation in `slot`, if it has one.
+    pub(crate) fn reservation_key(&self, slot: u32) -> Option<IdempotencyKey> {
+        self.reservation_at(slot).and_then(|reservation| reservation.idempotency_key.clone())
+    }
+
     /// Held lines as callers see them, in the order given.
     pub(crate) fn line_views(&self, lines: &[HeldLine]) -> Vec<LineView> {
         lines

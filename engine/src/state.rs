@@ -33,8 +33,10 @@ use crate::wheel::TimerWheel;
 
 /// Bumped when `Persisted` changes shape; a snapshot of another format is
 /// refused rather than misread. 2: the dedup window. 3: write outcomes (in
-/// the dedup window) carry the reservation's lines.
-pub(crate) const STATE_FORMAT: u32 = 3;
+/// the dedup window) carry the reservation's lines. 4: confirm, release and
+/// extend outcomes (in the dedup window) carry the reservation's
+/// idempotency key.
+pub(crate) const STATE_FORMAT: u32 = 4;
 
 /// Principal id recorded once the principal table is full.
 pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;

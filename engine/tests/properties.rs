@@ -10,7 +10,8 @@
 //!   allocation says (most available first, ties by name, split in that
 //!   order, fixed lines set aside first, earlier lines consuming for later
 //!   ones): the same lines held in the same order, or the same short lines;
-//! * write outcomes carry the reservation's lines as the model stored them;
+//! * write outcomes carry the reservation's lines as the model stored them,
+//!   and confirm, release and extend outcomes the key it was held with;
 //! * a hold with a taken id replays exactly when the model finds that the
 //!   stored lines fulfil the request (same key, same total per SKU, fixed
 //!   items covered), and is refused as `reservation_id_in_use` otherwise;
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use engine::cmd::{AdjustReason, Command, Confirm, Deadline, Extend, Release, Transfer};
 use engine::event::EventKind;
-use engine::ids::{RequestId, ReservationId};
+use engine::ids::{IdempotencyKey, RequestId, ReservationId};
 use engine::item::Status;
 use engine::outcome::{LineView, Outcome, Refusal, ShortLine};
 use engine::reservation::ReservationState;
@@ -449,11 +450,12 @@ fn check_outcome(model: &mut Model, op: &Op, outcome: &Outcome) -> Result<(), Te
         }
         (Op::Confirm { n }, outcome) => check_end(model, *n, outcome, ReservationState::Confirmed)?,
         (Op::Release { n }, outcome) => check_end(model, *n, outcome, ReservationState::Released)?,
-        (Op::Extend { n, .. }, Outcome::Extended { reservation, lines }) => {
+        (Op::Extend { n, .. }, Outcome::Extended { reservation, lines, idempotency_key }) => {
             let hold = model.holds.get_mut(&rid(*n));
             prop_assert!(hold.as_ref().is_some_and(|h| h.state == ReservationState::Held));
             if let Some(hold) = hold {
                 prop_assert_eq!(lines, &views(&hold.lines), "lines of an extended hold");
+                prop_assert_eq!(key_of(idempotency_key), hold.key.as_deref(), "key of an extended hold");
                 prop_assert!(reservation.deadline_ms >= hold.deadline_ms);
                 hold.deadline_ms = reservation.deadline_ms;
             }
@@ -543,12 +545,14 @@ fn check_hold(
 fn check_end(model: &mut Model, n: u64, outcome: &Outcome, target: ReservationState) -> Result<(), TestCaseError> {
     let id = rid(n);
     let state = model.holds.get(&id).map(|h| h.state);
-    let (ended, replayed, lines) = match outcome {
-        Outcome::Confirmed { reservation, replayed, lines } if target == ReservationState::Confirmed => {
-            (reservation, *replayed, lines)
+    let (ended, replayed, lines, ended_key) = match outcome {
+        Outcome::Confirmed { reservation, replayed, lines, idempotency_key }
+            if target == ReservationState::Confirmed =>
+        {
+            (reservation, *replayed, lines, idempotency_key)
         }
-        Outcome::Released { reservation, replayed, lines } if target == ReservationState::Released => {
-            (reservation, *replayed, lines)
+        Outcome::Released { reservation, replayed, lines, idempotency_key } if target == ReservationState::Released => {
+            (reservation, *replayed, lines, idempotency_key)
         }
         Outcome::Refused(Refusal::ReservationNotFound) => {
             prop_assert_eq!(state, None);
@@ -574,6 +578,8 @@ fn check_end(model: &mut Model, n: u64, outcome: &Outcome, target: ReservationSt
     prop_assert_eq!(ended.state, target);
     let stored = model.holds.get(&id).map(|h| views(&h.lines));
     prop_assert_eq!(Some(lines), stored.as_ref(), "lines of an ended hold");
+    let stored_key = model.holds.get(&id).and_then(|h| h.key.as_deref());
+    prop_assert_eq!(key_of(ended_key), stored_key, "key of an ended hold");
     if replayed {
         prop_assert_eq!(state, Some(target));
     } else {
@@ -581,6 +587,11 @@ fn check_end(model: &mut Model, n: u64, outcome: &Outcome, target: ReservationSt
         model.end(id, target);
     }
     Ok(())
+}
+
+/// An outcome's idempotency key as the model names keys.
+fn key_of(key: &Option<IdempotencyKey>) -> Option<&str> {
+    key.as_ref().map(IdempotencyKey::as_str)
 }
 
 /// Compares the engine with the model after an entry.

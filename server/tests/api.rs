@@ -18,7 +18,7 @@ use common::*;
 use futures_util::FutureExt as _;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, StatusCode};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
@@ -47,22 +47,36 @@ macro_rules! rules {
 /// One request with a raw body and an optional content type, for what the
 /// JSON client cannot send (bad JSON, oversize bodies).
 async fn raw(http: &Http, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+    let headers: Vec<(&str, &str)> = content_type.map(|value| (CONTENT_TYPE.as_str(), value)).into_iter().collect();
+    let (status, headers, bytes) = raw_bytes(http, method, path, &headers, body).await;
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, headers, value)
+}
+
+/// One request with raw headers and body, answering the body's bytes as
+/// sent (for comparing answers byte for byte).
+async fn raw_bytes(
+    http: &Http,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, Bytes) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", http.addr()));
-    if let Some(content_type) = content_type {
-        builder = builder.header(CONTENT_TYPE, content_type);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
     }
     let request = builder.body(Full::new(Bytes::from(body))).unwrap_or_else(|e| panic!("building {path}: {e}"));
     let exchange = async {
         let response = client.request(request).await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.unwrap_or_else(|e| panic!("{path}: reading the body: {e:?}")).to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        (parts.status, parts.headers, value)
+        (parts.status, parts.headers, bytes)
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.unwrap_or_else(|_| panic!("{path}: no answer"))
 }
@@ -375,6 +389,7 @@ async fn reservations_api_follows_its_contract() {
         a_hold_expires_on_its_own_and_then_cannot_be_confirmed,
         a_reservation_across_shards_is_all_or_nothing,
         a_line_without_warehouse_takes_the_most_available_first,
+        writes_answer_the_bytes_a_read_after_them_shows,
         an_order_is_found_and_confirmed_by_its_order_id,
         a_batch_answers_one_result_per_request_in_order,
         bad_and_unknown_reservation_ids_are_refused,
@@ -603,6 +618,127 @@ async fn a_line_without_warehouse_takes_the_most_available_first(http: &Http) {
     let short = http.post("/v1/reservations", json!({ "lines": [{ "sku": "rs-alloc", "quantity": 3 }] })).await;
     assert_problem(&short, StatusCode::CONFLICT, "insufficient_stock");
     assert_eq!(levels(http, "rs-alloc", "w1").await.1, 1, "a refused allocation holds nothing");
+}
+
+/// A POST of `body` (JSON, if any) with `headers`; asserts `status` and
+/// answers the headers and the body's bytes.
+async fn post_bytes(
+    http: &Http,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+    status: StatusCode,
+) -> (HeaderMap, Bytes) {
+    let mut headers = headers.to_vec();
+    let body = match body {
+        Some(json) => {
+            headers.push((CONTENT_TYPE.as_str(), "application/json"));
+            json.to_string().into_bytes()
+        }
+        None => Vec::new(),
+    };
+    let (got, headers, bytes) = raw_bytes(http, Method::POST, path, &headers, body).await;
+    assert_eq!(got, status, "POST {path}: {}", String::from_utf8_lossy(&bytes));
+    (headers, bytes)
+}
+
+/// Asserts a write's answer is, byte for byte, what `GET
+/// /v1/reservations/{id}` shows right after it; answers the bytes.
+async fn assert_read_shows(http: &Http, id: &str, what: &str, written: &Bytes) {
+    let (status, _, read) = raw_bytes(http, Method::GET, &format!("/v1/reservations/{id}"), &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK, "GET {id} after {what}: {}", String::from_utf8_lossy(&read));
+    assert_eq!(
+        String::from_utf8_lossy(written),
+        String::from_utf8_lossy(&read),
+        "{what} answered other bytes than the read after it"
+    );
+}
+
+/// A reservation as `writes_answer_the_bytes_a_read_after_them_shows` makes
+/// and ends it.
+struct Shape<'a> {
+    lines: &'a Value,
+    /// The `Idempotency-Key` header, if any.
+    key: Option<&'a str>,
+    order_id: Option<&'a str>,
+    /// `"confirm"` or `"release"`.
+    end: &'a str,
+    /// Extend and end through `/v1/orders/{order_id}` rather than the id.
+    by_order: bool,
+}
+
+/// Holds, extends, ends and ends again reservations of every shape (one
+/// shard or several; no key, an `Idempotency-Key`, an `order_id`; by id and
+/// by order): every answer is the same bytes as the read after it, though
+/// the writes answer from their own outcomes. A second confirm or release
+/// answers the first's bytes again; a retried create with the same key or
+/// order replays the hold's bytes.
+async fn writes_answer_the_bytes_a_read_after_them_shows(http: &Http) {
+    put_item(http, "rs-same", "w1", 100, 0).await;
+    put_item(http, "rs-same", "w2", 100, 0).await;
+    let (a, b) = skus_on_two_shards(http, "rs-same-xs").await;
+    put_item(http, &a, "w1", 100, 0).await;
+    put_item(http, &b, "w1", 100, 0).await;
+    let one_shard = json!([
+        { "sku": "rs-same", "warehouse": "w2", "quantity": 2 },
+        { "sku": "rs-same", "quantity": 3 },
+        { "sku": "rs-same", "warehouse": "w1", "quantity": 1 },
+    ]);
+    let two_shards = json!([
+        { "sku": b, "warehouse": "w1", "quantity": 1 },
+        { "sku": a, "warehouse": "w1", "quantity": 2 },
+        { "sku": b, "quantity": 1 },
+    ]);
+    let shape = |lines, key, order_id, end, by_order| Shape { lines, key, order_id, end, by_order };
+    let shapes = [
+        shape(&one_shard, None, None, "confirm", false),
+        shape(&one_shard, Some("rs-same-key-1"), None, "release", false),
+        shape(&one_shard, None, Some("rs-same-order-1"), "confirm", true),
+        shape(&one_shard, Some("rs-same-key-2"), Some("rs-same-order-2"), "release", false),
+        shape(&two_shards, None, None, "release", false),
+        shape(&two_shards, Some("rs-same-key-3"), None, "confirm", false),
+        shape(&two_shards, None, Some("rs-same-order-3"), "release", true),
+        shape(&two_shards, Some("rs-same-key-4"), Some("rs-same-order-4"), "confirm", false),
+    ];
+    for Shape { lines, key, order_id, end, by_order } in shapes {
+        let what = format!("{end} of {lines} with key {key:?} and order {order_id:?}");
+        let mut request = json!({ "lines": lines, "ttl_seconds": 60 });
+        if let Some(order_id) = order_id {
+            request["order_id"] = json!(order_id);
+        }
+        let headers: Vec<(&str, &str)> = key.map(|key| ("idempotency-key", key)).into_iter().collect();
+        let (_, held) = post_bytes(http, "/v1/reservations", Some(&request), &headers, StatusCode::CREATED).await;
+        let held_json: Value = serde_json::from_slice(&held).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let id = str_of(&held_json, "id");
+        assert_eq!(held_json.get("parts").is_some(), lines == &two_shards, "{what}: {held_json}");
+        assert_eq!(held_json["order_id"].as_str(), order_id, "{what}: {held_json}");
+        assert_read_shows(http, id, &format!("the hold before {what}"), &held).await;
+        if key.is_some() || order_id.is_some() {
+            let (replayed_headers, replayed) =
+                post_bytes(http, "/v1/reservations", Some(&request), &headers, StatusCode::CREATED).await;
+            assert_eq!(replayed_headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+            assert_eq!(replayed, held, "a retried create answers the hold's bytes: {what}");
+        }
+
+        let base = match (by_order, order_id) {
+            (true, Some(order_id)) => format!("/v1/orders/{order_id}"),
+            _ => format!("/v1/reservations/{id}"),
+        };
+        let extend = json!({ "ttl_seconds": 3600 });
+        let (_, extended) = post_bytes(http, &format!("{base}/extend"), Some(&extend), &[], StatusCode::OK).await;
+        assert_read_shows(http, id, &format!("the extend before {what}"), &extended).await;
+        assert_ne!(extended, held, "{what}: the extend moved the deadline");
+
+        let (_, ended) = post_bytes(http, &format!("{base}/{end}"), None, &[], StatusCode::OK).await;
+        assert_read_shows(http, id, &what, &ended).await;
+        let (_, again) = post_bytes(http, &format!("{base}/{end}"), None, &[], StatusCode::OK).await;
+        assert_eq!(
+            String::from_utf8_lossy(&again),
+            String::from_utf8_lossy(&ended),
+            "the second {end} answers the first's bytes: {what}"
+        );
+        assert_read_shows(http, id, &format!("the second {what}"), &again).await;
+    }
 }
 
 async fn an_order_is_found_and_confirmed_by_its_order_id(http: &Http) {

@@ -25,9 +25,10 @@ pub(super) fn apply(state: &mut ShardState, command: &Confirm, emitter: &mut Emi
 mod tests {
     use super::*;
     use crate::cmd::Command;
+    use crate::ids::IdempotencyKey;
     use crate::item::MovementReason;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::{Fixture, rid};
+    use crate::state::tests_support::{Fixture, hold_command, rid};
 
     fn confirm(n: u8) -> Command {
         Command::Confirm(Confirm { id: rid(n) })
@@ -52,10 +53,32 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        let Outcome::Confirmed { reservation: first, lines, .. } = f.one(confirm(1)) else { panic!("not confirmed") };
+        let Outcome::Confirmed { reservation: first, lines, idempotency_key, .. } = f.one(confirm(1)) else {
+            panic!("not confirmed")
+        };
         let again = f.one(confirm(1));
-        assert_eq!(again, Outcome::Confirmed { reservation: first, replayed: true, lines });
+        assert_eq!(again, Outcome::Confirmed { reservation: first, replayed: true, lines, idempotency_key });
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
+    }
+
+    #[test]
+    fn confirm_answers_the_idempotency_key_of_the_hold_and_so_does_its_replay() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        let key = IdempotencyKey::new("order:77").ok();
+        f.one(hold_command(1, &[("SKU-1", "berlin", 4)], key.clone()));
+        let first = f.one(confirm(1));
+        assert!(
+            matches!(first, Outcome::Confirmed { replayed: false, ref idempotency_key, .. } if *idempotency_key == key),
+            "{first:?}"
+        );
+        let again = f.one(confirm(1));
+        assert!(
+            matches!(again, Outcome::Confirmed { replayed: true, ref idempotency_key, .. } if *idempotency_key == key),
+            "{again:?}"
+        );
+        f.hold(2, &[("SKU-1", "berlin", 1)]);
+        assert!(matches!(f.one(confirm(2)), Outcome::Confirmed { idempotency_key: None, .. }), "a hold without a key");
     }
 
     #[test]

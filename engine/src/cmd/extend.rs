@@ -46,7 +46,9 @@ pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Outcome {
         state.move_deadline(slot, deadline_ms);
     }
     match (state.summary(slot), state.reservation_lines(slot)) {
-        (Some(reservation), Some(lines)) => Outcome::Extended { reservation, lines },
+        (Some(reservation), Some(lines)) => {
+            Outcome::Extended { reservation, lines, idempotency_key: state.reservation_key(slot) }
+        }
         _ => Refusal::ReservationNotFound.into(),
     }
 }
@@ -55,7 +57,8 @@ pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Outcome {
 mod tests {
     use super::*;
     use crate::cmd::{Command, Release};
-    use crate::state::tests_support::{Fixture, rid};
+    use crate::ids::IdempotencyKey;
+    use crate::state::tests_support::{Fixture, hold_command, rid};
 
     fn extend(n: u8, deadline: Deadline) -> Command {
         Command::Extend(Extend { id: rid(n), deadline })
@@ -84,6 +87,19 @@ mod tests {
         f.hold(1, &[("SKU-1", "berlin", 4)]);
         let first = f.one(extend(1, Deadline::AtMs(61_000)));
         assert_eq!(first, f.one(extend(1, Deadline::AtMs(61_000))));
+    }
+
+    #[test]
+    fn extend_answers_the_idempotency_key_of_the_hold() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        let key = IdempotencyKey::new("cart-1").ok();
+        f.one(hold_command(1, &[("SKU-1", "berlin", 4)], key.clone()));
+        let extended = f.one(extend(1, Deadline::AfterMs(90_000)));
+        assert!(
+            matches!(extended, Outcome::Extended { ref idempotency_key, .. } if *idempotency_key == key),
+            "{extended:?}"
+        );
     }
 
     #[test]

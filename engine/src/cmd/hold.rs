@@ -316,7 +316,12 @@ fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, scr
     );
     if command.confirm {
         return match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
-            Some(reservation) => Outcome::Confirmed { reservation, replayed: false, lines: views },
+            Some(reservation) => Outcome::Confirmed {
+                reservation,
+                replayed: false,
+                lines: views,
+                idempotency_key: command.idempotency_key.clone(),
+            },
             None => Refusal::ReservationNotFound.into(),
         };
     }
@@ -722,9 +727,22 @@ mod tests {
         }
         let outcome = f.one(command);
         assert!(
-            matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false, ref lines } if reservation.state == ReservationState::Confirmed && *lines == vec![line("SKU-1", "berlin", 4)])
+            matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false, ref lines, idempotency_key: None } if reservation.state == ReservationState::Confirmed && *lines == vec![line("SKU-1", "berlin", 4)])
         );
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
+    }
+
+    #[test]
+    fn hold_with_confirm_answers_its_idempotency_key() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        let key = IdempotencyKey::new("order:77").ok();
+        let mut command = hold_command(1, &[("SKU-1", "berlin", 4)], key.clone());
+        if let Command::Hold(hold) = &mut command {
+            hold.confirm = true;
+        }
+        let outcome = f.one(command);
+        assert!(matches!(outcome, Outcome::Confirmed { ref idempotency_key, .. } if *idempotency_key == key));
     }
 
     #[test]

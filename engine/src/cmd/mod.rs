@@ -93,6 +93,7 @@ fn end_held(state: &mut ShardState, id: &ReservationId, target: ReservationState
     let Some(lines) = state.reservation_lines(slot) else {
         return Refusal::ReservationNotFound.into();
     };
+    let idempotency_key = state.reservation_key(slot);
     let (reservation, replayed) = if current.state == ReservationState::Held {
         match state.end_reservation(slot, target, emitter) {
             Some(ended) => (ended, false),
@@ -102,8 +103,8 @@ fn end_held(state: &mut ShardState, id: &ReservationId, target: ReservationState
         (current, true)
     };
     match target {
-        ReservationState::Confirmed => Outcome::Confirmed { reservation, replayed, lines },
-        _ => Outcome::Released { reservation, replayed, lines },
+        ReservationState::Confirmed => Outcome::Confirmed { reservation, replayed, lines, idempotency_key },
+        _ => Outcome::Released { reservation, replayed, lines, idempotency_key },
     }
 }
 

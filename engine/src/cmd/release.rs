@@ -26,8 +26,9 @@ mod tests {
     use crate::cmd::{Command, Confirm};
     use crate::config::Limits;
     use crate::event::{Cause, EventKind};
+    use crate::ids::IdempotencyKey;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::{Fixture, rid};
+    use crate::state::tests_support::{Fixture, hold_command, rid};
 
     fn release(n: u8) -> Command {
         Command::Release(Release { id: rid(n) })
@@ -50,9 +51,26 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        let Outcome::Released { reservation, lines, .. } = f.one(release(1)) else { panic!("not released") };
-        assert_eq!(f.one(release(1)), Outcome::Released { reservation, replayed: true, lines });
+        let Outcome::Released { reservation, lines, idempotency_key, .. } = f.one(release(1)) else {
+            panic!("not released")
+        };
+        assert_eq!(f.one(release(1)), Outcome::Released { reservation, replayed: true, lines, idempotency_key });
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
+    }
+
+    #[test]
+    fn release_answers_the_idempotency_key_of_the_hold_even_when_forgotten_at_once() {
+        let limits = Limits { terminal_retention_ms: 0, terminal_retained_max: 0, ..Limits::default() };
+        let mut f = Fixture::with_limits(limits);
+        f.stock("SKU-1", "berlin", 10, 0);
+        let key = IdempotencyKey::new("cart-1").ok();
+        f.one(hold_command(1, &[("SKU-1", "berlin", 4)], key.clone()));
+        let released = f.one(release(1));
+        assert!(
+            matches!(released, Outcome::Released { ref idempotency_key, .. } if *idempotency_key == key),
+            "{released:?}"
+        );
+        assert!(f.state.reservation(&rid(1)).is_none(), "forgotten at once");
     }
 
     #[test]

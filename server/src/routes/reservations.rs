@@ -13,6 +13,12 @@
 //! hold and no retry. The answer is built from the hold's outcome, which
 //! carries the lines as held, for a first write and a replay alike.
 //!
+//! Every write answers from its own outcomes, never from a read after it:
+//! confirm, release and extend outcomes carry the summary, the lines and the
+//! idempotency key of each part; a hold's key is the request's. One function
+//! (`reservation_out`) turns parts into the body, for reads and writes
+//! alike, so a write answers the bytes a read after it would show.
+//!
 //! Reservation ids (32 hex digits) carry their home shard in the first two
 //! bytes (so confirm and release route without a lookup) and, in the third,
 //! whether the reservation spans shards (then its parts are found on every
@@ -30,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use cluster::{SagaOutcome, SagaPart};
 use engine::cmd::{Confirm, Deadline, Extend, Hold, HoldLine, Release};
 use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
-use engine::outcome::{ReservationSummary, ReservationView, ShortLine};
+use engine::outcome::{ReservationView, ShortLine};
 use engine::reservation::ReservationState;
 use engine::{Command, Outcome, Refusal, shard_of};
 use serde::{Deserialize, Serialize};
@@ -118,11 +124,22 @@ struct PartHold {
     lines: Vec<Line>,
 }
 
-/// A request made ready to submit: its id and one part per shard, in
-/// shard order.
+/// A request made ready to submit: its id, the engine's idempotency key
+/// its parts carry, and one part per shard, in shard order.
 struct Prepared {
     id: ReservationId,
+    key: Option<IdempotencyKey>,
     parts: Vec<PartHold>,
+}
+
+/// A batch request whose lines all live on one shard: one command of that
+/// shard's list.
+struct Listed {
+    /// Its index in the batch.
+    index: usize,
+    id: ReservationId,
+    key: Option<IdempotencyKey>,
+    part: PartHold,
 }
 
 /// 13 unpredictable bytes for a reservation id without a system call per
@@ -238,11 +255,11 @@ impl Serialize for HexId {
 }
 
 impl ReservationOut {
-    fn new(view: ReservationView, order_id: Option<&str>) -> Self {
+    /// The body of one merged view; `parts` is for `reservation_out` to set.
+    fn new(view: ReservationView) -> Self {
         let summary = view.summary;
-        let order_id = order_id.map(str::to_owned).or_else(|| {
-            view.idempotency_key.as_deref().and_then(|key| key.strip_prefix(ORDER_KEY_PREFIX)).map(str::to_owned)
-        });
+        let order_id =
+            view.idempotency_key.as_deref().and_then(|key| key.strip_prefix(ORDER_KEY_PREFIX)).map(str::to_owned);
         Self {
             id: HexId(summary.id),
             state: summary.state.as_str(),
@@ -272,14 +289,6 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
     }
 }
 
-/// The summary of a reservation from its parts' summaries: the first
-/// part's, with the earliest deadline (parts share one).
-fn merged_summary(parts: &[ReservationSummary]) -> Option<ReservationSummary> {
-    let mut merged = *parts.first()?;
-    merged.deadline_ms = parts.iter().map(|part| part.deadline_ms).min().unwrap_or(merged.deadline_ms);
-    Some(merged)
-}
-
 /// The engine's short lines (indexes into a part's lines) as the request's.
 fn short_lines<'a>(lines: &'a [Line], shorts: &[ShortLine]) -> Vec<(usize, &'a str, &'a str, ShortLine)> {
     shorts
@@ -293,27 +302,47 @@ fn short_lines<'a>(lines: &'a [Line], shorts: &[ShortLine]) -> Vec<(usize, &'a s
         .collect()
 }
 
-fn empty_summary(id: ReservationId) -> ReservationSummary {
-    ReservationSummary { id, state: ReservationState::Held, created_at_ms: 0, deadline_ms: 0, ended_at_ms: None }
+/// The body of a reservation from its parts, one per shard it was found on,
+/// in shard order: what a read found, or what the writes answered. Reads and
+/// writes both answer through here, so a write answers the bytes a read
+/// after it would show. Lines are the parts' lines in shard order; the
+/// deadline is the earliest (parts share one); id, creation, end and key are
+/// the first part's. The state is the parts' common state; parts that
+/// disagree (a saga cut short) show as the least advanced non-held state.
+/// A reservation whose id says it spans shards lists each part (`parts`).
+/// `None` when there is no part.
+fn reservation_out(id: ReservationId, parts: impl IntoIterator<Item = ReservationView>) -> Option<ReservationOut> {
+    let spans = spans_shards(&id);
+    let part_out = |part: &ReservationView| PartOut { state: part.summary.state.as_str(), lines: part.lines.len() };
+    let mut parts = parts.into_iter();
+    let mut merged = parts.next()?;
+    let mut part_states = if spans { vec![part_out(&merged)] } else { Vec::new() };
+    let first_state = merged.summary.state;
+    let mut other_state = None;
+    for part in parts {
+        if spans {
+            part_states.push(part_out(&part));
+        }
+        if part.summary.state != first_state {
+            other_state.get_or_insert(part.summary.state);
+        }
+        merged.summary.deadline_ms = merged.summary.deadline_ms.min(part.summary.deadline_ms);
+        merged.lines.extend(part.lines);
+    }
+    // Mixed: report a terminal state that is not CONFIRMED first, as the
+    // reservation as a whole did not complete.
+    if first_state == ReservationState::Confirmed
+        && let Some(other) = other_state
+    {
+        merged.summary.state = other;
+    }
+    let mut out = ReservationOut::new(merged);
+    out.parts = spans.then_some(part_states);
+    Some(out)
 }
 
-/// Merges the parts of a reservation (one per shard) into one view. The
-/// state is the parts' common state; parts that disagree (a saga cut short)
-/// show as the least advanced non-held state, with each part listed.
-fn merge_parts(parts: Vec<ReservationView>) -> Option<(ReservationView, Vec<PartOut>)> {
-    let first = parts.first()?.clone();
-    let mut merged = first.clone();
-    merged.lines = parts.iter().flat_map(|part| part.lines.clone()).collect();
-    let states: Vec<ReservationState> = parts.iter().map(|part| part.summary.state).collect();
-    if let Some(other) = states.iter().find(|state| **state != first.summary.state) {
-        // Mixed: report a terminal state that is not CONFIRMED first, as the
-        // reservation as a whole did not complete.
-        merged.summary.state =
-            if first.summary.state == ReservationState::Confirmed { *other } else { first.summary.state };
-    }
-    merged.summary.deadline_ms = parts.iter().map(|p| p.summary.deadline_ms).min().unwrap_or(0);
-    let part_states = parts.iter().map(|p| PartOut { state: p.summary.state.as_str(), lines: p.lines.len() }).collect();
-    Some((merged, part_states))
+fn reservation_not_found() -> Problem {
+    Problem::not_found("reservation_not_found", "no such reservation")
 }
 
 impl AppState {
@@ -335,7 +364,7 @@ impl AppState {
         let shards: Vec<u32> =
             if spans_shards(&id) { (0..self.node.shard_count()).collect() } else { vec![u32::from(id.home_shard())] };
         if shards.iter().any(|&shard| shard >= self.node.shard_count()) {
-            return Err(Problem::not_found("reservation_not_found", "no such reservation"));
+            return Err(reservation_not_found());
         }
         Ok(shards)
     }
@@ -353,43 +382,7 @@ impl AppState {
 
     async fn reservation_body(&self, id: ReservationId, read: super::Consistency) -> ApiResult<ReservationOut> {
         let parts = self.reservation_parts(id, read).await?;
-        let (merged, part_states) =
-            merge_parts(parts).ok_or_else(|| Problem::not_found("reservation_not_found", "no such reservation"))?;
-        let mut body = ReservationOut::new(merged, None);
-        if spans_shards(&id) {
-            body.parts = Some(part_states);
-        }
-        Ok(body)
-    }
-
-    /// The body of a reservation this request has just written (held,
-    /// confirmed, released, extended): the write is done, so no read after
-    /// it may turn the answer into an error. A 503 `unavailable` would tell
-    /// the client nothing was applied (chaos FINDINGS.md #2). It is read
-    /// linearizably when it can be, else from this node's replica with the
-    /// write's own summaries (state, deadline) laid over it.
-    async fn written_body(&self, id: ReservationId, written: &[ReservationSummary]) -> ReservationOut {
-        let error = match self.reservation_body(id, super::Consistency::Linearizable).await {
-            Ok(body) => return body,
-            Err(error) => error,
-        };
-        tracing::warn!(%id, code = error.code, "the read after a write failed; answering from this replica");
-        let parts = self.reservation_parts(id, super::Consistency::Stale).await.unwrap_or_default();
-        let written = merged_summary(written);
-        let mut view = match merge_parts(parts) {
-            Some((merged, _)) => merged,
-            None => ReservationView {
-                summary: written.unwrap_or_else(|| empty_summary(id)),
-                lines: Vec::new(),
-                idempotency_key: None,
-            },
-        };
-        if let Some(summary) = written {
-            view.summary.state = summary.state;
-            view.summary.ended_at_ms = summary.ended_at_ms;
-            view.summary.deadline_ms = summary.deadline_ms;
-        }
-        ReservationOut::new(view, None)
+        reservation_out(id, parts).ok_or_else(reservation_not_found)
     }
 
     /// Creates a reservation: the one path of `POST /v1/reservations`, the
@@ -398,42 +391,35 @@ impl AppState {
     /// are the saga's parts. The answer comes from the write's outcomes.
     pub async fn create_reservation(&self, body: &ReservationBody, key: Option<&str>) -> ApiResult<Created> {
         let checked = self.check_request(body, key)?;
-        let Prepared { id, mut parts } = self.prepare(body, &checked)?;
-        let order_id = body.order_id.as_deref();
+        let Prepared { id, key, mut parts } = self.prepare(body, checked)?;
         if parts.len() == 1
             && let Some(part) = parts.pop()
         {
             let outcome = self.node.submit_to(part.shard, part.command).await?;
-            return self.held(outcome, &part.lines, order_id, id);
+            return self.held(outcome, &part.lines, key, id);
         }
         let (saga_parts, part_lines): (Vec<SagaPart>, Vec<Vec<Line>>) =
             parts.into_iter().map(|part| (SagaPart { shard: part.shard, hold: part.command }, part.lines)).unzip();
         match self.node.reserve_across_shards(id, saga_parts, body.commit).await? {
             SagaOutcome::Held { holds, confirms } => {
                 let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
-                let mut summaries = Vec::with_capacity(holds.len());
-                let mut part_line_counts = Vec::with_capacity(holds.len());
-                let mut lines = Vec::new();
-                for hold in holds {
-                    if let Outcome::Held { reservation, lines: held, .. } = hold {
-                        summaries.push(reservation);
-                        part_line_counts.push(held.len());
-                        lines.extend(held);
-                    }
-                }
-                if let Some(confirms) = confirms {
-                    summaries = self.ended(confirms)?;
-                }
-                let parts_out = summaries
-                    .iter()
-                    .zip(part_line_counts)
-                    .map(|(summary, lines)| PartOut { state: summary.state.as_str(), lines })
-                    .collect();
-                let summary = merged_summary(&summaries).unwrap_or_else(|| empty_summary(id));
-                let view = ReservationView { summary, lines, idempotency_key: None };
-                let mut out = ReservationOut::new(view, order_id);
-                out.parts = Some(parts_out);
-                Ok(Created { body: out, replayed })
+                let parts = match confirms {
+                    // Confirmed at once: the confirms answer the parts as they ended.
+                    Some(confirms) => self.ended(confirms)?,
+                    None => holds
+                        .into_iter()
+                        .filter_map(|hold| match hold {
+                            Outcome::Held { reservation, lines, .. } => Some(ReservationView {
+                                summary: reservation,
+                                lines,
+                                idempotency_key: key.clone().map(IdempotencyKey::into_string),
+                            }),
+                            _ => None,
+                        })
+                        .collect(),
+                };
+                let body = reservation_out(id, parts).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+                Ok(Created { body, replayed })
             }
             SagaOutcome::Undone { holds } => {
                 let mut short: Vec<(usize, &str, &str, ShortLine)> = Vec::new();
@@ -481,7 +467,7 @@ impl AppState {
 
     /// The request's id and its parts, one `Hold` per shard its lines live
     /// on. Parts of a reservation across shards share one absolute deadline.
-    fn prepare(&self, body: &ReservationBody, checked: &Checked) -> ApiResult<Prepared> {
+    fn prepare(&self, body: &ReservationBody, checked: Checked) -> ApiResult<Prepared> {
         let shards = self.node.shard_count();
         let mut by_shard: BTreeMap<u32, Vec<Line>> = BTreeMap::new();
         for (index, line) in body.lines.iter().enumerate() {
@@ -522,19 +508,31 @@ impl AppState {
                 PartHold { shard, command, lines }
             })
             .collect();
-        Ok(Prepared { id, parts })
+        Ok(Prepared { id, key: checked.engine_key, parts })
     }
 
     /// The answer to a one-shard reservation, from its outcome: the lines
     /// as held (allocation and splitting included), for a first write and a
-    /// replay alike.
-    fn held(&self, outcome: Outcome, lines: &[Line], order_id: Option<&str>, id: ReservationId) -> ApiResult<Created> {
+    /// replay alike; `key`, the request's, is the reservation's (a replay by
+    /// key found it, a replay by id requires it).
+    fn held(
+        &self,
+        outcome: Outcome,
+        lines: &[Line],
+        key: Option<IdempotencyKey>,
+        id: ReservationId,
+    ) -> ApiResult<Created> {
         match outcome {
             Outcome::Held { reservation, replayed, lines: held }
-            | Outcome::Confirmed { reservation, replayed, lines: held } => {
+            | Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
                 debug_assert_eq!(reservation.id, id);
-                let view = ReservationView { summary: reservation, lines: held, idempotency_key: None };
-                Ok(Created { body: ReservationOut::new(view, order_id), replayed })
+                let view = ReservationView {
+                    summary: reservation,
+                    lines: held,
+                    idempotency_key: key.map(IdempotencyKey::into_string),
+                };
+                let body = reservation_out(id, [view]).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+                Ok(Created { body, replayed })
             }
             Outcome::Refused(Refusal::InsufficientStock { lines: shorts }) => {
                 Err(short_lines_problem(&short_lines(lines, &shorts)))
@@ -544,30 +542,37 @@ impl AppState {
         }
     }
 
-    /// Confirms, releases or extends every part of a reservation.
+    /// Confirms, releases or extends every part of a reservation, and
+    /// answers from the parts' outcomes alone. No read after the write: one
+    /// could fail once the write is done (a 503 `unavailable` would tell the
+    /// client nothing was applied, chaos FINDINGS.md #2) or show a later
+    /// write instead of this one.
     async fn end(&self, id: ReservationId, make: impl Fn() -> Command) -> ApiResult<ReservationOut> {
         let submits = self.part_shards(id)?.into_iter().map(|shard| self.node.submit_to(shard, make()));
-        let written = self.ended(futures_util::future::join_all(submits).await)?;
-        Ok(self.written_body(id, &written).await)
+        let parts = self.ended(futures_util::future::join_all(submits).await)?;
+        reservation_out(id, parts).ok_or_else(reservation_not_found)
     }
 
     /// What confirming, releasing or extending the parts of a reservation
-    /// answered: the parts' summaries, or the first refusal.
-    fn ended(&self, answers: Vec<Result<Outcome, cluster::SubmitError>>) -> ApiResult<Vec<ReservationSummary>> {
-        let mut found = false;
+    /// answered, in shard order: each part found, as its outcome carries it
+    /// (summary, lines, key); or the first refusal; or not found when no
+    /// shard knows the reservation.
+    fn ended(&self, answers: Vec<Result<Outcome, cluster::SubmitError>>) -> ApiResult<Vec<ReservationView>> {
         let mut refusal: Option<Refusal> = None;
-        let mut written = Vec::new();
+        let mut parts = Vec::with_capacity(answers.len());
         for answer in answers {
             match answer? {
-                Outcome::Confirmed { reservation, .. }
-                | Outcome::Released { reservation, .. }
-                | Outcome::Extended { reservation, .. } => {
-                    found = true;
-                    written.push(reservation);
+                Outcome::Confirmed { reservation, lines, idempotency_key, .. }
+                | Outcome::Released { reservation, lines, idempotency_key, .. }
+                | Outcome::Extended { reservation, lines, idempotency_key } => {
+                    parts.push(ReservationView {
+                        summary: reservation,
+                        lines,
+                        idempotency_key: idempotency_key.map(IdempotencyKey::into_string),
+                    });
                 }
                 Outcome::Refused(Refusal::ReservationNotFound) => {}
                 Outcome::Refused(other) => {
-                    found = true;
                     refusal.get_or_insert(other);
                 }
                 other => return Err(self.unexpected(&other)),
@@ -576,10 +581,10 @@ impl AppState {
         if let Some(refusal) = refusal {
             return Err(Problem::refusal(&refusal));
         }
-        if !found {
-            return Err(Problem::not_found("reservation_not_found", "no such reservation"));
+        if parts.is_empty() {
+            return Err(reservation_not_found());
         }
-        Ok(written)
+        Ok(parts)
     }
 
     /// Moves every part's deadline to now + `ttl_seconds`.
@@ -798,18 +803,18 @@ impl AppState {
     /// The results of a batch's requests, in request order.
     async fn create_batch(&self, requests: &[BatchRequest]) -> Vec<ApiResult<Created>> {
         let mut results: Vec<Option<ApiResult<Created>>> = requests.iter().map(|_| None).collect();
-        let mut lists: BTreeMap<u32, Vec<(usize, ReservationId, PartHold)>> = BTreeMap::new();
+        let mut lists: BTreeMap<u32, Vec<Listed>> = BTreeMap::new();
         let mut others = Vec::new();
         for (index, request) in requests.iter().enumerate() {
             let key = request.idempotency_key.as_deref();
             let prepared = key
                 .map_or(Ok(()), |key| IdempotencyKey::new(key.to_owned()).map(drop).map_err(Problem::from))
                 .and_then(|()| self.check_request(&request.reservation, key))
-                .and_then(|checked| self.prepare(&request.reservation, &checked));
+                .and_then(|checked| self.prepare(&request.reservation, checked));
             match prepared {
-                Ok(Prepared { id, mut parts }) if parts.len() == 1 => {
+                Ok(Prepared { id, key, mut parts }) if parts.len() == 1 => {
                     if let Some(part) = parts.pop() {
-                        lists.entry(part.shard).or_default().push((index, id, part));
+                        lists.entry(part.shard).or_default().push(Listed { index, id, key, part });
                     }
                 }
                 // Across shards: the saga, on its own.
@@ -817,7 +822,7 @@ impl AppState {
                 Err(problem) => results[index] = Some(Err(problem)),
             }
         }
-        let lists = lists.into_iter().map(|(shard, holds)| self.hold_list(shard, holds, requests));
+        let lists = lists.into_iter().map(|(shard, holds)| self.hold_list(shard, holds));
         let others = others.into_iter().map(|index| async move {
             let request = &requests[index];
             (index, self.create_reservation(&request.reservation, request.idempotency_key.as_deref()).await)
@@ -833,14 +838,11 @@ impl AppState {
     }
 
     /// One shard's holds of a batch, proposed as one list.
-    async fn hold_list(
-        &self,
-        shard: u32,
-        holds: Vec<(usize, ReservationId, PartHold)>,
-        requests: &[BatchRequest],
-    ) -> Vec<(usize, ApiResult<Created>)> {
-        let (holds, commands): (Vec<_>, Vec<_>) =
-            holds.into_iter().map(|(index, id, part)| ((index, id, part.lines), part.command)).unzip();
+    async fn hold_list(&self, shard: u32, holds: Vec<Listed>) -> Vec<(usize, ApiResult<Created>)> {
+        let (holds, commands): (Vec<_>, Vec<_>) = holds
+            .into_iter()
+            .map(|Listed { index, id, key, part }| ((index, id, key, part.lines), part.command))
+            .unzip();
         let outcomes = match self.node.submit_many_to(shard, commands).await {
             Ok(outcomes) if outcomes.len() == holds.len() => outcomes,
             Ok(outcomes) => {
@@ -859,10 +861,7 @@ impl AppState {
         holds
             .into_iter()
             .zip(outcomes)
-            .map(|((index, id, lines), outcome)| {
-                let order_id = requests[index].reservation.order_id.as_deref();
-                (index, self.held(outcome, &lines, order_id, id))
-            })
+            .map(|((index, id, key, lines), outcome)| (index, self.held(outcome, &lines, key, id)))
             .collect()
     }
 }
