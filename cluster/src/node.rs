@@ -41,7 +41,7 @@ use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
-use crate::shadow::Shadow;
+use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, SnapshotCounters, SnapshotStats, StateMachine};
 use crate::transport::{Handler, Transport, TransportConfig};
@@ -301,6 +301,12 @@ impl Node {
         let raft_config =
             Arc::new(raft_config.validate().map_err(|e| StartError::Raft { shard: 0, reason: e.to_string() })?);
 
+        // One thread builds every shard's shadow snapshots, one at a time.
+        let snapshot_thread = if config.snapshot_from_shadow {
+            Some(SnapshotThread::start(config.shards as usize).map_err(StartError::Threads)?)
+        } else {
+            None
+        };
         let mut groups = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
         for ((shard, wal), snapshots) in (0..config.shards).zip(wals).zip(stores) {
@@ -313,7 +319,7 @@ impl Node {
             let publisher = Publisher { is_leader: Arc::clone(&is_leader), events: events.clone() };
             let mut state_machine =
                 StateMachine::new(shard, actor.clone(), snapshots.clone(), publisher, Arc::new(deadline_tx));
-            if config.snapshot_from_shadow {
+            if let Some(snapshot_thread) = &snapshot_thread {
                 let shadow = Shadow::new(
                     wal.reader(),
                     snapshots,
@@ -322,7 +328,7 @@ impl Node {
                     initial_limits(),
                     config.append_entries_max,
                 );
-                state_machine = state_machine.with_shadow(shadow);
+                state_machine = state_machine.with_shadow(shadow, snapshot_thread.clone());
             }
             let thread = Arc::new(ShardThread::default());
             let state_machine = state_machine.with_thread(Arc::clone(&thread));

@@ -547,7 +547,7 @@ mod tests {
     async fn a_write_is_proposed_appended_applied_and_answered_on_its_shards_thread() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         // Snapshots every few entries: their work (the shadow's replay and
-        // serialisation on a blocking thread) is not write-path work.
+        // serialisation on the snapshot thread) is not write-path work.
         let node = single_node_with(dir.path(), |config| config.snapshot_after_entries = 4).await;
         let snapshots = |node: &Node| node.snapshot_stats().iter().map(|s| s.built).sum::<u64>();
         let mut wave = 0;

@@ -5,7 +5,7 @@
 //! entries in the same order hold byte-identical state (ARCHITECTURE.md,
 //! Determinism). So a snapshot at log id L need not be taken from the shard
 //! actor, whose thread also runs the shard's openraft core, log store and
-//! apply. `Shadow::build` runs on a blocking thread: it takes the shadow
+//! apply. `Shadow::build` runs on the snapshot thread: it takes the shadow
 //! (or, with none, loads the newest snapshot file, or starts an empty shard
 //! with the limits the actor's state started from), reads the committed
 //! entries after it up to L from the WAL, applies them, serialises the
@@ -26,12 +26,22 @@
 //! * the state saved must have `last_applied == L`, and in debug builds its
 //!   digest must equal the actor's at L (`expected_digest`).
 //!
+//! Builds run on the node's one snapshot thread (`SnapshotThread`), one at
+//! a time, at a lower priority than the shard threads: on a machine whose
+//! cores the shards keep busy, a build takes the CPU they leave rather than
+//! the CPU they need, and many shards reaching their snapshot point
+//! together do not all serialise at once. On cores kept saturated a build
+//! takes longer, and the log grows until it ends; no write waits for it.
+//!
 //! Cost: the shadow is a second copy of the shard's state in memory, from
 //! the first snapshot built after start on; the replay applies every entry
 //! a second time, off the shard thread, reading the log in steps of
 //! `read_entries_max` entries.
 
 use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
 
 use engine::snapshot::{SnapshotFile, SnapshotMeta, SnapshotStore};
 use engine::state::digest_of_snapshot_bytes;
@@ -61,6 +71,9 @@ pub enum ShadowError {
     /// would write the same file to the same disk.
     #[error(transparent)]
     Save(SnapshotError),
+    /// The build panicked (a broken assertion): a bug, never papered over.
+    #[error("the shadow's build panicked: {0}")]
+    Panicked(String),
 }
 
 impl ShadowError {
@@ -257,5 +270,128 @@ impl Shadow {
             return Err(diverged(target, format!("the log led the copy to {:?}", state.last_applied())));
         }
         Ok(())
+    }
+}
+
+/// How much lower the snapshot thread's priority is than the process's, in
+/// nice steps (Linux: a thread 10 steps lower gets about a tenth of a core
+/// its busy shard threads want; it still gets whatever they leave idle).
+pub const SNAPSHOT_THREAD_NICE_STEPS: i32 = 10;
+
+/// One build for the snapshot thread, and where its answer goes.
+struct Job {
+    shadow: Arc<Shadow>,
+    target: Option<LogId>,
+    expected_digest: Option<u128>,
+    answer: tokio::sync::oneshot::Sender<Result<SnapshotFile, ShadowError>>,
+}
+
+/// The node's snapshot thread: builds every shard's shadow snapshots, one
+/// at a time, below the priority of the shard threads. Cheap to clone; the
+/// thread ends once every clone is dropped.
+#[derive(Clone, Debug)]
+pub struct SnapshotThread {
+    jobs: SyncSender<Job>,
+}
+
+/// Lowers the calling thread's priority by `SNAPSHOT_THREAD_NICE_STEPS`. A
+/// failure leaves it as it is: slower writes while a snapshot is built,
+/// nothing worse.
+fn lower_priority() {
+    let thread = rustix::thread::gettid();
+    let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|nice| {
+        rustix::process::setpriority_process(Some(thread), (nice + SNAPSHOT_THREAD_NICE_STEPS).min(19))
+    });
+    if let Err(error) = lowered {
+        tracing::warn!(%error, "the snapshot thread runs at the shard threads' priority");
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+impl SnapshotThread {
+    /// Starts the thread. At most `queue_max` builds wait for it (one per
+    /// shard is enough: openraft builds one snapshot of a group at a time).
+    pub fn start(queue_max: usize) -> io::Result<SnapshotThread> {
+        let (jobs, receiver) = std::sync::mpsc::sync_channel::<Job>(queue_max.max(1));
+        std::thread::Builder::new().name("tally-snapshot".into()).spawn(move || {
+            lower_priority();
+            while let Ok(job) = receiver.recv() {
+                let Job { shadow, target, expected_digest, answer } = job;
+                // A panic is answered (it stops the group, loudly) rather
+                // than taking the thread, and every later build, with it.
+                let built = std::panic::catch_unwind(AssertUnwindSafe(|| shadow.build(target, expected_digest)))
+                    .unwrap_or_else(|panic| Err(ShadowError::Panicked(panic_message(panic.as_ref()))));
+                // The builder may have gone (its group shut down).
+                let _ = answer.send(built);
+            }
+        })?;
+        Ok(SnapshotThread { jobs })
+    }
+
+    /// Builds the snapshot at `target` from `shadow` on the thread (see
+    /// `Shadow::build`) and waits for it without blocking the caller's
+    /// thread.
+    pub async fn build(
+        &self,
+        shadow: Arc<Shadow>,
+        target: Option<LogId>,
+        expected_digest: Option<u128>,
+    ) -> Result<SnapshotFile, ShadowError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job = Job { shadow, target, expected_digest, answer };
+        if let Err(error) = self.jobs.try_send(job) {
+            let reason = match error {
+                TrySendError::Full(_) => "the snapshot thread's queue is full",
+                TrySendError::Disconnected(_) => "the snapshot thread has stopped",
+            };
+            return Err(unreachable(target, reason.to_owned()));
+        }
+        answered.await.map_err(|_| unreachable(target, "the snapshot thread stopped during the build".to_owned()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// The nice value of each thread of this process named `name`.
+    fn nice_of_threads(name: &str) -> Vec<i64> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(Result::ok)
+            .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
+            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+            // Fields after the command (which may hold spaces) end with ')':
+            // state is field 3, nice field 19.
+            .filter_map(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(16)?.parse().ok()))
+            .collect()
+    }
+
+    #[test]
+    fn the_snapshot_thread_runs_below_the_processs_priority() {
+        let base = i64::from(rustix::process::getpriority_process(None).unwrap_or(0));
+        let expected = (base + i64::from(SNAPSHOT_THREAD_NICE_STEPS)).min(19);
+        let _thread = SnapshotThread::start(1).unwrap_or_else(|e| panic!("snapshot thread: {e}"));
+        // The thread lowers itself as it starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !nice_of_threads("tally-snapshot").contains(&expected) {
+            assert!(
+                Instant::now() < deadline,
+                "no snapshot thread at nice {expected}: {:?}",
+                nice_of_threads("tally-snapshot")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

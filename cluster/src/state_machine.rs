@@ -7,8 +7,8 @@
 //! the events) goes back to the proposer that wrote it. On the group's leader
 //! the events are also published, named, to the node's event stream.
 //!
-//! Snapshots are built from the shard's shadow replica (`shadow`), off the
-//! shard thread, at the log id this state machine last applied; the actor
+//! Snapshots are built from the shard's shadow replica (`shadow`) on the
+//! node's snapshot thread, at the log id this state machine last applied; the actor
 //! (`TakeSnapshot`, which pauses the shard while it serialises) builds them
 //! only when the shadow cannot, or when `snapshot_from_shadow` is off.
 
@@ -26,7 +26,7 @@ use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
 
-use crate::shadow::Shadow;
+use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::types::{
     LogId, RaftStoredMembership, Snapshot, SnapshotImage, SnapshotMeta, TypeConfig, entry_to_engine,
@@ -105,8 +105,9 @@ pub struct StateMachine {
     next_deadline_ms: Arc<watch::Sender<Option<u64>>>,
     /// The thread the shard's write path runs on.
     thread: Arc<ShardThread>,
-    /// The shard's shadow replica; `None` builds every snapshot on the actor.
-    shadow: Option<Arc<Shadow>>,
+    /// The shard's shadow replica and the thread that builds from it;
+    /// `None` builds every snapshot on the actor.
+    shadow: Option<(Arc<Shadow>, SnapshotThread)>,
     /// The last log id applied (what a snapshot built now must cover);
     /// `None` until the first `applied_state`, `apply` or install says.
     last_applied: Option<Option<EngineLogId>>,
@@ -140,10 +141,11 @@ impl StateMachine {
         self
     }
 
-    /// Builds snapshots from `shadow` (see `shadow`), which must read this
-    /// shard's WAL and write this shard's snapshot directory.
-    pub fn with_shadow(mut self, shadow: Shadow) -> Self {
-        self.shadow = Some(Arc::new(shadow));
+    /// Builds snapshots from `shadow` on `thread` (see `shadow`); the
+    /// shadow must read this shard's WAL and write this shard's snapshot
+    /// directory.
+    pub fn with_shadow(mut self, shadow: Shadow, thread: SnapshotThread) -> Self {
+        self.shadow = Some((Arc::new(shadow), thread));
         self
     }
 
@@ -154,7 +156,7 @@ impl StateMachine {
 
     /// The shadow replica, if snapshots are built from one (tests).
     pub fn shadow(&self) -> Option<&Shadow> {
-        self.shadow.as_deref()
+        self.shadow.as_ref().map(|(shadow, _)| shadow.as_ref())
     }
 
     /// The last log id the actor applied, asked of the actor.
@@ -195,9 +197,9 @@ async fn load_snapshot(file: SnapshotFile) -> io::Result<Snapshot> {
 /// Builds one snapshot, covering exactly the entries applied when openraft
 /// asked for the builder (`target`).
 ///
-/// From the shadow: a blocking thread brings the shard's shadow replica to
-/// `target` from the WAL, serialises and saves it; the shard thread only
-/// waits for the answer, so the shard's writes go on meanwhile. From the
+/// From the shadow: the node's snapshot thread brings the shard's shadow
+/// replica to `target` from the WAL, serialises and saves it; the shard
+/// thread only waits for the answer, so the shard's writes go on meanwhile. From the
 /// actor (no shadow, or the shadow could not reach `target`): the actor
 /// serialises its state, pausing the shard for that, then a blocking task
 /// writes it durably.
@@ -205,7 +207,7 @@ pub struct SnapshotBuilder {
     shard: u32,
     actor: Addr<ShardActor>,
     snapshots: SnapshotStore,
-    shadow: Option<Arc<Shadow>>,
+    shadow: Option<(Arc<Shadow>, SnapshotThread)>,
     target: Option<EngineLogId>,
     /// Debug builds: the actor's digest at `target`, which the shadow's
     /// state must equal.
@@ -214,12 +216,8 @@ pub struct SnapshotBuilder {
 }
 
 impl SnapshotBuilder {
-    async fn build_from_shadow(&self, shadow: Arc<Shadow>) -> io::Result<SnapshotFile> {
-        let (target, expected_digest) = (self.target, self.expected_digest);
-        let built = tokio::task::spawn_blocking(move || shadow.build(target, expected_digest))
-            .await
-            .map_err(io::Error::other)?;
-        match built {
+    async fn build_from_shadow(&self, shadow: Arc<Shadow>, thread: &SnapshotThread) -> io::Result<SnapshotFile> {
+        match thread.build(shadow, self.target, self.expected_digest).await {
             Ok(file) => Ok(file),
             Err(error) if error.falls_back() => {
                 self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -246,13 +244,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let started = Instant::now();
         let file = match self.shadow.clone() {
-            Some(shadow) => self.build_from_shadow(shadow).await?,
+            Some((shadow, thread)) => self.build_from_shadow(shadow, &thread).await?,
             None => self.build_on_actor().await?,
         };
         let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.counters.last_build_us.store(took_us, Ordering::Relaxed);
         self.counters.built.fetch_add(1, Ordering::Relaxed);
-        load_snapshot(file).await
+        // The meta, without the image: openraft (0.10.0-alpha.37) reads
+        // only the meta of a snapshot it had built (sm::worker's
+        // BuildSnapshotDone, StorageHelper::get_initial_state) and fetches
+        // images with get_current_snapshot, which reads the file. Reading
+        // tens of MB back here only for openraft to free them on the shard
+        // thread cost that thread ~3-4 ms per 88 MB. An empty image is
+        // never mistaken for a state: it fails to parse.
+        Ok(Snapshot { meta: meta_of(&file.meta)?, snapshot: SnapshotImage::new() })
     }
 }
 
@@ -360,7 +365,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, image: SnapshotImage) -> Result<(), io::Error> {
         // The shard's state is about to be replaced: the shadow no longer
         // follows it (and a build under way must not keep its copy).
-        if let Some(shadow) = &self.shadow {
+        if let Some((shadow, _)) = &self.shadow {
             shadow.forget();
         }
         let store = self.snapshots.clone();

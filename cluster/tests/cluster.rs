@@ -214,8 +214,7 @@ async fn a_wiped_node_rejoins_and_catches_up_by_snapshot() {
     cluster.converged_digests(SETTLE).await;
     // The leader purged the log behind its snapshot, so node 3 can only have
     // caught up by installing one.
-    let status = cluster.node(3).status();
-    assert!(status.shards[0].snapshot_index.is_some(), "no snapshot installed: {status:#?}");
+    wait_for_snapshot_index(&cluster, 3, 0).await;
     let seen = cluster.node(3).read_stale(0, move |s| s.get_item(&name, "w1").map(|i| i.on_hand)).await;
     assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")).value, Some(299));
     cluster.shutdown().await;
@@ -241,11 +240,27 @@ async fn a_node_left_behind_the_purged_log_catches_up_by_snapshot() {
     // Its log ends where the leader's purged log began long ago.
     cluster.restart(lagging, false).await;
     cluster.converged_digests(SETTLE).await;
-    let status = cluster.node(lagging).status();
-    assert!(status.shards[0].snapshot_index.is_some_and(|index| index > 62), "no snapshot: {status:#?}");
+    // A snapshot past what it had (sent by the leader, or built from the
+    // log it was sent).
+    wait_for_snapshot_index(&cluster, lagging, 62).await;
     let seen = cluster.node(lagging).read_stale(0, |s| s.get_item("behind", "w1").map(|i| i.on_hand)).await;
     assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")).value, Some(299));
     cluster.shutdown().await;
+}
+
+/// Waits until node `id`'s snapshot of shard 0 is past `index` (openraft
+/// reports a snapshot once its build ends, which runs at low priority and
+/// may end after the replicas' states converged).
+async fn wait_for_snapshot_index(cluster: &TestCluster, id: u64, index: u64) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let status = cluster.node(id).status();
+        if status.shards[0].snapshot_index.is_some_and(|snapshot| snapshot > index) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {id} has no snapshot past {index}: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until node `id` has built at least `built` snapshots of shard 0,
@@ -355,8 +370,7 @@ async fn after_installing_a_leaders_snapshot_a_node_builds_correct_snapshots_of_
         assert!(n < first + 1_000, "no local snapshot: {:?}", cluster.node(lagging).snapshot_stats());
     }
     wait_for_shadow_snapshots(&cluster, lagging, stats.built + 2).await;
-    let status = cluster.node(lagging).status();
-    assert!(status.shards[0].snapshot_index.is_some_and(|index| index > installed), "{status:#?}");
+    wait_for_snapshot_index(&cluster, lagging, installed).await;
     // And a restart from that local snapshot converges with the others.
     cluster.kill(lagging).await;
     cluster.restart(lagging, false).await;

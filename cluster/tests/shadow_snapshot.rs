@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use actix::Addr;
-use cluster::shadow::Shadow;
+use cluster::shadow::{Shadow, SnapshotThread};
 use cluster::state_machine::{Publisher, SnapshotStats, StateMachine};
 use cluster::types::{Snapshot, entry_from_engine, log_id_to_engine};
 use common::{hold, rid, upsert};
@@ -49,9 +49,10 @@ impl Shard {
         let (events, _) = broadcast::channel(16);
         let publisher = Publisher { is_leader: Arc::default(), events };
         let (deadline, _) = watch::channel(None);
+        let thread = SnapshotThread::start(1).unwrap_or_else(|e| panic!("snapshot thread: {e}"));
         let shadow = Shadow::new(wal.reader(), snapshots.clone(), 0, 1, Limits::default(), READ_ENTRIES_MAX);
         let state_machine =
-            StateMachine::new(0, actor.clone(), snapshots, publisher, Arc::new(deadline)).with_shadow(shadow);
+            StateMachine::new(0, actor.clone(), snapshots, publisher, Arc::new(deadline)).with_shadow(shadow, thread);
         Shard { _dir: dir, _pool: pool, wal, actor, state_machine, next_index: 0, ts_ms: 1_000 }
     }
 
@@ -87,11 +88,20 @@ impl Shard {
         self.write(lists).await;
     }
 
-    /// A snapshot built as openraft builds one.
+    /// A snapshot built as openraft builds one, with its image as openraft
+    /// fetches it to send (the builder answers only the meta).
     async fn snapshot(&mut self) -> Snapshot {
         let mut builder =
             self.state_machine.try_create_snapshot_builder(true).await.unwrap_or_else(|| panic!("no snapshot builder"));
-        builder.build_snapshot().await.unwrap_or_else(|e| panic!("build snapshot: {e}"))
+        let built = builder.build_snapshot().await.unwrap_or_else(|e| panic!("build snapshot: {e}"));
+        let current = self
+            .state_machine
+            .get_current_snapshot()
+            .await
+            .unwrap_or_else(|e| panic!("current snapshot: {e}"))
+            .unwrap_or_else(|| panic!("no current snapshot after a build"));
+        assert_eq!(current.meta, built.meta, "the snapshot built is the current one");
+        current
     }
 
     /// The actor's last applied id and digest.

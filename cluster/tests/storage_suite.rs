@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cluster::log_store::LogStore;
-use cluster::shadow::Shadow;
+use cluster::shadow::{Shadow, SnapshotThread};
 use cluster::state_machine::{Publisher, StateMachine};
 use cluster::types::TypeConfig;
 use engine::actor::ShardPool;
@@ -36,8 +36,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
         let (deadline, _) = watch::channel(None);
         // With a shadow: the suite applies entries it never appended, so
         // its snapshots exercise the fallback to the actor as well.
+        let thread = SnapshotThread::start(1).unwrap_or_else(|e| panic!("snapshot thread: {e}"));
         let shadow = Shadow::new(wal.reader(), snapshots.clone(), 0, 1, Limits::default(), 256);
-        let state_machine = StateMachine::new(0, actor, snapshots, publisher, Arc::new(deadline)).with_shadow(shadow);
+        let state_machine =
+            StateMachine::new(0, actor, snapshots, publisher, Arc::new(deadline)).with_shadow(shadow, thread);
         Ok((Guard { _dir: dir, _pool: pool }, LogStore::new(wal), state_machine))
     }
 }
