@@ -72,6 +72,12 @@ pub struct RunResult {
     /// Expiry lag, microseconds (the `expiry` workload only): from a
     /// hold's `expires_at` to the expiry reaching a live subscriber.
     pub expiry_lag: Option<Latency>,
+    /// Tally targets: snapshots built inside the measured window, summed
+    /// over every node and shard (read from `/metrics` when the window
+    /// opens and when it closes). `None` for peers, and in results written
+    /// before it was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots_in_window: Option<u64>,
     /// What reading back the final state found.
     pub check: Check,
 }
@@ -193,6 +199,25 @@ pub struct Goal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_without_a_snapshot_count_still_load() {
+        let old = r#"{"target":"tally","workload":"flash-sale","mode":"open","clients":50,"rate":100.0,"batch":1,
+            "seconds":8.0,"requests_per_s":100.0,"holds_per_s":100.0,"refused_per_s":0.0,"errors":0,
+            "latency":{"count":1,"mean":1.0,"p50":1,"p90":1,"p99":1,"p999":1,"max":1},"start_lag":null,
+            "cdf":[],"holds_each_second":[],"expiry_lag":null,
+            "check":{"oversell":0,"lost":0,"unknown":0,"sampled":0,"problems":[]}}"#;
+        let run: RunResult = serde_json::from_str(old).unwrap_or_else(|e| panic!("old result: {e}"));
+        assert_eq!(run.snapshots_in_window, None);
+
+        let counted = RunResult { snapshots_in_window: Some(3), ..run };
+        let json = serde_json::to_string(&counted).unwrap_or_else(|e| panic!("{e}"));
+        assert!(json.contains("\"snapshots_in_window\":3"), "{json}");
+        let back: RunResult = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.snapshots_in_window, Some(3));
+        let none = serde_json::to_string(&RunResult::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!none.contains("snapshots_in_window"), "left out when not counted: {none}");
+    }
 
     #[test]
     fn a_check_that_does_not_apply_neither_passes_nor_fails() {

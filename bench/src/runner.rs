@@ -12,7 +12,7 @@ use crate::load::{self, Measured, Mode, Timing};
 use crate::peers::postgres::PostgresPeer;
 use crate::peers::redis::{Fsync, RedisPeer};
 use crate::results::{Check, HTTP_FLOOR, Report, RunResult, Skipped};
-use crate::tally::{Program, TallyTarget, Topology};
+use crate::tally::{NodeSettings, Program, TallyTarget, Topology};
 use crate::target::{Conn, HoldState, ItemSpec, StartError};
 use crate::workload::{self, Client, Known, Ledger, Shape, Workload};
 
@@ -21,6 +21,16 @@ const SELLOUT_ERRORS_MAX: u32 = 20;
 /// How long after the last deadline the `expiry` workload waits for
 /// expiries still to arrive.
 const EXPIRY_GRACE: Duration = Duration::from_secs(10);
+/// `snapshot_after_entries` of the half-load run's nodes. Issue 14 asks for
+/// its p99 with at least two snapshots inside the measured window; at the
+/// server's default (50 000) a run of seconds sees none. At half of the
+/// flash-sale peak (about 17k holds/s on the 2-core machine of
+/// PERFORMANCE.md) entries carry two or three holds, so the hot shard
+/// commits about 7 500 entries a second: this gives four or five snapshots
+/// in an 8 s window, two at 3 000 entries a second, without writing them
+/// back to back (each is the whole shard: its live holds and dedup window
+/// grow through the run). `snapshots_in_window` says how many it took.
+pub const HALF_LOAD_SNAPSHOT_AFTER_ENTRIES: u64 = 12_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {
@@ -89,6 +99,8 @@ struct Job {
     workload: Workload,
     clients: u32,
     mode: Mode,
+    /// How Tally's nodes are set up for it (peers ignore it).
+    nodes: NodeSettings,
 }
 
 /// A started peer (Tally starts afresh for each job instead).
@@ -109,10 +121,10 @@ fn jobs(plan: &Plan) -> Vec<Job> {
     let mut jobs = Vec::new();
     for &workload in &plan.workloads {
         let mode = if workload == Workload::Expiry { Mode::Open { rate: plan.expiry_rate } } else { Mode::Closed };
-        jobs.push(Job { workload, clients: plan.clients, mode });
+        jobs.push(Job { workload, clients: plan.clients, mode, nodes: NodeSettings::default() });
         if workload == Workload::FlashSale {
             for &clients in plan.sweep.iter().filter(|&&c| c != plan.clients) {
-                jobs.push(Job { workload, clients, mode: Mode::Closed });
+                jobs.push(Job { workload, clients, mode: Mode::Closed, nodes: NodeSettings::default() });
             }
         }
     }
@@ -198,9 +210,12 @@ async fn run_target(plan: &Plan, target: TargetKind, report: &mut Report) {
                 let headline = job.workload == Workload::FlashSale && job.clients == plan.clients;
                 if headline && job.mode == Mode::Closed && plan.half_load && run.requests_per_s > 0.0 {
                     let rate = run.requests_per_s / 2.0;
+                    // Snapshots every few thousand entries, so the window
+                    // shows whether they move the tail.
+                    let nodes = NodeSettings { snapshot_after_entries: Some(HALF_LOAD_SNAPSHOT_AFTER_ENTRIES) };
                     all.insert(
                         index,
-                        Job { workload: Workload::FlashSale, clients: plan.clients, mode: Mode::Open { rate } },
+                        Job { workload: Workload::FlashSale, clients: plan.clients, mode: Mode::Open { rate }, nodes },
                     );
                 }
                 report.runs.push(run);
@@ -251,6 +266,9 @@ fn print_run(run: &RunResult) {
         match run.start_lag {
             Some(lag) => format!("  start lag p99 {:.2} ms", ms(lag.p99)),
             None => String::new(),
+        } + &match run.snapshots_in_window {
+            Some(snapshots) => format!("  snapshots {snapshots}"),
+            None => String::new(),
         } + &if run.check.problems.is_empty() {
             String::new()
         } else {
@@ -279,7 +297,7 @@ where
 }
 
 async fn measure_tally(plan: &Plan, job: Job, topology: Topology, dir: &Path) -> Result<RunResult, String> {
-    let tally = TallyTarget::start(&plan.program, topology, dir).await.map_err(|e| e.to_string())?;
+    let tally = TallyTarget::start(&plan.program, topology, dir, job.nodes).await.map_err(|e| e.to_string())?;
     let result = async {
         let items = Arc::new(workload::items(job.workload, &plan.shape));
         tally.load(&items).await?;
@@ -287,11 +305,20 @@ async fn measure_tally(plan: &Plan, job: Job, topology: Topology, dir: &Path) ->
         let control = tally.connect(0);
         if job.workload == Workload::Expiry {
             let subscriber = Subscriber::start(tally.address(0)).await?;
-            let (mut run, ledgers) = measure(plan, job, Arc::clone(&items), conns, tally.connect(0)).await?;
+            let (measured, snapshots) = tokio::join!(
+                measure(plan, job, Arc::clone(&items), conns, tally.connect(0)),
+                snapshots_in_window(&tally, plan.timing)
+            );
+            let (mut run, ledgers) = measured?;
+            run.snapshots_in_window = snapshots;
             observe_expiries(&mut run, ledgers, subscriber, control, &items).await;
             Ok(run)
         } else {
-            measure(plan, job, items, conns, control).await.map(|(run, _)| run)
+            let (measured, snapshots) =
+                tokio::join!(measure(plan, job, items, conns, control), snapshots_in_window(&tally, plan.timing));
+            let (mut run, _) = measured?;
+            run.snapshots_in_window = snapshots;
+            Ok(run)
         }
     }
     .await;
@@ -300,11 +327,32 @@ async fn measure_tally(plan: &Plan, job: Job, topology: Topology, dir: &Path) ->
     result
 }
 
+/// Snapshots `tally` builds in the measured window of a run that starts
+/// now: the count read from `/metrics` when warm-up ends, and again when
+/// the window closes (each read within milliseconds of its edge). `None`
+/// when a read fails; the run goes on without it.
+async fn snapshots_in_window(tally: &TallyTarget, timing: Timing) -> Option<u64> {
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep_until(start + timing.warmup).await;
+    let before = tally.snapshots_built().await;
+    tokio::time::sleep_until(start + timing.warmup + timing.measure).await;
+    let after = tally.snapshots_built().await;
+    match (before, after) {
+        (Ok(before), Ok(after)) => Some(after.saturating_sub(before)),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("snapshots in the window not counted: {error}");
+            None
+        }
+    }
+}
+
 /// `http-floor`: a node started as for `tally`, the job's clients and
 /// timing, every request `GET /healthz`. No items are created: no request
 /// reads them, and creating `--skus` of them would only lengthen the run.
 async fn measure_floor(plan: &Plan, job: Job, dir: &Path) -> Result<RunResult, String> {
-    let tally = TallyTarget::start(&plan.program, Topology::Single, dir).await.map_err(|e| e.to_string())?;
+    let tally = TallyTarget::start(&plan.program, Topology::Single, dir, NodeSettings::default())
+        .await
+        .map_err(|e| e.to_string())?;
     let clients: Vec<FloorClient> = (0..job.clients as usize).map(|i| FloorClient::new(tally.address(i))).collect();
     let mut measured = Measured::new(seconds_measured(plan));
     for (part, _) in load::run_clients(clients, job.mode, plan.timing).await {
@@ -495,6 +543,7 @@ fn result_of(plan: &Plan, job: Job, measured: &Measured) -> RunResult {
         cdf: load::cdf_of(&measured.latency),
         holds_each_second: measured.held_each_second.clone(),
         expiry_lag: None,
+        snapshots_in_window: None,
         check: Check::default(),
     }
 }

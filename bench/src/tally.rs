@@ -28,6 +28,16 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 const LOAD_CONNECTIONS: usize = 32;
 /// Items per page when reading many items back.
 const LIST_PAGE: usize = 1000;
+/// The counter of snapshots built in `/metrics`, one sample per shard.
+const SNAPSHOTS_BUILT: &str = "tally_shard_snapshots_built_total";
+
+/// Settings of the started nodes that differ from the server's defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// `[cluster] snapshot_after_entries`: low enough, a run sees the
+    /// shards snapshot while it measures. `None` keeps the server's default.
+    pub snapshot_after_entries: Option<u64>,
+}
 
 /// How to start a `tally` process.
 #[derive(Clone, Debug)]
@@ -76,7 +86,12 @@ pub fn free_port() -> Result<u16, String> {
 impl TallyTarget {
     /// Starts the nodes with their data under `dir` (which must be fresh)
     /// and waits until every node is ready.
-    pub async fn start(program: &Program, topology: Topology, dir: &Path) -> Result<TallyTarget, StartError> {
+    pub async fn start(
+        program: &Program,
+        topology: Topology,
+        dir: &Path,
+        settings: NodeSettings,
+    ) -> Result<TallyTarget, StartError> {
         let failed = |what: String| StartError::Failed(what);
         let size = match topology {
             Topology::Single => 1,
@@ -97,7 +112,7 @@ impl TallyTarget {
         for node in 0..size {
             let data = dir.join(format!("node{}", node + 1));
             std::fs::create_dir_all(&data).map_err(|e| failed(format!("{}: {e}", data.display())))?;
-            let config = format!(
+            let mut config = format!(
                 "[server]\nlisten = \"{}\"\nlog_level = \"warn\"\n\n[cluster]\nnode_id = {}\nlisten = \"127.0.0.1:{}\"\n\
                  members = [{}]\nshards = {shards}\ndata_dir = \"{}\"\n",
                 http[node],
@@ -106,6 +121,9 @@ impl TallyTarget {
                 members.join(", "),
                 data.display()
             );
+            if let Some(entries) = settings.snapshot_after_entries {
+                config.push_str(&format!("snapshot_after_entries = {entries}\n"));
+            }
             let path = dir.join(format!("node{}.toml", node + 1));
             std::fs::write(&path, config).map_err(|e| failed(format!("{}: {e}", path.display())))?;
             let log = std::fs::File::create(dir.join(format!("node{}.log", node + 1)))
@@ -171,6 +189,23 @@ impl TallyTarget {
         self.http[node % self.http.len()]
     }
 
+    /// Snapshots the nodes have built so far, summed over every node and
+    /// shard (`tally_shard_snapshots_built_total` of each node's `/metrics`).
+    pub async fn snapshots_built(&self) -> Result<u64, String> {
+        let mut total = 0;
+        for addr in &self.http {
+            let mut http = Http::new(*addr);
+            match http.request(Method::GET, "/metrics", None).await? {
+                (StatusCode::OK, body) => {
+                    total += snapshots_built_in(&String::from_utf8_lossy(&body))
+                        .ok_or_else(|| format!("{addr}: no {SNAPSHOTS_BUILT} in /metrics"))?;
+                }
+                (status, body) => return Err(format!("{addr} /metrics: {status} {}", String::from_utf8_lossy(&body))),
+            }
+        }
+        Ok(total)
+    }
+
     /// Creates the items (a `PUT` each, over several connections).
     pub async fn load(&self, items: &[ItemSpec]) -> Result<(), String> {
         let chunk = items.len().div_ceil(LOAD_CONNECTIONS).max(1);
@@ -212,6 +247,26 @@ impl TallyTarget {
             }
         }
     }
+}
+
+/// The snapshots built in one node's Prometheus text: the sum of its
+/// `tally_shard_snapshots_built_total` samples, `None` when it has none or
+/// one is not a count.
+pub fn snapshots_built_in(metrics: &str) -> Option<u64> {
+    let mut total: Option<u64> = None;
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(SNAPSHOTS_BUILT) else {
+            continue;
+        };
+        // The name itself, not a longer one it starts.
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        // A counter of u64 is written as an integer.
+        let value = rest.rsplit(' ').next()?.parse::<u64>().ok()?;
+        total = Some(total.unwrap_or(0).saturating_add(value));
+    }
+    total
 }
 
 /// One HTTP/1.1 keep-alive connection, re-opened after an error.
@@ -454,5 +509,23 @@ impl Conn for TallyConn {
             states.push(state);
         }
         Ok(states)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_built_sums_every_shards_sample_and_nothing_else() {
+        let metrics = "# HELP tally_shard_snapshots_built_total Snapshots.\n\
+                       # TYPE tally_shard_snapshots_built_total counter\n\
+                       tally_shard_snapshots_built_total{shard=\"0\"} 3\n\
+                       tally_shard_snapshots_built_total{shard=\"1\"} 2\n\
+                       tally_shard_snapshots_built_total_other 40\n\
+                       tally_shard_snapshot_fallbacks_total{shard=\"0\"} 1\n";
+        assert_eq!(snapshots_built_in(metrics), Some(5));
+        assert_eq!(snapshots_built_in("tally_live_holds 3\n"), None, "an older server exports none");
+        assert_eq!(snapshots_built_in("tally_shard_snapshots_built_total{shard=\"0\"} x\n"), None);
     }
 }

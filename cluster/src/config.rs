@@ -51,11 +51,18 @@ pub struct ClusterConfig {
     pub log_entries_kept_after_snapshot: u64,
     /// Snapshot files kept per shard.
     pub snapshots_kept: usize,
+    /// Build snapshots from a shadow replica of each shard, off the shard's
+    /// thread, so they never pause its writes (`shadow`). The shadow is a
+    /// second copy of every shard's state: it doubles the memory the shards
+    /// take. `false` builds them on the shard's actor, which pauses the
+    /// shard while it serialises its state (tens of ms for a large shard).
+    pub snapshot_from_shadow: bool,
     /// Largest snapshot this node accepts from a leader.
     pub snapshot_size_max: u64,
     /// Bytes per snapshot chunk on the wire.
     pub snapshot_chunk_size: usize,
-    /// Entries per AppendEntries RPC.
+    /// Entries per AppendEntries RPC, and per read of the log while a
+    /// snapshot's shadow replica catches up.
     pub append_entries_max: u64,
 
     /// Commands in one log entry (the proposer's batch cap).
@@ -101,6 +108,7 @@ impl Default for ClusterConfig {
             snapshot_after_entries: 50_000,
             log_entries_kept_after_snapshot: 5_000,
             snapshots_kept: 2,
+            snapshot_from_shadow: true,
             snapshot_size_max: 4 << 30,
             snapshot_chunk_size: 4 << 20,
             append_entries_max: 256,

@@ -9,6 +9,8 @@
 //!   log vocabulary.
 //! * `log_store` — `RaftLogStorage` on the engine's WAL (group-commit flush).
 //! * `state_machine` — `RaftStateMachine` on the shard actor; engine snapshots.
+//! * `shadow` — the shard's shadow replica, which snapshots are built from
+//!   off the shard thread.
 //! * `transport` — one multiplexed TCP connection per peer, rkyv frames.
 //! * `wire` — every message peers exchange.
 //! * `network` — openraft's network on the transport, shared by all groups.
@@ -24,6 +26,7 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod saga;
+pub mod shadow;
 pub mod shard_thread;
 pub mod state_machine;
 pub mod transport;
@@ -34,5 +37,5 @@ pub use config::{ClusterConfig, Member};
 pub use error::{AdminError, ReadError, StartError, SubmitError};
 pub use node::{ClusterStatus, Node, NodeStats, ShardStatus, Stale};
 pub use saga::{SagaOutcome, SagaPart};
-pub use state_machine::NodeEvent;
+pub use state_machine::{NodeEvent, SnapshotStats};
 pub use types::NodeId;

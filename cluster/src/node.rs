@@ -41,8 +41,9 @@ use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
+use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
-use crate::state_machine::{NodeEvent, Publisher, StateMachine};
+use crate::state_machine::{NodeEvent, Publisher, SnapshotCounters, SnapshotStats, StateMachine};
 use crate::transport::{Handler, Transport, TransportConfig};
 use crate::types::{
     MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
@@ -61,6 +62,8 @@ struct Group {
     log: LogStore,
     /// The thread the group's write path runs on.
     thread: Arc<ShardThread>,
+    /// Snapshots built, fallbacks to the actor, last build time.
+    snapshot_counters: Arc<SnapshotCounters>,
 }
 
 /// A snapshot being received from a leader.
@@ -157,6 +160,13 @@ pub struct NodeStats {
     pub write_path_off_thread: u64,
 }
 
+/// The limits a shard with no snapshot starts from, on every replica and
+/// in every shadow (`shadow`): later ones come through the log
+/// (`SetLimits`), since limits shape outcomes.
+fn initial_limits() -> Limits {
+    Limits::default()
+}
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
@@ -250,7 +260,7 @@ impl Node {
             let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
             let state = match snapshots.load_latest()? {
                 Some((_, state)) => state,
-                None => ShardState::new(shard, config.shards, Limits::default()),
+                None => ShardState::new(shard, config.shards, initial_limits()),
             };
             wals.push(Wal::open(dir.join("wal"), config.wal)?);
             states.push(state);
@@ -299,6 +309,12 @@ impl Node {
         let raft_config =
             Arc::new(raft_config.validate().map_err(|e| StartError::Raft { shard: 0, reason: e.to_string() })?);
 
+        // One thread builds every shard's shadow snapshots, one at a time.
+        let snapshot_thread = if config.snapshot_from_shadow {
+            Some(SnapshotThread::start(config.shards as usize).map_err(StartError::Threads)?)
+        } else {
+            None
+        };
         let mut groups = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
         for ((shard, wal), snapshots) in (0..config.shards).zip(wals).zip(stores) {
@@ -309,9 +325,22 @@ impl Node {
             let is_leader = Arc::new(AtomicBool::new(false));
             let (deadline_tx, deadline_rx) = watch::channel(None);
             let publisher = Publisher { is_leader: Arc::clone(&is_leader), events: events.clone() };
-            let state_machine = StateMachine::new(shard, actor.clone(), snapshots, publisher, Arc::new(deadline_tx));
+            let mut state_machine =
+                StateMachine::new(shard, actor.clone(), snapshots.clone(), publisher, Arc::new(deadline_tx));
+            if let Some(snapshot_thread) = &snapshot_thread {
+                let shadow = Shadow::new(
+                    wal.reader(),
+                    snapshots,
+                    shard,
+                    config.shards,
+                    initial_limits(),
+                    config.append_entries_max,
+                );
+                state_machine = state_machine.with_shadow(shadow, snapshot_thread.clone());
+            }
             let thread = Arc::new(ShardThread::default());
             let state_machine = state_machine.with_thread(Arc::clone(&thread));
+            let snapshot_counters = state_machine.counters();
             let log = LogStore::new(wal).with_clock(Arc::clone(&clock)).with_thread(Arc::clone(&thread));
             let network = GroupNetwork { router: router.clone(), group: shard };
             let settings = ProposerSettings {
@@ -374,7 +403,7 @@ impl Node {
                 },
             );
             tasks.push(forwarder_task);
-            groups.push(Group { shard, raft, proposer, forwarder, actor, is_leader, log, thread });
+            groups.push(Group { shard, raft, proposer, forwarder, actor, is_leader, log, thread, snapshot_counters });
         }
 
         let mut request_prefix = [0u8; 8];
@@ -693,6 +722,12 @@ impl Node {
             stats.write_path_off_thread += group.thread.off_thread();
         }
         stats
+    }
+
+    /// Per shard: snapshots this node built, fallbacks from the shadow to
+    /// the actor, and how long the last build took.
+    pub fn snapshot_stats(&self) -> Vec<SnapshotStats> {
+        self.inner.groups.iter().map(|group| group.snapshot_counters.stats(group.shard)).collect()
     }
 
     /// Live holds summed over this node's copy of every shard. Every replica

@@ -481,6 +481,11 @@ mod tests {
 
     /// A one-node cluster in `dir`, with every shard led by it.
     async fn single_node(dir: &std::path::Path) -> Node {
+        single_node_with(dir, |_| {}).await
+    }
+
+    /// `single_node`, with `tune` applied to its config.
+    async fn single_node_with(dir: &std::path::Path, tune: impl FnOnce(&mut ClusterConfig)) -> Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string();
         let config = ClusterConfig {
@@ -495,6 +500,8 @@ mod tests {
             election_timeout_max_ms: 300,
             ..ClusterConfig::default()
         };
+        let mut config = config;
+        tune(&mut config);
         let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start: {e}"));
         wait_until(Duration::from_secs(10), || node.status().shards.iter().all(|s| s.leader == Some(1))).await;
         node
@@ -539,19 +546,28 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_is_proposed_appended_applied_and_answered_on_its_shards_thread() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let node = single_node(dir.path()).await;
-        // Writes from the test's runtime threads, concurrent so entries
-        // carry several commands and the flusher batches fsyncs.
-        let submits = (0..200).map(|n| node.submit(upsert(&format!("thread-{n}"), 5)));
-        for outcome in futures_util::future::join_all(submits).await {
-            let outcome = outcome.unwrap_or_else(|e| panic!("submit: {e}"));
-            assert!(!outcome.is_refused(), "refused: {outcome:?}");
+        // Snapshots every few entries: their work (the shadow's replay and
+        // serialisation on the snapshot thread) is not write-path work.
+        let node = single_node_with(dir.path(), |config| config.snapshot_after_entries = 4).await;
+        let snapshots = |node: &Node| node.snapshot_stats().iter().map(|s| s.built).sum::<u64>();
+        let mut wave = 0;
+        while wave < 10 || snapshots(&node) < 2 {
+            // Writes from the test's runtime threads, concurrent so entries
+            // carry several commands and the flusher batches fsyncs.
+            let submits = (0..20).map(|n| node.submit(upsert(&format!("thread-{wave}-{n}"), 5)));
+            for outcome in futures_util::future::join_all(submits).await {
+                let outcome = outcome.unwrap_or_else(|e| panic!("submit: {e}"));
+                assert!(!outcome.is_refused(), "refused: {outcome:?}");
+            }
+            wave += 1;
+            assert!(wave < 500, "no snapshots: {:?}", node.snapshot_stats());
         }
         let stats = node.stats();
         assert!(stats.entries_proposed > 0);
         // Every propose, append, apply and answer ran on the thread its
         // group claimed: a stage on a runtime worker would count here.
         assert_eq!(stats.write_path_off_thread, 0);
+        assert!(node.snapshot_stats().iter().all(|s| s.fallbacks == 0), "{:?}", node.snapshot_stats());
         node.shutdown().await;
     }
 

@@ -6,20 +6,27 @@
 //! mailbox round trip. Each entry's `Applied` (one outcome per command, and
 //! the events) goes back to the proposer that wrote it. On the group's leader
 //! the events are also published, named, to the node's event stream.
+//!
+//! Snapshots are built from the shard's shadow replica (`shadow`) on the
+//! node's snapshot thread, at the log id this state machine last applied; the actor
+//! (`TakeSnapshot`, which pauses the shard while it serialises) builds them
+//! only when the shadow cannot, or when `snapshot_from_shadow` is off.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use actix::Addr;
 use engine::actor::{Apply, Install, Read, ShardActor, TakeSnapshot};
 use engine::snapshot::{SnapshotFile, SnapshotStore, read_image};
-use engine::{EventRecord, LogEntry, SnapshotError};
+use engine::{EventRecord, LogEntry, LogId as EngineLogId, SnapshotError};
 use futures_util::StreamExt;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
 
+use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::types::{
     LogId, RaftStoredMembership, Snapshot, SnapshotImage, SnapshotMeta, TypeConfig, entry_to_engine,
@@ -45,6 +52,48 @@ pub struct Publisher {
     pub events: broadcast::Sender<NodeEvent>,
 }
 
+/// One shard's snapshot figures, as `/metrics` exports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub shard: u32,
+    /// Snapshots this node built for the shard since it started (from the
+    /// shadow or by the actor; snapshots received from a leader are not
+    /// counted).
+    pub built: u64,
+    /// Builds the shadow could not make, which the actor made instead (it
+    /// pauses the shard while it serialises). 0 while the log reaches from
+    /// the shadow to every snapshot asked for.
+    pub fallbacks: u64,
+    /// How long the last build took, start to durable file, in
+    /// microseconds; 0 before the first.
+    pub last_build_us: u64,
+    /// Snapshots received from a leader and installed (each replaces the
+    /// state and drops the shadow).
+    pub installed: u64,
+}
+
+/// The counters behind `SnapshotStats`, shared by a shard's state machine
+/// and its builders.
+#[derive(Debug, Default)]
+pub struct SnapshotCounters {
+    built: AtomicU64,
+    fallbacks: AtomicU64,
+    last_build_us: AtomicU64,
+    installed: AtomicU64,
+}
+
+impl SnapshotCounters {
+    pub fn stats(&self, shard: u32) -> SnapshotStats {
+        SnapshotStats {
+            shard,
+            built: self.built.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            last_build_us: self.last_build_us.load(Ordering::Relaxed),
+            installed: self.installed.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// One shard's state machine: its actor and its snapshot directory.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -56,6 +105,13 @@ pub struct StateMachine {
     next_deadline_ms: Arc<watch::Sender<Option<u64>>>,
     /// The thread the shard's write path runs on.
     thread: Arc<ShardThread>,
+    /// The shard's shadow replica and the thread that builds from it;
+    /// `None` builds every snapshot on the actor.
+    shadow: Option<(Arc<Shadow>, SnapshotThread)>,
+    /// The last log id applied (what a snapshot built now must cover);
+    /// `None` until the first `applied_state`, `apply` or install says.
+    last_applied: Option<Option<EngineLogId>>,
+    counters: Arc<SnapshotCounters>,
 }
 
 impl StateMachine {
@@ -66,13 +122,47 @@ impl StateMachine {
         publisher: Publisher,
         next_deadline_ms: Arc<watch::Sender<Option<u64>>>,
     ) -> Self {
-        Self { shard, actor, snapshots, publisher, next_deadline_ms, thread: Arc::default() }
+        Self {
+            shard,
+            actor,
+            snapshots,
+            publisher,
+            next_deadline_ms,
+            thread: Arc::default(),
+            shadow: None,
+            last_applied: None,
+            counters: Arc::default(),
+        }
     }
 
     /// Checks that apply runs on `thread` (see `shard_thread`).
     pub fn with_thread(mut self, thread: Arc<ShardThread>) -> Self {
         self.thread = thread;
         self
+    }
+
+    /// Builds snapshots from `shadow` on `thread` (see `shadow`); the
+    /// shadow must read this shard's WAL and write this shard's snapshot
+    /// directory.
+    pub fn with_shadow(mut self, shadow: Shadow, thread: SnapshotThread) -> Self {
+        self.shadow = Some((Arc::new(shadow), thread));
+        self
+    }
+
+    /// The shard's snapshot counters, shared with this state machine.
+    pub fn counters(&self) -> Arc<SnapshotCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The shadow replica, if snapshots are built from one (tests).
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref().map(|(shadow, _)| shadow.as_ref())
+    }
+
+    /// The last log id the actor applied, asked of the actor.
+    async fn ask_last_applied(&self) -> io::Result<Option<EngineLogId>> {
+        let answer = self.actor.send(Read::new(|state| state.last_applied())).await.map_err(mailbox_error)?;
+        Ok(answer.0)
     }
 }
 
@@ -104,24 +194,70 @@ async fn load_snapshot(file: SnapshotFile) -> io::Result<Snapshot> {
     Ok(Snapshot { meta, snapshot: image })
 }
 
-/// Builds a snapshot: the actor serialises its state (the shard pauses only
-/// for that), then a blocking task writes it durably.
+/// Builds one snapshot, covering exactly the entries applied when openraft
+/// asked for the builder (`target`).
+///
+/// From the shadow: the node's snapshot thread brings the shard's shadow
+/// replica to `target` from the WAL, serialises and saves it; the shard
+/// thread only waits for the answer, so the shard's writes go on meanwhile. From the
+/// actor (no shadow, or the shadow could not reach `target`): the actor
+/// serialises its state, pausing the shard for that, then a blocking task
+/// writes it durably.
 pub struct SnapshotBuilder {
+    shard: u32,
     actor: Addr<ShardActor>,
     snapshots: SnapshotStore,
+    shadow: Option<(Arc<Shadow>, SnapshotThread)>,
+    target: Option<EngineLogId>,
+    /// Debug builds: the actor's digest at `target`, which the shadow's
+    /// state must equal.
+    expected_digest: Option<u128>,
+    counters: Arc<SnapshotCounters>,
+}
+
+impl SnapshotBuilder {
+    async fn build_from_shadow(&self, shadow: Arc<Shadow>, thread: &SnapshotThread) -> io::Result<SnapshotFile> {
+        match thread.build(shadow, self.target, self.expected_digest).await {
+            Ok(file) => Ok(file),
+            Err(error) if error.falls_back() => {
+                self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(shard = self.shard, %error, "snapshot built by the shard actor instead of its shadow");
+                self.build_on_actor().await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn build_on_actor(&self) -> io::Result<SnapshotFile> {
+        let bytes = self.actor.send(TakeSnapshot).await.map_err(mailbox_error)?.map_err(snapshot_error)?;
+        let store = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || store.save_parts(&bytes.meta, &bytes.state))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(snapshot_error)
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotImage;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let bytes = self.actor.send(TakeSnapshot).await.map_err(mailbox_error)?.map_err(snapshot_error)?;
-        let store = self.snapshots.clone();
-        let file = tokio::task::spawn_blocking(move || store.save_parts(&bytes.meta, &bytes.state))
-            .await
-            .map_err(io::Error::other)?
-            .map_err(snapshot_error)?;
-        load_snapshot(file).await
+        let started = Instant::now();
+        let file = match self.shadow.clone() {
+            Some((shadow, thread)) => self.build_from_shadow(shadow, &thread).await?,
+            None => self.build_on_actor().await?,
+        };
+        let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.last_build_us.store(took_us, Ordering::Relaxed);
+        self.counters.built.fetch_add(1, Ordering::Relaxed);
+        // The meta, without the image: openraft (0.10.0-alpha.37) reads
+        // only the meta of a snapshot it had built (sm::worker's
+        // BuildSnapshotDone, StorageHelper::get_initial_state) and fetches
+        // images with get_current_snapshot, which reads the file. Reading
+        // tens of MB back here only for openraft to free them on the shard
+        // thread cost that thread ~3-4 ms per 88 MB. An empty image is
+        // never mistaken for a state: it fails to parse.
+        Ok(Snapshot { meta: meta_of(&file.meta)?, snapshot: SnapshotImage::new() })
     }
 }
 
@@ -136,6 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(mailbox_error)?;
         let (last, membership) = answer.0;
+        self.last_applied = Some(last);
         Ok((last.map(log_id_from_engine), stored_membership_from_engine(membership.as_ref())?))
     }
 
@@ -150,9 +287,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(entry_to_engine(entry).0);
             responders.push(responder);
         }
-        if batch.is_empty() {
+        let Some(last) = batch.last().map(|entry| entry.log_id) else {
             return Ok(());
-        }
+        };
         let leader = self.publisher.is_leader.load(Ordering::Acquire);
         // Naming events costs string copies: only when someone listens.
         let describe_events = self.publisher.events.receiver_count() > 0;
@@ -165,6 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(mailbox_error)?
             .map_err(|error| io::Error::other(error.to_string()))?;
+        self.last_applied = Some(Some(last));
         self.next_deadline_ms.send_if_modified(|deadline| {
             let changed = *deadline != applied.next_deadline_ms;
             *deadline = applied.next_deadline_ms;
@@ -184,10 +322,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { actor: self.actor.clone(), snapshots: self.snapshots.clone() }
+        // openraft asks between applies: the actor is at `last_applied` now,
+        // and a snapshot built now must cover exactly that.
+        let mut shadow = self.shadow.clone();
+        let target = match self.last_applied {
+            Some(known) => known,
+            None => match self.ask_last_applied().await {
+                Ok(last) => last,
+                // The actor is gone; its path reports that when it builds.
+                Err(_) => {
+                    shadow = None;
+                    None
+                }
+            },
+        };
+        let mut expected_digest = None;
+        if cfg!(debug_assertions) && shadow.is_some() {
+            // Debug builds check every shadow snapshot against the actor's
+            // state at the same index; this costs the actor a
+            // serialisation, which release builds never pay.
+            if let Ok(answer) = self.actor.send(Read::new(|state| (state.last_applied(), state.digest()))).await {
+                let (actor_last, digest) = answer.0;
+                debug_assert_eq!(
+                    actor_last, target,
+                    "shard {}: the tracked last applied is not the actor's",
+                    self.shard
+                );
+                expected_digest = Some(digest);
+            }
+        }
+        SnapshotBuilder {
+            shard: self.shard,
+            actor: self.actor.clone(),
+            snapshots: self.snapshots.clone(),
+            shadow,
+            target,
+            expected_digest,
+            counters: Arc::clone(&self.counters),
+        }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, image: SnapshotImage) -> Result<(), io::Error> {
+        // The shard's state is about to be replaced: the shadow no longer
+        // follows it (and a build under way must not keep its copy).
+        if let Some((shadow, _)) = &self.shadow {
+            shadow.forget();
+        }
         let store = self.snapshots.clone();
         let (file, state) = tokio::task::spawn_blocking(move || store.install(&image))
             .await
@@ -203,7 +383,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot image does not match its meta"));
         }
         let deadline = state.next_deadline_ms();
+        let last = state.last_applied();
         self.actor.send(Install(Box::new(state))).await.map_err(mailbox_error)?;
+        self.last_applied = Some(last);
+        self.counters.installed.fetch_add(1, Ordering::Relaxed);
         self.next_deadline_ms.send_replace(deadline);
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use cluster::log_store::LogStore;
+use cluster::shadow::{Shadow, SnapshotThread};
 use cluster::state_machine::{Publisher, StateMachine};
 use cluster::types::TypeConfig;
 use engine::actor::ShardPool;
@@ -33,7 +34,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
         let (events, _) = broadcast::channel(16);
         let publisher = Publisher { is_leader: Arc::default(), events };
         let (deadline, _) = watch::channel(None);
-        let state_machine = StateMachine::new(0, actor, snapshots, publisher, Arc::new(deadline));
+        // With a shadow: the suite applies entries it never appended, so
+        // its snapshots exercise the fallback to the actor as well.
+        let thread = SnapshotThread::start(1).unwrap_or_else(|e| panic!("snapshot thread: {e}"));
+        let shadow = Shadow::new(wal.reader(), snapshots.clone(), 0, 1, Limits::default(), 256);
+        let state_machine =
+            StateMachine::new(0, actor, snapshots, publisher, Arc::new(deadline)).with_shadow(shadow, thread);
         Ok((Guard { _dir: dir, _pool: pool }, LogStore::new(wal), state_machine))
     }
 }

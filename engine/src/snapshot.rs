@@ -28,6 +28,15 @@ const FORMAT: u32 = 1;
 const HEADER_LEN: usize = 32;
 /// rkyv's relative pointers are 32-bit: one archive must stay under 2 GiB.
 const STATE_LEN_MAX: usize = (1 << 31) - 1;
+/// A snapshot is written and made durable this many bytes at a time. One
+/// `fsync` of a whole large file (tens of MB) holds up every other `fsync`
+/// on the file system for as long as its data takes to reach the disk: on
+/// ext4 the WAL's `fdatasync` waits for the journal commit that flushes the
+/// snapshot's data with it, which measured 12-19 ms for an 88 MB snapshot.
+/// Syncing in steps bounds that wait to about one step's flush (1-2 ms for
+/// 1 MiB on the test machine's virtual disk), at the cost of more, smaller
+/// syncs on the thread that writes the snapshot.
+pub const SYNC_STEP_BYTES: usize = 1 << 20;
 
 /// What a snapshot covers.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -133,8 +142,14 @@ impl SnapshotStore {
         let temp = self.dir.join(format!(".{name}.tmp"));
         {
             let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp).map_err(io(&temp))?;
-            for part in [&header[..], &meta_bytes[..], &padding[..], state] {
+            for part in [&header[..], &meta_bytes[..], &padding[..]] {
                 file.write_all(part).map_err(io(&temp))?;
+            }
+            // The state in steps, each durable before the next (see
+            // SYNC_STEP_BYTES): the WAL's syncs never wait long behind it.
+            for step in state.chunks(SYNC_STEP_BYTES) {
+                file.write_all(step).map_err(io(&temp))?;
+                file.sync_data().map_err(io(&temp))?;
             }
             file.sync_all().map_err(io(&temp))?;
         }

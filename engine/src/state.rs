@@ -144,6 +144,13 @@ pub struct ShardStats {
     pub last_applied: Option<LogId>,
 }
 
+/// The digest of a state from its snapshot bytes (`ShardState::to_snapshot_bytes`):
+/// what `ShardState::digest` computes, for a caller that already has the
+/// bytes and should not serialise twice.
+pub fn digest_of_snapshot_bytes(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
 /// A shard's items and reservations. Owned by one actor; never shared.
 #[derive(Debug)]
 pub struct ShardState {
@@ -747,7 +754,7 @@ impl ShardState {
     /// hold byte-identical state.
     pub fn digest(&self) -> u128 {
         match self.to_snapshot_bytes() {
-            Ok(bytes) => xxhash_rust::xxh3::xxh3_128(&bytes),
+            Ok(bytes) => digest_of_snapshot_bytes(&bytes),
             Err(_) => 0,
         }
     }

@@ -44,6 +44,21 @@ fn a_saved_snapshot_loads_to_the_same_state() {
 }
 
 #[test]
+fn a_snapshot_larger_than_a_sync_step_is_written_whole() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = SnapshotStore::open(dir.path(), 2).unwrap_or_else(|e| panic!("{e}"));
+    // Enough items, reservations and history that the state spans several
+    // sync steps, the last one partial.
+    let state = busy_state(25_000);
+    let bytes = state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}"));
+    assert!(bytes.len() > 2 * engine::snapshot::SYNC_STEP_BYTES, "{} bytes is one step", bytes.len());
+    let file = store.save(&state).unwrap_or_else(|e| panic!("{e}"));
+    let (_, loaded) = load(&file.path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.digest(), state.digest());
+    assert_eq!(read_image(&file.path).map(|image| image.len() as u64).ok(), Some(file.len));
+}
+
+#[test]
 fn holds_in_a_loaded_snapshot_still_expire_on_time() {
     let state = busy_state(10);
     let bytes = state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}"));

@@ -25,7 +25,7 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cluster::{ClusterStatus, Node, NodeId, NodeStats};
+use cluster::{ClusterStatus, Node, NodeId, NodeStats, SnapshotStats};
 use engine::histogram::{LOG2_BUCKETS, Log2Buckets, log2_bucket_bound};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode_registry;
@@ -209,6 +209,8 @@ pub struct ClusterSnapshot {
     /// `None` when a shard did not answer within `LIVE_HOLDS_TIMEOUT`; the
     /// gauge is then left out rather than reported wrong.
     pub live_holds: Option<u64>,
+    /// Per shard: snapshots built, fallbacks to the actor, last build time.
+    pub snapshots: Vec<SnapshotStats>,
 }
 
 impl ClusterSnapshot {
@@ -217,7 +219,13 @@ impl ClusterSnapshot {
         if live_holds.is_none() {
             tracing::debug!("live holds not counted: a shard did not answer in time");
         }
-        Self { node_id: node.id(), stats: node.stats(), status: node.status(), live_holds }
+        Self {
+            node_id: node.id(),
+            stats: node.stats(),
+            status: node.status(),
+            live_holds,
+            snapshots: node.snapshot_stats(),
+        }
     }
 }
 
@@ -492,6 +500,47 @@ impl Collector for ClusterCollector {
             "Last log index this node knows committed for the shard.",
             shards.iter().map(|s| (s.shard, s.committed_index.unwrap_or(0))),
         )?;
+        let snapshots = &self.cluster.snapshots;
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_snapshots_built",
+            "Snapshots this node built of the shard since it started, from the shadow replica or by the actor \
+             (snapshots received from a leader are not counted).",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in snapshots {
+            ConstCounter::new(stats.built).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_snapshot_fallbacks",
+            "Snapshots the shadow replica could not build (the log did not reach it), built by the shard actor \
+             instead, which pauses the shard's writes while it serialises.",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in snapshots {
+            ConstCounter::new(stats.fallbacks).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_snapshots_installed",
+            "Snapshots of the shard received from its leader and installed (a follower too far behind the log).",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in snapshots {
+            ConstCounter::new(stats.installed).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_snapshot_last_build",
+            "How long the shard's last snapshot build took, start to durable file (0 before the first).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for stats in snapshots {
+            let seconds = stats.last_build_us as f64 * 1e-6;
+            metric.encode_family(&[("shard", stats.shard)])?.encode_gauge(&seconds)?;
+        }
+
         let mut metric = encoder.encode_descriptor(
             "tally_shard_follower_lag",
             "On the shard's leader: log entries each follower is behind the leader's log.",
@@ -701,6 +750,10 @@ mod tests {
                 shards: vec![shard_status(0, Some(1), &[(1, 0), (2, 0), (3, 5)]), shard_status(1, Some(2), &[])],
             },
             live_holds: Some(12),
+            snapshots: vec![
+                SnapshotStats { shard: 0, built: 3, fallbacks: 1, last_build_us: 250_000, installed: 0 },
+                SnapshotStats { shard: 1, built: 0, fallbacks: 0, last_build_us: 0, installed: 2 },
+            ],
         }
     }
 
@@ -751,6 +804,13 @@ mod tests {
         assert_eq!(value("tally_shard_applied_index", &[("shard", "1")]), Some(40.0));
         assert_eq!(value("tally_shard_commit_index", &[("shard", "0")]), Some(41.0));
         assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "3")]), Some(5.0));
+        assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", "0")]), Some(3.0));
+        assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", "1")]), Some(0.0));
+        assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", "0")]), Some(1.0));
+        assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", "0")]), Some(0.25));
+        assert_eq!(value("tally_shard_snapshots_installed_total", &[("shard", "1")]), Some(2.0));
+        assert!(text.contains("# TYPE tally_shard_snapshots_built_total counter\n"));
+        assert!(text.contains("# TYPE tally_shard_snapshot_last_build_seconds gauge\n"));
         assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "1")]), None, "not the leader itself");
         assert_eq!(value("tally_event_subscribers", &[]), Some(3.0));
         assert!(!text.contains("bad name"));
@@ -888,6 +948,10 @@ mod tests {
         assert!(value("tally_commit_latency_seconds_count", &[]).is_some_and(|count| count >= 1.0));
         assert!(value("tally_fsync_latency_seconds_count", &[]).is_some_and(|count| count >= 1.0));
         assert_eq!(value("tally_event_subscribers", &[]), Some(0.0));
+        // Every shard has its snapshot families, before any snapshot.
+        assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", &shard)]), Some(0.0));
+        assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", &shard)]), Some(0.0));
+        assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", &shard)]), Some(0.0));
         node.shutdown().await;
     }
 }
