@@ -14,7 +14,7 @@ use cluster::types::{Snapshot, entry_from_engine, log_id_to_engine};
 use common::{hold, rid, upsert};
 use engine::actor::{Read, ShardActor, ShardPool};
 use engine::snapshot::SnapshotStore;
-use engine::wal::Wal;
+use engine::wal::{FramedEntry, Wal};
 use engine::{Command, Limits, LogEntry, LogId, ShardState, WalConfig};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
@@ -60,6 +60,7 @@ impl Shard {
     /// them through the state machine, as openraft does once they commit.
     async fn write(&mut self, lists: Vec<Vec<Command>>) {
         let mut entries = Vec::with_capacity(lists.len());
+        let first = self.next_index;
         for commands in lists {
             entries.push(LogEntry::batch(LogId::new(TERM, self.next_index), self.ts_ms, commands));
             self.next_index += 1;
@@ -67,10 +68,11 @@ impl Shard {
         }
         self.wal.append(&entries).unwrap_or_else(|e| panic!("append: {e}"));
         self.wal.sync().unwrap_or_else(|e| panic!("sync: {e}"));
-        self.apply(entries).await;
+        let framed = self.wal.reader().read_framed(first, self.next_index).unwrap_or_else(|e| panic!("read: {e}"));
+        self.apply(framed).await;
     }
 
-    async fn apply(&mut self, entries: Vec<LogEntry>) {
+    async fn apply(&mut self, entries: Vec<FramedEntry>) {
         let items: Vec<_> =
             entries.into_iter().map(|entry| entry_from_engine(entry).map(|entry| (entry, None))).collect();
         self.state_machine.apply(futures_util::stream::iter(items)).await.unwrap_or_else(|e| panic!("apply: {e}"));
