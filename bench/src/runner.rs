@@ -24,12 +24,12 @@ const EXPIRY_GRACE: Duration = Duration::from_secs(10);
 /// `snapshot_after_entries` of the half-load run's nodes. Issue 14 asks for
 /// its p99 with at least two snapshots inside the measured window; at the
 /// server's default (50 000) a run of seconds sees none. At half of the
-/// flash-sale peak (about 17k holds/s on the 2-core machine of
-/// PERFORMANCE.md) entries carry two or three holds, so the hot shard
-/// commits about 7 500 entries a second: this gives four or five snapshots
-/// in an 8 s window, two at 3 000 entries a second, without writing them
-/// back to back (each is the whole shard: its live holds and dedup window
-/// grow through the run). `snapshots_in_window` says how many it took.
+/// flash-sale peak (17-25k holds/s on the 2-core machine of PERFORMANCE.md)
+/// entries carry one or two holds, so the hot shard commits 7-12k entries
+/// a second: this gives 5-8 snapshots in an 8 s window there (each the
+/// whole shard, its live holds and dedup window growing through the run),
+/// and still two on a machine two or three times slower. `snapshots_in_window`
+/// says how many a run took.
 pub const HALF_LOAD_SNAPSHOT_AFTER_ENTRIES: u64 = 12_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
