@@ -16,11 +16,14 @@
 //! * `network` — openraft's network on the transport, shared by all groups.
 //! * `proposer` — per-shard batching of commands into log entries, and ticks.
 //! * `forwarder` — per-shard batching of commands forwarded to the leader.
+//! * `health` — whether each shard still runs on this node, and why not: one
+//!   mechanism for storage failures and broken invariants.
 //! * `node` — the groups of a process and the API for the server layer.
 
 pub mod config;
 pub mod error;
 mod forwarder;
+pub mod health;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -35,6 +38,7 @@ pub mod wire;
 
 pub use config::{ClusterConfig, Member};
 pub use error::{AdminError, ReadError, StartError, SubmitError};
+pub use health::{FailureCause, ShardFailure};
 pub use node::{ClusterStatus, Node, NodeStats, ShardStatus, Stale};
 pub use saga::{SagaOutcome, SagaPart};
 pub use state_machine::{NodeEvent, SnapshotStats};

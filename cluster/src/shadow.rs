@@ -23,8 +23,10 @@
 //!   (`ShadowError::falls_back`) and counts it;
 //! * `forget` drops the shadow when a snapshot from the leader replaces the
 //!   state; a build already running then does not keep its copy;
-//! * the state saved must have `last_applied == L`, and in debug builds its
-//!   digest must equal the actor's at L (`expected_digest`).
+//! * the state saved must have `last_applied == L`, must pass the full
+//!   state check (`ShardState::check_invariants`, in release builds too: a
+//!   failure stops the shard), and in debug builds its digest must equal the
+//!   actor's at L (`expected_digest`).
 //!
 //! Builds run on the node's one snapshot thread (`SnapshotThread`), one at
 //! a time, at a lower priority than the shard threads: on a machine whose
@@ -67,6 +69,12 @@ pub enum ShadowError {
     /// read wrong: a bug, never papered over.
     #[error("shadow state at {target:?} has digest {shadow:032x}, the shard's is {actor:032x}")]
     DigestMismatch { target: Option<LogId>, shadow: u128, actor: u128 },
+    /// The state at the target fails its full check
+    /// (`ShardState::check_invariants`): the shard's state is not to be
+    /// trusted, on the actor either (it applied the same entries). The
+    /// shard stops; nothing is saved.
+    #[error("the state at {target:?} breaks an invariant: {reason}")]
+    Invariant { target: Option<LogId>, reason: String },
     /// Encoding or writing the snapshot file failed; the actor's path
     /// would write the same file to the same disk.
     #[error(transparent)]
@@ -185,6 +193,13 @@ impl Shadow {
         debug_assert_eq!(state.last_applied(), target, "shadow of shard {} saved off its target", self.shard);
         if state.last_applied() != target {
             return Err(diverged(target, format!("the copy is at {:?}", state.last_applied())));
+        }
+        // The full check of every rule of the state, on this thread (never
+        // the shard's), before anything is written: a snapshot of a broken
+        // state would carry it into every follower that installs it.
+        if let Err(reason) = state.check_invariants() {
+            tracing::error!(shard = self.shard, ?target, %reason, "the shard's state breaks an invariant");
+            return Err(ShadowError::Invariant { target, reason });
         }
         let meta = SnapshotMeta::of(&state);
         let bytes = state.to_snapshot_bytes().map_err(ShadowError::Save)?;

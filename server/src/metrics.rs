@@ -542,6 +542,48 @@ impl Collector for ClusterCollector {
         }
 
         let mut metric = encoder.encode_descriptor(
+            "tally_shard_invariant_checks",
+            "Full state checks (every rule of the shard's state) run on a snapshot this node built, off the \
+             shard thread.",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in snapshots {
+            ConstCounter::new(stats.invariant_checks).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_invariant_failures",
+            "Full state checks that found a broken rule; each stopped the shard on this node (see \
+             tally_shard_stopped).",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in snapshots {
+            ConstCounter::new(stats.invariant_failures).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
+        }
+
+        let stopped: Vec<&cluster::ShardFailure> = shards.iter().filter_map(|s| s.failure.as_ref()).collect();
+        let mut metric = encoder.encode_descriptor(
+            "tally_shards_stopped",
+            "Shards stopped on this node (storage failure or broken invariant) until a restart; 0 when all run.",
+            None,
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&(stopped.len() as u64))?;
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_stopped",
+            "1 for each shard stopped on this node, labelled with why: fsync_error, no_space, too_many_open_files, \
+             io_error (its storage failed), invariant_broken, raft_stopped. Absent for shards that run.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for failure in stopped {
+            metric
+                .encode_family(&[("shard", failure.shard.to_string()), ("cause", failure.cause.code().to_owned())])?
+                .encode_gauge(&1u64)?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
             "tally_shard_follower_lag",
             "On the shard's leader: log entries each follower is behind the leader's log.",
             None,
@@ -726,6 +768,7 @@ mod tests {
             lag: lag.iter().copied().collect(),
             voters: vec![1, 2, 3],
             learners: Vec::new(),
+            failure: None,
         }
     }
 
@@ -747,12 +790,29 @@ mod tests {
             status: ClusterStatus {
                 node_id: 1,
                 nodes: BTreeMap::new(),
-                shards: vec![shard_status(0, Some(1), &[(1, 0), (2, 0), (3, 5)]), shard_status(1, Some(2), &[])],
+                shards: vec![shard_status(0, Some(1), &[(1, 0), (2, 0), (3, 5)]), shard_status(1, Some(2), &[]), {
+                    let mut stopped = shard_status(2, None, &[]);
+                    stopped.failure = Some(cluster::ShardFailure {
+                        shard: 2,
+                        cause: cluster::FailureCause::Storage(engine::error::StorageFault::NoSpace),
+                        detail: "write to WAL segment 1 failed: No space left on device (os error 28)".into(),
+                        at_unix_ms: 1,
+                    });
+                    stopped
+                }],
             },
             live_holds: Some(12),
             snapshots: vec![
-                SnapshotStats { shard: 0, built: 3, fallbacks: 1, last_build_us: 250_000, installed: 0 },
-                SnapshotStats { shard: 1, built: 0, fallbacks: 0, last_build_us: 0, installed: 2 },
+                SnapshotStats {
+                    shard: 0,
+                    built: 3,
+                    fallbacks: 1,
+                    last_build_us: 250_000,
+                    installed: 0,
+                    invariant_checks: 4,
+                    invariant_failures: 1,
+                },
+                SnapshotStats { shard: 1, built: 0, installed: 2, ..SnapshotStats::default() },
             ],
         }
     }
@@ -809,6 +869,12 @@ mod tests {
         assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", "0")]), Some(1.0));
         assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", "0")]), Some(0.25));
         assert_eq!(value("tally_shard_snapshots_installed_total", &[("shard", "1")]), Some(2.0));
+        assert_eq!(value("tally_shard_invariant_checks_total", &[("shard", "0")]), Some(4.0));
+        assert_eq!(value("tally_shard_invariant_failures_total", &[("shard", "0")]), Some(1.0));
+        assert_eq!(value("tally_shard_invariant_failures_total", &[("shard", "1")]), Some(0.0));
+        assert_eq!(value("tally_shards_stopped", &[]), Some(1.0));
+        assert_eq!(value("tally_shard_stopped", &[("shard", "2"), ("cause", "no_space")]), Some(1.0));
+        assert_eq!(value("tally_shard_stopped", &[("shard", "0")]), None, "a running shard has no sample");
         assert!(text.contains("# TYPE tally_shard_snapshots_built_total counter\n"));
         assert!(text.contains("# TYPE tally_shard_snapshot_last_build_seconds gauge\n"));
         assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "1")]), None, "not the leader itself");
@@ -952,6 +1018,8 @@ mod tests {
         assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", &shard)]), Some(0.0));
         assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", &shard)]), Some(0.0));
         assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", &shard)]), Some(0.0));
+        assert_eq!(value("tally_shard_invariant_checks_total", &[("shard", &shard)]), Some(0.0));
+        assert_eq!(value("tally_shards_stopped", &[]), Some(0.0));
         node.shutdown().await;
     }
 }
