@@ -531,8 +531,15 @@ impl Node {
         request_id: RequestId,
     ) -> Result<Outcome, SubmitError> {
         let mut outcomes = self.submit_many_with_ids(shard, vec![command], vec![request_id]).await?;
-        debug_assert_eq!(outcomes.len(), 1);
-        outcomes.pop().ok_or_else(|| SubmitError::Unknown { shard, reason: "no outcome for the command".into() })
+        // A real check: the lists below are checked where they are split,
+        // and a second outcome would belong to someone else.
+        match (outcomes.pop(), outcomes.is_empty()) {
+            (Some(outcome), true) => Ok(outcome),
+            (answered, _) => Err(SubmitError::Unknown {
+                shard,
+                reason: format!("{} outcomes for one command", outcomes.len() + usize::from(answered.is_some())),
+            }),
+        }
     }
 
     /// Submits a list of commands to `shard` as one proposal (one entry,
@@ -770,6 +777,16 @@ impl Node {
     pub fn inject_fsync_failure(&self, shard: u32) {
         if let Some(group) = self.inner.group(shard) {
             group.log.fail_next_sync();
+        }
+    }
+
+    /// Test hook: breaks a rule of `shard`'s state on this node, as a bug
+    /// would (`ShardState::break_invariant_for_tests`); the next snapshot
+    /// built by the actor finds it (`fault-injection` builds only).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_broken_invariant(&self, shard: u32) {
+        if let Some(group) = self.inner.group(shard) {
+            let _ = group.actor.send(engine::actor::BreakInvariant).await;
         }
     }
 

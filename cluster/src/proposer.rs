@@ -538,6 +538,31 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn outcomes_that_do_not_match_the_callers_stop_the_shard_and_answer_nobody_wrongly() {
+        let health = ShardHealth::detached(0);
+        let (first, first_answer) = oneshot::channel();
+        let (second, second_answer) = oneshot::channel();
+        // Two callers, 1 + 2 commands; the entry answers only two outcomes.
+        answer(vec![(first, 1), (second, 2)], vec![Outcome::Ticked, Outcome::Ticked], &health);
+        for answer in [first_answer.await, second_answer.await] {
+            assert!(matches!(answer, Ok(Err(ProposeError::Unknown(_)))), "{answer:?}");
+        }
+        let failure = health.failure().unwrap_or_else(|| panic!("the shard did not stop"));
+        assert_eq!(failure.cause, FailureCause::InvariantBroken);
+        assert!(failure.detail.contains("2 outcomes for 3 commands"), "{}", failure.detail);
+
+        // Matching counts: each caller gets its own, in order.
+        let health = ShardHealth::detached(0);
+        let (first, first_answer) = oneshot::channel();
+        let (second, second_answer) = oneshot::channel();
+        let outcomes = vec![Outcome::Ticked, Outcome::LimitsSet, Outcome::Ticked];
+        answer(vec![(first, 1), (second, 2)], outcomes, &health);
+        assert!(matches!(first_answer.await, Ok(Ok(list)) if list == [Outcome::Ticked]));
+        assert!(matches!(second_answer.await, Ok(Ok(list)) if list == [Outcome::LimitsSet, Outcome::Ticked]));
+        assert!(!health.is_failed());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_proposed_entry_records_its_batch_size_and_commit_latency() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));

@@ -393,6 +393,55 @@ mod tests {
             .collect()
     }
 
+    /// A shard at log id (1, 1) holding one item: 5 on hand.
+    fn one_item_state() -> ShardState {
+        use engine::cmd::{AttrUpdate, Command, Expect, UpsertItem};
+        use engine::ids::{Sku, Warehouse};
+        let mut state = ShardState::new(0, 1, Limits::default());
+        let upsert = Command::UpsertItem(UpsertItem {
+            sku: Sku::new("SKU-1").unwrap_or_else(|e| panic!("{e}")),
+            warehouse: Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}")),
+            on_hand: Some(5),
+            low_stock_threshold: Some(0),
+            name: AttrUpdate::Keep,
+            unit_price_minor: AttrUpdate::Keep,
+            expect: Expect::Any,
+            principal: None,
+        });
+        let applied = state.apply(&LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert]));
+        assert!(applied.is_ok_and(|applied| !applied.outcomes[0].is_refused()));
+        state
+    }
+
+    #[test]
+    fn a_shadow_whose_state_breaks_an_invariant_saves_nothing_and_does_not_fall_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let wal = engine::wal::Wal::open(dir.path().join("wal"), engine::WalConfig::default())
+            .unwrap_or_else(|e| panic!("wal: {e}"));
+        let store = SnapshotStore::open(dir.path().join("snapshots"), 2).unwrap_or_else(|e| panic!("store: {e}"));
+        let shadow = Shadow::new(wal.reader(), store.clone(), 0, 1, Limits::default(), 64);
+        let target = Some(LogId::new(1, 1));
+
+        // A sound copy at the target is saved, after its check.
+        shadow.slot.lock().state = Some(one_item_state());
+        assert!(shadow.build(target, None).is_ok());
+        let saved = store.latest().unwrap_or_else(|e| panic!("{e}")).map(|file| file.meta.last_applied);
+        assert_eq!(saved, Some(target));
+        std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap_or_else(|e| panic!("{e}"));
+        let store = SnapshotStore::open(dir.path().join("snapshots"), 2).unwrap_or_else(|e| panic!("store: {e}"));
+        let shadow = Shadow::new(wal.reader(), store.clone(), 0, 1, Limits::default(), 64);
+
+        // A copy that breaks a rule (reserved above on hand) is not.
+        let mut broken = one_item_state();
+        broken.break_invariant_for_tests();
+        shadow.slot.lock().state = Some(broken);
+        let error = shadow.build(target, None).err().unwrap_or_else(|| panic!("a broken state was saved"));
+        assert!(matches!(&error, ShadowError::Invariant { reason, .. } if reason.contains("reserved")), "{error}");
+        assert!(!error.falls_back(), "the actor applied the same entries: no fallback");
+        assert!(store.latest().unwrap_or_else(|e| panic!("{e}")).is_none(), "nothing saved");
+        assert!(shadow.last_applied().is_none(), "the broken copy is dropped");
+    }
+
     #[test]
     fn the_snapshot_thread_runs_below_the_processs_priority() {
         let base = i64::from(rustix::process::getpriority_process(None).unwrap_or(0));

@@ -498,3 +498,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(index: u64) -> engine::Applied {
+        engine::Applied { log_id: EngineLogId::new(1, index), ..engine::Applied::default() }
+    }
+
+    #[test]
+    fn answers_are_routed_only_when_they_match_the_entries_one_for_one() {
+        let ids = [EngineLogId::new(1, 4), EngineLogId::new(1, 5)];
+        assert_eq!(check_answers(&ids, &[answered(4), answered(5)]), Ok(()));
+        let short = check_answers(&ids, &[answered(4)]);
+        assert_eq!(short, Err("apply answered 1 entries for 2 applied".to_owned()));
+        let shifted = check_answers(&ids, &[answered(5), answered(6)]);
+        assert!(shifted.is_err_and(|reason| reason.contains("is for")), "an answer for another entry");
+        assert_eq!(check_answers(&[], &[]), Ok(()));
+    }
+}

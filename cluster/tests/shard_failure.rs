@@ -140,3 +140,65 @@ async fn when_a_leaders_wal_fails_the_other_nodes_take_the_shard_over() {
     expect_ok(&outcome);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_that_breaks_an_invariant_is_caught_after_a_snapshot_and_stops_the_shard() {
+    // Snapshots every few entries, built by the actor: the check runs on the
+    // state it took, off the shard thread (the shadow's path is checked in
+    // `shadow`'s tests).
+    let cluster = TestCluster::start(3, SHARDS, |config| {
+        config.rebalance_interval_ms = 0;
+        config.snapshot_after_entries = 4;
+        config.snapshot_from_shadow = false;
+    })
+    .await;
+    cluster.wait_for_leaders(Duration::from_secs(15)).await;
+    let shard = 0;
+    let old = cluster.leader_of(1, shard).unwrap_or_else(|| panic!("no leader"));
+    let others: Vec<NodeId> = (1..=3).filter(|id| *id != old).collect();
+    let via_old: &Node = cluster.node(old);
+    let first = sku_on_shard(shard, SHARDS, "invariant-first");
+    expect_ok(&via_old.submit(upsert(&first, "w1", 5)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+    // Snapshots pass their check while the state is sound.
+    let built = |node: &Node| node.snapshot_stats()[shard as usize];
+    let mut n = 0;
+    while built(via_old).invariant_checks == 0 {
+        let name = sku_on_shard(shard, SHARDS, &format!("invariant-{n}"));
+        expect_ok(&via_old.submit(upsert(&name, "w1", 1)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+        n += 1;
+        assert!(n < 200, "no snapshot checked: {:?}", built(via_old));
+    }
+    assert_eq!(built(via_old).invariant_failures, 0);
+    assert!(via_old.failures().is_empty());
+
+    // A bug breaks a rule of the leader's copy (not the others').
+    via_old.inject_broken_invariant(shard).await;
+    let checks = built(via_old).invariant_checks;
+    while via_old.failures().is_empty() {
+        // Writes of other items: each is applied (or refused, once the
+        // shard stopped); the broken item is never touched.
+        let name = sku_on_shard(shard, SHARDS, &format!("invariant-{n}"));
+        let _ = via_old.submit(upsert(&name, "w1", 1)).await;
+        n += 1;
+        assert!(n < 400, "the broken state was never caught: {:?}", built(via_old));
+    }
+    let failure = &via_old.failures()[0];
+    assert_eq!((failure.shard, failure.cause), (shard, FailureCause::InvariantBroken), "{failure:?}");
+    assert!(failure.detail.contains("reserved"), "{}", failure.detail);
+    assert_eq!(built(via_old).invariant_failures, 1);
+    assert!(built(via_old).invariant_checks > checks);
+    // The stopped shard takes nothing more through this node...
+    let refused = via_old.submit(upsert(&first, "w1", 9)).await;
+    match refused {
+        Err(SubmitError::ShardStopped { cause, .. }) => assert_eq!(cause.code(), "invariant_broken"),
+        other => panic!("{other:?}"),
+    }
+    // ...and the other nodes, whose copies are sound, serve it.
+    wait_until("a new leader among the other nodes", Duration::from_secs(15), || {
+        agreed_leader(&cluster, &others, shard).is_some_and(|leader| leader != old)
+    })
+    .await;
+    let outcome = cluster.node(others[0]).submit(upsert(&first, "w1", 9)).await;
+    assert!(matches!(outcome, Ok(Outcome::Upserted { .. })), "{outcome:?}");
+    cluster.shutdown().await;
+}

@@ -163,6 +163,22 @@ impl Handler<Install> for ShardActor {
     }
 }
 
+/// Test hook: breaks a rule of the state as a bug would
+/// (`ShardState::break_invariant_for_tests`).
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct BreakInvariant;
+
+#[cfg(any(test, feature = "fault-injection"))]
+impl Handler<BreakInvariant> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: BreakInvariant, _: &mut Context<Self>) {
+        self.state.break_invariant_for_tests();
+    }
+}
+
 /// Hand back buffers of `Applied` once the caller is done with them.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -746,7 +746,7 @@ impl ShardState {
         }
         check_references(&p)?;
         let state = Self::from_persisted(p);
-        state.check_invariants()?;
+        state.check_rules()?;
         Ok(state)
     }
 
@@ -759,10 +759,30 @@ impl ShardState {
         }
     }
 
-    /// Checks every invariant of DESIGN.md over the whole shard. O(state):
-    /// for tests and for loading snapshots, not for the hot path (which
-    /// asserts the same rules where it changes state).
+    /// Test hook: breaks a rule of the state as a bug would (the first
+    /// item's `reserved` goes above its `on_hand`), so the checks that must
+    /// catch it can be tested. Does nothing to a shard with no item.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn break_invariant_for_tests(&mut self) {
+        if let Some(item) = self.p.items.first_mut() {
+            item.reserved = item.on_hand.saturating_add(1);
+        }
+    }
+
+    /// Checks every invariant of DESIGN.md over the whole shard: every
+    /// reference inside the state (arena offsets, warehouse and principal
+    /// ids, reservation lines, free slots), then every rule between its
+    /// parts. O(state): for loading snapshots and after building each one
+    /// (off the shard thread), and for tests; not for the hot path, which
+    /// asserts the same rules where it changes state.
     pub fn check_invariants(&self) -> Result<(), String> {
+        check_references(&self.p)?;
+        self.check_rules()
+    }
+
+    /// The rules between the state's parts, once its references are known
+    /// to be good (`check_references`).
+    fn check_rules(&self) -> Result<(), String> {
         let mut reserved = vec![0u64; self.p.items.len()];
         let mut live = 0u32;
         let terminal: hashbrown::HashSet<u32> = self.p.terminal.iter().copied().collect();
@@ -775,7 +795,10 @@ impl ShardState {
                     return Err(format!("hold {} outlived its deadline", reservation.id));
                 }
                 for line in reservation.lines.as_slice() {
-                    reserved[line.item.0 as usize] += line.quantity;
+                    let sum = reserved
+                        .get_mut(line.item.0 as usize)
+                        .ok_or_else(|| format!("hold {} names unknown item {}", reservation.id, line.item.0))?;
+                    *sum = sum.saturating_add(line.quantity);
                 }
             } else if !terminal.contains(&slot) {
                 return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));
