@@ -780,13 +780,14 @@ impl Node {
         }
     }
 
-    /// Test hook: breaks a rule of `shard`'s state on this node, as a bug
-    /// would (`ShardState::break_invariant_for_tests`); the next snapshot
-    /// built by the actor finds it (`fault-injection` builds only).
+    /// Test hook: breaks `shard`'s state on this node, as a bug would
+    /// (`engine::actor::BreakInvariant`): the next snapshot built by the
+    /// actor, or the next lookup of the broken name, finds it
+    /// (`fault-injection` builds only).
     #[cfg(feature = "fault-injection")]
-    pub async fn inject_broken_invariant(&self, shard: u32) {
+    pub async fn inject_broken_invariant(&self, shard: u32, how: engine::actor::BreakInvariant) {
         if let Some(group) = self.inner.group(shard) {
-            let _ = group.actor.send(engine::actor::BreakInvariant).await;
+            let _ = group.actor.send(how).await;
         }
     }
 

@@ -84,7 +84,8 @@ async fn a_failed_fsync_stops_the_shard_and_nothing_is_acknowledged_after_it() {
     cluster.wait_for_leaders(Duration::from_secs(10)).await;
     let node = cluster.node(1).clone();
     assert!(node.failures().is_empty());
-    let item = node.read(0, move |s| s.get_item(&name, "w1")).await.unwrap_or_else(|e| panic!("read: {e}"));
+    let item =
+        node.read(0, move |s| s.get_item(&name, "w1").ok().flatten()).await.unwrap_or_else(|e| panic!("read: {e}"));
     assert_eq!(item.map(|item| item.on_hand), Some(10), "the acknowledged upsert survived");
     let held = node.submit(hold_on(&sku_on_shard(0, SHARDS, "after"), 4)).await;
     assert!(held.is_ok(), "a write after the restart: {held:?}");
@@ -129,7 +130,7 @@ async fn when_a_leaders_wal_fails_the_other_nodes_take_the_shard_over() {
     // Every acknowledged unit is accounted for on the serving nodes.
     let reserved = cluster
         .node(others[0])
-        .read(shard, move |s| s.get_item(&name, "w1").map(|item| item.reserved))
+        .read(shard, move |s| s.get_item(&name, "w1").ok().flatten().map(|item| item.reserved))
         .await
         .unwrap_or_else(|e| panic!("read: {e}"));
     let in_flight_held = u64::from(matches!(in_flight, Ok(Outcome::Held { .. })));
@@ -172,7 +173,7 @@ async fn a_state_that_breaks_an_invariant_is_caught_after_a_snapshot_and_stops_t
     assert!(via_old.failures().is_empty());
 
     // A bug breaks a rule of the leader's copy (not the others').
-    via_old.inject_broken_invariant(shard).await;
+    via_old.inject_broken_invariant(shard, engine::actor::BreakInvariant::ReservedAboveOnHand).await;
     let checks = built(via_old).invariant_checks;
     while via_old.failures().is_empty() {
         // Writes of other items: each is applied (or refused, once the
@@ -200,5 +201,26 @@ async fn a_state_that_breaks_an_invariant_is_caught_after_a_snapshot_and_stops_t
     .await;
     let outcome = cluster.node(others[0]).submit(upsert(&first, "w1", 9)).await;
     assert!(matches!(outcome, Ok(Outcome::Upserted { .. })), "{outcome:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preferred_leader_that_answers_again_gets_its_group_back() {
+    // The rebalancer hands a group only to a preferred node that answers
+    // (not to one whose copy stopped); a restarted one answers.
+    let mut cluster = TestCluster::start(3, 1, |_| {}).await;
+    cluster.wait_for_leaders(Duration::from_secs(15)).await;
+    let preferred = cluster.leader_of(1, 0).unwrap_or_else(|| panic!("no leader"));
+    cluster.kill(preferred).await;
+    let others: Vec<NodeId> = (1..=3).filter(|id| *id != preferred).collect();
+    wait_until("a leader among the others", Duration::from_secs(15), || {
+        agreed_leader(&cluster, &others, 0).is_some_and(|leader| leader != preferred)
+    })
+    .await;
+    cluster.restart(preferred, false).await;
+    wait_until("the preferred node leads again", Duration::from_secs(30), || {
+        agreed_leader(&cluster, &[1, 2, 3], 0) == Some(preferred)
+    })
+    .await;
     cluster.shutdown().await;
 }

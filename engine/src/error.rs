@@ -126,12 +126,27 @@ impl InputError {
 }
 
 /// Why `apply` refused a log entry as a whole. These are caller bugs (entries
-/// out of order), never a consequence of what a client sent.
+/// out of order) or a corrupt state, never a consequence of what a client
+/// sent.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     #[error("entry {got} applied after {last_applied:?}; an entry must never apply twice or go back")]
     OutOfOrder { last_applied: Option<u64>, got: u64 },
+    /// A lookup inside the state found it broken while applying the entry:
+    /// the shard must stop (commands before it in the entry may have
+    /// applied).
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
 }
+
+/// A lookup inside a shard's state found the state broken: an offset outside
+/// its SKU arena, a SKU that is not UTF-8, a warehouse or principal id past
+/// its table. Never the consequence of input (every reference is checked
+/// when a snapshot loads and after one is built); a bug. The shard must stop
+/// rather than answer with a guess such as an empty name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("shard state is corrupt: {0}")]
+pub struct Corrupt(pub String);
 
 /// Errors of the write-ahead log.
 #[derive(Debug, thiserror::Error)]

@@ -136,3 +136,37 @@ async fn a_failed_fsync_answers_503_and_readyz_and_metrics_name_the_shard_and_ca
     drop(node);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_finds_a_corrupt_name_answers_503_and_stops_the_shard() {
+    let node = InProcess::start().await;
+    let http = &node.http;
+    let (broken, healthy) = (sku_on(0, "arena"), sku_on(1, "arena"));
+    for sku in [&broken, &healthy] {
+        let (status, _, body) =
+            http.retry(hyper::Method::PUT, &item_path(sku, "w1"), &[], Some(&json!({ "on_hand": 10 }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, _, held) = http.post("/v1/reservations", hold_body(&broken)).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let id = str_of(&held, "id").to_owned();
+
+    // A bug points the item's SKU outside the shard's arena.
+    node.state.node.inject_broken_invariant(0, engine::actor::BreakInvariant::SkuOutsideArena).await;
+    // The hold names it: reading it back is an error, not an empty SKU.
+    let read = http.get(&format!("/v1/reservations/{id}")).await;
+    assert_problem(&read, StatusCode::SERVICE_UNAVAILABLE, "shard_stopped");
+    assert_eq!(read.2["cause"], "invariant_broken", "{}", read.2);
+    assert!(str_of(&read.2, "detail").contains("outside the"), "{}", read.2);
+
+    // The shard stopped: nothing more through this node, and /readyz says so.
+    let later = http.post("/v1/reservations", hold_body(&broken)).await;
+    assert_problem(&later, StatusCode::SERVICE_UNAVAILABLE, "shard_stopped");
+    let ready = http.get("/readyz").await;
+    assert_problem(&ready, StatusCode::SERVICE_UNAVAILABLE, "shard_stopped");
+    assert_eq!(ready.2["stopped_shards"][0]["cause"], "invariant_broken", "{}", ready.2);
+    let held = http.post("/v1/reservations", hold_body(&healthy)).await;
+    assert_eq!(held.0, StatusCode::CREATED, "the other shard serves: {}", held.2);
+    drop(node);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
