@@ -95,7 +95,9 @@ pub struct ClusterConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<Secret>,
     /// The initial voters, this node among them. A node not listed here
-    /// never initializes a group; it waits to be added (`add_learner`).
+    /// never initializes a group; it waits to be added (`add_learner`),
+    /// and lists the cluster's current voters here: until a leader reaches
+    /// it, these are the only nodes it admits on its peer port.
     pub members: Vec<Member>,
     /// Addresses this node dials some peers at instead of the addresses in
     /// the membership: a proxy or NAT between the nodes (the chaos harness
