@@ -15,7 +15,7 @@
 //!   Restarts resume from the WAL and the newest snapshot. While up, a
 //!   preferred leader gets its groups back (rebalancing).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,13 +39,14 @@ use crate::config::ClusterConfig;
 use crate::error::{AdminError, ProposeError, ReadError, StartError, SubmitError};
 use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
 use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
+use crate::inbound::{Chunk, InboundLimits, InboundSnapshots};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
 use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, SnapshotCounters, SnapshotStats, StateMachine};
-use crate::transport::{Handler, Transport, TransportConfig};
+use crate::transport::{Handler, Transport, TransportConfig, TransportStats};
 use crate::types::{
     MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
     log_id_to_engine, vote_from_engine, vote_to_engine,
@@ -69,12 +70,6 @@ struct Group {
     health: ShardHealth,
 }
 
-/// A snapshot being received from a leader.
-struct Inbound {
-    transfer: u64,
-    image: Vec<u8>,
-}
-
 struct Inner {
     id: NodeId,
     config: ClusterConfig,
@@ -86,7 +81,8 @@ struct Inner {
     /// Request ids: this node's id, a per-boot nonce, a counter.
     request_prefix: [u8; 8],
     request_seq: AtomicU64,
-    inbound: Mutex<HashMap<(NodeId, u32), Inbound>>,
+    /// Snapshots being received, bounded (`inbound`).
+    inbound: Mutex<InboundSnapshots>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shut_down: AtomicBool,
     /// Every shard's health on this node.
@@ -166,6 +162,16 @@ pub struct NodeStats {
     /// Stages of the write path (propose, append, apply, answer) that ran
     /// off their shard's thread: 0 while DESIGN §10's thread model holds.
     pub write_path_off_thread: u64,
+    /// Snapshot transfers from leaders in progress here, and the image
+    /// bytes they hold (at most `snapshot_size_max` together).
+    pub snapshot_transfers_inbound: u64,
+    pub snapshot_inbound_bytes: u64,
+    /// Inbound snapshot transfers dropped or refused: abandoned for
+    /// `snapshot_transfer_idle_timeout_ms`, replaced, evicted for bytes,
+    /// beyond `snapshot_transfers_per_peer_max`, out of order.
+    pub snapshot_transfers_dropped: u64,
+    /// The peer transport's counters (connections, handshakes refused, ...).
+    pub peer: TransportStats,
 }
 
 /// The limits a shard with no snapshot starts from, on every replica and
@@ -177,6 +183,10 @@ fn initial_limits() -> Limits {
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How often abandoned snapshot transfers are looked for: a quarter of
+/// their idle timeout, within these.
+const SWEEP_EVERY_MIN: Duration = Duration::from_millis(10);
+const SWEEP_EVERY_MAX: Duration = Duration::from_secs(1);
 
 /// The bounded retry of `submit`, `read` and admin operations: exponential
 /// backoff from 10 ms to 200 ms, for at most `retry_window_ms`.
@@ -255,6 +265,16 @@ impl Node {
     /// `start`, on a listener the caller bound (tests bind port 0 first).
     pub async fn start_on(config: ClusterConfig, listener: TcpListener) -> Result<Node, StartError> {
         config.validate().map_err(StartError::Config)?;
+        // Protected mode, on the address actually bound (`validate` judged
+        // the configured one).
+        let bound =
+            listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+        if config.secret.is_none() && !bound.ip().to_canonical().is_loopback() {
+            return Err(StartError::Config(format!(
+                "the peer port is bound to {bound}, not loopback, and no secret is set: set cluster.secret \
+                 (or TALLY_CLUSTER__SECRET) to the same random value on every node"
+            )));
+        }
         check_identity(&config)?;
         let id = config.node_id;
 
@@ -282,7 +302,10 @@ impl Node {
             TransportConfig {
                 frame_size_max: config.frame_size_max,
                 connect_timeout_ms: config.connect_timeout_ms,
+                secret: config.secret.clone(),
+                idle_timeout_ms: config.peer_idle_timeout_ms,
                 requests_in_flight_max: config.peer_requests_in_flight_max,
+                connections_incoming_max: config.peer_connections_incoming_max,
                 dial: config.dial.iter().map(|m| (m.id, m.addr.clone())).collect(),
                 ..TransportConfig::default()
             },
@@ -438,6 +461,7 @@ impl Node {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         request_prefix[4..].copy_from_slice(&(xor_fold(boot) ^ std::process::id()).to_le_bytes());
 
+        let inbound = Mutex::new(InboundSnapshots::new(inbound_limits(&config)));
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -449,7 +473,7 @@ impl Node {
                 clock,
                 request_prefix,
                 request_seq: AtomicU64::new(0),
-                inbound: Mutex::new(HashMap::new()),
+                inbound,
                 tasks: Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
                 health: Arc::clone(&health),
@@ -465,6 +489,8 @@ impl Node {
             let rebalance = tokio::spawn(rebalance(Arc::downgrade(&node.inner)));
             node.inner.tasks.lock().push(rebalance);
         }
+        let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&node.inner)));
+        node.inner.tasks.lock().push(sweep);
         Ok(node)
     }
 
@@ -812,6 +838,11 @@ impl Node {
             stats.fsync_latency_us.merge(&wal.sync_latency_us);
             stats.write_path_off_thread += group.thread.off_thread();
         }
+        let inbound = self.inner.inbound.lock().stats();
+        stats.snapshot_transfers_inbound = inbound.transfers;
+        stats.snapshot_inbound_bytes = inbound.bytes;
+        stats.snapshot_transfers_dropped = inbound.dropped;
+        stats.peer = self.inner.transport.stats();
         stats
     }
 
@@ -1195,6 +1226,30 @@ impl Handler for Service {
             serve(&inner, group, from, request).await
         })
     }
+
+    /// A node this one knows: a configured member, a voter or learner of
+    /// any group's membership, or a peer the transport was told about (an
+    /// added learner, a dial address). A node whose groups have no
+    /// membership yet (waiting to be added) knows only its configured
+    /// members; its first leader must be among them.
+    fn admits(&self, peer: NodeId) -> bool {
+        let Some(inner) = self.node.upgrade() else {
+            return false;
+        };
+        if peer == inner.id {
+            return false;
+        }
+        if inner.config.members.iter().chain(&inner.config.dial).any(|member| member.id == peer)
+            || inner.transport.knows_peer(peer)
+        {
+            return true;
+        }
+        inner.groups.iter().any(|group| {
+            let metrics = group.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            metrics.membership_config.membership().nodes().any(|(id, _)| *id == peer)
+        })
+    }
 }
 
 async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request) -> Response {
@@ -1311,31 +1366,15 @@ async fn receive_snapshot_chunk(
     data: Vec<u8>,
     done: Option<SnapshotDone>,
 ) -> Response {
-    let size_max = inner.config.snapshot_size_max;
-    let image = {
-        let mut inbound = inner.inbound.lock();
-        let entry = inbound.entry((from, shard)).or_insert_with(|| Inbound { transfer, image: Vec::new() });
-        if entry.transfer != transfer {
-            // A new transfer from the same leader replaces an abandoned one.
-            *entry = Inbound { transfer, image: Vec::new() };
-        }
-        if offset != entry.image.len() as u64 {
-            let expected = entry.image.len();
-            inbound.remove(&(from, shard));
-            return Response::Refused(format!("snapshot chunk at {offset}, expected {expected}"));
-        }
-        if entry.image.len() as u64 + data.len() as u64 > size_max {
-            inbound.remove(&(from, shard));
-            return Response::Refused(format!("snapshot larger than snapshot_size_max ({size_max} bytes)"));
-        }
-        entry.image.extend_from_slice(&data);
-        if done.is_none() {
-            return Response::SnapshotChunkStored;
-        }
-        inbound.remove(&(from, shard)).map(|inbound| inbound.image).unwrap_or_default()
+    let last = done.is_some();
+    let chunk = inner.inbound.lock().receive(from, shard, transfer, offset, data, last, Instant::now());
+    let image = match chunk {
+        Chunk::Stored => return Response::SnapshotChunkStored,
+        Chunk::Refused(reason) => return Response::Refused(reason),
+        Chunk::Complete(image) => image,
     };
     let Some(done) = done else {
-        return Response::SnapshotChunkStored;
+        return Response::SnapshotChunkStored; // `last` was false: not reached
     };
     if image.len() as u64 != done.total_len {
         return Response::Refused(format!("snapshot is {} bytes, expected {}", image.len(), done.total_len));
@@ -1355,5 +1394,31 @@ async fn receive_snapshot_chunk(
     match raft.install_full_snapshot(vote_from_engine(done.vote), snapshot).await {
         Ok(response) => Response::SnapshotInstalled { vote: vote_to_engine(&response.vote) },
         Err(error) => Response::Unavailable(error.to_string()),
+    }
+}
+
+/// The bounds on snapshots being received, from the node's settings.
+fn inbound_limits(config: &ClusterConfig) -> InboundLimits {
+    InboundLimits {
+        per_peer_max: config.snapshot_transfers_per_peer_max.max(1),
+        bytes_max: config.snapshot_size_max,
+        idle_timeout: Duration::from_millis(config.snapshot_transfer_idle_timeout_ms.max(1)),
+    }
+}
+
+/// Drops abandoned snapshot transfers even when no chunk arrives to do it,
+/// a few times per idle timeout, until the node goes.
+async fn sweep_inbound_snapshots(node: std::sync::Weak<Inner>) {
+    let every = {
+        let Some(inner) = node.upgrade() else { return };
+        (inbound_limits(&inner.config).idle_timeout / 4).clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX)
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = node.upgrade() else { return };
+        if inner.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        inner.inbound.lock().expire(Instant::now());
     }
 }

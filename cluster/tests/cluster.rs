@@ -181,14 +181,33 @@ async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
     // Encode once: every replica holds the leader's frames byte for byte,
     // each batch encoded by its leader alone and appended verbatim by the
     // followers (blank and membership entries are encoded where written).
+    let read_wal = |dir: &std::path::Path, shard: u32| {
+        let wal = Wal::open(dir.join(format!("shard-{shard:05}")).join("wal"), WalConfig::default())
+            .unwrap_or_else(|e| panic!("open WAL: {e}"));
+        wal.reader().read_framed(0, u64::MAX).unwrap_or_else(|e| panic!("read WAL: {e}"))
+    };
     let (mut batches, mut others) = (0u64, 0u64);
     for shard in 0..SHARDS {
-        let wal = Wal::open(data_dirs[0].join(format!("shard-{shard:05}")).join("wal"), WalConfig::default())
-            .unwrap_or_else(|e| panic!("open WAL: {e}"));
-        for framed in wal.reader().read_framed(0, u64::MAX).unwrap_or_else(|e| panic!("read WAL: {e}")) {
+        let replicas: Vec<Vec<engine::wal::FramedEntry>> = data_dirs.iter().map(|dir| read_wal(dir, shard)).collect();
+        for framed in &replicas[0] {
             match framed.entry.payload {
                 engine::EntryPayload::Batch(_) => batches += 1,
                 _ => others += 1,
+            }
+        }
+        let entries = replicas[0].len();
+        assert!(entries >= 3, "shard {shard}: {entries} entries");
+        for (node, replica) in replicas.iter().enumerate().skip(1) {
+            for framed in replica {
+                let index = framed.entry.log_id.index;
+                if let Some(first) = replicas[0].iter().find(|f| f.entry.log_id.index == index) {
+                    assert_eq!(
+                        framed.frame.as_bytes(),
+                        first.frame.as_bytes(),
+                        "shard {shard}, entry {index}: node {} differs from node 1",
+                        node + 1
+                    );
+                }
             }
         }
     }
@@ -197,26 +216,6 @@ async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
     assert!(batches >= u64::from(SHARDS) * 13, "{batches} batches");
     assert!(encoded <= batches + 3 * others, "{encoded} encoded for {batches} batches and {others} other entries");
     assert!(verbatim >= 2 * batches, "{verbatim} verbatim appends for {batches} batches on 3 replicas");
-    for shard in 0..SHARDS {
-        let frames: Vec<Vec<(u64, Vec<u8>)>> = data_dirs
-            .iter()
-            .map(|dir| {
-                let wal = Wal::open(dir.join(format!("shard-{shard:05}")).join("wal"), WalConfig::default())
-                    .unwrap_or_else(|e| panic!("open WAL: {e}"));
-                let framed = wal.reader().read_framed(0, u64::MAX).unwrap_or_else(|e| panic!("read WAL: {e}"));
-                framed.into_iter().map(|f| (f.entry.log_id.index, f.frame.as_bytes().to_vec())).collect()
-            })
-            .collect();
-        let entries = frames[0].len();
-        assert!(entries >= 3, "shard {shard}: {entries} entries");
-        for (node, replica) in frames.iter().enumerate().skip(1) {
-            for (index, bytes) in replica {
-                if let Some((_, first)) = frames[0].iter().find(|(i, _)| i == index) {
-                    assert_eq!(bytes, first, "shard {shard}, entry {index}: node {} differs from node 1", node + 1);
-                }
-            }
-        }
-    }
     drop(dirs);
 }
 

@@ -470,6 +470,55 @@ impl Collector for ClusterCollector {
             counter.encode(metric)?;
         }
 
+        // The peer port (docs/SECURITY.md): refusals an operator should see.
+        let peer = &stats.peer;
+        for (name, help, value) in [
+            (
+                "tally_peer_handshakes_refused",
+                "Incoming peer connections refused during the handshake: a wrong or missing proof of the cluster \
+                 secret, a node id this node does not know, a malformed hello, or no handshake in time.",
+                peer.handshakes_refused,
+            ),
+            (
+                "tally_peer_connections_refused",
+                "Incoming peer connections closed at once because peer_connections_incoming_max were open.",
+                peer.connections_refused,
+            ),
+            (
+                "tally_peer_connections_idle_closed",
+                "Incoming peer connections closed after peer_idle_timeout_ms with nothing received and no request \
+                 running (the peer reconnects when it next calls).",
+                peer.idle_closed,
+            ),
+            (
+                "tally_snapshot_transfers_inbound_dropped",
+                "Snapshot transfers from leaders dropped or refused before completion: abandoned for \
+                 snapshot_transfer_idle_timeout_ms, replaced, evicted for bytes, beyond \
+                 snapshot_transfers_per_peer_max, or out of order.",
+                stats.snapshot_transfers_dropped,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        for (name, help, value) in [
+            (
+                "tally_snapshot_transfers_inbound",
+                "Snapshot transfers from leaders in progress on this node (at most snapshot_transfers_per_peer_max \
+                 per peer).",
+                stats.snapshot_transfers_inbound,
+            ),
+            (
+                "tally_snapshot_inbound_bytes",
+                "Bytes of snapshots being received, over all transfers (at most snapshot_size_max).",
+                stats.snapshot_inbound_bytes,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_gauge(&value)?;
+        }
+
         if let Some(live_holds) = self.cluster.live_holds {
             let mut metric = encoder.encode_descriptor(
                 "tally_live_holds",
@@ -773,7 +822,15 @@ mod tests {
     }
 
     fn snapshot() -> ClusterSnapshot {
-        let mut stats = NodeStats { ticks_proposed: 7, write_path_off_thread: 2, ..NodeStats::default() };
+        let mut stats = NodeStats {
+            ticks_proposed: 7,
+            write_path_off_thread: 2,
+            snapshot_transfers_inbound: 3,
+            snapshot_inbound_bytes: 4096,
+            snapshot_transfers_dropped: 997,
+            ..NodeStats::default()
+        };
+        stats.peer.handshakes_refused = 11;
         for size in [1, 1, 3, 200, 5_000] {
             stats.batch_size.record(size);
         }
@@ -859,6 +916,10 @@ mod tests {
         assert_eq!(value("tally_live_holds", &[]), Some(12.0));
         assert_eq!(value("tally_proposer_ticks_total", &[]), Some(7.0));
         assert_eq!(value("tally_write_path_off_thread_total", &[]), Some(2.0));
+        assert_eq!(value("tally_peer_handshakes_refused_total", &[]), Some(11.0));
+        assert_eq!(value("tally_snapshot_transfers_inbound", &[]), Some(3.0));
+        assert_eq!(value("tally_snapshot_inbound_bytes", &[]), Some(4096.0));
+        assert_eq!(value("tally_snapshot_transfers_inbound_dropped_total", &[]), Some(997.0));
         assert_eq!(value("tally_shard_leader", &[("shard", "0")]), Some(1.0));
         assert_eq!(value("tally_shard_leader", &[("shard", "1")]), Some(0.0));
         assert_eq!(value("tally_shard_applied_index", &[("shard", "1")]), Some(40.0));
@@ -1020,6 +1081,17 @@ mod tests {
         assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", &shard)]), Some(0.0));
         assert_eq!(value("tally_shard_invariant_checks_total", &[("shard", &shard)]), Some(0.0));
         assert_eq!(value("tally_shards_stopped", &[]), Some(0.0));
+        // The peer port's families, zero on a lone node nobody attacked.
+        for name in [
+            "tally_peer_handshakes_refused_total",
+            "tally_peer_connections_refused_total",
+            "tally_peer_connections_idle_closed_total",
+            "tally_snapshot_transfers_inbound_dropped_total",
+            "tally_snapshot_transfers_inbound",
+            "tally_snapshot_inbound_bytes",
+        ] {
+            assert_eq!(value(name, &[]), Some(0.0), "{name}");
+        }
         node.shutdown().await;
     }
 }
