@@ -16,6 +16,8 @@
 //! * `wire` — every message peers exchange.
 //! * `network` — openraft's network on the transport, shared by all groups.
 //! * `proposer` — per-shard batching of commands into log entries, and ticks.
+//! * `clock` — each shard's log time on this node, and the rules that keep
+//!   it from running ahead of real time.
 //! * `forwarder` — per-shard batching of commands forwarded to the leader.
 //! * `health` — whether each shard still runs on this node, and why not: one
 //!   mechanism for storage failures and broken invariants.
@@ -23,6 +25,7 @@
 //!   in time.
 //! * `node` — the groups of a process and the API for the server layer.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 mod forwarder;

@@ -11,6 +11,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use engine::wal::{EntryFrame, Wal, WalReader, WalStats};
 use engine::{EntryPayload, LogEntry, WalError};
@@ -18,8 +19,8 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
+use crate::clock::ShardClock;
 use crate::health::ShardHealth;
-use crate::proposer::Clock;
 use crate::shard_thread::ShardThread;
 use crate::types::{
     Entry, LogId, TypeConfig, Vote, entry_from_engine, entry_to_engine, log_id_from_engine, log_id_to_engine,
@@ -43,8 +44,11 @@ pub struct LogStore {
     /// The same reader openraft's replication gets; it holds the logical
     /// purge point the store moves.
     reader: LogReader,
-    /// Observes the log time of every batch appended (see `Clock`).
-    clock: Option<Arc<Clock>>,
+    /// Observes the log time of every batch appended, and truncations (see
+    /// `clock`).
+    clock: Option<Arc<ShardClock>>,
+    /// Whether this node leads the shard (its appends are its own entries).
+    is_leader: Arc<AtomicBool>,
     /// The thread the shard's write path runs on.
     thread: Arc<ShardThread>,
     /// Where a failure of the WAL is recorded: the shard stops on this node.
@@ -58,6 +62,7 @@ impl LogStore {
             wal: Arc::new(Mutex::new(wal)),
             reader,
             clock: None,
+            is_leader: Arc::default(),
             thread: Arc::default(),
             health: ShardHealth::detached(0),
         }
@@ -82,11 +87,29 @@ impl LogStore {
         self
     }
 
-    /// Feeds the log time of every appended batch to `clock`: the live
-    /// entries of this node's shard, never the ones recovered at start.
-    pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
+    /// Feeds the log time of every appended batch, and every truncation,
+    /// to the shard's `clock`; `is_leader` says whether an append is this
+    /// node's own entry.
+    pub fn with_clock(mut self, clock: Arc<ShardClock>, is_leader: Arc<AtomicBool>) -> Self {
         self.clock = Some(clock);
+        self.is_leader = is_leader;
         self
+    }
+
+    /// The last batch in this node's log, at start: where the shard's log
+    /// time is recovered from (see `clock`). Looks back over at most
+    /// `look_back_max` entries (blank and membership entries carry no time).
+    pub fn last_stamped(&self, look_back_max: u64) -> Result<Option<(engine::LogId, u64)>, WalError> {
+        let Some(last) = self.reader.reader.log_state().last else {
+            return Ok(None);
+        };
+        let first = self.reader.reader.log_state().purged.map_or(0, |purged| purged.index + 1);
+        let start = last.index.saturating_sub(look_back_max).max(first);
+        let entries = self.reader.reader.read_range(start, last.index + 1)?;
+        Ok(entries.iter().rev().find_map(|entry| match &entry.payload {
+            EntryPayload::Batch(batch) => Some((entry.log_id, batch.ts_ms)),
+            _ => None,
+        }))
     }
 
     /// Counters of the WAL's flusher (fsync rounds, callbacks, time).
@@ -220,15 +243,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.thread.check();
         let entries: Vec<(LogEntry, Option<EntryFrame>)> = entries.into_iter().map(entry_to_engine).collect();
         if let Some(clock) = &self.clock {
-            let latest = entries
-                .iter()
-                .filter_map(|(entry, _)| match &entry.payload {
-                    EntryPayload::Batch(batch) => Some(batch.ts_ms),
-                    _ => None,
-                })
-                .max();
-            if let Some(ts_ms) = latest {
-                clock.observe(ts_ms);
+            // Entries of one append are in log order; each is observed, so
+            // a newer term's first entry takes over at once.
+            let leading = self.is_leader.load(Ordering::Acquire);
+            for (entry, _) in &entries {
+                if let EntryPayload::Batch(batch) = &entry.payload {
+                    clock.observe(entry.log_id, batch.ts_ms, leading);
+                }
             }
         }
         let mut wal = self.wal.lock();
@@ -246,9 +267,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let keep = last_log_id.as_ref().map(log_id_to_engine);
+        if let Some(clock) = &self.clock {
+            clock.truncated(keep);
+        }
         let mut wal = self.wal.lock();
-        wal.truncate_after(last_log_id.as_ref().map(log_id_to_engine))
-            .map_err(|error| self.health.wal_error(error, wal.failure()))
+        wal.truncate_after(keep).map_err(|error| self.health.wal_error(error, wal.failure()))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {

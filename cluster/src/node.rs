@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::config::ClusterConfig;
 use crate::error::{AdminError, ProposeError, ReadError, StartError, SubmitError};
 use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
@@ -42,7 +43,7 @@ use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
 use crate::inbound::{Chunk, InboundLimits, InboundSnapshots};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
-use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
+use crate::proposer::{Proposer, ProposerSettings, ProposerStats};
 use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, SnapshotCounters, SnapshotStats, StateMachine};
@@ -181,6 +182,9 @@ fn initial_limits() -> Limits {
     Limits::default()
 }
 
+/// How far back from the end of a shard's log its last batch is looked for
+/// at start; blank and membership entries come a few at a time.
+const RECOVER_LOOK_BACK_MAX: u64 = 64;
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// How often abandoned snapshot transfers are looked for: a quarter of
@@ -283,6 +287,9 @@ impl Node {
         let mut states = Vec::with_capacity(config.shards as usize);
         let mut stores = Vec::with_capacity(config.shards as usize);
         let mut wals = Vec::with_capacity(config.shards as usize);
+        // Where each shard's log time is recovered from when its log is
+        // empty: the snapshot's last entry and log time.
+        let mut snapshot_times = Vec::with_capacity(config.shards as usize);
         for shard in 0..config.shards {
             let dir = shard_dir(&config.data_dir, shard);
             let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
@@ -291,6 +298,7 @@ impl Node {
                 None => ShardState::new(shard, config.shards, initial_limits()),
             };
             wals.push(Wal::open(dir.join("wal"), config.wal)?);
+            snapshot_times.push(state.last_applied().map(|at| (at, state.now_ms())));
             states.push(state);
             stores.push(snapshots);
         }
@@ -317,7 +325,7 @@ impl Node {
         }
         let router = Router::new(transport.clone(), config.snapshot_chunk_size, config.wal.record_size_max as usize);
         let (events, _) = broadcast::channel(config.event_buffer_max.max(1));
-        let clock = Arc::new(Clock::default());
+        let clock = Arc::new(Clock::new(config.shards));
 
         let raft_config = openraft::Config {
             cluster_name: "tally".into(),
@@ -349,12 +357,17 @@ impl Node {
         let health = Health::new(config.shards);
         let mut groups = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
-        for ((shard, wal), snapshots) in (0..config.shards).zip(wals).zip(stores) {
+        for (((shard, wal), snapshots), snapshot_time) in (0..config.shards).zip(wals).zip(stores).zip(snapshot_times) {
             let actor = pool
                 .shard(shard)
                 .cloned()
                 .ok_or_else(|| StartError::Raft { shard, reason: "no actor for the shard".into() })?;
             let is_leader = Arc::new(AtomicBool::new(false));
+            let shard_clock = Arc::clone(
+                clock
+                    .shard(shard)
+                    .ok_or_else(|| StartError::Raft { shard, reason: "no clock for the shard".into() })?,
+            );
             let (deadline_tx, deadline_rx) = watch::channel(None);
             let publisher = Publisher { is_leader: Arc::clone(&is_leader), events: events.clone() };
             let mut state_machine =
@@ -373,11 +386,23 @@ impl Node {
             let thread = Arc::new(ShardThread::default());
             let shard_health = health.shard(shard);
             let state_machine = state_machine.with_thread(Arc::clone(&thread)).with_health(shard_health.clone());
+            let state_machine = state_machine.with_clock(Arc::clone(&shard_clock));
             let snapshot_counters = state_machine.counters();
             let log = LogStore::new(wal)
-                .with_clock(Arc::clone(&clock))
+                .with_clock(Arc::clone(&shard_clock), Arc::clone(&is_leader))
                 .with_thread(Arc::clone(&thread))
                 .with_health(shard_health.clone());
+            // Log time resumes from this node's own log (its last batch) or
+            // snapshot, never from its wall clock (see `clock`).
+            let last_stamped = log.last_stamped(RECOVER_LOOK_BACK_MAX)?;
+            match (last_stamped, snapshot_time) {
+                (Some((at, ts_ms)), Some((snapshot_at, snapshot_ms))) => {
+                    shard_clock.recover(at.max(snapshot_at), ts_ms.max(snapshot_ms))
+                }
+                (Some((at, ts_ms)), None) | (None, Some((at, ts_ms))) => shard_clock.recover(at, ts_ms),
+                // A new shard: log time starts on the wall clock.
+                (None, None) => {}
+            }
             let network = GroupNetwork { router: router.clone(), group: shard };
             let settings = ProposerSettings {
                 batch_size_max: config.batch_size_max,
@@ -395,7 +420,7 @@ impl Node {
             let on_shard_thread = {
                 let (raft_config, clock, is_leader, thread, log, shard_health) = (
                     Arc::clone(&raft_config),
-                    Arc::clone(&clock),
+                    Arc::clone(&shard_clock),
                     Arc::clone(&is_leader),
                     Arc::clone(&thread),
                     log.clone(),
@@ -506,7 +531,8 @@ impl Node {
         &self.inner.config
     }
 
-    /// The leader's clock (tests and chaos runs move it).
+    /// This node's log time, one clock per shard over one wall clock (tests
+    /// and chaos runs move the wall clock).
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
     }

@@ -7,8 +7,9 @@
 //! carries one command and commits at once, and under heavy load entries grow
 //! by themselves to amortise the fsync and the replication round.
 //!
-//! Each entry is stamped with the leader's clock, kept monotonic
-//! (`max(now, last)`). When a hold deadline falls due and nothing else flows,
+//! Each entry is stamped with the shard's log time on this node (`clock`;
+//! `apply` keeps log time from going back across leaders). When a hold
+//! deadline falls due and nothing else flows,
 //! the proposer writes a `Tick`, so holds expire on time without traffic.
 //!
 //! The proposer also keeps the counters of the write path (`ProposerStats`):
@@ -21,97 +22,20 @@
 //! gap; they are few and only right after an election.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use engine::histogram::Log2Histogram;
 use engine::ids::RequestId;
 use engine::{Batch, Command, Event, EventKind, Outcome};
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use crate::clock::ShardClock;
 use crate::error::ProposeError;
 use crate::health::{FailureCause, ShardHealth};
 use crate::shard_thread::ShardThread;
 use crate::types::{LogBatch, Raft};
-
-/// A node's log clock: the time a leader stamps on the entries it proposes
-/// (log time, DESIGN §3), and what expiry ticks and multi-shard deadlines
-/// are planned against.
-///
-/// Log time is carried from entry to entry on this node's monotonic clock,
-/// not read off its wall clock: every entry this node stamps or appends
-/// (from its own proposals or from a leader's replication) is an
-/// observation "log time was `ts` at this instant", and log time now is the
-/// latest observation plus the monotonic time since. A leader's wall clock
-/// that jumps ahead therefore moves nothing: holds never expire early
-/// because of it. One that jumps back does not stall log time either.
-///
-/// The wall clock is read only while the node has observed nothing since it
-/// started (a fresh cluster, or a node that restarted and was elected
-/// before any entry reached it): then log time is its wall clock, and the
-/// engine keeps log time from going back (`max` with the state's). A wrong
-/// wall clock at exactly that moment is not detected: see ARCHITECTURE.md.
-///
-/// Observations taken when an entry is appended late (a follower catching
-/// up) under-estimate log time; taking the latest of all of them keeps the
-/// best, so the estimate lags true log time by no more than the replication
-/// delay of the freshest entry seen, and holds expire late by at most that,
-/// never early.
-#[derive(Debug)]
-pub struct Clock {
-    /// Added to the wall clock (tests and chaos runs move it, to simulate a
-    /// clock jump on this node).
-    offset_ms: AtomicI64,
-    /// Where the monotonic clock is read from.
-    base: Instant,
-    /// Log time at `base`, as the best observation says (`NO_ORIGIN`: none
-    /// yet). Log time now is `origin + (now - base)`.
-    origin_ms: AtomicI64,
-}
-
-const NO_ORIGIN: i64 = i64::MIN;
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self { offset_ms: AtomicI64::new(0), base: Instant::now(), origin_ms: AtomicI64::new(NO_ORIGIN) }
-    }
-}
-
-impl Clock {
-    /// Log time now, in ms: carried from the latest observation on the
-    /// monotonic clock, or the wall clock before any observation.
-    pub fn now_ms(&self) -> u64 {
-        let origin = self.origin_ms.load(Ordering::Acquire);
-        if origin == NO_ORIGIN {
-            return self.wall_ms();
-        }
-        u64::try_from(origin.saturating_add(self.since_base_ms())).unwrap_or(0)
-    }
-
-    /// This node's wall clock in Unix ms, with its offset.
-    pub fn wall_ms(&self) -> u64 {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let wall = i64::try_from(wall).unwrap_or(i64::MAX);
-        u64::try_from(wall.saturating_add(self.offset_ms.load(Ordering::Relaxed))).unwrap_or(0)
-    }
-
-    /// Log time was at least `ts_ms` just now (an entry was stamped or
-    /// appended with it). Keeps the latest of all observations.
-    pub fn observe(&self, ts_ms: u64) {
-        let ts = i64::try_from(ts_ms).unwrap_or(i64::MAX);
-        let origin = ts.saturating_sub(self.since_base_ms());
-        self.origin_ms.fetch_max(origin, Ordering::AcqRel);
-    }
-
-    /// Moves this node's wall clock by `offset_ms` (negative: back in time).
-    pub fn set_offset_ms(&self, offset_ms: i64) {
-        self.offset_ms.store(offset_ms, Ordering::Relaxed);
-    }
-
-    fn since_base_ms(&self) -> i64 {
-        i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX)
-    }
-}
 
 /// Counters for metrics and benchmarks. All are relaxed atomics, written
 /// by the proposer task and its entries' completions, never under a lock.
@@ -136,7 +60,7 @@ pub struct ProposerStats {
 impl ProposerStats {
     /// Records the expiry lag of every hold `events` expired. The clock is
     /// read once per entry, and only if it expired something.
-    fn record_expiries(&self, clock: &Clock, events: &[Event]) {
+    fn record_expiries(&self, clock: &ShardClock, events: &[Event]) {
         let mut now_ms = None;
         for event in events {
             if let EventKind::ReservationExpired { deadline_ms, .. } = event.kind {
@@ -180,7 +104,7 @@ impl Proposer {
         settings: ProposerSettings,
         is_leader: Arc<AtomicBool>,
         next_deadline_ms: watch::Receiver<Option<u64>>,
-        clock: Arc<Clock>,
+        clock: Arc<ShardClock>,
         thread: Arc<ShardThread>,
         health: ShardHealth,
     ) -> (Proposer, tokio::task::JoinHandle<()>) {
@@ -195,7 +119,6 @@ impl Proposer {
             is_leader: Arc::clone(&is_leader),
             next_deadline_ms,
             clock,
-            last_ts_ms: 0,
             stats: Arc::clone(&stats),
             thread,
             carried: None,
@@ -242,8 +165,7 @@ struct Run {
     batch_size_max: usize,
     is_leader: Arc<AtomicBool>,
     next_deadline_ms: watch::Receiver<Option<u64>>,
-    clock: Arc<Clock>,
-    last_ts_ms: u64,
+    clock: Arc<ShardClock>,
     stats: Arc<ProposerStats>,
     thread: Arc<ShardThread>,
     /// A caller's list taken from the queue that did not fit the last entry:
@@ -329,10 +251,21 @@ impl Run {
         Some(wait)
     }
 
-    fn stamp(&mut self) -> u64 {
-        self.last_ts_ms = self.last_ts_ms.max(self.clock.now_ms());
-        self.clock.observe(self.last_ts_ms);
-        self.last_ts_ms
+    /// The log time of the next entry (see `clock`). Called with the
+    /// entry's permit held: idle means no other entry in flight, every
+    /// entry in the log applied, and no live hold.
+    fn stamp(&self) -> u64 {
+        let idle = self.clock.may_catch_up()
+            && self.in_flight.available_permits() + 1 == self.entries_in_flight_max
+            && self.next_deadline_ms.borrow().is_none()
+            && self.all_applied();
+        self.clock.stamp_ms(idle)
+    }
+
+    fn all_applied(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics.last_applied.map(|id| id.index) >= metrics.last_log_index
     }
 
     fn propose_tick(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {

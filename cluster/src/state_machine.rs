@@ -26,6 +26,7 @@ use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
 
+use crate::clock::ShardClock;
 use crate::health::{FailureCause, ShardHealth};
 use crate::shadow::{Shadow, ShadowError, SnapshotThread};
 use crate::shard_thread::ShardThread;
@@ -132,6 +133,8 @@ pub struct StateMachine {
     /// Where a broken rule or a storage failure is recorded: the shard
     /// stops on this node.
     health: ShardHealth,
+    /// The shard's log time on this node, told what is applied (`clock`).
+    clock: Option<Arc<ShardClock>>,
 }
 
 impl StateMachine {
@@ -153,7 +156,15 @@ impl StateMachine {
             last_applied: None,
             counters: Arc::default(),
             health: ShardHealth::detached(shard),
+            clock: None,
         }
+    }
+
+    /// Tells `clock` the log time of every entry applied and snapshot
+    /// installed (its fallback when a truncation cuts its estimate).
+    pub fn with_clock(mut self, clock: Arc<ShardClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Records failures in `health` (see `health`).
@@ -398,6 +409,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Err(io::Error::other(reason));
         }
         self.last_applied = Some(Some(last));
+        if let Some(clock) = &self.clock {
+            clock.applied(applied.log_time_ms);
+        }
         self.next_deadline_ms.send_if_modified(|deadline| {
             let changed = *deadline != applied.next_deadline_ms;
             *deadline = applied.next_deadline_ms;
@@ -479,6 +493,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let deadline = state.next_deadline_ms();
         let last = state.last_applied();
+        if let (Some(clock), Some(last)) = (&self.clock, last) {
+            // The leader's log up to `last` replaces this node's: its log
+            // time is the estimate now, unless a newer term's entry is.
+            clock.observe(last, state.now_ms(), false);
+            clock.applied(state.now_ms());
+        }
         self.actor.send(Install(Box::new(state))).await.map_err(mailbox_error)?;
         self.last_applied = Some(last);
         self.counters.installed.fetch_add(1, Ordering::Relaxed);

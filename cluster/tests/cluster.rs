@@ -552,6 +552,70 @@ async fn a_hold_made_under_one_leader_expires_on_time_under_the_next() {
     cluster.shutdown().await;
 }
 
+/// Chaos finding #4: log time must never run ahead of real time, so a node
+/// that restarts resumes each shard's log time from its own log (the
+/// downtime is not counted, and a hold placed before lives on), and moves
+/// it to its wall clock only once the shard is idle (nothing can expire
+/// early then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_log_time_resumes_from_the_log_and_catches_up_only_when_idle() {
+    let shards = 2;
+    let mut cluster = TestCluster::start(1, shards, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let busy = sku_on_shard(0, shards, "busy");
+    let idle = sku_on_shard(1, shards, "idle");
+    for name in [&busy, &idle] {
+        expect_ok(&cluster.node(1).submit(upsert(name, "w1", 5)).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let id = rid(1, &busy, shards);
+    let ttl_ms = 6_000;
+    let held = cluster.node(1).submit(hold(id, &busy, "w1", 1, ttl_ms)).await;
+    expect_ok(&held.unwrap_or_else(|e| panic!("hold: {e}")));
+    let placed = Instant::now();
+
+    // Down for 3 s: half the hold's TTL.
+    let downtime = Duration::from_secs(3);
+    cluster.kill(1).await;
+    tokio::time::sleep(downtime).await;
+    cluster.restart(1, false).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let node = cluster.node(1);
+    let behind_ms = |shard: u32| node.clock().shard(shard).unwrap_or_else(|| panic!("no shard")).behind_wall_ms();
+    // Both shards resumed where their logs ended, 3 s behind the wall.
+    for shard in 0..shards {
+        assert!(behind_ms(shard) >= 2_500, "shard {shard} is {} ms behind", behind_ms(shard));
+    }
+    // On the wall clock the hold would be past half its TTL; on log time it
+    // has lost none of it to the downtime.
+    let state = node.read(0, move |s| s.reservation(&id).ok().flatten().map(|r| r.summary.state)).await;
+    assert_eq!(state.unwrap_or_else(|e| panic!("read: {e}")), Some(ReservationState::Held));
+
+    // A write to the idle shard (no live hold) catches it up.
+    expect_ok(&node.submit(upsert(&idle, "w1", 6)).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(behind_ms(1) < 1_000, "idle shard still {} ms behind", behind_ms(1));
+    // The busy one stays behind while its hold lives.
+    expect_ok(&node.submit(upsert(&busy, "w2", 1)).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(behind_ms(0) >= 2_500, "busy shard caught up with a hold live: {} ms behind", behind_ms(0));
+
+    // The hold ends a whole TTL of log time after it was placed: no sooner
+    // than the TTL plus the downtime in real time.
+    let give_up = Instant::now() + Duration::from_millis(ttl_ms) + SETTLE;
+    loop {
+        let view = node.read(0, move |s| s.reservation(&id).ok().flatten()).await;
+        let view = view.unwrap_or_else(|e| panic!("read: {e}")).unwrap_or_else(|| panic!("reservation gone"));
+        if view.summary.state == ReservationState::Expired {
+            assert!(placed.elapsed() >= Duration::from_millis(ttl_ms) + downtime, "expired early");
+            break;
+        }
+        assert!(Instant::now() < give_up, "the hold never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle now: the next write catches the busy shard up too.
+    expect_ok(&node.submit(upsert(&busy, "w2", 2)).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(behind_ms(0) < 1_000, "shard 0 still {} ms behind once idle", behind_ms(0));
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_are_explicit_admin_operations() {
     let mut cluster = TestCluster::start(3, 2, |_| {}).await;

@@ -55,6 +55,8 @@ pub struct AppliedEntries {
     /// Log time of the next hold deadline after these entries, so the
     /// leader can plan its expiry tick without a second message.
     pub next_deadline_ms: Option<u64>,
+    /// The shard's log time after these entries.
+    pub log_time_ms: u64,
 }
 
 impl Handler<Apply> for ShardActor {
@@ -76,6 +78,7 @@ impl Handler<Apply> for ShardActor {
             applied: Vec::with_capacity(message.entries.len()),
             records: Vec::new(),
             next_deadline_ms: None,
+            log_time_ms: 0,
         };
         for entry in &message.entries {
             let mut applied = self.spare.pop().unwrap_or_default();
@@ -88,6 +91,7 @@ impl Handler<Apply> for ShardActor {
             answer.applied.push(applied);
         }
         answer.next_deadline_ms = self.state.next_deadline_ms();
+        answer.log_time_ms = self.state.now_ms();
         Ok(answer)
     }
 }

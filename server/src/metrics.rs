@@ -211,6 +211,8 @@ pub struct ClusterSnapshot {
     pub live_holds: Option<u64>,
     /// Per shard: snapshots built, fallbacks to the actor, last build time.
     pub snapshots: Vec<SnapshotStats>,
+    /// Per shard: this node's wall clock minus the shard's log time, in ms.
+    pub log_time_behind_wall_ms: Vec<i64>,
 }
 
 impl ClusterSnapshot {
@@ -225,6 +227,7 @@ impl ClusterSnapshot {
             status: node.status(),
             live_holds,
             snapshots: node.snapshot_stats(),
+            log_time_behind_wall_ms: node.clock().behind_wall_ms(),
         }
     }
 }
@@ -591,6 +594,19 @@ impl Collector for ClusterCollector {
         }
 
         let mut metric = encoder.encode_descriptor(
+            "tally_shard_log_time_behind_wall",
+            "This node's wall clock minus the shard's log time (negative: ahead). Log time never runs ahead of \
+             real time, so it falls behind by each election's replication delay, and by a whole cluster's \
+             downtime until the shard is first idle under a restarted leader.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for (shard, behind_ms) in self.cluster.log_time_behind_wall_ms.iter().enumerate() {
+            let seconds = *behind_ms as f64 * 1e-3;
+            metric.encode_family(&[("shard", shard.to_string())])?.encode_gauge(&seconds)?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
             "tally_shard_invariant_checks",
             "Full state checks (every rule of the shard's state) run on a snapshot this node built, off the \
              shard thread.",
@@ -871,6 +887,7 @@ mod tests {
                 },
                 SnapshotStats { shard: 1, built: 0, installed: 2, ..SnapshotStats::default() },
             ],
+            log_time_behind_wall_ms: vec![1_500, -2],
         }
     }
 
@@ -929,6 +946,8 @@ mod tests {
         assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", "1")]), Some(0.0));
         assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", "0")]), Some(1.0));
         assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", "0")]), Some(0.25));
+        assert_eq!(value("tally_shard_log_time_behind_wall_seconds", &[("shard", "0")]), Some(1.5));
+        assert_eq!(value("tally_shard_log_time_behind_wall_seconds", &[("shard", "1")]), Some(-0.002));
         assert_eq!(value("tally_shard_snapshots_installed_total", &[("shard", "1")]), Some(2.0));
         assert_eq!(value("tally_shard_invariant_checks_total", &[("shard", "0")]), Some(4.0));
         assert_eq!(value("tally_shard_invariant_failures_total", &[("shard", "0")]), Some(1.0));

@@ -91,8 +91,9 @@ use crate::state::{Change, Emitter, ShardState};
 /// When a hold ends, if nobody confirms or releases it first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum Deadline {
-    /// At this log time. Used by multi-shard reservations, whose parts must
-    /// share one deadline.
+    /// At this log time. The server no longer writes it (each shard keeps
+    /// its own log time, so a deadline taken off one shard's clock could be
+    /// early on another's); a log that has it still applies as written.
     AtMs(u64),
     /// This long after the log time the command is applied at.
     AfterMs(u64),

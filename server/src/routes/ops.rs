@@ -163,16 +163,16 @@ const CLOCK_OFFSET_MAX_MS: i64 = 366 * 24 * 3_600 * 1_000;
     path = "/v1/debug/clock",
     tag = "operations",
     summary = "Move this node's clock (chaos tests only; off unless `server.debug_clock`)",
-    description = "Sets the offset this node adds to its wall clock. Log time is carried on the monotonic clock \
-        once the node has seen an entry, so the offset only shows where the wall clock is still read (a node \
-        that has seen none). Chaos runs use it to inject a clock jump on one node. Answers 404 `debug_disabled` unless the node's \
+    description = "Sets the offset this node adds to its wall clock. Each shard's log time is carried on the \
+        monotonic clock from its log, so the offset only shows where the wall clock is still read (a shard with \
+        no entry yet, and the one catch-up of an idle shard under a leader that restarted). Chaos runs use it to inject a clock jump on one node. Answers 404 `debug_disabled` unless the node's \
         config sets `server.debug_clock = true`, which no production config should.",
     extensions(("x-tally-role" = json!("admin"))),
     request_body = ClockOffset,
     responses(
         (status = 200, description = "The offset is set: `node_id`, `offset_ms`, `wall_ms` (the moved wall clock) \
-            and `log_time_ms` (this node's log time, which a moved wall clock does not move once the node has \
-            seen an entry)."),
+            and `log_time_ms` (the latest log time among this node's shards, which a moved wall clock does not \
+            move once they have entries)."),
         (status = 400, description = "`invalid_body`, `invalid_json`, `offset_out_of_range`."),
         (status = 404, description = "`debug_disabled`."),
     ),
@@ -199,7 +199,7 @@ pub async fn set_clock(
         "node_id": state.node.id(),
         "offset_ms": body.offset_ms,
         "wall_ms": clock.wall_ms(),
-        "log_time_ms": clock.now_ms(),
+        "log_time_ms": clock.latest_ms(),
     }))
     .into_response())
 }

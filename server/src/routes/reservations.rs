@@ -4,8 +4,10 @@
 //! A reservation whose lines all live on one shard is one `Hold` command:
 //! atomic in the shard's actor (the fast path). Lines on several shards
 //! are the parts of the saga in `cluster::saga` (DESIGN §4): hold on each
-//! shard with one shared deadline; if any part is refused, release the
-//! others and answer 409 with every short line.
+//! shard for the same TTL, counted on each shard's own log time (so parts
+//! may end a few milliseconds apart; the reservation shows the earliest);
+//! if any part is refused, release the others and answer 409 with every
+//! short line.
 //!
 //! A line with no warehouse is sent as such: the engine allocates it inside
 //! the hold (`api.allocation`, most available first by default, split across
@@ -466,7 +468,8 @@ impl AppState {
     }
 
     /// The request's id and its parts, one `Hold` per shard its lines live
-    /// on. Parts of a reservation across shards share one absolute deadline.
+    /// on. Each part of a reservation across shards is held for the TTL from
+    /// when its shard applies it; the reservation shows the earliest.
     fn prepare(&self, body: &ReservationBody, checked: Checked) -> ApiResult<Prepared> {
         let shards = self.node.shard_count();
         let mut by_shard: BTreeMap<u32, Vec<Line>> = BTreeMap::new();
@@ -480,11 +483,10 @@ impl AppState {
         let spans = by_shard.len() > 1;
         let home = shard_of(&body.lines[0].sku, shards);
         let id = make_id(home, spans, checked.seed.as_deref());
-        let deadline = if spans {
-            Deadline::AtMs(self.node.clock().now_ms().saturating_add(checked.ttl_ms))
-        } else {
-            Deadline::AfterMs(checked.ttl_ms)
-        };
+        // Each part's deadline counts from its own shard's log time: shards
+        // keep their own (cluster `clock`), and a deadline taken off another
+        // clock could be ahead of the part's shard and end it early.
+        let deadline = Deadline::AfterMs(checked.ttl_ms);
         let allocation = self.config.api.allocation.engine();
         let parts = by_shard
             .into_iter()
@@ -590,11 +592,7 @@ impl AppState {
     /// Moves every part's deadline to now + `ttl_seconds`.
     async fn extend_by(&self, id: ReservationId, ttl_seconds: u64) -> ApiResult<Response> {
         let ttl_ms = self.ttl_ms(Some(ttl_seconds))?;
-        let deadline = if spans_shards(&id) {
-            Deadline::AtMs(self.node.clock().now_ms().saturating_add(ttl_ms))
-        } else {
-            Deadline::AfterMs(ttl_ms)
-        };
+        let deadline = Deadline::AfterMs(ttl_ms);
         Ok(self.end(id, || Command::Extend(Extend { id, deadline })).await?.respond(StatusCode::OK))
     }
 
