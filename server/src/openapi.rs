@@ -749,7 +749,8 @@ pub struct Problem {
     /// `item_exists`: the item's version. `version_mismatch`: its version,
     /// `null` if it does not exist.
     pub version: Option<u64>,
-    /// `version_mismatch`: the version `If-Match` named.
+    /// `version_mismatch`: the version `If-Match` named (absent when it named
+    /// none, e.g. `"abc"`, or several).
     #[schema(nullable = false)]
     pub expected_version: Option<u64>,
     /// `below_reserved`: the current on hand.

@@ -132,6 +132,8 @@ async fn items_api_follows_its_contract() {
         put_creates_with_201_and_etag_1_then_updates_with_200,
         put_with_if_none_match_star_on_an_existing_item_is_item_exists,
         put_with_a_stale_if_match_is_version_mismatch_and_a_current_one_succeeds,
+        put_with_an_if_match_etag_that_is_no_version_is_version_mismatch,
+        put_with_an_if_match_list_applies_at_any_listed_version,
         get_with_the_current_etag_in_if_none_match_is_304,
         get_of_a_missing_item_is_item_not_found,
         sku_view_sums_every_warehouse,
@@ -181,6 +183,47 @@ async fn put_with_a_stale_if_match_is_version_mismatch_and_a_current_one_succeed
     assert_eq!(current.0, StatusCode::OK, "{}", current.2);
     assert_eq!(header(&current, "etag"), Some("\"3\""));
     assert_eq!(levels(http, "it-ifm", "w1").await, (1, 0, 3));
+}
+
+async fn put_with_an_if_match_etag_that_is_no_version_is_version_mismatch(http: &Http) {
+    let path = item_path("it-ifm-tag", "w1");
+    put_item(http, "it-ifm-tag", "w1", 5, 0).await;
+    let body = json!({ "on_hand": 1 });
+    // Well-formed ETags that no version of an item has: 412, as RFC 9110 says.
+    for tag in ["\"abc\"", "W/\"abc\"", "\"\"", "\"a\", \"b\""] {
+        let refused = http.request(Method::PUT, &path, &[("if-match", tag)], Some(&body)).await;
+        assert_problem(&refused, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+        assert_eq!(refused.2["version"], 1, "the problem names the item's version: {}", refused.2);
+    }
+    let missing = item_path("it-ifm-none", "w1");
+    let refused = http.request(Method::PUT, &missing, &[("if-match", "\"abc\"")], Some(&body)).await;
+    assert_problem(&refused, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert!(refused.2["version"].is_null(), "no item, no version: {}", refused.2);
+    // Headers that are no ETag list at all stay 400.
+    for value in ["abc", "\"abc", "\"1\" \"2\""] {
+        let malformed = http.request(Method::PUT, &path, &[("if-match", value)], Some(&body)).await;
+        assert_problem(&malformed, StatusCode::BAD_REQUEST, "invalid_precondition");
+    }
+    // Bad input is still 400 before the precondition is looked at.
+    let too_large = json!({ "on_hand": 1_000_000_000_000_001_u64 });
+    let refused = http.request(Method::PUT, &path, &[("if-match", "\"abc\"")], Some(&too_large)).await;
+    assert_problem(&refused, StatusCode::BAD_REQUEST, "quantity_too_large");
+    assert_eq!(levels(http, "it-ifm-tag", "w1").await, (5, 0, 1), "the refused PUTs changed nothing");
+    assert_eq!(http.get(&missing).await.0, StatusCode::NOT_FOUND, "nor created anything");
+}
+
+async fn put_with_an_if_match_list_applies_at_any_listed_version(http: &Http) {
+    let path = item_path("it-ifm-list", "w1");
+    put_item(http, "it-ifm-list", "w1", 5, 0).await;
+    put_item(http, "it-ifm-list", "w1", 6, 0).await;
+    let listed =
+        http.request(Method::PUT, &path, &[("if-match", "\"1\", \"x\", \"2\"")], Some(&json!({ "on_hand": 7 }))).await;
+    assert_eq!(listed.0, StatusCode::OK, "{}", listed.2);
+    assert_eq!(levels(http, "it-ifm-list", "w1").await, (7, 0, 3));
+    let stale = http.request(Method::PUT, &path, &[("if-match", "\"1\", \"2\"")], Some(&json!({ "on_hand": 1 }))).await;
+    assert_problem(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(stale.2["version"], 3, "{}", stale.2);
+    assert_eq!(levels(http, "it-ifm-list", "w1").await, (7, 0, 3), "the refused PUT changed nothing");
 }
 
 async fn get_with_the_current_etag_in_if_none_match_is_304(http: &Http) {
