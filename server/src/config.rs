@@ -144,11 +144,16 @@ pub enum Role {
     Admin,
 }
 
+/// Longest API key name, in bytes.
+pub const API_KEY_NAME_LEN_MAX: usize = 64;
+
 /// One API key, stored as the SHA-256 of the key (`tally hash-key`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
-    /// Who the key belongs to; recorded in histories and logs.
+    /// Who the key belongs to; recorded in histories and logs. 1 to 64
+    /// bytes, no control characters. Idempotency keys and order ids are
+    /// scoped to it: keys that share a name (a rotation) share them.
     pub name: String,
     pub role: Role,
     /// Lowercase hex SHA-256 of the key.
@@ -351,8 +356,11 @@ impl Config {
             if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                 return invalid(format!("auth.keys {:?}: sha256 must be 64 lowercase hex digits", key.name));
             }
-            if key.name.is_empty() || key.name.len() > 64 {
-                return invalid("auth.keys: name must be 1 to 64 bytes".into());
+            if key.name.is_empty() || key.name.len() > API_KEY_NAME_LEN_MAX || key.name.chars().any(char::is_control) {
+                return invalid(format!(
+                    "auth.keys {:?}: name must be 1 to {API_KEY_NAME_LEN_MAX} bytes without control characters",
+                    key.name
+                ));
             }
         }
         if self.auth.rate_per_second > 0 && self.auth.rate_burst == 0 {
@@ -475,6 +483,17 @@ mod tests {
             "[server]\nlisten = \"0.0.0.0:8080\"\n[[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{hash}\"\n"
         );
         assert!(load(&keyed, &[]).is_ok());
+    }
+
+    #[test]
+    fn key_names_are_bounded_and_hold_no_control_character() {
+        let hash = "a".repeat(64);
+        let named = |name: &str| format!("[[auth.keys]]\nname = \"{name}\"\nrole = \"admin\"\nsha256 = \"{hash}\"\n");
+        assert!(load(&named("shop front"), &[]).is_ok());
+        assert!(load(&named(&"n".repeat(API_KEY_NAME_LEN_MAX)), &[]).is_ok());
+        for bad in [String::new(), "n".repeat(API_KEY_NAME_LEN_MAX + 1), "a\\u001fb".into(), "a\\u0000b".into()] {
+            assert!(load(&named(&bad), &[]).is_err(), "{bad:?}");
+        }
     }
 
     fn shipped(name: &str) -> PathBuf {
