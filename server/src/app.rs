@@ -25,6 +25,7 @@ use crate::alerts::Alerts;
 use crate::auth::{Auth, authenticate};
 use crate::config::Config;
 use crate::events::EventHub;
+use crate::http;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
 use crate::routes::{items, ops, reservations, stream, ui};
@@ -201,20 +202,17 @@ impl Running {
         let Running { state, addr, listener } = self;
         let app = router(Arc::clone(&state));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut stopped = stop_rx.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
+        let bounds = http::Bounds::of(&state.config.server);
+        let server = tokio::spawn(http::serve(listener, app, bounds, Arc::clone(&state.metrics.connections), stop_rx));
         tracing::info!(%addr, node = state.node.id(), shards = state.node.shard_count(), "tally is serving");
-        let server = tokio::spawn(async move { server.await });
         // Wait for the signal, then for the server to drain, at most the grace.
-        let _ = stopped.wait_for(|stop| *stop).await;
+        shutdown.await;
+        let _ = stop_tx.send(true);
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         state.hub.close();
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
         let result = match tokio::time::timeout(grace, server).await {
-            Ok(Ok(result)) => result.map_err(ServeError::Http),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(join)) => Err(ServeError::Http(std::io::Error::other(join))),
             Err(_) => {
                 tracing::warn!("grace period over; closing the remaining connections");

@@ -59,6 +59,15 @@ pub struct ServerConfig {
     /// Allows `POST /v1/debug/clock` (admin) to move this node's clock.
     /// For chaos runs only; never set it in production.
     pub debug_clock: bool,
+    /// A connection must send a whole request head within this long of
+    /// being accepted, or of the head's first byte; slower ones (slowloris)
+    /// are closed. With TLS it bounds the handshake too.
+    pub header_read_timeout_ms: u64,
+    /// How long a keep-alive connection may stay silent between requests.
+    pub keep_alive_timeout_ms: u64,
+    /// Connections open at once; one more is accepted and closed at once
+    /// (counted in `tally_http_connections_refused_total`).
+    pub connections_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +81,9 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             cors_origins: Vec::new(),
             debug_clock: false,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 75_000,
+            connections_max: 10_000,
         }
     }
 }
@@ -147,6 +159,9 @@ pub enum Role {
 /// Longest API key name, in bytes.
 pub const API_KEY_NAME_LEN_MAX: usize = 64;
 
+/// Most connections `server.connections_max` may allow.
+pub const CONNECTIONS_MAX_LIMIT: usize = 1_000_000;
+
 /// One API key, stored as the SHA-256 of the key (`tally hash-key`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +173,13 @@ pub struct ApiKey {
     pub role: Role,
     /// Lowercase hex SHA-256 of the key.
     pub sha256: String,
+    /// This key's quota: requests (holds, for a batch) per second, instead
+    /// of `auth.rate_per_second`; 0 for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<u32>,
+    /// This key's burst, instead of `auth.rate_burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_burst: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,15 +191,34 @@ pub struct AuthConfig {
     /// With keys, whether requests without one may still read (role `read`),
     /// e.g. for a storefront widget.
     pub anonymous_read: bool,
-    /// Requests per second per key (token bucket); 0 turns limiting off.
+    /// Requests per second per key (token bucket); 0 turns limiting off. A
+    /// batch costs one per hold it asks for. A key's own `rate_per_second`
+    /// and `rate_burst` override these.
     pub rate_per_second: u32,
     /// Bucket size: the burst a key may send at once.
     pub rate_burst: u32,
+    /// Failed authentications per second per client IP (token bucket); an
+    /// address whose bucket is empty gets 429 on every keyed route until it
+    /// refills. 0 turns it off.
+    pub failure_rate_per_second: u32,
+    /// Failed authentications an address may make at once.
+    pub failure_rate_burst: u32,
+    /// Client addresses tracked for failures; past it, new addresses share
+    /// one bucket.
+    pub failure_ips_max: usize,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { keys: Vec::new(), anonymous_read: false, rate_per_second: 0, rate_burst: 1000 }
+        Self {
+            keys: Vec::new(),
+            anonymous_read: false,
+            rate_per_second: 0,
+            rate_burst: 1000,
+            failure_rate_per_second: 1,
+            failure_rate_burst: 20,
+            failure_ips_max: 10_000,
+        }
     }
 }
 
@@ -365,6 +406,35 @@ impl Config {
         }
         if self.auth.rate_per_second > 0 && self.auth.rate_burst == 0 {
             return invalid("auth.rate_burst must be at least 1 when rate_per_second is set".into());
+        }
+        for key in &self.auth.keys {
+            if key.rate_burst == Some(0) {
+                return invalid(format!("auth.keys {:?}: rate_burst must be at least 1", key.name));
+            }
+            let same_name = self.auth.keys.iter().find(|other| other.name == key.name);
+            if same_name
+                .is_some_and(|first| (first.rate_per_second, first.rate_burst) != (key.rate_per_second, key.rate_burst))
+            {
+                return invalid(format!(
+                    "auth.keys {:?}: keys that share a name share one bucket; give them the same rate_per_second and rate_burst",
+                    key.name
+                ));
+            }
+        }
+        if self.auth.failure_rate_per_second > 0
+            && (self.auth.failure_rate_burst == 0 || self.auth.failure_ips_max == 0)
+        {
+            return invalid(
+                "auth.failure_rate_burst and failure_ips_max must be at least 1 when failure_rate_per_second is set"
+                    .into(),
+            );
+        }
+        let server = &self.server;
+        if server.header_read_timeout_ms == 0 || server.keep_alive_timeout_ms == 0 {
+            return invalid("server.header_read_timeout_ms and keep_alive_timeout_ms must be at least 1".into());
+        }
+        if server.connections_max == 0 || server.connections_max > CONNECTIONS_MAX_LIMIT {
+            return invalid(format!("server.connections_max must be in 1..={CONNECTIONS_MAX_LIMIT}"));
         }
         let api = &self.api;
         if api.ttl_seconds_default == 0 || api.ttl_seconds_default > api.ttl_seconds_max {

@@ -781,6 +781,8 @@ pub enum BatchView {
     responses(
         (status = 200, description = "One result per request.", body = crate::openapi::BatchResult),
         (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_batch_size`, `invalid_query`."),
+        (status = 429, description = "`rate_limited`: a batch costs one token of the key's rate limit per \
+            request in it; nothing was held. Retry after `Retry-After`."),
         (status = 503, description = "`timeout`."),
     ),
 )]
@@ -794,6 +796,13 @@ pub async fn batch(
     let max = state.config.api.batch_requests_max;
     if body.requests.is_empty() || body.requests.len() > max {
         return Err(Problem::bad_request("invalid_batch_size", format!("send 1 to {max} requests")));
+    }
+    // One token per hold: the request paid one on arrival (`authenticate`).
+    let holds = body.requests.len() as u64;
+    if let Err(wait_s) = state.auth.take_tokens(&principal, holds - 1, 1) {
+        let detail =
+            format!("key {:?} is over its rate limit: a batch costs one token per hold ({holds})", principal.name);
+        return Err(Problem::rate_limited(detail, wait_s));
     }
     let results = state.create_batch(&body.requests, &principal).await;
     let held = results.iter().filter(|result| result.is_ok()).count();
