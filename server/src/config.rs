@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// How long a keep-alive connection may stay silent between requests.
     pub keep_alive_timeout_ms: u64,
+    /// Largest request head (request line and headers); larger ones are
+    /// answered 431. Also the most a connection buffers while reading, so
+    /// heads use at most `connections_max` × this much memory.
+    pub header_bytes_max: usize,
     /// Connections open at once; one more is accepted and closed at once
     /// (counted in `tally_http_connections_refused_total`).
     pub connections_max: usize,
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             debug_clock: false,
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 75_000,
+            header_bytes_max: 65_536,
             connections_max: 10_000,
         }
     }
@@ -161,6 +166,10 @@ pub const API_KEY_NAME_LEN_MAX: usize = 64;
 
 /// Most connections `server.connections_max` may allow.
 pub const CONNECTIONS_MAX_LIMIT: usize = 1_000_000;
+/// Bounds of `server.header_bytes_max` (hyper's read buffer takes no less
+/// than 8 KiB).
+pub const HEADER_BYTES_MIN: usize = 8192;
+pub const HEADER_BYTES_LIMIT: usize = 1 << 20;
 
 /// One API key, stored as the SHA-256 of the key (`tally hash-key`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +441,9 @@ impl Config {
         let server = &self.server;
         if server.header_read_timeout_ms == 0 || server.keep_alive_timeout_ms == 0 {
             return invalid("server.header_read_timeout_ms and keep_alive_timeout_ms must be at least 1".into());
+        }
+        if !(HEADER_BYTES_MIN..=HEADER_BYTES_LIMIT).contains(&server.header_bytes_max) {
+            return invalid(format!("server.header_bytes_max must be in {HEADER_BYTES_MIN}..={HEADER_BYTES_LIMIT}"));
         }
         if server.connections_max == 0 || server.connections_max > CONNECTIONS_MAX_LIMIT {
             return invalid(format!("server.connections_max must be in 1..={CONNECTIONS_MAX_LIMIT}"));

@@ -11,6 +11,8 @@
 //!   `server.header_read_timeout_ms` of being accepted or of the head's
 //!   first byte: slowloris clients that trickle a request line, or connect
 //!   and send nothing, are closed (`reason="header_timeout"`).
+//! * **Heads** — at most `server.header_bytes_max` bytes (431 beyond),
+//!   which is also the most a connection buffers while reading.
 //! * **Keep-alive** — between requests a connection may stay silent for
 //!   `server.keep_alive_timeout_ms` (`reason="idle_timeout"`).
 //! * While a request is in flight (from its head to the last byte of its
@@ -48,7 +50,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::config::ServerConfig;
+use crate::config::{HEADER_BYTES_MIN, ServerConfig};
 use crate::metrics::{CloseReason, ClosedLabels, ConnectionMetrics};
 
 /// How long the accept loop waits after an accept error that is not about
@@ -61,6 +63,7 @@ pub struct Bounds {
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
     pub connections_max: usize,
+    pub header_bytes_max: usize,
 }
 
 impl Bounds {
@@ -69,6 +72,7 @@ impl Bounds {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             keep_alive_timeout: Duration::from_millis(config.keep_alive_timeout_ms),
             connections_max: config.connections_max,
+            header_bytes_max: config.header_bytes_max.max(HEADER_BYTES_MIN),
         }
     }
 }
@@ -147,7 +151,11 @@ impl Connection {
         let mut builder = http1::Builder::new();
         // Ours (the `Watch`) replaces hyper's header timeout, which would
         // also end idle keep-alive connections at the same deadline.
-        builder.header_read_timeout(None).keep_alive(true);
+        builder
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(self.bounds.header_bytes_max)
+            .max_header_size(self.bounds.header_bytes_max);
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);
         let mut stopping = false;
@@ -372,6 +380,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(1),
             keep_alive_timeout: Duration::from_secs(60),
             connections_max: 1,
+            header_bytes_max: HEADER_BYTES_MIN,
         }
     }
 
