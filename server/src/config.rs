@@ -72,6 +72,13 @@ pub struct ServerConfig {
     /// Connections open at once; one more is accepted and closed at once
     /// (counted in `tally_http_connections_refused_total`).
     pub connections_max: usize,
+    /// With `tls_key`: serve HTTPS with this PEM certificate chain (leaf
+    /// first). Without both, plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +96,8 @@ impl Default for ServerConfig {
             keep_alive_timeout_ms: 75_000,
             header_bytes_max: 65_536,
             connections_max: 10_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -447,6 +456,9 @@ impl Config {
         }
         if server.connections_max == 0 || server.connections_max > CONNECTIONS_MAX_LIMIT {
             return invalid(format!("server.connections_max must be in 1..={CONNECTIONS_MAX_LIMIT}"));
+        }
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            return invalid("server.tls_cert and server.tls_key go together: set both or neither".into());
         }
         let api = &self.api;
         if api.ttl_seconds_default == 0 || api.ttl_seconds_default > api.ttl_seconds_max {

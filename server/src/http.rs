@@ -19,6 +19,10 @@
 //!   answer) neither timeout runs: the router's `request_timeout_ms` bounds
 //!   the handler, body read included, and an event stream lives as long as
 //!   its subscriber (bounded by `events.subscribers_max`).
+//! * **TLS** — with `server.tls_cert` and `tls_key`, every connection is
+//!   TLS (rustls on the `ring` provider, TLS 1.2 and 1.3, ALPN
+//!   `http/1.1`); the handshake must finish within the header timeout
+//!   (`reason="tls_handshake"` otherwise, or when it fails).
 //! * **Shutdown** — when `stop` turns true: no more accepts; every
 //!   connection finishes the request it is serving and closes (hyper's
 //!   graceful shutdown, idle ones at once); `serve` returns when all are
@@ -31,6 +35,7 @@
 //! deadline of the current phase and wakes on every change.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -48,6 +53,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tower::Service;
 
 use crate::config::{HEADER_BYTES_MIN, ServerConfig};
@@ -77,13 +86,53 @@ impl Bounds {
     }
 }
 
-/// Serves `router` on `listener` until `stop` turns true, then waits for
-/// the open connections to finish (see the module docs).
+/// Why the TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls_cert {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("server.tls_key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("server.tls_cert and tls_key do not make a TLS server: {0}")]
+    Config(String),
+}
+
+/// The TLS side of the port from a PEM certificate chain and its key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let cert_error = |reason: String| TlsError::Cert { path: cert.to_owned(), reason };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_error("no certificate in the file".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key { path: key.to_owned(), reason: e.to_string() })?;
+    // ring, not aws-lc-rs: the build needs no cmake or C toolchain. rustls
+    // deprecates it for having no post-quantum key exchange (X25519MLKEM768),
+    // which docs/SECURITY.md lists as not protected.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` on `listener` (TLS on each connection with `tls`) until
+/// `stop` turns true, then waits for the open connections to finish (see
+/// the module docs).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     bounds: Bounds,
     metrics: Arc<ConnectionMetrics>,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(bounds.connections_max));
@@ -110,10 +159,21 @@ pub async fn serve(
         metrics.accepted.inc();
         let connection =
             Connection { peer, router: router.clone(), bounds, metrics: Arc::clone(&metrics), stop: stop.clone() };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let metrics = Arc::clone(&connection.metrics);
             metrics.open.inc();
-            connection.run(stream).await;
+            match tls {
+                None => connection.run(stream).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(bounds.header_read_timeout, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => connection.run(stream).await,
+                        Ok(Err(error)) => connection.handshake_failed(&error.to_string()),
+                        Err(_) => connection.handshake_failed("not done within server.header_read_timeout_ms"),
+                    }
+                }
+            }
             metrics.open.dec();
             drop(permit);
         });
@@ -139,6 +199,11 @@ struct Connection {
 }
 
 impl Connection {
+    fn handshake_failed(&self, why: &str) {
+        self.metrics.closed.get_or_create(&ClosedLabels { reason: CloseReason::tls_handshake }).inc();
+        tracing::debug!(peer = %self.peer, why, "TLS handshake failed; connection closed");
+    }
+
     /// Serves HTTP/1 on `io` until the client closes, a deadline passes, or
     /// shutdown ends it.
     async fn run<T>(mut self, io: T)
