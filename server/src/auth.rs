@@ -155,6 +155,19 @@ struct Failures {
 }
 
 impl Failures {
+    /// The bucket `ip`'s failures went to, if any: its own, or the overflow
+    /// bucket when the table is full without it. Adds nothing: callers
+    /// that never fail take no room.
+    fn charged(&mut self, ip: IpAddr) -> Option<&mut Bucket> {
+        if self.buckets.contains_key(&ip) {
+            self.buckets.get_mut(&ip)
+        } else if self.buckets.len() >= self.ips_max {
+            Some(&mut self.overflow)
+        } else {
+            None
+        }
+    }
+
     /// The bucket of `ip`: its own, a new one if there is room (after
     /// forgetting the addresses whose bucket is full again), or the
     /// overflow bucket.
@@ -223,7 +236,8 @@ impl Auth {
                 (key.name.clone(), rate)
             })
             .collect();
-        let failures = (config.failure_rate_per_second > 0).then(|| {
+        // Open (no keys), nothing can fail.
+        let failures = (config.failure_rate_per_second > 0 && !config.keys.is_empty()).then(|| {
             let rate = Rate::new(config.failure_rate_per_second, config.failure_rate_burst);
             Mutex::new(Failures {
                 rate,
@@ -302,7 +316,7 @@ impl Auth {
         let Some(failures) = &self.failures else { return Ok(()) };
         let mut failures = failures.lock();
         let (rate, now) = (failures.rate, Instant::now());
-        failures.bucket(ip, now).check(rate, now)
+        failures.charged(ip).map_or(Ok(()), |bucket| bucket.check(rate, now))
     }
 
     /// Counts a failed authentication from `ip`.

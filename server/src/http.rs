@@ -178,7 +178,9 @@ pub async fn serve(
             drop(permit);
         });
     }
-    // Every connection holds a permit until it closes.
+    // No more accepts: a new client is refused instead of waiting in the
+    // backlog. Every connection holds a permit until it closes.
+    drop(listener);
     let all = u32::try_from(bounds.connections_max).unwrap_or(u32::MAX);
     let _closed = permits.acquire_many(all).await;
 }
