@@ -249,10 +249,12 @@ async fn perform(http: &mut Http, call: &Call) -> Result<Outcome, HttpError> {
     let (status, body) = http.request(method, &path, body).await?;
     let code = body["code"].as_str().unwrap_or("");
     if status.is_server_error() {
-        // The API promises that `unavailable` (no reachable leader) and
-        // `overloaded` (queue full) applied nothing: the checker holds it
-        // to that by reading them as refusals. Anything else may have.
-        if matches!(code, "unavailable" | "overloaded") && !matches!(call, Call::Read { .. }) {
+        // The API promises that `unavailable` (no reachable leader),
+        // `overloaded` (queue full) and `shard_stopped` (the shard stopped
+        // on that node before anything reached its log) applied nothing:
+        // the checker holds it to that by reading them as refusals.
+        // Anything else may have.
+        if matches!(code, "unavailable" | "overloaded" | "shard_stopped") && !matches!(call, Call::Read { .. }) {
             return Ok(Outcome::Refused { code: code.to_owned() });
         }
         return Ok(Outcome::Unknown { why: format!("{status} {code}") });

@@ -98,7 +98,8 @@ pub enum Flow {
 /// The faults of one link, in both directions.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
-    /// Client→server: the dialing node's requests (and its hello).
+    /// Client→server: the dialing node's requests (and its handshake frames:
+    /// hello and proof).
     pub forward: Flow,
     /// Server→client: the answers.
     pub backward: Flow,

@@ -3,7 +3,13 @@
 //!
 //! These are per node and shape no outcome, unlike `engine::Limits`, which
 //! are replicated. The server's TOML file carries them under `[cluster]`.
+//!
+//! **Protected mode**: a node whose peer port listens beyond loopback must
+//! have a `secret`, or it refuses to start (`validate`): without one, anyone
+//! who reaches the port could speak for any node (docs/SECURITY.md).
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use engine::WalConfig;
@@ -20,15 +26,78 @@ pub struct Member {
     pub addr: String,
 }
 
+/// Shortest accepted `secret`, in bytes: 16 random bytes are out of reach of
+/// guessing; a shorter string is a password, not a key.
+pub const SECRET_LEN_MIN: usize = 16;
+
+/// The secret a cluster's nodes share to authenticate their peer
+/// connections (`transport`: an HMAC-SHA256 challenge-response). It is never
+/// shown: `Debug` and `Serialize` (what `tally check-config` prints) write
+/// `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: impl Into<String>) -> Secret {
+        Secret(text.into())
+    }
+
+    /// The key bytes, for the MAC only.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+/// Whether `listen` (`host:port`) can only be reached from this machine: a
+/// loopback IP, or the name `localhost`. Any other name counts as reachable
+/// from elsewhere, since it may resolve to anything.
+pub fn is_loopback_listen(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return addr.ip().to_canonical().is_loopback();
+    }
+    listen.rsplit_once(':').is_some_and(|(host, _port)| host.eq_ignore_ascii_case("localhost"))
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This node's id (1 or more).
     pub node_id: NodeId,
     /// Where the peer transport listens, `host:port` (port 0 picks one).
+    /// Beyond loopback, `secret` is required (protected mode).
     pub listen: String,
+    /// Shared by every node of the cluster (at least `SECRET_LEN_MIN`
+    /// bytes): a peer connection is served only once both sides proved they
+    /// know it. `None`: only nodes with no secret either can connect, and
+    /// the node must listen on loopback. Set it in the file or, better, in
+    /// `TALLY_CLUSTER__SECRET`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
     /// The initial voters, this node among them. A node not listed here
-    /// never initializes a group; it waits to be added (`add_learner`).
+    /// never initializes a group; it waits to be added (`add_learner`),
+    /// and lists the cluster's current voters here: until a leader reaches
+    /// it, these are the only nodes it admits on its peer port.
     pub members: Vec<Member>,
     /// Addresses this node dials some peers at instead of the addresses in
     /// the membership: a proxy or NAT between the nodes (the chaos harness
@@ -57,8 +126,16 @@ pub struct ClusterConfig {
     /// take. `false` builds them on the shard's actor, which pauses the
     /// shard while it serialises its state (tens of ms for a large shard).
     pub snapshot_from_shadow: bool,
-    /// Largest snapshot this node accepts from a leader.
+    /// Largest snapshot this node accepts from a leader, and the most bytes
+    /// of snapshots being received it holds at once, over all peers.
     pub snapshot_size_max: u64,
+    /// Snapshot transfers one peer may have in progress here at once (one
+    /// per shard it leads that this node needs); a chunk starting another is
+    /// refused, and the leader retries later.
+    pub snapshot_transfers_per_peer_max: usize,
+    /// A snapshot transfer that receives no chunk for this long is
+    /// abandoned: its bytes are dropped.
+    pub snapshot_transfer_idle_timeout_ms: u64,
     /// Bytes per snapshot chunk on the wire.
     pub snapshot_chunk_size: usize,
     /// Entries per AppendEntries RPC, and per read of the log while a
@@ -78,11 +155,21 @@ pub struct ClusterConfig {
     pub retry_window_ms: u64,
     /// Timeout of one RPC to a peer (Raft, forwarding, read index).
     pub rpc_timeout_ms: u64,
+    /// Bound on connecting to a peer, and on the handshake (hello and
+    /// proofs) of either side.
     pub connect_timeout_ms: u64,
     /// Largest frame on a peer connection.
     pub frame_size_max: u32,
     /// Requests in flight per peer connection.
     pub peer_requests_in_flight_max: u32,
+    /// Peer connections this node accepts and keeps open at once,
+    /// handshakes included; more are closed at once.
+    pub peer_connections_incoming_max: u32,
+    /// An incoming peer connection that sends nothing for this long while
+    /// none of its requests is running is closed (the peer reconnects when
+    /// it next calls); so is any connection whose frame stops arriving
+    /// midway for this long.
+    pub peer_idle_timeout_ms: u64,
     /// Events buffered for slow subscribers before they miss some.
     pub event_buffer_max: usize,
     /// How often a leader checks whether a group's preferred leader is back
@@ -97,6 +184,7 @@ impl Default for ClusterConfig {
         Self {
             node_id: 1,
             listen: "127.0.0.1:7001".into(),
+            secret: None,
             members: vec![Member { id: 1, addr: "127.0.0.1:7001".into() }],
             dial: Vec::new(),
             shards: 8,
@@ -110,6 +198,8 @@ impl Default for ClusterConfig {
             snapshots_kept: 2,
             snapshot_from_shadow: true,
             snapshot_size_max: 4 << 30,
+            snapshot_transfers_per_peer_max: 8,
+            snapshot_transfer_idle_timeout_ms: 30_000,
             snapshot_chunk_size: 4 << 20,
             append_entries_max: 256,
             batch_size_max: 1024,
@@ -120,6 +210,8 @@ impl Default for ClusterConfig {
             connect_timeout_ms: 500,
             frame_size_max: 64 << 20,
             peer_requests_in_flight_max: 4096,
+            peer_connections_incoming_max: 256,
+            peer_idle_timeout_ms: 60_000,
             event_buffer_max: 65_536,
             rebalance_interval_ms: 2_000,
             wal: WalConfig::default(),
@@ -132,6 +224,23 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id == 0 {
             return Err("node_id must be at least 1".into());
+        }
+        match &self.secret {
+            Some(secret) if secret.len() < SECRET_LEN_MIN => {
+                return Err(format!(
+                    "secret must be at least {SECRET_LEN_MIN} bytes (e.g. `openssl rand -hex 32`), the same on every node"
+                ));
+            }
+            Some(_) => {}
+            None if !is_loopback_listen(&self.listen) => {
+                return Err(format!(
+                    "listen is {:?}, not loopback, and no secret is set: anyone who reaches the peer port could \
+                     take the cluster. Set cluster.secret (or TALLY_CLUSTER__SECRET) to the same random value on \
+                     every node, or listen on 127.0.0.1",
+                    self.listen
+                ));
+            }
+            None => {}
         }
         if self.shards == 0 || self.shards > u32::from(u16::MAX) {
             return Err(format!("shards must be in 1..={}", u16::MAX));
@@ -165,6 +274,16 @@ impl ClusterConfig {
         }
         if self.append_entries_max == 0 {
             return Err("append_entries_max must be at least 1".into());
+        }
+        if self.snapshot_transfers_per_peer_max == 0 || self.snapshot_transfer_idle_timeout_ms == 0 {
+            return Err(
+                "snapshot_transfers_per_peer_max and snapshot_transfer_idle_timeout_ms must be at least 1".into()
+            );
+        }
+        if self.peer_connections_incoming_max == 0 || self.peer_idle_timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            return Err(
+                "peer_connections_incoming_max, peer_idle_timeout_ms and connect_timeout_ms must be at least 1".into(),
+            );
         }
         Ok(())
     }

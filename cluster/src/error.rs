@@ -1,6 +1,7 @@
 //! Errors of the cluster layer. Each says whether a retry can help and, for
 //! the HTTP layer, maps to one status and a stable code.
 
+use crate::health::{FailureCause, ShardFailure};
 use crate::types::NodeId;
 
 /// Why a command got no outcome.
@@ -24,6 +25,11 @@ pub enum SubmitError {
     /// This node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The shard stopped on this node (its storage failed, or one of its
+    /// rules was found broken: `health`). Nothing was applied through this
+    /// node; another node may serve the shard.
+    #[error("shard {shard} stopped on this node ({}): {detail}; another node may serve it", cause.code())]
+    ShardStopped { shard: u32, cause: FailureCause, detail: String },
 }
 
 impl SubmitError {
@@ -34,7 +40,12 @@ impl SubmitError {
             SubmitError::Overloaded { .. } => "overloaded",
             SubmitError::Invalid(_) => "invalid_request",
             SubmitError::ShuttingDown => "shutting_down",
+            SubmitError::ShardStopped { .. } => "shard_stopped",
         }
+    }
+
+    pub(crate) fn stopped(failure: ShardFailure) -> Self {
+        SubmitError::ShardStopped { shard: failure.shard, cause: failure.cause, detail: failure.detail }
     }
 }
 
@@ -47,6 +58,10 @@ pub enum ReadError {
     Invalid(String),
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The shard stopped on this node (see `SubmitError::ShardStopped`):
+    /// its copy here is no longer kept up, or not to be trusted.
+    #[error("shard {shard} stopped on this node ({}): {detail}; another node may serve it", cause.code())]
+    ShardStopped { shard: u32, cause: FailureCause, detail: String },
 }
 
 impl ReadError {
@@ -55,7 +70,12 @@ impl ReadError {
             ReadError::Unavailable { .. } => "unavailable",
             ReadError::Invalid(_) => "invalid_request",
             ReadError::ShuttingDown => "shutting_down",
+            ReadError::ShardStopped { .. } => "shard_stopped",
         }
+    }
+
+    pub(crate) fn stopped(failure: ShardFailure) -> Self {
+        ReadError::ShardStopped { shard: failure.shard, cause: failure.cause, detail: failure.detail }
     }
 }
 
@@ -98,4 +118,6 @@ pub(crate) enum ProposeError {
     Unknown(String),
     Overloaded,
     Closed,
+    /// The shard stopped on this node; nothing was proposed.
+    Stopped,
 }

@@ -11,16 +11,23 @@
 //! * `state_machine` — `RaftStateMachine` on the shard actor; engine snapshots.
 //! * `shadow` — the shard's shadow replica, which snapshots are built from
 //!   off the shard thread.
-//! * `transport` — one multiplexed TCP connection per peer, rkyv frames.
+//! * `transport` — one multiplexed TCP connection per peer, rkyv frames,
+//!   mutually authenticated by the cluster's shared secret.
 //! * `wire` — every message peers exchange.
 //! * `network` — openraft's network on the transport, shared by all groups.
 //! * `proposer` — per-shard batching of commands into log entries, and ticks.
 //! * `forwarder` — per-shard batching of commands forwarded to the leader.
+//! * `health` — whether each shard still runs on this node, and why not: one
+//!   mechanism for storage failures and broken invariants.
+//! * `inbound` — snapshots being received, bounded per peer, in bytes and
+//!   in time.
 //! * `node` — the groups of a process and the API for the server layer.
 
 pub mod config;
 pub mod error;
 mod forwarder;
+pub mod health;
+mod inbound;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -33,8 +40,9 @@ pub mod transport;
 pub mod types;
 pub mod wire;
 
-pub use config::{ClusterConfig, Member};
+pub use config::{ClusterConfig, Member, Secret};
 pub use error::{AdminError, ReadError, StartError, SubmitError};
+pub use health::{FailureCause, ShardFailure};
 pub use node::{ClusterStatus, Node, NodeStats, ShardStatus, Stale};
 pub use saga::{SagaOutcome, SagaPart};
 pub use state_machine::{NodeEvent, SnapshotStats};

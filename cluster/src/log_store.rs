@@ -18,6 +18,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
+use crate::health::ShardHealth;
 use crate::proposer::Clock;
 use crate::shard_thread::ShardThread;
 use crate::types::{
@@ -46,12 +47,33 @@ pub struct LogStore {
     clock: Option<Arc<Clock>>,
     /// The thread the shard's write path runs on.
     thread: Arc<ShardThread>,
+    /// Where a failure of the WAL is recorded: the shard stops on this node.
+    health: ShardHealth,
 }
 
 impl LogStore {
     pub fn new(wal: Wal) -> Self {
         let reader = LogReader { reader: wal.reader(), purge_pending: Arc::new(Mutex::new(None)) };
-        Self { wal: Arc::new(Mutex::new(wal)), reader, clock: None, thread: Arc::default() }
+        Self {
+            wal: Arc::new(Mutex::new(wal)),
+            reader,
+            clock: None,
+            thread: Arc::default(),
+            health: ShardHealth::detached(0),
+        }
+    }
+
+    /// Records WAL failures in `health` (see `health`).
+    pub fn with_health(mut self, health: ShardHealth) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Test hook: the WAL's next fsync fails with EIO (see
+    /// `Wal::fail_next_sync`).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_sync(&self) {
+        self.wal.lock().fail_next_sync();
     }
 
     /// Checks that appends run on `thread` (see `shard_thread`).
@@ -176,11 +198,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.wal.lock().save_vote(vote_to_engine(vote)).map_err(to_io)
+        let mut wal = self.wal.lock();
+        wal.save_vote(vote_to_engine(vote)).map_err(|error| self.health.wal_error(error, wal.failure()))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.wal.lock().save_committed(committed.as_ref().map(log_id_to_engine)).map_err(to_io)
+        let mut wal = self.wal.lock();
+        wal.save_committed(committed.as_ref().map(log_id_to_engine))
+            .map_err(|error| self.health.wal_error(error, wal.failure()))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -207,14 +232,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let mut wal = self.wal.lock();
-        wal.append_framed(entries.iter().map(|(entry, frame)| (entry, frame.as_ref()))).map_err(to_io)?;
-        // The flusher thread calls back after the fsync that covers this append.
-        wal.flush(Box::new(move |result| callback.io_completed(result)));
+        wal.append_framed(entries.iter().map(|(entry, frame)| (entry, frame.as_ref())))
+            .map_err(|error| self.health.wal_error(error, wal.failure()))?;
+        // The flusher thread calls back after the fsync that covers this
+        // append. A failed sync is recorded before openraft hears of it (and
+        // stops the group): from then on the node refuses the shard.
+        let health = self.health.clone();
+        wal.flush(Box::new(move |result| {
+            let result = result.map_err(|error| health.io_error("WAL flush", error));
+            callback.io_completed(result);
+        }));
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.wal.lock().truncate_after(last_log_id.as_ref().map(log_id_to_engine)).map_err(to_io)
+        let mut wal = self.wal.lock();
+        wal.truncate_after(last_log_id.as_ref().map(log_id_to_engine))
+            .map_err(|error| self.health.wal_error(error, wal.failure()))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -230,12 +264,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if beyond_end {
                 *pending = Some(log_id);
                 drop(pending);
-                return self.wal.lock().purge(log_id_to_engine(&log_id)).map_err(to_io);
+                let mut wal = self.wal.lock();
+                return wal
+                    .purge(log_id_to_engine(&log_id))
+                    .map_err(|error| self.health.wal_error(error, wal.failure()));
             }
             pending.replace(log_id)
         };
         match previous {
-            Some(previous) => self.wal.lock().purge(log_id_to_engine(&previous)).map_err(to_io),
+            Some(previous) => {
+                let mut wal = self.wal.lock();
+                wal.purge(log_id_to_engine(&previous)).map_err(|error| self.health.wal_error(error, wal.failure()))
+            }
             None => Ok(()),
         }
     }

@@ -15,7 +15,7 @@
 //!   Restarts resume from the WAL and the newest snapshot. While up, a
 //!   preferred leader gets its groups back (rebalancing).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,13 +38,15 @@ use tokio::task::JoinHandle;
 use crate::config::ClusterConfig;
 use crate::error::{AdminError, ProposeError, ReadError, StartError, SubmitError};
 use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
+use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
+use crate::inbound::{Chunk, InboundLimits, InboundSnapshots};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Clock, Proposer, ProposerSettings, ProposerStats};
 use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, SnapshotCounters, SnapshotStats, StateMachine};
-use crate::transport::{Handler, Transport, TransportConfig};
+use crate::transport::{Handler, Transport, TransportConfig, TransportStats};
 use crate::types::{
     MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
     log_id_to_engine, vote_from_engine, vote_to_engine,
@@ -64,12 +66,8 @@ struct Group {
     thread: Arc<ShardThread>,
     /// Snapshots built, fallbacks to the actor, last build time.
     snapshot_counters: Arc<SnapshotCounters>,
-}
-
-/// A snapshot being received from a leader.
-struct Inbound {
-    transfer: u64,
-    image: Vec<u8>,
+    /// Whether the group still runs on this node (see `health`).
+    health: ShardHealth,
 }
 
 struct Inner {
@@ -83,9 +81,12 @@ struct Inner {
     /// Request ids: this node's id, a per-boot nonce, a counter.
     request_prefix: [u8; 8],
     request_seq: AtomicU64,
-    inbound: Mutex<HashMap<(NodeId, u32), Inbound>>,
+    /// Snapshots being received, bounded (`inbound`).
+    inbound: Mutex<InboundSnapshots>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shut_down: AtomicBool,
+    /// Every shard's health on this node.
+    health: Arc<Health>,
 }
 
 /// A running node. Cheap to clone.
@@ -116,6 +117,9 @@ pub struct ShardStatus {
     pub lag: BTreeMap<NodeId, u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// Why the shard stopped on this node, if it did (then `leader` is
+    /// `None` and `role` is `"Stopped"`: this node no longer follows it).
+    pub failure: Option<ShardFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +162,16 @@ pub struct NodeStats {
     /// Stages of the write path (propose, append, apply, answer) that ran
     /// off their shard's thread: 0 while DESIGN §10's thread model holds.
     pub write_path_off_thread: u64,
+    /// Snapshot transfers from leaders in progress here, and the image
+    /// bytes they hold (at most `snapshot_size_max` together).
+    pub snapshot_transfers_inbound: u64,
+    pub snapshot_inbound_bytes: u64,
+    /// Inbound snapshot transfers dropped or refused: abandoned for
+    /// `snapshot_transfer_idle_timeout_ms`, replaced, evicted for bytes,
+    /// beyond `snapshot_transfers_per_peer_max`, out of order.
+    pub snapshot_transfers_dropped: u64,
+    /// The peer transport's counters (connections, handshakes refused, ...).
+    pub peer: TransportStats,
 }
 
 /// The limits a shard with no snapshot starts from, on every replica and
@@ -169,6 +183,10 @@ fn initial_limits() -> Limits {
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How often abandoned snapshot transfers are looked for: a quarter of
+/// their idle timeout, within these.
+const SWEEP_EVERY_MIN: Duration = Duration::from_millis(10);
+const SWEEP_EVERY_MAX: Duration = Duration::from_secs(1);
 
 /// The bounded retry of `submit`, `read` and admin operations: exponential
 /// backoff from 10 ms to 200 ms, for at most `retry_window_ms`.
@@ -247,6 +265,16 @@ impl Node {
     /// `start`, on a listener the caller bound (tests bind port 0 first).
     pub async fn start_on(config: ClusterConfig, listener: TcpListener) -> Result<Node, StartError> {
         config.validate().map_err(StartError::Config)?;
+        // Protected mode, on the address actually bound (`validate` judged
+        // the configured one).
+        let bound =
+            listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+        if config.secret.is_none() && !bound.ip().to_canonical().is_loopback() {
+            return Err(StartError::Config(format!(
+                "the peer port is bound to {bound}, not loopback, and no secret is set: set cluster.secret \
+                 (or TALLY_CLUSTER__SECRET) to the same random value on every node"
+            )));
+        }
         check_identity(&config)?;
         let id = config.node_id;
 
@@ -274,7 +302,10 @@ impl Node {
             TransportConfig {
                 frame_size_max: config.frame_size_max,
                 connect_timeout_ms: config.connect_timeout_ms,
+                secret: config.secret.clone(),
+                idle_timeout_ms: config.peer_idle_timeout_ms,
                 requests_in_flight_max: config.peer_requests_in_flight_max,
+                connections_incoming_max: config.peer_connections_incoming_max,
                 dial: config.dial.iter().map(|m| (m.id, m.addr.clone())).collect(),
                 ..TransportConfig::default()
             },
@@ -315,6 +346,7 @@ impl Node {
         } else {
             None
         };
+        let health = Health::new(config.shards);
         let mut groups = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
         for ((shard, wal), snapshots) in (0..config.shards).zip(wals).zip(stores) {
@@ -339,9 +371,13 @@ impl Node {
                 state_machine = state_machine.with_shadow(shadow, snapshot_thread.clone());
             }
             let thread = Arc::new(ShardThread::default());
-            let state_machine = state_machine.with_thread(Arc::clone(&thread));
+            let shard_health = health.shard(shard);
+            let state_machine = state_machine.with_thread(Arc::clone(&thread)).with_health(shard_health.clone());
             let snapshot_counters = state_machine.counters();
-            let log = LogStore::new(wal).with_clock(Arc::clone(&clock)).with_thread(Arc::clone(&thread));
+            let log = LogStore::new(wal)
+                .with_clock(Arc::clone(&clock))
+                .with_thread(Arc::clone(&thread))
+                .with_health(shard_health.clone());
             let network = GroupNetwork { router: router.clone(), group: shard };
             let settings = ProposerSettings {
                 batch_size_max: config.batch_size_max,
@@ -357,12 +393,13 @@ impl Node {
                 .ok_or_else(|| StartError::Raft { shard, reason: "no thread for the shard".into() })?;
             let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             let on_shard_thread = {
-                let (raft_config, clock, is_leader, thread, log) = (
+                let (raft_config, clock, is_leader, thread, log, shard_health) = (
                     Arc::clone(&raft_config),
                     Arc::clone(&clock),
                     Arc::clone(&is_leader),
                     Arc::clone(&thread),
                     log.clone(),
+                    shard_health.clone(),
                 );
                 async move {
                     thread.claim();
@@ -375,8 +412,9 @@ impl Node {
                                 deadline_rx,
                                 clock,
                                 thread,
+                                shard_health.clone(),
                             );
-                            let watch_task = tokio::spawn(watch_leadership(raft.clone(), id, is_leader));
+                            let watch_task = tokio::spawn(watch_leadership(raft.clone(), id, is_leader, shard_health));
                             Ok((raft, proposer, [proposer_task, watch_task]))
                         }
                         Err(error) => Err(error.to_string()),
@@ -403,7 +441,18 @@ impl Node {
                 },
             );
             tasks.push(forwarder_task);
-            groups.push(Group { shard, raft, proposer, forwarder, actor, is_leader, log, thread, snapshot_counters });
+            groups.push(Group {
+                shard,
+                raft,
+                proposer,
+                forwarder,
+                actor,
+                is_leader,
+                log,
+                thread,
+                snapshot_counters,
+                health: shard_health,
+            });
         }
 
         let mut request_prefix = [0u8; 8];
@@ -412,6 +461,7 @@ impl Node {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         request_prefix[4..].copy_from_slice(&(xor_fold(boot) ^ std::process::id()).to_le_bytes());
 
+        let inbound = Mutex::new(InboundSnapshots::new(inbound_limits(&config)));
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -423,19 +473,24 @@ impl Node {
                 clock,
                 request_prefix,
                 request_seq: AtomicU64::new(0),
-                inbound: Mutex::new(HashMap::new()),
+                inbound,
                 tasks: Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
+                health: Arc::clone(&health),
             }),
         };
         let serve = transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&node.inner) }));
         node.inner.tasks.lock().push(serve);
         let bootstrap = tokio::spawn(bootstrap(node.clone()));
         node.inner.tasks.lock().push(bootstrap);
+        let react = tokio::spawn(react_to_failures(Arc::downgrade(&node.inner), health));
+        node.inner.tasks.lock().push(react);
         if node.inner.config.rebalance_interval_ms > 0 {
             let rebalance = tokio::spawn(rebalance(Arc::downgrade(&node.inner)));
             node.inner.tasks.lock().push(rebalance);
         }
+        let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&node.inner)));
+        node.inner.tasks.lock().push(sweep);
         Ok(node)
     }
 
@@ -502,8 +557,15 @@ impl Node {
         request_id: RequestId,
     ) -> Result<Outcome, SubmitError> {
         let mut outcomes = self.submit_many_with_ids(shard, vec![command], vec![request_id]).await?;
-        debug_assert_eq!(outcomes.len(), 1);
-        outcomes.pop().ok_or_else(|| SubmitError::Unknown { shard, reason: "no outcome for the command".into() })
+        // A real check: the lists below are checked where they are split,
+        // and a second outcome would belong to someone else.
+        match (outcomes.pop(), outcomes.is_empty()) {
+            (Some(outcome), true) => Ok(outcome),
+            (answered, _) => Err(SubmitError::Unknown {
+                shard,
+                reason: format!("{} outcomes for one command", outcomes.len() + usize::from(answered.is_some())),
+            }),
+        }
     }
 
     /// Submits a list of commands to `shard` as one proposal (one entry,
@@ -539,6 +601,9 @@ impl Node {
             if inner.shut_down.load(Ordering::Acquire) {
                 return Err(SubmitError::ShuttingDown);
             }
+            if let Some(failure) = group.health.failure() {
+                return Err(stopped_submit(maybe_applied, failure));
+            }
             let leader = group.raft.current_leader().await;
             let attempt = match leader {
                 Some(leader) if leader == inner.id => {
@@ -554,7 +619,7 @@ impl Node {
                             return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
                         }
                         Err(ProposeError::Closed) => return Err(SubmitError::ShuttingDown),
-                        Err(ProposeError::NotLeader(_)) => None,
+                        Err(ProposeError::NotLeader(_) | ProposeError::Stopped) => None,
                         Err(ProposeError::Unknown(reason)) => Some(reason),
                     }
                 }
@@ -572,6 +637,11 @@ impl Node {
             };
             if let Some(reason) = attempt {
                 maybe_applied = Some(reason);
+            }
+            // The shard may have stopped under this attempt: say so now,
+            // not after the retry window.
+            if let Some(failure) = group.health.failure() {
+                return Err(stopped_submit(maybe_applied, failure));
             }
             if !retry.pause().await {
                 return Err(match maybe_applied {
@@ -591,6 +661,9 @@ impl Node {
     ) -> Result<R, ReadError> {
         let inner = &self.inner;
         let group = inner.group(shard).ok_or_else(|| ReadError::Invalid(format!("shard {shard} does not exist")))?;
+        if let Some(failure) = group.health.failure() {
+            return Err(ReadError::stopped(failure));
+        }
         let index = self.read_index(group).await?;
         let timeout = inner.rpc_timeout();
         // Wait until this node has applied what the leader committed.
@@ -611,6 +684,10 @@ impl Node {
     ) -> Result<Stale<R>, ReadError> {
         let group =
             self.inner.group(shard).ok_or_else(|| ReadError::Invalid(format!("shard {shard} does not exist")))?;
+        // A stopped copy is no longer kept up (or not to be trusted).
+        if let Some(failure) = group.health.failure() {
+            return Err(ReadError::stopped(failure));
+        }
         let answer = group
             .actor
             .send(Read::new(move |state| {
@@ -630,6 +707,9 @@ impl Node {
         loop {
             if inner.shut_down.load(Ordering::Acquire) {
                 return Err(ReadError::ShuttingDown);
+            }
+            if let Some(failure) = group.health.failure() {
+                return Err(ReadError::stopped(failure));
             }
             match group.raft.current_leader().await {
                 Some(leader) if leader == inner.id => {
@@ -682,10 +762,11 @@ impl Node {
                         .collect()
                 })
                 .unwrap_or_default();
+            let failure = group.health.failure();
             shards.push(ShardStatus {
                 shard: group.shard,
-                leader: metrics.current_leader,
-                role: format!("{:?}", metrics.state),
+                leader: if failure.is_some() { None } else { metrics.current_leader },
+                role: if failure.is_some() { "Stopped".to_owned() } else { format!("{:?}", metrics.state) },
                 term: metrics.current_term,
                 last_log_index: metrics.last_log_index,
                 committed_index: metrics.local_committed.as_ref().map(|id| id.index),
@@ -695,9 +776,45 @@ impl Node {
                 lag,
                 voters: membership.voter_ids().collect(),
                 learners: membership.learner_ids().collect(),
+                failure,
             });
         }
         ClusterStatus { node_id: self.inner.id, nodes, shards }
+    }
+
+    /// The shards that stopped on this node, and why (see `health`). Empty
+    /// while every shard runs.
+    pub fn failures(&self) -> Vec<ShardFailure> {
+        self.inner.health.failures()
+    }
+
+    /// Stops `shard` on this node because a check outside the cluster layer
+    /// found its state broken (a read that met a corrupt lookup): the same
+    /// stop as a failed WAL or a failed state check (see `health`).
+    pub fn stop_shard(&self, shard: u32, detail: impl Into<String>) {
+        if let Some(group) = self.inner.group(shard) {
+            group.health.fail(FailureCause::InvariantBroken, detail);
+        }
+    }
+
+    /// Test hook: the next fsync of `shard`'s WAL fails with EIO, as on a
+    /// failing disk (`fault-injection` builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fsync_failure(&self, shard: u32) {
+        if let Some(group) = self.inner.group(shard) {
+            group.log.fail_next_sync();
+        }
+    }
+
+    /// Test hook: breaks `shard`'s state on this node, as a bug would
+    /// (`engine::actor::BreakInvariant`): the next snapshot built by the
+    /// actor, or the next lookup of the broken name, finds it
+    /// (`fault-injection` builds only).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_broken_invariant(&self, shard: u32, how: engine::actor::BreakInvariant) {
+        if let Some(group) = self.inner.group(shard) {
+            let _ = group.actor.send(how).await;
+        }
     }
 
     /// Counters summed over this node's shards.
@@ -721,6 +838,11 @@ impl Node {
             stats.fsync_latency_us.merge(&wal.sync_latency_us);
             stats.write_path_off_thread += group.thread.off_thread();
         }
+        let inbound = self.inner.inbound.lock().stats();
+        stats.snapshot_transfers_inbound = inbound.transfers;
+        stats.snapshot_inbound_bytes = inbound.bytes;
+        stats.snapshot_transfers_dropped = inbound.dropped;
+        stats.peer = self.inner.transport.stats();
         stats
     }
 
@@ -829,6 +951,8 @@ impl Node {
         if inner.shut_down.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Groups stopping from here on are not failures.
+        inner.health.close();
         inner.transport.shutdown();
         for task in inner.tasks.lock().drain(..) {
             task.abort();
@@ -887,18 +1011,104 @@ async fn apply_admin(raft: &Raft, op: AdminOp) -> Result<(), String> {
     }
 }
 
-/// Keeps `is_leader` true exactly while this node leads the group.
-async fn watch_leadership(raft: Raft, id: NodeId, is_leader: Arc<AtomicBool>) {
+/// Keeps `is_leader` true exactly while this node leads the group, and
+/// records a group whose core stopped on its own (openraft stops it on any
+/// storage error, and on a panic) as failed, if nothing recorded why first.
+async fn watch_leadership(raft: Raft, id: NodeId, is_leader: Arc<AtomicBool>, health: ShardHealth) {
     let mut metrics = raft.metrics();
     loop {
-        let leading = {
+        let (leading, stopped) = {
             let m = metrics.borrow_and_update();
-            m.state == ServerState::Leader && m.current_leader == Some(id)
+            (m.state == ServerState::Leader && m.current_leader == Some(id), m.running_state.clone().err())
         };
-        is_leader.store(leading, Ordering::Release);
-        if metrics.changed().await.is_err() {
+        is_leader.store(leading && !health.is_failed(), Ordering::Release);
+        let closed = metrics.changed().await.is_err();
+        let stopped = stopped.or_else(|| metrics.borrow_watched().running_state.clone().err());
+        if let Some(fatal) = stopped {
+            is_leader.store(false, Ordering::Release);
+            if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                health.fail(FailureCause::RaftStopped, format!("the group's raft core stopped: {fatal}"));
+            }
+            return;
+        }
+        if closed {
             is_leader.store(false, Ordering::Release);
             return;
+        }
+    }
+}
+
+/// What a submit answers once its shard stopped: unknown if an attempt may
+/// have reached the log before the stop (it may still commit through the
+/// other nodes, or after a restart), else "stopped", which applied nothing.
+fn stopped_submit(maybe_applied: Option<String>, failure: ShardFailure) -> SubmitError {
+    match maybe_applied {
+        Some(reason) => SubmitError::Unknown { shard: failure.shard, reason: format!("{reason}; then {failure}") },
+        None => SubmitError::stopped(failure),
+    }
+}
+
+/// Reacts to each shard that stops on this node (`health`), once: stops its
+/// Raft core, so the node appends, acknowledges and votes nothing more for
+/// it, and if this node led it, hands the leadership to the most caught-up
+/// other voter (`hand_over`), so the others serve it without waiting out an
+/// election timeout.
+async fn react_to_failures(inner: std::sync::Weak<Inner>, health: Arc<Health>) {
+    let mut handled: BTreeSet<u32> = BTreeSet::new();
+    loop {
+        health.changed().await;
+        if health.is_closed() {
+            return;
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        for failure in health.failures() {
+            if !handled.insert(failure.shard) {
+                continue;
+            }
+            let Some(group) = inner.group(failure.shard) else {
+                continue;
+            };
+            group.is_leader.store(false, Ordering::Release);
+            let _ = group.raft.shutdown().await;
+            hand_over(&inner, group).await;
+        }
+    }
+}
+
+/// After `group`'s core stopped on this node: if it led the group, asks the
+/// other voters to elect the most caught-up of them at once. openraft's
+/// own `transfer_leader` needs a running core; this sends the same request
+/// it would (`TransferLeader`), from the last view the core published: every
+/// voter drops the old leader's lease, and the target, once its log holds
+/// what this node saw it match, starts an election. Raft's vote still
+/// decides: a target missing committed entries cannot win. Without this the
+/// others elect a leader anyway, one election timeout later.
+async fn hand_over(inner: &Inner, group: &Group) {
+    let metrics = group.raft.metrics().borrow_watched().clone();
+    if metrics.current_leader != Some(inner.id) {
+        return;
+    }
+    let others: Vec<NodeId> =
+        metrics.membership_config.membership().voter_ids().filter(|voter| *voter != inner.id).collect();
+    let matched =
+        |voter: &NodeId| metrics.replication.as_ref().and_then(|replication| replication.get(voter).cloned()).flatten();
+    let Some(target) = others.iter().copied().max_by_key(|voter| matched(voter).map(|log_id| log_id.index)) else {
+        return;
+    };
+    let request = Request::TransferLeader {
+        group: group.shard,
+        from_leader: vote_to_engine(&metrics.vote),
+        to: target,
+        last_log_id: matched(&target).as_ref().map(log_id_to_engine),
+    };
+    tracing::warn!(shard = group.shard, to = target, "handing the stopped shard's leadership to another voter");
+    let calls = others.iter().map(|voter| inner.transport.call(*voter, &request, inner.rpc_timeout()));
+    for (voter, answer) in others.iter().zip(futures_util::future::join_all(calls).await) {
+        match answer {
+            Ok(Response::TransferLeader(Ok(()))) => {}
+            other => tracing::warn!(shard = group.shard, voter, ?other, "leadership hand-over not taken"),
         }
     }
 }
@@ -971,7 +1181,18 @@ async fn rebalance(inner: std::sync::Weak<Inner>) {
                 .and_then(|replication| replication.get(&preferred).cloned())
                 .flatten()
                 .is_some_and(|matched| last.saturating_sub(matched.index) <= 16);
-            if caught_up {
+            // And it answers: a node whose copy of the group stopped (its
+            // WAL failed) matches for a while after it stopped answering,
+            // and a hand-over to it would leave the group leaderless until
+            // the next election, again and again.
+            let answer_max = Duration::from_millis(inner.config.election_timeout_min_ms);
+            let answering = metrics
+                .heartbeat
+                .as_ref()
+                .and_then(|heartbeat| heartbeat.get(&preferred).cloned())
+                .flatten()
+                .is_some_and(|acked| openraft::Instant::elapsed(&*acked) <= answer_max);
+            if caught_up && answering {
                 tracing::info!(shard = group.shard, to = preferred, "handing leadership to its preferred node");
                 let _ = group.raft.trigger().transfer_leader(preferred).await;
             }
@@ -1003,6 +1224,30 @@ impl Handler for Service {
                 return Response::Refused(format!("shard {shard} does not exist here"));
             };
             serve(&inner, group, from, request).await
+        })
+    }
+
+    /// A node this one knows: a configured member, a voter or learner of
+    /// any group's membership, or a peer the transport was told about (an
+    /// added learner, a dial address). A node whose groups have no
+    /// membership yet (waiting to be added) knows only its configured
+    /// members; its first leader must be among them.
+    fn admits(&self, peer: NodeId) -> bool {
+        let Some(inner) = self.node.upgrade() else {
+            return false;
+        };
+        if peer == inner.id {
+            return false;
+        }
+        if inner.config.members.iter().chain(&inner.config.dial).any(|member| member.id == peer)
+            || inner.transport.knows_peer(peer)
+        {
+            return true;
+        }
+        inner.groups.iter().any(|group| {
+            let metrics = group.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            metrics.membership_config.membership().nodes().any(|(id, _)| *id == peer)
         })
     }
 }
@@ -1075,6 +1320,8 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
             match group.proposer.propose_many(commands, request_ids).await {
                 Ok(outcomes) => Response::Submitted(outcomes),
                 Err(ProposeError::NotLeader(_)) => Response::NotLeader { leader: raft.current_leader().await },
+                // Stopped here: nothing proposed; the caller finds the new leader.
+                Err(ProposeError::Stopped) => Response::NotLeader { leader: None },
                 Err(ProposeError::Overloaded) => Response::Overloaded,
                 Err(ProposeError::Closed) => Response::Unavailable("node is shutting down".into()),
                 // The entry may commit yet: the caller retries under the same
@@ -1083,6 +1330,9 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
             }
         }
         Request::ReadIndex { .. } => {
+            if group.health.is_failed() {
+                return Response::NotLeader { leader: None };
+            }
             if !group.is_leader.load(Ordering::Acquire) {
                 return Response::NotLeader { leader: raft.current_leader().await };
             }
@@ -1116,31 +1366,15 @@ async fn receive_snapshot_chunk(
     data: Vec<u8>,
     done: Option<SnapshotDone>,
 ) -> Response {
-    let size_max = inner.config.snapshot_size_max;
-    let image = {
-        let mut inbound = inner.inbound.lock();
-        let entry = inbound.entry((from, shard)).or_insert_with(|| Inbound { transfer, image: Vec::new() });
-        if entry.transfer != transfer {
-            // A new transfer from the same leader replaces an abandoned one.
-            *entry = Inbound { transfer, image: Vec::new() };
-        }
-        if offset != entry.image.len() as u64 {
-            let expected = entry.image.len();
-            inbound.remove(&(from, shard));
-            return Response::Refused(format!("snapshot chunk at {offset}, expected {expected}"));
-        }
-        if entry.image.len() as u64 + data.len() as u64 > size_max {
-            inbound.remove(&(from, shard));
-            return Response::Refused(format!("snapshot larger than snapshot_size_max ({size_max} bytes)"));
-        }
-        entry.image.extend_from_slice(&data);
-        if done.is_none() {
-            return Response::SnapshotChunkStored;
-        }
-        inbound.remove(&(from, shard)).map(|inbound| inbound.image).unwrap_or_default()
+    let last = done.is_some();
+    let chunk = inner.inbound.lock().receive(from, shard, transfer, offset, data, last, Instant::now());
+    let image = match chunk {
+        Chunk::Stored => return Response::SnapshotChunkStored,
+        Chunk::Refused(reason) => return Response::Refused(reason),
+        Chunk::Complete(image) => image,
     };
     let Some(done) = done else {
-        return Response::SnapshotChunkStored;
+        return Response::SnapshotChunkStored; // `last` was false: not reached
     };
     if image.len() as u64 != done.total_len {
         return Response::Refused(format!("snapshot is {} bytes, expected {}", image.len(), done.total_len));
@@ -1160,5 +1394,31 @@ async fn receive_snapshot_chunk(
     match raft.install_full_snapshot(vote_from_engine(done.vote), snapshot).await {
         Ok(response) => Response::SnapshotInstalled { vote: vote_to_engine(&response.vote) },
         Err(error) => Response::Unavailable(error.to_string()),
+    }
+}
+
+/// The bounds on snapshots being received, from the node's settings.
+fn inbound_limits(config: &ClusterConfig) -> InboundLimits {
+    InboundLimits {
+        per_peer_max: config.snapshot_transfers_per_peer_max.max(1),
+        bytes_max: config.snapshot_size_max,
+        idle_timeout: Duration::from_millis(config.snapshot_transfer_idle_timeout_ms.max(1)),
+    }
+}
+
+/// Drops abandoned snapshot transfers even when no chunk arrives to do it,
+/// a few times per idle timeout, until the node goes.
+async fn sweep_inbound_snapshots(node: std::sync::Weak<Inner>) {
+    let every = {
+        let Some(inner) = node.upgrade() else { return };
+        (inbound_limits(&inner.config).idle_timeout / 4).clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX)
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = node.upgrade() else { return };
+        if inner.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        inner.inbound.lock().expire(Instant::now());
     }
 }

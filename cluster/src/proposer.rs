@@ -30,6 +30,7 @@ use engine::{Batch, Command, Event, EventKind, Outcome};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::ProposeError;
+use crate::health::{FailureCause, ShardHealth};
 use crate::shard_thread::ShardThread;
 use crate::types::{LogBatch, Raft};
 
@@ -162,6 +163,7 @@ type Reply = oneshot::Sender<Result<Vec<Outcome>, ProposeError>>;
 pub struct Proposer {
     queue: mpsc::Sender<Pending>,
     is_leader: Arc<AtomicBool>,
+    health: ShardHealth,
     pub stats: Arc<ProposerStats>,
 }
 
@@ -180,6 +182,7 @@ impl Proposer {
         next_deadline_ms: watch::Receiver<Option<u64>>,
         clock: Arc<Clock>,
         thread: Arc<ShardThread>,
+        health: ShardHealth,
     ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(settings.queue_max.max(1));
         let stats = Arc::new(ProposerStats::default());
@@ -196,9 +199,10 @@ impl Proposer {
             stats: Arc::clone(&stats),
             thread,
             carried: None,
+            health: health.clone(),
         };
         let handle = tokio::spawn(task.run());
-        (Proposer { queue, is_leader, stats }, handle)
+        (Proposer { queue, is_leader, health, stats }, handle)
     }
 
     /// Proposes a list of commands in one entry (never split across
@@ -211,7 +215,12 @@ impl Proposer {
         commands: Vec<Command>,
         request_ids: Vec<RequestId>,
     ) -> Result<Vec<Outcome>, ProposeError> {
+        // Both callers (`Node::submit_many_with_ids`, a peer's `Submit`)
+        // refuse lists whose lengths differ before they get here.
         debug_assert_eq!(commands.len(), request_ids.len());
+        if self.health.is_failed() {
+            return Err(ProposeError::Stopped);
+        }
         if !self.is_leader.load(Ordering::Acquire) {
             return Err(ProposeError::NotLeader(None));
         }
@@ -240,6 +249,8 @@ struct Run {
     /// A caller's list taken from the queue that did not fit the last entry:
     /// first in the next.
     carried: Option<Pending>,
+    /// Once the shard stopped on this node, nothing more is proposed.
+    health: ShardHealth,
 }
 
 /// How long to wait before ticking again after a tick could not be written.
@@ -325,6 +336,9 @@ impl Run {
     }
 
     fn propose_tick(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        if self.health.is_failed() {
+            return;
+        }
         let batch = Batch { ts_ms: self.stamp(), commands: vec![Command::Tick], request_ids: Vec::new() };
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
         let raft = self.raft.clone();
@@ -364,6 +378,13 @@ impl Run {
             request_ids.extend(next.request_ids);
         }
         debug_assert_eq!(replies.iter().map(|(_, count)| count).sum::<usize>(), commands.len());
+        if self.health.is_failed() {
+            // Never appended: the callers may go elsewhere.
+            for (reply, _) in replies {
+                let _ = reply.send(Err(ProposeError::Stopped));
+            }
+            return;
+        }
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         self.stats.commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
         self.stats.batch_size.record(commands.len() as u64);
@@ -372,6 +393,7 @@ impl Run {
         let stats = Arc::clone(&self.stats);
         let clock = Arc::clone(&self.clock);
         let thread = Arc::clone(&self.thread);
+        let health = self.health.clone();
         let started = Instant::now();
         tokio::spawn(async move {
             let result = raft.client_write(LogBatch::new(batch)).await;
@@ -384,7 +406,7 @@ impl Run {
                     // Before the replies, so a caller that sees its outcome
                     // also sees the lag of what the entry expired.
                     stats.record_expiries(&clock, &response.data.events);
-                    answer(replies, response.data.outcomes);
+                    answer(replies, response.data.outcomes, &health);
                 }
                 Err(error) => {
                     // The entry may have been appended before leadership
@@ -401,13 +423,14 @@ impl Run {
 }
 
 /// Hands each caller its outcomes, in entry order: `count` per caller.
-fn answer(replies: Vec<(Reply, usize)>, outcomes: Vec<Outcome>) {
+fn answer(replies: Vec<(Reply, usize)>, outcomes: Vec<Outcome>, health: &ShardHealth) {
     let expected: usize = replies.iter().map(|(_, count)| count).sum();
     if outcomes.len() != expected {
         // An entry answers every command it carries (engine invariant); a
-        // mismatch is a bug, and guessing which outcome is whose would be worse.
+        // mismatch is a bug, and guessing which outcome is whose would be
+        // worse: the shard stops, and every caller hears "unknown".
         let reason = format!("entry answered {} outcomes for {expected} commands", outcomes.len());
-        tracing::error!("{reason}");
+        health.fail(FailureCause::InvariantBroken, reason.clone());
         for (reply, _) in replies {
             let _ = reply.send(Err(ProposeError::Unknown(reason.clone())));
         }
@@ -513,6 +536,31 @@ mod tests {
             assert!(Instant::now() < deadline, "condition not met within {within:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn outcomes_that_do_not_match_the_callers_stop_the_shard_and_answer_nobody_wrongly() {
+        let health = ShardHealth::detached(0);
+        let (first, first_answer) = oneshot::channel();
+        let (second, second_answer) = oneshot::channel();
+        // Two callers, 1 + 2 commands; the entry answers only two outcomes.
+        answer(vec![(first, 1), (second, 2)], vec![Outcome::Ticked, Outcome::Ticked], &health);
+        for answer in [first_answer.await, second_answer.await] {
+            assert!(matches!(answer, Ok(Err(ProposeError::Unknown(_)))), "{answer:?}");
+        }
+        let failure = health.failure().unwrap_or_else(|| panic!("the shard did not stop"));
+        assert_eq!(failure.cause, FailureCause::InvariantBroken);
+        assert!(failure.detail.contains("2 outcomes for 3 commands"), "{}", failure.detail);
+
+        // Matching counts: each caller gets its own, in order.
+        let health = ShardHealth::detached(0);
+        let (first, first_answer) = oneshot::channel();
+        let (second, second_answer) = oneshot::channel();
+        let outcomes = vec![Outcome::Ticked, Outcome::LimitsSet, Outcome::Ticked];
+        answer(vec![(first, 1), (second, 2)], outcomes, &health);
+        assert!(matches!(first_answer.await, Ok(Ok(list)) if list == [Outcome::Ticked]));
+        assert!(matches!(second_answer.await, Ok(Ok(list)) if list == [Outcome::LimitsSet, Outcome::Ticked]));
+        assert!(!health.is_failed());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

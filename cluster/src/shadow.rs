@@ -23,8 +23,10 @@
 //!   (`ShadowError::falls_back`) and counts it;
 //! * `forget` drops the shadow when a snapshot from the leader replaces the
 //!   state; a build already running then does not keep its copy;
-//! * the state saved must have `last_applied == L`, and in debug builds its
-//!   digest must equal the actor's at L (`expected_digest`).
+//! * the state saved must have `last_applied == L`, must pass the full
+//!   state check (`ShardState::check_invariants`, in release builds too: a
+//!   failure stops the shard), and in debug builds its digest must equal the
+//!   actor's at L (`expected_digest`).
 //!
 //! Builds run on the node's one snapshot thread (`SnapshotThread`), one at
 //! a time, at a lower priority than the shard threads: on a machine whose
@@ -67,6 +69,12 @@ pub enum ShadowError {
     /// read wrong: a bug, never papered over.
     #[error("shadow state at {target:?} has digest {shadow:032x}, the shard's is {actor:032x}")]
     DigestMismatch { target: Option<LogId>, shadow: u128, actor: u128 },
+    /// The state at the target fails its full check
+    /// (`ShardState::check_invariants`): the shard's state is not to be
+    /// trusted, on the actor either (it applied the same entries). The
+    /// shard stops; nothing is saved.
+    #[error("the state at {target:?} breaks an invariant: {reason}")]
+    Invariant { target: Option<LogId>, reason: String },
     /// Encoding or writing the snapshot file failed; the actor's path
     /// would write the same file to the same disk.
     #[error(transparent)]
@@ -185,6 +193,13 @@ impl Shadow {
         debug_assert_eq!(state.last_applied(), target, "shadow of shard {} saved off its target", self.shard);
         if state.last_applied() != target {
             return Err(diverged(target, format!("the copy is at {:?}", state.last_applied())));
+        }
+        // The full check of every rule of the state, on this thread (never
+        // the shard's), before anything is written: a snapshot of a broken
+        // state would carry it into every follower that installs it.
+        if let Err(reason) = state.check_invariants() {
+            tracing::error!(shard = self.shard, ?target, %reason, "the shard's state breaks an invariant");
+            return Err(ShadowError::Invariant { target, reason });
         }
         let meta = SnapshotMeta::of(&state);
         let bytes = state.to_snapshot_bytes().map_err(ShadowError::Save)?;
@@ -376,6 +391,55 @@ mod tests {
             // state is field 3, nice field 19.
             .filter_map(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(16)?.parse().ok()))
             .collect()
+    }
+
+    /// A shard at log id (1, 1) holding one item: 5 on hand.
+    fn one_item_state() -> ShardState {
+        use engine::cmd::{AttrUpdate, Command, Expect, UpsertItem};
+        use engine::ids::{Sku, Warehouse};
+        let mut state = ShardState::new(0, 1, Limits::default());
+        let upsert = Command::UpsertItem(UpsertItem {
+            sku: Sku::new("SKU-1").unwrap_or_else(|e| panic!("{e}")),
+            warehouse: Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}")),
+            on_hand: Some(5),
+            low_stock_threshold: Some(0),
+            name: AttrUpdate::Keep,
+            unit_price_minor: AttrUpdate::Keep,
+            expect: Expect::Any,
+            principal: None,
+        });
+        let applied = state.apply(&LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert]));
+        assert!(applied.is_ok_and(|applied| !applied.outcomes[0].is_refused()));
+        state
+    }
+
+    #[test]
+    fn a_shadow_whose_state_breaks_an_invariant_saves_nothing_and_does_not_fall_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let wal = engine::wal::Wal::open(dir.path().join("wal"), engine::WalConfig::default())
+            .unwrap_or_else(|e| panic!("wal: {e}"));
+        let store = SnapshotStore::open(dir.path().join("snapshots"), 2).unwrap_or_else(|e| panic!("store: {e}"));
+        let shadow = Shadow::new(wal.reader(), store.clone(), 0, 1, Limits::default(), 64);
+        let target = Some(LogId::new(1, 1));
+
+        // A sound copy at the target is saved, after its check.
+        shadow.slot.lock().state = Some(one_item_state());
+        assert!(shadow.build(target, None).is_ok());
+        let saved = store.latest().unwrap_or_else(|e| panic!("{e}")).map(|file| file.meta.last_applied);
+        assert_eq!(saved, Some(target));
+        std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap_or_else(|e| panic!("{e}"));
+        let store = SnapshotStore::open(dir.path().join("snapshots"), 2).unwrap_or_else(|e| panic!("store: {e}"));
+        let shadow = Shadow::new(wal.reader(), store.clone(), 0, 1, Limits::default(), 64);
+
+        // A copy that breaks a rule (reserved above on hand) is not.
+        let mut broken = one_item_state();
+        broken.break_invariant_for_tests();
+        shadow.slot.lock().state = Some(broken);
+        let error = shadow.build(target, None).err().unwrap_or_else(|| panic!("a broken state was saved"));
+        assert!(matches!(&error, ShadowError::Invariant { reason, .. } if reason.contains("reserved")), "{error}");
+        assert!(!error.falls_back(), "the actor applied the same entries: no fallback");
+        assert!(store.latest().unwrap_or_else(|e| panic!("{e}")).is_none(), "nothing saved");
+        assert!(shadow.last_applied().is_none(), "the broken copy is dropped");
     }
 
     #[test]

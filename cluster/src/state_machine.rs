@@ -26,7 +26,8 @@ use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
 
-use crate::shadow::{Shadow, SnapshotThread};
+use crate::health::{FailureCause, ShardHealth};
+use crate::shadow::{Shadow, ShadowError, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::types::{
     LogId, RaftStoredMembership, Snapshot, SnapshotImage, SnapshotMeta, TypeConfig, entry_to_engine,
@@ -70,6 +71,11 @@ pub struct SnapshotStats {
     /// Snapshots received from a leader and installed (each replaces the
     /// state and drops the shadow).
     pub installed: u64,
+    /// Full state checks (`ShardState::check_invariants`) run on a
+    /// snapshot this node built, off the shard thread.
+    pub invariant_checks: u64,
+    /// Of those, the ones that found a broken rule: each stopped the shard.
+    pub invariant_failures: u64,
 }
 
 /// The counters behind `SnapshotStats`, shared by a shard's state machine
@@ -80,6 +86,8 @@ pub struct SnapshotCounters {
     fallbacks: AtomicU64,
     last_build_us: AtomicU64,
     installed: AtomicU64,
+    invariant_checks: AtomicU64,
+    invariant_failures: AtomicU64,
 }
 
 impl SnapshotCounters {
@@ -90,6 +98,15 @@ impl SnapshotCounters {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             last_build_us: self.last_build_us.load(Ordering::Relaxed),
             installed: self.installed.load(Ordering::Relaxed),
+            invariant_checks: self.invariant_checks.load(Ordering::Relaxed),
+            invariant_failures: self.invariant_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    fn checked(&self, passed: bool) {
+        self.invariant_checks.fetch_add(1, Ordering::Relaxed);
+        if !passed {
+            self.invariant_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -112,6 +129,9 @@ pub struct StateMachine {
     /// `None` until the first `applied_state`, `apply` or install says.
     last_applied: Option<Option<EngineLogId>>,
     counters: Arc<SnapshotCounters>,
+    /// Where a broken rule or a storage failure is recorded: the shard
+    /// stops on this node.
+    health: ShardHealth,
 }
 
 impl StateMachine {
@@ -132,7 +152,14 @@ impl StateMachine {
             shadow: None,
             last_applied: None,
             counters: Arc::default(),
+            health: ShardHealth::detached(shard),
         }
+    }
+
+    /// Records failures in `health` (see `health`).
+    pub fn with_health(mut self, health: ShardHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Checks that apply runs on `thread` (see `shard_thread`).
@@ -168,6 +195,19 @@ impl StateMachine {
 
 fn mailbox_error(error: actix::MailboxError) -> io::Error {
     io::Error::other(format!("shard actor is gone: {error}"))
+}
+
+/// Checks that `applied` answers exactly the entries `log_ids`, one each in
+/// order, before any answer is routed: an answer sent to the wrong waiter
+/// would acknowledge a write with another write's outcome.
+fn check_answers(log_ids: &[EngineLogId], applied: &[engine::Applied]) -> Result<(), String> {
+    if applied.len() != log_ids.len() {
+        return Err(format!("apply answered {} entries for {} applied", applied.len(), log_ids.len()));
+    }
+    match log_ids.iter().zip(applied).find(|(log_id, answer)| answer.log_id != **log_id) {
+        Some((log_id, answer)) => Err(format!("the answer for entry {log_id:?} is for {:?}", answer.log_id)),
+        None => Ok(()),
+    }
 }
 
 fn snapshot_error(error: SnapshotError) -> io::Error {
@@ -213,28 +253,71 @@ pub struct SnapshotBuilder {
     /// state must equal.
     expected_digest: Option<u128>,
     counters: Arc<SnapshotCounters>,
+    health: ShardHealth,
 }
 
 impl SnapshotBuilder {
     async fn build_from_shadow(&self, shadow: Arc<Shadow>, thread: &SnapshotThread) -> io::Result<SnapshotFile> {
-        match thread.build(shadow, self.target, self.expected_digest).await {
+        let built = thread.build(shadow, self.target, self.expected_digest).await;
+        // The shadow checks the state before it serialises it: a file, a
+        // failed write or a digest mismatch each come after a passed check.
+        match &built {
+            Ok(_) | Err(ShadowError::Save(_) | ShadowError::DigestMismatch { .. }) => self.counters.checked(true),
+            Err(ShadowError::Invariant { .. }) => self.counters.checked(false),
+            Err(_) => {}
+        }
+        match built {
             Ok(file) => Ok(file),
             Err(error) if error.falls_back() => {
                 self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(shard = self.shard, %error, "snapshot built by the shard actor instead of its shadow");
                 self.build_on_actor().await
             }
-            Err(error) => Err(error.into()),
+            Err(ShadowError::Save(error)) => Err(self.health.io_error("writing a snapshot", snapshot_error(error))),
+            Err(error) => {
+                tracing::error!(shard = self.shard, %error, "the snapshot's state check failed");
+                self.health.fail(FailureCause::InvariantBroken, error.to_string());
+                Err(error.into())
+            }
         }
     }
 
     async fn build_on_actor(&self) -> io::Result<SnapshotFile> {
-        let bytes = self.actor.send(TakeSnapshot).await.map_err(mailbox_error)?.map_err(snapshot_error)?;
-        let store = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || store.save_parts(&bytes.meta, &bytes.state))
+        let bytes = self
+            .actor
+            .send(TakeSnapshot)
             .await
-            .map_err(io::Error::other)?
-            .map_err(snapshot_error)
+            .map_err(mailbox_error)?
+            .map_err(|error| self.health.io_error("serialising a snapshot", snapshot_error(error)))?;
+        let store = self.snapshots.clone();
+        let shard = self.shard;
+        // Off the shard thread: the full state check of what was taken (a
+        // load checks every reference and invariant), then the file.
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Err(reason) = engine::ShardState::from_snapshot_bytes(&bytes.state) {
+                return Err(Err(reason));
+            }
+            store.save_parts(&bytes.meta, &bytes.state).map_err(Ok)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        match saved {
+            Ok(file) => {
+                self.counters.checked(true);
+                Ok(file)
+            }
+            Err(Ok(error)) => {
+                self.counters.checked(true);
+                Err(self.health.io_error("writing a snapshot", snapshot_error(error)))
+            }
+            Err(Err(reason)) => {
+                self.counters.checked(false);
+                let reason = format!("shard {shard}: the state taken for a snapshot fails its check: {reason}");
+                tracing::error!(shard, %reason, "the snapshot's state check failed");
+                self.health.fail(FailureCause::InvariantBroken, reason.clone());
+                Err(io::Error::new(io::ErrorKind::InvalidData, reason))
+            }
+        }
     }
 }
 
@@ -287,6 +370,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(entry_to_engine(entry).0);
             responders.push(responder);
         }
+        if self.health.is_failed() {
+            // A stopped shard applies and answers nothing more.
+            return Err(io::Error::other(format!("shard {} has stopped on this node", self.shard)));
+        }
         let Some(last) = batch.last().map(|entry| entry.log_id) else {
             return Ok(());
         };
@@ -296,12 +383,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The actor runs on this task's thread (DESIGN §10): one mailbox
         // message, a same-thread wake-up, no thread crossing.
         self.thread.check();
-        let applied = self
-            .actor
-            .send(Apply { entries: batch, describe_events })
-            .await
-            .map_err(mailbox_error)?
-            .map_err(|error| io::Error::other(error.to_string()))?;
+        let log_ids: Vec<EngineLogId> = batch.iter().map(|entry| entry.log_id).collect();
+        let applied = self.actor.send(Apply { entries: batch, describe_events }).await.map_err(mailbox_error)?;
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(error) => {
+                self.health.fail(FailureCause::InvariantBroken, format!("applying committed entries: {error}"));
+                return Err(io::Error::other(error.to_string()));
+            }
+        };
+        // A real check, in release builds too, before any answer is routed.
+        if let Err(reason) = check_answers(&log_ids, &applied.applied) {
+            self.health.fail(FailureCause::InvariantBroken, reason.clone());
+            return Err(io::Error::other(reason));
+        }
         self.last_applied = Some(Some(last));
         self.next_deadline_ms.send_if_modified(|deadline| {
             let changed = *deadline != applied.next_deadline_ms;
@@ -312,7 +407,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // No subscriber is not an error: events are also in the log.
             let _ = self.publisher.events.send(NodeEvent { record, leader });
         }
-        debug_assert_eq!(applied.applied.len(), responders.len());
         for (result, responder) in applied.applied.into_iter().zip(responders) {
             if let Some(responder) = responder {
                 responder.send(result);
@@ -359,6 +453,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             target,
             expected_digest,
             counters: Arc::clone(&self.counters),
+            health: self.health.clone(),
         }
     }
 
@@ -372,7 +467,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (file, state) = tokio::task::spawn_blocking(move || store.install(&image))
             .await
             .map_err(io::Error::other)?
-            .map_err(snapshot_error)?;
+            .map_err(|error| self.health.io_error("installing a snapshot from the leader", snapshot_error(error)))?;
         if file.meta.shard != self.shard {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -401,5 +496,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(file) => load_snapshot(file).await.map(Some),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(index: u64) -> engine::Applied {
+        engine::Applied { log_id: EngineLogId::new(1, index), ..engine::Applied::default() }
+    }
+
+    #[test]
+    fn answers_are_routed_only_when_they_match_the_entries_one_for_one() {
+        let ids = [EngineLogId::new(1, 4), EngineLogId::new(1, 5)];
+        assert_eq!(check_answers(&ids, &[answered(4), answered(5)]), Ok(()));
+        let short = check_answers(&ids, &[answered(4)]);
+        assert_eq!(short, Err("apply answered 1 entries for 2 applied".to_owned()));
+        let shifted = check_answers(&ids, &[answered(5), answered(6)]);
+        assert!(shifted.is_err_and(|reason| reason.contains("is for")), "an answer for another entry");
+        assert_eq!(check_answers(&[], &[]), Ok(()));
     }
 }

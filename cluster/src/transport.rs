@@ -17,12 +17,10 @@
 //! ```
 //!
 //! `len` counts the payload only and is at most `frame_size_max`, on both
-//! sides. Kinds:
-//! * 1 hello: `[b"TALLYNET"][version u32 LE][0u32][node id u64 LE]`,
-//!   correlation 0. The connecting side sends it first; the accepting side
-//!   checks it, attributes every later request on the connection to that node
-//!   and answers with its own hello, which the connecting side checks names the
-//!   node it meant to reach.
+//! sides (at most `HELLO_LEN` or `PROOF_LEN` during the handshake). Kinds:
+//! * 1 hello: `[b"TALLYNET"][version u32 LE][0u32][node id u64 LE][nonce: 32 bytes]`,
+//!   correlation 0. Each side sends one, with a fresh random nonce.
+//! * 6 proof: `[HMAC-SHA256: 32 bytes]`, correlation 0 (see the handshake).
 //! * 2 request: the rkyv archive of a `wire::Request`.
 //! * 3 answer: the rkyv archive of a `wire::Response`, with its request's
 //!   correlation id.
@@ -33,6 +31,62 @@
 //! Payloads are validated (bytecheck) before use: a peer is never trusted. A
 //! frame that breaks these rules closes its connection; an answer that does
 //! not validate fails only its call, with `Decode`.
+//!
+//! # Handshake: mutual challenge-response
+//!
+//! The nodes of a cluster share `secret` (`ClusterConfig::secret`). Before a
+//! connection carries any request, each side proves it knows the secret,
+//! without sending it, over nonces the other side chose:
+//!
+//! ```text
+//! connecting C                                   accepting A
+//!   hello(C, nonce_c)                      ──►
+//!                                          ◄──   hello(A, nonce_a)
+//!   proof_c = MAC(connecting, C, A, nonce_c, nonce_a)   ──►   checked
+//!                                          ◄──   proof_a = MAC(accepting, …)   checked
+//! ```
+//!
+//! `MAC(label, …)` is HMAC-SHA256 keyed by the secret over `label`
+//! (`PROOF_LABEL_CONNECTING` or `PROOF_LABEL_ACCEPTING`), the protocol
+//! version, the connecting and accepting node ids (u64 LE) and the two
+//! nonces, connecting side's first. The label differs per direction, so a
+//! proof cannot be reflected back to the side that made it; the nonces are
+//! fresh per connection (32 bytes from the OS's random source), so a proof
+//! recorded from one connection is worthless on another. Proofs are compared
+//! in constant time. With no secret the key is empty: nodes without a secret
+//! talk only to each other, and only on loopback (protected mode,
+//! `ClusterConfig::validate`).
+//!
+//! The accepting side answers a proof only after checking the other's: a
+//! side that does not know the secret learns no MAC made with it. It reads
+//! nothing after the hello until the proof checks out, so a connection
+//! that fails the handshake is closed before any request is read. It then
+//! asks `Handler::admits` whether the node id the hello named is one it
+//! knows (the node's answer: a configured member, a voter or learner of
+//! any of its groups, or a peer it was told about; docs/SECURITY.md) and
+//! closes the connection if not. Every request on the connection is
+//! attributed to that id, which the MAC covers. The connecting side checks
+//! that the hello names the node it dialed before it proves anything, and
+//! sends no request before the accepting side's proof checked out.
+//!
+//! Not covered: frames after the handshake are neither encrypted nor
+//! individually authenticated. Someone on the path between two nodes can
+//! read them and, by relaying a handshake, inject frames into the
+//! connection; the handshake keeps out anyone who can only reach the port.
+//!
+//! # Bounds
+//!
+//! * A frame's payload buffer grows as its bytes arrive (doubling from
+//!   `PAYLOAD_STEP_FIRST`), never sized from the header's claim: a header
+//!   that claims `frame_size_max` and sends nothing costs 64 KiB.
+//! * `connect_timeout_ms` bounds connecting and the whole handshake, on both
+//!   sides; `connections_incoming_max` bounds incoming connections open at
+//!   once, handshakes included (more are closed at once).
+//! * `idle_timeout_ms`: an incoming connection that sends nothing for this
+//!   long while none of its requests runs is closed; a frame that stops
+//!   arriving midway for this long closes its connection (either side).
+//! * `requests_in_flight_max` and `write_queue_max` bound each connection's
+//!   running requests and queued frames.
 //!
 //! # Why raw TCP rather than HTTP/2 (gRPC)
 //!
@@ -58,15 +112,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::{Mutex, RwLock};
 use rkyv::util::AlignedVec;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use sha2::Sha256;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::{Instant, timeout_at};
 
+use crate::config::Secret;
 use crate::types::NodeId;
 use crate::wire::{Request, Response};
 
@@ -77,15 +134,28 @@ pub const FRAME_KIND_REQUEST: u8 = 2;
 pub const FRAME_KIND_ANSWER: u8 = 3;
 pub const FRAME_KIND_ANSWER_TOO_LARGE: u8 = 4;
 pub const FRAME_KIND_ANSWER_FAILED: u8 = 5;
+pub const FRAME_KIND_PROOF: u8 = 6;
 /// First bytes of a hello payload.
 pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";
 /// Bumped on any change to the frame layout or to the `wire` types (2: the
 /// engine's `Hold` allocates lines without a warehouse, and write outcomes
 /// carry the reservation's lines; 3: entries travel as WAL frames, and
-/// confirm, release and extend outcomes carry the idempotency key).
-pub const PROTOCOL_VERSION: u32 = 3;
-/// Magic, version, 4 reserved bytes, node id.
-const HELLO_LEN: u32 = 24;
+/// confirm, release and extend outcomes carry the idempotency key; 4: the
+/// handshake is a mutual HMAC challenge-response, hellos carry a nonce).
+pub const PROTOCOL_VERSION: u32 = 4;
+/// Random bytes each side of a handshake contributes.
+pub const NONCE_LEN: usize = 32;
+/// Magic, version, 4 reserved bytes, node id, nonce.
+pub const HELLO_LEN: u32 = 56;
+/// An HMAC-SHA256 tag.
+pub const PROOF_LEN: u32 = 32;
+/// What the connecting side's proof MACs first; the accepting side's label
+/// differs, so neither proof is valid in the other direction.
+pub const PROOF_LABEL_CONNECTING: &[u8] = b"tally peer proof: connecting side";
+pub const PROOF_LABEL_ACCEPTING: &[u8] = b"tally peer proof: accepting side";
+/// First allocation for a frame's payload; the buffer doubles from here as
+/// bytes arrive, up to the length the header claims.
+pub const PAYLOAD_STEP_FIRST: usize = 64 * 1024;
 /// Payload of an answer-too-large frame: the answer's length and the limit.
 const TOO_LARGE_LEN: usize = 12;
 /// Longest reason carried by an answer-failed frame, in bytes.
@@ -104,6 +174,13 @@ pub struct TransportConfig {
     pub frame_size_max: u32,
     /// Bound on connecting to a peer, and on the handshake of either side.
     pub connect_timeout_ms: u64,
+    /// The cluster's shared secret, proved in every handshake; `None` is the
+    /// empty key (peers without a secret, on loopback only).
+    pub secret: Option<Secret>,
+    /// An incoming connection with no request running that sends nothing
+    /// for this long is closed; a frame that stops arriving midway for this
+    /// long closes its connection, on either side.
+    pub idle_timeout_ms: u64,
     /// Calls waiting for answers on one connection; callers beyond it wait for
     /// a slot, within their timeout. The serving side runs at most this many
     /// requests of one connection at once and stops reading beyond it.
@@ -122,6 +199,8 @@ impl Default for TransportConfig {
         TransportConfig {
             frame_size_max: 64 * 1024 * 1024,
             connect_timeout_ms: 500,
+            secret: None,
+            idle_timeout_ms: 60_000,
             requests_in_flight_max: 4096,
             write_queue_max: 1024,
             connections_incoming_max: 256,
@@ -155,6 +234,15 @@ pub trait Handler: Send + Sync + 'static {
     /// request, at most `requests_in_flight_max` per connection), so a slow
     /// request never blocks others on the same connection.
     fn handle(&self, from: NodeId, request: Request) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+
+    /// Whether a peer that proved it knows the secret may connect as
+    /// `peer`. Asked once per incoming connection, after the peer's proof
+    /// checked out and before this side proves anything or reads a request;
+    /// false closes the connection. Any node by default.
+    fn admits(&self, peer: NodeId) -> bool {
+        let _ = peer;
+        true
+    }
 }
 
 /// Any `Fn(from, request) -> impl Future<Output = Response>` is a handler.
@@ -180,6 +268,16 @@ pub struct TransportStats {
     pub connect_failures: u64,
     /// Incoming connections accepted (handshake done).
     pub accepts: u64,
+    /// Incoming connections closed at once: `connections_incoming_max` were
+    /// open.
+    pub connections_refused: u64,
+    /// Incoming handshakes that failed: no or a malformed hello, a wrong
+    /// proof (another secret), a node id this node does not admit, or no
+    /// handshake within `connect_timeout_ms`.
+    pub handshakes_refused: u64,
+    /// Incoming connections closed for sending nothing for
+    /// `idle_timeout_ms` with no request running.
+    pub idle_closed: u64,
     /// Calls that ran out of time.
     pub timeouts: u64,
     /// Connections closed for breaking the protocol or failing I/O, and
@@ -196,6 +294,9 @@ struct Counters {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     accepts: AtomicU64,
+    connections_refused: AtomicU64,
+    handshakes_refused: AtomicU64,
+    idle_closed: AtomicU64,
     timeouts: AtomicU64,
     errors: AtomicU64,
 }
@@ -242,6 +343,15 @@ impl Common {
 
     fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.config.connect_timeout_ms)
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.idle_timeout_ms.max(1))
+    }
+
+    /// The HMAC key: the secret's bytes, or empty without one.
+    fn key(&self) -> &[u8] {
+        self.config.secret.as_ref().map_or(&[], Secret::expose)
     }
 }
 
@@ -322,6 +432,11 @@ impl Transport {
         if let Some(old) = old {
             old.retire();
         }
+    }
+
+    /// Whether `set_peer` told this transport where `peer` listens.
+    pub fn knows_peer(&self, peer: NodeId) -> bool {
+        self.inner.registry.peers.lock().slots.contains_key(&peer)
     }
 
     /// Forget a peer (it left the cluster) and drop the connection to it.
@@ -450,6 +565,9 @@ impl Transport {
             connects: get(&c.connects),
             connect_failures: get(&c.connect_failures),
             accepts: get(&c.accepts),
+            connections_refused: get(&c.connections_refused),
+            handshakes_refused: get(&c.handshakes_refused),
+            idle_closed: get(&c.idle_closed),
             timeouts: get(&c.timeouts),
             errors: get(&c.errors),
         }
@@ -799,19 +917,11 @@ async fn connect(
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
-    let handshake = async {
-        write_frame(&mut writer, FRAME_KIND_HELLO, 0, &hello_payload(common.node_id), &common.counters).await?;
-        writer.flush().await?;
-        let frame = read_frame(&mut reader, HELLO_LEN, &common.counters).await?;
-        parse_hello(frame.as_ref())
-    };
-    let their_id = match timeout_at(deadline, handshake).await {
+    let handshake = handshake_connecting(&mut reader, &mut writer, common, peer);
+    match timeout_at(deadline, handshake).await {
         Err(_) => return Err(unreachable("handshake timed out".to_string())),
         Ok(Err(e)) => return Err(unreachable(format!("handshake: {e}"))),
-        Ok(Ok(id)) => id,
-    };
-    if their_id != peer {
-        return Err(unreachable(format!("answered as node {their_id}")));
+        Ok(Ok(())) => {}
     }
 
     let shared = Arc::new(Outgoing {
@@ -861,7 +971,11 @@ async fn read_answers(
     common: &Common,
 ) -> Result<(), LinkError> {
     let peer = shared.peer;
-    while let Some(frame) = read_frame(&mut reader, common.frame_size_max(), &common.counters).await? {
+    // Calls bound how long they wait for answers; only a frame that stops
+    // midway is bounded here.
+    while let Some(frame) =
+        read_frame(&mut reader, common.frame_size_max(), &common.counters, common.idle_timeout()).await?
+    {
         if common.is_blocked(peer) {
             return Err(LinkError::Blocked);
         }
@@ -902,6 +1016,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, addr)) => {
                 let Ok(permit) = connections_incoming.clone().try_acquire_owned() else {
+                    bump(&common.counters.connections_refused, 1);
                     tracing::warn!(%addr, max = common.config.connections_incoming_max, "refusing connection: too many open");
                     continue;
                 };
@@ -927,30 +1042,31 @@ async fn run_incoming(
     permit: OwnedSemaphorePermit,
 ) {
     let deadline = deadline_after(common.connect_timeout());
-    let handshake = async {
-        stream.set_nodelay(true)?;
-        let (read_half, write_half) = stream.into_split();
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
-        let frame = read_frame(&mut reader, HELLO_LEN, &common.counters).await?;
-        let peer = parse_hello(frame.as_ref())?;
-        if common.is_blocked(peer) {
-            return Err(LinkError::Blocked);
-        }
-        write_frame(&mut writer, FRAME_KIND_HELLO, 0, &hello_payload(common.node_id), &common.counters).await?;
-        writer.flush().await?;
-        Ok((peer, reader, writer))
-    };
-    let (peer, reader, writer) = match timeout_at(deadline, handshake).await {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%addr, "set TCP_NODELAY: {e}");
+    }
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
+    // The socket outlives the handshake's future, so a refused peer sees
+    // the close only once the refusal is counted.
+    let handshake = handshake_accepting(&mut reader, &mut writer, &common, handler.as_ref());
+    let peer = match timeout_at(deadline, handshake).await {
         Err(_) => {
+            bump(&common.counters.handshakes_refused, 1);
             tracing::warn!(%addr, "no handshake within the connect timeout; closing");
             return;
         }
-        Ok(Err(e)) => {
-            log_link_end(&common, "incoming handshake", 0, &e);
+        Ok(Err(LinkError::Blocked)) => {
+            tracing::debug!(%addr, "closing a connection from a blocked peer");
             return;
         }
-        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
+            bump(&common.counters.handshakes_refused, 1);
+            tracing::warn!(%addr, "incoming handshake failed; closing: {e}");
+            return;
+        }
+        Ok(Ok(peer)) => peer,
     };
 
     let closer = Arc::new(Closer::default());
@@ -1004,8 +1120,21 @@ async fn read_requests(
     common: &Arc<Common>,
     closer: &Arc<Closer>,
 ) -> Result<(), LinkError> {
-    let in_flight = Arc::new(Semaphore::new(common.requests_in_flight_max()));
-    while let Some(frame) = read_frame(&mut reader, common.frame_size_max(), &common.counters).await? {
+    let in_flight_max = common.requests_in_flight_max();
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    loop {
+        // Wait for the next frame to start. A peer with requests running
+        // here is waiting for their answers, not idle.
+        match tokio::time::timeout(common.idle_timeout(), reader.fill_buf()).await {
+            Ok(ready) => _ = ready?,
+            Err(_) if in_flight.available_permits() == in_flight_max => return Err(LinkError::Idle),
+            Err(_) => continue,
+        }
+        let Some(frame) =
+            read_frame(&mut reader, common.frame_size_max(), &common.counters, common.idle_timeout()).await?
+        else {
+            break;
+        };
         if frame.kind != FRAME_KIND_REQUEST {
             return Err(LinkError::Protocol(format!("frame kind {} on an incoming connection", frame.kind)));
         }
@@ -1099,16 +1228,27 @@ enum LinkError {
     Protocol(String),
     #[error("peer is blocked by fault injection")]
     Blocked,
+    /// The handshake failed: a wrong proof, or a node id not admitted.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("nothing received for the idle timeout with no request running")]
+    Idle,
+    #[error("a frame stopped arriving midway for the idle timeout")]
+    Stalled,
 }
 
 fn log_link_end(common: &Common, side: &'static str, peer: NodeId, error: &LinkError) {
     match error {
         LinkError::Blocked => tracing::debug!(peer, side, "closing connection: {error}"),
+        LinkError::Idle => {
+            bump(&common.counters.idle_closed, 1);
+            tracing::debug!(peer, side, "closing connection: {error}");
+        }
         LinkError::Io(_) => {
             bump(&common.counters.errors, 1);
             tracing::debug!(peer, side, "connection failed: {error}");
         }
-        LinkError::TooLarge { .. } | LinkError::Protocol(_) => {
+        LinkError::TooLarge { .. } | LinkError::Protocol(_) | LinkError::Refused(_) | LinkError::Stalled => {
             bump(&common.counters.errors, 1);
             tracing::warn!(peer, side, "closing connection: {error}");
         }
@@ -1128,17 +1268,32 @@ struct OutFrame {
 }
 
 /// Reads one frame; `None` when the peer closed the connection between frames.
-async fn read_frame<R: AsyncRead + Unpin>(
+/// The payload buffer grows with the bytes that arrive (doubling from
+/// `PAYLOAD_STEP_FIRST`), so a header that claims more than is sent costs
+/// only what was sent. Each wait for more bytes of a started frame is
+/// bounded by `stall`.
+async fn read_frame<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     len_max: u32,
     counters: &Counters,
+    stall: Duration,
 ) -> Result<Option<Frame>, LinkError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
-    let first = reader.read(&mut header).await?;
-    if first == 0 {
-        return Ok(None);
+    let mut filled = 0;
+    while filled < FRAME_HEADER_LEN {
+        let wait = if filled == 0 { None } else { Some(stall) };
+        let available = fill(reader, wait).await?;
+        if available.is_empty() {
+            if filled == 0 {
+                return Ok(None);
+            }
+            return Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let take = available.len().min(FRAME_HEADER_LEN - filled);
+        header[filled..filled + take].copy_from_slice(&available[..take]);
+        reader.consume(take);
+        filled += take;
     }
-    reader.read_exact(&mut header[first..]).await?;
     let [l0, l1, l2, l3, kind, r0, r1, r2, c0, c1, c2, c3, c4, c5, c6, c7] = header;
     let len = u32::from_le_bytes([l0, l1, l2, l3]);
     if [r0, r1, r2] != [0; 3] {
@@ -1148,13 +1303,40 @@ async fn read_frame<R: AsyncRead + Unpin>(
         return Err(LinkError::TooLarge { len, max: len_max });
     }
     let correlation = u64::from_le_bytes([c0, c1, c2, c3, c4, c5, c6, c7]);
-    // Copied straight into aligned memory, as rkyv's validation wants.
-    let mut payload = AlignedVec::with_capacity(len as usize);
-    payload.resize(len as usize, 0);
-    reader.read_exact(&mut payload).await?;
+    let len_usize = len as usize;
+    // Aligned memory, as rkyv's validation wants.
+    let mut payload = AlignedVec::with_capacity(len_usize.min(PAYLOAD_STEP_FIRST));
+    while payload.len() < len_usize {
+        let available = fill(reader, Some(stall)).await?;
+        if available.is_empty() {
+            return Err(LinkError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let take = available.len().min(len_usize - payload.len());
+        let needed = payload.len() + take;
+        if needed > payload.capacity() {
+            // Double, but never past the claimed length.
+            let grown = needed.max(payload.capacity().saturating_mul(2)).min(len_usize);
+            payload.reserve_exact(grown - payload.len());
+        }
+        payload.extend_from_slice(&available[..take]);
+        reader.consume(take);
+    }
+    debug_assert!(payload.capacity() <= len_usize.max(PAYLOAD_STEP_FIRST).max(1) * 2);
     bump(&counters.frames_received, 1);
     bump(&counters.bytes_received, len_u64(FRAME_HEADER_LEN) + u64::from(len));
     Ok(Some(Frame { kind, correlation, payload }))
+}
+
+/// The reader's buffered bytes, reading more if there are none; empty at
+/// the end of the stream. `wait` bounds the wait for bytes.
+async fn fill<R: AsyncBufRead + Unpin>(reader: &mut R, wait: Option<Duration>) -> Result<&[u8], LinkError> {
+    match wait {
+        None => Ok(reader.fill_buf().await?),
+        Some(wait) => match tokio::time::timeout(wait, reader.fill_buf()).await {
+            Ok(available) => Ok(available?),
+            Err(_) => Err(LinkError::Stalled),
+        },
+    }
 }
 
 /// Buffers one frame; the caller flushes.
@@ -1178,39 +1360,162 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn hello_payload(node_id: NodeId) -> [u8; HELLO_LEN as usize] {
-    let mut hello = [0u8; HELLO_LEN as usize];
-    hello[0..8].copy_from_slice(&HELLO_MAGIC);
-    hello[8..12].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    hello[16..24].copy_from_slice(&node_id.to_le_bytes());
-    hello
+/// What a hello says: who sent it and its nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hello {
+    node_id: NodeId,
+    nonce: [u8; NONCE_LEN],
 }
 
-/// The node id a hello names. `frame` is `None` when the peer closed first.
-fn parse_hello(frame: Option<&Frame>) -> Result<NodeId, LinkError> {
+/// A fresh nonce from the OS's random source.
+fn fresh_nonce() -> Result<[u8; NONCE_LEN], LinkError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| LinkError::Io(io::Error::other(format!("no random source: {e}"))))?;
+    Ok(nonce)
+}
+
+fn hello_payload(hello: &Hello) -> [u8; HELLO_LEN as usize] {
+    let mut payload = [0u8; HELLO_LEN as usize];
+    payload[0..8].copy_from_slice(&HELLO_MAGIC);
+    payload[8..12].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    payload[16..24].copy_from_slice(&hello.node_id.to_le_bytes());
+    payload[24..].copy_from_slice(&hello.nonce);
+    payload
+}
+
+/// The hello in `frame`, which is `None` when the peer closed first.
+fn parse_hello(frame: Option<&Frame>) -> Result<Hello, LinkError> {
     let frame = frame.ok_or_else(|| LinkError::Protocol("closed before the hello".to_string()))?;
     if frame.kind != FRAME_KIND_HELLO {
         return Err(LinkError::Protocol(format!("frame kind {} before the hello", frame.kind)));
     }
-    let Ok::<[u8; HELLO_LEN as usize], _>(hello) = frame.payload.as_slice().try_into() else {
-        return Err(LinkError::Protocol(format!("hello of {} bytes", frame.payload.len())));
-    };
-    let [m0, m1, m2, m3, m4, m5, m6, m7, v0, v1, v2, v3, r0, r1, r2, r3, n0, n1, n2, n3, n4, n5, n6, n7] = hello;
-    if [m0, m1, m2, m3, m4, m5, m6, m7] != HELLO_MAGIC {
+    let payload = frame.payload.as_slice();
+    if payload.get(0..8) != Some(HELLO_MAGIC.as_slice()) {
         return Err(LinkError::Protocol("bad hello magic".to_string()));
     }
-    let version = u32::from_le_bytes([v0, v1, v2, v3]);
-    if version != PROTOCOL_VERSION {
-        return Err(LinkError::Protocol(format!("protocol version {version}, this node speaks {PROTOCOL_VERSION}")));
+    // The version first: an older node's hello has another length, and
+    // "version 3" says more than "hello of 24 bytes".
+    if let Some(&[v0, v1, v2, v3]) = payload.get(8..12) {
+        let version = u32::from_le_bytes([v0, v1, v2, v3]);
+        if version != PROTOCOL_VERSION {
+            return Err(LinkError::Protocol(format!(
+                "protocol version {version}, this node speaks {PROTOCOL_VERSION}"
+            )));
+        }
     }
-    if [r0, r1, r2, r3] != [0; 4] {
+    let Ok::<[u8; HELLO_LEN as usize], _>(hello) = payload.try_into() else {
+        return Err(LinkError::Protocol(format!("hello of {} bytes", payload.len())));
+    };
+    if hello[12..16] != [0; 4] {
         return Err(LinkError::Protocol("reserved hello bytes are not zero".to_string()));
     }
-    let node_id = u64::from_le_bytes([n0, n1, n2, n3, n4, n5, n6, n7]);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&hello[16..24]);
+    let node_id = u64::from_le_bytes(id);
     if node_id == 0 {
         return Err(LinkError::Protocol("hello from node 0".to_string()));
     }
-    Ok(node_id)
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&hello[24..]);
+    Ok(Hello { node_id, nonce })
+}
+
+/// The MAC both sides compute: the label of the side proving, then the
+/// protocol version, both node ids and both nonces, connecting side first.
+fn proof_mac(key: &[u8], label: &[u8], connecting: &Hello, accepting: &Hello) -> Result<Hmac<Sha256>, LinkError> {
+    // HMAC takes a key of any length; the error is unreachable, but handled.
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).map_err(|e| LinkError::Protocol(format!("HMAC key: {e}")))?;
+    mac.update(label);
+    mac.update(&PROTOCOL_VERSION.to_le_bytes());
+    mac.update(&connecting.node_id.to_le_bytes());
+    mac.update(&accepting.node_id.to_le_bytes());
+    mac.update(&connecting.nonce);
+    mac.update(&accepting.nonce);
+    Ok(mac)
+}
+
+async fn send_proof<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mac: Hmac<Sha256>,
+    counters: &Counters,
+) -> Result<(), LinkError> {
+    let tag = mac.finalize().into_bytes();
+    write_frame(writer, FRAME_KIND_PROOF, 0, tag.as_slice(), counters).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Reads the other side's proof and checks it against `mac`, in constant
+/// time. `closed` says what a connection closed instead means.
+async fn check_proof<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    mac: Hmac<Sha256>,
+    common: &Common,
+    closed: &str,
+) -> Result<(), LinkError> {
+    let frame = read_frame(reader, PROOF_LEN, &common.counters, common.connect_timeout()).await?;
+    let frame = frame.ok_or_else(|| LinkError::Refused(closed.to_string()))?;
+    if frame.kind != FRAME_KIND_PROOF {
+        return Err(LinkError::Protocol(format!("frame kind {} instead of the proof", frame.kind)));
+    }
+    mac.verify_slice(&frame.payload).map_err(|_| LinkError::Refused("wrong proof: another cluster.secret".to_string()))
+}
+
+/// The connecting side's handshake with `peer`: hello, check who answered,
+/// prove, check the other's proof.
+async fn handshake_connecting<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut R,
+    writer: &mut W,
+    common: &Common,
+    peer: NodeId,
+) -> Result<(), LinkError> {
+    let ours = Hello { node_id: common.node_id, nonce: fresh_nonce()? };
+    write_frame(writer, FRAME_KIND_HELLO, 0, &hello_payload(&ours), &common.counters).await?;
+    writer.flush().await?;
+    let frame = read_frame(reader, HELLO_LEN, &common.counters, common.connect_timeout()).await?;
+    let theirs = parse_hello(frame.as_ref())?;
+    // Nothing is proved to a node other than the one dialed.
+    if theirs.node_id != peer {
+        return Err(LinkError::Refused(format!("answered as node {}", theirs.node_id)));
+    }
+    if theirs.nonce == ours.nonce {
+        return Err(LinkError::Protocol("the peer's nonce is ours".to_string()));
+    }
+    send_proof(writer, proof_mac(common.key(), PROOF_LABEL_CONNECTING, &ours, &theirs)?, &common.counters).await?;
+    let expected = proof_mac(common.key(), PROOF_LABEL_ACCEPTING, &ours, &theirs)?;
+    let closed = "the peer closed before proving itself: another cluster.secret, or it does not know this node";
+    check_proof(reader, expected, common, closed).await
+}
+
+/// The accepting side's handshake: hello, hello, check the other's proof,
+/// ask `handler` whether it admits the node, prove. Answers the node id
+/// every request on the connection is attributed to.
+async fn handshake_accepting<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut R,
+    writer: &mut W,
+    common: &Common,
+    handler: &dyn Handler,
+) -> Result<NodeId, LinkError> {
+    let frame = read_frame(reader, HELLO_LEN, &common.counters, common.connect_timeout()).await?;
+    let theirs = parse_hello(frame.as_ref())?;
+    let peer = theirs.node_id;
+    if peer == common.node_id {
+        return Err(LinkError::Refused(format!("hello names this node ({peer})")));
+    }
+    if common.is_blocked(peer) {
+        return Err(LinkError::Blocked);
+    }
+    let ours = Hello { node_id: common.node_id, nonce: fresh_nonce()? };
+    write_frame(writer, FRAME_KIND_HELLO, 0, &hello_payload(&ours), &common.counters).await?;
+    writer.flush().await?;
+    let expected = proof_mac(common.key(), PROOF_LABEL_CONNECTING, &theirs, &ours)?;
+    check_proof(reader, expected, common, "closed before its proof").await?;
+    if !handler.admits(peer) {
+        return Err(LinkError::Refused(format!("node {peer} is not a member or learner this node knows")));
+    }
+    send_proof(writer, proof_mac(common.key(), PROOF_LABEL_ACCEPTING, &theirs, &ours)?, &common.counters).await?;
+    Ok(peer)
 }
 
 fn parse_too_large(payload: &[u8]) -> Result<TransportError, LinkError> {

@@ -1,20 +1,21 @@
 //! The peer transport as a specification: calls are answered and matched,
-//! partitions and dead peers fail fast, bounds are kept, and a misbehaving
-//! peer never takes a node down.
+//! partitions and dead peers fail fast, bounds are kept, a misbehaving peer
+//! never takes a node down, and only peers that prove they know the
+//! cluster's secret are served.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cluster::transport::{
-    FRAME_HEADER_LEN, FRAME_KIND_HELLO, FRAME_KIND_REQUEST, HELLO_MAGIC, Handler, PROTOCOL_VERSION, Transport,
-    TransportConfig, TransportError,
-};
+use cluster::Secret;
+use cluster::transport::{FRAME_HEADER_LEN, FRAME_KIND_REQUEST, Handler, Transport, TransportConfig, TransportError};
 use cluster::types::NodeId;
 use cluster::wire::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+mod common;
 
 /// Long enough that only a hang, never a slow machine, runs out of it.
 const LIVENESS: Duration = Duration::from_secs(10);
@@ -78,19 +79,10 @@ fn header(len: u32, kind: u8, correlation: u64) -> Vec<u8> {
     header
 }
 
-/// Connects like a peer `id` would and completes the handshake.
+/// Connects like a peer `id` would (no secret) and completes the handshake
+/// with node 1.
 async fn raw_peer(addr: &str, id: NodeId) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
-    let mut hello = header(24, FRAME_KIND_HELLO, 0);
-    hello.extend_from_slice(&HELLO_MAGIC);
-    hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    hello.extend_from_slice(&[0; 4]);
-    hello.extend_from_slice(&id.to_le_bytes());
-    stream.write_all(&hello).await.unwrap_or_else(|e| panic!("write hello: {e}"));
-    let mut answer = [0u8; FRAME_HEADER_LEN + 24];
-    stream.read_exact(&mut answer).await.unwrap_or_else(|e| panic!("read hello: {e}"));
-    assert_eq!(answer[4], FRAME_KIND_HELLO);
-    stream
+    common::raw_peer::authenticated(addr, id, 1, b"").await
 }
 
 /// Waits until the server closes `stream` (EOF or reset), bounded by LIVENESS.
@@ -127,7 +119,8 @@ async fn a_call_is_answered_and_attributed_to_its_sender() {
     assert!(matches!(answer, Ok(Response::Probe { initialized: true })), "got {answer:?}");
     assert_eq!(seen_from.load(Ordering::SeqCst), 2);
     let stats = b.stats();
-    assert_eq!((stats.connects, stats.frames_sent, stats.frames_received), (1, 2, 2), "hello and one call: {stats:?}");
+    let frames = (stats.connects, stats.frames_sent, stats.frames_received);
+    assert_eq!(frames, (1, 3, 3), "hello, proof and one call each way: {stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,7 +395,8 @@ async fn garbage_from_a_peer_closes_only_its_connection() {
     // The well-behaved peer is still served, on its same connection.
     assert_index(read_index(&b, 1, 2).await, 2);
     assert_eq!(b.stats().connects, 1);
-    assert!(a.stats().errors >= 4, "{:?}", a.stats());
+    let stats = a.stats();
+    assert!(stats.handshakes_refused >= 1 && stats.errors >= 3, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,4 +418,279 @@ async fn a_call_without_an_answer_times_out_and_leaves_nothing_pending() {
     assert_eq!(b.calls_pending(1), 0);
     assert_eq!(b.stats().timeouts, 1);
     assert_index(read_index(&b, 1, 2).await, 2);
+}
+
+fn with_secret(secret: &str) -> TransportConfig {
+    TransportConfig { secret: Some(Secret::new(secret)), ..TransportConfig::default() }
+}
+
+const SECRET: &str = "the-cluster-secret-0123456789abcdef";
+
+/// A handler that counts the requests it is asked to answer.
+fn counting(calls: &Arc<AtomicUsize>) -> Arc<dyn Handler> {
+    let calls = calls.clone();
+    Arc::new(move |_from: NodeId, _request: Request| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Response::Probe { initialized: true } }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_the_same_secret_are_served() {
+    let (a, addr, _accept) = serving(1, with_secret(SECRET), echo(no_delay)).await;
+    let b = Transport::new(2, with_secret(SECRET));
+    b.set_peer(1, addr);
+
+    assert_index(read_index(&b, 1, 4).await, 4);
+
+    assert_eq!((b.stats().connects, a.stats().accepts, a.stats().handshakes_refused), (1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_different_secrets_never_connect_either_way() {
+    let (a_calls, b_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, a_addr, _a_accept) = serving(1, with_secret(SECRET), counting(&a_calls)).await;
+    let (b, b_addr, _b_accept) = serving(2, with_secret("another-secret-0123456789abcdef"), counting(&b_calls)).await;
+    let c = Transport::new(3, TransportConfig::default()); // no secret at all
+    a.set_peer(2, b_addr.clone());
+    b.set_peer(1, a_addr.clone());
+    c.set_peer(1, a_addr);
+    c.set_peer(2, b_addr);
+
+    for _ in 0..3 {
+        assert_unreachable(b.call(1, &Request::Probe { group: 0 }, LIVENESS).await);
+        assert_unreachable(a.call(2, &Request::Probe { group: 0 }, LIVENESS).await);
+        assert_unreachable(c.call(1, &Request::Probe { group: 0 }, LIVENESS).await);
+        assert_unreachable(c.call(2, &Request::Probe { group: 0 }, LIVENESS).await);
+    }
+
+    assert_eq!((a_calls.load(Ordering::SeqCst), b_calls.load(Ordering::SeqCst)), (0, 0), "a request was served");
+    assert_eq!((a.stats().accepts, b.stats().accepts), (0, 0));
+    assert!(a.stats().handshakes_refused >= 6 && b.stats().handshakes_refused >= 6);
+    assert_eq!((a.stats().connects, b.stats().connects, c.stats().connects), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_and_proofs_are_as_documented_and_a_wrong_proof_is_closed_unanswered() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (a, addr, _accept) = serving(1, with_secret(SECRET), counting(&calls)).await;
+
+    // With the secret, computed from the module docs alone: served.
+    let mut good = common::raw_peer::authenticated(&addr, 2, 1, SECRET.as_bytes()).await;
+    let answer = common::raw_peer::call(&mut good, 1, &Request::Probe { group: 0 }).await;
+    assert!(matches!(answer, Some(Response::Probe { initialized: true })), "got {answer:?}");
+
+    // Without it, a wrong one, or none: closed, and the request sent right
+    // behind the proof is never read.
+    for secret in [b"".as_slice(), b"not-the-secret-0123456789abcdef", &SECRET.as_bytes()[1..]] {
+        match common::raw_peer::shake_hands(&addr, 2, 1, secret).await {
+            common::raw_peer::Handshake::Accepted(_) => panic!("accepted a wrong secret"),
+            common::raw_peer::Handshake::Refused(mut stream) => {
+                _ = stream.write_all(&common::raw_peer::request_frame(1, &Request::Probe { group: 0 })).await;
+                common::raw_peer::assert_closed_unanswered(&mut stream).await;
+            }
+        }
+    }
+
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the authenticated request was served");
+    assert_eq!(a.stats().accepts, 1);
+    assert!(a.stats().handshakes_refused >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_before_the_proof_are_never_read() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (a, addr, _accept) = serving(1, with_secret(SECRET), counting(&calls)).await;
+    let probe = common::raw_peer::request_frame(1, &Request::Probe { group: 0 });
+
+    // A request instead of a hello.
+    let mut no_hello = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    no_hello.write_all(&probe).await.unwrap_or_else(|e| panic!("write: {e}"));
+    common::raw_peer::assert_closed_unanswered(&mut no_hello).await;
+
+    // The previous protocol's hello (version 3, 24 bytes), then a request.
+    let mut old = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut hello = header(24, cluster::transport::FRAME_KIND_HELLO, 0);
+    hello.extend_from_slice(&cluster::transport::HELLO_MAGIC);
+    hello.extend_from_slice(&3u32.to_le_bytes());
+    hello.extend_from_slice(&[0; 4]);
+    hello.extend_from_slice(&2u64.to_le_bytes());
+    old.write_all(&hello).await.unwrap_or_else(|e| panic!("write: {e}"));
+    old.write_all(&probe).await.unwrap_or_else(|e| panic!("write: {e}"));
+    common::raw_peer::assert_closed_unanswered(&mut old).await;
+
+    // A good hello, then a request where the proof belongs.
+    let mut skipped = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    let hello = common::raw_peer::hello(cluster::transport::PROTOCOL_VERSION, 2, &[1; 32]);
+    skipped.write_all(&hello).await.unwrap_or_else(|e| panic!("write: {e}"));
+    let theirs = common::raw_peer::read_frame(&mut skipped).await;
+    assert!(theirs.is_some_and(|(kind, _, _)| kind == cluster::transport::FRAME_KIND_HELLO));
+    skipped.write_all(&probe).await.unwrap_or_else(|e| panic!("write: {e}"));
+    common::raw_peer::assert_closed_unanswered(&mut skipped).await;
+
+    // A hello that names the node itself.
+    let mut itself = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    itself.write_all(&common::raw_peer::hello(cluster::transport::PROTOCOL_VERSION, 1, &[1; 32])).await.ok();
+    common::raw_peer::assert_closed_unanswered(&mut itself).await;
+
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(a.stats().accepts, 0);
+    assert_eq!(a.stats().handshakes_refused, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_reflected_back_to_its_maker_is_refused() {
+    // A fake node 1 that knows no secret: it answers the dialing node's
+    // hello with the same nonce and its proof with that same proof.
+    let (listener, addr) = listen().await;
+    let fake = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap_or_else(|e| panic!("accept: {e}"));
+        let (_, _, hello) = common::raw_peer::read_frame(&mut stream).await.unwrap_or_else(|| panic!("no hello"));
+        let (_, nonce) = common::raw_peer::parse_hello(&hello);
+        let ours = common::raw_peer::hello(cluster::transport::PROTOCOL_VERSION, 1, &nonce);
+        stream.write_all(&ours).await.unwrap_or_else(|e| panic!("write: {e}"));
+        // The dialer refuses an echoed nonce before proving anything.
+        common::raw_peer::read_frame(&mut stream).await
+    });
+    let b = Transport::new(2, with_secret(SECRET));
+    b.set_peer(1, addr.clone());
+    assert_unreachable(b.call(1, &Request::Probe { group: 0 }, LIVENESS).await);
+    let proof = fake.await.unwrap_or_else(|e| panic!("fake: {e}"));
+    assert!(proof.is_none(), "the dialer proved itself to a node that echoed its nonce");
+
+    // With a nonce of its own, the fake gets the dialer's proof, and sends
+    // it back as its own: the labels differ, so the dialer refuses it.
+    let (listener, addr) = listen().await;
+    let fake = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap_or_else(|e| panic!("accept: {e}"));
+        let _hello = common::raw_peer::read_frame(&mut stream).await;
+        let ours = common::raw_peer::hello(cluster::transport::PROTOCOL_VERSION, 1, &[9; 32]);
+        stream.write_all(&ours).await.unwrap_or_else(|e| panic!("write: {e}"));
+        let (kind, _, proof) = common::raw_peer::read_frame(&mut stream).await.unwrap_or_else(|| panic!("no proof"));
+        let reflected = common::raw_peer::frame(kind, 0, &proof);
+        stream.write_all(&reflected).await.unwrap_or_else(|e| panic!("write: {e}"));
+        // Then a request, as if the connection were open: never sent by a
+        // dialer that refused the proof, so nothing but the close arrives.
+        common::raw_peer::read_frame(&mut stream).await
+    });
+    b.set_peer(1, addr);
+    assert_unreachable(b.call(1, &Request::Probe { group: 0 }, LIVENESS).await);
+    let after = fake.await.unwrap_or_else(|e| panic!("fake: {e}"));
+    assert!(after.is_none(), "the dialer sent {after:?} after a reflected proof");
+    assert_eq!(b.stats().connects, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_handler_does_not_admit_is_closed_before_any_request() {
+    struct OnlyTwo(Arc<AtomicUsize>);
+    impl Handler for OnlyTwo {
+        fn handle(
+            &self,
+            _from: NodeId,
+            _request: Request,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + 'static>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Response::Probe { initialized: true } })
+        }
+
+        fn admits(&self, peer: NodeId) -> bool {
+            peer == 2
+        }
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (a, addr, _accept) = serving(1, with_secret(SECRET), Arc::new(OnlyTwo(calls.clone()))).await;
+    let two = Transport::new(2, with_secret(SECRET));
+    let nine = Transport::new(9, with_secret(SECRET));
+    two.set_peer(1, addr.clone());
+    nine.set_peer(1, addr);
+
+    assert_unreachable(nine.call(1, &Request::Probe { group: 0 }, LIVENESS).await);
+    let answer = two.call(1, &Request::Probe { group: 0 }, LIVENESS).await;
+
+    assert!(matches!(answer, Ok(Response::Probe { initialized: true })), "got {answer:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!((a.stats().accepts, a.stats().handshakes_refused), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_shakes_hands_is_closed_after_the_connect_timeout() {
+    let config = TransportConfig { connect_timeout_ms: 200, ..with_secret(SECRET) };
+    let (a, addr, _accept) = serving(1, config, echo(no_delay)).await;
+
+    let mut silent = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    common::raw_peer::assert_closed_unanswered(&mut silent).await;
+
+    assert_eq!(a.stats().handshakes_refused, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_incoming_connection_is_closed_and_the_peer_reconnects() {
+    let config = TransportConfig { idle_timeout_ms: 100, ..with_secret(SECRET) };
+    let (a, addr, _accept) = serving(1, config.clone(), echo(no_delay)).await;
+    let b = Transport::new(2, config);
+    b.set_peer(1, addr);
+    assert_index(read_index(&b, 1, 1).await, 1);
+
+    tokio::time::timeout(LIVENESS, async {
+        while a.stats().idle_closed == 0 || b.calls_pending(1) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the idle connection was never closed: {e}"));
+    // A call finds the connection gone (or, racing the close, fails and is
+    // retried, as Raft's and the forwarder's calls are) and reconnects.
+    let mut answer = read_index(&b, 1, 2).await;
+    if matches!(answer, Err(TransportError::Unreachable(_))) {
+        answer = read_index(&b, 1, 2).await;
+    }
+    assert_index(answer, 2);
+    assert!(b.stats().connects >= 2, "{:?}", b.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_keeps_its_connection_open_past_the_idle_timeout() {
+    let handler: Arc<dyn Handler> = Arc::new(|_from: NodeId, request: Request| async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Response::ReadIndex { index: Some(u64::from(request.group())) }
+    });
+    let config = TransportConfig { idle_timeout_ms: 100, ..with_secret(SECRET) };
+    let (a, addr, _accept) = serving(1, config.clone(), handler).await;
+    let b = Transport::new(2, config);
+    b.set_peer(1, addr);
+
+    // Answered on the connection it was sent on: not closed while it ran.
+    assert_index(read_index(&b, 1, 3).await, 3);
+
+    assert_eq!(b.stats().connects, 1);
+    assert_eq!(a.stats().accepts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_stops_midway_closes_its_connection() {
+    // Long enough that the frame starts before the connection could idle.
+    let config = TransportConfig { idle_timeout_ms: 1_000, ..with_secret(SECRET) };
+    let (a, addr, _accept) = serving(1, config, echo(no_delay)).await;
+    let mut peer = common::raw_peer::authenticated(&addr, 2, 1, SECRET.as_bytes()).await;
+
+    let mut partial = header(1000, FRAME_KIND_REQUEST, 1);
+    partial.extend_from_slice(&[0; 10]);
+    peer.write_all(&partial).await.unwrap_or_else(|e| panic!("write: {e}"));
+    common::raw_peer::assert_closed_unanswered(&mut peer).await;
+
+    assert!(a.stats().errors >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_incoming_bound_are_closed_at_once() {
+    // The two silent connections keep their slots for the whole test.
+    let config = TransportConfig { connections_incoming_max: 2, connect_timeout_ms: 600_000, ..with_secret(SECRET) };
+    let (a, addr, _accept) = serving(1, config, echo(no_delay)).await;
+    let _first = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    let _second = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+
+    let mut third = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    common::raw_peer::assert_closed_unanswered(&mut third).await;
+
+    assert_eq!(a.stats().connections_refused, 1);
 }

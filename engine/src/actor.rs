@@ -81,7 +81,9 @@ impl Handler<Apply> for ShardActor {
             let mut applied = self.spare.pop().unwrap_or_default();
             self.state.apply_into(entry, &mut applied)?;
             if message.describe_events {
-                answer.records.extend(applied.events.iter().map(|event| self.state.describe(event)));
+                for event in &applied.events {
+                    answer.records.push(self.state.describe(event)?);
+                }
             }
             answer.applied.push(applied);
         }
@@ -160,6 +162,29 @@ impl Handler<Install> for ShardActor {
 
     fn handle(&mut self, message: Install, _: &mut Context<Self>) {
         self.state = *message.0;
+    }
+}
+
+/// Test hook: breaks the state as a bug would: a rule
+/// (`ShardState::break_invariant_for_tests`) or an arena reference
+/// (`ShardState::corrupt_arena_for_tests`).
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum BreakInvariant {
+    ReservedAboveOnHand,
+    SkuOutsideArena,
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+impl Handler<BreakInvariant> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, message: BreakInvariant, _: &mut Context<Self>) {
+        match message {
+            BreakInvariant::ReservedAboveOnHand => self.state.break_invariant_for_tests(),
+            BreakInvariant::SkuOutsideArena => self.state.corrupt_arena_for_tests(),
+        }
     }
 }
 

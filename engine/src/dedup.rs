@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(retry, first, "the retry answers the first outcome");
         assert_eq!(retry_events, 0, "a duplicate emits nothing");
         assert_eq!(f.levels("SKU-1", "berlin"), (15, 0));
-        assert_eq!(f.state.get_item("SKU-1", "berlin").map(|v| v.version), Some(2));
+        assert_eq!(f.state.get_item("SKU-1", "berlin").ok().flatten().map(|v| v.version), Some(2));
     }
 
     #[test]
@@ -281,7 +281,7 @@ mod tests {
         let (retry, events) = once(&mut f, req(4), hold_command(2, &[("SKU-1", "berlin", 3)], None));
         assert_eq!((retry, events), (first, 0));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
-        assert!(f.state.reservation(&rid(2)).is_none());
+        assert!(f.state.reservation(&rid(2)).ok().flatten().is_none());
     }
 
     #[test]
@@ -298,7 +298,7 @@ mod tests {
             matches!(first, Outcome::Confirmed { replayed: false, ref idempotency_key, .. } if *idempotency_key == key),
             "{first:?}"
         );
-        assert!(f.state.reservation(&rid(1)).is_none(), "forgotten at once");
+        assert!(f.state.reservation(&rid(1)).ok().flatten().is_none(), "forgotten at once");
         let bytes = f.state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}"));
         let restored = ShardState::from_snapshot_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"));
         let mut g = Fixture { state: restored, index: f.index, now_ms: f.now_ms + 10 };

@@ -126,12 +126,27 @@ impl InputError {
 }
 
 /// Why `apply` refused a log entry as a whole. These are caller bugs (entries
-/// out of order), never a consequence of what a client sent.
+/// out of order) or a corrupt state, never a consequence of what a client
+/// sent.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     #[error("entry {got} applied after {last_applied:?}; an entry must never apply twice or go back")]
     OutOfOrder { last_applied: Option<u64>, got: u64 },
+    /// A lookup inside the state found it broken while applying the entry:
+    /// the shard must stop (commands before it in the entry may have
+    /// applied).
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
 }
+
+/// A lookup inside a shard's state found the state broken: an offset outside
+/// its SKU arena, a SKU that is not UTF-8, a warehouse or principal id past
+/// its table. Never the consequence of input (every reference is checked
+/// when a snapshot loads and after one is built); a bug. The shard must stop
+/// rather than answer with a guess such as an empty name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("shard state is corrupt: {0}")]
+pub struct Corrupt(pub String);
 
 /// Errors of the write-ahead log.
 #[derive(Debug, thiserror::Error)]
@@ -150,14 +165,111 @@ pub enum WalError {
     RecordTooLarge { len: usize, max: usize },
     #[error("WAL record failed its check before writing: {0}")]
     Encode(String),
-    #[error("WAL is unusable after an earlier I/O failure; restart the process to recover from disk")]
-    Poisoned,
+    #[error("WAL is unusable after an earlier failure ({0}); restart the process to recover from disk")]
+    Poisoned(WalFailure),
+}
+
+/// What kind of storage failure stopped a WAL (or a snapshot write), read off
+/// the operating system's error. Operators act differently on each: free
+/// space, raise the descriptor limit, or replace a failing disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StorageFault {
+    /// `fsync`/`fdatasync` failed (typically EIO). After that the kernel may
+    /// have dropped the dirty pages, so nothing written since the last good
+    /// sync may be trusted to be on disk.
+    Fsync,
+    /// No space left on the device (ENOSPC), or a quota reached (EDQUOT).
+    NoSpace,
+    /// The process or the system ran out of file descriptors (EMFILE, ENFILE).
+    TooManyOpenFiles,
+    /// Any other I/O error.
+    Io,
+}
+
+impl StorageFault {
+    /// Classifies `error`; `syncing` says whether it came from an fsync,
+    /// which makes an error that is not about space or descriptors an fsync
+    /// error.
+    pub fn of(error: &std::io::Error, syncing: bool) -> Self {
+        let raw = error.raw_os_error();
+        let is = |errno: rustix::io::Errno| raw == Some(errno.raw_os_error());
+        if is(rustix::io::Errno::NOSPC)
+            || is(rustix::io::Errno::DQUOT)
+            || matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        {
+            StorageFault::NoSpace
+        } else if is(rustix::io::Errno::MFILE) || is(rustix::io::Errno::NFILE) {
+            StorageFault::TooManyOpenFiles
+        } else if syncing {
+            StorageFault::Fsync
+        } else {
+            StorageFault::Io
+        }
+    }
+
+    /// A stable, machine-readable name (metrics labels, problem bodies).
+    pub fn code(self) -> &'static str {
+        match self {
+            StorageFault::Fsync => "fsync_error",
+            StorageFault::NoSpace => "no_space",
+            StorageFault::TooManyOpenFiles => "too_many_open_files",
+            StorageFault::Io => "io_error",
+        }
+    }
+
+    /// The `io::ErrorKind` an error of this kind is reported with.
+    pub fn kind(self) -> std::io::ErrorKind {
+        match self {
+            StorageFault::NoSpace => std::io::ErrorKind::StorageFull,
+            StorageFault::Fsync | StorageFault::TooManyOpenFiles | StorageFault::Io => std::io::ErrorKind::Other,
+        }
+    }
+}
+
+impl fmt::Display for StorageFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageFault::Fsync => "fsync error",
+            StorageFault::NoSpace => "no space left",
+            StorageFault::TooManyOpenFiles => "too many open files",
+            StorageFault::Io => "I/O error",
+        })
+    }
+}
+
+/// The failure that poisoned a WAL: its kind and what failed, with the OS's
+/// words. Every later append, flush and vote fails with it until a restart.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{fault}: {detail}")]
+pub struct WalFailure {
+    pub fault: StorageFault,
+    pub detail: String,
+}
+
+impl WalFailure {
+    /// The failure of `error` in `what` (e.g. "fdatasync of WAL segment 3").
+    pub fn new(what: &str, error: &std::io::Error, syncing: bool) -> Self {
+        Self { fault: StorageFault::of(error, syncing), detail: format!("{what} failed: {error}") }
+    }
+
+    /// As an `io::Error` that keeps this failure inside (`get_ref`), so a
+    /// caller that only sees `io::Error` (openraft's callbacks) can still
+    /// tell the fault.
+    pub fn to_io(&self) -> std::io::Error {
+        std::io::Error::new(self.fault.kind(), self.clone())
+    }
+
+    /// The failure inside an `io::Error` made by `to_io`, if it is one.
+    pub fn inside(error: &std::io::Error) -> Option<&WalFailure> {
+        error.get_ref().and_then(|inner| inner.downcast_ref::<WalFailure>())
+    }
 }
 
 impl From<WalError> for std::io::Error {
     fn from(error: WalError) -> Self {
         match error {
             WalError::Io { source, .. } => std::io::Error::new(source.kind(), source.to_string()),
+            WalError::Poisoned(failure) => failure.to_io(),
             other => std::io::Error::other(other.to_string()),
         }
     }

@@ -34,7 +34,7 @@ mod wheel;
 
 pub use cmd::Command;
 pub use config::{Limits, WalConfig};
-pub use error::{ApplyError, Field, InputError, SnapshotError, WalError};
+pub use error::{ApplyError, Corrupt, Field, InputError, SnapshotError, WalError};
 pub use event::{Event, EventId, EventKind, EventRecord};
 pub use log::{Batch, EntryPayload, LogEntry, LogId, StoredMembership, Vote};
 pub use outcome::{Outcome, Refusal};

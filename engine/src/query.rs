@@ -4,9 +4,14 @@
 //!
 //! Every read is bounded: pages have a limit and a scan budget, histories a
 //! length, so no request walks a million items.
+//!
+//! Reads that name items, warehouses or principals look them up in the
+//! shard's arenas; a lookup that finds the state corrupt is an error
+//! (`Corrupt`), never an empty name: the caller stops the shard.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::error::Corrupt;
 use crate::event::{Event, EventKind, EventRecord};
 use crate::ids::{IdempotencyKey, ReservationId};
 use crate::item::{ItemId, Status, Who};
@@ -67,12 +72,12 @@ pub struct AvailabilityView {
 }
 
 impl ShardState {
-    pub(crate) fn item_view(&self, id: ItemId) -> ItemView {
+    pub(crate) fn item_view(&self, id: ItemId) -> Result<ItemView, Corrupt> {
         let item = self.item(id);
         let attrs = item.attrs.as_deref();
-        ItemView {
-            sku: self.item_sku(id).to_owned(),
-            warehouse: self.item_warehouse(id).to_owned(),
+        Ok(ItemView {
+            sku: self.item_sku(id)?.to_owned(),
+            warehouse: self.item_warehouse(id)?.to_owned(),
             on_hand: item.on_hand,
             reserved: item.reserved,
             available: item.available(),
@@ -82,32 +87,32 @@ impl ShardState {
             updated_at_ms: item.updated_at_ms,
             name: attrs.and_then(|a| a.name.as_ref()).map(|name| name.as_str().to_owned()),
             unit_price_minor: attrs.and_then(|a| a.unit_price_minor),
-        }
+        })
     }
 
-    pub fn get_item(&self, sku: &str, warehouse: &str) -> Option<ItemView> {
-        self.find_item(sku, warehouse).map(|id| self.item_view(id))
+    pub fn get_item(&self, sku: &str, warehouse: &str) -> Result<Option<ItemView>, Corrupt> {
+        self.find_item(sku, warehouse).map(|id| self.item_view(id)).transpose()
     }
 
     /// All warehouses of a SKU. Empty if the SKU is unknown.
-    pub fn sku_items(&self, sku: &str) -> SkuView {
-        let mut items: Vec<ItemView> = self.items_of_sku(sku).map(|id| self.item_view(id)).collect();
+    pub fn sku_items(&self, sku: &str) -> Result<SkuView, Corrupt> {
+        let mut items: Vec<ItemView> = self.items_of_sku(sku).map(|id| self.item_view(id)).collect::<Result<_, _>>()?;
         items.sort_by(|a, b| a.warehouse.cmp(&b.warehouse));
-        SkuView {
+        Ok(SkuView {
             on_hand: items.iter().map(|i| i.on_hand).sum(),
             reserved: items.iter().map(|i| i.reserved).sum(),
             available: items.iter().map(|i| i.available).sum(),
             items,
-        }
+        })
     }
 
     /// A page of items in creation order, filtered by status and warehouse.
-    pub fn list_items(&self, filter: &ItemFilter) -> ItemPage {
+    pub fn list_items(&self, filter: &ItemFilter) -> Result<ItemPage, Corrupt> {
         let warehouse = match &filter.warehouse {
             Some(name) => match self.p.warehouses.iter().position(|w| w == name) {
                 Some(id) => Some(id),
                 None => {
-                    return ItemPage { items: Vec::new(), next_cursor: None };
+                    return Ok(ItemPage { items: Vec::new(), next_cursor: None });
                 }
             },
             None => None,
@@ -124,21 +129,23 @@ impl ShardState {
             let wanted = warehouse.is_none_or(|w| usize::from(item.warehouse) == w)
                 && filter.status.is_none_or(|status| item.status() == status);
             if wanted {
-                items.push(self.item_view(ItemId(u32::try_from(position).unwrap_or(u32::MAX))));
+                items.push(self.item_view(ItemId(u32::try_from(position).unwrap_or(u32::MAX)))?);
             }
             position += 1;
         }
         let next_cursor = (position < total).then(|| u32::try_from(position).unwrap_or(u32::MAX));
-        ItemPage { items, next_cursor }
+        Ok(ItemPage { items, next_cursor })
     }
 
     /// The item's most recent movements, newest first; `None` if no such item.
-    pub fn history(&self, sku: &str, warehouse: &str, limit: usize) -> Option<Vec<MovementView>> {
-        let id = self.find_item(sku, warehouse)?;
+    pub fn history(&self, sku: &str, warehouse: &str, limit: usize) -> Result<Option<Vec<MovementView>>, Corrupt> {
+        let Some(id) = self.find_item(sku, warehouse) else {
+            return Ok(None);
+        };
         let movements = self.item(id).movements().take(limit);
-        Some(
-            movements
-                .map(|m| MovementView {
+        let views = movements
+            .map(|m| {
+                Ok(MovementView {
                     at_ms: m.at_ms,
                     reason: m.reason,
                     delta: m.delta,
@@ -146,34 +153,37 @@ impl ShardState {
                     on_hand_after: m.on_hand_after,
                     who: match m.who {
                         Who::System => "system".to_owned(),
-                        Who::Principal(principal) => self.principal_name(principal).to_owned(),
+                        Who::Principal(principal) => self.principal_name(principal)?.to_owned(),
                         Who::Reservation(reservation) => reservation.to_string(),
                     },
                 })
-                .collect(),
-        )
+            })
+            .collect::<Result<_, Corrupt>>()?;
+        Ok(Some(views))
     }
 
-    pub fn reservation(&self, id: &ReservationId) -> Option<ReservationView> {
-        self.find_reservation(id).and_then(|slot| self.reservation_view(slot))
+    pub fn reservation(&self, id: &ReservationId) -> Result<Option<ReservationView>, Corrupt> {
+        self.find_reservation(id).map_or(Ok(None), |slot| self.reservation_view(slot))
     }
 
-    pub fn reservation_by_key(&self, key: &IdempotencyKey) -> Option<ReservationView> {
-        self.find_by_key(key).and_then(|slot| self.reservation_view(slot))
+    pub fn reservation_by_key(&self, key: &IdempotencyKey) -> Result<Option<ReservationView>, Corrupt> {
+        self.find_by_key(key).map_or(Ok(None), |slot| self.reservation_view(slot))
     }
 
-    fn reservation_view(&self, slot: u32) -> Option<ReservationView> {
-        let reservation = self.reservation_at(slot)?;
-        Some(ReservationView {
-            summary: self.summary(slot)?,
-            lines: self.line_views(reservation.lines.as_slice()),
+    fn reservation_view(&self, slot: u32) -> Result<Option<ReservationView>, Corrupt> {
+        let (Some(reservation), Some(summary)) = (self.reservation_at(slot), self.summary(slot)) else {
+            return Ok(None);
+        };
+        Ok(Some(ReservationView {
+            summary,
+            lines: self.line_views(reservation.lines.as_slice())?,
             idempotency_key: reservation.idempotency_key.as_ref().map(|key| key.as_str().to_owned()),
-        })
+        }))
     }
 
     /// The lines of the reservation in `slot`, as stored.
-    pub(crate) fn reservation_lines(&self, slot: u32) -> Option<Vec<LineView>> {
-        self.reservation_at(slot).map(|reservation| self.line_views(reservation.lines.as_slice()))
+    pub(crate) fn reservation_lines(&self, slot: u32) -> Result<Option<Vec<LineView>>, Corrupt> {
+        self.reservation_at(slot).map(|reservation| self.line_views(reservation.lines.as_slice())).transpose()
     }
 
     /// The idempotency key of the reservation in `slot`, if it has one.
@@ -182,13 +192,15 @@ impl ShardState {
     }
 
     /// Held lines as callers see them, in the order given.
-    pub(crate) fn line_views(&self, lines: &[HeldLine]) -> Vec<LineView> {
+    pub(crate) fn line_views(&self, lines: &[HeldLine]) -> Result<Vec<LineView>, Corrupt> {
         lines
             .iter()
-            .map(|line| LineView {
-                sku: self.item_sku(line.item).to_owned(),
-                warehouse: self.item_warehouse(line.item).to_owned(),
-                quantity: line.quantity,
+            .map(|line| {
+                Ok(LineView {
+                    sku: self.item_sku(line.item)?.to_owned(),
+                    warehouse: self.item_warehouse(line.item)?.to_owned(),
+                    quantity: line.quantity,
+                })
             })
             .collect()
     }
@@ -213,25 +225,32 @@ impl ShardState {
         AvailabilityView { lines, all_available }
     }
 
-    /// An event with its item named, for publishing.
-    pub fn describe(&self, event: &Event) -> EventRecord {
+    /// An event with its item named, for publishing. An expiry names no
+    /// item (empty names); an event whose item is not in the shard, or
+    /// whose names are corrupt, is an error.
+    pub fn describe(&self, event: &Event) -> Result<EventRecord, Corrupt> {
         let item = match event.kind {
             EventKind::StockChanged { item, .. } | EventKind::ThresholdCrossed { item, .. } => Some(item),
             EventKind::ReservationExpired { .. } => None,
         };
         let (sku, warehouse) = match item {
             Some(id) if (id.0 as usize) < self.p.items.len() => {
-                (self.item_sku(id).to_owned(), self.item_warehouse(id).to_owned())
+                (self.item_sku(id)?.to_owned(), self.item_warehouse(id)?.to_owned())
             }
-            _ => (String::new(), String::new()),
+            Some(id) => {
+                return Err(Corrupt(format!("event {:?} names item {}, past the shard's items", event.id, id.0)));
+            }
+            None => (String::new(), String::new()),
         };
-        EventRecord { id: event.id, at_ms: event.at_ms, sku, warehouse, kind: event.kind }
+        Ok(EventRecord { id: event.id, at_ms: event.at_ms, sku, warehouse, kind: event.kind })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::Command;
+    use crate::log::{LogEntry, LogId};
     use crate::state::tests_support::{Fixture, rid};
 
     #[test]
@@ -241,11 +260,11 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.stock("SKU-2", "berlin", 7, 0);
         f.hold(1, &[("SKU-1", "berlin", 3)]);
-        let view = f.state.sku_items("SKU-1");
+        let view = f.state.sku_items("SKU-1").unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = view.items.iter().map(|i| i.warehouse.as_str()).collect();
         assert_eq!(names, vec!["berlin", "paris"]);
         assert_eq!((view.on_hand, view.reserved, view.available), (14, 3, 11));
-        assert!(f.state.sku_items("SKU-404").items.is_empty());
+        assert!(f.state.sku_items("SKU-404").unwrap_or_else(|e| panic!("{e}")).items.is_empty());
     }
 
     #[test]
@@ -256,18 +275,19 @@ mod tests {
         }
         let filter =
             ItemFilter { status: Some(Status::LowStock), limit: 100, scan_max: 1_000, ..ItemFilter::default() };
-        let low: Vec<u64> = f.state.list_items(&filter).items.iter().map(|i| i.on_hand).collect();
+        let low: Vec<u64> =
+            f.state.list_items(&filter).unwrap_or_else(|e| panic!("{e}")).items.iter().map(|i| i.on_hand).collect();
         assert_eq!(low, vec![1, 2, 3]);
         let berlin =
             ItemFilter { warehouse: Some("berlin".into()), limit: 2, scan_max: 1_000, ..ItemFilter::default() };
-        let page = f.state.list_items(&berlin);
+        let page = f.state.list_items(&berlin).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.items.len(), 2);
         let next = ItemFilter { cursor: page.next_cursor.unwrap_or(0), ..berlin.clone() };
-        let rest = f.state.list_items(&ItemFilter { limit: 100, ..next });
+        let rest = f.state.list_items(&ItemFilter { limit: 100, ..next }).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rest.items.len(), 3);
         assert_eq!(rest.next_cursor, None);
         let unknown = ItemFilter { warehouse: Some("oslo".into()), limit: 10, scan_max: 10, ..ItemFilter::default() };
-        assert!(f.state.list_items(&unknown).items.is_empty());
+        assert!(f.state.list_items(&unknown).unwrap_or_else(|e| panic!("{e}")).items.is_empty());
     }
 
     #[test]
@@ -277,7 +297,7 @@ mod tests {
             f.stock(&format!("SKU-{n}"), "berlin", 100, 0);
         }
         let filter = ItemFilter { status: Some(Status::OutOfStock), limit: 5, scan_max: 4, ..ItemFilter::default() };
-        let page = f.state.list_items(&filter);
+        let page = f.state.list_items(&filter).unwrap_or_else(|e| panic!("{e}"));
         assert!(page.items.is_empty());
         assert_eq!(page.next_cursor, Some(4));
     }
@@ -300,12 +320,63 @@ mod tests {
         f.stock("SKU-1", "berlin", 5, 0);
         let key = IdempotencyKey::new("cart-1").ok();
         f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], key.clone()));
-        let view = f.state.reservation(&rid(1)).unwrap_or_else(|| panic!("missing"));
+        let view = f.state.reservation(&rid(1)).ok().flatten().unwrap_or_else(|| panic!("missing"));
         assert_eq!(view.lines, vec![LineView { sku: "SKU-1".into(), warehouse: "berlin".into(), quantity: 2 }]);
         assert_eq!(view.idempotency_key.as_deref(), Some("cart-1"));
-        let by_key = key.and_then(|key| f.state.reservation_by_key(&key));
+        let by_key = key.and_then(|key| f.state.reservation_by_key(&key).ok().flatten());
         assert_eq!(by_key, Some(view));
-        assert!(f.state.reservation(&rid(2)).is_none());
+        assert!(f.state.reservation(&rid(2)).ok().flatten().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_arena_reference_is_an_error_never_an_empty_name() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        f.stock("SKU-2", "berlin", 5, 0);
+        f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None));
+        assert!(f.state.list_items(&ItemFilter { limit: 10, scan_max: 10, ..ItemFilter::default() }).is_ok());
+
+        f.state.corrupt_arena_for_tests();
+        let all = ItemFilter { limit: 10, scan_max: 10, ..ItemFilter::default() };
+        let error = f.state.list_items(&all).err().unwrap_or_else(|| panic!("a corrupt SKU was listed"));
+        assert!(error.0.contains("outside the"), "{error}");
+        assert!(f.state.reservation(&rid(1)).is_err(), "the hold's line names the corrupt item");
+        // The other item reads as before.
+        assert_eq!(f.state.get_item("SKU-2", "berlin").ok().flatten().map(|item| item.on_hand), Some(5));
+        // A corrupt item is never taken for the one asked for.
+        assert_eq!(f.state.get_item("SKU-1", "berlin"), Ok(None));
+        // And the full check names it.
+        assert!(f.state.check_invariants().is_err_and(|reason| reason.contains("SKU outside arena")));
+    }
+
+    #[test]
+    fn an_unknown_warehouse_or_principal_id_is_an_error() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        f.state.p.items[0].warehouse = 7;
+        let all = ItemFilter { limit: 10, scan_max: 10, ..ItemFilter::default() };
+        assert!(f.state.list_items(&all).is_err_and(|error| error.0.contains("warehouse 7")));
+
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        if let Some(movement) = f.state.p.items[0].history.first_mut() {
+            movement.who = Who::Principal(9);
+        }
+        assert!(f.state.history("SKU-1", "berlin", 10).is_err_and(|error| error.0.contains("principal 9")));
+    }
+
+    #[test]
+    fn applying_a_command_that_meets_a_corrupt_name_fails_the_entry_and_changes_nothing_of_it() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None));
+        f.state.corrupt_arena_for_tests();
+        let confirm = Command::Confirm(crate::cmd::Confirm { id: rid(1) });
+        let entry = LogEntry::batch(LogId::new(1, f.index + 1), f.now_ms, vec![confirm]);
+        let answer = f.state.apply(&entry);
+        assert!(matches!(answer, Err(crate::error::ApplyError::Corrupt(_))), "{answer:?}");
+        let item = &f.state.p.items[0];
+        assert_eq!((item.on_hand, item.reserved), (5, 2), "the confirm read its lines before it changed anything");
     }
 
     #[test]
@@ -313,7 +384,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
         let applied = f.run(vec![crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None)]);
-        let record = f.state.describe(&applied.events[0]);
+        let record = f.state.describe(&applied.events[0]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((record.sku.as_str(), record.warehouse.as_str()), ("SKU-1", "berlin"));
         assert_eq!(record.id.index, f.index);
     }

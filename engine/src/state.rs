@@ -21,7 +21,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::cmd::{self, Command};
 use crate::config::Limits;
 use crate::dedup::{DedupIndex, DedupRecord, DedupWindow};
-use crate::error::{ApplyError, InputError, SnapshotError};
+use crate::error::{ApplyError, Corrupt, InputError, SnapshotError};
 use crate::event::{Cause, Event, EventId, EventKind, LevelChange};
 use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, RequestId, ReservationId};
 use crate::item::{Item, ItemId, Movement, MovementReason, Status, Who};
@@ -201,13 +201,13 @@ impl ShardState {
             live_holds: 0,
             dedup: DedupIndex::rebuild(&p.dedup),
         };
+        // Every item's SKU is inside the arena (`check_references` ran
+        // first, or the state is new).
         for (id, item) in p.items.iter().enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
-            let hash = item_hash(&ix.hasher, sku_bytes(&p.sku_arena, item), item.warehouse);
-            ix.items.insert_unique(hash, id, |&other| {
-                let other = &p.items[other as usize];
-                item_hash(&ix.hasher, sku_bytes(&p.sku_arena, other), other.warehouse)
-            });
+            let hash = item_key_hash(&ix.hasher, &p.sku_arena, item);
+            ix.items
+                .insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         }
         for (id, name) in p.warehouses.iter().enumerate() {
             ix.warehouses.insert(name.clone(), u16::try_from(id).unwrap_or(u16::MAX));
@@ -328,8 +328,8 @@ impl ShardState {
                 let request_ids = batch.effective_request_ids();
                 for (position, command) in batch.commands.iter().enumerate() {
                     let outcome = match request_ids.get(position) {
-                        Some(&request_id) => self.apply_once(request_id, command, &mut emitter),
-                        None => cmd::apply(self, command, &mut emitter),
+                        Some(&request_id) => self.apply_once(request_id, command, &mut emitter)?,
+                        None => cmd::apply(self, command, &mut emitter)?,
                     };
                     applied.outcomes.push(outcome);
                 }
@@ -377,15 +377,20 @@ impl ShardState {
     /// window the command ran before (in this batch or an earlier one), so it
     /// changes nothing and answers the first outcome; otherwise it applies
     /// and its outcome, refusals included, is remembered.
-    fn apply_once(&mut self, request_id: RequestId, command: &Command, emitter: &mut Emitter) -> Outcome {
+    fn apply_once(
+        &mut self,
+        request_id: RequestId,
+        command: &Command,
+        emitter: &mut Emitter,
+    ) -> Result<Outcome, Corrupt> {
         let vacant = match self.ix.dedup.find(&self.p.dedup, &request_id) {
-            Ok(first) => return first.clone(),
+            Ok(first) => return Ok(first.clone()),
             Err(vacant) => vacant,
         };
-        let outcome = cmd::apply(self, command, emitter);
+        let outcome = cmd::apply(self, command, emitter)?;
         let record = DedupRecord { request_id, at_ms: self.p.now_ms, outcome: outcome.clone() };
         self.ix.dedup.push(&mut self.p.dedup, vacant, record, self.p.limits.dedup_window_max);
-        outcome
+        Ok(outcome)
     }
 
     /// Forgets request ids past the window's bounds, oldest first.
@@ -420,8 +425,11 @@ impl ShardState {
         self.ix
             .items
             .find(hash, |&id| {
+                // A corrupt item (SKU outside the arena) is never the one
+                // looked for; the full check after each snapshot stops the
+                // shard on it.
                 let item = &self.p.items[id as usize];
-                item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == sku.as_bytes()
+                item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == Some(sku.as_bytes())
             })
             .map(|&id| ItemId(id))
     }
@@ -475,10 +483,7 @@ impl ShardState {
         });
         let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse_id);
         let (p, ix) = (&self.p, &mut self.ix);
-        ix.items.insert_unique(hash, id, |&other| {
-            let other = &p.items[other as usize];
-            item_hash(&ix.hasher, sku_bytes(&p.sku_arena, other), other.warehouse)
-        });
+        ix.items.insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         Ok(ItemId(id))
     }
 
@@ -490,12 +495,29 @@ impl ShardState {
         &mut self.p.items[id.0 as usize]
     }
 
-    pub(crate) fn item_sku(&self, id: ItemId) -> &str {
-        std::str::from_utf8(sku_bytes(&self.p.sku_arena, self.item(id))).unwrap_or_default()
+    /// The item's SKU, from the shard's arena. An error, never an empty
+    /// name, if the state is corrupt.
+    pub(crate) fn item_sku(&self, id: ItemId) -> Result<&str, Corrupt> {
+        let item = self.item(id);
+        let bytes = sku_bytes(&self.p.sku_arena, item).ok_or_else(|| {
+            Corrupt(format!(
+                "item {}: SKU at {}+{} is outside the {}-byte arena",
+                id.0,
+                item.sku_offset,
+                item.sku_len,
+                self.p.sku_arena.len()
+            ))
+        })?;
+        std::str::from_utf8(bytes).map_err(|_| Corrupt(format!("item {}: SKU is not UTF-8", id.0)))
     }
 
-    pub(crate) fn item_warehouse(&self, id: ItemId) -> &str {
-        self.p.warehouses.get(usize::from(self.item(id).warehouse)).map_or("", String::as_str)
+    /// The item's warehouse name, from the shard's table. An error, never an
+    /// empty name, if the state is corrupt.
+    pub(crate) fn item_warehouse(&self, id: ItemId) -> Result<&str, Corrupt> {
+        let warehouse = self.item(id).warehouse;
+        self.p.warehouses.get(usize::from(warehouse)).map(String::as_str).ok_or_else(|| {
+            Corrupt(format!("item {}: warehouse {warehouse} is past the {}-name table", id.0, self.p.warehouses.len()))
+        })
     }
 
     pub(crate) fn before(&self, id: ItemId) -> Before {
@@ -568,8 +590,17 @@ impl ShardState {
         Who::Principal(id)
     }
 
-    pub(crate) fn principal_name(&self, id: u16) -> &str {
-        self.p.principals.get(usize::from(id)).map_or("other", String::as_str)
+    /// A principal's name; `"other"` for the id movements get once the
+    /// table is full. An error for any other id past the table.
+    pub(crate) fn principal_name(&self, id: u16) -> Result<&str, Corrupt> {
+        if id == PRINCIPAL_OTHER {
+            return Ok("other");
+        }
+        self.p
+            .principals
+            .get(usize::from(id))
+            .map(String::as_str)
+            .ok_or_else(|| Corrupt(format!("principal {id} is past the {}-name table", self.p.principals.len())))
     }
 
     /// The input error if any SKU of the command belongs to another shard.
@@ -746,7 +777,7 @@ impl ShardState {
         }
         check_references(&p)?;
         let state = Self::from_persisted(p);
-        state.check_invariants()?;
+        state.check_rules()?;
         Ok(state)
     }
 
@@ -759,10 +790,41 @@ impl ShardState {
         }
     }
 
-    /// Checks every invariant of DESIGN.md over the whole shard. O(state):
-    /// for tests and for loading snapshots, not for the hot path (which
-    /// asserts the same rules where it changes state).
+    /// Test hook: breaks a rule of the state as a bug would (the first
+    /// item's `reserved` goes above its `on_hand`), so the checks that must
+    /// catch it can be tested. Does nothing to a shard with no item.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn break_invariant_for_tests(&mut self) {
+        if let Some(item) = self.p.items.first_mut() {
+            item.reserved = item.on_hand.saturating_add(1);
+        }
+    }
+
+    /// Test hook: points the first item's SKU outside the arena, as a bug
+    /// (or a bit flip) would, so the lookups that must refuse it can be
+    /// tested. Does nothing to a shard with no item.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn corrupt_arena_for_tests(&mut self) {
+        let arena_len = u32::try_from(self.p.sku_arena.len()).unwrap_or(u32::MAX);
+        if let Some(item) = self.p.items.first_mut() {
+            item.sku_offset = arena_len;
+        }
+    }
+
+    /// Checks every invariant of DESIGN.md over the whole shard: every
+    /// reference inside the state (arena offsets, warehouse and principal
+    /// ids, reservation lines, free slots), then every rule between its
+    /// parts. O(state): for loading snapshots and after building each one
+    /// (off the shard thread), and for tests; not for the hot path, which
+    /// asserts the same rules where it changes state.
     pub fn check_invariants(&self) -> Result<(), String> {
+        check_references(&self.p)?;
+        self.check_rules()
+    }
+
+    /// The rules between the state's parts, once its references are known
+    /// to be good (`check_references`).
+    fn check_rules(&self) -> Result<(), String> {
         let mut reserved = vec![0u64; self.p.items.len()];
         let mut live = 0u32;
         let terminal: hashbrown::HashSet<u32> = self.p.terminal.iter().copied().collect();
@@ -775,7 +837,10 @@ impl ShardState {
                     return Err(format!("hold {} outlived its deadline", reservation.id));
                 }
                 for line in reservation.lines.as_slice() {
-                    reserved[line.item.0 as usize] += line.quantity;
+                    let sum = reserved
+                        .get_mut(line.item.0 as usize)
+                        .ok_or_else(|| format!("hold {} names unknown item {}", reservation.id, line.item.0))?;
+                    *sum = sum.saturating_add(line.quantity);
                 }
             } else if !terminal.contains(&slot) {
                 return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));
@@ -819,13 +884,26 @@ fn summary_of(reservation: &Reservation) -> ReservationSummary {
     }
 }
 
-fn sku_bytes<'a>(arena: &'a [u8], item: &Item) -> &'a [u8] {
+/// The item's SKU bytes in the arena; `None` if its offset and length fall
+/// outside it (a corrupt state).
+fn sku_bytes<'a>(arena: &'a [u8], item: &Item) -> Option<&'a [u8]> {
     let start = item.sku_offset as usize;
-    arena.get(start..start + usize::from(item.sku_len)).unwrap_or_default()
+    arena.get(start..start.checked_add(usize::from(item.sku_len))?)
 }
 
 fn item_hash(hasher: &DefaultHashBuilder, sku: &[u8], warehouse: u16) -> u64 {
     hasher.hash_one((sku, warehouse))
+}
+
+/// Where an item goes in the item table. Items enter the table only once
+/// their SKU is known to be in the arena; were one corrupt later, its hash
+/// would only misplace it (lookups compare the real bytes, and the full
+/// check after each snapshot stops the shard on it), never match.
+fn item_key_hash(hasher: &DefaultHashBuilder, arena: &[u8], item: &Item) -> u64 {
+    match sku_bytes(arena, item) {
+        Some(sku) => item_hash(hasher, sku, item.warehouse),
+        None => hasher.hash_one((item.sku_offset, item.sku_len, item.warehouse)),
+    }
 }
 
 fn id_hash(hasher: &DefaultHashBuilder, reservations: &[Option<Reservation>], slot: u32) -> u64 {

@@ -601,7 +601,7 @@ fn check_state(state: &ShardState, model: &Model) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(state.stats().request_ids_remembered, model.window.len() as u64, "dedup window size");
     for (item, on_hand) in &model.on_hand {
-        let view = state.get_item(&item.0, &item.1);
+        let view = state.get_item(&item.0, &item.1).ok().flatten();
         prop_assert!(view.is_some(), "missing item {:?}", item);
         if let Some(view) = view {
             prop_assert_eq!(view.on_hand, *on_hand, "on_hand of {:?}", item);
@@ -610,7 +610,7 @@ fn check_state(state: &ShardState, model: &Model) -> Result<(), TestCaseError> {
         }
     }
     for (id, hold) in &model.holds {
-        let view = state.reservation(id);
+        let view = state.reservation(id).ok().flatten();
         prop_assert!(view.is_some(), "reservation {:?} forgotten", id);
         if let Some(view) = view {
             prop_assert_eq!(view.summary.state, hold.state, "state of {:?}", id);
@@ -634,13 +634,13 @@ fn check_crossings(
     let mut chains: HashMap<Key, Vec<(Status, Status)>> = HashMap::new();
     for event in events {
         if let EventKind::ThresholdCrossed { from, to, .. } = event.kind {
-            let record = state.describe(event);
+            let record = state.describe(event).unwrap_or_else(|e| panic!("{e}"));
             prop_assert_ne!(from, to, "a crossing that changes nothing");
             chains.entry((record.sku, record.warehouse)).or_default().push((from, to));
         }
     }
     for (item, status) in before {
-        let now = state.get_item(&item.0, &item.1).map(|v| v.status);
+        let now = state.get_item(&item.0, &item.1).ok().flatten().map(|v| v.status);
         let chain = chains.remove(item).unwrap_or_default();
         let mut at = *status;
         for (from, to) in &chain {
@@ -690,8 +690,11 @@ fn run(batches: &[Step]) -> Result<Run, TestCaseError> {
             ops.iter().map(Op::command).collect(),
             request_ids,
         );
-        let status_before: HashMap<Key, Status> =
-            model.on_hand.keys().filter_map(|k| state.get_item(&k.0, &k.1).map(|v| (k.clone(), v.status))).collect();
+        let status_before: HashMap<Key, Status> = model
+            .on_hand
+            .keys()
+            .filter_map(|k| state.get_item(&k.0, &k.1).ok().flatten().map(|v| (k.clone(), v.status)))
+            .collect();
         let applied = state.apply(&entry).map_err(|e| TestCaseError::fail(e.to_string()))?;
         check_crossings(&state, &applied.events, &status_before)?;
 

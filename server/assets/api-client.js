@@ -128,6 +128,7 @@ export const ERROR_CODES = Object.freeze({
   outcome_unknown: "The write may or may not have applied; retrying with the same Idempotency-Key is safe.",
   timeout: "The request took too long.",
   not_ready: "Some shards have no leader yet.",
+  shard_stopped: "The shard stopped on this node (its storage failed or its state broke a rule); another node may serve it.",
   too_many_subscribers: "Too many live event subscribers; retry later.",
   shutting_down: "The node is shutting down.",
   // Client side

@@ -590,6 +590,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_cluster_listening_beyond_loopback_needs_a_secret() {
+        let open = "[cluster]\nlisten = \"0.0.0.0:7001\"\n";
+        let error = load(open, &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("cluster.secret") && error.contains("TALLY_CLUSTER__SECRET"), "{error}");
+        assert!(load(open, &[("TALLY_CLUSTER__SECRET", "0123456789abcdef0123")]).is_ok());
+        let short = load(open, &[("TALLY_CLUSTER__SECRET", "short")]).err().map(|e| e.to_string());
+        assert!(short.is_some_and(|e| e.contains("at least 16 bytes")));
+        // The default single node, on loopback, needs none.
+        assert!(Config::load(None, Vec::new(), &Overrides::default()).is_ok_and(|c| c.cluster.secret.is_none()));
+    }
+
+    #[test]
+    fn the_cluster_secret_is_never_printed() {
+        const SECRET: &str = "do-not-print-me-0123456789";
+        let config = load("", &[("TALLY_CLUSTER__SECRET", SECRET)]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cluster.secret.as_ref().map(cluster::Secret::expose), Some(SECRET.as_bytes()));
+        // What `tally check-config` prints, and what any log of the config shows.
+        let printed = toml::to_string_pretty(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert!(printed.contains("secret = \"<redacted>\""), "{printed}");
+        let debugged = format!("{config:?} {:?}", config.cluster);
+        for shown in [&printed, &debugged] {
+            assert!(!shown.contains(SECRET), "the secret was shown");
+        }
+    }
+
     fn shipped(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config").join(name)
     }

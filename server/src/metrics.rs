@@ -519,6 +519,55 @@ impl Collector for ClusterCollector {
             counter.encode(metric)?;
         }
 
+        // The peer port (docs/SECURITY.md): refusals an operator should see.
+        let peer = &stats.peer;
+        for (name, help, value) in [
+            (
+                "tally_peer_handshakes_refused",
+                "Incoming peer connections refused during the handshake: a wrong or missing proof of the cluster \
+                 secret, a node id this node does not know, a malformed hello, or no handshake in time.",
+                peer.handshakes_refused,
+            ),
+            (
+                "tally_peer_connections_refused",
+                "Incoming peer connections closed at once because peer_connections_incoming_max were open.",
+                peer.connections_refused,
+            ),
+            (
+                "tally_peer_connections_idle_closed",
+                "Incoming peer connections closed after peer_idle_timeout_ms with nothing received and no request \
+                 running (the peer reconnects when it next calls).",
+                peer.idle_closed,
+            ),
+            (
+                "tally_snapshot_transfers_inbound_dropped",
+                "Snapshot transfers from leaders dropped or refused before completion: abandoned for \
+                 snapshot_transfer_idle_timeout_ms, replaced, evicted for bytes, beyond \
+                 snapshot_transfers_per_peer_max, or out of order.",
+                stats.snapshot_transfers_dropped,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        for (name, help, value) in [
+            (
+                "tally_snapshot_transfers_inbound",
+                "Snapshot transfers from leaders in progress on this node (at most snapshot_transfers_per_peer_max \
+                 per peer).",
+                stats.snapshot_transfers_inbound,
+            ),
+            (
+                "tally_snapshot_inbound_bytes",
+                "Bytes of snapshots being received, over all transfers (at most snapshot_size_max).",
+                stats.snapshot_inbound_bytes,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_gauge(&value)?;
+        }
+
         if let Some(live_holds) = self.cluster.live_holds {
             let mut metric = encoder.encode_descriptor(
                 "tally_live_holds",
@@ -588,6 +637,48 @@ impl Collector for ClusterCollector {
         for stats in snapshots {
             let seconds = stats.last_build_us as f64 * 1e-6;
             metric.encode_family(&[("shard", stats.shard)])?.encode_gauge(&seconds)?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_invariant_checks",
+            "Full state checks (every rule of the shard's state) run on a snapshot this node built, off the \
+             shard thread.",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in snapshots {
+            ConstCounter::new(stats.invariant_checks).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_invariant_failures",
+            "Full state checks that found a broken rule; each stopped the shard on this node (see \
+             tally_shard_stopped).",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in snapshots {
+            ConstCounter::new(stats.invariant_failures).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
+        }
+
+        let stopped: Vec<&cluster::ShardFailure> = shards.iter().filter_map(|s| s.failure.as_ref()).collect();
+        let mut metric = encoder.encode_descriptor(
+            "tally_shards_stopped",
+            "Shards stopped on this node (storage failure or broken invariant) until a restart; 0 when all run.",
+            None,
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&(stopped.len() as u64))?;
+        let mut metric = encoder.encode_descriptor(
+            "tally_shard_stopped",
+            "1 for each shard stopped on this node, labelled with why: fsync_error, no_space, too_many_open_files, \
+             io_error (its storage failed), invariant_broken, raft_stopped. Absent for shards that run.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for failure in stopped {
+            metric
+                .encode_family(&[("shard", failure.shard.to_string()), ("cause", failure.cause.code().to_owned())])?
+                .encode_gauge(&1u64)?;
         }
 
         let mut metric = encoder.encode_descriptor(
@@ -775,11 +866,20 @@ mod tests {
             lag: lag.iter().copied().collect(),
             voters: vec![1, 2, 3],
             learners: Vec::new(),
+            failure: None,
         }
     }
 
     fn snapshot() -> ClusterSnapshot {
-        let mut stats = NodeStats { ticks_proposed: 7, write_path_off_thread: 2, ..NodeStats::default() };
+        let mut stats = NodeStats {
+            ticks_proposed: 7,
+            write_path_off_thread: 2,
+            snapshot_transfers_inbound: 3,
+            snapshot_inbound_bytes: 4096,
+            snapshot_transfers_dropped: 997,
+            ..NodeStats::default()
+        };
+        stats.peer.handshakes_refused = 11;
         for size in [1, 1, 3, 200, 5_000] {
             stats.batch_size.record(size);
         }
@@ -796,12 +896,29 @@ mod tests {
             status: ClusterStatus {
                 node_id: 1,
                 nodes: BTreeMap::new(),
-                shards: vec![shard_status(0, Some(1), &[(1, 0), (2, 0), (3, 5)]), shard_status(1, Some(2), &[])],
+                shards: vec![shard_status(0, Some(1), &[(1, 0), (2, 0), (3, 5)]), shard_status(1, Some(2), &[]), {
+                    let mut stopped = shard_status(2, None, &[]);
+                    stopped.failure = Some(cluster::ShardFailure {
+                        shard: 2,
+                        cause: cluster::FailureCause::Storage(engine::error::StorageFault::NoSpace),
+                        detail: "write to WAL segment 1 failed: No space left on device (os error 28)".into(),
+                        at_unix_ms: 1,
+                    });
+                    stopped
+                }],
             },
             live_holds: Some(12),
             snapshots: vec![
-                SnapshotStats { shard: 0, built: 3, fallbacks: 1, last_build_us: 250_000, installed: 0 },
-                SnapshotStats { shard: 1, built: 0, fallbacks: 0, last_build_us: 0, installed: 2 },
+                SnapshotStats {
+                    shard: 0,
+                    built: 3,
+                    fallbacks: 1,
+                    last_build_us: 250_000,
+                    installed: 0,
+                    invariant_checks: 4,
+                    invariant_failures: 1,
+                },
+                SnapshotStats { shard: 1, built: 0, installed: 2, ..SnapshotStats::default() },
             ],
         }
     }
@@ -848,6 +965,10 @@ mod tests {
         assert_eq!(value("tally_live_holds", &[]), Some(12.0));
         assert_eq!(value("tally_proposer_ticks_total", &[]), Some(7.0));
         assert_eq!(value("tally_write_path_off_thread_total", &[]), Some(2.0));
+        assert_eq!(value("tally_peer_handshakes_refused_total", &[]), Some(11.0));
+        assert_eq!(value("tally_snapshot_transfers_inbound", &[]), Some(3.0));
+        assert_eq!(value("tally_snapshot_inbound_bytes", &[]), Some(4096.0));
+        assert_eq!(value("tally_snapshot_transfers_inbound_dropped_total", &[]), Some(997.0));
         assert_eq!(value("tally_shard_leader", &[("shard", "0")]), Some(1.0));
         assert_eq!(value("tally_shard_leader", &[("shard", "1")]), Some(0.0));
         assert_eq!(value("tally_shard_applied_index", &[("shard", "1")]), Some(40.0));
@@ -858,6 +979,12 @@ mod tests {
         assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", "0")]), Some(1.0));
         assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", "0")]), Some(0.25));
         assert_eq!(value("tally_shard_snapshots_installed_total", &[("shard", "1")]), Some(2.0));
+        assert_eq!(value("tally_shard_invariant_checks_total", &[("shard", "0")]), Some(4.0));
+        assert_eq!(value("tally_shard_invariant_failures_total", &[("shard", "0")]), Some(1.0));
+        assert_eq!(value("tally_shard_invariant_failures_total", &[("shard", "1")]), Some(0.0));
+        assert_eq!(value("tally_shards_stopped", &[]), Some(1.0));
+        assert_eq!(value("tally_shard_stopped", &[("shard", "2"), ("cause", "no_space")]), Some(1.0));
+        assert_eq!(value("tally_shard_stopped", &[("shard", "0")]), None, "a running shard has no sample");
         assert!(text.contains("# TYPE tally_shard_snapshots_built_total counter\n"));
         assert!(text.contains("# TYPE tally_shard_snapshot_last_build_seconds gauge\n"));
         assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "1")]), None, "not the leader itself");
@@ -1001,6 +1128,19 @@ mod tests {
         assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", &shard)]), Some(0.0));
         assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", &shard)]), Some(0.0));
         assert_eq!(value("tally_shard_snapshot_last_build_seconds", &[("shard", &shard)]), Some(0.0));
+        assert_eq!(value("tally_shard_invariant_checks_total", &[("shard", &shard)]), Some(0.0));
+        assert_eq!(value("tally_shards_stopped", &[]), Some(0.0));
+        // The peer port's families, zero on a lone node nobody attacked.
+        for name in [
+            "tally_peer_handshakes_refused_total",
+            "tally_peer_connections_refused_total",
+            "tally_peer_connections_idle_closed_total",
+            "tally_snapshot_transfers_inbound_dropped_total",
+            "tally_snapshot_transfers_inbound",
+            "tally_snapshot_inbound_bytes",
+        ] {
+            assert_eq!(value(name, &[]), Some(0.0), "{name}");
+        }
         node.shutdown().await;
     }
 }

@@ -35,12 +35,15 @@ const PROBLEM_JSON: &str = "application/problem+json";
 
 /// The 503 of a route that reads a shard: what `Problem::read` and the
 /// request timeout answer.
-pub const READ_UNAVAILABLE: &str =
-    "`unavailable`: the shard has no reachable leader (retry after `Retry-After`); `shutting_down`; `timeout`.";
+pub const READ_UNAVAILABLE: &str = "`unavailable`: the shard has no reachable leader (retry after `Retry-After`); \
+    `shard_stopped`: the shard stopped on this node (storage failure or broken invariant; `shard`, `cause`), \
+    another node may serve it; `shutting_down`; `timeout`.";
 /// The 503 of a route that writes through a shard's log: what
 /// `Problem::submit` and the request timeout answer.
 pub const WRITE_UNAVAILABLE: &str = "`unavailable`, `overloaded`: retry after `Retry-After`; `outcome_unknown`: \
-    the change may or may not have applied; `shutting_down`; `timeout`.";
+    the change may or may not have applied (also a write in flight when its shard stopped); `shard_stopped`: the \
+    shard stopped on this node (storage failure or broken invariant; `shard`, `cause`), nothing was applied, \
+    another node may serve it; `shutting_down`; `timeout`.";
 
 /// The API description.
 pub fn document() -> Value {
@@ -641,6 +644,21 @@ pub enum RaftRole {
     Candidate,
     Learner,
     Shutdown,
+    /// The shard stopped on this node (`stopped` says why).
+    Stopped,
+}
+
+/// Why a shard stopped on this node. It stays stopped until a restart.
+#[derive(ToSchema)]
+pub struct StoppedShard {
+    /// `fsync_error`, `no_space`, `too_many_open_files`, `io_error` (its
+    /// storage failed), `invariant_broken` (a check of its state or of its
+    /// answers failed), `raft_stopped` (its Raft core stopped otherwise).
+    pub cause: String,
+    /// What failed, in the words of the check or the operating system.
+    pub detail: String,
+    /// When, on this node's clock (Unix ms).
+    pub at_unix_ms: u64,
 }
 
 /// One shard's Raft group, as this node sees it.
@@ -665,6 +683,9 @@ pub struct ShardStatus {
     pub lag: BTreeMap<String, u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Why the shard stopped on this node; `null` while it runs.
+    #[schema(required = true)]
+    pub stopped: Option<StoppedShard>,
 }
 
 /// One shard's state digest on this node.
@@ -719,6 +740,38 @@ pub struct Ready {
     pub node_id: u64,
 }
 
+/// `/readyz` when not ready: a problem (`shard_stopped` or `not_ready`) that
+/// names what is wrong.
+#[derive(ToSchema)]
+pub struct NotReady {
+    #[schema(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// `shard_stopped` while any shard stopped on this node, else `not_ready`.
+    pub code: String,
+    pub detail: String,
+    /// This node (absent on `timeout`, as the next two).
+    #[schema(nullable = false)]
+    pub node_id: Option<u64>,
+    /// Each shard stopped on this node, with its cause.
+    #[schema(nullable = false)]
+    pub stopped_shards: Option<Vec<ReadyStoppedShard>>,
+    /// Shards with no leader this node knows (stopped ones not included).
+    #[schema(nullable = false)]
+    pub leaderless_shards: Option<Vec<u32>>,
+}
+
+/// A shard stopped on this node, as `/readyz` names it.
+#[derive(ToSchema)]
+pub struct ReadyStoppedShard {
+    pub shard: u32,
+    /// See `StoppedShard.cause`.
+    pub cause: String,
+    pub detail: String,
+    pub at_unix_ms: u64,
+}
+
 /// A line a hold could not take (`insufficient_stock`).
 #[derive(ToSchema)]
 pub struct ShortLine {
@@ -766,6 +819,13 @@ pub struct Problem {
     /// `insufficient_stock`: every short line.
     #[schema(nullable = false)]
     pub lines: Option<Vec<ShortLine>>,
+    /// `shard_stopped`: the shard that stopped on this node.
+    #[schema(nullable = false)]
+    pub shard: Option<u32>,
+    /// `shard_stopped`: why (`fsync_error`, `no_space`, `too_many_open_files`,
+    /// `io_error`, `invariant_broken`, `raft_stopped`).
+    #[schema(nullable = false)]
+    pub cause: Option<String>,
 }
 
 #[cfg(test)]

@@ -140,7 +140,16 @@ impl Problem {
             SubmitError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string()).retry_after_ms(1000)
             }
+            SubmitError::ShardStopped { shard, cause, .. } => Self::stopped(code, error.to_string(), *shard, *cause),
         }
+    }
+
+    /// The shard stopped on this node (storage failure or broken invariant):
+    /// nothing was applied through it; another node may serve the shard.
+    fn stopped(code: &'static str, detail: String, shard: u32, cause: cluster::FailureCause) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+            .with_extra(json!({ "shard": shard, "cause": cause.code() }))
+            .retry_after_ms(1000)
     }
 
     pub fn read(error: &ReadError) -> Self {
@@ -153,6 +162,7 @@ impl Problem {
             ReadError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string()).retry_after_ms(1000)
             }
+            ReadError::ShardStopped { shard, cause, .. } => Self::stopped(code, error.to_string(), *shard, *cause),
         }
     }
 

@@ -1,7 +1,8 @@
 //! A 3-node cluster of real `tally` processes, driven over HTTP only: any
 //! node takes any request (the client never looks for leaders), every node
 //! reads the same levels, writes go on when one node is killed, and the
-//! killed node catches up when it comes back.
+//! killed node catches up when it comes back. The nodes authenticate each
+//! other with a secret from the environment, which no log shows.
 
 mod common;
 
@@ -17,6 +18,8 @@ const SKUS: [&str; 6] = ["cluster-a", "cluster-b", "cluster-c", "cluster-d", "cl
 const WAREHOUSE: &str = "w1";
 const SHARDS: u32 = 4;
 const ON_HAND: u64 = 50;
+/// The nodes' shared peer secret (`TALLY_CLUSTER__SECRET`).
+const CLUSTER_SECRET: &str = "cluster-http-test-secret-0123456789";
 /// Guard on a restarted node's catch-up; it normally takes well under this.
 const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -47,7 +50,9 @@ impl Levels {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_node_serves_any_request_and_a_killed_node_catches_up() {
-    let mut cluster = TallyCluster::start(3, Options::default().shards(SHARDS)).await;
+    // The nodes authenticate each other with a secret from the environment.
+    let options = Options::default().shards(SHARDS).env("TALLY_CLUSTER__SECRET", CLUSTER_SECRET);
+    let mut cluster = TallyCluster::start(3, options).await;
     check_cluster_view(&cluster, &[1, 2, 3]).await;
 
     // Create through node 1, hold through nodes 2 and 3, confirm the first
@@ -135,6 +140,9 @@ async fn any_node_serves_any_request_and_a_killed_node_catches_up() {
         (views[0] == views[1] && views[1] == views[2]).then_some(())
     })
     .await;
+    for node in cluster.nodes() {
+        assert!(!node.logs().contains(CLUSTER_SECRET), "a node logged the cluster secret");
+    }
 }
 
 /// Holds `quantity` of `sku` through `http` under `key` (so 503 retries hold

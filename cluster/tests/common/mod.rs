@@ -5,11 +5,17 @@
 
 use std::time::{Duration, Instant};
 
-use cluster::{ClusterConfig, Member, Node, NodeId};
+use cluster::{ClusterConfig, Member, Node, NodeId, Secret};
 use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
 use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
 use engine::{Outcome, shard_of};
 use tokio::net::TcpListener;
+
+pub mod raw_peer;
+
+/// The secret every test cluster shares, so every cluster test runs the
+/// authenticated handshake.
+pub const TEST_SECRET: &str = "tally-test-cluster-secret-0123456789";
 
 pub fn sku(text: &str) -> Sku {
     Sku::new(text).unwrap_or_else(|error| panic!("bad test SKU {text}: {error}"))
@@ -65,6 +71,7 @@ pub fn fast_config(node_id: NodeId, shards: u32, members: Vec<Member>, dir: &std
         node_id,
         listen: members.iter().find(|m| m.id == node_id).map(|m| m.addr.clone()).unwrap_or_default(),
         members,
+        secret: Some(Secret::new(TEST_SECRET)),
         shards,
         data_dir: dir.to_path_buf(),
         shard_threads: 1,

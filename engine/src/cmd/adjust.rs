@@ -6,7 +6,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::{Field, InputError};
+use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
 use crate::ids::{Principal, QUANTITY_MAX, Sku, Warehouse};
 use crate::item::MovementReason;
@@ -93,19 +93,19 @@ impl Adjust {
     }
 }
 
-pub(super) fn apply(state: &mut ShardState, command: &Adjust, emitter: &mut Emitter) -> Outcome {
+pub(super) fn apply(state: &mut ShardState, command: &Adjust, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
     let Some(id) = state.find_item(command.sku.as_str(), command.warehouse.as_str()) else {
-        return Refusal::ItemNotFound.into();
+        return Ok(Refusal::ItemNotFound.into());
     };
     let item = state.item(id);
     let on_hand = match item.on_hand.checked_add_signed(command.delta) {
         Some(on_hand) if on_hand >= item.reserved => on_hand,
         _ => {
-            return Refusal::BelowReserved { on_hand: item.on_hand, reserved: item.reserved }.into();
+            return Ok(Refusal::BelowReserved { on_hand: item.on_hand, reserved: item.reserved }.into());
         }
     };
     if on_hand > QUANTITY_MAX {
-        return Refusal::QuantityOverflow { max: QUANTITY_MAX }.into();
+        return Ok(Refusal::QuantityOverflow { max: QUANTITY_MAX }.into());
     }
     let before = state.before(id);
     let who = state.who(command.principal.as_ref());
@@ -116,7 +116,7 @@ pub(super) fn apply(state: &mut ShardState, command: &Adjust, emitter: &mut Emit
         created: false,
     };
     state.finish_change(id, before, change, emitter);
-    Outcome::Adjusted { item: Box::new(state.item_view(id)) }
+    Ok(Outcome::Adjusted { item: Box::new(state.item_view(id)?) })
 }
 
 #[cfg(test)]
@@ -145,7 +145,7 @@ mod tests {
         assert!(matches!(received, Outcome::Adjusted { ref item } if item.on_hand == 15 && item.version == 2));
         let damaged = f.one(adjust(-3, AdjustReason::Damage));
         assert!(matches!(damaged, Outcome::Adjusted { ref item } if item.on_hand == 12));
-        let history = f.state.history("SKU-1", "berlin", 2).unwrap_or_default();
+        let history = f.state.history("SKU-1", "berlin", 2).ok().flatten().unwrap_or_default();
         assert_eq!(history[0].reason, MovementReason::Damage);
         assert_eq!((history[0].on_hand_before, history[0].on_hand_after, history[0].delta), (15, 12, -3));
         assert_eq!(history[0].who, "erp-sync");

@@ -7,6 +7,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::error::Corrupt;
 use crate::ids::ReservationId;
 use crate::outcome::Outcome;
 use crate::reservation::ReservationState;
@@ -17,7 +18,7 @@ pub struct Confirm {
     pub id: ReservationId,
 }
 
-pub(super) fn apply(state: &mut ShardState, command: &Confirm, emitter: &mut Emitter) -> Outcome {
+pub(super) fn apply(state: &mut ShardState, command: &Confirm, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
     super::end_held(state, &command.id, ReservationState::Confirmed, emitter)
 }
 
@@ -43,7 +44,7 @@ mod tests {
         assert!(matches!(outcome, Outcome::Confirmed { ref reservation, replayed: false, .. }
             if reservation.state == ReservationState::Confirmed && reservation.ended_at_ms == Some(1_000)));
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
-        let history = f.state.history("SKU-1", "berlin", 1).unwrap_or_default();
+        let history = f.state.history("SKU-1", "berlin", 1).ok().flatten().unwrap_or_default();
         assert_eq!(history[0].reason, MovementReason::Confirmed);
         assert_eq!(history[0].who, rid(1).to_string());
     }

@@ -7,7 +7,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cmd::Deadline;
-use crate::error::InputError;
+use crate::error::{Corrupt, InputError};
 use crate::ids::ReservationId;
 use crate::outcome::{Outcome, Refusal};
 use crate::reservation::ReservationState;
@@ -25,32 +25,32 @@ impl Extend {
     }
 }
 
-pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Outcome {
+pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Result<Outcome, Corrupt> {
     let Some(slot) = state.find_reservation(&command.id) else {
-        return Refusal::ReservationNotFound.into();
+        return Ok(Refusal::ReservationNotFound.into());
     };
     let Some(current) = state.summary(slot) else {
-        return Refusal::ReservationNotFound.into();
+        return Ok(Refusal::ReservationNotFound.into());
     };
     if current.state != ReservationState::Held {
-        return super::not_held(current.state).into();
+        return Ok(super::not_held(current.state).into());
     }
     let deadline_ms = match command.deadline.resolve(state.now_ms(), state.limits().hold_ttl_max_ms) {
         Ok(deadline_ms) => deadline_ms,
-        Err(refusal) => return refusal.into(),
+        Err(refusal) => return Ok(refusal.into()),
     };
     if deadline_ms < current.deadline_ms {
-        return Refusal::DeadlineEarlier { current_ms: current.deadline_ms, requested_ms: deadline_ms }.into();
+        return Ok(Refusal::DeadlineEarlier { current_ms: current.deadline_ms, requested_ms: deadline_ms }.into());
     }
     if deadline_ms > current.deadline_ms {
         state.move_deadline(slot, deadline_ms);
     }
-    match (state.summary(slot), state.reservation_lines(slot)) {
+    Ok(match (state.summary(slot), state.reservation_lines(slot)?) {
         (Some(reservation), Some(lines)) => {
             Outcome::Extended { reservation, lines, idempotency_key: state.reservation_key(slot) }
         }
         _ => Refusal::ReservationNotFound.into(),
-    }
+    })
 }
 
 #[cfg(test)]

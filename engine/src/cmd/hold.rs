@@ -80,7 +80,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::{Field, InputError};
+use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
 use crate::ids::{IdempotencyKey, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use crate::item::ItemId;
@@ -248,7 +248,7 @@ struct Take {
     quantity: u64,
 }
 
-pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitter) -> Outcome {
+pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
     let mut scratch = std::mem::take(&mut state.hold_scratch);
     scratch.clear();
     let outcome = apply_with(state, command, emitter, &mut scratch);
@@ -256,32 +256,37 @@ pub(super) fn apply(state: &mut ShardState, command: &Hold, emitter: &mut Emitte
     outcome
 }
 
-fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, scratch: &mut HoldScratch) -> Outcome {
+fn apply_with(
+    state: &mut ShardState,
+    command: &Hold,
+    emitter: &mut Emitter,
+    scratch: &mut HoldScratch,
+) -> Result<Outcome, Corrupt> {
     if let Some(slot) = command.idempotency_key.as_ref().and_then(|key| state.find_by_key(key)) {
         return replay(state, slot);
     }
     if let Err(error) = sum_fixed(state, &command.lines, &mut scratch.fixed) {
-        return error.into();
+        return Ok(error.into());
     }
     if let Some(slot) = state.find_reservation(&command.id) {
-        return if same_request(state, slot, &scratch.fixed, command) {
+        return if same_request(state, slot, &scratch.fixed, command)? {
             replay(state, slot)
         } else {
-            Refusal::ReservationIdInUse.into()
+            Ok(Refusal::ReservationIdInUse.into())
         };
     }
     let now_ms = state.now_ms();
     let deadline_ms = match command.deadline.resolve(now_ms, state.limits().hold_ttl_max_ms) {
         Ok(deadline_ms) => deadline_ms,
-        Err(refusal) => return refusal.into(),
+        Err(refusal) => return Ok(refusal.into()),
     };
     let live_max = state.limits().live_holds_per_shard_max;
     if state.live_holds() >= live_max {
-        return Refusal::ShardFull { bound: Bound::LiveHoldsPerShard, max: u64::from(live_max) }.into();
+        return Ok(Refusal::ShardFull { bound: Bound::LiveHoldsPerShard, max: u64::from(live_max) }.into());
     }
-    let short = allocate(state, command, scratch);
+    let short = allocate(state, command, scratch)?;
     if !short.is_empty() {
-        return Refusal::InsufficientStock { lines: short }.into();
+        return Ok(Refusal::InsufficientStock { lines: short }.into());
     }
 
     // Every check passed: from here on nothing refuses.
@@ -290,6 +295,9 @@ fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, scr
         many => Lines::Many(many.to_vec()),
     };
     debug_assert!(!lines.as_slice().is_empty(), "a granted hold holds nothing");
+    // Named before anything changes: a corrupt name stops the shard with
+    // this hold unapplied.
+    let views = state.line_views(lines.as_slice())?;
     for line in lines.as_slice() {
         let before = state.before(line.item);
         debug_assert!(line.quantity <= state.item(line.item).available(), "allocated over available");
@@ -297,7 +305,6 @@ fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, scr
         let change = Change { cause: Cause::Hold(command.id), movement: None, created: false };
         state.finish_change(line.item, before, change, emitter);
     }
-    let views = state.line_views(lines.as_slice());
     let seq = state.next_hold_seq();
     let (slot, summary) = state.insert_reservation(Reservation {
         id: command.id,
@@ -310,12 +317,12 @@ fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, scr
         idempotency_key: command.idempotency_key.clone(),
     });
     debug_assert!(
-        same_request(state, slot, &scratch.fixed, command),
+        matches!(same_request(state, slot, &scratch.fixed, command), Ok(true)),
         "a retry of hold {} would not replay",
         command.id
     );
     if command.confirm {
-        return match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
+        return Ok(match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
             Some(reservation) => Outcome::Confirmed {
                 reservation,
                 replayed: false,
@@ -323,16 +330,16 @@ fn apply_with(state: &mut ShardState, command: &Hold, emitter: &mut Emitter, scr
                 idempotency_key: command.idempotency_key.clone(),
             },
             None => Refusal::ReservationNotFound.into(),
-        };
+        });
     }
-    Outcome::Held { reservation: summary, replayed: false, lines: views }
+    Ok(Outcome::Held { reservation: summary, replayed: false, lines: views })
 }
 
-fn replay(state: &ShardState, slot: u32) -> Outcome {
-    match (state.summary(slot), state.reservation_lines(slot)) {
+fn replay(state: &ShardState, slot: u32) -> Result<Outcome, Corrupt> {
+    Ok(match (state.summary(slot), state.reservation_lines(slot)?) {
         (Some(reservation), Some(lines)) => Outcome::Held { reservation, replayed: true, lines },
         _ => Refusal::ReservationNotFound.into(),
-    }
+    })
 }
 
 /// Sums the fixed lines (those that name a warehouse) that name the same
@@ -374,7 +381,7 @@ fn sum_fixed(state: &ShardState, lines: &[HoldLine], summed: &mut Vec<Summed>) -
 /// (module docs, "Allocation"). Returns the short request lines, by line
 /// index; when there are none, `scratch.held` has the reservation's lines.
 /// Changes nothing in the shard.
-fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Vec<ShortLine> {
+fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Result<Vec<ShortLine>, Corrupt> {
     let mut short: Vec<ShortLine> = scratch
         .fixed
         .iter()
@@ -393,7 +400,7 @@ fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Ve
             continue;
         }
         let index = u32::try_from(index).unwrap_or(u32::MAX);
-        let run = sku_run(state, command, index, scratch);
+        let run = sku_run(state, command, index, scratch)?;
         let requested = line.quantity.get();
         let found = fill(index, requested, &mut scratch.candidates[run.start..run.end], &mut scratch.takes);
         debug_assert!(found <= requested);
@@ -404,7 +411,7 @@ fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Ve
     if !short.is_empty() {
         // Line indexes are unique, so the unstable sort is deterministic.
         short.sort_unstable_by_key(|line| line.line);
-        return short;
+        return Ok(short);
     }
     hold_in_request_order(command, scratch);
     debug_assert_eq!(
@@ -412,16 +419,16 @@ fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Ve
         command.lines.iter().map(|line| u128::from(line.quantity.get())).sum::<u128>(),
         "held units differ from the units asked"
     );
-    short
+    Ok(short)
 }
 
 /// The run of candidates of the SKU of allocated line `index`: the one an
 /// earlier line of the SKU made, or a new one, ordered by the hold's rule.
-fn sku_run(state: &ShardState, command: &Hold, index: u32, scratch: &mut HoldScratch) -> SkuRun {
+fn sku_run(state: &ShardState, command: &Hold, index: u32, scratch: &mut HoldScratch) -> Result<SkuRun, Corrupt> {
     let lines = &command.lines;
     let sku = &lines[index as usize].sku;
     if let Some(run) = scratch.runs.iter().find(|run| lines[run.first_line as usize].sku == *sku) {
-        return *run;
+        return Ok(*run);
     }
     let start = scratch.candidates.len();
     for item in state.items_of_sku(sku.as_str()) {
@@ -430,16 +437,22 @@ fn sku_run(state: &ShardState, command: &Hold, index: u32, scratch: &mut HoldScr
         scratch.candidates.push(Candidate { item, available, left: available.saturating_sub(fixed) });
     }
     let candidates = &mut scratch.candidates[start..];
+    // The sort compares names: every one is looked up (and a corrupt one
+    // reported) before it, so inside it each lookup succeeds.
+    for candidate in candidates.iter() {
+        state.item_warehouse(candidate.item)?;
+    }
     match command.allocation {
         // Warehouse names are unique on a shard, so the order is total and
         // the unstable sort cannot leak its internal order.
         Allocation::MostAvailable => candidates.sort_unstable_by(|a, b| {
-            b.available.cmp(&a.available).then_with(|| state.item_warehouse(a.item).cmp(state.item_warehouse(b.item)))
+            let name = |candidate: &Candidate| state.item_warehouse(candidate.item).ok();
+            b.available.cmp(&a.available).then_with(|| name(a).cmp(&name(b)))
         }),
     }
     let run = SkuRun { first_line: index, start, end: scratch.candidates.len() };
     scratch.runs.push(run);
-    run
+    Ok(run)
 }
 
 /// Takes up to `requested` units for line `index` from `candidates`, in
@@ -493,24 +506,25 @@ fn hold_in_request_order(command: &Hold, scratch: &mut HoldScratch) {
 /// under it: the same idempotency key, and stored lines that fulfil the
 /// request as sent (module docs, "Replays"). Reads no stock, so a retry
 /// replays whatever allocating would choose now.
-fn same_request(state: &ShardState, slot: u32, fixed: &[Summed], command: &Hold) -> bool {
+fn same_request(state: &ShardState, slot: u32, fixed: &[Summed], command: &Hold) -> Result<bool, Corrupt> {
     let Some(stored) = state.reservation_at(slot) else {
-        return false;
+        return Ok(false);
     };
     if stored.idempotency_key != command.idempotency_key {
-        return false;
+        return Ok(false);
     }
     let held = stored.lines.as_slice();
+    // The SKU of every held line, looked up once (an error if corrupt).
+    let held_skus: Vec<&str> = held.iter().map(|h| state.item_sku(h.item)).collect::<Result<_, _>>()?;
     // Every fixed item is held, at least as much as the fixed lines name.
     let fixed_held = fixed
         .iter()
         .all(|line| line.item.is_some_and(|item| held.iter().any(|h| h.item == item && h.quantity >= line.quantity)));
     // Every SKU asked for is held, so its total is compared below.
-    let skus_held = command.lines.iter().all(|line| held.iter().any(|h| state.item_sku(h.item) == line.sku.as_str()));
+    let skus_held = command.lines.iter().all(|line| held_skus.contains(&line.sku.as_str()));
     // Every held item: its SKU's held total is the total asked, and it holds
     // just the fixed sum when nothing of its SKU was to be allocated.
-    let held_asked = held.iter().all(|h| {
-        let sku = state.item_sku(h.item);
+    let held_asked = held.iter().zip(&held_skus).all(|(h, &sku)| {
         let (mut asked, mut allocates) = (0u64, false);
         for line in command.lines.iter().filter(|line| line.sku.as_str() == sku) {
             asked = asked.saturating_add(line.quantity.get());
@@ -518,12 +532,13 @@ fn same_request(state: &ShardState, slot: u32, fixed: &[Summed], command: &Hold)
         }
         let sku_held = held
             .iter()
-            .filter(|other| state.item_sku(other.item) == sku)
-            .fold(0u64, |sum, other| sum.saturating_add(other.quantity));
+            .zip(&held_skus)
+            .filter(|(_, other)| **other == sku)
+            .fold(0u64, |sum, (other, _)| sum.saturating_add(other.quantity));
         let fixed_here = fixed.iter().find(|line| line.item == Some(h.item)).map_or(0, |line| line.quantity);
         sku_held == asked && (allocates || h.quantity == fixed_here)
     });
-    fixed_held && skus_held && held_asked
+    Ok(fixed_held && skus_held && held_asked)
 }
 
 #[cfg(test)]
@@ -596,7 +611,7 @@ mod tests {
         );
         assert!(matches!(f.hold(2, &[("SKU-1", "berlin", 2), ("SKU-1", "berlin", 3)]), Outcome::Held { .. }));
         assert_eq!(f.levels("SKU-1", "berlin"), (5, 5));
-        let view = f.state.reservation(&rid(2)).unwrap_or_else(|| panic!("missing"));
+        let view = f.state.reservation(&rid(2)).ok().flatten().unwrap_or_else(|| panic!("missing"));
         assert_eq!(view.lines.len(), 1);
         assert_eq!(view.lines[0].quantity, 5);
     }
@@ -780,7 +795,11 @@ mod tests {
         f.stock("SKU-1", "rome", 6, 0);
         let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 18)]));
         assert_eq!(lines, vec![line("SKU-1", "paris", 10), line("SKU-1", "rome", 6), line("SKU-1", "berlin", 2)]);
-        assert_eq!(f.state.reservation(&rid(1)).map(|view| view.lines), Some(lines), "stored as answered");
+        assert_eq!(
+            f.state.reservation(&rid(1)).ok().flatten().map(|view| view.lines),
+            Some(lines),
+            "stored as answered"
+        );
         assert_eq!(f.levels("SKU-1", "berlin"), (4, 2));
     }
 
@@ -944,6 +963,6 @@ mod tests {
         f.hold_any(2, &[("SKU-1", None, 1)]);
         let released = f.one(Command::Release(Release { id: rid(2) }));
         assert!(matches!(released, Outcome::Released { ref lines, .. } if lines.len() == 1), "{released:?}");
-        assert!(f.state.reservation(&rid(2)).is_none(), "forgotten at once");
+        assert!(f.state.reservation(&rid(2)).ok().flatten().is_none(), "forgotten at once");
     }
 }

@@ -27,7 +27,7 @@ pub use upsert::{AttrUpdate, Expect, UpsertItem};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::InputError;
+use crate::error::{Corrupt, InputError};
 use crate::ids::ReservationId;
 use crate::outcome::{Outcome, Refusal};
 use crate::reservation::ReservationState;
@@ -81,31 +81,37 @@ impl Command {
 /// Ends a held reservation as `target` (confirm or release). Asking again
 /// for the state it is already in answers the same (`replayed`); any other
 /// terminal state is refused with its own code.
-fn end_held(state: &mut ShardState, id: &ReservationId, target: ReservationState, emitter: &mut Emitter) -> Outcome {
+fn end_held(
+    state: &mut ShardState,
+    id: &ReservationId,
+    target: ReservationState,
+    emitter: &mut Emitter,
+) -> Result<Outcome, Corrupt> {
     let Some((slot, current)) = state.find_reservation(id).and_then(|slot| Some((slot, state.summary(slot)?))) else {
-        return Refusal::ReservationNotFound.into();
+        return Ok(Refusal::ReservationNotFound.into());
     };
     if current.state != ReservationState::Held && current.state != target {
-        return not_held(current.state).into();
+        return Ok(not_held(current.state).into());
     }
     // Read before ending: a reservation may be forgotten as it ends, when
-    // the limits retain no terminal reservations.
-    let Some(lines) = state.reservation_lines(slot) else {
-        return Refusal::ReservationNotFound.into();
+    // the limits retain no terminal reservations. (And a corrupt name stops
+    // the shard before anything changed.)
+    let Some(lines) = state.reservation_lines(slot)? else {
+        return Ok(Refusal::ReservationNotFound.into());
     };
     let idempotency_key = state.reservation_key(slot);
     let (reservation, replayed) = if current.state == ReservationState::Held {
         match state.end_reservation(slot, target, emitter) {
             Some(ended) => (ended, false),
-            None => return Refusal::ReservationNotFound.into(),
+            None => return Ok(Refusal::ReservationNotFound.into()),
         }
     } else {
         (current, true)
     };
-    match target {
+    Ok(match target {
         ReservationState::Confirmed => Outcome::Confirmed { reservation, replayed, lines, idempotency_key },
         _ => Outcome::Released { reservation, replayed, lines, idempotency_key },
-    }
+    })
 }
 
 /// Why a reservation that is no longer held cannot be changed.
@@ -118,12 +124,13 @@ fn not_held(state: ReservationState) -> Refusal {
 }
 
 /// Applies one command. The caller has advanced time and expired holds.
-pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emitter) -> Outcome {
+/// `Err` only when a lookup found the state corrupt: the shard must stop.
+pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
     if let Err(error) = command.validate(state.limits().lines_per_hold_max) {
-        return error.into();
+        return Ok(error.into());
     }
     if let Some(error) = state.wrong_shard(command) {
-        return error.into();
+        return Ok(error.into());
     }
     match command {
         Command::UpsertItem(c) => upsert::apply(state, c, emitter),
@@ -133,7 +140,7 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::Confirm(c) => confirm::apply(state, c, emitter),
         Command::Release(c) => release::apply(state, c, emitter),
         Command::Extend(c) => extend::apply(state, c),
-        Command::SetLimits(c) => set_limits::apply(state, c),
-        Command::Tick => Outcome::Ticked,
+        Command::SetLimits(c) => Ok(set_limits::apply(state, c)),
+        Command::Tick => Ok(Outcome::Ticked),
     }
 }

@@ -7,7 +7,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::{Field, InputError};
+use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
 use crate::ids::{Principal, QUANTITY_MAX, Quantity, Sku, Warehouse};
 use crate::item::MovementReason;
@@ -48,21 +48,21 @@ fn relabel(error: InputError, field: Field) -> InputError {
     }
 }
 
-pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Emitter) -> Outcome {
+pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
     let quantity = command.quantity.get();
     let Some(from) = state.find_item(command.sku.as_str(), command.from.as_str()) else {
-        return Refusal::ItemNotFound.into();
+        return Ok(Refusal::ItemNotFound.into());
     };
     let available = state.item(from).available();
     if available < quantity {
         let short = ShortLine { line: 0, requested: quantity, available, exists: true };
-        return Refusal::InsufficientStock { lines: vec![short] }.into();
+        return Ok(Refusal::InsufficientStock { lines: vec![short] }.into());
     }
     let existing = state.find_item(command.sku.as_str(), command.to.as_str());
     if let Some(to) = existing
         && state.item(to).on_hand + quantity > QUANTITY_MAX
     {
-        return Refusal::QuantityOverflow { max: QUANTITY_MAX }.into();
+        return Ok(Refusal::QuantityOverflow { max: QUANTITY_MAX }.into());
     }
     let (to, created) = match existing {
         Some(to) => (to, false),
@@ -72,7 +72,7 @@ pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Em
                 state.item_mut(to).attrs = attrs;
                 (to, true)
             }
-            Err(refusal) => return refusal.into(),
+            Err(refusal) => return Ok(refusal.into()),
         },
     };
 
@@ -87,7 +87,7 @@ pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Em
     let into = Change { cause: Cause::TransferIn, movement: Some((MovementReason::TransferIn, who)), created };
     state.finish_change(to, before, into, emitter);
 
-    Outcome::Transferred { from: Box::new(state.item_view(from)), to: Box::new(state.item_view(to)) }
+    Ok(Outcome::Transferred { from: Box::new(state.item_view(from)?), to: Box::new(state.item_view(to)?) })
 }
 
 #[cfg(test)]
@@ -116,7 +116,7 @@ mod tests {
             panic!("not transferred");
         };
         assert_eq!((from.on_hand, to.on_hand), (6, 5));
-        let history = f.state.history("SKU-1", "paris", 1).unwrap_or_default();
+        let history = f.state.history("SKU-1", "paris", 1).ok().flatten().unwrap_or_default();
         assert_eq!(history[0].reason, MovementReason::TransferIn);
     }
 

@@ -9,7 +9,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::{Field, InputError};
+use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
 use crate::ids::{ItemName, PRICE_MINOR_MAX, Principal, Sku, Warehouse, check_level};
 use crate::item::{Attrs, MovementReason};
@@ -82,17 +82,17 @@ impl UpsertItem {
     }
 }
 
-pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut Emitter) -> Outcome {
+pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
     let found = state.find_item(command.sku.as_str(), command.warehouse.as_str());
     match (found, command.expect) {
         (Some(id), Expect::Absent) => {
-            return Refusal::ItemExists { version: state.item(id).version }.into();
+            return Ok(Refusal::ItemExists { version: state.item(id).version }.into());
         }
         (Some(id), Expect::Version(expected)) if state.item(id).version != expected => {
-            return Refusal::VersionMismatch { expected, actual: Some(state.item(id).version) }.into();
+            return Ok(Refusal::VersionMismatch { expected, actual: Some(state.item(id).version) }.into());
         }
         (None, Expect::Version(expected)) => {
-            return Refusal::VersionMismatch { expected, actual: None }.into();
+            return Ok(Refusal::VersionMismatch { expected, actual: None }.into());
         }
         _ => {}
     }
@@ -101,14 +101,14 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
         Some(id) => (id, false),
         None => match state.create_item(command.sku.as_str(), command.warehouse.as_str()) {
             Ok(id) => (id, true),
-            Err(refusal) => return refusal.into(),
+            Err(refusal) => return Ok(refusal.into()),
         },
     };
     let item = state.item(id);
     let on_hand = command.on_hand.unwrap_or(item.on_hand);
     if on_hand < item.reserved {
         debug_assert!(!created, "a new item has nothing reserved");
-        return Refusal::BelowReserved { on_hand: item.on_hand, reserved: item.reserved }.into();
+        return Ok(Refusal::BelowReserved { on_hand: item.on_hand, reserved: item.reserved }.into());
     }
     let threshold = command.low_stock_threshold.unwrap_or(item.low_stock_threshold);
     let current = item.attrs.as_deref();
@@ -120,7 +120,7 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
         && threshold == item.low_stock_threshold
         && current.cloned().unwrap_or_default() == attrs;
     if unchanged && !created {
-        return Outcome::Upserted { item: Box::new(state.item_view(id)), created: false, changed: false };
+        return Ok(Outcome::Upserted { item: Box::new(state.item_view(id)?), created: false, changed: false });
     }
 
     let before = state.before(id);
@@ -131,7 +131,7 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
     item.attrs = (!attrs.is_empty()).then(|| Box::new(attrs));
     let change = Change { cause: Cause::Upsert, movement: Some((MovementReason::Set, who)), created };
     state.finish_change(id, before, change, emitter);
-    Outcome::Upserted { item: Box::new(state.item_view(id)), created, changed: true }
+    Ok(Outcome::Upserted { item: Box::new(state.item_view(id)?), created, changed: true })
 }
 
 #[cfg(test)]
@@ -263,7 +263,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.stock("SKU-1", "berlin", 4, 0);
-        let history = f.state.history("SKU-1", "berlin", 10).unwrap_or_default();
+        let history = f.state.history("SKU-1", "berlin", 10).ok().flatten().unwrap_or_default();
         let seen: Vec<(i64, u64, u64)> = history.iter().map(|m| (m.delta, m.on_hand_before, m.on_hand_after)).collect();
         assert_eq!(seen, vec![(-6, 10, 4), (10, 0, 10)]);
         assert!(history.iter().all(|m| m.reason == MovementReason::Set && m.who == "system"));

@@ -8,7 +8,9 @@
 //! callback was queued is in a file marked dirty before it, so one sync
 //! covers it. After a failed sync the WAL is poisoned: every later flush and
 //! append fails, because after fsync fails the kernel may have dropped the
-//! dirty pages and retrying would report success for lost data.
+//! dirty pages and retrying would report success for lost data. The first
+//! failure is kept (`WalFailure`: its kind, read off the OS error, and what
+//! failed) and every later error carries it, so the node can say why.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,7 +23,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::error::WalError;
+use crate::error::{WalError, WalFailure};
 use crate::histogram::{Log2Buckets, Log2Histogram};
 
 /// Called once the appends before it are durable, or with the error.
@@ -60,6 +62,11 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     poisoned: AtomicBool,
+    /// The failure that poisoned the WAL; set once, before `poisoned`.
+    failure: Mutex<Option<WalFailure>>,
+    /// Test hook: the next sync round fails with EIO instead of syncing.
+    #[cfg(any(test, feature = "fault-injection"))]
+    fail_next_sync: AtomicBool,
     syncs: AtomicU64,
     flushes: AtomicU64,
     sync_us_total: AtomicU64,
@@ -83,6 +90,9 @@ impl Flusher {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             poisoned: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            #[cfg(any(test, feature = "fault-injection"))]
+            fail_next_sync: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             sync_us_total: AtomicU64::new(0),
@@ -96,8 +106,8 @@ impl Flusher {
     }
 
     pub fn flush(&self, callback: FlushCallback) {
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            callback(Err(io::Error::other(WalError::Poisoned.to_string())));
+        if let Err(failure) = self.shared.check() {
+            callback(Err(failure.to_io()));
             return;
         }
         self.shared.queue.lock().callbacks.push(callback);
@@ -112,12 +122,25 @@ impl Flusher {
         self.shared.queue.lock().dir_dirty = true;
     }
 
-    pub fn poison(&self) {
-        self.shared.poisoned.store(true, Ordering::Release);
+    /// Poisons the WAL with `failure` (the first one is kept).
+    pub fn poison(&self, failure: WalFailure) {
+        self.shared.poison(failure);
     }
 
     pub fn check_healthy(&self) -> Result<(), WalError> {
-        if self.shared.poisoned.load(Ordering::Acquire) { Err(WalError::Poisoned) } else { Ok(()) }
+        self.shared.check().map_err(WalError::Poisoned)
+    }
+
+    /// The failure that poisoned the WAL, if one did.
+    pub fn failure(&self) -> Option<WalFailure> {
+        self.shared.failure.lock().clone()
+    }
+
+    /// Test hook: the next sync round fails as a failing disk's would (EIO),
+    /// and poisons the WAL.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn fail_next_sync(&self) {
+        self.shared.fail_next_sync.store(true, Ordering::Release);
     }
 
     pub fn stats(&self) -> WalStats {
@@ -142,6 +165,39 @@ impl Drop for Flusher {
     }
 }
 
+impl Shared {
+    fn poison(&self, failure: WalFailure) {
+        let mut slot = self.failure.lock();
+        if slot.is_none() {
+            tracing::error!(%failure, "WAL poisoned: nothing more is written until a restart");
+            *slot = Some(failure);
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    fn check(&self) -> Result<(), WalFailure> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // `failure` is set before `poisoned`, so it is there.
+        Err(self.failure.lock().clone().unwrap_or_else(|| WalFailure {
+            fault: crate::error::StorageFault::Io,
+            detail: "the WAL is poisoned".to_owned(),
+        }))
+    }
+
+    /// Whether the test hook asks this round to fail.
+    #[cfg(any(test, feature = "fault-injection"))]
+    fn injected_failure(&self) -> bool {
+        self.fail_next_sync.swap(false, Ordering::AcqRel)
+    }
+
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    fn injected_failure(&self) -> bool {
+        false
+    }
+}
+
 fn run(shared: &Shared, dir: &PathBuf) {
     loop {
         let (callbacks, dirty, dir_dirty) = {
@@ -155,35 +211,43 @@ fn run(shared: &Shared, dir: &PathBuf) {
             let dir_dirty = std::mem::take(&mut queue.dir_dirty);
             (std::mem::take(&mut queue.callbacks), std::mem::take(&mut queue.dirty), dir_dirty)
         };
-        let result = if shared.poisoned.load(Ordering::Acquire) {
-            Err(WalError::Poisoned.to_string())
-        } else {
-            let started = Instant::now();
-            let result = sync(&dirty, dir_dirty.then_some(dir));
-            let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            shared.syncs.fetch_add(1, Ordering::Relaxed);
-            shared.sync_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
-            shared.sync_latency_us.record(elapsed_us);
-            if result.is_err() {
-                shared.poisoned.store(true, Ordering::Release);
+        let result = match shared.check() {
+            Err(failure) => Err(failure),
+            Ok(()) => {
+                let started = Instant::now();
+                let result = if shared.injected_failure() {
+                    let error = io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+                    Err(WalFailure::new("fdatasync of the WAL (injected)", &error, true))
+                } else {
+                    sync(&dirty, dir_dirty.then_some(dir))
+                };
+                let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                shared.sync_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
+                shared.sync_latency_us.record(elapsed_us);
+                if let Err(failure) = &result {
+                    // Before any callback: whoever hears of the failure can
+                    // read its cause.
+                    shared.poison(failure.clone());
+                }
+                result
             }
-            result
         };
         shared.flushes.fetch_add(callbacks.len() as u64, Ordering::Relaxed);
         for callback in callbacks {
-            callback(result.clone().map_err(io::Error::other));
+            callback(result.as_ref().map(|_| ()).map_err(WalFailure::to_io));
         }
     }
 }
 
-fn sync(dirty: &BTreeMap<u64, Arc<File>>, dir: Option<&PathBuf>) -> Result<(), String> {
+fn sync(dirty: &BTreeMap<u64, Arc<File>>, dir: Option<&PathBuf>) -> Result<(), WalFailure> {
     for (seq, file) in dirty {
-        file.sync_data().map_err(|error| format!("fdatasync of WAL segment {seq} failed: {error}"))?;
+        file.sync_data().map_err(|error| WalFailure::new(&format!("fdatasync of WAL segment {seq}"), &error, true))?;
     }
     if let Some(dir) = dir {
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|error| format!("fsync of WAL directory failed: {error}"))?;
+            .map_err(|error| WalFailure::new("fsync of the WAL directory", &error, true))?;
     }
     Ok(())
 }

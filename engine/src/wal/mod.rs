@@ -35,7 +35,7 @@ use parking_lot::RwLock;
 use rkyv::util::AlignedVec;
 
 use crate::config::WalConfig;
-use crate::error::WalError;
+use crate::error::{WalError, WalFailure};
 use crate::log::{LogEntry, LogId, Vote};
 
 use flusher::Flusher;
@@ -255,6 +255,19 @@ impl Wal {
         Ok(())
     }
 
+    /// The failure that poisoned this WAL (its kind and what failed), if one
+    /// did. Once set, every append, flush and vote fails until a restart.
+    pub fn failure(&self) -> Option<WalFailure> {
+        self.flusher.failure()
+    }
+
+    /// Test hook: the next fsync round fails as a failing disk's would (EIO)
+    /// and poisons the WAL; the callbacks it covers get the error.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn fail_next_sync(&self) {
+        self.flusher.fail_next_sync();
+    }
+
     /// Calls `callback` once everything appended so far is on disk (or with
     /// the error that stopped it). Returns at once.
     pub fn flush(&self, callback: FlushCallback) {
@@ -269,8 +282,16 @@ impl Wal {
         }));
         match receiver.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(WalError::Io { path: self.dir.clone(), source }),
-            Err(_) => Err(WalError::Poisoned),
+            Ok(Err(source)) => Err(match WalFailure::inside(&source) {
+                Some(failure) => WalError::Poisoned(failure.clone()),
+                None => WalError::Io { path: self.dir.clone(), source },
+            }),
+            Err(_) => Err(self.flusher.check_healthy().err().unwrap_or_else(|| {
+                WalError::Poisoned(WalFailure {
+                    fault: crate::error::StorageFault::Io,
+                    detail: "the WAL's flusher stopped".to_owned(),
+                })
+            })),
         }
     }
 
@@ -339,7 +360,8 @@ impl Wal {
         if let Err(source) = self.active_file.write_all_at(&self.buffer, self.active_len) {
             // A partial frame may be on disk; recovery cuts it off. Until a
             // restart, nothing more is written.
-            self.flusher.poison();
+            let what = format!("write to WAL segment {}", self.active_seq);
+            self.flusher.poison(WalFailure::new(&what, &source, false));
             return Err(WalError::Io { path, source });
         }
         self.active_len += self.buffer.len() as u64;
@@ -354,7 +376,8 @@ impl Wal {
     fn roll(&mut self) -> Result<(), WalError> {
         let old_path = self.dir.join(segment_name(self.active_seq));
         if let Err(source) = self.active_file.sync_data() {
-            self.flusher.poison();
+            let what = format!("fdatasync of WAL segment {}", self.active_seq);
+            self.flusher.poison(WalFailure::new(&what, &source, true));
             return Err(WalError::Io { path: old_path, source });
         }
         let seq = self.active_seq + 1;
@@ -365,7 +388,16 @@ impl Wal {
         let (file, len) = match create_segment(&self.dir, seq, &meta, last, &mut self.encoder, self.config) {
             Ok(created) => created,
             Err(error) => {
-                self.flusher.poison();
+                let failure = match &error {
+                    WalError::Io { source, .. } => {
+                        WalFailure::new(&format!("creating WAL segment {seq}"), source, false)
+                    }
+                    other => WalFailure {
+                        fault: crate::error::StorageFault::Io,
+                        detail: format!("creating WAL segment {seq} failed: {other}"),
+                    },
+                };
+                self.flusher.poison(failure);
                 return Err(error);
             }
         };
@@ -493,5 +525,66 @@ impl WalReader {
     /// The term of the entry at `index`, if it is live (or the purge point).
     pub fn term_of(&self, index: u64) -> Option<u64> {
         self.index.read().term_of(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::StorageFault;
+
+    fn entry(index: u64) -> LogEntry {
+        LogEntry::batch(LogId::new(1, index), index * 10, vec![crate::Command::Tick])
+    }
+
+    fn flushed(wal: &Wal) -> io::Result<()> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        wal.flush(Box::new(move |result| {
+            let _ = sender.send(result);
+        }));
+        receiver.recv().unwrap_or_else(|e| panic!("flush callback dropped: {e}"))
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_its_flush_with_the_cause_and_poisons_the_wal() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut wal = Wal::open(dir.path(), WalConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        wal.append([&entry(1)]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(flushed(&wal).is_ok());
+        assert_eq!(wal.failure(), None);
+
+        wal.append([&entry(2)]).unwrap_or_else(|e| panic!("{e}"));
+        wal.fail_next_sync();
+        let error = flushed(&wal).err().unwrap_or_else(|| panic!("the flush of a failed fsync succeeded"));
+        let failure = WalFailure::inside(&error).unwrap_or_else(|| panic!("no failure inside {error:?}"));
+        assert_eq!(failure.fault, StorageFault::Fsync);
+        assert_eq!(wal.failure().map(|f| f.fault), Some(StorageFault::Fsync));
+
+        // Nothing is acknowledged after the failure: every later flush,
+        // append and vote fails with the same cause.
+        let later = flushed(&wal).err().unwrap_or_else(|| panic!("a flush after the failure succeeded"));
+        assert_eq!(WalFailure::inside(&later).map(|f| f.fault), Some(StorageFault::Fsync));
+        assert!(matches!(wal.append([&entry(3)]), Err(WalError::Poisoned(f)) if f.fault == StorageFault::Fsync));
+        let vote = Vote { term: 2, voted_for: Some(1), committed: false };
+        assert!(matches!(wal.save_vote(vote), Err(WalError::Poisoned(_))));
+        assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
+    }
+
+    #[test]
+    fn storage_faults_are_told_apart_by_the_os_error() {
+        let os = |errno: rustix::io::Errno| io::Error::from_raw_os_error(errno.raw_os_error());
+        assert_eq!(StorageFault::of(&os(rustix::io::Errno::NOSPC), false), StorageFault::NoSpace);
+        assert_eq!(StorageFault::of(&os(rustix::io::Errno::NOSPC), true), StorageFault::NoSpace);
+        assert_eq!(StorageFault::of(&os(rustix::io::Errno::DQUOT), false), StorageFault::NoSpace);
+        assert_eq!(StorageFault::of(&os(rustix::io::Errno::MFILE), false), StorageFault::TooManyOpenFiles);
+        assert_eq!(StorageFault::of(&os(rustix::io::Errno::NFILE), false), StorageFault::TooManyOpenFiles);
+        assert_eq!(StorageFault::of(&os(rustix::io::Errno::IO), true), StorageFault::Fsync);
+        assert_eq!(StorageFault::of(&os(rustix::io::Errno::IO), false), StorageFault::Io);
+        let codes: Vec<&str> =
+            [StorageFault::Fsync, StorageFault::NoSpace, StorageFault::TooManyOpenFiles, StorageFault::Io]
+                .iter()
+                .map(|fault| fault.code())
+                .collect();
+        assert_eq!(codes, ["fsync_error", "no_space", "too_many_open_files", "io_error"]);
     }
 }

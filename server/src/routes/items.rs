@@ -789,18 +789,18 @@ pub async fn availability(
                                 exists: false,
                                 enough: false,
                             });
-                            (*index, answer.available, answer.exists, answer.enough)
+                            Ok((*index, answer.available, answer.exists, answer.enough))
                         } else {
-                            let view = s.sku_items(&line.sku);
+                            let view = s.sku_items(&line.sku)?;
                             let asked: u64 = lines
                                 .iter()
                                 .filter(|(_, other)| other.sku == line.sku && other.warehouse.is_none())
                                 .fold(0u64, |sum, (_, other)| sum.saturating_add(other.quantity));
                             let exists = !view.items.is_empty();
-                            (*index, view.available, exists, exists && asked <= view.available)
+                            Ok((*index, view.available, exists, exists && asked <= view.available))
                         }
                     })
-                    .collect::<Vec<_>>()
+                    .collect::<Result<Vec<_>, engine::Corrupt>>()
             })
             .await
         }

@@ -16,8 +16,9 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use engine::ShardState;
+use cluster::{FailureCause, ReadError};
 use engine::outcome::{ItemView, ReservationSummary};
+use engine::{Corrupt, ShardState};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -150,17 +151,25 @@ impl Consistency {
     }
 }
 
-/// Reads `shard` with the asked consistency.
+/// Reads `shard` with the asked consistency. A read that finds the shard's
+/// state corrupt (an arena lookup out of bounds) stops the shard on this
+/// node, as a failed check after a snapshot would, and answers 503
+/// `shard_stopped`: never a guessed answer.
 pub async fn read_shard<R: Send + 'static>(
     state: &AppState,
     shard: u32,
     consistency: Consistency,
-    read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    read: impl FnOnce(&ShardState) -> Result<R, Corrupt> + Send + 'static,
 ) -> ApiResult<R> {
-    match consistency {
-        Consistency::Linearizable => Ok(state.node.read(shard, read).await?),
-        Consistency::Stale => Ok(state.node.read_stale(shard, read).await?.value),
-    }
+    let answer = match consistency {
+        Consistency::Linearizable => state.node.read(shard, read).await?,
+        Consistency::Stale => state.node.read_stale(shard, read).await?.value,
+    };
+    answer.map_err(|corrupt| {
+        let detail = format!("a read found the state broken: {corrupt}");
+        state.node.stop_shard(shard, detail.clone());
+        Problem::read(&ReadError::ShardStopped { shard, cause: FailureCause::InvariantBroken, detail })
+    })
 }
 
 pub fn item_json(item: &ItemView) -> Value {

@@ -28,28 +28,47 @@ pub async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: every shard has a leader this node knows, so requests
-/// can be served or forwarded.
+/// `GET /readyz`: every shard runs on this node and has a leader it knows,
+/// so requests can be served or forwarded.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
-    summary = "Readiness: every shard has a leader this node knows",
-    description = "Needs no key. Ready means requests can be served here or forwarded.",
+    summary = "Readiness: every shard runs here and has a leader this node knows",
+    description = "Needs no key. Ready means requests can be served here or forwarded. A shard whose storage failed \
+        (fsync error, no space, too many open files) or whose state broke an invariant stops on this node until a \
+        restart; while any has, this answers 503 `shard_stopped` naming each one and its cause, so a load \
+        balancer sends clients to the other nodes, which serve the shard.",
     security(),
     responses(
         (status = 200, description = "Ready.", body = crate::openapi::Ready),
-        (status = 503, description = "`not_ready`: some shards have no known leader (retry after \
-            `Retry-After`); `timeout`."),
+        (status = 503, description = "`shard_stopped`: shards stopped on this node, each with its cause \
+            (`stopped_shards`); `not_ready`: some shards have no known leader (retry after `Retry-After`); \
+            `timeout`.", body = crate::openapi::NotReady, content_type = "application/problem+json"),
     ),
 )]
 pub async fn readyz(State(state): Shared) -> Response {
     let status = state.node.status();
-    let leaderless: Vec<u32> = status.shards.iter().filter(|s| s.leader.is_none()).map(|s| s.shard).collect();
+    let leaderless: Vec<u32> =
+        status.shards.iter().filter(|s| s.leader.is_none() && s.failure.is_none()).map(|s| s.shard).collect();
+    let stopped: Vec<&cluster::ShardFailure> = status.shards.iter().filter_map(|s| s.failure.as_ref()).collect();
+    if !stopped.is_empty() {
+        let named: Vec<String> =
+            stopped.iter().map(|f| format!("shard {} ({}: {})", f.shard, f.cause.code(), f.detail)).collect();
+        let shards: Vec<serde_json::Value> = stopped
+            .iter()
+            .map(|f| json!({ "shard": f.shard, "cause": f.cause.code(), "detail": f.detail, "at_unix_ms": f.at_unix_ms }))
+            .collect();
+        let detail = format!("stopped on this node until a restart (other nodes may serve them): {}", named.join("; "));
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shard_stopped", detail)
+            .with_extra(json!({ "node_id": status.node_id, "stopped_shards": shards, "leaderless_shards": leaderless }))
+            .into_response();
+    }
     if leaderless.is_empty() {
         axum::Json(json!({ "status": "ready", "node_id": status.node_id })).into_response()
     } else {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("shards without a leader: {leaderless:?}"))
+            .with_extra(json!({ "node_id": status.node_id, "stopped_shards": [], "leaderless_shards": leaderless }))
             .retry_after_ms(1000)
             .into_response()
     }
@@ -87,6 +106,11 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
                 "lag": s.lag,
                 "voters": s.voters,
                 "learners": s.learners,
+                "stopped": s.failure.as_ref().map(|f| json!({
+                    "cause": f.cause.code(),
+                    "detail": f.detail,
+                    "at_unix_ms": f.at_unix_ms,
+                })),
             })
         })
         .collect();

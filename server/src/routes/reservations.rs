@@ -623,7 +623,7 @@ impl AppState {
         let reads = (0..self.node.shard_count()).map(|shard| {
             let key = key.clone();
             read_shard(self, shard, super::Consistency::Linearizable, move |s| {
-                s.reservation_by_key(&key).map(|view| view.summary.id)
+                s.reservation_by_key(&key).map(|view| view.map(|view| view.summary.id))
             })
         });
         for answer in futures_util::future::join_all(reads).await {

@@ -309,11 +309,14 @@ pub struct Options {
     /// section → key → value as TOML text (`"5"`, `"\"json\""`, `"[...]"`).
     settings: BTreeMap<String, BTreeMap<String, String>>,
     env: Vec<(String, String)>,
+    /// Where a single node keeps its data, instead of `data/` in its own
+    /// directory (e.g. on a small file system of the test's).
+    data_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { shards: 4, settings: BTreeMap::new(), env: Vec::new() }
+        Options { shards: 4, settings: BTreeMap::new(), env: Vec::new(), data_dir: None }
             // openraft's info lines would bury the server's own.
             .set("server", "log_level", "\"info,openraft=warn\"")
             .set("cluster", "heartbeat_ms", "100")
@@ -334,6 +337,13 @@ impl Options {
     /// `.set("cluster.wal", "segment_size_max", "1048576")`.
     pub fn set(mut self, section: &str, key: &str, toml_value: &str) -> Self {
         self.settings.entry(section.to_owned()).or_default().insert(key.to_owned(), toml_value.to_owned());
+        self
+    }
+
+    /// Keeps the node's data in `dir` (one node only: a cluster's nodes
+    /// would share it).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -416,6 +426,7 @@ pub struct TallyProcess {
     /// `None` once kept for a failed test to be inspected.
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
+    data_dir: PathBuf,
     env: Vec<(String, String)>,
     child: Option<Child>,
     /// Spawns so far; each one's output starts with a marker line.
@@ -454,7 +465,8 @@ impl TallyProcess {
             .tempdir()
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let root = dir.path().to_path_buf();
-        let config = options.render(&spec, &root.join("data"));
+        let data_dir = options.data_dir.clone().unwrap_or_else(|| root.join("data"));
+        let config = options.render(&spec, &data_dir);
         std::fs::write(root.join("tally.toml"), config).unwrap_or_else(|e| panic!("writing the config: {e}"));
         let mut process = TallyProcess {
             node_id: spec.node_id,
@@ -463,6 +475,7 @@ impl TallyProcess {
             http: Http::new(spec.http_addr),
             dir: Some(dir),
             root,
+            data_dir,
             env: options.env.clone(),
             child: None,
             starts: 0,
@@ -531,7 +544,7 @@ impl TallyProcess {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        self.data_dir.clone()
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -746,6 +759,7 @@ pub struct TallyCluster {
 impl TallyCluster {
     /// Starts every node and waits until all are ready.
     pub async fn start(size: u64, options: Options) -> TallyCluster {
+        assert!(options.data_dir.is_none(), "a cluster's nodes cannot share one data directory");
         let count = usize::try_from(size).unwrap_or_else(|e| panic!("cluster size {size}: {e}"));
         for attempt in 1..=START_ATTEMPTS_MAX {
             let addrs = free_addrs(2 * count);
