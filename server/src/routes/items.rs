@@ -212,7 +212,7 @@ async fn expectation(
     let shard = shard_of(sku.as_str(), state.node.shard_count());
     let (sku_text, warehouse_text) = (sku.as_str().to_owned(), warehouse.as_str().to_owned());
     let current = read_shard(state, shard, Consistency::Linearizable, move |s| {
-        s.get_item(&sku_text, &warehouse_text).map(|item| item.version)
+        s.get_item(&sku_text, &warehouse_text).map(|item| item.map(|item| item.version))
     })
     .await?;
     match current {
