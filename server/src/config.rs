@@ -282,8 +282,9 @@ impl Default for AlertsConfig {
 pub struct WebhookConfig {
     /// `http://host:port/path`.
     pub url: String,
-    /// Key of the `X-Tally-Signature: sha256=<hex HMAC of the body>` header.
-    pub secret: String,
+    /// Key of the `X-Tally-Signature: sha256=<hex HMAC of the body>` header;
+    /// never shown (`tally check-config` prints `<redacted>`).
+    pub secret: cluster::Secret,
     /// Alerts waiting for delivery; beyond it the oldest are dropped (and
     /// counted), so a dead webhook never holds memory or slows writes.
     pub queue_max: usize,
@@ -300,7 +301,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
-            secret: String::new(),
+            secret: cluster::Secret::default(),
             queue_max: 10_000,
             attempts_max: 8,
             backoff_first_ms: 100,
@@ -600,6 +601,17 @@ mod tests {
         assert!(short.is_some_and(|e| e.contains("at least 16 bytes")));
         // The default single node, on loopback, needs none.
         assert!(Config::load(None, Vec::new(), &Overrides::default()).is_ok_and(|c| c.cluster.secret.is_none()));
+    }
+
+    #[test]
+    fn webhook_secrets_are_never_printed() {
+        const SECRET: &str = "webhook-signing-key-do-not-print";
+        let file = format!("[[alerts.webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"{SECRET}\"\n");
+        let config = load(&file, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.alerts.webhooks[0].secret.expose(), SECRET.as_bytes());
+        let printed = toml::to_string_pretty(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert!(printed.contains("secret = \"<redacted>\""), "{printed}");
+        assert!(!printed.contains(SECRET) && !format!("{config:?}").contains(SECRET), "a webhook secret was shown");
     }
 
     #[test]
