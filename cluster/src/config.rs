@@ -31,10 +31,10 @@ pub struct Member {
 pub const SECRET_LEN_MIN: usize = 16;
 
 /// The secret a cluster's nodes share to authenticate their peer
-/// connections (`transport`: an HMAC-SHA256 challenge-response). It is never
-/// shown: `Debug` and `Serialize` (what `tally check-config` prints) write
+/// connections (`transport`: an HMAC-SHA256 challenge-response), and the
+/// server's webhook signing keys. It is never shown: `Debug` and `Serialize` (what `tally check-config` prints) write
 /// `<redacted>`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 

@@ -22,8 +22,14 @@ pub const SKU_LEN_MAX: usize = 64;
 pub const WAREHOUSE_LEN_MAX: usize = 32;
 /// Longest principal (the "who" of a movement), in bytes.
 pub const PRINCIPAL_LEN_MAX: usize = 64;
-/// Longest idempotency key, in bytes (printable ASCII, no spaces).
-pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
+/// Longest idempotency key, in bytes (printable ASCII, no spaces, and the
+/// separator). Room for a caller's key of 128 bytes inside the namespace
+/// the HTTP layer puts around it (`server/src/idempotency.rs`).
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 256;
+/// The one byte besides printable ASCII an idempotency key may hold: the
+/// ASCII unit separator. A layer above builds namespaced keys with it
+/// (`k␟<API key name>␟<caller's key>`) that no printable key can imitate.
+pub const IDEMPOTENCY_KEY_SEPARATOR: u8 = 0x1f;
 /// Longest item name, in bytes of UTF-8 (no control characters).
 pub const NAME_LEN_MAX: usize = 200;
 /// Largest quantity of anything: on hand, reserved, a line, a delta, a threshold.
@@ -130,9 +136,11 @@ ident_type!(
     PRINCIPAL_LEN_MAX
 );
 
-/// A caller's key that makes a hold safe to retry: the same key answers the
-/// first reservation and never holds twice. 1 to 128 bytes of printable ASCII
-/// (`!` to `~`), so any HTTP header value without spaces fits.
+/// A key that makes a hold safe to retry: the same key answers the first
+/// reservation and never holds twice. 1 to [`IDEMPOTENCY_KEY_LEN_MAX`] bytes
+/// of printable ASCII (`!` to `~`) and [`IDEMPOTENCY_KEY_SEPARATOR`]. The
+/// engine gives the bytes no meaning: the HTTP layer stores a caller's key
+/// scoped to its API key and kind, and checks the caller's part itself.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct IdempotencyKey(String);
@@ -166,7 +174,7 @@ fn check_idempotency_key(value: &str) -> Result<(), InputError> {
     if bytes.len() > IDEMPOTENCY_KEY_LEN_MAX {
         return Err(InputError::TooLong { field, len: bytes.len(), max: IDEMPOTENCY_KEY_LEN_MAX });
     }
-    match bytes.iter().position(|byte| !(b'!'..=b'~').contains(byte)) {
+    match bytes.iter().position(|byte| !(b'!'..=b'~').contains(byte) && *byte != IDEMPOTENCY_KEY_SEPARATOR) {
         Some(position) => Err(InputError::BadCharacter { field, position }),
         None => Ok(()),
     }
@@ -418,12 +426,22 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_are_printable_ascii() {
+    fn idempotency_keys_are_printable_ascii_and_the_separator() {
         assert!(IdempotencyKey::new("order-7/retry#1").is_ok());
+        assert!(IdempotencyKey::new("k\u{1f}shop\u{1f}order-7").is_ok());
         assert_eq!(
             IdempotencyKey::new("has space"),
             Err(InputError::BadCharacter { field: Field::IdempotencyKey, position: 3 })
         );
+        assert_eq!(
+            IdempotencyKey::new("tab\tkey"),
+            Err(InputError::BadCharacter { field: Field::IdempotencyKey, position: 3 })
+        );
+        assert!(IdempotencyKey::new("x".repeat(IDEMPOTENCY_KEY_LEN_MAX)).is_ok());
+        assert!(matches!(
+            IdempotencyKey::new("x".repeat(IDEMPOTENCY_KEY_LEN_MAX + 1)),
+            Err(InputError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -381,7 +381,7 @@ async fn deliver(client: &Client<HttpConnector, Full<Bytes>>, webhook: &WebhookS
         webhook.sink.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let signature = format!("sha256={}", sign(config.secret.as_bytes(), &alert.body));
+    let signature = format!("sha256={}", sign(config.secret.expose(), &alert.body));
     let attempts_max = config.attempts_max.max(1);
     let mut backoff_ms = config.backoff_first_ms.min(config.backoff_max_ms);
     for attempt in 1..=attempts_max {
@@ -481,7 +481,7 @@ mod tests {
     fn webhook(url: &str) -> WebhookConfig {
         WebhookConfig {
             url: url.into(),
-            secret: SECRET.into(),
+            secret: cluster::Secret::new(SECRET),
             queue_max: 16,
             attempts_max: 3,
             backoff_first_ms: 1,

@@ -25,6 +25,7 @@ use crate::alerts::Alerts;
 use crate::auth::{Auth, authenticate};
 use crate::config::Config;
 use crate::events::EventHub;
+use crate::http;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
 use crate::routes::{items, ops, reservations, stream, ui};
@@ -166,6 +167,8 @@ pub enum ServeError {
     Listen { addr: String, source: std::io::Error },
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] http::TlsError),
 }
 
 /// A started server: its state and the address it listens on.
@@ -173,10 +176,16 @@ pub struct Running {
     pub state: Arc<AppState>,
     pub addr: std::net::SocketAddr,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Starts the node and binds the API. Call inside a tokio runtime.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    // Bad TLS files stop the start before anything else does.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
@@ -191,30 +200,29 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let state =
         Arc::new(AppState { node, config: Arc::new(config), auth, hub, alerts, metrics: Arc::new(Metrics::new()) });
     tokio::spawn(propose_limits(Arc::clone(&state)));
-    Ok(Running { state, addr, listener })
+    Ok(Running { state, addr, listener, tls })
 }
 
 impl Running {
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
     /// requests finish (up to `shutdown_grace_ms`), and shuts the node down.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Running { state, addr, listener } = self;
+        let Running { state, addr, listener, tls } = self;
         let app = router(Arc::clone(&state));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut stopped = stop_rx.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        tracing::info!(%addr, node = state.node.id(), shards = state.node.shard_count(), "tally is serving");
-        let server = tokio::spawn(async move { server.await });
+        let bounds = http::Bounds::of(&state.config.server);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let metrics = Arc::clone(&state.metrics.connections);
+        let server = tokio::spawn(http::serve(listener, app, bounds, metrics, tls, stop_rx));
+        tracing::info!(%addr, scheme, node = state.node.id(), shards = state.node.shard_count(), "tally is serving");
         // Wait for the signal, then for the server to drain, at most the grace.
-        let _ = stopped.wait_for(|stop| *stop).await;
+        shutdown.await;
+        let _ = stop_tx.send(true);
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         state.hub.close();
         let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
         let result = match tokio::time::timeout(grace, server).await {
-            Ok(Ok(result)) => result.map_err(ServeError::Http),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(join)) => Err(ServeError::Http(std::io::Error::other(join))),
             Err(_) => {
                 tracing::warn!("grace period over; closing the remaining connections");

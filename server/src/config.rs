@@ -59,6 +59,26 @@ pub struct ServerConfig {
     /// Allows `POST /v1/debug/clock` (admin) to move this node's clock.
     /// For chaos runs only; never set it in production.
     pub debug_clock: bool,
+    /// A connection must send a whole request head within this long of
+    /// being accepted, or of the head's first byte; slower ones (slowloris)
+    /// are closed. With TLS it bounds the handshake too.
+    pub header_read_timeout_ms: u64,
+    /// How long a keep-alive connection may stay silent between requests.
+    pub keep_alive_timeout_ms: u64,
+    /// Largest request head (request line and headers); larger ones are
+    /// answered 431. Also the most a connection buffers while reading, so
+    /// heads use at most `connections_max` × this much memory.
+    pub header_bytes_max: usize,
+    /// Connections open at once; one more is accepted and closed at once
+    /// (counted in `tally_http_connections_refused_total`).
+    pub connections_max: usize,
+    /// With `tls_key`: serve HTTPS with this PEM certificate chain (leaf
+    /// first). Without both, plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +92,12 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             cors_origins: Vec::new(),
             debug_clock: false,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 75_000,
+            header_bytes_max: 65_536,
+            connections_max: 10_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -144,15 +170,34 @@ pub enum Role {
     Admin,
 }
 
+/// Longest API key name, in bytes.
+pub const API_KEY_NAME_LEN_MAX: usize = 64;
+
+/// Most connections `server.connections_max` may allow.
+pub const CONNECTIONS_MAX_LIMIT: usize = 1_000_000;
+/// Bounds of `server.header_bytes_max` (hyper's read buffer takes no less
+/// than 8 KiB).
+pub const HEADER_BYTES_MIN: usize = 8192;
+pub const HEADER_BYTES_LIMIT: usize = 1 << 20;
+
 /// One API key, stored as the SHA-256 of the key (`tally hash-key`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
-    /// Who the key belongs to; recorded in histories and logs.
+    /// Who the key belongs to; recorded in histories and logs. 1 to 64
+    /// bytes, no control characters. Idempotency keys and order ids are
+    /// scoped to it: keys that share a name (a rotation) share them.
     pub name: String,
     pub role: Role,
     /// Lowercase hex SHA-256 of the key.
     pub sha256: String,
+    /// This key's quota: requests (holds, for a batch) per second, instead
+    /// of `auth.rate_per_second`; 0 for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<u32>,
+    /// This key's burst, instead of `auth.rate_burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_burst: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,15 +209,34 @@ pub struct AuthConfig {
     /// With keys, whether requests without one may still read (role `read`),
     /// e.g. for a storefront widget.
     pub anonymous_read: bool,
-    /// Requests per second per key (token bucket); 0 turns limiting off.
+    /// Requests per second per key (token bucket); 0 turns limiting off. A
+    /// batch costs one per hold it asks for. A key's own `rate_per_second`
+    /// and `rate_burst` override these.
     pub rate_per_second: u32,
     /// Bucket size: the burst a key may send at once.
     pub rate_burst: u32,
+    /// Failed authentications per second per client IP (token bucket); an
+    /// address whose bucket is empty gets 429 on every keyed route until it
+    /// refills. 0 turns it off.
+    pub failure_rate_per_second: u32,
+    /// Failed authentications an address may make at once.
+    pub failure_rate_burst: u32,
+    /// Client addresses tracked for failures; past it, new addresses share
+    /// one bucket.
+    pub failure_ips_max: usize,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { keys: Vec::new(), anonymous_read: false, rate_per_second: 0, rate_burst: 1000 }
+        Self {
+            keys: Vec::new(),
+            anonymous_read: false,
+            rate_per_second: 0,
+            rate_burst: 1000,
+            failure_rate_per_second: 1,
+            failure_rate_burst: 20,
+            failure_ips_max: 10_000,
+        }
     }
 }
 
@@ -218,8 +282,9 @@ impl Default for AlertsConfig {
 pub struct WebhookConfig {
     /// `http://host:port/path`.
     pub url: String,
-    /// Key of the `X-Tally-Signature: sha256=<hex HMAC of the body>` header.
-    pub secret: String,
+    /// Key of the `X-Tally-Signature: sha256=<hex HMAC of the body>` header;
+    /// never shown (`tally check-config` prints `<redacted>`).
+    pub secret: cluster::Secret,
     /// Alerts waiting for delivery; beyond it the oldest are dropped (and
     /// counted), so a dead webhook never holds memory or slows writes.
     pub queue_max: usize,
@@ -236,7 +301,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
-            secret: String::new(),
+            secret: cluster::Secret::default(),
             queue_max: 10_000,
             attempts_max: 8,
             backoff_first_ms: 100,
@@ -351,12 +416,50 @@ impl Config {
             if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                 return invalid(format!("auth.keys {:?}: sha256 must be 64 lowercase hex digits", key.name));
             }
-            if key.name.is_empty() || key.name.len() > 64 {
-                return invalid("auth.keys: name must be 1 to 64 bytes".into());
+            if key.name.is_empty() || key.name.len() > API_KEY_NAME_LEN_MAX || key.name.chars().any(char::is_control) {
+                return invalid(format!(
+                    "auth.keys {:?}: name must be 1 to {API_KEY_NAME_LEN_MAX} bytes without control characters",
+                    key.name
+                ));
             }
         }
         if self.auth.rate_per_second > 0 && self.auth.rate_burst == 0 {
             return invalid("auth.rate_burst must be at least 1 when rate_per_second is set".into());
+        }
+        for key in &self.auth.keys {
+            if key.rate_burst == Some(0) {
+                return invalid(format!("auth.keys {:?}: rate_burst must be at least 1", key.name));
+            }
+            let same_name = self.auth.keys.iter().find(|other| other.name == key.name);
+            if same_name
+                .is_some_and(|first| (first.rate_per_second, first.rate_burst) != (key.rate_per_second, key.rate_burst))
+            {
+                return invalid(format!(
+                    "auth.keys {:?}: keys that share a name share one bucket; give them the same rate_per_second and rate_burst",
+                    key.name
+                ));
+            }
+        }
+        if self.auth.failure_rate_per_second > 0
+            && (self.auth.failure_rate_burst == 0 || self.auth.failure_ips_max == 0)
+        {
+            return invalid(
+                "auth.failure_rate_burst and failure_ips_max must be at least 1 when failure_rate_per_second is set"
+                    .into(),
+            );
+        }
+        let server = &self.server;
+        if server.header_read_timeout_ms == 0 || server.keep_alive_timeout_ms == 0 {
+            return invalid("server.header_read_timeout_ms and keep_alive_timeout_ms must be at least 1".into());
+        }
+        if !(HEADER_BYTES_MIN..=HEADER_BYTES_LIMIT).contains(&server.header_bytes_max) {
+            return invalid(format!("server.header_bytes_max must be in {HEADER_BYTES_MIN}..={HEADER_BYTES_LIMIT}"));
+        }
+        if server.connections_max == 0 || server.connections_max > CONNECTIONS_MAX_LIMIT {
+            return invalid(format!("server.connections_max must be in 1..={CONNECTIONS_MAX_LIMIT}"));
+        }
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            return invalid("server.tls_cert and server.tls_key go together: set both or neither".into());
         }
         let api = &self.api;
         if api.ttl_seconds_default == 0 || api.ttl_seconds_default > api.ttl_seconds_max {
@@ -478,6 +581,17 @@ mod tests {
     }
 
     #[test]
+    fn key_names_are_bounded_and_hold_no_control_character() {
+        let hash = "a".repeat(64);
+        let named = |name: &str| format!("[[auth.keys]]\nname = \"{name}\"\nrole = \"admin\"\nsha256 = \"{hash}\"\n");
+        assert!(load(&named("shop front"), &[]).is_ok());
+        assert!(load(&named(&"n".repeat(API_KEY_NAME_LEN_MAX)), &[]).is_ok());
+        for bad in [String::new(), "n".repeat(API_KEY_NAME_LEN_MAX + 1), "a\\u001fb".into(), "a\\u0000b".into()] {
+            assert!(load(&named(&bad), &[]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_cluster_listening_beyond_loopback_needs_a_secret() {
         let open = "[cluster]\nlisten = \"0.0.0.0:7001\"\n";
         let error = load(open, &[]).err().map(|e| e.to_string()).unwrap_or_default();
@@ -487,6 +601,17 @@ mod tests {
         assert!(short.is_some_and(|e| e.contains("at least 16 bytes")));
         // The default single node, on loopback, needs none.
         assert!(Config::load(None, Vec::new(), &Overrides::default()).is_ok_and(|c| c.cluster.secret.is_none()));
+    }
+
+    #[test]
+    fn webhook_secrets_are_never_printed() {
+        const SECRET: &str = "webhook-signing-key-do-not-print";
+        let file = format!("[[alerts.webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"{SECRET}\"\n");
+        let config = load(&file, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.alerts.webhooks[0].secret.expose(), SECRET.as_bytes());
+        let printed = toml::to_string_pretty(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert!(printed.contains("secret = \"<redacted>\""), "{printed}");
+        assert!(!printed.contains(SECRET) && !format!("{config:?}").contains(SECRET), "a webhook secret was shown");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The `tally` server: Tally's HTTP API over the cluster layer.
 //!
 //! `config` reads settings; `app` builds the router and runs the node;
+//! `http` serves it on the HTTP port with its bounds (connections,
+//! header and keep-alive timeouts) and graceful shutdown;
 //! `routes` hold the handlers, one module per resource; `problem` turns every
 //! failure into `application/problem+json` with a stable code; `auth` checks
-//! keys, roles and rate limits; `events` keeps the live stream and its resume
+//! keys, roles and rate limits; `idempotency` scopes callers' idempotency
+//! keys and order ids to their API key; `events` keeps the live stream and its resume
 //! buffer; `alerts` delivers threshold crossings to sinks; `metrics` renders
 //! Prometheus text.
 
@@ -13,6 +16,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;

@@ -22,6 +22,7 @@
 //! new ones are folded into `route="other"` / `code="other"`.
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -79,6 +81,32 @@ struct OutcomeLabels {
     code: String,
 }
 
+/// Why the HTTP port closed a connection itself.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub reason: CloseReason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CloseReason {
+    /// No whole request head within `server.header_read_timeout_ms`.
+    header_timeout,
+    /// Silent between requests for `server.keep_alive_timeout_ms`.
+    idle_timeout,
+    /// The TLS handshake failed or took longer than the header timeout.
+    tls_handshake,
+}
+
+/// The HTTP port's connection figures (`crate::http`).
+#[derive(Debug, Default)]
+pub struct ConnectionMetrics {
+    pub accepted: Counter,
+    pub refused: Counter,
+    pub open: Gauge,
+    pub closed: Family<ClosedLabels, Counter>,
+}
+
 fn request_duration_histogram() -> Histogram {
     Histogram::new(REQUEST_DURATION_BOUNDS_S)
 }
@@ -92,6 +120,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     outcomes: Family<OutcomeLabels, Counter>,
+    pub connections: Arc<ConnectionMetrics>,
     /// Label sets created so far, against the limits above.
     request_series: AtomicUsize,
     outcome_series: AtomicUsize,
@@ -127,11 +156,31 @@ impl Metrics {
             "Engine outcomes of submitted commands, by code (accepted, or the refusal).",
             outcomes.clone(),
         );
+        let connections = Arc::new(ConnectionMetrics::default());
+        registry.register(
+            "tally_http_connections_accepted",
+            "HTTP connections accepted and served (under server.connections_max).",
+            connections.accepted.clone(),
+        );
+        registry.register(
+            "tally_http_connections_refused",
+            "HTTP connections over server.connections_max: accepted and closed at once, nothing read.",
+            connections.refused.clone(),
+        );
+        registry.register("tally_http_connections_open", "HTTP connections open now.", connections.open.clone());
+        registry.register(
+            "tally_http_connections_closed",
+            "HTTP connections the server closed itself, by reason: header_timeout (no whole request head in \
+             server.header_read_timeout_ms), idle_timeout (silent for server.keep_alive_timeout_ms between \
+             requests), tls_handshake (failed or too slow).",
+            connections.closed.clone(),
+        );
         Self {
             registry,
             requests,
             request_duration,
             outcomes,
+            connections,
             request_series: AtomicUsize::new(0),
             outcome_series: AtomicUsize::new(0),
         }

@@ -204,7 +204,11 @@ fn add_layer_responses(operation: &mut Operation) {
     if keyed {
         add("401", "No API key, or an unknown one: `unauthorized`.");
         add("403", "The key's role is below the one this route needs: `forbidden`.");
-        add("429", "The key is over its rate limit: `rate_limited`. Retry after `Retry-After` seconds.");
+        add(
+            "429",
+            "The key is over its rate limit, or the client address failed authentication too often \
+             (`auth.failure_rate_per_second`): `rate_limited`. Retry after `Retry-After` seconds.",
+        );
     }
     if with_body {
         add("413", "The body is larger than `server.body_bytes_max`: `body_too_large`.");
@@ -802,7 +806,8 @@ pub struct Problem {
     /// `item_exists`: the item's version. `version_mismatch`: its version,
     /// `null` if it does not exist.
     pub version: Option<u64>,
-    /// `version_mismatch`: the version `If-Match` named.
+    /// `version_mismatch`: the version `If-Match` named (absent when it named
+    /// none, e.g. `"abc"`, or several).
     #[schema(nullable = false)]
     pub expected_version: Option<u64>,
     /// `below_reserved`: the current on hand.

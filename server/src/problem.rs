@@ -39,6 +39,13 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, code, detail)
     }
 
+    /// 429 `rate_limited`, retry after `wait_s` seconds.
+    pub fn rate_limited(detail: impl Into<String>, wait_s: u64) -> Self {
+        let mut problem = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail);
+        problem.retry_after_s = Some(wait_s);
+        problem
+    }
+
     pub fn with_extra(mut self, extra: Value) -> Self {
         self.extra = Some(extra);
         self

@@ -132,6 +132,8 @@ async fn items_api_follows_its_contract() {
         put_creates_with_201_and_etag_1_then_updates_with_200,
         put_with_if_none_match_star_on_an_existing_item_is_item_exists,
         put_with_a_stale_if_match_is_version_mismatch_and_a_current_one_succeeds,
+        put_with_an_if_match_etag_that_is_no_version_is_version_mismatch,
+        put_with_an_if_match_list_applies_at_any_listed_version,
         get_with_the_current_etag_in_if_none_match_is_304,
         get_of_a_missing_item_is_item_not_found,
         sku_view_sums_every_warehouse,
@@ -181,6 +183,47 @@ async fn put_with_a_stale_if_match_is_version_mismatch_and_a_current_one_succeed
     assert_eq!(current.0, StatusCode::OK, "{}", current.2);
     assert_eq!(header(&current, "etag"), Some("\"3\""));
     assert_eq!(levels(http, "it-ifm", "w1").await, (1, 0, 3));
+}
+
+async fn put_with_an_if_match_etag_that_is_no_version_is_version_mismatch(http: &Http) {
+    let path = item_path("it-ifm-tag", "w1");
+    put_item(http, "it-ifm-tag", "w1", 5, 0).await;
+    let body = json!({ "on_hand": 1 });
+    // Well-formed ETags that no version of an item has: 412, as RFC 9110 says.
+    for tag in ["\"abc\"", "W/\"abc\"", "\"\"", "\"a\", \"b\""] {
+        let refused = http.request(Method::PUT, &path, &[("if-match", tag)], Some(&body)).await;
+        assert_problem(&refused, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+        assert_eq!(refused.2["version"], 1, "the problem names the item's version: {}", refused.2);
+    }
+    let missing = item_path("it-ifm-none", "w1");
+    let refused = http.request(Method::PUT, &missing, &[("if-match", "\"abc\"")], Some(&body)).await;
+    assert_problem(&refused, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert!(refused.2["version"].is_null(), "no item, no version: {}", refused.2);
+    // Headers that are no ETag list at all stay 400.
+    for value in ["abc", "\"abc", "\"1\" \"2\""] {
+        let malformed = http.request(Method::PUT, &path, &[("if-match", value)], Some(&body)).await;
+        assert_problem(&malformed, StatusCode::BAD_REQUEST, "invalid_precondition");
+    }
+    // Bad input is still 400 before the precondition is looked at.
+    let too_large = json!({ "on_hand": 1_000_000_000_000_001_u64 });
+    let refused = http.request(Method::PUT, &path, &[("if-match", "\"abc\"")], Some(&too_large)).await;
+    assert_problem(&refused, StatusCode::BAD_REQUEST, "quantity_too_large");
+    assert_eq!(levels(http, "it-ifm-tag", "w1").await, (5, 0, 1), "the refused PUTs changed nothing");
+    assert_eq!(http.get(&missing).await.0, StatusCode::NOT_FOUND, "nor created anything");
+}
+
+async fn put_with_an_if_match_list_applies_at_any_listed_version(http: &Http) {
+    let path = item_path("it-ifm-list", "w1");
+    put_item(http, "it-ifm-list", "w1", 5, 0).await;
+    put_item(http, "it-ifm-list", "w1", 6, 0).await;
+    let listed =
+        http.request(Method::PUT, &path, &[("if-match", "\"1\", \"x\", \"2\"")], Some(&json!({ "on_hand": 7 }))).await;
+    assert_eq!(listed.0, StatusCode::OK, "{}", listed.2);
+    assert_eq!(levels(http, "it-ifm-list", "w1").await, (7, 0, 3));
+    let stale = http.request(Method::PUT, &path, &[("if-match", "\"1\", \"2\"")], Some(&json!({ "on_hand": 1 }))).await;
+    assert_problem(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(stale.2["version"], 3, "{}", stale.2);
+    assert_eq!(levels(http, "it-ifm-list", "w1").await, (7, 0, 3), "the refused PUT changed nothing");
 }
 
 async fn get_with_the_current_etag_in_if_none_match_is_304(http: &Http) {
@@ -391,6 +434,8 @@ async fn reservations_api_follows_its_contract() {
         a_line_without_warehouse_takes_the_most_available_first,
         writes_answer_the_bytes_a_read_after_them_shows,
         an_order_is_found_and_confirmed_by_its_order_id,
+        an_idempotency_key_never_answers_an_order_of_the_same_text,
+        order_ids_take_128_printable_characters_and_name_their_field,
         a_batch_answers_one_result_per_request_in_order,
         bad_and_unknown_reservation_ids_are_refused,
     );
@@ -762,6 +807,50 @@ async fn an_order_is_found_and_confirmed_by_its_order_id(http: &Http) {
     assert_problem(&http.get("/v1/orders/order-none").await, StatusCode::NOT_FOUND, "order_not_found");
 }
 
+async fn an_idempotency_key_never_answers_an_order_of_the_same_text(http: &Http) {
+    put_item(http, "rs-ns", "w1", 10, 0).await;
+    let line = json!([{ "sku": "rs-ns", "warehouse": "w1", "quantity": 1 }]);
+    let (status, _, order) = http.post("/v1/reservations", json!({ "lines": line, "order_id": "ns-1" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    // Before namespaces, this header was the engine key of order ns-1.
+    let keyed =
+        http.post_with("/v1/reservations", json!({ "lines": line }), &[("idempotency-key", "order:ns-1")]).await;
+    assert_eq!(keyed.0, StatusCode::CREATED, "{}", keyed.2);
+    assert_ne!(keyed.2["id"], order["id"], "a key is not an order: {}", keyed.2);
+    assert!(header(&keyed, "idempotent-replayed").is_none(), "nothing was replayed");
+    assert!(keyed.2["order_id"].is_null(), "a keyed reservation has no order: {}", keyed.2);
+    // Nor does an order answer a key of the same text.
+    let by_key = http.post_with("/v1/reservations", json!({ "lines": line }), &[("idempotency-key", "ns-2")]).await;
+    assert_eq!(by_key.0, StatusCode::CREATED, "{}", by_key.2);
+    let (status, _, by_order) = http.post("/v1/reservations", json!({ "lines": line, "order_id": "ns-2" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{by_order}");
+    assert_ne!(by_order["id"], by_key.2["id"]);
+    let (status, _, found) = http.get("/v1/orders/ns-1").await;
+    assert_eq!((status, &found["id"]), (StatusCode::OK, &order["id"]), "{found}");
+    assert_problem(&http.get("/v1/orders/order:ns-1").await, StatusCode::NOT_FOUND, "order_not_found");
+    assert_eq!(levels(http, "rs-ns", "w1").await.1, 4, "four reservations, one unit each");
+}
+
+async fn order_ids_take_128_printable_characters_and_name_their_field(http: &Http) {
+    put_item(http, "rs-oid", "w1", 10, 0).await;
+    let line = json!([{ "sku": "rs-oid", "warehouse": "w1", "quantity": 1 }]);
+    let longest = "o".repeat(128);
+    let (status, _, held) = http.post("/v1/reservations", json!({ "lines": line, "order_id": longest })).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(held["order_id"], longest.as_str());
+    assert_eq!(http.get(&format!("/v1/orders/{longest}")).await.0, StatusCode::OK);
+    for (order_id, code) in [("o".repeat(129), "field_too_long"), ("has space".into(), "field_bad_character")] {
+        let refused = http.post("/v1/reservations", json!({ "lines": line, "order_id": order_id })).await;
+        assert_problem(&refused, StatusCode::BAD_REQUEST, code);
+        assert_eq!(refused.2["field"], "order_id", "{}", refused.2);
+    }
+    let key = "k".repeat(129);
+    let refused = http.post_with("/v1/reservations", json!({ "lines": line }), &[("idempotency-key", &key)]).await;
+    assert_problem(&refused, StatusCode::BAD_REQUEST, "field_too_long");
+    assert_eq!(refused.2["field"], "idempotency_key", "{}", refused.2);
+    assert_eq!(levels(http, "rs-oid", "w1").await.1, 1, "the refused requests held nothing");
+}
+
 async fn a_batch_answers_one_result_per_request_in_order(http: &Http) {
     put_item(http, "rs-batch", "w1", 5, 0).await;
     let line = |quantity: u64| json!({ "lines": [{ "sku": "rs-batch", "warehouse": "w1", "quantity": quantity }] });
@@ -1089,6 +1178,102 @@ async fn api_keys_authenticate_authorize_and_rate_limit() {
         an_admin_key_may_do_everything,
         a_key_over_its_burst_is_rate_limited_with_retry_after,
     );
+}
+
+const SHOP_KEY: &str = "test-shop-key";
+const WEB_KEY: &str = "test-web-key";
+
+/// Two API keys that both reserve, with the same idempotency keys and order
+/// ids: issue 15 item 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_and_order_ids_are_scoped_per_api_key() {
+    let keys: Vec<String> = [("ops", "admin", ADMIN_KEY), ("shop", "reserve", SHOP_KEY), ("web", "reserve", WEB_KEY)]
+        .iter()
+        .map(|(name, role, key)| {
+            format!("{{ name = \"{name}\", role = \"{role}\", sha256 = \"{}\" }}", sha256_hex(key))
+        })
+        .collect();
+    let node =
+        TallyProcess::start(Options::default().shards(2).set("auth", "keys", &format!("[{}]", keys.join(", ")))).await;
+    let http = node.http();
+    let (ops, shop, web) = (bearer(ADMIN_KEY), bearer(SHOP_KEY), bearer(WEB_KEY));
+    let created = http
+        .request(Method::PUT, &item_path("ik-scope", "w1"), &[("authorization", &ops)], Some(&json!({ "on_hand": 20 })))
+        .await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
+    let line = json!([{ "sku": "ik-scope", "warehouse": "w1", "quantity": 1 }]);
+    let hold = |auth: &str, key: Option<&str>, order: Option<&str>| {
+        let mut body = json!({ "lines": line });
+        if let Some(order) = order {
+            body["order_id"] = json!(order);
+        }
+        let mut headers = vec![("authorization", auth.to_owned())];
+        if let Some(key) = key {
+            headers.push(("idempotency-key", key.to_owned()));
+        }
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            http.request(Method::POST, "/v1/reservations", &headers, Some(&body)).await
+        }
+    };
+
+    // The same Idempotency-Key from two API keys: two reservations.
+    let shop_keyed = hold(&shop, Some("cart-1"), None).await;
+    let web_keyed = hold(&web, Some("cart-1"), None).await;
+    assert_eq!(
+        (shop_keyed.0, web_keyed.0),
+        (StatusCode::CREATED, StatusCode::CREATED),
+        "{} {}",
+        shop_keyed.2,
+        web_keyed.2
+    );
+    assert_ne!(shop_keyed.2["id"], web_keyed.2["id"], "one key's Idempotency-Key never answers another's");
+    assert!(header(&web_keyed, "idempotent-replayed").is_none());
+    let again = hold(&shop, Some("cart-1"), None).await;
+    assert_eq!(
+        (again.0, &again.2["id"]),
+        (StatusCode::CREATED, &shop_keyed.2["id"]),
+        "a retry by the same key replays"
+    );
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+
+    // The same order_id from two API keys: two orders, each read by its own key only.
+    let shop_order = hold(&shop, None, Some("order-9")).await;
+    let web_order = hold(&web, None, Some("order-9")).await;
+    assert_eq!(
+        (shop_order.0, web_order.0),
+        (StatusCode::CREATED, StatusCode::CREATED),
+        "{} {}",
+        shop_order.2,
+        web_order.2
+    );
+    assert_ne!(shop_order.2["id"], web_order.2["id"], "one key's order never answers another's");
+    assert_eq!(shop_order.2["order_id"], "order-9", "the body shows the caller's order id: {}", shop_order.2);
+    assert_eq!(web_order.2["order_id"], "order-9");
+    for (auth, mine) in [(&shop, &shop_order.2), (&web, &web_order.2)] {
+        let got = http.request(Method::GET, "/v1/orders/order-9", &[("authorization", auth)], None).await;
+        assert_eq!((got.0, &got.2["id"]), (StatusCode::OK, &mine["id"]), "each key reads its own order: {}", got.2);
+    }
+    let other = http.request(Method::GET, "/v1/orders/order-9", &[("authorization", &ops)], None).await;
+    assert_problem(&other, StatusCode::NOT_FOUND, "order_not_found");
+    // Ending one key's order leaves the other's.
+    let confirmed = http.request(Method::POST, "/v1/orders/order-9/confirm", &[("authorization", &web)], None).await;
+    assert_eq!((confirmed.0, &confirmed.2["id"]), (StatusCode::OK, &web_order.2["id"]), "{}", confirmed.2);
+    let path = format!("/v1/reservations/{}", str_of(&shop_order.2, "id"));
+    let untouched = http.request(Method::GET, &path, &[("authorization", &shop)], None).await;
+    assert_eq!(str_of(&untouched.2, "state"), "HELD", "{}", untouched.2);
+
+    // A batch's keys are scoped the same way, and meet the header's.
+    let batch = json!({ "requests": [{ "lines": line, "idempotency_key": "cart-1" }] });
+    for (auth, mine) in [(&shop, &shop_keyed.2), (&web, &web_keyed.2)] {
+        let answer =
+            http.request(Method::POST, "/v1/reservations/batch", &[("authorization", auth)], Some(&batch)).await;
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.2);
+        let result = &answer.2["results"][0];
+        assert_eq!((&result["reservation"]["id"], &result["replayed"]), (&mine["id"], &json!(true)), "{result}");
+    }
+    let item = http.request(Method::GET, &item_path("ik-scope", "w1"), &[("authorization", &ops)], None).await;
+    assert_eq!((u64_of(&item.2, "on_hand"), u64_of(&item.2, "reserved")), (19, 3), "four holds, one sold: {}", item.2);
 }
 
 fn bearer(key: &str) -> String {

@@ -2,8 +2,10 @@
 //! status, adjust, history, transfers between warehouses, and availability.
 //!
 //! The ETag of an item is its `version` in quotes. `If-Match` makes a write
-//! conditional on it (412 `version_mismatch` if it moved), `If-None-Match: *`
-//! makes a PUT create-only (412 `item_exists`).
+//! conditional on it (412 `version_mismatch` if it moved, or if the ETags it
+//! lists are well formed but none is a version, such as `"abc"`: RFC 9110
+//! §13.1.1), `If-None-Match: *` makes a PUT create-only (412 `item_exists`).
+//! A header that is not an ETag list at all is 400 `invalid_precondition`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,14 +82,102 @@ fn principal_name(principal: &Principal) -> Option<PrincipalName> {
     PrincipalName::new(principal.name.clone()).ok()
 }
 
-/// The version an `If-Match` header names (`"7"`, `W/"7"` or `7`).
-fn parse_version(value: &HeaderValue, header_name: &str) -> ApiResult<u64> {
-    let text = value.to_str().unwrap_or("").trim();
-    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    text.parse().map_err(|_| Problem::bad_request("invalid_precondition", format!("{header_name} must be an ETag")))
+/// Most entity tags one `If-Match` may list.
+const IF_MATCH_ETAGS_MAX: usize = 64;
+
+/// What a PUT's conditional headers ask, before the item is looked at.
+#[derive(Debug, PartialEq, Eq)]
+enum Precondition {
+    /// Decided by the engine when the command applies.
+    Expect(Expect),
+    /// `If-Match` listed several versions: the item must be at one of them.
+    AnyVersion(Vec<u64>),
+    /// `If-Match` listed well-formed ETags, none of them a version (`"abc"`):
+    /// no item can match, so the answer is 412 (RFC 9110 §13.1.1).
+    Never,
 }
 
-fn expectation(headers: &HeaderMap) -> ApiResult<Expect> {
+/// The ETags of an `If-Match` list (RFC 9110 §8.8.3: `1#entity-tag`, each
+/// `[W/]"opaque"`), as the bytes between the quotes; a bare `7` is taken
+/// as `"7"`. `None` when the value is not such a list.
+fn entity_tags(value: &[u8]) -> Option<Vec<&[u8]>> {
+    let is_ows = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let mut tags = Vec::new();
+    let mut rest = value;
+    loop {
+        // Empty list elements are allowed (RFC 9110 §5.6.1).
+        while let Some((first, tail)) = rest.split_first()
+            && (is_ows(first) || *first == b',')
+        {
+            rest = tail;
+        }
+        if rest.is_empty() {
+            break;
+        }
+        if tags.len() == IF_MATCH_ETAGS_MAX {
+            return None;
+        }
+        rest = rest.strip_prefix(b"W/").unwrap_or(rest);
+        let (tag, tail) = match rest.strip_prefix(b"\"") {
+            Some(quoted) => {
+                let end = quoted.iter().position(|byte| *byte == b'"')?;
+                let (tag, tail) = quoted.split_at(end);
+                // etagc: %x21 / %x23-7E / obs-text.
+                if !tag.iter().all(|byte| *byte == 0x21 || (0x23..=0x7e).contains(byte) || *byte >= 0x80) {
+                    return None;
+                }
+                (tag, &tail[1..])
+            }
+            None => {
+                let end = rest.iter().position(|byte| !byte.is_ascii_digit()).unwrap_or(rest.len());
+                if end == 0 {
+                    return None;
+                }
+                rest.split_at(end)
+            }
+        };
+        tags.push(tag);
+        rest = tail;
+        while let Some((first, tail)) = rest.split_first()
+            && is_ows(first)
+        {
+            rest = tail;
+        }
+        match rest.split_first() {
+            None => break,
+            Some((b',', tail)) => rest = tail,
+            Some(_) => return None,
+        }
+    }
+    (!tags.is_empty()).then_some(tags)
+}
+
+/// What `If-Match` asks: the versions it names, or never (only ETags that
+/// are not versions). A value that is not a list of ETags is 400.
+fn parse_if_match(value: &HeaderValue) -> ApiResult<Precondition> {
+    let tags = entity_tags(value.as_bytes()).ok_or_else(|| {
+        Problem::bad_request(
+            "invalid_precondition",
+            format!("If-Match must be an ETag such as \"7\", or a list of at most {IF_MATCH_ETAGS_MAX}"),
+        )
+    })?;
+    let mut versions: Vec<u64> = Vec::new();
+    for tag in tags {
+        let version = std::str::from_utf8(tag).ok().filter(|text| text.bytes().all(|b| b.is_ascii_digit()));
+        if let Some(version) = version.and_then(|text| text.parse::<u64>().ok())
+            && !versions.contains(&version)
+        {
+            versions.push(version);
+        }
+    }
+    Ok(match versions.as_slice() {
+        [] => Precondition::Never,
+        [version] => Precondition::Expect(Expect::Version(*version)),
+        _ => Precondition::AnyVersion(versions),
+    })
+}
+
+fn precondition(headers: &HeaderMap) -> ApiResult<Precondition> {
     let if_match = headers.get(header::IF_MATCH);
     let if_none_match = headers.get(header::IF_NONE_MATCH);
     match (if_match, if_none_match) {
@@ -97,10 +187,45 @@ fn expectation(headers: &HeaderMap) -> ApiResult<Expect> {
         (Some(value), None) if value.as_bytes() == b"*" => {
             Err(Problem::bad_request("invalid_precondition", "If-Match: * is not supported; send the item's ETag"))
         }
-        (Some(value), None) => Ok(Expect::Version(parse_version(value, "If-Match")?)),
-        (None, Some(value)) if value.as_bytes() == b"*" => Ok(Expect::Absent),
+        (Some(value), None) => parse_if_match(value),
+        (None, Some(value)) if value.as_bytes() == b"*" => Ok(Precondition::Expect(Expect::Absent)),
         (None, Some(_)) => Err(Problem::bad_request("invalid_precondition", "If-None-Match on a PUT must be *")),
-        (None, None) => Ok(Expect::Any),
+        (None, None) => Ok(Precondition::Expect(Expect::Any)),
+    }
+}
+
+/// The engine's expectation for a precondition. `If-Match` naming several
+/// versions reads the item and expects its version if listed (the write
+/// still applies only at it); one naming none answers 412 with the item's
+/// version, as the engine's `version_mismatch` does.
+async fn expectation(
+    state: &AppState,
+    sku: &Sku,
+    warehouse: &Warehouse,
+    precondition: Precondition,
+) -> ApiResult<Expect> {
+    let versions = match precondition {
+        Precondition::Expect(expect) => return Ok(expect),
+        Precondition::AnyVersion(versions) => versions,
+        Precondition::Never => Vec::new(),
+    };
+    let shard = shard_of(sku.as_str(), state.node.shard_count());
+    let (sku_text, warehouse_text) = (sku.as_str().to_owned(), warehouse.as_str().to_owned());
+    let current = read_shard(state, shard, Consistency::Linearizable, move |s| {
+        s.get_item(&sku_text, &warehouse_text).map(|item| item.map(|item| item.version))
+    })
+    .await?;
+    match current {
+        Some(version) if versions.contains(&version) => Ok(Expect::Version(version)),
+        _ => Err(Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "version_mismatch",
+            match current {
+                Some(version) => format!("the item is at version {version}, which If-Match does not name"),
+                None => "the item does not exist, so no If-Match ETag matches".to_owned(),
+            },
+        )
+        .with_extra(json!({ "version": current }))),
     }
 }
 
@@ -125,7 +250,9 @@ fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
         ("sku" = crate::openapi::Sku, Path, description = "The SKU."),
         ("warehouse" = crate::openapi::Warehouse, Path, description = "The warehouse."),
         ("If-Match" = Option<String>, Header, nullable = false,
-            description = "Apply only at this ETag (`\"7\"`, `W/\"7\"` or `7`)."),
+            description = "Apply only at this ETag (`\"7\"`, `W/\"7\"` or `7`), or at one of a list of them \
+            (`\"7\", \"8\"`, at most 64). A well-formed ETag that is no version of the item (`\"abc\"`) \
+            never matches: 412."),
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "`*`: create only."),
     ),
     request_body = PutItem,
@@ -135,11 +262,13 @@ fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
         (status = 201, description = "Created.", body = crate::openapi::Item,
             headers(("ETag" = String, description = "The item's `version` in quotes."))),
         (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `invalid_precondition` \
-            (If-Match and If-None-Match together, `If-Match: *`, a malformed ETag, If-None-Match other than `*`), \
+            (If-Match and If-None-Match together, `If-Match: *`, an If-Match that is not a list of ETags, \
+            If-None-Match other than `*`), \
             `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, name), `quantity_too_large`."),
         (status = 409, description = "`below_reserved`: on_hand would drop below the units reserved; \
             `shard_full`: no room for another item."),
-        (status = 412, description = "`item_exists` (If-None-Match: *); `version_mismatch` (If-Match)."),
+        (status = 412, description = "`item_exists` (If-None-Match: *); `version_mismatch` (If-Match names \
+            no ETag the item has, e.g. `\"abc\"`, or the item does not exist)."),
         (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
     ),
 )]
@@ -151,21 +280,26 @@ pub async fn put_item(
     JsonBody(body): JsonBody<PutItem>,
 ) -> ApiResult<Response> {
     principal.require(Role::Admin)?;
+    let precondition = precondition(&headers)?;
     let name = match body.name {
         Some(Some(name)) => Some(Some(ItemName::new(name)?)),
         Some(None) => Some(None),
         None => None,
     };
-    let command = Command::UpsertItem(UpsertItem {
+    let mut upsert = UpsertItem {
         sku: Sku::new(sku)?,
         warehouse: Warehouse::new(warehouse)?,
         on_hand: body.on_hand,
         low_stock_threshold: body.low_stock_threshold,
         name: attr(name),
         unit_price_minor: attr(body.unit_price_minor),
-        expect: expectation(&headers)?,
+        expect: Expect::Any,
         principal: principal_name(&principal),
-    });
+    };
+    // Bad input is 400 before any precondition is looked at.
+    upsert.validate()?;
+    upsert.expect = expectation(&state, &upsert.sku, &upsert.warehouse, precondition).await?;
+    let command = Command::UpsertItem(upsert);
     match state.submit(command).await? {
         Outcome::Upserted { item, created, .. } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -694,4 +828,38 @@ pub async fn availability(
         "consistency": body.consistency.as_str(),
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(value: &'static str) -> Result<Precondition, &'static str> {
+        parse_if_match(&HeaderValue::from_static(value)).map_err(|problem| problem.code)
+    }
+
+    #[test]
+    fn if_match_names_versions_quoted_weak_or_bare() {
+        for value in ["\"7\"", "W/\"7\"", "7", " \"7\" ", "\"7\", \"7\""] {
+            assert_eq!(parsed(value), Ok(Precondition::Expect(Expect::Version(7))), "{value}");
+        }
+        assert_eq!(parsed("\"7\", \"abc\", W/\"9\""), Ok(Precondition::AnyVersion(vec![7, 9])));
+    }
+
+    #[test]
+    fn well_formed_etags_that_are_no_version_never_match() {
+        for value in ["\"abc\"", "W/\"abc\"", "\"\"", "\"7a\"", "\"-1\"", "\"99999999999999999999\"", "\"a\", \"b\""] {
+            assert_eq!(parsed(value), Ok(Precondition::Never), "{value}");
+        }
+    }
+
+    #[test]
+    fn if_match_that_is_not_an_etag_list_is_invalid_precondition() {
+        for value in ["abc", "\"abc", "\"a b\"", "\"7\" \"8\"", "W/", ",", "", "7a", "\"7\";"] {
+            assert_eq!(parsed(value), Err("invalid_precondition"), "{value:?}");
+        }
+        let many = vec!["\"1\""; IF_MATCH_ETAGS_MAX + 1].join(",");
+        let value = HeaderValue::from_str(&many).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parse_if_match(&value).map_err(|p| p.code), Err("invalid_precondition"));
+    }
 }

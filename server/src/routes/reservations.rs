@@ -25,9 +25,14 @@
 //! bytes (so confirm and release route without a lookup) and, in the third,
 //! whether the reservation spans shards (then its parts are found on every
 //! shard). The rest is random, or — when the request has an
-//! `Idempotency-Key` or an `order_id` — a hash of it, so a retry makes the
-//! same id and the engine answers it with the first outcome instead of
-//! holding twice.
+//! `Idempotency-Key` or an `order_id` — a hash of it and the caller's API
+//! key name, so a retry makes the same id and the engine answers it with the
+//! first outcome instead of holding twice.
+//!
+//! Idempotency keys and order ids are the caller's: the engine key is scoped
+//! to the API key and the kind (`crate::idempotency`), so another API key's
+//! same key or order is another reservation, and `/v1/orders/{order_id}`
+//! finds the caller's order only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,14 +55,13 @@ use super::{JsonBody, PathParams, QueryParams, read_shard, rfc3339_ms};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Role;
+use crate::idempotency::{self, Kind};
 use crate::problem::{ApiResult, Problem};
 
 type Shared = State<Arc<AppState>>;
 
 /// Third byte of an id: the reservation's parts live on several shards.
 const SPANS_SHARDS: u8 = 1;
-/// Prefix of the engine idempotency key that names an order.
-const ORDER_KEY_PREFIX: &str = "order:";
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -70,7 +74,8 @@ pub struct ReservationBody {
     pub ttl_seconds: Option<u64>,
     /// The order the reservation is for: one reservation per order, found
     /// again under `/v1/orders/{order_id}`; a retry with the same order id
-    /// answers the first. At most 122 printable ASCII characters (`!` to `~`).
+    /// answers the first. 1 to 128 printable ASCII characters (`!` to `~`).
+    /// Scoped to the API key: another key's same order id is another order.
     pub order_id: Option<String>,
     /// Confirm at once: hold and sell in one request.
     #[serde(default)]
@@ -111,7 +116,8 @@ pub struct Created {
 /// A request's checked settings.
 struct Checked {
     ttl_ms: u64,
-    /// The engine's idempotency key: the order or the caller's key.
+    /// The engine's idempotency key: the order or the caller's key, scoped
+    /// to the caller (`crate::idempotency`).
     engine_key: Option<IdempotencyKey>,
     /// What the reservation id is derived from, when the request can be
     /// retried.
@@ -260,8 +266,11 @@ impl ReservationOut {
     /// The body of one merged view; `parts` is for `reservation_out` to set.
     fn new(view: ReservationView) -> Self {
         let summary = view.summary;
-        let order_id =
-            view.idempotency_key.as_deref().and_then(|key| key.strip_prefix(ORDER_KEY_PREFIX)).map(str::to_owned);
+        let order_id = view
+            .idempotency_key
+            .as_deref()
+            .and_then(|key| idempotency::caller_key(Kind::Order, key))
+            .map(str::to_owned);
         Self {
             id: HexId(summary.id),
             state: summary.state.as_str(),
@@ -391,8 +400,13 @@ impl AppState {
     /// batch endpoint and orders. Lines on one shard are one `Hold` command
     /// (allocation included, atomic in the shard); lines on several shards
     /// are the saga's parts. The answer comes from the write's outcomes.
-    pub async fn create_reservation(&self, body: &ReservationBody, key: Option<&str>) -> ApiResult<Created> {
-        let checked = self.check_request(body, key)?;
+    pub async fn create_reservation(
+        &self,
+        body: &ReservationBody,
+        principal: &Principal,
+        key: Option<&str>,
+    ) -> ApiResult<Created> {
+        let checked = self.check_request(body, principal, key)?;
         let Prepared { id, key, mut parts } = self.prepare(body, checked)?;
         if parts.len() == 1
             && let Some(part) = parts.pop()
@@ -449,7 +463,7 @@ impl AppState {
 
     /// What every reservation request is checked for before anything is
     /// submitted.
-    fn check_request(&self, body: &ReservationBody, key: Option<&str>) -> ApiResult<Checked> {
+    fn check_request(&self, body: &ReservationBody, principal: &Principal, key: Option<&str>) -> ApiResult<Checked> {
         let ttl_ms = self.ttl_ms(body.ttl_seconds)?;
         if body.lines.is_empty() {
             return Err(Problem::bad_request("no_lines", "a reservation needs at least one line"));
@@ -458,12 +472,16 @@ impl AppState {
         if body.lines.len() > max {
             return Err(Problem::bad_request("too_many_lines", format!("a reservation has at most {max} lines")));
         }
-        let engine_key = match (&body.order_id, key) {
-            (Some(order), _) => Some(IdempotencyKey::new(format!("{ORDER_KEY_PREFIX}{order}"))?),
-            (None, Some(key)) => Some(IdempotencyKey::new(key.to_owned())?),
+        let key = key.map(|key| idempotency::engine_key(Kind::Key, principal, key).map(|_| key)).transpose()?;
+        let order = body.order_id.as_deref();
+        let engine_key = match (order, key) {
+            (Some(order), _) => Some(idempotency::engine_key(Kind::Order, principal, order)?),
+            (None, Some(key)) => Some(idempotency::engine_key(Kind::Key, principal, key)?),
             (None, None) => None,
         };
-        let seed = key.map(|k| format!("key\0{k}")).or_else(|| body.order_id.as_ref().map(|o| format!("order\0{o}")));
+        let seed = key
+            .map(|key| idempotency::id_seed(Kind::Key, principal, key))
+            .or_else(|| order.map(|order| idempotency::id_seed(Kind::Order, principal, order)));
         Ok(Checked { ttl_ms, engine_key, seed })
     }
 
@@ -596,9 +614,10 @@ impl AppState {
         Ok(self.end(id, || Command::Extend(Extend { id, deadline })).await?.respond(StatusCode::OK))
     }
 
-    /// The reservation an order made: its key is on every part.
-    async fn order_reservation(&self, order_id: &str) -> ApiResult<ReservationId> {
-        let key = IdempotencyKey::new(format!("{ORDER_KEY_PREFIX}{order_id}"))?;
+    /// The reservation the caller's order made: its key is on every part.
+    /// Another API key's order of the same id is not found.
+    async fn order_reservation(&self, principal: &Principal, order_id: &str) -> ApiResult<ReservationId> {
+        let key = idempotency::engine_key(Kind::Order, principal, order_id)?;
         let reads = (0..self.node.shard_count()).map(|shard| {
             let key = key.clone();
             read_shard(self, shard, super::Consistency::Linearizable, move |s| {
@@ -621,7 +640,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
             let text = value
                 .to_str()
                 .map_err(|_| Problem::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII"))?;
-            IdempotencyKey::new(text.to_owned())?;
+            idempotency::check(Kind::Key, text)?;
             Ok(Some(text.to_owned()))
         }
     }
@@ -647,7 +666,9 @@ fn created_response(created: Created) -> Response {
     extensions(("x-tally-role" = json!("reserve"))),
     params(
         ("Idempotency-Key" = Option<String>, Header, nullable = false,
-            description = "Makes the request safe to retry: 1 to 128 printable ASCII characters (`!` to `~`)."),
+            description = "Makes the request safe to retry: 1 to 128 printable ASCII characters (`!` to `~`). \
+            Scoped to the API key, and apart from order ids: another key's same Idempotency-Key, or an order \
+            whose id is the same text, is another reservation."),
     ),
     request_body = ReservationBody,
     responses(
@@ -673,7 +694,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let key = idempotency_key(&headers)?;
-    Ok(created_response(state.create_reservation(&body, key.as_deref()).await?))
+    Ok(created_response(state.create_reservation(&body, &principal, key.as_deref()).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -758,6 +779,8 @@ pub enum BatchView {
     responses(
         (status = 200, description = "One result per request.", body = crate::openapi::BatchResult),
         (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_batch_size`, `invalid_query`."),
+        (status = 429, description = "`rate_limited`: a batch costs one token of the key's rate limit per \
+            request in it; nothing was held. Retry after `Retry-After`."),
         (status = 503, description = "`timeout`."),
     ),
 )]
@@ -772,7 +795,14 @@ pub async fn batch(
     if body.requests.is_empty() || body.requests.len() > max {
         return Err(Problem::bad_request("invalid_batch_size", format!("send 1 to {max} requests")));
     }
-    let results = state.create_batch(&body.requests).await;
+    // One token per hold: the request paid one on arrival (`authenticate`).
+    let holds = body.requests.len() as u64;
+    if let Err(wait_s) = state.auth.take_tokens(&principal, holds - 1, 1) {
+        let detail =
+            format!("key {:?} is over its rate limit: a batch costs one token per hold ({holds})", principal.name);
+        return Err(Problem::rate_limited(detail, wait_s));
+    }
+    let results = state.create_batch(&body.requests, &principal).await;
     let held = results.iter().filter(|result| result.is_ok()).count();
     let results: Vec<BatchResultOut> = results
         .into_iter()
@@ -799,15 +829,14 @@ pub async fn batch(
 
 impl AppState {
     /// The results of a batch's requests, in request order.
-    async fn create_batch(&self, requests: &[BatchRequest]) -> Vec<ApiResult<Created>> {
+    async fn create_batch(&self, requests: &[BatchRequest], principal: &Principal) -> Vec<ApiResult<Created>> {
         let mut results: Vec<Option<ApiResult<Created>>> = requests.iter().map(|_| None).collect();
         let mut lists: BTreeMap<u32, Vec<Listed>> = BTreeMap::new();
         let mut others = Vec::new();
         for (index, request) in requests.iter().enumerate() {
             let key = request.idempotency_key.as_deref();
-            let prepared = key
-                .map_or(Ok(()), |key| IdempotencyKey::new(key.to_owned()).map(drop).map_err(Problem::from))
-                .and_then(|()| self.check_request(&request.reservation, key))
+            let prepared = self
+                .check_request(&request.reservation, principal, key)
                 .and_then(|checked| self.prepare(&request.reservation, checked));
             match prepared {
                 Ok(Prepared { id, key, mut parts }) if parts.len() == 1 => {
@@ -823,7 +852,7 @@ impl AppState {
         let lists = lists.into_iter().map(|(shard, holds)| self.hold_list(shard, holds));
         let others = others.into_iter().map(|index| async move {
             let request = &requests[index];
-            (index, self.create_reservation(&request.reservation, request.idempotency_key.as_deref()).await)
+            (index, self.create_reservation(&request.reservation, principal, request.idempotency_key.as_deref()).await)
         });
         let (lists, others) =
             futures_util::future::join(futures_util::future::join_all(lists), futures_util::future::join_all(others))
@@ -1037,7 +1066,7 @@ pub async fn get_order(
     PathParams(order_id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
-    let id = state.order_reservation(&order_id).await?;
+    let id = state.order_reservation(&principal, &order_id).await?;
     Ok(state.reservation_body(id, super::Consistency::Linearizable).await?.respond(StatusCode::OK))
 }
 
@@ -1065,7 +1094,7 @@ pub async fn order_confirm(
     PathParams(order_id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
-    let id = state.order_reservation(&order_id).await?;
+    let id = state.order_reservation(&principal, &order_id).await?;
     Ok(state.end(id, || Command::Confirm(Confirm { id })).await?.respond(StatusCode::OK))
 }
 
@@ -1092,7 +1121,7 @@ pub async fn order_release(
     PathParams(order_id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
-    let id = state.order_reservation(&order_id).await?;
+    let id = state.order_reservation(&principal, &order_id).await?;
     Ok(state.end(id, || Command::Release(Release { id })).await?.respond(StatusCode::OK))
 }
 
@@ -1123,6 +1152,6 @@ pub async fn order_extend(
     JsonBody(body): JsonBody<ExtendBody>,
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
-    let id = state.order_reservation(&order_id).await?;
+    let id = state.order_reservation(&principal, &order_id).await?;
     state.extend_by(id, body.ttl_seconds).await
 }

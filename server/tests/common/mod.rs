@@ -449,6 +449,15 @@ impl TallyProcess {
         unreachable!("the last attempt returns or panics")
     }
 
+    /// Starts a single node and does not wait for it: for a node the
+    /// plain-HTTP readiness probe cannot reach (HTTPS). The caller waits
+    /// in its own way and checks `is_running`.
+    pub fn start_unprobed(options: Options) -> TallyProcess {
+        let addrs = free_addrs(2);
+        let spec = NodeSpec { node_id: 1, http_addr: addrs[0], peer_addr: addrs[1], members: vec![(1, addrs[1])] };
+        TallyProcess::launch(spec, &options)
+    }
+
     /// Writes the config and spawns the process; does not wait.
     fn launch(spec: NodeSpec, options: &Options) -> TallyProcess {
         let dir = tempfile::Builder::new()
