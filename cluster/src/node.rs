@@ -47,7 +47,7 @@ use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, SnapshotCounters, SnapshotStats, StateMachine};
 use crate::transport::{Handler, Transport, TransportConfig, TransportStats};
 use crate::types::{
-    MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
+    Entry, MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
     log_id_to_engine, vote_from_engine, vote_to_engine,
 };
 use crate::wire::{AdminOp, AppendResult, Request, Response, SnapshotDone};
@@ -1075,6 +1075,9 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
                 Ok(entries) => entries,
                 Err(error) => return Response::Refused(error.to_string()),
             };
+            if let Err(reason) = check_append_follows(prev_log_id, &entries) {
+                return Response::Refused(reason);
+            }
             let rpc = AppendEntriesRequest {
                 vote: vote_from_engine(vote),
                 prev_log_id: prev_log_id.map(log_id_from_engine),
@@ -1158,6 +1161,27 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
         }
         Request::Probe { .. } => Response::Probe { initialized: raft.is_initialized().await.unwrap_or(false) },
     }
+}
+
+/// The shape openraft assumes of an append and does not check: entries one
+/// index apart from just after `prev_log_id`, terms never falling. A peer
+/// that breaks it tripped an assertion in openraft's core (a debug build)
+/// or had the WAL refuse the write, a storage error that stops the group
+/// (a release build); it is refused here instead, like any bad request.
+fn check_append_follows(prev_log_id: Option<engine::log::LogId>, entries: &[Entry]) -> Result<(), String> {
+    let mut last = prev_log_id;
+    for entry in entries {
+        let log_id = log_id_to_engine(&entry.log_id);
+        let expected = match last {
+            None => Some(0),
+            Some(last) => last.index.checked_add(1),
+        };
+        if Some(log_id.index) != expected || last.is_some_and(|last| log_id.term < last.term) {
+            return Err(format!("entry {log_id:?} does not follow {last:?}"));
+        }
+        last = Some(log_id);
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -791,6 +791,11 @@ impl ShardState {
             if item.on_hand > QUANTITY_MAX {
                 return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));
             }
+            // `finish_change` asserts this of every item it touches: a
+            // snapshot must not load an item its next change would fail on.
+            if item.low_stock_threshold > QUANTITY_MAX {
+                return Err(format!("item {id}: threshold {} over the maximum", item.low_stock_threshold));
+            }
             if item.reserved != reserved[id] {
                 return Err(format!("item {id}: reserved {} but live holds sum to {}", item.reserved, reserved[id]));
             }

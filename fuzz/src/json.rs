@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{INPUT_LEN_MAX, Mutator, Rng, Seed};
+use crate::{Mutator, Rng, Seed};
 
 /// A string no real input contains: stands for a raw token that `Value`
 /// cannot hold (a number out of range, `-0`), swapped in after serialising.
@@ -219,19 +219,25 @@ pub fn mutate(seeds: &[Seed], rng: &mut Rng) -> Vec<u8> {
 
 /// As `mutate`, with the seeds already parsed (`parsed` may be any subset).
 pub fn mutate_parsed(seeds: &[Seed], parsed: &[Value], rng: &mut Rng) -> Vec<u8> {
+    match rng.pick(parsed) {
+        Some(body) => mutate_body(body, parsed, seeds, rng),
+        None => Mutator::new(seeds).mutate(rng),
+    }
+}
+
+/// `body` mutated, with values and keys taken from `donors` (other bodies)
+/// and, for byte-level damage, runs of `seeds`.
+pub fn mutate_body(body: &Value, donors: &[Value], seeds: &[Seed], rng: &mut Rng) -> Vec<u8> {
     let mut known_keys = Vec::new();
-    parsed.iter().for_each(|value| keys_of(value, &mut known_keys));
-    let Some(mut value) = rng.pick(parsed).cloned() else {
-        return Mutator::new(seeds).mutate(rng);
-    };
+    donors.iter().for_each(|value| keys_of(value, &mut known_keys));
+    let mut value = body.clone();
     for _ in 0..=rng.below(3) {
-        mutate_tree(&mut value, rng, &known_keys, parsed);
+        mutate_tree(&mut value, rng, &known_keys, donors);
     }
     let mut bytes = serialise(&value);
     if rng.chance(1, 5) {
         Mutator { seeds, header_len: 8 }.mutate_bytes(&mut bytes, rng);
     }
-    bytes.truncate(INPUT_LEN_MAX * 16);
     bytes
 }
 

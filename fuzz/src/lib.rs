@@ -10,8 +10,8 @@
 //! no coverage feedback: input `i` of a run depends only on the seed and
 //! `i`, so any one input replays alone.
 //!
-//! A failure is a panic in the check, or a panic anywhere in the process
-//! while the input ran (a spawned task of a node under test), or, in a
+//! A failure is a panic in the check, or a panic on another thread of the
+//! process while the input ran (a task or thread of a node under test), or, in a
 //! binary that caps its allocations (`cap_allocations`), an allocation past
 //! the cap, which aborts the process. Each run first prints its seed to
 //! stderr, outside the test harness's capture, so every failure reproduces.
@@ -194,23 +194,43 @@ fn fresh_entropy() -> u64 {
     u64::try_from(nanos & u128::from(u64::MAX)).unwrap_or(0) ^ u64::from(std::process::id()).rotate_left(32)
 }
 
+/// A fresh temporary directory for one input's files, in memory
+/// (`/dev/shm`) where the machine has it: the WAL and snapshot code fsync,
+/// which costs nothing there.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::Builder::new().prefix("tally-fuzz-").tempdir_in(shm) } else { tempfile::tempdir() };
+    dir.unwrap_or_else(|e| panic!("scratch dir: {e}"))
+}
+
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub iterations: u64,
+    /// Inputs the check reported as accepted (decoded, loaded, answered):
+    /// how many got past the first refusal.
+    pub accepted: u64,
     pub elapsed: Duration,
 }
 
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
-/// Counts every panic in the process (spawned tasks included), keeping the
-/// default report.
+thread_local! {
+    /// Set on a thread while it runs a target's checks: its panics are the
+    /// target's own, caught and reported by its `run`.
+    static RUNNING_CHECKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Counts every panic in the process outside the targets' own checks (a
+/// node's tasks, its threads), keeping the default report.
 fn count_panics() {
     static HOOKED: OnceLock<()> = OnceLock::new();
     HOOKED.get_or_init(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            if !RUNNING_CHECKS.get() {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
             previous(info);
         }));
     });
@@ -238,9 +258,14 @@ impl Target {
     }
 
     /// Runs `check` on every seed unchanged, then on `mutate`d inputs, until
-    /// the budget is spent. `check` fails by panicking; a panic elsewhere in
-    /// the process meanwhile fails the input too.
-    pub fn run(&self, mut mutate: impl FnMut(&[Seed], &mut Rng) -> Vec<u8>, mut check: impl FnMut(&[u8])) -> Summary {
+    /// the budget is spent. `check` fails by panicking (a panic on another
+    /// thread meanwhile fails the input too) and answers whether the input
+    /// was accepted, which the summary counts.
+    pub fn run(
+        &self,
+        mut mutate: impl FnMut(&[Seed], &mut Rng) -> Vec<u8>,
+        mut check: impl FnMut(&[u8]) -> bool,
+    ) -> Summary {
         count_panics();
         let budget = &self.budget;
         say(&format!(
@@ -254,13 +279,18 @@ impl Target {
         let started = Instant::now();
         let mut iteration = budget.only.unwrap_or(0);
         let mut done = 0u64;
+        let mut accepted = 0u64;
         loop {
             let input = self.input(iteration, &mut mutate);
             let panics_before = PANICS.load(Ordering::SeqCst);
+            RUNNING_CHECKS.set(true);
             let outcome = catch_unwind(AssertUnwindSafe(|| check(&input)));
+            RUNNING_CHECKS.set(false);
             let panicked_elsewhere = PANICS.load(Ordering::SeqCst) != panics_before;
-            if outcome.is_err() || panicked_elsewhere {
-                self.fail(iteration, &input, outcome.err());
+            match outcome {
+                Ok(accepted_now) if !panicked_elsewhere => accepted += u64::from(accepted_now),
+                Ok(_) => self.fail(iteration, &input, None),
+                Err(payload) => self.fail(iteration, &input, Some(payload)),
             }
             done += 1;
             iteration += 1;
@@ -268,8 +298,12 @@ impl Target {
                 break;
             }
         }
-        let summary = Summary { iterations: done, elapsed: started.elapsed() };
-        say(&format!("fuzz {}: {} inputs in {:.2}s, no failure", self.name, done, summary.elapsed.as_secs_f64()));
+        let summary = Summary { iterations: done, accepted, elapsed: started.elapsed() };
+        say(&format!(
+            "fuzz {}: {done} inputs ({accepted} accepted) in {:.2}s, no failure",
+            self.name,
+            summary.elapsed.as_secs_f64()
+        ));
         summary
     }
 
@@ -371,13 +405,31 @@ impl<'a> Mutator<'a> {
         bytes.truncate(INPUT_LEN_MAX);
     }
 
+    /// One to four stacked mutations that keep every byte where it was
+    /// (flips, set bytes, interesting integers, copied runs): inside an
+    /// archive of relative offsets, the ones that keep its structure.
+    pub fn overwrite_bytes(&self, bytes: &mut [u8], rng: &mut Rng) {
+        let mut owned = bytes.to_vec();
+        for _ in 0..=rng.below(4) {
+            let op = [0, 1, 2, 9][rng.below(4)];
+            self.apply(op, &mut owned, rng);
+        }
+        debug_assert_eq!(owned.len(), bytes.len());
+        bytes.copy_from_slice(&owned);
+    }
+
     fn offset(&self, bytes: &[u8], width: usize, rng: &mut Rng) -> Option<usize> {
         let room = bytes.len().checked_sub(width)? + 1;
         if rng.chance(1, 4) { Some(rng.below(room.min(self.header_len.max(1)))) } else { Some(rng.below(room)) }
     }
 
     fn mutate_once(&self, bytes: &mut Vec<u8>, rng: &mut Rng) {
-        match rng.below(10) {
+        let op = rng.below(10);
+        self.apply(op, bytes, rng);
+    }
+
+    fn apply(&self, op: usize, bytes: &mut Vec<u8>, rng: &mut Rng) {
+        match op {
             0 => {
                 if let Some(at) = self.offset(bytes, 1, rng) {
                     bytes[at] ^= 1 << rng.below(8);
