@@ -344,17 +344,43 @@ fn tweak_vote(vote: &mut Vote, rng: &mut Rng) {
     }
 }
 
+/// What a mutation may change of a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Liberty {
+    /// Anything: the decoders take any request.
+    Any,
+    /// Not the Raft state a request claims (votes, log ids, terms, also of
+    /// the entries carried): the request of an honest leader with damaged
+    /// contents. A member that lies about Raft state trips openraft's debug
+    /// assertions, which Raft does not defend against (docs/SECURITY.md:
+    /// a holder of the secret can do anything a node can).
+    HonestRaft,
+}
+
+/// A damaged entry frame, its log id put back if it still decodes.
+fn keep_log_id(frame: &mut Vec<u8>, original: Option<LogId>) {
+    let Some(original) = original else { return };
+    let Ok(mut entry) = EntryFrame::from_received(frame.clone()).decode(RECORD_SIZE_MAX) else { return };
+    if entry.log_id != original {
+        entry.log_id = original;
+        if let Ok(resealed) = EntryFrame::encode(&entry, RECORD_SIZE_MAX) {
+            *frame = resealed.as_bytes().to_vec();
+        }
+    }
+}
+
 /// One field of a decoded request changed; byte fields (entry frames,
 /// snapshot data, membership images) mutated as bytes, frames resealed.
-fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng) {
+fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng, liberty: Liberty) {
     let bytes = Mutator { seeds, header_len: 12 };
+    let raft = liberty == Liberty::Any;
     match request {
         Request::AppendEntries { group, vote, prev_log_id, frames, leader_commit } => match rng.below(6) {
             0 => *group = interesting_u64(rng) as u32,
-            1 => tweak_vote(vote, rng),
-            2 => tweak_log_id(prev_log_id, rng),
-            3 => tweak_log_id(leader_commit, rng),
-            4 if !frames.is_empty() => {
+            1 if raft => tweak_vote(vote, rng),
+            2 if raft => tweak_log_id(prev_log_id, rng),
+            3 if raft => tweak_log_id(leader_commit, rng),
+            4 if raft && !frames.is_empty() => {
                 let at = rng.below(frames.len());
                 match rng.below(3) {
                     0 => _ = frames.remove(at),
@@ -368,6 +394,7 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng) {
             _ => {
                 let at = rng.below(frames.len().max(1));
                 if let Some(frame) = frames.get_mut(at) {
+                    let original = EntryFrame::from_received(frame.clone()).log_id();
                     if rng.chance(2, 3) {
                         bytes.overwrite_bytes(frame, rng);
                     } else {
@@ -376,10 +403,14 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng) {
                     if rng.chance(3, 4) {
                         seal_entry_frame(frame);
                     }
+                    if !raft {
+                        keep_log_id(frame, original);
+                    }
                 }
             }
         },
         Request::Vote { group, pre_vote, vote, last_log_id, leadership_transfer } => match rng.below(4) {
+            _ if !raft => *group = interesting_u64(rng) as u32,
             0 => *group = interesting_u64(rng) as u32,
             1 => tweak_vote(vote, rng),
             2 => tweak_log_id(last_log_id, rng),
@@ -396,15 +427,16 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng) {
             _ => match done {
                 None => {}
                 Some(done) => match rng.below(5) {
-                    0 => tweak_vote(&mut done.vote, rng),
-                    1 => tweak_log_id(&mut done.last_log_id, rng),
-                    2 => tweak_log_id(&mut done.membership_log_id, rng),
+                    0 if raft => tweak_vote(&mut done.vote, rng),
+                    1 if raft => tweak_log_id(&mut done.last_log_id, rng),
+                    2 if raft => tweak_log_id(&mut done.membership_log_id, rng),
                     3 => bytes.mutate_bytes(&mut done.membership, rng),
                     _ => done.total_len = interesting_u64(rng),
                 },
             },
         },
         Request::TransferLeader { group, from_leader, to, last_log_id } => match rng.below(4) {
+            _ if !raft => *group = interesting_u64(rng) as u32,
             0 => *group = interesting_u64(rng) as u32,
             1 => tweak_vote(from_leader, rng),
             2 => *to = interesting_u64(rng),
@@ -443,12 +475,12 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng) {
     }
 }
 
-fn mutate_request(seeds: &[Seed], rng: &mut Rng) -> Vec<u8> {
+fn mutate_request(seeds: &[Seed], rng: &mut Rng, liberty: Liberty) -> Vec<u8> {
     let source = rng.pick(seeds).map(|seed| seed.bytes.clone()).unwrap_or_default();
     match decode_request(&source) {
         Some(mut request) if rng.chance(3, 4) => {
             for _ in 0..=rng.below(2) {
-                mutate_request_fields(&mut request, seeds, rng);
+                mutate_request_fields(&mut request, seeds, rng, liberty);
             }
             encode_request(&request)
         }
@@ -500,7 +532,7 @@ fn check_peer_request(input: &[u8]) -> bool {
 
 #[test]
 fn peer_request() {
-    target("peer_request", 20_000).run(mutate_request, check_peer_request);
+    target("peer_request", 20_000).run(|seeds, rng| mutate_request(seeds, rng, Liberty::Any), check_peer_request);
 }
 
 /// Accepted: the response decoded.
@@ -565,7 +597,7 @@ fn mutate_stream(seeds: &[Seed], request_seeds: &[Seed], rng: &mut Rng) -> Vec<u
         3 if rng.chance(1, 4) => mode ^= 1,
         _ => {
             // A request, mutated as a structure, added or in place of one.
-            let payload = mutate_request(request_seeds, rng);
+            let payload = mutate_request(request_seeds, rng, Liberty::HonestRaft);
             let correlation = rng.next_u64() % 1_000;
             let frame = raw_peer::frame(cluster::transport::FRAME_KIND_REQUEST, correlation, &payload);
             if frames.is_empty() || rng.chance(1, 3) {
@@ -664,7 +696,7 @@ async fn assert_still_serving(addr: &str, shards: u32) {
 #[test]
 fn peer_port() {
     const SHARDS: u32 = 2;
-    let target = target("peer_port", 600);
+    let target = target("peer_port", 600).watching_threads();
     let request_seeds = fuzz::corpus(corpus_dir("peer_request"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

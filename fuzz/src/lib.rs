@@ -248,13 +248,29 @@ pub struct Target {
     pub package: &'static str,
     pub seeds: Vec<Seed>,
     pub budget: Budget,
+    /// Whether a panic on another thread fails the input: for targets that
+    /// drive a node (its tasks and threads), not for pure decoders, which
+    /// would otherwise take the blame for a node in the same binary.
+    pub watches_threads: bool,
 }
 
 impl Target {
     /// A target over the corpus in `dir`, with the suite's budget of at most
     /// `iterations_default` inputs unless the environment says otherwise.
     pub fn new(name: &'static str, package: &'static str, dir: impl AsRef<Path>, iterations_default: u64) -> Target {
-        Target { name, package, seeds: corpus(dir), budget: Budget::from_env(name, iterations_default) }
+        Target {
+            name,
+            package,
+            seeds: corpus(dir),
+            budget: Budget::from_env(name, iterations_default),
+            watches_threads: false,
+        }
+    }
+
+    /// Fails an input on a panic on any other thread of the process too.
+    pub fn watching_threads(mut self) -> Target {
+        self.watches_threads = true;
+        self
     }
 
     /// Runs `check` on every seed unchanged, then on `mutate`d inputs, until
@@ -286,7 +302,7 @@ impl Target {
             RUNNING_CHECKS.set(true);
             let outcome = catch_unwind(AssertUnwindSafe(|| check(&input)));
             RUNNING_CHECKS.set(false);
-            let panicked_elsewhere = PANICS.load(Ordering::SeqCst) != panics_before;
+            let panicked_elsewhere = self.watches_threads && PANICS.load(Ordering::SeqCst) != panics_before;
             match outcome {
                 Ok(accepted_now) if !panicked_elsewhere => accepted += u64::from(accepted_now),
                 Ok(_) => self.fail(iteration, &input, None),

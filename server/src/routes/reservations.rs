@@ -525,7 +525,13 @@ impl AppState {
         match outcome {
             Outcome::Held { reservation, replayed, lines: held }
             | Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
-                debug_assert_eq!(reservation.id, id);
+                // A key the shard knows replays its reservation whatever this
+                // request asks. One made by a request of another shape (its
+                // first line on another shard, or across shards) has another
+                // id: the key made a different reservation.
+                if reservation.id != id {
+                    return Err(Problem::refusal(&Refusal::ReservationIdInUse));
+                }
                 let view = ReservationView {
                     summary: reservation,
                     lines: held,
