@@ -29,7 +29,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster::transport::{FRAME_HEADER_LEN, FRAME_KIND_ANSWER, FRAME_KIND_HELLO, FRAME_KIND_PROOF, PROTOCOL_VERSION};
 use cluster::types::{MembershipImage, entry_from_frame, entry_to_engine, frame_of};
@@ -693,11 +693,18 @@ async fn assert_still_serving(addr: &str, shards: u32) {
     }
 }
 
-#[test]
-fn peer_port() {
-    const SHARDS: u32 = 2;
-    let target = target("peer_port", 600).watching_threads();
-    let request_seeds = fuzz::corpus(corpus_dir("peer_request"));
+/// A node of a two-member cluster whose other member (the one the fuzzer
+/// claims to be) never starts, on a runtime of its own.
+struct NodeUnderTest {
+    runtime: tokio::runtime::Runtime,
+    node: Node,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+const SHARDS: u32 = 2;
+
+fn start_node() -> NodeUnderTest {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -717,12 +724,50 @@ fn peer_port() {
         let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start node: {e}"));
         (node, addr)
     });
-    let started = Instant::now();
+    NodeUnderTest { runtime, node, addr, _dir: dir }
+}
+
+impl NodeUnderTest {
+    fn stop(self) {
+        self.runtime.block_on(assert_still_serving(&self.addr, SHARDS));
+        self.runtime.block_on(self.node.shutdown());
+    }
+}
+
+#[test]
+fn peer_port() {
+    let target = target("peer_port", 1_000).watching_threads();
+    let request_seeds = fuzz::corpus(corpus_dir("peer_request"));
+    let under_test = start_node();
     target.run(
         |seeds, rng| mutate_stream(seeds, &request_seeds, rng),
-        |input| runtime.block_on(send_stream(&addr, input)),
+        |input| under_test.runtime.block_on(send_stream(&under_test.addr, input)),
     );
-    runtime.block_on(assert_still_serving(&addr, SHARDS));
-    runtime.block_on(node.shutdown());
-    fuzz::say(&format!("fuzz peer_port: node up {:.1}s, still serving", started.elapsed().as_secs_f64()));
+    under_test.stop();
+}
+
+// ----- regressions: what the fuzz targets found, each with its input -----
+
+/// `peer_port`, corpus input `authenticated-00` (the first input of every
+/// run): an append from a member whose first entry is not the one after
+/// `prev_log_id` (index 1 after none, where openraft counts from 0) reached
+/// an assertion in openraft's core, on the shard's thread. Refused now.
+#[test]
+fn an_append_whose_entries_do_not_follow_prev_log_id_is_refused() {
+    let under_test = start_node();
+    let input = fuzz::corpus(corpus_dir("peer_port"))
+        .into_iter()
+        .find(|seed| seed.name == "authenticated-00")
+        .unwrap_or_else(|| panic!("corpus input authenticated-00"));
+    let request = decode_request(&input.bytes[1 + FRAME_HEADER_LEN..]).unwrap_or_else(|| panic!("decode"));
+    assert!(matches!(&request, Request::AppendEntries { prev_log_id: None, frames, .. } if frames.len() == 3));
+    let answer = under_test.runtime.block_on(async {
+        let mut socket = raw_peer::authenticated(&under_test.addr, CLAIMED, NODE, TEST_SECRET.as_bytes()).await;
+        raw_peer::call(&mut socket, 1, &request).await
+    });
+    assert!(
+        matches!(&answer, Some(Response::Refused(reason)) if reason.contains("does not follow")),
+        "{answer:?}"
+    );
+    under_test.stop();
 }

@@ -426,7 +426,10 @@ impl AppState {
                 let mut failure: Option<Problem> = None;
                 for (lines, answer) in part_lines.iter().zip(holds) {
                     match answer {
-                        Ok(Outcome::Held { .. }) => {}
+                        Ok(Outcome::Held { reservation, .. }) if reservation.id == id => {}
+                        // The part's shard knew the key: it made another
+                        // reservation (the saga undid this one).
+                        Ok(Outcome::Held { .. }) => failure = Some(Problem::refusal(&Refusal::ReservationIdInUse)),
                         Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
                             short.extend(short_lines(lines, &shorts));
                         }
