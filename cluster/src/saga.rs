@@ -65,7 +65,8 @@ impl Node {
         // reservation the key made, whatever its id: one of another id (a
         // request of another shape with the same key) is not this
         // reservation's part, so it does not count as held.
-        let all_held = holds.iter().all(|hold| matches!(hold, Ok(Outcome::Held { reservation, .. }) if reservation.id == id));
+        let all_held =
+            holds.iter().all(|hold| matches!(hold, Ok(Outcome::Held { reservation, .. }) if reservation.id == id));
         if !all_held {
             // A part "may be held" unless its shard refused it: a part with no
             // outcome is released too (a release of nothing is refused, harmless).

@@ -137,7 +137,9 @@ fn entry_frames(term: u64) -> Vec<Vec<u8>> {
     ];
     entries
         .iter()
-        .map(|entry| EntryFrame::encode(entry, RECORD_SIZE_MAX).unwrap_or_else(|e| panic!("frame: {e}")).as_bytes().to_vec())
+        .map(|entry| {
+            EntryFrame::encode(entry, RECORD_SIZE_MAX).unwrap_or_else(|e| panic!("frame: {e}")).as_bytes().to_vec()
+        })
         .collect()
 }
 
@@ -165,7 +167,13 @@ fn sample_requests() -> Vec<Request> {
             frames: entry_frames(5),
             leader_commit: Some(LogId::new(5, 3)),
         },
-        Request::AppendEntries { group: 1, vote, prev_log_id: Some(LogId::new(5, 3)), frames: Vec::new(), leader_commit: None },
+        Request::AppendEntries {
+            group: 1,
+            vote,
+            prev_log_id: Some(LogId::new(5, 3)),
+            frames: Vec::new(),
+            leader_commit: None,
+        },
         Request::Vote {
             group: 0,
             pre_vote: true,
@@ -532,7 +540,7 @@ fn check_peer_request(input: &[u8]) -> bool {
 
 #[test]
 fn peer_request() {
-    target("peer_request", 20_000).run(|seeds, rng| mutate_request(seeds, rng, Liberty::Any), check_peer_request);
+    target("peer_request", 50_000).run(|seeds, rng| mutate_request(seeds, rng, Liberty::Any), check_peer_request);
 }
 
 /// Accepted: the response decoded.
@@ -547,7 +555,8 @@ fn check_peer_response(input: &[u8]) -> bool {
 
 #[test]
 fn peer_response() {
-    target("peer_response", 20_000).run(|seeds, rng| Mutator { seeds, header_len: 16 }.mutate(rng), check_peer_response);
+    target("peer_response", 100_000)
+        .run(|seeds, rng| Mutator { seeds, header_len: 16 }.mutate(rng), check_peer_response);
 }
 
 // ----- the live peer port -----
@@ -644,7 +653,9 @@ async fn send_stream(addr: &str, input: &[u8]) -> bool {
     let Some((&mode, stream)) = input.split_first() else { return false };
     let requests = split_frames(stream).len();
     if mode & 1 == MODE_RAW {
-        let Ok(mut socket) = TcpStream::connect(addr).await else { panic!("the node's peer port refused a connection") };
+        let Ok(mut socket) = TcpStream::connect(addr).await else {
+            panic!("the node's peer port refused a connection")
+        };
         _ = socket.write_all(stream).await;
         // Nothing more is coming: a node waiting for a proof closes at once.
         _ = socket.shutdown().await;
@@ -765,9 +776,6 @@ fn an_append_whose_entries_do_not_follow_prev_log_id_is_refused() {
         let mut socket = raw_peer::authenticated(&under_test.addr, CLAIMED, NODE, TEST_SECRET.as_bytes()).await;
         raw_peer::call(&mut socket, 1, &request).await
     });
-    assert!(
-        matches!(&answer, Some(Response::Refused(reason)) if reason.contains("does not follow")),
-        "{answer:?}"
-    );
+    assert!(matches!(&answer, Some(Response::Refused(reason)) if reason.contains("does not follow")), "{answer:?}");
     under_test.stop();
 }

@@ -775,7 +775,12 @@ impl ShardState {
                     return Err(format!("hold {} outlived its deadline", reservation.id));
                 }
                 for line in reservation.lines.as_slice() {
-                    reserved[line.item.0 as usize] += line.quantity;
+                    // A loaded snapshot's quantities are not bounded yet: a
+                    // sum past u64 is damage, not a panic.
+                    let sum = &mut reserved[line.item.0 as usize];
+                    *sum = sum
+                        .checked_add(line.quantity)
+                        .ok_or_else(|| format!("item {}: live holds sum past u64", line.item.0))?;
                 }
             } else if !terminal.contains(&slot) {
                 return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));

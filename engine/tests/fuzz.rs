@@ -202,7 +202,9 @@ fn frame_header(len: u32, kind: u8) -> Vec<u8> {
 
 fn wal_frame_seeds() -> Vec<Seed> {
     let mut seeds = Vec::new();
-    for (n, entry) in sample_entries().iter().chain([&LogEntry::batch(LogId::new(3, 6), 5_000, sample_commands())]).enumerate() {
+    for (n, entry) in
+        sample_entries().iter().chain([&LogEntry::batch(LogId::new(3, 6), 5_000, sample_commands())]).enumerate()
+    {
         let frame = EntryFrame::encode(entry, record_size_max()).unwrap_or_else(|e| panic!("encode: {e}"));
         seeds.push(seed(&format!("valid-entry-{n}"), frame.as_bytes().to_vec()));
     }
@@ -446,15 +448,14 @@ fn check_wal_frame(input: &[u8], base_state: &[u8]) -> bool {
     let again = EntryFrame::encode(&entry, record_size_max())
         .unwrap_or_else(|e| panic!("a decoded entry does not re-encode: {e}"));
     assert_eq!(again.decode(record_size_max()).as_ref(), Ok(&entry), "a decoded entry does not round-trip");
-    let mut state =
-        ShardState::from_snapshot_bytes(base_state).unwrap_or_else(|reason| panic!("base state: {reason}"));
+    let mut state = ShardState::from_snapshot_bytes(base_state).unwrap_or_else(|reason| panic!("base state: {reason}"));
     apply_as_next(&mut state, &entry);
     true
 }
 
 #[test]
 fn wal_frame() {
-    let target = target("wal_frame", 20_000);
+    let target = target("wal_frame", 50_000);
     let base_state = busy_state().to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}")).to_vec();
     target.run(mutate_frame, |input| check_wal_frame(input, &base_state));
 }
@@ -490,7 +491,7 @@ fn check_wal_segment(input: &[u8]) -> bool {
 
 #[test]
 fn wal_segment() {
-    target("wal_segment", 3_000).run(mutate_segment, check_wal_segment);
+    target("wal_segment", 10_000).run(mutate_segment, check_wal_segment);
 }
 
 /// Accepted: a store installed the image, or loaded it from disk.
@@ -525,7 +526,7 @@ fn check_snapshot_image(input: &[u8]) -> bool {
 
 #[test]
 fn snapshot_image() {
-    target("snapshot_image", 4_000).run(mutate_snapshot, check_snapshot_image);
+    target("snapshot_image", 10_000).run(mutate_snapshot, check_snapshot_image);
 }
 
 #[test]
@@ -587,4 +588,28 @@ fn a_snapshot_with_a_threshold_over_the_maximum_does_not_load() {
     let error = store.install(&regression_input("threshold-over-the-maximum.snap")).err();
     let error = error.map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("threshold"), "{error}");
+}
+
+/// `snapshot_image`, seed 0xb9bd11e16572aa3 input 207663: two live holds
+/// on one item whose quantities sum past u64; `check_invariants`, run on
+/// every load, overflowed adding them up.
+#[test]
+fn a_snapshot_whose_holds_sum_past_u64_does_not_load() {
+    let dir = fuzz::scratch_dir();
+    let store = SnapshotStore::open(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+    let error = store.install(&regression_input("reserved-sum-overflows.snap")).err();
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("past u64"), "{error}");
+}
+
+/// `wal_segment`, seed 0xdde1d7f86edc725b input 190350: a purge record at
+/// index u64::MAX; the index's first live index after it (`upto + 1`)
+/// overflowed.
+#[test]
+fn recovery_refuses_a_log_id_at_the_last_index() {
+    let dir = fuzz::scratch_dir();
+    std::fs::write(dir.path().join(SEGMENT_NAME), regression_input("purge-at-the-last-index.wal"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let error = Wal::open(dir.path(), wal_config()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("last index a u64 holds"), "{error}");
 }

@@ -253,7 +253,8 @@ mod tests {
 
     #[test]
     fn mutations_mostly_stay_json() {
-        let seeds = vec![Seed { name: "s".into(), bytes: br#"{"lines":[{"sku":"A","quantity":2}],"ttl_seconds":5}"#.to_vec() }];
+        let seeds =
+            vec![Seed { name: "s".into(), bytes: br#"{"lines":[{"sku":"A","quantity":2}],"ttl_seconds":5}"#.to_vec() }];
         let mut rng = Rng::new(11);
         let parsed = (0..400).filter(|_| serde_json::from_slice::<Value>(&mutate(&seeds, &mut rng)).is_ok()).count();
         assert!(parsed > 200, "only {parsed} of 400 mutated bodies parse");

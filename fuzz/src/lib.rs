@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 pub type Allocator = cap::Cap<std::alloc::System>;
 
 /// Default wall-clock budget of one target in the test suite.
-pub const DEFAULT_SECS: f64 = 3.0;
+pub const DEFAULT_SECS: f64 = 2.0;
 /// Longest input the mutator makes, in bytes: inputs stay small and fast.
 pub const INPUT_LEN_MAX: usize = 64 * 1024;
 
@@ -166,9 +166,9 @@ impl Budget {
     /// inputs, a fixed seed per target) unless the environment says
     /// otherwise (see the crate docs).
     pub fn from_env(target: &str, iterations_default: u64) -> Budget {
-        let secs = std::env::var("TALLY_FUZZ_SECS").ok().map(|text| {
-            text.trim().parse::<f64>().unwrap_or_else(|e| panic!("TALLY_FUZZ_SECS={text}: {e}"))
-        });
+        let secs = std::env::var("TALLY_FUZZ_SECS")
+            .ok()
+            .map(|text| text.trim().parse::<f64>().unwrap_or_else(|e| panic!("TALLY_FUZZ_SECS={text}: {e}")));
         let seed = env_u64("TALLY_FUZZ_SEED").unwrap_or_else(|| match secs {
             // A long local run explores: a new seed each time.
             Some(_) => Rng::new(fresh_entropy()).next_u64(),
@@ -177,8 +177,11 @@ impl Budget {
         Budget {
             seed,
             time_max: Duration::from_secs_f64(secs.unwrap_or(DEFAULT_SECS).max(0.0)),
-            iterations_max: env_u64("TALLY_FUZZ_ITERATIONS")
-                .unwrap_or(if secs.is_some() { u64::MAX } else { iterations_default }),
+            iterations_max: env_u64("TALLY_FUZZ_ITERATIONS").unwrap_or(if secs.is_some() {
+                u64::MAX
+            } else {
+                iterations_default
+            }),
             only: env_u64("TALLY_FUZZ_ITERATION"),
         }
     }
@@ -199,7 +202,8 @@ fn fresh_entropy() -> u64 {
 /// which costs nothing there.
 pub fn scratch_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() { tempfile::Builder::new().prefix("tally-fuzz-").tempdir_in(shm) } else { tempfile::tempdir() };
+    let dir =
+        if shm.is_dir() { tempfile::Builder::new().prefix("tally-fuzz-").tempdir_in(shm) } else { tempfile::tempdir() };
     dir.unwrap_or_else(|e| panic!("scratch dir: {e}"))
 }
 
@@ -338,7 +342,9 @@ impl Target {
         let saved = save_crash(self.name, self.budget.seed, iteration, input);
         let message = payload
             .as_ref()
-            .and_then(|p| p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())))
+            .and_then(|p| {
+                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            })
             .unwrap_or_else(|| "a panic elsewhere in the process while this input ran".into());
         let shown = &input[..input.len().min(256)];
         panic!(

@@ -107,7 +107,10 @@ fn line(sku: &str, warehouse: Option<&str>, quantity: u64) -> Value {
 fn seeds() -> Vec<(String, HttpInput)> {
     let hold = json!({"lines": [line("FUZZ-1", Some("berlin"), 1), line("FUZZ-2", None, 2)], "ttl_seconds": 60});
     let inputs = vec![
-        ("item-put", HttpInput::new("PUT", "/v1/items/FUZZ-1/berlin", &json!({"on_hand": 50, "low_stock_threshold": 5}))),
+        (
+            "item-put",
+            HttpInput::new("PUT", "/v1/items/FUZZ-1/berlin", &json!({"on_hand": 50, "low_stock_threshold": 5})),
+        ),
         (
             "item-put-attributes",
             HttpInput::new(
@@ -117,10 +120,26 @@ fn seeds() -> Vec<(String, HttpInput)> {
             )
             .header("if-match", "\"1\""),
         ),
-        ("item-put-clear", HttpInput::new("PUT", "/v1/items/FUZZ-2/paris", &json!({"name": null, "unit_price_minor": null}))),
-        ("adjust", HttpInput::new("POST", "/v1/items/FUZZ-1/berlin/adjustments", &json!({"delta": -2, "reason": "sale"}))),
-        ("adjust-receive", HttpInput::new("POST", "/v1/items/FUZZ-1/berlin/adjustments", &json!({"delta": 5, "reason": "receive"}))),
-        ("transfer", HttpInput::new("POST", "/v1/transfers", &json!({"sku": "FUZZ-1", "from": "berlin", "to": "paris", "quantity": 1}))),
+        (
+            "item-put-clear",
+            HttpInput::new("PUT", "/v1/items/FUZZ-2/paris", &json!({"name": null, "unit_price_minor": null})),
+        ),
+        (
+            "adjust",
+            HttpInput::new("POST", "/v1/items/FUZZ-1/berlin/adjustments", &json!({"delta": -2, "reason": "sale"})),
+        ),
+        (
+            "adjust-receive",
+            HttpInput::new("POST", "/v1/items/FUZZ-1/berlin/adjustments", &json!({"delta": 5, "reason": "receive"})),
+        ),
+        (
+            "transfer",
+            HttpInput::new(
+                "POST",
+                "/v1/transfers",
+                &json!({"sku": "FUZZ-1", "from": "berlin", "to": "paris", "quantity": 1}),
+            ),
+        ),
         (
             "availability",
             HttpInput::new(
@@ -246,7 +265,10 @@ impl Documented {
         let paths = document["paths"]
             .as_object()
             .map(|paths| {
-                paths.iter().map(|(template, item)| (template.split('/').map(str::to_string).collect(), item.clone())).collect()
+                paths
+                    .iter()
+                    .map(|(template, item)| (template.split('/').map(str::to_string).collect(), item.clone()))
+                    .collect()
             })
             .unwrap_or_default();
         Documented { paths }
@@ -366,7 +388,8 @@ fn check_http(server: &Server, documented: &Documented, input: &[u8]) -> bool {
         return true;
     }
     assert!(status.is_client_error(), "neither 2xx nor 4xx: {}", shown());
-    let problem: Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("a 4xx that is not JSON: {}", shown()));
+    let problem: Value =
+        serde_json::from_slice(&body).unwrap_or_else(|_| panic!("a 4xx that is not JSON: {}", shown()));
     let code = problem["code"].as_str().unwrap_or_else(|| panic!("a problem without a code: {}", shown()));
     match documented.operation(&input.method, &path) {
         Some((template, operation)) => {
@@ -433,7 +456,8 @@ fn a_key_reused_by_a_request_of_another_shape_is_refused() {
     let both_shards = r#"{"lines":[{"quantity":1,"sku":"FUZZ-1","warehouse":"berlin"},{"quantity":2,"sku":"FUZZ-2"}],"ttl_seconds":60}"#;
     let one_shard = r#"{"lines":[{"quantity":2,"sku":"FUZZ-2"}],"ttl_seconds":60}"#;
     let available = || {
-        let request = Request::builder().uri("/v1/items/FUZZ-1/berlin").body(Body::empty()).unwrap_or_else(|e| panic!("{e}"));
+        let request =
+            Request::builder().uri("/v1/items/FUZZ-1/berlin").body(Body::empty()).unwrap_or_else(|e| panic!("{e}"));
         let (_, body) = server.runtime.block_on(send(&server.state, request));
         serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["available"].as_u64()
     };

@@ -40,7 +40,7 @@ pub(crate) fn check_follows(last: Option<LogId>, log_id: LogId) -> Result<(), Ru
     let Some(last) = last else {
         return Ok(());
     };
-    if log_id.index != last.index + 1 {
+    if Some(log_id.index) != last.index.checked_add(1) {
         return Err(RuleError::NotContiguous { last: Some(last.index), got: log_id.index });
     }
     if log_id.term < last.term {
