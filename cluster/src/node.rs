@@ -1208,6 +1208,29 @@ async fn receive_snapshot_chunk(
     if image.len() as u64 != done.total_len {
         return Response::Refused(format!("snapshot is {} bytes, expected {}", image.len(), done.total_len));
     }
+    // openraft treats a snapshot its state machine cannot install as a
+    // storage failure and stops the group: a damaged image (a buggy leader,
+    // or bytes altered on the path, which frames do not authenticate) must
+    // be refused here, before it gets there. It is decoded twice.
+    let (image, checked) = match tokio::task::spawn_blocking(move || {
+        let checked = SnapshotStore::check_image(&image);
+        (image, checked)
+    })
+    .await
+    {
+        Ok(checked) => checked,
+        Err(error) => return Response::Unavailable(format!("checking the snapshot: {error}")),
+    };
+    match checked {
+        Err(error) => return Response::Refused(error.to_string()),
+        Ok(meta) if meta.shard != shard || meta.last_applied != done.last_log_id => {
+            return Response::Refused(format!(
+                "snapshot of shard {} at {:?} offered to shard {shard} as {:?}",
+                meta.shard, meta.last_applied, done.last_log_id
+            ));
+        }
+        Ok(_) => {}
+    }
     let membership = if done.membership.is_empty() {
         openraft::StoredMembership::default()
     } else {

@@ -779,3 +779,33 @@ fn an_append_whose_entries_do_not_follow_prev_log_id_is_refused() {
     assert!(matches!(&answer, Some(Response::Refused(reason)) if reason.contains("does not follow")), "{answer:?}");
     under_test.stop();
 }
+
+/// A directed check next to `peer_port`, which rarely reaches an install
+/// (its appends move the log past the corpus's snapshot first): a member's
+/// snapshot whose bytes are damaged, its length intact, went to openraft,
+/// whose state machine failed to install it, a storage error that stopped
+/// the group (`Unavailable` from then on). Refused before openraft now.
+#[test]
+fn a_damaged_snapshot_from_a_member_fails_its_request_and_the_group_serves_on() {
+    let under_test = start_node();
+    let mut chunks: Vec<Request> =
+        sample_requests().into_iter().filter(|request| matches!(request, Request::SnapshotChunk { .. })).collect();
+    if let Some(Request::SnapshotChunk { data, .. }) = chunks.last_mut() {
+        let middle = data.len() / 2;
+        data[middle] ^= 0x55;
+    }
+    let answers: Vec<Option<Response>> = under_test.runtime.block_on(async {
+        let mut socket = raw_peer::authenticated(&under_test.addr, CLAIMED, NODE, TEST_SECRET.as_bytes()).await;
+        let mut answers = Vec::new();
+        for (n, chunk) in chunks.iter().enumerate() {
+            answers.push(raw_peer::call(&mut socket, n as u64 + 1, chunk).await);
+        }
+        answers
+    });
+    assert!(matches!(answers[0], Some(Response::SnapshotChunkStored)), "{answers:?}");
+    assert!(
+        !matches!(answers[1], Some(Response::SnapshotInstalled { .. })),
+        "a damaged snapshot installed: {answers:?}"
+    );
+    under_test.stop();
+}

@@ -170,6 +170,17 @@ impl SnapshotStore {
         Ok((file, state))
     }
 
+    /// Checks a snapshot image received from a peer as `install` will
+    /// (header, CRC, meta, the state and its invariants) without storing
+    /// it; returns its meta. For callers that must not hand a bad image on
+    /// to where failing is fatal.
+    pub fn check_image(image: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
+        let origin = Path::new("(received)");
+        let (meta, state_range) = parse(image, origin)?;
+        decode_state(&image[state_range], origin)?;
+        Ok(meta)
+    }
+
     /// The newest snapshot's meta, reading only its head.
     pub fn latest(&self) -> Result<Option<SnapshotFile>, SnapshotError> {
         let Some(path) = self.paths()?.pop() else {

@@ -807,6 +807,10 @@ impl ShardState {
             if item.version == 0 {
                 return Err(format!("item {id}: version 0"));
             }
+            // `finish_change` adds one to it; no item lives 2^64 changes.
+            if item.version == u64::MAX {
+                return Err(format!("item {id}: version {} has no next", item.version));
+            }
         }
         if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {
             return Err(format!("{live} live holds, {} counted, {} timers", self.ix.live_holds, self.ix.wheel.len()));

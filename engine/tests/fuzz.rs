@@ -613,3 +613,14 @@ fn recovery_refuses_a_log_id_at_the_last_index() {
     let error = Wal::open(dir.path(), wal_config()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("last index a u64 holds"), "{error}");
 }
+
+/// `snapshot_image`, seed 0x58ebd830d366d489 input 7833: an item at version
+/// u64::MAX loaded, and its next change overflowed the version.
+#[test]
+fn a_snapshot_with_an_item_at_the_last_version_does_not_load() {
+    let dir = fuzz::scratch_dir();
+    let store = SnapshotStore::open(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+    let error = store.install(&regression_input("version-at-the-maximum.snap")).err();
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("has no next"), "{error}");
+}
