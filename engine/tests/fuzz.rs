@@ -566,16 +566,35 @@ fn a_snapshot_header_claiming_4_gib_of_meta_is_refused_without_reading_it() {
 }
 
 /// `wal_segment`, seed 0x95e186ec2ebb395 input 2516: a truncation record
-/// (behind a valid CRC) keeping an entry past the log's last one. Replayed,
-/// it left a gap the next entry's position skipped over (a debug assertion
-/// in `LogIndex::push`; in release, positions off by the gap).
+/// keeping an entry past the log's last one. Replayed, it made the kept id
+/// the last one seen, a gap the next entry's position skipped over (a debug
+/// assertion in `LogIndex::push`; in release, positions off by the gap).
+/// Such a truncation drops nothing, for the writer and recovery alike.
 #[test]
-fn recovery_refuses_a_truncation_past_the_end_of_the_log() {
+fn a_truncation_past_the_end_of_the_log_drops_nothing() {
+    // The input: the entry after the truncation follows the kept id, not
+    // the log, so the segment is refused as corrupt (no longer a panic).
     let dir = fuzz::scratch_dir();
     std::fs::write(dir.path().join(SEGMENT_NAME), regression_input("truncation-past-the-end.wal"))
         .unwrap_or_else(|e| panic!("{e}"));
     let error = Wal::open(dir.path(), wal_config()).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(error.contains("past the last entry"), "{error}");
+    assert!(error.contains("follows entry"), "{error}");
+
+    // The writer: such a truncation keeps the log, which goes on after its
+    // last entry, and recovery agrees.
+    let dir = fuzz::scratch_dir();
+    let mut wal = Wal::open(dir.path(), wal_config()).unwrap_or_else(|e| panic!("open: {e}"));
+    let entries: Vec<LogEntry> = (1..=3).map(|index| LogEntry::blank(LogId::new(1, index))).collect();
+    wal.append(&entries).unwrap_or_else(|e| panic!("append: {e}"));
+    wal.truncate_after(Some(LogId::new(1, 9))).unwrap_or_else(|e| panic!("truncate: {e}"));
+    assert_eq!(wal.log_state().last, Some(LogId::new(1, 3)));
+    wal.append([&LogEntry::blank(LogId::new(1, 4))]).unwrap_or_else(|e| panic!("append after the last entry: {e}"));
+    wal.sync().unwrap_or_else(|e| panic!("{e}"));
+    drop(wal);
+    let reopened = Wal::open(dir.path(), wal_config()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_eq!(reopened.log_state().last, Some(LogId::new(1, 4)));
+    let read = reopened.reader().read_range(0, u64::MAX).unwrap_or_else(|e| panic!("read: {e}"));
+    assert_eq!(read.len(), 4);
 }
 
 /// `snapshot_image`, seed 0x6d49a920c4a2ff1e input 9449: a state whose item

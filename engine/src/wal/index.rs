@@ -107,6 +107,12 @@ impl LogIndex {
     /// carries the kept entry's whole id: after old segments are deleted the
     /// entry itself may be gone, but the next append must still follow it.
     pub fn truncate(&mut self, keep: Option<LogId>) {
+        // Past the last entry there is nothing to drop (openraft's storage
+        // suite asks for it). Taking `keep` as the last entry would leave a
+        // gap that the next entry's position skips over.
+        if keep.is_some_and(|keep| self.last_seen.is_none_or(|last| keep.index > last.index)) {
+            return;
+        }
         let keep_len = match keep {
             Some(keep) if keep.index >= self.first_index => {
                 usize::try_from(keep.index - self.first_index + 1).unwrap_or(usize::MAX)

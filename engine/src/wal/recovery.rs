@@ -174,18 +174,7 @@ fn replay(
         }
         Record::Vote(vote) => index.set_vote(vote),
         Record::Committed(committed) => index.meta.committed = committed,
-        Record::Truncate(keep) => {
-            // The writer truncates only inside the log. A record past its
-            // last entry (damage behind a valid CRC) would leave a gap that
-            // the next entry's position skips over.
-            if keep.is_some_and(|keep| index.last_seen.is_none_or(|last| keep.index > last.index)) {
-                return Err(corrupt(
-                    at,
-                    format!("truncation after {keep:?}, past the last entry {:?}", index.last_seen),
-                ));
-            }
-            index.truncate(keep);
-        }
+        Record::Truncate(keep) => index.truncate(keep),
         Record::Purge(upto) => index.purge(upto),
     }
     Ok(())
