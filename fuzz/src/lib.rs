@@ -8,18 +8,21 @@
 //! truncation, insertion, deletion, splices of two seeds; `json::mutate`
 //! for JSON bodies), until its time or iteration budget runs out. There is
 //! no coverage feedback: input `i` of a run depends only on the seed and
-//! `i`, so any one input replays alone.
+//! `i` (and on this code and the corpus), so any one input replays alone.
+//! A target that drives a live node carries the node's state from input to
+//! input: there, replaying the whole run (the seed alone) is the surer way.
 //!
-//! A failure is a panic in the check, or a panic on another thread of the
-//! process while the input ran (a task or thread of a node under test), or, in a
-//! binary that caps its allocations (`cap_allocations`), an allocation past
-//! the cap, which aborts the process. Each run first prints its seed to
-//! stderr, outside the test harness's capture, so every failure reproduces.
+//! A failure is a panic in the check, or (for targets that watch threads) a
+//! panic on another thread while the input ran (a task or thread of a node
+//! under test), or, in a binary that caps its allocations
+//! (`cap_allocations`), an allocation past the cap, which aborts the
+//! process. Each run first prints its seed to stderr, outside the test
+//! harness's capture, so every failure reproduces.
 //!
 //! Environment:
 //! * `TALLY_FUZZ_SECS`: run each target this long, with no iteration bound
-//!   (and a random seed unless `TALLY_FUZZ_SEED` is set). Default: a few
-//!   seconds and a bounded count, the same seed every run.
+//!   (and a random seed unless `TALLY_FUZZ_SEED` is set). Default:
+//!   `DEFAULT_SECS` and a bounded count per target, the same seed every run.
 //! * `TALLY_FUZZ_SEED`: the seed (decimal or `0x` hex).
 //! * `TALLY_FUZZ_ITERATIONS`: the iteration bound.
 //! * `TALLY_FUZZ_ITERATION`: replay that one input of the seed's run.
