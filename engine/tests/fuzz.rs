@@ -622,15 +622,36 @@ fn a_snapshot_whose_holds_sum_past_u64_does_not_load() {
 }
 
 /// `wal_segment`, seed 0xdde1d7f86edc725b input 190350: a purge record at
-/// index u64::MAX; the index's first live index after it (`upto + 1`)
-/// overflowed.
+/// index u64::MAX; the first live index after it (`upto + 1`) overflowed.
+/// The log opens, and no entry can follow it.
 #[test]
-fn recovery_refuses_a_log_id_at_the_last_index() {
+fn a_purge_at_the_last_index_opens_and_takes_no_entry_after_it() {
     let dir = fuzz::scratch_dir();
     std::fs::write(dir.path().join(SEGMENT_NAME), regression_input("purge-at-the-last-index.wal"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let error = Wal::open(dir.path(), wal_config()).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(error.contains("last index a u64 holds"), "{error}");
+    let mut wal = Wal::open(dir.path(), wal_config()).unwrap_or_else(|e| panic!("open: {e}"));
+    let last = wal.log_state().last.unwrap_or_else(|| panic!("a purged log has a last id"));
+    assert_eq!(last.index, u64::MAX);
+    assert!(wal.reader().read_range(0, u64::MAX).is_ok_and(|entries| entries.is_empty()));
+    assert!(wal.append([&LogEntry::blank(LogId::new(last.term, 0))]).is_err());
+}
+
+/// `wal_segment`, seed 0xe3c6fbecd8598c74 input 295372 (after the fix
+/// above made recovery refuse log ids at u64::MAX): a log whose last entry
+/// is at u64::MAX - 1 took an append at u64::MAX, which recovery then
+/// refused. Writer and recovery share one rule now: no entry at u64::MAX.
+#[test]
+fn no_entry_takes_the_last_index_a_u64_holds() {
+    let dir = fuzz::scratch_dir();
+    std::fs::write(dir.path().join(SEGMENT_NAME), regression_input("entry-before-the-last-index.wal"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut wal = Wal::open(dir.path(), wal_config()).unwrap_or_else(|e| panic!("open: {e}"));
+    let last = wal.log_state().last.unwrap_or_else(|| panic!("a last entry"));
+    assert_eq!(last.index, u64::MAX - 1);
+    let error = wal.append([&LogEntry::blank(LogId::new(last.term, u64::MAX))]).err();
+    assert!(matches!(error, Some(engine::WalError::NotContiguous { .. })), "{error:?}");
+    drop(wal);
+    assert!(Wal::open(dir.path(), wal_config()).is_ok());
 }
 
 /// `snapshot_image`, seed 0x58ebd830d366d489 input 7833: an item at version

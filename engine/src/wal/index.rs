@@ -36,7 +36,13 @@ pub(crate) enum RuleError {
 }
 
 /// Checks that `log_id` may follow `last`: the next index, a term not lower.
+/// No entry takes the last index a u64 holds: the index's arithmetic (the
+/// end of a range, the entry after) stays in range, for the writer and
+/// recovery alike.
 pub(crate) fn check_follows(last: Option<LogId>, log_id: LogId) -> Result<(), RuleError> {
+    if log_id.index == u64::MAX {
+        return Err(RuleError::NotContiguous { last: last.map(|last| last.index), got: log_id.index });
+    }
     let Some(last) = last else {
         return Ok(());
     };
@@ -136,7 +142,8 @@ impl LogIndex {
             self.first_index += 1;
         }
         if self.locs.is_empty() {
-            self.first_index = upto.index + 1;
+            // At the last index no entry can follow (`check_follows`).
+            self.first_index = upto.index.saturating_add(1);
         }
         self.meta.purged = Some(upto);
         if self.last_seen.is_none_or(|last| last.index < upto.index) {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use rkyv::util::AlignedVec;
 
 use crate::error::WalError;
-use crate::log::LogId;
 use crate::wal::index::{Loc, LogIndex, RuleError, Segment};
 use crate::wal::record::{FrameError, Record, SEGMENT_FORMAT, SEGMENT_MAGIC, read_frame};
 use crate::wal::{segment_name, sync_dir};
@@ -140,9 +139,6 @@ fn replay(
     corrupt: &impl Fn(u64, String) -> WalError,
 ) -> Result<(), WalError> {
     let at = offset as u64;
-    if let Some(log_id) = index_past_range(&record) {
-        return Err(corrupt(at, format!("log id {log_id:?} is at the last index a u64 holds")));
-    }
     match record {
         Record::Header(header) => {
             if offset != 0 {
@@ -155,7 +151,7 @@ fn replay(
                 index.meta = header.meta;
                 index.last_seen = header.last;
                 if let Some(purged) = header.meta.purged {
-                    index.first_index = purged.index + 1;
+                    index.first_index = purged.index.saturating_add(1);
                 }
             } else if header.meta != index.meta || header.last != index.last_seen {
                 return Err(corrupt(at, "segment header disagrees with the log before it".into()));
@@ -178,21 +174,6 @@ fn replay(
         Record::Purge(upto) => index.purge(upto),
     }
     Ok(())
-}
-
-/// A log id of `record` at index `u64::MAX`, if any. Raft's indexes never
-/// come near it, and the index's arithmetic (the entry after the last, the
-/// first after a purge, the end of a range) relies on that: such a record
-/// (behind a valid CRC) is damage.
-fn index_past_range(record: &Record) -> Option<LogId> {
-    let ids: [Option<LogId>; 3] = match record {
-        Record::Header(header) => [header.meta.purged, header.last, None],
-        Record::Entry(entry) => [Some(entry.log_id), None, None],
-        Record::Truncate(keep) => [*keep, None, None],
-        Record::Purge(upto) => [Some(*upto), None, None],
-        Record::Vote(_) | Record::Committed(_) => [None, None, None],
-    };
-    ids.into_iter().flatten().find(|log_id| log_id.index == u64::MAX)
 }
 
 /// Whether a bad frame at the end of the last segment is what a crash during
