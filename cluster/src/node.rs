@@ -49,7 +49,7 @@ use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, SnapshotCounters, SnapshotStats, StateMachine};
 use crate::transport::{Handler, Transport, TransportConfig, TransportStats};
 use crate::types::{
-    MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
+    Entry, MembershipImage, NodeId, PeerNode, Raft, Snapshot, SnapshotMeta, entry_from_frame, log_id_from_engine,
     log_id_to_engine, vote_from_engine, vote_to_engine,
 };
 use crate::wire::{AdminOp, AppendResult, Request, Response, SnapshotDone};
@@ -1291,6 +1291,9 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
                 Ok(entries) => entries,
                 Err(error) => return Response::Refused(error.to_string()),
             };
+            if let Err(reason) = check_append_follows(prev_log_id, &entries) {
+                return Response::Refused(reason);
+            }
             let rpc = AppendEntriesRequest {
                 vote: vote_from_engine(vote),
                 prev_log_id: prev_log_id.map(log_id_from_engine),
@@ -1381,6 +1384,27 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
     }
 }
 
+/// The shape openraft assumes of an append and does not check: entries one
+/// index apart from just after `prev_log_id`, terms never falling. A peer
+/// that breaks it tripped an assertion in openraft's core (a debug build)
+/// or had the WAL refuse the write, a storage error that stops the group
+/// (a release build); it is refused here instead, like any bad request.
+fn check_append_follows(prev_log_id: Option<engine::log::LogId>, entries: &[Entry]) -> Result<(), String> {
+    let mut last = prev_log_id;
+    for entry in entries {
+        let log_id = log_id_to_engine(&entry.log_id);
+        let expected = match last {
+            None => Some(0),
+            Some(last) => last.index.checked_add(1),
+        };
+        if Some(log_id.index) != expected || last.is_some_and(|last| log_id.term < last.term) {
+            return Err(format!("entry {log_id:?} does not follow {last:?}"));
+        }
+        last = Some(log_id);
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn receive_snapshot_chunk(
     inner: &Arc<Inner>,
@@ -1404,6 +1428,29 @@ async fn receive_snapshot_chunk(
     };
     if image.len() as u64 != done.total_len {
         return Response::Refused(format!("snapshot is {} bytes, expected {}", image.len(), done.total_len));
+    }
+    // openraft treats a snapshot its state machine cannot install as a
+    // storage failure and stops the group: a damaged image (a buggy leader,
+    // or bytes altered on the path, which frames do not authenticate) must
+    // be refused here, before it gets there. It is decoded twice.
+    let (image, checked) = match tokio::task::spawn_blocking(move || {
+        let checked = SnapshotStore::check_image(&image);
+        (image, checked)
+    })
+    .await
+    {
+        Ok(checked) => checked,
+        Err(error) => return Response::Unavailable(format!("checking the snapshot: {error}")),
+    };
+    match checked {
+        Err(error) => return Response::Refused(error.to_string()),
+        Ok(meta) if meta.shard != shard || meta.last_applied != done.last_log_id => {
+            return Response::Refused(format!(
+                "snapshot of shard {} at {:?} offered to shard {shard} as {:?}",
+                meta.shard, meta.last_applied, done.last_log_id
+            ));
+        }
+        Ok(_) => {}
     }
     let membership = if done.membership.is_empty() {
         openraft::StoredMembership::default()

@@ -33,8 +33,9 @@ pub enum SagaOutcome {
     /// Every part held. The outcome of each part's hold, in part order, and
     /// with `confirm` the outcome of each part's confirm.
     Held { holds: Vec<Outcome>, confirms: Option<Vec<Result<Outcome, SubmitError>>> },
-    /// Some part was refused or got no outcome, and every part that held
-    /// (or may have) was released. Each part's hold, in part order.
+    /// Some part was refused, got no outcome or answered another reservation
+    /// (its key's), and every part that held (or may have) was released.
+    /// Each part's hold, in part order.
     Undone { holds: Vec<Result<Outcome, SubmitError>> },
 }
 
@@ -60,7 +61,12 @@ impl Node {
     async fn run_saga(&self, id: ReservationId, parts: Vec<SagaPart>, confirm: bool) -> SagaOutcome {
         let submits = parts.iter().map(|part| self.submit_to(part.shard, part.hold.clone()));
         let holds = futures_util::future::join_all(submits).await;
-        let all_held = holds.iter().all(|hold| matches!(hold, Ok(Outcome::Held { .. })));
+        // A part's shard that knows the hold's idempotency key answers the
+        // reservation the key made, whatever its id: one of another id (a
+        // request of another shape with the same key) is not this
+        // reservation's part, so it does not count as held.
+        let all_held =
+            holds.iter().all(|hold| matches!(hold, Ok(Outcome::Held { reservation, .. }) if reservation.id == id));
         if !all_held {
             // A part "may be held" unless its shard refused it: a part with no
             // outcome is released too (a release of nothing is refused, harmless).

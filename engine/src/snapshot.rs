@@ -170,6 +170,17 @@ impl SnapshotStore {
         Ok((file, state))
     }
 
+    /// Checks a snapshot image received from a peer as `install` will
+    /// (header, CRC, meta, the state and its invariants) without storing
+    /// it; returns its meta. For callers that must not hand a bad image on
+    /// to where failing is fatal.
+    pub fn check_image(image: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
+        let origin = Path::new("(received)");
+        let (meta, state_range) = parse(image, origin)?;
+        decode_state(&image[state_range], origin)?;
+        Ok(meta)
+    }
+
     /// The newest snapshot's meta, reading only its head.
     pub fn latest(&self) -> Result<Option<SnapshotFile>, SnapshotError> {
         let Some(path) = self.paths()?.pop() else {
@@ -180,6 +191,11 @@ impl SnapshotStore {
         let mut header = [0u8; HEADER_LEN];
         file.read_exact(&mut header).map_err(io(&path))?;
         let (meta_len, _, _) = parse_header(&header, &path)?;
+        // Only the head is read, so no CRC vouches for the header yet: a
+        // damaged meta length must not size the buffer (up to 4 GiB).
+        if (HEADER_LEN + meta_len) as u64 > len {
+            return Err(corrupt(&path, format!("meta of {meta_len} bytes runs past the end of a {len}-byte file")));
+        }
         let mut meta_bytes = AlignedVec::<16>::with_capacity(meta_len);
         meta_bytes.resize(meta_len, 0);
         file.read_exact(&mut meta_bytes).map_err(io(&path))?;

@@ -837,10 +837,14 @@ impl ShardState {
                     return Err(format!("hold {} outlived its deadline", reservation.id));
                 }
                 for line in reservation.lines.as_slice() {
+                    // A loaded snapshot's quantities are not bounded yet: a
+                    // sum past u64 is damage, not a panic.
                     let sum = reserved
                         .get_mut(line.item.0 as usize)
                         .ok_or_else(|| format!("hold {} names unknown item {}", reservation.id, line.item.0))?;
-                    *sum = sum.saturating_add(line.quantity);
+                    *sum = sum
+                        .checked_add(line.quantity)
+                        .ok_or_else(|| format!("item {}: live holds sum past u64", line.item.0))?;
                 }
             } else if !terminal.contains(&slot) {
                 return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));
@@ -856,11 +860,20 @@ impl ShardState {
             if item.on_hand > QUANTITY_MAX {
                 return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));
             }
+            // `finish_change` asserts this of every item it touches: a
+            // snapshot must not load an item its next change would fail on.
+            if item.low_stock_threshold > QUANTITY_MAX {
+                return Err(format!("item {id}: threshold {} over the maximum", item.low_stock_threshold));
+            }
             if item.reserved != reserved[id] {
                 return Err(format!("item {id}: reserved {} but live holds sum to {}", item.reserved, reserved[id]));
             }
             if item.version == 0 {
                 return Err(format!("item {id}: version 0"));
+            }
+            // `finish_change` adds one to it; no item lives 2^64 changes.
+            if item.version == u64::MAX {
+                return Err(format!("item {id}: version {} has no next", item.version));
             }
         }
         if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {

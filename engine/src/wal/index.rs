@@ -36,11 +36,17 @@ pub(crate) enum RuleError {
 }
 
 /// Checks that `log_id` may follow `last`: the next index, a term not lower.
+/// No entry takes the last index a u64 holds: the index's arithmetic (the
+/// end of a range, the entry after) stays in range, for the writer and
+/// recovery alike.
 pub(crate) fn check_follows(last: Option<LogId>, log_id: LogId) -> Result<(), RuleError> {
+    if log_id.index == u64::MAX {
+        return Err(RuleError::NotContiguous { last: last.map(|last| last.index), got: log_id.index });
+    }
     let Some(last) = last else {
         return Ok(());
     };
-    if log_id.index != last.index + 1 {
+    if Some(log_id.index) != last.index.checked_add(1) {
         return Err(RuleError::NotContiguous { last: Some(last.index), got: log_id.index });
     }
     if log_id.term < last.term {
@@ -107,6 +113,12 @@ impl LogIndex {
     /// carries the kept entry's whole id: after old segments are deleted the
     /// entry itself may be gone, but the next append must still follow it.
     pub fn truncate(&mut self, keep: Option<LogId>) {
+        // Past the last entry there is nothing to drop (openraft's storage
+        // suite asks for it). Taking `keep` as the last entry would leave a
+        // gap that the next entry's position skips over.
+        if keep.is_some_and(|keep| self.last_seen.is_none_or(|last| keep.index > last.index)) {
+            return;
+        }
         let keep_len = match keep {
             Some(keep) if keep.index >= self.first_index => {
                 usize::try_from(keep.index - self.first_index + 1).unwrap_or(usize::MAX)
@@ -130,7 +142,8 @@ impl LogIndex {
             self.first_index += 1;
         }
         if self.locs.is_empty() {
-            self.first_index = upto.index + 1;
+            // At the last index no entry can follow (`check_follows`).
+            self.first_index = upto.index.saturating_add(1);
         }
         self.meta.purged = Some(upto);
         if self.last_seen.is_none_or(|last| last.index < upto.index) {

@@ -310,7 +310,8 @@ impl Wal {
     }
 
     /// Drops every entry after `keep` (all entries for `None`). Durable with
-    /// the next flush; entries appended later follow `keep`.
+    /// the next flush; entries appended later follow `keep` (or the last
+    /// entry, when `keep` is past it: nothing is dropped then).
     pub fn truncate_after(&mut self, keep: Option<LogId>) -> Result<(), WalError> {
         self.append_meta(RecordRef::Truncate(&keep))?;
         self.index.write().truncate(keep);

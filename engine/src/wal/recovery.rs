@@ -151,7 +151,7 @@ fn replay(
                 index.meta = header.meta;
                 index.last_seen = header.last;
                 if let Some(purged) = header.meta.purged {
-                    index.first_index = purged.index + 1;
+                    index.first_index = purged.index.saturating_add(1);
                 }
             } else if header.meta != index.meta || header.last != index.last_seen {
                 return Err(corrupt(at, "segment header disagrees with the log before it".into()));

@@ -442,7 +442,10 @@ impl AppState {
                 let mut failure: Option<Problem> = None;
                 for (lines, answer) in part_lines.iter().zip(holds) {
                     match answer {
-                        Ok(Outcome::Held { .. }) => {}
+                        Ok(Outcome::Held { reservation, .. }) if reservation.id == id => {}
+                        // The part's shard knew the key: it made another
+                        // reservation (the saga undid this one).
+                        Ok(Outcome::Held { .. }) => failure = Some(Problem::refusal(&Refusal::ReservationIdInUse)),
                         Ok(Outcome::Refused(Refusal::InsufficientStock { lines: shorts })) => {
                             short.extend(short_lines(lines, &shorts));
                         }
@@ -545,7 +548,13 @@ impl AppState {
         match outcome {
             Outcome::Held { reservation, replayed, lines: held }
             | Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
-                debug_assert_eq!(reservation.id, id);
+                // A key the shard knows replays its reservation whatever this
+                // request asks. One made by a request of another shape (its
+                // first line on another shard, or across shards) has another
+                // id: the key made a different reservation.
+                if reservation.id != id {
+                    return Err(Problem::refusal(&Refusal::ReservationIdInUse));
+                }
                 let view = ReservationView {
                     summary: reservation,
                     lines: held,
