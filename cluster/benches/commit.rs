@@ -74,6 +74,7 @@ fn hold_command(n: u64, sequence: u64) -> Command {
         idempotency_key: None,
         confirm: false,
         allocation: Allocation::MostAvailable,
+        customer: None,
     })
 }
 

@@ -432,6 +432,7 @@ mod tests {
             idempotency_key: None,
             confirm: false,
             allocation: Allocation::MostAvailable,
+            customer: None,
         })
     }
 

@@ -141,8 +141,9 @@ pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";
 /// engine's `Hold` allocates lines without a warehouse, and write outcomes
 /// carry the reservation's lines; 3: entries travel as WAL frames, and
 /// confirm, release and extend outcomes carry the idempotency key; 4: the
-/// handshake is a mutual HMAC challenge-response, hellos carry a nonce).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// handshake is a mutual HMAC challenge-response, hellos carry a nonce; 5: a
+/// hold names its customer, `SetCustomerLimit` and its outcome).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Random bytes each side of a handshake contributes.
 pub const NONCE_LEN: usize = 32;
 /// Magic, version, 4 reserved bytes, node id, nonce.

@@ -49,6 +49,11 @@ pub struct Limits {
     /// applied. A retry later than this (or after `dedup_window_max` newer
     /// ids) is applied afresh.
     pub dedup_retention_ms: u64,
+    /// Most (SKU, customer) pairs a shard tracks for per-customer limits
+    /// (`customer.rs`); about 150 bytes each. A hold that needs a new pair
+    /// past it, after dropping every pair that no longer counts, is refused
+    /// `shard_full`.
+    pub customer_usage_per_shard_max: u32,
 }
 
 impl Default for Limits {
@@ -65,6 +70,7 @@ impl Default for Limits {
             terminal_retained_max: 1_000_000,
             dedup_window_max: 262_144,
             dedup_retention_ms: 5 * 60 * 1000,
+            customer_usage_per_shard_max: 1_000_000,
         }
     }
 }
@@ -89,6 +95,9 @@ impl Limits {
         }
         if self.warehouses_per_shard_max == 0 {
             return Err("warehouses_per_shard_max must be at least 1".into());
+        }
+        if self.customer_usage_per_shard_max == 0 {
+            return Err("customer_usage_per_shard_max must be at least 1".into());
         }
         if self.dedup_window_max == 0 {
             return Err("dedup_window_max must be at least 1".into());

@@ -30,6 +30,9 @@ pub enum Field {
     DeadlineMs,
     Lines,
     RequestId,
+    CustomerId,
+    LimitPerCustomer,
+    LimitWindowMs,
 }
 
 impl Field {
@@ -52,6 +55,9 @@ impl Field {
             Field::DeadlineMs => "deadline_ms",
             Field::Lines => "lines",
             Field::RequestId => "request_id",
+            Field::CustomerId => "customer_id",
+            Field::LimitPerCustomer => "limit_per_customer",
+            Field::LimitWindowMs => "limit_window_ms",
         }
     }
 }

@@ -30,6 +30,8 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 256;
 /// ASCII unit separator. A layer above builds namespaced keys with it
 /// (`k␟<API key name>␟<caller's key>`) that no printable key can imitate.
 pub const IDEMPOTENCY_KEY_SEPARATOR: u8 = 0x1f;
+/// Longest customer id, in bytes of printable ASCII.
+pub const CUSTOMER_ID_LEN_MAX: usize = 128;
 /// Longest item name, in bytes of UTF-8 (no control characters).
 pub const NAME_LEN_MAX: usize = 200;
 /// Largest quantity of anything: on hand, reserved, a line, a delta, a threshold.
@@ -181,6 +183,57 @@ fn check_idempotency_key(value: &str) -> Result<(), InputError> {
 }
 
 impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// The shopper a hold is for, as the caller's system names them (an account
+/// id, an e-mail address): 1 to [`CUSTOMER_ID_LEN_MAX`] bytes of printable
+/// ASCII (`!` to `~`). Per-customer limits count units by it. Not scoped to
+/// the API key: every storefront of a shop sees the same customer.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct CustomerId(String);
+
+impl CustomerId {
+    pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
+        let value = value.into();
+        check_customer_id(&value)?;
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn check(&self) -> Result<(), InputError> {
+        check_customer_id(&self.0)
+    }
+}
+
+fn check_customer_id(value: &str) -> Result<(), InputError> {
+    let field = Field::CustomerId;
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return Err(InputError::Empty { field });
+    }
+    if bytes.len() > CUSTOMER_ID_LEN_MAX {
+        return Err(InputError::TooLong { field, len: bytes.len(), max: CUSTOMER_ID_LEN_MAX });
+    }
+    match bytes.iter().position(|byte| !(b'!'..=b'~').contains(byte)) {
+        Some(position) => Err(InputError::BadCharacter { field, position }),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Display for CustomerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CustomerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
     }

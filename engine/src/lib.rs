@@ -16,6 +16,7 @@
 pub mod actor;
 pub mod cmd;
 pub mod config;
+pub mod customer;
 mod dedup;
 pub mod error;
 pub mod event;

@@ -7,6 +7,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::customer::OverLimit;
 use crate::error::InputError;
 use crate::ids::{IdempotencyKey, ReservationId};
 use crate::item::{MovementReason, Status};
@@ -91,6 +92,8 @@ pub enum Bound {
     ItemsPerShard,
     LiveHoldsPerShard,
     WarehousesPerShard,
+    /// (SKU, customer) pairs tracked for per-customer limits.
+    CustomerUsagePerShard,
 }
 
 /// Why a command changed nothing.
@@ -146,6 +149,15 @@ pub enum Refusal {
         bound: Bound,
         max: u64,
     },
+    /// The hold would take its customer past the per-customer limit of
+    /// these SKUs (every one over is listed).
+    CustomerLimit {
+        skus: Vec<OverLimit>,
+    },
+    /// The SKU has a per-customer limit and the hold names no customer.
+    CustomerRequired {
+        sku: String,
+    },
 }
 
 impl Refusal {
@@ -168,6 +180,8 @@ impl Refusal {
             Refusal::DeadlineTooFar { .. } => "deadline_too_far",
             Refusal::DeadlineEarlier { .. } => "deadline_earlier",
             Refusal::ShardFull { .. } => "shard_full",
+            Refusal::CustomerLimit { .. } => "customer_limit",
+            Refusal::CustomerRequired { .. } => "customer_id_required",
         }
     }
 }
@@ -227,6 +241,12 @@ pub enum Outcome {
         idempotency_key: Option<IdempotencyKey>,
     },
     LimitsSet,
+    /// A SKU's per-customer limit as it now is, and the customers it tracks.
+    CustomerLimitSet {
+        sku: String,
+        limit: Option<crate::customer::CustomerLimit>,
+        customers: u64,
+    },
     Ticked,
     Refused(Refusal),
 }

@@ -6,6 +6,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::customer::CustomerHold;
 use crate::ids::{IdempotencyKey, ReservationId};
 use crate::item::ItemId;
 
@@ -71,6 +72,9 @@ pub(crate) struct Reservation {
     pub ended_at_ms: u64,
     pub lines: Lines,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The customer and the SKUs this hold counted against per-customer
+    /// limits (`customer.rs`); `None` when it counted none.
+    pub customer: Option<Box<CustomerHold>>,
 }
 
 impl Reservation {

@@ -310,3 +310,69 @@ fn decode_state(bytes: &[u8], path: &Path) -> Result<ShardState, SnapshotError> 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
+
+/// The fuzzer's snapshot findings (`tests/fuzz_regressions/*.snap`), made
+/// again here in the current state format: each is a state with one rule
+/// broken as the fuzzer broke it. `TALLY_FUZZ_WRITE_CORPUS=1` rewrites the
+/// files after a format change; otherwise the files must equal what this
+/// makes, so a format change cannot leave them stale (they would then fail
+/// to load for the wrong reason).
+#[cfg(test)]
+mod regression_images {
+    use super::SnapshotStore;
+    use crate::ids::QUANTITY_MAX;
+    use crate::reservation::Lines;
+    use crate::state::ShardState;
+    use crate::state::tests_support::Fixture;
+
+    fn busy() -> Fixture {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 2);
+        f.hold(1, &[("SKU-1", "berlin", 1)]);
+        f.hold(2, &[("SKU-1", "berlin", 1)]);
+        f
+    }
+
+    fn image(state: &ShardState) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = SnapshotStore::open(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let file = store.save(state).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read(&file.path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn images() -> Vec<(&'static str, Vec<u8>)> {
+        let mut threshold = busy();
+        threshold.state.p.items[0].low_stock_threshold = QUANTITY_MAX + 1;
+        let mut version = busy();
+        version.state.p.items[0].version = u64::MAX;
+        let mut sum = busy();
+        for reservation in sum.state.p.reservations.iter_mut().flatten() {
+            if let Lines::One(line) = &mut reservation.lines {
+                line.quantity = u64::MAX / 2 + 1;
+            }
+        }
+        vec![
+            ("threshold-over-the-maximum.snap", image(&threshold.state)),
+            ("version-at-the-maximum.snap", image(&version.state)),
+            ("reserved-sum-overflows.snap", image(&sum.state)),
+        ]
+    }
+
+    #[test]
+    fn the_committed_regression_snapshots_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
+        let write = std::env::var("TALLY_FUZZ_WRITE_CORPUS").is_ok_and(|value| value == "1");
+        for (name, bytes) in images() {
+            let path = dir.join(name);
+            if write {
+                std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                continue;
+            }
+            let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                committed == bytes,
+                "{name} is stale (a format changed?): TALLY_FUZZ_WRITE_CORPUS=1 cargo test -p tally-engine regression"
+            );
+        }
+    }
+}

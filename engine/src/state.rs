@@ -20,6 +20,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cmd::{self, Command};
 use crate::config::Limits;
+use crate::customer::CustomerLimits;
 use crate::dedup::{DedupIndex, DedupRecord, DedupWindow};
 use crate::error::{ApplyError, Corrupt, InputError, SnapshotError};
 use crate::event::{Cause, Event, EventId, EventKind, LevelChange};
@@ -35,8 +36,9 @@ use crate::wheel::TimerWheel;
 /// refused rather than misread. 2: the dedup window. 3: write outcomes (in
 /// the dedup window) carry the reservation's lines. 4: confirm, release and
 /// extend outcomes (in the dedup window) carry the reservation's
-/// idempotency key.
-pub(crate) const STATE_FORMAT: u32 = 4;
+/// idempotency key. 5: per-customer limits and usage, and the customer a
+/// reservation counted against them.
+pub(crate) const STATE_FORMAT: u32 = 5;
 
 /// Principal id recorded once the principal table is full.
 pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;
@@ -66,6 +68,8 @@ pub(crate) struct Persisted {
     pub terminal: VecDeque<u32>,
     /// Request ids of applied commands with their outcomes, oldest first.
     pub dedup: DedupWindow,
+    /// Per-customer limits of SKUs, and what customers have of them.
+    pub customers: CustomerLimits,
 }
 
 /// Derived lookups, rebuilt from `Persisted` on load.
@@ -185,6 +189,7 @@ impl ShardState {
             free_slots: Vec::new(),
             terminal: VecDeque::new(),
             dedup: DedupWindow::default(),
+            customers: CustomerLimits::default(),
         };
         Self::from_persisted(p)
     }
@@ -698,6 +703,7 @@ impl ShardState {
         debug_assert_eq!(reservation.state, ReservationState::Held, "ending a terminal reservation");
         let id = reservation.id;
         let lines = reservation.lines.clone();
+        let customer = reservation.customer.clone();
         for line in lines.as_slice() {
             let before = self.before(line.item);
             let item = self.item_mut(line.item);
@@ -722,6 +728,9 @@ impl ShardState {
         self.ix.wheel.cancel(slot);
         self.ix.live_holds -= 1;
         let now_ms = self.p.now_ms;
+        if let Some(customer) = customer {
+            self.p.customers.end(&customer, state == ReservationState::Confirmed, now_ms);
+        }
         let reservation = self.reservation_at_mut(slot)?;
         reservation.end(state, now_ms);
         let summary = summary_of(reservation);
@@ -876,6 +885,7 @@ impl ShardState {
                 return Err(format!("item {id}: version {} has no next", item.version));
             }
         }
+        self.check_customer_usage()?;
         if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {
             return Err(format!("{live} live holds, {} counted, {} timers", self.ix.live_holds, self.ix.wheel.len()));
         }
@@ -884,6 +894,64 @@ impl ShardState {
         }
         let limits = &self.p.limits;
         self.ix.dedup.check(&self.p.dedup, self.p.now_ms, limits.dedup_window_max, limits.dedup_retention_ms)
+    }
+}
+
+impl ShardState {
+    /// Every (SKU, customer) pair holds exactly the units its live holds
+    /// counted, within the bound, and every pair still counts something.
+    fn check_customer_usage(&self) -> Result<(), String> {
+        let customers = &self.p.customers;
+        let mut held: std::collections::BTreeMap<(&str, &str), u64> = std::collections::BTreeMap::new();
+        for reservation in self.p.reservations.iter().flatten() {
+            if reservation.state != ReservationState::Held {
+                continue;
+            }
+            let Some(hold) = &reservation.customer else { continue };
+            for (sku, units) in &hold.skus {
+                let sum = held.entry((sku.as_str(), hold.customer.as_str())).or_default();
+                *sum = sum
+                    .checked_add(*units)
+                    .ok_or_else(|| format!("customer {} of {sku}: holds past u64", hold.customer))?;
+            }
+        }
+        for ((sku, customer), usage) in &customers.usage {
+            let counted = held.remove(&(sku.as_str(), customer.as_str())).unwrap_or(0);
+            if usage.held != counted {
+                return Err(format!(
+                    "customer {customer} of {sku}: usage holds {} but live holds counted {counted}",
+                    usage.held
+                ));
+            }
+            if usage.held == 0 && usage.sold.is_empty() {
+                return Err(format!("customer {customer} of {sku}: an empty usage is kept"));
+            }
+            if usage.sold.len() > crate::customer::SALES_KEPT_MAX {
+                return Err(format!("customer {customer} of {sku}: {} dated sales kept", usage.sold.len()));
+            }
+        }
+        if let Some(((sku, customer), units)) = held.into_iter().next() {
+            return Err(format!("customer {customer} of {sku}: live holds counted {units} with no usage"));
+        }
+        if customers.usage.len() > self.p.limits.customer_usage_per_shard_max as usize {
+            return Err(format!("{} customer usages, over the bound", customers.usage.len()));
+        }
+        Ok(())
+    }
+
+    /// A SKU's per-customer limit.
+    pub fn customer_limit(&self, sku: &str) -> Option<crate::customer::CustomerLimit> {
+        self.p.customers.limit(sku).copied()
+    }
+
+    /// What a customer has of a SKU now, and its limit.
+    pub fn customer_usage(&self, sku: &str, customer: &str) -> crate::customer::CustomerUsage {
+        self.p.customers.usage_of(sku, customer, self.p.now_ms)
+    }
+
+    /// Customers tracked for a SKU's limit.
+    pub fn customers_tracked(&self, sku: &str) -> u64 {
+        self.p.customers.customers_of(sku) as u64
     }
 }
 
@@ -1103,6 +1171,7 @@ pub(crate) mod tests_support {
             idempotency_key: key,
             confirm: false,
             allocation: Allocation::MostAvailable,
+            customer: None,
         })
     }
 

@@ -73,7 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/items:export", get(bulk::export))
         .route("/v1/imports", get(bulk::list_imports))
         .route("/v1/imports/{id}", get(bulk::get_import))
-        .route("/v1/items/{sku}", get(items::get_sku))
+        .route("/v1/items/{sku}", get(items::get_sku).put(items::put_sku))
         .route("/v1/items/{sku}/{warehouse}", put(items::put_item).get(items::get_item))
         .route("/v1/items/{sku}/{warehouse}/adjustments", post(items::adjust))
         .route("/v1/items/{sku}/{warehouse}/history", get(items::history))

@@ -64,6 +64,7 @@ pub fn document() -> Value {
     paths(
         items::list_items,
         items::get_sku,
+        items::put_sku,
         items::put_item,
         items::get_item,
         items::adjust,
@@ -322,8 +323,29 @@ pub struct SkuItems {
     pub on_hand: u64,
     pub reserved: u64,
     pub available: u64,
+    /// Units one customer may hold and buy; `null`: no limit.
+    #[schema(required = true)]
+    pub limit_per_customer: Option<u64>,
+    /// How long a sale counts against the limit; `null`: while the limit is set.
+    #[schema(required = true)]
+    pub limit_window_seconds: Option<u64>,
     pub warehouses: Vec<Item>,
     pub consistency: Consistency,
+    /// With `?customer_id=`: what that customer has of the SKU.
+    pub customer: Option<CustomerUsage>,
+}
+
+/// One customer's units of a SKU under its limit per customer.
+#[derive(ToSchema)]
+pub struct CustomerUsage {
+    pub customer_id: String,
+    /// Units in the customer's live holds (counted while the limit is set).
+    pub held: u64,
+    /// Units confirmed within the window.
+    pub sold: u64,
+    /// What the customer may still hold; `null` when the SKU has no limit.
+    #[schema(required = true)]
+    pub remaining: Option<u64>,
 }
 
 /// A page of items in shard order (`GET /v1/items`).

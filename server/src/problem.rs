@@ -13,6 +13,10 @@ use cluster::{ReadError, SubmitError};
 use engine::{InputError, Refusal};
 use serde_json::{Value, json};
 
+fn over_remaining(over: &engine::customer::OverLimit) -> u64 {
+    over.remaining()
+}
+
 /// A client-visible failure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -114,6 +118,39 @@ impl Problem {
             Refusal::ShardFull { bound, max } => {
                 Self::new(StatusCode::CONFLICT, code, format!("the shard is full ({bound:?}: {max})"))
             }
+            Refusal::CustomerLimit { skus } => {
+                let over: Vec<_> = skus
+                    .iter()
+                    .map(|over| {
+                        json!({
+                            "sku": over.sku,
+                            "limit_per_customer": over.limit,
+                            "used": over.used,
+                            "requested": over.requested,
+                            "remaining": over.remaining(),
+                        })
+                    })
+                    .collect();
+                let detail = match skus.as_slice() {
+                    [one] => format!(
+                        "the customer may hold or buy {} more of {} (limit {} per customer), not {}",
+                        one.remaining(),
+                        one.sku,
+                        one.limit,
+                        one.requested
+                    ),
+                    _ => format!("{} SKUs are over their limit per customer", skus.len()),
+                };
+                let remaining = skus.first().map_or(0, crate::problem::over_remaining);
+                Self::new(StatusCode::CONFLICT, code, detail)
+                    .with_extra(json!({ "skus": over, "remaining": remaining }))
+            }
+            Refusal::CustomerRequired { sku } => Self::new(
+                StatusCode::BAD_REQUEST,
+                code,
+                format!("{sku} has a limit per customer: the reservation must name its customer_id"),
+            )
+            .with_extra(json!({ "sku": sku })),
         }
     }
 

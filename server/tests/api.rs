@@ -619,7 +619,127 @@ async fn reservations_api_follows_its_contract() {
         order_ids_take_128_printable_characters_and_name_their_field,
         a_batch_answers_one_result_per_request_in_order,
         bad_and_unknown_reservation_ids_are_refused,
+        a_customer_holds_up_to_the_skus_limit_across_warehouses,
+        racing_holds_of_one_customer_never_pass_the_limit,
+        a_limit_is_set_changed_and_removed_with_its_rules,
     );
+}
+
+/// Holds `lines` for `customer`; answers the reply.
+async fn reserve_for(http: &Http, customer: Option<&str>, lines: &[(&str, Option<&str>, u64)]) -> Reply {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(sku, warehouse, quantity)| json!({ "sku": sku, "warehouse": warehouse, "quantity": quantity }))
+        .collect();
+    let mut body = json!({ "lines": lines });
+    if let Some(customer) = customer {
+        body["customer_id"] = json!(customer);
+    }
+    http.post("/v1/reservations", body).await
+}
+
+async fn set_limit(http: &Http, sku: &str, body: Value) -> Value {
+    let (status, _, reply) = http.put(&format!("/v1/items/{sku}"), body).await;
+    assert_eq!(status, StatusCode::OK, "PUT /v1/items/{sku}: {reply}");
+    reply
+}
+
+async fn a_customer_holds_up_to_the_skus_limit_across_warehouses(http: &Http) {
+    put_item(http, "rs-limit", "w1", 100, 0).await;
+    put_item(http, "rs-limit", "w2", 100, 0).await;
+    let set = set_limit(http, "rs-limit", json!({ "limit_per_customer": 3 })).await;
+    assert_eq!((u64_of(&set, "limit_per_customer"), &set["limit_window_seconds"]), (3, &Value::Null));
+    let (status, _, body) = reserve_for(http, Some("alice@example.com"), &[("rs-limit", Some("w1"), 2)]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The limit is per SKU: the other warehouse counts too.
+    let refused = reserve_for(http, Some("alice@example.com"), &[("rs-limit", Some("w2"), 2)]).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "customer_limit");
+    let over = &refused.2["skus"][0];
+    assert_eq!(
+        (str_of(over, "sku"), u64_of(over, "limit_per_customer"), u64_of(over, "used"), u64_of(over, "remaining")),
+        ("rs-limit", 3, 2, 1)
+    );
+    assert_eq!(u64_of(&refused.2, "remaining"), 1);
+    assert_eq!(levels(http, "rs-limit", "w2").await.1, 0, "a refused hold holds nothing");
+    // An allocated line counts the same.
+    let (status, _, _) = reserve_for(http, Some("alice@example.com"), &[("rs-limit", None, 1)]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Another customer has a limit of their own; no customer is refused.
+    let (status, _, _) = reserve_for(http, Some("bob"), &[("rs-limit", Some("w2"), 3)]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let refused = reserve_for(http, None, &[("rs-limit", Some("w2"), 1)]).await;
+    assert_problem(&refused, StatusCode::BAD_REQUEST, "customer_id_required");
+    assert_eq!(str_of(&refused.2, "sku"), "rs-limit");
+    let bad = reserve_for(http, Some("no spaces please"), &[("rs-limit", Some("w2"), 1)]).await;
+    assert_problem(&bad, StatusCode::BAD_REQUEST, "field_bad_character");
+    // The SKU view shows the limit, and a customer's standing.
+    let (status, _, view) = http.get("/v1/items/rs-limit?customer_id=alice@example.com").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(u64_of(&view, "limit_per_customer"), 3);
+    let customer = &view["customer"];
+    assert_eq!((u64_of(customer, "held"), u64_of(customer, "sold"), u64_of(customer, "remaining")), (3, 0, 0));
+    // Releasing gives the units back to the customer.
+    let (_, _, first) = http.get("/v1/items/rs-limit?customer_id=bob").await;
+    assert_eq!(u64_of(&first["customer"], "remaining"), 0);
+}
+
+async fn racing_holds_of_one_customer_never_pass_the_limit(http: &Http) {
+    put_item(http, "rs-race", "w1", 1000, 0).await;
+    set_limit(http, "rs-race", json!({ "limit_per_customer": 5 })).await;
+    let addr = http.addr();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = Http::new(addr);
+                reserve_for(&client, Some("eve"), &[("rs-race", Some("w1"), 1)]).await.0
+            })
+        })
+        .collect();
+    let mut held = 0;
+    for task in tasks {
+        match task.await.unwrap_or_else(|e| panic!("{e}")) {
+            StatusCode::CREATED => held += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("a racing hold answered {other}"),
+        }
+    }
+    assert_eq!(held, 5, "exactly the limit is held");
+    assert_eq!(levels(http, "rs-race", "w1").await.1, 5);
+}
+
+async fn a_limit_is_set_changed_and_removed_with_its_rules(http: &Http) {
+    assert_problem(
+        &http.put("/v1/items/rs-nolimit", json!({ "limit_per_customer": 2 })).await,
+        StatusCode::NOT_FOUND,
+        "item_not_found",
+    );
+    put_item(http, "rs-window", "w1", 100, 0).await;
+    for (body, code) in [
+        (json!({ "limit_per_customer": 0 }), "quantity_zero"),
+        (json!({ "limit_per_customer": 2, "limit_window_seconds": 0 }), "quantity_zero"),
+        (json!({ "limit_window_seconds": 60 }), "window_without_limit"),
+        (json!({ "limit_per_customer": -1 }), "invalid_body"),
+    ] {
+        assert_problem(&http.put("/v1/items/rs-window", body.clone()).await, StatusCode::BAD_REQUEST, code);
+    }
+    let set = set_limit(http, "rs-window", json!({ "limit_per_customer": 2, "limit_window_seconds": 3600 })).await;
+    assert_eq!(u64_of(&set, "limit_window_seconds"), 3600);
+    // A confirmed sale counts within the window.
+    let (status, _, held) = reserve_for(http, Some("carol"), &[("rs-window", Some("w1"), 2)]).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    end_reservation(http, str_of(&held, "id"), "confirm").await;
+    let refused = reserve_for(http, Some("carol"), &[("rs-window", Some("w1"), 1)]).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "customer_limit");
+    // Raising the limit keeps what carol bought.
+    let set = set_limit(http, "rs-window", json!({ "limit_per_customer": 3, "limit_window_seconds": 3600 })).await;
+    assert_eq!(u64_of(&set, "customers"), 1);
+    let (status, _, _) = reserve_for(http, Some("carol"), &[("rs-window", Some("w1"), 1)]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Removing it: no customer needed, nothing counted.
+    let removed = set_limit(http, "rs-window", json!({ "limit_per_customer": null })).await;
+    assert_eq!(removed["limit_per_customer"], Value::Null);
+    let (status, _, _) = reserve_for(http, None, &[("rs-window", Some("w1"), 10)]).await;
+    assert_eq!(status, StatusCode::CREATED);
 }
 
 async fn a_reservation_is_created_held_with_an_expiry(http: &Http) {

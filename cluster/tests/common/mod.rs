@@ -58,6 +58,7 @@ pub fn hold(id: ReservationId, sku_text: &str, warehouse: &str, quantity: u64, t
         idempotency_key: None,
         confirm: false,
         allocation: Allocation::MostAvailable,
+        customer: None,
     })
 }
 

@@ -45,6 +45,7 @@ pub fn hold(id: u64, sku_n: u64, ttl_ms: u64) -> Command {
         idempotency_key: None,
         confirm: false,
         allocation: Allocation::MostAvailable,
+        customer: None,
     })
 }
 

@@ -80,9 +80,10 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::customer::{CustomerHold, Denied};
 use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
-use crate::ids::{IdempotencyKey, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
+use crate::ids::{CustomerId, IdempotencyKey, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use crate::item::ItemId;
 use crate::outcome::{Bound, Outcome, Refusal, ShortLine};
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
@@ -158,6 +159,9 @@ pub struct Hold {
     /// How lines without a warehouse are allocated; unused when every line
     /// names one.
     pub allocation: Allocation,
+    /// The shopper, for SKUs with a per-customer limit (`customer.rs`);
+    /// required when a line's SKU has one.
+    pub customer: Option<CustomerId>,
 }
 
 impl Hold {
@@ -178,6 +182,9 @@ impl Hold {
         self.deadline.validate()?;
         if let Some(key) = &self.idempotency_key {
             key.check()?;
+        }
+        if let Some(customer) = &self.customer {
+            customer.check()?;
         }
         Ok(())
     }
@@ -285,6 +292,10 @@ fn apply_with(
     if state.live_holds() >= live_max {
         return Ok(Refusal::ShardFull { bound: Bound::LiveHoldsPerShard, max: u64::from(live_max) }.into());
     }
+    let counted = match check_customer_limits(state, command) {
+        Ok(counted) => counted,
+        Err(refusal) => return Ok(refusal.into()),
+    };
     let short = allocate(state, command, scratch)?;
     if !short.is_empty() {
         return Ok(Refusal::InsufficientStock { lines: short }.into());
@@ -316,7 +327,12 @@ fn apply_with(
         ended_at_ms: 0,
         lines,
         idempotency_key: command.idempotency_key.clone(),
+        customer: counted.clone(),
     });
+    if let Some(hold) = &counted {
+        let pairs_max = state.limits().customer_usage_per_shard_max;
+        state.p.customers.hold(&hold.customer, &hold.skus, now_ms, pairs_max);
+    }
     debug_assert!(
         matches!(same_request(state, slot, &scratch.fixed, command), Ok(true)),
         "a retry of hold {} would not replay",
@@ -334,6 +350,35 @@ fn apply_with(
         });
     }
     Ok(Outcome::Held { reservation: summary, replayed: false, lines: views })
+}
+
+/// The per-customer limits of the hold's SKUs (`customer.rs`): what the
+/// hold will count, or why it may not go ahead. Changes nothing; costs
+/// nothing while the shard has no limits.
+fn check_customer_limits(state: &ShardState, command: &Hold) -> Result<Option<Box<CustomerHold>>, Refusal> {
+    let customers = &state.p.customers;
+    if customers.limits.is_empty() {
+        return Ok(None);
+    }
+    // Units per SKU, each SKU once, in order of first mention. Lines are
+    // few (`lines_per_hold_max`).
+    let mut units: Vec<(&Sku, u64)> = Vec::new();
+    for line in &command.lines {
+        match units.iter_mut().find(|(sku, _)| **sku == line.sku) {
+            Some((_, sum)) => *sum = sum.saturating_add(line.quantity.get()),
+            None => units.push((&line.sku, line.quantity.get())),
+        }
+    }
+    let pairs_max = state.limits().customer_usage_per_shard_max;
+    match customers.check(command.customer.as_ref(), &units, state.now_ms(), pairs_max) {
+        Ok(skus) if skus.is_empty() => Ok(None),
+        Ok(skus) => Ok(command.customer.clone().map(|customer| Box::new(CustomerHold { customer, skus }))),
+        Err(Denied::CustomerRequired { sku }) => Err(Refusal::CustomerRequired { sku }),
+        Err(Denied::Over(skus)) => Err(Refusal::CustomerLimit { skus }),
+        Err(Denied::TableFull) => {
+            Err(Refusal::ShardFull { bound: Bound::CustomerUsagePerShard, max: u64::from(pairs_max) })
+        }
+    }
 }
 
 fn replay(state: &ShardState, slot: u32) -> Result<Outcome, Corrupt> {
@@ -710,6 +755,7 @@ mod tests {
             idempotency_key: None,
             confirm: false,
             allocation: Allocation::MostAvailable,
+            customer: None,
         });
         assert_eq!(f.one(none).refusal().map(Refusal::code), Some("no_lines"));
         let many = hold_command(1, &[("SKU-1", "berlin", 1); 3], None);

@@ -11,6 +11,7 @@ mod confirm;
 mod extend;
 mod hold;
 mod release;
+mod set_customer_limit;
 mod set_limits;
 mod transfer;
 mod upsert;
@@ -21,6 +22,7 @@ pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
 pub use hold::{Allocation, Deadline, Hold, HoldLine};
 pub use release::Release;
+pub use set_customer_limit::SetCustomerLimit;
 pub use set_limits::SetLimits;
 pub use transfer::Transfer;
 pub use upsert::{AttrUpdate, Expect, UpsertItem};
@@ -44,6 +46,7 @@ pub enum Command {
     Release(Release),
     Extend(Extend),
     SetLimits(SetLimits),
+    SetCustomerLimit(SetCustomerLimit),
     /// Moves log time only; the leader proposes it when a deadline is due and
     /// nothing else flows, so holds expire on time without traffic.
     Tick,
@@ -57,6 +60,7 @@ impl Command {
             Command::Adjust(c) => Some(c.sku.as_str()),
             Command::Transfer(c) => Some(c.sku.as_str()),
             Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
+            Command::SetCustomerLimit(c) => Some(c.sku.as_str()),
             Command::Confirm(_) | Command::Release(_) | Command::Extend(_) | Command::SetLimits(_) | Command::Tick => {
                 None
             }
@@ -73,6 +77,7 @@ impl Command {
             Command::Hold(c) => c.validate(lines_per_hold_max),
             Command::Extend(c) => c.validate(),
             Command::SetLimits(c) => c.validate(),
+            Command::SetCustomerLimit(c) => c.validate(),
             Command::Confirm(_) | Command::Release(_) | Command::Tick => Ok(()),
         }
     }
@@ -141,6 +146,7 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::Release(c) => release::apply(state, c, emitter),
         Command::Extend(c) => extend::apply(state, c),
         Command::SetLimits(c) => Ok(set_limits::apply(state, c)),
+        Command::SetCustomerLimit(c) => Ok(set_customer_limit::apply(state, c)),
         Command::Tick => Ok(Outcome::Ticked),
     }
 }

@@ -58,5 +58,6 @@ pub fn hold_any_command(n: u64, lines: &[(&str, Option<&str>, u64)], ttl_ms: u64
         idempotency_key: key.map(|k| IdempotencyKey::new(k).unwrap_or_else(|error| panic!("bad key: {error}"))),
         confirm: false,
         allocation: Allocation::MostAvailable,
+        customer: None,
     })
 }

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use engine::cmd::{Adjust, AdjustReason, AttrUpdate, Expect, Transfer, UpsertItem};
-use engine::ids::{ItemName, Principal as PrincipalName, Quantity, Sku, Warehouse};
+use engine::ids::{CustomerId, ItemName, Principal as PrincipalName, Quantity, Sku, Warehouse};
 use engine::outcome::ItemView;
 use engine::query::{AvailabilityLine, ItemFilter};
 use engine::{Command, Outcome, shard_of};
@@ -360,18 +360,46 @@ pub async fn get_item(
     Ok(item_response(StatusCode::OK, &item, Some(query.consistency)))
 }
 
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SkuQuery {
+    /// `linearizable` (the default) reads through the shard's leader;
+    /// `stale` answers from this node's replica, which may lag.
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// Also show what this customer has of the SKU under its limit per
+    /// customer (`customer`).
+    pub customer_id: Option<String>,
+}
+
+/// Milliseconds to whole seconds, rounding up (limits are set in seconds).
+fn seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+fn limit_json(limit: Option<&engine::customer::CustomerLimit>) -> (Value, Value) {
+    match limit {
+        Some(limit) => (json!(limit.units), json!(limit.window_ms.map(seconds))),
+        None => (Value::Null, Value::Null),
+    }
+}
+
 /// `GET /v1/items/{sku}`: every warehouse of a SKU, with totals.
 #[utoipa::path(
     get,
     path = "/v1/items/{sku}",
     tag = "items",
-    summary = "Read every warehouse of a SKU, with totals",
+    summary = "Read every warehouse of a SKU, with totals and its limit per customer",
+    description = "`limit_per_customer` and `limit_window_seconds` are the SKU's limit (null: none). \
+        With `customer_id`, `customer` shows what that customer has of the SKU: `held` (live holds), `sold` \
+        (confirmed within the window) and `remaining` (null when the SKU has no limit).",
     extensions(("x-tally-role" = json!("read"))),
-    params(("sku" = crate::openapi::Sku, Path, description = "The SKU."), ReadQuery),
+    params(("sku" = crate::openapi::Sku, Path, description = "The SKU."), SkuQuery),
     responses(
         (status = 200, description = "The SKU's items and their totals.", body = crate::openapi::SkuItems),
         (status = 400, description = "`invalid_path`, `invalid_query`, `field_empty`, `field_too_long`, \
-            `field_bad_character`."),
+            `field_bad_character` (sku, customer_id)."),
         (status = 404, description = "`item_not_found`: no warehouse stocks this SKU."),
         (status = 503, description = crate::openapi::READ_UNAVAILABLE),
     ),
@@ -380,25 +408,119 @@ pub async fn get_sku(
     State(state): Shared,
     principal: Principal,
     PathParams(sku): PathParams<String>,
-    QueryParams(query): QueryParams<ReadQuery>,
+    QueryParams(query): QueryParams<SkuQuery>,
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let sku = Sku::new(sku)?;
+    let customer = query.customer_id.map(CustomerId::new).transpose()?;
     let shard = shard_of(sku.as_str(), state.node.shard_count());
     let name = sku.as_str().to_owned();
-    let view = read_shard(&state, shard, query.consistency, move |s| s.sku_items(name.as_str())).await?;
+    let who = customer.clone();
+    let (view, limit, usage) = read_shard(&state, shard, query.consistency, move |s| {
+        let view = s.sku_items(name.as_str())?;
+        let usage = who.map(|who| s.customer_usage(name.as_str(), who.as_str()));
+        Ok((view, s.customer_limit(name.as_str()), usage))
+    })
+    .await?;
     if view.items.is_empty() {
         return Err(Problem::not_found("item_not_found", "no warehouse stocks this SKU"));
     }
-    let body = json!({
+    let (units, window) = limit_json(limit.as_ref());
+    let mut body = json!({
         "sku": sku.as_str(),
         "on_hand": view.on_hand,
         "reserved": view.reserved,
         "available": view.available,
+        "limit_per_customer": units,
+        "limit_window_seconds": window,
         "warehouses": view.items.iter().map(item_json).collect::<Vec<_>>(),
         "consistency": query.consistency.as_str(),
     });
+    if let (Some(customer), Some(usage)) = (customer, usage) {
+        body["customer"] = json!({
+            "customer_id": customer.as_str(),
+            "held": usage.held,
+            "sold": usage.sold,
+            "remaining": usage.remaining(),
+        });
+    }
     Ok(axum::Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSku {
+    /// Most units of this SKU one customer may hold and buy (live holds plus
+    /// confirmed sales), across all its warehouses; 1 to 10^15. `null`
+    /// removes the limit (and forgets the sales it counted).
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    pub limit_per_customer: Option<u64>,
+    /// Sales older than this many seconds no longer count (1 to about ten
+    /// years). Absent or `null`: sales count for as long as the limit is set.
+    #[schema(minimum = 1)]
+    pub limit_window_seconds: Option<u64>,
+}
+
+/// `PUT /v1/items/{sku}`: a SKU's settings (admin).
+#[utoipa::path(
+    put,
+    path = "/v1/items/{sku}",
+    tag = "items",
+    summary = "Set a SKU's limit per customer",
+    description = "A hold of a limited SKU must name its `customer_id`, and is refused with 409 \
+        `customer_limit` if the customer's live holds plus confirmed sales of the SKU (within the window), \
+        plus the hold, would pass the limit. Checked and held in one atomic step on the SKU's shard, \
+        however many requests of one customer race. The limit counts holds and sales made while it is \
+        set; changing it keeps them. The SKU must be stocked in some warehouse.",
+    extensions(("x-tally-role" = json!("admin"))),
+    params(("sku" = crate::openapi::Sku, Path, description = "The SKU.")),
+    request_body = PutSku,
+    responses(
+        (status = 200, description = "The SKU's limit now: `sku`, `limit_per_customer`, `limit_window_seconds`, \
+            and `customers`, the customers it tracks.", body = Value),
+        (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `field_empty`, \
+            `field_too_long`, `field_bad_character` (sku), `quantity_zero`, `quantity_too_large` \
+            (limit_per_customer, limit_window_ms), `window_without_limit`."),
+        (status = 404, description = "`item_not_found`: no warehouse stocks this SKU."),
+        (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
+    ),
+)]
+pub async fn put_sku(
+    State(state): Shared,
+    principal: Principal,
+    PathParams(sku): PathParams<String>,
+    JsonBody(body): JsonBody<PutSku>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    let sku = Sku::new(sku)?;
+    let limit = match (body.limit_per_customer, body.limit_window_seconds) {
+        (Some(units), window) => Some(engine::customer::CustomerLimit {
+            units,
+            window_ms: window.map(|seconds| seconds.saturating_mul(1000)),
+        }),
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(Problem::bad_request(
+                "window_without_limit",
+                "limit_window_seconds needs a limit_per_customer",
+            ));
+        }
+    };
+    let command = engine::cmd::SetCustomerLimit { sku, limit };
+    command.validate()?;
+    match state.submit(Command::SetCustomerLimit(command)).await? {
+        Outcome::CustomerLimitSet { sku, limit, customers } => {
+            let (units, window) = limit_json(limit.as_ref());
+            Ok(axum::Json(json!({
+                "sku": sku,
+                "limit_per_customer": units,
+                "limit_window_seconds": window,
+                "customers": customers,
+            }))
+            .into_response())
+        }
+        other => Err(state.unexpected(&other)),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -42,7 +42,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cluster::{SagaOutcome, SagaPart};
 use engine::cmd::{Confirm, Deadline, Extend, Hold, HoldLine, Release};
-use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
+use engine::ids::{CustomerId, IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 use engine::outcome::{ReservationView, ShortLine};
 use engine::reservation::ReservationState;
 use engine::{Command, Outcome, Refusal, shard_of};
@@ -80,6 +80,11 @@ pub struct ReservationBody {
     /// Confirm at once: hold and sell in one request.
     #[serde(default)]
     pub commit: bool,
+    /// The shopper: 1 to 128 printable ASCII characters (`!` to `~`), e.g.
+    /// an account id or e-mail address. Required for SKUs with a
+    /// `limit_per_customer` (`PUT /v1/items/{sku}`); their units count
+    /// against this customer's limit. Not scoped to the API key.
+    pub customer_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -509,6 +514,7 @@ impl AppState {
         // clock could be ahead of the part's shard and end it early.
         let deadline = Deadline::AfterMs(checked.ttl_ms);
         let allocation = self.config.api.allocation.engine();
+        let customer = body.customer_id.clone().map(CustomerId::new).transpose()?;
         let parts = by_shard
             .into_iter()
             .map(|(shard, lines)| {
@@ -527,6 +533,7 @@ impl AppState {
                     // Parts of a saga are confirmed once every part holds.
                     confirm: body.commit && !spans,
                     allocation,
+                    customer: customer.clone(),
                 });
                 PartHold { shard, command, lines }
             })
@@ -686,8 +693,12 @@ fn created_response(created: Created) -> Response {
                 description = "`true` when this answers an earlier request with the same key or order."))),
         (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_idempotency_key`, `ttl_out_of_range`, \
             `no_lines`, `too_many_lines`, `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, \
-            Idempotency-Key, order_id), `quantity_zero`, `quantity_too_large`."),
+            Idempotency-Key, order_id, customer_id), `quantity_zero`, `quantity_too_large`; \
+            `customer_id_required`: a line's SKU has a limit per customer (the problem's `sku`)."),
         (status = 409, description = "`insufficient_stock`: the problem's `lines` lists every short line; \
+            `customer_limit`: the hold would take the customer past a SKU's limit per customer (the problem's \
+            `skus` lists each such SKU with `limit_per_customer`, `used`, `requested` and `remaining`; \
+            `remaining` is the first one's); \
             `idempotency_key_reused`: the key or order made a different reservation; `shard_full`; with `commit`, \
             `reservation_released` or `reservation_expired` when a replayed reservation has ended."),
         (status = 503, description = "`unavailable`, `overloaded`: retry after `Retry-After`; `outcome_unknown`: the \
@@ -735,12 +746,13 @@ struct BatchRequestFields {
     #[serde(default)]
     commit: bool,
     idempotency_key: Option<String>,
+    customer_id: Option<String>,
 }
 
 impl From<BatchRequestFields> for BatchRequest {
     fn from(fields: BatchRequestFields) -> Self {
-        let BatchRequestFields { lines, ttl_seconds, order_id, commit, idempotency_key } = fields;
-        Self { reservation: ReservationBody { lines, ttl_seconds, order_id, commit }, idempotency_key }
+        let BatchRequestFields { lines, ttl_seconds, order_id, commit, idempotency_key, customer_id } = fields;
+        Self { reservation: ReservationBody { lines, ttl_seconds, order_id, commit, customer_id }, idempotency_key }
     }
 }
 

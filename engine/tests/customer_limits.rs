@@ -1,0 +1,309 @@
+//! Per-customer limits against a model: random holds (fixed and allocated
+//! lines, several customers, with and without a customer), confirms,
+//! releases, expiries, and limits set, changed and removed, at random log
+//! times. After every entry:
+//! * a hold is granted exactly when the model says every limited SKU stays
+//!   within its limit for that customer (live holds counted while a limit
+//!   was set, plus sales confirmed under it within the window) and the
+//!   stock suffices; refused `customer_limit` with the model's used and
+//!   requested units, or `customer_id_required`, otherwise;
+//! * what the engine shows of every customer equals the model, and never
+//!   passes the limit;
+//! * the state's own full check passes (usage equals the live holds that
+//!   counted it), and a snapshot reloads to the same digest.
+
+use std::collections::BTreeMap;
+
+use engine::cmd::{Command, Confirm, Release, SetCustomerLimit};
+use engine::customer::CustomerLimit;
+use engine::ids::CustomerId;
+use engine::outcome::{Outcome, Refusal};
+use engine::{Limits, LogEntry, LogId, ShardState};
+use proptest::prelude::*;
+
+mod common;
+use common::{hold_any_command, rid, sku, upsert_command};
+
+const SKUS: [&str; 2] = ["A", "B"];
+const WAREHOUSES: [&str; 2] = ["w1", "w2"];
+const CUSTOMERS: [&str; 3] = ["ann", "bo", "cy"];
+const TTL_MS: u64 = 5_000;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Hold { customer: Option<usize>, lines: Vec<(usize, Option<usize>, u64)>, confirm_now: bool },
+    Confirm(usize),
+    Release(usize),
+    SetLimit { sku: usize, limit: Option<(u64, Option<u64>)> },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let line = (0..SKUS.len(), proptest::option::of(0..WAREHOUSES.len()), 1..4u64);
+    prop_oneof![
+        5 => (proptest::option::weighted(0.9, 0..CUSTOMERS.len()), proptest::collection::vec(line, 1..3), any::<bool>())
+            .prop_map(|(customer, lines, confirm_now)| Op::Hold { customer, lines, confirm_now }),
+        2 => (0..40usize).prop_map(Op::Confirm),
+        2 => (0..40usize).prop_map(Op::Release),
+        1 => (0..SKUS.len(), proptest::option::weighted(0.8, (1..6u64, proptest::option::of(1_000..8_000u64))))
+            .prop_map(|(sku, limit)| Op::SetLimit { sku, limit }),
+    ]
+}
+
+/// A live or ended hold as the model keeps it.
+#[derive(Clone, Debug)]
+struct ModelHold {
+    customer: Option<String>,
+    /// Units per SKU counted against the customer's limits.
+    counted: Vec<(String, u64)>,
+    /// Units per SKU held (for stock).
+    units: Vec<(String, u64)>,
+    deadline_ms: u64,
+    live: bool,
+}
+
+#[derive(Default)]
+struct Model {
+    limits: BTreeMap<String, CustomerLimit>,
+    /// (SKU, customer) → sales (at, units) counted under a limit.
+    sales: BTreeMap<(String, String), Vec<(u64, u64)>>,
+    holds: Vec<ModelHold>,
+    /// Units available per SKU (all warehouses).
+    available: BTreeMap<String, u64>,
+}
+
+impl Model {
+    fn held(&self, sku: &str, customer: &str) -> u64 {
+        self.holds
+            .iter()
+            .filter(|hold| hold.live && hold.customer.as_deref() == Some(customer))
+            .flat_map(|hold| hold.counted.iter())
+            .filter(|(s, _)| s == sku)
+            .map(|(_, units)| units)
+            .sum()
+    }
+
+    fn sold(&self, sku: &str, customer: &str, now_ms: u64) -> u64 {
+        let Some(limit) = self.limits.get(sku) else { return 0 };
+        self.sales.get(&(sku.to_owned(), customer.to_owned())).map_or(0, |sales| {
+            sales
+                .iter()
+                .filter(|(at, _)| limit.window_ms.is_none_or(|window| at + window > now_ms))
+                .map(|(_, units)| units)
+                .sum()
+        })
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        for at in 0..self.holds.len() {
+            if self.holds[at].live && self.holds[at].deadline_ms <= now_ms {
+                self.end(at, false, now_ms);
+            }
+        }
+    }
+
+    fn end(&mut self, at: usize, confirmed: bool, now_ms: u64) {
+        let hold = self.holds[at].clone();
+        self.holds[at].live = false;
+        for (sku, units) in &hold.units {
+            if !confirmed {
+                *self.available.entry(sku.clone()).or_default() += units;
+            }
+        }
+        if let (true, Some(customer)) = (confirmed, &hold.customer) {
+            for (sku, units) in &hold.counted {
+                if self.limits.contains_key(sku) {
+                    self.sales.entry((sku.clone(), customer.clone())).or_default().push((now_ms, *units));
+                }
+            }
+        }
+    }
+}
+
+fn apply(state: &mut ShardState, index: &mut u64, now_ms: u64, command: Command) -> Outcome {
+    *index += 1;
+    let entry = LogEntry::batch(LogId::new(1, *index), now_ms, vec![command]);
+    let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
+    applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"))
+}
+
+fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
+    let mut state = ShardState::new(0, 1, Limits::default());
+    let mut model = Model::default();
+    let mut index = 0;
+    let mut now_ms = 1_000;
+    for sku_name in SKUS {
+        for warehouse in WAREHOUSES {
+            apply(&mut state, &mut index, now_ms, upsert_command(sku_name, warehouse, 6, 0));
+        }
+        model.available.insert(sku_name.to_owned(), 6 * WAREHOUSES.len() as u64);
+    }
+    for (step, (advance, op)) in ops.into_iter().enumerate() {
+        now_ms += advance;
+        model.expire(now_ms);
+        match op {
+            Op::Hold { customer, lines, confirm_now } => {
+                let n = model.holds.len() as u64 + 1;
+                let customer = customer.map(|c| CUSTOMERS[c].to_owned());
+                let request: Vec<(&str, Option<&str>, u64)> =
+                    lines.iter().map(|&(s, w, q)| (SKUS[s], w.map(|w| WAREHOUSES[w]), q)).collect();
+                let Command::Hold(mut hold) = hold_any_command(n, &request, TTL_MS, None) else { unreachable!() };
+                hold.customer = customer.clone().map(|c| CustomerId::new(c).unwrap_or_else(|e| panic!("{e}")));
+                hold.confirm = confirm_now;
+                let outcome = apply(&mut state, &mut index, now_ms, Command::Hold(hold));
+                // The model: units per SKU, then the limit rules, then stock
+                // (fixed lines need their warehouse, so stock is looked up
+                // in the engine's levels only to classify the refusal).
+                let mut units: Vec<(String, u64)> = Vec::new();
+                for (s, _, q) in &request {
+                    match units.iter_mut().find(|(name, _)| name == s) {
+                        Some((_, sum)) => *sum += q,
+                        None => units.push(((*s).to_owned(), *q)),
+                    }
+                }
+                let mut expected_over = Vec::new();
+                let mut required = None;
+                let mut counted = Vec::new();
+                for (s, q) in &units {
+                    let Some(limit) = model.limits.get(s) else { continue };
+                    let Some(c) = &customer else {
+                        required = Some(s.clone());
+                        break;
+                    };
+                    let used = model.held(s, c) + model.sold(s, c, now_ms);
+                    if used + q > limit.units {
+                        expected_over.push((s.clone(), limit.units, used, *q));
+                    } else {
+                        counted.push((s.clone(), *q));
+                    }
+                }
+                match (&outcome, required, expected_over.is_empty()) {
+                    (Outcome::Refused(Refusal::CustomerRequired { sku }), Some(expected), _) => {
+                        prop_assert_eq!(sku, &expected, "step {}", step);
+                    }
+                    (_, Some(expected), _) => {
+                        return Err(TestCaseError::fail(format!(
+                            "step {step}: expected customer_id_required for {expected}, got {outcome:?}"
+                        )));
+                    }
+                    (Outcome::Refused(Refusal::CustomerLimit { skus }), None, false) => {
+                        let got: Vec<_> = skus.iter().map(|o| (o.sku.clone(), o.limit, o.used, o.requested)).collect();
+                        prop_assert_eq!(got, expected_over, "step {}", step);
+                    }
+                    (_, None, false) => {
+                        return Err(TestCaseError::fail(format!(
+                            "step {step}: expected customer_limit {expected_over:?}, got {outcome:?}"
+                        )));
+                    }
+                    (
+                        Outcome::Held { replayed: false, .. } | Outcome::Confirmed { replayed: false, .. },
+                        None,
+                        true,
+                    ) => {
+                        for (s, q) in &units {
+                            let available = model.available.entry(s.clone()).or_default();
+                            prop_assert!(*available >= *q, "step {}: oversold {}", step, s);
+                            *available -= q;
+                        }
+                        model.holds.push(ModelHold {
+                            customer: customer.clone(),
+                            counted,
+                            units,
+                            deadline_ms: now_ms + TTL_MS,
+                            live: true,
+                        });
+                        if confirm_now {
+                            let at = model.holds.len() - 1;
+                            model.end(at, true, now_ms);
+                        }
+                        continue;
+                    }
+                    (Outcome::Refused(Refusal::InsufficientStock { .. }), None, true) => {}
+                    (other, None, true) => {
+                        return Err(TestCaseError::fail(format!("step {step}: unexpected {other:?}")));
+                    }
+                }
+                // Refused: the model keeps a placeholder so ids stay aligned.
+                model.holds.push(ModelHold {
+                    customer,
+                    counted: Vec::new(),
+                    units: Vec::new(),
+                    deadline_ms: 0,
+                    live: false,
+                });
+            }
+            Op::Confirm(at) | Op::Release(at) if at < model.holds.len() => {
+                let confirm = matches!(op, Op::Confirm(_));
+                let id = rid(at as u64 + 1);
+                let command = if confirm { Command::Confirm(Confirm { id }) } else { Command::Release(Release { id }) };
+                let outcome = apply(&mut state, &mut index, now_ms, command);
+                if model.holds[at].live {
+                    prop_assert!(
+                        matches!(
+                            outcome,
+                            Outcome::Confirmed { replayed: false, .. } | Outcome::Released { replayed: false, .. }
+                        ),
+                        "step {}: {:?}",
+                        step,
+                        outcome
+                    );
+                    model.end(at, confirm, now_ms);
+                }
+            }
+            Op::Confirm(_) | Op::Release(_) => {
+                // No such hold: time still moves, as the model's did.
+                apply(&mut state, &mut index, now_ms, Command::Tick);
+            }
+            Op::SetLimit { sku: s, limit } => {
+                let limit = limit.map(|(units, window_ms)| CustomerLimit { units, window_ms });
+                let command = Command::SetCustomerLimit(SetCustomerLimit { sku: sku(SKUS[s]), limit });
+                let outcome = apply(&mut state, &mut index, now_ms, command);
+                prop_assert!(matches!(outcome, Outcome::CustomerLimitSet { .. }), "step {}: {:?}", step, outcome);
+                // Sales that left the old window are gone for good.
+                if let Some(old) = model.limits.get(SKUS[s]).copied() {
+                    for ((sku_name, _), sales) in model.sales.iter_mut() {
+                        if sku_name == SKUS[s] {
+                            sales.retain(|(at, _)| old.window_ms.is_none_or(|window| at + window > now_ms));
+                        }
+                    }
+                }
+                match limit {
+                    Some(limit) => {
+                        model.limits.insert(SKUS[s].to_owned(), limit);
+                    }
+                    None => {
+                        model.limits.remove(SKUS[s]);
+                        model.sales.retain(|(sku_name, _), _| sku_name != SKUS[s]);
+                    }
+                }
+            }
+        }
+        // Every customer as the engine shows them equals the model.
+        for s in SKUS {
+            for c in CUSTOMERS {
+                let usage = state.customer_usage(s, c);
+                prop_assert_eq!(
+                    (usage.held, usage.sold),
+                    (model.held(s, c), model.sold(s, c, now_ms)),
+                    "step {}: {} of {}",
+                    step,
+                    c,
+                    s
+                );
+            }
+        }
+        state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+    }
+    let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let loaded = ShardState::from_snapshot_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(loaded.digest(), state.digest());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn customer_limits_follow_the_model(ops in proptest::collection::vec((0..3_000u64, op()), 1..60)) {
+        run(ops)?;
+    }
+}
