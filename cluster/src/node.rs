@@ -236,7 +236,8 @@ impl Retry {
     }
 }
 
-fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+/// A shard's directory in a data directory.
+pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
     data_dir.join(format!("shard-{shard:05}"))
 }
 
@@ -247,7 +248,7 @@ fn data_dir_error(path: &Path, reason: impl ToString) -> StartError {
 /// The data directory remembers the node id and shard count it was made
 /// for: placement depends on the shard count, so opening with another count
 /// would silently send SKUs to the wrong shard.
-fn check_identity(config: &ClusterConfig) -> Result<(), StartError> {
+pub fn check_identity(config: &ClusterConfig) -> Result<(), StartError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| data_dir_error(dir, e))?;
     let path = dir.join("IDENTITY");

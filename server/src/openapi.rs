@@ -24,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::routes::{Consistency, items, ops, reservations, stream};
+use crate::routes::{Consistency, admin, items, ops, reservations, stream};
 
 /// The name of the one security scheme.
 const API_KEY: &str = "api_key";
@@ -85,6 +85,10 @@ pub fn document() -> Value {
         ops::cluster,
         ops::digests,
         ops::set_clock,
+        admin::start_backup,
+        admin::backup_status,
+        admin::add_learner,
+        admin::change_voters,
         ops::metrics,
         ops::openapi,
         ops::healthz,

@@ -36,10 +36,12 @@ pub fn segment_seq(path: &Path) -> Option<u64> {
 }
 
 /// Reads `segments` (consecutive sequence numbers, oldest first) and returns
-/// the entries with an index above `after`. An entry at or below `after`
-/// is skipped. Entries above `after` must follow on from `after + 1`
-/// without a gap: a missing segment or entry is an error naming the file.
-pub fn scan_segments(segments: &[PathBuf], after: u64) -> Result<ScannedLog, WalError> {
+/// the entries with an index above `after` (every entry for `None`: a log
+/// starts at index 0). An entry at or below `after` is skipped. The others
+/// must run on from the first index wanted without a gap: a missing
+/// segment or entry is an error naming the file.
+pub fn scan_segments(segments: &[PathBuf], after: Option<u64>) -> Result<ScannedLog, WalError> {
+    let first_wanted = after.map_or(0, |after| after.saturating_add(1));
     let mut log = ScannedLog::default();
     let mut scratch = AlignedVec::new();
     let mut previous_seq: Option<u64> = None;
@@ -78,12 +80,12 @@ pub fn scan_segments(segments: &[PathBuf], after: u64) -> Result<ScannedLog, Wal
                 _ if offset == 0 => return Err(corrupt(0, "segment does not start with a header".into())),
                 Record::Entry(entry) => {
                     let index = entry.log_id.index;
-                    if index > after {
+                    if index >= first_wanted {
                         // Position of `index` in `entries`: a rewrite drops
                         // what followed; a jump past the end is a gap.
-                        let position = usize::try_from(index - after - 1).unwrap_or(usize::MAX);
+                        let position = usize::try_from(index - first_wanted).unwrap_or(usize::MAX);
                         if position > log.entries.len() {
-                            let expected = after + 1 + log.entries.len() as u64;
+                            let expected = first_wanted + log.entries.len() as u64;
                             return Err(corrupt(
                                 offset as u64,
                                 format!("entry {index} found where entry {expected} was expected: entries are missing"),
@@ -94,9 +96,12 @@ pub fn scan_segments(segments: &[PathBuf], after: u64) -> Result<ScannedLog, Wal
                     }
                 }
                 Record::Truncate(keep) => {
-                    let keep_index = keep.map_or(0, |keep| keep.index);
-                    let kept = usize::try_from(keep_index.saturating_sub(after)).unwrap_or(usize::MAX);
-                    log.entries.truncate(kept);
+                    // Entries up to `keep` stay: those from `first_wanted`.
+                    let kept = match keep {
+                        Some(keep) if keep.index >= first_wanted => keep.index - first_wanted + 1,
+                        _ => 0,
+                    };
+                    log.entries.truncate(usize::try_from(kept).unwrap_or(usize::MAX));
                 }
                 Record::Vote(_) | Record::Committed(_) | Record::Purge(_) => {}
             }
@@ -143,7 +148,7 @@ mod tests {
         let paths = segments(dir.path());
         assert!(paths.len() > 2, "the test wants several segments");
 
-        let log = scan_segments(&paths, 10).unwrap_or_else(|e| panic!("{e}"));
+        let log = scan_segments(&paths, Some(10)).unwrap_or_else(|e| panic!("{e}"));
         let ids: Vec<LogId> = log.entries.iter().map(|e| e.log_id).collect();
         let expected: Vec<LogId> =
             (11..=30).map(|i| LogId::new(1, i)).chain((31..=35).map(|i| LogId::new(2, i))).collect();
@@ -162,6 +167,6 @@ mod tests {
         wal.sync().unwrap_or_else(|e| panic!("{e}"));
         let mut paths = segments(dir.path());
         paths.remove(1);
-        assert!(matches!(scan_segments(&paths, 0), Err(WalError::Corrupt { .. })));
+        assert!(matches!(scan_segments(&paths, None), Err(WalError::Corrupt { .. })));
     }
 }
