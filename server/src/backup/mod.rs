@@ -18,6 +18,7 @@
 //!
 //! `replay_shard` is the one replay all three use.
 
+pub mod client;
 pub mod restore;
 pub mod take;
 pub mod verify;
