@@ -198,3 +198,96 @@ fn archive_one(source: &Path, archive: &Path) -> std::io::Result<u64> {
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::WalConfig;
+    use crate::log::{LogEntry, LogId};
+    use crate::wal::Wal;
+    use crate::wal::scan::{scan_segments, segment_seq};
+
+    use super::ArchiveConfig;
+
+    fn entry(index: u64) -> LogEntry {
+        LogEntry::batch(LogId::new(1, index), index * 10, vec![crate::Command::Tick])
+    }
+
+    fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| segment_seq(p).is_some()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        paths
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{what} did not happen within 5 s");
+    }
+
+    #[test]
+    fn a_purged_segment_is_in_the_archive_before_it_leaves_the_wal() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (wal_dir, archive_dir) = (dir.path().join("wal"), dir.path().join("archive"));
+        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
+        let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
+        let stats = wal
+            .set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 })
+            .unwrap_or_else(|e| panic!("{e}"));
+        for index in 1..=60 {
+            wal.append([&entry(index)]).unwrap_or_else(|e| panic!("{e}"));
+        }
+        wal.sync().unwrap_or_else(|e| panic!("{e}"));
+        let before = segments(&wal_dir);
+        let originals: Vec<Vec<u8>> = before.iter().map(|p| std::fs::read(p).unwrap_or_default()).collect();
+        wal.purge(LogId::new(1, 40)).unwrap_or_else(|e| panic!("{e}"));
+        wait_for("archiving", || stats.pending() == 0 && stats.archived() > 0);
+
+        let archived = segments(&archive_dir);
+        let left = segments(&wal_dir);
+        assert_eq!(archived.len() as u64, stats.archived());
+        assert_eq!(archived.len() + left.len(), before.len(), "every segment is in exactly one place");
+        for (path, original) in archived.iter().zip(&originals) {
+            assert_eq!(&std::fs::read(path).unwrap_or_default(), original, "{} differs", path.display());
+        }
+        // The archive and what is left of the WAL are one log again.
+        let log = scan_segments(&[archived, left].concat(), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(log.entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_failed_archive_copy_keeps_the_segment_and_counts_the_failure() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (wal_dir, archive_dir) = (dir.path().join("wal"), dir.path().join("archive"));
+        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
+        let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
+        let stats = wal
+            .set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 })
+            .unwrap_or_else(|e| panic!("{e}"));
+        for index in 1..=60 {
+            wal.append([&entry(index)]).unwrap_or_else(|e| panic!("{e}"));
+        }
+        wal.sync().unwrap_or_else(|e| panic!("{e}"));
+        let before = segments(&wal_dir);
+        // The archive is gone and a file stands in its place: no copy can land.
+        std::fs::remove_dir_all(&archive_dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&archive_dir, b"not a directory").unwrap_or_else(|e| panic!("{e}"));
+        wal.purge(LogId::new(1, 40)).unwrap_or_else(|e| panic!("{e}"));
+        wait_for("a failed copy", || stats.failures() >= 2);
+        assert_eq!(segments(&wal_dir), before, "nothing left the WAL");
+        assert!(stats.last_error().is_some());
+        assert_eq!(stats.archived(), 0);
+
+        // The archive comes back: the kept segments go there, in order.
+        std::fs::remove_file(&archive_dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&archive_dir).unwrap_or_else(|e| panic!("{e}"));
+        wait_for("archiving after the fault", || stats.pending() == 0);
+        assert!(stats.archived() > 0);
+        assert_eq!(stats.last_error(), None);
+    }
+}

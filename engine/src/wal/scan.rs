@@ -36,12 +36,12 @@ pub fn segment_seq(path: &Path) -> Option<u64> {
 }
 
 /// Reads `segments` (consecutive sequence numbers, oldest first) and returns
-/// the entries with an index above `after` (every entry for `None`: a log
-/// starts at index 0). An entry at or below `after` is skipped. The others
-/// must run on from the first index wanted without a gap: a missing
-/// segment or entry is an error naming the file.
+/// the entries with an index above `after` (for `None`, every entry from the
+/// first one found: openraft's logs start at index 0). An entry at or below
+/// `after` is skipped. The others must run on from the first index wanted
+/// without a gap: a missing segment or entry is an error naming the file.
 pub fn scan_segments(segments: &[PathBuf], after: Option<u64>) -> Result<ScannedLog, WalError> {
-    let first_wanted = after.map_or(0, |after| after.saturating_add(1));
+    let mut first_wanted = after.map(|after| after.saturating_add(1));
     let mut log = ScannedLog::default();
     let mut scratch = AlignedVec::new();
     let mut previous_seq: Option<u64> = None;
@@ -80,6 +80,7 @@ pub fn scan_segments(segments: &[PathBuf], after: Option<u64>) -> Result<Scanned
                 _ if offset == 0 => return Err(corrupt(0, "segment does not start with a header".into())),
                 Record::Entry(entry) => {
                     let index = entry.log_id.index;
+                    let first_wanted = *first_wanted.get_or_insert(index);
                     if index >= first_wanted {
                         // Position of `index` in `entries`: a rewrite drops
                         // what followed; a jump past the end is a gap.
@@ -97,8 +98,8 @@ pub fn scan_segments(segments: &[PathBuf], after: Option<u64>) -> Result<Scanned
                 }
                 Record::Truncate(keep) => {
                     // Entries up to `keep` stay: those from `first_wanted`.
-                    let kept = match keep {
-                        Some(keep) if keep.index >= first_wanted => keep.index - first_wanted + 1,
+                    let kept = match (keep, first_wanted) {
+                        (Some(keep), Some(first)) if keep.index >= first => keep.index - first + 1,
                         _ => 0,
                     };
                     log.entries.truncate(usize::try_from(kept).unwrap_or(usize::MAX));
