@@ -147,11 +147,10 @@ async fn a_backup_taken_while_writes_go_on_verifies() {
         }
     }
     // One at a time, and only where allowed.
-    let (status, _, body) = node.http().post("/v1/admin/backup", json!({ "to": "relative/dir" })).await;
-    common::assert_problem(&(status, Default::default(), body), StatusCode::BAD_REQUEST, "backup_path_invalid");
-    let (status, _, body) =
-        node.http().post("/v1/admin/backup", json!({ "to": dir.path().join("b1").to_string_lossy() })).await;
-    common::assert_problem(&(status, Default::default(), body), StatusCode::CONFLICT, "backup_dir_not_empty");
+    let reply = node.http().post("/v1/admin/backup", json!({ "to": "relative/dir" })).await;
+    common::assert_problem(&reply, StatusCode::BAD_REQUEST, "backup_path_invalid");
+    let reply = node.http().post("/v1/admin/backup", json!({ "to": dir.path().join("b1").to_string_lossy() })).await;
+    common::assert_problem(&reply, StatusCode::CONFLICT, "backup_dir_not_empty");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
