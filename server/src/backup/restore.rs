@@ -156,8 +156,10 @@ fn merge_segments(backup: &[PathBuf], archive: Option<&Path>) -> Result<(Vec<Pat
     Ok((run.into_iter().map(|(_, (path, _))| path).collect(), ends_in_archive))
 }
 
-/// One snapshot at `last` and an empty WAL purged up to it, voted in its term.
-fn write_shard(
+/// Writes shard `shard` of a data directory as a restore leaves it: one
+/// snapshot of `state` at `last` and an empty WAL purged up to it, voted
+/// in its term. (`tally-bench backup` builds its node this way too.)
+pub fn write_shard(
     data_dir: &Path,
     shard: u32,
     state: &engine::ShardState,
