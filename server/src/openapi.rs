@@ -938,6 +938,7 @@ mod tests {
             "reservations" => include_str!("routes/reservations.rs"),
             "stream" => include_str!("routes/stream.rs"),
             "ops" => include_str!("routes/ops.rs"),
+            "admin" => include_str!("routes/admin.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");
