@@ -106,7 +106,7 @@ fn generate_shard(shard: u32, plan: &BackupPlan, peer: &str) -> Result<ShardStat
     for chunk in hold_ids.chunks(GENERATE_BATCH) {
         let mut commands = Vec::with_capacity(chunk.len());
         for h in chunk {
-            let Some(sku) = skus.get((*h as usize) % skus.len().max(1)) else { break };
+            let Some(sku) = skus.get(usize::try_from(*h).unwrap_or(0) % skus.len().max(1)) else { break };
             let mut unique = [0u8; 14];
             unique[..8].copy_from_slice(&h.to_be_bytes());
             unique[8..12].copy_from_slice(&shard.to_be_bytes());

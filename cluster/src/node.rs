@@ -939,11 +939,8 @@ impl Node {
     pub async fn backup_views(&self) -> Result<Vec<BackupView>, ReadError> {
         let mut views = Vec::with_capacity(self.inner.groups.len());
         for group in &self.inner.groups {
-            let answer = group
-                .actor
-                .send(Read::new(|state| state.last_applied()))
-                .await
-                .map_err(|_| ReadError::ShuttingDown)?;
+            let answer =
+                group.actor.send(Read::new(|state| state.last_applied())).await.map_err(|_| ReadError::ShuttingDown)?;
             views.push(BackupView {
                 shard: group.shard,
                 snapshot_dir: shard_dir(&self.inner.config.data_dir, group.shard).join("snapshots"),

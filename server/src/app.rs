@@ -202,8 +202,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     if auth.is_open() {
         tracing::warn!(%addr, "no API keys configured: serving open, on loopback only");
     }
-    let state =
-        Arc::new(AppState { node, config: Arc::new(config), auth, hub, alerts, metrics: Arc::new(Metrics::new()), backups: Default::default() });
+    let state = Arc::new(AppState {
+        node,
+        config: Arc::new(config),
+        auth,
+        hub,
+        alerts,
+        metrics: Arc::new(Metrics::new()),
+        backups: Default::default(),
+    });
     tokio::spawn(propose_limits(Arc::clone(&state)));
     Ok(Running { state, addr, listener, tls })
 }

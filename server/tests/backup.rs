@@ -25,10 +25,11 @@ use server::backup::verify::verify_backup;
 /// Small segments and frequent snapshots: a backup then has a snapshot,
 /// several segments and purged history.
 fn small_log(options: Options) -> Options {
-    options
-        .set("cluster.wal", "segment_size_max", "4096")
-        .set("cluster", "snapshot_after_entries", "40")
-        .set("cluster", "log_entries_kept_after_snapshot", "10")
+    options.set("cluster.wal", "segment_size_max", "4096").set("cluster", "snapshot_after_entries", "40").set(
+        "cluster",
+        "log_entries_kept_after_snapshot",
+        "10",
+    )
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -72,7 +73,13 @@ async fn take_backup(http: &Http, to: &Path) -> Value {
     body
 }
 
-fn restore_to(from: &Path, archive: Option<&Path>, until: Until, data_dir: &Path, peer: SocketAddr) -> Vec<RestoredShard> {
+fn restore_to(
+    from: &Path,
+    archive: Option<&Path>,
+    until: Until,
+    data_dir: &Path,
+    peer: SocketAddr,
+) -> Vec<RestoredShard> {
     let request = RestoreRequest {
         from: from.to_path_buf(),
         archive: archive.map(Path::to_path_buf),
@@ -264,9 +271,7 @@ async fn a_restore_to_an_index_equals_the_model_and_the_source_digest_and_grows_
     let addrs = free_addrs(4);
     let mut joiners: Vec<TallyProcess> = [(2u64, addrs[0], addrs[1]), (3, addrs[2], addrs[3])]
         .into_iter()
-        .map(|(id, http_addr, peer_addr)| {
-            TallyProcess::launch_as(&options, id, http_addr, peer_addr, vec![(1, peer)])
-        })
+        .map(|(id, http_addr, peer_addr)| TallyProcess::launch_as(&options, id, http_addr, peer_addr, vec![(1, peer)]))
         .collect();
     for joiner in &mut joiners {
         joiner.healthy().await;

@@ -214,7 +214,9 @@ mod tests {
 
     fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| segment_seq(p).is_some()).collect())
+            .map(|entries| {
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| segment_seq(p).is_some()).collect()
+            })
             .unwrap_or_default();
         paths.sort();
         paths
@@ -236,9 +238,8 @@ mod tests {
         let (wal_dir, archive_dir) = (dir.path().join("wal"), dir.path().join("archive"));
         let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
         let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
-        let stats = wal
-            .set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 })
-            .unwrap_or_else(|e| panic!("{e}"));
+        let stats =
+            wal.set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 }).unwrap_or_else(|e| panic!("{e}"));
         for index in 1..=60 {
             wal.append([&entry(index)]).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -266,9 +267,8 @@ mod tests {
         let (wal_dir, archive_dir) = (dir.path().join("wal"), dir.path().join("archive"));
         let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
         let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
-        let stats = wal
-            .set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 })
-            .unwrap_or_else(|e| panic!("{e}"));
+        let stats =
+            wal.set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 }).unwrap_or_else(|e| panic!("{e}"));
         for index in 1..=60 {
             wal.append([&entry(index)]).unwrap_or_else(|e| panic!("{e}"));
         }

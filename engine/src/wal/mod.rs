@@ -174,7 +174,8 @@ impl Wal {
     /// deleted; see `archive.rs`.
     pub fn set_archive(&mut self, config: ArchiveConfig) -> Result<Arc<ArchiveStats>, WalError> {
         let dir = config.dir.clone();
-        let archiver = Archiver::start(config, self.dir.clone(), Arc::downgrade(&self.index)).map_err(io_error(&dir))?;
+        let archiver =
+            Archiver::start(config, self.dir.clone(), Arc::downgrade(&self.index)).map_err(io_error(&dir))?;
         let stats = archiver.stats();
         self.archiver = Some(archiver);
         Ok(stats)

@@ -72,7 +72,10 @@ pub fn scan_segments(segments: &[PathBuf], after: Option<u64>) -> Result<Scanned
             };
             match record {
                 Record::Header(header) => {
-                    if offset != 0 || header.magic != SEGMENT_MAGIC || header.format != SEGMENT_FORMAT || header.seq != seq
+                    if offset != 0
+                        || header.magic != SEGMENT_MAGIC
+                        || header.format != SEGMENT_FORMAT
+                        || header.seq != seq
                     {
                         return Err(corrupt(offset as u64, "bad or misplaced segment header".into()));
                     }

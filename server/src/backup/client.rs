@@ -54,8 +54,7 @@ async fn call(
 /// backup's status (what `GET /v1/admin/backup` shows).
 pub async fn request_backup(base: &str, key: Option<&str>, to: &str) -> Result<Value, String> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let (status, body) =
-        call(&client, base, Method::POST, "/v1/admin/backup", key, Some(&json!({ "to": to }))).await?;
+    let (status, body) = call(&client, base, Method::POST, "/v1/admin/backup", key, Some(&json!({ "to": to }))).await?;
     if status == 200 {
         return Ok(body);
     }

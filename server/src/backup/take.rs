@@ -50,14 +50,19 @@ pub fn write_backup(
     let mut files = 0u64;
     let mut bytes = 0u64;
     for view in views {
-        let shard = backup_shard(view, shard_count, to, files_max.saturating_sub(files as usize))?;
+        let shard = backup_shard(
+            view,
+            shard_count,
+            to,
+            files_max.saturating_sub(usize::try_from(files).unwrap_or(usize::MAX)),
+        )?;
         files += shard.segments.len() as u64 + u64::from(shard.snapshot.is_some());
         bytes += shard.segments.iter().map(|f| f.bytes).sum::<u64>() + shard.snapshot.as_ref().map_or(0, |f| f.bytes);
         shards.push(shard);
     }
-    let created_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let manifest =
-        Manifest { format: MANIFEST_FORMAT, node_id, shard_count, created_unix_ms, shards, files, bytes };
+    let created_unix_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let manifest = Manifest { format: MANIFEST_FORMAT, node_id, shard_count, created_unix_ms, shards, files, bytes };
     write_manifest(to, &manifest)?;
     Ok(manifest)
 }
@@ -88,7 +93,8 @@ fn backup_shard(view: &BackupView, shard_count: u32, to: &Path, files_max: usize
     for segment in &view.segments {
         let Some(name) = segment.path.file_name() else { continue };
         let target = wal_dir.join(name);
-        let copied = if segment.active { copy_file(&segment.path, &target) } else { link_or_copy(&segment.path, &target) };
+        let copied =
+            if segment.active { copy_file(&segment.path, &target) } else { link_or_copy(&segment.path, &target) };
         match copied {
             Ok(()) => linked.push((segment.seq, target)),
             Err(BackupError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -171,7 +177,9 @@ fn link_newest_snapshot(
 fn link_or_copy(from: &Path, to: &Path) -> Result<(), BackupError> {
     match std::fs::hard_link(from, to) {
         Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(BackupError::Io { path: from.into(), source: error }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(BackupError::Io { path: from.into(), source: error })
+        }
         Err(_) => copy_file(from, to),
     }
 }

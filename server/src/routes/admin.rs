@@ -200,7 +200,8 @@ pub async fn start_backup(
     let views = match state.node.backup_views().await {
         Ok(views) => views,
         Err(error) => {
-            *state.backups.status.lock() = BackupStatus { state: "failed".into(), error: Some(error.to_string()), ..state.backups.status() };
+            *state.backups.status.lock() =
+                BackupStatus { state: "failed".into(), error: Some(error.to_string()), ..state.backups.status() };
             return Err(Problem::read(&error));
         }
     };
