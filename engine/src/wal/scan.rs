@@ -173,4 +173,44 @@ mod tests {
         paths.remove(1);
         assert!(matches!(scan_segments(&paths, None), Err(WalError::Corrupt { .. })));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Whatever the writer did (appends, truncations, new terms, rolls),
+        /// a scan of its segments gives the log its reader gives.
+        #[test]
+        fn a_scan_reads_the_log_the_writer_keeps(
+            steps in proptest::collection::vec((1u64..12, 0u64..8, proptest::bool::ANY), 1..24),
+            after in 0u64..20,
+        ) {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let config = WalConfig { segment_size_max: 400, ..WalConfig::default() };
+            let mut wal = Wal::open(dir.path(), config).unwrap_or_else(|e| panic!("{e}"));
+            let (mut last, mut term) = (0u64, 1u64);
+            for (appended, back, truncate) in steps {
+                if truncate && last > 0 {
+                    last = last.saturating_sub(back).max(1);
+                    let keep_term = wal.reader().term_of(last).unwrap_or(term);
+                    wal.truncate_after(Some(LogId::new(keep_term, last))).unwrap_or_else(|e| panic!("{e}"));
+                    term += 1;
+                }
+                for _ in 0..appended {
+                    last += 1;
+                    wal.append([&entry(term, last)]).unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+            wal.sync().unwrap_or_else(|e| panic!("{e}"));
+            let expected: Vec<LogId> = wal
+                .reader()
+                .read_range(after + 1, last + 1)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(|e| e.log_id)
+                .collect();
+            let scanned = scan_segments(&segments(dir.path()), Some(after)).unwrap_or_else(|e| panic!("{e}"));
+            let got: Vec<LogId> = scanned.entries.iter().map(|e| e.log_id).collect();
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
 }
