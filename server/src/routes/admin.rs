@@ -209,11 +209,17 @@ pub async fn start_backup(
     let jobs_state = Arc::clone(&state);
     // Its own task: a request that times out does not cut the backup short.
     let task = tokio::spawn(async move {
-        let written =
-            tokio::task::spawn_blocking(move || write_backup(node_id, shard_count, &views, &to, files_max)).await;
-        let result = match written {
-            Ok(result) => result,
-            Err(error) => Err(BackupError::Invalid(format!("the backup task failed: {error}"))),
+        // A thread of its own, below the shard threads' priority (as the
+        // snapshot thread is): the replay that checks the backup is CPU
+        // work that must not delay writes.
+        let (answer, written) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("tally-backup".into()).spawn(move || {
+            cluster::shadow::lower_priority();
+            let _ = answer.send(write_backup(node_id, shard_count, &views, &to, files_max));
+        });
+        let result = match spawned {
+            Ok(_) => written.await.unwrap_or_else(|_| Err(BackupError::Invalid("the backup thread stopped".into()))),
+            Err(error) => Err(BackupError::Invalid(format!("cannot start the backup thread: {error}"))),
         };
         let mut status = jobs_state.backups.status.lock();
         status.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
