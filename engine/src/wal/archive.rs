@@ -178,7 +178,7 @@ fn archive_one(source: &Path, archive: &Path) -> std::io::Result<u64> {
     let temp = archive.join(format!(".{}.tmp", name.to_string_lossy()));
     let mut input = File::open(source)?;
     let mut output = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
-    let mut buffer = vec![0u8; 1 << 20];
+    let mut buffer = vec![0u8; crate::snapshot::SYNC_STEP_BYTES];
     let mut copied = 0u64;
     loop {
         let read = input.read(&mut buffer)?;
@@ -186,6 +186,9 @@ fn archive_one(source: &Path, archive: &Path) -> std::io::Result<u64> {
             break;
         }
         output.write_all(&buffer[..read])?;
+        // Durable in steps, as snapshots are: one fsync of a whole 64 MiB
+        // segment would hold up the WAL's own fsyncs behind it.
+        output.sync_data()?;
         copied += read as u64;
     }
     output.sync_all()?;

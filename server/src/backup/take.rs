@@ -20,7 +20,7 @@
 //! `manifest.json` is written last (temp file, fsync, rename, fsync).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -184,11 +184,21 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), BackupError> {
     }
 }
 
-/// Copies `from` as it is now (it may be growing) and fsyncs the copy.
+/// Copies `from` as it is now (it may be growing), durable in steps of
+/// `SYNC_STEP_BYTES` as snapshots are written: one fsync of tens of MB
+/// would hold up the WAL's own fsyncs on the same file system.
 fn copy_file(from: &Path, to: &Path) -> Result<(), BackupError> {
     let mut input = File::open(from).map_err(BackupError::io(from))?;
     let mut output = File::create(to).map_err(BackupError::io(to))?;
-    std::io::copy(&mut input, &mut output).map_err(BackupError::io(to))?;
+    let mut buffer = vec![0u8; engine::snapshot::SYNC_STEP_BYTES];
+    loop {
+        let read = input.read(&mut buffer).map_err(BackupError::io(from))?;
+        if read == 0 {
+            break;
+        }
+        output.write_all(&buffer[..read]).map_err(BackupError::io(to))?;
+        output.sync_data().map_err(BackupError::io(to))?;
+    }
     output.sync_all().map_err(BackupError::io(to))
 }
 
