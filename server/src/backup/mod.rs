@@ -85,6 +85,8 @@ pub enum BackupError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
+    #[error("{} is not empty: a backup or a restore goes into a new directory", .0.display())]
+    NotEmpty(PathBuf),
     #[error("the backup does not verify: {0}")]
     Damaged(String),
 }

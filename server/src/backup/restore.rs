@@ -111,10 +111,7 @@ pub fn restore(request: &RestoreRequest) -> Result<Vec<RestoredShard>, BackupErr
 fn prepare_data_dir(dir: &Path) -> Result<(), BackupError> {
     std::fs::create_dir_all(dir).map_err(BackupError::io(dir))?;
     if std::fs::read_dir(dir).map_err(BackupError::io(dir))?.next().is_some() {
-        return Err(BackupError::Invalid(format!(
-            "{} is not empty: a restore builds a new data directory",
-            dir.display()
-        )));
+        return Err(BackupError::NotEmpty(dir.to_path_buf()));
     }
     Ok(())
 }

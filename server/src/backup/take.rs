@@ -71,7 +71,7 @@ fn prepare_dir(to: &Path) -> Result<(), BackupError> {
     std::fs::create_dir_all(to).map_err(BackupError::io(to))?;
     let mut entries = std::fs::read_dir(to).map_err(BackupError::io(to))?;
     if entries.next().is_some() {
-        return Err(BackupError::Invalid(format!("{} is not empty: a backup goes into a new directory", to.display())));
+        return Err(BackupError::NotEmpty(to.to_path_buf()));
     }
     Ok(())
 }

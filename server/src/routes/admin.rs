@@ -241,8 +241,8 @@ pub async fn start_backup(
     });
     match task.await {
         Ok(Ok(status)) => Ok(axum::Json(status).into_response()),
-        Ok(Err(BackupError::Invalid(detail))) if detail.contains("is not empty") => {
-            Err(Problem::new(StatusCode::CONFLICT, "backup_dir_not_empty", detail))
+        Ok(Err(error @ BackupError::NotEmpty(_))) => {
+            Err(Problem::new(StatusCode::CONFLICT, "backup_dir_not_empty", error.to_string()))
         }
         Ok(Err(error)) => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", error.to_string())),
         Err(error) => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", error.to_string())),
