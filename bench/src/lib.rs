@@ -3,6 +3,7 @@
 //! lost-write checks after every workload, and against the machine's HTTP
 //! limit (`http-floor`). See `bench/README.md`.
 
+pub mod backup;
 pub mod expiry;
 pub mod floor;
 pub mod import;

@@ -39,6 +39,8 @@ enum Cmd {
     Run(RunArgs),
     /// Time `POST /v1/items:import` of N new items (and their export) on a fresh node.
     Import(ImportArgs),
+    /// Online backup and restore of a big node: times and the write p99 meanwhile.
+    Backup(BackupArgs),
     /// The `tally` server itself (what the bench starts by default).
     #[command(hide = true, disable_help_flag = true)]
     Tally {
@@ -97,6 +99,82 @@ struct RunArgs {
     /// Folder the targets keep their data in during the run (a fresh temporary folder by default).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    /// Items, spread over the shards by placement.
+    #[arg(long, default_value_t = 1_000_000)]
+    items: u64,
+    /// Live holds (one unit each, an hour long), spread over the items.
+    #[arg(long, default_value_t = 1_000_000)]
+    holds: u64,
+    #[arg(long, default_value_t = 2)]
+    shards: u32,
+    /// Backups and restores measured (the report gives medians).
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// Folder for the node's data, the backups and the restores (a fresh temporary folder by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The `tally` binary to measure; by default this program re-runs itself as `tally-bench tally`.
+    #[arg(long)]
+    tally_bin: Option<PathBuf>,
+}
+
+fn backup(args: &BackupArgs) -> ExitCode {
+    let temporary = match &args.dir {
+        Some(_) => None,
+        None => match tempfile::Builder::new().prefix("tally-bench-backup-").tempdir() {
+            Ok(dir) => Some(dir),
+            Err(error) => {
+                eprintln!("tally-bench: no temporary folder: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let Some(dir) = args.dir.clone().or_else(|| temporary.as_ref().map(|t| t.path().to_owned())) else {
+        return ExitCode::FAILURE;
+    };
+    let (program, program_args) = match (&args.tally_bin, std::env::current_exe()) {
+        (Some(path), _) => (path.clone(), Vec::new()),
+        (None, Ok(path)) => (path, vec!["tally".to_owned()]),
+        (None, Err(error)) => {
+            eprintln!("tally-bench: cannot find this program: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.runs == 0 || args.shards == 0 || args.items == 0 {
+        eprintln!("tally-bench: runs, shards and items must be at least 1");
+        return ExitCode::from(2);
+    }
+    let plan = bench::backup::BackupPlan {
+        items: args.items,
+        holds: args.holds,
+        shards: args.shards,
+        runs: args.runs,
+        dir,
+        program,
+        program_args,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tally-bench: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench::backup::run(&plan)) {
+        Ok(figures) => {
+            println!("\n{}", bench::backup::markdown(&plan, &figures));
+            bench::backup::clean(&plan.dir);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tally-bench: backup bench failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -289,6 +367,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Run(args) => run(args),
         Cmd::Import(args) => import(args),
+        Cmd::Backup(args) => backup(&args),
         Cmd::Tally { args } => {
             let mut argv = vec![std::ffi::OsString::from("tally")];
             argv.extend(args);

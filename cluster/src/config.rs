@@ -177,6 +177,16 @@ pub struct ClusterConfig {
     pub rebalance_interval_ms: u64,
 
     pub wal: WalConfig,
+
+    /// The continuous log archive: with a directory, every shard's sealed
+    /// WAL segments are copied (and fsynced) to `<archive_dir>/shard-NNNNN/`
+    /// before a purge deletes them. Set from the server's `[backup]`
+    /// section, not from `[cluster]`.
+    #[serde(skip)]
+    pub archive_dir: Option<PathBuf>,
+    /// Pause after a failed archive copy before it is tried again.
+    #[serde(skip)]
+    pub archive_retry_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -215,6 +225,8 @@ impl Default for ClusterConfig {
             event_buffer_max: 65_536,
             rebalance_interval_ms: 2_000,
             wal: WalConfig::default(),
+            archive_dir: None,
+            archive_retry_ms: 1_000,
         }
     }
 }

@@ -113,6 +113,11 @@ impl LogStore {
     }
 
     /// Counters of the WAL's flusher (fsync rounds, callbacks, time).
+    /// The WAL's reader: what a backup lists and copies.
+    pub fn wal_reader(&self) -> engine::wal::WalReader {
+        self.reader.reader.clone()
+    }
+
     pub fn wal_stats(&self) -> WalStats {
         self.wal.lock().stats()
     }

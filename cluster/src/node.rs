@@ -25,7 +25,7 @@ use actix::Addr;
 use engine::actor::{Read, ShardActor, ShardPool};
 use engine::ids::RequestId;
 use engine::snapshot::SnapshotStore;
-use engine::wal::{EntryFrame, Wal};
+use engine::wal::{ArchiveConfig, ArchiveStats, EntryFrame, SegmentFile, Wal};
 use engine::{Command, Limits, Outcome, ShardState, shard_of};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
@@ -69,6 +69,21 @@ struct Group {
     snapshot_counters: Arc<SnapshotCounters>,
     /// Whether the group still runs on this node (see `health`).
     health: ShardHealth,
+    /// The log archive's counters, when `archive_dir` is set.
+    archive: Option<Arc<ArchiveStats>>,
+}
+
+/// What an online backup of one shard copies: its newest snapshot (in
+/// `snapshot_dir`) and the WAL segments after it, up to `applied`.
+#[derive(Clone, Debug)]
+pub struct BackupView {
+    pub shard: u32,
+    pub snapshot_dir: PathBuf,
+    /// The last entry this node applied when asked: in the WAL, and the
+    /// index the backup of this shard is taken at.
+    pub applied: Option<engine::LogId>,
+    /// The live segments, oldest first; the last one is being appended to.
+    pub segments: Vec<SegmentFile>,
 }
 
 struct Inner {
@@ -178,7 +193,7 @@ pub struct NodeStats {
 /// The limits a shard with no snapshot starts from, on every replica and
 /// in every shadow (`shadow`): later ones come through the log
 /// (`SetLimits`), since limits shape outcomes.
-fn initial_limits() -> Limits {
+pub fn initial_limits() -> Limits {
     Limits::default()
 }
 
@@ -221,7 +236,8 @@ impl Retry {
     }
 }
 
-fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+/// A shard's directory in a data directory.
+pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
     data_dir.join(format!("shard-{shard:05}"))
 }
 
@@ -232,7 +248,7 @@ fn data_dir_error(path: &Path, reason: impl ToString) -> StartError {
 /// The data directory remembers the node id and shard count it was made
 /// for: placement depends on the shard count, so opening with another count
 /// would silently send SKUs to the wrong shard.
-fn check_identity(config: &ClusterConfig) -> Result<(), StartError> {
+pub fn check_identity(config: &ClusterConfig) -> Result<(), StartError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| data_dir_error(dir, e))?;
     let path = dir.join("IDENTITY");
@@ -290,6 +306,7 @@ impl Node {
         // Where each shard's log time is recovered from when its log is
         // empty: the snapshot's last entry and log time.
         let mut snapshot_times = Vec::with_capacity(config.shards as usize);
+        let mut archives = Vec::with_capacity(config.shards as usize);
         for shard in 0..config.shards {
             let dir = shard_dir(&config.data_dir, shard);
             let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
@@ -297,7 +314,16 @@ impl Node {
                 Some((_, state)) => state,
                 None => ShardState::new(shard, config.shards, initial_limits()),
             };
-            wals.push(Wal::open(dir.join("wal"), config.wal)?);
+            let mut wal = Wal::open(dir.join("wal"), config.wal)?;
+            let archive = match &config.archive_dir {
+                Some(archive_dir) => Some(wal.set_archive(ArchiveConfig {
+                    dir: archive_dir.join(format!("shard-{shard:05}")),
+                    retry_ms: config.archive_retry_ms,
+                })?),
+                None => None,
+            };
+            archives.push(archive);
+            wals.push(wal);
             snapshot_times.push(state.last_applied().map(|at| (at, state.now_ms())));
             states.push(state);
             stores.push(snapshots);
@@ -357,7 +383,9 @@ impl Node {
         let health = Health::new(config.shards);
         let mut groups = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
-        for (((shard, wal), snapshots), snapshot_time) in (0..config.shards).zip(wals).zip(stores).zip(snapshot_times) {
+        for ((((shard, wal), snapshots), snapshot_time), archive) in
+            (0..config.shards).zip(wals).zip(stores).zip(snapshot_times).zip(archives)
+        {
             let actor = pool
                 .shard(shard)
                 .cloned()
@@ -477,6 +505,7 @@ impl Node {
                 thread,
                 snapshot_counters,
                 health: shard_health,
+                archive,
             });
         }
 
@@ -902,6 +931,29 @@ impl Node {
             digests.push(answer.0);
         }
         Ok(digests)
+    }
+
+    /// Per shard: what an online backup copies (`BackupView`). Asks each
+    /// actor for its applied id, a message that costs the shard nothing
+    /// more than a read.
+    pub async fn backup_views(&self) -> Result<Vec<BackupView>, ReadError> {
+        let mut views = Vec::with_capacity(self.inner.groups.len());
+        for group in &self.inner.groups {
+            let answer =
+                group.actor.send(Read::new(|state| state.last_applied())).await.map_err(|_| ReadError::ShuttingDown)?;
+            views.push(BackupView {
+                shard: group.shard,
+                snapshot_dir: shard_dir(&self.inner.config.data_dir, group.shard).join("snapshots"),
+                applied: answer.0,
+                segments: group.log.wal_reader().segment_files(),
+            });
+        }
+        Ok(views)
+    }
+
+    /// Per shard: the log archive's counters (`None` without `archive_dir`).
+    pub fn archive_stats(&self) -> Vec<Option<Arc<ArchiveStats>>> {
+        self.inner.groups.iter().map(|group| group.archive.clone()).collect()
     }
 
     /// Adds `node` (at `addr`) to every group as a learner and waits until

@@ -311,8 +311,8 @@ pub struct SnapshotThread {
 
 /// Lowers the calling thread's priority by `SNAPSHOT_THREAD_NICE_STEPS`. A
 /// failure leaves it as it is: slower writes while a snapshot is built,
-/// nothing worse.
-fn lower_priority() {
+/// nothing worse. The server's backup thread calls it too.
+pub fn lower_priority() {
     let thread = rustix::thread::gettid();
     let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|nice| {
         rustix::process::setpriority_process(Some(thread), (nice + SNAPSHOT_THREAD_NICE_STEPS).min(19))

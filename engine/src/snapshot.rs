@@ -110,6 +110,12 @@ impl SnapshotStore {
         Ok(Self { dir, keep: keep.max(1) })
     }
 
+    /// The store in `dir` as a reader beside the node's own store sees it
+    /// (a backup): removes nothing, so a snapshot being written stays.
+    pub fn beside(dir: impl AsRef<Path>) -> Self {
+        Self { dir: dir.as_ref().to_path_buf(), keep: usize::MAX }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -265,6 +265,15 @@ impl ShardState {
         self.p.membership.as_ref()
     }
 
+    /// Replaces the stored membership's configuration bytes, keeping the
+    /// log id it took effect at. Only a restore does this (the restored
+    /// node becomes the one member of every group); nothing in `apply`.
+    pub fn replace_membership_config(&mut self, config: Vec<u8>) {
+        if let Some(membership) = self.p.membership.as_mut() {
+            membership.config = config;
+        }
+    }
+
     /// Log time: the largest entry timestamp applied.
     pub fn now_ms(&self) -> u64 {
         self.p.now_ms

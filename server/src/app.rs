@@ -28,7 +28,7 @@ use crate::events::EventHub;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
-use crate::routes::{bulk, items, ops, reservations, stream, ui};
+use crate::routes::{admin, bulk, items, ops, reservations, stream, ui};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Recent and running item imports (`routes/bulk.rs`).
     pub imports: bulk::Imports,
+    /// The last or ongoing online backup (`routes/admin.rs`).
+    pub backups: crate::routes::admin::BackupJobs,
 }
 
 impl AppState {
@@ -94,6 +96,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster", get(ops::cluster))
         .route("/v1/cluster/digests", get(ops::digests))
         .route("/v1/debug/clock", post(ops::set_clock))
+        .route("/v1/admin/backup", post(admin::start_backup).get(admin::backup_status))
+        .route("/v1/admin/learners", post(admin::add_learner))
+        .route("/v1/admin/voters", put(admin::change_voters))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state.auth), authenticate));
@@ -217,6 +222,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         alerts,
         metrics: Arc::new(Metrics::new()),
         imports: bulk::Imports::default(),
+        backups: Default::default(),
     });
     tokio::spawn(propose_limits(Arc::clone(&state)));
     Ok(Running { state, addr, listener, tls })

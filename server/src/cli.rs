@@ -31,6 +31,66 @@ enum Cmd {
     CheckConfig(ServeArgs),
     /// Print the OpenAPI document.
     Openapi,
+    /// Take an online backup of a running node (`--to DIR`), or check one
+    /// (`tally backup verify DIR`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Backup(BackupArgs),
+    /// Build a new data directory from a backup (and the log archive) at a
+    /// point in log time. Offline: run it with no node on NEW.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    #[command(subcommand)]
+    action: Option<BackupAction>,
+    /// The backup's directory on the node's machine (absolute; new or empty;
+    /// inside the node's backup.root when that is set).
+    #[arg(long)]
+    to: Option<PathBuf>,
+    /// The node's HTTP address (plain HTTP).
+    #[arg(long, env = "TALLY_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An admin API key (none when the node has no keys).
+    #[arg(long, env = "TALLY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupAction {
+    /// Check a backup: checksums, references, a replay to the manifest's digests.
+    Verify {
+        /// The backup's directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The backup's directory.
+    #[arg(long)]
+    from: PathBuf,
+    /// The log archive (backup.archive_dir of the node backed up): replay
+    /// on past the backup with the segments archived after it.
+    #[arg(long)]
+    archive: Option<PathBuf>,
+    /// Stop before the first entry stamped with a log time after this
+    /// (RFC 3339, e.g. 2026-12-06T18:30:00Z), on every shard.
+    #[arg(long, conflicts_with = "until_index")]
+    until: Option<String>,
+    /// Stop after log index N. Each shard has its own log: every shard
+    /// stops at its own index N or at the end of its log.
+    #[arg(long)]
+    until_index: Option<u64>,
+    /// The new data directory (must not exist or be empty).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The restored node's id (cluster.node_id when you start it).
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// The restored node's peer address (cluster.listen when you start it).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    peer_addr: String,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -181,9 +241,108 @@ where
                 ExitCode::from(2)
             }
         },
+        Cmd::Backup(args) => backup(&args),
+        Cmd::Restore(args) => restore(&args),
         Cmd::Openapi => {
             println!("{}", serde_json::to_string_pretty(&crate::openapi::document()).unwrap_or_default());
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn backup(args: &BackupArgs) -> ExitCode {
+    if let Some(BackupAction::Verify { dir }) = &args.action {
+        return match crate::backup::verify::verify_backup(dir) {
+            Ok(verified) => {
+                let manifest = &verified.manifest;
+                for (shard, replayed) in manifest.shards.iter().zip(&verified.entries_replayed) {
+                    println!(
+                        "shard {}: snapshot {:?}, {replayed} entries replayed to index {:?}, digest {} ok",
+                        shard.shard, shard.snapshot_index, shard.last_index, shard.digest
+                    );
+                }
+                println!("backup {} verified: {} files, {} bytes", dir.display(), manifest.files, manifest.bytes);
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tally: backup {} failed verification: {error}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(to) = &args.to else {
+        eprintln!("tally: say where: tally backup --to DIR, or tally backup verify DIR");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tally: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let to = to.to_string_lossy().into_owned();
+    match runtime.block_on(crate::backup::client::request_backup(&args.url, args.api_key.as_deref(), &to)) {
+        Ok(status) => {
+            println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tally: backup to {to} failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn restore(args: &RestoreArgs) -> ExitCode {
+    use crate::backup::Until;
+    let until = match (&args.until, args.until_index) {
+        (Some(text), _) => match crate::backup::restore::parse_rfc3339_ms(text) {
+            Ok(ms) => Until::LogTime(ms),
+            Err(error) => {
+                eprintln!("tally: --until: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(index)) => Until::IndexOrEnd(index),
+        (None, None) => Until::End,
+    };
+    let request = crate::backup::restore::RestoreRequest {
+        from: args.from.clone(),
+        archive: args.archive.clone(),
+        until,
+        data_dir: args.data_dir.clone(),
+        node_id: args.node_id,
+        peer_addr: args.peer_addr.clone(),
+    };
+    let started = std::time::Instant::now();
+    match crate::backup::restore::restore(&request) {
+        Ok(shards) => {
+            for shard in &shards {
+                let short = match args.until_index {
+                    Some(index) if shard.index != Some(index) => " (its log ends before --until-index)",
+                    _ => "",
+                };
+                println!(
+                    "shard {}: index {:?} term {:?} log time {} ms, {} entries replayed, digest {}{short}",
+                    shard.shard, shard.index, shard.term, shard.log_time_ms, shard.entries_replayed, shard.digest
+                );
+            }
+            println!(
+                "restored into {} in {} ms; start it with: tally serve --data-dir {} --node-id {} --shards {} \
+                 --peer-listen {}",
+                args.data_dir.display(),
+                started.elapsed().as_millis(),
+                args.data_dir.display(),
+                args.node_id,
+                shards.len(),
+                args.peer_addr
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tally: restore failed: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -31,6 +31,31 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Proposed to every shard at start (they are replicated state).
     pub engine: Limits,
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: online backups and the continuous log archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where `POST /v1/admin/backup` may write: a backup's directory must
+    /// be inside it (refused with 403 `backup_outside_root` otherwise).
+    /// `None`: any absolute path the process may write.
+    pub root: Option<PathBuf>,
+    /// The continuous log archive: sealed WAL segments are copied here
+    /// (with fsync) before a purge deletes them. `None`: no archive.
+    pub archive_dir: Option<PathBuf>,
+    /// Pause after a failed archive copy before it is tried again; the
+    /// segment is kept meanwhile.
+    pub archive_retry_ms: u64,
+    /// Files one backup may hold (snapshots and segments, all shards).
+    pub files_max: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig { root: None, archive_dir: None, archive_retry_ms: 1_000, files_max: 100_000 }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,6 +465,8 @@ impl Config {
         if let Some(level) = &overrides.log_level {
             self.server.log_level.clone_from(level);
         }
+        self.cluster.archive_dir.clone_from(&self.backup.archive_dir);
+        self.cluster.archive_retry_ms = self.backup.archive_retry_ms;
         // A lone node that names no members is a one-member cluster.
         if self.cluster.members.is_empty() {
             self.cluster.members = vec![Member { id: self.cluster.node_id, addr: self.cluster.listen.clone() }];
@@ -522,6 +549,14 @@ impl Config {
             || api.history_limit_max == 0
         {
             return invalid("api limits must be at least 1".into());
+        }
+        if self.backup.archive_retry_ms == 0 || self.backup.files_max == 0 {
+            return invalid("backup.archive_retry_ms and backup.files_max must be at least 1".into());
+        }
+        for (name, path) in [("backup.root", &self.backup.root), ("backup.archive_dir", &self.backup.archive_dir)] {
+            if path.as_ref().is_some_and(|path| !path.is_absolute()) {
+                return invalid(format!("{name} must be an absolute path"));
+            }
         }
         if self.server.body_bytes_max < 1024 || self.server.request_timeout_ms == 0 {
             return invalid("server.body_bytes_max must be at least 1024 and request_timeout_ms at least 1".into());

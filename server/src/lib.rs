@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -24,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::routes::{Consistency, bulk, items, ops, reservations, stream};
+use crate::routes::{Consistency, admin, bulk, items, ops, reservations, stream};
 
 /// The name of the one security scheme.
 const API_KEY: &str = "api_key";
@@ -90,6 +90,10 @@ pub fn document() -> Value {
         ops::cluster,
         ops::digests,
         ops::set_clock,
+        admin::start_backup,
+        admin::backup_status,
+        admin::add_learner,
+        admin::change_voters,
         ops::metrics,
         ops::openapi,
         ops::healthz,
@@ -961,6 +965,7 @@ mod tests {
             "reservations" => include_str!("routes/reservations.rs"),
             "stream" => include_str!("routes/stream.rs"),
             "ops" => include_str!("routes/ops.rs"),
+            "admin" => include_str!("routes/admin.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");

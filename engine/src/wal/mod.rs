@@ -18,10 +18,12 @@
 //! obeys, cuts a torn tail off the last segment, and refuses to start, naming
 //! the file and offset, on damage anywhere else.
 
+mod archive;
 mod flusher;
 mod index;
 mod record;
 mod recovery;
+pub mod scan;
 mod tail;
 
 use std::fs::{File, OpenOptions};
@@ -38,11 +40,13 @@ use crate::config::WalConfig;
 use crate::error::{WalError, WalFailure};
 use crate::log::{LogEntry, LogId, Vote};
 
+use archive::Archiver;
 use flusher::Flusher;
 use index::{Loc, LogIndex, RuleError, Segment, check_follows};
 use record::{Encoder, Meta, Record, RecordRef, SEGMENT_FORMAT, SEGMENT_MAGIC, SegmentHeader};
 use tail::Tail;
 
+pub use archive::{ArchiveConfig, ArchiveStats};
 pub use flusher::{FlushCallback, WalStats};
 pub use record::EntryFrame;
 pub use tail::FramedEntry;
@@ -72,6 +76,8 @@ pub struct Wal {
     buffer: Vec<u8>,
     flusher: Flusher,
     counters: Arc<Counters>,
+    /// Copies sealed segments to the archive before a purge deletes them.
+    archiver: Option<Archiver>,
 }
 
 /// How entries were written and read (see `WalStats`).
@@ -85,6 +91,17 @@ struct Counters {
 
 fn bump(counter: &AtomicU64, by: usize) {
     counter.fetch_add(by as u64, Ordering::Relaxed);
+}
+
+/// One segment file of a live WAL, as a backup sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentFile {
+    pub seq: u64,
+    pub path: PathBuf,
+    /// Largest entry index written into it (live or not).
+    pub index_max: Option<u64>,
+    /// The segment appends go to: it may grow while it is read.
+    pub active: bool,
 }
 
 /// A cheap, cloneable reader of the WAL, for replication tasks.
@@ -148,7 +165,20 @@ impl Wal {
             buffer: Vec::new(),
             flusher,
             counters: Arc::default(),
+            archiver: None,
         })
+    }
+
+    /// From now on, segments a purge no longer needs are copied to
+    /// `config.dir` (durably, on a thread of their own) before they are
+    /// deleted; see `archive.rs`.
+    pub fn set_archive(&mut self, config: ArchiveConfig) -> Result<Arc<ArchiveStats>, WalError> {
+        let dir = config.dir.clone();
+        let archiver =
+            Archiver::start(config, self.dir.clone(), Arc::downgrade(&self.index)).map_err(io_error(&dir))?;
+        let stats = archiver.stats();
+        self.archiver = Some(archiver);
+        Ok(stats)
     }
 
     pub fn reader(&self) -> WalReader {
@@ -341,6 +371,13 @@ impl Wal {
         if doomed.is_empty() {
             return Ok(());
         }
+        if let Some(archiver) = &self.archiver {
+            // The archiver deletes each one once it is safe in the archive.
+            for (seq, path) in doomed {
+                archiver.queue(seq, path);
+            }
+            return Ok(());
+        }
         for (seq, path) in &doomed {
             std::fs::remove_file(path).map_err(io_error(path))?;
             self.index.write().segments.remove(seq);
@@ -521,6 +558,22 @@ impl WalReader {
     pub fn log_state(&self) -> LogState {
         let index = self.index.read();
         LogState { purged: index.meta.purged, last: index.last_log_id() }
+    }
+
+    /// The WAL's segment files, oldest first; the last one is the active one.
+    pub fn segment_files(&self) -> Vec<SegmentFile> {
+        let index = self.index.read();
+        let last = index.segments.keys().next_back().copied();
+        index
+            .segments
+            .iter()
+            .map(|(seq, segment)| SegmentFile {
+                seq: *seq,
+                path: segment.path.clone(),
+                index_max: segment.index_max,
+                active: Some(*seq) == last,
+            })
+            .collect()
     }
 
     /// The term of the entry at `index`, if it is live (or the purge point).

@@ -221,6 +221,12 @@ pub async fn metrics(State(state): Shared, principal: Principal) -> ApiResult<Re
     principal.require(Role::Read)?;
     let hub = state.hub.stats();
     let alerts = state.alerts.stats();
+    let archive = crate::routes::admin::archive_status(&state.node);
+    let archived: u64 = archive.iter().map(|a| a.segments_archived).sum();
+    let pending: u64 = archive.iter().map(|a| a.segments_pending).sum();
+    let failures: u64 = archive.iter().map(|a| a.copy_failures).sum();
+    let backups_done = state.backups.done.load(std::sync::atomic::Ordering::Relaxed);
+    let backups_failed = state.backups.failed.load(std::sync::atomic::Ordering::Relaxed);
     let extra = [
         ("tally_event_subscribers", "Live /v1/events connections.", hub.subscribers as u64),
         ("tally_events_retained", "Events kept for Last-Event-ID resume.", hub.retained as u64),
@@ -229,6 +235,19 @@ pub async fn metrics(State(state): Shared, principal: Principal) -> ApiResult<Re
         ("tally_alerts_failed_attempts", "Webhook delivery attempts that failed.", alerts.failed_attempts),
         ("tally_alerts_dropped", "Alerts dropped: queue full or attempts exhausted.", alerts.dropped),
         ("tally_alerts_queued", "Alerts waiting for delivery.", alerts.queued as u64),
+        ("tally_backups_done", "Online backups written since start.", backups_done),
+        ("tally_backups_failed", "Online backups that failed since start.", backups_failed),
+        ("tally_wal_archive_segments_archived", "WAL segments copied to backup.archive_dir since start.", archived),
+        (
+            "tally_wal_archive_segments_pending",
+            "Sealed WAL segments waiting to be archived (kept in the WAL until they are).",
+            pending,
+        ),
+        (
+            "tally_wal_archive_copy_failures",
+            "Failed archive copies since start (each retried after backup.archive_retry_ms).",
+            failures,
+        ),
     ];
     let text = state.metrics.render(&state.node, &extra).await;
     let mut response = text.into_response();

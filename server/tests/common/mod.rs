@@ -458,6 +458,20 @@ impl TallyProcess {
         TallyProcess::launch(spec, &options)
     }
 
+    /// Spawns node `node_id` on the given addresses with `members` as its
+    /// `cluster.members` (a node that joins an existing cluster names its
+    /// nodes, not itself); does not wait. With `options.data_dir` it uses
+    /// that data directory (e.g. one `tally restore` built).
+    pub fn launch_as(
+        options: &Options,
+        node_id: u64,
+        http_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        members: Vec<(u64, SocketAddr)>,
+    ) -> TallyProcess {
+        TallyProcess::launch(NodeSpec { node_id, http_addr, peer_addr, members }, options)
+    }
+
     /// Writes the config and spawns the process; does not wait.
     fn launch(spec: NodeSpec, options: &Options) -> TallyProcess {
         let dir = tempfile::Builder::new()

@@ -1,0 +1,359 @@
+//! `/v1/admin/*`: online backups and membership changes. Admin keys only.
+//!
+//! Each handler has the usual shape: check the caller, validate the body,
+//! hand the work to the node (or the backup writer), map the outcome.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cluster::AdminError;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::backup::take::write_backup;
+use crate::backup::{BackupError, Manifest};
+use crate::config::Role;
+use crate::problem::{ApiResult, Problem};
+use crate::routes::JsonBody;
+
+type Shared = State<Arc<AppState>>;
+
+/// Voters `PUT /v1/admin/voters` takes at once.
+pub const VOTERS_MAX: usize = 64;
+/// Longest backup path and peer address a request may name, in bytes.
+pub const PATH_BYTES_MAX: usize = 4096;
+
+/// Body of `POST /v1/admin/backup`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// The backup's directory on the node's machine: absolute, inside
+    /// `backup.root` when that is set, and new or empty.
+    pub to: String,
+}
+
+/// One shard of a finished backup.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ShardSummary {
+    pub shard: u32,
+    pub snapshot_index: Option<u64>,
+    pub last_index: Option<u64>,
+    pub digest: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The last or ongoing backup of this node.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct BackupStatus {
+    /// `idle` (none since start), `running`, `done` or `failed`.
+    pub state: String,
+    pub to: Option<String>,
+    pub started_unix_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+    pub shards: Vec<ShardSummary>,
+    /// The continuous log archive, per shard (empty without `backup.archive_dir`).
+    pub archive: Vec<ArchiveShardStatus>,
+}
+
+/// One shard's log archive.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct ArchiveShardStatus {
+    pub shard: u32,
+    pub segments_archived: u64,
+    /// Sealed segments waiting to be copied (kept in the WAL meanwhile).
+    pub segments_pending: u64,
+    pub copy_failures: u64,
+    /// The last copy's error, until a copy succeeds.
+    pub last_error: Option<String>,
+}
+
+/// This node's backups: one at a time.
+#[derive(Debug, Default)]
+pub struct BackupJobs {
+    status: Mutex<BackupStatus>,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl BackupJobs {
+    pub fn status(&self) -> BackupStatus {
+        let status = self.status.lock().clone();
+        if status.state.is_empty() { BackupStatus { state: "idle".into(), ..status } } else { status }
+    }
+}
+
+/// Each shard's archive counters; empty without an archive.
+pub fn archive_status(node: &cluster::Node) -> Vec<ArchiveShardStatus> {
+    node.archive_stats()
+        .iter()
+        .enumerate()
+        .filter_map(|(shard, stats)| {
+            let stats = stats.as_ref()?;
+            Some(ArchiveShardStatus {
+                shard: u32::try_from(shard).unwrap_or(u32::MAX),
+                segments_archived: stats.archived(),
+                segments_pending: stats.pending(),
+                copy_failures: stats.failures(),
+                last_error: stats.last_error(),
+            })
+        })
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn summary(manifest: &Manifest) -> Vec<ShardSummary> {
+    manifest
+        .shards
+        .iter()
+        .map(|shard| ShardSummary {
+            shard: shard.shard,
+            snapshot_index: shard.snapshot_index,
+            last_index: shard.last_index,
+            digest: shard.digest.clone(),
+            files: shard.segments.len() as u64 + u64::from(shard.snapshot.is_some()),
+            bytes: shard.segments.iter().map(|f| f.bytes).sum::<u64>() + shard.snapshot.as_ref().map_or(0, |f| f.bytes),
+        })
+        .collect()
+}
+
+/// Checks a backup path: absolute, no `..`, inside `root` when there is one.
+fn backup_path(to: &str, root: Option<&Path>) -> Result<PathBuf, Problem> {
+    if to.is_empty() || to.len() > PATH_BYTES_MAX {
+        return Err(Problem::bad_request("backup_path_invalid", format!("to must be 1 to {PATH_BYTES_MAX} bytes")));
+    }
+    let path = PathBuf::from(to);
+    if !path.is_absolute() || path.components().any(|part| matches!(part, Component::ParentDir | Component::CurDir)) {
+        return Err(Problem::bad_request(
+            "backup_path_invalid",
+            "to must be an absolute path without `.` or `..` (a directory on the node's machine)",
+        ));
+    }
+    if let Some(root) = root
+        && !path.starts_with(root)
+    {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "backup_outside_root",
+            format!("backups may only be written inside backup.root ({})", root.display()),
+        ));
+    }
+    Ok(path)
+}
+
+/// `POST /v1/admin/backup`: an online backup of this node.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/backup",
+    tag = "operations",
+    summary = "Take an online backup of this node into a directory on its machine",
+    description = "Per shard, the newest snapshot and the WAL segments after it (hard links where the backup is \
+        on the same file system, copies otherwise), up to the last entry the shard had applied, and \
+        `manifest.json` with every file's size and CRC-32C and each shard's state digest at that index. Writes \
+        go on meanwhile. Answers when the backup is written; if the request times out first the backup goes \
+        on, and `GET /v1/admin/backup` shows when it is done. Check it with `tally backup verify DIR`.",
+    extensions(("x-tally-role" = json!("admin"))),
+    request_body = BackupRequest,
+    responses(
+        (status = 200, description = "The backup is written and replays to its digests.", body = BackupStatus),
+        (status = 400, description = "`invalid_body`, `invalid_json`, `backup_path_invalid`."),
+        (status = 403, description = "`forbidden`, `backup_outside_root`."),
+        (status = 409, description = "`backup_in_progress`, `backup_dir_not_empty`."),
+        (status = 500, description = "`backup_failed` (the detail says why; the directory may hold part of a \
+            backup, without a manifest)."),
+    ),
+)]
+pub async fn start_backup(
+    State(state): Shared,
+    principal: Principal,
+    JsonBody(body): JsonBody<BackupRequest>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    let to = backup_path(&body.to, state.config.backup.root.as_deref())?;
+    {
+        let mut status = state.backups.status.lock();
+        if status.state == "running" {
+            return Err(Problem::new(StatusCode::CONFLICT, "backup_in_progress", "a backup of this node is running"));
+        }
+        *status = BackupStatus {
+            state: "running".into(),
+            to: Some(to.display().to_string()),
+            started_unix_ms: Some(unix_ms()),
+            ..BackupStatus::default()
+        };
+    }
+    let started = Instant::now();
+    let views = match state.node.backup_views().await {
+        Ok(views) => views,
+        Err(error) => {
+            *state.backups.status.lock() =
+                BackupStatus { state: "failed".into(), error: Some(error.to_string()), ..state.backups.status() };
+            return Err(Problem::read(&error));
+        }
+    };
+    let (node_id, shard_count, files_max) = (state.node.id(), state.node.shard_count(), state.config.backup.files_max);
+    let jobs_state = Arc::clone(&state);
+    // Its own task: a request that times out does not cut the backup short.
+    let task = tokio::spawn(async move {
+        // A thread of its own, below the shard threads' priority (as the
+        // snapshot thread is): the replay that checks the backup is CPU
+        // work that must not delay writes.
+        let (answer, written) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("tally-backup".into()).spawn(move || {
+            cluster::shadow::lower_priority();
+            let _ = answer.send(write_backup(node_id, shard_count, &views, &to, files_max));
+        });
+        let result = match spawned {
+            Ok(_) => written.await.unwrap_or_else(|_| Err(BackupError::Invalid("the backup thread stopped".into()))),
+            Err(error) => Err(BackupError::Invalid(format!("cannot start the backup thread: {error}"))),
+        };
+        let mut status = jobs_state.backups.status.lock();
+        status.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        match &result {
+            Ok(manifest) => {
+                status.state = "done".into();
+                status.files = Some(manifest.files);
+                status.bytes = Some(manifest.bytes);
+                status.shards = summary(manifest);
+                jobs_state.backups.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                status.state = "failed".into();
+                status.error = Some(error.to_string());
+                jobs_state.backups.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result.map(|_| status.clone())
+    });
+    match task.await {
+        Ok(Ok(status)) => Ok(axum::Json(status).into_response()),
+        Ok(Err(error @ BackupError::NotEmpty(_))) => {
+            Err(Problem::new(StatusCode::CONFLICT, "backup_dir_not_empty", error.to_string()))
+        }
+        Ok(Err(error)) => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", error.to_string())),
+        Err(error) => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", error.to_string())),
+    }
+}
+
+/// `GET /v1/admin/backup`: the last or ongoing backup.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/backup",
+    tag = "operations",
+    summary = "The last or ongoing backup of this node",
+    extensions(("x-tally-role" = json!("admin"))),
+    responses(
+        (status = 200, description = "`state` is `idle`, `running`, `done` or `failed`.", body = BackupStatus),
+        (status = 403, description = "`forbidden`."),
+    ),
+)]
+pub async fn backup_status(State(state): Shared, principal: Principal) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    let status = BackupStatus { archive: archive_status(&state.node), ..state.backups.status() };
+    Ok(axum::Json(status).into_response())
+}
+
+/// Body of `POST /v1/admin/learners`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LearnerRequest {
+    pub node_id: u64,
+    /// The new node's peer address (`cluster.listen`), `host:port`.
+    pub addr: String,
+}
+
+/// Body of `PUT /v1/admin/voters`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VotersRequest {
+    pub voters: Vec<u64>,
+    /// Removed voters stay as learners.
+    #[serde(default)]
+    pub retain: bool,
+}
+
+fn admin_problem(error: &AdminError) -> Problem {
+    match error {
+        AdminError::Invalid(detail) => Problem::bad_request("invalid_membership", detail.clone()),
+        AdminError::Unavailable { .. } => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string()).retry_after_ms(1000)
+        }
+        AdminError::Failed { .. } => Problem::new(StatusCode::CONFLICT, "membership_change_failed", error.to_string()),
+    }
+}
+
+/// `POST /v1/admin/learners`: adds a node to every group as a learner.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/learners",
+    tag = "operations",
+    summary = "Add a node to every shard's group as a learner, and wait until it caught up",
+    description = "The first step of growing a cluster (a restored node starts alone): start the new node with \
+        `cluster.members` naming this cluster's nodes (not itself), add it here, then make it a voter with \
+        `PUT /v1/admin/voters`.",
+    extensions(("x-tally-role" = json!("admin"))),
+    request_body = LearnerRequest,
+    responses(
+        (status = 200, description = "Every group has the learner and it caught up."),
+        (status = 400, description = "`invalid_body`, `invalid_json`, `invalid_membership`."),
+        (status = 403, description = "`forbidden`."),
+        (status = 409, description = "`membership_change_failed`."),
+        (status = 503, description = "`unavailable` (a shard has no reachable leader)."),
+    ),
+)]
+pub async fn add_learner(
+    State(state): Shared,
+    principal: Principal,
+    JsonBody(body): JsonBody<LearnerRequest>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    if body.addr.is_empty() || body.addr.len() > PATH_BYTES_MAX || !body.addr.contains(':') {
+        return Err(Problem::bad_request("invalid_membership", "addr must be host:port"));
+    }
+    state.node.add_learner(body.node_id, body.addr.clone()).await.map_err(|e| admin_problem(&e))?;
+    Ok(axum::Json(json!({ "node_id": body.node_id, "addr": body.addr })).into_response())
+}
+
+/// `PUT /v1/admin/voters`: makes a set of nodes every group's voters.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/voters",
+    tag = "operations",
+    summary = "Make these nodes the voters of every shard's group",
+    description = "Joint consensus inside each group. Nodes must be members (learners) already.",
+    extensions(("x-tally-role" = json!("admin"))),
+    request_body = VotersRequest,
+    responses(
+        (status = 200, description = "Every group has the voters."),
+        (status = 400, description = "`invalid_body`, `invalid_json`, `invalid_membership`."),
+        (status = 403, description = "`forbidden`."),
+        (status = 409, description = "`membership_change_failed`."),
+        (status = 503, description = "`unavailable` (a shard has no reachable leader)."),
+    ),
+)]
+pub async fn change_voters(
+    State(state): Shared,
+    principal: Principal,
+    JsonBody(body): JsonBody<VotersRequest>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    if body.voters.is_empty() || body.voters.len() > VOTERS_MAX {
+        return Err(Problem::bad_request("invalid_membership", format!("voters must hold 1 to {VOTERS_MAX} node ids")));
+    }
+    state.node.change_voters(body.voters.clone(), body.retain).await.map_err(|e| admin_problem(&e))?;
+    Ok(axum::Json(json!({ "voters": body.voters })).into_response())
+}
