@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 mod forwarder;
 pub mod health;
+pub mod ledger;
 mod inbound;
 pub mod log_store;
 pub mod network;

@@ -15,7 +15,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::{ApplyError, SnapshotError};
 use crate::event::EventRecord;
-use crate::log::LogEntry;
+use crate::log::{EntryPayload, LogEntry};
 use crate::snapshot::SnapshotMeta;
 use crate::state::{Applied, ShardState};
 
@@ -84,8 +84,12 @@ impl Handler<Apply> for ShardActor {
             let mut applied = self.spare.pop().unwrap_or_default();
             self.state.apply_into(entry, &mut applied)?;
             if message.describe_events {
+                let batch = match &entry.payload {
+                    EntryPayload::Batch(batch) => Some(&**batch),
+                    EntryPayload::Blank | EntryPayload::Membership(_) => None,
+                };
                 for event in &applied.events {
-                    answer.records.push(self.state.describe(event)?);
+                    answer.records.push(self.state.describe_in(event, batch, &applied.outcomes)?);
                 }
             }
             answer.applied.push(applied);

@@ -30,6 +30,8 @@ pub enum Field {
     DeadlineMs,
     Lines,
     RequestId,
+    Note,
+    Reference,
 }
 
 impl Field {
@@ -52,6 +54,8 @@ impl Field {
             Field::DeadlineMs => "deadline_ms",
             Field::Lines => "lines",
             Field::RequestId => "request_id",
+            Field::Note => "note",
+            Field::Reference => "reference",
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::cmd::{self, Command};
 use crate::config::Limits;
 use crate::dedup::{DedupIndex, DedupRecord, DedupWindow};
 use crate::error::{ApplyError, Corrupt, InputError, SnapshotError};
-use crate::event::{Cause, Event, EventId, EventKind, LevelChange};
+use crate::event::{Cause, Event, EventId, EventKind, LevelChange, NO_COMMAND};
 use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, RequestId, ReservationId};
 use crate::item::{Item, ItemId, Movement, MovementReason, Status, Who};
 use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
@@ -102,6 +102,8 @@ pub(crate) struct Emitter {
     shard: u32,
     index: u64,
     pub at_ms: u64,
+    /// Position of the command being applied (`NO_COMMAND` outside one).
+    command: u32,
     events: Vec<Event>,
 }
 
@@ -109,7 +111,7 @@ impl Emitter {
     pub fn emit(&mut self, kind: EventKind) {
         let position = u32::try_from(self.events.len()).unwrap_or(u32::MAX);
         let id = EventId { shard: self.shard, index: self.index, position };
-        self.events.push(Event { id, at_ms: self.at_ms, kind });
+        self.events.push(Event { id, at_ms: self.at_ms, command: self.command, kind });
     }
 }
 
@@ -309,6 +311,7 @@ impl ShardState {
             shard: self.p.shard,
             index: entry.log_id.index,
             at_ms: self.p.now_ms,
+            command: NO_COMMAND,
             events: std::mem::take(&mut applied.events),
         };
         match &entry.payload {
@@ -327,6 +330,7 @@ impl ShardState {
                 // (see `Batch`): deterministic, and no command is lost.
                 let request_ids = batch.effective_request_ids();
                 for (position, command) in batch.commands.iter().enumerate() {
+                    emitter.command = u32::try_from(position).unwrap_or(NO_COMMAND);
                     let outcome = match request_ids.get(position) {
                         Some(&request_id) => self.apply_once(request_id, command, &mut emitter)?,
                         None => cmd::apply(self, command, &mut emitter)?,
@@ -698,6 +702,12 @@ impl ShardState {
         debug_assert_eq!(reservation.state, ReservationState::Held, "ending a terminal reservation");
         let id = reservation.id;
         let lines = reservation.lines.clone();
+        match state {
+            ReservationState::Confirmed => emitter.emit(EventKind::ReservationConfirmed { reservation: id }),
+            ReservationState::Released => emitter.emit(EventKind::ReservationReleased { reservation: id }),
+            // Expiry emits its own event first, with the deadline.
+            ReservationState::Expired | ReservationState::Held => {}
+        }
         for line in lines.as_slice() {
             let before = self.before(line.item);
             let item = self.item_mut(line.item);
@@ -1089,7 +1099,7 @@ pub(crate) mod tests_support {
     /// A 60 s hold whose lines without a warehouse are allocated, most
     /// available first.
     pub fn hold_any_command(n: u8, lines: &[(&str, Option<&str>, u64)], key: Option<IdempotencyKey>) -> Command {
-        Command::Hold(Hold {
+        Command::Hold(Hold { principal: None,
             id: rid(n),
             lines: lines
                 .iter()

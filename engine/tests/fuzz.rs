@@ -90,7 +90,7 @@ fn sample_commands() -> Vec<Command> {
     vec![
         Command::UpsertItem(named),
         adjust_command("SKU-1", "berlin", -1, AdjustReason::Sale),
-        Command::Transfer(Transfer {
+        Command::Transfer(Transfer { note: None, reference: None,
             sku: sku("SKU-1"),
             from: wh("berlin"),
             to: wh("paris"),
@@ -99,9 +99,9 @@ fn sample_commands() -> Vec<Command> {
         }),
         hold_command(20, &[("SKU-1", "berlin", 1), ("SKU-2", "berlin", 1)], 5_000, Some("key-20")),
         hold_any_command(21, &[("SKU-1", None, 3)], 5_000, None),
-        Command::Confirm(Confirm { id: rid(1) }),
-        Command::Release(Release { id: rid(2) }),
-        Command::Extend(Extend { id: rid(3), deadline: Deadline::AfterMs(60_000) }),
+        Command::Confirm(Confirm { principal: None, id: rid(1) }),
+        Command::Release(Release { principal: None, id: rid(2) }),
+        Command::Extend(Extend { principal: None, id: rid(3), deadline: Deadline::AfterMs(60_000) }),
         Command::SetLimits(SetLimits { limits: Limits::default() }),
         Command::Tick,
     ]
@@ -129,7 +129,7 @@ fn sample_entries() -> Vec<LogEntry> {
         LogEntry::batch_with_ids(
             LogId::new(2, 4),
             3_000,
-            vec![Command::Confirm(Confirm { id: rid(1) }), Command::Release(Release { id: rid(2) })],
+            vec![Command::Confirm(Confirm { principal: None, id: rid(1) }), Command::Release(Release { principal: None, id: rid(2) })],
             vec![request_id(9), request_id(10)],
         ),
         LogEntry { log_id: LogId::new(2, 5), payload: engine::EntryPayload::Membership(vec![1, 2, 3, 4]) },

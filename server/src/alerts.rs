@@ -450,7 +450,7 @@ mod tests {
     const SECRET: &str = "s3cret";
 
     fn crossing(index: u64, leader: bool) -> NodeEvent {
-        let record = EventRecord {
+        let record = EventRecord { principal: None, reference: None, idempotency_key: None, lines: Vec::new(), note: None,
             id: EventId { shard: 0, index, position: 1 },
             at_ms: 77,
             sku: "sku-1".into(),
@@ -468,7 +468,7 @@ mod tests {
 
     fn stock_changed(index: u64) -> NodeEvent {
         let levels = LevelChange { on_hand_before: 1, on_hand_after: 0, reserved_before: 0, reserved_after: 0 };
-        let record = EventRecord {
+        let record = EventRecord { principal: None, reference: None, idempotency_key: None, lines: Vec::new(), note: None,
             id: EventId { shard: 0, index, position: 0 },
             at_ms: 77,
             sku: "sku-1".into(),

@@ -81,8 +81,8 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{Corrupt, Field, InputError};
-use crate::event::Cause;
-use crate::ids::{IdempotencyKey, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
+use crate::event::{Cause, EventKind};
+use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use crate::item::ItemId;
 use crate::outcome::{Bound, Outcome, Refusal, ShortLine};
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
@@ -158,6 +158,9 @@ pub struct Hold {
     /// How lines without a warehouse are allocated; unused when every line
     /// names one.
     pub allocation: Allocation,
+    /// Who held (the API key's name): recorded in the ledger and on the
+    /// reservation events. Not part of what makes a retry the same request.
+    pub principal: Option<Principal>,
 }
 
 impl Hold {
@@ -178,6 +181,9 @@ impl Hold {
         self.deadline.validate()?;
         if let Some(key) = &self.idempotency_key {
             key.check()?;
+        }
+        if let Some(principal) = &self.principal {
+            principal.check()?;
         }
         Ok(())
     }
@@ -287,6 +293,9 @@ fn apply_with(
     }
     let short = allocate(state, command, scratch)?;
     if !short.is_empty() {
+        // The one refusal that emits an event: an order service waits for it
+        // (InventoryReservationFailed). It changes nothing.
+        emitter.emit(EventKind::ReservationRefused { reservation: command.id });
         return Ok(Refusal::InsufficientStock { lines: short }.into());
     }
 
@@ -317,6 +326,7 @@ fn apply_with(
         lines,
         idempotency_key: command.idempotency_key.clone(),
     });
+    emitter.emit(EventKind::ReservationHeld { reservation: command.id, deadline_ms });
     debug_assert!(
         matches!(same_request(state, slot, &scratch.fixed, command), Ok(true)),
         "a retry of hold {} would not replay",
@@ -703,7 +713,7 @@ mod tests {
     fn hold_refuses_bad_input_without_touching_stock() {
         let mut f = Fixture::with_limits(Limits { lines_per_hold_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
-        let none = Command::Hold(Hold {
+        let none = Command::Hold(Hold { principal: None,
             id: rid(1),
             lines: vec![],
             deadline: Deadline::AfterMs(1),
@@ -937,14 +947,14 @@ mod tests {
         f.stock("SKU-1", "paris", 3, 0);
         let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 4)]));
         assert_eq!(lines, vec![line("SKU-1", "paris", 3), line("SKU-1", "berlin", 1)]);
-        let extended = f.one(Command::Extend(Extend { id: rid(1), deadline: Deadline::AfterMs(90_000) }));
+        let extended = f.one(Command::Extend(Extend { principal: None, id: rid(1), deadline: Deadline::AfterMs(90_000) }));
         assert!(matches!(extended, Outcome::Extended { lines: ref got, .. } if *got == lines), "{extended:?}");
-        let confirmed = f.one(Command::Confirm(Confirm { id: rid(1) }));
+        let confirmed = f.one(Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert!(matches!(confirmed, Outcome::Confirmed { replayed: false, lines: ref got, .. } if *got == lines));
-        let again = f.one(Command::Confirm(Confirm { id: rid(1) }));
+        let again = f.one(Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert!(matches!(again, Outcome::Confirmed { replayed: true, lines: ref got, .. } if *got == lines));
         f.hold_any(2, &[("SKU-1", None, 1)]);
-        let released = f.one(Command::Release(Release { id: rid(2) }));
+        let released = f.one(Command::Release(Release { principal: None, id: rid(2) }));
         assert!(
             matches!(released, Outcome::Released { lines: ref got, .. } if *got == vec![line("SKU-1", "berlin", 1)])
         );
@@ -962,7 +972,7 @@ mod tests {
         let outcome = f.one(command);
         assert!(matches!(outcome, Outcome::Confirmed { ref lines, .. } if *lines == vec![line("SKU-1", "berlin", 2)]));
         f.hold_any(2, &[("SKU-1", None, 1)]);
-        let released = f.one(Command::Release(Release { id: rid(2) }));
+        let released = f.one(Command::Release(Release { principal: None, id: rid(2) }));
         assert!(matches!(released, Outcome::Released { ref lines, .. } if lines.len() == 1), "{released:?}");
         assert!(f.state.reservation(&rid(2)).ok().flatten().is_none(), "forgotten at once");
     }

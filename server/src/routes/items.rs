@@ -553,7 +553,7 @@ pub async fn adjust(
     if body.delta == 0 {
         return Err(Problem::bad_request("quantity_zero", "delta must not be 0"));
     }
-    let command = Command::Adjust(Adjust {
+    let command = Command::Adjust(Adjust { note: None, reference: None,
         sku: Sku::new(sku)?,
         warehouse: Warehouse::new(warehouse)?,
         delta: body.delta,
@@ -680,7 +680,7 @@ pub async fn transfer(
     if body.reason.as_ref().is_some_and(|reason| reason.len() > 256) {
         return Err(Problem::bad_request("field_too_long", "reason is at most 256 bytes"));
     }
-    let command = Command::Transfer(Transfer {
+    let command = Command::Transfer(Transfer { note: None, reference: None,
         sku: Sku::new(body.sku)?,
         from: Warehouse::new(body.from)?,
         to: Warehouse::new(body.to)?,

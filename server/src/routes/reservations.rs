@@ -512,7 +512,7 @@ impl AppState {
         let parts = by_shard
             .into_iter()
             .map(|(shard, lines)| {
-                let command = Command::Hold(Hold {
+                let command = Command::Hold(Hold { principal: None,
                     id,
                     lines: lines
                         .iter()
@@ -620,7 +620,7 @@ impl AppState {
     async fn extend_by(&self, id: ReservationId, ttl_seconds: u64) -> ApiResult<Response> {
         let ttl_ms = self.ttl_ms(Some(ttl_seconds))?;
         let deadline = Deadline::AfterMs(ttl_ms);
-        Ok(self.end(id, || Command::Extend(Extend { id, deadline })).await?.respond(StatusCode::OK))
+        Ok(self.end(id, || Command::Extend(Extend { principal: None, id, deadline })).await?.respond(StatusCode::OK))
     }
 
     /// The reservation the caller's order made: its key is on every part.
@@ -984,7 +984,7 @@ pub async fn confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(state.end(id, || Command::Confirm(Confirm { id })).await?.respond(StatusCode::OK))
+    Ok(state.end(id, || Command::Confirm(Confirm { principal: None, id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/reservations/{id}/release` and `DELETE /v1/reservations/{id}`.
@@ -1011,7 +1011,7 @@ pub async fn release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(state.end(id, || Command::Release(Release { id })).await?.respond(StatusCode::OK))
+    Ok(state.end(id, || Command::Release(Release { principal: None, id })).await?.respond(StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -1104,7 +1104,7 @@ pub async fn order_confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    Ok(state.end(id, || Command::Confirm(Confirm { id })).await?.respond(StatusCode::OK))
+    Ok(state.end(id, || Command::Confirm(Confirm { principal: None, id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/release`.
@@ -1131,7 +1131,7 @@ pub async fn order_release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    Ok(state.end(id, || Command::Release(Release { id })).await?.respond(StatusCode::OK))
+    Ok(state.end(id, || Command::Release(Release { principal: None, id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/extend`.
