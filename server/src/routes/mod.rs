@@ -7,6 +7,7 @@
 //! submit, map the outcome. Business rules live in the engine.
 
 pub mod items;
+pub mod ledger;
 pub mod ops;
 pub mod reservations;
 pub mod stream;

@@ -115,6 +115,8 @@ pub struct Created {
 
 /// A request's checked settings.
 struct Checked {
+    /// Who asks: the API key's name, recorded with the hold.
+    principal: Option<engine::ids::Principal>,
     ttl_ms: u64,
     /// The engine's idempotency key: the order or the caller's key, scoped
     /// to the caller (`crate::idempotency`).
@@ -485,7 +487,7 @@ impl AppState {
         let seed = key
             .map(|key| idempotency::id_seed(Kind::Key, principal, key))
             .or_else(|| order.map(|order| idempotency::id_seed(Kind::Order, principal, order)));
-        Ok(Checked { ttl_ms, engine_key, seed })
+        Ok(Checked { ttl_ms, engine_key, seed, principal: super::items::principal_name(principal) })
     }
 
     /// The request's id and its parts, one `Hold` per shard its lines live
@@ -512,7 +514,8 @@ impl AppState {
         let parts = by_shard
             .into_iter()
             .map(|(shard, lines)| {
-                let command = Command::Hold(Hold { principal: None,
+                let command = Command::Hold(Hold {
+                    principal: checked.principal.clone(),
                     id,
                     lines: lines
                         .iter()
@@ -617,10 +620,14 @@ impl AppState {
     }
 
     /// Moves every part's deadline to now + `ttl_seconds`.
-    async fn extend_by(&self, id: ReservationId, ttl_seconds: u64) -> ApiResult<Response> {
+    async fn extend_by(&self, id: ReservationId, ttl_seconds: u64, principal: &Principal) -> ApiResult<Response> {
         let ttl_ms = self.ttl_ms(Some(ttl_seconds))?;
         let deadline = Deadline::AfterMs(ttl_ms);
-        Ok(self.end(id, || Command::Extend(Extend { principal: None, id, deadline })).await?.respond(StatusCode::OK))
+        let who = super::items::principal_name(principal);
+        Ok(self
+            .end(id, || Command::Extend(Extend { principal: who.clone(), id, deadline }))
+            .await?
+            .respond(StatusCode::OK))
     }
 
     /// The reservation the caller's order made: its key is on every part.
@@ -984,7 +991,8 @@ pub async fn confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(state.end(id, || Command::Confirm(Confirm { principal: None, id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Confirm(Confirm { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/reservations/{id}/release` and `DELETE /v1/reservations/{id}`.
@@ -1011,7 +1019,8 @@ pub async fn release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(state.end(id, || Command::Release(Release { principal: None, id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -1051,7 +1060,7 @@ pub async fn extend(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    state.extend_by(id, body.ttl_seconds).await
+    state.extend_by(id, body.ttl_seconds, &principal).await
 }
 
 /// `GET /v1/orders/{order_id}`.
@@ -1104,7 +1113,8 @@ pub async fn order_confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    Ok(state.end(id, || Command::Confirm(Confirm { principal: None, id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Confirm(Confirm { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/release`.
@@ -1131,7 +1141,8 @@ pub async fn order_release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    Ok(state.end(id, || Command::Release(Release { principal: None, id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/extend`.
@@ -1162,5 +1173,5 @@ pub async fn order_extend(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    state.extend_by(id, body.ttl_seconds).await
+    state.extend_by(id, body.ttl_seconds, &principal).await
 }
