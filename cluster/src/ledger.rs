@@ -326,7 +326,8 @@ impl Ledger {
         // end: the page may go no further, or it would skip that shard's rest.
         let mut horizon: Option<LedgerKey> = None;
         for shard in 0..self.shards {
-            let scan = scan_shard(&self.dir.join(format!("shard-{shard}")), filter, after, limit, self.config.page_scan_max)?;
+            let scan =
+                scan_shard(&self.dir.join(format!("shard-{shard}")), filter, after, limit, self.config.page_scan_max)?;
             found.extend(scan.entries);
             if let Some(stopped) = scan.stopped_at {
                 horizon = Some(horizon.map_or(stopped, |h| h.min(stopped)));
@@ -453,7 +454,8 @@ struct ShardWriter {
 impl ShardWriter {
     fn open(dir: &Path, shard: u32, config: &LedgerConfig) -> io::Result<ShardWriter> {
         fs::create_dir_all(dir)?;
-        let mut covered = fs::read_to_string(dir.join("covered")).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
+        let mut covered =
+            fs::read_to_string(dir.join("covered")).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
         let mut open = None;
         if let Some(last) = list_segments(dir)?.pop() {
             // Cut a torn last line (a crash mid-write) and learn the newest index.
@@ -558,7 +560,8 @@ impl ShardWriter {
         }
         self.covered_dirty = false;
         let temp = self.dir.join("covered.tmp");
-        let written = fs::write(&temp, self.covered.to_string()).and_then(|()| fs::rename(&temp, self.dir.join("covered")));
+        let written =
+            fs::write(&temp, self.covered.to_string()).and_then(|()| fs::rename(&temp, self.dir.join("covered")));
         if let Err(error) = written {
             tracing::warn!(shard = self.shard, %error, "ledger: cannot record the covered index");
         }

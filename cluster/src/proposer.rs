@@ -421,7 +421,8 @@ mod tests {
         let mut unique = [0u8; 14];
         unique[..8].copy_from_slice(&n.to_be_bytes());
         let home = u16::try_from(shard_of(sku_text, SHARDS)).unwrap_or_else(|e| panic!("shard: {e}"));
-        Command::Hold(Hold { principal: None,
+        Command::Hold(Hold {
+            principal: None,
             id: ReservationId::from_parts(home, unique),
             lines: vec![HoldLine {
                 sku: sku(sku_text),

@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use actix::Addr;
 use engine::actor::{Apply, Install, Read, ShardActor, TakeSnapshot};
-use engine::snapshot::{SnapshotFile, SnapshotStore, read_image};
 use engine::event::EventKind;
+use engine::snapshot::{SnapshotFile, SnapshotStore, read_image};
 use engine::{EventRecord, LogEntry, LogId as EngineLogId, SnapshotError};
 use futures_util::StreamExt;
 use openraft::OptionalSend;
@@ -450,7 +450,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(ledger) = &self.publisher.ledger {
             // After the answers: a full queue holds up the next apply, not
             // this one's callers.
-            let burst = AppliedBurst { shard: self.shard, first_index, last_index: last.index, records: ledger_records };
+            let burst =
+                AppliedBurst { shard: self.shard, first_index, last_index: last.index, records: ledger_records };
             if !ledger.send(burst).await {
                 tracing::warn!(shard = self.shard, "the ledger thread has stopped; movements are not recorded");
             }

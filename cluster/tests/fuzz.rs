@@ -109,7 +109,9 @@ fn commands() -> Vec<Command> {
     vec![
         upsert("fuzz-sku", "berlin", 10),
         hold(rid(1, "fuzz-sku", 2), "fuzz-sku", "berlin", 2, 60_000),
-        Command::Adjust(engine::cmd::Adjust { note: None, reference: None,
+        Command::Adjust(engine::cmd::Adjust {
+            note: None,
+            reference: None,
             sku: common::sku("fuzz-sku"),
             warehouse: common::wh("berlin"),
             delta: -1,
@@ -118,7 +120,11 @@ fn commands() -> Vec<Command> {
         }),
         Command::Confirm(Confirm { principal: None, id: rid(1, "fuzz-sku", 2) }),
         Command::Release(Release { principal: None, id: rid(2, "fuzz-sku", 2) }),
-        Command::Extend(Extend { principal: None, id: rid(1, "fuzz-sku", 2), deadline: engine::cmd::Deadline::AfterMs(1_000) }),
+        Command::Extend(Extend {
+            principal: None,
+            id: rid(1, "fuzz-sku", 2),
+            deadline: engine::cmd::Deadline::AfterMs(1_000),
+        }),
         Command::SetLimits(SetLimits { limits: Limits::default() }),
         Command::Tick,
     ]

@@ -206,7 +206,9 @@ mod tests {
     }
 
     fn adjust(sku: &str, warehouse: &str, delta: i64) -> Command {
-        Command::Adjust(Adjust { note: None, reference: None,
+        Command::Adjust(Adjust {
+            note: None,
+            reference: None,
             sku: sku_of(sku),
             warehouse: wh(warehouse),
             delta,
@@ -241,7 +243,9 @@ mod tests {
     fn retried_transfer_with_same_request_id_applies_once() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let transfer = Command::Transfer(Transfer { note: None, reference: None,
+        let transfer = Command::Transfer(Transfer {
+            note: None,
+            reference: None,
             sku: sku_of("SKU-1"),
             from: wh("berlin"),
             to: wh("paris"),

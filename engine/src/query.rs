@@ -11,12 +11,12 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::Corrupt;
 use crate::cmd::Command;
+use crate::error::Corrupt;
 use crate::event::{Event, EventKind, EventRecord, RecordLine};
-use crate::log::Batch;
 use crate::ids::{IdempotencyKey, ReservationId};
 use crate::item::{ItemId, Status, Who};
+use crate::log::Batch;
 use crate::outcome::{ItemView, LineView, MovementView, Outcome, Refusal, ReservationView};
 use crate::reservation::HeldLine;
 use crate::state::ShardState;
@@ -303,7 +303,8 @@ impl ShardState {
         }
         if let Some(slot) = self.find_reservation(&reservation) {
             record.idempotency_key = self.reservation_key(slot).map(IdempotencyKey::into_string);
-            let describes_lines = !matches!(event.kind, EventKind::StockChanged { .. } | EventKind::HoldExtended { .. });
+            let describes_lines =
+                !matches!(event.kind, EventKind::StockChanged { .. } | EventKind::HoldExtended { .. });
             if describes_lines && let Some(lines) = self.reservation_lines(slot)? {
                 record.lines = lines
                     .into_iter()

@@ -1099,7 +1099,8 @@ pub(crate) mod tests_support {
     /// A 60 s hold whose lines without a warehouse are allocated, most
     /// available first.
     pub fn hold_any_command(n: u8, lines: &[(&str, Option<&str>, u64)], key: Option<IdempotencyKey>) -> Command {
-        Command::Hold(Hold { principal: None,
+        Command::Hold(Hold {
+            principal: None,
             id: rid(n),
             lines: lines
                 .iter()

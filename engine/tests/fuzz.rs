@@ -90,7 +90,9 @@ fn sample_commands() -> Vec<Command> {
     vec![
         Command::UpsertItem(named),
         adjust_command("SKU-1", "berlin", -1, AdjustReason::Sale),
-        Command::Transfer(Transfer { note: None, reference: None,
+        Command::Transfer(Transfer {
+            note: None,
+            reference: None,
             sku: sku("SKU-1"),
             from: wh("berlin"),
             to: wh("paris"),
@@ -129,7 +131,10 @@ fn sample_entries() -> Vec<LogEntry> {
         LogEntry::batch_with_ids(
             LogId::new(2, 4),
             3_000,
-            vec![Command::Confirm(Confirm { principal: None, id: rid(1) }), Command::Release(Release { principal: None, id: rid(2) })],
+            vec![
+                Command::Confirm(Confirm { principal: None, id: rid(1) }),
+                Command::Release(Release { principal: None, id: rid(2) }),
+            ],
             vec![request_id(9), request_id(10)],
         ),
         LogEntry { log_id: LogId::new(2, 5), payload: engine::EntryPayload::Membership(vec![1, 2, 3, 4]) },

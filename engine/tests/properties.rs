@@ -282,7 +282,9 @@ impl Op {
                 upsert_command(SKUS[*sku], WAREHOUSES[*wh], *on_hand, *threshold)
             }
             Op::Adjust { sku, wh, delta } => adjust_command(SKUS[*sku], WAREHOUSES[*wh], *delta, AdjustReason::Count),
-            Op::Transfer { sku: s, from, quantity } => Command::Transfer(Transfer { note: None, reference: None,
+            Op::Transfer { sku: s, from, quantity } => Command::Transfer(Transfer {
+                note: None,
+                reference: None,
                 sku: sku(SKUS[*s]),
                 from: wh(WAREHOUSES[*from]),
                 to: wh(WAREHOUSES[(*from + 1) % WAREHOUSES.len()]),
@@ -296,7 +298,9 @@ impl Op {
             }
             Op::Confirm { n } => Command::Confirm(Confirm { principal: None, id: rid(*n) }),
             Op::Release { n } => Command::Release(Release { principal: None, id: rid(*n) }),
-            Op::Extend { n, ttl_ms } => Command::Extend(Extend { principal: None, id: rid(*n), deadline: Deadline::AfterMs(*ttl_ms) }),
+            Op::Extend { n, ttl_ms } => {
+                Command::Extend(Extend { principal: None, id: rid(*n), deadline: Deadline::AfterMs(*ttl_ms) })
+            }
             Op::Tick => Command::Tick,
         }
     }

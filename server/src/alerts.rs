@@ -475,7 +475,12 @@ mod tests {
     const SECRET: &str = "s3cret";
 
     fn crossing(index: u64, leader: bool) -> NodeEvent {
-        let record = EventRecord { principal: None, reference: None, idempotency_key: None, lines: Vec::new(), note: None,
+        let record = EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: EventId { shard: 0, index, position: 1 },
             at_ms: 77,
             sku: "sku-1".into(),
@@ -493,7 +498,12 @@ mod tests {
 
     fn stock_changed(index: u64) -> NodeEvent {
         let levels = LevelChange { on_hand_before: 1, on_hand_after: 0, reserved_before: 0, reserved_after: 0 };
-        let record = EventRecord { principal: None, reference: None, idempotency_key: None, lines: Vec::new(), note: None,
+        let record = EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: EventId { shard: 0, index, position: 0 },
             at_ms: 77,
             sku: "sku-1".into(),
@@ -512,6 +522,7 @@ mod tests {
             backoff_first_ms: 1,
             backoff_max_ms: 2,
             timeout_ms: 5_000,
+            ..WebhookConfig::default()
         }
     }
 
@@ -578,6 +589,25 @@ mod tests {
 
     fn send(cluster: &broadcast::Sender<NodeEvent>, event: NodeEvent) {
         cluster.send(event).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_webhook_takes_the_event_types_and_sku_prefixes_it_subscribed_to() {
+        let mut config = webhook("http://127.0.0.1:1/");
+        assert!(subscribed(&config, &crossing(1, true).record), "crossings by default");
+        assert!(!subscribed(&config, &stock_changed(2).record));
+        config.event_types = vec!["reservation.held".into(), "reservation.refused".into()];
+        config.sku_prefixes = vec!["SHOE-".into()];
+        let held = |sku: &str| EventRecord {
+            kind: EventKind::ReservationHeld { reservation: engine::ids::ReservationId::from_bytes([7; 16]), deadline_ms: 9 },
+            sku: String::new(),
+            warehouse: String::new(),
+            lines: vec![engine::event::RecordLine { sku: sku.into(), warehouse: "w1".into(), quantity: 1, available: None }],
+            ..crossing(3, true).record
+        };
+        assert!(subscribed(&config, &held("SHOE-42")), "a line's SKU matches the prefix");
+        assert!(!subscribed(&config, &held("HAT-1")), "no line matches");
+        assert!(!subscribed(&config, &crossing(4, true).record), "crossings no longer subscribed");
     }
 
     #[test]

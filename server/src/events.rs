@@ -99,7 +99,8 @@ pub fn event_json(record: &EventRecord) -> Value {
 /// lines (for `reservation.refused`, every short line with what was
 /// available).
 fn reservation_fields(record: &EventRecord, reservation: engine::ids::ReservationId) -> Value {
-    let order_id = record.idempotency_key.as_deref().and_then(|key| idempotency::caller_key(idempotency::Kind::Order, key));
+    let order_id =
+        record.idempotency_key.as_deref().and_then(|key| idempotency::caller_key(idempotency::Kind::Order, key));
     let lines: Vec<Value> = record
         .lines
         .iter()
@@ -509,7 +510,7 @@ pub fn sse_response(subscription: Subscription, keepalive: Duration) -> Response
 #[cfg(test)]
 mod tests {
     use engine::cmd::AdjustReason;
-    use engine::event::{Cause, LevelChange};
+    use engine::event::{Cause, LevelChange, RecordLine};
     use engine::ids::ReservationId;
     use engine::item::{ItemId, Status};
     use futures_util::StreamExt;
@@ -529,7 +530,12 @@ mod tests {
     fn stock_changed(index: u64, sku: &str) -> EventRecord {
         let levels = LevelChange { on_hand_before: 10, on_hand_after: 10, reserved_before: 2, reserved_after: 5 };
         let cause = Cause::Hold(ReservationId::from_bytes([0xab; 16]));
-        EventRecord { principal: None, reference: None, idempotency_key: None, lines: Vec::new(), note: None,
+        EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: id(index),
             at_ms: 1000 + index,
             sku: sku.into(),
@@ -539,7 +545,12 @@ mod tests {
     }
 
     fn crossing(index: u64, sku: &str) -> EventRecord {
-        EventRecord { principal: None, reference: None, idempotency_key: None, lines: Vec::new(), note: None,
+        EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: id(index),
             at_ms: 1000 + index,
             sku: sku.into(),
@@ -620,19 +631,40 @@ mod tests {
     }
 
     #[test]
-    fn reservation_expired_json_has_no_item() {
-        let record = EventRecord { principal: None, reference: None, idempotency_key: None, lines: Vec::new(), note: None,
+    fn reservation_events_carry_order_id_principal_and_lines_and_no_item() {
+        let order_key = format!("o{sep}shop{sep}order-7", sep = engine::ids::IDEMPOTENCY_KEY_SEPARATOR as char);
+        let record = EventRecord {
             id: EventId { shard: 2, index: 40, position: 3 },
             at_ms: 5,
             sku: String::new(),
             warehouse: String::new(),
             kind: EventKind::ReservationExpired { reservation: ReservationId::from_bytes([0x01; 16]), deadline_ms: 4 },
+            principal: None,
+            note: None,
+            reference: None,
+            idempotency_key: Some(order_key.clone()),
+            lines: vec![RecordLine { sku: "sku-1".into(), warehouse: "w1".into(), quantity: 2, available: None }],
         };
         assert_eq!(
             event_json(&record),
             json!({
-                "id": "2-40-3", "type": "reservation_expired", "at_ms": 5, "sku": null, "warehouse": null,
-                "reservation": "01".repeat(16), "deadline_ms": 4,
+                "id": "2-40-3", "type": "reservation.expired", "at_ms": 5, "sku": null, "warehouse": null,
+                "reservation": "01".repeat(16), "deadline_ms": 4, "order_id": "order-7", "principal": null,
+                "lines": [{ "sku": "sku-1", "warehouse": "w1", "quantity": 2 }],
+            })
+        );
+        let refused = EventRecord {
+            kind: EventKind::ReservationRefused { reservation: ReservationId::from_bytes([0x02; 16]) },
+            principal: Some("shop".into()),
+            lines: vec![RecordLine { sku: "sku-2".into(), warehouse: String::new(), quantity: 9, available: Some(4) }],
+            ..record
+        };
+        assert_eq!(
+            event_json(&refused),
+            json!({
+                "id": "2-40-3", "type": "reservation.refused", "at_ms": 5, "sku": null, "warehouse": null,
+                "reservation": "02".repeat(16), "order_id": "order-7", "principal": "shop",
+                "lines": [{ "sku": "sku-2", "warehouse": null, "quantity": 9, "available": 4 }],
             })
         );
     }

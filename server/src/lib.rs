@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod export;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;

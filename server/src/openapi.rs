@@ -1049,6 +1049,7 @@ mod tests {
             "reservations" => include_str!("routes/reservations.rs"),
             "stream" => include_str!("routes/stream.rs"),
             "ops" => include_str!("routes/ops.rs"),
+            "ledger" => include_str!("routes/ledger.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");

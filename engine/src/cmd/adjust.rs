@@ -138,7 +138,9 @@ mod tests {
     use crate::state::tests_support::{Fixture, sku_of, wh};
 
     fn adjust(delta: i64, reason: AdjustReason) -> Command {
-        Command::Adjust(Adjust { note: None, reference: None,
+        Command::Adjust(Adjust {
+            note: None,
+            reference: None,
             sku: sku_of("SKU-1"),
             warehouse: wh("berlin"),
             delta,

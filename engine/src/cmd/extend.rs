@@ -8,10 +8,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cmd::Deadline;
 use crate::error::{Corrupt, InputError};
+use crate::event::{EventKind, LevelChange};
 use crate::ids::{Principal, ReservationId};
 use crate::outcome::{Outcome, Refusal};
 use crate::reservation::ReservationState;
-use crate::event::{EventKind, LevelChange};
 use crate::state::{Emitter, ShardState};
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

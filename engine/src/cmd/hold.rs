@@ -713,7 +713,8 @@ mod tests {
     fn hold_refuses_bad_input_without_touching_stock() {
         let mut f = Fixture::with_limits(Limits { lines_per_hold_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
-        let none = Command::Hold(Hold { principal: None,
+        let none = Command::Hold(Hold {
+            principal: None,
             id: rid(1),
             lines: vec![],
             deadline: Deadline::AfterMs(1),
@@ -947,7 +948,8 @@ mod tests {
         f.stock("SKU-1", "paris", 3, 0);
         let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 4)]));
         assert_eq!(lines, vec![line("SKU-1", "paris", 3), line("SKU-1", "berlin", 1)]);
-        let extended = f.one(Command::Extend(Extend { principal: None, id: rid(1), deadline: Deadline::AfterMs(90_000) }));
+        let extended =
+            f.one(Command::Extend(Extend { principal: None, id: rid(1), deadline: Deadline::AfterMs(90_000) }));
         assert!(matches!(extended, Outcome::Extended { lines: ref got, .. } if *got == lines), "{extended:?}");
         let confirmed = f.one(Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert!(matches!(confirmed, Outcome::Confirmed { replayed: false, lines: ref got, .. } if *got == lines));

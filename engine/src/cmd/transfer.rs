@@ -109,7 +109,9 @@ mod tests {
     use crate::state::tests_support::{Fixture, sku_of, wh};
 
     fn transfer(from: &str, to: &str, quantity: u64) -> Command {
-        Command::Transfer(Transfer { note: None, reference: None,
+        Command::Transfer(Transfer {
+            note: None,
+            reference: None,
             sku: sku_of("SKU-1"),
             from: wh(from),
             to: wh(to),

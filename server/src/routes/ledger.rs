@@ -85,7 +85,9 @@ pub async fn ledger(
     let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
     let page = tokio::task::spawn_blocking(move || ledger.page(&filter, after, limit))
         .await
-        .map_err(|error| Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", error.to_string()))?
+        .map_err(|error| {
+            Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", error.to_string())
+        })?
         .map_err(|error| {
             Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", error.to_string())
         })?;
@@ -105,7 +107,10 @@ fn filter_of(query: &LedgerQuery) -> ApiResult<LedgerFilter> {
         text.as_deref()
             .map(|text| {
                 parse_rfc3339_ms(text).ok_or_else(|| {
-                    Problem::bad_request("invalid_time", format!("{name} is an RFC 3339 time, e.g. 2026-12-06T17:00:00Z"))
+                    Problem::bad_request(
+                        "invalid_time",
+                        format!("{name} is an RFC 3339 time, e.g. 2026-12-06T17:00:00Z"),
+                    )
                 })
             })
             .transpose()
@@ -121,7 +126,8 @@ fn filter_of(query: &LedgerQuery) -> ApiResult<LedgerFilter> {
 
 /// One entry as the API shows it.
 pub fn entry_json(entry: &LedgerEntry) -> Value {
-    let order_id = entry.idempotency_key.as_deref().and_then(|key| idempotency::caller_key(idempotency::Kind::Order, key));
+    let order_id =
+        entry.idempotency_key.as_deref().and_then(|key| idempotency::caller_key(idempotency::Kind::Order, key));
     let mut value = json!({
         "id": format!("{}-{}-{}", entry.shard, entry.index, entry.position),
         "at": format_rfc3339_ms(entry.at_ms),
@@ -192,7 +198,12 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
     };
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') || bytes[13] != b':' || bytes[16] != b':' {
+    if bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
         return None;
     }
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
@@ -271,7 +282,9 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("2026-12-06T17:00:00.250Z"), Some(1_796_576_400_250));
         assert_eq!(parse_rfc3339_ms("2026-12-06T18:00:00+01:00"), Some(1_796_576_400_000));
         assert_eq!(format_rfc3339_ms(1_796_576_400_250), "2026-12-06T17:00:00.250Z");
-        for bad in ["", "2026-12-06", "2026-13-01T00:00:00Z", "2026-12-06T17:00:00", "yesterday", "1969-12-31T23:59:59Z"] {
+        for bad in
+            ["", "2026-12-06", "2026-13-01T00:00:00Z", "2026-12-06T17:00:00", "yesterday", "1969-12-31T23:59:59Z"]
+        {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }
