@@ -702,12 +702,6 @@ impl ShardState {
         debug_assert_eq!(reservation.state, ReservationState::Held, "ending a terminal reservation");
         let id = reservation.id;
         let lines = reservation.lines.clone();
-        match state {
-            ReservationState::Confirmed => emitter.emit(EventKind::ReservationConfirmed { reservation: id }),
-            ReservationState::Released => emitter.emit(EventKind::ReservationReleased { reservation: id }),
-            // Expiry emits its own event first, with the deadline.
-            ReservationState::Expired | ReservationState::Held => {}
-        }
         for line in lines.as_slice() {
             let before = self.before(line.item);
             let item = self.item_mut(line.item);
@@ -728,6 +722,13 @@ impl ShardState {
                 }
             };
             self.finish_change(line.item, before, change, emitter);
+        }
+        // The reservation's own event follows its lines' stock changes.
+        match state {
+            ReservationState::Confirmed => emitter.emit(EventKind::ReservationConfirmed { reservation: id }),
+            ReservationState::Released => emitter.emit(EventKind::ReservationReleased { reservation: id }),
+            // Expiry emits its own event first, with the deadline.
+            ReservationState::Expired | ReservationState::Held => {}
         }
         self.ix.wheel.cancel(slot);
         self.ix.live_holds -= 1;

@@ -783,7 +783,9 @@ mod tests {
             kinds[1],
             EventKind::ThresholdCrossed { from: Status::InStock, to: Status::OutOfStock, available: 0, .. }
         ));
-        assert_eq!(kinds.len(), 2);
+        // Then the reservation's own event, for consumers.
+        assert!(matches!(kinds[2], EventKind::ReservationHeld { .. }));
+        assert_eq!(kinds.len(), 3);
     }
 
     // ----- allocation -----
