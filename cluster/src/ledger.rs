@@ -8,7 +8,7 @@
 //! a full queue holds up applying, so nothing is dropped). The thread keeps
 //! only movements (stock changes and extended holds), appends them as JSON
 //! lines to the shard's open segment (`<dir>/shard-<n>/<first index>-<first
-//! log time>.jsonl`), rolls segments at `segment_bytes_max`, and deletes the
+//! position>-<first log time>.jsonl`), rolls segments at `segment_bytes_max`, and deletes the
 //! oldest past `retention_days` or `retention_bytes_max`.
 //!
 //! Nothing is fsynced: the ledger is derived from the log. On start each
@@ -411,6 +411,7 @@ fn scan_shard(
 struct Segment {
     path: PathBuf,
     first_index: u64,
+    first_position: u32,
     first_at_ms: u64,
 }
 
@@ -426,11 +427,16 @@ fn list_segments(dir: &Path) -> io::Result<Vec<Segment>> {
         let path = dirent?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let Some(stem) = name.strip_suffix(".jsonl") else { continue };
-        let Some((index, at)) = stem.split_once('-') else { continue };
-        let (Ok(first_index), Ok(first_at_ms)) = (index.parse::<u64>(), at.parse::<u64>()) else { continue };
-        segments.push(Segment { path, first_index, first_at_ms });
+        let mut parts = stem.splitn(3, '-');
+        let (Some(index), Some(position), Some(at)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Ok(first_index), Ok(first_position), Ok(first_at_ms)) =
+            (index.parse::<u64>(), position.parse::<u32>(), at.parse::<u64>())
+        else {
+            continue;
+        };
+        segments.push(Segment { path, first_index, first_position, first_at_ms });
     }
-    segments.sort_by_key(|s| s.first_index);
+    segments.sort_by_key(|s| (s.first_index, s.first_position));
     Ok(segments)
 }
 
@@ -526,7 +532,7 @@ impl ShardWriter {
         if full {
             self.flush();
             // The segment's name carries its first entry's index and log time.
-            let path = self.dir.join(format!("{:020}-{:015}.jsonl", entry.index, entry.at_ms));
+            let path = self.dir.join(format!("{:020}-{:010}-{:015}.jsonl", entry.index, entry.position, entry.at_ms));
             match OpenOptions::new().create(true).append(true).open(&path) {
                 Ok(file) => self.open = Some((file, 0)),
                 Err(error) => {

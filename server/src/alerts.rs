@@ -599,10 +599,18 @@ mod tests {
         config.event_types = vec!["reservation.held".into(), "reservation.refused".into()];
         config.sku_prefixes = vec!["SHOE-".into()];
         let held = |sku: &str| EventRecord {
-            kind: EventKind::ReservationHeld { reservation: engine::ids::ReservationId::from_bytes([7; 16]), deadline_ms: 9 },
+            kind: EventKind::ReservationHeld {
+                reservation: engine::ids::ReservationId::from_bytes([7; 16]),
+                deadline_ms: 9,
+            },
             sku: String::new(),
             warehouse: String::new(),
-            lines: vec![engine::event::RecordLine { sku: sku.into(), warehouse: "w1".into(), quantity: 1, available: None }],
+            lines: vec![engine::event::RecordLine {
+                sku: sku.into(),
+                warehouse: "w1".into(),
+                quantity: 1,
+                available: None,
+            }],
             ..crossing(3, true).record
         };
         assert!(subscribed(&config, &held("SHOE-42")), "a line's SKU matches the prefix");
