@@ -200,8 +200,10 @@ impl PublishedEvent {
         kind_name(&self.record.kind)
     }
 
+    /// Whether a subscription to `sku` gets this event: an item's events by
+    /// its SKU, a reservation's by any of its lines' SKUs.
     fn matches(&self, sku: Option<&str>) -> bool {
-        sku.is_none_or(|sku| self.record.sku == sku)
+        sku.is_none_or(|sku| self.record.sku == sku || self.record.lines.iter().any(|line| line.sku == sku))
     }
 }
 
