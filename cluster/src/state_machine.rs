@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix::Addr;
-use engine::actor::{Apply, Install, Read, ShardActor, TakeSnapshot};
+use engine::actor::{Apply, Describe, Install, Read, ShardActor, TakeSnapshot};
 use engine::event::EventKind;
 use engine::snapshot::{SnapshotFile, SnapshotStore, read_image};
 use engine::{EventRecord, LogEntry, LogId as EngineLogId, SnapshotError};
@@ -401,7 +401,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let leader = self.publisher.is_leader.load(Ordering::Acquire);
         // Naming events costs string copies: only when someone listens.
         let subscribed = self.publisher.events.receiver_count() > 0;
-        let describe_events = subscribed || self.publisher.ledger.is_some();
+        let describe_events = match (subscribed, self.publisher.ledger.is_some()) {
+            (true, _) => Describe::All,
+            (false, true) => Describe::Movements,
+            (false, false) => Describe::None,
+        };
         let first_index = batch.first().map_or(last.index, |entry| entry.log_id.index);
         // The actor runs on this task's thread (DESIGN §10): one mailbox
         // message, a same-thread wake-up, no thread crossing.
