@@ -632,7 +632,9 @@ fn run(
             }
             if done || last_housekeeping.elapsed() >= HOUSEKEEPING {
                 last_housekeeping = Instant::now();
-                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 let _files = files.lock();
                 for writer in &mut writers {
                     writer.flush();

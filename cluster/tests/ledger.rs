@@ -38,8 +38,12 @@ impl Rng {
         self.next() % n
     }
 
+    fn index(&mut self, len: usize) -> usize {
+        usize::try_from(self.next() % len as u64).unwrap_or(0)
+    }
+
     fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len() as u64) as usize]
+        from[self.index(from.len())]
     }
 }
 
@@ -82,7 +86,7 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
             sku: sku(rng.pick(&SKUS)),
             warehouse: wh(rng.pick(&WAREHOUSES)),
             delta: rng.below(21) as i64 - 8,
-            reason: AdjustReason::ALL[rng.below(7) as usize],
+            reason: AdjustReason::ALL[rng.index(AdjustReason::ALL.len())],
             principal: who(),
             note: Note::new("cycle count, aisle 4").ok(),
             reference: Reference::new(format!("DN-{}", rng.below(1000))).ok(),

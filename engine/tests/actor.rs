@@ -82,8 +82,10 @@ fn out_of_order_entries_are_refused_and_change_nothing() {
             LogEntry::batch(LogId::new(1, 2), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
             LogEntry::batch(LogId::new(1, 1), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
         ];
-        let answer =
-            addr.send(Apply { entries: replay, describe_events: Describe::None }).await.unwrap_or_else(|e| panic!("{e}"));
+        let answer = addr
+            .send(Apply { entries: replay, describe_events: Describe::None })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(answer.is_err());
         let on_hand = addr
             .send(Read::new(move |s: &ShardState| s.get_item(&sku, "berlin").ok().flatten().map(|i| i.on_hand)))

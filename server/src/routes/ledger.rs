@@ -135,7 +135,8 @@ pub fn entry_json(entry: &LedgerEntry) -> Value {
         "kind": entry.kind,
         "sku": non_empty(&entry.sku),
         "warehouse": non_empty(&entry.warehouse),
-        "quantity": entry.quantity() as i64,
+        // Levels are at most 10^15, so a delta always fits.
+        "quantity": i64::try_from(entry.quantity()).map_or(Value::Null, Value::from),
         "on_hand_before": entry.on_hand_before,
         "on_hand_after": entry.on_hand_after,
         "reserved_before": entry.reserved_before,
