@@ -5,6 +5,7 @@
 
 pub mod expiry;
 pub mod floor;
+pub mod import;
 pub mod load;
 pub mod peers;
 pub mod plot;

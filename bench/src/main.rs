@@ -37,6 +37,8 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark.
     Run(RunArgs),
+    /// Time `POST /v1/items:import` of N new items (and their export) on a fresh node.
+    Import(ImportArgs),
     /// The `tally` server itself (what the bench starts by default).
     #[command(hide = true, disable_help_flag = true)]
     Tally {
@@ -95,6 +97,84 @@ struct RunArgs {
     /// Folder the targets keep their data in during the run (a fresh temporary folder by default).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    /// Items (rows) per import.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Warehouses the rows spread over (SKUs are rows / warehouses).
+    #[arg(long, default_value_t = 4)]
+    warehouses: u64,
+    /// Runs, each on a fresh node; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// The `tally` binary to measure; by default this program re-runs itself as `tally-bench tally`.
+    #[arg(long)]
+    tally_bin: Option<PathBuf>,
+}
+
+fn import(args: ImportArgs) -> ExitCode {
+    let program = match &args.tally_bin {
+        Some(path) => Program::Binary(path.clone()),
+        None => match std::env::current_exe() {
+            Ok(path) => Program::SelfExec(path),
+            Err(error) => {
+                eprintln!("tally-bench: cannot find this program: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if args.rows == 0 || args.warehouses == 0 || args.runs == 0 {
+        eprintln!("tally-bench: rows, warehouses and runs must be at least 1");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tally-bench: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("tally-bench import on {}: {} rows, {} runs", bench::report::machine(), args.rows, args.runs);
+    let body = bench::import::ndjson_rows(args.rows, args.warehouses);
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let dir = match tempfile::Builder::new().prefix("tally-bench-import-").tempdir() {
+            Ok(dir) => dir,
+            Err(error) => {
+                eprintln!("tally-bench: no temporary folder: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(bench::import::run_once(&program, dir.path(), args.rows, body.clone())) {
+            Ok(measured) => {
+                println!(
+                    "run {run}: import {:.2} s ({:.0} rows/s), export {:.2} s ({} bytes)",
+                    measured.import.as_secs_f64(),
+                    args.rows as f64 / measured.import.as_secs_f64(),
+                    measured.export.as_secs_f64(),
+                    measured.exported_bytes
+                );
+                runs.push(measured);
+            }
+            Err(error) => {
+                eprintln!("tally-bench: run {run} failed: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let import = bench::import::median(runs.iter().map(|r| r.import).collect());
+    let export = bench::import::median(runs.iter().map(|r| r.export).collect());
+    println!(
+        "median of {}: import {:.2} s ({:.0} rows/s), export {:.2} s",
+        runs.len(),
+        import.as_secs_f64(),
+        args.rows as f64 / import.as_secs_f64(),
+        export.as_secs_f64()
+    );
+    ExitCode::SUCCESS
 }
 
 fn plan(args: &RunArgs, data_dir: PathBuf) -> Result<Plan, String> {
@@ -208,6 +288,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Run(args) => run(args),
+        Cmd::Import(args) => import(args),
         Cmd::Tally { args } => {
             let mut argv = vec![std::ffi::OsString::from("tally")];
             argv.extend(args);

@@ -28,7 +28,7 @@ use crate::events::EventHub;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
-use crate::routes::{items, ledger, ops, reservations, stream, ui};
+use crate::routes::{bulk, items, ledger, ops, reservations, stream, ui};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -38,6 +38,8 @@ pub struct AppState {
     pub hub: Arc<EventHub>,
     pub alerts: Arc<Alerts>,
     pub metrics: Arc<Metrics>,
+    /// Recent and running item imports (`routes/bulk.rs`).
+    pub imports: bulk::Imports,
 }
 
 impl AppState {
@@ -67,6 +69,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let config = &state.config;
     let api = Router::new()
         .route("/v1/items", get(items::list_items))
+        .route("/v1/items:import", post(bulk::import))
+        .route("/v1/items:export", get(bulk::export))
+        .route("/v1/imports", get(bulk::list_imports))
+        .route("/v1/imports/{id}", get(bulk::get_import))
         .route("/v1/items/{sku}", get(items::get_sku))
         .route("/v1/items/{sku}/{warehouse}", put(items::put_item).get(items::get_item))
         .route("/v1/items/{sku}/{warehouse}/adjustments", post(items::adjust))
@@ -141,7 +147,13 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().clone();
-    let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    // An import streams millions of rows: it has its own, longer bound.
+    let timeout_ms = if route == "/v1/items:import" {
+        state.config.import.timeout_ms
+    } else {
+        state.config.server.request_timeout_ms
+    };
+    let timeout = Duration::from_millis(timeout_ms);
     let response = match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
@@ -200,8 +212,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     if auth.is_open() {
         tracing::warn!(%addr, "no API keys configured: serving open, on loopback only");
     }
-    let state =
-        Arc::new(AppState { node, config: Arc::new(config), auth, hub, alerts, metrics: Arc::new(Metrics::new()) });
+    let state = Arc::new(AppState {
+        node,
+        config: Arc::new(config),
+        auth,
+        hub,
+        alerts,
+        metrics: Arc::new(Metrics::new()),
+        imports: bulk::Imports::default(),
+    });
     tokio::spawn(propose_limits(Arc::clone(&state)));
     Ok(Running { state, addr, listener, tls })
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub server: ServerConfig,
     pub api: ApiConfig,
+    pub import: ImportConfig,
     pub auth: AuthConfig,
     pub events: EventsConfig,
     pub alerts: AlertsConfig,
@@ -161,6 +162,52 @@ impl Default for ApiConfig {
             history_limit_max: 255,
             allocation: AllocationStrategy::MostAvailable,
             note_bytes_max: 256,
+        }
+    }
+}
+
+/// Bulk import and export of items (`routes/bulk.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportConfig {
+    /// Rows of one shard sent as one proposal.
+    pub rows_per_batch: usize,
+    /// Proposals of one import in flight at once; the body is read no
+    /// faster than they commit.
+    pub batches_in_flight_max: usize,
+    /// Longest row (one line), bytes; longer ones fail as `line_too_long`.
+    pub line_bytes_max: usize,
+    /// Largest import body, bytes (413 `body_too_large` when passed; the
+    /// rows before it are applied).
+    pub bytes_max: u64,
+    /// Row errors an import's report lists (all are counted).
+    pub errors_reported_max: usize,
+    /// How long an import may run (instead of `server.request_timeout_ms`).
+    pub timeout_ms: u64,
+    /// How long a batch is retried while its shard has no leader or is
+    /// busy, before its rows fail as `unavailable`.
+    pub retry_ms: u64,
+    /// Imports `GET /v1/imports` remembers.
+    pub recent_max: usize,
+    /// Items an export reads per page.
+    pub export_page_items: u32,
+}
+
+/// Most rows one import proposal carries.
+pub const IMPORT_ROWS_PER_BATCH_LIMIT: usize = 4096;
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        Self {
+            rows_per_batch: 512,
+            batches_in_flight_max: 8,
+            line_bytes_max: 8192,
+            bytes_max: 4 << 30,
+            errors_reported_max: 1000,
+            timeout_ms: 3_600_000,
+            retry_ms: 30_000,
+            recent_max: 16,
+            export_page_items: 1000,
         }
     }
 }
@@ -505,6 +552,22 @@ impl Config {
         }
         if self.server.body_bytes_max < 1024 || self.server.request_timeout_ms == 0 {
             return invalid("server.body_bytes_max must be at least 1024 and request_timeout_ms at least 1".into());
+        }
+        let import = &self.import;
+        if import.rows_per_batch == 0 || import.rows_per_batch > IMPORT_ROWS_PER_BATCH_LIMIT {
+            return invalid(format!("import.rows_per_batch must be in 1..={IMPORT_ROWS_PER_BATCH_LIMIT}"));
+        }
+        if import.batches_in_flight_max == 0
+            || import.line_bytes_max < 64
+            || import.bytes_max == 0
+            || import.timeout_ms == 0
+            || import.recent_max == 0
+            || import.export_page_items == 0
+        {
+            return invalid(
+                "import limits must be at least 1 (line_bytes_max at least 64; errors_reported_max and retry_ms may be 0)"
+                    .into(),
+            );
         }
         if self.events.retained_max == 0 || self.events.subscribers_max == 0 || self.events.keepalive_seconds == 0 {
             return invalid("events limits must be at least 1".into());

@@ -24,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::routes::{Consistency, items, ledger, ops, reservations, stream};
+use crate::routes::{Consistency, bulk, items, ledger, ops, reservations, stream};
 
 /// The name of the one security scheme.
 const API_KEY: &str = "api_key";
@@ -70,6 +70,10 @@ pub fn document() -> Value {
         items::history,
         items::transfer,
         items::availability,
+        bulk::import,
+        bulk::list_imports,
+        bulk::get_import,
+        bulk::export,
         reservations::create,
         reservations::batch,
         reservations::get,
@@ -1046,6 +1050,7 @@ mod tests {
         let (module, name) = handler.split_once("::").unwrap_or_else(|| panic!("handler {handler} has no module"));
         let source = match module {
             "items" => include_str!("routes/items.rs"),
+            "bulk" => include_str!("routes/bulk.rs"),
             "reservations" => include_str!("routes/reservations.rs"),
             "stream" => include_str!("routes/stream.rs"),
             "ops" => include_str!("routes/ops.rs"),

@@ -78,7 +78,7 @@ impl Problem {
             Refusal::BelowReserved { on_hand, reserved } => Self::new(
                 StatusCode::CONFLICT,
                 code,
-                format!("on_hand {on_hand} would be below the {reserved} units reserved"),
+                format!("on_hand may not go below the {reserved} units reserved (it is {on_hand} now)"),
             )
             .with_extra(json!({ "on_hand": on_hand, "reserved": reserved })),
             Refusal::QuantityOverflow { max } => {

@@ -142,6 +142,11 @@ async fn items_api_follows_its_contract() {
         history_lists_movements_newest_first_with_reasons,
         transfers_move_stock_atomically_between_warehouses,
         availability_sums_duplicate_lines_and_names_missing_items,
+        an_ndjson_import_creates_updates_and_reports_each_bad_row,
+        a_csv_import_reads_quoted_fields_and_refuses_a_bad_header_whole,
+        an_import_across_shards_applies_every_row_once_and_again_changes_nothing,
+        an_export_lists_every_item_and_imports_back_unchanged,
+        imports_refuse_other_media_and_overlong_rows,
     );
 }
 
@@ -416,6 +421,182 @@ async fn availability_sums_duplicate_lines_and_names_missing_items(http: &Http) 
 
 // ---------------------------------------------------------------------------
 // Reservations
+
+// ---------------------------------------------------------------------------
+// Bulk import and export
+
+/// Posts an import body; answers the reply.
+async fn import(http: &Http, content_type: &str, id: Option<&str>, body: &str) -> Reply {
+    let mut headers = vec![(CONTENT_TYPE.as_str(), content_type)];
+    if let Some(id) = id {
+        headers.push(("import-id", id));
+    }
+    let (status, headers, bytes) = raw_bytes(http, Method::POST, "/v1/items:import", &headers, body.into()).await;
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, value)
+}
+
+/// The `(row, code)` pairs of an import report's errors.
+fn row_errors(report: &Value) -> Vec<(u64, String)> {
+    report["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in {report}"))
+        .iter()
+        .map(|error| (u64_of(error, "row"), str_of(error, "code").to_owned()))
+        .collect()
+}
+
+async fn an_ndjson_import_creates_updates_and_reports_each_bad_row(http: &Http) {
+    put_item(http, "bulk-a", "w1", 5, 0).await;
+    // Three units held on bulk-b/w1: an import may not set on_hand below them.
+    put_item(http, "bulk-b", "w1", 10, 0).await;
+    reserve(http, &[("bulk-b", "w1", 3)]).await;
+    let body = concat!(
+        "{\"sku\":\"bulk-a\",\"warehouse\":\"w1\",\"on_hand\":7,\"name\":\"Tee\"}\n",
+        "{\"sku\":\"bulk-c\",\"warehouse\":\"w1\",\"on_hand\":4,\"unit_price_minor\":1999}\n",
+        "\n",
+        "not json\n",
+        "{\"sku\":\"bulk-b\",\"warehouse\":\"w1\",\"on_hand\":2}\n",
+        "{\"sku\":\"bulk-d\",\"warehouse\":\"w1\",\"colour\":\"red\"}\n",
+        "{\"sku\":\"\",\"warehouse\":\"w1\",\"on_hand\":1}\n",
+        "{\"sku\":\"bulk-d\",\"warehouse\":\"w2\",\"on_hand\":0}",
+    );
+    let (status, _, report) = import(http, "application/x-ndjson", Some("bulk-ndjson-1"), body).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(str_of(&report, "state"), "done");
+    assert_eq!(
+        (u64_of(&report, "rows"), u64_of(&report, "created"), u64_of(&report, "updated"), u64_of(&report, "failed")),
+        (7, 2, 1, 4),
+        "{report}"
+    );
+    let errors = row_errors(&report);
+    let expected = [(3, "invalid_row"), (4, "below_reserved"), (5, "invalid_row"), (6, "field_empty")];
+    assert_eq!(errors.len(), expected.len(), "{report}");
+    for (row, code) in expected {
+        assert!(errors.contains(&(row, code.to_owned())), "row {row} {code} in {report}");
+    }
+    // The blank line is no row, but it is a line: row 4 is on line 5.
+    let below = report["errors"].as_array().and_then(|e| e.iter().find(|e| e["row"] == 4)).cloned().unwrap_or_default();
+    assert_eq!((u64_of(&below, "line"), str_of(&below, "sku")), (5, "bulk-b"));
+    let a = item(http, "bulk-a", "w1").await;
+    assert_eq!((u64_of(&a, "on_hand"), str_of(&a, "name")), (7, "Tee"));
+    assert_eq!(u64_of(&item(http, "bulk-c", "w1").await, "unit_price_minor"), 1999);
+    assert_eq!(levels(http, "bulk-b", "w1").await.0, 10, "a refused row changes nothing");
+    // The same import again: every good row is as it was.
+    let (status, _, again) = import(http, "application/x-ndjson", Some("bulk-ndjson-1"), body).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!((u64_of(&again, "created"), u64_of(&again, "updated"), u64_of(&again, "unchanged")), (0, 0, 3));
+    // Its progress stays readable by id.
+    let (status, _, progress) = http.get("/v1/imports/bulk-ndjson-1").await;
+    assert_eq!(status, StatusCode::OK, "{progress}");
+    assert_eq!((str_of(&progress, "state"), u64_of(&progress, "unchanged")), ("done", 3));
+    let (status, _, list) = http.get("/v1/imports").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(list["imports"].as_array().is_some_and(|all| all.iter().any(|i| i["id"] == "bulk-ndjson-1")), "{list}");
+    assert_problem(&http.get("/v1/imports/no-such-import").await, StatusCode::NOT_FOUND, "import_not_found");
+}
+
+async fn a_csv_import_reads_quoted_fields_and_refuses_a_bad_header_whole(http: &Http) {
+    let body = "sku,warehouse,on_hand,name,low_stock_threshold\r\n\
+                bulk-csv,w1,12,\"Tee, \"\"red\"\"\",2\r\n\
+                bulk-csv,w2,,,\r\n\
+                bulk-csv,w3,lots,,\r\n";
+    let (status, _, report) = import(http, "text/csv", None, body).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((u64_of(&report, "rows"), u64_of(&report, "created"), u64_of(&report, "failed")), (3, 2, 1));
+    assert_eq!(row_errors(&report), [(3, "invalid_row".to_owned())]);
+    let one = item(http, "bulk-csv", "w1").await;
+    assert_eq!((u64_of(&one, "on_hand"), str_of(&one, "name")), (12, "Tee, \"red\""));
+    assert_eq!(u64_of(&one, "low_stock_threshold"), 2);
+    assert_eq!(u64_of(&item(http, "bulk-csv", "w2").await, "on_hand"), 0);
+    // A header that names an unknown column: nothing is imported.
+    let reply = import(http, "text/csv", None, "sku,warehouse,colour\nbulk-csv-x,w1,red\n").await;
+    assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_header");
+    assert_problem(&http.get(&item_path("bulk-csv-x", "w1")).await, StatusCode::NOT_FOUND, "item_not_found");
+    let reply = import(http, "text/csv", None, "sku,on_hand\nbulk-csv-x,1\n").await;
+    assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_header");
+}
+
+async fn an_import_across_shards_applies_every_row_once_and_again_changes_nothing(http: &Http) {
+    // More rows than one proposal carries (512), spread over the 4 shards.
+    let rows = 3000;
+    let body: String = (0..rows)
+        .map(|i| format!("{{\"sku\":\"bulk-many-{i}\",\"warehouse\":\"w{}\",\"on_hand\":{}}}\n", i % 3, i % 50))
+        .collect();
+    let (status, _, report) = import(http, "application/x-ndjson", None, &body).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((u64_of(&report, "rows"), u64_of(&report, "created"), u64_of(&report, "failed")), (rows, rows, 0));
+    for i in [0, 1, 511, 512, 1999, 2999] {
+        let one = item(http, &format!("bulk-many-{i}"), &format!("w{}", i % 3)).await;
+        assert_eq!(u64_of(&one, "on_hand"), i % 50, "bulk-many-{i}");
+        assert_eq!(u64_of(&one, "version"), 1, "bulk-many-{i} was written once");
+    }
+    let (status, _, again) = import(http, "application/x-ndjson", None, &body).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!((u64_of(&again, "unchanged"), u64_of(&again, "created"), u64_of(&again, "updated")), (rows, 0, 0));
+}
+
+/// Every line of an export whose SKU starts with `prefix`.
+async fn exported(http: &Http, format: &str, prefix: &str) -> (StatusCode, HeaderMap, Vec<String>) {
+    let path = format!("/v1/items:export?format={format}");
+    let (status, headers, bytes) = raw_bytes(http, Method::GET, &path, &[], Vec::new()).await;
+    let text = String::from_utf8(bytes.to_vec()).unwrap_or_else(|e| panic!("{e}"));
+    let ours = |line: &&str| match format {
+        "csv" => line.starts_with(prefix) || line.starts_with("sku,"),
+        _ => serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"))["sku"]
+            .as_str()
+            .is_some_and(|sku| sku.starts_with(prefix)),
+    };
+    let lines = text.lines().filter(ours).map(str::to_owned).collect();
+    (status, headers, lines)
+}
+
+async fn an_export_lists_every_item_and_imports_back_unchanged(http: &Http) {
+    let (status, headers, csv) = exported(http, "csv", "bulk-").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get(CONTENT_TYPE).is_some_and(|v| v.to_str().unwrap_or_default().starts_with("text/csv")));
+    assert_eq!(
+        csv.first().map(String::as_str),
+        Some(
+            "sku,warehouse,on_hand,reserved,available,low_stock_threshold,status,version,updated_at_ms,name,unit_price_minor"
+        )
+    );
+    // 3000 bulk-many items, bulk-a/b/c, bulk-csv w1 and w2, bulk-d w2.
+    assert_eq!(csv.len() - 1, 3000 + 3 + 2 + 1, "one line per item");
+    assert!(csv.iter().any(|line| line.starts_with("bulk-csv,w1,12,0,12,2,IN_STOCK,") && line.ends_with(",\"Tee, \"\"red\"\"\",")));
+    assert!(csv.iter().any(|line| line.starts_with("bulk-b,w1,10,3,7,")), "reserved units are exported");
+    let (status, headers, ndjson) = exported(http, "ndjson", "bulk-").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("application/x-ndjson"));
+    assert_eq!(ndjson.len(), 3000 + 6);
+    let first: Value = serde_json::from_str(&ndjson[0]).unwrap_or_else(|e| panic!("{e}: {}", ndjson[0]));
+    assert!(first["sku"].is_string() && first["reserved"].is_u64() && first["version"].is_u64(), "{first}");
+    // Both exports import as they are, and change nothing.
+    let csv_body = csv.join("\n");
+    let (status, _, report) = import(http, "text/csv", None, &csv_body).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((u64_of(&report, "unchanged"), u64_of(&report, "failed")), (3006, 0), "{report}");
+    let (status, _, report) = import(http, "application/x-ndjson", None, &ndjson.join("\n")).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((u64_of(&report, "unchanged"), u64_of(&report, "failed")), (3006, 0), "{report}");
+    assert_problem(&http.get("/v1/items:export?format=xml").await, StatusCode::BAD_REQUEST, "invalid_format");
+}
+
+async fn imports_refuse_other_media_and_overlong_rows(http: &Http) {
+    let reply = import(http, "application/json", None, "{\"sku\":\"bulk-x\",\"warehouse\":\"w1\"}").await;
+    assert_problem(&reply, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    let reply = import(http, "application/x-ndjson", Some("no spaces"), "").await;
+    assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_import_id");
+    // A row over import.line_bytes_max (8192) fails alone; the next is read.
+    let long = format!("{{\"sku\":\"bulk-long\",\"warehouse\":\"w1\",\"name\":\"{}\"}}\n", "n".repeat(9000));
+    let body = format!("{long}{{\"sku\":\"bulk-after-long\",\"warehouse\":\"w1\",\"on_hand\":1}}\n");
+    let (status, _, report) = import(http, "application/x-ndjson", None, &body).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(row_errors(&report), [(1, "line_too_long".to_owned())]);
+    assert_eq!(u64_of(&item(http, "bulk-after-long", "w1").await, "on_hand"), 1);
+    assert_problem(&http.get(&item_path("bulk-long", "w1")).await, StatusCode::NOT_FOUND, "item_not_found");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_api_follows_its_contract() {

@@ -6,6 +6,7 @@
 //! Handlers are thin (STYLE.md): extract, validate, build a `Command`,
 //! submit, map the outcome. Business rules live in the engine.
 
+pub mod bulk;
 pub mod items;
 pub mod ledger;
 pub mod ops;
