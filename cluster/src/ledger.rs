@@ -455,6 +455,9 @@ struct ShardWriter {
     expected: Option<u64>,
     /// Text waiting to be written.
     pending: String,
+    /// Log time of the newest entry written: a gap is stamped no earlier,
+    /// so the shard's entries stay in log-time order.
+    last_at_ms: u64,
 }
 
 impl ShardWriter {
@@ -463,6 +466,7 @@ impl ShardWriter {
         let mut covered =
             fs::read_to_string(dir.join("covered")).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
         let mut open = None;
+        let mut last_at_ms = 0;
         if let Some(last) = list_segments(dir)?.pop() {
             // Cut a torn last line (a crash mid-write) and learn the newest index.
             let text = fs::read(&last.path)?;
@@ -471,6 +475,7 @@ impl ShardWriter {
                 && let Ok(entry) = serde_json::from_slice::<LedgerEntry>(line)
             {
                 covered = covered.max(entry.gap_to_index.unwrap_or(entry.index));
+                last_at_ms = entry.at_ms;
             }
             let file = OpenOptions::new().write(true).open(&last.path)?;
             file.set_len(keep as u64)?;
@@ -488,6 +493,7 @@ impl ShardWriter {
             covered_dirty: false,
             expected: None,
             pending: String::new(),
+            last_at_ms,
         })
     }
 
@@ -497,7 +503,7 @@ impl ShardWriter {
         debug_assert_eq!(burst.shard, self.shard);
         let expected = self.expected.unwrap_or(self.covered + 1);
         if burst.first_index > expected && burst.first_index > self.covered + 1 {
-            let at_ms = burst.records.first().map_or(0, |r| r.at_ms);
+            let at_ms = burst.records.first().map_or(self.last_at_ms, |r| r.at_ms.max(self.last_at_ms));
             let gap = LedgerEntry {
                 shard: self.shard,
                 index: self.covered + 1,
@@ -544,6 +550,7 @@ impl ShardWriter {
         }
         self.pending.push_str(&line);
         self.pending.push('\n');
+        self.last_at_ms = self.last_at_ms.max(entry.at_ms);
     }
 
     /// Writes what is pending to the open segment (no fsync: see the module docs).
