@@ -122,6 +122,7 @@ fn generate_shard(shard: u32, plan: &BackupPlan, peer: &str) -> Result<ShardStat
                 confirm: false,
                 allocation: Allocation::MostAvailable,
                 customer: None,
+                principal: None,
             }));
         }
         index += 1;

@@ -1,5 +1,5 @@
 //! The `expiry` workload's observer: a live subscriber to Tally's
-//! `/v1/events` that notes when each `reservation_expired` event arrives.
+//! `/v1/events` that notes when each `reservation.expired` event arrives.
 //!
 //! Expiry lag is measured from outside, end to end: from a hold's deadline
 //! (`deadline_ms` of its expiry event, the `expires_at` it was given) to the
@@ -105,7 +105,7 @@ impl Subscriber {
                             return Err("the event stream ended".to_owned());
                         };
                         let Ok(event) = serde_json::from_str::<Event>(&text) else { continue };
-                        if event.kind != "reservation_expired" {
+                        if event.kind != "reservation.expired" {
                             continue;
                         }
                         if let (Some(id), Some(deadline_ms)) = (event.reservation, event.deadline_ms) {

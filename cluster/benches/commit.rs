@@ -64,6 +64,7 @@ fn hold_command(n: u64, sequence: u64) -> Command {
     unique[8..12].copy_from_slice(&u32::try_from(n % SKUS).unwrap_or(0).to_be_bytes());
     let home = u16::try_from(shard_of(&name, SHARDS)).unwrap_or(0);
     Command::Hold(Hold {
+        principal: None,
         id: ReservationId::from_parts(home, unique),
         lines: vec![HoldLine {
             sku: Sku::new(name).unwrap_or_else(|e| panic!("{e}")),

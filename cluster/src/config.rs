@@ -107,6 +107,10 @@ pub struct ClusterConfig {
     /// Shard count. Fixed for the life of the data directory.
     pub shards: u32,
     pub data_dir: PathBuf,
+    /// The movement ledger (`[ledger]` of the server's file, copied here by
+    /// the server; under `<data_dir>/ledger`).
+    #[serde(skip)]
+    pub ledger: crate::ledger::LedgerConfig,
     /// Threads running shard actors; 0 means one per core.
     pub shard_threads: usize,
 
@@ -199,6 +203,7 @@ impl Default for ClusterConfig {
             dial: Vec::new(),
             shards: 8,
             data_dir: PathBuf::from("data"),
+            ledger: crate::ledger::LedgerConfig::default(),
             shard_threads: 0,
             heartbeat_ms: 100,
             election_timeout_min_ms: 300,

@@ -31,6 +31,7 @@ pub mod error;
 mod forwarder;
 pub mod health;
 mod inbound;
+pub mod ledger;
 pub mod log_store;
 pub mod network;
 pub mod node;

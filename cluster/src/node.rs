@@ -41,6 +41,7 @@ use crate::error::{AdminError, ProposeError, ReadError, StartError, SubmitError}
 use crate::forwarder::{ForwardError, Forwarder, ForwarderSettings};
 use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
 use crate::inbound::{Chunk, InboundLimits, InboundSnapshots};
+use crate::ledger::Ledger;
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Proposer, ProposerSettings, ProposerStats};
@@ -103,6 +104,8 @@ struct Inner {
     shut_down: AtomicBool,
     /// Every shard's health on this node.
     health: Arc<Health>,
+    /// The movement ledger, if on.
+    ledger: Option<Arc<Ledger>>,
 }
 
 /// A running node. Cheap to clone.
@@ -380,6 +383,13 @@ impl Node {
         } else {
             None
         };
+        let (ledger, ledger_sender) = if config.ledger.enabled {
+            let (ledger, sender) = Ledger::start(&config.data_dir.join("ledger"), config.shards, config.ledger.clone())
+                .map_err(StartError::Threads)?;
+            (Some(ledger), Some(sender))
+        } else {
+            (None, None)
+        };
         let health = Health::new(config.shards);
         let mut groups = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
@@ -397,7 +407,8 @@ impl Node {
                     .ok_or_else(|| StartError::Raft { shard, reason: "no clock for the shard".into() })?,
             );
             let (deadline_tx, deadline_rx) = watch::channel(None);
-            let publisher = Publisher { is_leader: Arc::clone(&is_leader), events: events.clone() };
+            let publisher =
+                Publisher { is_leader: Arc::clone(&is_leader), events: events.clone(), ledger: ledger_sender.clone() };
             let mut state_machine =
                 StateMachine::new(shard, actor.clone(), snapshots.clone(), publisher, Arc::new(deadline_tx));
             if let Some(snapshot_thread) = &snapshot_thread {
@@ -531,6 +542,7 @@ impl Node {
                 tasks: Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
                 health: Arc::clone(&health),
+                ledger,
             }),
         };
         let serve = transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&node.inner) }));
@@ -792,6 +804,11 @@ impl Node {
     /// Every event this node applies, named and marked with whether this node
     /// led the shard, in log order per shard. A subscriber that falls `event_buffer_max` behind misses events
     /// (it sees `Lagged`) rather than slowing the shards.
+    /// The movement ledger of this node, if `ledger.enabled`.
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.inner.ledger.as_ref()
+    }
+
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.inner.events.subscribe()
     }

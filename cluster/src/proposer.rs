@@ -422,6 +422,7 @@ mod tests {
         unique[..8].copy_from_slice(&n.to_be_bytes());
         let home = u16::try_from(shard_of(sku_text, SHARDS)).unwrap_or_else(|e| panic!("shard: {e}"));
         Command::Hold(Hold {
+            principal: None,
             id: ReservationId::from_parts(home, unique),
             lines: vec![HoldLine {
                 sku: sku(sku_text),

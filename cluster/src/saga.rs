@@ -82,7 +82,8 @@ impl Node {
         let holds: Vec<Outcome> = holds.into_iter().flatten().collect();
         debug_assert_eq!(holds.len(), parts.len());
         let confirms = if confirm {
-            let submits = parts.iter().map(|part| self.submit_to(part.shard, Command::Confirm(Confirm { id })));
+            let submits =
+                parts.iter().map(|part| self.submit_to(part.shard, Command::Confirm(Confirm { principal: None, id })));
             Some(futures_util::future::join_all(submits).await)
         } else {
             None
@@ -91,7 +92,8 @@ impl Node {
     }
 
     async fn release_parts(&self, id: ReservationId, shards: &[u32]) {
-        let releases = shards.iter().map(|&shard| self.submit_to(shard, Command::Release(Release { id })));
+        let releases =
+            shards.iter().map(|&shard| self.submit_to(shard, Command::Release(Release { principal: None, id })));
         for (shard, answer) in shards.iter().zip(futures_util::future::join_all(releases).await) {
             if let Err(error) = answer {
                 // The part expires at its deadline anyway.

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix::Addr;
-use engine::actor::{Apply, Install, Read, ShardActor, TakeSnapshot};
+use engine::actor::{Apply, Describe, Install, Read, ShardActor, TakeSnapshot};
+use engine::event::EventKind;
 use engine::snapshot::{SnapshotFile, SnapshotStore, read_image};
 use engine::{EventRecord, LogEntry, LogId as EngineLogId, SnapshotError};
 use futures_util::StreamExt;
@@ -28,6 +29,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::clock::ShardClock;
 use crate::health::{FailureCause, ShardHealth};
+use crate::ledger::{AppliedBurst, LedgerSender};
 use crate::shadow::{Shadow, ShadowError, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::types::{
@@ -52,6 +54,14 @@ pub struct Publisher {
     /// True while this node leads the group.
     pub is_leader: Arc<AtomicBool>,
     pub events: broadcast::Sender<NodeEvent>,
+    /// The node's ledger thread, if the ledger is on: every replica records
+    /// every movement it applies.
+    pub ledger: Option<LedgerSender>,
+}
+
+/// Whether the ledger records this event: stock changes and extended holds.
+fn is_movement(record: &EventRecord) -> bool {
+    matches!(record.kind, EventKind::StockChanged { .. } | EventKind::HoldExtended { .. })
 }
 
 /// One shard's snapshot figures, as `/metrics` exports them.
@@ -390,7 +400,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let leader = self.publisher.is_leader.load(Ordering::Acquire);
         // Naming events costs string copies: only when someone listens.
-        let describe_events = self.publisher.events.receiver_count() > 0;
+        let subscribed = self.publisher.events.receiver_count() > 0;
+        let describe_events = match (subscribed, self.publisher.ledger.is_some()) {
+            (true, _) => Describe::All,
+            (false, true) => Describe::Movements,
+            (false, false) => Describe::None,
+        };
+        let first_index = batch.first().map_or(last.index, |entry| entry.log_id.index);
         // The actor runs on this task's thread (DESIGN §10): one mailbox
         // message, a same-thread wake-up, no thread crossing.
         self.thread.check();
@@ -417,13 +433,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             *deadline = applied.next_deadline_ms;
             changed
         });
-        for record in applied.records {
+        let mut records = applied.records;
+        let ledger_records = match &self.publisher.ledger {
+            Some(_) if subscribed => records.iter().filter(|r| is_movement(r)).cloned().collect(),
+            Some(_) => {
+                records.retain(is_movement);
+                std::mem::take(&mut records)
+            }
+            None => Vec::new(),
+        };
+        for record in records {
             // No subscriber is not an error: events are also in the log.
             let _ = self.publisher.events.send(NodeEvent { record, leader });
         }
         for (result, responder) in applied.applied.into_iter().zip(responders) {
             if let Some(responder) = responder {
                 responder.send(result);
+            }
+        }
+        if let Some(ledger) = &self.publisher.ledger {
+            // After the answers: a full queue holds up the next apply, not
+            // this one's callers.
+            let burst =
+                AppliedBurst { shard: self.shard, first_index, last_index: last.index, records: ledger_records };
+            if !ledger.send(burst).await {
+                tracing::warn!(shard = self.shard, "the ledger thread has stopped; movements are not recorded");
             }
         }
         Ok(())

@@ -141,9 +141,11 @@ pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";
 /// engine's `Hold` allocates lines without a warehouse, and write outcomes
 /// carry the reservation's lines; 3: entries travel as WAL frames, and
 /// confirm, release and extend outcomes carry the idempotency key; 4: the
-/// handshake is a mutual HMAC challenge-response, hellos carry a nonce; 5: a
-/// hold names its customer, `SetCustomerLimit` and its outcome).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// handshake is a mutual HMAC challenge-response, hellos carry a nonce; 5:
+/// commands carry principal, note and reference for the ledger, and WAL
+/// frames are segment format 4; 6: a hold names its customer,
+/// `SetCustomerLimit` and its outcome, and WAL frames are segment format 5).
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Random bytes each side of a handshake contributes.
 pub const NONCE_LEN: usize = 32;
 /// Magic, version, 4 reserved bytes, node id, nonce.

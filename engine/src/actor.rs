@@ -14,8 +14,8 @@ use actix::prelude::*;
 use rkyv::util::AlignedVec;
 
 use crate::error::{ApplyError, SnapshotError};
-use crate::event::EventRecord;
-use crate::log::LogEntry;
+use crate::event::{EventKind, EventRecord};
+use crate::log::{EntryPayload, LogEntry};
 use crate::snapshot::SnapshotMeta;
 use crate::state::{Applied, ShardState};
 
@@ -39,12 +39,32 @@ impl Actor for ShardActor {
 }
 
 /// Apply committed entries in order. With `describe_events` the answer also
-/// names each event's item, for the leader to publish.
+/// names events (`ShardState::describe_in`), for publishing and the ledger.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<AppliedEntries, ApplyError>")]
 pub struct Apply {
     pub entries: Vec<LogEntry>,
-    pub describe_events: bool,
+    pub describe_events: Describe,
+}
+
+/// Which events an `Apply` names: naming copies strings, so only what a
+/// listener takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Describe {
+    None,
+    /// Stock movements only (`StockChanged`, `HoldExtended`): the ledger's.
+    Movements,
+    All,
+}
+
+impl Describe {
+    fn wants(self, kind: &EventKind) -> bool {
+        match self {
+            Describe::None => false,
+            Describe::Movements => matches!(kind, EventKind::StockChanged { .. } | EventKind::HoldExtended { .. }),
+            Describe::All => true,
+        }
+    }
 }
 
 #[derive(Debug, Default, MessageResponse)]
@@ -83,9 +103,13 @@ impl Handler<Apply> for ShardActor {
         for entry in &message.entries {
             let mut applied = self.spare.pop().unwrap_or_default();
             self.state.apply_into(entry, &mut applied)?;
-            if message.describe_events {
-                for event in &applied.events {
-                    answer.records.push(self.state.describe(event)?);
+            if message.describe_events != Describe::None {
+                let batch = match &entry.payload {
+                    EntryPayload::Batch(batch) => Some(&**batch),
+                    EntryPayload::Blank | EntryPayload::Membership(_) => None,
+                };
+                for event in applied.events.iter().filter(|event| message.describe_events.wants(&event.kind)) {
+                    answer.records.push(self.state.describe_in(event, batch, &applied.outcomes)?);
                 }
             }
             answer.applied.push(applied);

@@ -207,6 +207,8 @@ mod tests {
 
     fn adjust(sku: &str, warehouse: &str, delta: i64) -> Command {
         Command::Adjust(Adjust {
+            note: None,
+            reference: None,
             sku: sku_of(sku),
             warehouse: wh(warehouse),
             delta,
@@ -242,6 +244,8 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let transfer = Command::Transfer(Transfer {
+            note: None,
+            reference: None,
             sku: sku_of("SKU-1"),
             from: wh("berlin"),
             to: wh("paris"),
@@ -293,7 +297,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("order:77").ok();
         f.one(hold_command(1, &[("SKU-1", "berlin", 3)], key.clone()));
-        let (first, _) = once(&mut f, req(10), Command::Confirm(Confirm { id: rid(1) }));
+        let (first, _) = once(&mut f, req(10), Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert!(
             matches!(first, Outcome::Confirmed { replayed: false, ref idempotency_key, .. } if *idempotency_key == key),
             "{first:?}"
@@ -302,7 +306,7 @@ mod tests {
         let bytes = f.state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}"));
         let restored = ShardState::from_snapshot_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"));
         let mut g = Fixture { state: restored, index: f.index, now_ms: f.now_ms + 10 };
-        let (retry, events) = once(&mut g, req(10), Command::Confirm(Confirm { id: rid(1) }));
+        let (retry, events) = once(&mut g, req(10), Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert_eq!((retry, events), (first, 0));
         assert_eq!(g.levels("SKU-1", "berlin"), (7, 0));
     }

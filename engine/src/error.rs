@@ -33,6 +33,8 @@ pub enum Field {
     CustomerId,
     LimitPerCustomer,
     LimitWindowMs,
+    Note,
+    Reference,
 }
 
 impl Field {
@@ -58,6 +60,8 @@ impl Field {
             Field::CustomerId => "customer_id",
             Field::LimitPerCustomer => "limit_per_customer",
             Field::LimitWindowMs => "limit_window_ms",
+            Field::Note => "note",
+            Field::Reference => "reference",
         }
     }
 }

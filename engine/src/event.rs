@@ -93,7 +93,38 @@ pub enum EventKind {
     ThresholdCrossed { item: ItemId, from: Status, to: Status, available: u64, low_stock_threshold: u64 },
     /// A hold reached its deadline and its units went back.
     ReservationExpired { reservation: ReservationId, deadline_ms: u64 },
+    /// A hold was granted: every line is reserved.
+    ReservationHeld { reservation: ReservationId, deadline_ms: u64 },
+    /// A hold was refused for stock: `describe` lists every short line (the
+    /// one refusal that emits an event; it changes nothing).
+    ReservationRefused { reservation: ReservationId },
+    /// A held reservation was sold.
+    ReservationConfirmed { reservation: ReservationId },
+    /// A held reservation was given back.
+    ReservationReleased { reservation: ReservationId },
+    /// A held reservation's deadline moved later: one per line, so the
+    /// ledger records the item (its levels do not change).
+    HoldExtended { item: ItemId, reservation: ReservationId, deadline_ms: u64, levels: LevelChange },
 }
+
+impl EventKind {
+    /// The reservation this event is about, if any.
+    pub fn reservation(&self) -> Option<ReservationId> {
+        match *self {
+            EventKind::StockChanged { cause, .. } => cause.reservation(),
+            EventKind::ThresholdCrossed { .. } => None,
+            EventKind::ReservationExpired { reservation, .. }
+            | EventKind::ReservationHeld { reservation, .. }
+            | EventKind::ReservationRefused { reservation }
+            | EventKind::ReservationConfirmed { reservation }
+            | EventKind::ReservationReleased { reservation }
+            | EventKind::HoldExtended { reservation, .. } => Some(reservation),
+        }
+    }
+}
+
+/// `Event::command` of events no command caused (expiry before a batch).
+pub const NO_COMMAND: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
@@ -101,7 +132,22 @@ pub struct Event {
     pub id: EventId,
     /// Log time of the entry that caused it.
     pub at_ms: u64,
+    /// Position in the entry's batch of the command that caused it, or
+    /// [`NO_COMMAND`] (expiry runs before the batch's commands). `describe`
+    /// reads the principal, note and reference there.
+    pub command: u32,
     pub kind: EventKind,
+}
+
+/// One line of a reservation event, named.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RecordLine {
+    pub sku: String,
+    /// Empty for a refused line that named no warehouse.
+    pub warehouse: String,
+    pub quantity: u64,
+    /// For a short line of a refused hold: what was available.
+    pub available: Option<u64>,
 }
 
 /// An event with its item named, ready to publish.
@@ -113,4 +159,16 @@ pub struct EventRecord {
     pub sku: String,
     pub warehouse: String,
     pub kind: EventKind,
+    /// Who caused it: the API key name the command carried (`None` for
+    /// expiry and for commands that carried none).
+    pub principal: Option<String>,
+    /// The caller's note and document reference, from the command.
+    pub note: Option<String>,
+    pub reference: Option<String>,
+    /// The reservation's idempotency key as stored (the HTTP layer reads the
+    /// order id out of it), for events about a reservation.
+    pub idempotency_key: Option<String>,
+    /// The reservation's lines, for reservation events (the short ones for
+    /// `ReservationRefused`); empty otherwise.
+    pub lines: Vec<RecordLine>,
 }

@@ -34,6 +34,12 @@ pub const IDEMPOTENCY_KEY_SEPARATOR: u8 = 0x1f;
 pub const CUSTOMER_ID_LEN_MAX: usize = 128;
 /// Longest item name, in bytes of UTF-8 (no control characters).
 pub const NAME_LEN_MAX: usize = 200;
+/// Longest free-text note on a movement, in bytes of UTF-8 (no control
+/// characters). The HTTP layer may set a smaller bound (`api.note_bytes_max`).
+pub const NOTE_LEN_MAX: usize = 1024;
+/// Longest caller-supplied reference on a movement (an order id, a delivery
+/// note, a count sheet), in bytes of UTF-8 (no control characters).
+pub const REFERENCE_LEN_MAX: usize = 128;
 /// Largest quantity of anything: on hand, reserved, a line, a delta, a threshold.
 /// 10^15 stays exact in an IEEE double, so JavaScript clients never round it.
 pub const QUANTITY_MAX: u64 = 1_000_000_000_000_000;
@@ -261,12 +267,16 @@ impl ItemName {
 }
 
 fn check_name(value: &str) -> Result<(), InputError> {
-    let field = Field::Name;
+    check_text(Field::Name, value, NAME_LEN_MAX)
+}
+
+/// 1 to `max` bytes of UTF-8 without control characters.
+fn check_text(field: Field, value: &str, max: usize) -> Result<(), InputError> {
     if value.is_empty() {
         return Err(InputError::Empty { field });
     }
-    if value.len() > NAME_LEN_MAX {
-        return Err(InputError::TooLong { field, len: value.len(), max: NAME_LEN_MAX });
+    if value.len() > max {
+        return Err(InputError::TooLong { field, len: value.len(), max });
     }
     match value.char_indices().find(|(_, c)| c.is_control()) {
         Some((position, _)) => Err(InputError::BadCharacter { field, position }),
@@ -279,6 +289,53 @@ impl fmt::Debug for ItemName {
         write!(f, "{:?}", self.0)
     }
 }
+
+/// Free text, bounded, without control characters: a movement's note and
+/// reference. Carried in the log so every replica records the same ledger.
+macro_rules! text_type {
+    ($(#[$doc:meta])* $name:ident, $field:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+        #[rkyv(derive(Debug))]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Result<Self, InputError> {
+                let value = value.into();
+                check_text($field, &value, $max)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub(crate) fn check(&self) -> Result<(), InputError> {
+                check_text($field, &self.0, $max)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+    };
+}
+
+text_type!(
+    /// Why a movement was made, in the caller's words: 1 to [`NOTE_LEN_MAX`] bytes.
+    Note,
+    Field::Note,
+    NOTE_LEN_MAX
+);
+text_type!(
+    /// The caller's document for a movement (an order id, a delivery note, a
+    /// count sheet): 1 to [`REFERENCE_LEN_MAX`] bytes.
+    Reference,
+    Field::Reference,
+    REFERENCE_LEN_MAX
+);
 
 /// A positive number of units, at most [`QUANTITY_MAX`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]

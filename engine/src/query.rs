@@ -11,11 +11,13 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::cmd::Command;
 use crate::error::Corrupt;
-use crate::event::{Event, EventKind, EventRecord};
+use crate::event::{Event, EventKind, EventRecord, RecordLine};
 use crate::ids::{IdempotencyKey, ReservationId};
 use crate::item::{ItemId, Status, Who};
-use crate::outcome::{ItemView, LineView, MovementView, ReservationView};
+use crate::log::Batch;
+use crate::outcome::{ItemView, LineView, MovementView, Outcome, Refusal, ReservationView};
 use crate::reservation::HeldLine;
 use crate::state::ShardState;
 
@@ -229,9 +231,29 @@ impl ShardState {
     /// item (empty names); an event whose item is not in the shard, or
     /// whose names are corrupt, is an error.
     pub fn describe(&self, event: &Event) -> Result<EventRecord, Corrupt> {
+        self.describe_in(event, None, &[])
+    }
+
+    /// `describe`, with the entry's batch and outcomes the event came from:
+    /// the command's principal, note and reference, and a refused hold's
+    /// short lines. Reservation events name the reservation's lines and key
+    /// as the state holds them after the entry (none once it is forgotten:
+    /// a shard that retains no ended reservations).
+    pub fn describe_in(
+        &self,
+        event: &Event,
+        batch: Option<&Batch>,
+        outcomes: &[Outcome],
+    ) -> Result<EventRecord, Corrupt> {
         let item = match event.kind {
-            EventKind::StockChanged { item, .. } | EventKind::ThresholdCrossed { item, .. } => Some(item),
-            EventKind::ReservationExpired { .. } => None,
+            EventKind::StockChanged { item, .. }
+            | EventKind::ThresholdCrossed { item, .. }
+            | EventKind::HoldExtended { item, .. } => Some(item),
+            EventKind::ReservationExpired { .. }
+            | EventKind::ReservationHeld { .. }
+            | EventKind::ReservationRefused { .. }
+            | EventKind::ReservationConfirmed { .. }
+            | EventKind::ReservationReleased { .. } => None,
         };
         let (sku, warehouse) = match item {
             Some(id) if (id.0 as usize) < self.p.items.len() => {
@@ -242,7 +264,60 @@ impl ShardState {
             }
             None => (String::new(), String::new()),
         };
-        Ok(EventRecord { id: event.id, at_ms: event.at_ms, sku, warehouse, kind: event.kind })
+        let command = batch.and_then(|batch| batch.commands.get(event.command as usize));
+        let (principal, note, reference) = command.map(Command::provenance).unwrap_or_default();
+        let mut record = EventRecord {
+            id: event.id,
+            at_ms: event.at_ms,
+            sku,
+            warehouse,
+            kind: event.kind,
+            principal: principal.map(|p| p.as_str().to_owned()),
+            note: note.map(|n| n.as_str().to_owned()),
+            reference: reference.map(|r| r.as_str().to_owned()),
+            idempotency_key: None,
+            lines: Vec::new(),
+        };
+        let Some(reservation) = event.kind.reservation() else {
+            return Ok(record);
+        };
+        if let EventKind::ReservationRefused { .. } = event.kind {
+            let Some(Command::Hold(hold)) = command else {
+                return Ok(record);
+            };
+            record.idempotency_key = hold.idempotency_key.as_ref().map(|key| key.as_str().to_owned());
+            if let Some(Outcome::Refused(Refusal::InsufficientStock { lines })) = outcomes.get(event.command as usize) {
+                for short in lines {
+                    let Some(line) = hold.lines.get(short.line as usize) else {
+                        continue;
+                    };
+                    record.lines.push(RecordLine {
+                        sku: line.sku.as_str().to_owned(),
+                        warehouse: line.warehouse.as_ref().map(|w| w.as_str().to_owned()).unwrap_or_default(),
+                        quantity: short.requested,
+                        available: Some(short.available),
+                    });
+                }
+            }
+            return Ok(record);
+        }
+        if let Some(slot) = self.find_reservation(&reservation) {
+            record.idempotency_key = self.reservation_key(slot).map(IdempotencyKey::into_string);
+            let describes_lines =
+                !matches!(event.kind, EventKind::StockChanged { .. } | EventKind::HoldExtended { .. });
+            if describes_lines && let Some(lines) = self.reservation_lines(slot)? {
+                record.lines = lines
+                    .into_iter()
+                    .map(|line| RecordLine {
+                        sku: line.sku,
+                        warehouse: line.warehouse,
+                        quantity: line.quantity,
+                        available: None,
+                    })
+                    .collect();
+            }
+        }
+        Ok(record)
     }
 }
 
@@ -371,7 +446,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 5, 0);
         f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None));
         f.state.corrupt_arena_for_tests();
-        let confirm = Command::Confirm(crate::cmd::Confirm { id: rid(1) });
+        let confirm = Command::Confirm(crate::cmd::Confirm { principal: None, id: rid(1) });
         let entry = LogEntry::batch(LogId::new(1, f.index + 1), f.now_ms, vec![confirm]);
         let answer = f.state.apply(&entry);
         assert!(matches!(answer, Err(crate::error::ApplyError::Corrupt(_))), "{answer:?}");

@@ -23,7 +23,7 @@ use crate::config::Limits;
 use crate::customer::CustomerLimits;
 use crate::dedup::{DedupIndex, DedupRecord, DedupWindow};
 use crate::error::{ApplyError, Corrupt, InputError, SnapshotError};
-use crate::event::{Cause, Event, EventId, EventKind, LevelChange};
+use crate::event::{Cause, Event, EventId, EventKind, LevelChange, NO_COMMAND};
 use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, RequestId, ReservationId};
 use crate::item::{Item, ItemId, Movement, MovementReason, Status, Who};
 use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
@@ -106,6 +106,8 @@ pub(crate) struct Emitter {
     shard: u32,
     index: u64,
     pub at_ms: u64,
+    /// Position of the command being applied (`NO_COMMAND` outside one).
+    command: u32,
     events: Vec<Event>,
 }
 
@@ -113,7 +115,7 @@ impl Emitter {
     pub fn emit(&mut self, kind: EventKind) {
         let position = u32::try_from(self.events.len()).unwrap_or(u32::MAX);
         let id = EventId { shard: self.shard, index: self.index, position };
-        self.events.push(Event { id, at_ms: self.at_ms, kind });
+        self.events.push(Event { id, at_ms: self.at_ms, command: self.command, kind });
     }
 }
 
@@ -323,6 +325,7 @@ impl ShardState {
             shard: self.p.shard,
             index: entry.log_id.index,
             at_ms: self.p.now_ms,
+            command: NO_COMMAND,
             events: std::mem::take(&mut applied.events),
         };
         match &entry.payload {
@@ -341,6 +344,7 @@ impl ShardState {
                 // (see `Batch`): deterministic, and no command is lost.
                 let request_ids = batch.effective_request_ids();
                 for (position, command) in batch.commands.iter().enumerate() {
+                    emitter.command = u32::try_from(position).unwrap_or(NO_COMMAND);
                     let outcome = match request_ids.get(position) {
                         Some(&request_id) => self.apply_once(request_id, command, &mut emitter)?,
                         None => cmd::apply(self, command, &mut emitter)?,
@@ -733,6 +737,13 @@ impl ShardState {
                 }
             };
             self.finish_change(line.item, before, change, emitter);
+        }
+        // The reservation's own event follows its lines' stock changes.
+        match state {
+            ReservationState::Confirmed => emitter.emit(EventKind::ReservationConfirmed { reservation: id }),
+            ReservationState::Released => emitter.emit(EventKind::ReservationReleased { reservation: id }),
+            // Expiry emits its own event first, with the deadline.
+            ReservationState::Expired | ReservationState::Held => {}
         }
         self.ix.wheel.cancel(slot);
         self.ix.live_holds -= 1;
@@ -1167,6 +1178,7 @@ pub(crate) mod tests_support {
     /// available first.
     pub fn hold_any_command(n: u8, lines: &[(&str, Option<&str>, u64)], key: Option<IdempotencyKey>) -> Command {
         Command::Hold(Hold {
+            principal: None,
             id: rid(n),
             lines: lines
                 .iter()

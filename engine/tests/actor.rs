@@ -1,7 +1,7 @@
 //! Shard actors on their arbiters: applies and reads go through the mailbox,
 //! one at a time, and every shard keeps its own state.
 
-use engine::actor::{Apply, Install, Read, Recycle, ShardPool, TakeSnapshot};
+use engine::actor::{Apply, Describe, Install, Read, Recycle, ShardPool, TakeSnapshot};
 use engine::event::EventKind;
 use engine::outcome::Outcome;
 use engine::{Limits, LogEntry, LogId, ShardState, shard_of};
@@ -36,7 +36,7 @@ fn each_shard_actor_applies_its_own_entries_and_answers_reads() {
                 LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert_command(&sku, "berlin", 5, 1)]),
                 LogEntry::batch(LogId::new(1, 2), 1_010, vec![hold_command(1, &[(&sku, "berlin", 5)], 60_000, None)]),
             ];
-            let answer = addr.send(Apply { entries, describe_events: true }).await;
+            let answer = addr.send(Apply { entries, describe_events: Describe::All }).await;
             let answer = answer.unwrap_or_else(|e| panic!("mailbox: {e}")).unwrap_or_else(|e| panic!("apply: {e}"));
             assert_eq!(answer.applied.len(), 2);
             assert!(matches!(answer.applied[1].outcomes[0], Outcome::Held { .. }));
@@ -62,7 +62,7 @@ fn a_command_for_another_shard_is_refused_by_the_actor() {
         let foreign = sku_on(1);
         let addr = pool.shard(0).unwrap_or_else(|| panic!("no shard"));
         let entries = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command(&foreign, "berlin", 5, 1)])];
-        let answer = addr.send(Apply { entries, describe_events: false }).await;
+        let answer = addr.send(Apply { entries, describe_events: Describe::None }).await;
         let answer = answer.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
         let code = answer.applied[0].outcomes[0].refusal().map(|r| r.code());
         assert_eq!(code, Some("wrong_shard"));
@@ -76,14 +76,16 @@ fn out_of_order_entries_are_refused_and_change_nothing() {
         let sku = sku_on(2);
         let addr = pool.shard(2).unwrap_or_else(|| panic!("no shard"));
         let first = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command(&sku, "berlin", 5, 1)])];
-        let _ = addr.send(Apply { entries: first, describe_events: false }).await;
+        let _ = addr.send(Apply { entries: first, describe_events: Describe::None }).await;
         // A batch whose second entry replays the first applies none of them.
         let replay = vec![
             LogEntry::batch(LogId::new(1, 2), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
             LogEntry::batch(LogId::new(1, 1), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
         ];
-        let answer =
-            addr.send(Apply { entries: replay, describe_events: false }).await.unwrap_or_else(|e| panic!("{e}"));
+        let answer = addr
+            .send(Apply { entries: replay, describe_events: Describe::None })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(answer.is_err());
         let on_hand = addr
             .send(Read::new(move |s: &ShardState| s.get_item(&sku, "berlin").ok().flatten().map(|i| i.on_hand)))
@@ -99,7 +101,7 @@ fn a_snapshot_taken_through_the_actor_installs_into_another() {
         let sku = sku_on(3);
         let source = pool.shard(3).unwrap_or_else(|| panic!("no shard"));
         let entries = vec![LogEntry::batch(LogId::new(2, 1), 1, vec![upsert_command(&sku, "berlin", 42, 1)])];
-        let _ = source.send(Apply { entries, describe_events: false }).await;
+        let _ = source.send(Apply { entries, describe_events: Describe::None }).await;
         let snapshot =
             source.send(TakeSnapshot).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(snapshot.meta.last_applied, Some(LogId::new(2, 1)));

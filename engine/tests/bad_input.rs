@@ -73,7 +73,10 @@ fn unknown_reservations_and_items_are_refusals_not_errors() {
     let entry = LogEntry::batch(
         LogId::new(1, 1),
         1,
-        vec![Command::Confirm(Confirm { id: rid(404) }), adjust_command("SKU-404", "berlin", 1, AdjustReason::Receive)],
+        vec![
+            Command::Confirm(Confirm { principal: None, id: rid(404) }),
+            adjust_command("SKU-404", "berlin", 1, AdjustReason::Receive),
+        ],
     );
     let outcomes = state.apply(&entry).unwrap_or_else(|e| panic!("{e}")).outcomes;
     assert_eq!(outcomes, vec![Outcome::Refused(Refusal::ReservationNotFound), Outcome::Refused(Refusal::ItemNotFound)]);

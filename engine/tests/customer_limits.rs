@@ -234,7 +234,11 @@ fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
             Op::Confirm(at) | Op::Release(at) if at < model.holds.len() => {
                 let confirm = matches!(op, Op::Confirm(_));
                 let id = rid(at as u64 + 1);
-                let command = if confirm { Command::Confirm(Confirm { id }) } else { Command::Release(Release { id }) };
+                let command = if confirm {
+                    Command::Confirm(Confirm { id, principal: None })
+                } else {
+                    Command::Release(Release { id, principal: None })
+                };
                 let outcome = apply(&mut state, &mut index, now_ms, command);
                 if model.holds[at].live {
                     prop_assert!(

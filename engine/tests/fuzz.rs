@@ -91,6 +91,8 @@ fn sample_commands() -> Vec<Command> {
         Command::UpsertItem(named),
         adjust_command("SKU-1", "berlin", -1, AdjustReason::Sale),
         Command::Transfer(Transfer {
+            note: None,
+            reference: None,
             sku: sku("SKU-1"),
             from: wh("berlin"),
             to: wh("paris"),
@@ -99,9 +101,9 @@ fn sample_commands() -> Vec<Command> {
         }),
         hold_command(20, &[("SKU-1", "berlin", 1), ("SKU-2", "berlin", 1)], 5_000, Some("key-20")),
         hold_any_command(21, &[("SKU-1", None, 3)], 5_000, None),
-        Command::Confirm(Confirm { id: rid(1) }),
-        Command::Release(Release { id: rid(2) }),
-        Command::Extend(Extend { id: rid(3), deadline: Deadline::AfterMs(60_000) }),
+        Command::Confirm(Confirm { principal: None, id: rid(1) }),
+        Command::Release(Release { principal: None, id: rid(2) }),
+        Command::Extend(Extend { principal: None, id: rid(3), deadline: Deadline::AfterMs(60_000) }),
         Command::SetLimits(SetLimits { limits: Limits::default() }),
         Command::Tick,
     ]
@@ -129,7 +131,10 @@ fn sample_entries() -> Vec<LogEntry> {
         LogEntry::batch_with_ids(
             LogId::new(2, 4),
             3_000,
-            vec![Command::Confirm(Confirm { id: rid(1) }), Command::Release(Release { id: rid(2) })],
+            vec![
+                Command::Confirm(Confirm { principal: None, id: rid(1) }),
+                Command::Release(Release { principal: None, id: rid(2) }),
+            ],
             vec![request_id(9), request_id(10)],
         ),
         LogEntry { log_id: LogId::new(2, 5), payload: engine::EntryPayload::Membership(vec![1, 2, 3, 4]) },
@@ -571,6 +576,18 @@ fn reheaded(bytes: Vec<u8>) -> Vec<u8> {
         seal_frame(header);
     }
     frames.concat()
+}
+
+/// A segment of an older format is refused at open, with the format named,
+/// never misread (format 4 changed the commands' archived shape).
+#[test]
+fn a_segment_of_the_previous_format_is_refused_by_name() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions/purge-at-the-last-index.wal");
+    let old = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dir = fuzz::scratch_dir();
+    std::fs::write(dir.path().join(SEGMENT_NAME), old).unwrap_or_else(|e| panic!("{e}"));
+    let error = Wal::open(dir.path(), wal_config()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("format 3") && error.contains("refusing to start"), "{error}");
 }
 
 /// `snapshot_image`, corpus input `edge-meta-length-max`: `latest()` read

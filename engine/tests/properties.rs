@@ -283,6 +283,8 @@ impl Op {
             }
             Op::Adjust { sku, wh, delta } => adjust_command(SKUS[*sku], WAREHOUSES[*wh], *delta, AdjustReason::Count),
             Op::Transfer { sku: s, from, quantity } => Command::Transfer(Transfer {
+                note: None,
+                reference: None,
                 sku: sku(SKUS[*s]),
                 from: wh(WAREHOUSES[*from]),
                 to: wh(WAREHOUSES[(*from + 1) % WAREHOUSES.len()]),
@@ -294,9 +296,11 @@ impl Op {
                     lines.iter().map(|&(s, w, q)| (SKUS[s], w.map(|w| WAREHOUSES[w]), q)).collect();
                 hold_any_command(*n, &lines, *ttl_ms, key.map(|k| KEYS[k]))
             }
-            Op::Confirm { n } => Command::Confirm(Confirm { id: rid(*n) }),
-            Op::Release { n } => Command::Release(Release { id: rid(*n) }),
-            Op::Extend { n, ttl_ms } => Command::Extend(Extend { id: rid(*n), deadline: Deadline::AfterMs(*ttl_ms) }),
+            Op::Confirm { n } => Command::Confirm(Confirm { principal: None, id: rid(*n) }),
+            Op::Release { n } => Command::Release(Release { principal: None, id: rid(*n) }),
+            Op::Extend { n, ttl_ms } => {
+                Command::Extend(Extend { principal: None, id: rid(*n), deadline: Deadline::AfterMs(*ttl_ms) })
+            }
             Op::Tick => Command::Tick,
         }
     }

@@ -24,6 +24,8 @@ const ALERT_ITEMS_MAX = 100;
 /** Movements read per warehouse and shown in all. */
 const HISTORY_PER_WAREHOUSE = 20;
 const HISTORY_ROWS_MAX = 40;
+/** Ledger entries the item view shows, newest first. */
+const LEDGER_ROWS_MAX = 50;
 /** How often the cluster panel refreshes itself. */
 const CLUSTER_REFRESH_MS = 5000;
 /** Coalescing of re-reads that events trigger. */
@@ -475,6 +477,41 @@ async function loadHistory() {
   );
   if (rows.length === 0) rows.push(h("tr", {}, h("td", { colSpan: 6, class: "muted" }, "No movements yet.")));
   $("history").tBodies[0].replaceChildren(...rows);
+  await loadLedger(view);
+}
+
+/** The SKU's newest ledger entries: every movement, holds included, with who, why and the references. */
+async function loadLedger(view) {
+  let page;
+  try {
+    page = await state.client.ledgerNewest({ sku: view.sku, limit: LEDGER_ROWS_MAX });
+  } catch (error) {
+    if (error instanceof TallyError && error.code === "ledger_disabled") {
+      $("ledger").tBodies[0].replaceChildren(h("tr", {}, h("td", { colSpan: 8, class: "muted" }, "The ledger is off on this node.")));
+      return;
+    }
+    throw error;
+  }
+  if (state.sku !== view) return;
+  const signed = (n) => `${n > 0 ? "+" : ""}${number(n)}`;
+  const rows = page.map((e) => {
+    const reference = [e.reference.order_id && `order ${e.reference.order_id}`, e.reference.reservation_id && shortId(e.reference.reservation_id), e.reference.document]
+      .filter(Boolean).join(" · ");
+    return h(
+      "tr",
+      { dataset: { id: e.id, kind: e.kind } },
+      h("td", { class: "mono" }, dateTime(e.at_ms)),
+      h("td", {}, e.warehouse || "—"),
+      h("td", {}, e.kind.replaceAll("_", " ") + (e.reason ? ` (${e.reason})` : "")),
+      h("td", { class: "num" }, e.kind === "gap" ? "—" : signed(e.quantity)),
+      h("td", { class: "num" }, `${number(e.on_hand_before)} → ${number(e.on_hand_after)}`),
+      h("td", { class: "num" }, `${number(e.reserved_before)} → ${number(e.reserved_after)}`),
+      h("td", {}, e.principal || "system"),
+      h("td", {}, [e.note, reference].filter(Boolean).join(" — ")),
+    );
+  });
+  if (rows.length === 0) rows.push(h("tr", {}, h("td", { colSpan: 8, class: "muted" }, "No ledger entries yet.")));
+  $("ledger").tBodies[0].replaceChildren(...rows);
 }
 
 // Live holds --------------------------------------------------------------------------
@@ -707,9 +744,15 @@ function feedRow(event) {
       kind = `${data.from} → ${data.to}`.replaceAll("_", " ");
       detail = `available ${number(data.available)}, low at ${number(data.low_stock_threshold)}`;
       break;
-    case "reservation_expired":
-      kind = "reservation expired";
-      detail = shortId(data.reservation);
+    case "reservation.held":
+    case "reservation.refused":
+    case "reservation.confirmed":
+    case "reservation.released":
+    case "reservation.expired":
+      kind = event.type.replace(".", " ");
+      detail = (data.order_id ? `order ${data.order_id} · ` : "") + shortId(data.reservation) +
+        (data.lines || []).map((line) => ` · ${line.sku} ×${number(line.quantity)}` +
+          (line.available !== undefined ? ` (${number(line.available)} available)` : "")).join("");
       break;
     default:
       kind = event.type;

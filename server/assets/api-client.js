@@ -56,6 +56,7 @@ export const ROUTES = Object.freeze({
   extendOrder: { method: "POST", path: "/v1/orders/{order_id}/extend", role: "reserve" },
   events: { method: "GET", path: "/v1/events", role: "read" },
   alerts: { method: "GET", path: "/v1/alerts", role: "read" },
+  ledger: { method: "GET", path: "/v1/ledger", role: "read" },
   cluster: { method: "GET", path: "/v1/cluster", role: "read" },
   digests: { method: "GET", path: "/v1/cluster/digests", role: "read" },
   metrics: { method: "GET", path: "/metrics", role: "read" },
@@ -83,6 +84,10 @@ export const ERROR_CODES = Object.freeze({
   ttl_out_of_range: "The TTL is out of the allowed range.",
   invalid_limit: "The limit is out of range.",
   invalid_cursor: "The cursor does not come from a previous page.",
+  invalid_kind: "The ledger kind is not one it records.",
+  invalid_time: "A time is not RFC 3339 (e.g. 2026-12-06T17:00:00Z).",
+  ledger_disabled: "The ledger is off on this node.",
+  ledger_unavailable: "The ledger could not be read on this node.",
   invalid_status: "The status is not IN_STOCK, LOW_STOCK or OUT_OF_STOCK.",
   invalid_reason: "The reason is not one the API knows.",
   invalid_lines: "The availability question has no lines or too many.",
@@ -257,6 +262,28 @@ export class TallyClient {
   /** Recent movements of an item, newest first. */
   async history(sku, warehouse, { limit } = {}) {
     return (await this.request("GET", `${itemPath(sku, warehouse)}/history`, { query: { limit } })).body;
+  }
+
+  /** One page of the movement ledger: `{ sku, warehouse, kind, since, until, cursor, limit }`. */
+  async ledger(query = {}) {
+    return (await this.request("GET", "/v1/ledger", { query })).body;
+  }
+
+  /**
+   * The newest `limit` ledger entries that `query` keeps, newest first. The
+   * ledger pages oldest first, so this walks its pages (bounded by
+   * `pagesMax`) and keeps the tail.
+   */
+  async ledgerNewest({ limit = 50, pagesMax = 20, ...query } = {}) {
+    let newest = [];
+    let cursor;
+    for (let page = 0; page < pagesMax; page += 1) {
+      const answer = await this.ledger({ ...query, limit: 1000, cursor });
+      newest = newest.concat(answer.entries).slice(-limit);
+      if (!answer.next_cursor) break;
+      cursor = answer.next_cursor;
+    }
+    return newest.reverse();
   }
 
   /** Moves `quantity` units of a SKU between warehouses, atomically (admin): `{ from, to, quantity, reason }`. */

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster::NodeEvent;
-use engine::EventKind;
+use engine::{EventKind, EventRecord};
 use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
@@ -43,7 +43,7 @@ use tokio::sync::Notify;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::config::{AlertsConfig, WebhookConfig};
-use crate::events::event_json;
+use crate::events::{event_json, is_published, kind_name};
 
 /// Lines appended and synced at once by the file sink.
 pub const FILE_BATCH_LINES_MAX: usize = 1024;
@@ -159,17 +159,34 @@ impl Alerts {
 #[derive(Debug)]
 struct Alert {
     id: String,
+    /// The event's type, for the log.
+    kind: &'static str,
     /// `event_json` of the crossing.
     body: Bytes,
 }
 
-/// The alert a sink sends for `event`, if any: leader crossings only.
+/// The alert sinks may send for `event`, if any: leader events of a type
+/// some sink takes.
 fn alert_of(event: &NodeEvent) -> Option<Alert> {
-    if !event.leader || !matches!(event.record.kind, EventKind::ThresholdCrossed { .. }) {
+    if !event.leader || !is_published(&event.record.kind) {
         return None;
     }
     let body = Bytes::from(event_json(&event.record).to_string());
-    Some(Alert { id: event.record.id.to_string(), body })
+    Some(Alert { id: event.record.id.to_string(), kind: kind_name(&event.record.kind), body })
+}
+
+/// Whether a webhook subscribed to `event`: by type, and by SKU prefix (a
+/// reservation event names its SKUs in its lines).
+fn subscribed(config: &WebhookConfig, record: &EventRecord) -> bool {
+    let kind = kind_name(&record.kind);
+    if !config.event_types.iter().any(|t| t == kind) {
+        return false;
+    }
+    if config.sku_prefixes.is_empty() {
+        return true;
+    }
+    let matches = |sku: &str| config.sku_prefixes.iter().any(|prefix| sku.starts_with(prefix.as_str()));
+    matches(&record.sku) || record.lines.iter().any(|line| matches(&line.sku))
 }
 
 /// The one reader of the cluster's events: never awaits anything but the
@@ -181,8 +198,16 @@ async fn read_cluster_events(alerts: Arc<Alerts>, mut events: broadcast::Receive
             Ok(event) => {
                 let Some(alert) = alert_of(&event) else { continue };
                 let alert = Arc::new(alert);
-                for sink in alerts.sinks() {
-                    sink.push(Arc::clone(&alert));
+                // The file takes threshold crossings, as it always has.
+                if let Some(file) = &alerts.file
+                    && matches!(event.record.kind, EventKind::ThresholdCrossed { .. })
+                {
+                    file.sink.push(Arc::clone(&alert));
+                }
+                for webhook in &alerts.webhooks {
+                    if subscribed(&webhook.config, &event.record) {
+                        webhook.sink.push(Arc::clone(&alert));
+                    }
                 }
             }
             Err(RecvError::Lagged(missed)) => {
@@ -222,7 +247,7 @@ impl Sink {
     fn push(&self, alert: Arc<Alert>) {
         if let Some(oldest) = self.queue.push(alert) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(event_id = %oldest.id, "alert queue full; dropped its oldest alert");
+            tracing::warn!(event_id = %oldest.id, kind = oldest.kind, "alert queue full; dropped its oldest alert");
         }
     }
 }
@@ -451,6 +476,11 @@ mod tests {
 
     fn crossing(index: u64, leader: bool) -> NodeEvent {
         let record = EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: EventId { shard: 0, index, position: 1 },
             at_ms: 77,
             sku: "sku-1".into(),
@@ -469,6 +499,11 @@ mod tests {
     fn stock_changed(index: u64) -> NodeEvent {
         let levels = LevelChange { on_hand_before: 1, on_hand_after: 0, reserved_before: 0, reserved_after: 0 };
         let record = EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: EventId { shard: 0, index, position: 0 },
             at_ms: 77,
             sku: "sku-1".into(),
@@ -487,6 +522,7 @@ mod tests {
             backoff_first_ms: 1,
             backoff_max_ms: 2,
             timeout_ms: 5_000,
+            ..WebhookConfig::default()
         }
     }
 
@@ -553,6 +589,33 @@ mod tests {
 
     fn send(cluster: &broadcast::Sender<NodeEvent>, event: NodeEvent) {
         cluster.send(event).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_webhook_takes_the_event_types_and_sku_prefixes_it_subscribed_to() {
+        let mut config = webhook("http://127.0.0.1:1/");
+        assert!(subscribed(&config, &crossing(1, true).record), "crossings by default");
+        assert!(!subscribed(&config, &stock_changed(2).record));
+        config.event_types = vec!["reservation.held".into(), "reservation.refused".into()];
+        config.sku_prefixes = vec!["SHOE-".into()];
+        let held = |sku: &str| EventRecord {
+            kind: EventKind::ReservationHeld {
+                reservation: engine::ids::ReservationId::from_bytes([7; 16]),
+                deadline_ms: 9,
+            },
+            sku: String::new(),
+            warehouse: String::new(),
+            lines: vec![engine::event::RecordLine {
+                sku: sku.into(),
+                warehouse: "w1".into(),
+                quantity: 1,
+                available: None,
+            }],
+            ..crossing(3, true).record
+        };
+        assert!(subscribed(&config, &held("SHOE-42")), "a line's SKU matches the prefix");
+        assert!(!subscribed(&config, &held("HAT-1")), "no line matches");
+        assert!(!subscribed(&config, &crossing(4, true).record), "crossings no longer subscribed");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::events::EventHub;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
-use crate::routes::{admin, bulk, items, ops, reservations, stream, ui};
+use crate::routes::{admin, bulk, items, ledger, ops, reservations, stream, ui};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -93,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orders/{order_id}/extend", post(reservations::order_extend))
         .route("/v1/events", get(stream::events))
         .route("/v1/alerts", get(stream::alerts))
+        .route("/v1/ledger", get(ledger::ledger))
         .route("/v1/cluster", get(ops::cluster))
         .route("/v1/cluster/digests", get(ops::digests))
         .route("/v1/debug/clock", post(ops::set_clock))
@@ -207,7 +208,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         .await
         .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(ServeError::Http)?;
-    let node = Node::start(config.cluster.clone()).await?;
+    let mut cluster = config.cluster.clone();
+    cluster.ledger.clone_from(&config.ledger);
+    let node = Node::start(cluster).await?;
     let hub = EventHub::start(&config.events, node.events());
     let alerts = Alerts::start(&config.alerts, node.events());
     let auth = Arc::new(Auth::new(&config.auth));

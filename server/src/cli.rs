@@ -3,7 +3,8 @@
 //! `tally serve` starts a node: with no arguments a single node on
 //! 127.0.0.1:8080 with its data in `./data`; `--config` names a TOML file
 //! (see `config/example.toml`), `TALLY_*` variables and flags override it.
-//! `tally hash-key` prints the hash an API key is configured by.
+//! `tally hash-key` prints the hash an API key is configured by. `tally
+//! ledger export` writes a running node's movement ledger (`export.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,15 @@ enum Cmd {
     /// Build a new data directory from a backup (and the log archive) at a
     /// point in log time. Offline: run it with no node on NEW.
     Restore(RestoreArgs),
+    /// The movement ledger of a running node.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCmd {
+    /// Write the ledger (or the part the filters keep) as JSON lines or CSV.
+    Export(crate::export::ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,6 +253,25 @@ where
         },
         Cmd::Backup(args) => backup(&args),
         Cmd::Restore(args) => restore(&args),
+        Cmd::Ledger(LedgerCmd::Export(args)) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("tally: cannot start the runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::export::export(&args)) {
+                Ok(written) => {
+                    eprintln!("tally: {written} ledger entries written");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("tally: ledger export: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Openapi => {
             println!("{}", serde_json::to_string_pretty(&crate::openapi::document()).unwrap_or_default());
             ExitCode::SUCCESS

@@ -29,6 +29,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub alerts: AlertsConfig,
     pub cluster: ClusterConfig,
+    /// The movement ledger (`GET /v1/ledger`, `tally ledger export`).
+    pub ledger: cluster::ledger::LedgerConfig,
     /// Proposed to every shard at start (they are replicated state).
     pub engine: Limits,
     pub backup: BackupConfig,
@@ -150,6 +152,9 @@ pub struct ApiConfig {
     /// How a reservation line with no warehouse is filled from the SKU's
     /// warehouses, inside the hold's one atomic step.
     pub allocation: AllocationStrategy,
+    /// Longest `note` of an adjustment or `reason` of a transfer, in bytes
+    /// (at most the engine's `NOTE_LEN_MAX`, 1024): recorded in the ledger.
+    pub note_bytes_max: usize,
 }
 
 /// `api.allocation`: how lines without a warehouse are allocated.
@@ -181,6 +186,7 @@ impl Default for ApiConfig {
             list_scan_max: 100_000,
             history_limit_max: 255,
             allocation: AllocationStrategy::MostAvailable,
+            note_bytes_max: 256,
         }
     }
 }
@@ -367,6 +373,14 @@ pub struct WebhookConfig {
     pub backoff_max_ms: u64,
     /// Timeout of one delivery attempt.
     pub timeout_ms: u64,
+    /// Event types this sink is sent (`threshold_crossed`, `stock_changed`,
+    /// `reservation.held`, `reservation.refused`, `reservation.confirmed`,
+    /// `reservation.released`, `reservation.expired`). Threshold crossings
+    /// only by default.
+    pub event_types: Vec<String>,
+    /// Only events whose SKU (a reservation event: any of its lines' SKUs)
+    /// starts with one of these; empty for every SKU.
+    pub sku_prefixes: Vec<String>,
 }
 
 impl Default for WebhookConfig {
@@ -379,9 +393,22 @@ impl Default for WebhookConfig {
             backoff_first_ms: 100,
             backoff_max_ms: 30_000,
             timeout_ms: 5_000,
+            event_types: vec!["threshold_crossed".into()],
+            sku_prefixes: Vec::new(),
         }
     }
 }
+
+/// The event types a webhook may subscribe to (`events::kind_name`).
+pub const SINK_EVENT_TYPES: [&str; 7] = [
+    "threshold_crossed",
+    "stock_changed",
+    "reservation.held",
+    "reservation.refused",
+    "reservation.confirmed",
+    "reservation.released",
+    "reservation.expired",
+];
 
 /// Why the settings could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -590,7 +617,17 @@ impl Config {
             if hook.secret.is_empty() || hook.queue_max == 0 || hook.attempts_max == 0 || hook.timeout_ms == 0 {
                 return invalid("alerts.webhooks: secret, queue_max, attempts_max and timeout_ms are required".into());
             }
+            if let Some(unknown) = hook.event_types.iter().find(|t| !SINK_EVENT_TYPES.contains(&t.as_str())) {
+                return invalid(format!(
+                    "alerts.webhooks event_types: {unknown:?} is not one of {}",
+                    SINK_EVENT_TYPES.join(", ")
+                ));
+            }
         }
+        if api.note_bytes_max == 0 || api.note_bytes_max > engine::ids::NOTE_LEN_MAX {
+            return invalid(format!("api.note_bytes_max must be in 1..={}", engine::ids::NOTE_LEN_MAX));
+        }
+        self.ledger.validate().map_err(ConfigError::Invalid)?;
         self.cluster.validate().map_err(|e| ConfigError::Invalid(format!("cluster: {e}")))?;
         self.engine.validate().map_err(|e| ConfigError::Invalid(format!("engine: {e}")))?;
         Ok(())

@@ -37,6 +37,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast};
 
 use crate::config::EventsConfig;
+use crate::idempotency;
 
 /// The stable JSON shape of one event:
 /// `{"id": "<shard>-<index>-<position>", "type", "at_ms", "sku", "warehouse", ...}`
@@ -72,7 +73,16 @@ pub fn event_json(record: &EventRecord) -> Value {
             "available": available,
             "low_stock_threshold": low_stock_threshold,
         }),
-        EventKind::ReservationExpired { reservation, deadline_ms } => json!({
+        EventKind::ReservationExpired { reservation, deadline_ms }
+        | EventKind::ReservationHeld { reservation, deadline_ms } => {
+            let mut fields = reservation_fields(record, reservation);
+            fields["deadline_ms"] = json!(deadline_ms);
+            fields
+        }
+        EventKind::ReservationRefused { reservation }
+        | EventKind::ReservationConfirmed { reservation }
+        | EventKind::ReservationReleased { reservation } => reservation_fields(record, reservation),
+        EventKind::HoldExtended { item: _, reservation, deadline_ms, levels: _ } => json!({
             "reservation": reservation.to_string(),
             "deadline_ms": deadline_ms,
         }),
@@ -83,13 +93,57 @@ pub fn event_json(record: &EventRecord) -> Value {
     value
 }
 
+/// What every reservation event carries for a consumer (an order service
+/// waiting for InventoryReserved / InventoryReservationFailed): the
+/// reservation, the caller's `order_id` if it gave one, who acted, and the
+/// lines (for `reservation.refused`, every short line with what was
+/// available).
+fn reservation_fields(record: &EventRecord, reservation: engine::ids::ReservationId) -> Value {
+    let order_id =
+        record.idempotency_key.as_deref().and_then(|key| idempotency::caller_key(idempotency::Kind::Order, key));
+    let lines: Vec<Value> = record
+        .lines
+        .iter()
+        .map(|line| {
+            let mut value = json!({
+                "sku": line.sku,
+                "warehouse": non_empty(&line.warehouse),
+                "quantity": line.quantity,
+            });
+            if let Some(available) = line.available {
+                value["available"] = json!(available);
+            }
+            value
+        })
+        .collect();
+    json!({
+        "reservation": reservation.to_string(),
+        "order_id": order_id,
+        "principal": record.principal,
+        "lines": lines,
+    })
+}
+
 /// The `type` of an event in JSON and the `event:` field of SSE.
+/// (Before the ledger, an expiry was `reservation_expired`; reservation
+/// events now share the `reservation.` prefix.)
 pub fn kind_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::StockChanged { .. } => "stock_changed",
         EventKind::ThresholdCrossed { .. } => "threshold_crossed",
-        EventKind::ReservationExpired { .. } => "reservation_expired",
+        EventKind::ReservationExpired { .. } => "reservation.expired",
+        EventKind::ReservationHeld { .. } => "reservation.held",
+        EventKind::ReservationRefused { .. } => "reservation.refused",
+        EventKind::ReservationConfirmed { .. } => "reservation.confirmed",
+        EventKind::ReservationReleased { .. } => "reservation.released",
+        EventKind::HoldExtended { .. } => "hold_extended",
     }
+}
+
+/// Whether the hub publishes an event of this kind. A hold's extension is
+/// one event per line for the ledger; consumers are not sent it.
+pub fn is_published(kind: &EventKind) -> bool {
+    !matches!(kind, EventKind::HoldExtended { .. })
 }
 
 fn non_empty(text: &str) -> Value {
@@ -146,8 +200,10 @@ impl PublishedEvent {
         kind_name(&self.record.kind)
     }
 
+    /// Whether a subscription to `sku` gets this event: an item's events by
+    /// its SKU, a reservation's by any of its lines' SKUs.
     fn matches(&self, sku: Option<&str>) -> bool {
-        sku.is_none_or(|sku| self.record.sku == sku)
+        sku.is_none_or(|sku| self.record.sku == sku || self.record.lines.iter().any(|line| line.sku == sku))
     }
 }
 
@@ -357,7 +413,8 @@ async fn read_cluster_events(hub: Weak<EventHub>, mut events: broadcast::Receive
         let received = events.recv().await;
         let Some(hub) = hub.upgrade() else { return };
         match received {
-            Ok(event) => hub.publish(event.record),
+            Ok(event) if is_published(&event.record.kind) => hub.publish(event.record),
+            Ok(_) => {}
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "event hub fell behind the cluster; resumes across the hole will get 410");
                 hub.gap(missed);
@@ -455,7 +512,7 @@ pub fn sse_response(subscription: Subscription, keepalive: Duration) -> Response
 #[cfg(test)]
 mod tests {
     use engine::cmd::AdjustReason;
-    use engine::event::{Cause, LevelChange};
+    use engine::event::{Cause, LevelChange, RecordLine};
     use engine::ids::ReservationId;
     use engine::item::{ItemId, Status};
     use futures_util::StreamExt;
@@ -476,6 +533,11 @@ mod tests {
         let levels = LevelChange { on_hand_before: 10, on_hand_after: 10, reserved_before: 2, reserved_after: 5 };
         let cause = Cause::Hold(ReservationId::from_bytes([0xab; 16]));
         EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: id(index),
             at_ms: 1000 + index,
             sku: sku.into(),
@@ -486,6 +548,11 @@ mod tests {
 
     fn crossing(index: u64, sku: &str) -> EventRecord {
         EventRecord {
+            principal: None,
+            reference: None,
+            idempotency_key: None,
+            lines: Vec::new(),
+            note: None,
             id: id(index),
             at_ms: 1000 + index,
             sku: sku.into(),
@@ -566,19 +633,40 @@ mod tests {
     }
 
     #[test]
-    fn reservation_expired_json_has_no_item() {
+    fn reservation_events_carry_order_id_principal_and_lines_and_no_item() {
+        let order_key = format!("o{sep}shop{sep}order-7", sep = engine::ids::IDEMPOTENCY_KEY_SEPARATOR as char);
         let record = EventRecord {
             id: EventId { shard: 2, index: 40, position: 3 },
             at_ms: 5,
             sku: String::new(),
             warehouse: String::new(),
             kind: EventKind::ReservationExpired { reservation: ReservationId::from_bytes([0x01; 16]), deadline_ms: 4 },
+            principal: None,
+            note: None,
+            reference: None,
+            idempotency_key: Some(order_key.clone()),
+            lines: vec![RecordLine { sku: "sku-1".into(), warehouse: "w1".into(), quantity: 2, available: None }],
         };
         assert_eq!(
             event_json(&record),
             json!({
-                "id": "2-40-3", "type": "reservation_expired", "at_ms": 5, "sku": null, "warehouse": null,
-                "reservation": "01".repeat(16), "deadline_ms": 4,
+                "id": "2-40-3", "type": "reservation.expired", "at_ms": 5, "sku": null, "warehouse": null,
+                "reservation": "01".repeat(16), "deadline_ms": 4, "order_id": "order-7", "principal": null,
+                "lines": [{ "sku": "sku-1", "warehouse": "w1", "quantity": 2 }],
+            })
+        );
+        let refused = EventRecord {
+            kind: EventKind::ReservationRefused { reservation: ReservationId::from_bytes([0x02; 16]) },
+            principal: Some("shop".into()),
+            lines: vec![RecordLine { sku: "sku-2".into(), warehouse: String::new(), quantity: 9, available: Some(4) }],
+            ..record
+        };
+        assert_eq!(
+            event_json(&refused),
+            json!({
+                "id": "2-40-3", "type": "reservation.refused", "at_ms": 5, "sku": null, "warehouse": null,
+                "reservation": "02".repeat(16), "order_id": "order-7", "principal": "shop",
+                "lines": [{ "sku": "sku-2", "warehouse": null, "quantity": 9, "available": 4 }],
             })
         );
     }

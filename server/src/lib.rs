@@ -17,6 +17,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod export;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;

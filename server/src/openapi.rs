@@ -24,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::routes::{Consistency, admin, bulk, items, ops, reservations, stream};
+use crate::routes::{Consistency, admin, bulk, items, ledger, ops, reservations, stream};
 
 /// The name of the one security scheme.
 const API_KEY: &str = "api_key";
@@ -87,6 +87,7 @@ pub fn document() -> Value {
         reservations::order_extend,
         stream::events,
         stream::alerts,
+        ledger::ledger,
         ops::cluster,
         ops::digests,
         ops::set_clock,
@@ -107,6 +108,7 @@ pub fn document() -> Value {
         (name = "reservations", description = "Holds on stock: create, confirm (the sale), release, extend."),
         (name = "orders", description = "The reservation an `order_id` made, by that order id."),
         (name = "events", description = "Live stock changes, threshold crossings and expiries; recent alerts."),
+        (name = "ledger", description = "Every stock movement, with who, why, the caller's references and the levels around it."),
         (name = "operations", description = "Health, readiness, cluster status, metrics and this document."),
     ),
 )]
@@ -575,10 +577,19 @@ pub enum ThresholdCrossedType {
     ThresholdCrossed,
 }
 
+/// The type of a reservation event.
 #[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub enum ReservationExpiredType {
-    ReservationExpired,
+pub enum ReservationEventType {
+    #[schema(rename = "reservation.held")]
+    Held,
+    #[schema(rename = "reservation.refused")]
+    Refused,
+    #[schema(rename = "reservation.confirmed")]
+    Confirmed,
+    #[schema(rename = "reservation.released")]
+    Released,
+    #[schema(rename = "reservation.expired")]
+    Expired,
 }
 
 /// An item's levels changed.
@@ -619,22 +630,122 @@ pub struct ThresholdCrossedEvent {
     pub low_stock_threshold: u64,
 }
 
-/// A reservation reached its deadline while held.
+/// A reservation was held, refused for stock, confirmed, released or
+/// expired: what an order service waits for (InventoryReserved,
+/// InventoryReservationFailed). A reservation across shards has one event
+/// per part, each with that part's lines.
 #[derive(ToSchema)]
-pub struct ReservationExpiredEvent {
+pub struct ReservationEvent {
     /// `<shard>-<index>-<position>`: the same on every node.
     pub id: String,
-    #[schema(rename = "type", inline)]
-    pub kind: ReservationExpiredType,
+    #[schema(rename = "type")]
+    pub kind: ReservationEventType,
     pub at_ms: u64,
-    /// Always `null`: a reservation event names no item.
+    /// Always `null`: a reservation event names its items in `lines`.
     #[schema(required = true)]
     pub sku: Option<String>,
     /// Always `null`.
     #[schema(required = true)]
     pub warehouse: Option<String>,
     pub reservation: String,
-    pub deadline_ms: u64,
+    /// The caller's `order_id`, if the reservation was made with one.
+    #[schema(required = true)]
+    pub order_id: Option<String>,
+    /// The API key name that acted; `null` for an expiry.
+    #[schema(required = true)]
+    pub principal: Option<String>,
+    /// The reservation's lines; for `reservation.refused`, every short line
+    /// with what was `available`.
+    pub lines: Vec<ReservationEventLine>,
+    /// `reservation.held` and `reservation.expired`: the deadline (log time).
+    pub deadline_ms: Option<u64>,
+}
+
+#[derive(ToSchema)]
+pub struct ReservationEventLine {
+    pub sku: String,
+    /// `null` for a refused line that named no warehouse.
+    #[schema(required = true)]
+    pub warehouse: Option<String>,
+    pub quantity: u64,
+    /// Refused lines only.
+    pub available: Option<u64>,
+}
+
+/// One page of `GET /v1/ledger`.
+#[derive(ToSchema)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntry>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// One movement of the ledger.
+#[derive(ToSchema)]
+pub struct LedgerEntry {
+    /// `<shard>-<index>-<position>`: the event that made it, the same on every node.
+    pub id: String,
+    /// Log time, RFC 3339 UTC.
+    pub at: String,
+    pub at_ms: u64,
+    pub kind: LedgerKind,
+    /// `null` for a gap.
+    #[schema(required = true)]
+    pub sku: Option<String>,
+    #[schema(required = true)]
+    pub warehouse: Option<String>,
+    /// Signed change of `on_hand`, or of `reserved` for holds, releases and expiries.
+    pub quantity: i64,
+    pub on_hand_before: u64,
+    pub on_hand_after: u64,
+    pub reserved_before: u64,
+    pub reserved_after: u64,
+    /// The API key name that made it; `null` for expiries.
+    #[schema(required = true)]
+    pub principal: Option<String>,
+    /// An adjustment's reason code.
+    #[schema(required = true)]
+    pub reason: Option<AdjustReason>,
+    /// The caller's note (a transfer's `reason`).
+    #[schema(required = true)]
+    pub note: Option<String>,
+    pub reference: LedgerReference,
+    /// Gaps only: the log indexes of the shard this node could not record.
+    pub gap: Option<LedgerGap>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum LedgerKind {
+    Upsert,
+    Adjust,
+    TransferOut,
+    TransferIn,
+    Hold,
+    Extend,
+    Confirm,
+    Release,
+    Expire,
+    Gap,
+}
+
+#[derive(ToSchema)]
+pub struct LedgerReference {
+    #[schema(required = true)]
+    pub order_id: Option<String>,
+    #[schema(required = true)]
+    pub reservation_id: Option<String>,
+    /// The caller's document reference.
+    #[schema(required = true)]
+    pub document: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct LedgerGap {
+    pub shard: u32,
+    pub from_index: u64,
+    pub to_index: u64,
 }
 
 /// One event (`events::event_json`): the `data:` of an SSE message on
@@ -644,12 +755,16 @@ pub struct ReservationExpiredEvent {
 #[schema(discriminator(property_name = "type", mapping(
     ("stock_changed" = "#/components/schemas/StockChangedEvent"),
     ("threshold_crossed" = "#/components/schemas/ThresholdCrossedEvent"),
-    ("reservation_expired" = "#/components/schemas/ReservationExpiredEvent"),
+    ("reservation.held" = "#/components/schemas/ReservationEvent"),
+    ("reservation.refused" = "#/components/schemas/ReservationEvent"),
+    ("reservation.confirmed" = "#/components/schemas/ReservationEvent"),
+    ("reservation.released" = "#/components/schemas/ReservationEvent"),
+    ("reservation.expired" = "#/components/schemas/ReservationEvent"),
 )))]
 pub enum Event {
     StockChanged(StockChangedEvent),
     ThresholdCrossed(ThresholdCrossedEvent),
-    ReservationExpired(ReservationExpiredEvent),
+    Reservation(ReservationEvent),
 }
 
 /// The `data:` of the last SSE message to a subscriber that fell behind
@@ -966,6 +1081,7 @@ mod tests {
             "stream" => include_str!("routes/stream.rs"),
             "ops" => include_str!("routes/ops.rs"),
             "admin" => include_str!("routes/admin.rs"),
+            "ledger" => include_str!("routes/ledger.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");

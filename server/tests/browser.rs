@@ -349,6 +349,10 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.type_into("#adjust-delta", &format!("-3{ENTER}")).await;
     browser.wait_for_text("#sku-notice", "on hand now 22").await;
     assert_eq!(u64_of(&api.item("SHOE-42", "berlin").await, "on_hand"), 22);
+    // The item's ledger shows every movement, the hold too, with its levels.
+    browser.wait_for_text("#ledger tbody", "adjust (damage)").await;
+    let ledger = browser.text("#ledger tbody").await;
+    assert!(ledger.contains("hold") && ledger.contains("25 → 22") && ledger.contains("0 → 5"), "{ledger}");
     browser.quit().await;
 }
 

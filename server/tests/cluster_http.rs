@@ -194,3 +194,49 @@ async fn check_cluster_view(cluster: &TallyCluster, nodes: &[u64]) {
         .await;
     }
 }
+
+/// Every replica builds the ledger from the same log: the pages of any two
+/// nodes are the same entries, ids, levels, principals and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_records_the_same_ledger() {
+    let options = Options::default().shards(SHARDS).env("TALLY_CLUSTER__SECRET", CLUSTER_SECRET);
+    let cluster = TallyCluster::start(3, options).await;
+    for (n, sku) in SKUS.iter().enumerate() {
+        let via = 1 + (n as u64 % 3);
+        let (status, _, item) = cluster
+            .http(via)
+            .retry(Method::PUT, &item_path(sku, WAREHOUSE), &[], Some(&json!({ "on_hand": ON_HAND })))
+            .await;
+        assert!(status.is_success(), "{sku}: {status} {item}");
+        let adjust = json!({ "delta": -2, "reason": "damage", "note": "dropped", "reference": format!("DMG-{n}") });
+        let (status, _, body) = cluster
+            .http(1 + (via % 3))
+            .retry(Method::POST, &format!("{}/adjustments", item_path(sku, WAREHOUSE)), &[], Some(&adjust))
+            .await;
+        assert!(status.is_success(), "{sku}: {status} {body}");
+        let id = hold(cluster.http(1 + ((via + 1) % 3)), &format!("ledger-{sku}"), sku, 3).await;
+        end_reservation(cluster.http(via), &id, if n % 2 == 0 { "confirm" } else { "release" }).await;
+    }
+    // Each SKU: upsert, adjust, hold, then confirm or release.
+    let expected_len = SKUS.len() * 4;
+    let first = eventually("node 1's ledger has every movement", CATCH_UP_WAIT_MAX, async || {
+        let entries = ledger_page(&cluster, 1).await;
+        (entries.as_array().map(Vec::len) == Some(expected_len)).then_some(entries)
+    })
+    .await;
+    for via in [2, 3] {
+        eventually(&format!("node {via}'s ledger equals node 1's"), CATCH_UP_WAIT_MAX, async || {
+            (ledger_page(&cluster, via).await == first).then_some(())
+        })
+        .await;
+    }
+    let kinds: Vec<&str> = first.as_array().into_iter().flatten().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.iter().all(|k| ["upsert", "adjust", "hold", "confirm", "release"].contains(k)), "{kinds:?}");
+}
+
+/// Node `via`'s ledger, one page of up to 1000 entries.
+async fn ledger_page(cluster: &TallyCluster, via: u64) -> Value {
+    let (status, _, page) = cluster.http(via).retry(Method::GET, "/v1/ledger?limit=1000", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "node {via}: {page}");
+    page["entries"].clone()
+}

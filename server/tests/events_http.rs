@@ -238,3 +238,69 @@ async fn a_hold_that_crosses_the_threshold_is_streamed_resumable_listed_and_sent
         "the signature depends on the secret"
     );
 }
+
+/// What an order service waits for: `reservation.held` / `.refused` (every
+/// short line) / `.confirmed`, with the order id, on the stream and to a
+/// webhook that subscribed to those types for a SKU prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservation_events_carry_the_order_and_reach_the_webhooks_that_subscribed() {
+    let (hook_addr, mut deliveries) = start_webhook_receiver().await;
+    let webhooks = format!(
+        "[{{ url = \"http://{hook_addr}/hook\", secret = \"{WEBHOOK_SECRET}\", backoff_first_ms = 50, \
+         event_types = [\"reservation.held\", \"reservation.refused\", \"reservation.confirmed\"], \
+         sku_prefixes = [\"ord-\"] }}]"
+    );
+    let node = TallyProcess::start(Options::default().shards(2).set("alerts", "webhooks", &webhooks)).await;
+    let http = node.http();
+    for sku in ["ord-mug", "other-mug"] {
+        let (status, _, body) = http.put(&item_path(sku, "w1"), json!({ "on_hand": 5 })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut live = SseStream::open(node.http_addr, "?sku=ord-mug", None).await;
+
+    // Another SKU's hold: not sent to the webhook (prefix), nor on this stream.
+    let (status, _, _) = http
+        .post("/v1/reservations", json!({ "lines": [{ "sku": "other-mug", "warehouse": "w1", "quantity": 1 }] }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let line = |quantity: u64| json!([{ "sku": "ord-mug", "warehouse": "w1", "quantity": quantity }]);
+    let (status, _, held) = http.post("/v1/reservations", json!({ "lines": line(2), "order_id": "order-1" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let (status, _, refused) = http.post("/v1/reservations", json!({ "lines": line(9), "order_id": "order-2" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (status, _, confirmed) = http.post_empty("/v1/orders/order-1/confirm").await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+
+    let seen = live.until(|event| event.kind == "reservation.confirmed").await;
+    let of = |kind: &str| {
+        seen.iter().find(|event| event.kind == kind).unwrap_or_else(|| panic!("no {kind} in {seen:?}")).data.clone()
+    };
+    let on_stream = of("reservation.held");
+    assert_eq!((&on_stream["order_id"], &on_stream["reservation"]), (&json!("order-1"), &held["id"]), "{on_stream}");
+    assert_eq!(on_stream["lines"], json!([{ "sku": "ord-mug", "warehouse": "w1", "quantity": 2 }]));
+    let short = of("reservation.refused");
+    assert_eq!(short["order_id"], "order-2", "{short}");
+    assert_eq!(short["lines"], json!([{ "sku": "ord-mug", "warehouse": "w1", "quantity": 9, "available": 3 }]));
+    assert_eq!(of("reservation.confirmed")["order_id"], "order-1");
+
+    let mut sent = Vec::new();
+    while sent.len() < 3 {
+        let delivery = tokio::time::timeout(EVENT_WAIT_MAX, deliveries.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {sent:?} delivered within {EVENT_WAIT_MAX:?}"))
+            .unwrap_or_else(|| panic!("the webhook receiver stopped"));
+        let body: Value = serde_json::from_slice(&delivery.body).unwrap_or_else(|e| panic!("not JSON: {e}"));
+        sent.push((body["type"].as_str().unwrap_or_default().to_owned(), body["order_id"].clone()));
+    }
+    assert_eq!(
+        sent,
+        vec![
+            ("reservation.held".to_owned(), json!("order-1")),
+            ("reservation.refused".to_owned(), json!("order-2")),
+            ("reservation.confirmed".to_owned(), json!("order-1")),
+        ],
+        "the subscribed types for ord-* only, in order"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(deliveries.try_recv().is_err(), "nothing else: no stock changes, no other SKU");
+}

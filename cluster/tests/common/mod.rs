@@ -48,6 +48,7 @@ pub fn rid(n: u64, sku_text: &str, shards: u32) -> ReservationId {
 
 pub fn hold(id: ReservationId, sku_text: &str, warehouse: &str, quantity: u64, ttl_ms: u64) -> Command {
     Command::Hold(Hold {
+        principal: None,
         id,
         lines: vec![HoldLine {
             sku: sku(sku_text),

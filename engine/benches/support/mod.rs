@@ -35,6 +35,7 @@ pub fn upsert(n: u64, on_hand: u64) -> Command {
 /// A one-line, one-unit hold: the flash-sale request.
 pub fn hold(id: u64, sku_n: u64, ttl_ms: u64) -> Command {
     Command::Hold(Hold {
+        principal: None,
         id: reservation_id(id),
         lines: vec![HoldLine {
             sku: sku(sku_n),

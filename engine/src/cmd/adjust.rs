@@ -8,7 +8,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
-use crate::ids::{Principal, QUANTITY_MAX, Sku, Warehouse};
+use crate::ids::{Note, Principal, QUANTITY_MAX, Reference, Sku, Warehouse};
 use crate::item::MovementReason;
 use crate::outcome::{Outcome, Refusal};
 use crate::state::{Change, Emitter, ShardState};
@@ -70,6 +70,10 @@ pub struct Adjust {
     pub delta: i64,
     pub reason: AdjustReason,
     pub principal: Option<Principal>,
+    /// Why, in the caller's words: recorded in the ledger.
+    pub note: Option<Note>,
+    /// The caller's document (delivery note, count sheet): recorded in the ledger.
+    pub reference: Option<Reference>,
 }
 
 impl Adjust {
@@ -88,6 +92,12 @@ impl Adjust {
         }
         if let Some(principal) = &self.principal {
             principal.check()?;
+        }
+        if let Some(note) = &self.note {
+            note.check()?;
+        }
+        if let Some(reference) = &self.reference {
+            reference.check()?;
         }
         Ok(())
     }
@@ -129,6 +139,8 @@ mod tests {
 
     fn adjust(delta: i64, reason: AdjustReason) -> Command {
         Command::Adjust(Adjust {
+            note: None,
+            reference: None,
             sku: sku_of("SKU-1"),
             warehouse: wh("berlin"),
             delta,

@@ -8,7 +8,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::Corrupt;
-use crate::ids::ReservationId;
+use crate::ids::{Principal, ReservationId};
 use crate::outcome::Outcome;
 use crate::reservation::ReservationState;
 use crate::state::{Emitter, ShardState};
@@ -16,6 +16,8 @@ use crate::state::{Emitter, ShardState};
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct Confirm {
     pub id: ReservationId,
+    /// Who confirmed (the API key's name): recorded in the ledger.
+    pub principal: Option<Principal>,
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &Confirm, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
@@ -32,7 +34,7 @@ mod tests {
     use crate::state::tests_support::{Fixture, hold_command, rid};
 
     fn confirm(n: u8) -> Command {
-        Command::Confirm(Confirm { id: rid(n) })
+        Command::Confirm(Confirm { principal: None, id: rid(n) })
     }
 
     #[test]
@@ -87,7 +89,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        f.one(Command::Release(crate::cmd::Release { id: rid(1) }));
+        f.one(Command::Release(crate::cmd::Release { principal: None, id: rid(1) }));
         assert_eq!(f.one(confirm(1)), Outcome::Refused(Refusal::AlreadyReleased));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
     }

@@ -8,24 +8,31 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cmd::Deadline;
 use crate::error::{Corrupt, InputError};
-use crate::ids::ReservationId;
+use crate::event::{EventKind, LevelChange};
+use crate::ids::{Principal, ReservationId};
 use crate::outcome::{Outcome, Refusal};
 use crate::reservation::ReservationState;
-use crate::state::ShardState;
+use crate::state::{Emitter, ShardState};
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct Extend {
     pub id: ReservationId,
     pub deadline: Deadline,
+    /// Who extended (the API key's name): carried for the record.
+    pub principal: Option<Principal>,
 }
 
 impl Extend {
     pub fn validate(&self) -> Result<(), InputError> {
-        self.deadline.validate()
+        self.deadline.validate()?;
+        if let Some(principal) = &self.principal {
+            principal.check()?;
+        }
+        Ok(())
     }
 }
 
-pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Result<Outcome, Corrupt> {
+pub(super) fn apply(state: &mut ShardState, command: &Extend, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
     let Some(slot) = state.find_reservation(&command.id) else {
         return Ok(Refusal::ReservationNotFound.into());
     };
@@ -44,6 +51,19 @@ pub(super) fn apply(state: &mut ShardState, command: &Extend) -> Result<Outcome,
     }
     if deadline_ms > current.deadline_ms {
         state.move_deadline(slot, deadline_ms);
+        // One event per line, so the ledger records each item it touches.
+        if let Some(reservation) = state.reservation_at(slot) {
+            for line in reservation.lines.as_slice() {
+                let item = state.item(line.item);
+                let levels = LevelChange {
+                    on_hand_before: item.on_hand,
+                    on_hand_after: item.on_hand,
+                    reserved_before: item.reserved,
+                    reserved_after: item.reserved,
+                };
+                emitter.emit(EventKind::HoldExtended { item: line.item, reservation: command.id, deadline_ms, levels });
+            }
+        }
     }
     Ok(match (state.summary(slot), state.reservation_lines(slot)?) {
         (Some(reservation), Some(lines)) => {
@@ -61,7 +81,7 @@ mod tests {
     use crate::state::tests_support::{Fixture, hold_command, rid};
 
     fn extend(n: u8, deadline: Deadline) -> Command {
-        Command::Extend(Extend { id: rid(n), deadline })
+        Command::Extend(Extend { principal: None, id: rid(n), deadline })
     }
 
     #[test]
@@ -118,7 +138,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        f.one(Command::Release(Release { id: rid(1) }));
+        f.one(Command::Release(Release { principal: None, id: rid(1) }));
         assert_eq!(f.one(extend(1, Deadline::AfterMs(90_000))), Outcome::Refused(Refusal::AlreadyReleased));
         assert_eq!(f.one(extend(2, Deadline::AfterMs(90_000))), Outcome::Refused(Refusal::ReservationNotFound));
     }

@@ -82,8 +82,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::customer::{CustomerHold, Denied};
 use crate::error::{Corrupt, Field, InputError};
-use crate::event::Cause;
-use crate::ids::{CustomerId, IdempotencyKey, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
+use crate::event::{Cause, EventKind};
+use crate::ids::{CustomerId, IdempotencyKey, Principal, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use crate::item::ItemId;
 use crate::outcome::{Bound, Outcome, Refusal, ShortLine};
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
@@ -162,6 +162,9 @@ pub struct Hold {
     /// The shopper, for SKUs with a per-customer limit (`customer.rs`);
     /// required when a line's SKU has one.
     pub customer: Option<CustomerId>,
+    /// Who held (the API key's name): recorded in the ledger and on the
+    /// reservation events. Not part of what makes a retry the same request.
+    pub principal: Option<Principal>,
 }
 
 impl Hold {
@@ -185,6 +188,9 @@ impl Hold {
         }
         if let Some(customer) = &self.customer {
             customer.check()?;
+        }
+        if let Some(principal) = &self.principal {
+            principal.check()?;
         }
         Ok(())
     }
@@ -298,6 +304,9 @@ fn apply_with(
     };
     let short = allocate(state, command, scratch)?;
     if !short.is_empty() {
+        // The one refusal that emits an event: an order service waits for it
+        // (InventoryReservationFailed). It changes nothing.
+        emitter.emit(EventKind::ReservationRefused { reservation: command.id });
         return Ok(Refusal::InsufficientStock { lines: short }.into());
     }
 
@@ -333,6 +342,7 @@ fn apply_with(
         let pairs_max = state.limits().customer_usage_per_shard_max;
         state.p.customers.hold(&hold.customer, &hold.skus, now_ms, pairs_max);
     }
+    emitter.emit(EventKind::ReservationHeld { reservation: command.id, deadline_ms });
     debug_assert!(
         matches!(same_request(state, slot, &scratch.fixed, command), Ok(true)),
         "a retry of hold {} would not replay",
@@ -749,6 +759,7 @@ mod tests {
         let mut f = Fixture::with_limits(Limits { lines_per_hold_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
         let none = Command::Hold(Hold {
+            principal: None,
             id: rid(1),
             lines: vec![],
             deadline: Deadline::AfterMs(1),
@@ -818,7 +829,9 @@ mod tests {
             kinds[1],
             EventKind::ThresholdCrossed { from: Status::InStock, to: Status::OutOfStock, available: 0, .. }
         ));
-        assert_eq!(kinds.len(), 2);
+        // Then the reservation's own event, for consumers.
+        assert!(matches!(kinds[2], EventKind::ReservationHeld { .. }));
+        assert_eq!(kinds.len(), 3);
     }
 
     // ----- allocation -----
@@ -983,14 +996,15 @@ mod tests {
         f.stock("SKU-1", "paris", 3, 0);
         let lines = held_lines(f.hold_any(1, &[("SKU-1", None, 4)]));
         assert_eq!(lines, vec![line("SKU-1", "paris", 3), line("SKU-1", "berlin", 1)]);
-        let extended = f.one(Command::Extend(Extend { id: rid(1), deadline: Deadline::AfterMs(90_000) }));
+        let extended =
+            f.one(Command::Extend(Extend { principal: None, id: rid(1), deadline: Deadline::AfterMs(90_000) }));
         assert!(matches!(extended, Outcome::Extended { lines: ref got, .. } if *got == lines), "{extended:?}");
-        let confirmed = f.one(Command::Confirm(Confirm { id: rid(1) }));
+        let confirmed = f.one(Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert!(matches!(confirmed, Outcome::Confirmed { replayed: false, lines: ref got, .. } if *got == lines));
-        let again = f.one(Command::Confirm(Confirm { id: rid(1) }));
+        let again = f.one(Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert!(matches!(again, Outcome::Confirmed { replayed: true, lines: ref got, .. } if *got == lines));
         f.hold_any(2, &[("SKU-1", None, 1)]);
-        let released = f.one(Command::Release(Release { id: rid(2) }));
+        let released = f.one(Command::Release(Release { principal: None, id: rid(2) }));
         assert!(
             matches!(released, Outcome::Released { lines: ref got, .. } if *got == vec![line("SKU-1", "berlin", 1)])
         );
@@ -1008,7 +1022,7 @@ mod tests {
         let outcome = f.one(command);
         assert!(matches!(outcome, Outcome::Confirmed { ref lines, .. } if *lines == vec![line("SKU-1", "berlin", 2)]));
         f.hold_any(2, &[("SKU-1", None, 1)]);
-        let released = f.one(Command::Release(Release { id: rid(2) }));
+        let released = f.one(Command::Release(Release { principal: None, id: rid(2) }));
         assert!(matches!(released, Outcome::Released { ref lines, .. } if lines.len() == 1), "{released:?}");
         assert!(f.state.reservation(&rid(2)).ok().flatten().is_none(), "forgotten at once");
     }

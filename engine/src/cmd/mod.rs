@@ -30,7 +30,7 @@ pub use upsert::{AttrUpdate, Expect, UpsertItem};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{Corrupt, InputError};
-use crate::ids::ReservationId;
+use crate::ids::{Note, Principal, Reference, ReservationId};
 use crate::outcome::{Outcome, Refusal};
 use crate::reservation::ReservationState;
 use crate::state::{Emitter, ShardState};
@@ -67,6 +67,21 @@ impl Command {
         }
     }
 
+    /// Who made the command and the caller's note and document reference,
+    /// as the ledger records them.
+    pub fn provenance(&self) -> (Option<&Principal>, Option<&Note>, Option<&Reference>) {
+        match self {
+            Command::UpsertItem(c) => (c.principal.as_ref(), None, None),
+            Command::Adjust(c) => (c.principal.as_ref(), c.note.as_ref(), c.reference.as_ref()),
+            Command::Transfer(c) => (c.principal.as_ref(), c.note.as_ref(), c.reference.as_ref()),
+            Command::Hold(c) => (c.principal.as_ref(), None, None),
+            Command::Confirm(c) => (c.principal.as_ref(), None, None),
+            Command::Release(c) => (c.principal.as_ref(), None, None),
+            Command::Extend(c) => (c.principal.as_ref(), None, None),
+            Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::Tick => (None, None, None),
+        }
+    }
+
     /// Input rules that need no state. Run by `apply` too, because a command
     /// read from the log or a peer was built without the constructors.
     pub fn validate(&self, lines_per_hold_max: u32) -> Result<(), InputError> {
@@ -78,7 +93,10 @@ impl Command {
             Command::Extend(c) => c.validate(),
             Command::SetLimits(c) => c.validate(),
             Command::SetCustomerLimit(c) => c.validate(),
-            Command::Confirm(_) | Command::Release(_) | Command::Tick => Ok(()),
+            Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
+                principal.as_ref().map_or(Ok(()), Principal::check)
+            }
+            Command::Tick => Ok(()),
         }
     }
 }
@@ -144,7 +162,7 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::Hold(c) => hold::apply(state, c, emitter),
         Command::Confirm(c) => confirm::apply(state, c, emitter),
         Command::Release(c) => release::apply(state, c, emitter),
-        Command::Extend(c) => extend::apply(state, c),
+        Command::Extend(c) => extend::apply(state, c, emitter),
         Command::SetLimits(c) => Ok(set_limits::apply(state, c)),
         Command::SetCustomerLimit(c) => Ok(set_customer_limit::apply(state, c)),
         Command::Tick => Ok(Outcome::Ticked),

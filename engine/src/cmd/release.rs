@@ -7,7 +7,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::Corrupt;
-use crate::ids::ReservationId;
+use crate::ids::{Principal, ReservationId};
 use crate::outcome::Outcome;
 use crate::reservation::ReservationState;
 use crate::state::{Emitter, ShardState};
@@ -15,6 +15,8 @@ use crate::state::{Emitter, ShardState};
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct Release {
     pub id: ReservationId,
+    /// Who released (the API key's name): recorded in the ledger.
+    pub principal: Option<Principal>,
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &Release, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
@@ -32,7 +34,7 @@ mod tests {
     use crate::state::tests_support::{Fixture, hold_command, rid};
 
     fn release(n: u8) -> Command {
-        Command::Release(Release { id: rid(n) })
+        Command::Release(Release { principal: None, id: rid(n) })
     }
 
     #[test]
@@ -82,7 +84,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 4)]);
-        f.one(Command::Confirm(Confirm { id: rid(1) }));
+        f.one(Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert_eq!(f.one(release(1)), Outcome::Refused(Refusal::AlreadyConfirmed));
         assert_eq!(f.levels("SKU-1", "berlin"), (6, 0));
     }

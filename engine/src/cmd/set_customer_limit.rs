@@ -99,9 +99,9 @@ mod tests {
         f.stock("SKU-1", "berlin", 100, 0);
         f.one(set("SKU-1", 2, Some(10_000)));
         f.one(hold_for(1, Some("alice"), &[("SKU-1", "berlin", 2)]));
-        f.one(Command::Release(Release { id: rid(1) }));
+        f.one(Command::Release(Release { id: rid(1), principal: None }));
         f.one(hold_for(2, Some("alice"), &[("SKU-1", "berlin", 2)]));
-        f.one(Command::Confirm(Confirm { id: rid(2) }));
+        f.one(Command::Confirm(Confirm { id: rid(2), principal: None }));
         assert_eq!(f.state.customer_usage("SKU-1", "alice").remaining(), Some(0));
         assert!(matches!(
             f.one(hold_for(3, Some("alice"), &[("SKU-1", "berlin", 1)])),
@@ -123,14 +123,14 @@ mod tests {
         f.one(set("SKU-1", 5, None));
         f.one(hold_for(1, Some("alice"), &[("SKU-1", "berlin", 2)]));
         f.one(hold_for(2, Some("alice"), &[("SKU-1", "berlin", 1)]));
-        f.one(Command::Confirm(Confirm { id: rid(2) }));
+        f.one(Command::Confirm(Confirm { id: rid(2), principal: None }));
         let remove = Command::SetCustomerLimit(SetCustomerLimit {
             sku: Sku::new("SKU-1").unwrap_or_else(|e| panic!("{e}")),
             limit: None,
         });
         assert!(matches!(f.one(remove), Outcome::CustomerLimitSet { limit: None, customers: 1, .. }));
         assert!(matches!(f.one(hold_for(3, None, &[("SKU-1", "berlin", 50)])), Outcome::Held { .. }));
-        f.one(Command::Release(Release { id: rid(1) }));
+        f.one(Command::Release(Release { id: rid(1), principal: None }));
         assert_eq!(f.state.customers_tracked("SKU-1"), 0);
         f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
     }

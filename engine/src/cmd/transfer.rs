@@ -9,7 +9,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
-use crate::ids::{Principal, QUANTITY_MAX, Quantity, Sku, Warehouse};
+use crate::ids::{Note, Principal, QUANTITY_MAX, Quantity, Reference, Sku, Warehouse};
 use crate::item::MovementReason;
 use crate::outcome::{Outcome, Refusal, ShortLine};
 use crate::state::{Change, Emitter, ShardState};
@@ -21,6 +21,11 @@ pub struct Transfer {
     pub to: Warehouse,
     pub quantity: Quantity,
     pub principal: Option<Principal>,
+    /// Why the units moved, in the caller's words: recorded in the ledger
+    /// on both sides.
+    pub note: Option<Note>,
+    /// The caller's document (a transfer order): recorded on both sides.
+    pub reference: Option<Reference>,
 }
 
 impl Transfer {
@@ -34,6 +39,12 @@ impl Transfer {
         self.quantity.check(Field::Quantity)?;
         if let Some(principal) = &self.principal {
             principal.check()?;
+        }
+        if let Some(note) = &self.note {
+            note.check()?;
+        }
+        if let Some(reference) = &self.reference {
+            reference.check()?;
         }
         Ok(())
     }
@@ -99,6 +110,8 @@ mod tests {
 
     fn transfer(from: &str, to: &str, quantity: u64) -> Command {
         Command::Transfer(Transfer {
+            note: None,
+            reference: None,
             sku: sku_of("SKU-1"),
             from: wh(from),
             to: wh(to),

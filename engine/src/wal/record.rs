@@ -24,9 +24,10 @@ pub(crate) const FRAME_HEADER_LEN: usize = 12;
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TALLYWAL");
 /// Bumped when an entry's archived shape changes (2: batches carry request
 /// ids, limits the dedup window; 3: a hold line's warehouse is optional and
-/// a hold names its allocation; 4: a hold names its customer, and
+/// a hold names its allocation; 4: commands carry principal, note and
+/// reference for the ledger; 5: a hold names its customer, and
 /// `SetCustomerLimit`), so an old segment is refused, not misread.
-pub(crate) const SEGMENT_FORMAT: u32 = 4;
+pub(crate) const SEGMENT_FORMAT: u32 = 5;
 
 /// The durable metadata of a log: repeated at the head of every segment so
 /// that deleting old segments never loses the vote, the committed id or the

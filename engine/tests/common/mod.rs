@@ -38,7 +38,15 @@ pub fn upsert_command(sku_text: &str, warehouse: &str, on_hand: u64, threshold: 
 }
 
 pub fn adjust_command(sku_text: &str, warehouse: &str, delta: i64, reason: AdjustReason) -> Command {
-    Command::Adjust(Adjust { sku: sku(sku_text), warehouse: wh(warehouse), delta, reason, principal: None })
+    Command::Adjust(Adjust {
+        note: None,
+        reference: None,
+        sku: sku(sku_text),
+        warehouse: wh(warehouse),
+        delta,
+        reason,
+        principal: None,
+    })
 }
 
 pub fn hold_command(n: u64, lines: &[(&str, &str, u64)], ttl_ms: u64, key: Option<&str>) -> Command {
@@ -49,6 +57,7 @@ pub fn hold_command(n: u64, lines: &[(&str, &str, u64)], ttl_ms: u64, key: Optio
 /// A hold whose lines without a warehouse are allocated, most available first.
 pub fn hold_any_command(n: u64, lines: &[(&str, Option<&str>, u64)], ttl_ms: u64, key: Option<&str>) -> Command {
     Command::Hold(Hold {
+        principal: None,
         id: rid(n),
         lines: lines
             .iter()

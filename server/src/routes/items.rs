@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use engine::cmd::{Adjust, AdjustReason, AttrUpdate, Expect, Transfer, UpsertItem};
-use engine::ids::{CustomerId, ItemName, Principal as PrincipalName, Quantity, Sku, Warehouse};
+use engine::ids::{CustomerId, ItemName, Note, Principal as PrincipalName, Quantity, Reference, Sku, Warehouse};
 use engine::outcome::ItemView;
 use engine::query::{AvailabilityLine, ItemFilter};
 use engine::{Command, Outcome, shard_of};
@@ -78,8 +78,19 @@ fn item_response(status: StatusCode, item: &ItemView, consistency: Option<Consis
     response
 }
 
-fn principal_name(principal: &Principal) -> Option<PrincipalName> {
+pub(crate) fn principal_name(principal: &Principal) -> Option<PrincipalName> {
     PrincipalName::new(principal.name.clone()).ok()
+}
+
+/// A caller's note, bounded by `api.note_bytes_max` (`field` names it in the
+/// problem: a transfer calls it `reason`).
+fn note_of(state: &AppState, text: Option<String>, field: &str) -> ApiResult<Option<Note>> {
+    let Some(text) = text else { return Ok(None) };
+    let max = state.config.api.note_bytes_max;
+    if text.len() > max {
+        return Err(Problem::bad_request("field_too_long", format!("{field} is at most {max} bytes")));
+    }
+    Ok(Some(Note::new(text)?))
 }
 
 /// Most entity tags one `If-Match` may list.
@@ -634,6 +645,12 @@ pub struct AdjustBody {
     /// Why the stock moves.
     #[schema(value_type = crate::openapi::AdjustReason)]
     pub reason: String,
+    /// Free text recorded in the ledger: 1 to `api.note_bytes_max` bytes
+    /// (256 by default), no control characters.
+    pub note: Option<String>,
+    /// The caller's document (delivery note, count sheet), recorded in the
+    /// ledger: 1 to 128 bytes, no control characters.
+    pub reference: Option<String>,
 }
 
 /// `POST /v1/items/{sku}/{warehouse}/adjustments` (admin).
@@ -675,7 +692,11 @@ pub async fn adjust(
     if body.delta == 0 {
         return Err(Problem::bad_request("quantity_zero", "delta must not be 0"));
     }
+    let note = note_of(&state, body.note, "note")?;
+    let reference = body.reference.map(Reference::new).transpose()?;
     let command = Command::Adjust(Adjust {
+        note,
+        reference,
         sku: Sku::new(sku)?,
         warehouse: Warehouse::new(warehouse)?,
         delta: body.delta,
@@ -769,9 +790,13 @@ pub struct TransferBody {
     pub to: String,
     #[schema(value_type = crate::openapi::Quantity)]
     pub quantity: u64,
-    /// Free text for the caller's records; the item histories record the
-    /// movement as `transfer_out` / `transfer_in`.
+    /// Why the units move, in the caller's words: recorded in the ledger on
+    /// both sides (as `note`), 1 to `api.note_bytes_max` bytes. The item
+    /// histories record the movement as `transfer_out` / `transfer_in`.
     pub reason: Option<String>,
+    /// The caller's document (a transfer order), recorded on both sides: 1
+    /// to 128 bytes, no control characters.
+    pub reference: Option<String>,
 }
 
 /// `POST /v1/transfers` (admin): atomic, as both items live on one shard.
@@ -799,10 +824,11 @@ pub async fn transfer(
     JsonBody(body): JsonBody<TransferBody>,
 ) -> ApiResult<Response> {
     principal.require(Role::Admin)?;
-    if body.reason.as_ref().is_some_and(|reason| reason.len() > 256) {
-        return Err(Problem::bad_request("field_too_long", "reason is at most 256 bytes"));
-    }
+    let note = note_of(&state, body.reason.clone(), "reason")?;
+    let reference = body.reference.map(Reference::new).transpose()?;
     let command = Command::Transfer(Transfer {
+        note,
+        reference,
         sku: Sku::new(body.sku)?,
         from: Warehouse::new(body.from)?,
         to: Warehouse::new(body.to)?,

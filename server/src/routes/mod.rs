@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod bulk;
 pub mod items;
+pub mod ledger;
 pub mod ops;
 pub mod reservations;
 pub mod stream;

@@ -120,6 +120,8 @@ pub struct Created {
 
 /// A request's checked settings.
 struct Checked {
+    /// Who asks: the API key's name, recorded with the hold.
+    principal: Option<engine::ids::Principal>,
     ttl_ms: u64,
     /// The engine's idempotency key: the order or the caller's key, scoped
     /// to the caller (`crate::idempotency`).
@@ -490,7 +492,7 @@ impl AppState {
         let seed = key
             .map(|key| idempotency::id_seed(Kind::Key, principal, key))
             .or_else(|| order.map(|order| idempotency::id_seed(Kind::Order, principal, order)));
-        Ok(Checked { ttl_ms, engine_key, seed })
+        Ok(Checked { ttl_ms, engine_key, seed, principal: super::items::principal_name(principal) })
     }
 
     /// The request's id and its parts, one `Hold` per shard its lines live
@@ -519,6 +521,7 @@ impl AppState {
             .into_iter()
             .map(|(shard, lines)| {
                 let command = Command::Hold(Hold {
+                    principal: checked.principal.clone(),
                     id,
                     lines: lines
                         .iter()
@@ -624,10 +627,14 @@ impl AppState {
     }
 
     /// Moves every part's deadline to now + `ttl_seconds`.
-    async fn extend_by(&self, id: ReservationId, ttl_seconds: u64) -> ApiResult<Response> {
+    async fn extend_by(&self, id: ReservationId, ttl_seconds: u64, principal: &Principal) -> ApiResult<Response> {
         let ttl_ms = self.ttl_ms(Some(ttl_seconds))?;
         let deadline = Deadline::AfterMs(ttl_ms);
-        Ok(self.end(id, || Command::Extend(Extend { id, deadline })).await?.respond(StatusCode::OK))
+        let who = super::items::principal_name(principal);
+        Ok(self
+            .end(id, || Command::Extend(Extend { principal: who.clone(), id, deadline }))
+            .await?
+            .respond(StatusCode::OK))
     }
 
     /// The reservation the caller's order made: its key is on every part.
@@ -996,7 +1003,8 @@ pub async fn confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(state.end(id, || Command::Confirm(Confirm { id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Confirm(Confirm { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/reservations/{id}/release` and `DELETE /v1/reservations/{id}`.
@@ -1023,7 +1031,8 @@ pub async fn release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    Ok(state.end(id, || Command::Release(Release { id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -1063,7 +1072,7 @@ pub async fn extend(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
-    state.extend_by(id, body.ttl_seconds).await
+    state.extend_by(id, body.ttl_seconds, &principal).await
 }
 
 /// `GET /v1/orders/{order_id}`.
@@ -1116,7 +1125,8 @@ pub async fn order_confirm(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    Ok(state.end(id, || Command::Confirm(Confirm { id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Confirm(Confirm { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/release`.
@@ -1143,7 +1153,8 @@ pub async fn order_release(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    Ok(state.end(id, || Command::Release(Release { id })).await?.respond(StatusCode::OK))
+    let who = super::items::principal_name(&principal);
+    Ok(state.end(id, || Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/extend`.
@@ -1174,5 +1185,5 @@ pub async fn order_extend(
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
-    state.extend_by(id, body.ttl_seconds).await
+    state.extend_by(id, body.ttl_seconds, &principal).await
 }
