@@ -341,6 +341,7 @@ function renderSku() {
   );
   $("warehouses").tBodies[0].replaceChildren(...rows);
   const warehouses = view.warehouses.map((item) => item.warehouse);
+  renderLimit(view);
   fillSelect($("adjust-warehouse"), warehouses);
   fillSelect($("transfer-from"), warehouses);
   $("transfer-to-list").replaceChildren(...warehouses.map((name) => h("option", { value: name })));
@@ -432,6 +433,40 @@ async function adjust(form) {
   $("adjust-warehouse").value = warehouse;
   notice(`Adjusted ${warehouse} by ${delta > 0 ? "+" : ""}${delta} (${reason}): on hand now ${number(item.on_hand)}.`);
   await reloadSku();
+}
+
+// Limit per customer ----------------------------------------------------------------
+
+function renderLimit(view) {
+  const units = view.limit_per_customer;
+  const hours = view.limit_window_seconds == null ? null : view.limit_window_seconds / 3600;
+  $("limit-now").textContent =
+    units == null
+      ? "No limit: any customer may hold and buy all of it."
+      : `${number(units)} per customer, ${hours == null ? "for as long as the limit is set" : `within ${number(hours)} h`}.`;
+  $("limit-remove").disabled = units == null;
+}
+
+async function setLimit(form) {
+  const units = $("limit-units").value.trim();
+  const hours = $("limit-window").value.trim();
+  if (!units) {
+    notice("Give the units per customer, or remove the limit.");
+    return;
+  }
+  const answer = await state.client.putSku(state.sku.sku, {
+    limit_per_customer: Number(units),
+    limit_window_seconds: hours ? Math.round(Number(hours) * 3600) : null,
+  });
+  form.reset();
+  notice(`Limit set: ${number(answer.limit_per_customer)} per customer (${number(answer.customers)} customers counted).`);
+  await reloadSku({ history: false });
+}
+
+async function removeLimit() {
+  await state.client.putSku(state.sku.sku, { limit_per_customer: null });
+  notice("Limit removed.");
+  await reloadSku({ history: false });
 }
 
 async function transfer(form) {
@@ -825,6 +860,8 @@ function wire() {
   onSubmit("edit-form", saveEdit);
   onSubmit("adjust-form", adjust);
   onSubmit("transfer-form", transfer);
+  onSubmit("limit-form", setLimit);
+  $("limit-remove").addEventListener("click", (event) => act(event.currentTarget, removeLimit));
   onSubmit("lookup-form", () => lookUp($("lookup-id").value));
   $("edit-cancel").addEventListener("click", closeEdit);
   $("edit-form").addEventListener("keydown", (event) => {

@@ -39,6 +39,7 @@ export const ROUTES = Object.freeze({
   putItem: { method: "PUT", path: "/v1/items/{sku}/{warehouse}", role: "admin" },
   getItem: { method: "GET", path: "/v1/items/{sku}/{warehouse}", role: "read" },
   getSku: { method: "GET", path: "/v1/items/{sku}", role: "read" },
+  putSku: { method: "PUT", path: "/v1/items/{sku}", role: "admin" },
   listItems: { method: "GET", path: "/v1/items", role: "read" },
   adjust: { method: "POST", path: "/v1/items/{sku}/{warehouse}/adjustments", role: "admin" },
   history: { method: "GET", path: "/v1/items/{sku}/{warehouse}/history", role: "read" },
@@ -96,6 +97,11 @@ export const ERROR_CODES = Object.freeze({
   invalid_reservation_id: "The reservation id is malformed.",
   invalid_idempotency_key: "The Idempotency-Key is malformed.",
   invalid_event_id: "The Last-Event-ID is not an event id.",
+  customer_id_required: "The SKU has a limit per customer: the reservation must name its customer_id.",
+  window_without_limit: "A limit window needs a limit per customer.",
+  invalid_header: "The CSV header names an unknown or repeated column, or lacks sku or warehouse.",
+  invalid_import_id: "The Import-Id is malformed.",
+  invalid_format: "The format is not ndjson or csv.",
   // 401, 403
   unauthorized: "No API key, or an unknown one.",
   forbidden: "The API key's role does not allow this.",
@@ -103,6 +109,7 @@ export const ERROR_CODES = Object.freeze({
   item_not_found: "No such item.",
   reservation_not_found: "No such reservation.",
   order_not_found: "No reservation for this order.",
+  import_not_found: "No such import among this node's recent ones.",
   not_found: "No such route.",
   // 405, 410, 413, 415
   method_not_allowed: "The route does not take this method.",
@@ -117,6 +124,8 @@ export const ERROR_CODES = Object.freeze({
   below_reserved: "On hand would drop below the units reserved.",
   idempotency_key_reused: "This idempotency key or order was used for another reservation.",
   shard_full: "The shard has no room for more.",
+  customer_limit: "The customer would pass the SKU's limit per customer.",
+  import_running: "An import with this Import-Id is running.",
   // 412
   version_mismatch: "The item changed since you read it.",
   item_exists: "The item exists already.",
@@ -233,6 +242,16 @@ export class TallyClient {
   /** Every warehouse of a SKU, with totals (`warehouses`, `on_hand`, `reserved`, `available`). */
   async getSku(sku, { consistency } = {}) {
     return (await this.request("GET", `/v1/items/${enc(sku)}`, { query: { consistency } })).body;
+  }
+
+  /**
+   * Sets a SKU's limit per customer (admin): `limit_per_customer` (null
+   * removes it) and `limit_window_seconds` (null: sales count while the
+   * limit is set).
+   */
+  async putSku(sku, { limit_per_customer, limit_window_seconds }) {
+    const body = { limit_per_customer: limit_per_customer ?? null, limit_window_seconds: limit_window_seconds ?? null };
+    return (await this.request("PUT", `/v1/items/${enc(sku)}`, { body })).body;
   }
 
   /** A page of items: `{ items, next_cursor }`. Follow `next_cursor` until it is null. */

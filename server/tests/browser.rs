@@ -353,6 +353,20 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#ledger tbody", "adjust (damage)").await;
     let ledger = browser.text("#ledger tbody").await;
     assert!(ledger.contains("hold") && ledger.contains("25 → 22") && ledger.contains("0 → 5"), "{ledger}");
+
+    // The SKU's limit per customer: set with a window, shown, then removed.
+    assert!(browser.text("#limit-now").await.contains("No limit"));
+    browser.type_into("#limit-units", "2").await;
+    browser.type_into("#limit-window", &format!("24{ENTER}")).await;
+    browser.wait_for_text("#sku-notice", "Limit set: 2 per customer").await;
+    browser.wait_for_text("#limit-now", "2 per customer, within 24 h").await;
+    let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
+    assert_eq!((u64_of(&sku, "limit_per_customer"), u64_of(&sku, "limit_window_seconds")), (2, 86_400), "{sku}");
+    browser.click("#limit-remove").await;
+    browser.wait_for_text("#sku-notice", "Limit removed").await;
+    browser.wait_for_text("#limit-now", "No limit").await;
+    let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
+    assert_eq!(sku["limit_per_customer"], Value::Null, "{sku}");
     browser.quit().await;
 }
 
