@@ -589,6 +589,7 @@ impl Node {
         let shards = self.inner.config.shards;
         let shard = match command {
             Command::Confirm(c) => u32::from(c.id.home_shard()),
+            Command::ConfirmPart(c) => u32::from(c.id.home_shard()),
             Command::Release(c) => u32::from(c.id.home_shard()),
             Command::Extend(c) => u32::from(c.id.home_shard()),
             other => match other.routing_sku() {

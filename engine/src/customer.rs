@@ -293,10 +293,13 @@ impl CustomerLimits {
         debug_assert!(self.usage.len() <= pairs_max as usize, "customer usage over its bound");
     }
 
-    /// Gives back what a reservation counted; a confirm records the units
-    /// as sold at `now_ms` (while the SKU is still limited).
-    pub fn end(&mut self, hold: &CustomerHold, confirmed: bool, now_ms: u64) {
+    /// Gives back what a reservation counted; `sold` (a confirm) names the
+    /// units sold per SKU, recorded as sales at `now_ms` (while the SKU is
+    /// still limited). A partial confirm sells fewer than it counted.
+    pub fn end(&mut self, hold: &CustomerHold, sold: &[(String, u64)], now_ms: u64) {
         for (sku, units) in &hold.skus {
+            let sold_units =
+                sold.iter().filter(|(name, _)| name == sku.as_str()).map(|(_, units)| *units).sum::<u64>().min(*units);
             let key = (sku.as_str().to_owned(), hold.customer.as_str().to_owned());
             let limit = self.limits.get(sku.as_str()).copied();
             let Some(usage) = self.usage.get_mut(&key) else {
@@ -308,8 +311,8 @@ impl CustomerLimits {
             usage.prune(limit.as_ref(), now_ms);
             // Dated even without a window: a window set later counts them
             // from their own time.
-            if confirmed && limit.is_some() {
-                usage.sold.push((now_ms, *units));
+            if sold_units > 0 && limit.is_some() {
+                usage.sold.push((now_ms, sold_units));
                 if usage.sold.len() > SALES_KEPT_MAX {
                     let (_, oldest) = usage.sold.remove(0);
                     usage.sold[0].1 = usage.sold[0].1.saturating_add(oldest);
@@ -360,7 +363,9 @@ mod tests {
         for at in 0..20u64 {
             let counted = limits.check(Some(&alice), &[(&tee, 1)], at, 10).unwrap_or_else(|e| panic!("{e:?}"));
             limits.hold(&alice, &counted, at, 10);
-            limits.end(&CustomerHold { customer: alice.clone(), skus: counted }, true, at);
+            let sold: Vec<(String, u64)> =
+                counted.iter().map(|(sku, units)| (sku.as_str().to_owned(), *units)).collect();
+            limits.end(&CustomerHold { customer: alice.clone(), skus: counted }, &sold, at);
         }
         let usage = limits.usage_of("tee", "alice@example.com", 19);
         assert_eq!((usage.held, usage.sold), (0, 20), "merged sales still count");
@@ -380,7 +385,9 @@ mod tests {
             let who = customer(name);
             let counted = limits.check(Some(&who), &[(&tee, 1)], 0, 2).unwrap_or_else(|e| panic!("{e:?}"));
             limits.hold(&who, &counted, 0, 2);
-            limits.end(&CustomerHold { customer: who, skus: counted }, true, 0);
+            let sold: Vec<(String, u64)> =
+                counted.iter().map(|(sku, units)| (sku.as_str().to_owned(), *units)).collect();
+            limits.end(&CustomerHold { customer: who, skus: counted }, &sold, 0);
         }
         assert_eq!(limits.check(Some(&customer("c")), &[(&tee, 1)], 50, 2), Err(Denied::TableFull));
         // At 100 both sales left the window: the sweep makes room.

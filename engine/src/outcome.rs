@@ -158,6 +158,13 @@ pub enum Refusal {
     CustomerRequired {
         sku: String,
     },
+    /// A partial confirm's line (by index) names units the reservation
+    /// does not hold there (`held`: what it holds of that item; 0 when it
+    /// holds none, or the line is listed twice).
+    ConfirmOverHeld {
+        line: u32,
+        held: u64,
+    },
 }
 
 impl Refusal {
@@ -182,6 +189,7 @@ impl Refusal {
             Refusal::ShardFull { .. } => "shard_full",
             Refusal::CustomerLimit { .. } => "customer_limit",
             Refusal::CustomerRequired { .. } => "customer_id_required",
+            Refusal::ConfirmOverHeld { .. } => "confirm_over_held",
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::item::{Item, ItemId, Movement, MovementReason, Status, Who};
 use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
 use crate::outcome::{Bound, Outcome, Refusal, ReservationSummary};
 use crate::placement::shard_of;
-use crate::reservation::{Reservation, ReservationState};
+use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
 use crate::wheel::TimerWheel;
 
 /// Bumped when `Persisted` changes shape; a snapshot of another format is
@@ -386,7 +386,7 @@ impl ShardState {
                 reservation: reservation.id,
                 deadline_ms: reservation.deadline_ms,
             });
-            self.end_reservation(slot, ReservationState::Expired, emitter);
+            self.end_reservation(slot, ReservationState::Expired, None, emitter);
         }
         self.expiry_order_scratch = expired;
     }
@@ -706,25 +706,45 @@ impl ShardState {
     /// Ends a held reservation: sells (confirm) or gives back (release,
     /// expiry) every line, and keeps the reservation for retries until the
     /// retention runs out. Returns its summary as it ended.
+    /// Ends a held reservation. `sold` (a confirm only): the units each
+    /// held line sells, at most what it holds; the rest goes back to the
+    /// shelf, and the reservation keeps the lines as sold. `None`: a
+    /// confirm sells every held unit.
     pub(crate) fn end_reservation(
         &mut self,
         slot: u32,
         state: ReservationState,
+        sold: Option<&[u64]>,
         emitter: &mut Emitter,
     ) -> Option<ReservationSummary> {
         let reservation = self.reservation_at(slot)?;
         debug_assert_eq!(reservation.state, ReservationState::Held, "ending a terminal reservation");
+        debug_assert!(sold.is_none() || state == ReservationState::Confirmed, "only a confirm sells");
         let id = reservation.id;
         let lines = reservation.lines.clone();
         let customer = reservation.customer.clone();
-        for line in lines.as_slice() {
+        debug_assert!(sold.is_none_or(|sold| sold.len() == lines.as_slice().len()), "one sold figure per line");
+        let sold_of = |at: usize, held: u64| sold.and_then(|sold| sold.get(at).copied()).unwrap_or(held);
+        // Units sold per SKU, for the customer limits.
+        let mut sold_skus: Vec<(String, u64)> = Vec::new();
+        for (at, line) in lines.as_slice().iter().enumerate() {
+            let units = sold_of(at, line.quantity);
+            debug_assert!(units <= line.quantity, "selling more than held");
+            let units = units.min(line.quantity);
+            if state == ReservationState::Confirmed && customer.is_some() {
+                let sku = self.item_sku(line.item).ok()?.to_owned();
+                match sold_skus.iter_mut().find(|(name, _)| *name == sku) {
+                    Some((_, sum)) => *sum += units,
+                    None => sold_skus.push((sku, units)),
+                }
+            }
             let before = self.before(line.item);
             let item = self.item_mut(line.item);
             debug_assert!(item.reserved >= line.quantity, "hold larger than reserved");
             item.reserved -= line.quantity;
             let change = match state {
                 ReservationState::Confirmed => {
-                    item.on_hand -= line.quantity;
+                    item.on_hand -= units;
                     Change {
                         cause: Cause::Confirm(id),
                         movement: Some((MovementReason::Confirmed, Who::Reservation(id))),
@@ -749,9 +769,22 @@ impl ShardState {
         self.ix.live_holds -= 1;
         let now_ms = self.p.now_ms;
         if let Some(customer) = customer {
-            self.p.customers.end(&customer, state == ReservationState::Confirmed, now_ms);
+            self.p.customers.end(&customer, &sold_skus, now_ms);
         }
         let reservation = self.reservation_at_mut(slot)?;
+        if let Some(sold) = sold {
+            let kept: Vec<HeldLine> = lines
+                .as_slice()
+                .iter()
+                .zip(sold)
+                .filter(|(_, units)| **units > 0)
+                .map(|(line, units)| HeldLine { item: line.item, quantity: *units })
+                .collect();
+            reservation.lines = match kept.as_slice() {
+                [one] => Lines::One(*one),
+                _ => Lines::Many(kept),
+            };
+        }
         reservation.end(state, now_ms);
         let summary = summary_of(reservation);
         self.p.terminal.push_back(slot);
@@ -775,6 +808,11 @@ impl ShardState {
             }
         }
         self.p.free_slots.push(slot);
+    }
+
+    /// A reservation's lines as stored (item and units).
+    pub(crate) fn reservation_held_lines(&self, slot: u32) -> Option<Vec<HeldLine>> {
+        self.reservation_at(slot).map(|reservation| reservation.lines.as_slice().to_vec())
     }
 
     pub(crate) fn summary(&self, slot: u32) -> Option<ReservationSummary> {

@@ -125,6 +125,7 @@ export const ERROR_CODES = Object.freeze({
   idempotency_key_reused: "This idempotency key or order was used for another reservation.",
   shard_full: "The shard has no room for more.",
   customer_limit: "The customer would pass the SKU's limit per customer.",
+  confirm_over_held: "A confirm line names units the reservation does not hold there.",
   import_running: "An import with this Import-Id is running.",
   // 412
   version_mismatch: "The item changed since you read it.",

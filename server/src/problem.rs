@@ -145,6 +145,12 @@ impl Problem {
                 Self::new(StatusCode::CONFLICT, code, detail)
                     .with_extra(json!({ "skus": over, "remaining": remaining }))
             }
+            Refusal::ConfirmOverHeld { line, held } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!("confirm line {line} asks for more than the reservation holds there ({held})"),
+            )
+            .with_extra(json!({ "line": line, "held": held })),
             Refusal::CustomerRequired { sku } => Self::new(
                 StatusCode::BAD_REQUEST,
                 code,

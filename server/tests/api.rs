@@ -622,6 +622,8 @@ async fn reservations_api_follows_its_contract() {
         a_customer_holds_up_to_the_skus_limit_across_warehouses,
         racing_holds_of_one_customer_never_pass_the_limit,
         a_limit_is_set_changed_and_removed_with_its_rules,
+        a_partial_confirm_sells_fewer_and_releases_the_rest,
+        a_partial_confirm_across_shards_is_checked_before_any_part_sells,
     );
 }
 
@@ -740,6 +742,52 @@ async fn a_limit_is_set_changed_and_removed_with_its_rules(http: &Http) {
     assert_eq!(removed["limit_per_customer"], Value::Null);
     let (status, _, _) = reserve_for(http, None, &[("rs-window", Some("w1"), 10)]).await;
     assert_eq!(status, StatusCode::CREATED);
+}
+
+async fn a_partial_confirm_sells_fewer_and_releases_the_rest(http: &Http) {
+    put_item(http, "rs-part", "w1", 10, 0).await;
+    put_item(http, "rs-part", "w2", 10, 0).await;
+    let held = reserve(http, &[("rs-part", "w1", 4), ("rs-part", "w2", 2)]).await;
+    let path = format!("/v1/reservations/{}/confirm", str_of(&held, "id"));
+    let over = http.post(&path, json!({ "lines": [{ "sku": "rs-part", "warehouse": "w1", "quantity": 5 }] })).await;
+    assert_problem(&over, StatusCode::CONFLICT, "confirm_over_held");
+    assert_eq!((u64_of(&over.2, "line"), u64_of(&over.2, "held")), (0, 4));
+    let nothing = json!({ "lines": [{ "sku": "rs-part", "warehouse": "w1", "quantity": 0 }, { "sku": "rs-part", "warehouse": "w2", "quantity": 0 }] });
+    assert_problem(&http.post(&path, nothing).await, StatusCode::BAD_REQUEST, "quantity_zero");
+    assert_eq!(levels(http, "rs-part", "w1").await.1, 4, "refused confirms change nothing");
+    // Sell 1 of the 4 in w1; w2, not listed, sells both.
+    let (status, _, body) =
+        http.post(&path, json!({ "lines": [{ "sku": "rs-part", "warehouse": "w1", "quantity": 1 }] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(str_of(&body, "state"), "CONFIRMED");
+    assert_lines(&body, &[("rs-part", "w1", 1), ("rs-part", "w2", 2)]);
+    assert_eq!(levels(http, "rs-part", "w1").await.0, 9);
+    assert_eq!(levels(http, "rs-part", "w1").await.1, 0);
+    assert_eq!(levels(http, "rs-part", "w2").await.0, 8);
+    // A retry answers the same, with or without the body.
+    let (status, _, again) = http.post_empty(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_lines(&again, &[("rs-part", "w1", 1), ("rs-part", "w2", 2)]);
+    assert_eq!(levels(http, "rs-part", "w1").await.0, 9);
+}
+
+async fn a_partial_confirm_across_shards_is_checked_before_any_part_sells(http: &Http) {
+    let (first, other) = skus_on_two_shards(http, "rs-part-x").await;
+    let held = reserve(http, &[(&first, "w1", 3), (&other, "w1", 3)]).await;
+    let path = format!("/v1/reservations/{}/confirm", str_of(&held, "id"));
+    let before = (levels(http, &first, "w1").await, levels(http, &other, "w1").await);
+    let over = json!({ "lines": [{ "sku": first, "warehouse": "w1", "quantity": 2 }, { "sku": other, "warehouse": "w1", "quantity": 4 }] });
+    assert_problem(&http.post(&path, over).await, StatusCode::CONFLICT, "confirm_over_held");
+    assert_eq!((levels(http, &first, "w1").await, levels(http, &other, "w1").await), before, "no part sold");
+    let partial = json!({ "lines": [{ "sku": first, "warehouse": "w1", "quantity": 2 }] });
+    let (status, _, body) = http.post(&path, partial).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(levels(http, &first, "w1").await.0, before.0.0 - 2);
+    assert_eq!(levels(http, &other, "w1").await.0, before.1.0 - 3);
+    assert_eq!(
+        (levels(http, &first, "w1").await.1, levels(http, &other, "w1").await.1),
+        (before.0.1 - 3, before.1.1 - 3)
+    );
 }
 
 async fn a_reservation_is_created_held_with_an_expiry(http: &Http) {

@@ -349,7 +349,7 @@ fn apply_with(
         command.id
     );
     if command.confirm {
-        return Ok(match state.end_reservation(slot, ReservationState::Confirmed, emitter) {
+        return Ok(match state.end_reservation(slot, ReservationState::Confirmed, None, emitter) {
             Some(reservation) => Outcome::Confirmed {
                 reservation,
                 replayed: false,

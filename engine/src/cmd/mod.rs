@@ -17,7 +17,7 @@ mod transfer;
 mod upsert;
 
 pub use adjust::{Adjust, AdjustReason};
-pub use confirm::Confirm;
+pub use confirm::{Confirm, ConfirmLine, ConfirmPart};
 pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
 pub use hold::{Allocation, Deadline, Hold, HoldLine};
@@ -47,6 +47,8 @@ pub enum Command {
     Extend(Extend),
     SetLimits(SetLimits),
     SetCustomerLimit(SetCustomerLimit),
+    /// A confirm that sells fewer units than held (`confirm.rs`).
+    ConfirmPart(ConfirmPart),
     /// Moves log time only; the leader proposes it when a deadline is due and
     /// nothing else flows, so holds expire on time without traffic.
     Tick,
@@ -61,9 +63,12 @@ impl Command {
             Command::Transfer(c) => Some(c.sku.as_str()),
             Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
             Command::SetCustomerLimit(c) => Some(c.sku.as_str()),
-            Command::Confirm(_) | Command::Release(_) | Command::Extend(_) | Command::SetLimits(_) | Command::Tick => {
-                None
-            }
+            Command::Confirm(_)
+            | Command::ConfirmPart(_)
+            | Command::Release(_)
+            | Command::Extend(_)
+            | Command::SetLimits(_)
+            | Command::Tick => None,
         }
     }
 
@@ -76,6 +81,7 @@ impl Command {
             Command::Transfer(c) => (c.principal.as_ref(), c.note.as_ref(), c.reference.as_ref()),
             Command::Hold(c) => (c.principal.as_ref(), None, None),
             Command::Confirm(c) => (c.principal.as_ref(), None, None),
+            Command::ConfirmPart(c) => (c.principal.as_ref(), None, None),
             Command::Release(c) => (c.principal.as_ref(), None, None),
             Command::Extend(c) => (c.principal.as_ref(), None, None),
             Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::Tick => (None, None, None),
@@ -93,6 +99,7 @@ impl Command {
             Command::Extend(c) => c.validate(),
             Command::SetLimits(c) => c.validate(),
             Command::SetCustomerLimit(c) => c.validate(),
+            Command::ConfirmPart(c) => c.validate(),
             Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
                 principal.as_ref().map_or(Ok(()), Principal::check)
             }
@@ -108,6 +115,7 @@ fn end_held(
     state: &mut ShardState,
     id: &ReservationId,
     target: ReservationState,
+    sold: Option<&[u64]>,
     emitter: &mut Emitter,
 ) -> Result<Outcome, Corrupt> {
     let Some((slot, current)) = state.find_reservation(id).and_then(|slot| Some((slot, state.summary(slot)?))) else {
@@ -117,19 +125,35 @@ fn end_held(
         return Ok(not_held(current.state).into());
     }
     // Read before ending: a reservation may be forgotten as it ends, when
-    // the limits retain no terminal reservations. (And a corrupt name stops
-    // the shard before anything changed.)
-    let Some(lines) = state.reservation_lines(slot)? else {
-        return Ok(Refusal::ReservationNotFound.into());
+    // the limits retain no terminal reservations (its lines are then the
+    // held ones, or those sold). A corrupt name stops the shard first.
+    let before = match (state.reservation_lines(slot)?, sold) {
+        (Some(mut lines), Some(sold)) => {
+            for (line, units) in lines.iter_mut().zip(sold) {
+                line.quantity = *units;
+            }
+            lines.retain(|line| line.quantity > 0);
+            Some(lines)
+        }
+        (lines, _) => lines,
     };
     let idempotency_key = state.reservation_key(slot);
     let (reservation, replayed) = if current.state == ReservationState::Held {
-        match state.end_reservation(slot, target, emitter) {
+        match state.end_reservation(slot, target, sold, emitter) {
             Some(ended) => (ended, false),
             None => return Ok(Refusal::ReservationNotFound.into()),
         }
     } else {
         (current, true)
+    };
+    // The lines as they now stand: a partial confirm keeps what it sold.
+    // (A reservation forgotten as it ended answers the lines it had.)
+    let lines = match state.find_reservation(id) {
+        Some(slot) => state.reservation_lines(slot)?,
+        None => None,
+    };
+    let Some(lines) = lines.or(before) else {
+        return Ok(Refusal::ReservationNotFound.into());
     };
     Ok(match target {
         ReservationState::Confirmed => Outcome::Confirmed { reservation, replayed, lines, idempotency_key },
@@ -161,6 +185,7 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::Transfer(c) => transfer::apply(state, c, emitter),
         Command::Hold(c) => hold::apply(state, c, emitter),
         Command::Confirm(c) => confirm::apply(state, c, emitter),
+        Command::ConfirmPart(c) => confirm::apply_part(state, c, emitter),
         Command::Release(c) => release::apply(state, c, emitter),
         Command::Extend(c) => extend::apply(state, c, emitter),
         Command::SetLimits(c) => Ok(set_limits::apply(state, c)),

@@ -20,7 +20,7 @@ pub struct Release {
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &Release, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
-    super::end_held(state, &command.id, ReservationState::Released, emitter)
+    super::end_held(state, &command.id, ReservationState::Released, None, emitter)
 }
 
 #[cfg(test)]

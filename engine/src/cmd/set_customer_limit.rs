@@ -151,4 +151,25 @@ mod tests {
         // A customer already counted still holds.
         assert!(matches!(f.one(hold_for(4, Some("a"), &[("SKU-1", "berlin", 1)])), Outcome::Held { .. }));
     }
+
+    #[test]
+    fn a_partial_confirm_counts_only_the_units_sold() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 100, 0);
+        f.one(set("SKU-1", 3, None));
+        f.one(hold_for(1, Some("alice"), &[("SKU-1", "berlin", 3)]));
+        let partial = Command::ConfirmPart(crate::cmd::ConfirmPart {
+            id: rid(1),
+            principal: None,
+            lines: vec![crate::cmd::ConfirmLine {
+                sku: Sku::new("SKU-1").unwrap_or_else(|e| panic!("{e}")),
+                warehouse: crate::ids::Warehouse::new("berlin").unwrap_or_else(|e| panic!("{e}")),
+                quantity: 1,
+            }],
+        });
+        assert!(matches!(f.one(partial), Outcome::Confirmed { .. }));
+        let usage = f.state.customer_usage("SKU-1", "alice");
+        assert_eq!((usage.held, usage.sold, usage.remaining()), (0, 1, Some(2)));
+        f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
 }

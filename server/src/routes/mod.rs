@@ -76,6 +76,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A JSON body that may be absent: an empty body is `None`; anything else
+/// is read as `JsonBody` reads it (content type, size, object, fields).
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let (parts, body) = request.into_parts();
+        let bytes = match bytes::Bytes::from_request(Request::from_parts(parts.clone(), body), state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", rejection.body_text()));
+            }
+            Err(rejection) => return Err(Problem::bad_request("invalid_body", rejection.body_text())),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(None));
+        }
+        let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+        JsonBody::<T>::from_request(request, state).await.map(|JsonBody(value)| OptionalJsonBody(Some(value)))
+    }
+}
+
 /// What `Json::from_bytes` refuses: the content type and size are checked
 /// before it runs.
 fn json_problem(rejection: &JsonRejection) -> Problem {

@@ -41,7 +41,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cluster::{SagaOutcome, SagaPart};
-use engine::cmd::{Confirm, Deadline, Extend, Hold, HoldLine, Release};
+use engine::cmd::{Confirm, ConfirmLine, ConfirmPart, Deadline, Extend, Hold, HoldLine, Release};
 use engine::ids::{CustomerId, IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 use engine::outcome::{ReservationView, ShortLine};
 use engine::reservation::ReservationState;
@@ -51,7 +51,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::items::ReadQuery;
-use super::{JsonBody, PathParams, QueryParams, read_shard, rfc3339_ms};
+use super::{JsonBody, OptionalJsonBody, PathParams, QueryParams, read_shard, rfc3339_ms};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Role;
@@ -586,10 +586,52 @@ impl AppState {
     /// could fail once the write is done (a 503 `unavailable` would tell the
     /// client nothing was applied, chaos FINDINGS.md #2) or show a later
     /// write instead of this one.
-    async fn end(&self, id: ReservationId, make: impl Fn() -> Command) -> ApiResult<ReservationOut> {
-        let submits = self.part_shards(id)?.into_iter().map(|shard| self.node.submit_to(shard, make()));
+    async fn end(&self, id: ReservationId, make: impl Fn(u32) -> Command) -> ApiResult<ReservationOut> {
+        let submits = self.part_shards(id)?.into_iter().map(|shard| self.node.submit_to(shard, make(shard)));
         let parts = self.ended(futures_util::future::join_all(submits).await)?;
         reservation_out(id, parts).ok_or_else(reservation_not_found)
+    }
+
+    /// Confirms a reservation, in full or (`body.lines`) in part. Lines go
+    /// to the shard of their SKU. A reservation across shards is read first
+    /// and its lines checked, so a line over what is held is refused before
+    /// any part sells (each shard checks again as it applies).
+    async fn confirm_reservation(
+        &self,
+        id: ReservationId,
+        who: Option<engine::ids::Principal>,
+        body: Option<ConfirmBody>,
+    ) -> ApiResult<Response> {
+        let mut lines: Vec<(u32, ConfirmLine)> = Vec::new();
+        for line in body.map(|body| body.lines).unwrap_or_default() {
+            let sku = Sku::new(line.sku)?;
+            let shard = shard_of(sku.as_str(), self.node.shard_count());
+            let warehouse = Warehouse::new(line.warehouse)?;
+            if line.quantity > engine::ids::QUANTITY_MAX {
+                return Err(Problem::input(&engine::InputError::TooLarge {
+                    field: engine::Field::Quantity,
+                    value: line.quantity,
+                    max: engine::ids::QUANTITY_MAX,
+                }));
+            }
+            lines.push((shard, ConfirmLine { sku, warehouse, quantity: line.quantity }));
+        }
+        if !lines.is_empty() && spans_shards(&id) {
+            let parts = self.reservation_parts(id, super::Consistency::Linearizable).await?;
+            check_confirm_lines(&parts, &lines)?;
+        }
+        let out = self
+            .end(id, |shard| {
+                let part: Vec<ConfirmLine> =
+                    lines.iter().filter(|(at, _)| *at == shard).map(|(_, line)| line.clone()).collect();
+                if part.is_empty() {
+                    Command::Confirm(Confirm { principal: who.clone(), id })
+                } else {
+                    Command::ConfirmPart(ConfirmPart { principal: who.clone(), id, lines: part })
+                }
+            })
+            .await?;
+        Ok(out.respond(StatusCode::OK))
     }
 
     /// What confirming, releasing or extending the parts of a reservation
@@ -632,7 +674,7 @@ impl AppState {
         let deadline = Deadline::AfterMs(ttl_ms);
         let who = super::items::principal_name(principal);
         Ok(self
-            .end(id, || Command::Extend(Extend { principal: who.clone(), id, deadline }))
+            .end(id, |_| Command::Extend(Extend { principal: who.clone(), id, deadline }))
             .await?
             .respond(StatusCode::OK))
     }
@@ -983,16 +1025,22 @@ pub async fn get(
     post,
     path = "/v1/reservations/{id}/confirm",
     tag = "reservations",
-    summary = "Confirm a reservation: the sale",
-    description = "Sells the held units. Confirming again answers the same. Every part of a reservation that \
-        spans shards is confirmed.",
+    summary = "Confirm a reservation: the sale, in full or in part",
+    description = "Sells the held units. With a body, `lines` sells fewer: each listed (sku, warehouse) sells the \
+        quantity given (0: none), lines not listed sell all they hold, and what is not sold is released in the \
+        same step; the reservation then shows the lines as sold. Confirming again answers the same. Every part \
+        of a reservation that spans shards is confirmed.",
     extensions(("x-tally-role" = json!("reserve"))),
     params(("id" = crate::openapi::ReservationId, Path, description = "The reservation's id.")),
+    request_body(content = Option<ConfirmBody>, description = "Optional: a partial confirm."),
     responses(
         (status = 200, description = "The reservation, `CONFIRMED`.", body = crate::openapi::Reservation),
-        (status = 400, description = "`invalid_path`, `invalid_reservation_id`."),
+        (status = 400, description = "`invalid_path`, `invalid_reservation_id`, `invalid_json`, `invalid_body`, \
+            `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse), `quantity_too_large`, \
+            `quantity_zero` (a partial confirm that sells nothing: release instead)."),
         (status = 404, description = "`reservation_not_found`."),
-        (status = 409, description = "`reservation_released`, `reservation_expired`."),
+        (status = 409, description = "`reservation_released`, `reservation_expired`; `confirm_over_held`: a line \
+            names units the reservation does not hold there (the problem's `line` and `held`)."),
         (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
     ),
 )]
@@ -1000,11 +1048,60 @@ pub async fn confirm(
     State(state): Shared,
     principal: Principal,
     PathParams(id): PathParams<String>,
+    OptionalJsonBody(body): OptionalJsonBody<ConfirmBody>,
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
     let who = super::items::principal_name(&principal);
-    Ok(state.end(id, || Command::Confirm(Confirm { principal: who.clone(), id })).await?.respond(StatusCode::OK))
+    state.confirm_reservation(id, who, body).await
+}
+
+/// The body of a partial confirm.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    /// Units to sell of held lines; lines not listed sell all they hold, and
+    /// what is not sold is released in the same step. Quantity 0 sells none
+    /// of a line.
+    pub lines: Vec<ConfirmRequestLine>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequestLine {
+    #[schema(value_type = crate::openapi::Sku)]
+    pub sku: String,
+    #[schema(value_type = crate::openapi::Warehouse)]
+    pub warehouse: String,
+    /// 0 to the units held on this line.
+    pub quantity: u64,
+}
+
+/// Checks a partial confirm of a reservation across shards against its
+/// parts as read: every line held, within what it holds, named once, and
+/// something sold.
+fn check_confirm_lines(parts: &[ReservationView], lines: &[(u32, ConfirmLine)]) -> ApiResult<()> {
+    let held: Vec<&engine::outcome::LineView> = parts.iter().flat_map(|part| part.lines.iter()).collect();
+    let mut sold: Vec<u64> = held.iter().map(|line| line.quantity).collect();
+    let mut listed = vec![false; held.len()];
+    for (index, (_, line)) in lines.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let at = held.iter().position(|h| h.sku == line.sku.as_str() && h.warehouse == line.warehouse.as_str());
+        match at {
+            Some(at) if !listed[at] && line.quantity <= held[at].quantity => {
+                listed[at] = true;
+                sold[at] = line.quantity;
+            }
+            Some(at) => {
+                return Err(Problem::refusal(&Refusal::ConfirmOverHeld { line: index, held: held[at].quantity }));
+            }
+            None => return Err(Problem::refusal(&Refusal::ConfirmOverHeld { line: index, held: 0 })),
+        }
+    }
+    if sold.iter().all(|units| *units == 0) {
+        return Err(Problem::input(&engine::InputError::Zero { field: engine::Field::Quantity }));
+    }
+    Ok(())
 }
 
 /// `POST /v1/reservations/{id}/release` and `DELETE /v1/reservations/{id}`.
@@ -1032,7 +1129,7 @@ pub async fn release(
     principal.require(Role::Reserve)?;
     let id = parse_id(&id)?;
     let who = super::items::principal_name(&principal);
-    Ok(state.end(id, || Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
+    Ok(state.end(id, |_| Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -1105,16 +1202,18 @@ pub async fn get_order(
     post,
     path = "/v1/orders/{order_id}/confirm",
     tag = "orders",
-    summary = "Confirm an order's reservation: the sale",
-    description = "Sells the held units. Confirming again answers the same. Every part of a reservation that \
-        spans shards is confirmed.",
+    summary = "Confirm an order's reservation: the sale, in full or in part",
+    description = "As `POST /v1/reservations/{id}/confirm`, by the order id: an optional body's `lines` sells \
+        fewer units than held and releases the rest in the same step. Confirming again answers the same.",
     extensions(("x-tally-role" = json!("reserve"))),
     params(("order_id" = String, Path, description = "The `order_id` the reservation was made with.")),
+    request_body(content = Option<ConfirmBody>, description = "Optional: a partial confirm."),
     responses(
         (status = 200, description = "The reservation, `CONFIRMED`.", body = crate::openapi::Reservation),
-        (status = 400, description = "`invalid_path`, `field_too_long`, `field_bad_character` (the order id)."),
+        (status = 400, description = "`invalid_path`, `field_too_long`, `field_bad_character` (the order id, sku, \
+            warehouse), `invalid_json`, `invalid_body`, `field_empty`, `quantity_too_large`, `quantity_zero`."),
         (status = 404, description = "`order_not_found`, `reservation_not_found`."),
-        (status = 409, description = "`reservation_released`, `reservation_expired`."),
+        (status = 409, description = "`reservation_released`, `reservation_expired`, `confirm_over_held`."),
         (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
     ),
 )]
@@ -1122,11 +1221,12 @@ pub async fn order_confirm(
     State(state): Shared,
     principal: Principal,
     PathParams(order_id): PathParams<String>,
+    OptionalJsonBody(body): OptionalJsonBody<ConfirmBody>,
 ) -> ApiResult<Response> {
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
     let who = super::items::principal_name(&principal);
-    Ok(state.end(id, || Command::Confirm(Confirm { principal: who.clone(), id })).await?.respond(StatusCode::OK))
+    state.confirm_reservation(id, who, body).await
 }
 
 /// `POST /v1/orders/{order_id}/release`.
@@ -1154,7 +1254,7 @@ pub async fn order_release(
     principal.require(Role::Reserve)?;
     let id = state.order_reservation(&principal, &order_id).await?;
     let who = super::items::principal_name(&principal);
-    Ok(state.end(id, || Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
+    Ok(state.end(id, |_| Command::Release(Release { principal: who.clone(), id })).await?.respond(StatusCode::OK))
 }
 
 /// `POST /v1/orders/{order_id}/extend`.
