@@ -157,12 +157,8 @@ fn backup(args: &BackupArgs) -> ExitCode {
         program,
         program_args,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tally-bench: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(bench::backup::run(&plan)) {
         Ok(figures) => {
@@ -194,26 +190,19 @@ struct ImportArgs {
 }
 
 fn import(args: ImportArgs) -> ExitCode {
-    let program = match &args.tally_bin {
-        Some(path) => Program::Binary(path.clone()),
-        None => match std::env::current_exe() {
-            Ok(path) => Program::SelfExec(path),
-            Err(error) => {
-                eprintln!("tally-bench: cannot find this program: {error}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let program = match program(args.tally_bin.as_ref()) {
+        Ok(program) => program,
+        Err(error) => {
+            eprintln!("tally-bench: {error}");
+            return ExitCode::FAILURE;
+        }
     };
     if args.rows == 0 || args.warehouses == 0 || args.runs == 0 {
         eprintln!("tally-bench: rows, warehouses and runs must be at least 1");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tally-bench: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     println!("tally-bench import on {}: {} rows, {} runs", bench::report::machine(), args.rows, args.runs);
     let body = bench::import::ndjson_rows(args.rows, args.warehouses);
@@ -255,6 +244,14 @@ fn import(args: ImportArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The `tally` to start: `--tally-bin`, or this program re-run as `tally`.
+fn program(tally_bin: Option<&PathBuf>) -> Result<Program, String> {
+    match tally_bin {
+        Some(path) => Ok(Program::Binary(path.clone())),
+        None => Ok(Program::SelfExec(std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?)),
+    }
+}
+
 fn plan(args: &RunArgs, data_dir: PathBuf) -> Result<Plan, String> {
     let targets = args.targets.iter().map(|t| TargetKind::parse(t)).collect::<Result<Vec<_>, _>>()?;
     let mut workloads = Vec::new();
@@ -267,10 +264,7 @@ fn plan(args: &RunArgs, data_dir: PathBuf) -> Result<Plan, String> {
     if !(args.duration >= 1.0 && args.warmup >= 0.0 && args.expiry_rate > 0.0) {
         return Err("duration must be at least 1 s, warmup at least 0, expiry rate above 0".into());
     }
-    let program = match &args.tally_bin {
-        Some(path) => Program::Binary(path.clone()),
-        None => Program::SelfExec(std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?),
-    };
+    let program = program(args.tally_bin.as_ref())?;
     let mut plan = Plan {
         targets,
         workloads,
@@ -322,12 +316,8 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tally-bench: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let mut report = Report {
         started: bench::report::now_rfc3339(),
@@ -360,6 +350,17 @@ fn write(report: &Report, out: &std::path::Path) -> std::io::Result<()> {
     std::fs::write(out.join("results.md"), bench::report::markdown(report))?;
     bench::plot::write_plots(report, &out.join("plots"))?;
     Ok(())
+}
+
+/// The bench's tokio runtime; `None` (said on stderr) if it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("tally-bench: cannot start the runtime: {error}");
+            None
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -85,28 +85,43 @@ pub(super) fn apply_part(
         // Ended already: answered (or refused) as any confirm.
         return super::end_held(state, &command.id, ReservationState::Confirmed, None, emitter);
     }
-    // What each held line sells: all it holds unless listed.
-    let mut sold: Vec<u64> = held.iter().map(|line| line.quantity).collect();
+    let units: Vec<u64> = held.iter().map(|line| line.quantity).collect();
+    let sold = units_sold(&units, &command.lines, |line| {
+        let item = state.find_item(line.sku.as_str(), line.warehouse.as_str())?;
+        held.iter().position(|h| h.item == item)
+    });
+    match sold {
+        Ok(sold) => super::end_held(state, &command.id, ReservationState::Confirmed, Some(&sold), emitter),
+        Err(refusal) => Ok(refusal.into()),
+    }
+}
+
+/// What each held line sells under a partial confirm's `lines` (module
+/// docs): `held` is each held line's units, `find` the held line a request
+/// line names. One rule for the shard that applies it and for a server
+/// that checks a reservation across shards before any part sells.
+pub fn units_sold(
+    held: &[u64],
+    lines: &[ConfirmLine],
+    find: impl Fn(&ConfirmLine) -> Option<usize>,
+) -> Result<Vec<u64>, Refusal> {
+    let mut sold = held.to_vec();
     let mut listed = vec![false; held.len()];
-    for (index, line) in command.lines.iter().enumerate() {
+    for (index, line) in lines.iter().enumerate() {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
-        let item = state.find_item(line.sku.as_str(), line.warehouse.as_str());
-        let at = item.and_then(|item| held.iter().position(|h| h.item == item));
-        match at {
-            Some(at) if !listed[at] && line.quantity <= held[at].quantity => {
+        match find(line).filter(|at| *at < held.len()) {
+            Some(at) if !listed[at] && line.quantity <= held[at] => {
                 listed[at] = true;
                 sold[at] = line.quantity;
             }
-            Some(at) => {
-                return Ok(Refusal::ConfirmOverHeld { line: index, held: held[at].quantity }.into());
-            }
-            None => return Ok(Refusal::ConfirmOverHeld { line: index, held: 0 }.into()),
+            Some(at) => return Err(Refusal::ConfirmOverHeld { line: index, held: held[at] }),
+            None => return Err(Refusal::ConfirmOverHeld { line: index, held: 0 }),
         }
     }
     if sold.iter().all(|units| *units == 0) {
-        return Ok(InputError::Zero { field: Field::Quantity }.into());
+        return Err(Refusal::Invalid(InputError::Zero { field: Field::Quantity }));
     }
-    super::end_held(state, &command.id, ReservationState::Confirmed, Some(&sold), emitter)
+    Ok(sold)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ mod transfer;
 mod upsert;
 
 pub use adjust::{Adjust, AdjustReason};
-pub use confirm::{Confirm, ConfirmLine, ConfirmPart};
+pub use confirm::{Confirm, ConfirmLine, ConfirmPart, units_sold};
 pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
 pub use hold::{Allocation, Deadline, Hold, HoldLine};

@@ -225,6 +225,23 @@ mod tests {
         paths
     }
 
+    /// A WAL of small segments that archives into `<dir>/archive`, holding
+    /// 60 synced entries: several sealed segments to purge.
+    fn archiving_wal(
+        dir: &std::path::Path,
+    ) -> (Wal, std::sync::Arc<super::ArchiveStats>, std::path::PathBuf, std::path::PathBuf) {
+        let (wal_dir, archive_dir) = (dir.join("wal"), dir.join("archive"));
+        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
+        let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
+        let stats =
+            wal.set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 }).unwrap_or_else(|e| panic!("{e}"));
+        for index in 1..=60 {
+            wal.append([&entry(index)]).unwrap_or_else(|e| panic!("{e}"));
+        }
+        wal.sync().unwrap_or_else(|e| panic!("{e}"));
+        (wal, stats, wal_dir, archive_dir)
+    }
+
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         for _ in 0..500 {
             if done() {
@@ -238,15 +255,7 @@ mod tests {
     #[test]
     fn a_purged_segment_is_in_the_archive_before_it_leaves_the_wal() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (wal_dir, archive_dir) = (dir.path().join("wal"), dir.path().join("archive"));
-        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
-        let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
-        let stats =
-            wal.set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 }).unwrap_or_else(|e| panic!("{e}"));
-        for index in 1..=60 {
-            wal.append([&entry(index)]).unwrap_or_else(|e| panic!("{e}"));
-        }
-        wal.sync().unwrap_or_else(|e| panic!("{e}"));
+        let (mut wal, stats, wal_dir, archive_dir) = archiving_wal(dir.path());
         let before = segments(&wal_dir);
         let originals: Vec<Vec<u8>> = before.iter().map(|p| std::fs::read(p).unwrap_or_default()).collect();
         wal.purge(LogId::new(1, 40)).unwrap_or_else(|e| panic!("{e}"));
@@ -267,15 +276,7 @@ mod tests {
     #[test]
     fn a_failed_archive_copy_keeps_the_segment_and_counts_the_failure() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (wal_dir, archive_dir) = (dir.path().join("wal"), dir.path().join("archive"));
-        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
-        let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
-        let stats =
-            wal.set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 }).unwrap_or_else(|e| panic!("{e}"));
-        for index in 1..=60 {
-            wal.append([&entry(index)]).unwrap_or_else(|e| panic!("{e}"));
-        }
-        wal.sync().unwrap_or_else(|e| panic!("{e}"));
+        let (mut wal, stats, wal_dir, archive_dir) = archiving_wal(dir.path());
         let before = segments(&wal_dir);
         // The archive is gone and a file stands in its place: no copy can land.
         std::fs::remove_dir_all(&archive_dir).unwrap_or_else(|e| panic!("{e}"));

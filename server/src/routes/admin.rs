@@ -6,7 +6,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -112,10 +112,6 @@ pub fn archive_status(node: &cluster::Node) -> Vec<ArchiveShardStatus> {
         .collect()
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn summary(manifest: &Manifest) -> Vec<ShardSummary> {
     manifest
         .shards
@@ -192,7 +188,7 @@ pub async fn start_backup(
         *status = BackupStatus {
             state: "running".into(),
             to: Some(to.display().to_string()),
-            started_unix_ms: Some(unix_ms()),
+            started_unix_ms: Some(super::unix_ms()),
             ..BackupStatus::default()
         };
     }

@@ -25,16 +25,17 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cluster::SubmitError;
-use engine::cmd::{AttrUpdate, Expect, UpsertItem};
+use engine::cmd::{Expect, UpsertItem};
 use engine::ids::{ItemName, Principal as PrincipalName, Sku, Warehouse};
 use engine::outcome::ItemView;
 use engine::query::ItemFilter;
 use engine::{Command, Outcome, shard_of};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::items::{attr, nullable};
 use super::{Consistency, PathParams, QueryParams, item_json, read_shard};
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -61,11 +62,6 @@ const EXPORT_COLUMNS: [&str; 11] = [
     "name",
     "unit_price_minor",
 ];
-
-/// `Some(None)` for an explicit `null` (clear), `None` when absent (keep).
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
 
 /// One NDJSON row.
 #[derive(Debug, Deserialize)]
@@ -246,7 +242,7 @@ impl Imports {
 
     /// An id for an import that brought none: `import-<wall ms>-<n>`.
     fn new_id(&self) -> String {
-        format!("import-{}-{}", wall_ms(), self.made.fetch_add(1, Ordering::Relaxed))
+        format!("import-{}-{}", super::unix_ms(), self.made.fetch_add(1, Ordering::Relaxed))
     }
 
     fn all(&self) -> Vec<Arc<ImportProgress>> {
@@ -264,12 +260,6 @@ fn check_import_id(text: &str) -> ApiResult<()> {
     } else {
         Err(Problem::bad_request("invalid_import_id", "Import-Id is 1 to 64 of A-Z a-z 0-9 . _ -"))
     }
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A parsed row, ready to submit, with where it came from.
@@ -352,14 +342,6 @@ fn csv_fields(line: &[u8]) -> Result<Vec<String>, String> {
         }
     }
     fields.into_iter().map(|bytes| String::from_utf8(bytes).map_err(|_| "a field is not UTF-8".to_owned())).collect()
-}
-
-fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
-    match update {
-        None => AttrUpdate::Keep,
-        Some(None) => AttrUpdate::Clear,
-        Some(Some(value)) => AttrUpdate::Set(value),
-    }
 }
 
 /// The upsert a row asks for, or its error (code, detail).
@@ -724,7 +706,7 @@ pub async fn import(State(state): Shared, principal: Principal, request: Request
         id,
         format,
         principal: principal.name.clone(),
-        started_at_ms: wall_ms(),
+        started_at_ms: super::unix_ms(),
         started: Instant::now(),
         bytes: AtomicU64::new(0),
         rows: AtomicU64::new(0),
@@ -1007,6 +989,8 @@ pub async fn export(
 
 #[cfg(test)]
 mod tests {
+    use engine::cmd::AttrUpdate;
+
     use super::*;
 
     #[test]

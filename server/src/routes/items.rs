@@ -30,7 +30,7 @@ use crate::problem::{ApiResult, Problem};
 type Shared = State<Arc<AppState>>;
 
 /// `Some(None)` for an explicit `null` (clear), `None` when absent (keep).
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+pub(super) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -240,7 +240,7 @@ async fn expectation(
     }
 }
 
-fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
+pub(super) fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
     match update {
         None => AttrUpdate::Keep,
         Some(None) => AttrUpdate::Clear,

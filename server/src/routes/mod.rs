@@ -37,42 +37,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let is_json = request
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim();
-                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
-            });
-        if !is_json {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as Content-Type: application/json",
-            ));
-        }
-        let bytes = match bytes::Bytes::from_request(request, state).await {
-            Ok(bytes) => bytes,
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", rejection.body_text()));
-            }
-            Err(rejection) => return Err(Problem::bad_request("invalid_body", rejection.body_text())),
-        };
-        // Every body is an object: serde would otherwise read an array as
-        // the struct's fields in order and apply it.
-        match bytes.iter().find(|byte| !byte.is_ascii_whitespace()) {
-            Some(b'{') => {}
-            Some(b'[' | b'"' | b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
-                return Err(Problem::bad_request("invalid_body", "the body must be a JSON object"));
-            }
-            _ => return Err(Problem::bad_request("invalid_json", "the body is not JSON")),
-        }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(JsonBody(value)),
-            Err(rejection) => Err(json_problem(&rejection)),
-        }
+        require_json(request.headers())?;
+        let bytes = body_bytes(request, state).await?;
+        json_object(&bytes).map(JsonBody)
     }
 }
 
@@ -84,19 +51,61 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T>
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let (parts, body) = request.into_parts();
-        let bytes = match bytes::Bytes::from_request(Request::from_parts(parts.clone(), body), state).await {
-            Ok(bytes) => bytes,
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", rejection.body_text()));
-            }
-            Err(rejection) => return Err(Problem::bad_request("invalid_body", rejection.body_text())),
-        };
+        let headers = request.headers().clone();
+        let bytes = body_bytes(request, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(None));
         }
-        let request = Request::from_parts(parts, axum::body::Body::from(bytes));
-        JsonBody::<T>::from_request(request, state).await.map(|JsonBody(value)| OptionalJsonBody(Some(value)))
+        require_json(&headers)?;
+        json_object(&bytes).map(|value| OptionalJsonBody(Some(value)))
+    }
+}
+
+/// 415 unless the content type is JSON (`application/json`, `*+json`).
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), Problem> {
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ))
+    }
+}
+
+/// The whole body, within `server.body_bytes_max` (413 `body_too_large`).
+async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<bytes::Bytes, Problem> {
+    match bytes::Bytes::from_request(request, state).await {
+        Ok(bytes) => Ok(bytes),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", rejection.body_text()))
+        }
+        Err(rejection) => Err(Problem::bad_request("invalid_body", rejection.body_text())),
+    }
+}
+
+/// A JSON object read into `T`. Every body is an object: serde would
+/// otherwise read an array as the struct's fields in order and apply it.
+fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    match bytes.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'[' | b'"' | b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
+            return Err(Problem::bad_request("invalid_body", "the body must be a JSON object"));
+        }
+        _ => return Err(Problem::bad_request("invalid_json", "the body is not JSON")),
+    }
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => Err(json_problem(&rejection)),
     }
 }
 
@@ -217,6 +226,13 @@ pub fn item_json(item: &ItemView) -> Value {
 
 pub fn reservation_state(summary: &ReservationSummary) -> &'static str {
     summary.state.as_str()
+}
+
+/// The wall clock as Unix milliseconds (for reports, never for log time).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// RFC 3339 (UTC, milliseconds) of a Unix time in milliseconds.

@@ -1082,26 +1082,13 @@ pub struct ConfirmRequestLine {
 /// something sold.
 fn check_confirm_lines(parts: &[ReservationView], lines: &[(u32, ConfirmLine)]) -> ApiResult<()> {
     let held: Vec<&engine::outcome::LineView> = parts.iter().flat_map(|part| part.lines.iter()).collect();
-    let mut sold: Vec<u64> = held.iter().map(|line| line.quantity).collect();
-    let mut listed = vec![false; held.len()];
-    for (index, (_, line)) in lines.iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        let at = held.iter().position(|h| h.sku == line.sku.as_str() && h.warehouse == line.warehouse.as_str());
-        match at {
-            Some(at) if !listed[at] && line.quantity <= held[at].quantity => {
-                listed[at] = true;
-                sold[at] = line.quantity;
-            }
-            Some(at) => {
-                return Err(Problem::refusal(&Refusal::ConfirmOverHeld { line: index, held: held[at].quantity }));
-            }
-            None => return Err(Problem::refusal(&Refusal::ConfirmOverHeld { line: index, held: 0 })),
-        }
-    }
-    if sold.iter().all(|units| *units == 0) {
-        return Err(Problem::input(&engine::InputError::Zero { field: engine::Field::Quantity }));
-    }
-    Ok(())
+    let units: Vec<u64> = held.iter().map(|line| line.quantity).collect();
+    let lines: Vec<ConfirmLine> = lines.iter().map(|(_, line)| line.clone()).collect();
+    engine::cmd::units_sold(&units, &lines, |line| {
+        held.iter().position(|h| h.sku == line.sku.as_str() && h.warehouse == line.warehouse.as_str())
+    })
+    .map(|_| ())
+    .map_err(|refusal| Problem::refusal(&refusal))
 }
 
 /// `POST /v1/reservations/{id}/release` and `DELETE /v1/reservations/{id}`.
