@@ -54,6 +54,13 @@ pub struct Limits {
     /// past it, after dropping every pair that no longer counts, is refused
     /// `shard_full`.
     pub customer_usage_per_shard_max: u32,
+    /// Most bundle definitions one shard keeps (`bundle.rs`); a definition
+    /// costs about 64 bytes plus 40 per component.
+    pub bundles_per_shard_max: u32,
+    /// Most components in one bundle. A bundle line of a hold becomes one
+    /// line per component, so this times a hold's bundle lines counts
+    /// against `lines_per_hold_max`.
+    pub bundle_components_max: u32,
 }
 
 impl Default for Limits {
@@ -71,6 +78,8 @@ impl Default for Limits {
             dedup_window_max: 262_144,
             dedup_retention_ms: 5 * 60 * 1000,
             customer_usage_per_shard_max: 1_000_000,
+            bundles_per_shard_max: 100_000,
+            bundle_components_max: 16,
         }
     }
 }
@@ -98,6 +107,9 @@ impl Limits {
         }
         if self.customer_usage_per_shard_max == 0 {
             return Err("customer_usage_per_shard_max must be at least 1".into());
+        }
+        if self.bundle_components_max == 0 {
+            return Err("bundle_components_max must be at least 1".into());
         }
         if self.dedup_window_max == 0 {
             return Err("dedup_window_max must be at least 1".into());

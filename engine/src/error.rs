@@ -98,6 +98,8 @@ pub enum InputError {
     WrongShard { owner: u32, shard: u32 },
     #[error("limits are not valid: {reason}")]
     BadLimits { reason: String },
+    #[error("the bundle is not valid: {reason}")]
+    BadBundle { reason: String },
 }
 
 impl InputError {
@@ -115,6 +117,7 @@ impl InputError {
             InputError::SameWarehouse => "same_warehouse",
             InputError::WrongShard { .. } => "wrong_shard",
             InputError::BadLimits { .. } => "bad_limits",
+            InputError::BadBundle { .. } => "invalid_bundle",
         }
     }
 
@@ -130,7 +133,7 @@ impl InputError {
             InputError::NoLines | InputError::TooManyLines { .. } => Some(Field::Lines),
             InputError::SameWarehouse => Some(Field::ToWarehouse),
             InputError::WrongShard { .. } => Some(Field::Sku),
-            InputError::BadLimits { .. } => None,
+            InputError::BadLimits { .. } | InputError::BadBundle { .. } => None,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! layer converts its log ids and votes field for field.
 
 pub mod actor;
+pub mod bundle;
 pub mod cmd;
 pub mod config;
 pub mod customer;

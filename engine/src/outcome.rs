@@ -94,6 +94,8 @@ pub enum Bound {
     WarehousesPerShard,
     /// (SKU, customer) pairs tracked for per-customer limits.
     CustomerUsagePerShard,
+    /// Bundle definitions (`bundle.rs`).
+    BundlesPerShard,
 }
 
 /// Why a command changed nothing.
@@ -165,6 +167,29 @@ pub enum Refusal {
         line: u32,
         held: u64,
     },
+    /// The hold names bundles (`bundle.rs`): each such line with the
+    /// bundle's components, for the caller to hold instead.
+    BundleLines {
+        lines: Vec<BundleLine>,
+    },
+    /// Items may not be created for a bundle SKU.
+    SkuIsBundle,
+    /// A bundle may not be defined on a SKU the shard has items of
+    /// (`items`: how many).
+    SkuHasItems {
+        items: u32,
+    },
+    /// No bundle is defined on the SKU.
+    BundleNotFound,
+}
+
+/// A hold's line that names a bundle, and what the bundle is made of.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct BundleLine {
+    /// Index of the line in the hold.
+    pub line: u32,
+    pub components: Vec<crate::bundle::Component>,
 }
 
 impl Refusal {
@@ -190,6 +215,10 @@ impl Refusal {
             Refusal::CustomerLimit { .. } => "customer_limit",
             Refusal::CustomerRequired { .. } => "customer_id_required",
             Refusal::ConfirmOverHeld { .. } => "confirm_over_held",
+            Refusal::BundleLines { .. } => "bundle_not_expanded",
+            Refusal::SkuIsBundle => "sku_is_bundle",
+            Refusal::SkuHasItems { .. } => "sku_has_items",
+            Refusal::BundleNotFound => "bundle_not_found",
         }
     }
 }
@@ -257,6 +286,11 @@ pub enum Outcome {
     },
     Ticked,
     Refused(Refusal),
+    /// A SKU's bundle definition as it now is (`None`: removed).
+    BundleSet {
+        sku: String,
+        components: Option<Vec<crate::bundle::Component>>,
+    },
 }
 
 impl Outcome {

@@ -18,6 +18,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::bundle::Bundles;
 use crate::cmd::{self, Command};
 use crate::config::Limits;
 use crate::customer::CustomerLimits;
@@ -37,8 +38,9 @@ use crate::wheel::TimerWheel;
 /// the dedup window) carry the reservation's lines. 4: confirm, release and
 /// extend outcomes (in the dedup window) carry the reservation's
 /// idempotency key. 5: per-customer limits and usage, and the customer a
-/// reservation counted against them.
-pub(crate) const STATE_FORMAT: u32 = 5;
+/// reservation counted against them. 6: issue 17's commerce features
+/// (bundle definitions, among others).
+pub(crate) const STATE_FORMAT: u32 = 6;
 
 /// Principal id recorded once the principal table is full.
 pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;
@@ -70,6 +72,8 @@ pub(crate) struct Persisted {
     pub dedup: DedupWindow,
     /// Per-customer limits of SKUs, and what customers have of them.
     pub customers: CustomerLimits,
+    /// Bundle definitions of this shard's SKUs (`bundle.rs`).
+    pub bundles: Bundles,
 }
 
 /// Derived lookups, rebuilt from `Persisted` on load.
@@ -192,6 +196,7 @@ impl ShardState {
             terminal: VecDeque::new(),
             dedup: DedupWindow::default(),
             customers: CustomerLimits::default(),
+            bundles: Bundles::default(),
         };
         Self::from_persisted(p)
     }
@@ -464,6 +469,9 @@ impl ShardState {
     /// Creates an empty item (version 0 until its first change is finished).
     /// Refuses, changing nothing, when a bound is reached.
     pub(crate) fn create_item(&mut self, sku: &str, warehouse: &str) -> Result<ItemId, Refusal> {
+        if self.p.bundles.get(sku).is_some() {
+            return Err(Refusal::SkuIsBundle);
+        }
         let limits = self.p.limits;
         if self.p.items.len() >= limits.items_per_shard_max as usize {
             return Err(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: u64::from(limits.items_per_shard_max) });
@@ -944,6 +952,7 @@ impl ShardState {
             }
         }
         self.check_customer_usage()?;
+        self.check_bundles()?;
         if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {
             return Err(format!("{live} live holds, {} counted, {} timers", self.ix.live_holds, self.ix.wheel.len()));
         }
@@ -995,6 +1004,38 @@ impl ShardState {
             return Err(format!("{} customer usages, over the bound", customers.usage.len()));
         }
         Ok(())
+    }
+
+    /// Every bundle is a valid definition of a SKU with no items here.
+    /// (Its size may exceed limits lowered since it was defined.)
+    fn check_bundles(&self) -> Result<(), String> {
+        for (sku, components) in &self.p.bundles.by_sku {
+            let name = crate::ids::Sku::new(sku.clone()).map_err(|e| format!("bundle {sku:?}: {e}"))?;
+            crate::bundle::validate(&name, components, u32::MAX).map_err(|e| format!("bundle {sku}: {e}"))?;
+            if self.items_of_sku(sku).next().is_some() {
+                return Err(format!("bundle {sku} has items"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A SKU's bundle definition, if it is a bundle.
+    pub fn bundle(&self, sku: &str) -> Option<Vec<crate::bundle::Component>> {
+        self.p.bundles.get(sku).map(<[_]>::to_vec)
+    }
+
+    /// The shard's bundle definitions, by SKU, from `after` (exclusive),
+    /// at most `limit`.
+    pub fn bundles(&self, after: Option<&str>, limit: usize) -> Vec<(String, Vec<crate::bundle::Component>)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.p
+            .bundles
+            .by_sku
+            .range::<str, _>((from, Unbounded))
+            .take(limit)
+            .map(|(sku, components)| (sku.clone(), components.clone()))
+            .collect()
     }
 
     /// A SKU's per-customer limit.

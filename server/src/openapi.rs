@@ -24,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::routes::{Consistency, admin, bulk, items, ledger, ops, reservations, stream};
+use crate::routes::{Consistency, admin, bulk, bundles, items, ledger, ops, reservations, stream};
 
 /// The name of the one security scheme.
 const API_KEY: &str = "api_key";
@@ -71,6 +71,10 @@ pub fn document() -> Value {
         items::history,
         items::transfer,
         items::availability,
+        bundles::list_bundles,
+        bundles::get_bundle,
+        bundles::put_bundle,
+        bundles::delete_bundle,
         bulk::import,
         bulk::list_imports,
         bulk::get_import,
@@ -106,6 +110,7 @@ pub fn document() -> Value {
     tags(
         (name = "items", description = "Stock of one SKU in one warehouse: levels, history, transfers."),
         (name = "reservations", description = "Holds on stock: create, confirm (the sale), release, extend."),
+        (name = "bundles", description = "Kits: a SKU made of other SKUs, held all or none, its availability computed from its components."),
         (name = "orders", description = "The reservation an `order_id` made, by that order id."),
         (name = "events", description = "Live stock changes, threshold crossings and expiries; recent alerts."),
         (name = "ledger", description = "Every stock movement, with who, why, the caller's references and the levels around it."),
@@ -484,6 +489,26 @@ pub struct Reservation {
     /// Only for a reservation whose lines span shards.
     #[schema(nullable = false)]
     pub parts: Option<Vec<ReservationPart>>,
+    /// Only in the answer to a request with bundle lines (`/v1/bundles`):
+    /// each such request line and the components it became; `lines` then
+    /// list the components as held. Reads show the components only.
+    #[schema(nullable = false)]
+    pub bundles: Option<Vec<ReservationBundle>>,
+}
+
+/// A request line that named a bundle.
+#[derive(ToSchema)]
+pub struct ReservationBundle {
+    /// Index of the request line.
+    pub line: u32,
+    pub sku: String,
+    /// The line's warehouse, if it named one: every component is held there.
+    #[schema(nullable = false)]
+    pub warehouse: Option<String>,
+    /// Bundles held.
+    pub quantity: u64,
+    /// Units of each component per bundle.
+    pub components: Vec<crate::routes::bundles::ComponentBody>,
 }
 
 /// One request of a batch that was held.

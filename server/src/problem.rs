@@ -157,6 +157,26 @@ impl Problem {
                 format!("{sku} has a limit per customer: the reservation must name its customer_id"),
             )
             .with_extra(json!({ "sku": sku })),
+            // The reservation routes expand bundle lines; this shows only if
+            // a component turned out to be a bundle itself.
+            Refusal::BundleLines { lines } => Self::new(
+                StatusCode::CONFLICT,
+                "bundle_nested",
+                "a bundle's component is itself a bundle; bundles do not nest",
+            )
+            .with_extra(json!({ "lines": lines.iter().map(|line| line.line).collect::<Vec<_>>() })),
+            Refusal::SkuIsBundle => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                "the SKU is a bundle: it has no stock of its own (hold it, or stock its components)",
+            ),
+            Refusal::SkuHasItems { items } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!("the SKU has {items} item(s) with stock of its own; a bundle has none"),
+            )
+            .with_extra(json!({ "items": items })),
+            Refusal::BundleNotFound => Self::not_found(code, "the SKU is not a bundle"),
         }
     }
 

@@ -76,7 +76,8 @@
 //! lines fulfil is answered with them, whichever rule chose them (for fixed
 //! lines only, this is the old rule of equal summed lines, except that the
 //! order of first mention may now differ). A hold whose idempotency key is
-//! known replays that reservation before any of this, whatever its lines.
+//! known replays that reservation before any of this, whatever its lines,
+//! unless a line names a bundle: that is refused first (`bundle.rs`).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -85,7 +86,7 @@ use crate::error::{Corrupt, Field, InputError};
 use crate::event::{Cause, EventKind};
 use crate::ids::{CustomerId, IdempotencyKey, Principal, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use crate::item::ItemId;
-use crate::outcome::{Bound, Outcome, Refusal, ShortLine};
+use crate::outcome::{Bound, BundleLine, Outcome, Refusal, ShortLine};
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
 use crate::state::{Change, Emitter, ShardState};
 
@@ -276,6 +277,11 @@ fn apply_with(
     emitter: &mut Emitter,
     scratch: &mut HoldScratch,
 ) -> Result<Outcome, Corrupt> {
+    // Before the key: a hold naming a bundle holds nothing and touches no
+    // key, so the caller's expanded hold (`bundle.rs`) may use the key.
+    if let Some(refusal) = bundle_lines(state, command) {
+        return Ok(refusal.into());
+    }
     if let Some(slot) = command.idempotency_key.as_ref().and_then(|key| state.find_by_key(key)) {
         return replay(state, slot);
     }
@@ -360,6 +366,26 @@ fn apply_with(
         });
     }
     Ok(Outcome::Held { reservation: summary, replayed: false, lines: views })
+}
+
+/// The hold's lines that name a bundle, with its components, for the
+/// caller to hold instead (`bundle.rs`). `None` when it names none: one
+/// emptiness check while the shard has no bundles.
+fn bundle_lines(state: &ShardState, command: &Hold) -> Option<Refusal> {
+    let bundles = &state.p.bundles;
+    if bundles.is_empty() {
+        return None;
+    }
+    let lines: Vec<BundleLine> = command
+        .lines
+        .iter()
+        .enumerate()
+        .filter_map(|(index, line)| {
+            let components = bundles.get(line.sku.as_str())?;
+            Some(BundleLine { line: u32::try_from(index).unwrap_or(u32::MAX), components: components.to_vec() })
+        })
+        .collect();
+    (!lines.is_empty()).then_some(Refusal::BundleLines { lines })
 }
 
 /// The per-customer limits of the hold's SKUs (`customer.rs`): what the

@@ -11,6 +11,7 @@ mod confirm;
 mod extend;
 mod hold;
 mod release;
+mod set_bundle;
 mod set_customer_limit;
 mod set_limits;
 mod transfer;
@@ -22,6 +23,7 @@ pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
 pub use hold::{Allocation, Deadline, Hold, HoldLine};
 pub use release::Release;
+pub use set_bundle::SetBundle;
 pub use set_customer_limit::SetCustomerLimit;
 pub use set_limits::SetLimits;
 pub use transfer::Transfer;
@@ -52,6 +54,8 @@ pub enum Command {
     /// Moves log time only; the leader proposes it when a deadline is due and
     /// nothing else flows, so holds expire on time without traffic.
     Tick,
+    /// Defines or removes a bundle (`bundle.rs`).
+    SetBundle(SetBundle),
 }
 
 impl Command {
@@ -63,6 +67,7 @@ impl Command {
             Command::Transfer(c) => Some(c.sku.as_str()),
             Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
             Command::SetCustomerLimit(c) => Some(c.sku.as_str()),
+            Command::SetBundle(c) => Some(c.sku.as_str()),
             Command::Confirm(_)
             | Command::ConfirmPart(_)
             | Command::Release(_)
@@ -84,7 +89,9 @@ impl Command {
             Command::ConfirmPart(c) => (c.principal.as_ref(), None, None),
             Command::Release(c) => (c.principal.as_ref(), None, None),
             Command::Extend(c) => (c.principal.as_ref(), None, None),
-            Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::Tick => (None, None, None),
+            Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::SetBundle(_) | Command::Tick => {
+                (None, None, None)
+            }
         }
     }
 
@@ -100,6 +107,7 @@ impl Command {
             Command::SetLimits(c) => c.validate(),
             Command::SetCustomerLimit(c) => c.validate(),
             Command::ConfirmPart(c) => c.validate(),
+            Command::SetBundle(c) => c.validate(),
             Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
                 principal.as_ref().map_or(Ok(()), Principal::check)
             }
@@ -191,5 +199,6 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::SetLimits(c) => Ok(set_limits::apply(state, c)),
         Command::SetCustomerLimit(c) => Ok(set_customer_limit::apply(state, c)),
         Command::Tick => Ok(Outcome::Ticked),
+        Command::SetBundle(c) => Ok(set_bundle::apply(state, c)),
     }
 }

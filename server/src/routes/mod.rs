@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod bulk;
+pub mod bundles;
 pub mod items;
 pub mod ledger;
 pub mod ops;

@@ -90,6 +90,9 @@ pub struct ReservationBody {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLine {
+    /// A SKU, or a bundle's SKU (`PUT /v1/bundles/{sku}`): then every
+    /// component is held, `quantity` times its units per bundle, all or
+    /// none.
     #[schema(value_type = crate::openapi::Sku)]
     pub sku: String,
     /// Absent: allocated from the SKU's warehouses, most available first,
@@ -129,6 +132,18 @@ struct Checked {
     /// What the reservation id is derived from, when the request can be
     /// retried.
     seed: Option<String>,
+}
+
+/// What one try at a reservation came to.
+enum Attempt {
+    Done(Created),
+    /// The request's bundle lines (request line, components), to expand.
+    Bundles(Vec<(usize, Vec<engine::bundle::Component>)>),
+}
+
+/// The request line of each of a part's lines.
+fn request_lines(lines: &[Line]) -> Vec<usize> {
+    lines.iter().map(|line| line.request_line).collect()
 }
 
 /// A reservation's part on one shard: one `Hold` of the request's lines
@@ -237,6 +252,10 @@ pub struct ReservationOut {
     /// Only for a reservation whose parts live on several shards.
     #[serde(skip_serializing_if = "Option::is_none")]
     parts: Option<Vec<PartOut>>,
+    /// Only in the answer to a request with bundle lines: the components
+    /// each became (`lines` are the components as held).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bundles: Option<Vec<super::bundles::BundleOut>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -288,6 +307,7 @@ impl ReservationOut {
             ended_at_ms: summary.ended_at_ms,
             order_id,
             parts: None,
+            bundles: None,
         }
     }
 
@@ -407,19 +427,82 @@ impl AppState {
     /// batch endpoint and orders. Lines on one shard are one `Hold` command
     /// (allocation included, atomic in the shard); lines on several shards
     /// are the saga's parts. The answer comes from the write's outcomes.
+    ///
+    /// A request naming bundles is made twice: the shard of a bundle
+    /// refuses the first with its components, before it holds anything or
+    /// reads the key; the second holds the components (`routes::bundles`).
     pub async fn create_reservation(
         &self,
         body: &ReservationBody,
         principal: &Principal,
         key: Option<&str>,
     ) -> ApiResult<Created> {
+        let found = match self.create_once(body, principal, key).await? {
+            Attempt::Done(created) => return Ok(created),
+            Attempt::Bundles(found) => found,
+        };
+        self.create_expanded(body, &found, principal, key).await
+    }
+
+    /// `body` with the bundle lines `found` replaced by their components.
+    async fn create_expanded(
+        &self,
+        body: &ReservationBody,
+        found: &[(usize, Vec<engine::bundle::Component>)],
+        principal: &Principal,
+        key: Option<&str>,
+    ) -> ApiResult<Created> {
+        let expanded = super::bundles::expand(body, found, self.config.engine.lines_per_hold_max)?;
+        match self.create_once(&expanded.body, principal, key).await {
+            Ok(Attempt::Done(mut created)) => {
+                created.body.bundles = Some(expanded.bundles);
+                Ok(created)
+            }
+            // A component is a bundle itself (defined after its bundle).
+            Ok(Attempt::Bundles(inner)) => {
+                let lines: Vec<usize> =
+                    inner.iter().map(|(line, _)| expanded.origin.get(*line).copied().unwrap_or(*line)).collect();
+                let skus: Vec<&str> = inner
+                    .iter()
+                    .filter_map(|(line, _)| expanded.body.lines.get(*line))
+                    .map(|l| l.sku.as_str())
+                    .collect();
+                Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "bundle_nested",
+                    format!("bundle components {} are bundles themselves; bundles do not nest", skus.join(", ")),
+                )
+                .with_extra(json!({ "lines": lines, "skus": skus })))
+            }
+            Err(problem) => Err(super::bundles::renumber(problem, &expanded)),
+        }
+    }
+
+    /// One try at a reservation: made, or the bundle lines to expand.
+    async fn create_once(
+        &self,
+        body: &ReservationBody,
+        principal: &Principal,
+        key: Option<&str>,
+    ) -> ApiResult<Attempt> {
         let checked = self.check_request(body, principal, key)?;
         let Prepared { id, key, mut parts } = self.prepare(body, checked)?;
         if parts.len() == 1
             && let Some(part) = parts.pop()
         {
             let outcome = self.node.submit_to(part.shard, part.command).await?;
-            return self.held(outcome, &part.lines, key, id);
+            if let Outcome::Refused(Refusal::BundleLines { lines }) = &outcome {
+                return Ok(Attempt::Bundles(super::bundles::found_lines(lines, &request_lines(&part.lines))));
+            }
+            return self.held(outcome, &part.lines, key, id).map(Attempt::Done);
+        }
+        // Across shards, bundles are looked for first (on this node's
+        // copies), so that no part holds, or takes the key, for a request
+        // that is then made again expanded. A bundle defined since is
+        // refused by its shard below, which the saga undoes.
+        let found = self.bundle_lines_of(&parts).await?;
+        if !found.is_empty() {
+            return Ok(Attempt::Bundles(found));
         }
         let (saga_parts, part_lines): (Vec<SagaPart>, Vec<Vec<Line>>) =
             parts.into_iter().map(|part| (SagaPart { shard: part.shard, hold: part.command }, part.lines)).unzip();
@@ -442,13 +525,17 @@ impl AppState {
                         .collect(),
                 };
                 let body = reservation_out(id, parts).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
-                Ok(Created { body, replayed })
+                Ok(Attempt::Done(Created { body, replayed }))
             }
             SagaOutcome::Undone { holds } => {
                 let mut short: Vec<(usize, &str, &str, ShortLine)> = Vec::new();
                 let mut failure: Option<Problem> = None;
+                let mut found = Vec::new();
                 for (lines, answer) in part_lines.iter().zip(holds) {
                     match answer {
+                        Ok(Outcome::Refused(Refusal::BundleLines { lines: refused })) => {
+                            found.extend(super::bundles::found_lines(&refused, &request_lines(lines)));
+                        }
                         Ok(Outcome::Held { reservation, .. }) if reservation.id == id => {}
                         // The part's shard knew the key: it made another
                         // reservation (the saga undid this one).
@@ -461,6 +548,10 @@ impl AppState {
                         Err(error) => failure = Some(Problem::from(error)),
                     }
                 }
+                if !found.is_empty() {
+                    found.sort_by_key(|(line, _)| *line);
+                    return Ok(Attempt::Bundles(found));
+                }
                 Err(if short.is_empty() {
                     failure.unwrap_or_else(|| self.unexpected(&Outcome::Ticked))
                 } else {
@@ -469,6 +560,22 @@ impl AppState {
                 })
             }
         }
+    }
+
+    /// The lines of `parts` that name a bundle, by request line, from this
+    /// node's copies of their shards.
+    async fn bundle_lines_of(&self, parts: &[PartHold]) -> ApiResult<Vec<(usize, Vec<engine::bundle::Component>)>> {
+        let mut found = Vec::new();
+        for part in parts {
+            let lines: Vec<(usize, String)> =
+                part.lines.iter().map(|line| (line.request_line, line.sku.as_str().to_owned())).collect();
+            let read = move |s: &engine::ShardState| {
+                lines.into_iter().filter_map(|(at, sku)| Some((at, s.bundle(&sku)?))).collect::<Vec<_>>()
+            };
+            found.extend(self.node.read_stale(part.shard, read).await?.value);
+        }
+        found.sort_by_key(|(line, _)| *line);
+        Ok(found)
     }
 
     /// What every reservation request is checked for before anything is
@@ -726,7 +833,8 @@ fn created_response(created: Created) -> Response {
     tag = "reservations",
     summary = "Hold stock: every line or none",
     description = "Holds every line until the deadline, or none and answers 409 with every short line. \
-        A line without a warehouse is allocated from the SKU's warehouses. With an `Idempotency-Key` or \
+        A line without a warehouse is allocated from the SKU's warehouses. A line naming a bundle holds \
+        its components (the answer's `bundles` shows how). With an `Idempotency-Key` or \
         an `order_id`, a retry answers the first reservation and never holds twice.",
     extensions(("x-tally-role" = json!("reserve"))),
     params(
@@ -744,7 +852,9 @@ fn created_response(created: Created) -> Response {
             `no_lines`, `too_many_lines`, `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, \
             Idempotency-Key, order_id, customer_id), `quantity_zero`, `quantity_too_large`; \
             `customer_id_required`: a line's SKU has a limit per customer (the problem's `sku`)."),
-        (status = 409, description = "`insufficient_stock`: the problem's `lines` lists every short line; \
+        (status = 409, description = "`insufficient_stock`: the problem's `lines` lists every short line (a \
+            bundle's component names its request line and the `bundle`); `bundle_nested`: a bundle's component \
+            is a bundle; \
             `customer_limit`: the hold would take the customer past a SKU's limit per customer (the problem's \
             `skus` lists each such SKU with `limit_per_customer`, `used`, `requested` and `remaining`; \
             `remaining` is the first one's); \
@@ -927,7 +1037,21 @@ impl AppState {
         let (lists, others) =
             futures_util::future::join(futures_util::future::join_all(lists), futures_util::future::join_all(others))
                 .await;
-        for (index, result) in lists.into_iter().flatten().chain(others) {
+        // Requests naming bundles are made again, expanded, each on its own.
+        let mut expand = Vec::new();
+        for (index, result) in lists.into_iter().flatten() {
+            match result {
+                Ok(Attempt::Done(created)) => results[index] = Some(Ok(created)),
+                Ok(Attempt::Bundles(found)) => expand.push((index, found)),
+                Err(problem) => results[index] = Some(Err(problem)),
+            }
+        }
+        let expanded = expand.into_iter().map(|(index, found)| async move {
+            let request = &requests[index];
+            let key = request.idempotency_key.as_deref();
+            (index, self.create_expanded(&request.reservation, &found, principal, key).await)
+        });
+        for (index, result) in others.into_iter().chain(futures_util::future::join_all(expanded).await) {
             results[index] = Some(result);
         }
         debug_assert!(results.iter().all(Option::is_some), "every request of a batch has its result");
@@ -935,7 +1059,7 @@ impl AppState {
     }
 
     /// One shard's holds of a batch, proposed as one list.
-    async fn hold_list(&self, shard: u32, holds: Vec<Listed>) -> Vec<(usize, ApiResult<Created>)> {
+    async fn hold_list(&self, shard: u32, holds: Vec<Listed>) -> Vec<(usize, ApiResult<Attempt>)> {
         let (holds, commands): (Vec<_>, Vec<_>) = holds
             .into_iter()
             .map(|Listed { index, id, key, part }| ((index, id, key, part.lines), part.command))
@@ -958,7 +1082,13 @@ impl AppState {
         holds
             .into_iter()
             .zip(outcomes)
-            .map(|((index, id, key, lines), outcome)| (index, self.held(outcome, &lines, key, id)))
+            .map(|((index, id, key, lines), outcome)| {
+                if let Outcome::Refused(Refusal::BundleLines { lines: refused }) = &outcome {
+                    let found = super::bundles::found_lines(refused, &request_lines(&lines));
+                    return (index, Ok(Attempt::Bundles(found)));
+                }
+                (index, self.held(outcome, &lines, key, id).map(Attempt::Done))
+            })
             .collect()
     }
 }
