@@ -162,6 +162,7 @@ async function signIn(key) {
   startStream();
   state.clusterTimer = setInterval(() => refreshCluster().catch(report), CLUSTER_REFRESH_MS);
   loadAlerts().catch(report);
+  loadBundles().catch(report);
   const wanted = new URLSearchParams(location.hash.slice(1)).get("sku");
   // A SKU named in the address (#sku=...) opens; one that fails to is reported, not fatal.
   if (wanted) openSku(wanted).catch(report);
@@ -842,6 +843,55 @@ function renderCluster(cluster) {
 }
 
 // ---------------------------------------------------------------------------
+// Bundles
+
+/** Most bundles the card lists (one page). */
+const BUNDLES_LISTED_MAX = 100;
+
+async function loadBundles() {
+  const page = await state.client.listBundles({ limit: BUNDLES_LISTED_MAX });
+  const views = await Promise.all(page.bundles.map((bundle) => state.client.getBundle(bundle.sku)));
+  const rows = views.map((view) =>
+    h(
+      "tr",
+      { "data-bundle": view.sku },
+      h("td", {}, view.sku),
+      h("td", {}, view.components.map((c) => `${c.sku} × ${number(c.quantity)}`).join(", ")),
+      h("td", { class: "num" }, number(view.available)),
+      h("td", {}, h("button", { type: "button", onclick: (event) => act(event.currentTarget, () => removeBundle(view.sku)) }, "Remove")),
+    ),
+  );
+  $("bundles").tBodies[0].replaceChildren(...rows);
+  $("bundles-empty").hidden = rows.length > 0;
+}
+
+/** `SKU units` per line (units default to 1) as components. */
+function parseComponents(text) {
+  return text
+    .split("\n")
+    .map((line) => line.trim())
+    .filter((line) => line)
+    .map((line) => {
+      const [sku, units = "1"] = line.split(/[\s×]+/).filter((part) => part);
+      return { sku, quantity: Number(units) };
+    });
+}
+
+async function saveBundle(form) {
+  const sku = $("bundle-sku").value.trim();
+  const answer = await state.client.putBundle(sku, parseComponents($("bundle-components").value));
+  form.reset();
+  $("bundle-notice").textContent = `Saved ${answer.sku}: ${answer.components.length} component${answer.components.length === 1 ? "" : "s"}.`;
+  await loadBundles();
+}
+
+async function removeBundle(sku) {
+  await state.client.deleteBundle(sku);
+  $("bundle-notice").textContent = `Removed ${sku}.`;
+  await loadBundles();
+}
+
+// ---------------------------------------------------------------------------
 // Wiring
 
 function onSubmit(id, handler) {
@@ -861,6 +911,8 @@ function wire() {
   onSubmit("adjust-form", adjust);
   onSubmit("transfer-form", transfer);
   onSubmit("limit-form", setLimit);
+  onSubmit("bundle-form", saveBundle);
+  $("bundles-refresh").addEventListener("click", (event) => act(event.currentTarget, loadBundles));
   $("limit-remove").addEventListener("click", (event) => act(event.currentTarget, removeLimit));
   onSubmit("lookup-form", () => lookUp($("lookup-id").value));
   $("edit-cancel").addEventListener("click", closeEdit);

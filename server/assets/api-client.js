@@ -45,6 +45,10 @@ export const ROUTES = Object.freeze({
   history: { method: "GET", path: "/v1/items/{sku}/{warehouse}/history", role: "read" },
   transfer: { method: "POST", path: "/v1/transfers", role: "admin" },
   availability: { method: "POST", path: "/v1/availability", role: "read" },
+  listBundles: { method: "GET", path: "/v1/bundles", role: "read" },
+  getBundle: { method: "GET", path: "/v1/bundles/{sku}", role: "read" },
+  putBundle: { method: "PUT", path: "/v1/bundles/{sku}", role: "admin" },
+  deleteBundle: { method: "DELETE", path: "/v1/bundles/{sku}", role: "admin" },
   reserve: { method: "POST", path: "/v1/reservations", role: "reserve" },
   reserveBatch: { method: "POST", path: "/v1/reservations/batch", role: "reserve" },
   getReservation: { method: "GET", path: "/v1/reservations/{id}", role: "read" },
@@ -102,6 +106,7 @@ export const ERROR_CODES = Object.freeze({
   invalid_header: "The CSV header names an unknown or repeated column, or lacks sku or warehouse.",
   invalid_import_id: "The Import-Id is malformed.",
   invalid_format: "The format is not ndjson or csv.",
+  invalid_bundle: "The bundle has no components, too many, one twice, or itself.",
   // 401, 403
   unauthorized: "No API key, or an unknown one.",
   forbidden: "The API key's role does not allow this.",
@@ -110,6 +115,7 @@ export const ERROR_CODES = Object.freeze({
   reservation_not_found: "No such reservation.",
   order_not_found: "No reservation for this order.",
   import_not_found: "No such import among this node's recent ones.",
+  bundle_not_found: "The SKU is not a bundle.",
   not_found: "No such route.",
   // 405, 410, 413, 415
   method_not_allowed: "The route does not take this method.",
@@ -127,6 +133,9 @@ export const ERROR_CODES = Object.freeze({
   customer_limit: "The customer would pass the SKU's limit per customer.",
   confirm_over_held: "A confirm line names units the reservation does not hold there.",
   import_running: "An import with this Import-Id is running.",
+  bundle_nested: "A bundle's component is a bundle; bundles do not nest.",
+  sku_is_bundle: "The SKU is a bundle: it has no stock of its own.",
+  sku_has_items: "The SKU has stock of its own, so it cannot be a bundle.",
   // 412
   version_mismatch: "The item changed since you read it.",
   item_exists: "The item exists already.",
@@ -253,6 +262,26 @@ export class TallyClient {
   async putSku(sku, { limit_per_customer, limit_window_seconds }) {
     const body = { limit_per_customer: limit_per_customer ?? null, limit_window_seconds: limit_window_seconds ?? null };
     return (await this.request("PUT", `/v1/items/${enc(sku)}`, { body })).body;
+  }
+
+  /** A page of bundle definitions: `{ bundles: [{ sku, components }], next_cursor }`. */
+  async listBundles({ limit, cursor, consistency } = {}) {
+    return (await this.request("GET", "/v1/bundles", { query: { limit, cursor, consistency } })).body;
+  }
+
+  /** A bundle and what its components allow: `{ sku, components, available, warehouses }`. */
+  async getBundle(sku, { consistency } = {}) {
+    return (await this.request("GET", `/v1/bundles/${enc(sku)}`, { query: { consistency } })).body;
+  }
+
+  /** Defines or changes a bundle (admin): `components` is `[{ sku, quantity }]`, units per bundle. */
+  async putBundle(sku, components) {
+    return (await this.request("PUT", `/v1/bundles/${enc(sku)}`, { body: { components } })).body;
+  }
+
+  /** Removes a bundle's definition (admin). */
+  async deleteBundle(sku) {
+    await this.request("DELETE", `/v1/bundles/${enc(sku)}`);
   }
 
   /** A page of items: `{ items, next_cursor }`. Follow `next_cursor` until it is null. */

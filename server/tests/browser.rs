@@ -367,6 +367,23 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#limit-now", "No limit").await;
     let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
     assert_eq!(sku["limit_per_customer"], Value::Null, "{sku}");
+
+    // A bundle: defined on the page, listed with the availability its
+    // component allows (as the API computes it), then removed.
+    browser.type_into("#bundle-sku", "SHOE-PAIR-BOX").await;
+    browser.type_into("#bundle-components", "SHOE-42 2").await;
+    browser.click("#bundle-form button[type=submit]").await;
+    browser.wait_for_text("#bundle-notice", "Saved SHOE-PAIR-BOX: 1 component").await;
+    let (status, _, bundle) = api.call(Method::GET, "/v1/bundles/SHOE-PAIR-BOX", None).await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    assert_eq!(bundle["components"][0]["quantity"], 2, "{bundle}");
+    let row = "#bundles tr[data-bundle='SHOE-PAIR-BOX']";
+    browser.wait_for_text(row, "SHOE-42 × 2").await;
+    assert!(browser.text(row).await.contains(&u64_of(&bundle, "available").to_string()), "{bundle}");
+    browser.click(&format!("{row} button")).await;
+    browser.wait_for_text("#bundle-notice", "Removed SHOE-PAIR-BOX").await;
+    let (status, _, _) = api.call(Method::GET, "/v1/bundles/SHOE-PAIR-BOX", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     browser.quit().await;
 }
 
