@@ -23,14 +23,11 @@ use crate::state::{Applied, ShardState};
 #[derive(Debug)]
 pub struct ShardActor {
     state: ShardState,
-    /// Reused across entries so a steady stream of applies does not allocate
-    /// new outcome and event buffers each time.
-    spare: Vec<Applied>,
 }
 
 impl ShardActor {
     pub fn new(state: ShardState) -> Self {
-        Self { state, spare: Vec::new() }
+        Self { state }
     }
 }
 
@@ -101,7 +98,7 @@ impl Handler<Apply> for ShardActor {
             log_time_ms: 0,
         };
         for entry in &message.entries {
-            let mut applied = self.spare.pop().unwrap_or_default();
+            let mut applied = Applied::default();
             self.state.apply_into(entry, &mut applied)?;
             if message.describe_events != Describe::None {
                 let batch = match &entry.payload {
@@ -212,26 +209,6 @@ impl Handler<BreakInvariant> for ShardActor {
         match message {
             BreakInvariant::ReservedAboveOnHand => self.state.break_invariant_for_tests(),
             BreakInvariant::SkuOutsideArena => self.state.corrupt_arena_for_tests(),
-        }
-    }
-}
-
-/// Hand back buffers of `Applied` once the caller is done with them.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Recycle(pub Vec<Applied>);
-
-impl Handler<Recycle> for ShardActor {
-    type Result = ();
-
-    fn handle(&mut self, message: Recycle, _: &mut Context<Self>) {
-        // Bounded: one entry's worth of buffers per shard is plenty to reuse.
-        const SPARE_MAX: usize = 64;
-        for applied in message.0 {
-            if self.spare.len() >= SPARE_MAX {
-                break;
-            }
-            self.spare.push(applied);
         }
     }
 }

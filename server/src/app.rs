@@ -45,14 +45,41 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Submits a command to its shard; counts the outcome.
+    /// Submits a command to its shard; counts the outcome; a refusal is
+    /// its problem.
     pub async fn submit(&self, command: Command) -> ApiResult<Outcome> {
         let outcome = self.node.submit(command).await?;
-        self.metrics.observe_outcome(outcome.refusal().map_or("ok", engine::Refusal::code));
+        self.count(&outcome);
         match outcome {
             Outcome::Refused(refusal) => Err(Problem::refusal(&refusal)),
             other => Ok(other),
         }
+    }
+
+    /// Submits a command to `shard`; counts the outcome, which it answers
+    /// as is (refusals too).
+    pub async fn submit_to(&self, shard: u32, command: Command) -> Result<Outcome, cluster::SubmitError> {
+        let outcome = self.node.submit_to(shard, command).await?;
+        self.count(&outcome);
+        Ok(outcome)
+    }
+
+    /// Submits commands to `shard` as one proposal; counts each outcome.
+    pub async fn submit_many_to(
+        &self,
+        shard: u32,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Outcome>, cluster::SubmitError> {
+        let outcomes = self.node.submit_many_to(shard, commands).await?;
+        outcomes.iter().for_each(|outcome| self.count(outcome));
+        Ok(outcomes)
+    }
+
+    /// Counts one engine outcome in `tally_outcomes_total`: every write
+    /// path goes through `submit`, `submit_to`, `submit_many_to`, or (the
+    /// saga's parts) calls this itself.
+    pub fn count(&self, outcome: &Outcome) {
+        self.metrics.observe_outcome(outcome.refusal().map_or("ok", engine::Refusal::code));
     }
 
     /// An outcome a handler did not expect for its command: a refusal maps
@@ -276,7 +303,7 @@ async fn propose_limits(state: Arc<AppState>) {
                 Ok(current) if current == wanted => break,
                 Ok(_) => {
                     let command = Command::SetLimits(engine::cmd::SetLimits { limits: wanted });
-                    match state.node.submit_to(shard, command).await {
+                    match state.submit_to(shard, command).await {
                         Ok(Outcome::LimitsSet) => break,
                         Ok(other) => {
                             tracing::error!(shard, ?other, "the configured engine limits were refused");

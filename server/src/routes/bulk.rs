@@ -444,7 +444,7 @@ async fn submit_batch(state: Arc<AppState>, progress: Arc<ImportProgress>, shard
     let commands: Vec<Command> = rows.iter().map(|row| Command::UpsertItem(row.upsert.clone())).collect();
     let retry_until = Instant::now() + Duration::from_millis(state.config.import.retry_ms);
     let answer = loop {
-        match state.node.submit_many_to(shard, commands.clone()).await {
+        match state.submit_many_to(shard, commands.clone()).await {
             Ok(outcomes) => break Ok(outcomes),
             Err(
                 error @ (SubmitError::Unavailable { retry_after_ms, .. }

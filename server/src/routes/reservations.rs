@@ -490,7 +490,7 @@ impl AppState {
         if parts.len() == 1
             && let Some(part) = parts.pop()
         {
-            let outcome = self.node.submit_to(part.shard, part.command).await?;
+            let outcome = self.submit_to(part.shard, part.command).await?;
             if let Outcome::Refused(Refusal::BundleLines { lines }) = &outcome {
                 return Ok(Attempt::Bundles(super::bundles::found_lines(lines, &request_lines(&part.lines))));
             }
@@ -506,7 +506,14 @@ impl AppState {
         }
         let (saga_parts, part_lines): (Vec<SagaPart>, Vec<Vec<Line>>) =
             parts.into_iter().map(|part| (SagaPart { shard: part.shard, hold: part.command }, part.lines)).unzip();
-        match self.node.reserve_across_shards(id, saga_parts, body.commit).await? {
+        let saga = self.node.reserve_across_shards(id, saga_parts, body.commit).await?;
+        match &saga {
+            SagaOutcome::Held { holds, confirms } => {
+                holds.iter().chain(confirms.iter().flatten().flatten()).for_each(|outcome| self.count(outcome));
+            }
+            SagaOutcome::Undone { holds } => holds.iter().flatten().for_each(|outcome| self.count(outcome)),
+        }
+        match saga {
             SagaOutcome::Held { holds, confirms } => {
                 let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
                 let parts = match confirms {
@@ -694,7 +701,7 @@ impl AppState {
     /// client nothing was applied, chaos FINDINGS.md #2) or show a later
     /// write instead of this one.
     async fn end(&self, id: ReservationId, make: impl Fn(u32) -> Command) -> ApiResult<ReservationOut> {
-        let submits = self.part_shards(id)?.into_iter().map(|shard| self.node.submit_to(shard, make(shard)));
+        let submits = self.part_shards(id)?.into_iter().map(|shard| self.submit_to(shard, make(shard)));
         let parts = self.ended(futures_util::future::join_all(submits).await)?;
         reservation_out(id, parts).ok_or_else(reservation_not_found)
     }
@@ -1064,7 +1071,7 @@ impl AppState {
             .into_iter()
             .map(|Listed { index, id, key, part }| ((index, id, key, part.lines), part.command))
             .unzip();
-        let outcomes = match self.node.submit_many_to(shard, commands).await {
+        let outcomes = match self.submit_many_to(shard, commands).await {
             Ok(outcomes) if outcomes.len() == holds.len() => outcomes,
             Ok(outcomes) => {
                 let problem = Problem::new(
