@@ -18,7 +18,11 @@ async fn outcomes(http: &Http, code: &str) -> u64 {
     let series = format!("tally_outcomes_total{{code=\"{code}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(0, |value| value.trim().parse::<f64>().unwrap_or_else(|e| panic!("{line}: {e}", line = value)) as u64)
+        // A counter prints as an integer (`6`), or as a float with no fraction.
+        .map_or(0, |value| {
+            let whole = value.trim().trim_end_matches(".0");
+            whole.parse::<u64>().unwrap_or_else(|e| panic!("{series}{value}: {e}"))
+        })
 }
 
 /// Two SKUs on different shards.
