@@ -1,0 +1,190 @@
+//! A simulated correct, atomic Tally for the linearizability tests: random
+//! clients, latencies, unknown outcomes and linearization points, whose
+//! histories any sound checker must pass.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::checker::tests::{WH, levels, refused, unknown};
+use crate::history::{Call, History, Item, NodeDigests, NodeLevels, Op, Outcome};
+
+type Rng = crate::rng::SplitMix;
+
+pub(super) struct Sim {
+    pub(super) clients: u32,
+    pub(super) ops: usize,
+    pub(super) items: usize,
+    pub(super) initial: u64,
+    pub(super) unknown_per_mille: u64,
+    pub(super) latency_us_max: u64,
+    pub(super) think_us_max: u64,
+    /// Known ops take effect in the last this-many per mille of their
+    /// interval (1000: anywhere in it).
+    pub(super) effect_tail_per_mille: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    /// An operation takes effect (its linearization point).
+    Apply(usize),
+    Complete(usize),
+    Invoke(u32),
+}
+
+struct TrueHold {
+    item: usize,
+    qty: u64,
+    state: &'static str,
+}
+
+/// Simulates a correct, atomic Tally: each operation takes effect at a
+/// random instant inside its interval (in its last
+/// `effect_tail_per_mille`; an unknown one possibly long after it, or
+/// never), clients run one operation at a time.
+pub(super) fn simulate(sim: &Sim, seed: u64) -> History {
+    let mut rng = Rng::new(seed);
+    let names: Vec<Item> = (0..sim.items).map(|i| (format!("sku-{i}"), WH.to_string())).collect();
+    let mut on_hand: Vec<u64> = vec![sim.initial; sim.items];
+    let mut reserved: Vec<u64> = vec![0; sim.items];
+    let mut holds: HashMap<String, TrueHold> = HashMap::new();
+    let mut client_holds: Vec<Vec<String>> = vec![Vec::new(); sim.clients as usize];
+    let mut ops: Vec<Op> = Vec::new();
+    let mut events: BTreeSet<(u64, Ev)> = (0..sim.clients).map(|c| (rng.below(100), Ev::Invoke(c))).collect();
+    let mut next_id = 0u64;
+    while let Some((now, ev)) = events.pop_first() {
+        match ev {
+            Ev::Invoke(client) => {
+                if ops.len() >= sim.ops {
+                    continue;
+                }
+                let item = rng.index(sim.items);
+                let (sku, warehouse) = names[item].clone();
+                let mine = &client_holds[client as usize];
+                let roll = rng.below(100);
+                let call = if roll < 20 && !mine.is_empty() {
+                    Call::Confirm { reservation: mine[rng.index(mine.len())].clone() }
+                } else if roll < 32 && !mine.is_empty() {
+                    Call::Release { reservation: mine[rng.index(mine.len())].clone() }
+                } else if roll < 36 && !mine.is_empty() {
+                    Call::Extend { reservation: mine[rng.index(mine.len())].clone(), ttl_seconds: 60 }
+                } else if roll < 46 {
+                    let delta = rng.below(9) as i64 - 3;
+                    Call::Adjust { sku, warehouse, delta: if delta == 0 { 2 } else { delta } }
+                } else if roll < 70 {
+                    Call::Read { sku, warehouse }
+                } else {
+                    Call::Hold { sku, warehouse, qty: 1 + rng.below(3) }
+                };
+                let latency = 1 + rng.below(sim.latency_us_max);
+                let is_unknown = rng.below(1000) < sim.unknown_per_mille;
+                let at = ops.len();
+                ops.push(Op {
+                    index: at as u64,
+                    client,
+                    node: 1 + u8::try_from(rng.below(3)).unwrap_or(0),
+                    call,
+                    invoke_us: now,
+                    complete_us: now + latency,
+                    outcome: if is_unknown { unknown() } else { Outcome::Done },
+                });
+                let effect = !is_unknown || rng.below(1000) < 500;
+                if effect {
+                    // Unknown ones may take effect after the client gave up.
+                    let effect_us = if is_unknown {
+                        now + rng.below(3 * latency + 1)
+                    } else {
+                        let tail = latency * sim.effect_tail_per_mille / 1000;
+                        now + latency - rng.below(tail + 1)
+                    };
+                    events.insert((effect_us, Ev::Apply(at)));
+                }
+                events.insert((now + latency, Ev::Complete(at)));
+            }
+            Ev::Apply(at) => {
+                let outcome = match ops[at].call.clone() {
+                    Call::Hold { sku, qty, .. } => {
+                        let item = names.iter().position(|n| n.0 == sku).unwrap_or(0);
+                        if on_hand[item] - reserved[item] >= qty {
+                            reserved[item] += qty;
+                            next_id += 1;
+                            let id = format!("r{next_id}");
+                            holds.insert(id.clone(), TrueHold { item, qty, state: "HELD" });
+                            Outcome::Held { reservation: id, expires_at_ms: 1_000_000 }
+                        } else {
+                            refused("insufficient_stock")
+                        }
+                    }
+                    Call::Confirm { reservation }
+                    | Call::Release { reservation }
+                    | Call::Extend { reservation, .. } => {
+                        let call = ops[at].call.clone();
+                        match holds.get_mut(&reservation) {
+                            Some(h) if h.state == "HELD" => {
+                                match call {
+                                    Call::Confirm { .. } => {
+                                        on_hand[h.item] -= h.qty;
+                                        reserved[h.item] -= h.qty;
+                                        h.state = "CONFIRMED";
+                                    }
+                                    Call::Release { .. } => {
+                                        reserved[h.item] -= h.qty;
+                                        h.state = "RELEASED";
+                                    }
+                                    _ => {}
+                                }
+                                Outcome::Done
+                            }
+                            Some(h) if h.state == "CONFIRMED" => refused("reservation_confirmed"),
+                            _ => refused("reservation_released"),
+                        }
+                    }
+                    Call::Adjust { sku, delta, .. } => {
+                        let item = names.iter().position(|n| n.0 == sku).unwrap_or(0);
+                        let after = on_hand[item] as i64 + delta;
+                        if after >= reserved[item] as i64 && after >= 0 {
+                            on_hand[item] = after as u64;
+                            Outcome::Done
+                        } else {
+                            refused("below_reserved")
+                        }
+                    }
+                    Call::Read { sku, .. } => {
+                        let item = names.iter().position(|n| n.0 == sku).unwrap_or(0);
+                        levels(on_hand[item], reserved[item])
+                    }
+                };
+                if !matches!(ops[at].outcome, Outcome::Unknown { .. }) {
+                    ops[at].outcome = outcome;
+                }
+            }
+            Ev::Complete(at) => {
+                let client = ops[at].client as usize;
+                match (&ops[at].call, &ops[at].outcome) {
+                    (_, Outcome::Held { reservation, .. }) => client_holds[client].push(reservation.clone()),
+                    (
+                        Call::Confirm { reservation } | Call::Release { reservation },
+                        Outcome::Done | Outcome::Unknown { .. } | Outcome::Refused { .. },
+                    ) => client_holds[client].retain(|r| r != reservation),
+                    _ => {}
+                }
+                events.insert((now + 1 + rng.below(sim.think_us_max + 1), Ev::Invoke(ops[at].client)));
+            }
+        }
+    }
+    let final_levels = (1..=3)
+        .map(|node| NodeLevels {
+            node,
+            items: (0..sim.items).map(|i| (names[i].clone(), on_hand[i], reserved[i])).collect(),
+        })
+        .collect();
+    let digests =
+        (1..=3).map(|node| NodeDigests { node, shards: vec![(0, Some(ops.len() as u64), "d".into())] }).collect();
+    let final_holds = holds.iter().map(|(id, h)| (id.clone(), h.state.to_string())).collect();
+    History {
+        ops,
+        faults: Vec::new(),
+        initial: names.iter().map(|n| (n.clone(), sim.initial)).collect(),
+        final_levels,
+        digests,
+        final_holds,
+    }
+}
