@@ -23,7 +23,7 @@
 //! This file holds what a caller sees (the options, the report, [`check`])
 //! and runs the checks; each check lives in its own file (`oversell`,
 //! `lost`, `convergence`, `linearizable`, `availability`), all reading the
-//! history as [`index`] sorts it out per item.
+//! history as `index` sorts it out per item.
 
 mod availability;
 mod convergence;
@@ -194,7 +194,7 @@ const MESSAGES_MAX: usize = 50;
 ///   set, state), pruned by a necessary condition (each op due soon must
 ///   still be able to pass its check) and by symmetry (identical writes go in
 ///   interval order); several short randomized attempts first, then an
-///   exhaustive one (see [`check_window`](linearizable::attempts::check_window)).
+///   exhaustive one (see `check_window` in `linearizable/attempts.rs`).
 /// * **Timeouts.** A window the search times out on is split in two and the
 ///   halves searched, down to small windows.
 /// * **Coverage.** Answers of operations in flight across a forced cut go
