@@ -54,6 +54,10 @@ pub struct Limits {
     /// past it, after dropping every pair that no longer counts, is refused
     /// `shard_full`.
     pub customer_usage_per_shard_max: u32,
+    /// Most SKU product records one shard keeps (`product.rs`); each costs
+    /// at most about 6.7 KB of text. Past it, a new product is refused
+    /// `shard_full` (bound `products_per_shard`).
+    pub products_per_shard_max: u32,
 }
 
 impl Default for Limits {
@@ -71,6 +75,7 @@ impl Default for Limits {
             dedup_window_max: 262_144,
             dedup_retention_ms: 5 * 60 * 1000,
             customer_usage_per_shard_max: 1_000_000,
+            products_per_shard_max: 100_000,
         }
     }
 }
@@ -98,6 +103,9 @@ impl Limits {
         }
         if self.customer_usage_per_shard_max == 0 {
             return Err("customer_usage_per_shard_max must be at least 1".into());
+        }
+        if self.products_per_shard_max == 0 {
+            return Err("products_per_shard_max must be at least 1".into());
         }
         if self.dedup_window_max == 0 {
             return Err("dedup_window_max must be at least 1".into());

@@ -94,6 +94,8 @@ pub enum Bound {
     WarehousesPerShard,
     /// (SKU, customer) pairs tracked for per-customer limits.
     CustomerUsagePerShard,
+    /// SKU product records (`product.rs`).
+    ProductsPerShard,
 }
 
 /// Why a command changed nothing.
@@ -165,6 +167,12 @@ pub enum Refusal {
         line: u32,
         held: u64,
     },
+    /// A delete names an item that live holds still reserve: how many
+    /// holds, and the units they reserve.
+    ItemHasHolds {
+        holds: u64,
+        reserved: u64,
+    },
 }
 
 impl Refusal {
@@ -190,6 +198,7 @@ impl Refusal {
             Refusal::CustomerLimit { .. } => "customer_limit",
             Refusal::CustomerRequired { .. } => "customer_id_required",
             Refusal::ConfirmOverHeld { .. } => "confirm_over_held",
+            Refusal::ItemHasHolds { .. } => "item_has_holds",
         }
     }
 }
@@ -257,6 +266,17 @@ pub enum Outcome {
     },
     Ticked,
     Refused(Refusal),
+    /// A SKU's product record as it now is (`changed` false: it already was).
+    ProductSet {
+        product: Box<crate::product::ProductView>,
+        created: bool,
+        changed: bool,
+    },
+    /// Items deleted, and whether a product record went with them.
+    Deleted {
+        items: u32,
+        product: bool,
+    },
 }
 
 impl Outcome {

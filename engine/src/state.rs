@@ -37,8 +37,9 @@ use crate::wheel::TimerWheel;
 /// the dedup window) carry the reservation's lines. 4: confirm, release and
 /// extend outcomes (in the dedup window) carry the reservation's
 /// idempotency key. 5: per-customer limits and usage, and the customer a
-/// reservation counted against them.
-pub(crate) const STATE_FORMAT: u32 = 5;
+/// reservation counted against them. 6: SKU product records and item
+/// tombstones (`product.rs`), and the products bound in `Limits`.
+pub(crate) const STATE_FORMAT: u32 = 6;
 
 /// Principal id recorded once the principal table is full.
 pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;
@@ -70,6 +71,8 @@ pub(crate) struct Persisted {
     pub dedup: DedupWindow,
     /// Per-customer limits of SKUs, and what customers have of them.
     pub customers: CustomerLimits,
+    /// SKU product records and tombstones of deleted items.
+    pub catalog: crate::product::Catalog,
 }
 
 /// Derived lookups, rebuilt from `Persisted` on load.
@@ -192,6 +195,7 @@ impl ShardState {
             terminal: VecDeque::new(),
             dedup: DedupWindow::default(),
             customers: CustomerLimits::default(),
+            catalog: crate::product::Catalog::default(),
         };
         Self::from_persisted(p)
     }
@@ -212,6 +216,10 @@ impl ShardState {
         // first, or the state is new).
         for (id, item) in p.items.iter().enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
+            // A tombstone keeps its slot but not its name.
+            if p.catalog.tombstones.contains(&id) {
+                continue;
+            }
             let hash = item_key_hash(&ix.hasher, &p.sku_arena, item);
             ix.items
                 .insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
@@ -288,7 +296,7 @@ impl ShardState {
 
     pub fn stats(&self) -> ShardStats {
         ShardStats {
-            items: self.p.items.len() as u64,
+            items: (self.p.items.len() - self.p.catalog.tombstones.len()) as u64,
             live_holds: u64::from(self.ix.live_holds),
             terminal_retained: self.p.terminal.len() as u64,
             request_ids_remembered: self.p.dedup.len() as u64,
@@ -503,6 +511,21 @@ impl ShardState {
         let (p, ix) = (&self.p, &mut self.ix);
         ix.items.insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         Ok(ItemId(id))
+    }
+
+    /// Items in the name index: every item but the tombstones.
+    pub(crate) fn indexed_items(&self) -> usize {
+        self.ix.items.len()
+    }
+
+    /// Takes an item out of the name index (a delete tombstones it).
+    pub(crate) fn unindex_item(&mut self, id: ItemId) {
+        let item = &self.p.items[id.0 as usize];
+        let hash = item_key_hash(&self.ix.hasher, &self.p.sku_arena, item);
+        if let Ok(entry) = self.ix.items.find_entry(hash, |&other| other == id.0) {
+            entry.remove();
+        }
+        debug_assert!(self.ix.items.find(hash, |&other| other == id.0).is_none());
     }
 
     pub(crate) fn item(&self, id: ItemId) -> &Item {
@@ -920,6 +943,7 @@ impl ShardState {
                 return Err(format!("reservation {} is not indexed", reservation.id));
             }
         }
+        self.check_catalog()?;
         for (id, item) in self.p.items.iter().enumerate() {
             if item.reserved > item.on_hand {
                 return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
@@ -1112,6 +1136,9 @@ fn check_references(p: &Persisted) -> Result<(), String> {
                 }
             }
         }
+    }
+    if let Some(&id) = p.catalog.tombstones.iter().find(|&&id| id as usize >= p.items.len()) {
+        return Err(format!("tombstone {id} names no item"));
     }
     for &slot in &p.terminal {
         if !p.reservations.get(slot as usize).and_then(Option::as_ref).is_some_and(|r| r.state.is_terminal()) {

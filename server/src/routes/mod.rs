@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod items;
 pub mod ledger;
 pub mod ops;
+pub mod products;
 pub mod reservations;
 pub mod stream;
 pub mod ui;
