@@ -1118,6 +1118,7 @@ mod tests {
             "ops" => include_str!("routes/ops.rs"),
             "admin" => include_str!("routes/admin.rs"),
             "ledger" => include_str!("routes/ledger.rs"),
+            "products" => include_str!("routes/products.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");
