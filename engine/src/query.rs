@@ -128,7 +128,7 @@ impl ShardState {
         let mut position = start;
         while position < end && items.len() < limit {
             let item = &self.p.items[position];
-            let wanted = !self.p.catalog.tombstones.contains(&(position as u32))
+            let wanted = !self.is_tombstone(ItemId(u32::try_from(position).unwrap_or(u32::MAX)))
                 && warehouse.is_none_or(|w| usize::from(item.warehouse) == w)
                 && filter.status.is_none_or(|status| item.status() == status);
             if wanted {

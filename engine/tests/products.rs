@@ -309,7 +309,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     );
                 } else {
                     let product = model.products.remove(&s).is_some();
-                    prop_assert_eq!(outcome, Outcome::Deleted { items: items.len() as u32, product }, "step {}", step);
+                    prop_assert_eq!(
+                        outcome,
+                        Outcome::Deleted { items: u32::try_from(items.len()).unwrap_or(u32::MAX), product },
+                        "step {}",
+                        step
+                    );
                     for key in items {
                         model.items.remove(&key);
                     }
