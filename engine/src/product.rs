@@ -10,13 +10,15 @@
 //! about 6.7 KB (`PRODUCT_BYTES_MAX`).
 //!
 //! Deleted items are tombstoned, not freed: an `ItemId` is an index that
-//! retained terminal reservations, history and events refer to, so a slot is
-//! never reused. A tombstone keeps the item's SKU and warehouse (so those
+//! retained terminal reservations and events refer to, so a slot never
+//! changes names. A tombstone keeps the item's SKU and warehouse (so those
 //! references still resolve to names), drops its history and attributes,
-//! and leaves the name index, so the SKU × warehouse is free for a fresh
-//! item (version 1) in a new slot. Tombstones count against
-//! `items_per_shard_max` like any item: that bound is what limits their
-//! memory (about 64 bytes each plus the SKU's bytes).
+//! and leaves the name index. Re-creating the same SKU × warehouse takes the
+//! tombstone's slot back as a fresh item (version 1, no history): the names
+//! are the same, so nothing that refers to the slot reads wrong, and churn
+//! of one item costs nothing. Tombstones count against `items_per_shard_max`
+//! like any item: that bound is what limits their memory (about 64 bytes
+//! each plus the SKU's bytes).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -214,6 +216,9 @@ impl ShardState {
                 return Err(format!("tombstone {id} still holds stock, history or attributes"));
             }
         }
+        if self.indexed_tombstones() != catalog.tombstones.len() {
+            return Err(format!("{} tombstones, {} indexed", catalog.tombstones.len(), self.indexed_tombstones()));
+        }
         if self.indexed_items() + catalog.tombstones.len() != self.p.items.len() {
             return Err(format!(
                 "{} items indexed and {} tombstones, but {} slots",
@@ -227,8 +232,11 @@ impl ShardState {
             let (sku, warehouse) = (self.item_sku(id).map_err(|e| e.0)?, self.item_warehouse(id).map_err(|e| e.0)?);
             let found = self.find_item(sku, warehouse);
             if self.is_tombstone(id) {
-                if found == Some(id) {
-                    return Err(format!("tombstone {} is still indexed", id.0));
+                if found.is_some() {
+                    return Err(format!("tombstone {} shares its name with a live item", id.0));
+                }
+                if self.find_tombstone(sku, warehouse) != Some(id) {
+                    return Err(format!("tombstone {} is not indexed as one", id.0));
                 }
             } else if found != Some(id) {
                 return Err(format!("item {} is not indexed by its name", id.0));

@@ -81,6 +81,9 @@ pub(crate) struct Indexes {
     hasher: DefaultHashBuilder,
     /// Item ids, hashed by (SKU bytes, warehouse id).
     items: HashTable<u32>,
+    /// Tombstoned item ids, hashed the same way: a re-created item takes
+    /// its tombstone's slot back (`create_item`).
+    tombstones: HashTable<u32>,
     warehouses: HashMap<String, u16>,
     principals: HashMap<String, u16>,
     /// Reservation slots, hashed by reservation id. Slots (4 bytes) rather
@@ -204,6 +207,7 @@ impl ShardState {
         let mut ix = Indexes {
             hasher: DefaultHashBuilder::default(),
             items: HashTable::with_capacity(p.items.len()),
+            tombstones: HashTable::with_capacity(p.catalog.tombstones.len()),
             warehouses: HashMap::with_capacity(p.warehouses.len()),
             principals: HashMap::with_capacity(p.principals.len()),
             reservations: HashTable::new(),
@@ -216,11 +220,14 @@ impl ShardState {
         // first, or the state is new).
         for (id, item) in p.items.iter().enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
-            // A tombstone keeps its slot but not its name.
+            let hash = item_key_hash(&ix.hasher, &p.sku_arena, item);
+            // A tombstone keeps its slot, out of the name index.
             if p.catalog.tombstones.contains(&id) {
+                ix.tombstones.insert_unique(hash, id, |&other| {
+                    item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize])
+                });
                 continue;
             }
-            let hash = item_key_hash(&ix.hasher, &p.sku_arena, item);
             ix.items
                 .insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         }
@@ -472,6 +479,9 @@ impl ShardState {
     /// Creates an empty item (version 0 until its first change is finished).
     /// Refuses, changing nothing, when a bound is reached.
     pub(crate) fn create_item(&mut self, sku: &str, warehouse: &str) -> Result<ItemId, Refusal> {
+        if let Some(id) = self.revive_tombstone(sku, warehouse) {
+            return Ok(id);
+        }
         let limits = self.p.limits;
         if self.p.items.len() >= limits.items_per_shard_max as usize {
             return Err(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: u64::from(limits.items_per_shard_max) });
@@ -518,7 +528,12 @@ impl ShardState {
         self.ix.items.len()
     }
 
-    /// Takes an item out of the name index (a delete tombstones it).
+    /// Tombstones in the tombstone index.
+    pub(crate) fn indexed_tombstones(&self) -> usize {
+        self.ix.tombstones.len()
+    }
+
+    /// Moves an item from the name index to the tombstone index (a delete).
     pub(crate) fn unindex_item(&mut self, id: ItemId) {
         let item = &self.p.items[id.0 as usize];
         let hash = item_key_hash(&self.ix.hasher, &self.p.sku_arena, item);
@@ -526,6 +541,51 @@ impl ShardState {
             entry.remove();
         }
         debug_assert!(self.ix.items.find(hash, |&other| other == id.0).is_none());
+        let (p, ix) = (&self.p, &mut self.ix);
+        ix.tombstones
+            .insert_unique(hash, id.0, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
+    }
+
+    /// The tombstone of this SKU × warehouse, if there is one.
+    pub(crate) fn find_tombstone(&self, sku: &str, warehouse: &str) -> Option<ItemId> {
+        let warehouse = *self.ix.warehouses.get(warehouse)?;
+        let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse);
+        self.ix
+            .tombstones
+            .find(hash, |&id| {
+                let item = &self.p.items[id as usize];
+                item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == Some(sku.as_bytes())
+            })
+            .map(|&id| ItemId(id))
+    }
+
+    /// Re-creates a deleted SKU × warehouse in its tombstone's slot, as an
+    /// empty item at version 0 (its first change makes it 1). The slot's
+    /// names are the same, so reservations that ended while it was the old
+    /// item still read right; it costs no new slot and no arena bytes, so
+    /// delete and re-create churn does not grow the shard.
+    fn revive_tombstone(&mut self, sku: &str, warehouse: &str) -> Option<ItemId> {
+        let id = self.find_tombstone(sku, warehouse)?;
+        let item = &self.p.items[id.0 as usize];
+        let hash = item_key_hash(&self.ix.hasher, &self.p.sku_arena, item);
+        if let Ok(entry) = self.ix.tombstones.find_entry(hash, |&other| other == id.0) {
+            entry.remove();
+        }
+        self.p.catalog.tombstones.remove(&id.0);
+        let now_ms = self.p.now_ms;
+        let item = &mut self.p.items[id.0 as usize];
+        debug_assert!(item.on_hand == 0 && item.reserved == 0 && item.history.is_empty());
+        item.on_hand = 0;
+        item.reserved = 0;
+        item.low_stock_threshold = 0;
+        item.version = 0;
+        item.updated_at_ms = now_ms;
+        item.history_head = 0;
+        item.attrs = None;
+        item.history = Vec::new();
+        let (p, ix) = (&self.p, &mut self.ix);
+        ix.items.insert_unique(hash, id.0, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
+        Some(id)
     }
 
     pub(crate) fn item(&self, id: ItemId) -> &Item {

@@ -243,6 +243,25 @@ mod tests {
     }
 
     #[test]
+    fn re_creating_a_deleted_item_takes_its_slot_back_so_churn_does_not_grow_the_shard() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.hold(1, &[("SKU-1", "berlin", 2)]);
+        f.one(Command::Release(Release { id: rid(1), principal: None }));
+        let (slots, arena) = (f.state.p.items.len(), f.state.p.sku_arena.len());
+        for round in 0..5u64 {
+            assert_eq!(f.one(delete("SKU-1", "berlin")), Outcome::Deleted { items: 1, product: false });
+            let outcome = f.one(Command::UpsertItem(UpsertItem { on_hand: Some(round), ..upsert("SKU-1", "berlin") }));
+            assert!(matches!(outcome, Outcome::Upserted { created: true, ref item, .. } if item.version == 1));
+        }
+        assert_eq!((f.state.p.items.len(), f.state.p.sku_arena.len()), (slots, arena));
+        // The released reservation still names its item rightly.
+        let view = f.state.reservation(&rid(1)).ok().flatten().unwrap_or_else(|| panic!("forgotten"));
+        assert_eq!((view.lines[0].sku.as_str(), view.lines[0].warehouse.as_str()), ("SKU-1", "berlin"));
+        f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn tombstones_survive_a_snapshot_round_trip() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
@@ -254,5 +273,8 @@ mod tests {
         assert_eq!(loaded.get_item("SKU-1", "berlin"), Ok(None));
         assert_eq!(loaded.stats().items, 1);
         assert_eq!(loaded.digest(), f.state.digest());
+        // The loaded state revives the tombstone as the original would.
+        assert_eq!(loaded.find_tombstone("SKU-1", "berlin"), f.state.find_tombstone("SKU-1", "berlin"));
+        assert!(loaded.find_tombstone("SKU-1", "berlin").is_some());
     }
 }
