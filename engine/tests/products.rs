@@ -7,17 +7,19 @@
 //!   model's live items;
 //! * a delete is refused `item_has_holds` exactly when a live hold reserves
 //!   units of an item it would delete, with the model's counts, and then
-//!   changes no item and no product;
+//!   changes no item and no product and emits nothing; else each item it
+//!   deletes emits one stock change with cause `delete`, `on_hand` to 0;
 //! * the state's own full check passes, and at the end a snapshot reloads
 //!   to the same digest.
 
 use std::collections::BTreeMap;
 
 use engine::cmd::{AttrUpdate, Command, DeleteItem, DeleteSku, Release, SetProduct};
+use engine::event::Cause;
 use engine::ids::ItemName;
 use engine::outcome::{Outcome, Refusal};
 use engine::query::{AvailabilityLine, ItemFilter};
-use engine::{Limits, LogEntry, LogId, ShardState};
+use engine::{EventKind, Limits, LogEntry, LogId, ShardState};
 use proptest::prelude::*;
 
 mod common;
@@ -102,10 +104,32 @@ impl Model {
 }
 
 fn apply(state: &mut ShardState, index: &mut u64, now_ms: u64, command: Command) -> Outcome {
+    apply_with_events(state, index, now_ms, command).0
+}
+
+/// The outcome, and the `(on_hand before, after)` of each delete stock
+/// change the entry emitted (and how many events it emitted in all).
+fn apply_with_events(
+    state: &mut ShardState,
+    index: &mut u64,
+    now_ms: u64,
+    command: Command,
+) -> (Outcome, Vec<(u64, u64)>, usize) {
     *index += 1;
     let entry = LogEntry::batch(LogId::new(1, *index), now_ms, vec![command]);
     let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
-    applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"))
+    let deletes = applied
+        .events
+        .iter()
+        .filter_map(|event| match event.kind {
+            EventKind::StockChanged { cause: Cause::Delete, levels, .. } => {
+                Some((levels.on_hand_before, levels.on_hand_after))
+            }
+            _ => None,
+        })
+        .collect();
+    let outcome = applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"));
+    (outcome, deletes, applied.events.len())
 }
 
 fn name_of(n: u8) -> String {
@@ -264,8 +288,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     expect_version: None,
                     principal: None,
                 });
-                let outcome = apply(&mut state, &mut index, now_ms, command);
+                let (outcome, deletes, events) = apply_with_events(&mut state, &mut index, now_ms, command);
                 let (holds, reserved) = model.held(&[(s, w)]);
+                let expected: Vec<(u64, u64)> = match (model.items.get(&(s, w)), holds) {
+                    (Some(item), 0) => vec![(item.on_hand, 0)],
+                    _ => Vec::new(),
+                };
+                prop_assert_eq!(&deletes, &expected, "step {}: delete events", step);
+                prop_assert_eq!(events, expected.len(), "step {}: a delete emits its stock change only", step);
                 if !model.items.contains_key(&(s, w)) {
                     prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemNotFound), "step {}", step);
                 } else if holds > 0 {
@@ -289,9 +319,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::DeleteSku(s) => {
                 let before = snapshot_of_reads(&state);
                 let command = Command::DeleteSku(DeleteSku { sku: sku(SKUS[s]), principal: None });
-                let outcome = apply(&mut state, &mut index, now_ms, command);
+                let (outcome, deletes, events) = apply_with_events(&mut state, &mut index, now_ms, command);
                 let items: Vec<(usize, usize)> = model.items.keys().copied().filter(|(k, _)| *k == s).collect();
                 let (holds, reserved) = model.held(&items);
+                let expected: Vec<(u64, u64)> = if holds == 0 {
+                    // In the order of the shard's warehouses: compare sorted.
+                    items.iter().map(|key| (model.items[key].on_hand, 0)).collect()
+                } else {
+                    Vec::new()
+                };
+                let mut sorted = deletes.clone();
+                sorted.sort_unstable();
+                let mut expected_sorted = expected.clone();
+                expected_sorted.sort_unstable();
+                prop_assert_eq!(sorted, expected_sorted, "step {}: delete events", step);
+                prop_assert_eq!(events, expected.len(), "step {}: a delete emits its stock changes only", step);
                 if items.is_empty() && !model.products.contains_key(&s) {
                     prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemNotFound), "step {}", step);
                 } else if holds > 0 {
