@@ -239,6 +239,11 @@ async fn deleting_an_item_is_204_then_404_and_a_later_put_starts_at_version_1(ht
     let (_, _, answer) =
         http.post("/v1/availability", json!({ "lines": [{ "sku": "del-1", "warehouse": "w1", "quantity": 1 }] })).await;
     assert_eq!(answer["lines"][0]["exists"], json!(false), "{answer}");
+    // And from exports: only the other warehouse is left.
+    let (_, _, lines) = exported(http, "ndjson", "del-1").await;
+    let warehouses: Vec<Value> =
+        lines.iter().map(|line| serde_json::from_str::<Value>(line).unwrap_or_default()["warehouse"].clone()).collect();
+    assert_eq!(warehouses, vec![json!("w2")], "{lines:?}");
     // A later PUT creates it afresh.
     let created = http.put(&path, json!({ "on_hand": 3 })).await;
     assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
