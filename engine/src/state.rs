@@ -303,7 +303,7 @@ impl ShardState {
 
     pub fn stats(&self) -> ShardStats {
         ShardStats {
-            items: (self.p.items.len() - self.p.catalog.tombstones.len()) as u64,
+            items: self.p.items.len().saturating_sub(self.p.catalog.tombstones.len()) as u64,
             live_holds: u64::from(self.ix.live_holds),
             terminal_retained: self.p.terminal.len() as u64,
             request_ids_remembered: self.p.dedup.len() as u64,
