@@ -169,6 +169,7 @@ impl LedgerEntry {
                     Cause::Confirm(_) => ("confirm", None),
                     Cause::Release(_) => ("release", None),
                     Cause::Expire(_) => ("expire", None),
+                    Cause::Delete => ("delete", None),
                 };
                 (kind, reason, levels, cause.reservation())
             }

@@ -146,8 +146,8 @@ pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";
 /// frames are segment format 4; 6: a hold names its customer,
 /// `SetCustomerLimit` and its outcome, and WAL frames are segment format 5;
 /// 7: `ConfirmPart`, a confirm of fewer units, segment format 6; 8: issue
-/// 17's commerce commands and outcomes (`SetBundle` among them), segment
-/// format 7).
+/// 17's commerce commands and outcomes (`SetBundle`, `SetProduct`,
+/// `DeleteItem`, `DeleteSku`, allocation options), segment format 7).
 pub const PROTOCOL_VERSION: u32 = 8;
 /// Random bytes each side of a handshake contributes.
 pub const NONCE_LEN: usize = 32;

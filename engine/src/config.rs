@@ -61,6 +61,10 @@ pub struct Limits {
     /// line per component, so this times a hold's bundle lines counts
     /// against `lines_per_hold_max`.
     pub bundle_components_max: u32,
+    /// Most SKU product records one shard keeps (`product.rs`); each costs
+    /// at most about 6.7 KB of text. Past it, a new product is refused
+    /// `shard_full` (bound `products_per_shard`).
+    pub products_per_shard_max: u32,
 }
 
 impl Default for Limits {
@@ -80,6 +84,7 @@ impl Default for Limits {
             customer_usage_per_shard_max: 1_000_000,
             bundles_per_shard_max: 100_000,
             bundle_components_max: 16,
+            products_per_shard_max: 100_000,
         }
     }
 }
@@ -110,6 +115,9 @@ impl Limits {
         }
         if self.bundle_components_max == 0 {
             return Err("bundle_components_max must be at least 1".into());
+        }
+        if self.products_per_shard_max == 0 {
+            return Err("products_per_shard_max must be at least 1".into());
         }
         if self.dedup_window_max == 0 {
             return Err("dedup_window_max must be at least 1".into());

@@ -35,6 +35,11 @@ pub enum Field {
     LimitWindowMs,
     Note,
     Reference,
+    Description,
+    Category,
+    Price,
+    Currency,
+    ImageUrl,
 }
 
 impl Field {
@@ -62,6 +67,11 @@ impl Field {
             Field::LimitWindowMs => "limit_window_ms",
             Field::Note => "note",
             Field::Reference => "reference",
+            Field::Description => "description",
+            Field::Category => "category",
+            Field::Price => "price",
+            Field::Currency => "currency",
+            Field::ImageUrl => "image_url",
         }
     }
 }

@@ -50,6 +50,8 @@ pub enum Cause {
     Confirm(ReservationId),
     Release(ReservationId),
     Expire(ReservationId),
+    /// The item was deleted: its `on_hand` went to 0 (`cmd/delete.rs`).
+    Delete,
 }
 
 impl Cause {
@@ -63,13 +65,14 @@ impl Cause {
             Cause::Confirm(_) => "confirm",
             Cause::Release(_) => "release",
             Cause::Expire(_) => "expire",
+            Cause::Delete => "delete",
         }
     }
 
     pub fn reservation(self) -> Option<ReservationId> {
         match self {
             Cause::Hold(id) | Cause::Confirm(id) | Cause::Release(id) | Cause::Expire(id) => Some(id),
-            Cause::Upsert | Cause::Adjust(_) | Cause::TransferIn | Cause::TransferOut => None,
+            Cause::Upsert | Cause::Adjust(_) | Cause::TransferIn | Cause::TransferOut | Cause::Delete => None,
         }
     }
 }

@@ -9,9 +9,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{ItemName, ReservationId};
 
-/// The index of an item in its shard. Items are never deleted, so an id is
-/// stable for the shard's life and identical on every replica (ids are handed
-/// out in log order).
+/// The index of an item in its shard. A deleted item stays as a tombstone
+/// (`product.rs`) and its slot only ever comes back for the same SKU and
+/// warehouse, so an id names one SKU × warehouse for the shard's life, the
+/// same on every replica (ids are handed out in log order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct ItemId(pub u32);

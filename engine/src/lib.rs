@@ -27,6 +27,7 @@ pub mod item;
 pub mod log;
 pub mod outcome;
 pub mod placement;
+pub mod product;
 pub mod query;
 pub mod reservation;
 pub mod snapshot;

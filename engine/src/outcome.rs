@@ -96,6 +96,8 @@ pub enum Bound {
     CustomerUsagePerShard,
     /// Bundle definitions (`bundle.rs`).
     BundlesPerShard,
+    /// SKU product records (`product.rs`).
+    ProductsPerShard,
 }
 
 /// Why a command changed nothing.
@@ -167,6 +169,12 @@ pub enum Refusal {
         line: u32,
         held: u64,
     },
+    /// A delete names an item that live holds still reserve: how many
+    /// holds, and the units they reserve.
+    ItemHasHolds {
+        holds: u64,
+        reserved: u64,
+    },
     /// The hold names bundles (`bundle.rs`): each such line with the
     /// bundle's components, for the caller to hold instead.
     BundleLines {
@@ -219,6 +227,7 @@ impl Refusal {
             Refusal::SkuIsBundle => "sku_is_bundle",
             Refusal::SkuHasItems { .. } => "sku_has_items",
             Refusal::BundleNotFound => "bundle_not_found",
+            Refusal::ItemHasHolds { .. } => "item_has_holds",
         }
     }
 }
@@ -286,6 +295,17 @@ pub enum Outcome {
     },
     Ticked,
     Refused(Refusal),
+    /// A SKU's product record as it now is (`changed` false: it already was).
+    ProductSet {
+        product: Box<crate::product::ProductView>,
+        created: bool,
+        changed: bool,
+    },
+    /// Items deleted, and whether a product record went with them.
+    Deleted {
+        items: u32,
+        product: bool,
+    },
     /// A SKU's bundle definition as it now is (`None`: removed).
     BundleSet {
         sku: String,

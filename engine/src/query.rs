@@ -128,7 +128,8 @@ impl ShardState {
         let mut position = start;
         while position < end && items.len() < limit {
             let item = &self.p.items[position];
-            let wanted = warehouse.is_none_or(|w| usize::from(item.warehouse) == w)
+            let wanted = !self.is_tombstone(ItemId(u32::try_from(position).unwrap_or(u32::MAX)))
+                && warehouse.is_none_or(|w| usize::from(item.warehouse) == w)
                 && filter.status.is_none_or(|status| item.status() == status);
             if wanted {
                 items.push(self.item_view(ItemId(u32::try_from(position).unwrap_or(u32::MAX)))?);

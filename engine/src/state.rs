@@ -38,8 +38,9 @@ use crate::wheel::TimerWheel;
 /// the dedup window) carry the reservation's lines. 4: confirm, release and
 /// extend outcomes (in the dedup window) carry the reservation's
 /// idempotency key. 5: per-customer limits and usage, and the customer a
-/// reservation counted against them. 6: issue 17's commerce features
-/// (bundle definitions, among others).
+/// reservation counted against them. 6: issue 17's commerce features: SKU
+/// product records and item tombstones (`product.rs`), bundle definitions
+/// (`bundle.rs`), and their bounds in `Limits`.
 pub(crate) const STATE_FORMAT: u32 = 6;
 
 /// Principal id recorded once the principal table is full.
@@ -74,6 +75,8 @@ pub(crate) struct Persisted {
     pub customers: CustomerLimits,
     /// Bundle definitions of this shard's SKUs (`bundle.rs`).
     pub bundles: Bundles,
+    /// SKU product records and tombstones of deleted items.
+    pub catalog: crate::product::Catalog,
 }
 
 /// Derived lookups, rebuilt from `Persisted` on load.
@@ -82,6 +85,9 @@ pub(crate) struct Indexes {
     hasher: DefaultHashBuilder,
     /// Item ids, hashed by (SKU bytes, warehouse id).
     items: HashTable<u32>,
+    /// Tombstoned item ids, hashed the same way: a re-created item takes
+    /// its tombstone's slot back (`create_item`).
+    tombstones: HashTable<u32>,
     warehouses: HashMap<String, u16>,
     principals: HashMap<String, u16>,
     /// Reservation slots, hashed by reservation id. Slots (4 bytes) rather
@@ -197,6 +203,7 @@ impl ShardState {
             dedup: DedupWindow::default(),
             customers: CustomerLimits::default(),
             bundles: Bundles::default(),
+            catalog: crate::product::Catalog::default(),
         };
         Self::from_persisted(p)
     }
@@ -205,6 +212,7 @@ impl ShardState {
         let mut ix = Indexes {
             hasher: DefaultHashBuilder::default(),
             items: HashTable::with_capacity(p.items.len()),
+            tombstones: HashTable::with_capacity(p.catalog.tombstones.len()),
             warehouses: HashMap::with_capacity(p.warehouses.len()),
             principals: HashMap::with_capacity(p.principals.len()),
             reservations: HashTable::new(),
@@ -218,6 +226,13 @@ impl ShardState {
         for (id, item) in p.items.iter().enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
             let hash = item_key_hash(&ix.hasher, &p.sku_arena, item);
+            // A tombstone keeps its slot, out of the name index.
+            if p.catalog.tombstones.contains(&id) {
+                ix.tombstones.insert_unique(hash, id, |&other| {
+                    item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize])
+                });
+                continue;
+            }
             ix.items
                 .insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         }
@@ -293,7 +308,7 @@ impl ShardState {
 
     pub fn stats(&self) -> ShardStats {
         ShardStats {
-            items: self.p.items.len() as u64,
+            items: self.p.items.len().saturating_sub(self.p.catalog.tombstones.len()) as u64,
             live_holds: u64::from(self.ix.live_holds),
             terminal_retained: self.p.terminal.len() as u64,
             request_ids_remembered: self.p.dedup.len() as u64,
@@ -472,6 +487,9 @@ impl ShardState {
         if self.p.bundles.get(sku).is_some() {
             return Err(Refusal::SkuIsBundle);
         }
+        if let Some(id) = self.revive_tombstone(sku, warehouse) {
+            return Ok(id);
+        }
         let limits = self.p.limits;
         if self.p.items.len() >= limits.items_per_shard_max as usize {
             return Err(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: u64::from(limits.items_per_shard_max) });
@@ -511,6 +529,71 @@ impl ShardState {
         let (p, ix) = (&self.p, &mut self.ix);
         ix.items.insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         Ok(ItemId(id))
+    }
+
+    /// Items in the name index: every item but the tombstones.
+    pub(crate) fn indexed_items(&self) -> usize {
+        self.ix.items.len()
+    }
+
+    /// Tombstones in the tombstone index.
+    pub(crate) fn indexed_tombstones(&self) -> usize {
+        self.ix.tombstones.len()
+    }
+
+    /// Moves an item from the name index to the tombstone index (a delete).
+    pub(crate) fn unindex_item(&mut self, id: ItemId) {
+        let item = &self.p.items[id.0 as usize];
+        let hash = item_key_hash(&self.ix.hasher, &self.p.sku_arena, item);
+        if let Ok(entry) = self.ix.items.find_entry(hash, |&other| other == id.0) {
+            entry.remove();
+        }
+        debug_assert!(self.ix.items.find(hash, |&other| other == id.0).is_none());
+        let (p, ix) = (&self.p, &mut self.ix);
+        ix.tombstones
+            .insert_unique(hash, id.0, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
+    }
+
+    /// The tombstone of this SKU × warehouse, if there is one.
+    pub(crate) fn find_tombstone(&self, sku: &str, warehouse: &str) -> Option<ItemId> {
+        let warehouse = *self.ix.warehouses.get(warehouse)?;
+        let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse);
+        self.ix
+            .tombstones
+            .find(hash, |&id| {
+                let item = &self.p.items[id as usize];
+                item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == Some(sku.as_bytes())
+            })
+            .map(|&id| ItemId(id))
+    }
+
+    /// Re-creates a deleted SKU × warehouse in its tombstone's slot, as an
+    /// empty item at version 0 (its first change makes it 1). The slot's
+    /// names are the same, so reservations that ended while it was the old
+    /// item still read right; it costs no new slot and no arena bytes, so
+    /// delete and re-create churn does not grow the shard.
+    fn revive_tombstone(&mut self, sku: &str, warehouse: &str) -> Option<ItemId> {
+        let id = self.find_tombstone(sku, warehouse)?;
+        let item = &self.p.items[id.0 as usize];
+        let hash = item_key_hash(&self.ix.hasher, &self.p.sku_arena, item);
+        if let Ok(entry) = self.ix.tombstones.find_entry(hash, |&other| other == id.0) {
+            entry.remove();
+        }
+        self.p.catalog.tombstones.remove(&id.0);
+        let now_ms = self.p.now_ms;
+        let item = &mut self.p.items[id.0 as usize];
+        debug_assert!(item.on_hand == 0 && item.reserved == 0 && item.history.is_empty());
+        item.on_hand = 0;
+        item.reserved = 0;
+        item.low_stock_threshold = 0;
+        item.version = 0;
+        item.updated_at_ms = now_ms;
+        item.history_head = 0;
+        item.attrs = None;
+        item.history = Vec::new();
+        let (p, ix) = (&self.p, &mut self.ix);
+        ix.items.insert_unique(hash, id.0, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
+        Some(id)
     }
 
     pub(crate) fn item(&self, id: ItemId) -> &Item {
@@ -928,6 +1011,7 @@ impl ShardState {
                 return Err(format!("reservation {} is not indexed", reservation.id));
             }
         }
+        self.check_catalog()?;
         for (id, item) in self.p.items.iter().enumerate() {
             if item.reserved > item.on_hand {
                 return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
@@ -1153,6 +1237,9 @@ fn check_references(p: &Persisted) -> Result<(), String> {
                 }
             }
         }
+    }
+    if let Some(&id) = p.catalog.tombstones.iter().find(|&&id| id as usize >= p.items.len()) {
+        return Err(format!("tombstone {id} names no item"));
     }
     for &slot in &p.terminal {
         if !p.reservations.get(slot as usize).and_then(Option::as_ref).is_some_and(|r| r.state.is_terminal()) {

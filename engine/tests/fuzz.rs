@@ -29,7 +29,7 @@
 use std::path::{Path, PathBuf};
 
 use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, Deadline, Expect, Extend, Release, SetLimits};
-use engine::cmd::{Transfer, UpsertItem};
+use engine::cmd::{DeleteItem, DeleteSku, SetProduct, Transfer, UpsertItem};
 use engine::ids::{ItemName, Principal, RequestId};
 use engine::snapshot::SnapshotStore;
 use engine::wal::{EntryFrame, Wal};
@@ -106,6 +106,19 @@ fn sample_commands() -> Vec<Command> {
         Command::Extend(Extend { principal: None, id: rid(3), deadline: Deadline::AfterMs(60_000) }),
         Command::SetLimits(SetLimits { limits: Limits::default() }),
         Command::Tick,
+        Command::SetProduct(SetProduct {
+            description: AttrUpdate::Set("Light.\nMesh upper.".into()),
+            price_minor: AttrUpdate::Set(1999),
+            image_url: AttrUpdate::Clear,
+            ..SetProduct::keep_all(sku("SKU-3"))
+        }),
+        Command::DeleteItem(DeleteItem {
+            sku: sku("SKU-2"),
+            warehouse: wh("berlin"),
+            expect_version: Some(1),
+            principal: None,
+        }),
+        Command::DeleteSku(DeleteSku { sku: sku("SKU-3"), principal: None }),
     ]
 }
 

@@ -337,12 +337,24 @@ function renderSku() {
           },
           "Edit",
         ),
+        " ",
+        h(
+          "button",
+          {
+            type: "button",
+            "aria-label": `Delete ${item.warehouse}`,
+            dataset: { delete: item.warehouse },
+            onclick: (event) => act(event.currentTarget, () => deleteWarehouse(item.warehouse, item.version)),
+          },
+          "Delete",
+        ),
       ),
     ),
   );
   $("warehouses").tBodies[0].replaceChildren(...rows);
   const warehouses = view.warehouses.map((item) => item.warehouse);
   renderLimit(view);
+  renderProduct(view);
   fillSelect($("adjust-warehouse"), warehouses);
   fillSelect($("transfer-from"), warehouses);
   $("transfer-to-list").replaceChildren(...warehouses.map((name) => h("option", { value: name })));
@@ -468,6 +480,58 @@ async function removeLimit() {
   await state.client.putSku(state.sku.sku, { limit_per_customer: null });
   notice("Limit removed.");
   await reloadSku({ history: false });
+}
+
+// Product and deletes -----------------------------------------------------------------
+
+function renderProduct(view) {
+  const product = view.product;
+  $("product-now").textContent = product
+    ? `Version ${product.version}, updated ${product.updated_at}.`
+    : "No product record yet.";
+  const fields = {
+    "product-name": product?.name,
+    "product-category": product?.category,
+    "product-price": product?.price,
+    "product-currency": product?.currency,
+    "product-image": product?.image_url,
+    "product-description": product?.description,
+  };
+  // Fill the form only when the record changed: a re-read for a stock
+  // event must not wipe what someone is typing.
+  const shown = `${view.sku}@${product ? product.version : 0}`;
+  if (state.productShown === shown) return;
+  state.productShown = shown;
+  for (const [id, value] of Object.entries(fields)) $(id).value = value ?? "";
+}
+
+async function saveProduct() {
+  const value = (id) => $(id).value.trim() || null;
+  const currency = value("product-currency");
+  const answer = await state.client.putProduct(state.sku.sku, {
+    name: value("product-name"),
+    category: value("product-category"),
+    price: value("product-price"),
+    currency: currency && currency.toUpperCase(),
+    image_url: value("product-image"),
+    description: $("product-description").value.trim() || null,
+  });
+  notice(`Product saved (version ${answer.product.version}).`);
+  await reloadSku({ history: false });
+}
+
+async function deleteWarehouse(warehouse, version) {
+  await state.client.deleteItem(state.sku.sku, warehouse, { ifMatch: `"${version}"` });
+  notice(`Deleted ${state.sku.sku} in ${warehouse}.`);
+  await reloadSku({ history: false });
+}
+
+async function deleteSku() {
+  const sku = state.sku.sku;
+  await state.client.deleteSku(sku);
+  state.sku = null;
+  renderSku();
+  $("sku-heading").textContent = `Deleted ${sku}`;
 }
 
 async function transfer(form) {
@@ -913,6 +977,8 @@ function wire() {
   onSubmit("limit-form", setLimit);
   onSubmit("bundle-form", saveBundle);
   $("bundles-refresh").addEventListener("click", (event) => act(event.currentTarget, loadBundles));
+  onSubmit("product-form", saveProduct);
+  $("sku-delete").addEventListener("click", (event) => act(event.currentTarget, deleteSku));
   $("limit-remove").addEventListener("click", (event) => act(event.currentTarget, removeLimit));
   onSubmit("lookup-form", () => lookUp($("lookup-id").value));
   $("edit-cancel").addEventListener("click", closeEdit);

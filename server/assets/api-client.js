@@ -40,6 +40,9 @@ export const ROUTES = Object.freeze({
   getItem: { method: "GET", path: "/v1/items/{sku}/{warehouse}", role: "read" },
   getSku: { method: "GET", path: "/v1/items/{sku}", role: "read" },
   putSku: { method: "PUT", path: "/v1/items/{sku}", role: "admin" },
+  putProduct: { method: "PUT", path: "/v1/items/{sku}", role: "admin" },
+  deleteItem: { method: "DELETE", path: "/v1/items/{sku}/{warehouse}", role: "admin" },
+  deleteSku: { method: "DELETE", path: "/v1/items/{sku}", role: "admin" },
   listItems: { method: "GET", path: "/v1/items", role: "read" },
   adjust: { method: "POST", path: "/v1/items/{sku}/{warehouse}/adjustments", role: "admin" },
   history: { method: "GET", path: "/v1/items/{sku}/{warehouse}/history", role: "read" },
@@ -103,6 +106,7 @@ export const ERROR_CODES = Object.freeze({
   invalid_event_id: "The Last-Event-ID is not an event id.",
   customer_id_required: "The SKU has a limit per customer: the reservation must name its customer_id.",
   window_without_limit: "A limit window needs a limit per customer.",
+  invalid_price: "The price is not a decimal with at most two decimals, such as 19.99.",
   invalid_header: "The CSV header names an unknown or repeated column, or lacks sku or warehouse.",
   invalid_import_id: "The Import-Id is malformed.",
   invalid_format: "The format is not ndjson or csv.",
@@ -132,6 +136,7 @@ export const ERROR_CODES = Object.freeze({
   shard_full: "The shard has no room for more.",
   customer_limit: "The customer would pass the SKU's limit per customer.",
   confirm_over_held: "A confirm line names units the reservation does not hold there.",
+  item_has_holds: "Live holds reserve units of the item; release or confirm them before deleting.",
   import_running: "An import with this Import-Id is running.",
   bundle_nested: "A bundle's component is a bundle; bundles do not nest.",
   sku_is_bundle: "The SKU is a bundle: it has no stock of its own.",
@@ -282,6 +287,27 @@ export class TallyClient {
   /** Removes a bundle's definition (admin). */
   async deleteBundle(sku) {
     await this.request("DELETE", `/v1/bundles/${enc(sku)}`);
+  }
+
+  /**
+   * Sets a SKU's product record (admin): any of name, description,
+   * category, price ("19.99"), currency, image_url; null clears a field,
+   * a field left out keeps its value. Answers `{ sku, product }`.
+   */
+  async putProduct(sku, fields) {
+    return (await this.request("PUT", `/v1/items/${enc(sku)}`, { body: fields })).body;
+  }
+
+  /** Deletes an item no live hold reserves (admin); `ifMatch`: only at that ETag. */
+  async deleteItem(sku, warehouse, { ifMatch } = {}) {
+    const headers = {};
+    if (ifMatch) headers["If-Match"] = ifMatch;
+    await this.request("DELETE", itemPath(sku, warehouse), { headers });
+  }
+
+  /** Deletes a SKU's product and every item of it (admin), all or nothing. */
+  async deleteSku(sku) {
+    await this.request("DELETE", `/v1/items/${enc(sku)}`);
   }
 
   /** A page of items: `{ items, next_cursor }`. Follow `next_cursor` until it is null. */

@@ -28,7 +28,7 @@ use crate::events::EventHub;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
-use crate::routes::{admin, bulk, bundles, items, ledger, ops, reservations, stream, ui};
+use crate::routes::{admin, bulk, bundles, items, ledger, ops, products, reservations, stream, ui};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -102,8 +102,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/items:export", get(bulk::export))
         .route("/v1/imports", get(bulk::list_imports))
         .route("/v1/imports/{id}", get(bulk::get_import))
-        .route("/v1/items/{sku}", get(items::get_sku).put(items::put_sku))
-        .route("/v1/items/{sku}/{warehouse}", put(items::put_item).get(items::get_item))
+        .route("/v1/items/{sku}", get(items::get_sku).put(items::put_sku).delete(products::delete_sku))
+        .route("/v1/items/{sku}/{warehouse}", put(items::put_item).get(items::get_item).delete(products::delete_item))
         .route("/v1/items/{sku}/{warehouse}/adjustments", post(items::adjust))
         .route("/v1/items/{sku}/{warehouse}/history", get(items::history))
         .route("/v1/bundles", get(bundles::list_bundles))

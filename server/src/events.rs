@@ -622,6 +622,19 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_is_a_stock_change_to_zero_with_cause_delete() {
+        let mut delete = stock_changed(9, "sku-1");
+        delete.kind = EventKind::StockChanged {
+            item: ItemId(3),
+            cause: Cause::Delete,
+            levels: LevelChange { on_hand_before: 4, on_hand_after: 0, reserved_before: 0, reserved_after: 0 },
+        };
+        let value = event_json(&delete);
+        assert_eq!((&value["cause"], &value["on_hand_after"]), (&json!("delete"), &json!(0)));
+        assert_eq!(value["reservation"], Value::Null);
+    }
+
+    #[test]
     fn threshold_crossed_json_names_statuses_as_the_api_does() {
         assert_eq!(
             event_json(&crossing(9, "sku-1")),

@@ -67,6 +67,8 @@ pub fn document() -> Value {
         items::put_sku,
         items::put_item,
         items::get_item,
+        crate::routes::products::delete_item,
+        crate::routes::products::delete_sku,
         items::adjust,
         items::history,
         items::transfer,
@@ -344,6 +346,40 @@ pub struct SkuItems {
     pub consistency: Consistency,
     /// With `?customer_id=`: what that customer has of the SKU.
     pub customer: Option<CustomerUsage>,
+    /// The SKU's product record; `null`: none.
+    #[schema(required = true)]
+    pub product: Option<Product>,
+}
+
+/// A SKU's product record (`PUT /v1/items/{sku}` with product fields).
+#[derive(ToSchema)]
+pub struct Product {
+    pub sku: String,
+    #[schema(required = true)]
+    pub name: Option<String>,
+    #[schema(required = true)]
+    pub description: Option<String>,
+    #[schema(required = true)]
+    pub category: Option<String>,
+    /// Major units with two decimals, e.g. `"19.99"`.
+    #[schema(required = true)]
+    pub price: Option<String>,
+    /// The same price in minor units, e.g. `1999`.
+    #[schema(required = true)]
+    pub price_minor: Option<u64>,
+    /// ISO 4217 code.
+    #[schema(required = true)]
+    pub currency: Option<String>,
+    #[schema(required = true)]
+    pub image_url: Option<String>,
+    /// Starts at 1, grows by one on every change.
+    pub version: u64,
+    /// Log time (RFC 3339) of the change that created the record.
+    pub created_at: String,
+    pub created_at_ms: u64,
+    /// Log time (RFC 3339) of its latest change.
+    pub updated_at: String,
+    pub updated_at_ms: u64,
 }
 
 /// One customer's units of a SKU under its limit per customer.
@@ -1107,6 +1143,7 @@ mod tests {
             "ops" => include_str!("routes/ops.rs"),
             "admin" => include_str!("routes/admin.rs"),
             "ledger" => include_str!("routes/ledger.rs"),
+            "products" => include_str!("routes/products.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");

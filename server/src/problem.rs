@@ -177,6 +177,12 @@ impl Problem {
             )
             .with_extra(json!({ "items": items })),
             Refusal::BundleNotFound => Self::not_found(code, "the SKU is not a bundle"),
+            Refusal::ItemHasHolds { holds, reserved } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!("{holds} live holds reserve {reserved} units; release or confirm them before deleting"),
+            )
+            .with_extra(json!({ "holds": holds, "reserved": reserved })),
         }
     }
 
@@ -302,6 +308,7 @@ mod tests {
             Refusal::DeadlineInPast { now_ms: 2, deadline_ms: 1 },
             Refusal::DeadlineTooFar { deadline_ms: 2, latest_ms: 1 },
             Refusal::DeadlineEarlier { current_ms: 2, requested_ms: 1 },
+            Refusal::ItemHasHolds { holds: 1, reserved: 2 },
         ];
         for refusal in &refusals {
             let problem = Problem::refusal(refusal);

@@ -147,7 +147,133 @@ async fn items_api_follows_its_contract() {
         an_import_across_shards_applies_every_row_once_and_again_changes_nothing,
         an_export_lists_every_item_and_imports_back_unchanged,
         imports_refuse_other_media_and_overlong_rows,
+        a_skus_product_is_set_read_and_cleared_field_by_field,
+        product_fields_that_break_a_rule_are_400_and_change_nothing,
+        deleting_an_item_is_204_then_404_and_a_later_put_starts_at_version_1,
+        a_delete_with_live_holds_is_item_has_holds_and_changes_nothing,
     );
+}
+
+async fn a_skus_product_is_set_read_and_cleared_field_by_field(http: &Http) {
+    let body = json!({
+        "name": "Runner 42", "description": "Light.\nMesh upper.", "category": "shoes",
+        "price": "89.90", "currency": "EUR", "image_url": "https://img.example.com/p.jpg",
+    });
+    let (status, _, created) = http.put("/v1/items/pr-1", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let product = &created["product"];
+    assert_eq!(
+        (str_of(product, "name"), str_of(product, "price"), u64_of(product, "price_minor")),
+        ("Runner 42", "89.90", 8990)
+    );
+    assert_eq!((str_of(product, "currency"), u64_of(product, "version")), ("EUR", 1));
+    assert_eq!(str_of(product, "description"), "Light.\nMesh upper.");
+    assert_eq!(u64_of(product, "created_at_ms"), u64_of(product, "updated_at_ms"));
+    assert!(str_of(product, "created_at").ends_with('Z'), "{product}");
+    // A number price, a cleared field, the rest kept.
+    let (status, _, changed) = http.put("/v1/items/pr-1", json!({ "price": 79.9, "image_url": null })).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let product = &changed["product"];
+    assert_eq!(
+        (str_of(product, "price"), u64_of(product, "price_minor"), u64_of(product, "version")),
+        ("79.90", 7990, 2)
+    );
+    assert_eq!((&product["image_url"], str_of(product, "category")), (&Value::Null, "shoes"));
+    // A SKU with a product and no stock reads with no warehouses.
+    let (status, _, view) = http.get("/v1/items/pr-1").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["warehouses"], json!([]));
+    assert_eq!(str_of(&view["product"], "name"), "Runner 42");
+    // Stocked, the product shows beside the warehouses; a limit PUT keeps it.
+    put_item(http, "pr-1", "w1", 5, 0).await;
+    set_limit(http, "pr-1", json!({ "limit_per_customer": 2 })).await;
+    let (_, _, view) = http.get("/v1/items/pr-1").await;
+    assert_eq!((u64_of(&view, "on_hand"), u64_of(&view["product"], "price_minor")), (5, 7990));
+    assert_eq!(u64_of(&view, "limit_per_customer"), 2);
+    // And a product PUT keeps the limit.
+    http.put("/v1/items/pr-1", json!({ "category": "running" })).await;
+    let (_, _, view) = http.get("/v1/items/pr-1").await;
+    assert_eq!((u64_of(&view, "limit_per_customer"), str_of(&view["product"], "category")), (2, "running"));
+}
+
+async fn product_fields_that_break_a_rule_are_400_and_change_nothing(http: &Http) {
+    let (status, _, _) = http.put("/v1/items/pr-2", json!({ "name": "Mug", "price": "3.50" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (body, code) in [
+        (json!({ "price": "3.505" }), "invalid_price"),
+        (json!({ "price": "-1" }), "invalid_price"),
+        (json!({ "price": true }), "invalid_price"),
+        (json!({ "price": "99999999999999.00" }), "quantity_too_large"),
+        (json!({ "currency": "eur" }), "field_bad_character"),
+        (json!({ "currency": "EURO" }), "field_bad_length"),
+        (json!({ "image_url": "javascript:alert(1)" }), "field_bad_character"),
+        (json!({ "image_url": format!("https://x/{}", "a".repeat(2048)) }), "field_too_long"),
+        (json!({ "description": "a".repeat(4097) }), "field_too_long"),
+        (json!({ "category": "a\nb" }), "field_bad_character"),
+        (json!({ "name": "" }), "field_empty"),
+        (json!({ "name": "Cup", "limit_per_customer": 2 }), "invalid_body"),
+    ] {
+        let reply = http.put("/v1/items/pr-2", body.clone()).await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, code);
+    }
+    let (_, _, view) = http.get("/v1/items/pr-2").await;
+    let product = &view["product"];
+    assert_eq!((str_of(product, "name"), str_of(product, "price"), u64_of(product, "version")), ("Mug", "3.50", 1));
+}
+
+async fn deleting_an_item_is_204_then_404_and_a_later_put_starts_at_version_1(http: &Http) {
+    put_item(http, "del-1", "w1", 7, 0).await;
+    put_item(http, "del-1", "w1", 9, 0).await;
+    put_item(http, "del-1", "w2", 1, 0).await;
+    let path = item_path("del-1", "w1");
+    let stale = http.request(Method::DELETE, &path, &[("if-match", "\"1\"")], None).await;
+    assert_problem(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(levels(http, "del-1", "w1").await, (9, 0, 2), "a refused delete changes nothing");
+    let (status, _, body) = http.request(Method::DELETE, &path, &[("if-match", "\"2\"")], None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_problem(&http.get(&path).await, StatusCode::NOT_FOUND, "item_not_found");
+    assert_problem(&http.delete(&path, Value::Null).await, StatusCode::NOT_FOUND, "item_not_found");
+    // Gone from the SKU view and from availability.
+    let (_, _, view) = http.get("/v1/items/del-1").await;
+    assert_eq!((view["warehouses"].as_array().map(Vec::len), u64_of(&view, "on_hand")), (Some(1), 1));
+    let (_, _, answer) =
+        http.post("/v1/availability", json!({ "lines": [{ "sku": "del-1", "warehouse": "w1", "quantity": 1 }] })).await;
+    assert_eq!(answer["lines"][0]["exists"], json!(false), "{answer}");
+    // And from exports: only the other warehouse is left.
+    let (_, _, lines) = exported(http, "ndjson", "del-1").await;
+    let warehouses: Vec<Value> =
+        lines.iter().map(|line| serde_json::from_str::<Value>(line).unwrap_or_default()["warehouse"].clone()).collect();
+    assert_eq!(warehouses, vec![json!("w2")], "{lines:?}");
+    // A later PUT creates it afresh.
+    let created = http.put(&path, json!({ "on_hand": 3 })).await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.2);
+    assert_eq!(header(&created, "etag"), Some("\"1\""));
+    // Deleting the SKU takes every warehouse and its product, then 404.
+    http.put("/v1/items/del-1", json!({ "name": "Gone soon" })).await;
+    let (status, _, _) = http.delete("/v1/items/del-1", Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_problem(&http.get("/v1/items/del-1").await, StatusCode::NOT_FOUND, "item_not_found");
+    assert_problem(&http.delete("/v1/items/del-1", Value::Null).await, StatusCode::NOT_FOUND, "item_not_found");
+}
+
+async fn a_delete_with_live_holds_is_item_has_holds_and_changes_nothing(http: &Http) {
+    put_item(http, "del-2", "w1", 10, 0).await;
+    put_item(http, "del-2", "w2", 10, 0).await;
+    let held = reserve(http, &[("del-2", "w1", 2)]).await;
+    for path in [item_path("del-2", "w1"), "/v1/items/del-2".to_owned()] {
+        let refused = http.delete(&path, Value::Null).await;
+        assert_problem(&refused, StatusCode::CONFLICT, "item_has_holds");
+        assert_eq!((u64_of(&refused.2, "holds"), u64_of(&refused.2, "reserved")), (1, 2));
+    }
+    assert_eq!(levels(http, "del-2", "w1").await, (10, 2, 2));
+    assert_eq!(levels(http, "del-2", "w2").await, (10, 0, 1));
+    end_reservation(http, str_of(&held, "id"), "release").await;
+    let (status, _, _) = http.delete("/v1/items/del-2", Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // The ended reservation still reads with the deleted item's names.
+    let (status, _, reservation) = http.get(&format!("/v1/reservations/{}", str_of(&held, "id"))).await;
+    assert_eq!(status, StatusCode::OK, "{reservation}");
+    assert_lines(&reservation, &[("del-2", "w1", 2)]);
 }
 
 async fn put_creates_with_201_and_etag_1_then_updates_with_200(http: &Http) {
@@ -1430,11 +1556,13 @@ async fn a_body_over_the_limit_is_body_too_large(http: &Http) {
 async fn unknown_routes_are_404_and_wrong_methods_405(http: &Http) {
     assert_problem(&http.get("/v1/nothing-here").await, StatusCode::NOT_FOUND, "not_found");
     assert_problem(&http.get("/v2/items").await, StatusCode::NOT_FOUND, "not_found");
+    // (DELETE of an item is a route since items can be deleted: PATCH is not.)
     assert_problem(
-        &http.delete("/v1/items/bi-x/w1", Value::Null).await,
+        &http.request(Method::PATCH, "/v1/items/bi-x/w1", &[], None).await,
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
     );
+    assert_problem(&http.delete("/v1/items/bi-x/w1", Value::Null).await, StatusCode::NOT_FOUND, "item_not_found");
     assert_problem(&http.get("/v1/transfers").await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     assert_problem(&http.post("/v1/items", json!({})).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }

@@ -368,6 +368,37 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
     assert_eq!(sku["limit_per_customer"], Value::Null, "{sku}");
 
+    // The SKU's product record: saved from the form, read back by the API.
+    assert!(browser.text("#product-now").await.contains("No product record"));
+    browser.type_into("#product-name", "Trail Runner").await;
+    browser.type_into("#product-currency", "eur").await;
+    browser.type_into("#product-price", &format!("89.9{ENTER}")).await;
+    browser.wait_for_text("#sku-notice", "Product saved (version 1)").await;
+    browser.wait_for_text("#product-now", "Version 1").await;
+    let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
+    let product = &sku["product"];
+    assert_eq!(
+        (str_of(product, "name"), str_of(product, "price"), str_of(product, "currency")),
+        ("Trail Runner", "89.90", "EUR"),
+        "{sku}"
+    );
+
+    // Deleting a held warehouse is refused with the API's problem; an
+    // unheld one goes, and leaves the table.
+    browser.click("button[data-delete='berlin']").await;
+    browser.wait_for_text("#banner-code", "item_has_holds").await;
+    assert_eq!(u64_of(&api.item("SHOE-42", "berlin").await, "reserved"), 5, "a refused delete changed nothing");
+    api.stock("SHOE-42", "paris", 4, 0, "Trail Runner 42").await;
+    browser.click("#sku-refresh").await;
+    browser.wait_for("button[data-delete='paris']").await;
+    browser.click("button[data-delete='paris']").await;
+    browser.wait_for_text("#sku-notice", "Deleted SHOE-42 in paris").await;
+    let (status, _, _) = api.call(Method::GET, "/v1/items/SHOE-42/paris", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let rows = browser.execute("return document.querySelectorAll('#warehouses tbody tr').length;", vec![]).await;
+    assert_eq!(rows, json!(1));
+
+
     // A bundle: defined on the page, listed with the availability its
     // component allows (as the API computes it), then removed.
     browser.type_into("#bundle-sku", "SHOE-PAIR-BOX").await;

@@ -200,6 +200,35 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_item_leaves_the_ledger_with_a_delete_to_zero_and_still_reconciles() {
+    let node = TallyProcess::start(Options::default().shards(2).set("auth", "keys", &keys())).await;
+    let http = node.http();
+    let sku = "led-del";
+    let path = item_path(sku, "berlin");
+    call(http, Method::PUT, &path, ADMIN_KEY, Some(json!({ "on_hand": 10 }))).await;
+    let adjust = json!({ "delta": -3, "reason": "damage" });
+    call(http, Method::POST, &format!("{path}/adjustments"), ADMIN_KEY, Some(adjust)).await;
+    call(http, Method::DELETE, &path, ADMIN_KEY, None).await;
+    call(http, Method::PUT, &path, ADMIN_KEY, Some(json!({ "on_hand": 4 }))).await;
+
+    let entries = ledger(http, &format!("&sku={sku}"), 100).await;
+    let seen: Vec<(&str, i64, i64)> = entries
+        .iter()
+        .map(|e| {
+            let level = |key: &str| e[key].as_i64().unwrap_or(-1);
+            (e["kind"].as_str().unwrap_or(""), level("on_hand_before"), level("on_hand_after"))
+        })
+        .collect();
+    assert_eq!(seen, [("upsert", 0, 10), ("adjust", 10, 7), ("delete", 7, 0), ("upsert", 0, 4)], "{entries:#?}");
+    assert_eq!(entries[2]["principal"], "ops");
+    // The deltas still sum to the item as it now is.
+    let sum: i64 = seen.iter().map(|(_, before, after)| after - before).sum();
+    let item = call(http, Method::GET, &path, SHOP_KEY, None).await;
+    assert_eq!((item["on_hand"].as_i64(), item["version"].as_i64()), (Some(sum), Some(1)));
+    assert_eq!(ledger(http, &format!("&sku={sku}&kind=delete"), 10).await, vec![entries[2].clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_ledger_off_says_so() {
     let node = TallyProcess::start(Options::default().shards(1).set("ledger", "enabled", "false")).await;
     let reply = node.http().get("/v1/ledger").await;

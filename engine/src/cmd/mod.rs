@@ -8,17 +8,20 @@
 
 mod adjust;
 mod confirm;
+mod delete;
 mod extend;
 mod hold;
 mod release;
 mod set_bundle;
 mod set_customer_limit;
 mod set_limits;
+mod set_product;
 mod transfer;
 mod upsert;
 
 pub use adjust::{Adjust, AdjustReason};
 pub use confirm::{Confirm, ConfirmLine, ConfirmPart, units_sold};
+pub use delete::{DeleteItem, DeleteSku};
 pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
 pub use hold::{Allocation, Deadline, Hold, HoldLine};
@@ -26,6 +29,7 @@ pub use release::Release;
 pub use set_bundle::SetBundle;
 pub use set_customer_limit::SetCustomerLimit;
 pub use set_limits::SetLimits;
+pub use set_product::SetProduct;
 pub use transfer::Transfer;
 pub use upsert::{AttrUpdate, Expect, UpsertItem};
 
@@ -56,6 +60,12 @@ pub enum Command {
     Tick,
     /// Defines or removes a bundle (`bundle.rs`).
     SetBundle(SetBundle),
+    /// Sets a SKU's product record (`set_product.rs`).
+    SetProduct(SetProduct),
+    /// Deletes one item with no live holds (`delete.rs`).
+    DeleteItem(DeleteItem),
+    /// Deletes a SKU's product and every item of it (`delete.rs`).
+    DeleteSku(DeleteSku),
 }
 
 impl Command {
@@ -68,6 +78,9 @@ impl Command {
             Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
             Command::SetCustomerLimit(c) => Some(c.sku.as_str()),
             Command::SetBundle(c) => Some(c.sku.as_str()),
+            Command::SetProduct(c) => Some(c.sku.as_str()),
+            Command::DeleteItem(c) => Some(c.sku.as_str()),
+            Command::DeleteSku(c) => Some(c.sku.as_str()),
             Command::Confirm(_)
             | Command::ConfirmPart(_)
             | Command::Release(_)
@@ -89,6 +102,9 @@ impl Command {
             Command::ConfirmPart(c) => (c.principal.as_ref(), None, None),
             Command::Release(c) => (c.principal.as_ref(), None, None),
             Command::Extend(c) => (c.principal.as_ref(), None, None),
+            Command::SetProduct(c) => (c.principal.as_ref(), None, None),
+            Command::DeleteItem(c) => (c.principal.as_ref(), None, None),
+            Command::DeleteSku(c) => (c.principal.as_ref(), None, None),
             Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::SetBundle(_) | Command::Tick => {
                 (None, None, None)
             }
@@ -108,6 +124,9 @@ impl Command {
             Command::SetCustomerLimit(c) => c.validate(),
             Command::ConfirmPart(c) => c.validate(),
             Command::SetBundle(c) => c.validate(),
+            Command::SetProduct(c) => c.validate(),
+            Command::DeleteItem(c) => c.validate(),
+            Command::DeleteSku(c) => c.validate(),
             Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
                 principal.as_ref().map_or(Ok(()), Principal::check)
             }
@@ -200,5 +219,8 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::SetCustomerLimit(c) => Ok(set_customer_limit::apply(state, c)),
         Command::Tick => Ok(Outcome::Ticked),
         Command::SetBundle(c) => Ok(set_bundle::apply(state, c)),
+        Command::SetProduct(c) => Ok(set_product::apply(state, c)),
+        Command::DeleteItem(c) => delete::apply_item(state, c, emitter),
+        Command::DeleteSku(c) => delete::apply_sku(state, c, emitter),
     }
 }

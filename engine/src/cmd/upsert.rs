@@ -36,7 +36,7 @@ pub enum AttrUpdate<T> {
 }
 
 impl<T: Clone> AttrUpdate<T> {
-    fn resolve(&self, current: Option<&T>) -> Option<T> {
+    pub(crate) fn resolve(&self, current: Option<&T>) -> Option<T> {
         match self {
             AttrUpdate::Keep => current.cloned(),
             AttrUpdate::Set(value) => Some(value.clone()),

@@ -98,7 +98,7 @@ const IF_MATCH_ETAGS_MAX: usize = 64;
 
 /// What a PUT's conditional headers ask, before the item is looked at.
 #[derive(Debug, PartialEq, Eq)]
-enum Precondition {
+pub(super) enum Precondition {
     /// Decided by the engine when the command applies.
     Expect(Expect),
     /// `If-Match` listed several versions: the item must be at one of them.
@@ -165,7 +165,7 @@ fn entity_tags(value: &[u8]) -> Option<Vec<&[u8]>> {
 
 /// What `If-Match` asks: the versions it names, or never (only ETags that
 /// are not versions). A value that is not a list of ETags is 400.
-fn parse_if_match(value: &HeaderValue) -> ApiResult<Precondition> {
+pub(super) fn parse_if_match(value: &HeaderValue) -> ApiResult<Precondition> {
     let tags = entity_tags(value.as_bytes()).ok_or_else(|| {
         Problem::bad_request(
             "invalid_precondition",
@@ -209,7 +209,7 @@ fn precondition(headers: &HeaderMap) -> ApiResult<Precondition> {
 /// versions reads the item and expects its version if listed (the write
 /// still applies only at it); one naming none answers 412 with the item's
 /// version, as the engine's `version_mismatch` does.
-async fn expectation(
+pub(super) async fn expectation(
     state: &AppState,
     sku: &Sku,
     warehouse: &Warehouse,
@@ -427,14 +427,14 @@ pub async fn get_sku(
     let shard = shard_of(sku.as_str(), state.node.shard_count());
     let name = sku.as_str().to_owned();
     let who = customer.clone();
-    let (view, limit, usage) = read_shard(&state, shard, query.consistency, move |s| {
+    let (view, limit, usage, product) = read_shard(&state, shard, query.consistency, move |s| {
         let view = s.sku_items(name.as_str())?;
         let usage = who.map(|who| s.customer_usage(name.as_str(), who.as_str()));
-        Ok((view, s.customer_limit(name.as_str()), usage))
+        Ok((view, s.customer_limit(name.as_str()), usage, s.product(name.as_str())))
     })
     .await?;
-    if view.items.is_empty() {
-        return Err(Problem::not_found("item_not_found", "no warehouse stocks this SKU"));
+    if view.items.is_empty() && product.is_none() {
+        return Err(Problem::not_found("item_not_found", "no warehouse stocks this SKU and it has no product"));
     }
     let (units, window) = limit_json(limit.as_ref());
     let mut body = json!({
@@ -445,6 +445,7 @@ pub async fn get_sku(
         "limit_per_customer": units,
         "limit_window_seconds": window,
         "warehouses": view.items.iter().map(item_json).collect::<Vec<_>>(),
+        "product": product.as_ref().map(super::products::product_json),
         "consistency": query.consistency.as_str(),
     });
     if let (Some(customer), Some(usage)) = (customer, usage) {
@@ -463,13 +464,44 @@ pub async fn get_sku(
 pub struct PutSku {
     /// Most units of this SKU one customer may hold and buy (live holds plus
     /// confirmed sales), across all its warehouses; 1 to 10^15. `null`
-    /// removes the limit (and forgets the sales it counted).
+    /// removes the limit (and forgets the sales it counted). Absent:
+    /// removed too, unless the body sets product fields (then it is kept;
+    /// send limit and product fields in separate PUTs).
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u64>, minimum = 1)]
-    pub limit_per_customer: Option<u64>,
+    pub limit_per_customer: Option<Option<u64>>,
     /// Sales older than this many seconds no longer count (1 to about ten
     /// years). Absent or `null`: sales count for as long as the limit is set.
     #[schema(minimum = 1)]
     pub limit_window_seconds: Option<u64>,
+    /// Product name: 1 to 200 bytes, no control characters. In this and the
+    /// next product fields `null` clears, absent keeps.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    /// Product description: 1 to 4096 bytes; line breaks and tabs allowed.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    /// Product category: 1 to 200 bytes, no control characters.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub category: Option<Option<String>>,
+    /// Price in major units with at most two decimals, as a string
+    /// (`"19.99"`) or a number (`19.99`); stored exactly as minor units, at
+    /// most 10^15 of them.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, example = "19.99")]
+    pub price: Option<Option<Value>>,
+    /// ISO 4217 currency code: three uppercase letters.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, example = "EUR")]
+    pub currency: Option<Option<String>>,
+    /// Image URL: absolute `http://` or `https://`, at most 2048 bytes of
+    /// printable ASCII.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub image_url: Option<Option<String>>,
 }
 
 /// `PUT /v1/items/{sku}`: a SKU's settings (admin).
@@ -477,8 +509,12 @@ pub struct PutSku {
     put,
     path = "/v1/items/{sku}",
     tag = "items",
-    summary = "Set a SKU's limit per customer",
-    description = "A hold of a limited SKU must name its `customer_id`, and is refused with 409 \
+    summary = "Set a SKU's product record, or its limit per customer",
+    description = "With any product field (`name`, `description`, `category`, `price`, `currency`, `image_url`) \
+        the PUT sets the SKU's product record: `null` clears a field, absent keeps it; it answers 201 with \
+        `product` when this created the record, else 200. A SKU may have a product before any warehouse \
+        stocks it. `created_at` / `updated_at` are log times of the first and the latest change. \
+        Without product fields the PUT sets the limit per customer. A hold of a limited SKU must name its `customer_id`, and is refused with 409 \
         `customer_limit` if the customer's live holds plus confirmed sales of the SKU (within the window), \
         plus the hold, would pass the limit. Checked and held in one atomic step on the SKU's shard, \
         however many requests of one customer race. The limit counts holds and sales made while it is \
@@ -488,11 +524,17 @@ pub struct PutSku {
     request_body = PutSku,
     responses(
         (status = 200, description = "The SKU's limit now: `sku`, `limit_per_customer`, `limit_window_seconds`, \
-            and `customers`, the customers it tracks.", body = Value),
+            and `customers`, the customers it tracks; or, for product fields, `sku` and `product` \
+            (see `GET /v1/items/{sku}`).", body = Value),
+        (status = 201, description = "Product fields: the product record was created (`sku`, `product`).",
+            body = Value),
         (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `field_empty`, \
             `field_too_long`, `field_bad_character` (sku), `quantity_zero`, `quantity_too_large` \
-            (limit_per_customer, limit_window_ms), `window_without_limit`."),
-        (status = 404, description = "`item_not_found`: no warehouse stocks this SKU."),
+            (limit_per_customer, limit_window_ms), `window_without_limit`; for product fields also \
+            `field_bad_length` (currency), `invalid_price`, `field_bad_character` (image_url not http/https), \
+            and `invalid_body` if limit fields come with them."),
+        (status = 404, description = "`item_not_found`: no warehouse stocks this SKU (limit only)."),
+        (status = 409, description = "`shard_full`: no room for another product (`products_per_shard_max`)."),
         (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
     ),
 )]
@@ -504,7 +546,25 @@ pub async fn put_sku(
 ) -> ApiResult<Response> {
     principal.require(Role::Admin)?;
     let sku = Sku::new(sku)?;
-    let limit = match (body.limit_per_customer, body.limit_window_seconds) {
+    let product = super::products::ProductFields {
+        name: body.name,
+        description: body.description,
+        category: body.category,
+        price: body.price,
+        currency: body.currency,
+        image_url: body.image_url,
+    };
+    if !product.is_empty() {
+        if body.limit_per_customer.is_some() || body.limit_window_seconds.is_some() {
+            return Err(Problem::bad_request(
+                "invalid_body",
+                "set product fields and the limit per customer in separate PUTs",
+            ));
+        }
+        let command = super::products::set_product(sku, product, &principal)?;
+        return super::products::put_product(&state, command).await;
+    }
+    let limit = match (body.limit_per_customer.flatten(), body.limit_window_seconds) {
         (Some(units), window) => Some(engine::customer::CustomerLimit {
             units,
             window_ms: window.map(|seconds| seconds.saturating_mul(1000)),

@@ -26,8 +26,19 @@ use crate::problem::{ApiResult, Problem};
 type Shared = State<Arc<AppState>>;
 
 /// Every `kind` an entry may have, in the order of a movement's life.
-pub const KINDS: [&str; 10] =
-    ["upsert", "adjust", "transfer_out", "transfer_in", "hold", "extend", "confirm", "release", "expire", "gap"];
+pub const KINDS: [&str; 11] = [
+    "upsert",
+    "adjust",
+    "transfer_out",
+    "transfer_in",
+    "hold",
+    "extend",
+    "confirm",
+    "release",
+    "expire",
+    "delete",
+    "gap",
+];
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -38,7 +49,8 @@ pub struct LedgerQuery {
     /// Only this warehouse's movements (and gaps).
     pub warehouse: Option<String>,
     /// Only movements of this kind: `upsert`, `adjust`, `transfer_out`,
-    /// `transfer_in`, `hold`, `extend`, `confirm`, `release`, `expire`, `gap`.
+    /// `transfer_in`, `hold`, `extend`, `confirm`, `release`, `expire`,
+    /// `delete` (an item deleted: on hand to 0), `gap`.
     pub kind: Option<String>,
     /// RFC 3339 time, inclusive: movements at or after it (log time).
     pub since: Option<String>,
@@ -58,7 +70,7 @@ pub struct LedgerQuery {
     tag = "ledger",
     summary = "Page the movement ledger: every stock movement with who, why and the levels around it",
     description = "Upserts, adjustments (reason code, note, reference), transfers (both sides), holds, \
-        extensions, confirmations, releases and expiries, in log-time order over every shard. A short page \
+        extensions, confirmations, releases, expiries and deletes (an item's on hand to 0), in log-time order over every shard. A short page \
         may still have a `next_cursor` (a page reads at most `ledger.page_scan_max` entries per shard); the \
         last page has none. `gap` entries mark log indexes this node could no longer record.",
     extensions(("x-tally-role" = json!("read"))),

@@ -12,6 +12,7 @@ pub mod bundles;
 pub mod items;
 pub mod ledger;
 pub mod ops;
+pub mod products;
 pub mod reservations;
 pub mod stream;
 pub mod ui;
