@@ -180,19 +180,18 @@ impl Node {
     /// bootstrap, the reaction to stopped shards, rebalancing (when on) and
     /// the sweeper of abandoned snapshot transfers.
     fn spawn_background(&self, listener: TcpListener, health: Arc<Health>) {
-        let node = self;
-        let serve = node.inner.transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&node.inner) }));
-        node.inner.tasks.lock().push(serve);
-        let bootstrap = tokio::spawn(bootstrap(node.clone()));
-        node.inner.tasks.lock().push(bootstrap);
-        let react = tokio::spawn(react_to_failures(Arc::downgrade(&node.inner), health));
-        node.inner.tasks.lock().push(react);
-        if node.inner.config.rebalance_interval_ms > 0 {
-            let rebalance = tokio::spawn(rebalance(Arc::downgrade(&node.inner)));
-            node.inner.tasks.lock().push(rebalance);
+        let serve = self.inner.transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&self.inner) }));
+        self.inner.tasks.lock().push(serve);
+        let bootstrap = tokio::spawn(bootstrap(self.clone()));
+        self.inner.tasks.lock().push(bootstrap);
+        let react = tokio::spawn(react_to_failures(Arc::downgrade(&self.inner), health));
+        self.inner.tasks.lock().push(react);
+        if self.inner.config.rebalance_interval_ms > 0 {
+            let rebalance = tokio::spawn(rebalance(Arc::downgrade(&self.inner)));
+            self.inner.tasks.lock().push(rebalance);
         }
-        let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&node.inner)));
-        node.inner.tasks.lock().push(sweep);
+        let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&self.inner)));
+        self.inner.tasks.lock().push(sweep);
     }
     /// Stops the node: peers see it go at once; Raft groups, proposers and
     /// shard actors stop. Durable state stays on disk for a restart.
