@@ -6,7 +6,7 @@
 //! its requests, a state check after a snapshot, a corrupt lookup). Both go
 //! through the one mechanism here: `ShardHealth::fail` records the first
 //! cause, logs it loudly and wakes the node, which stops the shard's Raft
-//! core and hands its leadership to another voter (`node.rs`). From then on
+//! core and hands its leadership to another voter (`node/leadership.rs`). From then on
 //! the node refuses the shard's writes and reads (`shard_stopped`), names it
 //! in its status (`/readyz`, `/metrics`), and acknowledges nothing more for
 //! it: a write in flight when the shard stopped answers `outcome_unknown`.

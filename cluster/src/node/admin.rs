@@ -1,0 +1,97 @@
+//! Admin operations on every group's membership: adding learners,
+//! changing voters, removing a node. Each runs on the group's leader,
+//! asked over the peer connection when that is another node.
+
+use std::collections::BTreeSet;
+
+use openraft::ChangeMembers;
+use openraft::async_runtime::WatchReceiver;
+
+use super::Node;
+use super::retry::Retry;
+use crate::error::AdminError;
+use crate::types::{NodeId, PeerNode, Raft};
+use crate::wire::{AdminOp, Request, Response};
+
+impl Node {
+    /// Adds `node` (at `addr`) to every group as a learner and waits until
+    /// each has caught up. Admin operation; never automatic.
+    pub async fn add_learner(&self, node: NodeId, addr: String) -> Result<(), AdminError> {
+        if node == 0 {
+            return Err(AdminError::Invalid("node ids start at 1".into()));
+        }
+        self.inner.transport.set_peer(node, addr.clone());
+        self.admin_all(AdminOp::AddLearner { node, addr }).await
+    }
+
+    /// Makes `voters` the voter set of every group (joint consensus inside
+    /// openraft). With `retain`, removed voters stay as learners.
+    pub async fn change_voters(&self, voters: Vec<NodeId>, retain: bool) -> Result<(), AdminError> {
+        if voters.is_empty() {
+            return Err(AdminError::Invalid("a group needs at least one voter".into()));
+        }
+        self.admin_all(AdminOp::ChangeVoters { voters, retain }).await
+    }
+
+    /// Removes `node` from every group: from the voters, then as a learner.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), AdminError> {
+        for group in &self.inner.groups {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            let voters: Vec<NodeId> =
+                metrics.membership_config.membership().voter_ids().filter(|id| *id != node).collect();
+            if voters.is_empty() {
+                return Err(AdminError::Invalid(format!("removing {node} would leave shard {} no voter", group.shard)));
+            }
+            self.admin_one(group.shard, AdminOp::ChangeVoters { voters, retain: false }).await?;
+        }
+        Ok(())
+    }
+
+    async fn admin_all(&self, op: AdminOp) -> Result<(), AdminError> {
+        for shard in 0..self.inner.config.shards {
+            self.admin_one(shard, op.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn admin_one(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
+        let inner = &self.inner;
+        let group = inner.group(shard).ok_or_else(|| AdminError::Invalid(format!("shard {shard} does not exist")))?;
+        let mut retry = Retry::new(inner.config.retry_window_ms);
+        loop {
+            match group.raft.current_leader().await {
+                Some(leader) if leader == inner.id => {
+                    return apply_admin(&group.raft, op).await.map_err(|reason| AdminError::Failed { shard, reason });
+                }
+                Some(leader) => {
+                    let request = Request::Admin { group: shard, op: op.clone() };
+                    // Catching a learner up can take a while: a longer timeout.
+                    match inner.transport.call(leader, &request, inner.rpc_timeout() * 15).await {
+                        Ok(Response::AdminDone) => return Ok(()),
+                        Ok(Response::Refused(reason)) => return Err(AdminError::Failed { shard, reason }),
+                        _ => {}
+                    }
+                }
+                None => {}
+            }
+            if !retry.pause().await {
+                return Err(AdminError::Unavailable { shard });
+            }
+        }
+    }
+}
+
+pub(super) async fn apply_admin(raft: &Raft, op: AdminOp) -> Result<(), String> {
+    match op {
+        AdminOp::AddLearner { node, addr } => {
+            raft.add_learner(node, PeerNode { addr }, true).await.map(|_| ()).map_err(|e| e.to_string())
+        }
+        AdminOp::ChangeVoters { voters, retain } => {
+            let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Bootstrap: the member preferred for a group (members by id, round
+//! robin) initializes it, once, after asking its peers that none has it.
+
+use std::collections::BTreeMap;
+
+use super::Node;
+use crate::config::ClusterConfig;
+use crate::types::{NodeId, PeerNode};
+use crate::wire::{Request, Response};
+
+/// Initializes the groups this node is preferred for, unless a peer already
+/// has them (this node's data was wiped: it must rejoin, not start anew).
+pub(super) async fn bootstrap(node: Node) {
+    let inner = &node.inner;
+    let members: BTreeMap<NodeId, PeerNode> =
+        inner.config.members.iter().map(|m| (m.id, PeerNode { addr: m.addr.clone() })).collect();
+    if !members.contains_key(&inner.id) {
+        return;
+    }
+    let voters: Vec<NodeId> = members.keys().copied().collect();
+    for group in &inner.groups {
+        if ClusterConfig::preferred_leader(&voters, group.shard) != Some(inner.id) {
+            continue;
+        }
+        if group.raft.is_initialized().await.unwrap_or(true) {
+            continue;
+        }
+        let mut known_elsewhere = false;
+        for peer in voters.iter().filter(|peer| **peer != inner.id) {
+            let probe = Request::Probe { group: group.shard };
+            if let Ok(Response::Probe { initialized: true }) =
+                inner.transport.call(*peer, &probe, inner.rpc_timeout()).await
+            {
+                known_elsewhere = true;
+                break;
+            }
+        }
+        if known_elsewhere {
+            tracing::info!(shard = group.shard, "group exists on a peer; waiting to be caught up");
+            continue;
+        }
+        if let Err(error) = group.raft.initialize(members.clone()).await {
+            tracing::warn!(shard = group.shard, %error, "initialize failed");
+        }
+    }
+}

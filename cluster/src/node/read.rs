@@ -1,0 +1,144 @@
+//! Reads: linearizable (`read`, through a read index the leader confirms),
+//! stale (`read_stale`, this node's copy at once), and the node-local
+//! views of every shard for operators (live holds, digests, backup views).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use engine::ShardState;
+use engine::actor::Read;
+use openraft::ReadPolicy;
+
+use super::retry::Retry;
+use super::start::shard_dir;
+use super::{BackupView, Group, Node, Stale};
+use crate::error::ReadError;
+use crate::wire::{Request, Response};
+
+impl Node {
+    /// Reads `shard` linearizably: the answer reflects every write
+    /// acknowledged before the read began.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<R, ReadError> {
+        let inner = &self.inner;
+        let group = inner.group(shard).ok_or_else(|| ReadError::Invalid(format!("shard {shard} does not exist")))?;
+        if let Some(failure) = group.health.failure() {
+            return Err(ReadError::stopped(failure));
+        }
+        let index = self.read_index(group).await?;
+        let timeout = inner.rpc_timeout();
+        // Wait until this node has applied what the leader committed.
+        if let Some(index) = index
+            && group.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "linearizable read").await.is_err()
+        {
+            return Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms });
+        }
+        let answer = group.actor.send(Read::new(read)).await.map_err(|_| ReadError::ShuttingDown)?;
+        Ok(answer.0)
+    }
+
+    /// Reads this node's copy of `shard` at once. It may be behind the leader.
+    pub async fn read_stale<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<Stale<R>, ReadError> {
+        let group =
+            self.inner.group(shard).ok_or_else(|| ReadError::Invalid(format!("shard {shard} does not exist")))?;
+        // A stopped copy is no longer kept up (or not to be trusted).
+        if let Some(failure) = group.health.failure() {
+            return Err(ReadError::stopped(failure));
+        }
+        let answer = group
+            .actor
+            .send(Read::new(move |state| {
+                let applied_index = state.last_applied().map(|id| id.index);
+                (read(state), applied_index)
+            }))
+            .await
+            .map_err(|_| ReadError::ShuttingDown)?;
+        let (value, applied_index) = answer.0;
+        Ok(Stale { value, applied_index })
+    }
+
+    async fn read_index(&self, group: &Group) -> Result<Option<u64>, ReadError> {
+        let inner = &self.inner;
+        let shard = group.shard;
+        let mut retry = Retry::new(inner.config.retry_window_ms);
+        loop {
+            if inner.shut_down.load(Ordering::Acquire) {
+                return Err(ReadError::ShuttingDown);
+            }
+            if let Some(failure) = group.health.failure() {
+                return Err(ReadError::stopped(failure));
+            }
+            match group.raft.current_leader().await {
+                Some(leader) if leader == inner.id => {
+                    let confirm = group.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+                    if let Ok(Ok(read)) = tokio::time::timeout(inner.rpc_timeout(), confirm).await {
+                        return Ok(Some(read.index()));
+                    }
+                }
+                Some(leader) => {
+                    let request = Request::ReadIndex { group: shard };
+                    if let Ok(Response::ReadIndex { index }) =
+                        inner.transport.call(leader, &request, inner.rpc_timeout()).await
+                    {
+                        return Ok(index);
+                    }
+                }
+                None => {}
+            }
+            if !retry.pause().await {
+                return Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms });
+            }
+        }
+    }
+
+    /// Live holds summed over this node's copy of every shard. Every replica
+    /// applies the same holds, so this is the cluster's count as far as this
+    /// node has applied, not a share of it. A shard actor answers between
+    /// applies, so this may wait behind them: `None` when some shard does
+    /// not answer within `timeout`.
+    pub async fn live_holds(&self, timeout: Duration) -> Option<u64> {
+        let reads = self.inner.groups.iter().map(|group| group.actor.send(Read::new(|state| state.stats().live_holds)));
+        let answers = tokio::time::timeout(timeout, futures_util::future::join_all(reads)).await.ok()?;
+        answers.into_iter().map(|answer| answer.ok().map(|answer| answer.0)).sum()
+    }
+
+    /// State digest of each shard as this node has applied it, with the
+    /// applied index (replicas that applied the same log agree).
+    pub async fn digests(&self) -> Result<Vec<(Option<u64>, u128)>, ReadError> {
+        let mut digests = Vec::with_capacity(self.inner.groups.len());
+        for group in &self.inner.groups {
+            let answer = group
+                .actor
+                .send(Read::new(|state| (state.last_applied().map(|id| id.index), state.digest())))
+                .await
+                .map_err(|_| ReadError::ShuttingDown)?;
+            digests.push(answer.0);
+        }
+        Ok(digests)
+    }
+
+    /// Per shard: what an online backup copies (`BackupView`). Asks each
+    /// actor for its applied id, a message that costs the shard nothing
+    /// more than a read.
+    pub async fn backup_views(&self) -> Result<Vec<BackupView>, ReadError> {
+        let mut views = Vec::with_capacity(self.inner.groups.len());
+        for group in &self.inner.groups {
+            let answer =
+                group.actor.send(Read::new(|state| state.last_applied())).await.map_err(|_| ReadError::ShuttingDown)?;
+            views.push(BackupView {
+                shard: group.shard,
+                snapshot_dir: shard_dir(&self.inner.config.data_dir, group.shard).join("snapshots"),
+                applied: answer.0,
+                segments: group.log.wal_reader().segment_files(),
+            });
+        }
+        Ok(views)
+    }
+}

@@ -1,0 +1,501 @@
+//! Starting and stopping a node: the data directory's identity, each
+//! shard's snapshot, WAL and archive, the shard actors, the peer transport,
+//! every shard's Raft group on its own thread, and the background tasks
+//! (peer service, bootstrap, failure reaction, rebalancing, the snapshot
+//! sweeper). `start_on` runs these as named steps, in this order.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use engine::actor::ShardPool;
+use engine::snapshot::SnapshotStore;
+use engine::wal::{ArchiveConfig, ArchiveStats, Wal};
+use engine::{Limits, ShardState};
+use openraft::SnapshotPolicy;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use super::bootstrap::bootstrap;
+use super::leadership::{react_to_failures, rebalance, watch_leadership};
+use super::peer_service::Service;
+use super::snapshot_inbound::{inbound_limits, sweep_inbound_snapshots};
+use super::submit::request_prefix;
+use super::{Group, Inner, Node};
+use crate::clock::{Clock, ShardClock};
+use crate::config::ClusterConfig;
+use crate::error::StartError;
+use crate::forwarder::{Forwarder, ForwarderSettings};
+use crate::health::{Health, ShardHealth};
+use crate::inbound::InboundSnapshots;
+use crate::ledger::{Ledger, LedgerSender};
+use crate::log_store::LogStore;
+use crate::network::{GroupNetwork, Router};
+use crate::proposer::{Proposer, ProposerSettings};
+use crate::shadow::{Shadow, SnapshotThread};
+use crate::shard_thread::ShardThread;
+use crate::state_machine::{NodeEvent, Publisher, StateMachine};
+use crate::transport::{Transport, TransportConfig};
+use crate::types::{NodeId, Raft};
+
+/// The limits a shard with no snapshot starts from, on every replica and
+/// in every shadow (`shadow`): later ones come through the log
+/// (`SetLimits`), since limits shape outcomes.
+pub fn initial_limits() -> Limits {
+    Limits::default()
+}
+
+/// How far back from the end of a shard's log its last batch is looked for
+/// at start; blank and membership entries come a few at a time.
+const RECOVER_LOOK_BACK_MAX: u64 = 64;
+
+/// A shard's directory in a data directory.
+pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard:05}"))
+}
+
+fn data_dir_error(path: &Path, reason: impl ToString) -> StartError {
+    StartError::DataDir { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// The data directory remembers the node id and shard count it was made
+/// for: placement depends on the shard count, so opening with another count
+/// would silently send SKUs to the wrong shard.
+pub fn check_identity(config: &ClusterConfig) -> Result<(), StartError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| data_dir_error(dir, e))?;
+    let path = dir.join("IDENTITY");
+    let expected = format!("node_id = {}\nshards = {}\n", config.node_id, config.shards);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == expected => Ok(()),
+        Ok(found) => {
+            Err(data_dir_error(&path, format!("was made for {:?}, config says {:?}", found.trim(), expected.trim())))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temp = dir.join("IDENTITY.tmp");
+            std::fs::write(&temp, expected.as_bytes()).map_err(|e| data_dir_error(&temp, e))?;
+            std::fs::File::open(&temp).and_then(|f| f.sync_all()).map_err(|e| data_dir_error(&temp, e))?;
+            std::fs::rename(&temp, &path).map_err(|e| data_dir_error(&path, e))?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| data_dir_error(dir, e))?;
+            Ok(())
+        }
+        Err(error) => Err(data_dir_error(&path, error)),
+    }
+}
+
+impl Node {
+    /// Opens the data directory, starts every shard's actor and Raft group,
+    /// listens for peers and starts bootstrap. Call inside a tokio runtime.
+    pub async fn start(config: ClusterConfig) -> Result<Node, StartError> {
+        // Checked before binding, so a bad config is reported as such.
+        config.validate().map_err(StartError::Config)?;
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+        Self::start_on(config, listener).await
+    }
+
+    /// `start`, on a listener the caller bound (tests bind port 0 first).
+    pub async fn start_on(config: ClusterConfig, listener: TcpListener) -> Result<Node, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        check_protected_mode(&config, &listener)?;
+        check_identity(&config)?;
+        let id = config.node_id;
+
+        // Shard state: the newest snapshot, or empty; the WAL's committed
+        // suffix is re-applied by openraft once the group starts.
+        let (states, files) = open_shards(&config)?;
+        let threads = if config.shard_threads == 0 { ShardPool::default_arbiters() } else { config.shard_threads };
+        let pool = ShardPool::start(states, threads).map_err(StartError::Threads)?;
+
+        let transport = start_transport(&config);
+        let router = Router::new(transport.clone(), config.snapshot_chunk_size, config.wal.record_size_max as usize);
+        let (events, _) = broadcast::channel(config.event_buffer_max.max(1));
+        let clock = Arc::new(Clock::new(config.shards));
+        let raft_config = raft_config(&config)?;
+
+        // One thread builds every shard's shadow snapshots, one at a time.
+        let snapshot_thread = if config.snapshot_from_shadow {
+            Some(SnapshotThread::start(config.shards as usize).map_err(StartError::Threads)?)
+        } else {
+            None
+        };
+        let (ledger, ledger_sender) = if config.ledger.enabled {
+            let (ledger, sender) = Ledger::start(&config.data_dir.join("ledger"), config.shards, config.ledger.clone())
+                .map_err(StartError::Threads)?;
+            (Some(ledger), Some(sender))
+        } else {
+            (None, None)
+        };
+        let health = Health::new(config.shards);
+        let context = GroupContext {
+            id,
+            config: &config,
+            pool: &pool,
+            transport: &transport,
+            router: &router,
+            events: &events,
+            clock: &clock,
+            raft_config: &raft_config,
+            snapshot_thread: snapshot_thread.as_ref(),
+            ledger_sender: ledger_sender.as_ref(),
+            health: &health,
+        };
+        let mut groups = Vec::with_capacity(config.shards as usize);
+        let mut tasks = Vec::new();
+        for (shard, files) in (0..config.shards).zip(files) {
+            let (group, group_tasks) = start_group(&context, shard, files).await?;
+            tasks.extend(group_tasks);
+            groups.push(group);
+        }
+
+        let request_prefix = request_prefix(id);
+        let inbound = Mutex::new(InboundSnapshots::new(inbound_limits(&config)));
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                transport: transport.clone(),
+                groups,
+                pool: Mutex::new(Some(pool)),
+                events,
+                clock,
+                request_prefix,
+                request_seq: AtomicU64::new(0),
+                inbound,
+                tasks: Mutex::new(tasks),
+                shut_down: AtomicBool::new(false),
+                health: Arc::clone(&health),
+                ledger,
+            }),
+        };
+        node.spawn_background(listener, health);
+        Ok(node)
+    }
+
+    /// The tasks a started node runs until it stops: the peer service,
+    /// bootstrap, the reaction to stopped shards, rebalancing (when on) and
+    /// the sweeper of abandoned snapshot transfers.
+    fn spawn_background(&self, listener: TcpListener, health: Arc<Health>) {
+        let serve = self.inner.transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&self.inner) }));
+        self.inner.tasks.lock().push(serve);
+        let bootstrap = tokio::spawn(bootstrap(self.clone()));
+        self.inner.tasks.lock().push(bootstrap);
+        let react = tokio::spawn(react_to_failures(Arc::downgrade(&self.inner), health));
+        self.inner.tasks.lock().push(react);
+        if self.inner.config.rebalance_interval_ms > 0 {
+            let rebalance = tokio::spawn(rebalance(Arc::downgrade(&self.inner)));
+            self.inner.tasks.lock().push(rebalance);
+        }
+        let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&self.inner)));
+        self.inner.tasks.lock().push(sweep);
+    }
+    /// Stops the node: peers see it go at once; Raft groups, proposers and
+    /// shard actors stop. Durable state stays on disk for a restart.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Groups stopping from here on are not failures.
+        inner.health.close();
+        inner.transport.shutdown();
+        for task in inner.tasks.lock().drain(..) {
+            task.abort();
+        }
+        for group in &inner.groups {
+            let _ = group.raft.shutdown().await;
+        }
+        let pool = inner.pool.lock().take();
+        if let Some(pool) = pool {
+            // Joining the actor threads blocks; keep it off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
+        }
+    }
+}
+
+/// Protected mode, on the address actually bound (`validate` judged the
+/// configured one).
+fn check_protected_mode(config: &ClusterConfig, listener: &TcpListener) -> Result<(), StartError> {
+    let bound = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+    if config.secret.is_none() && !bound.ip().to_canonical().is_loopback() {
+        return Err(StartError::Config(format!(
+            "the peer port is bound to {bound}, not loopback, and no secret is set: set cluster.secret \
+             (or TALLY_CLUSTER__SECRET) to the same random value on every node"
+        )));
+    }
+    Ok(())
+}
+
+/// What a shard has on disk, opened: its snapshots, its WAL (with the
+/// archive attached when `archive_dir` is set), and where its log time is
+/// recovered from when its log is empty: the snapshot's last entry and log
+/// time.
+struct ShardFiles {
+    snapshots: SnapshotStore,
+    wal: Wal,
+    snapshot_time: Option<(engine::LogId, u64)>,
+    archive: Option<Arc<ArchiveStats>>,
+}
+
+/// Opens every shard's snapshots and WAL, in shard order: the state each
+/// shard starts from (its newest snapshot, or empty) and its files.
+fn open_shards(config: &ClusterConfig) -> Result<(Vec<ShardState>, Vec<ShardFiles>), StartError> {
+    let mut states = Vec::with_capacity(config.shards as usize);
+    let mut files = Vec::with_capacity(config.shards as usize);
+    for shard in 0..config.shards {
+        let dir = shard_dir(&config.data_dir, shard);
+        let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
+        let state = match snapshots.load_latest()? {
+            Some((_, state)) => state,
+            None => ShardState::new(shard, config.shards, initial_limits()),
+        };
+        let mut wal = Wal::open(dir.join("wal"), config.wal)?;
+        let archive = match &config.archive_dir {
+            Some(archive_dir) => Some(wal.set_archive(ArchiveConfig {
+                dir: archive_dir.join(format!("shard-{shard:05}")),
+                retry_ms: config.archive_retry_ms,
+            })?),
+            None => None,
+        };
+        let snapshot_time = state.last_applied().map(|at| (at, state.now_ms()));
+        files.push(ShardFiles { snapshots, wal, snapshot_time, archive });
+        states.push(state);
+    }
+    Ok((states, files))
+}
+
+/// The peer transport, told where every other configured member listens.
+fn start_transport(config: &ClusterConfig) -> Transport {
+    let id = config.node_id;
+    let transport = Transport::new(
+        id,
+        TransportConfig {
+            frame_size_max: config.frame_size_max,
+            connect_timeout_ms: config.connect_timeout_ms,
+            secret: config.secret.clone(),
+            idle_timeout_ms: config.peer_idle_timeout_ms,
+            requests_in_flight_max: config.peer_requests_in_flight_max,
+            connections_incoming_max: config.peer_connections_incoming_max,
+            dial: config.dial.iter().map(|m| (m.id, m.addr.clone())).collect(),
+            ..TransportConfig::default()
+        },
+    );
+    for member in &config.members {
+        if member.id != id {
+            transport.set_peer(member.id, member.addr.clone());
+        }
+    }
+    transport
+}
+
+/// openraft's settings for every group, from the node's.
+fn raft_config(config: &ClusterConfig) -> Result<Arc<openraft::Config>, StartError> {
+    let raft_config = openraft::Config {
+        cluster_name: "tally".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        max_payload_entries: config.append_entries_max,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
+        snapshot_max_chunk_size: config.snapshot_chunk_size as u64,
+        install_snapshot_timeout: config.rpc_timeout_ms.max(config.heartbeat_ms),
+        // A node whose data directory was wiped comes back with an empty
+        // log. Without this, the leader's replication to it panics on
+        // the "reverted" log; with it, the leader starts that follower
+        // over (log or snapshot). The wiped node also forgot its vote:
+        // ARCHITECTURE.md says what that risks and how to avoid it.
+        allow_log_reversion: Some(true),
+        ..openraft::Config::default()
+    };
+    Ok(Arc::new(raft_config.validate().map_err(|e| StartError::Raft { shard: 0, reason: e.to_string() })?))
+}
+
+/// What every group's start shares.
+struct GroupContext<'a> {
+    id: NodeId,
+    config: &'a ClusterConfig,
+    pool: &'a ShardPool,
+    transport: &'a Transport,
+    router: &'a Router,
+    events: &'a broadcast::Sender<NodeEvent>,
+    clock: &'a Clock,
+    raft_config: &'a Arc<openraft::Config>,
+    snapshot_thread: Option<&'a SnapshotThread>,
+    ledger_sender: Option<&'a LedgerSender>,
+    health: &'a Arc<Health>,
+}
+
+/// Starts one shard's group: its state machine and log store on the
+/// shard's files, its log time recovered, its Raft core, proposer and
+/// leadership watch on the shard's thread, and its forwarder. Answers the
+/// group and the tasks it runs.
+async fn start_group(
+    context: &GroupContext<'_>,
+    shard: u32,
+    files: ShardFiles,
+) -> Result<(Group, Vec<JoinHandle<()>>), StartError> {
+    let ShardFiles { snapshots, wal, snapshot_time, archive } = files;
+    let config = context.config;
+    let actor = context
+        .pool
+        .shard(shard)
+        .cloned()
+        .ok_or_else(|| StartError::Raft { shard, reason: "no actor for the shard".into() })?;
+    let is_leader = Arc::new(AtomicBool::new(false));
+    let shard_clock = Arc::clone(
+        context
+            .clock
+            .shard(shard)
+            .ok_or_else(|| StartError::Raft { shard, reason: "no clock for the shard".into() })?,
+    );
+    let (deadline_tx, deadline_rx) = watch::channel(None);
+    let publisher = Publisher {
+        is_leader: Arc::clone(&is_leader),
+        events: context.events.clone(),
+        ledger: context.ledger_sender.cloned(),
+    };
+    let mut state_machine =
+        StateMachine::new(shard, actor.clone(), snapshots.clone(), publisher, Arc::new(deadline_tx));
+    if let Some(snapshot_thread) = context.snapshot_thread {
+        let shadow =
+            Shadow::new(wal.reader(), snapshots, shard, config.shards, initial_limits(), config.append_entries_max);
+        state_machine = state_machine.with_shadow(shadow, snapshot_thread.clone());
+    }
+    let thread = Arc::new(ShardThread::default());
+    let shard_health = context.health.shard(shard);
+    let state_machine = state_machine.with_thread(Arc::clone(&thread)).with_health(shard_health.clone());
+    let state_machine = state_machine.with_clock(Arc::clone(&shard_clock));
+    let snapshot_counters = state_machine.counters();
+    let log = LogStore::new(wal)
+        .with_clock(Arc::clone(&shard_clock), Arc::clone(&is_leader))
+        .with_thread(Arc::clone(&thread))
+        .with_health(shard_health.clone());
+    recover_clock(&log, &shard_clock, snapshot_time)?;
+    let core = GroupCore {
+        network: GroupNetwork { router: context.router.clone(), group: shard },
+        log: log.clone(),
+        state_machine,
+        settings: ProposerSettings {
+            batch_size_max: config.batch_size_max,
+            entries_in_flight_max: config.entries_in_flight_max,
+            queue_max: config.queue_per_shard_max,
+        },
+        deadline_rx,
+        clock: shard_clock,
+        is_leader: Arc::clone(&is_leader),
+        thread: Arc::clone(&thread),
+        health: shard_health.clone(),
+    };
+    let (raft, proposer, group_tasks) = start_core(context, shard, core).await?;
+    let mut tasks = Vec::from(group_tasks);
+    let (forwarder, forwarder_task) = Forwarder::start(
+        context.transport.clone(),
+        ForwarderSettings {
+            shard,
+            batch_size_max: config.batch_size_max,
+            in_flight_max: config.entries_in_flight_max,
+            queue_max: config.queue_per_shard_max,
+            timeout: Duration::from_millis(config.rpc_timeout_ms),
+        },
+    );
+    tasks.push(forwarder_task);
+    let group = Group {
+        shard,
+        raft,
+        proposer,
+        forwarder,
+        actor,
+        is_leader,
+        log,
+        thread,
+        snapshot_counters,
+        health: shard_health,
+        archive,
+    };
+    Ok((group, tasks))
+}
+
+/// Log time resumes from this node's own log (its last batch) or
+/// snapshot, never from its wall clock (see `clock`).
+fn recover_clock(
+    log: &LogStore,
+    shard_clock: &ShardClock,
+    snapshot_time: Option<(engine::LogId, u64)>,
+) -> Result<(), StartError> {
+    let last_stamped = log.last_stamped(RECOVER_LOOK_BACK_MAX)?;
+    match (last_stamped, snapshot_time) {
+        (Some((at, ts_ms)), Some((snapshot_at, snapshot_ms))) => {
+            shard_clock.recover(at.max(snapshot_at), ts_ms.max(snapshot_ms))
+        }
+        (Some((at, ts_ms)), None) | (None, Some((at, ts_ms))) => shard_clock.recover(at, ts_ms),
+        // A new shard: log time starts on the wall clock.
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// What a group's Raft core, proposer and leadership watch start from.
+struct GroupCore {
+    network: GroupNetwork,
+    log: LogStore,
+    state_machine: StateMachine,
+    settings: ProposerSettings,
+    deadline_rx: watch::Receiver<Option<u64>>,
+    clock: Arc<ShardClock>,
+    is_leader: Arc<AtomicBool>,
+    thread: Arc<ShardThread>,
+    health: ShardHealth,
+}
+
+/// The group's Raft core, its proposer and its leadership watch start on
+/// the actor's arbiter, so every task they spawn runs on the shard's
+/// thread (DESIGN §10, `shard_thread`).
+async fn start_core(
+    context: &GroupContext<'_>,
+    shard: u32,
+    core: GroupCore,
+) -> Result<(Raft, Proposer, [JoinHandle<()>; 2]), StartError> {
+    let id = context.id;
+    let arbiter = context
+        .pool
+        .arbiter(shard)
+        .cloned()
+        .ok_or_else(|| StartError::Raft { shard, reason: "no thread for the shard".into() })?;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let on_shard_thread = {
+        let raft_config = Arc::clone(context.raft_config);
+        let GroupCore { network, log, state_machine, settings, deadline_rx, clock, is_leader, thread, health } = core;
+        async move {
+            thread.claim();
+            let started = match Raft::new(id, raft_config, network, log, state_machine).await {
+                Ok(raft) => {
+                    let (proposer, proposer_task) = Proposer::start(
+                        raft.clone(),
+                        settings,
+                        Arc::clone(&is_leader),
+                        deadline_rx,
+                        clock,
+                        thread,
+                        health.clone(),
+                    );
+                    let watch_task = tokio::spawn(watch_leadership(raft.clone(), id, is_leader, health));
+                    Ok((raft, proposer, [proposer_task, watch_task]))
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            let _ = started_tx.send(started);
+        }
+    };
+    if !arbiter.spawn(on_shard_thread) {
+        return Err(StartError::Raft { shard, reason: "the shard's thread has stopped".into() });
+    }
+    started_rx
+        .await
+        .map_err(|_| StartError::Raft { shard, reason: "the shard's thread stopped while starting".into() })?
+        .map_err(|reason| StartError::Raft { shard, reason })
+}
