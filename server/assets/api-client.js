@@ -99,6 +99,8 @@ export const ERROR_CODES = Object.freeze({
   invalid_event_id: "The Last-Event-ID is not an event id.",
   customer_id_required: "The SKU has a limit per customer: the reservation must name its customer_id.",
   window_without_limit: "A limit window needs a limit per customer.",
+  invalid_warehouse_priority:
+    "The warehouse priority names a warehouse twice, one that does not stock the SKU, or too many.",
   invalid_header: "The CSV header names an unknown or repeated column, or lacks sku or warehouse.",
   invalid_import_id: "The Import-Id is malformed.",
   invalid_format: "The format is not ndjson or csv.",
@@ -252,6 +254,16 @@ export class TallyClient {
    */
   async putSku(sku, { limit_per_customer, limit_window_seconds }) {
     const body = { limit_per_customer: limit_per_customer ?? null, limit_window_seconds: limit_window_seconds ?? null };
+    return (await this.request("PUT", `/v1/items/${enc(sku)}`, { body })).body;
+  }
+
+  /**
+   * Sets a SKU's warehouse priority for `priority` allocation (admin): the
+   * warehouses most preferred first; null or [] removes it. The limit per
+   * customer is left as it is.
+   */
+  async putSkuPriority(sku, warehouses) {
+    const body = { warehouse_priority: warehouses ?? null };
     return (await this.request("PUT", `/v1/items/${enc(sku)}`, { body })).body;
   }
 

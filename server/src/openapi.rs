@@ -335,6 +335,9 @@ pub struct SkuItems {
     /// How long a sale counts against the limit; `null`: while the limit is set.
     #[schema(required = true)]
     pub limit_window_seconds: Option<u64>,
+    /// The SKU's warehouse order for `priority` allocation, most preferred
+    /// first; empty: none.
+    pub warehouse_priority: Vec<String>,
     pub warehouses: Vec<Item>,
     pub consistency: Consistency,
     /// With `?customer_id=`: what that customer has of the SKU.
@@ -484,6 +487,35 @@ pub struct Reservation {
     /// Only for a reservation whose lines span shards.
     #[schema(nullable = false)]
     pub parts: Option<Vec<ReservationPart>>,
+    /// Only in the answer of a create (not of reads, confirms, releases or
+    /// extensions): each request line, in request order, with where its
+    /// units came from. For a replay (or a reservation confirmed at once),
+    /// recomputed from the stored lines: the same units per warehouse, and
+    /// the same per line unless the request has several lines without a
+    /// warehouse of one SKU.
+    #[schema(nullable = false)]
+    pub request_lines: Option<Vec<ReservationRequestLine>>,
+}
+
+/// A request line as a create answers it.
+#[derive(ToSchema)]
+pub struct ReservationRequestLine {
+    /// Its index in the request.
+    pub line: u64,
+    pub sku: String,
+    /// As the request named it; `null`: allocated.
+    #[schema(required = true)]
+    pub warehouse: Option<String>,
+    pub quantity: u64,
+    /// Where its units are held, one entry per warehouse, in the order taken.
+    pub allocations: Vec<LineAllocation>,
+}
+
+/// Units of a request line held in one warehouse.
+#[derive(ToSchema)]
+pub struct LineAllocation {
+    pub warehouse: String,
+    pub quantity: u64,
 }
 
 /// One request of a batch that was held.

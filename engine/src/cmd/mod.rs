@@ -7,16 +7,20 @@
 //! shard's clock has moved to the entry's time and due holds have expired.
 
 mod adjust;
+mod allocation;
 mod confirm;
 mod extend;
 mod hold;
 mod release;
 mod set_customer_limit;
 mod set_limits;
+mod set_warehouse_priority;
 mod transfer;
 mod upsert;
 
 pub use adjust::{Adjust, AdjustReason};
+pub(crate) use allocation::check_priority_list;
+pub use allocation::{AllocationOrder, AllocationRule, attribute};
 pub use confirm::{Confirm, ConfirmLine, ConfirmPart, units_sold};
 pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
@@ -24,6 +28,7 @@ pub use hold::{Allocation, Deadline, Hold, HoldLine};
 pub use release::Release;
 pub use set_customer_limit::SetCustomerLimit;
 pub use set_limits::SetLimits;
+pub use set_warehouse_priority::SetWarehousePriority;
 pub use transfer::Transfer;
 pub use upsert::{AttrUpdate, Expect, UpsertItem};
 
@@ -52,6 +57,9 @@ pub enum Command {
     /// Moves log time only; the leader proposes it when a deadline is due and
     /// nothing else flows, so holds expire on time without traffic.
     Tick,
+    /// A SKU's warehouse priority for `Priority` allocation
+    /// (`set_warehouse_priority.rs`).
+    SetWarehousePriority(SetWarehousePriority),
 }
 
 impl Command {
@@ -63,6 +71,7 @@ impl Command {
             Command::Transfer(c) => Some(c.sku.as_str()),
             Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
             Command::SetCustomerLimit(c) => Some(c.sku.as_str()),
+            Command::SetWarehousePriority(c) => Some(c.sku.as_str()),
             Command::Confirm(_)
             | Command::ConfirmPart(_)
             | Command::Release(_)
@@ -84,7 +93,9 @@ impl Command {
             Command::ConfirmPart(c) => (c.principal.as_ref(), None, None),
             Command::Release(c) => (c.principal.as_ref(), None, None),
             Command::Extend(c) => (c.principal.as_ref(), None, None),
-            Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::Tick => (None, None, None),
+            Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::SetWarehousePriority(_) | Command::Tick => {
+                (None, None, None)
+            }
         }
     }
 
@@ -100,6 +111,7 @@ impl Command {
             Command::SetLimits(c) => c.validate(),
             Command::SetCustomerLimit(c) => c.validate(),
             Command::ConfirmPart(c) => c.validate(),
+            Command::SetWarehousePriority(c) => c.validate(),
             Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
                 principal.as_ref().map_or(Ok(()), Principal::check)
             }
@@ -191,5 +203,6 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::SetLimits(c) => Ok(set_limits::apply(state, c)),
         Command::SetCustomerLimit(c) => Ok(set_customer_limit::apply(state, c)),
         Command::Tick => Ok(Outcome::Ticked),
+        Command::SetWarehousePriority(c) => Ok(set_warehouse_priority::apply(state, c)),
     }
 }

@@ -403,6 +403,7 @@ fn limit_json(limit: Option<&engine::customer::CustomerLimit>) -> (Value, Value)
     tag = "items",
     summary = "Read every warehouse of a SKU, with totals and its limit per customer",
     description = "`limit_per_customer` and `limit_window_seconds` are the SKU's limit (null: none). \
+        `warehouse_priority` is the SKU's warehouse order for `priority` allocation (empty: none). \
         With `customer_id`, `customer` shows what that customer has of the SKU: `held` (live holds), `sold` \
         (confirmed within the window) and `remaining` (null when the SKU has no limit).",
     extensions(("x-tally-role" = json!("read"))),
@@ -427,10 +428,10 @@ pub async fn get_sku(
     let shard = shard_of(sku.as_str(), state.node.shard_count());
     let name = sku.as_str().to_owned();
     let who = customer.clone();
-    let (view, limit, usage) = read_shard(&state, shard, query.consistency, move |s| {
+    let (view, limit, usage, priority) = read_shard(&state, shard, query.consistency, move |s| {
         let view = s.sku_items(name.as_str())?;
         let usage = who.map(|who| s.customer_usage(name.as_str(), who.as_str()));
-        Ok((view, s.customer_limit(name.as_str()), usage))
+        Ok((view, s.customer_limit(name.as_str()), usage, s.warehouse_priority(name.as_str()).to_vec()))
     })
     .await?;
     if view.items.is_empty() {
@@ -444,6 +445,7 @@ pub async fn get_sku(
         "available": view.available,
         "limit_per_customer": units,
         "limit_window_seconds": window,
+        "warehouse_priority": priority,
         "warehouses": view.items.iter().map(item_json).collect::<Vec<_>>(),
         "consistency": query.consistency.as_str(),
     });
@@ -470,6 +472,21 @@ pub struct PutSku {
     /// years). Absent or `null`: sales count for as long as the limit is set.
     #[schema(minimum = 1)]
     pub limit_window_seconds: Option<u64>,
+    /// The order `priority` allocation tries the SKU's warehouses in, most
+    /// preferred first (warehouses not listed come after, most available
+    /// first). Each must stock the SKU; at most `api.warehouse_priority_max`
+    /// (32), none twice. `null` or `[]` removes it. Absent: unchanged — and
+    /// a body with only this field leaves the limit per customer unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<crate::openapi::Warehouse>>)]
+    pub warehouse_priority: Option<Option<Vec<String>>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// `PUT /v1/items/{sku}`: a SKU's settings (admin).
@@ -477,8 +494,12 @@ pub struct PutSku {
     put,
     path = "/v1/items/{sku}",
     tag = "items",
-    summary = "Set a SKU's limit per customer",
-    description = "A hold of a limited SKU must name its `customer_id`, and is refused with 409 \
+    summary = "Set a SKU's limit per customer and warehouse priority",
+    description = "`warehouse_priority` sets the SKU's warehouse order for `priority` allocation (each \
+        warehouse must stock the SKU; 400 `invalid_warehouse_priority` otherwise, or when one is listed twice \
+        or the list is too long). A body with `warehouse_priority` and no limit field changes only the list; \
+        any other body sets the limit as it says (absent fields: none), as before. \
+        A hold of a limited SKU must name its `customer_id`, and is refused with 409 \
         `customer_limit` if the customer's live holds plus confirmed sales of the SKU (within the window), \
         plus the hold, would pass the limit. Checked and held in one atomic step on the SKU's shard, \
         however many requests of one customer race. The limit counts holds and sales made while it is \
@@ -487,11 +508,12 @@ pub struct PutSku {
     params(("sku" = crate::openapi::Sku, Path, description = "The SKU.")),
     request_body = PutSku,
     responses(
-        (status = 200, description = "The SKU's limit now: `sku`, `limit_per_customer`, `limit_window_seconds`, \
-            and `customers`, the customers it tracks.", body = Value),
+        (status = 200, description = "What was set: `sku`; the limit (`limit_per_customer`, \
+            `limit_window_seconds`, and `customers`, the customers it tracks) when the body set it; \
+            `warehouse_priority` when the body named it.", body = Value),
         (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `field_empty`, \
-            `field_too_long`, `field_bad_character` (sku), `quantity_zero`, `quantity_too_large` \
-            (limit_per_customer, limit_window_ms), `window_without_limit`."),
+            `field_too_long`, `field_bad_character` (sku, warehouse_priority), `quantity_zero`, `quantity_too_large` \
+            (limit_per_customer, limit_window_ms), `window_without_limit`, `invalid_warehouse_priority`."),
         (status = 404, description = "`item_not_found`: no warehouse stocks this SKU."),
         (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
     ),
@@ -517,21 +539,38 @@ pub async fn put_sku(
             ));
         }
     };
-    let command = engine::cmd::SetCustomerLimit { sku, limit };
-    command.validate()?;
-    match state.submit(Command::SetCustomerLimit(command)).await? {
-        Outcome::CustomerLimitSet { sku, limit, customers } => {
-            let (units, window) = limit_json(limit.as_ref());
-            Ok(axum::Json(json!({
-                "sku": sku,
-                "limit_per_customer": units,
-                "limit_window_seconds": window,
-                "customers": customers,
-            }))
-            .into_response())
+    let mut answer = serde_json::Map::new();
+    answer.insert("sku".into(), json!(sku.as_str()));
+    // The list first: it is the one that can be refused for its content,
+    // and then nothing of the body is applied.
+    if let Some(list) = &body.warehouse_priority {
+        let warehouses = super::allocation::priority_list(list.as_deref().unwrap_or_default(), &state.config.api)?;
+        let command = engine::cmd::SetWarehousePriority { sku: sku.clone(), warehouses: Some(warehouses) };
+        command.validate()?;
+        match state.submit(Command::SetWarehousePriority(command)).await? {
+            Outcome::WarehousePrioritySet { warehouses, .. } => {
+                answer.insert("warehouse_priority".into(), json!(warehouses));
+            }
+            Outcome::Refused(refusal) => return Err(Problem::refusal(&refusal)),
+            other => return Err(state.unexpected(&other)),
         }
-        other => Err(state.unexpected(&other)),
     }
+    let sets_limit =
+        body.warehouse_priority.is_none() || body.limit_per_customer.is_some() || body.limit_window_seconds.is_some();
+    if sets_limit {
+        let command = engine::cmd::SetCustomerLimit { sku, limit };
+        command.validate()?;
+        match state.submit(Command::SetCustomerLimit(command)).await? {
+            Outcome::CustomerLimitSet { limit, customers, .. } => {
+                let (units, window) = limit_json(limit.as_ref());
+                answer.insert("limit_per_customer".into(), units);
+                answer.insert("limit_window_seconds".into(), window);
+                answer.insert("customers".into(), json!(customers));
+            }
+            other => return Err(state.unexpected(&other)),
+        }
+    }
+    Ok(axum::Json(Value::Object(answer)).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

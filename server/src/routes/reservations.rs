@@ -85,6 +85,23 @@ pub struct ReservationBody {
     /// `limit_per_customer` (`PUT /v1/items/{sku}`); their units count
     /// against this customer's limit. Not scoped to the API key.
     pub customer_id: Option<String>,
+    /// How lines without a warehouse are allocated: `most_available` (most
+    /// available warehouse first) or `priority` (`warehouse_priority`'s
+    /// order, else the SKU's, then the rest most available first). Absent:
+    /// `priority` if `warehouse_priority` is given, else the server's
+    /// `api.allocation` (`most_available` by default).
+    pub allocation: Option<super::allocation::AllocationName>,
+    /// The warehouse order for `priority`, most preferred first; overrides
+    /// each SKU's own list. Names that do not stock a line's SKU are skipped
+    /// for it. At most `api.warehouse_priority_max` (32) names, none twice.
+    #[schema(value_type = Option<Vec<crate::openapi::Warehouse>>)]
+    pub warehouse_priority: Option<Vec<String>>,
+    /// Whether a line without a warehouse may be filled from several
+    /// warehouses. Default `true`. `false`: each line comes whole from one
+    /// warehouse (the first in allocation order that has enough), or is
+    /// short (409 `insufficient_stock`, `available` the most one warehouse
+    /// has for it).
+    pub split: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -237,6 +254,10 @@ pub struct ReservationOut {
     /// Only for a reservation whose parts live on several shards.
     #[serde(skip_serializing_if = "Option::is_none")]
     parts: Option<Vec<PartOut>>,
+    /// Only in the answer of a create: each request line, in request order,
+    /// with where its units came from (`routes::allocation`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_lines: Option<Vec<super::allocation::RequestLineOut>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -288,6 +309,7 @@ impl ReservationOut {
             ended_at_ms: summary.ended_at_ms,
             order_id,
             parts: None,
+            request_lines: None,
         }
     }
 
@@ -305,6 +327,24 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
         // Strings, integers and values only: serializing cannot fail.
         Err(error) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response(),
     }
+}
+
+/// A part's lines as its `Hold` command has them.
+fn hold_lines(lines: &[Line]) -> Vec<HoldLine> {
+    lines
+        .iter()
+        .map(|line| HoldLine { sku: line.sku.clone(), warehouse: line.warehouse.clone(), quantity: line.quantity })
+        .collect()
+}
+
+/// A part's request lines with where their units came from.
+fn part_request_lines(
+    lines: &[Line],
+    held: &[engine::outcome::LineView],
+    allocations: &[engine::outcome::Allocated],
+) -> Vec<super::allocation::RequestLineOut> {
+    let request_line = |index: usize| lines.get(index).map_or(index, |line| line.request_line);
+    super::allocation::request_lines(request_line, &hold_lines(lines), held, allocations)
 }
 
 /// The engine's short lines (indexes into a part's lines) as the request's.
@@ -415,17 +455,27 @@ impl AppState {
     ) -> ApiResult<Created> {
         let checked = self.check_request(body, principal, key)?;
         let Prepared { id, key, mut parts } = self.prepare(body, checked)?;
+        let split = body.split.unwrap_or(true);
         if parts.len() == 1
             && let Some(part) = parts.pop()
         {
             let outcome = self.node.submit_to(part.shard, part.command).await?;
-            return self.held(outcome, &part.lines, key, id);
+            return self.held(outcome, &part.lines, key, id, split);
         }
         let (saga_parts, part_lines): (Vec<SagaPart>, Vec<Vec<Line>>) =
             parts.into_iter().map(|part| (SagaPart { shard: part.shard, hold: part.command }, part.lines)).unzip();
         match self.node.reserve_across_shards(id, saga_parts, body.commit).await? {
             SagaOutcome::Held { holds, confirms } => {
                 let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
+                // Each part's hold says what its lines took (a confirm's
+                // outcome does not), so the request lines come from holds.
+                let mut request_lines = Vec::with_capacity(body.lines.len());
+                for (lines, hold) in part_lines.iter().zip(&holds) {
+                    if let Outcome::Held { lines: held, allocations, .. } = hold {
+                        request_lines.extend(part_request_lines(lines, held, allocations));
+                    }
+                }
+                request_lines.sort_by_key(|line| line.line);
                 let parts = match confirms {
                     // Confirmed at once: the confirms answer the parts as they ended.
                     Some(confirms) => self.ended(confirms)?,
@@ -441,7 +491,8 @@ impl AppState {
                         })
                         .collect(),
                 };
-                let body = reservation_out(id, parts).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+                let mut body = reservation_out(id, parts).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+                body.request_lines = Some(request_lines);
                 Ok(Created { body, replayed })
             }
             SagaOutcome::Undone { holds } => {
@@ -515,7 +566,8 @@ impl AppState {
         // keep their own (cluster `clock`), and a deadline taken off another
         // clock could be ahead of the part's shard and end it early.
         let deadline = Deadline::AfterMs(checked.ttl_ms);
-        let allocation = self.config.api.allocation.engine();
+        let allocation =
+            super::allocation::rule(body.allocation, body.warehouse_priority.as_deref(), body.split, &self.config.api)?;
         let customer = body.customer_id.clone().map(CustomerId::new).transpose()?;
         let parts = by_shard
             .into_iter()
@@ -535,7 +587,7 @@ impl AppState {
                     idempotency_key: checked.engine_key.clone(),
                     // Parts of a saga are confirmed once every part holds.
                     confirm: body.commit && !spans,
-                    allocation,
+                    allocation: allocation.clone(),
                     customer: customer.clone(),
                 });
                 PartHold { shard, command, lines }
@@ -548,37 +600,48 @@ impl AppState {
     /// as held (allocation and splitting included), for a first write and a
     /// replay alike; `key`, the request's, is the reservation's (a replay by
     /// key found it, a replay by id requires it).
+    ///
+    /// `split` is the request's: a hold confirmed at once answers the
+    /// confirm's outcome, without the hold's allocations, so they are
+    /// attributed from its lines as a replay's are (`engine::cmd::attribute`).
     fn held(
         &self,
         outcome: Outcome,
         lines: &[Line],
         key: Option<IdempotencyKey>,
         id: ReservationId,
+        split: bool,
     ) -> ApiResult<Created> {
-        match outcome {
-            Outcome::Held { reservation, replayed, lines: held }
-            | Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
-                // A key the shard knows replays its reservation whatever this
-                // request asks. One made by a request of another shape (its
-                // first line on another shard, or across shards) has another
-                // id: the key made a different reservation.
-                if reservation.id != id {
-                    return Err(Problem::refusal(&Refusal::ReservationIdInUse));
-                }
-                let view = ReservationView {
-                    summary: reservation,
-                    lines: held,
-                    idempotency_key: key.map(IdempotencyKey::into_string),
-                };
-                let body = reservation_out(id, [view]).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
-                Ok(Created { body, replayed })
+        let (reservation, replayed, held, allocations) = match outcome {
+            Outcome::Held { reservation, replayed, lines: held, allocations } => {
+                (reservation, replayed, held, allocations)
+            }
+            Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
+                let allocations = engine::cmd::attribute(&hold_lines(lines), &held, split);
+                (reservation, replayed, held, allocations)
             }
             Outcome::Refused(Refusal::InsufficientStock { lines: shorts }) => {
-                Err(short_lines_problem(&short_lines(lines, &shorts)))
+                return Err(short_lines_problem(&short_lines(lines, &shorts)));
             }
-            Outcome::Refused(refusal) => Err(Problem::refusal(&refusal)),
-            other => Err(self.unexpected(&other)),
+            Outcome::Refused(refusal) => return Err(Problem::refusal(&refusal)),
+            other => return Err(self.unexpected(&other)),
+        };
+        // A key the shard knows replays its reservation whatever this
+        // request asks. One made by a request of another shape (its first
+        // line on another shard, or across shards) has another id: the key
+        // made a different reservation.
+        if reservation.id != id {
+            return Err(Problem::refusal(&Refusal::ReservationIdInUse));
         }
+        let request_lines = part_request_lines(lines, &held, &allocations);
+        let view = ReservationView {
+            summary: reservation,
+            lines: held,
+            idempotency_key: key.map(IdempotencyKey::into_string),
+        };
+        let mut body = reservation_out(id, [view]).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+        body.request_lines = Some(request_lines);
+        Ok(Created { body, replayed })
     }
 
     /// Confirms, releases or extends every part of a reservation, and
@@ -796,12 +859,35 @@ struct BatchRequestFields {
     commit: bool,
     idempotency_key: Option<String>,
     customer_id: Option<String>,
+    allocation: Option<super::allocation::AllocationName>,
+    warehouse_priority: Option<Vec<String>>,
+    split: Option<bool>,
 }
 
 impl From<BatchRequestFields> for BatchRequest {
     fn from(fields: BatchRequestFields) -> Self {
-        let BatchRequestFields { lines, ttl_seconds, order_id, commit, idempotency_key, customer_id } = fields;
-        Self { reservation: ReservationBody { lines, ttl_seconds, order_id, commit, customer_id }, idempotency_key }
+        let BatchRequestFields {
+            lines,
+            ttl_seconds,
+            order_id,
+            commit,
+            idempotency_key,
+            customer_id,
+            allocation,
+            warehouse_priority,
+            split,
+        } = fields;
+        let reservation = ReservationBody {
+            lines,
+            ttl_seconds,
+            order_id,
+            commit,
+            customer_id,
+            allocation,
+            warehouse_priority,
+            split,
+        };
+        Self { reservation, idempotency_key }
     }
 }
 
@@ -958,7 +1044,8 @@ impl AppState {
         holds
             .into_iter()
             .zip(outcomes)
-            .map(|((index, id, key, lines), outcome)| (index, self.held(outcome, &lines, key, id)))
+            // Listed requests name every warehouse: nothing to split.
+            .map(|((index, id, key, lines), outcome)| (index, self.held(outcome, &lines, key, id, true)))
             .collect()
     }
 }
