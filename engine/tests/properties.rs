@@ -209,11 +209,15 @@ impl Model {
                 None => takes[line].iter().for_each(|(item, take)| add(item.clone(), *take)),
             }
         }
-        let takes = takes
+        // Each line's takes in the order of the stored lines, as outcomes
+        // list them.
+        let position = |item: &Key| stored.iter().position(|(k, _)| k == item);
+        let mut takes: Takes = takes
             .into_iter()
             .enumerate()
             .flat_map(|(line, took)| took.into_iter().map(move |(item, units)| (line, item, units)))
             .collect();
+        takes.sort_by_key(|(line, item, _)| (*line, position(item)));
         Ok((stored, takes))
     }
 

@@ -507,7 +507,8 @@ pub struct ReservationRequestLine {
     #[schema(required = true)]
     pub warehouse: Option<String>,
     pub quantity: u64,
-    /// Where its units are held, one entry per warehouse, in the order taken.
+    /// Where its units are held, one entry per warehouse, in the order of
+    /// the reservation's `lines`.
     pub allocations: Vec<LineAllocation>,
 }
 

@@ -416,10 +416,12 @@ fn apply_with(
 }
 
 /// What each line without a warehouse took, as the outcome lists it: the
-/// takes, in request order, naming the reservation's line of their item.
-/// Empty (no heap) for a hold whose every line names its warehouse.
+/// takes, naming the reservation's line of their item, by request line and
+/// then in the order of the reservation's lines (the order a replay's
+/// recomputed ones have). Empty (no heap) for a hold whose every line
+/// names its warehouse.
 fn allocations(scratch: &HoldScratch) -> Vec<Allocated> {
-    scratch
+    let mut allocations: Vec<Allocated> = scratch
         .takes
         .iter()
         .map(|take| {
@@ -428,7 +430,11 @@ fn allocations(scratch: &HoldScratch) -> Vec<Allocated> {
             let held = held.map_or(u32::MAX, |held| u32::try_from(held).unwrap_or(u32::MAX));
             Allocated { line: take.line, held, quantity: take.quantity }
         })
-        .collect()
+        .collect();
+    // A line takes from an item once, so the key is unique and the
+    // unstable sort deterministic.
+    allocations.sort_unstable_by_key(|allocated| (allocated.line, allocated.held));
+    allocations
 }
 
 /// The per-customer limits of the hold's SKUs (`customer.rs`): what the

@@ -98,8 +98,8 @@ pub struct RequestLineOut {
     /// As the request named it (null: allocated).
     pub warehouse: Option<String>,
     pub quantity: u64,
-    /// Where its units are held: one entry per warehouse, in the order
-    /// taken.
+    /// Where its units are held: one entry per warehouse, in the order of
+    /// the reservation's `lines`.
     pub allocations: Vec<AllocationOut>,
 }
 
