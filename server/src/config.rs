@@ -734,6 +734,17 @@ mod tests {
     }
 
     #[test]
+    fn allocation_settings_are_read_and_the_priority_bound_is_checked() {
+        let config = load("[api]\nallocation = \"priority\"\nwarehouse_priority_max = 4\n", &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((config.api.allocation, config.api.warehouse_priority_max), (AllocationStrategy::Priority, 4));
+        assert!(load("[api]\nwarehouse_priority_max = 0\n", &[]).is_err());
+        let over = "[api]\nwarehouse_priority_max = 9\n[engine]\nwarehouses_per_shard_max = 8\n";
+        assert!(load(over, &[]).is_err(), "at most the engine's warehouses per shard");
+        assert!(load("[api]\nallocation = \"nearest\"\n", &[]).is_err());
+    }
+
+    #[test]
     fn an_open_server_refuses_to_listen_beyond_loopback() {
         let error = load("[server]\nlisten = \"0.0.0.0:8080\"\n", &[]).err();
         assert!(error.is_some_and(|e| e.to_string().contains("auth.keys")));

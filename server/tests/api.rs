@@ -1064,6 +1064,18 @@ async fn allocation_follows_priority_and_split_as_the_readme_shows(http: &Http) 
     assert_eq!(allocations_of(&held, 0), pairs(&[("rome", 2), ("paris", 1)]));
     let (_, _, view) = http.get("/v1/items/BOOT-7").await;
     assert_eq!(view["warehouse_priority"], json!(["berlin", "rome"]), "{view}");
+    // A batch's requests take the same options, each on its own.
+    put_item(http, "rs-batch-alloc", "w1", 2, 0).await;
+    put_item(http, "rs-batch-alloc", "w2", 2, 0).await;
+    let request = |split: bool| {
+        json!({ "split": split, "warehouse_priority": ["w2"],
+        "lines": [{ "sku": "rs-batch-alloc", "quantity": 3 }] })
+    };
+    let (status, _, body) =
+        http.post("/v1/reservations/batch", json!({ "requests": [request(false), request(true)] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["problem"]["code"], "insufficient_stock", "{body}");
+    assert_eq!(allocations_of(&body["results"][1]["reservation"], 0), pairs(&[("w2", 2), ("w1", 1)]), "{body}");
 }
 
 async fn warehouse_priority_lists_are_checked_and_set_alone(http: &Http) {
