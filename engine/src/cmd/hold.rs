@@ -223,6 +223,9 @@ impl Hold {
             }
             line.quantity.check(Field::Quantity)?;
         }
+        for warehouse in self.allocation.warehouse_priority() {
+            warehouse.check()?;
+        }
         self.deadline.validate()?;
         if let Some(key) = &self.idempotency_key {
             key.check()?;
@@ -372,6 +375,7 @@ fn apply_with(
     // this hold unapplied.
     let views = state.line_views(lines.as_slice())?;
     let allocations = allocations(scratch);
+    debug_assert_allocations(state, command, lines.as_slice(), &allocations);
     for line in lines.as_slice() {
         let before = state.before(line.item);
         debug_assert!(line.quantity <= state.item(line.item).available(), "allocated over available");
@@ -435,6 +439,30 @@ fn allocations(scratch: &HoldScratch) -> Vec<Allocated> {
     // unstable sort deterministic.
     allocations.sort_unstable_by_key(|allocated| (allocated.line, allocated.held));
     allocations
+}
+
+/// Asserts (debug builds) what a granted hold's allocations promise: each
+/// line without a warehouse took exactly its quantity, from items of its
+/// SKU, from one item when it may not be split; lines with one took nothing.
+fn debug_assert_allocations(state: &ShardState, command: &Hold, held: &[HeldLine], allocations: &[Allocated]) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    for (index, line) in command.lines.iter().enumerate() {
+        let of_line: Vec<&Allocated> = allocations.iter().filter(|a| a.line as usize == index).collect();
+        if line.warehouse.is_some() {
+            debug_assert!(of_line.is_empty(), "a line with a warehouse was allocated");
+            continue;
+        }
+        let units: u64 = of_line.iter().map(|a| a.quantity).sum();
+        debug_assert_eq!(units, line.quantity.get(), "line {index} allocated other units than asked");
+        debug_assert!(command.allocation.split() || of_line.len() == 1, "line {index} was split");
+        for allocated in of_line {
+            let item = held.get(allocated.held as usize).map(|h| h.item);
+            let sku = item.and_then(|item| state.item_sku(item).ok());
+            debug_assert_eq!(sku, Some(line.sku.as_str()), "line {index} allocated from another SKU");
+        }
+    }
 }
 
 /// The per-customer limits of the hold's SKUs (`customer.rs`): what the

@@ -53,6 +53,10 @@ pub(super) fn apply(state: &mut ShardState, command: &SetWarehousePriority) -> O
         let names = list.iter().map(|name| name.as_str().to_owned()).collect();
         state.p.warehouse_priority.insert(sku.to_owned(), names);
     }
+    debug_assert!(
+        state.warehouse_priority(sku).iter().all(|name| state.find_item(sku, name).is_some()),
+        "a priority list names a warehouse without the SKU"
+    );
     Outcome::WarehousePrioritySet { sku: sku.to_owned(), warehouses: state.warehouse_priority(sku).to_vec() }
 }
 
