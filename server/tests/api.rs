@@ -1137,6 +1137,11 @@ async fn warehouse_priority_lists_are_checked_and_set_alone(http: &Http) {
     assert_eq!(cleared, json!({ "sku": "rs-prio", "warehouse_priority": [] }));
     let (_, _, view) = http.get("/v1/items/rs-prio").await;
     assert_eq!((u64_of(&view, "limit_per_customer"), &view["warehouse_priority"]), (4, &json!([])), "{view}");
+    // A body with a bad limit applies nothing of itself, the list neither.
+    let bad = http.put("/v1/items/rs-prio", json!({ "warehouse_priority": ["w1"], "limit_per_customer": 0 })).await;
+    assert_problem(&bad, StatusCode::BAD_REQUEST, "quantity_zero");
+    let (_, _, view) = http.get("/v1/items/rs-prio").await;
+    assert_eq!((u64_of(&view, "limit_per_customer"), &view["warehouse_priority"]), (4, &json!([])), "{view}");
 }
 
 async fn request_lines_say_where_each_line_came_from_across_shards(http: &Http) {

@@ -58,9 +58,11 @@
 //! the items it took from in allocation order. Write outcomes carry these
 //! lines, so a caller learns where its units are held without reading after
 //! the write, and a granted hold's outcome lists what each line without a
-//! warehouse took from which of those lines (`allocations`). A replay's
-//! `allocations` are recomputed from the stored lines (`allocation::attribute`). Allocating costs one hash probe per warehouse of the shard for
-//! each distinct SKU allocated, and scratch space bounded by
+//! warehouse took from which of those lines (`allocations`); a replay's are
+//! recomputed from the stored lines (`allocation::attribute`). Allocating
+//! costs one hash probe per warehouse of the shard for each distinct SKU
+//! allocated (with `Priority`, also a scan of the list, which the server
+//! bounds by `api.warehouse_priority_max`), and scratch space bounded by
 //! `lines_per_hold_max × warehouses_per_shard_max`; the buffers are the
 //! shard's and are reused.
 //!

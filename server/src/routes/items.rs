@@ -539,9 +539,16 @@ pub async fn put_sku(
             ));
         }
     };
+    let sets_limit =
+        body.warehouse_priority.is_none() || body.limit_per_customer.is_some() || body.limit_window_seconds.is_some();
+    // Both commands are checked before either is submitted.
+    let limit_command = sets_limit.then(|| engine::cmd::SetCustomerLimit { sku: sku.clone(), limit });
+    if let Some(command) = &limit_command {
+        command.validate()?;
+    }
     let mut answer = serde_json::Map::new();
     answer.insert("sku".into(), json!(sku.as_str()));
-    // The list first: it is the one that can be refused for its content,
+    // The list first: it is the one the shard can refuse for its content,
     // and then nothing of the body is applied.
     if let Some(list) = &body.warehouse_priority {
         let warehouses = super::allocation::priority_list(list.as_deref().unwrap_or_default(), &state.config.api)?;
@@ -555,11 +562,7 @@ pub async fn put_sku(
             other => return Err(state.unexpected(&other)),
         }
     }
-    let sets_limit =
-        body.warehouse_priority.is_none() || body.limit_per_customer.is_some() || body.limit_window_seconds.is_some();
-    if sets_limit {
-        let command = engine::cmd::SetCustomerLimit { sku, limit };
-        command.validate()?;
+    if let Some(command) = limit_command {
         match state.submit(Command::SetCustomerLimit(command)).await? {
             Outcome::CustomerLimitSet { limit, customers, .. } => {
                 let (units, window) = limit_json(limit.as_ref());
