@@ -109,8 +109,9 @@ pub struct ReservationBody {
 pub struct RequestLine {
     #[schema(value_type = crate::openapi::Sku)]
     pub sku: String,
-    /// Absent: allocated from the SKU's warehouses, most available first,
-    /// split across warehouses when none has enough alone.
+    /// Absent: allocated from the SKU's warehouses by the request's
+    /// `allocation` (most available first by default), split across
+    /// warehouses when none has enough alone unless `split` is false.
     #[schema(value_type = Option<crate::openapi::Warehouse>)]
     pub warehouse: Option<String>,
     #[schema(value_type = crate::openapi::Quantity)]
@@ -789,7 +790,9 @@ fn created_response(created: Created) -> Response {
     tag = "reservations",
     summary = "Hold stock: every line or none",
     description = "Holds every line until the deadline, or none and answers 409 with every short line. \
-        A line without a warehouse is allocated from the SKU's warehouses. With an `Idempotency-Key` or \
+        A line without a warehouse is allocated from the SKU's warehouses (`allocation`, \
+        `warehouse_priority`, `split`); the answer's `request_lines` say where each line's units are held. \
+        With an `Idempotency-Key` or \
         an `order_id`, a retry answers the first reservation and never holds twice.",
     extensions(("x-tally-role" = json!("reserve"))),
     params(
@@ -805,8 +808,10 @@ fn created_response(created: Created) -> Response {
                 description = "`true` when this answers an earlier request with the same key or order."))),
         (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_idempotency_key`, `ttl_out_of_range`, \
             `no_lines`, `too_many_lines`, `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, \
-            Idempotency-Key, order_id, customer_id), `quantity_zero`, `quantity_too_large`; \
-            `customer_id_required`: a line's SKU has a limit per customer (the problem's `sku`)."),
+            Idempotency-Key, order_id, customer_id, warehouse_priority), `quantity_zero`, `quantity_too_large`; \
+            `customer_id_required`: a line's SKU has a limit per customer (the problem's `sku`); \
+            `invalid_warehouse_priority`: the list names a warehouse twice or too many, or comes with \
+            `allocation` `most_available`."),
         (status = 409, description = "`insufficient_stock`: the problem's `lines` lists every short line; \
             `customer_limit`: the hold would take the customer past a SKU's limit per customer (the problem's \
             `skus` lists each such SKU with `limit_per_customer`, `used`, `requested` and `remaining`; \
