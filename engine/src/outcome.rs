@@ -52,6 +52,17 @@ pub struct LineView {
     pub quantity: u64,
 }
 
+/// Units of one request line (`line`, its index in the hold) taken from the
+/// item of the outcome's `lines[held]`. Only lines without a warehouse are
+/// listed; a line with one takes its own quantity from its own warehouse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Allocated {
+    pub line: u32,
+    pub held: u32,
+    pub quantity: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct ReservationView {
     pub summary: ReservationSummary,
@@ -169,6 +180,11 @@ pub enum Refusal {
         line: u32,
         held: u64,
     },
+    /// A warehouse priority list names a warehouse twice, is too long, or
+    /// (a SKU's list) names a warehouse that does not stock the SKU.
+    InvalidWarehousePriority {
+        reason: String,
+    },
     /// A delete names an item that live holds still reserve: how many
     /// holds, and the units they reserve.
     ItemHasHolds {
@@ -228,6 +244,7 @@ impl Refusal {
             Refusal::SkuHasItems { .. } => "sku_has_items",
             Refusal::BundleNotFound => "bundle_not_found",
             Refusal::ItemHasHolds { .. } => "item_has_holds",
+            Refusal::InvalidWarehousePriority { .. } => "invalid_warehouse_priority",
         }
     }
 }
@@ -261,10 +278,15 @@ pub enum Outcome {
     /// No idempotency key here: a hold's is always its command's (a replay
     /// by key found that key, a replay by id requires it), so the caller
     /// has it already, and the most frequent outcome stays without a copy.
+    ///
+    /// `allocations`: what each line without a warehouse took from which of
+    /// `lines` (empty when every line names its warehouse); a replay's are
+    /// recomputed from the stored lines (`cmd::attribute`).
     Held {
         reservation: ReservationSummary,
         replayed: bool,
         lines: Vec<LineView>,
+        allocations: Vec<Allocated>,
     },
     /// `idempotency_key` in this and the next two: the key the reservation
     /// was held with. Their commands name only the id, so the outcome is
@@ -310,6 +332,11 @@ pub enum Outcome {
     BundleSet {
         sku: String,
         components: Option<Vec<crate::bundle::Component>>,
+    },
+    /// A SKU's warehouse priority as it now is (empty: none).
+    WarehousePrioritySet {
+        sku: String,
+        warehouses: Vec<String>,
     },
 }
 

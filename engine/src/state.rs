@@ -40,7 +40,8 @@ use crate::wheel::TimerWheel;
 /// idempotency key. 5: per-customer limits and usage, and the customer a
 /// reservation counted against them. 6: issue 17's commerce features: SKU
 /// product records and item tombstones (`product.rs`), bundle definitions
-/// (`bundle.rs`), and their bounds in `Limits`.
+/// (`bundle.rs`), SKUs' warehouse priority lists, their bounds in `Limits`,
+/// and hold outcomes (in the dedup window) carry their allocations.
 pub(crate) const STATE_FORMAT: u32 = 6;
 
 /// Principal id recorded once the principal table is full.
@@ -77,6 +78,10 @@ pub(crate) struct Persisted {
     pub bundles: Bundles,
     /// SKU product records and tombstones of deleted items.
     pub catalog: crate::product::Catalog,
+    /// SKUs' warehouse priority lists (`SetWarehousePriority`), most
+    /// preferred first; a SKU without one is absent. Ordered: a snapshot's
+    /// bytes depend on content only.
+    pub warehouse_priority: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Derived lookups, rebuilt from `Persisted` on load.
@@ -204,6 +209,7 @@ impl ShardState {
             customers: CustomerLimits::default(),
             bundles: Bundles::default(),
             catalog: crate::product::Catalog::default(),
+            warehouse_priority: std::collections::BTreeMap::new(),
         };
         Self::from_persisted(p)
     }
@@ -1037,6 +1043,7 @@ impl ShardState {
         }
         self.check_customer_usage()?;
         self.check_bundles()?;
+        self.check_warehouse_priority()?;
         if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {
             return Err(format!("{live} live holds, {} counted, {} timers", self.ix.live_holds, self.ix.wheel.len()));
         }
@@ -1049,6 +1056,30 @@ impl ShardState {
 }
 
 impl ShardState {
+    /// Every SKU's warehouse priority list is not empty, names no
+    /// warehouse twice, and names only warehouses that stock the SKU (items
+    /// are never removed, so this stays true). So it is no longer than the
+    /// shard's warehouses, whatever the limits became since it was set.
+    fn check_warehouse_priority(&self) -> Result<(), String> {
+        let max = u16::MAX;
+        for (sku, list) in &self.p.warehouse_priority {
+            if list.is_empty() {
+                return Err(format!("SKU {sku}: an empty warehouse priority is kept"));
+            }
+            crate::cmd::check_priority_list(list.iter().map(String::as_str), max)
+                .map_err(|refusal| format!("SKU {sku}: warehouse priority: {refusal:?}"))?;
+            if let Some(name) = list.iter().find(|name| self.find_item(sku, name).is_none()) {
+                return Err(format!("SKU {sku}: warehouse priority names {name}, which does not stock it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A SKU's warehouse priority list, most preferred first (empty: none).
+    pub fn warehouse_priority(&self, sku: &str) -> &[String] {
+        self.p.warehouse_priority.get(sku).map_or(&[], Vec::as_slice)
+    }
+
     /// Every (SKU, customer) pair holds exactly the units its live holds
     /// counted, within the bound, and every pair still counts something.
     fn check_customer_usage(&self) -> Result<(), String> {

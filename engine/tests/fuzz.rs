@@ -119,7 +119,25 @@ fn sample_commands() -> Vec<Command> {
             principal: None,
         }),
         Command::DeleteSku(DeleteSku { sku: sku("SKU-3"), principal: None }),
+        Command::SetWarehousePriority(engine::cmd::SetWarehousePriority {
+            sku: sku("SKU-1"),
+            warehouses: Some(vec![wh("paris"), wh("berlin")]),
+        }),
+        priority_hold(22, &[("SKU-1", None, 4)]),
     ]
+}
+
+/// A hold by `priority` that fills each line from one warehouse.
+fn priority_hold(n: u64, lines: &[(&str, Option<&str>, u64)]) -> Command {
+    let mut command = hold_any_command(n, lines, 5_000, None);
+    if let Command::Hold(hold) = &mut command {
+        hold.allocation = engine::cmd::Allocation::Rule(engine::cmd::AllocationRule {
+            order: engine::cmd::AllocationOrder::Priority,
+            warehouse_priority: vec![wh("berlin")],
+            split: false,
+        });
+    }
+    command
 }
 
 /// The entries `busy_state` applies: blank, batches with and without

@@ -7,9 +7,14 @@
 //!   confirmations — computed by the model, not read from the engine;
 //! * a hold is never granted beyond what the model says is available, and
 //!   lines without a warehouse are allocated exactly as the model's own
-//!   allocation says (most available first, ties by name, split in that
-//!   order, fixed lines set aside first, earlier lines consuming for later
-//!   ones): the same lines held in the same order, or the same short lines;
+//!   allocation says (most available first, ties by name, or for
+//!   `priority` the request's list else the SKU's first; split in that
+//!   order, or with `split` false each line whole from the first warehouse
+//!   that has it; fixed lines set aside first, earlier lines consuming for
+//!   later ones): the same lines held in the same order, the same
+//!   per-line allocations, or the same short lines;
+//! * a SKU's warehouse priority is set only from warehouses that stock it,
+//!   none twice; a replay's allocations cover each line exactly;
 //! * write outcomes carry the reservation's lines as the model stored them,
 //!   and confirm, release and extend outcomes the key it was held with;
 //! * a hold with a taken id replays exactly when the model finds that the
@@ -26,7 +31,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use engine::cmd::{AdjustReason, Command, Confirm, Deadline, Extend, Release, Transfer};
+use engine::cmd::{
+    AdjustReason, Allocation, AllocationOrder, AllocationRule, Command, Confirm, Deadline, Extend, Release,
+    SetWarehousePriority, Transfer,
+};
 use engine::event::EventKind;
 use engine::ids::{IdempotencyKey, RequestId, ReservationId};
 use engine::item::Status;
@@ -70,7 +78,24 @@ struct Model {
     now_ms: u64,
     /// Remembered commands, oldest first: (request id, log time, outcome).
     window: VecDeque<(RequestId, u64, Outcome)>,
+    /// SKUs' warehouse priority lists.
+    priority: HashMap<String, Vec<String>>,
 }
+
+/// A hold's allocation rule as generated: `priority` (else most available),
+/// the request's list (indexes into `WAREHOUSES`), and `split`.
+#[derive(Clone, Debug)]
+struct Rule {
+    priority: bool,
+    list: Vec<usize>,
+    split: bool,
+}
+
+/// What each request line took: (line, item, units), in request order.
+type Takes = Vec<(usize, Key, u64)>;
+
+/// A granted allocation: the lines to store, and what each line took.
+type Allocated = (Vec<(Key, u64)>, Takes);
 
 impl Model {
     fn reserved(&self, item: &Key) -> u64 {
@@ -92,7 +117,8 @@ impl Model {
     /// from the rule, not from the engine's code: the order is recomputed
     /// per line from the stock before the hold (it does not move while the
     /// hold is decided), and fixed lines are added line by line.
-    fn allocate(&self, asked: &[Asked]) -> Result<Vec<(Key, u64)>, Vec<ShortLine>> {
+    fn allocate(&self, asked: &[Asked], rule: Option<&Rule>) -> Result<Allocated, Vec<ShortLine>> {
+        let split = rule.is_none_or(|r| r.split);
         let mut fixed: BTreeMap<Key, (u64, u32)> = BTreeMap::new();
         for (line, (s, w, q)) in asked.iter().enumerate() {
             if let Some(w) = w {
@@ -123,16 +149,40 @@ impl Model {
                 .filter(|item| item.0 == *s)
                 .map(|item| (item.clone(), self.available(item).unwrap_or(0)))
                 .collect();
-            items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.1.cmp(&b.0.1)));
-            let mut need = *q;
+            // The priority list in force: the request's, else the SKU's.
+            let list: Vec<String> = match rule {
+                Some(r) if r.priority && !r.list.is_empty() => {
+                    r.list.iter().map(|&w| WAREHOUSES[w].to_owned()).collect()
+                }
+                Some(r) if r.priority => self.priority.get(s.as_str()).cloned().unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let rank = |item: &Key| list.iter().position(|w| *w == item.1).unwrap_or(usize::MAX);
+            items.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(b.1.cmp(&a.1)).then(a.0.1.cmp(&b.0.1)));
             for (item, available) in &items {
                 let fixed_here = fixed.get(item).map_or(0, |f| f.0);
-                let free = left.entry(item.clone()).or_insert(available.saturating_sub(fixed_here));
-                let take = need.min(*free);
-                if take > 0 {
-                    *free -= take;
-                    need -= take;
-                    takes[line].push((item.clone(), take));
+                left.entry(item.clone()).or_insert(available.saturating_sub(fixed_here));
+            }
+            let mut need = *q;
+            if split {
+                for (item, _) in &items {
+                    let Some(free) = left.get_mut(item) else { continue };
+                    let take = need.min(*free);
+                    if take > 0 {
+                        *free -= take;
+                        need -= take;
+                        takes[line].push((item.clone(), take));
+                    }
+                }
+            } else {
+                match items.iter().find(|(item, _)| left[item] >= *q) {
+                    Some((item, _)) => {
+                        left.entry(item.clone()).and_modify(|free| *free -= q);
+                        need = 0;
+                        takes[line].push((item.clone(), *q));
+                    }
+                    // Short: reported with the most any one had left.
+                    None => need = q - items.iter().map(|(item, _)| left[item]).max().unwrap_or(0),
                 }
             }
             if need > 0 {
@@ -159,7 +209,16 @@ impl Model {
                 None => takes[line].iter().for_each(|(item, take)| add(item.clone(), *take)),
             }
         }
-        Ok(stored)
+        // Each line's takes in the order of the stored lines, as outcomes
+        // list them.
+        let position = |item: &Key| stored.iter().position(|(k, _)| k == item);
+        let mut takes: Takes = takes
+            .into_iter()
+            .enumerate()
+            .flat_map(|(line, took)| took.into_iter().map(move |(item, units)| (line, item, units)))
+            .collect();
+        takes.sort_by_key(|(line, item, _)| (*line, position(item)));
+        Ok((stored, takes))
     }
 
     /// The first outcome of `request_id`, if the window still holds it.
@@ -255,12 +314,19 @@ enum Op {
         from: usize,
         quantity: u64,
     },
-    /// Lines of (SKU, warehouse or `None` to allocate, quantity).
+    /// Lines of (SKU, warehouse or `None` to allocate, quantity); `rule`
+    /// `None`: `Allocation::MostAvailable`.
     Hold {
         n: u64,
         lines: Vec<(usize, Option<usize>, u64)>,
         ttl_ms: u64,
         key: Option<usize>,
+        rule: Option<Rule>,
+    },
+    /// A SKU's warehouse priority (`None`: remove it).
+    SetPriority {
+        sku: usize,
+        list: Option<Vec<usize>>,
     },
     Confirm {
         n: u64,
@@ -291,11 +357,23 @@ impl Op {
                 quantity: qty(*quantity),
                 principal: None,
             }),
-            Op::Hold { n, lines, ttl_ms, key } => {
+            Op::Hold { n, lines, ttl_ms, key, rule } => {
                 let lines: Vec<(&str, Option<&str>, u64)> =
                     lines.iter().map(|&(s, w, q)| (SKUS[s], w.map(|w| WAREHOUSES[w]), q)).collect();
-                hold_any_command(*n, &lines, *ttl_ms, key.map(|k| KEYS[k]))
+                let mut command = hold_any_command(*n, &lines, *ttl_ms, key.map(|k| KEYS[k]));
+                if let (Command::Hold(hold), Some(rule)) = (&mut command, rule) {
+                    hold.allocation = Allocation::Rule(AllocationRule {
+                        order: if rule.priority { AllocationOrder::Priority } else { AllocationOrder::MostAvailable },
+                        warehouse_priority: rule.list.iter().map(|&w| wh(WAREHOUSES[w])).collect(),
+                        split: rule.split,
+                    });
+                }
+                command
             }
+            Op::SetPriority { sku: s, list } => Command::SetWarehousePriority(SetWarehousePriority {
+                sku: sku(SKUS[*s]),
+                warehouses: list.as_ref().map(|list| list.iter().map(|&w| wh(WAREHOUSES[w])).collect()),
+            }),
             Op::Confirm { n } => Command::Confirm(Confirm { principal: None, id: rid(*n) }),
             Op::Release { n } => Command::Release(Release { principal: None, id: rid(*n) }),
             Op::Extend { n, ttl_ms } => {
@@ -308,6 +386,11 @@ impl Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let line = (0..SKUS.len(), proptest::option::weighted(0.6, 0..WAREHOUSES.len()), 1u64..8);
+    let rule = proptest::option::weighted(
+        0.5,
+        (any::<bool>(), proptest::collection::vec(0..WAREHOUSES.len(), 0..4), any::<bool>())
+            .prop_map(|(priority, list, split)| Rule { priority, list, split }),
+    );
     prop_oneof![
         2 => (0..SKUS.len(), 0..WAREHOUSES.len(), 0u64..30, 0u64..6)
             .prop_map(|(sku, wh, on_hand, threshold)| Op::Upsert { sku, wh, on_hand, threshold }),
@@ -315,8 +398,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(sku, wh, delta)| Op::Adjust { sku, wh, delta }),
         1 => (0..SKUS.len(), 0..WAREHOUSES.len(), 1u64..10)
             .prop_map(|(sku, from, quantity)| Op::Transfer { sku, from, quantity }),
-        6 => (0u64..16, proptest::collection::vec(line, 1..4), 1u64..4_000, proptest::option::weighted(0.3, 0..KEYS.len()))
-            .prop_map(|(n, lines, ttl_ms, key)| Op::Hold { n, lines, ttl_ms, key }),
+        6 => (0u64..16, proptest::collection::vec(line, 1..4), 1u64..4_000, proptest::option::weighted(0.3, 0..KEYS.len()), rule)
+            .prop_map(|(n, lines, ttl_ms, key, rule)| Op::Hold { n, lines, ttl_ms, key, rule }),
+        1 => (0..SKUS.len(), proptest::option::weighted(0.8, proptest::collection::vec(0..WAREHOUSES.len(), 0..4)))
+            .prop_map(|(sku, list)| Op::SetPriority { sku, list }),
         2 => (0u64..16).prop_map(|n| Op::Confirm { n }),
         2 => (0u64..16).prop_map(|n| Op::Release { n }),
         1 => (0u64..16, 1u64..4_000).prop_map(|(n, ttl_ms)| Op::Extend { n, ttl_ms }),
@@ -449,9 +534,10 @@ fn check_outcome(model: &mut Model, op: &Op, outcome: &Outcome) -> Result<(), Te
                 other => prop_assert!(false, "unexpected transfer refusal {:?}", other),
             }
         }
-        (Op::Hold { n, lines, ttl_ms, key: hold_key }, outcome) => {
-            check_hold(model, *n, lines, *ttl_ms, hold_key.map(|k| KEYS[k]), outcome)?;
+        (Op::Hold { n, lines, ttl_ms, key: hold_key, rule }, outcome) => {
+            check_hold(model, *n, lines, *ttl_ms, hold_key.map(|k| KEYS[k]), rule.as_ref(), outcome)?;
         }
+        (Op::SetPriority { sku, list }, outcome) => check_set_priority(model, SKUS[*sku], list.as_deref(), outcome)?,
         (Op::Confirm { n }, outcome) => check_end(model, *n, outcome, ReservationState::Confirmed)?,
         (Op::Release { n }, outcome) => check_end(model, *n, outcome, ReservationState::Released)?,
         (Op::Extend { n, .. }, Outcome::Extended { reservation, lines, idempotency_key }) => {
@@ -490,17 +576,25 @@ fn check_hold(
     lines: &[(usize, Option<usize>, u64)],
     ttl_ms: u64,
     hold_key: Option<&str>,
+    rule: Option<&Rule>,
     outcome: &Outcome,
 ) -> Result<(), TestCaseError> {
     let asked: Vec<Asked> =
         lines.iter().map(|&(s, w, q)| (SKUS[s].to_owned(), w.map(|w| WAREHOUSES[w].to_owned()), q)).collect();
+    // A request's list naming a warehouse twice is refused before anything.
+    if let Some(rule) = rule
+        && rule.list.iter().enumerate().any(|(i, w)| rule.list[..i].contains(w))
+    {
+        prop_assert_eq!(outcome.refusal().map(Refusal::code), Some("invalid_warehouse_priority"));
+        return Ok(());
+    }
     let key_name = hold_key.map(str::to_owned);
     let by_key = key_name.as_ref().and_then(|k| model.keys.get(k)).copied();
     let replay_of = by_key.or_else(|| {
         model.holds.get(&rid(n)).filter(|h| h.key == key_name && fulfils(&h.lines, &asked)).map(|_| rid(n))
     });
     if let Some(id) = replay_of {
-        let Outcome::Held { reservation, replayed: true, lines } = outcome else {
+        let Outcome::Held { reservation, replayed: true, lines, allocations } = outcome else {
             prop_assert!(false, "expected a replay of {:?}, got {:?}", id, outcome);
             return Ok(());
         };
@@ -509,19 +603,56 @@ fn check_hold(
         prop_assert_eq!(reservation.state, hold.state);
         prop_assert_eq!(reservation.deadline_ms, hold.deadline_ms);
         prop_assert_eq!(lines, &views(&hold.lines), "a replay answers the lines as stored");
+        if by_key.is_none() {
+            // The stored lines fulfil the request: the recomputed
+            // allocations cover each allocated line exactly, from its SKU,
+            // and with the fixed lines add up to every stored line.
+            let mut per_held = vec![0u64; lines.len()];
+            for (line, (s, w, q)) in asked.iter().enumerate() {
+                let of_line = allocations.iter().filter(|a| a.line as usize == line);
+                match w {
+                    None => {
+                        let sum: u64 = of_line.clone().map(|a| a.quantity).sum();
+                        prop_assert_eq!(sum, *q, "replayed allocations of line {}", line);
+                        for a in of_line {
+                            prop_assert_eq!(&lines[a.held as usize].sku, s);
+                            per_held[a.held as usize] += a.quantity;
+                        }
+                    }
+                    Some(w) => {
+                        prop_assert_eq!(of_line.count(), 0, "a fixed line is not allocated");
+                        let held = lines.iter().position(|l| l.sku == *s && l.warehouse == *w);
+                        prop_assert!(held.is_some());
+                        if let Some(held) = held {
+                            per_held[held] += q;
+                        }
+                    }
+                }
+            }
+            let stored: Vec<u64> = lines.iter().map(|l| l.quantity).collect();
+            prop_assert_eq!(per_held, stored, "replayed allocations and fixed lines add up to the stored lines");
+        }
         return Ok(());
     }
     if model.holds.contains_key(&rid(n)) {
         prop_assert_eq!(outcome, &Outcome::Refused(Refusal::ReservationIdInUse));
         return Ok(());
     }
-    match model.allocate(&asked) {
-        Ok(stored) => {
-            let Outcome::Held { reservation, replayed: false, lines } = outcome else {
+    match model.allocate(&asked, rule) {
+        Ok((stored, takes)) => {
+            let Outcome::Held { reservation, replayed: false, lines, allocations } = outcome else {
                 prop_assert!(false, "model holds {:?}, engine answered {:?}", stored, outcome);
                 return Ok(());
             };
             prop_assert_eq!(lines, &views(&stored), "engine and model allocate differently");
+            let answered: Takes = allocations
+                .iter()
+                .map(|a| {
+                    let line = &lines[a.held as usize];
+                    (a.line as usize, key(&line.sku, &line.warehouse), a.quantity)
+                })
+                .collect();
+            prop_assert_eq!(answered, takes, "engine and model allocate lines differently");
             prop_assert_eq!(reservation.id, rid(n));
             prop_assert_eq!(reservation.state, ReservationState::Held);
             prop_assert_eq!(reservation.deadline_ms, model.now_ms + ttl_ms);
@@ -541,6 +672,32 @@ fn check_hold(
         }
         Err(short) => {
             prop_assert_eq!(outcome, &Outcome::Refused(Refusal::InsufficientStock { lines: short }));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a `SetWarehousePriority` against the model: refused for a SKU
+/// with no item, or a list naming a warehouse twice or one that does not
+/// stock the SKU; else the list (an empty one removes it).
+fn check_set_priority(
+    model: &mut Model,
+    sku: &str,
+    list: Option<&[usize]>,
+    outcome: &Outcome,
+) -> Result<(), TestCaseError> {
+    let names: Vec<String> = list.unwrap_or_default().iter().map(|&w| WAREHOUSES[w].to_owned()).collect();
+    let stocked = |w: &String| model.on_hand.contains_key(&key(sku, w));
+    if !model.on_hand.keys().any(|item| item.0 == sku) {
+        prop_assert_eq!(outcome, &Outcome::Refused(Refusal::ItemNotFound));
+    } else if names.iter().enumerate().any(|(i, w)| names[..i].contains(w)) || !names.iter().all(stocked) {
+        prop_assert_eq!(outcome.refusal().map(Refusal::code), Some("invalid_warehouse_priority"));
+    } else {
+        prop_assert_eq!(outcome, &Outcome::WarehousePrioritySet { sku: sku.to_owned(), warehouses: names.clone() });
+        if names.is_empty() {
+            model.priority.remove(sku);
+        } else {
+            model.priority.insert(sku.to_owned(), names);
         }
     }
     Ok(())

@@ -355,6 +355,7 @@ function renderSku() {
   const warehouses = view.warehouses.map((item) => item.warehouse);
   renderLimit(view);
   renderProduct(view);
+  renderPriority(view);
   fillSelect($("adjust-warehouse"), warehouses);
   fillSelect($("transfer-from"), warehouses);
   $("transfer-to-list").replaceChildren(...warehouses.map((name) => h("option", { value: name })));
@@ -532,6 +533,38 @@ async function deleteSku() {
   state.sku = null;
   renderSku();
   $("sku-heading").textContent = `Deleted ${sku}`;
+}
+
+// Warehouse priority ---------------------------------------------------------------
+
+function renderPriority(view) {
+  const list = view.warehouse_priority ?? [];
+  $("priority-now").textContent =
+    list.length === 0
+      ? "No priority: allocation \"priority\" takes the most available warehouse first."
+      : `Allocation "priority" takes ${list.join(", ")} first, then the rest, most available first.`;
+  $("priority-remove").disabled = list.length === 0;
+}
+
+async function setPriority(form) {
+  const list = $("priority-list")
+    .value.split(",")
+    .map((name) => name.trim())
+    .filter((name) => name !== "");
+  if (list.length === 0) {
+    notice("Name the warehouses, most preferred first, or remove the priority.");
+    return;
+  }
+  const answer = await state.client.putSkuPriority(state.sku.sku, list);
+  form.reset();
+  notice(`Warehouse priority set: ${answer.warehouse_priority.join(", ")}.`);
+  await reloadSku({ history: false });
+}
+
+async function removePriority() {
+  await state.client.putSkuPriority(state.sku.sku, null);
+  notice("Warehouse priority removed.");
+  await reloadSku({ history: false });
 }
 
 async function transfer(form) {
@@ -980,6 +1013,8 @@ function wire() {
   onSubmit("product-form", saveProduct);
   $("sku-delete").addEventListener("click", (event) => act(event.currentTarget, deleteSku));
   $("limit-remove").addEventListener("click", (event) => act(event.currentTarget, removeLimit));
+  onSubmit("priority-form", setPriority);
+  $("priority-remove").addEventListener("click", (event) => act(event.currentTarget, removePriority));
   onSubmit("lookup-form", () => lookUp($("lookup-id").value));
   $("edit-cancel").addEventListener("click", closeEdit);
   $("edit-form").addEventListener("keydown", (event) => {

@@ -107,6 +107,8 @@ export const ERROR_CODES = Object.freeze({
   customer_id_required: "The SKU has a limit per customer: the reservation must name its customer_id.",
   window_without_limit: "A limit window needs a limit per customer.",
   invalid_price: "The price is not a decimal with at most two decimals, such as 19.99.",
+  invalid_warehouse_priority:
+    "The warehouse priority names a warehouse twice, one that does not stock the SKU, or too many.",
   invalid_header: "The CSV header names an unknown or repeated column, or lacks sku or warehouse.",
   invalid_import_id: "The Import-Id is malformed.",
   invalid_format: "The format is not ndjson or csv.",
@@ -308,6 +310,16 @@ export class TallyClient {
   /** Deletes a SKU's product and every item of it (admin), all or nothing. */
   async deleteSku(sku) {
     await this.request("DELETE", `/v1/items/${enc(sku)}`);
+  }
+
+  /**
+   * Sets a SKU's warehouse priority for `priority` allocation (admin): the
+   * warehouses most preferred first; null or [] removes it. The limit per
+   * customer is left as it is.
+   */
+  async putSkuPriority(sku, warehouses) {
+    const body = { warehouse_priority: warehouses ?? null };
+    return (await this.request("PUT", `/v1/items/${enc(sku)}`, { body })).body;
   }
 
   /** A page of items: `{ items, next_cursor }`. Follow `next_cursor` until it is null. */

@@ -150,8 +150,13 @@ pub struct ApiConfig {
     /// Movements `history` returns at most.
     pub history_limit_max: usize,
     /// How a reservation line with no warehouse is filled from the SKU's
-    /// warehouses, inside the hold's one atomic step.
+    /// warehouses, inside the hold's one atomic step, when the request does
+    /// not say (`allocation` in the request body).
     pub allocation: AllocationStrategy,
+    /// Longest `warehouse_priority` list, of a reservation request or of a
+    /// SKU (`PUT /v1/items/{sku}`); the engine bounds it by
+    /// `warehouses_per_shard_max` too.
+    pub warehouse_priority_max: usize,
     /// Longest `note` of an adjustment or `reason` of a transfer, in bytes
     /// (at most the engine's `NOTE_LEN_MAX`, 1024): recorded in the ledger.
     pub note_bytes_max: usize,
@@ -165,12 +170,27 @@ pub enum AllocationStrategy {
     /// no warehouse fills alone is split across them in that order.
     #[default]
     MostAvailable,
+    /// The SKU's warehouse priority list first (`PUT /v1/items/{sku}`),
+    /// then the rest most available first; split as above.
+    Priority,
 }
 
 impl AllocationStrategy {
     pub fn engine(self) -> engine::cmd::Allocation {
         match self {
             AllocationStrategy::MostAvailable => engine::cmd::Allocation::MostAvailable,
+            AllocationStrategy::Priority => engine::cmd::Allocation::Rule(engine::cmd::AllocationRule {
+                order: engine::cmd::AllocationOrder::Priority,
+                warehouse_priority: Vec::new(),
+                split: true,
+            }),
+        }
+    }
+
+    pub fn order(self) -> engine::cmd::AllocationOrder {
+        match self {
+            AllocationStrategy::MostAvailable => engine::cmd::AllocationOrder::MostAvailable,
+            AllocationStrategy::Priority => engine::cmd::AllocationOrder::Priority,
         }
     }
 }
@@ -186,6 +206,7 @@ impl Default for ApiConfig {
             list_scan_max: 100_000,
             history_limit_max: 255,
             allocation: AllocationStrategy::MostAvailable,
+            warehouse_priority_max: 32,
             note_bytes_max: 256,
         }
     }
@@ -624,6 +645,14 @@ impl Config {
                 ));
             }
         }
+        if api.warehouse_priority_max == 0
+            || api.warehouse_priority_max > usize::from(self.engine.warehouses_per_shard_max)
+        {
+            return invalid(format!(
+                "api.warehouse_priority_max must be in 1..={} (engine.warehouses_per_shard_max)",
+                self.engine.warehouses_per_shard_max
+            ));
+        }
         if api.note_bytes_max == 0 || api.note_bytes_max > engine::ids::NOTE_LEN_MAX {
             return invalid(format!("api.note_bytes_max must be in 1..={}", engine::ids::NOTE_LEN_MAX));
         }
@@ -702,6 +731,17 @@ mod tests {
         assert!(load("[server]\nlisen = \"x\"\n", &[]).is_err());
         assert!(load("[api]\nttl_seconds_default = 0\n", &[]).is_err());
         assert!(load("", &[("TALLY_SERVER__NOPE", "1")]).is_err());
+    }
+
+    #[test]
+    fn allocation_settings_are_read_and_the_priority_bound_is_checked() {
+        let config = load("[api]\nallocation = \"priority\"\nwarehouse_priority_max = 4\n", &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((config.api.allocation, config.api.warehouse_priority_max), (AllocationStrategy::Priority, 4));
+        assert!(load("[api]\nwarehouse_priority_max = 0\n", &[]).is_err());
+        let over = "[api]\nwarehouse_priority_max = 9\n[engine]\nwarehouses_per_shard_max = 8\n";
+        assert!(load(over, &[]).is_err(), "at most the engine's warehouses per shard");
+        assert!(load("[api]\nallocation = \"nearest\"\n", &[]).is_err());
     }
 
     #[test]

@@ -342,6 +342,9 @@ pub struct SkuItems {
     /// How long a sale counts against the limit; `null`: while the limit is set.
     #[schema(required = true)]
     pub limit_window_seconds: Option<u64>,
+    /// The SKU's warehouse order for `priority` allocation, most preferred
+    /// first; empty: none.
+    pub warehouse_priority: Vec<String>,
     pub warehouses: Vec<Item>,
     pub consistency: Consistency,
     /// With `?customer_id=`: what that customer has of the SKU.
@@ -525,6 +528,14 @@ pub struct Reservation {
     /// Only for a reservation whose lines span shards.
     #[schema(nullable = false)]
     pub parts: Option<Vec<ReservationPart>>,
+    /// Only in the answer of a create (not of reads, confirms, releases or
+    /// extensions): each request line, in request order, with where its
+    /// units came from. For a replay (or a reservation confirmed at once),
+    /// recomputed from the stored lines: the same units per warehouse, and
+    /// the same per line unless the request has several lines without a
+    /// warehouse of one SKU.
+    #[schema(nullable = false)]
+    pub request_lines: Option<Vec<ReservationRequestLine>>,
     /// Only in the answer to a request with bundle lines (`/v1/bundles`):
     /// each such request line and the components it became; `lines` then
     /// list the components as held. Reads show the components only.
@@ -545,6 +556,28 @@ pub struct ReservationBundle {
     pub quantity: u64,
     /// Units of each component per bundle.
     pub components: Vec<crate::routes::bundles::ComponentBody>,
+}
+
+/// A request line as a create answers it.
+#[derive(ToSchema)]
+pub struct ReservationRequestLine {
+    /// Its index in the request.
+    pub line: u64,
+    pub sku: String,
+    /// As the request named it; `null`: allocated.
+    #[schema(required = true)]
+    pub warehouse: Option<String>,
+    pub quantity: u64,
+    /// Where its units are held, one entry per warehouse, in the order of
+    /// the reservation's `lines`.
+    pub allocations: Vec<LineAllocation>,
+}
+
+/// Units of a request line held in one warehouse.
+#[derive(ToSchema)]
+pub struct LineAllocation {
+    pub warehouse: String,
+    pub quantity: u64,
 }
 
 /// One request of a batch that was held.

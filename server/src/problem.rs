@@ -145,6 +145,7 @@ impl Problem {
                 Self::new(StatusCode::CONFLICT, code, detail)
                     .with_extra(json!({ "skus": over, "remaining": remaining }))
             }
+            Refusal::InvalidWarehousePriority { reason } => Self::bad_request(code, reason.clone()),
             Refusal::ConfirmOverHeld { line, held } => Self::new(
                 StatusCode::CONFLICT,
                 code,

@@ -739,6 +739,9 @@ async fn reservations_api_follows_its_contract() {
         a_hold_expires_on_its_own_and_then_cannot_be_confirmed,
         a_reservation_across_shards_is_all_or_nothing,
         a_line_without_warehouse_takes_the_most_available_first,
+        allocation_follows_priority_and_split_as_the_readme_shows,
+        warehouse_priority_lists_are_checked_and_set_alone,
+        request_lines_say_where_each_line_came_from_across_shards,
         writes_answer_the_bytes_a_read_after_them_shows,
         an_order_is_found_and_confirmed_by_its_order_id,
         an_idempotency_key_never_answers_an_order_of_the_same_text,
@@ -1140,6 +1143,167 @@ async fn a_line_without_warehouse_takes_the_most_available_first(http: &Http) {
     assert_eq!(levels(http, "rs-alloc", "w1").await.1, 1, "a refused allocation holds nothing");
 }
 
+/// `request_lines[line].allocations` of a create's answer as
+/// `(warehouse, quantity)`.
+fn allocations_of(body: &Value, line: usize) -> Vec<(String, u64)> {
+    let line = &body["request_lines"][line];
+    line["allocations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no allocations: {body}"))
+        .iter()
+        .map(|a| (str_of(a, "warehouse").to_owned(), u64_of(a, "quantity")))
+        .collect()
+}
+
+fn pairs(expected: &[(&str, u64)]) -> Vec<(String, u64)> {
+    expected.iter().map(|(w, q)| ((*w).to_owned(), *q)).collect()
+}
+
+/// README's "Where units come from" example, as written.
+async fn allocation_follows_priority_and_split_as_the_readme_shows(http: &Http) {
+    put_item(http, "BOOT-7", "berlin", 3, 0).await;
+    put_item(http, "BOOT-7", "paris", 8, 0).await;
+    put_item(http, "BOOT-7", "rome", 5, 0).await;
+    let set = set_limit(http, "BOOT-7", json!({ "warehouse_priority": ["berlin", "rome"] })).await;
+    assert_eq!(set, json!({ "sku": "BOOT-7", "warehouse_priority": ["berlin", "rome"] }));
+    let body = json!({ "allocation": "priority", "lines": [{ "sku": "BOOT-7", "quantity": 6 }] });
+    let (status, _, held) = http.post("/v1/reservations", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_lines(&held, &[("BOOT-7", "berlin", 3), ("BOOT-7", "rome", 3)]);
+    assert_eq!(allocations_of(&held, 0), pairs(&[("berlin", 3), ("rome", 3)]));
+    let line = &held["request_lines"][0];
+    assert_eq!((u64_of(line, "line"), &line["warehouse"], u64_of(line, "quantity")), (0, &Value::Null, 6));
+    let body = json!({ "allocation": "priority", "split": false, "lines": [{ "sku": "BOOT-7", "quantity": 7 }] });
+    let (status, _, held) = http.post("/v1/reservations", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(allocations_of(&held, 0), pairs(&[("paris", 7)]));
+    let body = json!({ "split": false, "lines": [{ "sku": "BOOT-7", "quantity": 3 }] });
+    let short = http.post("/v1/reservations", body).await;
+    assert_problem(&short, StatusCode::CONFLICT, "insufficient_stock");
+    let line = &short.2["lines"][0];
+    assert_eq!((u64_of(line, "line"), u64_of(line, "requested"), u64_of(line, "available")), (0, 3, 2));
+    assert_eq!(levels(http, "BOOT-7", "rome").await.1, 3, "a refused hold holds nothing");
+    // Split (the default), the same 3 are found in two warehouses.
+    let (status, _, held) =
+        http.post("/v1/reservations", json!({ "lines": [{ "sku": "BOOT-7", "quantity": 3 }] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(allocations_of(&held, 0), pairs(&[("rome", 2), ("paris", 1)]));
+    let (_, _, view) = http.get("/v1/items/BOOT-7").await;
+    assert_eq!(view["warehouse_priority"], json!(["berlin", "rome"]), "{view}");
+    // A batch's requests take the same options, each on its own.
+    put_item(http, "rs-batch-alloc", "w1", 2, 0).await;
+    put_item(http, "rs-batch-alloc", "w2", 2, 0).await;
+    let request = |split: bool| {
+        json!({ "split": split, "warehouse_priority": ["w2"],
+        "lines": [{ "sku": "rs-batch-alloc", "quantity": 3 }] })
+    };
+    let (status, _, body) =
+        http.post("/v1/reservations/batch", json!({ "requests": [request(false), request(true)] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["problem"]["code"], "insufficient_stock", "{body}");
+    assert_eq!(allocations_of(&body["results"][1]["reservation"], 0), pairs(&[("w2", 2), ("w1", 1)]), "{body}");
+}
+
+async fn warehouse_priority_lists_are_checked_and_set_alone(http: &Http) {
+    put_item(http, "rs-prio", "w1", 10, 0).await;
+    put_item(http, "rs-prio", "w2", 10, 0).await;
+    set_limit(http, "rs-prio", json!({ "limit_per_customer": 4 })).await;
+    let too_long: Vec<String> = (0..33).map(|n| format!("w{n}")).collect();
+    for body in [
+        json!({ "warehouse_priority": ["w1", "w3"] }),
+        json!({ "warehouse_priority": ["w1", "w1"] }),
+        json!({ "warehouse_priority": too_long }),
+    ] {
+        let reply = http.put("/v1/items/rs-prio", body.clone()).await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_warehouse_priority");
+    }
+    let reply = http.put("/v1/items/rs-prio", json!({ "warehouse_priority": ["no spaces"] })).await;
+    assert_problem(&reply, StatusCode::BAD_REQUEST, "field_bad_character");
+    assert_problem(
+        &http.put("/v1/items/rs-prio-none", json!({ "warehouse_priority": ["w1"] })).await,
+        StatusCode::NOT_FOUND,
+        "item_not_found",
+    );
+    // The list alone leaves the limit as it was.
+    let set = set_limit(http, "rs-prio", json!({ "warehouse_priority": ["w2"] })).await;
+    assert_eq!(set, json!({ "sku": "rs-prio", "warehouse_priority": ["w2"] }));
+    let (_, _, view) = http.get("/v1/items/rs-prio").await;
+    assert_eq!((u64_of(&view, "limit_per_customer"), &view["warehouse_priority"]), (4, &json!(["w2"])), "{view}");
+    // The default (most available) ignores lists: a tie goes by name.
+    let (status, _, held) = reserve_for(http, Some("carol"), &[("rs-prio", None, 1)]).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(allocations_of(&held, 0), pairs(&[("w1", 1)]));
+    // `priority` follows the SKU's list, though w1 now has less.
+    let body =
+        json!({ "customer_id": "carol", "allocation": "priority", "lines": [{ "sku": "rs-prio", "quantity": 1 }] });
+    let (status, _, held) = http.post("/v1/reservations", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(allocations_of(&held, 0), pairs(&[("w2", 1)]));
+    // A request's options: priority lists checked the same way.
+    for body in [
+        json!({ "warehouse_priority": ["w1", "w1"], "lines": [{ "sku": "rs-prio", "quantity": 1 }] }),
+        json!({ "allocation": "most_available", "warehouse_priority": ["w1"], "lines": [{ "sku": "rs-prio", "quantity": 1 }] }),
+        json!({ "warehouse_priority": too_long, "lines": [{ "sku": "rs-prio", "quantity": 1 }] }),
+    ] {
+        let reply = http.post("/v1/reservations", body).await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_warehouse_priority");
+    }
+    let bad = http
+        .post("/v1/reservations", json!({ "allocation": "nearest", "lines": [{ "sku": "rs-prio", "quantity": 1 }] }))
+        .await;
+    assert_problem(&bad, StatusCode::BAD_REQUEST, "invalid_body");
+    // The request's list overrides the SKU's; one that stocks nothing is skipped.
+    let body = json!({ "customer_id": "carol", "warehouse_priority": ["elsewhere", "w1"],
+        "lines": [{ "sku": "rs-prio", "quantity": 1 }] });
+    let (status, _, other) = http.post("/v1/reservations", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    assert_eq!(allocations_of(&other, 0), pairs(&[("w1", 1)]));
+    // null removes the list and leaves the limit.
+    let cleared = set_limit(http, "rs-prio", json!({ "warehouse_priority": null })).await;
+    assert_eq!(cleared, json!({ "sku": "rs-prio", "warehouse_priority": [] }));
+    let (_, _, view) = http.get("/v1/items/rs-prio").await;
+    assert_eq!((u64_of(&view, "limit_per_customer"), &view["warehouse_priority"]), (4, &json!([])), "{view}");
+    // A body with a bad limit applies nothing of itself, the list neither.
+    let bad = http.put("/v1/items/rs-prio", json!({ "warehouse_priority": ["w1"], "limit_per_customer": 0 })).await;
+    assert_problem(&bad, StatusCode::BAD_REQUEST, "quantity_zero");
+    let (_, _, view) = http.get("/v1/items/rs-prio").await;
+    assert_eq!((u64_of(&view, "limit_per_customer"), &view["warehouse_priority"]), (4, &json!([])), "{view}");
+}
+
+async fn request_lines_say_where_each_line_came_from_across_shards(http: &Http) {
+    let (a, b) = skus_on_two_shards(http, "rs-rl").await;
+    put_item(http, &a, "w1", 4, 0).await;
+    put_item(http, &a, "w2", 4, 0).await;
+    put_item(http, &b, "w1", 2, 0).await;
+    put_item(http, &b, "w2", 9, 0).await;
+    let request = json!({ "warehouse_priority": ["w1"], "lines": [
+        { "sku": b, "quantity": 5 },
+        { "sku": a, "warehouse": "w2", "quantity": 1 },
+        { "sku": a, "quantity": 6 },
+    ] });
+    let headers = [("idempotency-key", "rs-rl-key")];
+    let (_, first) = post_bytes(http, "/v1/reservations", Some(&request), &headers, StatusCode::CREATED).await;
+    let held: Value = serde_json::from_slice(&first).unwrap_or_else(|e| panic!("{e}"));
+    assert!(held.get("parts").is_some(), "{held}");
+    assert_eq!(allocations_of(&held, 0), pairs(&[("w1", 2), ("w2", 3)]), "{held}");
+    assert_eq!(allocations_of(&held, 1), pairs(&[("w2", 1)]), "{held}");
+    // In the order of the reservation's lines: w2 first, named by line 1.
+    assert_eq!(allocations_of(&held, 2), pairs(&[("w2", 2), ("w1", 4)]), "{held}");
+    let lines: Vec<u64> = (0..3).map(|i| u64_of(&held["request_lines"][i], "line")).collect();
+    assert_eq!(lines, [0, 1, 2], "in request order");
+    // A retry answers the same, allocations recomputed from the stored lines.
+    let (_, again) = post_bytes(http, "/v1/reservations", Some(&request), &headers, StatusCode::CREATED).await;
+    assert_eq!(String::from_utf8_lossy(&again), String::from_utf8_lossy(&first));
+    // Confirmed at once (one shard): the same shape.
+    put_item(http, "rs-rl-commit", "w1", 2, 0).await;
+    put_item(http, "rs-rl-commit", "w2", 3, 0).await;
+    let body = json!({ "commit": true, "lines": [{ "sku": "rs-rl-commit", "quantity": 4 }] });
+    let (status, _, sold) = http.post("/v1/reservations", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{sold}");
+    assert_eq!(str_of(&sold, "state"), "CONFIRMED");
+    assert_eq!(allocations_of(&sold, 0), pairs(&[("w2", 3), ("w1", 1)]), "{sold}");
+}
+
 /// A POST of `body` (JSON, if any) with `headers`; asserts `status` and
 /// answers the headers and the body's bytes.
 async fn post_bytes(
@@ -1172,6 +1336,23 @@ async fn assert_read_shows(http: &Http, id: &str, what: &str, written: &Bytes) {
         String::from_utf8_lossy(&read),
         "{what} answered other bytes than the read after it"
     );
+}
+
+/// What a create answered (`written`) is the bytes a read of the
+/// reservation shows, and then its `request_lines`, which only a create
+/// answers (issue 17 item 5; they are not stored): the read's bytes with
+/// `,"request_lines":[…]` before the closing brace.
+async fn assert_create_shows(http: &Http, id: &str, what: &str, written: &Bytes) {
+    let (status, _, read) = raw_bytes(http, Method::GET, &format!("/v1/reservations/{id}"), &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK, "GET {id} after {what}: {}", String::from_utf8_lossy(&read));
+    let (written, read) = (String::from_utf8_lossy(written), String::from_utf8_lossy(&read));
+    let (before, after) = written
+        .split_once(",\"request_lines\":")
+        .unwrap_or_else(|| panic!("{what}: a create lists its request lines: {written}"));
+    assert_eq!(format!("{before}}}"), read, "{what} answered other bytes than the read after it");
+    let lines = after.strip_suffix('}').unwrap_or_else(|| panic!("{what}: request_lines come last: {written}"));
+    let lines: Value = serde_json::from_str(lines).unwrap_or_else(|e| panic!("{what}: {e}: {written}"));
+    assert!(lines.is_array(), "{what}: {written}");
 }
 
 /// A reservation as `writes_answer_the_bytes_a_read_after_them_shows` makes
@@ -1232,7 +1413,7 @@ async fn writes_answer_the_bytes_a_read_after_them_shows(http: &Http) {
         let id = str_of(&held_json, "id");
         assert_eq!(held_json.get("parts").is_some(), lines == &two_shards, "{what}: {held_json}");
         assert_eq!(held_json["order_id"].as_str(), order_id, "{what}: {held_json}");
-        assert_read_shows(http, id, &format!("the hold before {what}"), &held).await;
+        assert_create_shows(http, id, &format!("the hold before {what}"), &held).await;
         if key.is_some() || order_id.is_some() {
             let (replayed_headers, replayed) =
                 post_bytes(http, "/v1/reservations", Some(&request), &headers, StatusCode::CREATED).await;

@@ -415,6 +415,20 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#bundle-notice", "Removed SHOE-PAIR-BOX").await;
     let (status, _, _) = api.call(Method::GET, "/v1/bundles/SHOE-PAIR-BOX", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The SKU's warehouse priority: set, shown, then removed.
+    api.stock("SHOE-42", "paris", 4, 0, "Trail Runner 42").await;
+    assert!(browser.text("#priority-now").await.contains("No priority"));
+    browser.type_into("#priority-list", &format!("paris, berlin{ENTER}")).await;
+    browser.wait_for_text("#sku-notice", "Warehouse priority set: paris, berlin").await;
+    browser.wait_for_text("#priority-now", "takes paris, berlin first").await;
+    let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
+    assert_eq!(sku["warehouse_priority"], json!(["paris", "berlin"]), "{sku}");
+    browser.click("#priority-remove").await;
+    browser.wait_for_text("#sku-notice", "Warehouse priority removed").await;
+    browser.wait_for_text("#priority-now", "No priority").await;
+    let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
+    assert_eq!(sku["warehouse_priority"], json!([]), "{sku}");
     browser.quit().await;
 }
 

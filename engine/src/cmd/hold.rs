@@ -13,27 +13,34 @@
 //! exactly one shard, so these are all of them). The choice is made inside
 //! `apply`, on the one replica order, so choosing and holding are one atomic
 //! step: no other command can move the stock in between, and every replica
-//! chooses the same. `Hold::allocation` names the rule; today there is one,
-//! `Allocation::MostAvailable`:
+//! chooses the same. `Hold::allocation` names the rule: an order
+//! (`MostAvailable`, the default, or `Priority`, a warehouse list's order)
+//! and whether a line may be split (`split`, the default, or each line
+//! whole from one warehouse); `allocation.rs` says how they follow
+//! Saleor's strategies. The steps:
 //!
 //! 1. Lines that name a warehouse are fixed. They are summed per item and set
 //!    aside first, wherever they stand in the request; such an item is short
 //!    when its available stock is below the sum (reported once, on the first
 //!    line that named it, with the sum as `requested`).
-//! 2. The items of each SKU to allocate are ordered once per hold: most
-//!    available first (available as it was before this hold), ties by
-//!    warehouse name ascending. Names are unique on a shard, so the order is
-//!    total.
+//! 2. The items of each SKU to allocate are ordered once per hold: for
+//!    `Priority`, the warehouses the list names first, in its order; then
+//!    (for `MostAvailable`, all of them) most available first (available
+//!    as it was before this hold), ties by warehouse name ascending. Names
+//!    are unique on a shard, so the order is total.
 //! 3. Lines without a warehouse are filled in request order, each greedily
 //!    along that order: from the first item if what is left of it is enough,
-//!    else all that is left there and the rest from the next items. What is
-//!    left of an item is its available stock minus the fixed lines' sum on it
-//!    and what earlier lines took.
+//!    else all that is left there and the rest from the next items. With
+//!    `split` false, only from the first item whose left is enough, or
+//!    none. What is left of an item is its available stock minus the fixed
+//!    lines' sum on it and what earlier lines took.
 //! 4. A line that cannot be filled is short, with `requested` its own
 //!    quantity, `available` what it could find, and `exists` whether the SKU
 //!    has any item on this shard. What it found still counts as taken for the
 //!    lines after it (the hold is refused anyway; this keeps the figures
 //!    those of the allocation the server used to make by reading first).
+//!    With `split` false a short line found none whole: `available` is the
+//!    most any one item had left for it, and it takes nothing.
 //! 5. The refusal lists every short request line, by line index ascending.
 //!
 //! This is the read-then-hold allocation the server made before: whenever
@@ -50,8 +57,12 @@
 //! mention when the request is read in order, an allocated line mentioning
 //! the items it took from in allocation order. Write outcomes carry these
 //! lines, so a caller learns where its units are held without reading after
-//! the write. Allocating costs one hash probe per warehouse of the shard for
-//! each distinct SKU allocated, and scratch space bounded by
+//! the write, and a granted hold's outcome lists what each line without a
+//! warehouse took from which of those lines (`allocations`); a replay's are
+//! recomputed from the stored lines (`allocation::attribute`). Allocating
+//! costs one hash probe per warehouse of the shard for each distinct SKU
+//! allocated (with `Priority`, also a scan of the list, which the server
+//! bounds by `api.warehouse_priority_max`), and scratch space bounded by
 //! `lines_per_hold_max × warehouses_per_shard_max`; the buffers are the
 //! shard's and are reused.
 //!
@@ -86,9 +97,11 @@ use crate::error::{Corrupt, Field, InputError};
 use crate::event::{Cause, EventKind};
 use crate::ids::{CustomerId, IdempotencyKey, Principal, QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
 use crate::item::ItemId;
-use crate::outcome::{Bound, BundleLine, Outcome, Refusal, ShortLine};
+use crate::outcome::{Allocated, Bound, BundleLine, Outcome, Refusal, ShortLine};
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
 use crate::state::{Change, Emitter, ShardState};
+
+use super::allocation::{AllocationOrder, AllocationRule, attribute, check_priority_list, rank};
 
 /// When a hold ends, if nobody confirms or releases it first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -131,13 +144,43 @@ impl Deadline {
 /// How a hold chooses items for the lines that name no warehouse (see the
 /// module docs). An enum, so that rules (priorities, split options) can be
 /// added without changing the shape of lines that name their warehouse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum Allocation {
     /// The SKU's items by available stock, most first, ties by warehouse
     /// name; a line that the first cannot fill alone is split across the
-    /// next ones in that order.
+    /// next ones in that order. The same as `Rule` with order
+    /// `MostAvailable`, `split` and no list; kept as the short form.
     MostAvailable,
+    /// An order, a priority list and whether a line may be split
+    /// (`allocation.rs`).
+    Rule(AllocationRule),
+}
+
+impl Allocation {
+    /// The order the SKU's items are tried in.
+    pub fn order(&self) -> AllocationOrder {
+        match self {
+            Allocation::MostAvailable => AllocationOrder::MostAvailable,
+            Allocation::Rule(rule) => rule.order,
+        }
+    }
+
+    /// Whether one line may take units from several warehouses.
+    pub fn split(&self) -> bool {
+        match self {
+            Allocation::MostAvailable => true,
+            Allocation::Rule(rule) => rule.split,
+        }
+    }
+
+    /// The request's warehouse order (empty: the SKU's own, if any).
+    pub fn warehouse_priority(&self) -> &[Warehouse] {
+        match self {
+            Allocation::MostAvailable => &[],
+            Allocation::Rule(rule) => &rule.warehouse_priority,
+        }
+    }
 }
 
 /// Units of one SKU, from one warehouse or (`None`) from the SKU's
@@ -183,6 +226,9 @@ impl Hold {
             }
             line.quantity.check(Field::Quantity)?;
         }
+        for warehouse in self.allocation.warehouse_priority() {
+            warehouse.check()?;
+        }
         self.deadline.validate()?;
         if let Some(key) = &self.idempotency_key {
             key.check()?;
@@ -214,6 +260,8 @@ pub(crate) struct HoldScratch {
     takes: Vec<Take>,
     /// The reservation's lines: summed per item, in order of first mention.
     held: Vec<HeldLine>,
+    /// Warehouse names of a priority list, as the hold ranks by it.
+    priority: Vec<String>,
 }
 
 impl HoldScratch {
@@ -223,6 +271,7 @@ impl HoldScratch {
         self.runs.clear();
         self.takes.clear();
         self.held.clear();
+        self.priority.clear();
     }
 }
 
@@ -244,6 +293,9 @@ struct Candidate {
     /// Still free for allocated lines: available, minus the fixed lines on
     /// the item, minus what earlier allocated lines took.
     left: u64,
+    /// Position of the item's warehouse in the priority list in force
+    /// (`u32::MAX` when not listed, and for `MostAvailable`).
+    rank: u32,
 }
 
 /// The candidates of one SKU: `candidates[start..end]`. `first_line` is the
@@ -282,15 +334,20 @@ fn apply_with(
     if let Some(refusal) = bundle_lines(state, command) {
         return Ok(refusal.into());
     }
+    let priority = command.allocation.warehouse_priority();
+    let names = priority.iter().map(Warehouse::as_str);
+    if let Err(refusal) = check_priority_list(names, state.limits().warehouses_per_shard_max) {
+        return Ok(refusal.into());
+    }
     if let Some(slot) = command.idempotency_key.as_ref().and_then(|key| state.find_by_key(key)) {
-        return replay(state, slot);
+        return replay(state, slot, command);
     }
     if let Err(error) = sum_fixed(state, &command.lines, &mut scratch.fixed) {
         return Ok(error.into());
     }
     if let Some(slot) = state.find_reservation(&command.id) {
         return if same_request(state, slot, &scratch.fixed, command)? {
-            replay(state, slot)
+            replay(state, slot, command)
         } else {
             Ok(Refusal::ReservationIdInUse.into())
         };
@@ -325,6 +382,8 @@ fn apply_with(
     // Named before anything changes: a corrupt name stops the shard with
     // this hold unapplied.
     let views = state.line_views(lines.as_slice())?;
+    let allocations = allocations(scratch);
+    debug_assert_allocations(state, command, lines.as_slice(), &allocations);
     for line in lines.as_slice() {
         let before = state.before(line.item);
         debug_assert!(line.quantity <= state.item(line.item).available(), "allocated over available");
@@ -365,7 +424,53 @@ fn apply_with(
             None => Refusal::ReservationNotFound.into(),
         });
     }
-    Ok(Outcome::Held { reservation: summary, replayed: false, lines: views })
+    Ok(Outcome::Held { reservation: summary, replayed: false, lines: views, allocations })
+}
+
+/// What each line without a warehouse took, as the outcome lists it: the
+/// takes, naming the reservation's line of their item, by request line and
+/// then in the order of the reservation's lines (the order a replay's
+/// recomputed ones have). Empty (no heap) for a hold whose every line
+/// names its warehouse.
+fn allocations(scratch: &HoldScratch) -> Vec<Allocated> {
+    let mut allocations: Vec<Allocated> = scratch
+        .takes
+        .iter()
+        .map(|take| {
+            let held = scratch.held.iter().position(|line| line.item == take.item);
+            debug_assert!(held.is_some(), "a take is not in the reservation");
+            let held = held.map_or(u32::MAX, |held| u32::try_from(held).unwrap_or(u32::MAX));
+            Allocated { line: take.line, held, quantity: take.quantity }
+        })
+        .collect();
+    // A line takes from an item once, so the key is unique and the
+    // unstable sort deterministic.
+    allocations.sort_unstable_by_key(|allocated| (allocated.line, allocated.held));
+    allocations
+}
+
+/// Asserts (debug builds) what a granted hold's allocations promise: each
+/// line without a warehouse took exactly its quantity, from items of its
+/// SKU, from one item when it may not be split; lines with one took nothing.
+fn debug_assert_allocations(state: &ShardState, command: &Hold, held: &[HeldLine], allocations: &[Allocated]) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    for (index, line) in command.lines.iter().enumerate() {
+        let of_line: Vec<&Allocated> = allocations.iter().filter(|a| a.line as usize == index).collect();
+        if line.warehouse.is_some() {
+            debug_assert!(of_line.is_empty(), "a line with a warehouse was allocated");
+            continue;
+        }
+        let units: u64 = of_line.iter().map(|a| a.quantity).sum();
+        debug_assert_eq!(units, line.quantity.get(), "line {index} allocated other units than asked");
+        debug_assert!(command.allocation.split() || of_line.len() == 1, "line {index} was split");
+        for allocated in of_line {
+            let item = held.get(allocated.held as usize).map(|h| h.item);
+            let sku = item.and_then(|item| state.item_sku(item).ok());
+            debug_assert_eq!(sku, Some(line.sku.as_str()), "line {index} allocated from another SKU");
+        }
+    }
 }
 
 /// The hold's lines that name a bundle, with its components, for the
@@ -417,9 +522,14 @@ fn check_customer_limits(state: &ShardState, command: &Hold) -> Result<Option<Bo
     }
 }
 
-fn replay(state: &ShardState, slot: u32) -> Result<Outcome, Corrupt> {
+/// The stored reservation, as a retry answers it; its allocations are
+/// recomputed from the stored lines (`allocation::attribute`).
+fn replay(state: &ShardState, slot: u32, command: &Hold) -> Result<Outcome, Corrupt> {
     Ok(match (state.summary(slot), state.reservation_lines(slot)?) {
-        (Some(reservation), Some(lines)) => Outcome::Held { reservation, replayed: true, lines },
+        (Some(reservation), Some(lines)) => {
+            let allocations = attribute(&command.lines, &lines, command.allocation.split());
+            Outcome::Held { reservation, replayed: true, lines, allocations }
+        }
         _ => Refusal::ReservationNotFound.into(),
     })
 }
@@ -484,7 +594,12 @@ fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Re
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         let run = sku_run(state, command, index, scratch)?;
         let requested = line.quantity.get();
-        let found = fill(index, requested, &mut scratch.candidates[run.start..run.end], &mut scratch.takes);
+        let candidates = &mut scratch.candidates[run.start..run.end];
+        let found = if command.allocation.split() {
+            fill(index, requested, candidates, &mut scratch.takes)
+        } else {
+            fill_whole(index, requested, candidates, &mut scratch.takes)
+        };
         debug_assert!(found <= requested);
         if found < requested {
             short.push(ShortLine { line: index, requested, available: found, exists: run.start < run.end });
@@ -513,25 +628,35 @@ fn sku_run(state: &ShardState, command: &Hold, index: u32, scratch: &mut HoldScr
         return Ok(*run);
     }
     let start = scratch.candidates.len();
+    // The priority list in force: the request's, else the SKU's (none for
+    // `MostAvailable`, and then every rank is the same).
+    scratch.priority.clear();
+    if command.allocation.order() == AllocationOrder::Priority {
+        let asked = command.allocation.warehouse_priority();
+        if asked.is_empty() {
+            scratch.priority.extend(state.warehouse_priority(sku.as_str()).iter().cloned());
+        } else {
+            scratch.priority.extend(asked.iter().map(|name| name.as_str().to_owned()));
+        }
+    }
     for item in state.items_of_sku(sku.as_str()) {
         let available = state.item(item).available();
         let fixed = scratch.fixed.iter().find(|line| line.item == Some(item)).map_or(0, |line| line.quantity);
-        scratch.candidates.push(Candidate { item, available, left: available.saturating_sub(fixed) });
+        // Every name is looked up (and a corrupt one reported) here, so
+        // inside the sort below each lookup succeeds.
+        let warehouse = state.item_warehouse(item)?;
+        let rank = rank(scratch.priority.iter().map(String::as_str), warehouse);
+        scratch.candidates.push(Candidate { item, available, left: available.saturating_sub(fixed), rank });
     }
     let candidates = &mut scratch.candidates[start..];
-    // The sort compares names: every one is looked up (and a corrupt one
-    // reported) before it, so inside it each lookup succeeds.
-    for candidate in candidates.iter() {
-        state.item_warehouse(candidate.item)?;
-    }
-    match command.allocation {
-        // Warehouse names are unique on a shard, so the order is total and
-        // the unstable sort cannot leak its internal order.
-        Allocation::MostAvailable => candidates.sort_unstable_by(|a, b| {
-            let name = |candidate: &Candidate| state.item_warehouse(candidate.item).ok();
-            b.available.cmp(&a.available).then_with(|| name(a).cmp(&name(b)))
-        }),
-    }
+    // Listed warehouses by their place in the list, then the rest most
+    // available first; ties by name. Warehouse names are unique on a
+    // shard, so the order is total and the unstable sort cannot leak its
+    // internal order.
+    candidates.sort_unstable_by(|a, b| {
+        let name = |candidate: &Candidate| state.item_warehouse(candidate.item).ok();
+        a.rank.cmp(&b.rank).then_with(|| b.available.cmp(&a.available)).then_with(|| name(a).cmp(&name(b)))
+    });
     let run = SkuRun { first_line: index, start, end: scratch.candidates.len() };
     scratch.runs.push(run);
     Ok(run)
@@ -555,6 +680,25 @@ fn fill(index: u32, requested: u64, candidates: &mut [Candidate], takes: &mut Ve
         takes.push(Take { line: index, item: candidate.item, quantity });
     }
     requested - wanted
+}
+
+/// Takes all `requested` units for line `index` from the first of
+/// `candidates` that has them left, or nothing (`split` false). Returns the
+/// units found: `requested`, or when no one candidate has them, the most
+/// any one has left (what the refusal reports).
+fn fill_whole(index: u32, requested: u64, candidates: &mut [Candidate], takes: &mut Vec<Take>) -> u64 {
+    match candidates.iter_mut().find(|candidate| candidate.left >= requested) {
+        Some(candidate) => {
+            candidate.left -= requested;
+            takes.push(Take { line: index, item: candidate.item, quantity: requested });
+            requested
+        }
+        None => {
+            let best = candidates.iter().map(|candidate| candidate.left).max().unwrap_or(0);
+            debug_assert!(best < requested);
+            best
+        }
+    }
 }
 
 /// Builds `scratch.held`: the fixed sums and the takes, summed per item, in
@@ -626,6 +770,7 @@ fn same_request(state: &ShardState, slot: u32, fixed: &[Summed], command: &Hold)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::AllocationOrder;
     use crate::cmd::{Command, Confirm, Extend, Release};
     use crate::config::Limits;
     use crate::event::EventKind;
@@ -651,7 +796,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.stock("SKU-2", "berlin", 5, 0);
         let outcome = f.hold(1, &[("SKU-1", "berlin", 3), ("SKU-2", "berlin", 5)]);
-        let Outcome::Held { reservation, replayed: false, lines } = outcome else {
+        let Outcome::Held { reservation, replayed: false, lines, .. } = outcome else {
             panic!("not held: {outcome:?}");
         };
         assert_eq!(reservation.state, ReservationState::Held);
@@ -718,8 +863,8 @@ mod tests {
         let first = f.hold(1, &[("SKU-1", "berlin", 3)]);
         let again = f.hold(1, &[("SKU-1", "berlin", 3)]);
         let (
-            Outcome::Held { reservation: a, replayed: false, lines: first_lines },
-            Outcome::Held { reservation: b, replayed: true, lines: again_lines },
+            Outcome::Held { reservation: a, replayed: false, lines: first_lines, .. },
+            Outcome::Held { reservation: b, replayed: true, lines: again_lines, .. },
         ) = (first, again)
         else {
             panic!("retry did not replay");
@@ -1010,7 +1155,7 @@ mod tests {
         f.one(hold_any_command(1, &[("SKU-1", None, 2)], key.clone()));
         let retry = f.one(hold_any_command(2, &[("SKU-1", None, 3)], key));
         assert!(
-            matches!(retry, Outcome::Held { ref reservation, replayed: true, ref lines } if reservation.id == rid(1) && *lines == vec![line("SKU-1", "berlin", 2)])
+            matches!(retry, Outcome::Held { ref reservation, replayed: true, ref lines, .. } if reservation.id == rid(1) && *lines == vec![line("SKU-1", "berlin", 2)])
         );
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 2));
     }
@@ -1051,5 +1196,143 @@ mod tests {
         let released = f.one(Command::Release(Release { principal: None, id: rid(2) }));
         assert!(matches!(released, Outcome::Released { ref lines, .. } if lines.len() == 1), "{released:?}");
         assert!(f.state.reservation(&rid(2)).ok().flatten().is_none(), "forgotten at once");
+    }
+
+    // ----- allocation rules: priority and split -----
+
+    fn ruled(
+        n: u8,
+        lines: &[(&str, Option<&str>, u64)],
+        order: AllocationOrder,
+        list: &[&str],
+        split: bool,
+    ) -> Command {
+        let Command::Hold(mut hold) = hold_any_command(n, lines, None) else { panic!("not a hold") };
+        hold.allocation = Allocation::Rule(crate::cmd::AllocationRule {
+            order,
+            warehouse_priority: list
+                .iter()
+                .map(|name| Warehouse::new(*name).unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
+            split,
+        });
+        Command::Hold(hold)
+    }
+
+    fn set_priority(f: &mut Fixture, sku: &str, list: &[&str]) {
+        let command = Command::SetWarehousePriority(crate::cmd::SetWarehousePriority {
+            sku: Sku::new(sku).unwrap_or_else(|e| panic!("{e}")),
+            warehouses: Some(list.iter().map(|name| Warehouse::new(*name).unwrap_or_else(|e| panic!("{e}"))).collect()),
+        });
+        assert!(matches!(f.one(command), Outcome::WarehousePrioritySet { .. }));
+    }
+
+    fn allocations_of(outcome: &Outcome) -> Vec<(u32, u32, u64)> {
+        match outcome {
+            Outcome::Held { allocations, .. } => allocations.iter().map(|a| (a.line, a.held, a.quantity)).collect(),
+            other => panic!("not held: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn priority_takes_the_skus_list_order_before_availability() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 4, 0);
+        f.stock("SKU-1", "paris", 10, 0);
+        f.stock("SKU-1", "rome", 7, 0);
+        set_priority(&mut f, "SKU-1", &["rome", "berlin"]);
+        let outcome = f.one(ruled(1, &[("SKU-1", None, 12)], AllocationOrder::Priority, &[], true));
+        // rome (7), berlin (4), then the unlisted paris for the last unit.
+        assert_eq!(
+            held_lines(outcome.clone()),
+            vec![line("SKU-1", "rome", 7), line("SKU-1", "berlin", 4), line("SKU-1", "paris", 1)]
+        );
+        assert_eq!(allocations_of(&outcome), vec![(0, 0, 7), (0, 1, 4), (0, 2, 1)]);
+    }
+
+    #[test]
+    fn a_requests_priority_list_overrides_the_skus() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 4, 0);
+        f.stock("SKU-1", "paris", 10, 0);
+        set_priority(&mut f, "SKU-1", &["paris"]);
+        // "oslo" stocks nothing of SKU-1: skipped.
+        let outcome = f.one(ruled(1, &[("SKU-1", None, 3)], AllocationOrder::Priority, &["oslo", "berlin"], true));
+        assert_eq!(held_lines(outcome), vec![line("SKU-1", "berlin", 3)]);
+    }
+
+    #[test]
+    fn priority_without_any_list_is_most_available() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 4, 0);
+        f.stock("SKU-1", "paris", 10, 0);
+        let outcome = f.one(ruled(1, &[("SKU-1", None, 3)], AllocationOrder::Priority, &[], true));
+        assert_eq!(held_lines(outcome), vec![line("SKU-1", "paris", 3)]);
+    }
+
+    #[test]
+    fn without_split_a_line_comes_whole_from_the_first_warehouse_that_has_it() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        f.stock("SKU-1", "paris", 10, 0);
+        let outcome = f.one(ruled(
+            1,
+            &[("SKU-1", None, 8), ("SKU-1", None, 3)],
+            AllocationOrder::Priority,
+            &["berlin", "paris"],
+            false,
+        ));
+        // berlin cannot give 8: paris does; berlin then gives the 3.
+        assert_eq!(held_lines(outcome.clone()), vec![line("SKU-1", "paris", 8), line("SKU-1", "berlin", 3)]);
+        assert_eq!(allocations_of(&outcome), vec![(0, 0, 8), (1, 1, 3)]);
+        assert_eq!((f.levels("SKU-1", "berlin"), f.levels("SKU-1", "paris")), ((5, 3), (10, 8)));
+    }
+
+    #[test]
+    fn without_split_a_line_no_warehouse_can_fill_alone_is_short_with_the_best_single_warehouse() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        f.stock("SKU-1", "paris", 6, 0);
+        let outcome =
+            f.one(ruled(1, &[("SKU-1", None, 9), ("SKU-1", None, 6)], AllocationOrder::MostAvailable, &[], false));
+        // 11 units in all, but no warehouse has 9; the short line takes
+        // nothing, so the next line still finds paris's 6.
+        assert_eq!(
+            outcome,
+            Outcome::Refused(Refusal::InsufficientStock {
+                lines: vec![ShortLine { line: 0, requested: 9, available: 6, exists: true }]
+            })
+        );
+        assert_eq!((f.levels("SKU-1", "berlin"), f.levels("SKU-1", "paris")), ((5, 0), (6, 0)));
+        // With split, the same 9 are granted across both.
+        let split = f.one(ruled(2, &[("SKU-1", None, 9)], AllocationOrder::MostAvailable, &[], true));
+        assert_eq!(held_lines(split), vec![line("SKU-1", "paris", 6), line("SKU-1", "berlin", 3)]);
+    }
+
+    #[test]
+    fn a_priority_list_naming_a_warehouse_twice_is_refused() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        let outcome =
+            f.one(ruled(1, &[("SKU-1", None, 1)], AllocationOrder::Priority, &["berlin", "paris", "berlin"], true));
+        assert_eq!(outcome.refusal().map(Refusal::code), Some("invalid_warehouse_priority"));
+        assert_eq!(f.levels("SKU-1", "berlin"), (5, 0));
+    }
+
+    #[test]
+    fn allocations_list_only_lines_without_a_warehouse_and_a_replay_answers_them_again() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 5, 0);
+        f.stock("SKU-1", "paris", 10, 0);
+        let lines = [("SKU-1", Some("berlin"), 2), ("SKU-1", None, 12)];
+        let first = f.one(ruled(1, &lines, AllocationOrder::Priority, &["berlin"], true));
+        assert_eq!(held_lines(first.clone()), vec![line("SKU-1", "berlin", 5), line("SKU-1", "paris", 9)]);
+        assert_eq!(allocations_of(&first), vec![(1, 0, 3), (1, 1, 9)]);
+        let again = f.one(ruled(1, &lines, AllocationOrder::Priority, &["berlin"], true));
+        let Outcome::Held { replayed: true, allocations, .. } = &again else { panic!("{again:?}") };
+        assert_eq!(
+            allocations_of(&first),
+            allocations.iter().map(|a| (a.line, a.held, a.quantity)).collect::<Vec<_>>()
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! shard's clock has moved to the entry's time and due holds have expired.
 
 mod adjust;
+mod allocation;
 mod confirm;
 mod delete;
 mod extend;
@@ -16,10 +17,13 @@ mod set_bundle;
 mod set_customer_limit;
 mod set_limits;
 mod set_product;
+mod set_warehouse_priority;
 mod transfer;
 mod upsert;
 
 pub use adjust::{Adjust, AdjustReason};
+pub(crate) use allocation::check_priority_list;
+pub use allocation::{AllocationOrder, AllocationRule, attribute};
 pub use confirm::{Confirm, ConfirmLine, ConfirmPart, units_sold};
 pub use delete::{DeleteItem, DeleteSku};
 pub use extend::Extend;
@@ -30,6 +34,7 @@ pub use set_bundle::SetBundle;
 pub use set_customer_limit::SetCustomerLimit;
 pub use set_limits::SetLimits;
 pub use set_product::SetProduct;
+pub use set_warehouse_priority::SetWarehousePriority;
 pub use transfer::Transfer;
 pub use upsert::{AttrUpdate, Expect, UpsertItem};
 
@@ -66,6 +71,9 @@ pub enum Command {
     DeleteItem(DeleteItem),
     /// Deletes a SKU's product and every item of it (`delete.rs`).
     DeleteSku(DeleteSku),
+    /// A SKU's warehouse priority for `Priority` allocation
+    /// (`set_warehouse_priority.rs`).
+    SetWarehousePriority(SetWarehousePriority),
 }
 
 impl Command {
@@ -81,6 +89,7 @@ impl Command {
             Command::SetProduct(c) => Some(c.sku.as_str()),
             Command::DeleteItem(c) => Some(c.sku.as_str()),
             Command::DeleteSku(c) => Some(c.sku.as_str()),
+            Command::SetWarehousePriority(c) => Some(c.sku.as_str()),
             Command::Confirm(_)
             | Command::ConfirmPart(_)
             | Command::Release(_)
@@ -105,9 +114,11 @@ impl Command {
             Command::SetProduct(c) => (c.principal.as_ref(), None, None),
             Command::DeleteItem(c) => (c.principal.as_ref(), None, None),
             Command::DeleteSku(c) => (c.principal.as_ref(), None, None),
-            Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::SetBundle(_) | Command::Tick => {
-                (None, None, None)
-            }
+            Command::SetLimits(_)
+            | Command::SetCustomerLimit(_)
+            | Command::SetBundle(_)
+            | Command::SetWarehousePriority(_)
+            | Command::Tick => (None, None, None),
         }
     }
 
@@ -127,6 +138,7 @@ impl Command {
             Command::SetProduct(c) => c.validate(),
             Command::DeleteItem(c) => c.validate(),
             Command::DeleteSku(c) => c.validate(),
+            Command::SetWarehousePriority(c) => c.validate(),
             Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
                 principal.as_ref().map_or(Ok(()), Principal::check)
             }
@@ -222,5 +234,6 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::SetProduct(c) => Ok(set_product::apply(state, c)),
         Command::DeleteItem(c) => delete::apply_item(state, c, emitter),
         Command::DeleteSku(c) => delete::apply_sku(state, c, emitter),
+        Command::SetWarehousePriority(c) => Ok(set_warehouse_priority::apply(state, c)),
     }
 }

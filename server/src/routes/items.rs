@@ -403,6 +403,7 @@ fn limit_json(limit: Option<&engine::customer::CustomerLimit>) -> (Value, Value)
     tag = "items",
     summary = "Read every warehouse of a SKU, with totals and its limit per customer",
     description = "`limit_per_customer` and `limit_window_seconds` are the SKU's limit (null: none). \
+        `warehouse_priority` is the SKU's warehouse order for `priority` allocation (empty: none). \
         With `customer_id`, `customer` shows what that customer has of the SKU: `held` (live holds), `sold` \
         (confirmed within the window) and `remaining` (null when the SKU has no limit).",
     extensions(("x-tally-role" = json!("read"))),
@@ -427,10 +428,11 @@ pub async fn get_sku(
     let shard = shard_of(sku.as_str(), state.node.shard_count());
     let name = sku.as_str().to_owned();
     let who = customer.clone();
-    let (view, limit, usage, product) = read_shard(&state, shard, query.consistency, move |s| {
+    let (view, limit, usage, product, priority) = read_shard(&state, shard, query.consistency, move |s| {
         let view = s.sku_items(name.as_str())?;
         let usage = who.map(|who| s.customer_usage(name.as_str(), who.as_str()));
-        Ok((view, s.customer_limit(name.as_str()), usage, s.product(name.as_str())))
+        let priority = s.warehouse_priority(name.as_str()).to_vec();
+        Ok((view, s.customer_limit(name.as_str()), usage, s.product(name.as_str()), priority))
     })
     .await?;
     if view.items.is_empty() && product.is_none() {
@@ -444,6 +446,7 @@ pub async fn get_sku(
         "available": view.available,
         "limit_per_customer": units,
         "limit_window_seconds": window,
+        "warehouse_priority": priority,
         "warehouses": view.items.iter().map(item_json).collect::<Vec<_>>(),
         "product": product.as_ref().map(super::products::product_json),
         "consistency": query.consistency.as_str(),
@@ -465,8 +468,8 @@ pub struct PutSku {
     /// Most units of this SKU one customer may hold and buy (live holds plus
     /// confirmed sales), across all its warehouses; 1 to 10^15. `null`
     /// removes the limit (and forgets the sales it counted). Absent:
-    /// removed too, unless the body sets product fields (then it is kept;
-    /// send limit and product fields in separate PUTs).
+    /// removed too, unless the body sets only `warehouse_priority` or only
+    /// product fields (then it is kept).
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u64>, minimum = 1)]
     pub limit_per_customer: Option<Option<u64>>,
@@ -502,6 +505,14 @@ pub struct PutSku {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub image_url: Option<Option<String>>,
+    /// The order `priority` allocation tries the SKU's warehouses in, most
+    /// preferred first (warehouses not listed come after, most available
+    /// first). Each must stock the SKU; at most `api.warehouse_priority_max`
+    /// (32), none twice. `null` or `[]` removes it. Absent: unchanged — and
+    /// a body with only this field leaves the limit per customer unchanged.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<crate::openapi::Warehouse>>)]
+    pub warehouse_priority: Option<Option<Vec<String>>>,
 }
 
 /// `PUT /v1/items/{sku}`: a SKU's settings (admin).
@@ -509,12 +520,16 @@ pub struct PutSku {
     put,
     path = "/v1/items/{sku}",
     tag = "items",
-    summary = "Set a SKU's product record, or its limit per customer",
+    summary = "Set a SKU's product record, or its limit per customer and warehouse priority",
     description = "With any product field (`name`, `description`, `category`, `price`, `currency`, `image_url`) \
         the PUT sets the SKU's product record: `null` clears a field, absent keeps it; it answers 201 with \
         `product` when this created the record, else 200. A SKU may have a product before any warehouse \
         stocks it. `created_at` / `updated_at` are log times of the first and the latest change. \
-        Without product fields the PUT sets the limit per customer. A hold of a limited SKU must name its `customer_id`, and is refused with 409 \
+        Product fields go in a PUT of their own (400 `invalid_body` with limit or priority fields). \
+        `warehouse_priority` sets the SKU's warehouse order for `priority` allocation (each \
+        warehouse must stock the SKU; 400 `invalid_warehouse_priority` otherwise, or when one is listed twice \
+        or the list is too long). A body with `warehouse_priority` and no limit field changes only the list; \
+        any other body without product fields sets the limit as it says (absent fields: none). A hold of a limited SKU must name its `customer_id`, and is refused with 409 \
         `customer_limit` if the customer's live holds plus confirmed sales of the SKU (within the window), \
         plus the hold, would pass the limit. Checked and held in one atomic step on the SKU's shard, \
         however many requests of one customer race. The limit counts holds and sales made while it is \
@@ -524,15 +539,17 @@ pub struct PutSku {
     request_body = PutSku,
     responses(
         (status = 200, description = "The SKU's limit now: `sku`, `limit_per_customer`, `limit_window_seconds`, \
-            and `customers`, the customers it tracks; or, for product fields, `sku` and `product` \
+            and `customers`, the customers it tracks, when the body set it; `warehouse_priority` when the body \
+            named it; or, for product fields, `sku` and `product` \
             (see `GET /v1/items/{sku}`).", body = Value),
         (status = 201, description = "Product fields: the product record was created (`sku`, `product`).",
             body = Value),
         (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `field_empty`, \
             `field_too_long`, `field_bad_character` (sku), `quantity_zero`, `quantity_too_large` \
-            (limit_per_customer, limit_window_ms), `window_without_limit`; for product fields also \
+            (limit_per_customer, limit_window_ms), `window_without_limit`, `invalid_warehouse_priority`, \
+            `field_bad_character` (warehouse_priority); for product fields also \
             `field_bad_length` (currency), `invalid_price`, `field_bad_character` (image_url not http/https), \
-            and `invalid_body` if limit fields come with them."),
+            and `invalid_body` if limit or priority fields come with them."),
         (status = 404, description = "`item_not_found`: no warehouse stocks this SKU (limit only)."),
         (status = 409, description = "`shard_full`: no room for another product (`products_per_shard_max`)."),
         (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
@@ -555,10 +572,11 @@ pub async fn put_sku(
         image_url: body.image_url,
     };
     if !product.is_empty() {
-        if body.limit_per_customer.is_some() || body.limit_window_seconds.is_some() {
+        let others = body.limit_per_customer.is_some() || body.limit_window_seconds.is_some();
+        if others || body.warehouse_priority.is_some() {
             return Err(Problem::bad_request(
                 "invalid_body",
-                "set product fields and the limit per customer in separate PUTs",
+                "set product fields in a PUT of their own, apart from the limit per customer and warehouse priority",
             ));
         }
         let command = super::products::set_product(sku, product, &principal)?;
@@ -577,21 +595,41 @@ pub async fn put_sku(
             ));
         }
     };
-    let command = engine::cmd::SetCustomerLimit { sku, limit };
-    command.validate()?;
-    match state.submit(Command::SetCustomerLimit(command)).await? {
-        Outcome::CustomerLimitSet { sku, limit, customers } => {
-            let (units, window) = limit_json(limit.as_ref());
-            Ok(axum::Json(json!({
-                "sku": sku,
-                "limit_per_customer": units,
-                "limit_window_seconds": window,
-                "customers": customers,
-            }))
-            .into_response())
-        }
-        other => Err(state.unexpected(&other)),
+    let sets_limit =
+        body.warehouse_priority.is_none() || body.limit_per_customer.is_some() || body.limit_window_seconds.is_some();
+    // Both commands are checked before either is submitted.
+    let limit_command = sets_limit.then(|| engine::cmd::SetCustomerLimit { sku: sku.clone(), limit });
+    if let Some(command) = &limit_command {
+        command.validate()?;
     }
+    let mut answer = serde_json::Map::new();
+    answer.insert("sku".into(), json!(sku.as_str()));
+    // The list first: it is the one the shard can refuse for its content,
+    // and then nothing of the body is applied.
+    if let Some(list) = &body.warehouse_priority {
+        let warehouses = super::allocation::priority_list(list.as_deref().unwrap_or_default(), &state.config.api)?;
+        let command = engine::cmd::SetWarehousePriority { sku: sku.clone(), warehouses: Some(warehouses) };
+        command.validate()?;
+        match state.submit(Command::SetWarehousePriority(command)).await? {
+            Outcome::WarehousePrioritySet { warehouses, .. } => {
+                answer.insert("warehouse_priority".into(), json!(warehouses));
+            }
+            Outcome::Refused(refusal) => return Err(Problem::refusal(&refusal)),
+            other => return Err(state.unexpected(&other)),
+        }
+    }
+    if let Some(command) = limit_command {
+        match state.submit(Command::SetCustomerLimit(command)).await? {
+            Outcome::CustomerLimitSet { limit, customers, .. } => {
+                let (units, window) = limit_json(limit.as_ref());
+                answer.insert("limit_per_customer".into(), units);
+                answer.insert("limit_window_seconds".into(), window);
+                answer.insert("customers".into(), json!(customers));
+            }
+            other => return Err(state.unexpected(&other)),
+        }
+    }
+    Ok(axum::Json(Value::Object(answer)).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -7,6 +7,7 @@
 //! submit, map the outcome. Business rules live in the engine.
 
 pub mod admin;
+pub mod allocation;
 pub mod bulk;
 pub mod bundles;
 pub mod items;

@@ -85,6 +85,23 @@ pub struct ReservationBody {
     /// `limit_per_customer` (`PUT /v1/items/{sku}`); their units count
     /// against this customer's limit. Not scoped to the API key.
     pub customer_id: Option<String>,
+    /// How lines without a warehouse are allocated: `most_available` (most
+    /// available warehouse first) or `priority` (`warehouse_priority`'s
+    /// order, else the SKU's, then the rest most available first). Absent:
+    /// `priority` if `warehouse_priority` is given, else the server's
+    /// `api.allocation` (`most_available` by default).
+    pub allocation: Option<super::allocation::AllocationName>,
+    /// The warehouse order for `priority`, most preferred first; overrides
+    /// each SKU's own list. Names that do not stock a line's SKU are skipped
+    /// for it. At most `api.warehouse_priority_max` (32) names, none twice.
+    #[schema(value_type = Option<Vec<crate::openapi::Warehouse>>)]
+    pub warehouse_priority: Option<Vec<String>>,
+    /// Whether a line without a warehouse may be filled from several
+    /// warehouses. Default `true`. `false`: each line comes whole from one
+    /// warehouse (the first in allocation order that has enough), or is
+    /// short (409 `insufficient_stock`, `available` the most one warehouse
+    /// has for it).
+    pub split: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -95,8 +112,9 @@ pub struct RequestLine {
     /// none.
     #[schema(value_type = crate::openapi::Sku)]
     pub sku: String,
-    /// Absent: allocated from the SKU's warehouses, most available first,
-    /// split across warehouses when none has enough alone.
+    /// Absent: allocated from the SKU's warehouses by the request's
+    /// `allocation` (most available first by default), split across
+    /// warehouses when none has enough alone unless `split` is false.
     #[schema(value_type = Option<crate::openapi::Warehouse>)]
     pub warehouse: Option<String>,
     #[schema(value_type = crate::openapi::Quantity)]
@@ -142,7 +160,7 @@ enum Attempt {
 }
 
 /// The request line of each of a part's lines.
-fn request_lines(lines: &[Line]) -> Vec<usize> {
+fn line_origins(lines: &[Line]) -> Vec<usize> {
     lines.iter().map(|line| line.request_line).collect()
 }
 
@@ -256,6 +274,10 @@ pub struct ReservationOut {
     /// each became (`lines` are the components as held).
     #[serde(skip_serializing_if = "Option::is_none")]
     bundles: Option<Vec<super::bundles::BundleOut>>,
+    /// Only in the answer of a create: each request line, in request order,
+    /// with where its units came from (`routes::allocation`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_lines: Option<Vec<super::allocation::RequestLineOut>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -308,6 +330,7 @@ impl ReservationOut {
             order_id,
             parts: None,
             bundles: None,
+            request_lines: None,
         }
     }
 
@@ -325,6 +348,24 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
         // Strings, integers and values only: serializing cannot fail.
         Err(error) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response(),
     }
+}
+
+/// A part's lines as its `Hold` command has them.
+fn hold_lines(lines: &[Line]) -> Vec<HoldLine> {
+    lines
+        .iter()
+        .map(|line| HoldLine { sku: line.sku.clone(), warehouse: line.warehouse.clone(), quantity: line.quantity })
+        .collect()
+}
+
+/// A part's request lines with where their units came from.
+fn part_request_lines(
+    lines: &[Line],
+    held: &[engine::outcome::LineView],
+    allocations: &[engine::outcome::Allocated],
+) -> Vec<super::allocation::RequestLineOut> {
+    let request_line = |index: usize| lines.get(index).map_or(index, |line| line.request_line);
+    super::allocation::request_lines(request_line, &hold_lines(lines), held, allocations)
 }
 
 /// The engine's short lines (indexes into a part's lines) as the request's.
@@ -455,6 +496,10 @@ impl AppState {
         let expanded = super::bundles::expand(body, found, self.config.engine.lines_per_hold_max)?;
         match self.create_once(&expanded.body, principal, key).await {
             Ok(Attempt::Done(mut created)) => {
+                // Component lines name the request line of their bundle.
+                for line in created.body.request_lines.iter_mut().flatten() {
+                    line.line = expanded.origin.get(line.line).copied().unwrap_or(line.line);
+                }
                 created.body.bundles = Some(expanded.bundles);
                 Ok(created)
             }
@@ -487,14 +532,15 @@ impl AppState {
     ) -> ApiResult<Attempt> {
         let checked = self.check_request(body, principal, key)?;
         let Prepared { id, key, mut parts } = self.prepare(body, checked)?;
+        let split = body.split.unwrap_or(true);
         if parts.len() == 1
             && let Some(part) = parts.pop()
         {
             let outcome = self.submit_to(part.shard, part.command).await?;
             if let Outcome::Refused(Refusal::BundleLines { lines }) = &outcome {
-                return Ok(Attempt::Bundles(super::bundles::found_lines(lines, &request_lines(&part.lines))));
+                return Ok(Attempt::Bundles(super::bundles::found_lines(lines, &line_origins(&part.lines))));
             }
-            return self.held(outcome, &part.lines, key, id).map(Attempt::Done);
+            return self.held(outcome, &part.lines, key, id, split).map(Attempt::Done);
         }
         // Across shards, bundles are looked for first (on this node's
         // copies), so that no part holds, or takes the key, for a request
@@ -516,6 +562,15 @@ impl AppState {
         match saga {
             SagaOutcome::Held { holds, confirms } => {
                 let replayed = holds.iter().all(|hold| matches!(hold, Outcome::Held { replayed: true, .. }));
+                // Each part's hold says what its lines took (a confirm's
+                // outcome does not), so the request lines come from holds.
+                let mut request_lines = Vec::with_capacity(body.lines.len());
+                for (lines, hold) in part_lines.iter().zip(&holds) {
+                    if let Outcome::Held { lines: held, allocations, .. } = hold {
+                        request_lines.extend(part_request_lines(lines, held, allocations));
+                    }
+                }
+                request_lines.sort_by_key(|line| line.line);
                 let parts = match confirms {
                     // Confirmed at once: the confirms answer the parts as they ended.
                     Some(confirms) => self.ended(confirms)?,
@@ -531,7 +586,8 @@ impl AppState {
                         })
                         .collect(),
                 };
-                let body = reservation_out(id, parts).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+                let mut body = reservation_out(id, parts).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+                body.request_lines = Some(request_lines);
                 Ok(Attempt::Done(Created { body, replayed }))
             }
             SagaOutcome::Undone { holds } => {
@@ -541,7 +597,7 @@ impl AppState {
                 for (lines, answer) in part_lines.iter().zip(holds) {
                     match answer {
                         Ok(Outcome::Refused(Refusal::BundleLines { lines: refused })) => {
-                            found.extend(super::bundles::found_lines(&refused, &request_lines(lines)));
+                            found.extend(super::bundles::found_lines(&refused, &line_origins(lines)));
                         }
                         Ok(Outcome::Held { reservation, .. }) if reservation.id == id => {}
                         // The part's shard knew the key: it made another
@@ -629,7 +685,8 @@ impl AppState {
         // keep their own (cluster `clock`), and a deadline taken off another
         // clock could be ahead of the part's shard and end it early.
         let deadline = Deadline::AfterMs(checked.ttl_ms);
-        let allocation = self.config.api.allocation.engine();
+        let allocation =
+            super::allocation::rule(body.allocation, body.warehouse_priority.as_deref(), body.split, &self.config.api)?;
         let customer = body.customer_id.clone().map(CustomerId::new).transpose()?;
         let parts = by_shard
             .into_iter()
@@ -649,7 +706,7 @@ impl AppState {
                     idempotency_key: checked.engine_key.clone(),
                     // Parts of a saga are confirmed once every part holds.
                     confirm: body.commit && !spans,
-                    allocation,
+                    allocation: allocation.clone(),
                     customer: customer.clone(),
                 });
                 PartHold { shard, command, lines }
@@ -662,37 +719,48 @@ impl AppState {
     /// as held (allocation and splitting included), for a first write and a
     /// replay alike; `key`, the request's, is the reservation's (a replay by
     /// key found it, a replay by id requires it).
+    ///
+    /// `split` is the request's: a hold confirmed at once answers the
+    /// confirm's outcome, without the hold's allocations, so they are
+    /// attributed from its lines as a replay's are (`engine::cmd::attribute`).
     fn held(
         &self,
         outcome: Outcome,
         lines: &[Line],
         key: Option<IdempotencyKey>,
         id: ReservationId,
+        split: bool,
     ) -> ApiResult<Created> {
-        match outcome {
-            Outcome::Held { reservation, replayed, lines: held }
-            | Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
-                // A key the shard knows replays its reservation whatever this
-                // request asks. One made by a request of another shape (its
-                // first line on another shard, or across shards) has another
-                // id: the key made a different reservation.
-                if reservation.id != id {
-                    return Err(Problem::refusal(&Refusal::ReservationIdInUse));
-                }
-                let view = ReservationView {
-                    summary: reservation,
-                    lines: held,
-                    idempotency_key: key.map(IdempotencyKey::into_string),
-                };
-                let body = reservation_out(id, [view]).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
-                Ok(Created { body, replayed })
+        let (reservation, replayed, held, allocations) = match outcome {
+            Outcome::Held { reservation, replayed, lines: held, allocations } => {
+                (reservation, replayed, held, allocations)
+            }
+            Outcome::Confirmed { reservation, replayed, lines: held, .. } => {
+                let allocations = engine::cmd::attribute(&hold_lines(lines), &held, split);
+                (reservation, replayed, held, allocations)
             }
             Outcome::Refused(Refusal::InsufficientStock { lines: shorts }) => {
-                Err(short_lines_problem(&short_lines(lines, &shorts)))
+                return Err(short_lines_problem(&short_lines(lines, &shorts)));
             }
-            Outcome::Refused(refusal) => Err(Problem::refusal(&refusal)),
-            other => Err(self.unexpected(&other)),
+            Outcome::Refused(refusal) => return Err(Problem::refusal(&refusal)),
+            other => return Err(self.unexpected(&other)),
+        };
+        // A key the shard knows replays its reservation whatever this
+        // request asks. One made by a request of another shape (its first
+        // line on another shard, or across shards) has another id: the key
+        // made a different reservation.
+        if reservation.id != id {
+            return Err(Problem::refusal(&Refusal::ReservationIdInUse));
         }
+        let request_lines = part_request_lines(lines, &held, &allocations);
+        let view = ReservationView {
+            summary: reservation,
+            lines: held,
+            idempotency_key: key.map(IdempotencyKey::into_string),
+        };
+        let mut body = reservation_out(id, [view]).ok_or_else(|| self.unexpected(&Outcome::Ticked))?;
+        body.request_lines = Some(request_lines);
+        Ok(Created { body, replayed })
     }
 
     /// Confirms, releases or extends every part of a reservation, and
@@ -840,8 +908,10 @@ fn created_response(created: Created) -> Response {
     tag = "reservations",
     summary = "Hold stock: every line or none",
     description = "Holds every line until the deadline, or none and answers 409 with every short line. \
-        A line without a warehouse is allocated from the SKU's warehouses. A line naming a bundle holds \
-        its components (the answer's `bundles` shows how). With an `Idempotency-Key` or \
+        A line without a warehouse is allocated from the SKU's warehouses (`allocation`, \
+        `warehouse_priority`, `split`); the answer's `request_lines` say where each line's units are held. \
+        A line naming a bundle holds its components (the answer's `bundles` shows how). \
+        With an `Idempotency-Key` or \
         an `order_id`, a retry answers the first reservation and never holds twice.",
     extensions(("x-tally-role" = json!("reserve"))),
     params(
@@ -857,8 +927,10 @@ fn created_response(created: Created) -> Response {
                 description = "`true` when this answers an earlier request with the same key or order."))),
         (status = 400, description = "`invalid_json`, `invalid_body`, `invalid_idempotency_key`, `ttl_out_of_range`, \
             `no_lines`, `too_many_lines`, `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, \
-            Idempotency-Key, order_id, customer_id), `quantity_zero`, `quantity_too_large`; \
-            `customer_id_required`: a line's SKU has a limit per customer (the problem's `sku`)."),
+            Idempotency-Key, order_id, customer_id, warehouse_priority), `quantity_zero`, `quantity_too_large`; \
+            `customer_id_required`: a line's SKU has a limit per customer (the problem's `sku`); \
+            `invalid_warehouse_priority`: the list names a warehouse twice or too many, or comes with \
+            `allocation` `most_available`."),
         (status = 409, description = "`insufficient_stock`: the problem's `lines` lists every short line (a \
             bundle's component names its request line and the `bundle`); `bundle_nested`: a bundle's component \
             is a bundle; \
@@ -913,12 +985,35 @@ struct BatchRequestFields {
     commit: bool,
     idempotency_key: Option<String>,
     customer_id: Option<String>,
+    allocation: Option<super::allocation::AllocationName>,
+    warehouse_priority: Option<Vec<String>>,
+    split: Option<bool>,
 }
 
 impl From<BatchRequestFields> for BatchRequest {
     fn from(fields: BatchRequestFields) -> Self {
-        let BatchRequestFields { lines, ttl_seconds, order_id, commit, idempotency_key, customer_id } = fields;
-        Self { reservation: ReservationBody { lines, ttl_seconds, order_id, commit, customer_id }, idempotency_key }
+        let BatchRequestFields {
+            lines,
+            ttl_seconds,
+            order_id,
+            commit,
+            idempotency_key,
+            customer_id,
+            allocation,
+            warehouse_priority,
+            split,
+        } = fields;
+        let reservation = ReservationBody {
+            lines,
+            ttl_seconds,
+            order_id,
+            commit,
+            customer_id,
+            allocation,
+            warehouse_priority,
+            split,
+        };
+        Self { reservation, idempotency_key }
     }
 }
 
@@ -1091,10 +1186,11 @@ impl AppState {
             .zip(outcomes)
             .map(|((index, id, key, lines), outcome)| {
                 if let Outcome::Refused(Refusal::BundleLines { lines: refused }) = &outcome {
-                    let found = super::bundles::found_lines(refused, &request_lines(&lines));
+                    let found = super::bundles::found_lines(refused, &line_origins(&lines));
                     return (index, Ok(Attempt::Bundles(found)));
                 }
-                (index, self.held(outcome, &lines, key, id).map(Attempt::Done))
+                // Listed requests name every warehouse: nothing to split.
+                (index, self.held(outcome, &lines, key, id, true).map(Attempt::Done))
             })
             .collect()
     }
