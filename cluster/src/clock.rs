@@ -166,10 +166,11 @@ impl ShardClock {
         self.lineage.lock().observe(at, ts_ms, self.wall.since_base_ms(), leading);
     }
 
-    /// The log was cut after `keep` (None: all of it).
-    pub fn truncated(&self, keep: Option<LogId>) {
-        let applied_ms = self.applied_ms.load(Ordering::Acquire);
-        self.lineage.lock().truncated(keep, applied_ms, self.wall.since_base_ms());
+    /// The log was cut after `keep` (None: all of it); `kept_ms` is the
+    /// stamp of the last entry kept that has one (0: none).
+    pub fn truncated(&self, keep: Option<LogId>, kept_ms: u64) {
+        let floor_ms = self.applied_ms.load(Ordering::Acquire).max(kept_ms);
+        self.lineage.lock().truncated(keep, floor_ms, self.wall.since_base_ms());
     }
 
     /// The shard applied entries up to log time `log_time_ms` here (or
@@ -261,25 +262,32 @@ impl Lineage {
         }
     }
 
-    pub(crate) fn truncated(&mut self, keep: Option<LogId>, applied_ms: u64, since_base_ms: i64) {
+    /// The log was cut after `keep`. `floor_ms`: the larger of the log
+    /// time applied here and the stamp of the last entry kept (0: nothing
+    /// applied and no stamped entry kept).
+    pub(crate) fn truncated(&mut self, keep: Option<LogId>, floor_ms: u64, since_base_ms: i64) {
         let Some(from) = self.from else {
             return;
         };
         if keep.is_some_and(|keep| keep.index >= from.index) {
             return;
         }
-        if applied_ms == 0 {
-            // Nothing applied here yet, in a cluster whose first entries
-            // were just cut: log time starts over from the wall clock, as
-            // in a new cluster.
+        if floor_ms == 0 {
+            // Nothing applied here and no stamped entry left, in a cluster
+            // whose first entries were just cut: log time starts over from
+            // the wall clock, as in a new cluster.
             *self = Self::default();
             return;
         }
-        // The estimate's entry is gone. Applied entries are committed and
-        // stay; the applied log time, observed now, is at most what any
-        // remaining entry allows (it only slows log time down).
+        // The estimate's entry is gone. What is kept (applied entries, and
+        // entries kept but not yet applied, which may still commit) was
+        // stamped at most at `floor_ms`; observed now, it is a safe
+        // estimate, and taking the lower of it and the old one only slows
+        // log time down. (Falling back to the wall clock while entries were
+        // kept let the next stamp run ahead of theirs: the model test's
+        // seed c17ef66a.)
         self.from = Some(keep.unwrap_or_default());
-        self.origin_ms = self.origin_ms.min(origin(applied_ms, since_base_ms));
+        self.origin_ms = self.origin_ms.min(origin(floor_ms, since_base_ms));
     }
 
     pub(crate) fn catch_up(&mut self, wall_ms: i64, since_base_ms: i64) {
@@ -514,7 +522,8 @@ mod tests {
                         let common = node.log.iter().zip(&source).take_while(|(a, b)| a == b).count();
                         if common < node.log.len() {
                             node.log.truncate(common);
-                            node.lineage.truncated(node.log.last().map(|e| e.at), applied, since);
+                            let kept_ms = node.log.last().map_or(0, |e| e.ts_ms);
+                            node.lineage.truncated(node.log.last().map(|e| e.at), applied.max(kept_ms), since);
                         }
                         for entry in source.iter().skip(common).take(usize::from(count)) {
                             node.log.push(*entry);

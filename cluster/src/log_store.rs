@@ -113,6 +113,25 @@ impl LogStore {
     }
 
     /// Counters of the WAL's flusher (fsync rounds, callbacks, time).
+    /// The stamp of the last entry at or before `keep` that has one, among
+    /// the `KEPT_STAMP_SCAN` entries before it (0: none, or unreadable: the
+    /// clock then falls back to the applied log time alone).
+    fn kept_stamp_ms(&self, keep: Option<engine::LogId>) -> u64 {
+        const KEPT_STAMP_SCAN: u64 = 64;
+        let Some(keep) = keep else { return 0 };
+        let first = self.reader.reader.log_state().purged.map_or(0, |purged| purged.index + 1);
+        let start = keep.index.saturating_sub(KEPT_STAMP_SCAN).max(first);
+        let Ok(entries) = self.reader.reader.read_range(start, keep.index.saturating_add(1)) else { return 0 };
+        entries
+            .iter()
+            .rev()
+            .find_map(|entry| match &entry.payload {
+                EntryPayload::Batch(batch) => Some(batch.ts_ms),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
     /// The WAL's reader: what a backup lists and copies.
     pub fn wal_reader(&self) -> engine::wal::WalReader {
         self.reader.reader.clone()
@@ -274,7 +293,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let keep = last_log_id.as_ref().map(log_id_to_engine);
         if let Some(clock) = &self.clock {
-            clock.truncated(keep);
+            clock.truncated(keep, self.kept_stamp_ms(keep));
         }
         let mut wal = self.wal.lock();
         wal.truncate_after(keep).map_err(|error| self.health.wal_error(error, wal.failure()))
