@@ -145,8 +145,10 @@ pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";
 /// commands carry principal, note and reference for the ledger, and WAL
 /// frames are segment format 4; 6: a hold names its customer,
 /// `SetCustomerLimit` and its outcome, and WAL frames are segment format 5;
-/// 7: `ConfirmPart`, a confirm of fewer units, segment format 6).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 7: `ConfirmPart`, a confirm of fewer units, segment format 6; 8:
+/// `SetStates` and `MoveQuantity`, item views carry quantity states,
+/// segment format 7).
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Random bytes each side of a handshake contributes.
 pub const NONCE_LEN: usize = 32;
 /// Magic, version, 4 reserved bytes, node id, nonce.

@@ -35,6 +35,10 @@ pub enum Field {
     LimitWindowMs,
     Note,
     Reference,
+    SafetyStock,
+    Incoming,
+    /// A move's `from` and `to` quantity states.
+    States,
 }
 
 impl Field {
@@ -62,6 +66,9 @@ impl Field {
             Field::LimitWindowMs => "limit_window_ms",
             Field::Note => "note",
             Field::Reference => "reference",
+            Field::SafetyStock => "safety_stock",
+            Field::Incoming => "incoming",
+            Field::States => "to",
         }
     }
 }
@@ -98,6 +105,11 @@ pub enum InputError {
     WrongShard { owner: u32, shard: u32 },
     #[error("limits are not valid: {reason}")]
     BadLimits { reason: String },
+    /// A move between quantity states that is not allowed: to the state it
+    /// comes from, or into `incoming` (units arrive; they are not sent back
+    /// into transit).
+    #[error("units cannot move from {from} to {to}")]
+    BadMove { from: crate::states::QuantityState, to: crate::states::QuantityState },
 }
 
 impl InputError {
@@ -115,6 +127,7 @@ impl InputError {
             InputError::SameWarehouse => "same_warehouse",
             InputError::WrongShard { .. } => "wrong_shard",
             InputError::BadLimits { .. } => "bad_limits",
+            InputError::BadMove { .. } => "invalid_state",
         }
     }
 
@@ -131,6 +144,7 @@ impl InputError {
             InputError::SameWarehouse => Some(Field::ToWarehouse),
             InputError::WrongShard { .. } => Some(Field::Sku),
             InputError::BadLimits { .. } => None,
+            InputError::BadMove { .. } => Some(Field::States),
         }
     }
 }

@@ -15,6 +15,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::cmd::AdjustReason;
 use crate::ids::ReservationId;
 use crate::item::{ItemId, Status};
+use crate::states::QuantityState;
 
 /// `(shard, log index, position in the entry's events)`: unique and identical
 /// on every replica.
@@ -50,6 +51,13 @@ pub enum Cause {
     Confirm(ReservationId),
     Release(ReservationId),
     Expire(ReservationId),
+    /// Units moved between quantity states (`states.rs`). Out of
+    /// `incoming` it raises `on_hand` (received).
+    Move {
+        from: QuantityState,
+        to: QuantityState,
+        quantity: u64,
+    },
 }
 
 impl Cause {
@@ -63,13 +71,14 @@ impl Cause {
             Cause::Confirm(_) => "confirm",
             Cause::Release(_) => "release",
             Cause::Expire(_) => "expire",
+            Cause::Move { .. } => "move",
         }
     }
 
     pub fn reservation(self) -> Option<ReservationId> {
         match self {
             Cause::Hold(id) | Cause::Confirm(id) | Cause::Release(id) | Cause::Expire(id) => Some(id),
-            Cause::Upsert | Cause::Adjust(_) | Cause::TransferIn | Cause::TransferOut => None,
+            Cause::Upsert | Cause::Adjust(_) | Cause::TransferIn | Cause::TransferOut | Cause::Move { .. } => None,
         }
     }
 }
@@ -82,6 +91,20 @@ pub struct LevelChange {
     pub on_hand_after: u64,
     pub reserved_before: u64,
     pub reserved_after: u64,
+    /// Units on hand kept back (safety stock, damaged, quality control),
+    /// so `available = on_hand - reserved - unsellable` before and after.
+    pub unsellable_before: u64,
+    pub unsellable_after: u64,
+}
+
+impl LevelChange {
+    pub fn available_before(&self) -> u64 {
+        self.on_hand_before.saturating_sub(self.reserved_before).saturating_sub(self.unsellable_before)
+    }
+
+    pub fn available_after(&self) -> u64 {
+        self.on_hand_after.saturating_sub(self.reserved_after).saturating_sub(self.unsellable_after)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -27,6 +27,8 @@ pub struct ItemView {
     pub updated_at_ms: u64,
     pub name: Option<String>,
     pub unit_price_minor: Option<u64>,
+    /// Safety stock, damaged, quality control and incoming (`states.rs`).
+    pub states: crate::states::StateLevels,
 }
 
 /// A reservation without its lines. Write outcomes carry the lines beside
@@ -165,6 +167,19 @@ pub enum Refusal {
         line: u32,
         held: u64,
     },
+    /// A move's source state has fewer units than it asks (`has`).
+    StateShort {
+        state: crate::states::QuantityState,
+        requested: u64,
+        has: u64,
+    },
+    /// The change would leave `on_hand` below what is reserved plus what
+    /// may not be sold (safety stock, damaged, quality control).
+    BelowUnsellable {
+        on_hand: u64,
+        reserved: u64,
+        unsellable: u64,
+    },
 }
 
 impl Refusal {
@@ -190,6 +205,8 @@ impl Refusal {
             Refusal::CustomerLimit { .. } => "customer_limit",
             Refusal::CustomerRequired { .. } => "customer_id_required",
             Refusal::ConfirmOverHeld { .. } => "confirm_over_held",
+            Refusal::StateShort { .. } => "insufficient_stock",
+            Refusal::BelowUnsellable { .. } => "below_unsellable",
         }
     }
 }
@@ -257,6 +274,10 @@ pub enum Outcome {
     },
     Ticked,
     Refused(Refusal),
+    /// Units moved between quantity states: the item after the move.
+    Moved {
+        item: Box<ItemView>,
+    },
 }
 
 impl Outcome {

@@ -89,6 +89,7 @@ impl ShardState {
             updated_at_ms: item.updated_at_ms,
             name: attrs.and_then(|a| a.name.as_ref()).map(|name| name.as_str().to_owned()),
             unit_price_minor: attrs.and_then(|a| a.unit_price_minor),
+            states: item.levels(),
         })
     }
 

@@ -30,6 +30,7 @@ use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
 use crate::outcome::{Bound, Outcome, Refusal, ReservationSummary};
 use crate::placement::shard_of;
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
+use crate::states::StateLevels;
 use crate::wheel::TimerWheel;
 
 /// Bumped when `Persisted` changes shape; a snapshot of another format is
@@ -37,8 +38,9 @@ use crate::wheel::TimerWheel;
 /// the dedup window) carry the reservation's lines. 4: confirm, release and
 /// extend outcomes (in the dedup window) carry the reservation's
 /// idempotency key. 5: per-customer limits and usage, and the customer a
-/// reservation counted against them.
-pub(crate) const STATE_FORMAT: u32 = 5;
+/// reservation counted against them. 6: quantity states of an item
+/// (safety stock, damaged, quality control, incoming).
+pub(crate) const STATE_FORMAT: u32 = 6;
 
 /// Principal id recorded once the principal table is full.
 pub(crate) const PRINCIPAL_OTHER: u16 = u16::MAX;
@@ -124,6 +126,7 @@ impl Emitter {
 pub(crate) struct Before {
     on_hand: u64,
     reserved: u64,
+    unsellable: u64,
     status: Status,
 }
 
@@ -498,6 +501,7 @@ impl ShardState {
             warehouse: warehouse_id,
             attrs: None,
             history: Vec::new(),
+            states: None,
         });
         let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse_id);
         let (p, ix) = (&self.p, &mut self.ix);
@@ -540,7 +544,12 @@ impl ShardState {
 
     pub(crate) fn before(&self, id: ItemId) -> Before {
         let item = self.item(id);
-        Before { on_hand: item.on_hand, reserved: item.reserved, status: item.status() }
+        Before {
+            on_hand: item.on_hand,
+            reserved: item.reserved,
+            unsellable: item.levels().unsellable(),
+            status: item.status(),
+        }
     }
 
     /// Finishes a change made to an item's fields: bumps the version, stamps
@@ -550,7 +559,15 @@ impl ShardState {
         let history_len_max = usize::from(self.p.limits.history_len_max);
         let item = &mut self.p.items[id.0 as usize];
         debug_assert!(item.reserved <= item.on_hand, "reserved {} > on_hand {}", item.reserved, item.on_hand);
+        debug_assert!(
+            item.committed() <= item.on_hand,
+            "reserved + unsellable {} > on_hand {}",
+            item.committed(),
+            item.on_hand
+        );
         debug_assert!(item.on_hand <= QUANTITY_MAX && item.low_stock_threshold <= QUANTITY_MAX);
+        debug_assert!(item.levels().max_level() <= QUANTITY_MAX, "a state level over the maximum");
+        debug_assert!(item.states.as_deref().is_none_or(|levels| !levels.is_empty()), "empty levels kept boxed");
         item.version += 1;
         item.updated_at_ms = emitter.at_ms;
         if item.on_hand != before.on_hand {
@@ -564,9 +581,13 @@ impl ShardState {
             }
         }
         let (on_hand, reserved, status) = (item.on_hand, item.reserved, item.status());
-        let available = on_hand - reserved;
+        let available = item.available();
         let low_stock_threshold = item.low_stock_threshold;
-        if on_hand != before.on_hand || reserved != before.reserved {
+        // A move between states is a movement even when neither level
+        // changes (available to damaged): the ledger records it.
+        let moved = matches!(change.cause, Cause::Move { .. });
+        let unsellable = item.levels().unsellable();
+        if on_hand != before.on_hand || reserved != before.reserved || unsellable != before.unsellable || moved {
             emitter.emit(EventKind::StockChanged {
                 item: id,
                 cause: change.cause,
@@ -575,6 +596,8 @@ impl ShardState {
                     on_hand_after: on_hand,
                     reserved_before: before.reserved,
                     reserved_after: reserved,
+                    unsellable_before: before.unsellable,
+                    unsellable_after: unsellable,
                 },
             });
         }
@@ -923,6 +946,21 @@ impl ShardState {
         for (id, item) in self.p.items.iter().enumerate() {
             if item.reserved > item.on_hand {
                 return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
+            }
+            let levels = item.levels();
+            if levels.max_level() > QUANTITY_MAX {
+                return Err(format!("item {id}: a state level over the maximum: {levels:?}"));
+            }
+            if item.reserved + levels.unsellable() > item.on_hand {
+                return Err(format!(
+                    "item {id}: reserved {} + unsellable {} > on_hand {}",
+                    item.reserved,
+                    levels.unsellable(),
+                    item.on_hand
+                ));
+            }
+            if item.states.as_deref().is_some_and(StateLevels::is_empty) {
+                return Err(format!("item {id}: empty state levels kept"));
             }
             if item.on_hand > QUANTITY_MAX {
                 return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));

@@ -322,6 +322,7 @@ function renderSku() {
       h("td", { class: "num", dataset: { field: "available" } }, number(item.available)),
       h("td", { class: "num", dataset: { field: "low_stock_threshold" } }, number(item.low_stock_threshold)),
       h("td", { dataset: { field: "status" } }, statusBadge(item.status)),
+      h("td", { dataset: { field: "states" } }, statesText(item)),
       h("td", { class: "num mono" }, String(item.version)),
       h(
         "td",
@@ -343,6 +344,8 @@ function renderSku() {
   const warehouses = view.warehouses.map((item) => item.warehouse);
   renderLimit(view);
   fillSelect($("adjust-warehouse"), warehouses);
+  fillSelect($("move-warehouse"), warehouses);
+  fillSelect($("levels-warehouse"), warehouses);
   fillSelect($("transfer-from"), warehouses);
   $("transfer-to-list").replaceChildren(...warehouses.map((name) => h("option", { value: name })));
   renderHolds();
@@ -433,6 +436,57 @@ async function adjust(form) {
   $("adjust-warehouse").value = warehouse;
   notice(`Adjusted ${warehouse} by ${delta > 0 ? "+" : ""}${delta} (${reason}): on hand now ${number(item.on_hand)}.`);
   await reloadSku();
+}
+
+// Quantity states -------------------------------------------------------------------
+
+/** Shopify's quantity states; `incoming` is not on hand and only a source. */
+const QUANTITY_STATES = ["available", "safety_stock", "damaged", "quality_control", "incoming"];
+
+/** The units kept back and on the way, in one short line ("—" when none). */
+function statesText(item) {
+  const parts = [];
+  if (item.safety_stock) parts.push(`safety ${number(item.safety_stock)}`);
+  if (item.damaged) parts.push(`damaged ${number(item.damaged)}`);
+  if (item.quality_control) parts.push(`QC ${number(item.quality_control)}`);
+  if (item.incoming) {
+    const when = item.incoming_expected_at ? ` by ${item.incoming_expected_at.slice(0, 10)}` : "";
+    parts.push(`incoming ${number(item.incoming)}${when}`);
+  }
+  return parts.length ? parts.join(" · ") : "—";
+}
+
+async function moveQuantity(form) {
+  const warehouse = $("move-warehouse").value;
+  const from = $("move-from").value;
+  const to = $("move-to").value;
+  const quantity = Number($("move-quantity").value);
+  const note = $("move-note").value.trim();
+  const { item } = await state.client.moveQuantity(state.sku.sku, warehouse, { from, to, quantity, note });
+  form.reset();
+  $("move-warehouse").value = warehouse;
+  notice(`Moved ${number(quantity)} in ${warehouse} from ${from} to ${to}: available now ${number(item.available)}.`);
+  await reloadSku();
+}
+
+async function setLevels(form) {
+  const warehouse = $("levels-warehouse").value;
+  const fields = {};
+  const safety = $("levels-safety").value.trim();
+  const incoming = $("levels-incoming").value.trim();
+  const expected = $("levels-expected").value;
+  if (safety) fields.safety_stock = Number(safety);
+  if (incoming) fields.incoming = Number(incoming);
+  if (expected) fields.incoming_expected_at = `${expected}T00:00:00Z`;
+  if (!Object.keys(fields).length) {
+    notice("Give a safety stock, an incoming quantity or a date.");
+    return;
+  }
+  const { item } = await state.client.putItem(state.sku.sku, warehouse, fields);
+  form.reset();
+  $("levels-warehouse").value = warehouse;
+  notice(`Set ${warehouse}: safety stock ${number(item.safety_stock)}, incoming ${number(item.incoming)}, available ${number(item.available)}.`);
+  await reloadSku({ history: false });
 }
 
 // Limit per customer ----------------------------------------------------------------
@@ -854,6 +908,8 @@ function onSubmit(id, handler) {
 
 function wire() {
   fillSelect($("adjust-reason"), ADJUST_REASONS);
+  fillSelect($("move-from"), QUANTITY_STATES);
+  fillSelect($("move-to"), QUANTITY_STATES.filter((name) => name !== "incoming"));
   onSubmit("signin-form", () => signIn($("key").value.trim()));
   onSubmit("search-form", () => search($("search-input").value));
   onSubmit("new-item-form", createItem);
@@ -861,6 +917,8 @@ function wire() {
   onSubmit("adjust-form", adjust);
   onSubmit("transfer-form", transfer);
   onSubmit("limit-form", setLimit);
+  onSubmit("move-form", moveQuantity);
+  onSubmit("levels-form", setLevels);
   $("limit-remove").addEventListener("click", (event) => act(event.currentTarget, removeLimit));
   onSubmit("lookup-form", () => lookUp($("lookup-id").value));
   $("edit-cancel").addEventListener("click", closeEdit);

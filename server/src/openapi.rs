@@ -24,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::routes::{Consistency, admin, bulk, items, ledger, ops, reservations, stream};
+use crate::routes::{Consistency, admin, bulk, items, ledger, ops, reservations, states, stream};
 
 /// The name of the one security scheme.
 const API_KEY: &str = "api_key";
@@ -68,6 +68,7 @@ pub fn document() -> Value {
         items::put_item,
         items::get_item,
         items::adjust,
+        states::move_quantity,
         items::history,
         items::transfer,
         items::availability,
@@ -308,7 +309,8 @@ pub struct Item {
     pub on_hand: u64,
     /// Units held by live reservations.
     pub reserved: u64,
-    /// `on_hand - reserved`: what can still be reserved.
+    /// `on_hand - reserved - safety_stock - damaged - quality_control`: what
+    /// can still be reserved.
     pub available: u64,
     pub low_stock_threshold: u64,
     pub status: ItemStatus,
@@ -320,6 +322,20 @@ pub struct Item {
     /// Unit price in minor units (cents).
     #[schema(required = true)]
     pub unit_price_minor: Option<u64>,
+    /// Units on hand kept back as a buffer: never available.
+    pub safety_stock: u64,
+    /// Units on hand found broken: not available.
+    pub damaged: u64,
+    /// Units on hand waiting for inspection: not available.
+    pub quality_control: u64,
+    /// Units ordered or in transit: not on hand yet.
+    pub incoming: u64,
+    /// When the incoming units are expected, RFC 3339 UTC; `null`: not set.
+    #[schema(required = true)]
+    pub incoming_expected_at: Option<String>,
+    /// `incoming_expected_at` in Unix milliseconds.
+    #[schema(required = true)]
+    pub incoming_expected_at_ms: Option<u64>,
 }
 
 /// Every warehouse of a SKU, with totals (`GET /v1/items/{sku}`).
@@ -563,6 +579,7 @@ pub enum Cause {
     Confirm,
     Release,
     Expire,
+    Move,
 }
 
 #[derive(ToSchema)]
@@ -713,6 +730,29 @@ pub struct LedgerEntry {
     pub reference: LedgerReference,
     /// Gaps only: the log indexes of the shard this node could not record.
     pub gap: Option<LedgerGap>,
+    /// Moves only: the quantity states the units went between.
+    #[serde(rename = "move")]
+    pub moved: Option<LedgerMove>,
+}
+
+/// A move between quantity states, in the ledger.
+#[derive(ToSchema)]
+pub struct LedgerMove {
+    pub from: QuantityState,
+    pub to: QuantityState,
+    /// Units moved.
+    pub quantity: u64,
+}
+
+/// A quantity state of an item.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum QuantityState {
+    Available,
+    SafetyStock,
+    Damaged,
+    QualityControl,
+    Incoming,
 }
 
 #[derive(ToSchema)]
@@ -728,6 +768,7 @@ pub enum LedgerKind {
     Release,
     Expire,
     Gap,
+    Move,
 }
 
 #[derive(ToSchema)]
@@ -1082,6 +1123,7 @@ mod tests {
             "ops" => include_str!("routes/ops.rs"),
             "admin" => include_str!("routes/admin.rs"),
             "ledger" => include_str!("routes/ledger.rs"),
+            "states" => include_str!("routes/states.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");
@@ -1204,6 +1246,8 @@ mod tests {
         assert_eq!(enum_values(&document, "ReservationState"), names(&states));
         let reasons = engine::cmd::AdjustReason::ALL.map(engine::cmd::AdjustReason::as_str);
         assert_eq!(enum_values(&document, "AdjustReason"), names(&reasons));
+        let quantity_states = engine::states::QuantityState::ALL.map(engine::states::QuantityState::as_str);
+        assert_eq!(enum_values(&document, "QuantityState"), names(&quantity_states));
         // A new movement reason fails to compile here until it is listed (and documented).
         let movements = [
             M::Receive,
@@ -1250,6 +1294,7 @@ mod tests {
             updated_at_ms: 1000,
             name: None,
             unit_price_minor: None,
+            states: engine::states::StateLevels::default(),
         };
         let written: BTreeSet<String> =
             crate::routes::item_json(&item).as_object().into_iter().flatten().map(|(key, _)| key.clone()).collect();

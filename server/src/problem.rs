@@ -157,6 +157,20 @@ impl Problem {
                 format!("{sku} has a limit per customer: the reservation must name its customer_id"),
             )
             .with_extra(json!({ "sku": sku })),
+            Refusal::StateShort { state, requested, has } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!("{state} has {has} units; the move asks for {requested}"),
+            )
+            .with_extra(json!({ "state": state.as_str(), "requested": requested, "has": has })),
+            Refusal::BelowUnsellable { on_hand, reserved, unsellable } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!(
+                    "on_hand may not go below the {reserved} units reserved plus the {unsellable} kept back                      (safety stock, damaged, quality control); it is {on_hand} now"
+                ),
+            )
+            .with_extra(json!({ "on_hand": on_hand, "reserved": reserved, "unsellable": unsellable })),
         }
     }
 

@@ -147,6 +147,8 @@ async fn items_api_follows_its_contract() {
         an_import_across_shards_applies_every_row_once_and_again_changes_nothing,
         an_export_lists_every_item_and_imports_back_unchanged,
         imports_refuse_other_media_and_overlong_rows,
+        quantity_states_follow_the_readme_example,
+        a_refused_move_or_state_change_changes_nothing,
     );
 }
 
@@ -341,6 +343,89 @@ async fn adjustments_move_on_hand_and_never_below_reserved(http: &Http) {
     let missing =
         http.post("/v1/items/it-adj-missing/w1/adjustments", json!({ "delta": 1, "reason": "receive" })).await;
     assert_problem(&missing, StatusCode::NOT_FOUND, "item_not_found");
+}
+
+/// The README's "quantity states" example, step by step.
+async fn quantity_states_follow_the_readme_example(http: &Http) {
+    let moves = "/v1/items/MUG-7/berlin/moves";
+    let (status, _, created) = http
+        .put(
+            &item_path("MUG-7", "berlin"),
+            json!({ "on_hand": 20, "safety_stock": 2, "incoming": 50, "incoming_expected_at": "2026-12-20T09:00:00Z" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (u64_of(&created, "on_hand"), u64_of(&created, "available"), u64_of(&created, "safety_stock")),
+        (20, 18, 2)
+    );
+    assert_eq!(u64_of(&created, "incoming"), 50);
+    assert_eq!(created["incoming_expected_at"], "2026-12-20T09:00:00.000Z");
+    assert_eq!(created["incoming_expected_at_ms"], 1_797_757_200_000u64);
+
+    let broken = http
+        .post(moves, json!({ "from": "available", "to": "damaged", "quantity": 3, "note": "dropped pallet" }))
+        .await;
+    assert_eq!(broken.0, StatusCode::OK, "{}", broken.2);
+    let arrived = http
+        .post(moves, json!({ "from": "incoming", "to": "quality_control", "quantity": 50, "reference": "PO-1881" }))
+        .await;
+    assert_eq!(arrived.0, StatusCode::OK, "{}", arrived.2);
+    let body = &arrived.2;
+    assert_eq!(
+        ["on_hand", "available", "damaged", "quality_control", "incoming"].map(|key| u64_of(body, key)),
+        [70, 15, 3, 50, 0]
+    );
+    let passed = http.post(moves, json!({ "from": "quality_control", "to": "available", "quantity": 48 })).await;
+    assert_eq!(passed.0, StatusCode::OK, "{}", passed.2);
+    assert_eq!(["on_hand", "available", "quality_control"].map(|key| u64_of(&passed.2, key)), [70, 63, 2]);
+    let written_off = http.post("/v1/items/MUG-7/berlin/adjustments", json!({ "delta": -3, "reason": "damage" })).await;
+    assert_eq!(written_off.0, StatusCode::OK, "{}", written_off.2);
+    assert_eq!(["on_hand", "available", "damaged"].map(|key| u64_of(&written_off.2, key)), [67, 63, 0]);
+    let short = http.post(moves, json!({ "from": "damaged", "to": "available", "quantity": 1 })).await;
+    assert_problem(&short, StatusCode::CONFLICT, "insufficient_stock");
+    assert_eq!((&short.2["state"], &short.2["requested"], &short.2["has"]), (&json!("damaged"), &json!(1), &json!(0)));
+    // The moves are in the item's history only when on hand moved (the receipt).
+    let (status, _, history) = http.get("/v1/items/MUG-7/berlin/history").await;
+    assert_eq!(status, StatusCode::OK);
+    let reasons: Vec<&str> =
+        history["movements"].as_array().into_iter().flatten().filter_map(|m| m["reason"].as_str()).collect();
+    assert_eq!(reasons, ["damage", "receive", "set"]);
+}
+
+async fn a_refused_move_or_state_change_changes_nothing(http: &Http) {
+    let moves = "/v1/items/it-states/w1/moves";
+    put_item(http, "it-states", "w1", 10, 0).await;
+    reserve(http, &[("it-states", "w1", 8)]).await;
+    let before = item(http, "it-states", "w1").await;
+    for (body, status, code) in [
+        (json!({ "from": "available", "to": "damaged", "quantity": 3 }), StatusCode::CONFLICT, "insufficient_stock"),
+        (json!({ "from": "available", "to": "available", "quantity": 1 }), StatusCode::BAD_REQUEST, "invalid_state"),
+        (json!({ "from": "available", "to": "incoming", "quantity": 1 }), StatusCode::BAD_REQUEST, "invalid_state"),
+        (json!({ "from": "committed", "to": "damaged", "quantity": 1 }), StatusCode::BAD_REQUEST, "invalid_state"),
+        (json!({ "from": "available", "to": "damaged", "quantity": 0 }), StatusCode::BAD_REQUEST, "quantity_zero"),
+    ] {
+        let reply = http.post(moves, body.clone()).await;
+        assert_problem(&reply, status, code);
+    }
+    let missing = http
+        .post("/v1/items/it-states-missing/w1/moves", json!({ "from": "damaged", "to": "available", "quantity": 1 }))
+        .await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "item_not_found");
+    let path = item_path("it-states", "w1");
+    let kept_back = http.put(&path, json!({ "safety_stock": 3 })).await;
+    assert_problem(&kept_back, StatusCode::CONFLICT, "below_unsellable");
+    assert_eq!((&kept_back.2["reserved"], &kept_back.2["unsellable"]), (&json!(8), &json!(3)));
+    let bad_time = http.put(&path, json!({ "incoming": 5, "incoming_expected_at": "next tuesday" })).await;
+    assert_problem(&bad_time, StatusCode::BAD_REQUEST, "invalid_time");
+    assert_eq!(item(http, "it-states", "w1").await, before, "refused writes changed nothing");
+    // Within what is left, safety stock is taken, and nothing may take it back.
+    let (status, _, kept) = http.put(&path, json!({ "safety_stock": 2 })).await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert_eq!((u64_of(&kept, "available"), u64_of(&kept, "safety_stock")), (0, 2));
+    assert_eq!(kept["status"], "OUT_OF_STOCK");
+    let loss = http.post("/v1/items/it-states/w1/adjustments", json!({ "delta": -1, "reason": "loss" })).await;
+    assert_problem(&loss, StatusCode::CONFLICT, "below_unsellable");
 }
 
 async fn history_lists_movements_newest_first_with_reasons(http: &Http) {

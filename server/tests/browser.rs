@@ -367,6 +367,23 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#limit-now", "No limit").await;
     let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
     assert_eq!(sku["limit_per_customer"], Value::Null, "{sku}");
+
+    // Quantity states: 4 found broken move from available to damaged, then
+    // 3 are kept back as safety stock; the table shows both.
+    browser.execute("document.getElementById('move-from').value = 'available';", vec![]).await;
+    browser.execute("document.getElementById('move-to').value = 'damaged';", vec![]).await;
+    browser.type_into("#move-quantity", &format!("4{ENTER}")).await;
+    browser.wait_for_text("#sku-notice", "Moved 4 in berlin from available to damaged: available now 13").await;
+    browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='states']", "damaged 4").await;
+    browser.type_into("#levels-safety", &format!("3{ENTER}")).await;
+    browser.wait_for_text("#sku-notice", "safety stock 3").await;
+    browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='available']", "10").await;
+    let item = api.item("SHOE-42", "berlin").await;
+    assert_eq!(
+        ["on_hand", "reserved", "available", "damaged", "safety_stock"].map(|key| u64_of(&item, key)),
+        [22, 5, 10, 4, 3],
+        "{item}"
+    );
     browser.quit().await;
 }
 

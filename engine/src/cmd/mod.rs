@@ -10,9 +10,11 @@ mod adjust;
 mod confirm;
 mod extend;
 mod hold;
+mod move_quantity;
 mod release;
 mod set_customer_limit;
 mod set_limits;
+mod set_states;
 mod transfer;
 mod upsert;
 
@@ -21,9 +23,11 @@ pub use confirm::{Confirm, ConfirmLine, ConfirmPart, units_sold};
 pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
 pub use hold::{Allocation, Deadline, Hold, HoldLine};
+pub use move_quantity::MoveQuantity;
 pub use release::Release;
 pub use set_customer_limit::SetCustomerLimit;
 pub use set_limits::SetLimits;
+pub use set_states::SetStates;
 pub use transfer::Transfer;
 pub use upsert::{AttrUpdate, Expect, UpsertItem};
 
@@ -52,6 +56,12 @@ pub enum Command {
     /// Moves log time only; the leader proposes it when a deadline is due and
     /// nothing else flows, so holds expire on time without traffic.
     Tick,
+    /// An upsert that also sets safety stock and incoming (`set_states.rs`).
+    /// Boxed: inline it would widen every archived command (and so every
+    /// batch already in a log), being the largest.
+    SetStates(Box<SetStates>),
+    /// Units moved between quantity states (`move_quantity.rs`).
+    MoveQuantity(MoveQuantity),
 }
 
 impl Command {
@@ -63,6 +73,8 @@ impl Command {
             Command::Transfer(c) => Some(c.sku.as_str()),
             Command::Hold(c) => c.lines.first().map(|line| line.sku.as_str()),
             Command::SetCustomerLimit(c) => Some(c.sku.as_str()),
+            Command::SetStates(c) => Some(c.upsert.sku.as_str()),
+            Command::MoveQuantity(c) => Some(c.sku.as_str()),
             Command::Confirm(_)
             | Command::ConfirmPart(_)
             | Command::Release(_)
@@ -84,6 +96,8 @@ impl Command {
             Command::ConfirmPart(c) => (c.principal.as_ref(), None, None),
             Command::Release(c) => (c.principal.as_ref(), None, None),
             Command::Extend(c) => (c.principal.as_ref(), None, None),
+            Command::SetStates(c) => (c.upsert.principal.as_ref(), None, None),
+            Command::MoveQuantity(c) => (c.principal.as_ref(), c.note.as_ref(), c.reference.as_ref()),
             Command::SetLimits(_) | Command::SetCustomerLimit(_) | Command::Tick => (None, None, None),
         }
     }
@@ -100,6 +114,8 @@ impl Command {
             Command::SetLimits(c) => c.validate(),
             Command::SetCustomerLimit(c) => c.validate(),
             Command::ConfirmPart(c) => c.validate(),
+            Command::SetStates(c) => c.validate(),
+            Command::MoveQuantity(c) => c.validate(),
             Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
                 principal.as_ref().map_or(Ok(()), Principal::check)
             }
@@ -191,5 +207,7 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::SetLimits(c) => Ok(set_limits::apply(state, c)),
         Command::SetCustomerLimit(c) => Ok(set_customer_limit::apply(state, c)),
         Command::Tick => Ok(Outcome::Ticked),
+        Command::SetStates(c) => set_states::apply(state, c, emitter),
+        Command::MoveQuantity(c) => move_quantity::apply(state, c, emitter),
     }
 }

@@ -26,9 +26,10 @@ pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TALLYWAL");
 /// ids, limits the dedup window; 3: a hold line's warehouse is optional and
 /// a hold names its allocation; 4: commands carry principal, note and
 /// reference for the ledger; 5: a hold names its customer, and
-/// `SetCustomerLimit`; 6: `ConfirmPart`, a confirm of fewer units), so an old
-/// segment is refused, not misread.
-pub(crate) const SEGMENT_FORMAT: u32 = 6;
+/// `SetCustomerLimit`; 6: `ConfirmPart`, a confirm of fewer units; 7:
+/// `SetStates` and `MoveQuantity`, quantity states), so an old segment is
+/// refused, not misread.
+pub(crate) const SEGMENT_FORMAT: u32 = 7;
 
 /// The durable metadata of a log: repeated at the head of every segment so
 /// that deleting old segments never loses the vote, the committed id or the

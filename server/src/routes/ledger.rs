@@ -26,8 +26,19 @@ use crate::problem::{ApiResult, Problem};
 type Shared = State<Arc<AppState>>;
 
 /// Every `kind` an entry may have, in the order of a movement's life.
-pub const KINDS: [&str; 10] =
-    ["upsert", "adjust", "transfer_out", "transfer_in", "hold", "extend", "confirm", "release", "expire", "gap"];
+pub const KINDS: [&str; 11] = [
+    "upsert",
+    "adjust",
+    "transfer_out",
+    "transfer_in",
+    "hold",
+    "extend",
+    "confirm",
+    "release",
+    "expire",
+    "gap",
+    "move",
+];
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -38,7 +49,8 @@ pub struct LedgerQuery {
     /// Only this warehouse's movements (and gaps).
     pub warehouse: Option<String>,
     /// Only movements of this kind: `upsert`, `adjust`, `transfer_out`,
-    /// `transfer_in`, `hold`, `extend`, `confirm`, `release`, `expire`, `gap`.
+    /// `transfer_in`, `hold`, `extend`, `confirm`, `release`, `expire`, `gap`,
+    /// `move`.
     pub kind: Option<String>,
     /// RFC 3339 time, inclusive: movements at or after it (log time).
     pub since: Option<String>,
@@ -150,6 +162,9 @@ pub fn entry_json(entry: &LedgerEntry) -> Value {
             "document": entry.document,
         },
     });
+    if let (Some(from), Some(to), Some(quantity)) = (&entry.from_state, &entry.to_state, entry.moved) {
+        value["move"] = json!({ "from": from, "to": to, "quantity": quantity });
+    }
     if let Some(to) = entry.gap_to_index {
         value["gap"] = json!({ "shard": entry.shard, "from_index": entry.index, "to_index": to });
     }
