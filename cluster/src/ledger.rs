@@ -192,7 +192,9 @@ impl LedgerEntry {
             | EventKind::ReservationHeld { .. }
             | EventKind::ReservationRefused { .. }
             | EventKind::ReservationConfirmed { .. }
-            | EventKind::ReservationReleased { .. } => return None,
+            | EventKind::ReservationReleased { .. }
+            // A fill's reserved units are its `hold` stock change.
+            | EventKind::BackorderFilled { .. } => return None,
         };
         let LevelChange { on_hand_before, on_hand_after, reserved_before, reserved_after, .. } = levels;
         Some(LedgerEntry {

@@ -39,6 +39,7 @@ pub enum Field {
     Incoming,
     /// A move's `from` and `to` quantity states.
     States,
+    BackorderLimit,
 }
 
 impl Field {
@@ -69,6 +70,7 @@ impl Field {
             Field::SafetyStock => "safety_stock",
             Field::Incoming => "incoming",
             Field::States => "to",
+            Field::BackorderLimit => "backorder_limit",
         }
     }
 }

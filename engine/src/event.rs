@@ -128,6 +128,9 @@ pub enum EventKind {
     /// A held reservation's deadline moved later: one per line, so the
     /// ledger records the item (its levels do not change).
     HoldExtended { item: ItemId, reservation: ReservationId, deadline_ms: u64, levels: LevelChange },
+    /// Stock arrived for a held line's backorder: `units` of it are now
+    /// reserved from stock, `backordered` still wait.
+    BackorderFilled { reservation: ReservationId, item: ItemId, units: u64, backordered: u64 },
 }
 
 impl EventKind {
@@ -141,7 +144,8 @@ impl EventKind {
             | EventKind::ReservationRefused { reservation }
             | EventKind::ReservationConfirmed { reservation }
             | EventKind::ReservationReleased { reservation }
-            | EventKind::HoldExtended { reservation, .. } => Some(reservation),
+            | EventKind::HoldExtended { reservation, .. }
+            | EventKind::BackorderFilled { reservation, .. } => Some(reservation),
         }
     }
 }

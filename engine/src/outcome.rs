@@ -52,6 +52,9 @@ pub struct LineView {
     pub sku: String,
     pub warehouse: String,
     pub quantity: u64,
+    /// Units of `quantity` held beyond stock, waiting for it (0 when
+    /// filled from stock).
+    pub backordered: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -180,6 +183,11 @@ pub enum Refusal {
         reserved: u64,
         unsellable: u64,
     },
+    /// A confirm of a reservation with units still backordered (waiting
+    /// for stock): it may be confirmed once they are filled.
+    BackorderUnfilled {
+        backordered: u64,
+    },
 }
 
 impl Refusal {
@@ -207,6 +215,7 @@ impl Refusal {
             Refusal::ConfirmOverHeld { .. } => "confirm_over_held",
             Refusal::StateShort { .. } => "insufficient_stock",
             Refusal::BelowUnsellable { .. } => "below_unsellable",
+            Refusal::BackorderUnfilled { .. } => "backorder_unfilled",
         }
     }
 }

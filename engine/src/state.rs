@@ -170,6 +170,9 @@ pub struct ShardState {
     expiry_order_scratch: Vec<(u64, u64, u32)>,
     /// Reused by holds to sum and allocate their lines.
     pub(crate) hold_scratch: crate::cmd::HoldScratch,
+    /// Items that have units available and units backordered: filled by
+    /// `fill_backorders` before the change that made them so is answered.
+    backorders_due: Vec<ItemId>,
 }
 
 impl ShardState {
@@ -247,6 +250,7 @@ impl ShardState {
             expired_scratch: Vec::new(),
             expiry_order_scratch: Vec::new(),
             hold_scratch: crate::cmd::HoldScratch::default(),
+            backorders_due: Vec::new(),
         }
     }
 
@@ -601,6 +605,9 @@ impl ShardState {
                 },
             });
         }
+        if item.levels().backordered > 0 && available > 0 && !self.backorders_due.contains(&id) {
+            self.backorders_due.push(id);
+        }
         if !change.created && status != before.status {
             emitter.emit(EventKind::ThresholdCrossed {
                 item: id,
@@ -763,8 +770,16 @@ impl ShardState {
             }
             let before = self.before(line.item);
             let item = self.item_mut(line.item);
-            debug_assert!(item.reserved >= line.quantity, "hold larger than reserved");
-            item.reserved -= line.quantity;
+            debug_assert!(item.reserved >= line.from_stock(), "hold larger than reserved");
+            debug_assert!(line.backordered == 0 || state != ReservationState::Confirmed, "confirming a backorder");
+            item.reserved -= line.from_stock();
+            if line.backordered > 0 {
+                // Released or expired: the backorder gives its room back.
+                let mut levels = item.levels();
+                debug_assert!(levels.backordered >= line.backordered, "backorder larger than backordered");
+                levels.backordered -= line.backordered;
+                item.set_levels(levels);
+            }
             let change = match state {
                 ReservationState::Confirmed => {
                     item.on_hand -= units;
@@ -801,7 +816,7 @@ impl ShardState {
                 .iter()
                 .zip(sold)
                 .filter(|(_, units)| **units > 0)
-                .map(|(line, units)| HeldLine { item: line.item, quantity: *units })
+                .map(|(line, units)| HeldLine { item: line.item, quantity: *units, backordered: 0 })
                 .collect();
             reservation.lines = match kept.as_slice() {
                 [one] => Lines::One(*one),
@@ -812,7 +827,64 @@ impl ShardState {
         let summary = summary_of(reservation);
         self.p.terminal.push_back(slot);
         self.forget_terminal();
+        // Units it gave back fill other holds' backorders.
+        self.fill_backorders(emitter);
         Some(summary)
+    }
+
+    /// Fills backorders from stock that became available: for each item
+    /// that has both, the live holds with units backordered on it, oldest
+    /// hold first (creation order, the same on every replica), each take
+    /// what is available up to their backorder. Each fill reserves the
+    /// units (a `StockChanged` event caused by the hold, so the ledger
+    /// records it as one) and emits `BackorderFilled`. O(reservations) per
+    /// item with backorders and new stock; nothing otherwise.
+    pub(crate) fn fill_backorders(&mut self, emitter: &mut Emitter) {
+        while let Some(id) = self.backorders_due.pop() {
+            let mut waiting: Vec<(u64, u32)> = self
+                .p
+                .reservations
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, reservation)| {
+                    let reservation = reservation.as_ref()?;
+                    let waits = reservation.state == ReservationState::Held
+                        && reservation.lines.as_slice().iter().any(|line| line.item == id && line.backordered > 0);
+                    waits.then(|| (reservation.seq, u32::try_from(slot).unwrap_or(u32::MAX)))
+                })
+                .collect();
+            // Sequence numbers are unique, so the order is total.
+            waiting.sort_unstable();
+            for (_, slot) in waiting {
+                let available = self.item(id).available();
+                if available == 0 {
+                    break;
+                }
+                let Some(reservation) = self.reservation_at_mut(slot) else { continue };
+                let reservation_id = reservation.id;
+                let Some(line) = reservation.lines.as_mut_slice().iter_mut().find(|line| line.item == id) else {
+                    continue;
+                };
+                let units = line.backordered.min(available);
+                line.backordered -= units;
+                let backordered = line.backordered;
+                let before = self.before(id);
+                let item = self.item_mut(id);
+                item.reserved += units;
+                let mut levels = item.levels();
+                debug_assert!(levels.backordered >= units, "filling more than backordered");
+                levels.backordered -= units;
+                item.set_levels(levels);
+                let change = Change { cause: Cause::Hold(reservation_id), movement: None, created: false };
+                self.finish_change(id, before, change, emitter);
+                emitter.emit(EventKind::BackorderFilled { reservation: reservation_id, item: id, units, backordered });
+            }
+            debug_assert!(
+                self.item(id).levels().backordered == 0 || self.item(id).available() == 0,
+                "item {} has units available and backordered after filling",
+                id.0
+            );
+        }
     }
 
     fn free_reservation(&mut self, slot: u32) {
@@ -916,6 +988,7 @@ impl ShardState {
     /// to be good (`check_references`).
     fn check_rules(&self) -> Result<(), String> {
         let mut reserved = vec![0u64; self.p.items.len()];
+        let mut backordered = vec![0u64; self.p.items.len()];
         let mut live = 0u32;
         let terminal: hashbrown::HashSet<u32> = self.p.terminal.iter().copied().collect();
         for (slot, reservation) in self.p.reservations.iter().enumerate() {
@@ -932,10 +1005,22 @@ impl ShardState {
                     let sum = reserved
                         .get_mut(line.item.0 as usize)
                         .ok_or_else(|| format!("hold {} names unknown item {}", reservation.id, line.item.0))?;
+                    let from_stock = line
+                        .quantity
+                        .checked_sub(line.backordered)
+                        .ok_or_else(|| format!("hold {}: more backordered than held", reservation.id))?;
                     *sum = sum
-                        .checked_add(line.quantity)
+                        .checked_add(from_stock)
                         .ok_or_else(|| format!("item {}: live holds sum past u64", line.item.0))?;
+                    let waiting = &mut backordered[line.item.0 as usize];
+                    *waiting = waiting
+                        .checked_add(line.backordered)
+                        .ok_or_else(|| format!("item {}: backorders sum past u64", line.item.0))?;
                 }
+            } else if reservation.state == ReservationState::Confirmed
+                && reservation.lines.as_slice().iter().any(|line| line.backordered > 0)
+            {
+                return Err(format!("confirmed reservation {} sold units it never had", reservation.id));
             } else if !terminal.contains(&slot) {
                 return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));
             }
@@ -961,6 +1046,19 @@ impl ShardState {
             }
             if item.states.as_deref().is_some_and(StateLevels::is_empty) {
                 return Err(format!("item {id}: empty state levels kept"));
+            }
+            if levels.backordered != backordered[id] {
+                return Err(format!(
+                    "item {id}: backordered {} but live holds wait for {}",
+                    levels.backordered, backordered[id]
+                ));
+            }
+            if levels.backordered > 0 && item.available() > 0 {
+                return Err(format!(
+                    "item {id}: {} available while {} backordered",
+                    item.available(),
+                    levels.backordered
+                ));
             }
             if item.on_hand > QUANTITY_MAX {
                 return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));

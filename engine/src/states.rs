@@ -13,6 +13,9 @@
 //! in none of these; moving them into any on-hand state receives them and
 //! raises `on_hand`.
 //!
+//! Backorders (issue 17 item 3) live here too: `backorder_limit` (units a
+//! hold may take beyond stock) and `backordered` (units so held, waiting).
+//!
 //! The levels sit behind one pointer on the item (`Item::states`), `None`
 //! while every level is zero and no date is set, so items that never use
 //! them pay eight bytes.
@@ -86,6 +89,13 @@ pub struct StateLevels {
     pub incoming: u64,
     /// When the incoming units are expected (Unix ms), as the caller set it.
     pub incoming_expected_at_ms: Option<u64>,
+    /// Units live holds may take beyond stock (preorders, backorders):
+    /// `backordered` never grows past it.
+    pub backorder_limit: u64,
+    /// Units held beyond stock by live holds, waiting for stock; filled
+    /// oldest hold first as stock becomes available, so an item never has
+    /// units available and units backordered at once.
+    pub backordered: u64,
 }
 
 impl StateLevels {
@@ -124,7 +134,17 @@ impl StateLevels {
 
     /// The largest level, for the bound check.
     pub fn max_level(&self) -> u64 {
-        self.safety_stock.max(self.damaged).max(self.quality_control).max(self.incoming)
+        self.safety_stock
+            .max(self.damaged)
+            .max(self.quality_control)
+            .max(self.incoming)
+            .max(self.backorder_limit)
+            .max(self.backordered)
+    }
+
+    /// Units a new hold may still take beyond stock.
+    pub fn backorder_room(&self) -> u64 {
+        self.backorder_limit.saturating_sub(self.backordered)
     }
 }
 

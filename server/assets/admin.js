@@ -449,6 +449,8 @@ function statesText(item) {
   if (item.safety_stock) parts.push(`safety ${number(item.safety_stock)}`);
   if (item.damaged) parts.push(`damaged ${number(item.damaged)}`);
   if (item.quality_control) parts.push(`QC ${number(item.quality_control)}`);
+  if (item.backordered) parts.push(`backordered ${number(item.backordered)}`);
+  if (item.backorder_limit) parts.push(`backorder limit ${number(item.backorder_limit)}`);
   if (item.incoming) {
     const when = item.incoming_expected_at ? ` by ${item.incoming_expected_at.slice(0, 10)}` : "";
     parts.push(`incoming ${number(item.incoming)}${when}`);
@@ -475,17 +477,22 @@ async function setLevels(form) {
   const safety = $("levels-safety").value.trim();
   const incoming = $("levels-incoming").value.trim();
   const expected = $("levels-expected").value;
+  const backorder = $("levels-backorder").value.trim();
+  if (backorder) fields.backorder_limit = Number(backorder);
   if (safety) fields.safety_stock = Number(safety);
   if (incoming) fields.incoming = Number(incoming);
   if (expected) fields.incoming_expected_at = `${expected}T00:00:00Z`;
   if (!Object.keys(fields).length) {
-    notice("Give a safety stock, an incoming quantity or a date.");
+    notice("Give a safety stock, an incoming quantity, a date or a backorder limit.");
     return;
   }
   const { item } = await state.client.putItem(state.sku.sku, warehouse, fields);
   form.reset();
   $("levels-warehouse").value = warehouse;
-  notice(`Set ${warehouse}: safety stock ${number(item.safety_stock)}, incoming ${number(item.incoming)}, available ${number(item.available)}.`);
+  notice(
+    `Set ${warehouse}: safety stock ${number(item.safety_stock)}, incoming ${number(item.incoming)}, ` +
+      `backorder limit ${number(item.backorder_limit)}, available ${number(item.available)}.`,
+  );
   await reloadSku({ history: false });
 }
 

@@ -86,6 +86,12 @@ pub fn event_json(record: &EventRecord) -> Value {
             "reservation": reservation.to_string(),
             "deadline_ms": deadline_ms,
         }),
+        EventKind::BackorderFilled { reservation, item: _, units, backordered } => {
+            let mut fields = reservation_fields(record, reservation);
+            fields["units"] = json!(units);
+            fields["backordered"] = json!(backordered);
+            fields
+        }
     };
     if let (Value::Object(all), Value::Object(fields)) = (&mut value, fields) {
         all.extend(fields);
@@ -137,6 +143,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::ReservationConfirmed { .. } => "reservation.confirmed",
         EventKind::ReservationReleased { .. } => "reservation.released",
         EventKind::HoldExtended { .. } => "hold_extended",
+        EventKind::BackorderFilled { .. } => "reservation.backorder_filled",
     }
 }
 

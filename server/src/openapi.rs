@@ -336,6 +336,10 @@ pub struct Item {
     /// `incoming_expected_at` in Unix milliseconds.
     #[schema(required = true)]
     pub incoming_expected_at_ms: Option<u64>,
+    /// Units holds may take beyond stock (backorders, preorders).
+    pub backorder_limit: u64,
+    /// Units held beyond stock by live reservations, waiting for stock.
+    pub backordered: u64,
 }
 
 /// Every warehouse of a SKU, with totals (`GET /v1/items/{sku}`).
@@ -467,6 +471,11 @@ pub struct ReservationLine {
     pub sku: String,
     pub warehouse: String,
     pub quantity: u64,
+    /// Units of `quantity` held beyond stock (a backorder or preorder),
+    /// waiting for stock; 0 when filled from stock. Stock that arrives fills
+    /// them, oldest reservation first (`reservation.backorder_filled`); the
+    /// reservation confirms once none waits (409 `backorder_unfilled` before).
+    pub backordered: u64,
 }
 
 /// One shard's part of a reservation whose lines span shards.
@@ -607,6 +616,8 @@ pub enum ReservationEventType {
     Released,
     #[schema(rename = "reservation.expired")]
     Expired,
+    #[schema(rename = "reservation.backorder_filled")]
+    BackorderFilled,
 }
 
 /// An item's levels changed.
@@ -658,10 +669,11 @@ pub struct ReservationEvent {
     #[schema(rename = "type")]
     pub kind: ReservationEventType,
     pub at_ms: u64,
-    /// Always `null`: a reservation event names its items in `lines`.
+    /// `null` (a reservation event names its items in `lines`), but for
+    /// `reservation.backorder_filled`: the item whose stock filled it.
     #[schema(required = true)]
     pub sku: Option<String>,
-    /// Always `null`.
+    /// As `sku`.
     #[schema(required = true)]
     pub warehouse: Option<String>,
     pub reservation: String,
@@ -676,6 +688,11 @@ pub struct ReservationEvent {
     pub lines: Vec<ReservationEventLine>,
     /// `reservation.held` and `reservation.expired`: the deadline (log time).
     pub deadline_ms: Option<u64>,
+    /// `reservation.backorder_filled`: units of the item now reserved from
+    /// stock.
+    pub units: Option<u64>,
+    /// `reservation.backorder_filled`: units of the item still waiting.
+    pub backordered: Option<u64>,
 }
 
 #[derive(ToSchema)]
@@ -801,6 +818,7 @@ pub struct LedgerGap {
     ("reservation.confirmed" = "#/components/schemas/ReservationEvent"),
     ("reservation.released" = "#/components/schemas/ReservationEvent"),
     ("reservation.expired" = "#/components/schemas/ReservationEvent"),
+    ("reservation.backorder_filled" = "#/components/schemas/ReservationEvent"),
 )))]
 pub enum Event {
     StockChanged(StockChangedEvent),

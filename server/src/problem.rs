@@ -171,6 +171,12 @@ impl Problem {
                 ),
             )
             .with_extra(json!({ "on_hand": on_hand, "reserved": reserved, "unsellable": unsellable })),
+            Refusal::BackorderUnfilled { backordered } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!("{backordered} units of the reservation wait for stock; confirm it once they are filled"),
+            )
+            .with_extra(json!({ "backordered": backordered })),
         }
     }
 

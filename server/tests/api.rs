@@ -149,6 +149,7 @@ async fn items_api_follows_its_contract() {
         imports_refuse_other_media_and_overlong_rows,
         quantity_states_follow_the_readme_example,
         a_refused_move_or_state_change_changes_nothing,
+        backorders_follow_the_readme_example,
     );
 }
 
@@ -426,6 +427,50 @@ async fn a_refused_move_or_state_change_changes_nothing(http: &Http) {
     assert_eq!(kept["status"], "OUT_OF_STOCK");
     let loss = http.post("/v1/items/it-states/w1/adjustments", json!({ "delta": -1, "reason": "loss" })).await;
     assert_problem(&loss, StatusCode::CONFLICT, "below_unsellable");
+}
+
+/// The README's "backorders and preorders" example, step by step, and the
+/// rules around it.
+async fn backorders_follow_the_readme_example(http: &Http) {
+    let (status, _, created) =
+        http.put(&item_path("LAMP-3", "berlin"), json!({ "on_hand": 1, "backorder_limit": 10 })).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!((u64_of(&created, "backorder_limit"), u64_of(&created, "backordered")), (10, 0));
+    let line = json!([{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 3 }]);
+    let (status, _, held) =
+        http.post("/v1/reservations", json!({ "order_id": "pre-1", "ttl_seconds": 3600, "lines": line })).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(held["lines"], json!([{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 3, "backordered": 2 }]));
+    let lamp = item(http, "LAMP-3", "berlin").await;
+    assert_eq!(["on_hand", "reserved", "available", "backordered"].map(|key| u64_of(&lamp, key)), [1, 1, 0, 2]);
+    // Past the limit: 10 - 2 = 8 more may wait, not 9.
+    let over = http
+        .post("/v1/reservations", json!({ "lines": [{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 9 }] }))
+        .await;
+    assert_problem(&over, StatusCode::CONFLICT, "insufficient_stock");
+    // A direct sale never backorders.
+    let sale = http
+        .post(
+            "/v1/reservations",
+            json!({ "commit": true, "lines": [{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 1 }] }),
+        )
+        .await;
+    assert_problem(&sale, StatusCode::CONFLICT, "insufficient_stock");
+    let early = raw(http, Method::POST, "/v1/orders/pre-1/confirm", None, Vec::new()).await;
+    assert_problem(&early, StatusCode::CONFLICT, "backorder_unfilled");
+    assert_eq!(early.2["backordered"], 2);
+    assert_eq!(item(http, "LAMP-3", "berlin").await, lamp, "refused writes changed nothing");
+    let received = http.post("/v1/items/LAMP-3/berlin/adjustments", json!({ "delta": 5, "reason": "receive" })).await;
+    assert_eq!(received.0, StatusCode::OK, "{}", received.2);
+    assert_eq!(["on_hand", "reserved", "available", "backordered"].map(|key| u64_of(&received.2, key)), [6, 3, 3, 0]);
+    let (status, _, order) = http.get("/v1/orders/pre-1").await;
+    assert_eq!(status, StatusCode::OK, "{order}");
+    assert_eq!(order["lines"][0]["backordered"], 0, "{order}");
+    let confirmed = raw(http, Method::POST, "/v1/orders/pre-1/confirm", None, Vec::new()).await;
+    assert_eq!(confirmed.0, StatusCode::OK, "{}", confirmed.2);
+    assert_eq!(confirmed.2["state"], "CONFIRMED");
+    let sold = item(http, "LAMP-3", "berlin").await;
+    assert_eq!(["on_hand", "reserved", "available"].map(|key| u64_of(&sold, key)), [3, 0, 3]);
 }
 
 async fn history_lists_movements_newest_first_with_reasons(http: &Http) {

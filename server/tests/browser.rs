@@ -375,13 +375,16 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.type_into("#move-quantity", &format!("4{ENTER}")).await;
     browser.wait_for_text("#sku-notice", "Moved 4 in berlin from available to damaged: available now 13").await;
     browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='states']", "damaged 4").await;
-    browser.type_into("#levels-safety", &format!("3{ENTER}")).await;
+    browser.type_into("#levels-safety", "3").await;
+    browser.type_into("#levels-backorder", &format!("4{ENTER}")).await;
     browser.wait_for_text("#sku-notice", "safety stock 3").await;
+    browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='states']", "backorder limit 4").await;
     browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='available']", "10").await;
     let item = api.item("SHOE-42", "berlin").await;
     assert_eq!(
-        ["on_hand", "reserved", "available", "damaged", "safety_stock"].map(|key| u64_of(&item, key)),
-        [22, 5, 10, 4, 3],
+        ["on_hand", "reserved", "available", "damaged", "safety_stock", "backorder_limit"]
+            .map(|key| u64_of(&item, key)),
+        [22, 5, 10, 4, 3, 4],
         "{item}"
     );
     browser.quit().await;

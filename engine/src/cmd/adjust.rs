@@ -143,6 +143,8 @@ pub(super) fn apply(state: &mut ShardState, command: &Adjust, emitter: &mut Emit
         created: false,
     };
     state.finish_change(id, before, change, emitter);
+    // New stock goes to backorders first (`ShardState::fill_backorders`).
+    state.fill_backorders(emitter);
     Ok(Outcome::Adjusted { item: Box::new(state.item_view(id)?) })
 }
 

@@ -140,6 +140,15 @@ fn end_held(
     if current.state != ReservationState::Held && current.state != target {
         return Ok(not_held(current.state).into());
     }
+    // A confirm sells units: never those still waiting for stock.
+    if target == ReservationState::Confirmed && current.state == ReservationState::Held {
+        let backordered: u64 = state
+            .reservation_at(slot)
+            .map_or(0, |reservation| reservation.lines.as_slice().iter().map(|line| line.backordered).sum());
+        if backordered > 0 {
+            return Ok(Refusal::BackorderUnfilled { backordered }.into());
+        }
+    }
     // Read before ending: a reservation may be forgotten as it ends, when
     // the limits retain no terminal reservations (its lines are then the
     // held ones, or those sold). A corrupt name stops the shard first.
@@ -195,7 +204,7 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
     if let Some(error) = state.wrong_shard(command) {
         return Ok(error.into());
     }
-    match command {
+    let outcome = match command {
         Command::UpsertItem(c) => upsert::apply(state, c, emitter),
         Command::Adjust(c) => adjust::apply(state, c, emitter),
         Command::Transfer(c) => transfer::apply(state, c, emitter),
@@ -209,5 +218,9 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::Tick => Ok(Outcome::Ticked),
         Command::SetStates(c) => set_states::apply(state, c, emitter),
         Command::MoveQuantity(c) => move_quantity::apply(state, c, emitter),
-    }
+    };
+    // The commands that make stock available fill backorders before they
+    // answer; this keeps the rule for any other path (a no-op otherwise).
+    state.fill_backorders(emitter);
+    outcome
 }

@@ -94,6 +94,8 @@ pub(super) fn apply(state: &mut ShardState, command: &MoveQuantity, emitter: &mu
         created: false,
     };
     state.finish_change(id, before, change, emitter);
+    // New stock goes to backorders first (`ShardState::fill_backorders`).
+    state.fill_backorders(emitter);
     Ok(Outcome::Moved { item: Box::new(state.item_view(id)?) })
 }
 

@@ -25,12 +25,21 @@ pub struct SetStates {
     pub incoming: Option<u64>,
     /// Unix ms the incoming units are expected.
     pub incoming_expected_at_ms: AttrUpdate<u64>,
+    /// Units holds may take beyond stock (`backordered` never grows past
+    /// it; lowering it below what is backordered only stops new ones).
+    pub backorder_limit: Option<u64>,
 }
 
 impl SetStates {
     /// A command that keeps every state level: set the ones to change.
     pub fn keep(upsert: UpsertItem) -> Self {
-        Self { upsert, safety_stock: None, incoming: None, incoming_expected_at_ms: AttrUpdate::Keep }
+        Self {
+            upsert,
+            safety_stock: None,
+            incoming: None,
+            incoming_expected_at_ms: AttrUpdate::Keep,
+            backorder_limit: None,
+        }
     }
 
     pub fn validate(&self) -> Result<(), InputError> {
@@ -41,6 +50,9 @@ impl SetStates {
         if let Some(level) = self.incoming {
             check_level(Field::Incoming, level)?;
         }
+        if let Some(level) = self.backorder_limit {
+            check_level(Field::BackorderLimit, level)?;
+        }
         Ok(())
     }
 
@@ -49,6 +61,7 @@ impl SetStates {
         StateLevels {
             safety_stock: self.safety_stock.unwrap_or(current.safety_stock),
             incoming: self.incoming.unwrap_or(current.incoming),
+            backorder_limit: self.backorder_limit.unwrap_or(current.backorder_limit),
             incoming_expected_at_ms: match self.incoming_expected_at_ms {
                 AttrUpdate::Keep => current.incoming_expected_at_ms,
                 AttrUpdate::Set(at_ms) => Some(at_ms),

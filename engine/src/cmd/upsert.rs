@@ -153,6 +153,8 @@ pub(super) fn apply_with(
     item.set_levels(levels);
     let change = Change { cause: Cause::Upsert, movement: Some((MovementReason::Set, who)), created };
     state.finish_change(id, before, change, emitter);
+    // New stock goes to backorders first (`ShardState::fill_backorders`).
+    state.fill_backorders(emitter);
     Ok(Outcome::Upserted { item: Box::new(state.item_view(id)?), created, changed: true })
 }
 

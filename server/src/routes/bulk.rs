@@ -100,6 +100,10 @@ struct JsonRow {
     _incoming_expected_at: serde::de::IgnoredAny,
     #[serde(default, rename = "incoming_expected_at_ms")]
     _incoming_expected_at_ms: serde::de::IgnoredAny,
+    #[serde(default, rename = "backorder_limit")]
+    _backorder_limit: serde::de::IgnoredAny,
+    #[serde(default, rename = "backordered")]
+    _backordered: serde::de::IgnoredAny,
 }
 
 /// The body's format, from its content type.
@@ -670,7 +674,8 @@ async fn read_body(importer: &mut Importer, body: Body) -> ApiResult<()> {
         line naming the columns, then one row per line; an empty cell keeps the value; fields may be \
         quoted but not span lines. The columns of an export that cannot be set (`reserved`, `available`, \
         `status`, `version`, `updated_at_ms`, and in NDJSON the quantity states `safety_stock`, `damaged`, \
-        `quality_control`, `incoming`, `incoming_expected_at`, `incoming_expected_at_ms`) are accepted and \
+        `quality_control`, `incoming`, `incoming_expected_at`, `incoming_expected_at_ms`, `backorder_limit`, \
+        `backordered`) are accepted and \
         ignored, so an export imports as is.\n\n\
         Rows are independent writes: a bad or refused row is reported (`errors`, at most \
         `import.errors_reported_max` of them) and the import goes on, and importing the same rows again \

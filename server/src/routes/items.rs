@@ -66,6 +66,10 @@ pub struct PutItem {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub incoming_expected_at: Option<Option<String>>,
+    /// Units reservations may hold beyond stock (backorders, preorders);
+    /// at most 10^15. A hold line takes what is available and backorders
+    /// the rest up to this limit. Absent: unchanged (0 for a new item).
+    pub backorder_limit: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -334,6 +338,7 @@ pub async fn put_item(
         safety_stock: body.safety_stock,
         incoming: body.incoming,
         incoming_expected_at_ms,
+        backorder_limit: body.backorder_limit,
         ..SetStates::keep(upsert.clone())
     };
     let sets_states = states != SetStates::keep(upsert.clone());

@@ -228,6 +228,8 @@ pub fn item_json(item: &ItemView) -> Value {
         "incoming": item.states.incoming,
         "incoming_expected_at": item.states.incoming_expected_at_ms.map(rfc3339_ms),
         "incoming_expected_at_ms": item.states.incoming_expected_at_ms,
+        "backorder_limit": item.states.backorder_limit,
+        "backordered": item.states.backordered,
     })
 }
 

@@ -244,11 +244,14 @@ struct LineOut {
     sku: String,
     warehouse: String,
     quantity: u64,
+    /// Units of `quantity` held beyond stock, waiting for it (0: filled
+    /// from stock).
+    backordered: u64,
 }
 
 impl From<engine::outcome::LineView> for LineOut {
     fn from(line: engine::outcome::LineView) -> Self {
-        Self { sku: line.sku, warehouse: line.warehouse, quantity: line.quantity }
+        Self { sku: line.sku, warehouse: line.warehouse, quantity: line.quantity, backordered: line.backordered }
     }
 }
 
