@@ -754,6 +754,7 @@ async fn reservations_api_follows_its_contract() {
         a_limit_is_set_changed_and_removed_with_its_rules,
         a_partial_confirm_sells_fewer_and_releases_the_rest,
         a_partial_confirm_across_shards_is_checked_before_any_part_sells,
+        a_backorder_on_one_shard_holds_up_the_confirm_of_every_part,
     );
 }
 
@@ -1128,6 +1129,25 @@ async fn a_reservation_across_shards_is_all_or_nothing(http: &Http) {
     assert_eq!(str_of(&confirmed, "state"), "CONFIRMED");
     assert_eq!(levels(http, &a, "w1").await.0, 5);
     assert_eq!(levels(http, &b, "w1").await.0, 0);
+}
+
+async fn a_backorder_on_one_shard_holds_up_the_confirm_of_every_part(http: &Http) {
+    let (a, b) = skus_on_two_shards(http, "rs-bo").await;
+    let (status, _, body) = http.put(&item_path(&b, "w1"), json!({ "on_hand": 1, "backorder_limit": 5 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let held = reserve(http, &[(&a, "w1", 2), (&b, "w1", 3)]).await;
+    assert!(held.get("parts").is_some(), "{held}");
+    let path = format!("/v1/reservations/{}/confirm", str_of(&held, "id"));
+    let early = http.post_empty(&path).await;
+    assert_problem(&early, StatusCode::CONFLICT, "backorder_unfilled");
+    assert_eq!(early.2["backordered"], 2, "{}", early.2);
+    assert_eq!(levels(http, &a, "w1").await.0, 10, "no part sold");
+    let received =
+        http.post(&format!("/v1/items/{b}/w1/adjustments"), json!({ "delta": 2, "reason": "receive" })).await;
+    assert_eq!(received.0, StatusCode::OK, "{}", received.2);
+    let (status, _, confirmed) = http.post_empty(&path).await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    assert_eq!((levels(http, &a, "w1").await.0, levels(http, &b, "w1").await.0), (8, 0));
 }
 
 async fn a_line_without_warehouse_takes_the_most_available_first(http: &Http) {
