@@ -95,7 +95,7 @@ pub struct LedgerEntry {
     /// Log time of the entry.
     pub at_ms: u64,
     /// `upsert`, `adjust`, `transfer_in`, `transfer_out`, `hold`, `confirm`,
-    /// `release`, `expire`, `extend`, or `gap`.
+    /// `release`, `expire`, `extend`, `move`, or `gap`.
     pub kind: String,
     #[serde(default)]
     pub sku: String,
@@ -128,6 +128,15 @@ pub struct LedgerEntry {
     /// For a `gap`: the last log index missing (`index` is the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_to_index: Option<u64>,
+    /// For a `move`: the quantity state the units left, the one they went
+    /// to, and how many (`available`, `safety_stock`, `damaged`,
+    /// `quality_control`, `incoming`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<u64>,
 }
 
 impl LedgerEntry {
@@ -158,6 +167,7 @@ impl LedgerEntry {
     /// The entry for a movement event, or `None` for events that move no
     /// stock.
     pub fn from_record(record: &EventRecord) -> Option<LedgerEntry> {
+        let mut moved = None;
         let (kind, reason, levels, reservation) = match record.kind {
             EventKind::StockChanged { cause, levels, .. } => {
                 let (kind, reason) = match cause {
@@ -170,6 +180,10 @@ impl LedgerEntry {
                     Cause::Release(_) => ("release", None),
                     Cause::Expire(_) => ("expire", None),
                     Cause::Delete => ("delete", None),
+                    Cause::Move { from, to, quantity } => {
+                        moved = Some((from.as_str().to_owned(), to.as_str().to_owned(), quantity));
+                        ("move", None)
+                    }
                 };
                 (kind, reason, levels, cause.reservation())
             }
@@ -179,9 +193,11 @@ impl LedgerEntry {
             | EventKind::ReservationHeld { .. }
             | EventKind::ReservationRefused { .. }
             | EventKind::ReservationConfirmed { .. }
-            | EventKind::ReservationReleased { .. } => return None,
+            | EventKind::ReservationReleased { .. }
+            // A fill's reserved units are its `hold` stock change.
+            | EventKind::BackorderFilled { .. } => return None,
         };
-        let LevelChange { on_hand_before, on_hand_after, reserved_before, reserved_after } = levels;
+        let LevelChange { on_hand_before, on_hand_after, reserved_before, reserved_after, .. } = levels;
         Some(LedgerEntry {
             shard: record.id.shard,
             index: record.id.index,
@@ -201,6 +217,9 @@ impl LedgerEntry {
             reservation_id: reservation.map(|id| id.to_string()),
             idempotency_key: if reservation.is_some() { record.idempotency_key.clone() } else { None },
             gap_to_index: None,
+            from_state: moved.as_ref().map(|(from, _, _)| from.clone()),
+            to_state: moved.as_ref().map(|(_, to, _)| to.clone()),
+            moved: moved.map(|(_, _, quantity)| quantity),
         })
     }
 }

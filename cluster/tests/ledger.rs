@@ -71,7 +71,7 @@ fn qty(n: u64) -> Quantity {
 
 /// One random command; reservation numbers run below `holds`.
 fn command(rng: &mut Rng, holds: &mut u64) -> Command {
-    match rng.below(10) {
+    match rng.below(13) {
         0 => Command::UpsertItem(UpsertItem {
             sku: sku(rng.pick(&SKUS)),
             warehouse: wh(rng.pick(&WAREHOUSES)),
@@ -128,6 +128,34 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
         }
         7 => Command::Confirm(Confirm { id: rid(1 + rng.below(*holds + 1)), principal: who() }),
         8 => Command::Release(Release { id: rid(1 + rng.below(*holds + 1)), principal: who() }),
+        10 | 11 => {
+            let states = engine::states::QuantityState::ALL;
+            Command::MoveQuantity(engine::cmd::MoveQuantity {
+                sku: sku(rng.pick(&SKUS)),
+                warehouse: wh(rng.pick(&WAREHOUSES)),
+                from: states[rng.index(states.len())],
+                to: states[rng.index(states.len() - 1)],
+                quantity: qty(1 + rng.below(5)),
+                principal: who(),
+                note: Note::new("inspection").ok(),
+                reference: None,
+            })
+        }
+        12 => Command::SetStates(Box::new(engine::cmd::SetStates {
+            safety_stock: Some(rng.below(4)),
+            incoming: Some(rng.below(20)),
+            incoming_expected_at_ms: AttrUpdate::Keep,
+            ..engine::cmd::SetStates::keep(UpsertItem {
+                sku: sku(rng.pick(&SKUS)),
+                warehouse: wh(rng.pick(&WAREHOUSES)),
+                on_hand: None,
+                low_stock_threshold: None,
+                name: AttrUpdate::Keep,
+                unit_price_minor: AttrUpdate::Keep,
+                expect: Expect::Any,
+                principal: who(),
+            })
+        })),
         _ => Command::Extend(Extend {
             id: rid(1 + rng.below(*holds + 1)),
             deadline: Deadline::AfterMs(100 + rng.below(400)),
@@ -273,6 +301,10 @@ fn for_every_item_the_ledger_sums_to_its_on_hand_and_reserved() {
         assert!(entries.iter().any(|e| e.kind == "expire"), "seed {seed}: the run expires holds: {kinds:?}");
         assert!(entries.iter().any(|e| e.kind == "transfer_in"), "seed {seed}: the run transfers");
         assert!(entries.iter().any(|e| e.kind == "extend"), "seed {seed}: the run extends holds");
+        assert!(
+            entries.iter().any(|e| e.kind == "move" && e.moved.is_some() && e.from_state.is_some()),
+            "seed {seed}: the run moves units between quantity states: {kinds:?}"
+        );
         assert!(
             entries.iter().any(|e| e.note.as_deref() == Some("rebalance") && e.document.as_deref() == Some("TO-9"))
         );

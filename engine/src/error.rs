@@ -40,6 +40,11 @@ pub enum Field {
     Price,
     Currency,
     ImageUrl,
+    SafetyStock,
+    Incoming,
+    /// A move's `from` and `to` quantity states.
+    States,
+    BackorderLimit,
 }
 
 impl Field {
@@ -72,6 +77,10 @@ impl Field {
             Field::Price => "price",
             Field::Currency => "currency",
             Field::ImageUrl => "image_url",
+            Field::SafetyStock => "safety_stock",
+            Field::Incoming => "incoming",
+            Field::States => "to",
+            Field::BackorderLimit => "backorder_limit",
         }
     }
 }
@@ -110,6 +119,11 @@ pub enum InputError {
     BadLimits { reason: String },
     #[error("the bundle is not valid: {reason}")]
     BadBundle { reason: String },
+    /// A move between quantity states that is not allowed: to the state it
+    /// comes from, or into `incoming` (units arrive; they are not sent back
+    /// into transit).
+    #[error("units cannot move from {from} to {to}")]
+    BadMove { from: crate::states::QuantityState, to: crate::states::QuantityState },
 }
 
 impl InputError {
@@ -128,6 +142,7 @@ impl InputError {
             InputError::WrongShard { .. } => "wrong_shard",
             InputError::BadLimits { .. } => "bad_limits",
             InputError::BadBundle { .. } => "invalid_bundle",
+            InputError::BadMove { .. } => "invalid_state",
         }
     }
 
@@ -144,6 +159,7 @@ impl InputError {
             InputError::SameWarehouse => Some(Field::ToWarehouse),
             InputError::WrongShard { .. } => Some(Field::Sku),
             InputError::BadLimits { .. } | InputError::BadBundle { .. } => None,
+            InputError::BadMove { .. } => Some(Field::States),
         }
     }
 }

@@ -15,6 +15,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::cmd::AdjustReason;
 use crate::ids::ReservationId;
 use crate::item::{ItemId, Status};
+use crate::states::QuantityState;
 
 /// `(shard, log index, position in the entry's events)`: unique and identical
 /// on every replica.
@@ -52,6 +53,13 @@ pub enum Cause {
     Expire(ReservationId),
     /// The item was deleted: its `on_hand` went to 0 (`cmd/delete.rs`).
     Delete,
+    /// Units moved between quantity states (`states.rs`). Out of
+    /// `incoming` it raises `on_hand` (received).
+    Move {
+        from: QuantityState,
+        to: QuantityState,
+        quantity: u64,
+    },
 }
 
 impl Cause {
@@ -66,13 +74,19 @@ impl Cause {
             Cause::Release(_) => "release",
             Cause::Expire(_) => "expire",
             Cause::Delete => "delete",
+            Cause::Move { .. } => "move",
         }
     }
 
     pub fn reservation(self) -> Option<ReservationId> {
         match self {
             Cause::Hold(id) | Cause::Confirm(id) | Cause::Release(id) | Cause::Expire(id) => Some(id),
-            Cause::Upsert | Cause::Adjust(_) | Cause::TransferIn | Cause::TransferOut | Cause::Delete => None,
+            Cause::Upsert
+            | Cause::Adjust(_)
+            | Cause::TransferIn
+            | Cause::TransferOut
+            | Cause::Delete
+            | Cause::Move { .. } => None,
         }
     }
 }
@@ -85,6 +99,20 @@ pub struct LevelChange {
     pub on_hand_after: u64,
     pub reserved_before: u64,
     pub reserved_after: u64,
+    /// Units on hand kept back (safety stock, damaged, quality control),
+    /// so `available = on_hand - reserved - unsellable` before and after.
+    pub unsellable_before: u64,
+    pub unsellable_after: u64,
+}
+
+impl LevelChange {
+    pub fn available_before(&self) -> u64 {
+        self.on_hand_before.saturating_sub(self.reserved_before).saturating_sub(self.unsellable_before)
+    }
+
+    pub fn available_after(&self) -> u64 {
+        self.on_hand_after.saturating_sub(self.reserved_after).saturating_sub(self.unsellable_after)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -108,6 +136,9 @@ pub enum EventKind {
     /// A held reservation's deadline moved later: one per line, so the
     /// ledger records the item (its levels do not change).
     HoldExtended { item: ItemId, reservation: ReservationId, deadline_ms: u64, levels: LevelChange },
+    /// Stock arrived for a held line's backorder: `units` of it are now
+    /// reserved from stock, `backordered` still wait.
+    BackorderFilled { reservation: ReservationId, item: ItemId, units: u64, backordered: u64 },
 }
 
 impl EventKind {
@@ -121,7 +152,8 @@ impl EventKind {
             | EventKind::ReservationRefused { reservation }
             | EventKind::ReservationConfirmed { reservation }
             | EventKind::ReservationReleased { reservation }
-            | EventKind::HoldExtended { reservation, .. } => Some(reservation),
+            | EventKind::HoldExtended { reservation, .. }
+            | EventKind::BackorderFilled { reservation, .. } => Some(reservation),
         }
     }
 }

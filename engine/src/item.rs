@@ -8,6 +8,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{ItemName, ReservationId};
+use crate::states::StateLevels;
 
 /// The index of an item in its shard. A deleted item stays as a tombstone
 /// (`product.rs`) and its slot only ever comes back for the same SKU and
@@ -154,12 +155,34 @@ pub(crate) struct Item {
     pub warehouse: u16,
     pub attrs: Option<Box<Attrs>>,
     pub history: Vec<Movement>,
+    /// Safety stock, damaged, quality control and incoming units
+    /// (`states.rs`); `None` while all are zero and no date is set.
+    pub states: Option<Box<StateLevels>>,
 }
 
 impl Item {
+    /// On hand, less what is reserved and what may not be sold (safety
+    /// stock, damaged, quality control).
     pub fn available(&self) -> u64 {
-        debug_assert!(self.reserved <= self.on_hand, "reserved {} > on_hand {}", self.reserved, self.on_hand);
-        self.on_hand - self.reserved
+        let committed = self.committed();
+        debug_assert!(committed <= self.on_hand, "reserved + unsellable {committed} > on_hand {}", self.on_hand);
+        self.on_hand.saturating_sub(committed)
+    }
+
+    /// Units on hand that are not available: reserved plus unsellable.
+    pub fn committed(&self) -> u64 {
+        self.reserved.saturating_add(self.levels().unsellable())
+    }
+
+    /// The item's state levels (all zero if it has none).
+    pub fn levels(&self) -> StateLevels {
+        self.states.as_deref().copied().unwrap_or_default()
+    }
+
+    /// Stores state levels, dropping the box when they are all zero so
+    /// equal levels are always stored the same way.
+    pub fn set_levels(&mut self, levels: StateLevels) {
+        self.states = (!levels.is_empty()).then(|| Box::new(levels));
     }
 
     pub fn status(&self) -> Status {
@@ -215,6 +238,7 @@ mod tests {
             warehouse: 0,
             attrs: None,
             history: Vec::new(),
+            states: None,
         }
     }
 

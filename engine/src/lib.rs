@@ -32,6 +32,7 @@ pub mod query;
 pub mod reservation;
 pub mod snapshot;
 pub mod state;
+pub mod states;
 pub mod wal;
 mod wheel;
 

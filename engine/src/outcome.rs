@@ -27,6 +27,8 @@ pub struct ItemView {
     pub updated_at_ms: u64,
     pub name: Option<String>,
     pub unit_price_minor: Option<u64>,
+    /// Safety stock, damaged, quality control and incoming (`states.rs`).
+    pub states: crate::states::StateLevels,
 }
 
 /// A reservation without its lines. Write outcomes carry the lines beside
@@ -50,6 +52,9 @@ pub struct LineView {
     pub sku: String,
     pub warehouse: String,
     pub quantity: u64,
+    /// Units of `quantity` held beyond stock, waiting for it (0 when
+    /// filled from stock).
+    pub backordered: u64,
 }
 
 /// Units of one request line (`line`, its index in the hold) taken from the
@@ -180,6 +185,24 @@ pub enum Refusal {
         line: u32,
         held: u64,
     },
+    /// A move's source state has fewer units than it asks (`has`).
+    StateShort {
+        state: crate::states::QuantityState,
+        requested: u64,
+        has: u64,
+    },
+    /// The change would leave `on_hand` below what is reserved plus what
+    /// may not be sold (safety stock, damaged, quality control).
+    BelowUnsellable {
+        on_hand: u64,
+        reserved: u64,
+        unsellable: u64,
+    },
+    /// A confirm of a reservation with units still backordered (waiting
+    /// for stock): it may be confirmed once they are filled.
+    BackorderUnfilled {
+        backordered: u64,
+    },
     /// A warehouse priority list names a warehouse twice, is too long, or
     /// (a SKU's list) names a warehouse that does not stock the SKU.
     InvalidWarehousePriority {
@@ -245,6 +268,9 @@ impl Refusal {
             Refusal::BundleNotFound => "bundle_not_found",
             Refusal::ItemHasHolds { .. } => "item_has_holds",
             Refusal::InvalidWarehousePriority { .. } => "invalid_warehouse_priority",
+            Refusal::StateShort { .. } => "insufficient_stock",
+            Refusal::BelowUnsellable { .. } => "below_unsellable",
+            Refusal::BackorderUnfilled { .. } => "backorder_unfilled",
         }
     }
 }
@@ -337,6 +363,10 @@ pub enum Outcome {
     WarehousePrioritySet {
         sku: String,
         warehouses: Vec<String>,
+    },
+    /// Units moved between quantity states: the item after the move.
+    Moved {
+        item: Box<ItemView>,
     },
 }
 

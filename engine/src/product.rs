@@ -189,7 +189,12 @@ impl ShardState {
         let at_ms = emitter.at_ms;
         let item = self.item_mut(id);
         debug_assert_eq!(item.reserved, 0, "deleting an item with units held");
+        debug_assert_eq!(item.levels().backordered, 0, "deleting an item with units backordered");
         let on_hand_before = item.on_hand;
+        // Units kept back (safety stock, damaged, quality control) are on
+        // hand and go with it; incoming and the backorder limit are reset.
+        let unsellable_before = item.levels().unsellable();
+        item.set_levels(crate::states::StateLevels::default());
         item.on_hand = 0;
         item.version = item.version.saturating_add(1);
         item.updated_at_ms = at_ms;
@@ -199,7 +204,14 @@ impl ShardState {
         emitter.emit(EventKind::StockChanged {
             item: id,
             cause: Cause::Delete,
-            levels: LevelChange { on_hand_before, on_hand_after: 0, reserved_before: 0, reserved_after: 0 },
+            levels: LevelChange {
+                on_hand_before,
+                on_hand_after: 0,
+                reserved_before: 0,
+                reserved_after: 0,
+                unsellable_before,
+                unsellable_after: 0,
+            },
         });
         self.unindex_item(id);
         self.p.catalog.tombstones.insert(id.0);
@@ -212,8 +224,9 @@ impl ShardState {
         let catalog = &self.p.catalog;
         for &id in &catalog.tombstones {
             let item = self.item(ItemId(id));
-            if item.on_hand != 0 || item.reserved != 0 || !item.history.is_empty() || item.attrs.is_some() {
-                return Err(format!("tombstone {id} still holds stock, history or attributes"));
+            let kept = item.on_hand != 0 || item.reserved != 0 || item.states.is_some();
+            if kept || !item.history.is_empty() || item.attrs.is_some() {
+                return Err(format!("tombstone {id} still holds stock, states, history or attributes"));
             }
         }
         if self.indexed_tombstones() != catalog.tombstones.len() {

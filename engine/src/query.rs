@@ -89,6 +89,7 @@ impl ShardState {
             updated_at_ms: item.updated_at_ms,
             name: attrs.and_then(|a| a.name.as_ref()).map(|name| name.as_str().to_owned()),
             unit_price_minor: attrs.and_then(|a| a.unit_price_minor),
+            states: item.levels(),
         })
     }
 
@@ -203,6 +204,7 @@ impl ShardState {
                     sku: self.item_sku(line.item)?.to_owned(),
                     warehouse: self.item_warehouse(line.item)?.to_owned(),
                     quantity: line.quantity,
+                    backordered: line.backordered,
                 })
             })
             .collect()
@@ -249,7 +251,8 @@ impl ShardState {
         let item = match event.kind {
             EventKind::StockChanged { item, .. }
             | EventKind::ThresholdCrossed { item, .. }
-            | EventKind::HoldExtended { item, .. } => Some(item),
+            | EventKind::HoldExtended { item, .. }
+            | EventKind::BackorderFilled { item, .. } => Some(item),
             EventKind::ReservationExpired { .. }
             | EventKind::ReservationHeld { .. }
             | EventKind::ReservationRefused { .. }
@@ -397,7 +400,10 @@ mod tests {
         let key = IdempotencyKey::new("cart-1").ok();
         f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], key.clone()));
         let view = f.state.reservation(&rid(1)).ok().flatten().unwrap_or_else(|| panic!("missing"));
-        assert_eq!(view.lines, vec![LineView { sku: "SKU-1".into(), warehouse: "berlin".into(), quantity: 2 }]);
+        assert_eq!(
+            view.lines,
+            vec![LineView { sku: "SKU-1".into(), warehouse: "berlin".into(), quantity: 2, backordered: 0 }]
+        );
         assert_eq!(view.idempotency_key.as_deref(), Some("cart-1"));
         let by_key = key.and_then(|key| f.state.reservation_by_key(&key).ok().flatten());
         assert_eq!(by_key, Some(view));

@@ -40,6 +40,16 @@ impl ReservationState {
 pub struct HeldLine {
     pub item: ItemId,
     pub quantity: u64,
+    /// Units of `quantity` held beyond stock (a backorder), not yet filled;
+    /// the rest are reserved from stock. Always 0 on a confirmed line.
+    pub backordered: u64,
+}
+
+impl HeldLine {
+    /// Units of the line reserved from stock.
+    pub fn from_stock(&self) -> u64 {
+        self.quantity - self.backordered
+    }
 }
 
 /// The lines of a reservation, summed per item. One line is the flash-sale
@@ -54,6 +64,13 @@ impl Lines {
     pub fn as_slice(&self) -> &[HeldLine] {
         match self {
             Lines::One(line) => std::slice::from_ref(line),
+            Lines::Many(lines) => lines,
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [HeldLine] {
+        match self {
+            Lines::One(line) => std::slice::from_mut(line),
             Lines::Many(lines) => lines,
         }
     }

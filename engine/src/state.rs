@@ -31,6 +31,7 @@ use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
 use crate::outcome::{Bound, Outcome, Refusal, ReservationSummary};
 use crate::placement::shard_of;
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
+use crate::states::StateLevels;
 use crate::wheel::TimerWheel;
 
 /// Bumped when `Persisted` changes shape; a snapshot of another format is
@@ -40,8 +41,10 @@ use crate::wheel::TimerWheel;
 /// idempotency key. 5: per-customer limits and usage, and the customer a
 /// reservation counted against them. 6: issue 17's commerce features: SKU
 /// product records and item tombstones (`product.rs`), bundle definitions
-/// (`bundle.rs`), SKUs' warehouse priority lists, their bounds in `Limits`,
-/// and hold outcomes (in the dedup window) carry their allocations.
+/// (`bundle.rs`), SKUs' warehouse priority lists, quantity states of an
+/// item (safety stock, damaged, quality control, incoming) and backorders,
+/// their bounds in `Limits`, and hold outcomes (in the dedup window) carry
+/// their allocations.
 pub(crate) const STATE_FORMAT: u32 = 6;
 
 /// Principal id recorded once the principal table is full.
@@ -139,6 +142,7 @@ impl Emitter {
 pub(crate) struct Before {
     on_hand: u64,
     reserved: u64,
+    unsellable: u64,
     status: Status,
 }
 
@@ -182,6 +186,9 @@ pub struct ShardState {
     expiry_order_scratch: Vec<(u64, u64, u32)>,
     /// Reused by holds to sum and allocate their lines.
     pub(crate) hold_scratch: crate::cmd::HoldScratch,
+    /// Items that have units available and units backordered: filled by
+    /// `fill_backorders` before the change that made them so is answered.
+    backorders_due: Vec<ItemId>,
 }
 
 impl ShardState {
@@ -270,6 +277,7 @@ impl ShardState {
             expired_scratch: Vec::new(),
             expiry_order_scratch: Vec::new(),
             hold_scratch: crate::cmd::HoldScratch::default(),
+            backorders_due: Vec::new(),
         }
     }
 
@@ -530,6 +538,7 @@ impl ShardState {
             warehouse: warehouse_id,
             attrs: None,
             history: Vec::new(),
+            states: None,
         });
         let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse_id);
         let (p, ix) = (&self.p, &mut self.ix);
@@ -637,7 +646,12 @@ impl ShardState {
 
     pub(crate) fn before(&self, id: ItemId) -> Before {
         let item = self.item(id);
-        Before { on_hand: item.on_hand, reserved: item.reserved, status: item.status() }
+        Before {
+            on_hand: item.on_hand,
+            reserved: item.reserved,
+            unsellable: item.levels().unsellable(),
+            status: item.status(),
+        }
     }
 
     /// Finishes a change made to an item's fields: bumps the version, stamps
@@ -647,7 +661,15 @@ impl ShardState {
         let history_len_max = usize::from(self.p.limits.history_len_max);
         let item = &mut self.p.items[id.0 as usize];
         debug_assert!(item.reserved <= item.on_hand, "reserved {} > on_hand {}", item.reserved, item.on_hand);
+        debug_assert!(
+            item.committed() <= item.on_hand,
+            "reserved + unsellable {} > on_hand {}",
+            item.committed(),
+            item.on_hand
+        );
         debug_assert!(item.on_hand <= QUANTITY_MAX && item.low_stock_threshold <= QUANTITY_MAX);
+        debug_assert!(item.levels().max_level() <= QUANTITY_MAX, "a state level over the maximum");
+        debug_assert!(item.states.as_deref().is_none_or(|levels| !levels.is_empty()), "empty levels kept boxed");
         item.version += 1;
         item.updated_at_ms = emitter.at_ms;
         if item.on_hand != before.on_hand {
@@ -661,9 +683,13 @@ impl ShardState {
             }
         }
         let (on_hand, reserved, status) = (item.on_hand, item.reserved, item.status());
-        let available = on_hand - reserved;
+        let available = item.available();
         let low_stock_threshold = item.low_stock_threshold;
-        if on_hand != before.on_hand || reserved != before.reserved {
+        // A move between states is a movement even when neither level
+        // changes (available to damaged): the ledger records it.
+        let moved = matches!(change.cause, Cause::Move { .. });
+        let unsellable = item.levels().unsellable();
+        if on_hand != before.on_hand || reserved != before.reserved || unsellable != before.unsellable || moved {
             emitter.emit(EventKind::StockChanged {
                 item: id,
                 cause: change.cause,
@@ -672,8 +698,13 @@ impl ShardState {
                     on_hand_after: on_hand,
                     reserved_before: before.reserved,
                     reserved_after: reserved,
+                    unsellable_before: before.unsellable,
+                    unsellable_after: unsellable,
                 },
             });
+        }
+        if item.levels().backordered > 0 && available > 0 && !self.backorders_due.contains(&id) {
+            self.backorders_due.push(id);
         }
         if !change.created && status != before.status {
             emitter.emit(EventKind::ThresholdCrossed {
@@ -837,8 +868,16 @@ impl ShardState {
             }
             let before = self.before(line.item);
             let item = self.item_mut(line.item);
-            debug_assert!(item.reserved >= line.quantity, "hold larger than reserved");
-            item.reserved -= line.quantity;
+            debug_assert!(item.reserved >= line.from_stock(), "hold larger than reserved");
+            debug_assert!(line.backordered == 0 || state != ReservationState::Confirmed, "confirming a backorder");
+            item.reserved -= line.from_stock();
+            if line.backordered > 0 {
+                // Released or expired: the backorder gives its room back.
+                let mut levels = item.levels();
+                debug_assert!(levels.backordered >= line.backordered, "backorder larger than backordered");
+                levels.backordered -= line.backordered;
+                item.set_levels(levels);
+            }
             let change = match state {
                 ReservationState::Confirmed => {
                     item.on_hand -= units;
@@ -875,7 +914,7 @@ impl ShardState {
                 .iter()
                 .zip(sold)
                 .filter(|(_, units)| **units > 0)
-                .map(|(line, units)| HeldLine { item: line.item, quantity: *units })
+                .map(|(line, units)| HeldLine { item: line.item, quantity: *units, backordered: 0 })
                 .collect();
             reservation.lines = match kept.as_slice() {
                 [one] => Lines::One(*one),
@@ -886,7 +925,64 @@ impl ShardState {
         let summary = summary_of(reservation);
         self.p.terminal.push_back(slot);
         self.forget_terminal();
+        // Units it gave back fill other holds' backorders.
+        self.fill_backorders(emitter);
         Some(summary)
+    }
+
+    /// Fills backorders from stock that became available: for each item
+    /// that has both, the live holds with units backordered on it, oldest
+    /// hold first (creation order, the same on every replica), each take
+    /// what is available up to their backorder. Each fill reserves the
+    /// units (a `StockChanged` event caused by the hold, so the ledger
+    /// records it as one) and emits `BackorderFilled`. O(reservations) per
+    /// item with backorders and new stock; nothing otherwise.
+    pub(crate) fn fill_backorders(&mut self, emitter: &mut Emitter) {
+        while let Some(id) = self.backorders_due.pop() {
+            let mut waiting: Vec<(u64, u32)> = self
+                .p
+                .reservations
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, reservation)| {
+                    let reservation = reservation.as_ref()?;
+                    let waits = reservation.state == ReservationState::Held
+                        && reservation.lines.as_slice().iter().any(|line| line.item == id && line.backordered > 0);
+                    waits.then(|| (reservation.seq, u32::try_from(slot).unwrap_or(u32::MAX)))
+                })
+                .collect();
+            // Sequence numbers are unique, so the order is total.
+            waiting.sort_unstable();
+            for (_, slot) in waiting {
+                let available = self.item(id).available();
+                if available == 0 {
+                    break;
+                }
+                let Some(reservation) = self.reservation_at_mut(slot) else { continue };
+                let reservation_id = reservation.id;
+                let Some(line) = reservation.lines.as_mut_slice().iter_mut().find(|line| line.item == id) else {
+                    continue;
+                };
+                let units = line.backordered.min(available);
+                line.backordered -= units;
+                let backordered = line.backordered;
+                let before = self.before(id);
+                let item = self.item_mut(id);
+                item.reserved += units;
+                let mut levels = item.levels();
+                debug_assert!(levels.backordered >= units, "filling more than backordered");
+                levels.backordered -= units;
+                item.set_levels(levels);
+                let change = Change { cause: Cause::Hold(reservation_id), movement: None, created: false };
+                self.finish_change(id, before, change, emitter);
+                emitter.emit(EventKind::BackorderFilled { reservation: reservation_id, item: id, units, backordered });
+            }
+            debug_assert!(
+                self.item(id).levels().backordered == 0 || self.item(id).available() == 0,
+                "item {} has units available and backordered after filling",
+                id.0
+            );
+        }
     }
 
     fn free_reservation(&mut self, slot: u32) {
@@ -990,6 +1086,7 @@ impl ShardState {
     /// to be good (`check_references`).
     fn check_rules(&self) -> Result<(), String> {
         let mut reserved = vec![0u64; self.p.items.len()];
+        let mut backordered = vec![0u64; self.p.items.len()];
         let mut live = 0u32;
         let terminal: hashbrown::HashSet<u32> = self.p.terminal.iter().copied().collect();
         for (slot, reservation) in self.p.reservations.iter().enumerate() {
@@ -1006,10 +1103,22 @@ impl ShardState {
                     let sum = reserved
                         .get_mut(line.item.0 as usize)
                         .ok_or_else(|| format!("hold {} names unknown item {}", reservation.id, line.item.0))?;
+                    let from_stock = line
+                        .quantity
+                        .checked_sub(line.backordered)
+                        .ok_or_else(|| format!("hold {}: more backordered than held", reservation.id))?;
                     *sum = sum
-                        .checked_add(line.quantity)
+                        .checked_add(from_stock)
                         .ok_or_else(|| format!("item {}: live holds sum past u64", line.item.0))?;
+                    let waiting = &mut backordered[line.item.0 as usize];
+                    *waiting = waiting
+                        .checked_add(line.backordered)
+                        .ok_or_else(|| format!("item {}: backorders sum past u64", line.item.0))?;
                 }
+            } else if reservation.state == ReservationState::Confirmed
+                && reservation.lines.as_slice().iter().any(|line| line.backordered > 0)
+            {
+                return Err(format!("confirmed reservation {} sold units it never had", reservation.id));
             } else if !terminal.contains(&slot) {
                 return Err(format!("terminal reservation {} is not queued to be forgotten", reservation.id));
             }
@@ -1021,6 +1130,34 @@ impl ShardState {
         for (id, item) in self.p.items.iter().enumerate() {
             if item.reserved > item.on_hand {
                 return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
+            }
+            let levels = item.levels();
+            if levels.max_level() > QUANTITY_MAX {
+                return Err(format!("item {id}: a state level over the maximum: {levels:?}"));
+            }
+            if item.reserved + levels.unsellable() > item.on_hand {
+                return Err(format!(
+                    "item {id}: reserved {} + unsellable {} > on_hand {}",
+                    item.reserved,
+                    levels.unsellable(),
+                    item.on_hand
+                ));
+            }
+            if item.states.as_deref().is_some_and(StateLevels::is_empty) {
+                return Err(format!("item {id}: empty state levels kept"));
+            }
+            if levels.backordered != backordered[id] {
+                return Err(format!(
+                    "item {id}: backordered {} but live holds wait for {}",
+                    levels.backordered, backordered[id]
+                ));
+            }
+            if levels.backordered > 0 && item.available() > 0 {
+                return Err(format!(
+                    "item {id}: {} available while {} backordered",
+                    item.available(),
+                    levels.backordered
+                ));
             }
             if item.on_hand > QUANTITY_MAX {
                 return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));

@@ -88,7 +88,7 @@ fn sample_commands() -> Vec<Command> {
         principal: Some(Principal::new("fuzz-admin").unwrap_or_else(|e| panic!("{e}"))),
     };
     vec![
-        Command::UpsertItem(named),
+        Command::UpsertItem(named.clone()),
         adjust_command("SKU-1", "berlin", -1, AdjustReason::Sale),
         Command::Transfer(Transfer {
             note: None,
@@ -124,6 +124,22 @@ fn sample_commands() -> Vec<Command> {
             warehouses: Some(vec![wh("paris"), wh("berlin")]),
         }),
         priority_hold(22, &[("SKU-1", None, 4)]),
+        Command::SetStates(Box::new(engine::cmd::SetStates {
+            safety_stock: Some(1),
+            incoming: Some(4),
+            incoming_expected_at_ms: AttrUpdate::Set(1_800_000_000_000),
+            ..engine::cmd::SetStates::keep(named)
+        })),
+        Command::MoveQuantity(engine::cmd::MoveQuantity {
+            sku: sku("SKU-3"),
+            warehouse: wh("madrid"),
+            from: engine::states::QuantityState::Incoming,
+            to: engine::states::QuantityState::QualityControl,
+            quantity: qty(2),
+            principal: None,
+            note: None,
+            reference: None,
+        }),
     ]
 }
 

@@ -292,7 +292,10 @@ fn line_index(line: usize) -> u32 {
 }
 
 fn views(lines: &[(Key, u64)]) -> Vec<LineView> {
-    lines.iter().map(|((s, w), q)| LineView { sku: s.clone(), warehouse: w.clone(), quantity: *q }).collect()
+    lines
+        .iter()
+        .map(|((s, w), q)| LineView { sku: s.clone(), warehouse: w.clone(), quantity: *q, backordered: 0 })
+        .collect()
 }
 
 /// A command as the test generates it, so the model can read it back.

@@ -323,6 +323,7 @@ function renderSku() {
       h("td", { class: "num", dataset: { field: "available" } }, number(item.available)),
       h("td", { class: "num", dataset: { field: "low_stock_threshold" } }, number(item.low_stock_threshold)),
       h("td", { dataset: { field: "status" } }, statusBadge(item.status)),
+      h("td", { dataset: { field: "states" } }, statesText(item)),
       h("td", { class: "num mono" }, String(item.version)),
       h(
         "td",
@@ -357,6 +358,8 @@ function renderSku() {
   renderProduct(view);
   renderPriority(view);
   fillSelect($("adjust-warehouse"), warehouses);
+  fillSelect($("move-warehouse"), warehouses);
+  fillSelect($("levels-warehouse"), warehouses);
   fillSelect($("transfer-from"), warehouses);
   $("transfer-to-list").replaceChildren(...warehouses.map((name) => h("option", { value: name })));
   renderHolds();
@@ -447,6 +450,64 @@ async function adjust(form) {
   $("adjust-warehouse").value = warehouse;
   notice(`Adjusted ${warehouse} by ${delta > 0 ? "+" : ""}${delta} (${reason}): on hand now ${number(item.on_hand)}.`);
   await reloadSku();
+}
+
+// Quantity states -------------------------------------------------------------------
+
+/** Shopify's quantity states; `incoming` is not on hand and only a source. */
+const QUANTITY_STATES = ["available", "safety_stock", "damaged", "quality_control", "incoming"];
+
+/** The units kept back and on the way, in one short line ("—" when none). */
+function statesText(item) {
+  const parts = [];
+  if (item.safety_stock) parts.push(`safety ${number(item.safety_stock)}`);
+  if (item.damaged) parts.push(`damaged ${number(item.damaged)}`);
+  if (item.quality_control) parts.push(`QC ${number(item.quality_control)}`);
+  if (item.backordered) parts.push(`backordered ${number(item.backordered)}`);
+  if (item.backorder_limit) parts.push(`backorder limit ${number(item.backorder_limit)}`);
+  if (item.incoming) {
+    const when = item.incoming_expected_at ? ` by ${item.incoming_expected_at.slice(0, 10)}` : "";
+    parts.push(`incoming ${number(item.incoming)}${when}`);
+  }
+  return parts.length ? parts.join(" · ") : "—";
+}
+
+async function moveQuantity(form) {
+  const warehouse = $("move-warehouse").value;
+  const from = $("move-from").value;
+  const to = $("move-to").value;
+  const quantity = Number($("move-quantity").value);
+  const note = $("move-note").value.trim();
+  const { item } = await state.client.moveQuantity(state.sku.sku, warehouse, { from, to, quantity, note });
+  form.reset();
+  $("move-warehouse").value = warehouse;
+  notice(`Moved ${number(quantity)} in ${warehouse} from ${from} to ${to}: available now ${number(item.available)}.`);
+  await reloadSku();
+}
+
+async function setLevels(form) {
+  const warehouse = $("levels-warehouse").value;
+  const fields = {};
+  const safety = $("levels-safety").value.trim();
+  const incoming = $("levels-incoming").value.trim();
+  const expected = $("levels-expected").value;
+  const backorder = $("levels-backorder").value.trim();
+  if (backorder) fields.backorder_limit = Number(backorder);
+  if (safety) fields.safety_stock = Number(safety);
+  if (incoming) fields.incoming = Number(incoming);
+  if (expected) fields.incoming_expected_at = `${expected}T00:00:00Z`;
+  if (!Object.keys(fields).length) {
+    notice("Give a safety stock, an incoming quantity, a date or a backorder limit.");
+    return;
+  }
+  const { item } = await state.client.putItem(state.sku.sku, warehouse, fields);
+  form.reset();
+  $("levels-warehouse").value = warehouse;
+  notice(
+    `Set ${warehouse}: safety stock ${number(item.safety_stock)}, incoming ${number(item.incoming)}, ` +
+      `backorder limit ${number(item.backorder_limit)}, available ${number(item.available)}.`,
+  );
+  await reloadSku({ history: false });
 }
 
 // Limit per customer ----------------------------------------------------------------
@@ -1001,6 +1062,8 @@ function onSubmit(id, handler) {
 
 function wire() {
   fillSelect($("adjust-reason"), ADJUST_REASONS);
+  fillSelect($("move-from"), QUANTITY_STATES);
+  fillSelect($("move-to"), QUANTITY_STATES.filter((name) => name !== "incoming"));
   onSubmit("signin-form", () => signIn($("key").value.trim()));
   onSubmit("search-form", () => search($("search-input").value));
   onSubmit("new-item-form", createItem);
@@ -1012,6 +1075,8 @@ function wire() {
   $("bundles-refresh").addEventListener("click", (event) => act(event.currentTarget, loadBundles));
   onSubmit("product-form", saveProduct);
   $("sku-delete").addEventListener("click", (event) => act(event.currentTarget, deleteSku));
+  onSubmit("move-form", moveQuantity);
+  onSubmit("levels-form", setLevels);
   $("limit-remove").addEventListener("click", (event) => act(event.currentTarget, removeLimit));
   onSubmit("priority-form", setPriority);
   $("priority-remove").addEventListener("click", (event) => act(event.currentTarget, removePriority));

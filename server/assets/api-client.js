@@ -346,6 +346,19 @@ export class TallyClient {
     return { item: answer.body, etag: answer.etag };
   }
 
+  /**
+   * Moves `quantity` units between quantity states (admin): `from` and `to`
+   * are `available`, `safety_stock`, `damaged`, `quality_control` or (from
+   * only) `incoming`; `note` and `reference` go to the ledger. The item after.
+   */
+  async moveQuantity(sku, warehouse, { from, to, quantity, note, reference }) {
+    const body = { from, to, quantity };
+    if (note) body.note = note;
+    if (reference) body.reference = reference;
+    const answer = await this.request("POST", `${itemPath(sku, warehouse)}/moves`, { body });
+    return { item: answer.body, etag: answer.etag };
+  }
+
   /** Recent movements of an item, newest first. */
   async history(sku, warehouse, { limit } = {}) {
     return (await this.request("GET", `${itemPath(sku, warehouse)}/history`, { query: { limit } })).body;

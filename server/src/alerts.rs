@@ -497,7 +497,14 @@ mod tests {
     }
 
     fn stock_changed(index: u64) -> NodeEvent {
-        let levels = LevelChange { on_hand_before: 1, on_hand_after: 0, reserved_before: 0, reserved_after: 0 };
+        let levels = LevelChange {
+            on_hand_before: 1,
+            on_hand_after: 0,
+            reserved_before: 0,
+            reserved_after: 0,
+            unsellable_before: 0,
+            unsellable_after: 0,
+        };
         let record = EventRecord {
             principal: None,
             reference: None,

@@ -28,7 +28,7 @@ use crate::events::EventHub;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::problem::{ApiResult, Problem, ProblemCode};
-use crate::routes::{admin, bulk, bundles, items, ledger, ops, products, reservations, stream, ui};
+use crate::routes::{admin, bulk, bundles, items, ledger, ops, products, reservations, states, stream, ui};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -105,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/items/{sku}", get(items::get_sku).put(items::put_sku).delete(products::delete_sku))
         .route("/v1/items/{sku}/{warehouse}", put(items::put_item).get(items::get_item).delete(products::delete_item))
         .route("/v1/items/{sku}/{warehouse}/adjustments", post(items::adjust))
+        .route("/v1/items/{sku}/{warehouse}/moves", post(states::move_quantity))
         .route("/v1/items/{sku}/{warehouse}/history", get(items::history))
         .route("/v1/bundles", get(bundles::list_bundles))
         .route("/v1/bundles/{sku}", get(bundles::get_bundle).put(bundles::put_bundle).delete(bundles::delete_bundle))

@@ -396,7 +396,8 @@ pub struct WebhookConfig {
     pub timeout_ms: u64,
     /// Event types this sink is sent (`threshold_crossed`, `stock_changed`,
     /// `reservation.held`, `reservation.refused`, `reservation.confirmed`,
-    /// `reservation.released`, `reservation.expired`). Threshold crossings
+    /// `reservation.released`, `reservation.expired`,
+    /// `reservation.backorder_filled`). Threshold crossings
     /// only by default.
     pub event_types: Vec<String>,
     /// Only events whose SKU (a reservation event: any of its lines' SKUs)
@@ -421,7 +422,7 @@ impl Default for WebhookConfig {
 }
 
 /// The event types a webhook may subscribe to (`events::kind_name`).
-pub const SINK_EVENT_TYPES: [&str; 7] = [
+pub const SINK_EVENT_TYPES: [&str; 8] = [
     "threshold_crossed",
     "stock_changed",
     "reservation.held",
@@ -429,6 +430,7 @@ pub const SINK_EVENT_TYPES: [&str; 7] = [
     "reservation.confirmed",
     "reservation.released",
     "reservation.expired",
+    "reservation.backorder_filled",
 ];
 
 /// Why the settings could not be used.

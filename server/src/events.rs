@@ -53,7 +53,7 @@ pub fn event_json(record: &EventRecord) -> Value {
     });
     let fields = match record.kind {
         EventKind::StockChanged { item: _, cause, levels } => {
-            let LevelChange { on_hand_before, on_hand_after, reserved_before, reserved_after } = levels;
+            let LevelChange { on_hand_before, on_hand_after, reserved_before, reserved_after, .. } = levels;
             debug_assert!(reserved_before <= on_hand_before, "{}: reserved above on_hand before", record.id);
             debug_assert!(reserved_after <= on_hand_after, "{}: reserved above on_hand after", record.id);
             json!({
@@ -63,8 +63,8 @@ pub fn event_json(record: &EventRecord) -> Value {
                 "on_hand_after": on_hand_after,
                 "reserved_before": reserved_before,
                 "reserved_after": reserved_after,
-                "available_before": on_hand_before.saturating_sub(reserved_before),
-                "available_after": on_hand_after.saturating_sub(reserved_after),
+                "available_before": levels.available_before(),
+                "available_after": levels.available_after(),
             })
         }
         EventKind::ThresholdCrossed { item: _, from, to, available, low_stock_threshold } => json!({
@@ -86,6 +86,12 @@ pub fn event_json(record: &EventRecord) -> Value {
             "reservation": reservation.to_string(),
             "deadline_ms": deadline_ms,
         }),
+        EventKind::BackorderFilled { reservation, item: _, units, backordered } => {
+            let mut fields = reservation_fields(record, reservation);
+            fields["units"] = json!(units);
+            fields["backordered"] = json!(backordered);
+            fields
+        }
     };
     if let (Value::Object(all), Value::Object(fields)) = (&mut value, fields) {
         all.extend(fields);
@@ -137,6 +143,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::ReservationConfirmed { .. } => "reservation.confirmed",
         EventKind::ReservationReleased { .. } => "reservation.released",
         EventKind::HoldExtended { .. } => "hold_extended",
+        EventKind::BackorderFilled { .. } => "reservation.backorder_filled",
     }
 }
 
@@ -530,7 +537,14 @@ mod tests {
     }
 
     fn stock_changed(index: u64, sku: &str) -> EventRecord {
-        let levels = LevelChange { on_hand_before: 10, on_hand_after: 10, reserved_before: 2, reserved_after: 5 };
+        let levels = LevelChange {
+            on_hand_before: 10,
+            on_hand_after: 10,
+            reserved_before: 2,
+            reserved_after: 5,
+            unsellable_before: 0,
+            unsellable_after: 0,
+        };
         let cause = Cause::Hold(ReservationId::from_bytes([0xab; 16]));
         EventRecord {
             principal: None,
@@ -614,7 +628,14 @@ mod tests {
         adjust.kind = EventKind::StockChanged {
             item: ItemId(3),
             cause: Cause::Adjust(AdjustReason::Damage),
-            levels: LevelChange { on_hand_before: 4, on_hand_after: 3, reserved_before: 0, reserved_after: 0 },
+            levels: LevelChange {
+                on_hand_before: 4,
+                on_hand_after: 3,
+                reserved_before: 0,
+                reserved_after: 0,
+                unsellable_before: 0,
+                unsellable_after: 0,
+            },
         };
         let value = event_json(&adjust);
         assert_eq!(value["cause"], "damage");
@@ -627,7 +648,14 @@ mod tests {
         delete.kind = EventKind::StockChanged {
             item: ItemId(3),
             cause: Cause::Delete,
-            levels: LevelChange { on_hand_before: 4, on_hand_after: 0, reserved_before: 0, reserved_after: 0 },
+            levels: LevelChange {
+                on_hand_before: 4,
+                on_hand_after: 0,
+                reserved_before: 0,
+                reserved_after: 0,
+                unsellable_before: 0,
+                unsellable_after: 0,
+            },
         };
         let value = event_json(&delete);
         assert_eq!((&value["cause"], &value["on_hand_after"]), (&json!("delete"), &json!(0)));

@@ -24,7 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::routes::{Consistency, admin, bulk, bundles, items, ledger, ops, reservations, stream};
+use crate::routes::{Consistency, admin, bulk, bundles, items, ledger, ops, reservations, states, stream};
 
 /// The name of the one security scheme.
 const API_KEY: &str = "api_key";
@@ -70,6 +70,7 @@ pub fn document() -> Value {
         crate::routes::products::delete_item,
         crate::routes::products::delete_sku,
         items::adjust,
+        states::move_quantity,
         items::history,
         items::transfer,
         items::availability,
@@ -315,7 +316,8 @@ pub struct Item {
     pub on_hand: u64,
     /// Units held by live reservations.
     pub reserved: u64,
-    /// `on_hand - reserved`: what can still be reserved.
+    /// `on_hand - reserved - safety_stock - damaged - quality_control`: what
+    /// can still be reserved.
     pub available: u64,
     pub low_stock_threshold: u64,
     pub status: ItemStatus,
@@ -327,6 +329,24 @@ pub struct Item {
     /// Unit price in minor units (cents).
     #[schema(required = true)]
     pub unit_price_minor: Option<u64>,
+    /// Units on hand kept back as a buffer: never available.
+    pub safety_stock: u64,
+    /// Units on hand found broken: not available.
+    pub damaged: u64,
+    /// Units on hand waiting for inspection: not available.
+    pub quality_control: u64,
+    /// Units ordered or in transit: not on hand yet.
+    pub incoming: u64,
+    /// When the incoming units are expected, RFC 3339 UTC; `null`: not set.
+    #[schema(required = true)]
+    pub incoming_expected_at: Option<String>,
+    /// `incoming_expected_at` in Unix milliseconds.
+    #[schema(required = true)]
+    pub incoming_expected_at_ms: Option<u64>,
+    /// Units holds may take beyond stock (backorders, preorders).
+    pub backorder_limit: u64,
+    /// Units held beyond stock by live reservations, waiting for stock.
+    pub backordered: u64,
 }
 
 /// Every warehouse of a SKU, with totals (`GET /v1/items/{sku}`).
@@ -495,6 +515,11 @@ pub struct ReservationLine {
     pub sku: String,
     pub warehouse: String,
     pub quantity: u64,
+    /// Units of `quantity` held beyond stock (a backorder or preorder),
+    /// waiting for stock; 0 when filled from stock. Stock that arrives fills
+    /// them, oldest reservation first (`reservation.backorder_filled`); the
+    /// reservation confirms once none waits (409 `backorder_unfilled` before).
+    pub backordered: u64,
 }
 
 /// One shard's part of a reservation whose lines span shards.
@@ -657,6 +682,7 @@ pub enum Cause {
     Confirm,
     Release,
     Expire,
+    Move,
 }
 
 #[derive(ToSchema)]
@@ -684,6 +710,8 @@ pub enum ReservationEventType {
     Released,
     #[schema(rename = "reservation.expired")]
     Expired,
+    #[schema(rename = "reservation.backorder_filled")]
+    BackorderFilled,
 }
 
 /// An item's levels changed.
@@ -735,10 +763,11 @@ pub struct ReservationEvent {
     #[schema(rename = "type")]
     pub kind: ReservationEventType,
     pub at_ms: u64,
-    /// Always `null`: a reservation event names its items in `lines`.
+    /// `null` (a reservation event names its items in `lines`), but for
+    /// `reservation.backorder_filled`: the item whose stock filled it.
     #[schema(required = true)]
     pub sku: Option<String>,
-    /// Always `null`.
+    /// As `sku`.
     #[schema(required = true)]
     pub warehouse: Option<String>,
     pub reservation: String,
@@ -753,6 +782,11 @@ pub struct ReservationEvent {
     pub lines: Vec<ReservationEventLine>,
     /// `reservation.held` and `reservation.expired`: the deadline (log time).
     pub deadline_ms: Option<u64>,
+    /// `reservation.backorder_filled`: units of the item now reserved from
+    /// stock.
+    pub units: Option<u64>,
+    /// `reservation.backorder_filled`: units of the item still waiting.
+    pub backordered: Option<u64>,
 }
 
 #[derive(ToSchema)]
@@ -807,6 +841,29 @@ pub struct LedgerEntry {
     pub reference: LedgerReference,
     /// Gaps only: the log indexes of the shard this node could not record.
     pub gap: Option<LedgerGap>,
+    /// Moves only: the quantity states the units went between.
+    #[serde(rename = "move")]
+    pub moved: Option<LedgerMove>,
+}
+
+/// A move between quantity states, in the ledger.
+#[derive(ToSchema)]
+pub struct LedgerMove {
+    pub from: QuantityState,
+    pub to: QuantityState,
+    /// Units moved.
+    pub quantity: u64,
+}
+
+/// A quantity state of an item.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum QuantityState {
+    Available,
+    SafetyStock,
+    Damaged,
+    QualityControl,
+    Incoming,
 }
 
 #[derive(ToSchema)]
@@ -822,6 +879,7 @@ pub enum LedgerKind {
     Release,
     Expire,
     Gap,
+    Move,
 }
 
 #[derive(ToSchema)]
@@ -854,6 +912,7 @@ pub struct LedgerGap {
     ("reservation.confirmed" = "#/components/schemas/ReservationEvent"),
     ("reservation.released" = "#/components/schemas/ReservationEvent"),
     ("reservation.expired" = "#/components/schemas/ReservationEvent"),
+    ("reservation.backorder_filled" = "#/components/schemas/ReservationEvent"),
 )))]
 pub enum Event {
     StockChanged(StockChangedEvent),
@@ -1177,6 +1236,8 @@ mod tests {
             "admin" => include_str!("routes/admin.rs"),
             "ledger" => include_str!("routes/ledger.rs"),
             "products" => include_str!("routes/products.rs"),
+            "states" => include_str!("routes/states.rs"),
+            "bundles" => include_str!("routes/bundles.rs"),
             other => panic!("no source known for module {other}"),
         };
         let signature = format!("pub async fn {name}(");
@@ -1299,6 +1360,8 @@ mod tests {
         assert_eq!(enum_values(&document, "ReservationState"), names(&states));
         let reasons = engine::cmd::AdjustReason::ALL.map(engine::cmd::AdjustReason::as_str);
         assert_eq!(enum_values(&document, "AdjustReason"), names(&reasons));
+        let quantity_states = engine::states::QuantityState::ALL.map(engine::states::QuantityState::as_str);
+        assert_eq!(enum_values(&document, "QuantityState"), names(&quantity_states));
         // A new movement reason fails to compile here until it is listed (and documented).
         let movements = [
             M::Receive,
@@ -1345,6 +1408,7 @@ mod tests {
             updated_at_ms: 1000,
             name: None,
             unit_price_minor: None,
+            states: engine::states::StateLevels::default(),
         };
         let written: BTreeSet<String> =
             crate::routes::item_json(&item).as_object().into_iter().flatten().map(|(key, _)| key.clone()).collect();

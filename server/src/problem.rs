@@ -184,6 +184,25 @@ impl Problem {
                 format!("{holds} live holds reserve {reserved} units; release or confirm them before deleting"),
             )
             .with_extra(json!({ "holds": holds, "reserved": reserved })),
+            Refusal::StateShort { state, requested, has } => {
+                Self::new(StatusCode::CONFLICT, code, format!("{state} has {has} units; the move asks for {requested}"))
+                    .with_extra(json!({ "state": state.as_str(), "requested": requested, "has": has }))
+            }
+            Refusal::BelowUnsellable { on_hand, reserved, unsellable } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!(
+                    "on_hand may not go below the {reserved} units reserved plus the {unsellable} kept back \
+                     (safety stock, damaged, quality control); it is {on_hand} now"
+                ),
+            )
+            .with_extra(json!({ "on_hand": on_hand, "reserved": reserved, "unsellable": unsellable })),
+            Refusal::BackorderUnfilled { backordered } => Self::new(
+                StatusCode::CONFLICT,
+                code,
+                format!("{backordered} units of the reservation wait for stock; confirm it once they are filled"),
+            )
+            .with_extra(json!({ "backordered": backordered })),
         }
     }
 

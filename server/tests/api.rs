@@ -151,6 +151,9 @@ async fn items_api_follows_its_contract() {
         product_fields_that_break_a_rule_are_400_and_change_nothing,
         deleting_an_item_is_204_then_404_and_a_later_put_starts_at_version_1,
         a_delete_with_live_holds_is_item_has_holds_and_changes_nothing,
+        quantity_states_follow_the_readme_example,
+        a_refused_move_or_state_change_changes_nothing,
+        backorders_follow_the_readme_example,
     );
 }
 
@@ -469,6 +472,133 @@ async fn adjustments_move_on_hand_and_never_below_reserved(http: &Http) {
     assert_problem(&missing, StatusCode::NOT_FOUND, "item_not_found");
 }
 
+/// The README's "quantity states" example, step by step.
+async fn quantity_states_follow_the_readme_example(http: &Http) {
+    let moves = "/v1/items/MUG-7/berlin/moves";
+    let (status, _, created) = http
+        .put(
+            &item_path("MUG-7", "berlin"),
+            json!({ "on_hand": 20, "safety_stock": 2, "incoming": 50, "incoming_expected_at": "2026-12-20T09:00:00Z" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (u64_of(&created, "on_hand"), u64_of(&created, "available"), u64_of(&created, "safety_stock")),
+        (20, 18, 2)
+    );
+    assert_eq!(u64_of(&created, "incoming"), 50);
+    assert_eq!(created["incoming_expected_at"], "2026-12-20T09:00:00.000Z");
+    assert_eq!(created["incoming_expected_at_ms"], 1_797_757_200_000u64);
+
+    let broken = http
+        .post(moves, json!({ "from": "available", "to": "damaged", "quantity": 3, "note": "dropped pallet" }))
+        .await;
+    assert_eq!(broken.0, StatusCode::OK, "{}", broken.2);
+    let arrived = http
+        .post(moves, json!({ "from": "incoming", "to": "quality_control", "quantity": 50, "reference": "PO-1881" }))
+        .await;
+    assert_eq!(arrived.0, StatusCode::OK, "{}", arrived.2);
+    let body = &arrived.2;
+    assert_eq!(
+        ["on_hand", "available", "damaged", "quality_control", "incoming"].map(|key| u64_of(body, key)),
+        [70, 15, 3, 50, 0]
+    );
+    let passed = http.post(moves, json!({ "from": "quality_control", "to": "available", "quantity": 48 })).await;
+    assert_eq!(passed.0, StatusCode::OK, "{}", passed.2);
+    assert_eq!(["on_hand", "available", "quality_control"].map(|key| u64_of(&passed.2, key)), [70, 63, 2]);
+    let written_off = http.post("/v1/items/MUG-7/berlin/adjustments", json!({ "delta": -3, "reason": "damage" })).await;
+    assert_eq!(written_off.0, StatusCode::OK, "{}", written_off.2);
+    assert_eq!(["on_hand", "available", "damaged"].map(|key| u64_of(&written_off.2, key)), [67, 63, 0]);
+    let short = http.post(moves, json!({ "from": "damaged", "to": "available", "quantity": 1 })).await;
+    assert_problem(&short, StatusCode::CONFLICT, "insufficient_stock");
+    assert_eq!((&short.2["state"], &short.2["requested"], &short.2["has"]), (&json!("damaged"), &json!(1), &json!(0)));
+    // The moves are in the item's history only when on hand moved (the receipt).
+    let (status, _, history) = http.get("/v1/items/MUG-7/berlin/history").await;
+    assert_eq!(status, StatusCode::OK);
+    let reasons: Vec<&str> =
+        history["movements"].as_array().into_iter().flatten().filter_map(|m| m["reason"].as_str()).collect();
+    assert_eq!(reasons, ["damage", "receive", "set"]);
+}
+
+async fn a_refused_move_or_state_change_changes_nothing(http: &Http) {
+    let moves = "/v1/items/it-states/w1/moves";
+    put_item(http, "it-states", "w1", 10, 0).await;
+    reserve(http, &[("it-states", "w1", 8)]).await;
+    let before = item(http, "it-states", "w1").await;
+    for (body, status, code) in [
+        (json!({ "from": "available", "to": "damaged", "quantity": 3 }), StatusCode::CONFLICT, "insufficient_stock"),
+        (json!({ "from": "available", "to": "available", "quantity": 1 }), StatusCode::BAD_REQUEST, "invalid_state"),
+        (json!({ "from": "available", "to": "incoming", "quantity": 1 }), StatusCode::BAD_REQUEST, "invalid_state"),
+        (json!({ "from": "committed", "to": "damaged", "quantity": 1 }), StatusCode::BAD_REQUEST, "invalid_state"),
+        (json!({ "from": "available", "to": "damaged", "quantity": 0 }), StatusCode::BAD_REQUEST, "quantity_zero"),
+    ] {
+        let reply = http.post(moves, body.clone()).await;
+        assert_problem(&reply, status, code);
+    }
+    let missing = http
+        .post("/v1/items/it-states-missing/w1/moves", json!({ "from": "damaged", "to": "available", "quantity": 1 }))
+        .await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "item_not_found");
+    let path = item_path("it-states", "w1");
+    let kept_back = http.put(&path, json!({ "safety_stock": 3 })).await;
+    assert_problem(&kept_back, StatusCode::CONFLICT, "below_unsellable");
+    assert_eq!((&kept_back.2["reserved"], &kept_back.2["unsellable"]), (&json!(8), &json!(3)));
+    let bad_time = http.put(&path, json!({ "incoming": 5, "incoming_expected_at": "next tuesday" })).await;
+    assert_problem(&bad_time, StatusCode::BAD_REQUEST, "invalid_time");
+    assert_eq!(item(http, "it-states", "w1").await, before, "refused writes changed nothing");
+    // Within what is left, safety stock is taken, and nothing may take it back.
+    let (status, _, kept) = http.put(&path, json!({ "safety_stock": 2 })).await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert_eq!((u64_of(&kept, "available"), u64_of(&kept, "safety_stock")), (0, 2));
+    assert_eq!(kept["status"], "OUT_OF_STOCK");
+    let loss = http.post("/v1/items/it-states/w1/adjustments", json!({ "delta": -1, "reason": "loss" })).await;
+    assert_problem(&loss, StatusCode::CONFLICT, "below_unsellable");
+}
+
+/// The README's "backorders and preorders" example, step by step, and the
+/// rules around it.
+async fn backorders_follow_the_readme_example(http: &Http) {
+    let (status, _, created) =
+        http.put(&item_path("LAMP-3", "berlin"), json!({ "on_hand": 1, "backorder_limit": 10 })).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!((u64_of(&created, "backorder_limit"), u64_of(&created, "backordered")), (10, 0));
+    let line = json!([{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 3 }]);
+    let (status, _, held) =
+        http.post("/v1/reservations", json!({ "order_id": "pre-1", "ttl_seconds": 3600, "lines": line })).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(held["lines"], json!([{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 3, "backordered": 2 }]));
+    let lamp = item(http, "LAMP-3", "berlin").await;
+    assert_eq!(["on_hand", "reserved", "available", "backordered"].map(|key| u64_of(&lamp, key)), [1, 1, 0, 2]);
+    // Past the limit: 10 - 2 = 8 more may wait, not 9.
+    let over = http
+        .post("/v1/reservations", json!({ "lines": [{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 9 }] }))
+        .await;
+    assert_problem(&over, StatusCode::CONFLICT, "insufficient_stock");
+    // A direct sale never backorders.
+    let sale = http
+        .post(
+            "/v1/reservations",
+            json!({ "commit": true, "lines": [{ "sku": "LAMP-3", "warehouse": "berlin", "quantity": 1 }] }),
+        )
+        .await;
+    assert_problem(&sale, StatusCode::CONFLICT, "insufficient_stock");
+    let early = raw(http, Method::POST, "/v1/orders/pre-1/confirm", None, Vec::new()).await;
+    assert_problem(&early, StatusCode::CONFLICT, "backorder_unfilled");
+    assert_eq!(early.2["backordered"], 2);
+    assert_eq!(item(http, "LAMP-3", "berlin").await, lamp, "refused writes changed nothing");
+    let received = http.post("/v1/items/LAMP-3/berlin/adjustments", json!({ "delta": 5, "reason": "receive" })).await;
+    assert_eq!(received.0, StatusCode::OK, "{}", received.2);
+    assert_eq!(["on_hand", "reserved", "available", "backordered"].map(|key| u64_of(&received.2, key)), [6, 3, 3, 0]);
+    let (status, _, order) = http.get("/v1/orders/pre-1").await;
+    assert_eq!(status, StatusCode::OK, "{order}");
+    assert_eq!(order["lines"][0]["backordered"], 0, "{order}");
+    let confirmed = raw(http, Method::POST, "/v1/orders/pre-1/confirm", None, Vec::new()).await;
+    assert_eq!(confirmed.0, StatusCode::OK, "{}", confirmed.2);
+    assert_eq!(confirmed.2["state"], "CONFIRMED");
+    let sold = item(http, "LAMP-3", "berlin").await;
+    assert_eq!(["on_hand", "reserved", "available"].map(|key| u64_of(&sold, key)), [3, 0, 3]);
+}
+
 async fn history_lists_movements_newest_first_with_reasons(http: &Http) {
     let path = "/v1/items/it-hist/w1/adjustments";
     put_item(http, "it-hist", "w1", 10, 0).await;
@@ -753,6 +883,7 @@ async fn reservations_api_follows_its_contract() {
         a_limit_is_set_changed_and_removed_with_its_rules,
         a_partial_confirm_sells_fewer_and_releases_the_rest,
         a_partial_confirm_across_shards_is_checked_before_any_part_sells,
+        a_backorder_on_one_shard_holds_up_the_confirm_of_every_part,
     );
 }
 
@@ -1127,6 +1258,25 @@ async fn a_reservation_across_shards_is_all_or_nothing(http: &Http) {
     assert_eq!(str_of(&confirmed, "state"), "CONFIRMED");
     assert_eq!(levels(http, &a, "w1").await.0, 5);
     assert_eq!(levels(http, &b, "w1").await.0, 0);
+}
+
+async fn a_backorder_on_one_shard_holds_up_the_confirm_of_every_part(http: &Http) {
+    let (a, b) = skus_on_two_shards(http, "rs-bo").await;
+    let (status, _, body) = http.put(&item_path(&b, "w1"), json!({ "on_hand": 1, "backorder_limit": 5 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let held = reserve(http, &[(&a, "w1", 2), (&b, "w1", 3)]).await;
+    assert!(held.get("parts").is_some(), "{held}");
+    let path = format!("/v1/reservations/{}/confirm", str_of(&held, "id"));
+    let early = http.post_empty(&path).await;
+    assert_problem(&early, StatusCode::CONFLICT, "backorder_unfilled");
+    assert_eq!(early.2["backordered"], 2, "{}", early.2);
+    assert_eq!(levels(http, &a, "w1").await.0, 10, "no part sold");
+    let received =
+        http.post(&format!("/v1/items/{b}/w1/adjustments"), json!({ "delta": 2, "reason": "receive" })).await;
+    assert_eq!(received.0, StatusCode::OK, "{}", received.2);
+    let (status, _, confirmed) = http.post_empty(&path).await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    assert_eq!((levels(http, &a, "w1").await.0, levels(http, &b, "w1").await.0), (8, 0));
 }
 
 async fn a_line_without_warehouse_takes_the_most_available_first(http: &Http) {

@@ -398,7 +398,6 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     let rows = browser.execute("return document.querySelectorAll('#warehouses tbody tr').length;", vec![]).await;
     assert_eq!(rows, json!(1));
 
-
     // A bundle: defined on the page, listed with the availability its
     // component allows (as the API computes it), then removed.
     browser.type_into("#bundle-sku", "SHOE-PAIR-BOX").await;
@@ -429,6 +428,26 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#priority-now", "No priority").await;
     let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
     assert_eq!(sku["warehouse_priority"], json!([]), "{sku}");
+
+    // Quantity states: 4 found broken move from available to damaged, then
+    // 3 are kept back as safety stock; the table shows both.
+    browser.execute("document.getElementById('move-from').value = 'available';", vec![]).await;
+    browser.execute("document.getElementById('move-to').value = 'damaged';", vec![]).await;
+    browser.type_into("#move-quantity", &format!("4{ENTER}")).await;
+    browser.wait_for_text("#sku-notice", "Moved 4 in berlin from available to damaged: available now 13").await;
+    browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='states']", "damaged 4").await;
+    browser.type_into("#levels-safety", "3").await;
+    browser.type_into("#levels-backorder", &format!("4{ENTER}")).await;
+    browser.wait_for_text("#sku-notice", "safety stock 3").await;
+    browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='states']", "backorder limit 4").await;
+    browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='available']", "10").await;
+    let item = api.item("SHOE-42", "berlin").await;
+    assert_eq!(
+        ["on_hand", "reserved", "available", "damaged", "safety_stock", "backorder_limit"]
+            .map(|key| u64_of(&item, key)),
+        [22, 5, 10, 4, 3, 4],
+        "{item}"
+    );
     browser.quit().await;
 }
 

@@ -2,7 +2,10 @@
 //!
 //! Receipts, returns, write-offs, count corrections and offline sales all
 //! come through here. An adjustment never takes `on_hand` below `reserved`
-//! (held units stay sellable) nor above `QUANTITY_MAX`.
+//! (held units stay sellable) plus the units kept back (safety stock,
+//! damaged, quality control), nor above `QUANTITY_MAX`. A write-off for
+//! damage (reason `damage`, negative delta) takes its units out of
+//! `damaged` first, then out of `available`.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -117,15 +120,31 @@ pub(super) fn apply(state: &mut ShardState, command: &Adjust, emitter: &mut Emit
     if on_hand > QUANTITY_MAX {
         return Ok(Refusal::QuantityOverflow { max: QUANTITY_MAX }.into());
     }
+    // A write-off for damage takes the units out of `damaged` first: that
+    // is where broken units wait to be written off (`states.rs`).
+    let mut levels = item.levels();
+    if command.reason == AdjustReason::Damage && command.delta < 0 {
+        levels.damaged -= levels.damaged.min(command.delta.unsigned_abs());
+    }
+    // Units kept back (safety stock, damaged, quality control) are on hand
+    // too: an adjustment may not take them either.
+    let unsellable = levels.unsellable();
+    if on_hand - item.reserved < unsellable {
+        return Ok(Refusal::BelowUnsellable { on_hand: item.on_hand, reserved: item.reserved, unsellable }.into());
+    }
     let before = state.before(id);
     let who = state.who(command.principal.as_ref());
-    state.item_mut(id).on_hand = on_hand;
+    let item = state.item_mut(id);
+    item.on_hand = on_hand;
+    item.set_levels(levels);
     let change = Change {
         cause: Cause::Adjust(command.reason),
         movement: Some((command.reason.movement(), who)),
         created: false,
     };
     state.finish_change(id, before, change, emitter);
+    // New stock goes to backorders first (`ShardState::fill_backorders`).
+    state.fill_backorders(emitter);
     Ok(Outcome::Adjusted { item: Box::new(state.item_view(id)?) })
 }
 
@@ -162,6 +181,41 @@ mod tests {
         assert_eq!((history[0].on_hand_before, history[0].on_hand_after, history[0].delta), (15, 12, -3));
         assert_eq!(history[0].who, "erp-sync");
         assert_eq!(history[1].reason, MovementReason::Receive);
+    }
+
+    #[test]
+    fn a_damage_write_off_takes_the_damaged_units_first() {
+        use crate::states::QuantityState;
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        let moved = f.one(Command::MoveQuantity(crate::cmd::MoveQuantity {
+            sku: sku_of("SKU-1"),
+            warehouse: wh("berlin"),
+            from: QuantityState::Available,
+            to: QuantityState::Damaged,
+            quantity: crate::ids::Quantity::new(3).unwrap_or_else(|e| panic!("{e}")),
+            principal: None,
+            note: None,
+            reference: None,
+        }));
+        assert!(!moved.is_refused(), "{moved:?}");
+        let Outcome::Adjusted { item } = f.one(adjust(-2, AdjustReason::Damage)) else { panic!("not adjusted") };
+        assert_eq!((item.on_hand, item.available, item.states.damaged), (8, 7, 1));
+        // Past the damaged units, the rest comes out of available.
+        let Outcome::Adjusted { item } = f.one(adjust(-3, AdjustReason::Damage)) else { panic!("not adjusted") };
+        assert_eq!((item.on_hand, item.available, item.states.damaged), (5, 5, 0));
+        // Other reasons leave damaged alone, and may not take it.
+        f.one(Command::MoveQuantity(crate::cmd::MoveQuantity {
+            sku: sku_of("SKU-1"),
+            warehouse: wh("berlin"),
+            from: QuantityState::Available,
+            to: QuantityState::Damaged,
+            quantity: crate::ids::Quantity::new(5).unwrap_or_else(|e| panic!("{e}")),
+            principal: None,
+            note: None,
+            reference: None,
+        }));
+        assert_eq!(f.one(adjust(-1, AdjustReason::Loss)).refusal().map(Refusal::code), Some("below_unsellable"));
     }
 
     #[test]

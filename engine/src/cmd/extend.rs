@@ -60,6 +60,8 @@ pub(super) fn apply(state: &mut ShardState, command: &Extend, emitter: &mut Emit
                     on_hand_after: item.on_hand,
                     reserved_before: item.reserved,
                     reserved_after: item.reserved,
+                    unsellable_before: item.levels().unsellable(),
+                    unsellable_after: item.levels().unsellable(),
                 };
                 emitter.emit(EventKind::HoldExtended { item: line.item, reservation: command.id, deadline_ms, levels });
             }

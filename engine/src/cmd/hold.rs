@@ -373,7 +373,15 @@ fn apply_with(
         return Ok(Refusal::InsufficientStock { lines: short }.into());
     }
 
-    // Every check passed: from here on nothing refuses.
+    // Every check passed: from here on nothing refuses. What a line takes
+    // beyond the item's stock is backordered (lines are one per item, and
+    // allocated lines never take more than stock).
+    for line in &mut scratch.held {
+        let item = state.item(line.item);
+        line.backordered = line.quantity.saturating_sub(item.available());
+        debug_assert!(line.backordered <= item.levels().backorder_room(), "backordered past the limit");
+        debug_assert!(line.backordered == 0 || !command.confirm, "a direct sale backordered");
+    }
     let lines = match scratch.held.as_slice() {
         [one] => Lines::One(*one),
         many => Lines::Many(many.to_vec()),
@@ -386,8 +394,14 @@ fn apply_with(
     debug_assert_allocations(state, command, lines.as_slice(), &allocations);
     for line in lines.as_slice() {
         let before = state.before(line.item);
-        debug_assert!(line.quantity <= state.item(line.item).available(), "allocated over available");
-        state.item_mut(line.item).reserved += line.quantity;
+        debug_assert!(line.from_stock() <= state.item(line.item).available(), "allocated over available");
+        let item = state.item_mut(line.item);
+        item.reserved += line.from_stock();
+        if line.backordered > 0 {
+            let mut levels = item.levels();
+            levels.backordered += line.backordered;
+            item.set_levels(levels);
+        }
         let change = Change { cause: Cause::Hold(command.id), movement: None, created: false };
         state.finish_change(line.item, before, change, emitter);
     }
@@ -578,7 +592,13 @@ fn allocate(state: &ShardState, command: &Hold, scratch: &mut HoldScratch) -> Re
         .fixed
         .iter()
         .filter_map(|line| {
-            let available = line.item.map_or(0, |id| state.item(id).available());
+            // A fixed line may take the item's backorder room too (never
+            // a hold that confirms at once: it would sell what is not there).
+            let available = line.item.map_or(0, |id| {
+                let item = state.item(id);
+                let room = if command.confirm { 0 } else { item.levels().backorder_room() };
+                item.available().saturating_add(room)
+            });
             (available < line.quantity).then_some(ShortLine {
                 line: line.first_line,
                 requested: line.quantity,
@@ -710,7 +730,7 @@ fn hold_in_request_order(command: &Hold, scratch: &mut HoldScratch) {
             // Both sums are within the item's available stock (checked), so
             // this cannot pass QUANTITY_MAX.
             Some(line) => line.quantity += quantity,
-            None => held.push(HeldLine { item, quantity }),
+            None => held.push(HeldLine { item, quantity, backordered: 0 }),
         }
     }
     let (mut fixed, mut takes) = (scratch.fixed.iter().peekable(), scratch.takes.iter().peekable());
@@ -779,7 +799,7 @@ mod tests {
     use crate::state::tests_support::{Fixture, hold_any_command, hold_command, rid};
 
     fn line(sku: &str, warehouse: &str, quantity: u64) -> LineView {
-        LineView { sku: sku.into(), warehouse: warehouse.into(), quantity }
+        LineView { sku: sku.into(), warehouse: warehouse.into(), quantity, backordered: 0 }
     }
 
     /// The lines of a granted hold, or a panic naming the outcome.

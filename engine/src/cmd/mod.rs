@@ -12,11 +12,13 @@ mod confirm;
 mod delete;
 mod extend;
 mod hold;
+mod move_quantity;
 mod release;
 mod set_bundle;
 mod set_customer_limit;
 mod set_limits;
 mod set_product;
+mod set_states;
 mod set_warehouse_priority;
 mod transfer;
 mod upsert;
@@ -29,11 +31,13 @@ pub use delete::{DeleteItem, DeleteSku};
 pub use extend::Extend;
 pub(crate) use hold::HoldScratch;
 pub use hold::{Allocation, Deadline, Hold, HoldLine};
+pub use move_quantity::MoveQuantity;
 pub use release::Release;
 pub use set_bundle::SetBundle;
 pub use set_customer_limit::SetCustomerLimit;
 pub use set_limits::SetLimits;
 pub use set_product::SetProduct;
+pub use set_states::SetStates;
 pub use set_warehouse_priority::SetWarehousePriority;
 pub use transfer::Transfer;
 pub use upsert::{AttrUpdate, Expect, UpsertItem};
@@ -74,6 +78,12 @@ pub enum Command {
     /// A SKU's warehouse priority for `Priority` allocation
     /// (`set_warehouse_priority.rs`).
     SetWarehousePriority(SetWarehousePriority),
+    /// An upsert that also sets safety stock and incoming (`set_states.rs`).
+    /// Boxed: inline it would widen every archived command (and so every
+    /// batch already in a log), being the largest.
+    SetStates(Box<SetStates>),
+    /// Units moved between quantity states (`move_quantity.rs`).
+    MoveQuantity(MoveQuantity),
 }
 
 impl Command {
@@ -90,6 +100,8 @@ impl Command {
             Command::DeleteItem(c) => Some(c.sku.as_str()),
             Command::DeleteSku(c) => Some(c.sku.as_str()),
             Command::SetWarehousePriority(c) => Some(c.sku.as_str()),
+            Command::SetStates(c) => Some(c.upsert.sku.as_str()),
+            Command::MoveQuantity(c) => Some(c.sku.as_str()),
             Command::Confirm(_)
             | Command::ConfirmPart(_)
             | Command::Release(_)
@@ -114,6 +126,8 @@ impl Command {
             Command::SetProduct(c) => (c.principal.as_ref(), None, None),
             Command::DeleteItem(c) => (c.principal.as_ref(), None, None),
             Command::DeleteSku(c) => (c.principal.as_ref(), None, None),
+            Command::SetStates(c) => (c.upsert.principal.as_ref(), None, None),
+            Command::MoveQuantity(c) => (c.principal.as_ref(), c.note.as_ref(), c.reference.as_ref()),
             Command::SetLimits(_)
             | Command::SetCustomerLimit(_)
             | Command::SetBundle(_)
@@ -139,6 +153,8 @@ impl Command {
             Command::DeleteItem(c) => c.validate(),
             Command::DeleteSku(c) => c.validate(),
             Command::SetWarehousePriority(c) => c.validate(),
+            Command::SetStates(c) => c.validate(),
+            Command::MoveQuantity(c) => c.validate(),
             Command::Confirm(Confirm { principal, .. }) | Command::Release(Release { principal, .. }) => {
                 principal.as_ref().map_or(Ok(()), Principal::check)
             }
@@ -162,6 +178,15 @@ fn end_held(
     };
     if current.state != ReservationState::Held && current.state != target {
         return Ok(not_held(current.state).into());
+    }
+    // A confirm sells units: never those still waiting for stock.
+    if target == ReservationState::Confirmed && current.state == ReservationState::Held {
+        let backordered: u64 = state
+            .reservation_at(slot)
+            .map_or(0, |reservation| reservation.lines.as_slice().iter().map(|line| line.backordered).sum());
+        if backordered > 0 {
+            return Ok(Refusal::BackorderUnfilled { backordered }.into());
+        }
     }
     // Read before ending: a reservation may be forgotten as it ends, when
     // the limits retain no terminal reservations (its lines are then the
@@ -218,7 +243,7 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
     if let Some(error) = state.wrong_shard(command) {
         return Ok(error.into());
     }
-    match command {
+    let outcome = match command {
         Command::UpsertItem(c) => upsert::apply(state, c, emitter),
         Command::Adjust(c) => adjust::apply(state, c, emitter),
         Command::Transfer(c) => transfer::apply(state, c, emitter),
@@ -235,5 +260,11 @@ pub(crate) fn apply(state: &mut ShardState, command: &Command, emitter: &mut Emi
         Command::DeleteItem(c) => delete::apply_item(state, c, emitter),
         Command::DeleteSku(c) => delete::apply_sku(state, c, emitter),
         Command::SetWarehousePriority(c) => Ok(set_warehouse_priority::apply(state, c)),
-    }
+        Command::SetStates(c) => set_states::apply(state, c, emitter),
+        Command::MoveQuantity(c) => move_quantity::apply(state, c, emitter),
+    };
+    // The commands that make stock available fill backorders before they
+    // answer; this keeps the rule for any other path (a no-op otherwise).
+    state.fill_backorders(emitter);
+    outcome
 }

@@ -97,6 +97,8 @@ pub(super) fn apply(state: &mut ShardState, command: &Transfer, emitter: &mut Em
     state.item_mut(to).on_hand += quantity;
     let into = Change { cause: Cause::TransferIn, movement: Some((MovementReason::TransferIn, who)), created };
     state.finish_change(to, before, into, emitter);
+    // New stock goes to backorders first (`ShardState::fill_backorders`).
+    state.fill_backorders(emitter);
 
     Ok(Outcome::Transferred { from: Box::new(state.item_view(from)?), to: Box::new(state.item_view(to)?) })
 }

@@ -83,6 +83,17 @@ impl UpsertItem {
 }
 
 pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut Emitter) -> Result<Outcome, Corrupt> {
+    apply_with(state, command, None, emitter)
+}
+
+/// An upsert that may also set quantity states (`SetStates`): one check of
+/// every level, then one change.
+pub(super) fn apply_with(
+    state: &mut ShardState,
+    command: &UpsertItem,
+    states: Option<&super::SetStates>,
+    emitter: &mut Emitter,
+) -> Result<Outcome, Corrupt> {
     let found = state.find_item(command.sku.as_str(), command.warehouse.as_str());
     match (found, command.expect) {
         (Some(id), Expect::Absent) => {
@@ -110,6 +121,15 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
         debug_assert!(!created, "a new item has nothing reserved");
         return Ok(Refusal::BelowReserved { on_hand: item.on_hand, reserved: item.reserved }.into());
     }
+    let levels = states.map_or_else(|| item.levels(), |states| states.resolve(item.levels()));
+    if on_hand - item.reserved < levels.unsellable() {
+        return Ok(Refusal::BelowUnsellable {
+            on_hand: item.on_hand,
+            reserved: item.reserved,
+            unsellable: levels.unsellable(),
+        }
+        .into());
+    }
     let threshold = command.low_stock_threshold.unwrap_or(item.low_stock_threshold);
     let current = item.attrs.as_deref();
     let attrs = Attrs {
@@ -117,6 +137,7 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
         unit_price_minor: command.unit_price_minor.resolve(current.and_then(|a| a.unit_price_minor.as_ref())),
     };
     let unchanged = on_hand == item.on_hand
+        && levels == item.levels()
         && threshold == item.low_stock_threshold
         && current.cloned().unwrap_or_default() == attrs;
     if unchanged && !created {
@@ -129,8 +150,11 @@ pub(super) fn apply(state: &mut ShardState, command: &UpsertItem, emitter: &mut 
     item.on_hand = on_hand;
     item.low_stock_threshold = threshold;
     item.attrs = (!attrs.is_empty()).then(|| Box::new(attrs));
+    item.set_levels(levels);
     let change = Change { cause: Cause::Upsert, movement: Some((MovementReason::Set, who)), created };
     state.finish_change(id, before, change, emitter);
+    // New stock goes to backorders first (`ShardState::fill_backorders`).
+    state.fill_backorders(emitter);
     Ok(Outcome::Upserted { item: Box::new(state.item_view(id)?), created, changed: true })
 }
 

@@ -28,8 +28,8 @@ pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TALLYWAL");
 /// reference for the ledger; 5: a hold names its customer, and
 /// `SetCustomerLimit`; 6: `ConfirmPart`, a confirm of fewer units; 7: issue
 /// 17's commerce commands (`SetBundle`, `SetProduct`, `DeleteItem`,
-/// `DeleteSku`, allocation options) and their bounds in `Limits`), so an
-/// old segment is refused, not misread.
+/// `DeleteSku`, `SetStates`, `MoveQuantity`, allocation options) and their
+/// bounds in `Limits`), so an old segment is refused, not misread.
 pub(crate) const SEGMENT_FORMAT: u32 = 7;
 
 /// The durable metadata of a log: repeated at the head of every segment so

@@ -86,6 +86,24 @@ struct JsonRow {
     _version: serde::de::IgnoredAny,
     #[serde(default, rename = "updated_at_ms")]
     _updated_at_ms: serde::de::IgnoredAny,
+    // Quantity states (`routes/states.rs`) an NDJSON export carries; an
+    // import does not set them (yet), so they are accepted and ignored.
+    #[serde(default, rename = "safety_stock")]
+    _safety_stock: serde::de::IgnoredAny,
+    #[serde(default, rename = "damaged")]
+    _damaged: serde::de::IgnoredAny,
+    #[serde(default, rename = "quality_control")]
+    _quality_control: serde::de::IgnoredAny,
+    #[serde(default, rename = "incoming")]
+    _incoming: serde::de::IgnoredAny,
+    #[serde(default, rename = "incoming_expected_at")]
+    _incoming_expected_at: serde::de::IgnoredAny,
+    #[serde(default, rename = "incoming_expected_at_ms")]
+    _incoming_expected_at_ms: serde::de::IgnoredAny,
+    #[serde(default, rename = "backorder_limit")]
+    _backorder_limit: serde::de::IgnoredAny,
+    #[serde(default, rename = "backordered")]
+    _backordered: serde::de::IgnoredAny,
 }
 
 /// The body's format, from its content type.
@@ -655,7 +673,10 @@ async fn read_body(importer: &mut Importer, body: Body) -> ApiResult<()> {
         NDJSON: one object per line (`Content-Type: application/x-ndjson`). CSV (`text/csv`): a header \
         line naming the columns, then one row per line; an empty cell keeps the value; fields may be \
         quoted but not span lines. The columns of an export that cannot be set (`reserved`, `available`, \
-        `status`, `version`, `updated_at_ms`) are accepted and ignored, so an export imports as is.\n\n\
+        `status`, `version`, `updated_at_ms`, and in NDJSON the quantity states `safety_stock`, `damaged`, \
+        `quality_control`, `incoming`, `incoming_expected_at`, `incoming_expected_at_ms`, `backorder_limit`, \
+        `backordered`) are accepted and \
+        ignored, so an export imports as is.\n\n\
         Rows are independent writes: a bad or refused row is reported (`errors`, at most \
         `import.errors_reported_max` of them) and the import goes on, and importing the same rows again \
         leaves the same items. `Import-Id` names the import, so `GET /v1/imports/{id}` shows its progress \

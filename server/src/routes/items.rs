@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use engine::cmd::{Adjust, AdjustReason, AttrUpdate, Expect, Transfer, UpsertItem};
+use engine::cmd::{Adjust, AdjustReason, AttrUpdate, Expect, SetStates, Transfer, UpsertItem};
 use engine::ids::{CustomerId, ItemName, Note, Principal as PrincipalName, Quantity, Reference, Sku, Warehouse};
 use engine::outcome::ItemView;
 use engine::query::{AvailabilityLine, ItemFilter};
@@ -53,6 +53,23 @@ pub struct PutItem {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u64>)]
     pub unit_price_minor: Option<Option<u64>>,
+    /// Units on hand kept back, never available (Shopify's safety stock);
+    /// at most 10^15. Reserved plus safety stock, damaged and quality
+    /// control may not pass on_hand (409 `below_unsellable`). Absent:
+    /// unchanged (0 for a new item).
+    pub safety_stock: Option<u64>,
+    /// Units ordered or in transit, not on hand yet; at most 10^15. Absent:
+    /// unchanged. Receive them with a move from `incoming`.
+    pub incoming: Option<u64>,
+    /// When the incoming units are expected, RFC 3339. `null` clears it;
+    /// absent keeps it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub incoming_expected_at: Option<Option<String>>,
+    /// Units reservations may hold beyond stock (backorders, preorders);
+    /// at most 10^15. A hold line takes what is available and backorders
+    /// the rest up to this limit. Absent: unchanged (0 for a new item).
+    pub backorder_limit: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -69,7 +86,7 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
-fn item_response(status: StatusCode, item: &ItemView, consistency: Option<Consistency>) -> Response {
+pub(super) fn item_response(status: StatusCode, item: &ItemView, consistency: Option<Consistency>) -> Response {
     let mut response = (status, axum::Json(item_json(item))).into_response();
     response.headers_mut().insert(header::ETAG, etag(item.version));
     if let Some(consistency) = consistency {
@@ -84,7 +101,7 @@ pub(crate) fn principal_name(principal: &Principal) -> Option<PrincipalName> {
 
 /// A caller's note, bounded by `api.note_bytes_max` (`field` names it in the
 /// problem: a transfer calls it `reason`).
-fn note_of(state: &AppState, text: Option<String>, field: &str) -> ApiResult<Option<Note>> {
+pub(super) fn note_of(state: &AppState, text: Option<String>, field: &str) -> ApiResult<Option<Note>> {
     let Some(text) = text else { return Ok(None) };
     let max = state.config.api.note_bytes_max;
     if text.len() > max {
@@ -275,8 +292,10 @@ pub(super) fn attr<T>(update: Option<Option<T>>) -> AttrUpdate<T> {
         (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `invalid_precondition` \
             (If-Match and If-None-Match together, `If-Match: *`, an If-Match that is not a list of ETags, \
             If-None-Match other than `*`), \
-            `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, name), `quantity_too_large`."),
+            `field_empty`, `field_too_long`, `field_bad_character` (sku, warehouse, name), `quantity_too_large`, \
+            `invalid_time` (incoming_expected_at)."),
         (status = 409, description = "`below_reserved`: on_hand would drop below the units reserved; \
+            `below_unsellable`: on_hand would drop below reserved plus safety stock, damaged and quality control; \
             `shard_full`: no room for another item."),
         (status = 412, description = "`item_exists` (If-None-Match: *); `version_mismatch` (If-Match names \
             no ETag the item has, e.g. `\"abc\"`, or the item does not exist)."),
@@ -307,10 +326,33 @@ pub async fn put_item(
         expect: Expect::Any,
         principal: principal_name(&principal),
     };
+    let incoming_expected_at_ms = match body.incoming_expected_at {
+        None => AttrUpdate::Keep,
+        Some(None) => AttrUpdate::Clear,
+        Some(Some(text)) => AttrUpdate::Set(super::ledger::parse_rfc3339_ms(&text).ok_or_else(|| {
+            Problem::bad_request("invalid_time", "incoming_expected_at is an RFC 3339 time, e.g. 2026-12-24T09:00:00Z")
+                .with_extra(json!({ "field": "incoming_expected_at" }))
+        })?),
+    };
+    let states = SetStates {
+        safety_stock: body.safety_stock,
+        incoming: body.incoming,
+        incoming_expected_at_ms,
+        backorder_limit: body.backorder_limit,
+        ..SetStates::keep(upsert.clone())
+    };
+    let sets_states = states != SetStates::keep(upsert.clone());
     // Bad input is 400 before any precondition is looked at.
     upsert.validate()?;
+    states.validate()?;
     upsert.expect = expectation(&state, &upsert.sku, &upsert.warehouse, precondition).await?;
-    let command = Command::UpsertItem(upsert);
+    // Quantity states travel in their own command, so a PUT without them
+    // is the upsert it always was.
+    let command = if sets_states {
+        Command::SetStates(Box::new(SetStates { upsert, ..states }))
+    } else {
+        Command::UpsertItem(upsert)
+    };
     match state.submit(command).await? {
         Outcome::Upserted { item, created, .. } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -771,7 +813,8 @@ pub struct AdjustBody {
         (status = 400, description = "`invalid_path`, `invalid_json`, `invalid_body`, `invalid_reason`, \
             `quantity_zero`, `quantity_too_large`, `field_empty`, `field_too_long`, `field_bad_character`."),
         (status = 404, description = "`item_not_found`."),
-        (status = 409, description = "`below_reserved`: on_hand would drop below the units reserved."),
+        (status = 409, description = "`below_reserved`: on_hand would drop below the units reserved; \
+            `below_unsellable`: below reserved plus safety stock, damaged and quality control."),
         (status = 422, description = "`quantity_overflow`: on_hand would exceed 10^15."),
         (status = 503, description = crate::openapi::WRITE_UNAVAILABLE),
     ),

@@ -26,7 +26,7 @@ use crate::problem::{ApiResult, Problem};
 type Shared = State<Arc<AppState>>;
 
 /// Every `kind` an entry may have, in the order of a movement's life.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "upsert",
     "adjust",
     "transfer_out",
@@ -38,6 +38,7 @@ pub const KINDS: [&str; 11] = [
     "expire",
     "delete",
     "gap",
+    "move",
 ];
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -50,7 +51,7 @@ pub struct LedgerQuery {
     pub warehouse: Option<String>,
     /// Only movements of this kind: `upsert`, `adjust`, `transfer_out`,
     /// `transfer_in`, `hold`, `extend`, `confirm`, `release`, `expire`,
-    /// `delete` (an item deleted: on hand to 0), `gap`.
+    /// `delete` (an item deleted: on hand to 0), `gap`, `move`.
     pub kind: Option<String>,
     /// RFC 3339 time, inclusive: movements at or after it (log time).
     pub since: Option<String>,
@@ -162,6 +163,9 @@ pub fn entry_json(entry: &LedgerEntry) -> Value {
             "document": entry.document,
         },
     });
+    if let (Some(from), Some(to), Some(quantity)) = (&entry.from_state, &entry.to_state, entry.moved) {
+        value["move"] = json!({ "from": from, "to": to, "quantity": quantity });
+    }
     if let Some(to) = entry.gap_to_index {
         value["gap"] = json!({ "shard": entry.shard, "from_index": entry.index, "to_index": to });
     }

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod ops;
 pub mod products;
 pub mod reservations;
+pub mod states;
 pub mod stream;
 pub mod ui;
 
@@ -224,6 +225,14 @@ pub fn item_json(item: &ItemView) -> Value {
         "updated_at_ms": item.updated_at_ms,
         "name": item.name,
         "unit_price_minor": item.unit_price_minor,
+        "safety_stock": item.states.safety_stock,
+        "damaged": item.states.damaged,
+        "quality_control": item.states.quality_control,
+        "incoming": item.states.incoming,
+        "incoming_expected_at": item.states.incoming_expected_at_ms.map(rfc3339_ms),
+        "incoming_expected_at_ms": item.states.incoming_expected_at_ms,
+        "backorder_limit": item.states.backorder_limit,
+        "backordered": item.states.backordered,
     })
 }
 

@@ -285,11 +285,14 @@ struct LineOut {
     sku: String,
     warehouse: String,
     quantity: u64,
+    /// Units of `quantity` held beyond stock, waiting for it (0: filled
+    /// from stock).
+    backordered: u64,
 }
 
 impl From<engine::outcome::LineView> for LineOut {
     fn from(line: engine::outcome::LineView) -> Self {
-        Self { sku: line.sku, warehouse: line.warehouse, quantity: line.quantity }
+        Self { sku: line.sku, warehouse: line.warehouse, quantity: line.quantity, backordered: line.backordered }
     }
 }
 
@@ -776,8 +779,9 @@ impl AppState {
 
     /// Confirms a reservation, in full or (`body.lines`) in part. Lines go
     /// to the shard of their SKU. A reservation across shards is read first
-    /// and its lines checked, so a line over what is held is refused before
-    /// any part sells (each shard checks again as it applies).
+    /// and its lines checked, so a line over what is held, or a part with
+    /// units still backordered, is refused before any part sells (each
+    /// shard checks again as it applies).
     async fn confirm_reservation(
         &self,
         id: ReservationId,
@@ -798,9 +802,24 @@ impl AppState {
             }
             lines.push((shard, ConfirmLine { sku, warehouse, quantity: line.quantity }));
         }
-        if !lines.is_empty() && spans_shards(&id) {
+        if spans_shards(&id) {
             let parts = self.reservation_parts(id, super::Consistency::Linearizable).await?;
-            check_confirm_lines(&parts, &lines)?;
+            if !lines.is_empty() {
+                check_confirm_lines(&parts, &lines)?;
+            }
+            // Each shard refuses to confirm a part with units still
+            // backordered; checked first so no other part sells meanwhile.
+            // A backorder only ever shrinks, so what this read finds filled
+            // stays filled.
+            let backordered: u64 = parts
+                .iter()
+                .filter(|part| part.summary.state == engine::reservation::ReservationState::Held)
+                .flat_map(|part| &part.lines)
+                .map(|line| line.backordered)
+                .sum();
+            if backordered > 0 {
+                return Err(Problem::refusal(&Refusal::BackorderUnfilled { backordered }));
+            }
         }
         let out = self
             .end(id, |shard| {
