@@ -127,7 +127,7 @@ fn sha256_hex(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_api_follows_its_contract() {
-    let node = TallyProcess::start(Options::default().shards(4)).await;
+    let node = TallyProcess::start(options().shards(4)).await;
     rules!(node.http();
         put_creates_with_201_and_etag_1_then_updates_with_200,
         put_with_if_none_match_star_on_an_existing_item_is_item_exists,
@@ -856,7 +856,7 @@ async fn imports_refuse_other_media_and_overlong_rows(http: &Http) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_api_follows_its_contract() {
-    let node = TallyProcess::start(Options::default().shards(4)).await;
+    let node = TallyProcess::start(options().shards(4)).await;
     rules!(node.http();
         a_reservation_is_created_held_with_an_expiry,
         a_retry_with_the_same_idempotency_key_replays_and_holds_once,
@@ -1767,7 +1767,7 @@ async fn bad_and_unknown_reservation_ids_are_refused(http: &Http) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_4xx_problem_and_writes_nothing() {
-    let node = TallyProcess::start(Options::default().shards(2)).await;
+    let node = TallyProcess::start(options().shards(2)).await;
     rules!(node.http();
         malformed_json_is_invalid_json,
         wrong_types_negative_numbers_and_unknown_fields_are_invalid_body,
@@ -1900,7 +1900,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405(http: &Http) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_array_where_an_object_is_expected_is_invalid_body() {
-    let node = TallyProcess::start(Options::default().shards(1)).await;
+    let node = TallyProcess::start(options().shards(1)).await;
     let http = node.http();
     let before = fixture(http, "bi-array").await;
     let put = http.put(&item_path("bi-array", "w1"), json!([1, 2])).await;
@@ -1915,7 +1915,7 @@ async fn a_json_array_where_an_object_is_expected_is_invalid_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_routes_answer_health_metrics_cluster_and_openapi() {
-    let node = TallyProcess::start(Options::default().shards(2)).await;
+    let node = TallyProcess::start(options().shards(2)).await;
     let http = node.http();
     let (status, _, body) = http.get("/healthz").await;
     assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("ok")), "{body}");
@@ -1972,7 +1972,7 @@ async fn api_keys_authenticate_authorize_and_rate_limit() {
     .iter()
     .map(|(name, role, key)| format!("{{ name = \"{name}\", role = \"{role}\", sha256 = \"{}\" }}", sha256_hex(key)))
     .collect();
-    let options = Options::default()
+    let options = options()
         .shards(1)
         .set("auth", "keys", &format!("[{}]", keys.join(", ")))
         .set("auth", "rate_per_second", "1")
@@ -2001,8 +2001,7 @@ async fn idempotency_keys_and_order_ids_are_scoped_per_api_key() {
             format!("{{ name = \"{name}\", role = \"{role}\", sha256 = \"{}\" }}", sha256_hex(key))
         })
         .collect();
-    let node =
-        TallyProcess::start(Options::default().shards(2).set("auth", "keys", &format!("[{}]", keys.join(", ")))).await;
+    let node = TallyProcess::start(options().shards(2).set("auth", "keys", &format!("[{}]", keys.join(", ")))).await;
     let http = node.http();
     let (ops, shop, web) = (bearer(ADMIN_KEY), bearer(SHOP_KEY), bearer(WEB_KEY));
     let created = http

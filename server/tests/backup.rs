@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Http, Options, TallyProcess, eventually, free_addrs, item_path, u64_of};
+use common::{Http, Options, TallyProcess, eventually, free_addrs, item_path, options, u64_of};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use server::backup::Until;
@@ -119,7 +119,7 @@ async fn assert_state(http: &Http, skus: &[String], expected: &BTreeMap<String, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_writes_go_on_verifies() {
     let dir = tempdir();
-    let node = TallyProcess::start(small_log(Options::default()).shards(2)).await;
+    let node = TallyProcess::start(small_log(options()).shards(2)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (http, stop) = (node.client(), Arc::clone(&stop));
@@ -163,7 +163,7 @@ async fn a_backup_taken_while_writes_go_on_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_backup_fails_verification() {
     let dir = tempdir();
-    let node = TallyProcess::start(small_log(Options::default()).shards(1)).await;
+    let node = TallyProcess::start(small_log(options()).shards(1)).await;
     let mut history = History::default();
     for i in 0..120 {
         history.set(node.http(), &format!("sku-{}", i % 7), i).await;
@@ -236,7 +236,7 @@ fn flip_byte(path: &Path) {
 async fn a_restore_to_an_index_equals_the_model_and_the_source_digest_and_grows_to_three_nodes() {
     let dir = tempdir();
     // No snapshot before the backup: any index of the log can be chosen.
-    let options = Options::default().shards(1);
+    let options = options().shards(1);
     let node = TallyProcess::start(options.clone()).await;
     let mut history = History::default();
     let skus: Vec<String> = (0..5).map(|i| format!("sku-{i}")).collect();
@@ -305,7 +305,7 @@ async fn a_restore_to_an_index_equals_the_model_and_the_source_digest_and_grows_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_until_a_log_time_stops_before_later_writes() {
     let dir = tempdir();
-    let options = Options::default().shards(1);
+    let options = options().shards(1);
     let node = TallyProcess::start(options.clone()).await;
     let mut history = History::default();
     let skus: Vec<String> = (0..3).map(|i| format!("sku-{i}")).collect();
@@ -367,7 +367,7 @@ fn rfc3339(ms: u64) -> String {
 async fn the_archive_takes_a_restore_past_the_backup() {
     let dir = tempdir();
     let archive = dir.path().join("archive");
-    let options = small_log(Options::default().shards(1)).set(
+    let options = small_log(options().shards(1)).set(
         "backup",
         "archive_dir",
         &serde_json::to_string(&archive.to_string_lossy()).unwrap_or_default(),

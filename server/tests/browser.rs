@@ -53,7 +53,7 @@ async fn start_tally(cors_origin: Option<&str>) -> TallyProcess {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let mut options = Options::default().shards(2).set("auth", "keys", &format!("[{keys}]"));
+    let mut options = options().shards(2).set("auth", "keys", &format!("[{keys}]"));
     if let Some(origin) = cors_origin {
         options = options.set("auth", "anonymous_read", "true").set(
             "server",

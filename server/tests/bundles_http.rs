@@ -47,7 +47,7 @@ async fn define(http: &Http, bundle: &str, components: &[(&str, u64)]) -> (Statu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_holds_every_component_all_or_none_across_shards() {
-    let node = TallyProcess::start(Options::default().shards(SHARDS)).await;
+    let node = TallyProcess::start(options().shards(SHARDS)).await;
     let http = node.http();
     let skus = skus_on_distinct_shards("PART", 2);
     let (a, b) = (skus[0].as_str(), skus[1].as_str());
@@ -116,7 +116,7 @@ async fn a_bundle_holds_every_component_all_or_none_across_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_definitions_follow_their_rules() {
-    let node = TallyProcess::start(Options::default().shards(SHARDS)).await;
+    let node = TallyProcess::start(options().shards(SHARDS)).await;
     let http = node.http();
     stock(http, "SHIRT", "berlin", 5).await;
 

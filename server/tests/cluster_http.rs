@@ -51,7 +51,7 @@ impl Levels {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_node_serves_any_request_and_a_killed_node_catches_up() {
     // The nodes authenticate each other with a secret from the environment.
-    let options = Options::default().shards(SHARDS).env("TALLY_CLUSTER__SECRET", CLUSTER_SECRET);
+    let options = options().shards(SHARDS).env("TALLY_CLUSTER__SECRET", CLUSTER_SECRET);
     let mut cluster = TallyCluster::start(3, options).await;
     check_cluster_view(&cluster, &[1, 2, 3]).await;
 
@@ -199,7 +199,7 @@ async fn check_cluster_view(cluster: &TallyCluster, nodes: &[u64]) {
 /// nodes are the same entries, ids, levels, principals and all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_replica_records_the_same_ledger() {
-    let options = Options::default().shards(SHARDS).env("TALLY_CLUSTER__SECRET", CLUSTER_SECRET);
+    let options = options().shards(SHARDS).env("TALLY_CLUSTER__SECRET", CLUSTER_SECRET);
     let cluster = TallyCluster::start(3, options).await;
     for (n, sku) in SKUS.iter().enumerate() {
         let via = 1 + (n as u64 % 3);

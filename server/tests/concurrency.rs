@@ -26,7 +26,7 @@ enum Attempt {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_clients_racing_for_a_hundred_units_buy_exactly_a_hundred() {
-    let node = TallyProcess::start(Options::default()).await;
+    let node = TallyProcess::start(options()).await;
     let (status, _, item) =
         node.http().put(&item_path(SKU, WAREHOUSE), json!({ "on_hand": UNITS, "low_stock_threshold": 10 })).await;
     assert_eq!(status, StatusCode::CREATED, "creating the item: {item}");
@@ -122,7 +122,7 @@ async fn clients_racing_without_a_warehouse_get_every_unit_of_every_warehouse() 
     const SPREAD_SKU: &str = "flash-spread-1";
     const WAREHOUSES: [&str; 3] = ["north", "south", "west"];
     const PER_WAREHOUSE: u64 = 40;
-    let node = TallyProcess::start(Options::default()).await;
+    let node = TallyProcess::start(options()).await;
     for warehouse in WAREHOUSES {
         let (status, _, item) =
             node.http().put(&item_path(SPREAD_SKU, warehouse), json!({ "on_hand": PER_WAREHOUSE })).await;

@@ -62,7 +62,7 @@ impl Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_hold_survives_kill_9() {
-    let mut node = TallyProcess::start(Options::default()).await;
+    let mut node = TallyProcess::start(options()).await;
     for sku in SKUS {
         let (status, _, item) = node.http().put(&item_path(sku, WAREHOUSE), json!({ "on_hand": ON_HAND })).await;
         assert_eq!(status, StatusCode::CREATED, "creating {sku}: {item}");

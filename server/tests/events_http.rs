@@ -163,7 +163,7 @@ async fn a_hold_that_crosses_the_threshold_is_streamed_resumable_listed_and_sent
     let webhooks = format!(
         "[{{ url = \"http://{hook_addr}/hook\", secret = \"{WEBHOOK_SECRET}\", backoff_first_ms = 50, backoff_max_ms = 500 }}]"
     );
-    let node = TallyProcess::start(Options::default().shards(2).set("alerts", "webhooks", &webhooks)).await;
+    let node = TallyProcess::start(options().shards(2).set("alerts", "webhooks", &webhooks)).await;
     let http = node.http();
     let (sku, warehouse) = ("ev-mug", "w1");
 
@@ -252,7 +252,7 @@ async fn reservation_events_carry_the_order_and_reach_the_webhooks_that_subscrib
          event_types = [\"reservation.held\", \"reservation.refused\", \"reservation.confirmed\"], \
          sku_prefixes = [\"ord-\"] }}]"
     );
-    let node = TallyProcess::start(Options::default().shards(2).set("alerts", "webhooks", &webhooks)).await;
+    let node = TallyProcess::start(options().shards(2).set("alerts", "webhooks", &webhooks)).await;
     let http = node.http();
     for sku in ["ord-mug", "other-mug"] {
         let (status, _, body) = http.put(&item_path(sku, "w1"), json!({ "on_hand": 5 })).await;

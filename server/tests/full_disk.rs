@@ -146,7 +146,7 @@ async fn a_full_disk_stops_the_shard_and_a_restart_loses_no_acknowledged_hold() 
     let filler = disk.path().join("filler");
     fill(&filler, DISK_BYTES - HEADROOM_BYTES);
     let data = disk.path().join("data");
-    let mut node = TallyProcess::start(Options::default().shards(SHARDS).data_dir(&data)).await;
+    let mut node = TallyProcess::start(options().shards(SHARDS).data_dir(&data)).await;
     let http = node.client();
     let sku = sku();
     let (status, _, body) = http.put(&item_path(&sku, WAREHOUSE), json!({ "on_hand": ON_HAND })).await;

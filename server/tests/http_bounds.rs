@@ -161,10 +161,11 @@ async fn slowloris_connections_are_closed_after_the_header_timeout_while_real_cl
     }
     assert!(count >= 100, "an open-files limit of {limit} leaves too few connections for this test");
     let node = TallyProcess::start(
-        Options::default()
-            .shards(2)
-            .set("server", "header_read_timeout_ms", &HEADER_TIMEOUT.as_millis().to_string())
-            .set("server", "connections_max", &(count + SILENT + 100).to_string()),
+        options().shards(2).set("server", "header_read_timeout_ms", &HEADER_TIMEOUT.as_millis().to_string()).set(
+            "server",
+            "connections_max",
+            &(count + SILENT + 100).to_string(),
+        ),
     )
     .await;
     let http = node.client();
@@ -238,8 +239,7 @@ async fn slowloris_connections_are_closed_after_the_header_timeout_while_real_cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_refused_while_the_open_ones_work() {
     const CAP: usize = 8;
-    let node =
-        TallyProcess::start(Options::default().shards(1).set("server", "connections_max", &CAP.to_string())).await;
+    let node = TallyProcess::start(options().shards(1).set("server", "connections_max", &CAP.to_string())).await;
     let addr = node.http_addr;
     let mut open = Vec::new();
     for index in 0..CAP {
@@ -283,7 +283,7 @@ async fn connections_over_the_cap_are_refused_while_the_open_ones_work() {
 async fn an_idle_keep_alive_connection_is_closed_after_its_timeout_but_a_stream_is_not() {
     const IDLE: Duration = Duration::from_secs(1);
     let node = TallyProcess::start(
-        Options::default().shards(1).set("server", "keep_alive_timeout_ms", &IDLE.as_millis().to_string()).set(
+        options().shards(1).set("server", "keep_alive_timeout_ms", &IDLE.as_millis().to_string()).set(
             "events",
             "keepalive_seconds",
             "1",
@@ -325,7 +325,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_timeout_but_a_stream_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_streams_and_idle_connections_and_exits_cleanly() {
-    let mut node = TallyProcess::start(Options::default().shards(1)).await;
+    let mut node = TallyProcess::start(options().shards(1)).await;
     let addr = node.http_addr;
     let mut idle = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(exchange(&mut idle, "GET", "/healthz", &[], "").await.map(|(s, _)| s), Some(200));
@@ -355,7 +355,7 @@ const BIG_KEY: &str = "bounds-big-key";
 async fn failed_authentication_is_rate_limited_per_client_address() {
     const BURST: usize = 5;
     let node = TallyProcess::start(
-        Options::default()
+        options()
             .shards(1)
             .set("auth", "keys", &keys_setting(&[("ops", "admin", ADMIN_KEY, "")]))
             .set("auth", "failure_rate_per_second", "1")
@@ -409,14 +409,13 @@ async fn a_key_quota_of_its_own_limits_it_and_a_batch_pays_one_token_per_hold() 
         ("small", "reserve", SMALL_KEY, ", rate_per_second = 1, rate_burst = 10"),
         ("big", "reserve", BIG_KEY, ""),
     ]);
-    let node = TallyProcess::start(
-        Options::default().shards(1).set("auth", "keys", &keys).set("auth", "rate_per_second", "1000").set(
+    let node =
+        TallyProcess::start(options().shards(1).set("auth", "keys", &keys).set("auth", "rate_per_second", "1000").set(
             "auth",
             "rate_burst",
             "1000",
-        ),
-    )
-    .await;
+        ))
+        .await;
     let http = node.http();
     let (ops, small, big) = (format!("Bearer {ADMIN_KEY}"), format!("Bearer {SMALL_KEY}"), format!("Bearer {BIG_KEY}"));
     let created = http

@@ -57,7 +57,7 @@ async fn ledger(http: &Http, query: &str, limit: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports_them() {
-    let node = TallyProcess::start(Options::default().shards(4).set("auth", "keys", &keys())).await;
+    let node = TallyProcess::start(options().shards(4).set("auth", "keys", &keys())).await;
     let http = node.http();
     let sku = "led-boot";
     call(http, Method::PUT, &item_path(sku, "berlin"), ADMIN_KEY, Some(json!({ "on_hand": 10 }))).await;
@@ -201,7 +201,7 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_item_leaves_the_ledger_with_a_delete_to_zero_and_still_reconciles() {
-    let node = TallyProcess::start(Options::default().shards(2).set("auth", "keys", &keys())).await;
+    let node = TallyProcess::start(options().shards(2).set("auth", "keys", &keys())).await;
     let http = node.http();
     let sku = "led-del";
     let path = item_path(sku, "berlin");
@@ -230,7 +230,7 @@ async fn a_deleted_item_leaves_the_ledger_with_a_delete_to_zero_and_still_reconc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_ledger_off_says_so() {
-    let node = TallyProcess::start(Options::default().shards(1).set("ledger", "enabled", "false")).await;
+    let node = TallyProcess::start(options().shards(1).set("ledger", "enabled", "false")).await;
     let reply = node.http().get("/v1/ledger").await;
     assert_problem(&reply, StatusCode::NOT_FOUND, "ledger_disabled");
     assert!(!node.data_dir().join("ledger").exists(), "no ledger files");

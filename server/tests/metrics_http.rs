@@ -37,7 +37,7 @@ fn skus() -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_path_counts_its_outcome() {
-    let node = TallyProcess::start(Options::default().shards(SHARDS)).await;
+    let node = TallyProcess::start(options().shards(SHARDS)).await;
     let http = node.http();
     let (a, b) = skus();
     for sku in [&a, &b] {

@@ -87,7 +87,7 @@ async fn https(
 /// `/readyz` over HTTPS.
 async fn start_https(dir: &Path, tls: &TlsConnector) -> TallyProcess {
     let path = |name: &str| serde_json::to_string(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
-    let options = Options::default()
+    let options = options()
         .shards(1)
         .set("server", "tls_cert", &path("cert.pem"))
         .set("server", "tls_key", &path("key.pem"))
@@ -171,8 +171,7 @@ async fn a_missing_or_bad_tls_file_stops_the_start_and_names_it() {
         [("missing.pem", "missing-key.pem", "missing.pem"), ("garbage.pem", "garbage.pem", "garbage.pem")]
     {
         let path = |name: &str| serde_json::to_string(&dir.path().join(name)).unwrap_or_else(|e| panic!("{e}"));
-        let options =
-            Options::default().shards(1).set("server", "tls_cert", &path(cert)).set("server", "tls_key", &path(key));
+        let options = options().shards(1).set("server", "tls_cert", &path(cert)).set("server", "tls_key", &path(key));
         let mut node = TallyProcess::start_unprobed(options);
         let deadline = Instant::now() + READY_WAIT_MAX;
         while node.is_running() {
