@@ -25,7 +25,7 @@ use hyper::{Method, StatusCode};
 use server::backup::Until;
 use server::backup::restore::{RestoreRequest, restore, write_shard};
 
-use crate::tally::Http;
+use testkit::{Connection, NodeSpec, Options, Program, TallyProcess, free_addrs};
 
 /// Commands per generated log entry.
 const GENERATE_BATCH: usize = 4096;
@@ -42,8 +42,7 @@ pub struct BackupPlan {
     pub runs: u32,
     pub dir: PathBuf,
     /// The program that is `tally` (`tally-bench` re-runs itself as `tally-bench tally`).
-    pub program: PathBuf,
-    pub program_args: Vec<String>,
+    pub program: Program,
 }
 
 /// The figures, in milliseconds (medians over the runs).
@@ -131,25 +130,9 @@ fn generate_shard(shard: u32, plan: &BackupPlan, peer: &str) -> Result<ShardStat
     Ok(state)
 }
 
-fn free_addr() -> Result<std::net::SocketAddr, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    listener.local_addr().map_err(|e| e.to_string())
-}
-
-async fn wait_ready(http: &mut Http) -> Result<(), String> {
-    let deadline = Instant::now() + READY_WAIT;
-    while Instant::now() < deadline {
-        if let Ok((StatusCode::OK, _)) = http.request(Method::GET, "/readyz", None).await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("the node did not become ready".into())
-}
-
 /// Writes new items in a closed loop until `stop`; returns each write's latency (µs).
 async fn write_loop(addr: std::net::SocketAddr, stop: tokio::sync::watch::Receiver<bool>, prefix: String) -> Vec<u64> {
-    let mut http = Http::new(addr);
+    let mut http = Connection::new(addr);
     let mut latencies = Vec::new();
     let mut n = 0u64;
     while !*stop.borrow() {
@@ -180,7 +163,8 @@ pub async fn run(plan: &BackupPlan) -> Result<BackupFigures, String> {
     std::fs::create_dir_all(&plan.dir).map_err(|e| e.to_string())?;
     let data = plan.dir.join("data");
     let _ = std::fs::remove_dir_all(&data);
-    let (http_addr, peer_addr) = (free_addr()?, free_addr()?);
+    let addrs = free_addrs(2);
+    let (http_addr, peer_addr) = (addrs[0], addrs[1]);
 
     let started = Instant::now();
     let identity = cluster::ClusterConfig {
@@ -199,24 +183,16 @@ pub async fn run(plan: &BackupPlan) -> Result<BackupFigures, String> {
     println!("generated {} items and {} holds in {} ms", plan.items, plan.holds, figures.generate_ms);
 
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(&plan.program)
-        .args(&plan.program_args)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--shards", &plan.shards.to_string(), "--node-id", "1"])
-        .args(["--listen", &http_addr.to_string(), "--peer-listen", &peer_addr.to_string()])
-        .args(["--log-level", "warn"])
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting tally: {e}"))?;
-    let mut http = Http::new(http_addr);
-    wait_ready(&mut http).await?;
+    let options =
+        Options::new(plan.program.clone()).shards(plan.shards).log_level("warn").root(&plan.dir).data_dir(&data);
+    let mut node = TallyProcess::launch(NodeSpec::single(http_addr, peer_addr), &options)?;
+    node.wait_ready_within(READY_WAIT).await.map_err(|e| format!("the node did not become ready: {e}"))?;
+    let mut http = Connection::new(http_addr);
     figures.start_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     println!("node ready in {} ms", figures.start_ms);
 
     let result = measure(plan, http_addr, &mut http, &mut figures).await;
-    let _ = child.kill().await;
+    node.kill_9();
     result?;
     Ok(figures)
 }
@@ -224,7 +200,7 @@ pub async fn run(plan: &BackupPlan) -> Result<BackupFigures, String> {
 async fn measure(
     plan: &BackupPlan,
     http_addr: std::net::SocketAddr,
-    http: &mut Http,
+    http: &mut Connection,
     figures: &mut BackupFigures,
 ) -> Result<(), String> {
     let mut during = Vec::new();

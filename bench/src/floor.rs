@@ -3,7 +3,7 @@
 //!
 //! The runner starts one `tally` node exactly as for the `tally` target
 //! (same program, same config, afresh for each workload) and drives it
-//! with the same clients: one [`Http`] keep-alive connection each, as many
+//! with the same clients: one [`Connection`] keep-alive connection each, as many
 //! as the workload has, closed or open loop on the same timing. Only the
 //! request differs: every one is `GET /healthz`, which touches no shard,
 //! no log and no disk. What is left is the bench's HTTP client, the
@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use hyper::{Method, StatusCode};
 
 use crate::load::{Step, Stepper};
-use crate::tally::Http;
+use testkit::Connection;
 
 /// The request of every `http-floor` step.
 const HEALTHZ: &str = "/healthz";
@@ -26,12 +26,12 @@ pub const NOT_CHECKED: &str = "GET /healthz holds nothing: there is no oversell 
 
 /// One client of `http-floor`: one connection, one `GET /healthz` a step.
 pub struct FloorClient {
-    http: Http,
+    http: Connection,
 }
 
 impl FloorClient {
     pub fn new(addr: SocketAddr) -> FloorClient {
-        FloorClient { http: Http::new(addr) }
+        FloorClient { http: Connection::new(addr) }
     }
 }
 

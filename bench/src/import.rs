@@ -16,9 +16,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use testkit::Program;
 use tokio::net::TcpStream;
 
-use crate::tally::{NodeSettings, Program, TallyTarget, Topology};
+use crate::tally::{NodeSettings, TallyTarget, Topology};
 
 /// One import and export of `rows` items.
 #[derive(Clone, Debug)]

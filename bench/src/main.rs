@@ -17,9 +17,9 @@ use std::time::Duration;
 use bench::load::Timing;
 use bench::results::Report;
 use bench::runner::{Plan, TargetKind};
-use bench::tally::Program;
 use bench::workload::{Shape, Workload};
 use clap::{Parser, Subcommand};
+use testkit::Program;
 
 /// The allocator of the `tally` binary (see `server/src/main.rs`), since
 /// this program runs the server too.
@@ -136,11 +136,10 @@ fn backup(args: &BackupArgs) -> ExitCode {
     let Some(dir) = args.dir.clone().or_else(|| temporary.as_ref().map(|t| t.path().to_owned())) else {
         return ExitCode::FAILURE;
     };
-    let (program, program_args) = match (&args.tally_bin, std::env::current_exe()) {
-        (Some(path), _) => (path.clone(), Vec::new()),
-        (None, Ok(path)) => (path, vec!["tally".to_owned()]),
-        (None, Err(error)) => {
-            eprintln!("tally-bench: cannot find this program: {error}");
+    let program = match program(args.tally_bin.as_ref()) {
+        Ok(program) => program,
+        Err(error) => {
+            eprintln!("tally-bench: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -155,7 +154,6 @@ fn backup(args: &BackupArgs) -> ExitCode {
         runs: args.runs,
         dir,
         program,
-        program_args,
     };
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
@@ -246,10 +244,7 @@ fn import(args: ImportArgs) -> ExitCode {
 
 /// The `tally` to start: `--tally-bin`, or this program re-run as `tally`.
 fn program(tally_bin: Option<&PathBuf>) -> Result<Program, String> {
-    match tally_bin {
-        Some(path) => Ok(Program::Binary(path.clone())),
-        None => Ok(Program::SelfExec(std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?)),
-    }
+    Program::binary_or_self(tally_bin.cloned())
 }
 
 fn plan(args: &RunArgs, data_dir: PathBuf) -> Result<Plan, String> {

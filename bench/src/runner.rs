@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use testkit::Program;
+
 use crate::expiry::Subscriber;
 use crate::floor::{self, FloorClient};
 use crate::load::{self, Measured, Mode, Timing};
 use crate::peers::postgres::PostgresPeer;
 use crate::peers::redis::{Fsync, RedisPeer};
 use crate::results::{Check, HTTP_FLOOR, Report, RunResult, Skipped};
-use crate::tally::{NodeSettings, Program, TallyTarget, Topology};
+use crate::tally::{NodeSettings, TallyTarget, Topology};
 use crate::target::{Conn, HoldState, ItemSpec, StartError};
 use crate::workload::{self, Client, Known, Ledger, Shape, Workload};
 

@@ -7,29 +7,24 @@
 //! code it was built with, in the same profile.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use testkit::{ConnError, Connection, Options, Program, TallyCluster};
 
 use crate::target::{ChangeResult, Conn, HoldRequest, HoldResult, HoldState, ItemSpec, ItemState, StartError};
 
-/// Longest wait for a started node to answer `/readyz` with 200.
-const READY_WAIT: Duration = Duration::from_secs(60);
 /// Connections used to create items before a workload.
 const LOAD_CONNECTIONS: usize = 32;
 /// Items per page when reading many items back.
 const LIST_PAGE: usize = 1000;
 /// The counter of snapshots built in `/metrics`, one sample per shard.
 const SNAPSHOTS_BUILT: &str = "tally_shard_snapshots_built_total";
+/// Longest wait for the nodes to exit after SIGTERM before they are killed.
+const STOP_WAIT: Duration = Duration::from_secs(20);
 
 /// Settings of the started nodes that differ from the server's defaults.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,28 +32,6 @@ pub struct NodeSettings {
     /// `[cluster] snapshot_after_entries`: low enough, a run sees the
     /// shards snapshot while it measures. `None` keeps the server's default.
     pub snapshot_after_entries: Option<u64>,
-}
-
-/// How to start a `tally` process.
-#[derive(Clone, Debug)]
-pub enum Program {
-    /// A `tally` binary.
-    Binary(PathBuf),
-    /// This executable, with `tally` as its first argument.
-    SelfExec(PathBuf),
-}
-
-impl Program {
-    fn command(&self) -> Command {
-        match self {
-            Program::Binary(path) => Command::new(path),
-            Program::SelfExec(path) => {
-                let mut command = Command::new(path);
-                command.arg("tally");
-                command
-            }
-        }
-    }
 }
 
 /// One node or three.
@@ -70,100 +43,34 @@ pub enum Topology {
 
 /// Running `tally` processes and their HTTP addresses.
 pub struct TallyTarget {
-    children: Vec<Child>,
+    cluster: TallyCluster,
     http: Vec<SocketAddr>,
     topology: Topology,
     shards: u32,
 }
 
-/// A free loopback port (bound then released: another process could take
-/// it in between, which start-up then reports).
-pub fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
-}
-
 impl TallyTarget {
-    /// Starts the nodes with their data under `dir` (which must be fresh)
-    /// and waits until every node is ready.
+    /// Starts the nodes with their config, logs and data under
+    /// `dir/node<n>` (which must be fresh) and waits until every node is
+    /// ready.
     pub async fn start(
         program: &Program,
         topology: Topology,
         dir: &Path,
         settings: NodeSettings,
     ) -> Result<TallyTarget, StartError> {
-        let failed = |what: String| StartError::Failed(what);
         let size = match topology {
             Topology::Single => 1,
             Topology::Cluster3 => 3,
         };
-        let http: Vec<SocketAddr> = (0..size)
-            .map(|_| free_port().map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
-            .collect::<Result<_, _>>()
-            .map_err(failed)?;
-        let peers: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>().map_err(failed)?;
         let shards = std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2));
-        let members: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, port)| format!("{{ id = {}, addr = \"127.0.0.1:{port}\" }}", i + 1))
-            .collect();
-        let mut children = Vec::with_capacity(size);
-        for node in 0..size {
-            let data = dir.join(format!("node{}", node + 1));
-            std::fs::create_dir_all(&data).map_err(|e| failed(format!("{}: {e}", data.display())))?;
-            let mut config = format!(
-                "[server]\nlisten = \"{}\"\nlog_level = \"warn\"\n\n[cluster]\nnode_id = {}\nlisten = \"127.0.0.1:{}\"\n\
-                 members = [{}]\nshards = {shards}\ndata_dir = \"{}\"\n",
-                http[node],
-                node + 1,
-                peers[node],
-                members.join(", "),
-                data.display()
-            );
-            if let Some(entries) = settings.snapshot_after_entries {
-                config.push_str(&format!("snapshot_after_entries = {entries}\n"));
-            }
-            let path = dir.join(format!("node{}.toml", node + 1));
-            std::fs::write(&path, config).map_err(|e| failed(format!("{}: {e}", path.display())))?;
-            let log = std::fs::File::create(dir.join(format!("node{}.log", node + 1)))
-                .map_err(|e| failed(format!("log file: {e}")))?;
-            let child = program
-                .command()
-                .arg("serve")
-                .arg("--config")
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| failed(format!("cannot start tally ({program:?}): {e}")))?;
-            children.push(child);
+        let mut options = Options::new(program.clone()).shards(shards).log_level("warn").root(dir);
+        if let Some(entries) = settings.snapshot_after_entries {
+            options = options.snapshot_after_entries(entries);
         }
-        let mut target = TallyTarget { children, http, topology, shards };
-        target.wait_ready().await?;
-        Ok(target)
-    }
-
-    async fn wait_ready(&mut self) -> Result<(), StartError> {
-        let started = Instant::now();
-        for (node, addr) in self.http.clone().into_iter().enumerate() {
-            let mut http = Http::new(addr);
-            loop {
-                if let Ok(Some(status)) = self.children[node].try_wait() {
-                    return Err(StartError::Failed(format!("tally node {} exited at start: {status}", node + 1)));
-                }
-                if let Ok((StatusCode::OK, _)) = http.request(Method::GET, "/readyz", None).await {
-                    break;
-                }
-                if started.elapsed() > READY_WAIT {
-                    return Err(StartError::Failed(format!("tally node {} not ready within {READY_WAIT:?}", node + 1)));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(())
+        let cluster = TallyCluster::try_start(size, options).await.map_err(StartError::Failed)?;
+        let http = cluster.nodes().iter().map(|node| node.http_addr).collect();
+        Ok(TallyTarget { cluster, http, topology, shards })
     }
 
     pub fn describe(&self) -> String {
@@ -181,7 +88,7 @@ impl TallyTarget {
     /// A connection for client number `client`: clients are spread over
     /// the nodes in turn; a node forwards what another node leads.
     pub fn connect(&self, client: usize) -> TallyConn {
-        TallyConn { http: Http::new(self.http[client % self.http.len()]) }
+        TallyConn { http: Connection::new(self.http[client % self.http.len()]) }
     }
 
     /// The HTTP address of node `node` (0-based).
@@ -194,7 +101,7 @@ impl TallyTarget {
     pub async fn snapshots_built(&self) -> Result<u64, String> {
         let mut total = 0;
         for addr in &self.http {
-            let mut http = Http::new(*addr);
+            let mut http = Connection::new(*addr);
             match http.request(Method::GET, "/metrics", None).await? {
                 (StatusCode::OK, body) => {
                     total += snapshots_built_in(&String::from_utf8_lossy(&body))
@@ -234,18 +141,10 @@ impl TallyTarget {
         Ok(())
     }
 
-    /// Stops every node with SIGTERM (a clean shutdown), then waits.
+    /// Stops every node with SIGTERM (a clean shutdown), then waits; a
+    /// node still running after [`STOP_WAIT`] is killed.
     pub async fn stop(mut self) {
-        for child in &mut self.children {
-            if let Some(pid) = child.id() {
-                let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-            }
-        }
-        for child in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
-        }
+        let _ = self.cluster.try_terminate_all(STOP_WAIT).await;
     }
 }
 
@@ -269,69 +168,9 @@ pub fn snapshots_built_in(metrics: &str) -> Option<u64> {
     total
 }
 
-/// One HTTP/1.1 keep-alive connection, re-opened after an error.
-pub struct Http {
-    addr: SocketAddr,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Http {
-    pub fn new(addr: SocketAddr) -> Http {
-        Http { addr, sender: None }
-    }
-
-    async fn open(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, String> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;
-            let _ = stream.set_nodelay(true);
-            let (sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            self.sender = Some(sender);
-        }
-        self.sender.as_mut().ok_or_else(|| "no connection".to_owned())
-    }
-
-    /// Sends one request and reads the whole answer.
-    pub async fn request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> Result<(StatusCode, Bytes), String> {
-        let result = self.try_request(method, path, body).await;
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
-    }
-
-    async fn try_request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> Result<(StatusCode, Bytes), String> {
-        let host = self.addr.to_string();
-        let sender = self.open().await?;
-        sender.ready().await.map_err(|e| e.to_string())?;
-        let mut builder = Request::builder().method(method).uri(path).header("host", host);
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
-        }
-        let request = builder.body(Full::new(body.unwrap_or_default())).map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, body))
-    }
-}
-
 /// A client's connection to one Tally node.
 pub struct TallyConn {
-    http: Http,
+    http: Connection,
 }
 
 #[derive(Deserialize)]
@@ -376,12 +215,12 @@ fn hold_body(hold: &HoldRequest) -> String {
     )
 }
 
-fn change(result: Result<(StatusCode, Bytes), String>) -> ChangeResult {
+fn change(result: Result<(StatusCode, Bytes), ConnError>) -> ChangeResult {
     match result {
         Ok((status, _)) if status.is_success() => ChangeResult::Done,
         Ok((StatusCode::CONFLICT, _)) => ChangeResult::Refused,
         Ok((status, body)) => ChangeResult::Unknown(format!("{status} {}", String::from_utf8_lossy(&body))),
-        Err(error) => ChangeResult::Unknown(error),
+        Err(error) => ChangeResult::Unknown(error.to_string()),
     }
 }
 
@@ -395,7 +234,7 @@ impl Conn for TallyConn {
             },
             Ok((StatusCode::CONFLICT, _)) => HoldResult::Refused,
             Ok((status, body)) => HoldResult::Unknown(format!("{status} {}", String::from_utf8_lossy(&body))),
-            Err(error) => HoldResult::Unknown(error),
+            Err(error) => HoldResult::Unknown(error.to_string()),
         }
     }
 
@@ -425,7 +264,7 @@ impl Conn for TallyConn {
                 Err(error) => unknown(format!("bad answer: {error}")),
             },
             Ok((status, body)) => unknown(format!("{status} {}", String::from_utf8_lossy(&body))),
-            Err(error) => unknown(error),
+            Err(error) => unknown(error.to_string()),
         }
     }
 

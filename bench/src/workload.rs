@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use testkit::SplitMix;
+
 use crate::load::{Step, Stepper};
 use crate::results::Check;
 use crate::target::{ChangeResult, Conn, HoldRequest, HoldResult, HoldState, ItemSpec, ItemState};
@@ -96,28 +98,6 @@ pub fn items(workload: Workload, shape: &Shape) -> Vec<ItemSpec> {
     }
 }
 
-/// xorshift64*: cheap, seeded per client, good enough to pick SKUs.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next_u64() % n.max(1) as u64).unwrap_or(0)
-    }
-}
-
 /// Where an acknowledged hold stands, as its client knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known {
@@ -178,11 +158,11 @@ impl Ledger {
     }
 
     /// Takes one of the live holds, at random.
-    fn take_live(&mut self, rng: &mut Rng) -> Option<usize> {
+    fn take_live(&mut self, rng: &mut SplitMix) -> Option<usize> {
         if self.live.is_empty() {
             return None;
         }
-        let at = rng.below(self.live.len());
+        let at = rng.index(self.live.len());
         Some(self.live.swap_remove(at))
     }
 
@@ -197,7 +177,7 @@ pub struct Client<C: Conn> {
     pub conn: C,
     workload: Workload,
     items: Arc<Vec<ItemSpec>>,
-    rng: Rng,
+    rng: SplitMix,
     prefix: String,
     seq: u64,
     ttl_ms: u64,
@@ -213,7 +193,7 @@ impl<C: Conn> Client<C> {
             conn,
             workload,
             items,
-            rng: Rng::new(index as u64 + 1),
+            rng: SplitMix::new(index as u64 + 1),
             prefix: format!("c{index}-"),
             seq: 0,
             ttl_ms,
@@ -243,7 +223,7 @@ impl<C: Conn> Client<C> {
     }
 
     async fn batch(&mut self, size: u32) -> Step {
-        let picks: Vec<usize> = (0..size).map(|_| self.rng.below(self.items.len())).collect();
+        let picks: Vec<usize> = (0..size).map(|_| self.rng.index(self.items.len())).collect();
         let requests: Vec<HoldRequest> = picks.iter().map(|&item| self.request(item)).collect();
         let results = self.conn.hold_batch(&requests).await;
         let mut step = Step::default();
@@ -255,7 +235,7 @@ impl<C: Conn> Client<C> {
 
     async fn end(&mut self, confirm: bool) -> Step {
         let Some(index) = self.ledger.take_live(&mut self.rng) else {
-            let item = self.rng.below(self.items.len());
+            let item = self.rng.index(self.items.len());
             return self.hold_one(item).await;
         };
         let id = self.ledger.holds[index].id.clone();
@@ -274,7 +254,7 @@ impl<C: Conn> Client<C> {
     }
 
     async fn read(&mut self) -> Step {
-        let item = self.rng.below(self.items.len());
+        let item = self.rng.index(self.items.len());
         let spec = &self.items[item];
         let (sku, warehouse) = (spec.sku.clone(), spec.warehouse.clone());
         let mut step = Step::default();
@@ -290,7 +270,7 @@ impl<C: Conn> Client<C> {
     }
 
     async fn adjust(&mut self) -> Step {
-        let item = self.rng.below(self.items.len());
+        let item = self.rng.index(self.items.len());
         let spec = &self.items[item];
         let (sku, warehouse) = (spec.sku.clone(), spec.warehouse.clone());
         let mut step = Step::default();
@@ -312,14 +292,14 @@ impl<C: Conn> Stepper for Client<C> {
         match self.workload {
             Workload::FlashSale | Workload::Expiry => self.hold_one(self.fixed_item).await,
             Workload::Uniform => {
-                let item = self.rng.below(self.items.len());
+                let item = self.rng.index(self.items.len());
                 self.hold_one(item).await
             }
             Workload::Batch(size) => self.batch(size).await,
-            Workload::Mixed => match self.rng.below(100) {
+            Workload::Mixed => match self.rng.index(100) {
                 0..50 => self.read().await,
                 50..75 => {
-                    let item = self.rng.below(self.items.len());
+                    let item = self.rng.index(self.items.len());
                     self.hold_one(item).await
                 }
                 75..85 => self.end(true).await,
