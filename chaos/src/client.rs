@@ -15,16 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::net::TcpStream;
+use testkit::{ConnError, Connection, SplitMix};
 
 use crate::history::{Call, Item, Op, Outcome};
-use crate::rng::SplitMix;
 
 /// Time to live of the clients' holds (the API's default longest): none
 /// expires during a run shorter than a day.
@@ -54,86 +50,17 @@ impl Recorder {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection to one node, re-opened after errors.
-pub(crate) struct Http {
-    addr: SocketAddr,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-/// Why a request got no answer.
-pub(crate) enum HttpError {
-    /// The connection could not be opened: the request was never sent, so
-    /// it certainly did not happen.
-    NotSent(String),
-    /// Sent, or maybe sent: it may have happened.
-    Lost(String),
-}
-
-impl std::fmt::Display for HttpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HttpError::NotSent(why) => write!(f, "not sent: {why}"),
-            HttpError::Lost(why) => f.write_str(why),
-        }
-    }
-}
-
-impl Http {
-    pub(crate) fn new(addr: SocketAddr) -> Http {
-        Http { addr, sender: None }
-    }
-
-    /// Forgets the connection (after a timeout: its answer may still come).
-    pub(crate) fn reset(&mut self) {
-        self.sender = None;
-    }
-
-    pub(crate) async fn request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<(StatusCode, Value), HttpError> {
-        let result = self.try_request(method, path, body).await;
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
-    }
-
-    async fn try_request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<(StatusCode, Value), HttpError> {
-        if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
-            let stream =
-                TcpStream::connect(self.addr).await.map_err(|e| HttpError::NotSent(format!("connect: {e}")))?;
-            let _ = stream.set_nodelay(true);
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| HttpError::NotSent(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            self.sender = Some(sender);
-        }
-        let sender = self.sender.as_mut().ok_or_else(|| HttpError::NotSent("no connection".to_owned()))?;
-        sender.ready().await.map_err(|e| HttpError::NotSent(e.to_string()))?;
-        let mut builder = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| HttpError::NotSent(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| HttpError::Lost(e.to_string()))?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| HttpError::Lost(e.to_string()))?.to_bytes();
-        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-        Ok((status, value))
-    }
+/// One request on `conn`, the answer's body as JSON (`Null` when empty or
+/// not JSON).
+pub(crate) async fn request(
+    conn: &mut Connection,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> Result<(StatusCode, Value), ConnError> {
+    let (status, bytes) = conn.request(method, path, body.map(Bytes::from)).await?;
+    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    Ok((status, value))
 }
 
 /// What a client does, and where.
@@ -154,7 +81,7 @@ pub const NOT_SENT: &str = "not_sent";
 
 /// Runs one client until `until`, recording into `recorder`.
 pub async fn run(plan: ClientPlan, recorder: Arc<Recorder>, until: Instant) {
-    let mut conns: Vec<Http> = plan.nodes.iter().map(|&addr| Http::new(addr)).collect();
+    let mut conns: Vec<Connection> = plan.nodes.iter().map(|&addr| Connection::new(addr)).collect();
     let mut rng = SplitMix::new(plan.seed);
     // This client's acknowledged live holds: (reservation, item index).
     let mut live: Vec<String> = Vec::new();
@@ -191,14 +118,14 @@ pub async fn run(plan: ClientPlan, recorder: Arc<Recorder>, until: Instant) {
                 Ok(answer) => answer,
                 Err(_) => {
                     conns[node].reset();
-                    Err(HttpError::Lost(format!("no answer within {:?}", plan.timeout)))
+                    Err(ConnError::Lost(format!("no answer within {:?}", plan.timeout)))
                 }
             };
             match answer {
                 Ok(outcome) => break outcome,
-                Err(HttpError::NotSent(_)) if tries < conns.len() => node = (node + 1) % conns.len(),
+                Err(ConnError::NotSent(_)) if tries < conns.len() => node = (node + 1) % conns.len(),
                 // No node took it: certainly not applied.
-                Err(HttpError::NotSent(_)) => break Outcome::Refused { code: NOT_SENT.to_owned() },
+                Err(ConnError::NotSent(_)) => break Outcome::Refused { code: NOT_SENT.to_owned() },
                 Err(error) => break Outcome::Unknown { why: error.to_string() },
             }
         };
@@ -222,7 +149,7 @@ fn item_path(sku: &str, warehouse: &str) -> String {
 }
 
 /// Sends `call` and reads what its answer means.
-async fn perform(http: &mut Http, call: &Call) -> Result<Outcome, HttpError> {
+async fn perform(conn: &mut Connection, call: &Call) -> Result<Outcome, ConnError> {
     let (method, path, body) = match call {
         Call::Hold { sku, warehouse, qty } => (
             Method::POST,
@@ -246,7 +173,7 @@ async fn perform(http: &mut Http, call: &Call) -> Result<Outcome, HttpError> {
         ),
         Call::Read { sku, warehouse } => (Method::GET, item_path(sku, warehouse), None),
     };
-    let (status, body) = http.request(method, &path, body).await?;
+    let (status, body) = request(conn, method, &path, body).await?;
     let code = body["code"].as_str().unwrap_or("");
     if status.is_server_error() {
         // The API promises that `unavailable` (no reachable leader),

@@ -8,46 +8,21 @@
 //! direction of `i→j` and the backward direction of `j→i` (the answers `i`
 //! would send to `j`'s requests).
 //!
-//! Processes are real `tally` servers: the `tally` binary given, or this
-//! program re-run as `<program> tally serve …` (the same `server::cli`).
+//! Processes are real `tally` servers started by the shared harness
+//! (`testkit`): the `tally` binary given, or this program re-run as
+//! `<program> tally serve …` (the same `server::cli`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use hyper::Method;
+use testkit::{Http, NodeSpec, Options, Program, TallyCluster, TallyProcess, free_addrs};
 
 use crate::proxy::{Flow, Proxy, Rule};
 
 /// Nodes in the cluster.
 pub const NODES: u8 = 3;
-/// Longest wait for a node to answer `/readyz` 200 after a start.
-const READY_WAIT: Duration = Duration::from_secs(60);
-
-/// How to start a `tally` process.
-#[derive(Clone, Debug)]
-pub enum Program {
-    /// A `tally` binary.
-    Binary(PathBuf),
-    /// This executable, with `tally` as its first argument.
-    SelfExec(PathBuf),
-}
-
-impl Program {
-    fn command(&self) -> Command {
-        match self {
-            Program::Binary(path) => Command::new(path),
-            Program::SelfExec(path) => {
-                let mut command = Command::new(path);
-                command.arg("tally");
-                command
-            }
-        }
-    }
-}
 
 /// Settings of the cluster.
 #[derive(Clone, Debug)]
@@ -55,36 +30,16 @@ pub struct Settings {
     pub shards: u32,
     /// Seeds the proxies' drop and jitter randomness.
     pub seed: u64,
-    /// Extra `[cluster]` lines for every node's config (timeouts, etc.).
-    pub cluster_extra: String,
+    /// Extra `[cluster]` settings for every node (timeouts, etc.): key and
+    /// TOML value.
+    pub cluster_extra: Vec<(String, String)>,
 }
 
-struct Node {
-    id: u8,
-    http: SocketAddr,
-    peer: SocketAddr,
-    config: PathBuf,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    paused: bool,
-}
-
-/// The running cluster.
+/// The running cluster: node `i` is `i`'s directory `<dir>/node<i>`.
 pub struct ChaosCluster {
-    program: Program,
-    nodes: Vec<Node>,
+    nodes: TallyCluster,
     /// `proxies[(from - 1) * NODES + (to - 1)]`, `None` on the diagonal.
     proxies: Vec<Option<Proxy>>,
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn link(from: u8, to: u8) -> usize {
@@ -95,21 +50,9 @@ impl ChaosCluster {
     /// Starts three nodes with their data and logs under `dir` and waits
     /// until every node is ready.
     pub async fn start(program: Program, dir: &Path, settings: &Settings) -> Result<ChaosCluster, String> {
-        let mut nodes = Vec::new();
-        for id in 1..=NODES {
-            let node_dir = dir.join(format!("node{id}"));
-            std::fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
-            nodes.push(Node {
-                id,
-                http: loopback(free_port()?),
-                peer: loopback(free_port()?),
-                config: node_dir.join("tally.toml"),
-                data: node_dir.join("data"),
-                log: node_dir.join("tally.log"),
-                child: None,
-                paused: false,
-            });
-        }
+        let addrs = free_addrs(2 * usize::from(NODES));
+        let (http, peer) = addrs.split_at(usize::from(NODES));
+        let members: Vec<(u64, SocketAddr)> = (1..=u64::from(NODES)).zip(peer.iter().copied()).collect();
         let mut proxies = Vec::new();
         for from in 1..=NODES {
             for to in 1..=NODES {
@@ -117,7 +60,7 @@ impl ChaosCluster {
                     proxies.push(None);
                     continue;
                 }
-                let target = nodes[usize::from(to - 1)].peer;
+                let target = peer[usize::from(to - 1)];
                 let seed = settings.seed.wrapping_mul(31).wrapping_add(u64::from(from) * 7 + u64::from(to));
                 let proxy = Proxy::start(format!("{from}->{to}"), target, seed)
                     .await
@@ -125,177 +68,89 @@ impl ChaosCluster {
                 proxies.push(Some(proxy));
             }
         }
-        let members: Vec<String> =
-            nodes.iter().map(|n| format!("{{ id = {}, addr = \"{}\" }}", n.id, n.peer)).collect();
-        for node in &nodes {
-            let dial: Vec<String> = nodes
-                .iter()
-                .filter(|other| other.id != node.id)
-                .filter_map(|other| {
-                    proxies[link(node.id, other.id)]
-                        .as_ref()
-                        .map(|proxy| format!("{{ id = {}, addr = \"{}\" }}", other.id, proxy.addr()))
-                })
+        let mut options =
+            Options::new(program).shards(settings.shards).log_level("info,openraft=warn").debug_clock(true).root(dir);
+        for (key, value) in &settings.cluster_extra {
+            options = options.set("cluster", key, value);
+        }
+        let mut nodes = Vec::new();
+        for id in 1..=NODES {
+            let dial = (1..=NODES)
+                .filter(|other| *other != id)
+                .filter_map(|other| proxies[link(id, other)].as_ref().map(|p| (u64::from(other), p.addr())))
                 .collect();
-            let config = format!(
-                "[server]\nlisten = \"{}\"\nlog_level = \"info,openraft=warn\"\ndebug_clock = true\n\n[cluster]\nnode_id = {}\nlisten = \"{}\"\n\
-                 members = [{}]\ndial = [{}]\nshards = {}\ndata_dir = \"{}\"\n{}\n",
-                node.http,
-                node.id,
-                node.peer,
-                members.join(", "),
-                dial.join(", "),
-                settings.shards,
-                node.data.display(),
-                settings.cluster_extra
-            );
-            std::fs::write(&node.config, config).map_err(|e| format!("{}: {e}", node.config.display()))?;
+            let index = usize::from(id - 1);
+            let spec = NodeSpec {
+                node_id: u64::from(id),
+                http_addr: http[index],
+                peer_addr: peer[index],
+                members: members.clone(),
+                dial,
+            };
+            nodes.push(TallyProcess::launch(spec, &options)?);
         }
-        let mut cluster = ChaosCluster { program, nodes, proxies };
-        for id in 1..=NODES {
-            cluster.spawn(id)?;
-        }
-        for id in 1..=NODES {
-            cluster.wait_ready(id).await?;
-        }
-        Ok(cluster)
+        let mut nodes = TallyCluster::from_nodes(nodes);
+        nodes.try_ready().await?;
+        Ok(ChaosCluster { nodes, proxies })
     }
 
-    fn node(&self, id: u8) -> &Node {
-        &self.nodes[usize::from(id - 1)]
+    fn node(&self, id: u8) -> &TallyProcess {
+        self.nodes.node(u64::from(id))
     }
 
-    fn node_mut(&mut self, id: u8) -> &mut Node {
-        &mut self.nodes[usize::from(id - 1)]
+    fn node_mut(&mut self, id: u8) -> &mut TallyProcess {
+        self.nodes.node_mut(u64::from(id))
     }
 
     /// The HTTP address of node `id` (1-based).
     pub fn http(&self, id: u8) -> SocketAddr {
-        self.node(id).http
+        self.node(id).http_addr
     }
 
     /// Whether node `id` has a process (it may be paused).
     pub fn is_running(&self, id: u8) -> bool {
-        self.node(id).child.is_some()
+        self.node(id).has_process()
     }
 
     pub fn is_paused(&self, id: u8) -> bool {
-        self.node(id).paused
-    }
-
-    fn spawn(&mut self, id: u8) -> Result<(), String> {
-        let program = self.program.clone();
-        let node = self.node_mut(id);
-        if node.child.is_some() {
-            return Ok(());
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .map_err(|e| format!("{}: {e}", node.log.display()))?;
-        let child = program
-            .command()
-            .arg("serve")
-            .arg("--config")
-            .arg(&node.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start node {id}: {e}"))?;
-        node.child = Some(child);
-        node.paused = false;
-        Ok(())
+        self.node(id).is_paused()
     }
 
     /// Waits until node `id` answers `/readyz` with 200 (it has a leader for
     /// every shard), or fails if its process exits or the wait runs out.
     pub async fn wait_ready(&mut self, id: u8) -> Result<(), String> {
-        let started = Instant::now();
-        loop {
-            let addr = self.node(id).http;
-            if let Some(child) = self.node_mut(id).child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(format!("node {id} exited: {status}"));
-            }
-            if get_status(addr, "/readyz").await == Some(200) {
-                return Ok(());
-            }
-            if started.elapsed() > READY_WAIT {
-                return Err(format!("node {id} not ready within {READY_WAIT:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.node_mut(id).wait_ready().await.map_err(|e| format!("node {id}: {e}"))
     }
 
-    async fn signal(&self, id: u8, signal: &str) -> Result<(), String> {
-        let Some(pid) = self.node(id).child.as_ref().and_then(Child::id) else {
-            return Err(format!("node {id} is not running"));
-        };
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .await
-            .map_err(|e| format!("kill -{signal} {pid}: {e}"))?;
-        if status.success() { Ok(()) } else { Err(format!("kill -{signal} {pid}: {status}")) }
-    }
-
-    /// `kill -9` node `id` and reaps it.
+    /// `kill -9` node `id` (paused or not) and reaps it.
     pub async fn kill(&mut self, id: u8) -> Result<(), String> {
-        if self.node(id).paused {
-            // A stopped process dies of SIGKILL too; nothing to resume.
-            self.node_mut(id).paused = false;
-        }
-        self.signal(id, "KILL").await?;
-        if let Some(mut child) = self.node_mut(id).child.take() {
-            let _ = child.wait().await;
-        }
-        Ok(())
-    }
-
-    /// Starts node `id` again on its data directory (wiped if `wipe`).
-    pub async fn restart(&mut self, id: u8, wipe: bool) -> Result<(), String> {
-        if self.is_running(id) {
-            self.kill(id).await?;
-        }
-        if wipe {
-            let data = self.node(id).data.clone();
-            if data.exists() {
-                std::fs::remove_dir_all(&data).map_err(|e| format!("wipe {}: {e}", data.display()))?;
-            }
-        }
-        self.spawn(id)
-    }
-
-    /// SIGSTOP: the process freezes with its sockets open. Returns once the
-    /// kernel shows it stopped: the signal is delivered asynchronously, and
-    /// a process still running for a moment after `kill` returns would
-    /// answer requests the schedule thinks it cannot.
-    pub async fn pause(&mut self, id: u8) -> Result<(), String> {
-        self.signal(id, "STOP").await?;
-        self.node_mut(id).paused = true;
-        let Some(pid) = self.node(id).child.as_ref().and_then(Child::id) else {
+        if !self.is_running(id) {
             return Err(format!("node {id} is not running"));
-        };
-        let started = Instant::now();
-        while !is_stopped(pid) {
-            if started.elapsed() > Duration::from_secs(5) {
-                return Err(format!("node {id} (pid {pid}) did not stop within 5 s of SIGSTOP"));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.node_mut(id).kill_9();
         Ok(())
+    }
+
+    /// Starts node `id` again on its data directory (wiped if `wipe`);
+    /// does not wait for it.
+    pub async fn restart(&mut self, id: u8, wipe: bool) -> Result<(), String> {
+        let node = self.node_mut(id);
+        node.kill_9();
+        if wipe {
+            node.wipe_data()?;
+        }
+        node.spawn()
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open; returns once the
+    /// kernel shows it stopped.
+    pub async fn pause(&mut self, id: u8) -> Result<(), String> {
+        self.node_mut(id).pause().await
     }
 
     /// SIGCONT after `pause`.
     pub async fn resume(&mut self, id: u8) -> Result<(), String> {
-        self.signal(id, "CONT").await?;
-        self.node_mut(id).paused = false;
-        Ok(())
+        self.node_mut(id).resume()
     }
 
     fn proxy(&self, from: u8, to: u8) -> Option<&Proxy> {
@@ -364,15 +219,10 @@ impl ChaosCluster {
         }
     }
 
-    /// Stops every node (SIGKILL after SIGCONT) and every proxy.
+    /// Stops every node (SIGKILL, paused or not) and every proxy.
     pub async fn stop(mut self) {
         for id in 1..=NODES {
-            if self.is_paused(id) {
-                let _ = self.resume(id).await;
-            }
-            if self.is_running(id) {
-                let _ = self.kill(id).await;
-            }
+            self.node_mut(id).kill_9();
         }
         for proxy in self.proxies.into_iter().flatten() {
             proxy.stop().await;
@@ -380,24 +230,9 @@ impl ChaosCluster {
     }
 }
 
-/// Whether the kernel shows process `pid` stopped (state `T` in
-/// `/proc/<pid>/stat`). Where there is no `/proc`, it is taken as stopped.
-fn is_stopped(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
-    // "pid (comm) state ...": comm may hold spaces and parentheses.
-    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
-}
-
-/// `GET path` on `addr` with a one-shot HTTP/1.1 request; the status, or
-/// `None` when nothing answered within a second.
+/// `GET path` on `addr`; the status, or `None` when nothing answered within
+/// a second.
 pub async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten()
+    let http = Http::with_timeout(addr, Duration::from_secs(1));
+    http.try_request(Method::GET, path, &[], None).await.ok().map(|(status, _, _)| status.as_u16())
 }

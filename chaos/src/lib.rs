@@ -10,6 +10,5 @@ pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod proxy;
-pub mod rng;
 pub mod run;
 pub mod schedule;

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chaos::cluster::Program;
 use chaos::run::{self, RunOptions};
 use chaos::schedule::Schedule;
 use clap::{Parser, Subcommand};
+use testkit::Program;
 
 #[derive(Debug, Parser)]
 #[command(name = "tally-chaos", version, about = "A real 3-node Tally cluster under faults, with a history checker")]
@@ -127,15 +127,12 @@ fn check_command(path: &std::path::Path, budget: Duration) -> ExitCode {
 }
 
 fn run_command(args: RunArgs) -> ExitCode {
-    let program = match args.tally {
-        Some(path) => Program::Binary(path),
-        None => match std::env::current_exe() {
-            Ok(path) => Program::SelfExec(path),
-            Err(error) => {
-                eprintln!("tally-chaos: cannot find this program to start the nodes: {error}");
-                return ExitCode::from(2);
-            }
-        },
+    let program = match Program::binary_or_self(args.tally) {
+        Ok(program) => program,
+        Err(error) => {
+            eprintln!("tally-chaos: {error}");
+            return ExitCode::from(2);
+        }
     };
     let out = args.out.unwrap_or_else(|| {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());

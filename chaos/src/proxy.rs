@@ -48,7 +48,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::rng::SplitMix;
+use testkit::SplitMix;
 
 /// Bytes before every payload: length, kind, 3 reserved bytes, correlation id.
 pub const FRAME_HEADER_LEN: usize = 16;

@@ -19,12 +19,12 @@ use hyper::{Method, StatusCode};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use testkit::{ConnError, Connection, Program, SplitMix};
 
 use crate::checker::{self, CheckOptions, Report};
-use crate::client::{self, ClientPlan, Http, HttpError, Recorder};
-use crate::cluster::{ChaosCluster, NODES, Program, Settings};
+use crate::client::{self, ClientPlan, Recorder};
+use crate::cluster::{ChaosCluster, NODES, Settings};
 use crate::history::{Call, FaultEvent, History, Item, NodeDigests, NodeLevels, Outcome};
-use crate::rng::SplitMix;
 use crate::schedule::{self, FaultKind, Schedule, Step};
 
 /// How far the clock jump moves a leader's clock: more than the clients'
@@ -271,7 +271,7 @@ pub async fn run(options: &RunOptions) -> Result<RunReport, String> {
         return Err(format!("{} already holds a run", options.out.display()));
     }
     std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
-    let settings = Settings { shards: options.shards, seed: options.seed, cluster_extra: String::new() };
+    let settings = Settings { shards: options.shards, seed: options.seed, cluster_extra: Vec::new() };
     let mut cluster = ChaosCluster::start(options.program.clone(), &options.out.join("cluster"), &settings).await?;
     let result = drive(&mut cluster, options).await;
     cluster.stop().await;
@@ -636,13 +636,13 @@ fn hottest_shard(items: &[Item], shards: u32) -> u32 {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Option<(StatusCode, Value)> {
-    let mut http = Http::new(addr);
-    tokio::time::timeout(Duration::from_secs(3), http.request(Method::GET, path, None)).await.ok()?.ok()
+    let mut http = Connection::new(addr);
+    tokio::time::timeout(Duration::from_secs(3), client::request(&mut http, Method::GET, path, None)).await.ok()?.ok()
 }
 
 async fn send(addr: SocketAddr, method: Method, path: &str, body: String) -> Result<(StatusCode, Value), String> {
-    let mut http = Http::new(addr);
-    match tokio::time::timeout(Duration::from_secs(3), http.request(method, path, Some(body))).await {
+    let mut http = Connection::new(addr);
+    match tokio::time::timeout(Duration::from_secs(3), client::request(&mut http, method, path, Some(body))).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("no answer within 3 s".to_owned()),
@@ -752,14 +752,14 @@ async fn final_holds(nodes: &[SocketAddr], ops: &[crate::history::Op]) -> Vec<(S
         })
         .collect();
     let mut states = Vec::with_capacity(ids.len());
-    let mut conns: Vec<Http> = nodes.iter().map(|addr| Http::new(*addr)).collect();
+    let mut conns: Vec<Connection> = nodes.iter().map(|addr| Connection::new(*addr)).collect();
     for (n, id) in ids.into_iter().enumerate() {
         let mut state = "UNREAD".to_owned();
         for attempt in 0..10 {
             let conn = &mut conns[(n + attempt) % nodes.len()];
             let answer = tokio::time::timeout(
                 Duration::from_secs(3),
-                conn.request(Method::GET, &format!("/v1/reservations/{id}"), None),
+                client::request(conn, Method::GET, &format!("/v1/reservations/{id}"), None),
             )
             .await;
             match answer {
@@ -873,7 +873,7 @@ struct ProbeTask {
 impl ProbeTask {
     async fn run(self) {
         tokio::time::sleep(self.offset).await;
-        let mut conns: Vec<Http> = self.nodes.iter().map(|addr| Http::new(*addr)).collect();
+        let mut conns: Vec<Connection> = self.nodes.iter().map(|addr| Connection::new(*addr)).collect();
         let mut turn = 0usize;
         let ttl_ms = u64::try_from(PROBE_TTL.as_millis()).unwrap_or(u64::MAX);
         let body = format!(
@@ -887,13 +887,13 @@ impl ProbeTask {
             let held_invoke_us = self.recorder.micros();
             let answer = tokio::time::timeout(
                 Duration::from_secs(3),
-                conn.request(Method::POST, "/v1/reservations", Some(body.clone())),
+                client::request(conn, Method::POST, "/v1/reservations", Some(body.clone())),
             )
             .await;
             let held_complete_us = self.recorder.micros();
             let reservation = match answer {
                 Ok(Ok((status, value))) if status.is_success() => value["id"].as_str().map(str::to_owned),
-                Ok(Ok(_)) | Ok(Err(HttpError::NotSent(_))) | Ok(Err(HttpError::Lost(_))) => None,
+                Ok(Ok(_)) | Ok(Err(ConnError::NotSent(_))) | Ok(Err(ConnError::Lost(_))) => None,
                 Err(_) => {
                     conn.reset();
                     None
@@ -911,7 +911,8 @@ impl ProbeTask {
                 let conn = &mut conns[turn % self.nodes.len()];
                 let invoke = self.recorder.micros();
                 let path = format!("/v1/reservations/{}", probe.reservation);
-                let answer = tokio::time::timeout(Duration::from_secs(2), conn.request(Method::GET, &path, None)).await;
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), client::request(conn, Method::GET, &path, None)).await;
                 let complete = self.recorder.micros();
                 match answer {
                     Ok(Ok((status, value))) if status.is_success() => match value["state"].as_str() {

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use chaos::cluster::{ChaosCluster, Program, Settings, get_status};
+use chaos::cluster::{ChaosCluster, Settings, get_status};
+use testkit::Program;
 
 fn settings() -> Settings {
-    Settings { shards: 2, seed: 7, cluster_extra: String::new() }
+    Settings { shards: 2, seed: 7, cluster_extra: Vec::new() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use chaos::cluster::Program;
 use chaos::run::{RunOptions, run};
 use chaos::schedule::{FaultKind, Schedule};
+use testkit::Program;
 
 /// The seed of the suite's run. Seeds that found bugs run as well (below).
 const SEED: u64 = 20_261_122;

@@ -10,7 +10,7 @@ use super::prefix::{Hint, Prefix};
 use super::search::{MEMO_STATES_MAX, Search, Verdict};
 use super::window::Window;
 use crate::checker::index::{HoldInfo, Pos};
-use crate::rng::SplitMix;
+use testkit::SplitMix;
 
 /// Quick attempts per window before the exhaustive search.
 const QUICK_ATTEMPTS_MAX: u32 = 24;

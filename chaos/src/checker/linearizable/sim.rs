@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::checker::tests::{WH, levels, refused, unknown};
 use crate::history::{Call, History, Item, NodeDigests, NodeLevels, Op, Outcome};
 
-type Rng = crate::rng::SplitMix;
+type Rng = testkit::SplitMix;
 
 pub(super) struct Sim {
     pub(super) clients: u32,
