@@ -18,33 +18,16 @@ use engine::cmd::{
 };
 use engine::ids::{Note, Principal, Quantity, Reference, ReservationId, Sku, Warehouse};
 use engine::{EntryPayload, Limits, LogEntry, LogId, ShardState};
+use testkit::SplitMix;
 
 const SKUS: [&str; 4] = ["SKU-A", "SKU-B", "SKU-C", "SKU-D"];
 const WAREHOUSES: [&str; 3] = ["berlin", "paris", "rome"];
 
-/// splitmix64: the run's one generator.
-struct Rng(u64);
+/// The run's one generator (splitmix64).
+type Rng = SplitMix;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn index(&mut self, len: usize) -> usize {
-        usize::try_from(self.next() % len as u64).unwrap_or(0)
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.index(from.len())]
-    }
+fn pick<'a>(rng: &mut Rng, from: &[&'a str]) -> &'a str {
+    from[rng.index(from.len())]
 }
 
 fn who() -> Option<Principal> {
@@ -73,8 +56,8 @@ fn qty(n: u64) -> Quantity {
 fn command(rng: &mut Rng, holds: &mut u64) -> Command {
     match rng.below(13) {
         0 => Command::UpsertItem(UpsertItem {
-            sku: sku(rng.pick(&SKUS)),
-            warehouse: wh(rng.pick(&WAREHOUSES)),
+            sku: sku(pick(rng, &SKUS)),
+            warehouse: wh(pick(rng, &WAREHOUSES)),
             on_hand: Some(rng.below(40)),
             low_stock_threshold: None,
             name: AttrUpdate::Keep,
@@ -83,8 +66,8 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
             principal: who(),
         }),
         1 | 2 => Command::Adjust(Adjust {
-            sku: sku(rng.pick(&SKUS)),
-            warehouse: wh(rng.pick(&WAREHOUSES)),
+            sku: sku(pick(rng, &SKUS)),
+            warehouse: wh(pick(rng, &WAREHOUSES)),
             delta: rng.below(21) as i64 - 8,
             reason: AdjustReason::ALL[rng.index(AdjustReason::ALL.len())],
             principal: who(),
@@ -93,10 +76,10 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
         })
         .nonzero(),
         3 => {
-            let from = rng.pick(&WAREHOUSES);
+            let from = pick(rng, &WAREHOUSES);
             let to = WAREHOUSES.iter().copied().find(|w| *w != from).unwrap_or("rome");
             Command::Transfer(Transfer {
-                sku: sku(rng.pick(&SKUS)),
+                sku: sku(pick(rng, &SKUS)),
                 from: wh(from),
                 to: wh(to),
                 quantity: qty(1 + rng.below(5)),
@@ -109,9 +92,9 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
             *holds += 1;
             let lines = (0..1 + rng.below(2))
                 .map(|_| HoldLine {
-                    sku: sku(rng.pick(&SKUS)),
+                    sku: sku(pick(rng, &SKUS)),
                     // Some lines are allocated across warehouses.
-                    warehouse: if rng.below(3) == 0 { None } else { Some(wh(rng.pick(&WAREHOUSES))) },
+                    warehouse: if rng.below(3) == 0 { None } else { Some(wh(pick(rng, &WAREHOUSES))) },
                     quantity: qty(1 + rng.below(4)),
                 })
                 .collect();
@@ -131,8 +114,8 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
         10 | 11 => {
             let states = engine::states::QuantityState::ALL;
             Command::MoveQuantity(engine::cmd::MoveQuantity {
-                sku: sku(rng.pick(&SKUS)),
-                warehouse: wh(rng.pick(&WAREHOUSES)),
+                sku: sku(pick(rng, &SKUS)),
+                warehouse: wh(pick(rng, &WAREHOUSES)),
                 from: states[rng.index(states.len())],
                 to: states[rng.index(states.len() - 1)],
                 quantity: qty(1 + rng.below(5)),
@@ -146,8 +129,8 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
             incoming: Some(rng.below(20)),
             incoming_expected_at_ms: AttrUpdate::Keep,
             ..engine::cmd::SetStates::keep(UpsertItem {
-                sku: sku(rng.pick(&SKUS)),
-                warehouse: wh(rng.pick(&WAREHOUSES)),
+                sku: sku(pick(rng, &SKUS)),
+                warehouse: wh(pick(rng, &WAREHOUSES)),
                 on_hand: None,
                 low_stock_threshold: None,
                 name: AttrUpdate::Keep,
@@ -287,7 +270,7 @@ fn for_every_item_the_ledger_sums_to_its_on_hand_and_reserved() {
     for seed in [1_u64, 7, 42, 0x5eed] {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut state = ShardState::new(0, 1, Limits::default());
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut run = Run::default();
         let (ledger, sender) = Ledger::start(dir.path(), 1, config()).unwrap_or_else(|e| panic!("{e}"));
         let next = run_workload(&mut state, &sender, &mut rng, 1, 400, &mut run);
@@ -315,7 +298,7 @@ fn for_every_item_the_ledger_sums_to_its_on_hand_and_reserved() {
         // at entry 300); the ledger skips what it has. The same seed makes
         // the same log; entries up to the snapshot go to a throwaway ledger.
         let mut replayed = ShardState::new(0, 1, Limits::default());
-        let mut replay_rng = Rng(seed);
+        let mut replay_rng = Rng::new(seed);
         let mut replay_run = Run::default();
         let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (throwaway, throwaway_sender) =
@@ -341,7 +324,7 @@ fn for_every_item_the_ledger_sums_to_its_on_hand_and_reserved() {
 fn a_start_past_what_the_ledger_covers_records_a_gap() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut state = ShardState::new(0, 1, Limits::default());
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let mut run = Run::default();
     let (ledger, sender) = Ledger::start(dir.path(), 1, config()).unwrap_or_else(|e| panic!("{e}"));
     run_workload(&mut state, &sender, &mut rng, 1, 20, &mut run);
@@ -367,7 +350,7 @@ fn a_start_past_what_the_ledger_covers_records_a_gap() {
 fn filters_keep_only_what_they_name_and_pages_never_repeat() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut state = ShardState::new(0, 1, Limits::default());
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let mut run = Run::default();
     let (ledger, sender) = Ledger::start(dir.path(), 1, config()).unwrap_or_else(|e| panic!("{e}"));
     run_workload(&mut state, &sender, &mut rng, 1, 200, &mut run);
@@ -399,7 +382,7 @@ fn filters_keep_only_what_they_name_and_pages_never_repeat() {
 fn segments_past_the_retention_are_deleted_but_never_the_open_one() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut state = ShardState::new(0, 1, Limits::default());
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     // Log time in 1970: every closed segment is past 30 days.
     let mut run = Run { ts_ms: 1_000, holds: 0 };
     let (ledger, sender) = Ledger::start(dir.path(), 1, config()).unwrap_or_else(|e| panic!("{e}"));

@@ -36,6 +36,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use testkit::SplitMix;
+
 /// A global allocator with a cap: `static ALLOCATOR: fuzz::Allocator =
 /// fuzz::Allocator::new(std::alloc::System, usize::MAX);` in a fuzz test
 /// binary, then `cap_allocations`.
@@ -59,21 +61,18 @@ pub fn cap_allocations(allocator: &'static Allocator, headroom_bytes: usize) {
     });
 }
 
-/// splitmix64: small, fast, and the same sequence on every machine.
+/// The fuzzers' view of the one seeded generator (`testkit::SplitMix`,
+/// splitmix64): small, fast, and the same sequence on every machine.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(SplitMix::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..bound` (0 when `bound` is 0).
