@@ -12,12 +12,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
-use testkit::Program;
-use tokio::net::TcpStream;
+use testkit::{Connection, Program};
 
 use crate::tally::{NodeSettings, TallyTarget, Topology};
 
@@ -44,6 +41,7 @@ pub fn ndjson_rows(rows: u64, warehouses: u64) -> Bytes {
     Bytes::from(body)
 }
 
+/// One request on a connection of its own.
 async fn exchange(
     addr: SocketAddr,
     method: Method,
@@ -51,21 +49,7 @@ async fn exchange(
     content_type: Option<&str>,
     body: Bytes,
 ) -> Result<(StatusCode, Bytes), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut builder = Request::builder().method(method).uri(path).header("host", addr.to_string());
-    if let Some(content_type) = content_type {
-        builder = builder.header("content-type", content_type);
-    }
-    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, bytes))
+    Ok(Connection::new(addr).send(method, path, content_type, body).await?)
 }
 
 /// Starts a node under `dir`, imports `rows` items, exports them, stops it.

@@ -60,18 +60,33 @@ impl Connection {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), ConnError> {
-        let result = self.try_request(method, path, body).await;
+        let content_type = body.is_some().then_some("application/json");
+        self.send(method, path, content_type, body.unwrap_or_default()).await
+    }
+
+    /// Sends one request with `body` of `content_type` (none: no header)
+    /// and reads the whole answer; the connection is dropped after an
+    /// error.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ConnError> {
+        let result = self.try_send(method, path, content_type, body).await;
         if result.is_err() {
             self.sender = None;
         }
         result
     }
 
-    async fn try_request(
+    async fn try_send(
         &mut self,
         method: Method,
         path: &str,
-        body: Option<Bytes>,
+        content_type: Option<&str>,
+        body: Bytes,
     ) -> Result<(StatusCode, Bytes), ConnError> {
         if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
             let stream = TcpStream::connect(self.addr)
@@ -90,11 +105,10 @@ impl Connection {
         let sender = self.sender.as_mut().ok_or_else(|| ConnError::NotSent("no connection".to_owned()))?;
         sender.ready().await.map_err(|e| ConnError::NotSent(e.to_string()))?;
         let mut builder = Request::builder().method(method).uri(path).header("host", host);
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
+        if let Some(content_type) = content_type {
+            builder = builder.header("content-type", content_type);
         }
-        let request =
-            builder.body(Full::new(body.unwrap_or_default())).map_err(|e| ConnError::NotSent(e.to_string()))?;
+        let request = builder.body(Full::new(body)).map_err(|e| ConnError::NotSent(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| ConnError::Lost(e.to_string()))?;
         let status = response.status();
         let bytes = response.into_body().collect().await.map_err(|e| ConnError::Lost(e.to_string()))?.to_bytes();
