@@ -306,11 +306,6 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-fn free_port_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string()
-}
-
 async fn send(state: &Arc<AppState>, request: Request<Body>) -> (StatusCode, Vec<u8>) {
     let response = router(Arc::clone(state)).oneshot(request).await.unwrap_or_else(|never| match never {});
     let status = response.status();
@@ -338,7 +333,7 @@ fn start_server() -> Server {
         data_dir: Some(dir.path().to_path_buf()),
         shards: Some(2),
         node_id: Some(1),
-        peer_listen: Some(free_port_addr()),
+        peer_listen: Some(testkit::free_addrs(1)[0].to_string()),
         ..Overrides::default()
     };
     let env = [("TALLY_SERVER__DEBUG_CLOCK".to_string(), "true".to_string())];

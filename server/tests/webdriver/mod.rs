@@ -84,7 +84,7 @@ impl Browser {
     /// Starts chromedriver on a free port and a Chromium session with a
     /// fresh profile.
     pub async fn start() -> Browser {
-        let driver_addr = free_addr();
+        let driver_addr = testkit::free_addrs(1)[0];
         let profile = tempfile::Builder::new()
             .prefix("tally-browser-")
             .tempdir()
@@ -388,12 +388,6 @@ fn blocking_delete(addr: SocketAddr, path: &str) -> std::io::Result<()> {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     Ok(())
-}
-
-/// A loopback address that was free a moment ago.
-pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("a free port: {e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"))
 }
 
 /// Standard base64 (what WebDriver screenshots are) to bytes.
