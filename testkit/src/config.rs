@@ -126,7 +126,7 @@ fn peer_list(peers: &[(u64, SocketAddr)]) -> String {
 }
 
 /// A JSON string literal is a valid TOML basic string.
-pub fn toml_string(text: &str) -> String {
+fn toml_string(text: &str) -> String {
     serde_json::Value::String(text.to_owned()).to_string()
 }
 

@@ -43,10 +43,6 @@ impl Connection {
         Connection { addr, sender: None }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Forgets the connection (after a timeout: its answer may still come).
     pub fn reset(&mut self) {
         self.sender = None;

@@ -19,10 +19,8 @@ pub mod http;
 pub mod process;
 pub mod rng;
 
-pub use config::{NodeSpec, Options, toml_string};
+pub use config::{NodeSpec, Options};
 pub use conn::{ConnError, Connection};
 pub use http::{Http, REQUEST_TIMEOUT, RETRY_WINDOW, Reply, eventually, retry_delay};
-pub use process::{
-    EXIT_WAIT_MAX, Program, READY_WAIT_MAX, StartError, TallyCluster, TallyProcess, free_addrs, free_port,
-};
+pub use process::{EXIT_WAIT_MAX, Program, READY_WAIT_MAX, StartError, TallyCluster, TallyProcess, free_addrs};
 pub use rng::SplitMix;

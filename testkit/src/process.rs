@@ -78,13 +78,6 @@ impl Program {
     }
 }
 
-/// A free loopback port (bound then released: another process could take
-/// it in between, which start-up then reports).
-pub fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
-}
-
 /// `count` distinct loopback addresses that were free a moment ago.
 pub fn free_addrs(count: usize) -> Vec<SocketAddr> {
     // Held together until all are picked, so they differ from each other.
@@ -143,21 +136,16 @@ impl TallyProcess {
     /// Starts a single node and waits until it is ready; panics if it does
     /// not become ready.
     pub async fn start(options: Options) -> TallyProcess {
-        TallyProcess::try_start(options).await.unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Starts a single node and waits until it is ready.
-    pub async fn try_start(options: Options) -> Result<TallyProcess, String> {
         for attempt in 1..=START_ATTEMPTS_MAX {
             let addrs = free_addrs(2);
-            let mut node = TallyProcess::launch(NodeSpec::single(addrs[0], addrs[1]), &options)?;
+            let mut node = TallyProcess::start_unprobed_on(addrs[0], addrs[1], &options);
             match wait_all_ready(&mut [&mut node], READY_WAIT_MAX).await {
-                Ok(()) => return Ok(node),
+                Ok(()) => return node,
                 Err((_, StartError::AddrInUse)) if attempt < START_ATTEMPTS_MAX => continue,
-                Err((id, error)) => return Err(format!("tally node {id} did not start: {error}")),
+                Err((id, error)) => panic!("tally node {id} did not start: {error}"),
             }
         }
-        unreachable!("the last attempt returns")
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Starts a single node and does not wait for it: for a node the
@@ -165,7 +153,11 @@ impl TallyProcess {
     /// in its own way and checks `is_running`.
     pub fn start_unprobed(options: Options) -> TallyProcess {
         let addrs = free_addrs(2);
-        TallyProcess::launch(NodeSpec::single(addrs[0], addrs[1]), &options).unwrap_or_else(|e| panic!("{e}"))
+        TallyProcess::start_unprobed_on(addrs[0], addrs[1], &options)
+    }
+
+    fn start_unprobed_on(http_addr: SocketAddr, peer_addr: SocketAddr, options: &Options) -> TallyProcess {
+        TallyProcess::launch(NodeSpec::single(http_addr, peer_addr), options).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Spawns node `node_id` on the given addresses with `members` as its
@@ -656,10 +648,6 @@ impl TallyCluster {
 
     pub fn nodes(&self) -> &[TallyProcess] {
         &self.nodes
-    }
-
-    pub fn nodes_mut(&mut self) -> &mut [TallyProcess] {
-        &mut self.nodes
     }
 
     pub fn ids(&self) -> Vec<u64> {
