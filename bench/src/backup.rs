@@ -74,7 +74,7 @@ fn median(values: &[u64]) -> u64 {
 /// One shard's state with its share of the items and holds.
 fn generate_shard(shard: u32, plan: &BackupPlan, peer: &str) -> Result<ShardState, String> {
     let mut state = ShardState::new(shard, plan.shards, cluster::node::initial_limits());
-    let membership = cluster::types::MembershipImage::single(1, peer);
+    let membership = cluster::raft_types::MembershipImage::single(1, peer);
     let mut index = 0u64;
     state
         .apply(&LogEntry { log_id: LogId::new(1, index), payload: engine::EntryPayload::Membership(membership) })

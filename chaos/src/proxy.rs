@@ -52,7 +52,7 @@ use testkit::SplitMix;
 
 /// Bytes before every payload: length, kind, 3 reserved bytes, correlation id.
 pub const FRAME_HEADER_LEN: usize = 16;
-/// Largest payload relayed, the transport's default `frame_size_max`. A header
+/// Largest payload relayed, the transport's default `frame_bytes_max`. A header
 /// announcing more closes the connection.
 pub const FRAME_PAYLOAD_MAX: u32 = 64 * 1024 * 1024;
 /// Longest a frame is held under `Flow::Delay`, delay and jitter together;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use engine::WalConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 /// One member of the initial voter set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +132,8 @@ pub struct ClusterConfig {
     pub snapshot_from_shadow: bool,
     /// Largest snapshot this node accepts from a leader, and the most bytes
     /// of snapshots being received it holds at once, over all peers.
-    pub snapshot_size_max: u64,
+    #[serde(alias = "snapshot_bytes_max")]
+    pub snapshot_bytes_max: u64,
     /// Snapshot transfers one peer may have in progress here at once (one
     /// per shard it leads that this node needs); a chunk starting another is
     /// refused, and the leader retries later.
@@ -141,7 +142,8 @@ pub struct ClusterConfig {
     /// abandoned: its bytes are dropped.
     pub snapshot_transfer_idle_timeout_ms: u64,
     /// Bytes per snapshot chunk on the wire.
-    pub snapshot_chunk_size: usize,
+    #[serde(alias = "snapshot_chunk_bytes")]
+    pub snapshot_chunk_bytes: usize,
     /// Entries per AppendEntries RPC, and per read of the log while a
     /// snapshot's shadow replica catches up.
     pub append_entries_max: u64,
@@ -163,7 +165,8 @@ pub struct ClusterConfig {
     /// proofs) of either side.
     pub connect_timeout_ms: u64,
     /// Largest frame on a peer connection.
-    pub frame_size_max: u32,
+    #[serde(alias = "frame_bytes_max")]
+    pub frame_bytes_max: u32,
     /// Requests in flight per peer connection.
     pub peer_requests_in_flight_max: u32,
     /// Peer connections this node accepts and keeps open at once,
@@ -212,10 +215,10 @@ impl Default for ClusterConfig {
             log_entries_kept_after_snapshot: 5_000,
             snapshots_kept: 2,
             snapshot_from_shadow: true,
-            snapshot_size_max: 4 << 30,
+            snapshot_bytes_max: 4 << 30,
             snapshot_transfers_per_peer_max: 8,
             snapshot_transfer_idle_timeout_ms: 30_000,
-            snapshot_chunk_size: 4 << 20,
+            snapshot_chunk_bytes: 4 << 20,
             append_entries_max: 256,
             batch_size_max: 1024,
             entries_in_flight_max: 2,
@@ -223,7 +226,7 @@ impl Default for ClusterConfig {
             retry_window_ms: 3_000,
             rpc_timeout_ms: 2_000,
             connect_timeout_ms: 500,
-            frame_size_max: 64 << 20,
+            frame_bytes_max: 64 << 20,
             peer_requests_in_flight_max: 4096,
             peer_connections_incoming_max: 256,
             peer_idle_timeout_ms: 60_000,
@@ -286,8 +289,8 @@ impl ClusterConfig {
         if self.batch_size_max == 0 || self.entries_in_flight_max == 0 || self.queue_per_shard_max == 0 {
             return Err("batch_size_max, entries_in_flight_max and queue_per_shard_max must be at least 1".into());
         }
-        if self.snapshot_chunk_size == 0 || self.snapshot_chunk_size as u64 >= u64::from(self.frame_size_max) {
-            return Err("snapshot_chunk_size must be at least 1 and below frame_size_max".into());
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes as u64 >= u64::from(self.frame_bytes_max) {
+            return Err("snapshot_chunk_bytes must be at least 1 and below frame_bytes_max".into());
         }
         if self.append_entries_max == 0 {
             return Err("append_entries_max must be at least 1".into());

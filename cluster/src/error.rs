@@ -2,7 +2,7 @@
 //! the HTTP layer, maps to one status and a stable code.
 
 use crate::health::{FailureCause, ShardFailure};
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 /// Why a command got no outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

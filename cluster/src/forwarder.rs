@@ -14,8 +14,8 @@ use engine::ids::RequestId;
 use engine::{Command, Outcome};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::raft_types::NodeId;
 use crate::transport::Transport;
-use crate::types::NodeId;
 use crate::wire::{Request, Response};
 
 /// Why a forwarded command got no outcome.

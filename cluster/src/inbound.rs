@@ -12,7 +12,7 @@
 //! * one peer has at most `per_peer_max` transfers in progress; a chunk that
 //!   would start another is refused (the leader retries later);
 //! * the bytes held, over every peer, are at most `bytes_max`
-//!   (`snapshot_size_max`). A chunk that would go beyond first evicts
+//!   (`snapshot_bytes_max`). A chunk that would go beyond first evicts
 //!   transfers that started after its own, newest first, so the oldest
 //!   transfer always makes progress; if that is not enough, its own
 //!   transfer is dropped and the chunk refused;
@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 /// The bounds; see the module docs.
 #[derive(Clone, Copy, Debug)]
@@ -134,13 +134,16 @@ impl InboundSnapshots {
         let adding = data.len() as u64;
         if held.saturating_add(adding) > self.limits.bytes_max {
             self.drop_transfer(key);
-            return Chunk::Refused(format!("snapshot larger than snapshot_size_max ({} bytes)", self.limits.bytes_max));
+            return Chunk::Refused(format!(
+                "snapshot larger than snapshot_bytes_max ({} bytes)",
+                self.limits.bytes_max
+            ));
         }
         let started = current.started;
         if !self.make_room(adding, started) {
             self.drop_transfer(key);
             return Chunk::Refused(format!(
-                "snapshots being received would hold more than snapshot_size_max ({} bytes)",
+                "snapshots being received would hold more than snapshot_bytes_max ({} bytes)",
                 self.limits.bytes_max
             ));
         }

@@ -21,11 +21,11 @@ use parking_lot::Mutex;
 
 use crate::clock::ShardClock;
 use crate::health::ShardHealth;
-use crate::shard_thread::ShardThread;
-use crate::types::{
+use crate::raft_types::{
     Entry, LogId, TypeConfig, Vote, entry_from_engine, entry_to_engine, log_id_from_engine, log_id_to_engine,
     vote_from_engine, vote_to_engine,
 };
+use crate::shard_thread::ShardThread;
 
 /// One shard's Raft log. The WAL sits behind a mutex only so the node can
 /// read its counters; openraft is its one writer.

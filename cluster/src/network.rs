@@ -21,29 +21,29 @@ use openraft::raft::{
 };
 use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 
-use crate::transport::{Transport, TransportError};
-use crate::types::{
+use crate::raft_types::{
     MembershipImage, NodeId, PeerNode, Snapshot, TypeConfig, Vote, frame_of, log_id_from_engine, log_id_to_engine,
     vote_from_engine, vote_to_engine,
 };
+use crate::transport::{Transport, TransportError};
 use crate::wire::{AppendResult, Request, Response, SnapshotDone};
 
 /// The node's router: the transport plus the sizes openraft's RPCs need.
 #[derive(Clone)]
 pub struct Router {
     transport: Transport,
-    snapshot_chunk_size: usize,
+    snapshot_chunk_bytes: usize,
     /// The WAL's record limit, for entries encoded on their way out.
-    record_size_max: usize,
+    record_bytes_max: usize,
     transfers: Arc<AtomicU64>,
 }
 
 impl Router {
-    pub fn new(transport: Transport, snapshot_chunk_size: usize, record_size_max: usize) -> Self {
+    pub fn new(transport: Transport, snapshot_chunk_bytes: usize, record_bytes_max: usize) -> Self {
         Self {
             transport,
-            snapshot_chunk_size: snapshot_chunk_size.max(1),
-            record_size_max,
+            snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
+            record_bytes_max,
             transfers: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -92,7 +92,7 @@ impl GroupRouter<TypeConfig, u32> for Router {
         let frames: Result<Vec<Vec<u8>>, _> = rpc
             .entries
             .into_iter()
-            .map(|entry| frame_of(entry, self.record_size_max).map(|frame| frame.as_bytes().to_vec()))
+            .map(|entry| frame_of(entry, self.record_bytes_max).map(|frame| frame.as_bytes().to_vec()))
             .collect();
         let frames = frames.map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
         let request = Request::AppendEntries {
@@ -222,7 +222,7 @@ impl Router {
             total_len,
         };
         let timeout = timeout_of(&option);
-        let mut chunks = image.chunks(self.snapshot_chunk_size).peekable();
+        let mut chunks = image.chunks(self.snapshot_chunk_bytes).peekable();
         let mut offset = 0u64;
         // An empty image still sends its one (final) chunk.
         let mut first = true;

@@ -34,8 +34,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::clock::ShardClock;
 use crate::error::ProposeError;
 use crate::health::{FailureCause, ShardHealth};
+use crate::raft_types::{LogBatch, Raft};
 use crate::shard_thread::ShardThread;
-use crate::types::{LogBatch, Raft};
 
 /// Counters for metrics and benchmarks. All are relaxed atomics, written
 /// by the proposer task and its entries' completions, never under a lock.

@@ -30,12 +30,12 @@ use tokio::sync::{broadcast, watch};
 use crate::clock::ShardClock;
 use crate::health::{FailureCause, ShardHealth};
 use crate::ledger::{AppliedBurst, LedgerSender};
-use crate::shadow::{Shadow, ShadowError, SnapshotThread};
-use crate::shard_thread::ShardThread;
-use crate::types::{
+use crate::raft_types::{
     LogId, RaftStoredMembership, Snapshot, SnapshotImage, SnapshotMeta, TypeConfig, entry_to_engine,
     log_id_from_engine, stored_membership_from_engine,
 };
+use crate::shadow::{Shadow, ShadowError, SnapshotThread};
+use crate::shard_thread::ShardThread;
 
 /// An applied event as this node saw it. Every replica applies the same
 /// events with the same ids; `leader` says whether this node led the group

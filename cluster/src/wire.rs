@@ -9,11 +9,11 @@
 //! and a probe used at bootstrap.
 
 use engine::ids::RequestId;
-use engine::log::{LogId as EngineLogId, Vote as EngineVote};
+use engine::raft_log::{LogId as EngineLogId, Vote as EngineVote};
 use engine::{Command, Outcome};
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 /// A request from one node to another.
 #[derive(Clone, Debug, Archive, Serialize, Deserialize)]

@@ -31,13 +31,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cluster::raft_types::{MembershipImage, entry_from_frame, entry_to_engine, frame_of};
 use cluster::transport::{FRAME_HEADER_LEN, FRAME_KIND_ANSWER, FRAME_KIND_HELLO, FRAME_KIND_PROOF, PROTOCOL_VERSION};
-use cluster::types::{MembershipImage, entry_from_frame, entry_to_engine, frame_of};
 use cluster::wire::{AdminOp, AppendResult, Request, Response, SnapshotDone};
 use cluster::{Member, Node, NodeId};
 use engine::cmd::{AdjustReason, Command, Confirm, Extend, Release, SetLimits};
 use engine::ids::RequestId;
-use engine::log::{EntryPayload, LogEntry, LogId, Vote};
+use engine::raft_log::{EntryPayload, LogEntry, LogId, Vote};
 use engine::snapshot::SnapshotStore;
 use engine::wal::EntryFrame;
 use engine::{Limits, Outcome, ShardState};
@@ -639,7 +639,7 @@ async fn read_until_quiet(stream: &mut TcpStream, expected: usize) -> Vec<(u8, V
             let mut header = [0u8; FRAME_HEADER_LEN];
             stream.read_exact(&mut header).await.ok()?;
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            // The node's own frames are bounded by its frame_size_max; a
+            // The node's own frames are bounded by its frame_bytes_max; a
             // huge claim here would be its bug, and is read as far as it goes.
             let mut payload = vec![0u8; len.min(64 << 20)];
             stream.read_exact(&mut payload).await.ok()?;

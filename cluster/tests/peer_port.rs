@@ -22,7 +22,7 @@ use cluster::{ClusterConfig, Member, Node, NodeId, Secret};
 use engine::Limits;
 use engine::cmd::{Command, SetLimits};
 use engine::ids::RequestId;
-use engine::log::{LogId, Vote};
+use engine::raft_log::{LogId, Vote};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -250,7 +250,7 @@ fn rss_bytes() -> Option<u64> {
 async fn an_oversized_frame_header_closes_the_connection_without_allocating_it() {
     const CONNECTIONS: usize = 32;
     let (node, addr, _dir) = lone_node(|config| config.peer_connections_incoming_max = 64).await;
-    let frame_size_max = node.config().frame_size_max;
+    let frame_bytes_max = node.config().frame_bytes_max;
 
     // Before the handshake, anything over a hello's length closes the
     // connection: 4 GiB claimed, nothing allocated.
@@ -258,7 +258,7 @@ async fn an_oversized_frame_header_closes_the_connection_without_allocating_it()
     unauthenticated.write_all(&raw_peer::header(u32::MAX, FRAME_KIND_HELLO, 0)).await.ok();
     raw_peer::assert_closed_unanswered(&mut unauthenticated).await;
 
-    // After it, anything over frame_size_max does.
+    // After it, anything over frame_bytes_max does.
     let mut authenticated = raw_peer::authenticated(&addr, 2, 1, TEST_SECRET.as_bytes()).await;
     authenticated.write_all(&raw_peer::header(u32::MAX, FRAME_KIND_REQUEST, 1)).await.ok();
     raw_peer::assert_closed_unanswered(&mut authenticated).await;
@@ -271,7 +271,7 @@ async fn an_oversized_frame_header_closes_the_connection_without_allocating_it()
     let mut liars = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
         let mut liar = raw_peer::authenticated(&addr, 2, 1, TEST_SECRET.as_bytes()).await;
-        let mut partial = raw_peer::header(frame_size_max, FRAME_KIND_REQUEST, 1);
+        let mut partial = raw_peer::header(frame_bytes_max, FRAME_KIND_REQUEST, 1);
         partial.extend_from_slice(&[0; 16]);
         liar.write_all(&partial).await.unwrap_or_else(|e| panic!("write: {e}"));
         liars.push(liar);
@@ -281,7 +281,7 @@ async fn an_oversized_frame_header_closes_the_connection_without_allocating_it()
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let (Some(before), Some(after)) = (rss_before, rss_bytes()) {
         let grown = after.saturating_sub(before);
-        let claimed = CONNECTIONS as u64 * u64::from(frame_size_max);
+        let claimed = CONNECTIONS as u64 * u64::from(frame_bytes_max);
         assert!(grown < claimed / 8, "RSS grew {grown} bytes for {CONNECTIONS} headers claiming {claimed}");
     }
     let stats = node.stats().peer;
@@ -297,8 +297,8 @@ async fn a_thousand_abandoned_snapshot_chunks_stay_within_bounds_and_are_dropped
     const CHUNK: usize = 48 * 1024;
     let (node, addr, _dir) = lone_node(|config| {
         config.snapshot_transfers_per_peer_max = PER_PEER_MAX;
-        config.snapshot_size_max = BYTES_MAX;
-        config.snapshot_chunk_size = CHUNK;
+        config.snapshot_bytes_max = BYTES_MAX;
+        config.snapshot_chunk_bytes = CHUNK;
         config.snapshot_transfer_idle_timeout_ms = 300;
     })
     .await;

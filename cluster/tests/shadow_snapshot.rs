@@ -8,9 +8,9 @@ mod common;
 use std::sync::Arc;
 
 use actix::Addr;
+use cluster::raft_types::{Snapshot, entry_from_engine, log_id_to_engine};
 use cluster::shadow::{Shadow, SnapshotThread};
 use cluster::state_machine::{Publisher, SnapshotStats, StateMachine};
-use cluster::types::{Snapshot, entry_from_engine, log_id_to_engine};
 use common::{hold, rid, upsert};
 use engine::actor::{Read, ShardActor, ShardPool};
 use engine::snapshot::SnapshotStore;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use cluster::log_store::LogStore;
+use cluster::raft_types::TypeConfig;
 use cluster::shadow::{Shadow, SnapshotThread};
 use cluster::state_machine::{Publisher, StateMachine};
-use cluster::types::TypeConfig;
 use engine::actor::ShardPool;
 use engine::snapshot::SnapshotStore;
 use engine::wal::Wal;

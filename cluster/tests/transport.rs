@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cluster::Secret;
+use cluster::raft_types::NodeId;
 use cluster::transport::{FRAME_HEADER_LEN, FRAME_KIND_REQUEST, Handler, Transport, TransportConfig, TransportError};
-use cluster::types::NodeId;
 use cluster::wire::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -331,7 +331,7 @@ async fn a_node_answering_under_another_id_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_refused_before_anything_is_sent() {
     let (_a, addr, _accept) = serving(1, TransportConfig::default(), echo(no_delay)).await;
-    let b = Transport::new(2, TransportConfig { frame_size_max: 4, ..TransportConfig::default() });
+    let b = Transport::new(2, TransportConfig { frame_bytes_max: 4, ..TransportConfig::default() });
     b.set_peer(1, addr);
 
     let answer = b.call(1, &Request::Probe { group: 1 }, LIVENESS).await;
@@ -349,7 +349,7 @@ async fn an_oversized_answer_is_refused_and_the_connection_keeps_serving() {
             _ => Response::ReadIndex { index: Some(u64::from(request.group())) },
         }
     });
-    let config = TransportConfig { frame_size_max: MAX, ..TransportConfig::default() };
+    let config = TransportConfig { frame_bytes_max: MAX, ..TransportConfig::default() };
     let (_a, addr, _accept) = serving(1, config.clone(), handler).await;
     let b = Transport::new(2, config);
     b.set_peer(1, addr);

@@ -15,7 +15,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::{ApplyError, SnapshotError};
 use crate::event::{EventKind, EventRecord};
-use crate::log::{EntryPayload, LogEntry};
+use crate::raft_log::{EntryPayload, LogEntry};
 use crate::snapshot::SnapshotMeta;
 use crate::state::{Applied, ShardState};
 

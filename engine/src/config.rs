@@ -131,9 +131,11 @@ impl Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct WalConfig {
     /// A segment is closed and a new one started once it passes this size.
-    pub segment_size_max: u64,
+    #[serde(alias = "segment_bytes_max")]
+    pub segment_bytes_max: u64,
     /// Largest single record (one log entry); bigger appends are refused.
-    pub record_size_max: u32,
+    #[serde(alias = "record_bytes_max")]
+    pub record_bytes_max: u32,
     /// Frame bytes of the newest entries kept in memory, so applying and
     /// replicating them neither reads the disk nor decodes (`wal/tail.rs`).
     /// The decoded entries take about as much again.
@@ -142,7 +144,7 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     fn default() -> Self {
-        Self { segment_size_max: 64 << 20, record_size_max: 32 << 20, tail_bytes_max: 8 << 20 }
+        Self { segment_bytes_max: 64 << 20, record_bytes_max: 32 << 20, tail_bytes_max: 8 << 20 }
     }
 }
 

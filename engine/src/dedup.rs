@@ -425,11 +425,11 @@ mod tests {
         let mut f = Fixture::with_limits(Limits { dedup_window_max: 3, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
         // An empty window may start anywhere; start just before the wrap.
-        f.state.p.dedup.front_seq = u32::MAX - 1;
+        f.state.persisted.dedup.front_seq = u32::MAX - 1;
         for n in 1..=5 {
             once(&mut f, req(n), adjust("SKU-1", "berlin", 1));
         }
-        assert_eq!(f.state.p.dedup.front_seq, 0, "two ids forgotten, the front wrapped");
+        assert_eq!(f.state.persisted.dedup.front_seq, 0, "two ids forgotten, the front wrapped");
         for n in 3..=5 {
             once(&mut f, req(n), adjust("SKU-1", "berlin", 1));
         }
@@ -444,7 +444,7 @@ mod tests {
         once(&mut f, req(1), Command::Tick);
         once(&mut f, req(2), Command::Tick);
         let mut state = f.state;
-        state.p.dedup.records[1].request_id = req(1);
+        state.persisted.dedup.records[1].request_id = req(1);
         let bytes = state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}"));
         let loaded = ShardState::from_snapshot_bytes(&bytes);
         assert!(loaded.is_err_and(|e| e.contains("not indexed")));

@@ -162,21 +162,21 @@ pub(crate) fn check_image_url(value: &str) -> Result<(), InputError> {
 impl ShardState {
     /// A SKU's product record, if it has one.
     pub fn product(&self, sku: &str) -> Option<ProductView> {
-        self.p.catalog.products.get(sku).map(|product| ProductView::of(sku, product))
+        self.persisted.catalog.products.get(sku).map(|product| ProductView::of(sku, product))
     }
 
     /// Products on this shard.
     pub fn products(&self) -> usize {
-        self.p.catalog.products.len()
+        self.persisted.catalog.products.len()
     }
 
     pub(crate) fn is_tombstone(&self, id: ItemId) -> bool {
-        self.p.catalog.tombstones.contains(&id.0)
+        self.persisted.catalog.tombstones.contains(&id.0)
     }
 
     /// Live holds with a line on any of `items`.
     pub(crate) fn live_holds_naming(&self, items: &[ItemId]) -> u64 {
-        let held = self.p.reservations.iter().flatten().filter(|r| r.state == ReservationState::Held);
+        let held = self.persisted.reservations.iter().flatten().filter(|r| r.state == ReservationState::Held);
         held.filter(|r| r.lines.as_slice().iter().any(|line| items.contains(&line.item))).count() as u64
     }
 
@@ -214,14 +214,14 @@ impl ShardState {
             },
         });
         self.unindex_item(id);
-        self.p.catalog.tombstones.insert(id.0);
+        self.persisted.catalog.tombstones.insert(id.0);
     }
 
     /// The catalog's rules: tombstones are empty and out of the name
     /// index, every other item is in it, products are valid and within
     /// their bound, their times are log times in order.
     pub(crate) fn check_catalog(&self) -> Result<(), String> {
-        let catalog = &self.p.catalog;
+        let catalog = &self.persisted.catalog;
         for &id in &catalog.tombstones {
             let item = self.item(ItemId(id));
             let kept = item.on_hand != 0 || item.reserved != 0 || item.states.is_some();
@@ -232,15 +232,15 @@ impl ShardState {
         if self.indexed_tombstones() != catalog.tombstones.len() {
             return Err(format!("{} tombstones, {} indexed", catalog.tombstones.len(), self.indexed_tombstones()));
         }
-        if self.indexed_items() + catalog.tombstones.len() != self.p.items.len() {
+        if self.indexed_items() + catalog.tombstones.len() != self.persisted.items.len() {
             return Err(format!(
                 "{} items indexed and {} tombstones, but {} slots",
                 self.indexed_items(),
                 catalog.tombstones.len(),
-                self.p.items.len()
+                self.persisted.items.len()
             ));
         }
-        for id in 0..self.p.items.len() {
+        for id in 0..self.persisted.items.len() {
             let id = ItemId(u32::try_from(id).map_err(|_| "item slots over u32".to_string())?);
             let (sku, warehouse) = (self.item_sku(id).map_err(|e| e.0)?, self.item_warehouse(id).map_err(|e| e.0)?);
             let found = self.find_item(sku, warehouse);
@@ -255,7 +255,7 @@ impl ShardState {
                 return Err(format!("item {} is not indexed by its name", id.0));
             }
         }
-        if catalog.products.len() > self.p.limits.products_per_shard_max as usize {
+        if catalog.products.len() > self.persisted.limits.products_per_shard_max as usize {
             return Err(format!("{} products, over the bound", catalog.products.len()));
         }
         for (sku, product) in &catalog.products {
@@ -271,7 +271,7 @@ impl ShardState {
             if product.version == 0 || product.version == u64::MAX {
                 return Err(format!("product {sku}: version {}", product.version));
             }
-            if product.created_at_ms > product.updated_at_ms || product.updated_at_ms > self.p.now_ms {
+            if product.created_at_ms > product.updated_at_ms || product.updated_at_ms > self.persisted.now_ms {
                 return Err(format!("product {sku}: created, updated and log time out of order"));
             }
         }

@@ -16,8 +16,8 @@ use crate::error::Corrupt;
 use crate::event::{Event, EventKind, EventRecord, RecordLine};
 use crate::ids::{IdempotencyKey, ReservationId};
 use crate::item::{ItemId, Status, Who};
-use crate::log::Batch;
 use crate::outcome::{ItemView, LineView, MovementView, Outcome, Refusal, ReservationView};
+use crate::raft_log::Batch;
 use crate::reservation::HeldLine;
 use crate::state::ShardState;
 
@@ -112,7 +112,7 @@ impl ShardState {
     /// A page of items in creation order, filtered by status and warehouse.
     pub fn list_items(&self, filter: &ItemFilter) -> Result<ItemPage, Corrupt> {
         let warehouse = match &filter.warehouse {
-            Some(name) => match self.p.warehouses.iter().position(|w| w == name) {
+            Some(name) => match self.persisted.warehouses.iter().position(|w| w == name) {
                 Some(id) => Some(id),
                 None => {
                     return Ok(ItemPage { items: Vec::new(), next_cursor: None });
@@ -120,7 +120,7 @@ impl ShardState {
             },
             None => None,
         };
-        let total = self.p.items.len();
+        let total = self.persisted.items.len();
         let start = (filter.cursor as usize).min(total);
         let end = start.saturating_add(filter.scan_max.max(1) as usize).min(total);
         // At least one item per page, so paging always moves forward.
@@ -128,7 +128,7 @@ impl ShardState {
         let mut items = Vec::with_capacity(limit.min(end - start));
         let mut position = start;
         while position < end && items.len() < limit {
-            let item = &self.p.items[position];
+            let item = &self.persisted.items[position];
             let wanted = !self.is_tombstone(ItemId(u32::try_from(position).unwrap_or(u32::MAX)))
                 && warehouse.is_none_or(|w| usize::from(item.warehouse) == w)
                 && filter.status.is_none_or(|status| item.status() == status);
@@ -260,7 +260,7 @@ impl ShardState {
             | EventKind::ReservationReleased { .. } => None,
         };
         let (sku, warehouse) = match item {
-            Some(id) if (id.0 as usize) < self.p.items.len() => {
+            Some(id) if (id.0 as usize) < self.persisted.items.len() => {
                 (self.item_sku(id)?.to_owned(), self.item_warehouse(id)?.to_owned())
             }
             Some(id) => {
@@ -329,7 +329,7 @@ impl ShardState {
 mod tests {
     use super::*;
     use crate::cmd::Command;
-    use crate::log::{LogEntry, LogId};
+    use crate::raft_log::{LogEntry, LogId};
     use crate::state::tests_support::{Fixture, rid};
 
     #[test]
@@ -435,13 +435,13 @@ mod tests {
     fn an_unknown_warehouse_or_principal_id_is_an_error() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
-        f.state.p.items[0].warehouse = 7;
+        f.state.persisted.items[0].warehouse = 7;
         let all = ItemFilter { limit: 10, scan_max: 10, ..ItemFilter::default() };
         assert!(f.state.list_items(&all).is_err_and(|error| error.0.contains("warehouse 7")));
 
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
-        if let Some(movement) = f.state.p.items[0].history.first_mut() {
+        if let Some(movement) = f.state.persisted.items[0].history.first_mut() {
             movement.who = Who::Principal(9);
         }
         assert!(f.state.history("SKU-1", "berlin", 10).is_err_and(|error| error.0.contains("principal 9")));
@@ -457,7 +457,7 @@ mod tests {
         let entry = LogEntry::batch(LogId::new(1, f.index + 1), f.now_ms, vec![confirm]);
         let answer = f.state.apply(&entry);
         assert!(matches!(answer, Err(crate::error::ApplyError::Corrupt(_))), "{answer:?}");
-        let item = &f.state.p.items[0];
+        let item = &f.state.persisted.items[0];
         assert_eq!((item.on_hand, item.reserved), (5, 2), "the confirm read its lines before it changed anything");
     }
 

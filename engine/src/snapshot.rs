@@ -20,7 +20,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::SnapshotError;
-use crate::log::{LogId, StoredMembership};
+use crate::raft_log::{LogId, StoredMembership};
 use crate::state::ShardState;
 
 const MAGIC: [u8; 8] = *b"TALLYSNP";
@@ -348,11 +348,11 @@ mod regression_images {
 
     fn images() -> Vec<(&'static str, Vec<u8>)> {
         let mut threshold = busy();
-        threshold.state.p.items[0].low_stock_threshold = QUANTITY_MAX + 1;
+        threshold.state.persisted.items[0].low_stock_threshold = QUANTITY_MAX + 1;
         let mut version = busy();
-        version.state.p.items[0].version = u64::MAX;
+        version.state.persisted.items[0].version = u64::MAX;
         let mut sum = busy();
-        for reservation in sum.state.p.reservations.iter_mut().flatten() {
+        for reservation in sum.state.persisted.reservations.iter_mut().flatten() {
             if let Lines::One(line) = &mut reservation.lines {
                 line.quantity = u64::MAX / 2 + 1;
             }

@@ -27,9 +27,9 @@ use crate::error::{ApplyError, Corrupt, InputError, SnapshotError};
 use crate::event::{Cause, Event, EventId, EventKind, LevelChange, NO_COMMAND};
 use crate::ids::{IdempotencyKey, Principal, QUANTITY_MAX, RequestId, ReservationId};
 use crate::item::{Item, ItemId, Movement, MovementReason, Status, Who};
-use crate::log::{EntryPayload, LogEntry, LogId, StoredMembership};
 use crate::outcome::{Bound, Outcome, Refusal, ReservationSummary};
 use crate::placement::shard_of;
+use crate::raft_log::{EntryPayload, LogEntry, LogId, StoredMembership};
 use crate::reservation::{HeldLine, Lines, Reservation, ReservationState};
 use crate::states::StateLevels;
 use crate::wheel::TimerWheel;
@@ -179,8 +179,8 @@ pub fn digest_of_snapshot_bytes(bytes: &[u8]) -> u128 {
 /// A shard's items and reservations. Owned by one actor; never shared.
 #[derive(Debug)]
 pub struct ShardState {
-    pub(crate) p: Persisted,
-    pub(crate) ix: Indexes,
+    pub(crate) persisted: Persisted,
+    pub(crate) indexes: Indexes,
     expired_scratch: Vec<u32>,
     /// Expired holds as (deadline, creation, slot), reused.
     expiry_order_scratch: Vec<(u64, u64, u32)>,
@@ -272,8 +272,8 @@ impl ShardState {
             }
         }
         Self {
-            p,
-            ix,
+            persisted: p,
+            indexes: ix,
             expired_scratch: Vec::new(),
             expiry_order_scratch: Vec::new(),
             hold_scratch: crate::cmd::HoldScratch::default(),
@@ -282,52 +282,52 @@ impl ShardState {
     }
 
     pub fn shard(&self) -> u32 {
-        self.p.shard
+        self.persisted.shard
     }
 
     pub fn shard_count(&self) -> u32 {
-        self.p.shard_count
+        self.persisted.shard_count
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.p.limits
+        &self.persisted.limits
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
-        self.p.last_applied
+        self.persisted.last_applied
     }
 
     pub fn membership(&self) -> Option<&StoredMembership> {
-        self.p.membership.as_ref()
+        self.persisted.membership.as_ref()
     }
 
     /// Replaces the stored membership's configuration bytes, keeping the
     /// log id it took effect at. Only a restore does this (the restored
     /// node becomes the one member of every group); nothing in `apply`.
     pub fn replace_membership_config(&mut self, config: Vec<u8>) {
-        if let Some(membership) = self.p.membership.as_mut() {
+        if let Some(membership) = self.persisted.membership.as_mut() {
             membership.config = config;
         }
     }
 
     /// Log time: the largest entry timestamp applied.
     pub fn now_ms(&self) -> u64 {
-        self.p.now_ms
+        self.persisted.now_ms
     }
 
     /// A lower bound on the next hold deadline, for the proposer's `Tick`.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.ix.wheel.next_deadline_ms()
+        self.indexes.wheel.next_deadline_ms()
     }
 
     pub fn stats(&self) -> ShardStats {
         ShardStats {
-            items: self.p.items.len().saturating_sub(self.p.catalog.tombstones.len()) as u64,
-            live_holds: u64::from(self.ix.live_holds),
-            terminal_retained: self.p.terminal.len() as u64,
-            request_ids_remembered: self.p.dedup.len() as u64,
-            now_ms: self.p.now_ms,
-            last_applied: self.p.last_applied,
+            items: self.persisted.items.len().saturating_sub(self.persisted.catalog.tombstones.len()) as u64,
+            live_holds: u64::from(self.indexes.live_holds),
+            terminal_retained: self.persisted.terminal.len() as u64,
+            request_ids_remembered: self.persisted.dedup.len() as u64,
+            now_ms: self.persisted.now_ms,
+            last_applied: self.persisted.last_applied,
         }
     }
 
@@ -347,7 +347,7 @@ impl ShardState {
         // order, so in service the next index is always `last + 1`; a gap is
         // not refused here because openraft's storage conformance suite
         // applies entries with gaps on purpose.
-        if let Some(last) = self.p.last_applied
+        if let Some(last) = self.persisted.last_applied
             && entry.log_id.index <= last.index
         {
             return Err(ApplyError::OutOfOrder { last_applied: Some(last.index), got: entry.log_id.index });
@@ -356,21 +356,21 @@ impl ShardState {
         applied.outcomes.clear();
         applied.events.clear();
         let mut emitter = Emitter {
-            shard: self.p.shard,
+            shard: self.persisted.shard,
             index: entry.log_id.index,
-            at_ms: self.p.now_ms,
+            at_ms: self.persisted.now_ms,
             command: NO_COMMAND,
             events: std::mem::take(&mut applied.events),
         };
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(config) => {
-                self.p.membership = Some(StoredMembership { log_id: entry.log_id, config: config.clone() });
+                self.persisted.membership = Some(StoredMembership { log_id: entry.log_id, config: config.clone() });
             }
             EntryPayload::Batch(batch) => {
                 // Log time never goes back, even if a new leader's clock does.
-                self.p.now_ms = self.p.now_ms.max(batch.ts_ms);
-                emitter.at_ms = self.p.now_ms;
+                self.persisted.now_ms = self.persisted.now_ms.max(batch.ts_ms);
+                emitter.at_ms = self.persisted.now_ms;
                 self.expire_due(&mut emitter);
                 self.forget_terminal();
                 self.forget_request_ids();
@@ -387,7 +387,7 @@ impl ShardState {
                 }
             }
         }
-        self.p.last_applied = Some(entry.log_id);
+        self.persisted.last_applied = Some(entry.log_id);
         applied.events = emitter.events;
         Ok(())
     }
@@ -397,7 +397,7 @@ impl ShardState {
     fn expire_due(&mut self, emitter: &mut Emitter) {
         let mut slots = std::mem::take(&mut self.expired_scratch);
         slots.clear();
-        self.ix.wheel.advance(self.p.now_ms, &mut slots);
+        self.indexes.wheel.advance(self.persisted.now_ms, &mut slots);
         if slots.is_empty() {
             self.expired_scratch = slots;
             return;
@@ -415,7 +415,7 @@ impl ShardState {
                 continue;
             };
             debug_assert_eq!(reservation.state, ReservationState::Held);
-            debug_assert!(reservation.deadline_ms <= self.p.now_ms);
+            debug_assert!(reservation.deadline_ms <= self.persisted.now_ms);
             emitter.emit(EventKind::ReservationExpired {
                 reservation: reservation.id,
                 deadline_ms: reservation.deadline_ms,
@@ -435,33 +435,38 @@ impl ShardState {
         command: &Command,
         emitter: &mut Emitter,
     ) -> Result<Outcome, Corrupt> {
-        let vacant = match self.ix.dedup.find(&self.p.dedup, &request_id) {
+        let vacant = match self.indexes.dedup.find(&self.persisted.dedup, &request_id) {
             Ok(first) => return Ok(first.clone()),
             Err(vacant) => vacant,
         };
         let outcome = cmd::apply(self, command, emitter)?;
-        let record = DedupRecord { request_id, at_ms: self.p.now_ms, outcome: outcome.clone() };
-        self.ix.dedup.push(&mut self.p.dedup, vacant, record, self.p.limits.dedup_window_max);
+        let record = DedupRecord { request_id, at_ms: self.persisted.now_ms, outcome: outcome.clone() };
+        self.indexes.dedup.push(&mut self.persisted.dedup, vacant, record, self.persisted.limits.dedup_window_max);
         Ok(outcome)
     }
 
     /// Forgets request ids past the window's bounds, oldest first.
     fn forget_request_ids(&mut self) {
-        let limits = &self.p.limits;
-        self.ix.dedup.forget(&mut self.p.dedup, self.p.now_ms, limits.dedup_window_max, limits.dedup_retention_ms);
+        let limits = &self.persisted.limits;
+        self.indexes.dedup.forget(
+            &mut self.persisted.dedup,
+            self.persisted.now_ms,
+            limits.dedup_window_max,
+            limits.dedup_retention_ms,
+        );
     }
 
     /// Forgets terminal reservations past their retention, oldest first.
     fn forget_terminal(&mut self) {
-        let retention_ms = self.p.limits.terminal_retention_ms;
-        let retained_max = self.p.limits.terminal_retained_max as usize;
-        while let Some(&slot) = self.p.terminal.front() {
+        let retention_ms = self.persisted.limits.terminal_retention_ms;
+        let retained_max = self.persisted.limits.terminal_retained_max as usize;
+        while let Some(&slot) = self.persisted.terminal.front() {
             let ended_at_ms = self.reservation_at(slot).map_or(0, |r| r.ended_at_ms);
-            let expired = ended_at_ms.saturating_add(retention_ms) <= self.p.now_ms;
-            if !expired && self.p.terminal.len() <= retained_max {
+            let expired = ended_at_ms.saturating_add(retention_ms) <= self.persisted.now_ms;
+            if !expired && self.persisted.terminal.len() <= retained_max {
                 break;
             }
-            self.p.terminal.pop_front();
+            self.persisted.terminal.pop_front();
             self.free_reservation(slot);
         }
     }
@@ -469,19 +474,19 @@ impl ShardState {
     // ----- items -----
 
     pub(crate) fn find_item(&self, sku: &str, warehouse: &str) -> Option<ItemId> {
-        self.find_item_in(sku, *self.ix.warehouses.get(warehouse)?)
+        self.find_item_in(sku, *self.indexes.warehouses.get(warehouse)?)
     }
 
     fn find_item_in(&self, sku: &str, warehouse: u16) -> Option<ItemId> {
-        let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse);
-        self.ix
+        let hash = item_hash(&self.indexes.hasher, sku.as_bytes(), warehouse);
+        self.indexes
             .items
             .find(hash, |&id| {
                 // A corrupt item (SKU outside the arena) is never the one
                 // looked for; the full check after each snapshot stops the
                 // shard on it.
-                let item = &self.p.items[id as usize];
-                item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == Some(sku.as_bytes())
+                let item = &self.persisted.items[id as usize];
+                item.warehouse == warehouse && sku_bytes(&self.persisted.sku_arena, item) == Some(sku.as_bytes())
             })
             .map(|&id| ItemId(id))
     }
@@ -491,47 +496,47 @@ impl ShardState {
     /// probe per warehouse the shard knows (at most
     /// `warehouses_per_shard_max`).
     pub(crate) fn items_of_sku<'a>(&'a self, sku: &'a str) -> impl Iterator<Item = ItemId> + 'a {
-        (0..self.p.warehouses.len())
+        (0..self.persisted.warehouses.len())
             .filter_map(move |warehouse| self.find_item_in(sku, u16::try_from(warehouse).unwrap_or(u16::MAX)))
     }
 
     /// Creates an empty item (version 0 until its first change is finished).
     /// Refuses, changing nothing, when a bound is reached.
     pub(crate) fn create_item(&mut self, sku: &str, warehouse: &str) -> Result<ItemId, Refusal> {
-        if self.p.bundles.get(sku).is_some() {
+        if self.persisted.bundles.get(sku).is_some() {
             return Err(Refusal::SkuIsBundle);
         }
         if let Some(id) = self.revive_tombstone(sku, warehouse) {
             return Ok(id);
         }
-        let limits = self.p.limits;
-        if self.p.items.len() >= limits.items_per_shard_max as usize {
+        let limits = self.persisted.limits;
+        if self.persisted.items.len() >= limits.items_per_shard_max as usize {
             return Err(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: u64::from(limits.items_per_shard_max) });
         }
-        let warehouse_id = match self.ix.warehouses.get(warehouse) {
+        let warehouse_id = match self.indexes.warehouses.get(warehouse) {
             Some(&id) => id,
             None => {
-                if self.p.warehouses.len() >= usize::from(limits.warehouses_per_shard_max) {
+                if self.persisted.warehouses.len() >= usize::from(limits.warehouses_per_shard_max) {
                     return Err(Refusal::ShardFull {
                         bound: Bound::WarehousesPerShard,
                         max: u64::from(limits.warehouses_per_shard_max),
                     });
                 }
-                let id = u16::try_from(self.p.warehouses.len()).unwrap_or(u16::MAX);
-                self.p.warehouses.push(warehouse.to_owned());
-                self.ix.warehouses.insert(warehouse.to_owned(), id);
+                let id = u16::try_from(self.persisted.warehouses.len()).unwrap_or(u16::MAX);
+                self.persisted.warehouses.push(warehouse.to_owned());
+                self.indexes.warehouses.insert(warehouse.to_owned(), id);
                 id
             }
         };
-        let id = u32::try_from(self.p.items.len()).unwrap_or(u32::MAX);
-        let sku_offset = u32::try_from(self.p.sku_arena.len()).unwrap_or(u32::MAX);
-        self.p.sku_arena.extend_from_slice(sku.as_bytes());
-        self.p.items.push(Item {
+        let id = u32::try_from(self.persisted.items.len()).unwrap_or(u32::MAX);
+        let sku_offset = u32::try_from(self.persisted.sku_arena.len()).unwrap_or(u32::MAX);
+        self.persisted.sku_arena.extend_from_slice(sku.as_bytes());
+        self.persisted.items.push(Item {
             on_hand: 0,
             reserved: 0,
             low_stock_threshold: 0,
             version: 0,
-            updated_at_ms: self.p.now_ms,
+            updated_at_ms: self.persisted.now_ms,
             sku_offset,
             sku_len: u8::try_from(sku.len()).unwrap_or(u8::MAX),
             history_head: 0,
@@ -540,44 +545,44 @@ impl ShardState {
             history: Vec::new(),
             states: None,
         });
-        let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse_id);
-        let (p, ix) = (&self.p, &mut self.ix);
+        let hash = item_hash(&self.indexes.hasher, sku.as_bytes(), warehouse_id);
+        let (p, ix) = (&self.persisted, &mut self.indexes);
         ix.items.insert_unique(hash, id, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         Ok(ItemId(id))
     }
 
     /// Items in the name index: every item but the tombstones.
     pub(crate) fn indexed_items(&self) -> usize {
-        self.ix.items.len()
+        self.indexes.items.len()
     }
 
     /// Tombstones in the tombstone index.
     pub(crate) fn indexed_tombstones(&self) -> usize {
-        self.ix.tombstones.len()
+        self.indexes.tombstones.len()
     }
 
     /// Moves an item from the name index to the tombstone index (a delete).
     pub(crate) fn unindex_item(&mut self, id: ItemId) {
-        let item = &self.p.items[id.0 as usize];
-        let hash = item_key_hash(&self.ix.hasher, &self.p.sku_arena, item);
-        if let Ok(entry) = self.ix.items.find_entry(hash, |&other| other == id.0) {
+        let item = &self.persisted.items[id.0 as usize];
+        let hash = item_key_hash(&self.indexes.hasher, &self.persisted.sku_arena, item);
+        if let Ok(entry) = self.indexes.items.find_entry(hash, |&other| other == id.0) {
             entry.remove();
         }
-        debug_assert!(self.ix.items.find(hash, |&other| other == id.0).is_none());
-        let (p, ix) = (&self.p, &mut self.ix);
+        debug_assert!(self.indexes.items.find(hash, |&other| other == id.0).is_none());
+        let (p, ix) = (&self.persisted, &mut self.indexes);
         ix.tombstones
             .insert_unique(hash, id.0, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
     }
 
     /// The tombstone of this SKU × warehouse, if there is one.
     pub(crate) fn find_tombstone(&self, sku: &str, warehouse: &str) -> Option<ItemId> {
-        let warehouse = *self.ix.warehouses.get(warehouse)?;
-        let hash = item_hash(&self.ix.hasher, sku.as_bytes(), warehouse);
-        self.ix
+        let warehouse = *self.indexes.warehouses.get(warehouse)?;
+        let hash = item_hash(&self.indexes.hasher, sku.as_bytes(), warehouse);
+        self.indexes
             .tombstones
             .find(hash, |&id| {
-                let item = &self.p.items[id as usize];
-                item.warehouse == warehouse && sku_bytes(&self.p.sku_arena, item) == Some(sku.as_bytes())
+                let item = &self.persisted.items[id as usize];
+                item.warehouse == warehouse && sku_bytes(&self.persisted.sku_arena, item) == Some(sku.as_bytes())
             })
             .map(|&id| ItemId(id))
     }
@@ -589,14 +594,14 @@ impl ShardState {
     /// delete and re-create churn does not grow the shard.
     fn revive_tombstone(&mut self, sku: &str, warehouse: &str) -> Option<ItemId> {
         let id = self.find_tombstone(sku, warehouse)?;
-        let item = &self.p.items[id.0 as usize];
-        let hash = item_key_hash(&self.ix.hasher, &self.p.sku_arena, item);
-        if let Ok(entry) = self.ix.tombstones.find_entry(hash, |&other| other == id.0) {
+        let item = &self.persisted.items[id.0 as usize];
+        let hash = item_key_hash(&self.indexes.hasher, &self.persisted.sku_arena, item);
+        if let Ok(entry) = self.indexes.tombstones.find_entry(hash, |&other| other == id.0) {
             entry.remove();
         }
-        self.p.catalog.tombstones.remove(&id.0);
-        let now_ms = self.p.now_ms;
-        let item = &mut self.p.items[id.0 as usize];
+        self.persisted.catalog.tombstones.remove(&id.0);
+        let now_ms = self.persisted.now_ms;
+        let item = &mut self.persisted.items[id.0 as usize];
         debug_assert!(item.on_hand == 0 && item.reserved == 0 && item.history.is_empty());
         item.on_hand = 0;
         item.reserved = 0;
@@ -606,30 +611,30 @@ impl ShardState {
         item.history_head = 0;
         item.attrs = None;
         item.history = Vec::new();
-        let (p, ix) = (&self.p, &mut self.ix);
+        let (p, ix) = (&self.persisted, &mut self.indexes);
         ix.items.insert_unique(hash, id.0, |&other| item_key_hash(&ix.hasher, &p.sku_arena, &p.items[other as usize]));
         Some(id)
     }
 
     pub(crate) fn item(&self, id: ItemId) -> &Item {
-        &self.p.items[id.0 as usize]
+        &self.persisted.items[id.0 as usize]
     }
 
     pub(crate) fn item_mut(&mut self, id: ItemId) -> &mut Item {
-        &mut self.p.items[id.0 as usize]
+        &mut self.persisted.items[id.0 as usize]
     }
 
     /// The item's SKU, from the shard's arena. An error, never an empty
     /// name, if the state is corrupt.
     pub(crate) fn item_sku(&self, id: ItemId) -> Result<&str, Corrupt> {
         let item = self.item(id);
-        let bytes = sku_bytes(&self.p.sku_arena, item).ok_or_else(|| {
+        let bytes = sku_bytes(&self.persisted.sku_arena, item).ok_or_else(|| {
             Corrupt(format!(
                 "item {}: SKU at {}+{} is outside the {}-byte arena",
                 id.0,
                 item.sku_offset,
                 item.sku_len,
-                self.p.sku_arena.len()
+                self.persisted.sku_arena.len()
             ))
         })?;
         std::str::from_utf8(bytes).map_err(|_| Corrupt(format!("item {}: SKU is not UTF-8", id.0)))
@@ -639,8 +644,12 @@ impl ShardState {
     /// empty name, if the state is corrupt.
     pub(crate) fn item_warehouse(&self, id: ItemId) -> Result<&str, Corrupt> {
         let warehouse = self.item(id).warehouse;
-        self.p.warehouses.get(usize::from(warehouse)).map(String::as_str).ok_or_else(|| {
-            Corrupt(format!("item {}: warehouse {warehouse} is past the {}-name table", id.0, self.p.warehouses.len()))
+        self.persisted.warehouses.get(usize::from(warehouse)).map(String::as_str).ok_or_else(|| {
+            Corrupt(format!(
+                "item {}: warehouse {warehouse} is past the {}-name table",
+                id.0,
+                self.persisted.warehouses.len()
+            ))
         })
     }
 
@@ -658,8 +667,8 @@ impl ShardState {
     /// the time, records the movement, emits stock and crossing events, and
     /// asserts the item's invariants.
     pub(crate) fn finish_change(&mut self, id: ItemId, before: Before, change: Change, emitter: &mut Emitter) {
-        let history_len_max = usize::from(self.p.limits.history_len_max);
-        let item = &mut self.p.items[id.0 as usize];
+        let history_len_max = usize::from(self.persisted.limits.history_len_max);
+        let item = &mut self.persisted.items[id.0 as usize];
         debug_assert!(item.reserved <= item.on_hand, "reserved {} > on_hand {}", item.reserved, item.on_hand);
         debug_assert!(
             item.committed() <= item.on_hand,
@@ -722,17 +731,18 @@ impl ShardState {
         let Some(principal) = principal else {
             return Who::System;
         };
-        if let Some(&id) = self.ix.principals.get(principal.as_str()) {
+        if let Some(&id) = self.indexes.principals.get(principal.as_str()) {
             return Who::Principal(id);
         }
         // The last id is reserved for "other", so the table never reaches it.
-        let principals_max = usize::from(self.p.limits.principals_per_shard_max).min(usize::from(PRINCIPAL_OTHER));
-        if self.p.principals.len() >= principals_max {
+        let principals_max =
+            usize::from(self.persisted.limits.principals_per_shard_max).min(usize::from(PRINCIPAL_OTHER));
+        if self.persisted.principals.len() >= principals_max {
             return Who::Principal(PRINCIPAL_OTHER);
         }
-        let id = u16::try_from(self.p.principals.len()).unwrap_or(PRINCIPAL_OTHER);
-        self.p.principals.push(principal.as_str().to_owned());
-        self.ix.principals.insert(principal.as_str().to_owned(), id);
+        let id = u16::try_from(self.persisted.principals.len()).unwrap_or(PRINCIPAL_OTHER);
+        self.persisted.principals.push(principal.as_str().to_owned());
+        self.indexes.principals.insert(principal.as_str().to_owned(), id);
         Who::Principal(id)
     }
 
@@ -742,18 +752,16 @@ impl ShardState {
         if id == PRINCIPAL_OTHER {
             return Ok("other");
         }
-        self.p
-            .principals
-            .get(usize::from(id))
-            .map(String::as_str)
-            .ok_or_else(|| Corrupt(format!("principal {id} is past the {}-name table", self.p.principals.len())))
+        self.persisted.principals.get(usize::from(id)).map(String::as_str).ok_or_else(|| {
+            Corrupt(format!("principal {id} is past the {}-name table", self.persisted.principals.len()))
+        })
     }
 
     /// The input error if any SKU of the command belongs to another shard.
     pub(crate) fn wrong_shard(&self, command: &Command) -> Option<InputError> {
         let check = |sku: &str| {
-            let owner = shard_of(sku, self.p.shard_count);
-            (owner != self.p.shard).then_some(InputError::WrongShard { owner, shard: self.p.shard })
+            let owner = shard_of(sku, self.persisted.shard_count);
+            (owner != self.persisted.shard).then_some(InputError::WrongShard { owner, shard: self.persisted.shard })
         };
         match command {
             Command::Hold(hold) => hold.lines.iter().find_map(|line| check(line.sku.as_str())),
@@ -764,13 +772,13 @@ impl ShardState {
     // ----- reservations -----
 
     pub(crate) fn find_reservation(&self, id: &ReservationId) -> Option<u32> {
-        let hash = self.ix.hasher.hash_one(id);
-        self.ix.reservations.find(hash, |&slot| self.reservation_at(slot).is_some_and(|r| r.id == *id)).copied()
+        let hash = self.indexes.hasher.hash_one(id);
+        self.indexes.reservations.find(hash, |&slot| self.reservation_at(slot).is_some_and(|r| r.id == *id)).copied()
     }
 
     pub(crate) fn find_by_key(&self, key: &IdempotencyKey) -> Option<u32> {
-        let hash = self.ix.hasher.hash_one(key.as_str());
-        self.ix
+        let hash = self.indexes.hasher.hash_one(key.as_str());
+        self.indexes
             .keys
             .find(hash, |&slot| {
                 self.reservation_at(slot).and_then(|r| r.idempotency_key.as_ref()).is_some_and(|k| k == key)
@@ -779,20 +787,20 @@ impl ShardState {
     }
 
     pub(crate) fn reservation_at(&self, slot: u32) -> Option<&Reservation> {
-        self.p.reservations.get(slot as usize).and_then(Option::as_ref)
+        self.persisted.reservations.get(slot as usize).and_then(Option::as_ref)
     }
 
     fn reservation_at_mut(&mut self, slot: u32) -> Option<&mut Reservation> {
-        self.p.reservations.get_mut(slot as usize).and_then(Option::as_mut)
+        self.persisted.reservations.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
     pub(crate) fn live_holds(&self) -> u32 {
-        self.ix.live_holds
+        self.indexes.live_holds
     }
 
     pub(crate) fn next_hold_seq(&mut self) -> u64 {
-        let seq = self.p.holds_made;
-        self.p.holds_made += 1;
+        let seq = self.persisted.holds_made;
+        self.persisted.holds_made += 1;
         seq
     }
 
@@ -801,20 +809,20 @@ impl ShardState {
     pub(crate) fn insert_reservation(&mut self, reservation: Reservation) -> (u32, ReservationSummary) {
         debug_assert_eq!(reservation.state, ReservationState::Held);
         debug_assert!(self.find_reservation(&reservation.id).is_none());
-        let slot = match self.p.free_slots.pop() {
+        let slot = match self.persisted.free_slots.pop() {
             Some(slot) => slot,
             None => {
-                self.p.reservations.push(None);
-                u32::try_from(self.p.reservations.len() - 1).unwrap_or(u32::MAX)
+                self.persisted.reservations.push(None);
+                u32::try_from(self.persisted.reservations.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.ix.wheel.insert(slot, reservation.deadline_ms);
-        self.ix.live_holds += 1;
-        let id_hash_value = self.ix.hasher.hash_one(reservation.id);
-        let key_hash_value = reservation.idempotency_key.as_ref().map(|key| self.ix.hasher.hash_one(key.as_str()));
+        self.indexes.wheel.insert(slot, reservation.deadline_ms);
+        self.indexes.live_holds += 1;
+        let id_hash_value = self.indexes.hasher.hash_one(reservation.id);
+        let key_hash_value = reservation.idempotency_key.as_ref().map(|key| self.indexes.hasher.hash_one(key.as_str()));
         let summary = summary_of(&reservation);
-        self.p.reservations[slot as usize] = Some(reservation);
-        let (p, ix) = (&self.p, &mut self.ix);
+        self.persisted.reservations[slot as usize] = Some(reservation);
+        let (p, ix) = (&self.persisted, &mut self.indexes);
         ix.reservations.insert_unique(id_hash_value, slot, |&other| id_hash(&ix.hasher, &p.reservations, other));
         if let Some(hash) = key_hash_value {
             ix.keys.insert_unique(hash, slot, |&other| key_hash(&ix.hasher, &p.reservations, other));
@@ -827,7 +835,7 @@ impl ShardState {
         if let Some(reservation) = self.reservation_at_mut(slot) {
             debug_assert_eq!(reservation.state, ReservationState::Held);
             reservation.deadline_ms = deadline_ms;
-            self.ix.wheel.insert(slot, deadline_ms);
+            self.indexes.wheel.insert(slot, deadline_ms);
         }
     }
 
@@ -901,11 +909,11 @@ impl ShardState {
             // Expiry emits its own event first, with the deadline.
             ReservationState::Expired | ReservationState::Held => {}
         }
-        self.ix.wheel.cancel(slot);
-        self.ix.live_holds -= 1;
-        let now_ms = self.p.now_ms;
+        self.indexes.wheel.cancel(slot);
+        self.indexes.live_holds -= 1;
+        let now_ms = self.persisted.now_ms;
         if let Some(customer) = customer {
-            self.p.customers.end(&customer, &sold_skus, now_ms);
+            self.persisted.customers.end(&customer, &sold_skus, now_ms);
         }
         let reservation = self.reservation_at_mut(slot)?;
         if let Some(sold) = sold {
@@ -923,7 +931,7 @@ impl ShardState {
         }
         reservation.end(state, now_ms);
         let summary = summary_of(reservation);
-        self.p.terminal.push_back(slot);
+        self.persisted.terminal.push_back(slot);
         self.forget_terminal();
         // Units it gave back fill other holds' backorders.
         self.fill_backorders(emitter);
@@ -940,7 +948,7 @@ impl ShardState {
     pub(crate) fn fill_backorders(&mut self, emitter: &mut Emitter) {
         while let Some(id) = self.backorders_due.pop() {
             let mut waiting: Vec<(u64, u32)> = self
-                .p
+                .persisted
                 .reservations
                 .iter()
                 .enumerate()
@@ -986,21 +994,21 @@ impl ShardState {
     }
 
     fn free_reservation(&mut self, slot: u32) {
-        let Some(reservation) = self.p.reservations.get_mut(slot as usize).and_then(Option::take) else {
+        let Some(reservation) = self.persisted.reservations.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
         debug_assert!(reservation.state.is_terminal(), "forgetting a live hold");
-        let hash = self.ix.hasher.hash_one(reservation.id);
-        if let Ok(entry) = self.ix.reservations.find_entry(hash, |&other| other == slot) {
+        let hash = self.indexes.hasher.hash_one(reservation.id);
+        if let Ok(entry) = self.indexes.reservations.find_entry(hash, |&other| other == slot) {
             entry.remove();
         }
         if let Some(key) = &reservation.idempotency_key {
-            let hash = self.ix.hasher.hash_one(key.as_str());
-            if let Ok(entry) = self.ix.keys.find_entry(hash, |&other| other == slot) {
+            let hash = self.indexes.hasher.hash_one(key.as_str());
+            if let Ok(entry) = self.indexes.keys.find_entry(hash, |&other| other == slot) {
                 entry.remove();
             }
         }
-        self.p.free_slots.push(slot);
+        self.persisted.free_slots.push(slot);
     }
 
     /// A reservation's lines as stored (item and units).
@@ -1013,7 +1021,7 @@ impl ShardState {
     }
 
     pub(crate) fn set_limits(&mut self, limits: Limits) {
-        self.p.limits = limits;
+        self.persisted.limits = limits;
         self.forget_terminal();
         self.forget_request_ids();
     }
@@ -1023,7 +1031,7 @@ impl ShardState {
     /// The state as snapshot bytes (rkyv). Deterministic: equal states give
     /// equal bytes.
     pub fn to_snapshot_bytes(&self) -> Result<AlignedVec, SnapshotError> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(&self.p).map_err(|error| SnapshotError::Encode(error.to_string()))
+        rkyv::to_bytes::<rkyv::rancor::Error>(&self.persisted).map_err(|error| SnapshotError::Encode(error.to_string()))
     }
 
     /// Rebuilds a shard from snapshot bytes, validating the archive and every
@@ -1055,7 +1063,7 @@ impl ShardState {
     /// catch it can be tested. Does nothing to a shard with no item.
     #[cfg(any(test, feature = "fault-injection"))]
     pub fn break_invariant_for_tests(&mut self) {
-        if let Some(item) = self.p.items.first_mut() {
+        if let Some(item) = self.persisted.items.first_mut() {
             item.reserved = item.on_hand.saturating_add(1);
         }
     }
@@ -1065,8 +1073,8 @@ impl ShardState {
     /// tested. Does nothing to a shard with no item.
     #[cfg(any(test, feature = "fault-injection"))]
     pub fn corrupt_arena_for_tests(&mut self) {
-        let arena_len = u32::try_from(self.p.sku_arena.len()).unwrap_or(u32::MAX);
-        if let Some(item) = self.p.items.first_mut() {
+        let arena_len = u32::try_from(self.persisted.sku_arena.len()).unwrap_or(u32::MAX);
+        if let Some(item) = self.persisted.items.first_mut() {
             item.sku_offset = arena_len;
         }
     }
@@ -1078,23 +1086,23 @@ impl ShardState {
     /// (off the shard thread), and for tests; not for the hot path, which
     /// asserts the same rules where it changes state.
     pub fn check_invariants(&self) -> Result<(), String> {
-        check_references(&self.p)?;
+        check_references(&self.persisted)?;
         self.check_rules()
     }
 
     /// The rules between the state's parts, once its references are known
     /// to be good (`check_references`).
     fn check_rules(&self) -> Result<(), String> {
-        let mut reserved = vec![0u64; self.p.items.len()];
-        let mut backordered = vec![0u64; self.p.items.len()];
+        let mut reserved = vec![0u64; self.persisted.items.len()];
+        let mut backordered = vec![0u64; self.persisted.items.len()];
         let mut live = 0u32;
-        let terminal: hashbrown::HashSet<u32> = self.p.terminal.iter().copied().collect();
-        for (slot, reservation) in self.p.reservations.iter().enumerate() {
+        let terminal: hashbrown::HashSet<u32> = self.persisted.terminal.iter().copied().collect();
+        for (slot, reservation) in self.persisted.reservations.iter().enumerate() {
             let Some(reservation) = reservation else { continue };
             let slot = u32::try_from(slot).map_err(|_| "reservation slab over u32".to_string())?;
             if reservation.state == ReservationState::Held {
                 live += 1;
-                if reservation.deadline_ms <= self.p.now_ms {
+                if reservation.deadline_ms <= self.persisted.now_ms {
                     return Err(format!("hold {} outlived its deadline", reservation.id));
                 }
                 for line in reservation.lines.as_slice() {
@@ -1127,7 +1135,7 @@ impl ShardState {
             }
         }
         self.check_catalog()?;
-        for (id, item) in self.p.items.iter().enumerate() {
+        for (id, item) in self.persisted.items.iter().enumerate() {
             if item.reserved > item.on_hand {
                 return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
             }
@@ -1181,14 +1189,23 @@ impl ShardState {
         self.check_customer_usage()?;
         self.check_bundles()?;
         self.check_warehouse_priority()?;
-        if live != self.ix.live_holds || live as usize != self.ix.wheel.len() {
-            return Err(format!("{live} live holds, {} counted, {} timers", self.ix.live_holds, self.ix.wheel.len()));
+        if live != self.indexes.live_holds || live as usize != self.indexes.wheel.len() {
+            return Err(format!(
+                "{live} live holds, {} counted, {} timers",
+                self.indexes.live_holds,
+                self.indexes.wheel.len()
+            ));
         }
-        if self.ix.reservations.len() + self.p.free_slots.len() != self.p.reservations.len() {
+        if self.indexes.reservations.len() + self.persisted.free_slots.len() != self.persisted.reservations.len() {
             return Err("reservation slab, index and free list disagree".into());
         }
-        let limits = &self.p.limits;
-        self.ix.dedup.check(&self.p.dedup, self.p.now_ms, limits.dedup_window_max, limits.dedup_retention_ms)
+        let limits = &self.persisted.limits;
+        self.indexes.dedup.check(
+            &self.persisted.dedup,
+            self.persisted.now_ms,
+            limits.dedup_window_max,
+            limits.dedup_retention_ms,
+        )
     }
 }
 
@@ -1199,7 +1216,7 @@ impl ShardState {
     /// shard's warehouses, whatever the limits became since it was set.
     fn check_warehouse_priority(&self) -> Result<(), String> {
         let max = u16::MAX;
-        for (sku, list) in &self.p.warehouse_priority {
+        for (sku, list) in &self.persisted.warehouse_priority {
             if list.is_empty() {
                 return Err(format!("SKU {sku}: an empty warehouse priority is kept"));
             }
@@ -1214,15 +1231,15 @@ impl ShardState {
 
     /// A SKU's warehouse priority list, most preferred first (empty: none).
     pub fn warehouse_priority(&self, sku: &str) -> &[String] {
-        self.p.warehouse_priority.get(sku).map_or(&[], Vec::as_slice)
+        self.persisted.warehouse_priority.get(sku).map_or(&[], Vec::as_slice)
     }
 
     /// Every (SKU, customer) pair holds exactly the units its live holds
     /// counted, within the bound, and every pair still counts something.
     fn check_customer_usage(&self) -> Result<(), String> {
-        let customers = &self.p.customers;
+        let customers = &self.persisted.customers;
         let mut held: std::collections::BTreeMap<(&str, &str), u64> = std::collections::BTreeMap::new();
-        for reservation in self.p.reservations.iter().flatten() {
+        for reservation in self.persisted.reservations.iter().flatten() {
             if reservation.state != ReservationState::Held {
                 continue;
             }
@@ -1252,7 +1269,7 @@ impl ShardState {
         if let Some(((sku, customer), units)) = held.into_iter().next() {
             return Err(format!("customer {customer} of {sku}: live holds counted {units} with no usage"));
         }
-        if customers.usage.len() > self.p.limits.customer_usage_per_shard_max as usize {
+        if customers.usage.len() > self.persisted.limits.customer_usage_per_shard_max as usize {
             return Err(format!("{} customer usages, over the bound", customers.usage.len()));
         }
         Ok(())
@@ -1261,7 +1278,7 @@ impl ShardState {
     /// Every bundle is a valid definition of a SKU with no items here.
     /// (Its size may exceed limits lowered since it was defined.)
     fn check_bundles(&self) -> Result<(), String> {
-        for (sku, components) in &self.p.bundles.by_sku {
+        for (sku, components) in &self.persisted.bundles.by_sku {
             let name = crate::ids::Sku::new(sku.clone()).map_err(|e| format!("bundle {sku:?}: {e}"))?;
             crate::bundle::validate(&name, components, u32::MAX).map_err(|e| format!("bundle {sku}: {e}"))?;
             if self.items_of_sku(sku).next().is_some() {
@@ -1273,7 +1290,7 @@ impl ShardState {
 
     /// A SKU's bundle definition, if it is a bundle.
     pub fn bundle(&self, sku: &str) -> Option<Vec<crate::bundle::Component>> {
-        self.p.bundles.get(sku).map(<[_]>::to_vec)
+        self.persisted.bundles.get(sku).map(<[_]>::to_vec)
     }
 
     /// The shard's bundle definitions, by SKU, from `after` (exclusive),
@@ -1281,7 +1298,7 @@ impl ShardState {
     pub fn bundles(&self, after: Option<&str>, limit: usize) -> Vec<(String, Vec<crate::bundle::Component>)> {
         use std::ops::Bound::{Excluded, Unbounded};
         let from = after.map_or(Unbounded, Excluded);
-        self.p
+        self.persisted
             .bundles
             .by_sku
             .range::<str, _>((from, Unbounded))
@@ -1292,17 +1309,17 @@ impl ShardState {
 
     /// A SKU's per-customer limit.
     pub fn customer_limit(&self, sku: &str) -> Option<crate::customer::CustomerLimit> {
-        self.p.customers.limit(sku).copied()
+        self.persisted.customers.limit(sku).copied()
     }
 
     /// What a customer has of a SKU now, and its limit.
     pub fn customer_usage(&self, sku: &str, customer: &str) -> crate::customer::CustomerUsage {
-        self.p.customers.usage_of(sku, customer, self.p.now_ms)
+        self.persisted.customers.usage_of(sku, customer, self.persisted.now_ms)
     }
 
     /// Customers tracked for a SKU's limit.
     pub fn customers_tracked(&self, sku: &str) -> u64 {
-        self.p.customers.customers_of(sku) as u64
+        self.persisted.customers.customers_of(sku) as u64
     }
 }
 

@@ -57,11 +57,11 @@ fn corpus_dir(target: &str) -> PathBuf {
 }
 
 fn wal_config() -> WalConfig {
-    WalConfig { segment_size_max: 1 << 20, record_size_max: 1 << 20, tail_bytes_max: 1 << 20 }
+    WalConfig { segment_bytes_max: 1 << 20, record_bytes_max: 1 << 20, tail_bytes_max: 1 << 20 }
 }
 
-fn record_size_max() -> usize {
-    wal_config().record_size_max as usize
+fn record_bytes_max() -> usize {
+    wal_config().record_bytes_max as usize
 }
 
 fn target(name: &'static str, iterations_default: u64) -> Target {
@@ -257,7 +257,7 @@ fn wal_frame_seeds() -> Vec<Seed> {
     for (n, entry) in
         sample_entries().iter().chain([&LogEntry::batch(LogId::new(3, 6), 5_000, sample_commands())]).enumerate()
     {
-        let frame = EntryFrame::encode(entry, record_size_max()).unwrap_or_else(|e| panic!("encode: {e}"));
+        let frame = EntryFrame::encode(entry, record_bytes_max()).unwrap_or_else(|e| panic!("encode: {e}"));
         seeds.push(seed(&format!("valid-entry-{n}"), frame.as_bytes().to_vec()));
     }
     // Every other record kind, as the writer framed it.
@@ -495,11 +495,11 @@ fn apply_as_next(state: &mut ShardState, entry: &LogEntry) {
 fn check_wal_frame(input: &[u8], base_state: &[u8]) -> bool {
     let frame = EntryFrame::from_received(input.to_vec());
     let claimed = frame.log_id();
-    let Ok(entry) = frame.decode(record_size_max()) else { return false };
+    let Ok(entry) = frame.decode(record_bytes_max()) else { return false };
     assert_eq!(claimed, Some(entry.log_id), "log_id() disagrees with the decoded entry");
-    let again = EntryFrame::encode(&entry, record_size_max())
+    let again = EntryFrame::encode(&entry, record_bytes_max())
         .unwrap_or_else(|e| panic!("a decoded entry does not re-encode: {e}"));
-    assert_eq!(again.decode(record_size_max()).as_ref(), Ok(&entry), "a decoded entry does not round-trip");
+    assert_eq!(again.decode(record_bytes_max()).as_ref(), Ok(&entry), "a decoded entry does not round-trip");
     let mut state = ShardState::from_snapshot_bytes(base_state).unwrap_or_else(|reason| panic!("base state: {reason}"));
     apply_as_next(&mut state, &entry);
     true
@@ -527,7 +527,7 @@ fn check_wal_segment(input: &[u8]) -> bool {
         assert!(log.purged.is_none_or(|purged| purged.index < framed[0].entry.log_id.index), "purged entry read");
     }
     for read in &framed {
-        assert_eq!(read.frame.decode(record_size_max()).as_ref(), Ok(&read.entry), "a frame read back differs");
+        assert_eq!(read.frame.decode(record_bytes_max()).as_ref(), Ok(&read.entry), "a frame read back differs");
     }
     // A recovered log that takes the next entry keeps it across a restart.
     let Some(next) = next_after(log.last) else { return true };

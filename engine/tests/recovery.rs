@@ -25,7 +25,7 @@ fn entry(index: u64) -> LogEntry {
 fn snapshot_plus_wal_suffix_recovers_the_state_of_the_whole_log() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let wal_dir = dir.path().join("wal");
-    let config = WalConfig { segment_size_max: 4096, ..WalConfig::default() };
+    let config = WalConfig { segment_bytes_max: 4096, ..WalConfig::default() };
     let entries: Vec<LogEntry> = (1..=120).map(entry).collect();
     let snapshot_at = 70;
 

@@ -30,7 +30,7 @@ fn open(dir: &Path) -> Wal {
 }
 
 fn small_segments() -> WalConfig {
-    WalConfig { segment_size_max: 1024, ..WalConfig::default() }
+    WalConfig { segment_bytes_max: 1024, ..WalConfig::default() }
 }
 
 fn read_all(wal: &Wal) -> Vec<LogEntry> {
@@ -180,7 +180,7 @@ fn appends_that_break_the_log_rules_are_refused_whole() {
 #[test]
 fn an_entry_over_the_record_limit_is_refused() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = WalConfig { record_size_max: 64, ..WalConfig::default() };
+    let config = WalConfig { record_bytes_max: 64, ..WalConfig::default() };
     let mut wal = Wal::open(dir.path(), config).unwrap_or_else(|e| panic!("{e}"));
     let big = LogEntry::batch(LogId::new(1, 1), 0, vec![Command::Tick; 100]);
     assert!(matches!(wal.append(&[big]), Err(WalError::RecordTooLarge { .. })));

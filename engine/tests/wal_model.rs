@@ -37,7 +37,7 @@ struct Model {
 }
 
 fn config() -> WalConfig {
-    WalConfig { segment_size_max: 600, ..WalConfig::default() }
+    WalConfig { segment_bytes_max: 600, ..WalConfig::default() }
 }
 
 fn check(wal: &Wal, model: &Model) -> Result<(), TestCaseError> {

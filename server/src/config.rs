@@ -728,6 +728,23 @@ mod tests {
         assert_eq!(config.cluster.shards, 7);
     }
 
+    /// Sizes were renamed to say their unit (`frame_size_max` is now
+    /// `frame_bytes_max`, and so on); a config with the old names loads.
+    #[test]
+    fn sizes_load_under_their_old_names_too() {
+        let text = "[cluster]\nframe_size_max = 1048576\nsnapshot_size_max = 8388608\nsnapshot_chunk_size = 65536\n\
+            [cluster.wal]\nsegment_size_max = 4194304\nrecord_size_max = 1048576\n";
+        let config = load(text, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let cluster = &config.cluster;
+        assert_eq!(
+            (cluster.frame_bytes_max, cluster.snapshot_bytes_max, cluster.snapshot_chunk_bytes),
+            (1_048_576, 8_388_608, 65_536)
+        );
+        assert_eq!((cluster.wal.segment_bytes_max, cluster.wal.record_bytes_max), (4_194_304, 1_048_576));
+        let renamed = load("[cluster]\nframe_bytes_max = 8388608\n", &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(renamed.cluster.frame_bytes_max, 8_388_608);
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(load("[server]\nlisen = \"x\"\n", &[]).is_err());

@@ -563,7 +563,7 @@ impl Collector for ClusterCollector {
             ),
             (
                 "tally_snapshot_inbound_bytes",
-                "Bytes of snapshots being received, over all transfers (at most snapshot_size_max).",
+                "Bytes of snapshots being received, over all transfers (at most snapshot_bytes_max).",
                 stats.snapshot_inbound_bytes,
             ),
         ] {

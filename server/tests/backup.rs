@@ -25,7 +25,7 @@ use server::backup::verify::verify_backup;
 /// Small segments and frequent snapshots: a backup then has a snapshot,
 /// several segments and purged history.
 fn small_log(options: Options) -> Options {
-    options.set("cluster.wal", "segment_size_max", "4096").set("cluster", "snapshot_after_entries", "40").set(
+    options.set("cluster.wal", "segment_bytes_max", "4096").set("cluster", "snapshot_after_entries", "40").set(
         "cluster",
         "log_entries_kept_after_snapshot",
         "10",

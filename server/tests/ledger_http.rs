@@ -211,7 +211,13 @@ async fn a_deleted_item_leaves_the_ledger_with_a_delete_to_zero_and_still_reconc
     call(http, Method::DELETE, &path, ADMIN_KEY, None).await;
     call(http, Method::PUT, &path, ADMIN_KEY, Some(json!({ "on_hand": 4 }))).await;
 
-    let entries = ledger(http, &format!("&sku={sku}"), 100).await;
+    // The ledger is written from the applied log after the answers go
+    // out: wait until it holds the four movements.
+    let entries = eventually("the ledger records the four movements", std::time::Duration::from_secs(30), async || {
+        let entries = ledger(http, &format!("&sku={sku}"), 100).await;
+        (entries.len() >= 4).then_some(entries)
+    })
+    .await;
     let seen: Vec<(&str, i64, i64)> = entries
         .iter()
         .map(|e| {

@@ -66,7 +66,7 @@ impl Options {
     /// Sets `key` of `[section]` to `toml_value`, written verbatim:
     /// `.set("api", "ttl_seconds_default", "5")`,
     /// `.set("auth", "keys", r#"[{ name = "ops", role = "admin", sha256 = "..." }]"#)`,
-    /// `.set("cluster.wal", "segment_size_max", "1048576")`.
+    /// `.set("cluster.wal", "segment_bytes_max", "1048576")`.
     pub fn set(mut self, section: &str, key: &str, toml_value: &str) -> Self {
         self.settings.entry(section.to_owned()).or_default().insert(key.to_owned(), toml_value.to_owned());
         self
@@ -165,7 +165,7 @@ mod tests {
             .log_level("warn")
             .debug_clock(true)
             .snapshot_after_entries(50)
-            .set("cluster.wal", "segment_size_max", "1048576");
+            .set("cluster.wal", "segment_bytes_max", "1048576");
         let text = options.render(&spec, Path::new("/tmp/d\"x"));
         let expected = "# Written by the tally test harness (testkit).\n\
                         \n[cluster]\ndata_dir = \"/tmp/d\\\"x\"\ndial = [{ id = 2, addr = \"127.0.0.1:7003\" }]\n\

@@ -10,7 +10,7 @@ use openraft::async_runtime::WatchReceiver;
 use super::Node;
 use super::retry::Retry;
 use crate::error::AdminError;
-use crate::types::{NodeId, PeerNode, Raft};
+use crate::raft_types::{NodeId, PeerNode, Raft};
 use crate::wire::{AdminOp, Request, Response};
 
 impl Node {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::Node;
 use crate::config::ClusterConfig;
-use crate::types::{NodeId, PeerNode};
+use crate::raft_types::{NodeId, PeerNode};
 use crate::wire::{Request, Response};
 
 /// Initializes the groups this node is preferred for, unless a peer already

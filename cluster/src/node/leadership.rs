@@ -14,7 +14,7 @@ use openraft::async_runtime::WatchReceiver;
 use super::{Group, Inner};
 use crate::config::ClusterConfig;
 use crate::health::{FailureCause, Health, ShardHealth};
-use crate::types::{NodeId, Raft, log_id_to_engine, vote_to_engine};
+use crate::raft_types::{NodeId, Raft, log_id_to_engine, vote_to_engine};
 use crate::wire::{Request, Response};
 
 /// Keeps `is_leader` true exactly while this node leads the group, and

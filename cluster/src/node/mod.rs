@@ -68,10 +68,10 @@ use crate::inbound::InboundSnapshots;
 use crate::ledger::Ledger;
 use crate::log_store::LogStore;
 use crate::proposer::{Proposer, ProposerStats};
+use crate::raft_types::{NodeId, Raft};
 use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, SnapshotCounters, SnapshotStats};
 use crate::transport::{Transport, TransportStats};
-use crate::types::{NodeId, Raft};
 
 /// One shard's Raft group on this node.
 struct Group {
@@ -200,7 +200,7 @@ pub struct NodeStats {
     /// off their shard's thread: 0 while DESIGN §10's thread model holds.
     pub write_path_off_thread: u64,
     /// Snapshot transfers from leaders in progress here, and the image
-    /// bytes they hold (at most `snapshot_size_max` together).
+    /// bytes they hold (at most `snapshot_bytes_max` together).
     pub snapshot_transfers_inbound: u64,
     pub snapshot_inbound_bytes: u64,
     /// Inbound snapshot transfers dropped or refused: abandoned for

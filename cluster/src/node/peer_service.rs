@@ -14,10 +14,10 @@ use super::admin::apply_admin;
 use super::snapshot_inbound::receive_snapshot_chunk;
 use super::{Group, Inner};
 use crate::error::ProposeError;
-use crate::transport::Handler;
-use crate::types::{
+use crate::raft_types::{
     Entry, NodeId, Raft, entry_from_frame, log_id_from_engine, log_id_to_engine, vote_from_engine, vote_to_engine,
 };
+use crate::transport::Handler;
 use crate::wire::{AppendResult, Request, Response};
 
 /// Answers peers' requests.
@@ -156,14 +156,14 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
 async fn serve_append(
     inner: &Arc<Inner>,
     raft: &Raft,
-    vote: engine::log::Vote,
-    prev_log_id: Option<engine::log::LogId>,
+    vote: engine::raft_log::Vote,
+    prev_log_id: Option<engine::raft_log::LogId>,
     frames: Vec<Vec<u8>>,
-    leader_commit: Option<engine::log::LogId>,
+    leader_commit: Option<engine::raft_log::LogId>,
 ) -> Response {
-    let record_size_max = inner.config.wal.record_size_max as usize;
+    let record_bytes_max = inner.config.wal.record_bytes_max as usize;
     let entries: Result<Vec<_>, _> =
-        frames.into_iter().map(|frame| entry_from_frame(EntryFrame::from_received(frame), record_size_max)).collect();
+        frames.into_iter().map(|frame| entry_from_frame(EntryFrame::from_received(frame), record_bytes_max)).collect();
     let entries = match entries {
         Ok(entries) => entries,
         Err(error) => return Response::Refused(error.to_string()),
@@ -195,7 +195,7 @@ async fn serve_append(
 /// that breaks it tripped an assertion in openraft's core (a debug build)
 /// or had the WAL refuse the write, a storage error that stops the group
 /// (a release build); it is refused here instead, like any bad request.
-fn check_append_follows(prev_log_id: Option<engine::log::LogId>, entries: &[Entry]) -> Result<(), String> {
+fn check_append_follows(prev_log_id: Option<engine::raft_log::LogId>, entries: &[Entry]) -> Result<(), String> {
     let mut last = prev_log_id;
     for entry in entries {
         let log_id = log_id_to_engine(&entry.log_id);

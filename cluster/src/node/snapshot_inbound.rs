@@ -11,7 +11,7 @@ use engine::snapshot::SnapshotStore;
 use super::Inner;
 use crate::config::ClusterConfig;
 use crate::inbound::{Chunk, InboundLimits};
-use crate::types::{
+use crate::raft_types::{
     MembershipImage, NodeId, Raft, Snapshot, SnapshotMeta, log_id_from_engine, vote_from_engine, vote_to_engine,
 };
 use crate::wire::{Response, SnapshotDone};
@@ -90,7 +90,7 @@ pub(super) async fn receive_snapshot_chunk(
 pub(super) fn inbound_limits(config: &ClusterConfig) -> InboundLimits {
     InboundLimits {
         per_peer_max: config.snapshot_transfers_per_peer_max.max(1),
-        bytes_max: config.snapshot_size_max,
+        bytes_max: config.snapshot_bytes_max,
         idle_timeout: Duration::from_millis(config.snapshot_transfer_idle_timeout_ms.max(1)),
     }
 }

@@ -35,11 +35,11 @@ use crate::ledger::{Ledger, LedgerSender};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
 use crate::proposer::{Proposer, ProposerSettings};
+use crate::raft_types::{NodeId, Raft};
 use crate::shadow::{Shadow, SnapshotThread};
 use crate::shard_thread::ShardThread;
 use crate::state_machine::{NodeEvent, Publisher, StateMachine};
 use crate::transport::{Transport, TransportConfig};
-use crate::types::{NodeId, Raft};
 
 /// The limits a shard with no snapshot starts from, on every replica and
 /// in every shadow (`shadow`): later ones come through the log
@@ -112,7 +112,7 @@ impl Node {
         let pool = ShardPool::start(states, threads).map_err(StartError::Threads)?;
 
         let transport = start_transport(&config);
-        let router = Router::new(transport.clone(), config.snapshot_chunk_size, config.wal.record_size_max as usize);
+        let router = Router::new(transport.clone(), config.snapshot_chunk_bytes, config.wal.record_bytes_max as usize);
         let (events, _) = broadcast::channel(config.event_buffer_max.max(1));
         let clock = Arc::new(Clock::new(config.shards));
         let raft_config = raft_config(&config)?;
@@ -274,7 +274,7 @@ fn start_transport(config: &ClusterConfig) -> Transport {
     let transport = Transport::new(
         id,
         TransportConfig {
-            frame_size_max: config.frame_size_max,
+            frame_bytes_max: config.frame_bytes_max,
             connect_timeout_ms: config.connect_timeout_ms,
             secret: config.secret.clone(),
             idle_timeout_ms: config.peer_idle_timeout_ms,
@@ -302,7 +302,7 @@ fn raft_config(config: &ClusterConfig) -> Result<Arc<openraft::Config>, StartErr
         max_payload_entries: config.append_entries_max,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
         max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
-        snapshot_max_chunk_size: config.snapshot_chunk_size as u64,
+        snapshot_max_chunk_size: config.snapshot_chunk_bytes as u64,
         install_snapshot_timeout: config.rpc_timeout_ms.max(config.heartbeat_ms),
         // A node whose data directory was wiped comes back with an empty
         // log. Without this, the leader's replication to it panics on

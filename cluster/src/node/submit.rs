@@ -13,7 +13,7 @@ use super::retry::Retry;
 use crate::error::{ProposeError, SubmitError};
 use crate::forwarder::ForwardError;
 use crate::health::ShardFailure;
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 impl Node {
     /// The shard a command belongs to: its SKU's shard, or the home shard in

@@ -26,7 +26,7 @@ use super::handshake::{handshake_accepting, handshake_connecting};
 use super::registry::Registry;
 use super::stats::bump;
 use super::{Common, Handler, TransportError, deadline_after, len_u64};
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 use crate::wire::Request;
 
 /// Longest reason carried by an answer-failed frame, in bytes.
@@ -262,7 +262,7 @@ async fn read_answers(
     // Calls bound how long they wait for answers; only a frame that stops
     // midway is bounded here.
     while let Some(frame) =
-        read_frame(&mut reader, common.frame_size_max(), &common.counters, common.idle_timeout()).await?
+        read_frame(&mut reader, common.frame_bytes_max(), &common.counters, common.idle_timeout()).await?
     {
         if common.is_blocked(peer) {
             return Err(LinkError::Blocked);
@@ -419,7 +419,7 @@ async fn read_requests(
             Err(_) => continue,
         }
         let Some(frame) =
-            read_frame(&mut reader, common.frame_size_max(), &common.counters, common.idle_timeout()).await?
+            read_frame(&mut reader, common.frame_bytes_max(), &common.counters, common.idle_timeout()).await?
         else {
             break;
         };
@@ -458,7 +458,7 @@ pub(super) async fn answer(
         }
     };
     let response = handler.handle(peer, request).await;
-    let max = common.frame_size_max();
+    let max = common.frame_bytes_max();
     let answer = match rkyv::to_bytes::<rkyv::rancor::Error>(&response) {
         Ok(payload) if payload.len() <= max as usize => {
             OutFrame { kind: FRAME_KIND_ANSWER, correlation: frame.correlation, payload }
@@ -492,7 +492,7 @@ async fn write_frames(
 ) -> Result<(), LinkError> {
     let batch_max = common.write_queue_max();
     while let Some(frame) = frames.recv().await {
-        debug_assert!(frame.payload.len() <= common.frame_size_max() as usize);
+        debug_assert!(frame.payload.len() <= common.frame_bytes_max() as usize);
         write_frame(&mut writer, frame.kind, frame.correlation, &frame.payload, &common.counters).await?;
         let mut batched = 1;
         while batched < batch_max {

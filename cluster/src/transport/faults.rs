@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use super::conn::Closer;
 use super::registry::Registry;
 use super::{Common, Transport};
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 /// The peers fault injection blocks, in `Common`.
 pub(super) type Blocked = RwLock<HashSet<NodeId>>;

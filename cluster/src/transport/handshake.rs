@@ -12,7 +12,7 @@ use super::conn::LinkError;
 use super::frame::{FRAME_KIND_HELLO, FRAME_KIND_PROOF, Frame, read_frame, write_frame};
 use super::stats::Counters;
 use super::{Common, Handler, PROTOCOL_VERSION};
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 /// First bytes of a hello payload.
 pub const HELLO_MAGIC: [u8; 8] = *b"TALLYNET";

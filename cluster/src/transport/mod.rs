@@ -16,7 +16,7 @@
 //! [len u32 LE][kind u8][0u8; 3][correlation u64 LE][payload: len bytes]
 //! ```
 //!
-//! `len` counts the payload only and is at most `frame_size_max`, on both
+//! `len` counts the payload only and is at most `frame_bytes_max`, on both
 //! sides (at most `HELLO_LEN` or `PROOF_LEN` during the handshake). Kinds:
 //! * 1 hello: `[b"TALLYNET"][version u32 LE][0u32][node id u64 LE][nonce: 32 bytes]`,
 //!   correlation 0. Each side sends one, with a fresh random nonce.
@@ -78,7 +78,7 @@
 //!
 //! * A frame's payload buffer grows as its bytes arrive (doubling from
 //!   `PAYLOAD_STEP_FIRST`), never sized from the header's claim: a header
-//!   that claims `frame_size_max` and sends nothing costs 64 KiB.
+//!   that claims `frame_bytes_max` and sends nothing costs 64 KiB.
 //! * `connect_timeout_ms` bounds connecting and the whole handshake, on both
 //!   sides; `connections_incoming_max` bounds incoming connections open at
 //!   once, handshakes included (more are closed at once).
@@ -150,7 +150,7 @@ use self::conn::{Connection, accept_loop, connect};
 use self::registry::{PeerSlot, Registry};
 use self::stats::{Counters, bump};
 use crate::config::Secret;
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 use crate::wire::{Request, Response};
 
 /// Bumped on any change to the frame layout or to the `wire` types (2: the
@@ -171,7 +171,7 @@ pub const PROTOCOL_VERSION: u32 = 8;
 pub struct TransportConfig {
     /// Largest frame payload, in bytes. Larger frames are refused on both send
     /// and receive.
-    pub frame_size_max: u32,
+    pub frame_bytes_max: u32,
     /// Bound on connecting to a peer, and on the handshake of either side.
     pub connect_timeout_ms: u64,
     /// The cluster's shared secret, proved in every handshake; `None` is the
@@ -197,7 +197,7 @@ pub struct TransportConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
-            frame_size_max: 64 * 1024 * 1024,
+            frame_bytes_max: 64 * 1024 * 1024,
             connect_timeout_ms: 500,
             secret: None,
             idle_timeout_ms: 60_000,
@@ -289,8 +289,8 @@ impl Common {
         false
     }
 
-    fn frame_size_max(&self) -> u32 {
-        self.config.frame_size_max
+    fn frame_bytes_max(&self) -> u32 {
+        self.config.frame_bytes_max
     }
 
     fn requests_in_flight_max(&self) -> usize {
@@ -445,8 +445,8 @@ impl Transport {
         }
         let payload = rkyv::to_bytes::<rkyv::rancor::Error>(request)
             .map_err(|e| TransportError::Decode(format!("encode: {e}")))?;
-        if payload.len() > common.frame_size_max() as usize {
-            return Err(TransportError::FrameTooLarge { len: len_u64(payload.len()), max: common.frame_size_max() });
+        if payload.len() > common.frame_bytes_max() as usize {
+            return Err(TransportError::FrameTooLarge { len: len_u64(payload.len()), max: common.frame_bytes_max() });
         }
         let slot = self.inner.registry.slot(peer)?;
         let connection = self.connection(peer, &slot, deadline).await?;

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::TransportError;
 use super::conn::{Closer, Connection};
-use crate::types::NodeId;
+use crate::raft_types::NodeId;
 
 /// Every connection of a transport, so that `block` and `shutdown` can close
 /// them.

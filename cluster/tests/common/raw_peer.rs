@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use cluster::raft_types::NodeId;
 use cluster::transport::{
     FRAME_HEADER_LEN, FRAME_KIND_ANSWER, FRAME_KIND_HELLO, FRAME_KIND_PROOF, FRAME_KIND_REQUEST, HELLO_LEN,
     HELLO_MAGIC, NONCE_LEN, PROOF_LABEL_ACCEPTING, PROOF_LABEL_CONNECTING, PROTOCOL_VERSION,
 };
-use cluster::types::NodeId;
 use cluster::wire::{Request, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;

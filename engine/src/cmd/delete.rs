@@ -87,7 +87,7 @@ pub(super) fn apply_sku(
 ) -> Result<Outcome, Corrupt> {
     let sku = command.sku.as_str();
     let items: Vec<ItemId> = state.items_of_sku(sku).collect();
-    let has_product = state.p.catalog.products.contains_key(sku);
+    let has_product = state.persisted.catalog.products.contains_key(sku);
     if items.is_empty() && !has_product {
         return Ok(Refusal::ItemNotFound.into());
     }
@@ -97,7 +97,7 @@ pub(super) fn apply_sku(
     for &id in &items {
         state.delete_item(id, emitter);
     }
-    state.p.catalog.products.remove(sku);
+    state.persisted.catalog.products.remove(sku);
     Ok(Outcome::Deleted { items: u32::try_from(items.len()).unwrap_or(u32::MAX), product: has_product })
 }
 
@@ -248,13 +248,13 @@ mod tests {
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 2)]);
         f.one(Command::Release(Release { id: rid(1), principal: None }));
-        let (slots, arena) = (f.state.p.items.len(), f.state.p.sku_arena.len());
+        let (slots, arena) = (f.state.persisted.items.len(), f.state.persisted.sku_arena.len());
         for round in 0..5u64 {
             assert_eq!(f.one(delete("SKU-1", "berlin")), Outcome::Deleted { items: 1, product: false });
             let outcome = f.one(Command::UpsertItem(UpsertItem { on_hand: Some(round), ..upsert("SKU-1", "berlin") }));
             assert!(matches!(outcome, Outcome::Upserted { created: true, ref item, .. } if item.version == 1));
         }
-        assert_eq!((f.state.p.items.len(), f.state.p.sku_arena.len()), (slots, arena));
+        assert_eq!((f.state.persisted.items.len(), f.state.persisted.sku_arena.len()), (slots, arena));
         // The released reservation still names its item rightly.
         let view = f.state.reservation(&rid(1)).ok().flatten().unwrap_or_else(|| panic!("forgotten"));
         assert_eq!((view.lines[0].sku.as_str(), view.lines[0].warehouse.as_str()), ("SKU-1", "berlin"));

@@ -419,7 +419,7 @@ fn apply_with(
     });
     if let Some(hold) = &counted {
         let pairs_max = state.limits().customer_usage_per_shard_max;
-        state.p.customers.hold(&hold.customer, &hold.skus, now_ms, pairs_max);
+        state.persisted.customers.hold(&hold.customer, &hold.skus, now_ms, pairs_max);
     }
     emitter.emit(EventKind::ReservationHeld { reservation: command.id, deadline_ms });
     debug_assert!(
@@ -491,7 +491,7 @@ fn debug_assert_allocations(state: &ShardState, command: &Hold, held: &[HeldLine
 /// caller to hold instead (`bundle.rs`). `None` when it names none: one
 /// emptiness check while the shard has no bundles.
 fn bundle_lines(state: &ShardState, command: &Hold) -> Option<Refusal> {
-    let bundles = &state.p.bundles;
+    let bundles = &state.persisted.bundles;
     if bundles.is_empty() {
         return None;
     }
@@ -511,7 +511,7 @@ fn bundle_lines(state: &ShardState, command: &Hold) -> Option<Refusal> {
 /// hold will count, or why it may not go ahead. Changes nothing; costs
 /// nothing while the shard has no limits.
 fn check_customer_limits(state: &ShardState, command: &Hold) -> Result<Option<Box<CustomerHold>>, Refusal> {
-    let customers = &state.p.customers;
+    let customers = &state.persisted.customers;
     if customers.limits.is_empty() {
         return Ok(None);
     }

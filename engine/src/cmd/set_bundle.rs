@@ -30,7 +30,7 @@ impl SetBundle {
 pub(super) fn apply(state: &mut ShardState, command: &SetBundle) -> Outcome {
     let sku = command.sku.as_str();
     let Some(components) = &command.components else {
-        return match state.p.bundles.by_sku.remove(sku) {
+        return match state.persisted.bundles.by_sku.remove(sku) {
             Some(_) => Outcome::BundleSet { sku: sku.to_owned(), components: None },
             None => Refusal::BundleNotFound.into(),
         };
@@ -43,7 +43,7 @@ pub(super) fn apply(state: &mut ShardState, command: &SetBundle) -> Outcome {
     if items > 0 {
         return Refusal::SkuHasItems { items: u32::try_from(items).unwrap_or(u32::MAX) }.into();
     }
-    let bundles = &mut state.p.bundles.by_sku;
+    let bundles = &mut state.persisted.bundles.by_sku;
     if !bundles.contains_key(sku) && bundles.len() >= limits.bundles_per_shard_max as usize {
         let max = u64::from(limits.bundles_per_shard_max);
         return Refusal::ShardFull { bound: Bound::BundlesPerShard, max }.into();

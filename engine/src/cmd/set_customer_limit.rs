@@ -34,7 +34,7 @@ pub(super) fn apply(state: &mut ShardState, command: &SetCustomerLimit) -> Outco
         return Refusal::ItemNotFound.into();
     }
     let now_ms = state.now_ms();
-    state.p.customers.set(sku, command.limit, now_ms);
+    state.persisted.customers.set(sku, command.limit, now_ms);
     Outcome::CustomerLimitSet {
         sku: sku.to_owned(),
         limit: state.customer_limit(sku),

@@ -78,7 +78,7 @@ pub(super) fn apply(state: &mut ShardState, command: &SetProduct) -> Outcome {
     let sku = command.sku.as_str();
     let now_ms = state.now_ms();
     let products_max = state.limits().products_per_shard_max;
-    let products = &mut state.p.catalog.products;
+    let products = &mut state.persisted.catalog.products;
     let current = products.get(sku);
     if current.is_none() && products.len() >= products_max as usize {
         return Refusal::ShardFull { bound: Bound::ProductsPerShard, max: u64::from(products_max) }.into();

@@ -150,6 +150,32 @@ mod tests {
         assert!(matches!(cleared, Outcome::Upserted { changed: true, ref item, .. } if item.states.is_empty()));
     }
 
+    /// Found by the `wal_frame` fuzz target (seed 0x88e44800b3e68929,
+    /// input 2834): a refused `SetStates` for an item that did not exist
+    /// (or had been deleted) left it created at version 0, breaking
+    /// `check_invariants`. The level rules now run before the item exists.
+    #[test]
+    fn a_refused_set_creates_nothing_and_revives_no_deleted_item() {
+        let mut f = Fixture::new();
+        let refused = f.one(set(Some(11), None, Some(10)));
+        assert_eq!(refused, Outcome::Refused(Refusal::BelowUnsellable { on_hand: 0, reserved: 0, unsellable: 11 }));
+        assert_eq!(f.state.stats().items, 0);
+        f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+        // Deleted, then a refused set: it stays deleted.
+        f.stock("SKU-1", "berlin", 10, 0);
+        let delete = Command::DeleteSku(crate::cmd::DeleteSku { sku: sku_of("SKU-1"), principal: None });
+        assert!(matches!(f.one(delete), Outcome::Deleted { items: 1, .. }));
+        assert!(f.one(set(Some(11), None, Some(10))).is_refused());
+        assert_eq!(f.state.stats().items, 0);
+        f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+        // And a valid one brings it back at version 1.
+        let Outcome::Upserted { item, created: true, .. } = f.one(set(Some(4), None, Some(10))) else {
+            panic!("not created");
+        };
+        assert_eq!((item.version, item.available), (1, 6));
+        f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
     #[test]
     fn levels_over_the_maximum_are_bad_input() {
         let mut f = Fixture::new();

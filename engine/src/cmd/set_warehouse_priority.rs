@@ -48,10 +48,10 @@ pub(super) fn apply(state: &mut ShardState, command: &SetWarehousePriority) -> O
     }
     // Checked: from here on nothing refuses.
     if list.is_empty() {
-        state.p.warehouse_priority.remove(sku);
+        state.persisted.warehouse_priority.remove(sku);
     } else {
         let names = list.iter().map(|name| name.as_str().to_owned()).collect();
-        state.p.warehouse_priority.insert(sku.to_owned(), names);
+        state.persisted.warehouse_priority.insert(sku.to_owned(), names);
     }
     debug_assert!(
         state.warehouse_priority(sku).iter().all(|name| state.find_item(sku, name).is_some()),

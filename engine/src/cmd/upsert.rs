@@ -108,6 +108,25 @@ pub(super) fn apply_with(
         _ => {}
     }
 
+    // Every level rule is checked before an item is created (or a deleted
+    // one's slot revived): a refused upsert leaves nothing behind.
+    let (current_on_hand, reserved, current_levels) = match found {
+        Some(id) => {
+            let item = state.item(id);
+            (item.on_hand, item.reserved, item.levels())
+        }
+        None => (0, 0, crate::states::StateLevels::default()),
+    };
+    let on_hand = command.on_hand.unwrap_or(current_on_hand);
+    if on_hand < reserved {
+        return Ok(Refusal::BelowReserved { on_hand: current_on_hand, reserved }.into());
+    }
+    let levels = states.map_or(current_levels, |states| states.resolve(current_levels));
+    if on_hand - reserved < levels.unsellable() {
+        return Ok(
+            Refusal::BelowUnsellable { on_hand: current_on_hand, reserved, unsellable: levels.unsellable() }.into()
+        );
+    }
     let (id, created) = match found {
         Some(id) => (id, false),
         None => match state.create_item(command.sku.as_str(), command.warehouse.as_str()) {
@@ -116,20 +135,6 @@ pub(super) fn apply_with(
         },
     };
     let item = state.item(id);
-    let on_hand = command.on_hand.unwrap_or(item.on_hand);
-    if on_hand < item.reserved {
-        debug_assert!(!created, "a new item has nothing reserved");
-        return Ok(Refusal::BelowReserved { on_hand: item.on_hand, reserved: item.reserved }.into());
-    }
-    let levels = states.map_or_else(|| item.levels(), |states| states.resolve(item.levels()));
-    if on_hand - item.reserved < levels.unsellable() {
-        return Ok(Refusal::BelowUnsellable {
-            on_hand: item.on_hand,
-            reserved: item.reserved,
-            unsellable: levels.unsellable(),
-        }
-        .into());
-    }
     let threshold = command.low_stock_threshold.unwrap_or(item.low_stock_threshold);
     let current = item.attrs.as_deref();
     let attrs = Attrs {

@@ -205,7 +205,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::config::WalConfig;
-    use crate::log::{LogEntry, LogId};
+    use crate::raft_log::{LogEntry, LogId};
     use crate::wal::Wal;
     use crate::wal::scan::{scan_segments, segment_seq};
 
@@ -231,7 +231,7 @@ mod tests {
         dir: &std::path::Path,
     ) -> (Wal, std::sync::Arc<super::ArchiveStats>, std::path::PathBuf, std::path::PathBuf) {
         let (wal_dir, archive_dir) = (dir.join("wal"), dir.join("archive"));
-        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
+        let config = WalConfig { segment_bytes_max: 512, ..WalConfig::default() };
         let mut wal = Wal::open(&wal_dir, config).unwrap_or_else(|e| panic!("{e}"));
         let stats =
             wal.set_archive(ArchiveConfig { dir: archive_dir.clone(), retry_ms: 10 }).unwrap_or_else(|e| panic!("{e}"));

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::log::{LogId, Vote};
+use crate::raft_log::{LogId, Vote};
 use crate::wal::record::Meta;
 use crate::wal::tail::Tail;
 

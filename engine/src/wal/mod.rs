@@ -38,7 +38,7 @@ use rkyv::util::AlignedVec;
 
 use crate::config::WalConfig;
 use crate::error::{WalError, WalFailure};
-use crate::log::{LogEntry, LogId, Vote};
+use crate::raft_log::{LogEntry, LogId, Vote};
 
 use archive::Archiver;
 use flusher::Flusher;
@@ -108,7 +108,7 @@ pub struct SegmentFile {
 #[derive(Clone, Debug)]
 pub struct WalReader {
     index: Arc<RwLock<LogIndex>>,
-    record_size_max: usize,
+    record_bytes_max: usize,
     counters: Arc<Counters>,
 }
 
@@ -184,7 +184,7 @@ impl Wal {
     pub fn reader(&self) -> WalReader {
         WalReader {
             index: Arc::clone(&self.index),
-            record_size_max: self.config.record_size_max as usize,
+            record_bytes_max: self.config.record_bytes_max as usize,
             counters: Arc::clone(&self.counters),
         }
     }
@@ -229,7 +229,7 @@ impl Wal {
     ) -> Result<(), WalError> {
         self.flusher.check_healthy()?;
         self.buffer.clear();
-        let record_size_max = self.config.record_size_max as usize;
+        let record_bytes_max = self.config.record_bytes_max as usize;
         let mut pending: Vec<(&LogEntry, Option<&EntryFrame>, usize, usize)> = Vec::new();
         let mut next = self.index.read().last_seen;
         for (entry, frame) in entries {
@@ -241,15 +241,15 @@ impl Wal {
                     // Decoded and checked whole when it was received.
                     debug_assert_eq!(frame.log_id(), Some(entry.log_id));
                     let payload_len = frame.len().saturating_sub(record::FRAME_HEADER_LEN);
-                    if payload_len > record_size_max {
-                        return Err(WalError::RecordTooLarge { len: payload_len, max: record_size_max });
+                    if payload_len > record_bytes_max {
+                        return Err(WalError::RecordTooLarge { len: payload_len, max: record_bytes_max });
                     }
                     self.buffer.extend_from_slice(frame.as_bytes());
                     frame.len()
                 }
                 None => self
                     .encoder
-                    .encode(RecordRef::Entry(entry), record_size_max, &mut self.buffer)
+                    .encode(RecordRef::Entry(entry), record_bytes_max, &mut self.buffer)
                     .map_err(WalError::from)?,
             };
             pending.push((entry, frame, offset, len));
@@ -258,7 +258,7 @@ impl Wal {
             return Ok(());
         }
         if self.active_len > self.active_header_len
-            && self.active_len + self.buffer.len() as u64 > self.config.segment_size_max
+            && self.active_len + self.buffer.len() as u64 > self.config.segment_bytes_max
         {
             self.roll()?;
         }
@@ -388,7 +388,7 @@ impl Wal {
     fn append_meta(&mut self, record: RecordRef<'_>) -> Result<(), WalError> {
         self.flusher.check_healthy()?;
         self.buffer.clear();
-        self.encoder.encode(record, self.config.record_size_max as usize, &mut self.buffer).map_err(WalError::from)?;
+        self.encoder.encode(record, self.config.record_bytes_max as usize, &mut self.buffer).map_err(WalError::from)?;
         self.write_buffer()
     }
 
@@ -467,7 +467,7 @@ fn create_segment(
     let header = SegmentHeader { magic: SEGMENT_MAGIC, format: SEGMENT_FORMAT, seq, meta: *meta, last };
     let mut frame = Vec::new();
     encoder
-        .encode(RecordRef::Header(&header), config.record_size_max as usize, &mut frame)
+        .encode(RecordRef::Header(&header), config.record_bytes_max as usize, &mut frame)
         .map_err(|error| WalError::Encode(format!("{error:?}")))?;
     file.write_all_at(&frame, 0).map_err(io_error(&path))?;
     file.sync_data().map_err(io_error(&path))?;
@@ -535,7 +535,7 @@ impl WalReader {
                 let corrupt = |reason: String| WalError::Corrupt { path: path.clone(), offset: loc.offset, reason };
                 let frame = &bytes[at..at + loc.len as usize];
                 let (record, len) = record::read_frame(frame, &mut scratch).map_err(|e| corrupt(e.reason()))?;
-                debug_assert!(len <= self.record_size_max + record::FRAME_HEADER_LEN);
+                debug_assert!(len <= self.record_bytes_max + record::FRAME_HEADER_LEN);
                 match record {
                     Record::Entry(entry) if entry.log_id.index == *entry_index && entry.log_id.term == loc.term => {
                         entries.push(FramedEntry { entry, frame: EntryFrame::from_written(frame) });

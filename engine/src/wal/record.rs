@@ -18,7 +18,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::WalError;
-use crate::log::{LogEntry, LogId, Vote};
+use crate::raft_log::{LogEntry, LogId, Vote};
 
 pub(crate) const FRAME_HEADER_LEN: usize = 12;
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TALLYWAL");
@@ -174,7 +174,7 @@ impl Encoder {
     pub fn encode(
         &mut self,
         record: RecordRef<'_>,
-        record_size_max: usize,
+        record_bytes_max: usize,
         out: &mut Vec<u8>,
     ) -> Result<usize, EncodeError> {
         let payload = std::mem::take(&mut self.payload);
@@ -187,7 +187,7 @@ impl Encoder {
             RecordRef::Purge(value) => serialize(value, payload),
         };
         let payload = result.map_err(EncodeError::Invalid)?;
-        let outcome = self.frame(record, &payload, record_size_max, out);
+        let outcome = self.frame(record, &payload, record_bytes_max, out);
         self.payload = payload;
         outcome
     }
@@ -196,12 +196,12 @@ impl Encoder {
         &self,
         record: RecordRef<'_>,
         payload: &AlignedVec,
-        record_size_max: usize,
+        record_bytes_max: usize,
         out: &mut Vec<u8>,
     ) -> Result<usize, EncodeError> {
         let kind = kind_of(record);
-        if kind == Kind::Entry && payload.len() > record_size_max {
-            return Err(EncodeError::TooLarge { len: payload.len(), max: record_size_max });
+        if kind == Kind::Entry && payload.len() > record_bytes_max {
+            return Err(EncodeError::TooLarge { len: payload.len(), max: record_bytes_max });
         }
         check_before_write(record, kind, payload).map_err(EncodeError::Invalid)?;
         let len = u32::try_from(payload.len())
@@ -254,7 +254,8 @@ fn check_before_write(record: RecordRef<'_>, kind: Kind, payload: &AlignedVec) -
     if let RecordRef::Entry(entry) = record {
         // Entries are large: validate the archive in place (every byte of it,
         // as a reader will) without building a second copy of the commands.
-        let archived = rkyv::access::<crate::log::ArchivedLogEntry, RkyvError>(payload).map_err(|e| e.to_string())?;
+        let archived =
+            rkyv::access::<crate::raft_log::ArchivedLogEntry, RkyvError>(payload).map_err(|e| e.to_string())?;
         return if LogId::from(&archived.log_id) == entry.log_id {
             Ok(())
         } else {
@@ -332,9 +333,9 @@ impl fmt::Debug for EntryFrame {
 impl EntryFrame {
     /// Encodes `entry` on its own (entries that arrive without a frame, such
     /// as a new leader's blank entry on its way to a follower).
-    pub fn encode(entry: &LogEntry, record_size_max: usize) -> Result<EntryFrame, WalError> {
+    pub fn encode(entry: &LogEntry, record_bytes_max: usize) -> Result<EntryFrame, WalError> {
         let mut out = Vec::new();
-        Encoder::default().encode(RecordRef::Entry(entry), record_size_max, &mut out).map_err(WalError::from)?;
+        Encoder::default().encode(RecordRef::Entry(entry), record_bytes_max, &mut out).map_err(WalError::from)?;
         Ok(EntryFrame(out.into()))
     }
 
@@ -361,15 +362,15 @@ impl EntryFrame {
 
     /// Checks the frame whole (length, CRC, kind, archive) and decodes its
     /// entry. A frame that is more than one record, or not an entry, or
-    /// larger than `record_size_max` is refused.
-    pub fn decode(&self, record_size_max: usize) -> Result<LogEntry, String> {
+    /// larger than `record_bytes_max` is refused.
+    pub fn decode(&self, record_bytes_max: usize) -> Result<LogEntry, String> {
         let mut scratch = AlignedVec::new();
         let (record, len) = read_frame(&self.0, &mut scratch).map_err(|error| error.reason())?;
         if len != self.0.len() {
             return Err(format!("frame of {len} bytes followed by {} more", self.0.len() - len));
         }
-        if len > record_size_max + FRAME_HEADER_LEN {
-            return Err(format!("entry record of {len} bytes is over the limit of {record_size_max}"));
+        if len > record_bytes_max + FRAME_HEADER_LEN {
+            return Err(format!("entry record of {len} bytes is over the limit of {record_bytes_max}"));
         }
         match record {
             Record::Entry(entry) => Ok(entry),
@@ -386,7 +387,7 @@ impl EntryFrame {
         }
         let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
         aligned.extend_from_slice(payload);
-        let archived = rkyv::access::<crate::log::ArchivedLogEntry, RkyvError>(&aligned).ok()?;
+        let archived = rkyv::access::<crate::raft_log::ArchivedLogEntry, RkyvError>(&aligned).ok()?;
         Some(LogId::from(&archived.log_id))
     }
 }

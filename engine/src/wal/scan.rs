@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rkyv::util::AlignedVec;
 
 use crate::error::WalError;
-use crate::log::LogEntry;
+use crate::raft_log::LogEntry;
 use crate::wal::record::{FrameError, Record, SEGMENT_FORMAT, SEGMENT_MAGIC, read_frame};
 
 /// Entries read back from segment files.
@@ -119,7 +119,7 @@ pub fn scan_segments(segments: &[PathBuf], after: Option<u64>) -> Result<Scanned
 mod tests {
     use super::*;
     use crate::config::WalConfig;
-    use crate::log::LogId;
+    use crate::raft_log::LogId;
     use crate::wal::Wal;
 
     fn entry(term: u64, index: u64) -> LogEntry {
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn a_scan_reads_what_the_writer_wrote_with_truncations_applied() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
+        let config = WalConfig { segment_bytes_max: 512, ..WalConfig::default() };
         let mut wal = Wal::open(dir.path(), config).unwrap_or_else(|e| panic!("{e}"));
         for index in 1..=40 {
             wal.append([&entry(1, index)]).unwrap_or_else(|e| panic!("{e}"));
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn a_missing_segment_is_an_error_not_a_shorter_log() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let config = WalConfig { segment_size_max: 512, ..WalConfig::default() };
+        let config = WalConfig { segment_bytes_max: 512, ..WalConfig::default() };
         let mut wal = Wal::open(dir.path(), config).unwrap_or_else(|e| panic!("{e}"));
         for index in 1..=40 {
             wal.append([&entry(1, index)]).unwrap_or_else(|e| panic!("{e}"));
@@ -185,7 +185,7 @@ mod tests {
             after in 0u64..20,
         ) {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-            let config = WalConfig { segment_size_max: 400, ..WalConfig::default() };
+            let config = WalConfig { segment_bytes_max: 400, ..WalConfig::default() };
             let mut wal = Wal::open(dir.path(), config).unwrap_or_else(|e| panic!("{e}"));
             let (mut last, mut term) = (0u64, 1u64);
             for (appended, back, truncate) in steps {

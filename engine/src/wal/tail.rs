@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use crate::log::LogEntry;
+use crate::raft_log::LogEntry;
 use crate::wal::record::EntryFrame;
 
 /// An entry with the frame that encodes it in the WAL.
@@ -107,7 +107,7 @@ impl Tail {
 mod tests {
     use super::*;
     use crate::cmd::Command;
-    use crate::log::LogId;
+    use crate::raft_log::LogId;
 
     fn framed(index: u64) -> FramedEntry {
         let entry = LogEntry::batch(LogId::new(1, index), index, vec![Command::Tick]);

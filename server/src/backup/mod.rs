@@ -26,7 +26,7 @@ pub mod verify;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use engine::log::EntryPayload;
+use engine::raft_log::EntryPayload;
 use engine::wal::scan::scan_segments;
 use engine::{LogEntry, ShardState};
 use serde::{Deserialize, Serialize};

@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use engine::log::{LogId, Vote};
+use engine::raft_log::{LogId, Vote};
 use engine::snapshot::SnapshotStore;
 use engine::wal::Wal;
 use engine::wal::scan::segment_seq;
@@ -75,7 +75,7 @@ pub fn restore(request: &RestoreRequest) -> Result<Vec<RestoredShard>, BackupErr
     };
     cluster::node::check_identity(&cluster_config)
         .map_err(|error| BackupError::Invalid(format!("writing the data directory's identity: {error}")))?;
-    let membership = cluster::types::MembershipImage::single(request.node_id, &request.peer_addr);
+    let membership = cluster::raft_types::MembershipImage::single(request.node_id, &request.peer_addr);
 
     let mut restored = Vec::with_capacity(manifest.shards.len());
     for shard in &manifest.shards {

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use engine::log::{EntryPayload as EnginePayload, LogEntry, LogId as EngineLogId, Vote as EngineVote};
+use engine::raft_log::{EntryPayload as EnginePayload, LogEntry, LogId as EngineLogId, Vote as EngineVote};
 use engine::wal::{EntryFrame, FramedEntry};
 use openraft::vote::leader_id_std::CommittedLeaderId;
 use openraft::{EntryPayload, Membership, RaftTypeConfig, StoredMembership};
@@ -136,18 +136,18 @@ pub fn entry_from_engine(framed: FramedEntry) -> io::Result<Entry> {
 
 /// The frame of an entry on its way to a follower: the one the leader's WAL
 /// wrote, or, for an entry without one (blank, membership), encoded now.
-pub fn frame_of(entry: Entry, record_size_max: usize) -> Result<EntryFrame, engine::WalError> {
+pub fn frame_of(entry: Entry, record_bytes_max: usize) -> Result<EntryFrame, engine::WalError> {
     match entry_to_engine(entry) {
         (_, Some(frame)) => Ok(frame),
-        (entry, None) => EntryFrame::encode(&entry, record_size_max),
+        (entry, None) => EntryFrame::encode(&entry, record_bytes_max),
     }
 }
 
 /// An entry a follower received: its frame checked whole and decoded, kept
 /// to be appended verbatim.
-pub fn entry_from_frame(frame: EntryFrame, record_size_max: usize) -> io::Result<Entry> {
+pub fn entry_from_frame(frame: EntryFrame, record_bytes_max: usize) -> io::Result<Entry> {
     let entry = frame
-        .decode(record_size_max)
+        .decode(record_bytes_max)
         .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, format!("received entry frame: {reason}")))?;
     entry_from_engine(FramedEntry { entry, frame })
 }
