@@ -132,7 +132,7 @@ pub struct ClusterConfig {
     pub snapshot_from_shadow: bool,
     /// Largest snapshot this node accepts from a leader, and the most bytes
     /// of snapshots being received it holds at once, over all peers.
-    #[serde(alias = "snapshot_bytes_max")]
+    #[serde(alias = "snapshot_size_max")]
     pub snapshot_bytes_max: u64,
     /// Snapshot transfers one peer may have in progress here at once (one
     /// per shard it leads that this node needs); a chunk starting another is
@@ -142,7 +142,7 @@ pub struct ClusterConfig {
     /// abandoned: its bytes are dropped.
     pub snapshot_transfer_idle_timeout_ms: u64,
     /// Bytes per snapshot chunk on the wire.
-    #[serde(alias = "snapshot_chunk_bytes")]
+    #[serde(alias = "snapshot_chunk_size")]
     pub snapshot_chunk_bytes: usize,
     /// Entries per AppendEntries RPC, and per read of the log while a
     /// snapshot's shadow replica catches up.
@@ -165,7 +165,7 @@ pub struct ClusterConfig {
     /// proofs) of either side.
     pub connect_timeout_ms: u64,
     /// Largest frame on a peer connection.
-    #[serde(alias = "frame_bytes_max")]
+    #[serde(alias = "frame_size_max")]
     pub frame_bytes_max: u32,
     /// Requests in flight per peer connection.
     pub peer_requests_in_flight_max: u32,

@@ -131,10 +131,10 @@ impl Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct WalConfig {
     /// A segment is closed and a new one started once it passes this size.
-    #[serde(alias = "segment_bytes_max")]
+    #[serde(alias = "segment_size_max")]
     pub segment_bytes_max: u64,
     /// Largest single record (one log entry); bigger appends are refused.
-    #[serde(alias = "record_bytes_max")]
+    #[serde(alias = "record_size_max")]
     pub record_bytes_max: u32,
     /// Frame bytes of the newest entries kept in memory, so applying and
     /// replicating them neither reads the disk nor decodes (`wal/tail.rs`).
