@@ -171,7 +171,7 @@ mod tests {
                         \n[cluster]\ndata_dir = \"/tmp/d\\\"x\"\ndial = [{ id = 2, addr = \"127.0.0.1:7003\" }]\n\
                         listen = \"127.0.0.1:7002\"\nmembers = [{ id = 1, addr = \"127.0.0.1:7002\" }]\nnode_id = 1\n\
                         shards = 3\nsnapshot_after_entries = 50\n\
-                        \n[cluster.wal]\nsegment_size_max = 1048576\n\
+                        \n[cluster.wal]\nsegment_bytes_max = 1048576\n\
                         \n[server]\ndebug_clock = true\nlisten = \"127.0.0.1:7001\"\nlog_level = \"warn\"\n";
         assert_eq!(text, expected);
     }
