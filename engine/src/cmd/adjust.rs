@@ -9,6 +9,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::check_provenance;
 use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
 use crate::ids::{Note, Principal, QUANTITY_MAX, Reference, Sku, Warehouse};
@@ -93,16 +94,7 @@ impl Adjust {
                 max: QUANTITY_MAX,
             });
         }
-        if let Some(principal) = &self.principal {
-            principal.check()?;
-        }
-        if let Some(note) = &self.note {
-            note.check()?;
-        }
-        if let Some(reference) = &self.reference {
-            reference.check()?;
-        }
-        Ok(())
+        check_provenance(self.principal.as_ref(), self.note.as_ref(), self.reference.as_ref())
     }
 }
 

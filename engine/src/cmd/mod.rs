@@ -163,6 +163,18 @@ impl Command {
     }
 }
 
+/// The input rules of what the ledger records with a movement: the
+/// principal, the caller's note and document reference, each if present.
+fn check_provenance(
+    principal: Option<&Principal>,
+    note: Option<&Note>,
+    reference: Option<&Reference>,
+) -> Result<(), InputError> {
+    principal.map_or(Ok(()), Principal::check)?;
+    note.map_or(Ok(()), Note::check)?;
+    reference.map_or(Ok(()), Reference::check)
+}
+
 /// Ends a held reservation as `target` (confirm or release). Asking again
 /// for the state it is already in answers the same (`replayed`); any other
 /// terminal state is refused with its own code.

@@ -16,6 +16,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::check_provenance;
 use crate::error::{Corrupt, Field, InputError};
 use crate::event::Cause;
 use crate::ids::{Note, Principal, QUANTITY_MAX, Quantity, Reference, Sku, Warehouse};
@@ -46,16 +47,7 @@ impl MoveQuantity {
         if self.from == self.to || self.to == QuantityState::Incoming {
             return Err(InputError::BadMove { from: self.from, to: self.to });
         }
-        if let Some(principal) = &self.principal {
-            principal.check()?;
-        }
-        if let Some(note) = &self.note {
-            note.check()?;
-        }
-        if let Some(reference) = &self.reference {
-            reference.check()?;
-        }
-        Ok(())
+        check_provenance(self.principal.as_ref(), self.note.as_ref(), self.reference.as_ref())
     }
 }
 
