@@ -42,11 +42,8 @@ enum Cmd {
     /// Online backup and restore of a big node: times and the write p99 meanwhile.
     Backup(BackupArgs),
     /// The `tally` server itself (what the bench starts by default).
-    #[command(hide = true, disable_help_flag = true)]
-    Tally {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<std::ffi::OsString>,
-    },
+    #[command(hide = true)]
+    Tally(server::cli::Embedded),
 }
 
 #[derive(Debug, clap::Args)]
@@ -364,10 +361,6 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(args),
         Cmd::Import(args) => import(args),
         Cmd::Backup(args) => backup(&args),
-        Cmd::Tally { args } => {
-            let mut argv = vec![std::ffi::OsString::from("tally")];
-            argv.extend(args);
-            server::cli::run(argv)
-        }
+        Cmd::Tally(tally) => tally.run(),
     }
 }

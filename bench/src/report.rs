@@ -165,6 +165,16 @@ pub fn markdown(report: &Report) -> String {
     for run in &report.runs {
         let _ = writeln!(out, "{}", row(run));
     }
+    floor_section(&mut out, report);
+    expiry_section(&mut out, report);
+    goals_section(&mut out, report);
+    start_lag_section(&mut out, report);
+    problems_section(&mut out, report);
+    out
+}
+
+/// Each target's share of the HTTP floor.
+fn floor_section(out: &mut String, report: &Report) {
     if !report.floor_shares.is_empty() {
         let _ = writeln!(out, "\n## Against the HTTP floor\n");
         let _ = writeln!(
@@ -178,6 +188,10 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(out, "- {}", floor_line(share));
         }
     }
+}
+
+/// How late expiries reached a live subscriber.
+fn expiry_section(out: &mut String, report: &Report) {
     let lags: Vec<&RunResult> = report.runs.iter().filter(|r| r.expiry_lag.is_some()).collect();
     if !lags.is_empty() {
         let _ = writeln!(out, "\n## Expiry lag (deadline to a live subscriber)\n");
@@ -198,6 +212,10 @@ pub fn markdown(report: &Report) -> String {
             }
         }
     }
+}
+
+/// Each goal, required against measured.
+fn goals_section(out: &mut String, report: &Report) {
     if !report.goals.is_empty() {
         let _ = writeln!(out, "\n## Goals\n");
         let _ = writeln!(out, "| goal | required | measured | met |");
@@ -211,6 +229,10 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(out, "| {} | {} | {} | {met} |", goal.name, goal.required, goal.measured);
         }
     }
+}
+
+/// How late the open-loop generator started its requests.
+fn start_lag_section(out: &mut String, report: &Report) {
     let open: Vec<&RunResult> = report.runs.iter().filter(|r| r.start_lag.is_some()).collect();
     if !open.is_empty() {
         let _ = writeln!(out, "\n## Open loop: start lag of the load generator\n");
@@ -237,6 +259,10 @@ pub fn markdown(report: &Report) -> String {
             }
         }
     }
+}
+
+/// Correctness problems, and the runs that were skipped.
+fn problems_section(out: &mut String, report: &Report) {
     let problems: Vec<&RunResult> = report.runs.iter().filter(|r| r.check.failed()).collect();
     if !problems.is_empty() {
         let _ = writeln!(out, "\n## Correctness problems\n");
@@ -257,7 +283,6 @@ pub fn markdown(report: &Report) -> String {
             );
         }
     }
-    out
 }
 
 fn row(run: &RunResult) -> String {

@@ -35,11 +35,8 @@ enum Cmd {
         check_budget: Duration,
     },
     /// The `tally` server itself (what the harness starts for each node).
-    #[command(hide = true, disable_help_flag = true)]
-    Tally {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<std::ffi::OsString>,
-    },
+    #[command(hide = true)]
+    Tally(server::cli::Embedded),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,11 +96,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Tally { args } => {
-            let mut argv = vec![std::ffi::OsString::from("tally")];
-            argv.extend(args);
-            server::cli::run(argv)
-        }
+        Cmd::Tally(tally) => tally.run(),
         Cmd::Run(args) => run_command(args),
         Cmd::Check { history, check_budget } => check_command(&history, check_budget),
     }

@@ -295,96 +295,22 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
 /// checked.
 async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(History, RunReport), String> {
     let nodes: Vec<SocketAddr> = (1..=NODES).map(|id| cluster.http(id)).collect();
-    let items: Vec<Item> = (0..options.items).map(|i| (format!("hot-{i}"), "w1".to_owned())).collect();
-    for (sku, warehouse) in &items {
-        put_item(&nodes, sku, warehouse, options.stock).await?;
-    }
-    let hot_shard = hottest_shard(&items, options.shards);
-    let probe_sku = (0..)
-        .map(|k| format!("probe-{k}"))
-        .find(|sku| engine::placement::shard_of(sku, options.shards) == hot_shard)
-        .unwrap_or_default();
-    put_item(&nodes, &probe_sku, "w1", 1_000_000_000).await?;
-
-    let steps = schedule::plan(&options.schedule, options.duration, options.seed);
+    let (items, hot_shard, probe_sku) = stock(&nodes, options).await?;
     let started = Instant::now();
     let until = started + options.duration;
     let recorder = Arc::new(Recorder::new(started));
-    let shared_items = Arc::new(items.clone());
-    let clients: Vec<_> = (0..options.clients)
-        .map(|index| {
-            let plan = ClientPlan {
-                index,
-                nodes: nodes.clone(),
-                items: Arc::clone(&shared_items),
-                seed: options.seed.wrapping_mul(1_000_003).wrapping_add(u64::from(index)),
-                timeout: options.timeout,
-                think_ms: options.think_ms,
-            };
-            tokio::spawn(client::run(plan, Arc::clone(&recorder), until))
-        })
-        .collect();
-    let probes = Arc::new(Mutex::new(Vec::new()));
-    let probe_tasks: Vec<_> = (0..2u64)
-        .map(|k| {
-            let probe = ProbeTask {
-                nodes: nodes.clone(),
-                sku: probe_sku.clone(),
-                recorder: Arc::clone(&recorder),
-                until,
-                out: Arc::clone(&probes),
-                offset: Duration::from_millis(700 * k),
-            };
-            tokio::spawn(probe.run())
-        })
-        .collect();
-
-    let mut rng = schedule::rng(options.seed ^ 0xFA17);
-    let mut faults: Vec<FaultEvent> = Vec::new();
-    let mut step_reports = Vec::new();
-    let mut leader_kills = Vec::new();
-    let mut harness = Vec::new();
-    for step in &steps {
-        tokio::time::sleep_until((started + step.at).into()).await;
-        let first_event = faults.len();
-        let injected = inject(cluster, step, &mut rng, hot_shard, options.shards, &recorder, &mut faults).await;
-        // When the fault took effect: its first event, recorded once done.
-        let at_us = faults.get(first_event).map_or_else(|| recorder.micros(), |event| event.at_us);
-        match injected {
-            Ok(Injected { what, killed_leader }) => {
-                if let Some((node, leaders)) = killed_leader {
-                    leader_kills.push(PendingKill { at_us, node, leaders });
-                }
-                step_reports.push(StepReport {
-                    kind: step.kind,
-                    at_ms: at_us / 1_000,
-                    hold_ms: u64::try_from(step.hold.as_millis()).unwrap_or(u64::MAX),
-                    what,
-                    recovery_ms: None,
-                });
-            }
-            Err(why) => harness.push(format!("{} at {:.1} s: {why}", step.kind.name(), at_us as f64 / 1e6)),
-        }
-        // Whatever happened, the step ends healed.
-        if let Err(why) = heal_all(cluster, &recorder, &mut faults).await {
-            harness.push(format!("healing after {}: {why}", step.kind.name()));
-        }
-    }
-    for task in clients {
-        let _ = task.await;
-    }
-    for task in probe_tasks {
-        let _ = task.await;
-    }
-    let ops = recorder.take();
+    let load = Load::start(options, &nodes, &items, &probe_sku, &recorder, until);
+    let steps = schedule::plan(&options.schedule, options.duration, options.seed);
+    let mut done = run_steps(cluster, &steps, started, options, hot_shard, &recorder).await;
+    let (ops, probes) = load.finish(&recorder).await;
 
     // Final state: everything healed, every node up and caught up.
-    if let Err(why) = heal_all(cluster, &recorder, &mut faults).await {
-        harness.push(format!("final heal: {why}"));
+    if let Err(why) = heal_all(cluster, &recorder, &mut done.faults).await {
+        done.harness.push(format!("final heal: {why}"));
     }
     for id in 1..=NODES {
         if let Err(why) = cluster.wait_ready(id).await {
-            harness.push(format!("after the run: {why}"));
+            done.harness.push(format!("after the run: {why}"));
         }
     }
     let digests = converged_digests(&nodes).await;
@@ -393,17 +319,16 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
         final_levels.push(NodeLevels { node, items: stale_levels(*addr, &items).await });
     }
     let final_holds = final_holds(&nodes, &ops).await;
-    let expiry = judge_probes(std::mem::take(&mut *probes.lock()));
-
     let history = History {
         ops,
-        faults,
+        faults: done.faults,
         initial: items.iter().map(|item| (item.clone(), options.stock)).collect(),
         final_levels,
         digests,
         final_holds,
     };
-    let leader_kills = leader_kills
+    let leader_kills = done
+        .leader_kills
         .into_iter()
         .map(|kill| LeaderKill {
             at_ms: kill.at_us / 1_000,
@@ -427,13 +352,136 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
         shards: options.shards,
         items,
         hot_shard,
-        steps: step_reports,
+        steps: done.step_reports,
         check: Report::default(),
         leader_kills,
-        expiry,
-        harness,
+        expiry: judge_probes(probes),
+        harness: done.harness,
     };
     Ok((history, report))
+}
+
+/// Stocks the hot items and the expiry probes' SKU (on the hot shard):
+/// the items, the hot shard and the probe SKU.
+async fn stock(nodes: &[SocketAddr], options: &RunOptions) -> Result<(Vec<Item>, u32, String), String> {
+    let items: Vec<Item> = (0..options.items).map(|i| (format!("hot-{i}"), "w1".to_owned())).collect();
+    for (sku, warehouse) in &items {
+        put_item(nodes, sku, warehouse, options.stock).await?;
+    }
+    let hot_shard = hottest_shard(&items, options.shards);
+    let probe_sku = (0..)
+        .map(|k| format!("probe-{k}"))
+        .find(|sku| engine::placement::shard_of(sku, options.shards) == hot_shard)
+        .unwrap_or_default();
+    put_item(nodes, &probe_sku, "w1", 1_000_000_000).await?;
+    Ok((items, hot_shard, probe_sku))
+}
+
+/// The clients and the expiry probes, running until the run's end.
+struct Load {
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    probe_tasks: Vec<tokio::task::JoinHandle<()>>,
+    probes: Arc<Mutex<Vec<Probe>>>,
+}
+
+impl Load {
+    fn start(
+        options: &RunOptions,
+        nodes: &[SocketAddr],
+        items: &[Item],
+        probe_sku: &str,
+        recorder: &Arc<Recorder>,
+        until: Instant,
+    ) -> Load {
+        let shared_items = Arc::new(items.to_vec());
+        let clients = (0..options.clients)
+            .map(|index| {
+                let plan = ClientPlan {
+                    index,
+                    nodes: nodes.to_vec(),
+                    items: Arc::clone(&shared_items),
+                    seed: options.seed.wrapping_mul(1_000_003).wrapping_add(u64::from(index)),
+                    timeout: options.timeout,
+                    think_ms: options.think_ms,
+                };
+                tokio::spawn(client::run(plan, Arc::clone(recorder), until))
+            })
+            .collect();
+        let probes = Arc::new(Mutex::new(Vec::new()));
+        let probe_tasks = (0..2u64)
+            .map(|k| {
+                let probe = ProbeTask {
+                    nodes: nodes.to_vec(),
+                    sku: probe_sku.to_owned(),
+                    recorder: Arc::clone(recorder),
+                    until,
+                    out: Arc::clone(&probes),
+                    offset: Duration::from_millis(700 * k),
+                };
+                tokio::spawn(probe.run())
+            })
+            .collect();
+        Load { clients, probe_tasks, probes }
+    }
+
+    /// Waits for every client and probe: the operations and the probes.
+    async fn finish(self, recorder: &Recorder) -> (Vec<crate::history::Op>, Vec<Probe>) {
+        for task in self.clients.into_iter().chain(self.probe_tasks) {
+            let _ = task.await;
+        }
+        let probes = std::mem::take(&mut *self.probes.lock());
+        (recorder.take(), probes)
+    }
+}
+
+/// What the schedule did.
+struct StepsDone {
+    faults: Vec<FaultEvent>,
+    step_reports: Vec<StepReport>,
+    leader_kills: Vec<PendingKill>,
+    /// Steps the harness could not carry out, and why.
+    harness: Vec<String>,
+}
+
+/// Injects each step at its time, heals after each.
+async fn run_steps(
+    cluster: &mut ChaosCluster,
+    steps: &[Step],
+    started: Instant,
+    options: &RunOptions,
+    hot_shard: u32,
+    recorder: &Recorder,
+) -> StepsDone {
+    let mut rng = schedule::rng(options.seed ^ 0xFA17);
+    let mut done =
+        StepsDone { faults: Vec::new(), step_reports: Vec::new(), leader_kills: Vec::new(), harness: Vec::new() };
+    for step in steps {
+        tokio::time::sleep_until((started + step.at).into()).await;
+        let first_event = done.faults.len();
+        let injected = inject(cluster, step, &mut rng, hot_shard, options.shards, recorder, &mut done.faults).await;
+        // When the fault took effect: its first event, recorded once done.
+        let at_us = done.faults.get(first_event).map_or_else(|| recorder.micros(), |event| event.at_us);
+        match injected {
+            Ok(Injected { what, killed_leader }) => {
+                if let Some((node, leaders)) = killed_leader {
+                    done.leader_kills.push(PendingKill { at_us, node, leaders });
+                }
+                done.step_reports.push(StepReport {
+                    kind: step.kind,
+                    at_ms: at_us / 1_000,
+                    hold_ms: u64::try_from(step.hold.as_millis()).unwrap_or(u64::MAX),
+                    what,
+                    recovery_ms: None,
+                });
+            }
+            Err(why) => done.harness.push(format!("{} at {:.1} s: {why}", step.kind.name(), at_us as f64 / 1e6)),
+        }
+        // Whatever happened, the step ends healed.
+        if let Err(why) = heal_all(cluster, recorder, &mut done.faults).await {
+            done.harness.push(format!("healing after {}: {why}", step.kind.name()));
+        }
+    }
+    done
 }
 
 struct PendingKill {
@@ -508,9 +556,51 @@ async fn inject(
             record(format!("SIGCONT node {node}"), true);
             what
         }
+        FaultKind::PartitionOne
+        | FaultKind::PartitionLeader
+        | FaultKind::Bridge
+        | FaultKind::OneWay
+        | FaultKind::Drop
+        | FaultKind::Delay => {
+            let hot_leader = if matches!(step.kind, FaultKind::PartitionLeader | FaultKind::OneWay) {
+                hot_leader().await
+            } else {
+                None
+            };
+            inject_network(cluster, step, rng, hot_leader, hot_shard, &mut record).await?
+        }
+        FaultKind::WipeRestart | FaultKind::KillAll => inject_restart(cluster, step, rng, &mut record).await?,
+        FaultKind::ClockJump => {
+            let node = hot_leader().await.ok_or_else(|| format!("shard {hot_shard} has no leader"))?;
+            set_clock(cluster.http(node), CLOCK_JUMP_MS).await?;
+            let what = format!("node {node}'s clock jumps {} h ahead", CLOCK_JUMP_MS / 3_600_000);
+            record(what.clone(), false);
+            tokio::time::sleep(step.hold).await;
+            // The node may have been restarted meanwhile: its clock is true
+            // then, and the request may fail harmlessly.
+            let _ = set_clock(cluster.http(node), 0).await;
+            record(format!("node {node}'s clock back"), true);
+            what
+        }
+    };
+    Ok(Injected { what, killed_leader })
+}
+
+/// A network fault: a partition, a bridge, a one-way cut, drops or
+/// delays; held for the step, then healed. `hot_leader` is the hot shard's
+/// leader, for the faults aimed at it.
+async fn inject_network(
+    cluster: &mut ChaosCluster,
+    step: &Step,
+    rng: &mut SplitMix,
+    hot_leader: Option<u8>,
+    hot_shard: u32,
+    record: &mut impl FnMut(String, bool),
+) -> Result<String, String> {
+    let what = match step.kind {
         FaultKind::PartitionOne | FaultKind::PartitionLeader => {
             let node = if step.kind == FaultKind::PartitionLeader {
-                hot_leader().await.ok_or_else(|| format!("shard {hot_shard} has no leader to cut off"))?
+                hot_leader.ok_or_else(|| format!("shard {hot_shard} has no leader to cut off"))?
             } else {
                 random_node(rng)
             };
@@ -535,7 +625,7 @@ async fn inject(
             what
         }
         FaultKind::OneWay => {
-            let node = hot_leader().await.ok_or_else(|| format!("shard {hot_shard} has no leader"))?;
+            let node = hot_leader.ok_or_else(|| format!("shard {hot_shard} has no leader"))?;
             for other in others(node) {
                 cluster.one_way(node, other);
             }
@@ -560,6 +650,19 @@ async fn inject(
             record("heal".to_owned(), true);
             what
         }
+        _ => return Err(format!("{} is not a network fault", step.kind.name())),
+    };
+    Ok(what)
+}
+
+/// A node wiped and restarted, or every node killed and restarted.
+async fn inject_restart(
+    cluster: &mut ChaosCluster,
+    step: &Step,
+    rng: &mut SplitMix,
+    record: &mut impl FnMut(String, bool),
+) -> Result<String, String> {
+    let what = match step.kind {
         FaultKind::WipeRestart => {
             let node = random_node(rng);
             cluster.kill(node).await?;
@@ -583,20 +686,9 @@ async fn inject(
             record("restart all three".to_owned(), true);
             what
         }
-        FaultKind::ClockJump => {
-            let node = hot_leader().await.ok_or_else(|| format!("shard {hot_shard} has no leader"))?;
-            set_clock(cluster.http(node), CLOCK_JUMP_MS).await?;
-            let what = format!("node {node}'s clock jumps {} h ahead", CLOCK_JUMP_MS / 3_600_000);
-            record(what.clone(), false);
-            tokio::time::sleep(step.hold).await;
-            // The node may have been restarted meanwhile: its clock is true
-            // then, and the request may fail harmlessly.
-            let _ = set_clock(cluster.http(node), 0).await;
-            record(format!("node {node}'s clock back"), true);
-            what
-        }
+        _ => return Err(format!("{} is not a restart", step.kind.name())),
     };
-    Ok(Injected { what, killed_leader })
+    Ok(what)
 }
 
 /// Every link passes, every node runs unpaused with a true clock.

@@ -9,6 +9,12 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+/// The longest hold any setting allows, in ms. The timer wheel spans 2^36
+/// ms (about 2.2 years) without cascading past its top level; longer holds
+/// would still work but no flash sale needs them, and a bound keeps
+/// deadline arithmetic far from overflow.
+pub const HOLD_TTL_MS_LIMIT: u64 = 1 << 36;
+
 /// Bounds on a shard's state. Every one is a named upper bound (STYLE.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -17,6 +23,9 @@ pub struct Limits {
     /// Most lines in one hold (before summing duplicates).
     pub lines_per_hold_max: u32,
     /// Longest a hold may last, from the log time it is made or extended.
+    /// Not a setting of its own: the server sets it from
+    /// `api.ttl_seconds_max`, so hold TTLs are seconds in every setting.
+    #[serde(skip)]
     pub hold_ttl_max_ms: u64,
     /// Most items (SKU × warehouse) one shard stores.
     pub items_per_shard_max: u32,
@@ -98,11 +107,8 @@ impl Limits {
         if self.hold_ttl_max_ms == 0 {
             return Err("hold_ttl_max_ms must be at least 1".into());
         }
-        // The timer wheel spans 2^36 ms (about 2.2 years) without cascading
-        // past its top level; longer holds would still work but no flash sale
-        // needs them, and a bound keeps deadline arithmetic far from overflow.
-        if self.hold_ttl_max_ms > 1 << 36 {
-            return Err(format!("hold_ttl_max_ms must be at most {}", 1u64 << 36));
+        if self.hold_ttl_max_ms > HOLD_TTL_MS_LIMIT {
+            return Err(format!("hold_ttl_max_ms must be at most {HOLD_TTL_MS_LIMIT}"));
         }
         if self.items_per_shard_max == 0 || self.live_holds_per_shard_max == 0 {
             return Err("items_per_shard_max and live_holds_per_shard_max must be at least 1".into());

@@ -1093,6 +1093,39 @@ impl ShardState {
     /// The rules between the state's parts, once its references are known
     /// to be good (`check_references`).
     fn check_rules(&self) -> Result<(), String> {
+        let (reserved, backordered, live) = self.check_reservations()?;
+        self.check_catalog()?;
+        for (id, item) in self.persisted.items.iter().enumerate() {
+            check_item(id, item, reserved[id], backordered[id])?;
+        }
+        self.check_customer_usage()?;
+        self.check_bundles()?;
+        self.check_warehouse_priority()?;
+        if live != self.indexes.live_holds || live as usize != self.indexes.wheel.len() {
+            return Err(format!(
+                "{live} live holds, {} counted, {} timers",
+                self.indexes.live_holds,
+                self.indexes.wheel.len()
+            ));
+        }
+        if self.indexes.reservations.len() + self.persisted.free_slots.len() != self.persisted.reservations.len() {
+            return Err("reservation slab, index and free list disagree".into());
+        }
+        let limits = &self.persisted.limits;
+        self.indexes.dedup.check(
+            &self.persisted.dedup,
+            self.persisted.now_ms,
+            limits.dedup_window_max,
+            limits.dedup_retention_ms,
+        )
+    }
+}
+
+impl ShardState {
+    /// Checks every reservation's own rules and sums, per item, the units
+    /// live holds take from stock and the units they wait for; with the
+    /// count of live holds.
+    fn check_reservations(&self) -> Result<(Vec<u64>, Vec<u64>, u32), String> {
         let mut reserved = vec![0u64; self.persisted.items.len()];
         let mut backordered = vec![0u64; self.persisted.items.len()];
         let mut live = 0u32;
@@ -1134,79 +1167,56 @@ impl ShardState {
                 return Err(format!("reservation {} is not indexed", reservation.id));
             }
         }
-        self.check_catalog()?;
-        for (id, item) in self.persisted.items.iter().enumerate() {
-            if item.reserved > item.on_hand {
-                return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
-            }
-            let levels = item.levels();
-            if levels.max_level() > QUANTITY_MAX {
-                return Err(format!("item {id}: a state level over the maximum: {levels:?}"));
-            }
-            if item.reserved + levels.unsellable() > item.on_hand {
-                return Err(format!(
-                    "item {id}: reserved {} + unsellable {} > on_hand {}",
-                    item.reserved,
-                    levels.unsellable(),
-                    item.on_hand
-                ));
-            }
-            if item.states.as_deref().is_some_and(StateLevels::is_empty) {
-                return Err(format!("item {id}: empty state levels kept"));
-            }
-            if levels.backordered != backordered[id] {
-                return Err(format!(
-                    "item {id}: backordered {} but live holds wait for {}",
-                    levels.backordered, backordered[id]
-                ));
-            }
-            if levels.backordered > 0 && item.available() > 0 {
-                return Err(format!(
-                    "item {id}: {} available while {} backordered",
-                    item.available(),
-                    levels.backordered
-                ));
-            }
-            if item.on_hand > QUANTITY_MAX {
-                return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));
-            }
-            // `finish_change` asserts this of every item it touches: a
-            // snapshot must not load an item its next change would fail on.
-            if item.low_stock_threshold > QUANTITY_MAX {
-                return Err(format!("item {id}: threshold {} over the maximum", item.low_stock_threshold));
-            }
-            if item.reserved != reserved[id] {
-                return Err(format!("item {id}: reserved {} but live holds sum to {}", item.reserved, reserved[id]));
-            }
-            if item.version == 0 {
-                return Err(format!("item {id}: version 0"));
-            }
-            // `finish_change` adds one to it; no item lives 2^64 changes.
-            if item.version == u64::MAX {
-                return Err(format!("item {id}: version {} has no next", item.version));
-            }
-        }
-        self.check_customer_usage()?;
-        self.check_bundles()?;
-        self.check_warehouse_priority()?;
-        if live != self.indexes.live_holds || live as usize != self.indexes.wheel.len() {
-            return Err(format!(
-                "{live} live holds, {} counted, {} timers",
-                self.indexes.live_holds,
-                self.indexes.wheel.len()
-            ));
-        }
-        if self.indexes.reservations.len() + self.persisted.free_slots.len() != self.persisted.reservations.len() {
-            return Err("reservation slab, index and free list disagree".into());
-        }
-        let limits = &self.persisted.limits;
-        self.indexes.dedup.check(
-            &self.persisted.dedup,
-            self.persisted.now_ms,
-            limits.dedup_window_max,
-            limits.dedup_retention_ms,
-        )
+        Ok((reserved, backordered, live))
     }
+}
+
+/// One item's own rules, given what live holds take from it (`reserved`)
+/// and wait for (`backordered`).
+fn check_item(id: usize, item: &Item, reserved: u64, backordered: u64) -> Result<(), String> {
+    if item.reserved > item.on_hand {
+        return Err(format!("item {id}: reserved {} > on_hand {}", item.reserved, item.on_hand));
+    }
+    let levels = item.levels();
+    if levels.max_level() > QUANTITY_MAX {
+        return Err(format!("item {id}: a state level over the maximum: {levels:?}"));
+    }
+    if item.reserved + levels.unsellable() > item.on_hand {
+        return Err(format!(
+            "item {id}: reserved {} + unsellable {} > on_hand {}",
+            item.reserved,
+            levels.unsellable(),
+            item.on_hand
+        ));
+    }
+    if item.states.as_deref().is_some_and(StateLevels::is_empty) {
+        return Err(format!("item {id}: empty state levels kept"));
+    }
+    if levels.backordered != backordered {
+        return Err(format!("item {id}: backordered {} but live holds wait for {}", levels.backordered, backordered));
+    }
+    if levels.backordered > 0 && item.available() > 0 {
+        return Err(format!("item {id}: {} available while {} backordered", item.available(), levels.backordered));
+    }
+    if item.on_hand > QUANTITY_MAX {
+        return Err(format!("item {id}: on_hand {} over the maximum", item.on_hand));
+    }
+    // `finish_change` asserts this of every item it touches: a
+    // snapshot must not load an item its next change would fail on.
+    if item.low_stock_threshold > QUANTITY_MAX {
+        return Err(format!("item {id}: threshold {} over the maximum", item.low_stock_threshold));
+    }
+    if item.reserved != reserved {
+        return Err(format!("item {id}: reserved {} but live holds sum to {}", item.reserved, reserved));
+    }
+    if item.version == 0 {
+        return Err(format!("item {id}: version 0"));
+    }
+    // `finish_change` adds one to it; no item lives 2^64 changes.
+    if item.version == u64::MAX {
+        return Err(format!("item {id}: version {} has no next", item.version));
+    }
+    Ok(())
 }
 
 impl ShardState {

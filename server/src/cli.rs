@@ -213,6 +213,23 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+/// The hidden `tally` subcommand of the tools that start real server
+/// processes (tally-bench, tally-chaos): `<tool> tally serve ...` is the
+/// `tally` binary they were built with. One definition for both.
+#[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true)]
+pub struct Embedded {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+impl Embedded {
+    /// Runs `tally` on the arguments that followed the subcommand.
+    pub fn run(self) -> ExitCode {
+        run(std::iter::once(std::ffi::OsString::from("tally")).chain(self.args))
+    }
+}
+
 /// Runs the `tally` command line on `args` (the first is the program name)
 /// and returns its exit code. The `tally` binary is this function; tools
 /// that need a real server process (the bench, chaos) re-run themselves

@@ -136,8 +136,10 @@ impl Default for ServerConfig {
 pub struct ApiConfig {
     /// TTL of a hold when the request gives none.
     pub ttl_seconds_default: u64,
-    /// Longest TTL a request may ask for (the engine's `hold_ttl_max_ms`
-    /// bounds it too).
+    /// Longest TTL a request may ask for. It is also the engine's
+    /// replicated bound (`Limits::hold_ttl_max_ms`, kept in ms of log
+    /// time), which is set from it: hold TTLs are seconds in every setting
+    /// and every request.
     pub ttl_seconds_max: u64,
     /// Requests in one `POST /v1/reservations/batch`.
     pub batch_requests_max: usize,
@@ -272,6 +274,8 @@ pub enum Role {
 /// Longest API key name, in bytes.
 pub const API_KEY_NAME_LEN_MAX: usize = 64;
 
+/// Largest `api.ttl_seconds_max`: the engine's bound on any hold, in seconds.
+pub const TTL_SECONDS_LIMIT: u64 = engine::config::HOLD_TTL_MS_LIMIT / 1000;
 /// Most connections `server.connections_max` may allow.
 pub const CONNECTIONS_MAX_LIMIT: usize = 1_000_000;
 /// Bounds of `server.header_bytes_max` (hyper's read buffer takes no less
@@ -484,6 +488,11 @@ impl Config {
             set_path(&mut table, &keys, parse_env_value(&value))
                 .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
         }
+        if table.get("engine").and_then(|engine| engine.get("hold_ttl_max_ms")).is_some() {
+            return Err(ConfigError::Invalid(
+                "engine.hold_ttl_max_ms is gone: hold TTLs are seconds everywhere; set api.ttl_seconds_max".into(),
+            ));
+        }
         let mut config: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         if !shards_given {
             config.cluster.shards = default_shards();
@@ -515,6 +524,7 @@ impl Config {
         if let Some(level) = &overrides.log_level {
             self.server.log_level.clone_from(level);
         }
+        self.engine.hold_ttl_max_ms = self.api.ttl_seconds_max.saturating_mul(1000);
         self.cluster.archive_dir.clone_from(&self.backup.archive_dir);
         self.cluster.archive_retry_ms = self.backup.archive_retry_ms;
         // A lone node that names no members is a one-member cluster.
@@ -525,6 +535,18 @@ impl Config {
 
     /// Checks the settings together; says which one is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_auth()?;
+        self.validate_api()?;
+        self.validate_io()?;
+        self.ledger.validate().map_err(ConfigError::Invalid)?;
+        self.cluster.validate().map_err(|e| ConfigError::Invalid(format!("cluster: {e}")))?;
+        self.engine.validate().map_err(|e| ConfigError::Invalid(format!("engine: {e}")))?;
+        Ok(())
+    }
+
+    /// `[server]`: where it listens, and its connection bounds.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         let invalid = |text: String| Err(ConfigError::Invalid(text));
         let listen: SocketAddr = match self.server.listen.parse() {
             Ok(addr) => addr,
@@ -536,6 +558,28 @@ impl Config {
                  add API keys (tally hash-key) or listen on 127.0.0.1"
             ));
         }
+        let server = &self.server;
+        if server.header_read_timeout_ms == 0 || server.keep_alive_timeout_ms == 0 {
+            return invalid("server.header_read_timeout_ms and keep_alive_timeout_ms must be at least 1".into());
+        }
+        if !(HEADER_BYTES_MIN..=HEADER_BYTES_LIMIT).contains(&server.header_bytes_max) {
+            return invalid(format!("server.header_bytes_max must be in {HEADER_BYTES_MIN}..={HEADER_BYTES_LIMIT}"));
+        }
+        if server.connections_max == 0 || server.connections_max > CONNECTIONS_MAX_LIMIT {
+            return invalid(format!("server.connections_max must be in 1..={CONNECTIONS_MAX_LIMIT}"));
+        }
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            return invalid("server.tls_cert and server.tls_key go together: set both or neither".into());
+        }
+        if self.server.body_bytes_max < 1024 || self.server.request_timeout_ms == 0 {
+            return invalid("server.body_bytes_max must be at least 1024 and request_timeout_ms at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// `[auth]`: keys and their rate buckets.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |text: String| Err(ConfigError::Invalid(text));
         for key in &self.auth.keys {
             if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                 return invalid(format!("auth.keys {:?}: sha256 must be 64 lowercase hex digits", key.name));
@@ -572,25 +616,18 @@ impl Config {
                     .into(),
             );
         }
-        let server = &self.server;
-        if server.header_read_timeout_ms == 0 || server.keep_alive_timeout_ms == 0 {
-            return invalid("server.header_read_timeout_ms and keep_alive_timeout_ms must be at least 1".into());
-        }
-        if !(HEADER_BYTES_MIN..=HEADER_BYTES_LIMIT).contains(&server.header_bytes_max) {
-            return invalid(format!("server.header_bytes_max must be in {HEADER_BYTES_MIN}..={HEADER_BYTES_LIMIT}"));
-        }
-        if server.connections_max == 0 || server.connections_max > CONNECTIONS_MAX_LIMIT {
-            return invalid(format!("server.connections_max must be in 1..={CONNECTIONS_MAX_LIMIT}"));
-        }
-        if server.tls_cert.is_some() != server.tls_key.is_some() {
-            return invalid("server.tls_cert and server.tls_key go together: set both or neither".into());
-        }
+        Ok(())
+    }
+
+    /// `[api]`: request bounds, in their own terms and against the engine's.
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let invalid = |text: String| Err(ConfigError::Invalid(text));
         let api = &self.api;
         if api.ttl_seconds_default == 0 || api.ttl_seconds_default > api.ttl_seconds_max {
             return invalid("api.ttl_seconds_default must be in 1..=ttl_seconds_max".into());
         }
-        if api.ttl_seconds_max.saturating_mul(1000) > self.engine.hold_ttl_max_ms {
-            return invalid("api.ttl_seconds_max exceeds engine.hold_ttl_max_ms".into());
+        if api.ttl_seconds_max > TTL_SECONDS_LIMIT {
+            return invalid(format!("api.ttl_seconds_max must be at most {TTL_SECONDS_LIMIT}"));
         }
         if api.batch_requests_max == 0
             || api.availability_lines_max == 0
@@ -600,6 +637,23 @@ impl Config {
         {
             return invalid("api limits must be at least 1".into());
         }
+        if api.warehouse_priority_max == 0
+            || api.warehouse_priority_max > usize::from(self.engine.warehouses_per_shard_max)
+        {
+            return invalid(format!(
+                "api.warehouse_priority_max must be in 1..={} (engine.warehouses_per_shard_max)",
+                self.engine.warehouses_per_shard_max
+            ));
+        }
+        if api.note_bytes_max == 0 || api.note_bytes_max > engine::ids::NOTE_LEN_MAX {
+            return invalid(format!("api.note_bytes_max must be in 1..={}", engine::ids::NOTE_LEN_MAX));
+        }
+        Ok(())
+    }
+
+    /// `[backup]`, `[import]`, `[events]` and `[alerts]`.
+    fn validate_io(&self) -> Result<(), ConfigError> {
+        let invalid = |text: String| Err(ConfigError::Invalid(text));
         if self.backup.archive_retry_ms == 0 || self.backup.files_max == 0 {
             return invalid("backup.archive_retry_ms and backup.files_max must be at least 1".into());
         }
@@ -607,9 +661,6 @@ impl Config {
             if path.as_ref().is_some_and(|path| !path.is_absolute()) {
                 return invalid(format!("{name} must be an absolute path"));
             }
-        }
-        if self.server.body_bytes_max < 1024 || self.server.request_timeout_ms == 0 {
-            return invalid("server.body_bytes_max must be at least 1024 and request_timeout_ms at least 1".into());
         }
         let import = &self.import;
         if import.rows_per_batch == 0 || import.rows_per_batch > IMPORT_ROWS_PER_BATCH_LIMIT {
@@ -647,20 +698,6 @@ impl Config {
                 ));
             }
         }
-        if api.warehouse_priority_max == 0
-            || api.warehouse_priority_max > usize::from(self.engine.warehouses_per_shard_max)
-        {
-            return invalid(format!(
-                "api.warehouse_priority_max must be in 1..={} (engine.warehouses_per_shard_max)",
-                self.engine.warehouses_per_shard_max
-            ));
-        }
-        if api.note_bytes_max == 0 || api.note_bytes_max > engine::ids::NOTE_LEN_MAX {
-            return invalid(format!("api.note_bytes_max must be in 1..={}", engine::ids::NOTE_LEN_MAX));
-        }
-        self.ledger.validate().map_err(ConfigError::Invalid)?;
-        self.cluster.validate().map_err(|e| ConfigError::Invalid(format!("cluster: {e}")))?;
-        self.engine.validate().map_err(|e| ConfigError::Invalid(format!("engine: {e}")))?;
         Ok(())
     }
 }
@@ -743,6 +780,22 @@ mod tests {
         assert_eq!((cluster.wal.segment_bytes_max, cluster.wal.record_bytes_max), (4_194_304, 1_048_576));
         let renamed = load("[cluster]\nframe_bytes_max = 8388608\n", &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(renamed.cluster.frame_bytes_max, 8_388_608);
+    }
+
+    /// Hold TTLs are seconds in every setting: the engine's replicated
+    /// bound follows `api.ttl_seconds_max`, and the old ms key is refused
+    /// by name rather than read in the wrong unit.
+    #[test]
+    fn the_engine_ttl_bound_follows_the_api_in_seconds() {
+        let config =
+            load("[api]\nttl_seconds_default = 60\nttl_seconds_max = 3600\n", &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.engine.hold_ttl_max_ms, 3_600_000);
+        assert_eq!(load("", &[]).unwrap_or_else(|e| panic!("{e}")).engine.hold_ttl_max_ms, 86_400_000);
+        let old = load("[engine]\nhold_ttl_max_ms = 1000\n", &[]).err();
+        assert!(old.is_some_and(|e| e.to_string().contains("api.ttl_seconds_max")));
+        let over = format!("[api]\nttl_seconds_max = {}\n", TTL_SECONDS_LIMIT + 1);
+        assert!(load(&over, &[]).is_err());
+        assert!(load(&format!("[api]\nttl_seconds_max = {TTL_SECONDS_LIMIT}\n"), &[]).is_ok());
     }
 
     #[test]

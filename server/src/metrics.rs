@@ -468,13 +468,14 @@ impl ClusterCollector {
     }
 }
 
-impl Collector for ClusterCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+impl ClusterCollector {
+    /// The proposer's and the WAL's histograms and counters.
+    fn encode_write_path(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = &self.cluster.stats;
-        Self::histogram(&mut encoder, &BATCH_SIZE, &stats.batch_size)?;
-        Self::histogram(&mut encoder, &COMMIT_LATENCY, &stats.commit_latency_us)?;
-        Self::histogram(&mut encoder, &FSYNC_LATENCY, &stats.fsync_latency_us)?;
-        Self::histogram(&mut encoder, &EXPIRY_LAG, &stats.expiry_lag_ms)?;
+        Self::histogram(encoder, &BATCH_SIZE, &stats.batch_size)?;
+        Self::histogram(encoder, &COMMIT_LATENCY, &stats.commit_latency_us)?;
+        Self::histogram(encoder, &FSYNC_LATENCY, &stats.fsync_latency_us)?;
+        Self::histogram(encoder, &EXPIRY_LAG, &stats.expiry_lag_ms)?;
 
         let ticks = ConstCounter::new(stats.ticks_proposed);
         let metric = encoder.encode_descriptor(
@@ -522,6 +523,12 @@ impl Collector for ClusterCollector {
             counter.encode(metric)?;
         }
 
+        Ok(())
+    }
+
+    /// The peer port's refusals and the snapshot transfers it carries.
+    fn encode_peer(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.cluster.stats;
         // The peer port (docs/SECURITY.md): refusals an operator should see.
         let peer = &stats.peer;
         for (name, help, value) in [
@@ -571,6 +578,11 @@ impl Collector for ClusterCollector {
             metric.encode_gauge(&value)?;
         }
 
+        Ok(())
+    }
+
+    /// Live holds and each shard's leader, applied and committed index.
+    fn encode_shards(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(live_holds) = self.cluster.live_holds {
             let mut metric = encoder.encode_descriptor(
                 "tally_live_holds",
@@ -584,23 +596,28 @@ impl Collector for ClusterCollector {
         let shards = &self.cluster.status.shards;
         let node_id = self.cluster.node_id;
         Self::shard_gauge(
-            &mut encoder,
+            encoder,
             "tally_shard_leader",
             "1 if this node leads the shard's Raft group, else 0.",
             shards.iter().map(|s| (s.shard, u64::from(s.leader == Some(node_id)))),
         )?;
         Self::shard_gauge(
-            &mut encoder,
+            encoder,
             "tally_shard_applied_index",
             "Last log index this node applied to the shard.",
             shards.iter().map(|s| (s.shard, s.applied_index.unwrap_or(0))),
         )?;
         Self::shard_gauge(
-            &mut encoder,
+            encoder,
             "tally_shard_commit_index",
             "Last log index this node knows committed for the shard.",
             shards.iter().map(|s| (s.shard, s.committed_index.unwrap_or(0))),
         )?;
+        Ok(())
+    }
+
+    /// Each shard's snapshots, log time and full state checks.
+    fn encode_snapshots(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshots = &self.cluster.snapshots;
         let mut metric = encoder.encode_descriptor(
             "tally_shard_snapshots_built",
@@ -676,6 +693,13 @@ impl Collector for ClusterCollector {
             ConstCounter::new(stats.invariant_failures).encode(metric.encode_family(&[("shard", stats.shard)])?)?;
         }
 
+        Ok(())
+    }
+
+    /// Stopped shards, follower lag, and the extra gauges.
+    fn encode_health(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let shards = &self.cluster.status.shards;
+        let node_id = self.cluster.node_id;
         let stopped: Vec<&cluster::ShardFailure> = shards.iter().filter_map(|s| s.failure.as_ref()).collect();
         let mut metric = encoder.encode_descriptor(
             "tally_shards_stopped",
@@ -716,6 +740,16 @@ impl Collector for ClusterCollector {
             metric.encode_gauge(value)?;
         }
         Ok(())
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_write_path(&mut encoder)?;
+        self.encode_peer(&mut encoder)?;
+        self.encode_shards(&mut encoder)?;
+        self.encode_snapshots(&mut encoder)?;
+        self.encode_health(&mut encoder)
     }
 }
 

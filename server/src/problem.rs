@@ -118,33 +118,7 @@ impl Problem {
             Refusal::ShardFull { bound, max } => {
                 Self::new(StatusCode::CONFLICT, code, format!("the shard is full ({bound:?}: {max})"))
             }
-            Refusal::CustomerLimit { skus } => {
-                let over: Vec<_> = skus
-                    .iter()
-                    .map(|over| {
-                        json!({
-                            "sku": over.sku,
-                            "limit_per_customer": over.limit,
-                            "used": over.used,
-                            "requested": over.requested,
-                            "remaining": over.remaining(),
-                        })
-                    })
-                    .collect();
-                let detail = match skus.as_slice() {
-                    [one] => format!(
-                        "the customer may hold or buy {} more of {} (limit {} per customer), not {}",
-                        one.remaining(),
-                        one.sku,
-                        one.limit,
-                        one.requested
-                    ),
-                    _ => format!("{} SKUs are over their limit per customer", skus.len()),
-                };
-                let remaining = skus.first().map_or(0, crate::problem::over_remaining);
-                Self::new(StatusCode::CONFLICT, code, detail)
-                    .with_extra(json!({ "skus": over, "remaining": remaining }))
-            }
+            Refusal::CustomerLimit { skus } => Self::customer_limit(code, skus),
             Refusal::InvalidWarehousePriority { reason } => Self::bad_request(code, reason.clone()),
             Refusal::ConfirmOverHeld { line, held } => Self::new(
                 StatusCode::CONFLICT,
@@ -158,6 +132,49 @@ impl Problem {
                 format!("{sku} has a limit per customer: the reservation must name its customer_id"),
             )
             .with_extra(json!({ "sku": sku })),
+            Refusal::BundleLines { .. }
+            | Refusal::SkuIsBundle
+            | Refusal::SkuHasItems { .. }
+            | Refusal::BundleNotFound
+            | Refusal::ItemHasHolds { .. }
+            | Refusal::StateShort { .. }
+            | Refusal::BelowUnsellable { .. }
+            | Refusal::BackorderUnfilled { .. } => Self::catalog_refusal(refusal),
+        }
+    }
+
+    /// A hold over some SKU's limit per customer: what is left of each.
+    fn customer_limit(code: &'static str, skus: &[engine::customer::OverLimit]) -> Self {
+        let over: Vec<_> = skus
+            .iter()
+            .map(|over| {
+                json!({
+                    "sku": over.sku,
+                    "limit_per_customer": over.limit,
+                    "used": over.used,
+                    "requested": over.requested,
+                    "remaining": over.remaining(),
+                })
+            })
+            .collect();
+        let detail = match skus {
+            [one] => format!(
+                "the customer may hold or buy {} more of {} (limit {} per customer), not {}",
+                one.remaining(),
+                one.sku,
+                one.limit,
+                one.requested
+            ),
+            _ => format!("{} SKUs are over their limit per customer", skus.len()),
+        };
+        let remaining = skus.first().map_or(0, crate::problem::over_remaining);
+        Self::new(StatusCode::CONFLICT, code, detail).with_extra(json!({ "skus": over, "remaining": remaining }))
+    }
+
+    /// The refusals of bundles, quantity states, deletes and backorders.
+    fn catalog_refusal(refusal: &Refusal) -> Self {
+        let code = refusal.code();
+        match refusal {
             // The reservation routes expand bundle lines; this shows only if
             // a component turned out to be a bundle itself.
             Refusal::BundleLines { lines } => Self::new(
@@ -193,7 +210,7 @@ impl Problem {
                 code,
                 format!(
                     "on_hand may not go below the {reserved} units reserved plus the {unsellable} kept back \
-                     (safety stock, damaged, quality control); it is {on_hand} now"
+                 (safety stock, damaged, quality control); it is {on_hand} now"
                 ),
             )
             .with_extra(json!({ "on_hand": on_hand, "reserved": reserved, "unsellable": unsellable })),
@@ -203,6 +220,8 @@ impl Problem {
                 format!("{backordered} units of the reservation wait for stock; confirm it once they are filled"),
             )
             .with_extra(json!({ "backordered": backordered })),
+            // `refusal` sends only the variants above here.
+            other => Self::new(StatusCode::CONFLICT, code, format!("{other:?}")),
         }
     }
 
