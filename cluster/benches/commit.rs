@@ -20,12 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{ClusterConfig, Member, Node};
+use cluster::{ClusterConfig, Node};
+use common::TestCluster;
 use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
 use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
 use engine::{Outcome, shard_of};
 use hdrhistogram::Histogram;
-use tokio::net::TcpListener;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const SHARDS: u32 = 8;
 const SKUS: u64 = 1024;
@@ -84,49 +87,25 @@ struct Cluster {
     _dirs: Vec<tempfile::TempDir>,
 }
 
+/// `size` nodes (the cluster tests' harness, with the bench's timing),
+/// every shard led and every SKU stocked before the clock starts.
 async fn start(size: u64, batch_size_max: usize) -> Cluster {
-    let mut listeners = Vec::new();
-    let mut members = Vec::new();
-    for id in 1..=size {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
-        members.push(Member { id, addr });
-        listeners.push(listener);
-    }
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let config = ClusterConfig {
-            node_id: index as u64 + 1,
-            listen: members[index].addr.clone(),
-            members: members.clone(),
-            shards: SHARDS,
-            data_dir: dir.path().to_path_buf(),
-            shard_threads: 1,
-            batch_size_max,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 1_000,
-            election_timeout_max_ms: 2_000,
-            // Snapshots are measured by the engine's benchmarks.
-            snapshot_after_entries: 10_000_000,
-            ..ClusterConfig::default()
-        };
-        nodes.push(Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start: {e}")));
-        dirs.push(dir);
-    }
-    // Every shard led and stocked before the clock starts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    'wait: loop {
-        assert!(Instant::now() < deadline, "no leaders");
-        for shard in nodes[0].status().shards {
-            if shard.leader.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue 'wait;
-            }
-        }
-        break;
-    }
+    let test = TestCluster::start(size, SHARDS, |config| {
+        let defaults = ClusterConfig::default();
+        config.batch_size_max = batch_size_max;
+        config.heartbeat_ms = 100;
+        config.election_timeout_min_ms = 1_000;
+        config.election_timeout_max_ms = 2_000;
+        config.rpc_timeout_ms = defaults.rpc_timeout_ms;
+        config.retry_window_ms = defaults.retry_window_ms;
+        config.rebalance_interval_ms = defaults.rebalance_interval_ms;
+        // Snapshots are measured by the engine's benchmarks.
+        config.snapshot_after_entries = 10_000_000;
+    })
+    .await;
+    test.wait_for_leaders(Duration::from_secs(30)).await;
+    let TestCluster { dirs, nodes, .. } = test;
+    let nodes: Vec<Node> = nodes.into_iter().flatten().collect();
     for n in 0..SKUS {
         let command = Command::UpsertItem(UpsertItem {
             sku: Sku::new(sku_name(n)).unwrap_or_else(|e| panic!("{e}")),
