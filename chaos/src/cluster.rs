@@ -1,4 +1,4 @@
-//! A real 3-node Tally cluster on loopback with a fault proxy on every
+//! A real Tally cluster of N nodes (3 by default) on loopback with a fault proxy on every
 //! directed peer link, and the faults the schedule applies to it.
 //!
 //! Node `i` dials node `j` through proxy `i→j` (`cluster.dial` in node `i`'s
@@ -21,12 +21,15 @@ use testkit::{Http, NodeSpec, Options, Program, TallyCluster, TallyProcess, free
 
 use crate::proxy::{Flow, Proxy, Rule};
 
-/// Nodes in the cluster.
-pub const NODES: u8 = 3;
+/// Most nodes a chaos cluster has (a proxy on each of the N·(N-1) links).
+pub const NODES_MAX: u8 = 9;
 
 /// Settings of the cluster.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Nodes in the cluster, 1 to `NODES_MAX`; every node is a voter of
+    /// every shard.
+    pub nodes: u8,
     pub shards: u32,
     /// Seeds the proxies' drop and jitter randomness.
     pub seed: u64,
@@ -38,24 +41,30 @@ pub struct Settings {
 /// The running cluster: node `i` is `i`'s directory `<dir>/node<i>`.
 pub struct ChaosCluster {
     nodes: TallyCluster,
-    /// `proxies[(from - 1) * NODES + (to - 1)]`, `None` on the diagonal.
+    /// Nodes in the cluster.
+    size: u8,
+    /// `proxies[(from - 1) * size + (to - 1)]`, `None` on the diagonal.
     proxies: Vec<Option<Proxy>>,
 }
 
-fn link(from: u8, to: u8) -> usize {
-    usize::from(from - 1) * usize::from(NODES) + usize::from(to - 1)
+fn link(size: u8, from: u8, to: u8) -> usize {
+    usize::from(from - 1) * usize::from(size) + usize::from(to - 1)
 }
 
 impl ChaosCluster {
-    /// Starts three nodes with their data and logs under `dir` and waits
-    /// until every node is ready.
+    /// Starts `settings.nodes` nodes with their data and logs under `dir`
+    /// and waits until every node is ready.
     pub async fn start(program: Program, dir: &Path, settings: &Settings) -> Result<ChaosCluster, String> {
-        let addrs = free_addrs(2 * usize::from(NODES));
-        let (http, peer) = addrs.split_at(usize::from(NODES));
-        let members: Vec<(u64, SocketAddr)> = (1..=u64::from(NODES)).zip(peer.iter().copied()).collect();
+        let size = settings.nodes;
+        if !(1..=NODES_MAX).contains(&size) {
+            return Err(format!("a chaos cluster has 1 to {NODES_MAX} nodes, not {size}"));
+        }
+        let addrs = free_addrs(2 * usize::from(size));
+        let (http, peer) = addrs.split_at(usize::from(size));
+        let members: Vec<(u64, SocketAddr)> = (1..=u64::from(size)).zip(peer.iter().copied()).collect();
         let mut proxies = Vec::new();
-        for from in 1..=NODES {
-            for to in 1..=NODES {
+        for from in 1..=size {
+            for to in 1..=size {
                 if from == to {
                     proxies.push(None);
                     continue;
@@ -74,10 +83,10 @@ impl ChaosCluster {
             options = options.set("cluster", key, value);
         }
         let mut nodes = Vec::new();
-        for id in 1..=NODES {
-            let dial = (1..=NODES)
+        for id in 1..=size {
+            let dial = (1..=size)
                 .filter(|other| *other != id)
-                .filter_map(|other| proxies[link(id, other)].as_ref().map(|p| (u64::from(other), p.addr())))
+                .filter_map(|other| proxies[link(size, id, other)].as_ref().map(|p| (u64::from(other), p.addr())))
                 .collect();
             let index = usize::from(id - 1);
             let spec = NodeSpec {
@@ -91,7 +100,17 @@ impl ChaosCluster {
         }
         let mut nodes = TallyCluster::from_nodes(nodes);
         nodes.try_ready().await?;
-        Ok(ChaosCluster { nodes, proxies })
+        Ok(ChaosCluster { nodes, size, proxies })
+    }
+
+    /// Nodes in the cluster.
+    pub fn size(&self) -> u8 {
+        self.size
+    }
+
+    /// Every node's id, 1 to `size`.
+    pub fn ids(&self) -> std::ops::RangeInclusive<u8> {
+        1..=self.size
     }
 
     fn node(&self, id: u8) -> &TallyProcess {
@@ -154,7 +173,7 @@ impl ChaosCluster {
     }
 
     fn proxy(&self, from: u8, to: u8) -> Option<&Proxy> {
-        self.proxies.get(link(from, to)).and_then(Option::as_ref)
+        self.proxies.get(link(self.size, from, to)).and_then(Option::as_ref)
     }
 
     /// What the proxy of link `from → to` has seen.
@@ -173,8 +192,8 @@ impl ChaosCluster {
     /// within a side pass. Nodes in no side are cut from everyone.
     pub fn partition(&self, sides: &[&[u8]]) {
         let side_of = |id: u8| sides.iter().position(|side| side.contains(&id));
-        for from in 1..=NODES {
-            for to in 1..=NODES {
+        for from in self.ids() {
+            for to in self.ids() {
                 let Some(proxy) = self.proxy(from, to) else { continue };
                 let same = side_of(from).is_some() && side_of(from) == side_of(to);
                 if same {
@@ -221,7 +240,7 @@ impl ChaosCluster {
 
     /// Stops every node (SIGKILL, paused or not) and every proxy.
     pub async fn stop(mut self) {
-        for id in 1..=NODES {
+        for id in self.ids() {
             self.node_mut(id).kill_9();
         }
         for proxy in self.proxies.into_iter().flatten() {

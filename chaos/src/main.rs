@@ -1,6 +1,6 @@
 //! `tally-chaos`: see `chaos/README.md`.
 //!
-//! `tally-chaos run` starts a real 3-node cluster, runs clients and a fault
+//! `tally-chaos run` starts a real cluster (3 nodes, or `--nodes N`), runs clients and a fault
 //! schedule against it, checks the history and writes it all to a folder.
 //! `tally-chaos tally …` is the `tally` binary itself (`server::cli`), which
 //! the harness starts for each node, so a run always drives the server code
@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use testkit::Program;
 
 #[derive(Debug, Parser)]
-#[command(name = "tally-chaos", version, about = "A real 3-node Tally cluster under faults, with a history checker")]
+#[command(
+    name = "tally-chaos",
+    version,
+    about = "A real Tally cluster (3 to 9 nodes) under faults, with a history checker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -24,7 +28,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run clients and faults against a fresh 3-node cluster, then check.
+    /// Run clients and faults against a fresh cluster, then check.
     Run(RunArgs),
     /// Check a run's saved `history.json` again (e.g. with a larger budget).
     Check {
@@ -60,6 +64,9 @@ struct RunArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 24)]
     clients: u32,
+    /// Nodes in the cluster, 3 to 9 (every node is a voter of every shard).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=9))]
+    nodes: u8,
     /// Shards (Raft groups) per node.
     #[arg(long, default_value_t = 3)]
     shards: u32,
@@ -134,6 +141,7 @@ fn run_command(args: RunArgs) -> ExitCode {
     let mut options = RunOptions::new(program, out.clone(), args.duration, args.seed);
     options.schedule = args.schedule;
     options.clients = args.clients.max(1);
+    options.nodes = args.nodes;
     options.shards = args.shards.max(1);
     options.items = args.items.max(1);
     options.stock = args.stock;

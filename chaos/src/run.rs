@@ -23,7 +23,7 @@ use testkit::{ConnError, Connection, Program, SplitMix};
 
 use crate::checker::{self, CheckOptions, Report};
 use crate::client::{self, ClientPlan, Recorder};
-use crate::cluster::{ChaosCluster, NODES, Settings};
+use crate::cluster::{ChaosCluster, Settings};
 use crate::history::{Call, FaultEvent, History, Item, NodeDigests, NodeLevels, Outcome};
 use crate::schedule::{self, FaultKind, Schedule, Step};
 
@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub seed: u64,
     pub schedule: Schedule,
     pub clients: u32,
+    /// Nodes in the cluster (every one a voter of every shard).
+    pub nodes: u8,
     pub shards: u32,
     /// Hot SKUs, one warehouse each.
     pub items: u32,
@@ -75,6 +77,7 @@ impl RunOptions {
             seed,
             schedule: Schedule::Random,
             clients: 24,
+            nodes: 3,
             shards: 3,
             items: 5,
             stock: 400,
@@ -152,6 +155,10 @@ pub struct ExpiryReport {
     pub lateness_ms: Vec<u64>,
 }
 
+fn three() -> u8 {
+    3
+}
+
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
@@ -159,6 +166,9 @@ pub struct RunReport {
     pub schedule: String,
     pub duration_s: u64,
     pub clients: u32,
+    /// Nodes in the cluster (reports from before it had a size: 3).
+    #[serde(default = "three")]
+    pub nodes: u8,
     pub shards: u32,
     pub items: Vec<Item>,
     /// The shard most items live on: the target of leader faults and of the
@@ -198,11 +208,12 @@ impl RunReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "tally-chaos run: seed {}, schedule {}, {} s, {} clients, {} shards, {} items (hot shard {})",
+            "tally-chaos run: seed {}, schedule {}, {} s, {} clients, {} nodes, {} shards, {} items (hot shard {})",
             self.seed,
             self.schedule,
             self.duration_s,
             self.clients,
+            self.nodes,
             self.shards,
             self.items.len(),
             self.hot_shard
@@ -271,7 +282,8 @@ pub async fn run(options: &RunOptions) -> Result<RunReport, String> {
         return Err(format!("{} already holds a run", options.out.display()));
     }
     std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
-    let settings = Settings { shards: options.shards, seed: options.seed, cluster_extra: Vec::new() };
+    let settings =
+        Settings { nodes: options.nodes, shards: options.shards, seed: options.seed, cluster_extra: Vec::new() };
     let mut cluster = ChaosCluster::start(options.program.clone(), &options.out.join("cluster"), &settings).await?;
     let result = drive(&mut cluster, options).await;
     cluster.stop().await;
@@ -294,7 +306,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
 /// The run with the cluster up; the history and a report still to be
 /// checked.
 async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(History, RunReport), String> {
-    let nodes: Vec<SocketAddr> = (1..=NODES).map(|id| cluster.http(id)).collect();
+    let nodes: Vec<SocketAddr> = cluster.ids().map(|id| cluster.http(id)).collect();
     let (items, hot_shard, probe_sku) = stock(&nodes, options).await?;
     let started = Instant::now();
     let until = started + options.duration;
@@ -308,14 +320,14 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
     if let Err(why) = heal_all(cluster, &recorder, &mut done.faults).await {
         done.harness.push(format!("final heal: {why}"));
     }
-    for id in 1..=NODES {
+    for id in cluster.ids() {
         if let Err(why) = cluster.wait_ready(id).await {
             done.harness.push(format!("after the run: {why}"));
         }
     }
     let digests = converged_digests(&nodes).await;
     let mut final_levels = Vec::new();
-    for (node, addr) in (1..=NODES).zip(&nodes) {
+    for (node, addr) in cluster.ids().zip(&nodes) {
         final_levels.push(NodeLevels { node, items: stale_levels(*addr, &items).await });
     }
     let final_holds = final_holds(&nodes, &ops).await;
@@ -349,6 +361,7 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
         },
         duration_s: options.duration.as_secs(),
         clients: options.clients,
+        nodes: options.nodes,
         shards: options.shards,
         items,
         hot_shard,
@@ -497,12 +510,18 @@ struct Injected {
     killed_leader: Option<(u8, Vec<Option<u8>>)>,
 }
 
-fn random_node(rng: &mut SplitMix) -> u8 {
-    u8::try_from(rng.below(u64::from(NODES))).unwrap_or(0) + 1
+fn random_node(rng: &mut SplitMix, size: u8) -> u8 {
+    u8::try_from(rng.below(u64::from(size))).unwrap_or(0) + 1
 }
 
-fn others(node: u8) -> Vec<u8> {
-    (1..=NODES).filter(|other| *other != node).collect()
+/// Every node of a cluster of `size` but `node`.
+fn others(node: u8, size: u8) -> Vec<u8> {
+    (1..=size).filter(|other| *other != node).collect()
+}
+
+/// `{1, 2, 3}`.
+fn node_set(nodes: &[u8]) -> String {
+    format!("{{{}}}", nodes.iter().map(u8::to_string).collect::<Vec<_>>().join(", "))
 }
 
 /// Injects `step`, keeps it for its hold, heals what it did (the caller
@@ -516,7 +535,7 @@ async fn inject(
     recorder: &Recorder,
     faults: &mut Vec<FaultEvent>,
 ) -> Result<Injected, String> {
-    let nodes: Vec<SocketAddr> = (1..=NODES).map(|id| cluster.http(id)).collect();
+    let nodes: Vec<SocketAddr> = cluster.ids().map(|id| cluster.http(id)).collect();
     let mut record = |what: String, heals: bool| faults.push(FaultEvent { at_us: recorder.micros(), what, heals });
     let hot_leader = || async { leaders(&nodes, shards).await.get(hot_shard as usize).copied().flatten() };
     let mut killed_leader = None;
@@ -536,7 +555,7 @@ async fn inject(
                 killed_leader = Some((node, all));
                 (node, format!("kill -9 node {node} (leads shards {})", led.join(", ")))
             } else {
-                let node = random_node(rng);
+                let node = random_node(rng, cluster.size());
                 (node, format!("kill -9 node {node}"))
             };
             cluster.kill(node).await?;
@@ -547,7 +566,7 @@ async fn inject(
             what
         }
         FaultKind::Pause => {
-            let node = random_node(rng);
+            let node = random_node(rng, cluster.size());
             cluster.pause(node).await?;
             let what = format!("SIGSTOP node {node}");
             record(what.clone(), false);
@@ -602,11 +621,11 @@ async fn inject_network(
             let node = if step.kind == FaultKind::PartitionLeader {
                 hot_leader.ok_or_else(|| format!("shard {hot_shard} has no leader to cut off"))?
             } else {
-                random_node(rng)
+                random_node(rng, cluster.size())
             };
-            let rest = others(node);
+            let rest = others(node, cluster.size());
             cluster.partition(&[&[node], &rest]);
-            let what = format!("partition {{{node}}} | {{{}, {}}}", rest[0], rest[1]);
+            let what = format!("partition {{{node}}} | {}", node_set(&rest));
             record(what.clone(), false);
             tokio::time::sleep(step.hold).await;
             cluster.heal();
@@ -614,8 +633,8 @@ async fn inject_network(
             what
         }
         FaultKind::Bridge => {
-            let bridge = random_node(rng);
-            let rest = others(bridge);
+            let bridge = random_node(rng, cluster.size());
+            let rest = others(bridge, cluster.size());
             cluster.cut_between(rest[0], rest[1]);
             let what = format!("bridge: {} and {} cut, {bridge} sees both", rest[0], rest[1]);
             record(what.clone(), false);
@@ -626,7 +645,7 @@ async fn inject_network(
         }
         FaultKind::OneWay => {
             let node = hot_leader.ok_or_else(|| format!("shard {hot_shard} has no leader"))?;
-            for other in others(node) {
+            for other in others(node, cluster.size()) {
                 cluster.one_way(node, other);
             }
             let what = format!("one-way: node {node} reaches no one, both reach it");
@@ -664,7 +683,7 @@ async fn inject_restart(
 ) -> Result<String, String> {
     let what = match step.kind {
         FaultKind::WipeRestart => {
-            let node = random_node(rng);
+            let node = random_node(rng, cluster.size());
             cluster.kill(node).await?;
             let what = format!("kill -9 node {node}, wipe its data, restart it");
             record(what.clone(), false);
@@ -674,16 +693,16 @@ async fn inject_restart(
             what
         }
         FaultKind::KillAll => {
-            for node in 1..=NODES {
+            for node in cluster.ids() {
                 cluster.kill(node).await?;
             }
-            let what = "kill -9 all three nodes (power loss)".to_owned();
+            let what = format!("kill -9 all {} nodes (power loss)", cluster.size());
             record(what.clone(), false);
             tokio::time::sleep(step.hold).await;
-            for node in 1..=NODES {
+            for node in cluster.ids() {
                 cluster.restart(node, false).await?;
             }
-            record("restart all three".to_owned(), true);
+            record(format!("restart all {}", cluster.size()), true);
             what
         }
         _ => return Err(format!("{} is not a restart", step.kind.name())),
@@ -695,7 +714,7 @@ async fn inject_restart(
 async fn heal_all(cluster: &mut ChaosCluster, recorder: &Recorder, faults: &mut Vec<FaultEvent>) -> Result<(), String> {
     cluster.heal();
     let mut problems = Vec::new();
-    for node in 1..=NODES {
+    for node in cluster.ids() {
         if cluster.is_paused(node) {
             cluster.resume(node).await?;
             faults.push(FaultEvent { at_us: recorder.micros(), what: format!("SIGCONT node {node}"), heals: true });
@@ -705,7 +724,7 @@ async fn heal_all(cluster: &mut ChaosCluster, recorder: &Recorder, faults: &mut 
             faults.push(FaultEvent { at_us: recorder.micros(), what: format!("restart node {node}"), heals: true });
         }
     }
-    for node in 1..=NODES {
+    for node in cluster.ids() {
         // A node that just started has a true clock; one still running may
         // not (a jump whose undo failed).
         if let Err(why) = cluster.wait_ready(node).await {
@@ -795,7 +814,7 @@ async fn converged_digests(nodes: &[SocketAddr]) -> Vec<NodeDigests> {
     let started = Instant::now();
     loop {
         let mut all = Vec::new();
-        for (node, addr) in (1..=NODES).zip(nodes) {
+        for (node, addr) in (1u8..).zip(nodes) {
             let mut shards = Vec::new();
             if let Some((status, body)) = get(*addr, "/v1/cluster/digests").await
                 && status.is_success()

@@ -1,6 +1,7 @@
 //! The short chaos run of the test suite: a fixed seed, every fault kind
 //! once, about two minutes of 24 clients against three real nodes, then the
-//! whole check. Longer runs: `chaos/README.md`.
+//! whole check; and a shorter one against five nodes. Longer runs:
+//! `chaos/README.md`.
 //!
 //! It asserts correctness only (no oversell, no lost acknowledged write,
 //! equal digests, no linearizability violation, no hold expired early or
@@ -20,11 +21,16 @@ const SEED: u64 = 20_261_122;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn run_and_check(seed: u64, schedule: Schedule, duration: Duration) {
+    run_and_check_on(3, seed, schedule, duration).await;
+}
+
+async fn run_and_check_on(nodes: u8, seed: u64, schedule: Schedule, duration: Duration) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let out = dir.path().join("run");
     let program = Program::SelfExec(env!("CARGO_BIN_EXE_tally-chaos").into());
     let mut options = RunOptions::new(program, out.clone(), duration, seed);
+    options.nodes = nodes;
     options.schedule = schedule.clone();
     options.check.linearizability_budget = Duration::from_secs(60);
     let report = run(&options).await.unwrap_or_else(|e| panic!("the run could not be made: {e}"));
@@ -44,7 +50,7 @@ async fn run_and_check(seed: u64, schedule: Schedule, duration: Duration) {
     assert!(!report.expiry.probes.is_empty(), "no expiry probe ran:\n{summary}");
     if !report.passed() {
         // Keep the evidence: the temp dir would be deleted.
-        let keep = std::env::temp_dir().join(format!("tally-chaos-failed-{seed}"));
+        let keep = std::env::temp_dir().join(format!("tally-chaos-failed-{nodes}-nodes-{seed}"));
         let _ = std::fs::remove_dir_all(&keep);
         let kept = std::fs::rename(&out, &keep).map(|()| keep.display().to_string());
         panic!("the chaos run failed (history and report kept at {kept:?}):\n{summary}");
@@ -62,4 +68,17 @@ async fn every_fault_kind_once_keeps_every_promise() {
 async fn regression_seed_3_a_clock_jump_expires_nothing_early() {
     let schedule = Schedule::Each(vec![FaultKind::ClockJump, FaultKind::KillLeader, FaultKind::PartitionLeader]);
     run_and_check(3, schedule, Duration::from_secs(30)).await;
+}
+
+/// Five nodes (every one a voter of every shard): the faults aimed at a
+/// leader, a node wiped, and a bridge between two of five. Same checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_keep_every_promise() {
+    let schedule = Schedule::Each(vec![
+        FaultKind::KillLeader,
+        FaultKind::PartitionLeader,
+        FaultKind::WipeRestart,
+        FaultKind::Bridge,
+    ]);
+    run_and_check_on(5, 11, schedule, Duration::from_secs(45)).await;
 }
