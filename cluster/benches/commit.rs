@@ -1,5 +1,6 @@
 //! Committed commands per second and commit latency, in-process, over
-//! loopback, for 1 and 3 nodes at several batch caps.
+//! loopback, for 1 and 3 nodes (`COMMIT_BENCH_NODES=3,5,6` for others) at
+//! several batch caps, in all and per node.
 //!
 //! `cargo bench -p tally-cluster --bench commit` runs the full matrix and
 //! prints a markdown table. Under `cargo test` (no `--bench` argument) it
@@ -41,6 +42,16 @@ struct Settings {
     open_loop: bool,
 }
 
+/// `COMMIT_BENCH_NODES=3,5,6` replaces the node counts of a `--bench` run
+/// (every node holds every shard: more nodes are more copies).
+fn node_counts(default: Vec<u64>) -> Vec<u64> {
+    std::env::var("COMMIT_BENCH_NODES")
+        .ok()
+        .map(|text| text.split(',').filter_map(|n| n.trim().parse().ok()).filter(|n| *n >= 1).collect::<Vec<u64>>())
+        .filter(|counts| !counts.is_empty())
+        .unwrap_or(default)
+}
+
 fn settings() -> Settings {
     let bench = std::env::args().any(|arg| arg == "--bench");
     if bench {
@@ -48,7 +59,7 @@ fn settings() -> Settings {
             seconds: 5.0,
             clients: 4096,
             batch_caps: vec![1, 64, 1024],
-            node_counts: vec![1, 3],
+            node_counts: node_counts(vec![1, 3]),
             open_loop: true,
         }
     } else {
@@ -230,10 +241,11 @@ async fn open_loop(cluster: &Cluster, rate_per_s: f64, seconds: f64) -> Run {
     run
 }
 
-fn row(label: &str, run: &Run) -> String {
+fn row(label: &str, nodes: u64, run: &Run) -> String {
+    let holds_per_s = run.committed as f64 / run.seconds;
     format!(
-        "| {label} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
-        run.committed as f64 / run.seconds,
+        "| {label} | {holds_per_s:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+        holds_per_s / nodes as f64,
         run.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
         run.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
         run.latency_us.max() as f64 / 1000.0,
@@ -250,21 +262,26 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     runtime.block_on(async {
-        println!("| run | committed holds/s | p50 ms | p99 ms | max ms | fsyncs/s (all nodes) | commands/entry |");
-        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| run | committed holds/s | per node | p50 ms | p99 ms | max ms | fsyncs/s (all nodes) | commands/entry |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
         let mut peak_three = 0.0f64;
         for &nodes in &settings.node_counts {
             for &cap in &settings.batch_caps {
                 let cluster = start(nodes, cap).await;
                 let run = closed_loop(&cluster, settings.clients, settings.seconds, false).await;
                 assert!(run.committed > 0, "nothing committed");
-                println!("{}", row(&format!("{nodes} node(s), batch cap {cap}, {} clients", settings.clients), &run));
+                println!(
+                    "{}",
+                    row(&format!("{nodes} node(s), batch cap {cap}, {} clients", settings.clients), nodes, &run)
+                );
                 if nodes == 3 {
                     peak_three = peak_three.max(run.committed as f64 / run.seconds);
                     let run = closed_loop(&cluster, settings.clients, settings.seconds, true).await;
                     let label =
                         format!("{nodes} nodes, batch cap {cap}, {} clients at shard leaders", settings.clients);
-                    println!("{}", row(&label, &run));
+                    println!("{}", row(&label, nodes, &run));
                 }
                 for node in cluster.nodes {
                     node.shutdown().await;
@@ -276,7 +293,7 @@ fn main() {
             let cluster = start(3, cap).await;
             let rate = peak_three / 2.0;
             let run = open_loop(&cluster, rate, settings.seconds).await;
-            println!("{}", row(&format!("3 nodes, batch cap {cap}, open loop at {rate:.0}/s (half of peak)"), &run));
+            println!("{}", row(&format!("3 nodes, batch cap {cap}, open loop at {rate:.0}/s (half of peak)"), 3, &run));
             for node in cluster.nodes {
                 node.shutdown().await;
             }
