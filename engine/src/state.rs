@@ -1436,11 +1436,11 @@ fn check_references(p: &Persisted) -> Result<(), String> {
 
 #[cfg(test)]
 pub(crate) mod tests_support {
-    //! Small builders shared by the command tests.
+    //! The command tests' shard: applies commands as log entries and checks
+    //! every invariant after each. The builders are `crate::testing`'s.
 
     use super::*;
-    use crate::cmd::{Allocation, AttrUpdate, Deadline, Expect, Hold, HoldLine, UpsertItem};
-    use crate::ids::{Quantity, Sku, Warehouse};
+    use crate::testing::{hold, hold_any, rid, upsert};
 
     pub struct Fixture {
         pub state: ShardState,
@@ -1482,16 +1482,7 @@ pub(crate) mod tests_support {
         }
 
         pub fn stock(&mut self, sku: &str, warehouse: &str, on_hand: u64, threshold: u64) {
-            let outcome = self.one(Command::UpsertItem(UpsertItem {
-                sku: sku_of(sku),
-                warehouse: wh(warehouse),
-                on_hand: Some(on_hand),
-                low_stock_threshold: Some(threshold),
-                name: AttrUpdate::Keep,
-                unit_price_minor: AttrUpdate::Keep,
-                expect: Expect::Any,
-                principal: None,
-            }));
+            let outcome = self.one(upsert(sku, warehouse, on_hand, threshold));
             assert!(!outcome.is_refused(), "stocking failed: {outcome:?}");
         }
 
@@ -1503,68 +1494,15 @@ pub(crate) mod tests_support {
     }
 
     impl Fixture {
-        /// Holds `lines` under reservation id `n` for 60 s.
-        pub fn hold(&mut self, n: u8, lines: &[(&str, &str, u64)]) -> Outcome {
-            self.one(hold_command(n, lines, None))
+        /// Holds `lines` under reservation id `rid(n)` for 60 s.
+        pub fn hold(&mut self, n: u64, lines: &[(&str, &str, u64)]) -> Outcome {
+            self.one(hold(rid(n), lines, 60_000, None))
         }
 
-        /// Holds `lines` under reservation id `n` for 60 s; a line without a
-        /// warehouse is allocated.
-        pub fn hold_any(&mut self, n: u8, lines: &[(&str, Option<&str>, u64)]) -> Outcome {
-            self.one(hold_any_command(n, lines, None))
+        /// Holds `lines` under reservation id `rid(n)` for 60 s; a line
+        /// without a warehouse is allocated.
+        pub fn hold_any(&mut self, n: u64, lines: &[(&str, Option<&str>, u64)]) -> Outcome {
+            self.one(hold_any(rid(n), lines, 60_000, None))
         }
-    }
-
-    /// Reservation id number `n`.
-    pub fn rid(n: u8) -> ReservationId {
-        ReservationId::from_parts(0, [n; 14])
-    }
-
-    pub fn hold_command(n: u8, lines: &[(&str, &str, u64)], key: Option<IdempotencyKey>) -> Command {
-        let lines: Vec<_> = lines.iter().map(|&(sku, warehouse, quantity)| (sku, Some(warehouse), quantity)).collect();
-        hold_any_command(n, &lines, key)
-    }
-
-    /// A 60 s hold whose lines without a warehouse are allocated, most
-    /// available first.
-    pub fn hold_any_command(n: u8, lines: &[(&str, Option<&str>, u64)], key: Option<IdempotencyKey>) -> Command {
-        Command::Hold(Hold {
-            principal: None,
-            id: rid(n),
-            lines: lines
-                .iter()
-                .map(|&(sku, warehouse, quantity)| HoldLine {
-                    sku: sku_of(sku),
-                    warehouse: warehouse.map(wh),
-                    quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("{e}")),
-                })
-                .collect(),
-            deadline: Deadline::AfterMs(60_000),
-            idempotency_key: key,
-            confirm: false,
-            allocation: Allocation::MostAvailable,
-            customer: None,
-        })
-    }
-
-    pub fn upsert(sku: &str, warehouse: &str) -> UpsertItem {
-        UpsertItem {
-            sku: sku_of(sku),
-            warehouse: wh(warehouse),
-            on_hand: None,
-            low_stock_threshold: None,
-            name: AttrUpdate::Keep,
-            unit_price_minor: AttrUpdate::Keep,
-            expect: Expect::Any,
-            principal: None,
-        }
-    }
-
-    pub fn sku_of(text: &str) -> Sku {
-        Sku::new(text).unwrap_or_else(|error| panic!("bad test SKU {text}: {error}"))
-    }
-
-    pub fn wh(text: &str) -> Warehouse {
-        Warehouse::new(text).unwrap_or_else(|error| panic!("bad test warehouse {text}: {error}"))
     }
 }

@@ -4,10 +4,8 @@
 use engine::actor::{Apply, Describe, Install, Read, ShardPool, TakeSnapshot};
 use engine::event::EventKind;
 use engine::outcome::Outcome;
+use engine::testing::{hold, rid, upsert};
 use engine::{Limits, LogEntry, LogId, ShardState, shard_of};
-
-mod common;
-use common::{hold_command, upsert_command};
 
 const SHARDS: u32 = 4;
 
@@ -33,8 +31,8 @@ fn each_shard_actor_applies_its_own_entries_and_answers_reads() {
             let sku = sku_on(shard);
             let addr = pool.shard(shard).unwrap_or_else(|| panic!("no shard {shard}"));
             let entries = vec![
-                LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert_command(&sku, "berlin", 5, 1)]),
-                LogEntry::batch(LogId::new(1, 2), 1_010, vec![hold_command(1, &[(&sku, "berlin", 5)], 60_000, None)]),
+                LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert(&sku, "berlin", 5, 1)]),
+                LogEntry::batch(LogId::new(1, 2), 1_010, vec![hold(rid(1), &[(&sku, "berlin", 5)], 60_000, None)]),
             ];
             let answer = addr.send(Apply { entries, describe_events: Describe::All }).await;
             let answer = answer.unwrap_or_else(|e| panic!("mailbox: {e}")).unwrap_or_else(|e| panic!("apply: {e}"));
@@ -60,7 +58,7 @@ fn a_command_for_another_shard_is_refused_by_the_actor() {
     block_on(async {
         let foreign = sku_on(1);
         let addr = pool.shard(0).unwrap_or_else(|| panic!("no shard"));
-        let entries = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command(&foreign, "berlin", 5, 1)])];
+        let entries = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert(&foreign, "berlin", 5, 1)])];
         let answer = addr.send(Apply { entries, describe_events: Describe::None }).await;
         let answer = answer.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
         let code = answer.applied[0].outcomes[0].refusal().map(|r| r.code());
@@ -74,12 +72,12 @@ fn out_of_order_entries_are_refused_and_change_nothing() {
     block_on(async {
         let sku = sku_on(2);
         let addr = pool.shard(2).unwrap_or_else(|| panic!("no shard"));
-        let first = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command(&sku, "berlin", 5, 1)])];
+        let first = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert(&sku, "berlin", 5, 1)])];
         let _ = addr.send(Apply { entries: first, describe_events: Describe::None }).await;
         // A batch whose second entry replays the first applies none of them.
         let replay = vec![
-            LogEntry::batch(LogId::new(1, 2), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
-            LogEntry::batch(LogId::new(1, 1), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
+            LogEntry::batch(LogId::new(1, 2), 2, vec![upsert(&sku, "berlin", 9, 1)]),
+            LogEntry::batch(LogId::new(1, 1), 2, vec![upsert(&sku, "berlin", 9, 1)]),
         ];
         let answer = addr
             .send(Apply { entries: replay, describe_events: Describe::None })
@@ -99,7 +97,7 @@ fn a_snapshot_taken_through_the_actor_installs_into_another() {
     block_on(async {
         let sku = sku_on(3);
         let source = pool.shard(3).unwrap_or_else(|| panic!("no shard"));
-        let entries = vec![LogEntry::batch(LogId::new(2, 1), 1, vec![upsert_command(&sku, "berlin", 42, 1)])];
+        let entries = vec![LogEntry::batch(LogId::new(2, 1), 1, vec![upsert(&sku, "berlin", 42, 1)])];
         let _ = source.send(Apply { entries, describe_events: Describe::None }).await;
         let snapshot =
             source.send(TakeSnapshot).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));

@@ -15,11 +15,9 @@ use std::collections::BTreeMap;
 use engine::bundle::Component;
 use engine::cmd::{Command, SetBundle};
 use engine::outcome::{BundleLine, Outcome, Refusal};
+use engine::testing::{hold_any, qty, rid, sku, upsert};
 use engine::{InputError, Limits, LogEntry, LogId, ShardState};
 use proptest::prelude::*;
-
-mod common;
-use common::{hold_any_command, qty, sku, upsert_command};
 
 const SKUS: [&str; 5] = ["A", "B", "C", "K1", "K2"];
 const WAREHOUSES: [&str; 2] = ["w1", "w2"];
@@ -115,8 +113,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Stock { sku: at, warehouse, on_hand } => {
-                let outcome =
-                    apply(&mut state, &mut index, upsert_command(SKUS[at], WAREHOUSES[warehouse], on_hand, 0));
+                let outcome = apply(&mut state, &mut index, upsert(SKUS[at], WAREHOUSES[warehouse], on_hand, 0));
                 if model.bundles.contains_key(&at) {
                     prop_assert_eq!(outcome, Outcome::Refused(Refusal::SkuIsBundle));
                 } else {
@@ -136,7 +133,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let named: Vec<(&str, Option<&str>, u64)> =
                     lines.iter().map(|(s, w, q)| (SKUS[*s], w.map(|w| WAREHOUSES[w]), *q)).collect();
                 let before = levels(&state);
-                let outcome = apply(&mut state, &mut index, hold_any_command(holds, &named, 60_000, None));
+                let outcome = apply(&mut state, &mut index, hold_any(rid(holds), &named, 60_000, None));
                 let expected: Vec<BundleLine> = lines
                     .iter()
                     .enumerate()
