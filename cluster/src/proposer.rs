@@ -387,7 +387,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use engine::shard_of;
-    use engine::testing::{hold, rid_for, upsert};
+    use engine::testing::{hold, rid_for, sku_on, upsert};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -516,7 +516,7 @@ mod tests {
     async fn a_list_of_commands_is_one_entry_and_answers_in_order() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let node = single_node(dir.path()).await;
-        let name = (0..).map(|n| format!("list-{n}")).find(|name| shard_of(name, SHARDS) == 0).unwrap_or_default();
+        let name = sku_on(0, SHARDS, "list");
         node.submit(upsert(&name, "w1", 3, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}"));
         let before = node.stats();
 

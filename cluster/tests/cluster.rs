@@ -11,7 +11,7 @@ use common::*;
 use engine::Outcome;
 use engine::WalConfig;
 use engine::reservation::ReservationState;
-use engine::testing::{hold, rid_for, upsert};
+use engine::testing::{hold, rid_for, sku_on, upsert};
 use engine::wal::Wal;
 
 const SHARDS: u32 = 6;
@@ -35,7 +35,7 @@ async fn a_list_submitted_on_any_node_is_applied_in_order_on_the_leader() {
     let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     let shard = 1;
-    let name = sku_on_shard(shard, SHARDS, "list");
+    let name = sku_on(shard, SHARDS, "sku-list");
     for via in 1..=3u64 {
         let warehouse = format!("w{via}");
         // An upsert then holds of it in the same list: later commands see
@@ -61,7 +61,7 @@ async fn a_saga_holds_every_part_or_releases_them_even_if_its_caller_gives_up() 
     let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     let node = cluster.node(2);
-    let names: Vec<String> = (0..3).map(|shard| sku_on_shard(shard, SHARDS, "saga")).collect();
+    let names: Vec<String> = (0..3).map(|shard| sku_on(shard, SHARDS, "sku-saga")).collect();
     for name in &names {
         expect_ok(&node.submit(upsert(name, "w1", 5, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
     }
@@ -143,7 +143,7 @@ async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
     let mut cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     for shard in 0..SHARDS {
-        let name = sku_on_shard(shard, SHARDS, "route");
+        let name = sku_on(shard, SHARDS, "sku-route");
         for via in 1..=3u64 {
             let outcome = cluster
                 .node(via)
@@ -173,7 +173,7 @@ async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
     // More entries, so that batches outnumber the blank and membership
     // entries elections and rebalancing write.
     for shard in 0..SHARDS {
-        let name = sku_on_shard(shard, SHARDS, "route");
+        let name = sku_on(shard, SHARDS, "sku-route");
         for n in 0..10u64 {
             let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w9", n, 0)).await;
             expect_ok(&outcome.unwrap_or_else(|e| panic!("submit: {e}")));
@@ -255,14 +255,14 @@ async fn a_killed_node_is_replaced_as_leader_and_catches_up_on_restart() {
     // Every shard keeps taking writes through a survivor (the submit's own
     // bounded retry covers the election).
     for shard in 0..SHARDS {
-        let name = sku_on_shard(shard, SHARDS, "failover");
+        let name = sku_on(shard, SHARDS, "sku-failover");
         let outcome = cluster.node(survivor).submit(upsert(&name, "w1", 7, 0)).await;
         expect_ok(&outcome.unwrap_or_else(|e| panic!("shard {shard} after killing {victim}: {e}")));
     }
     cluster.restart(victim, false).await;
     let digests = cluster.converged_digests(SETTLE).await;
     assert!(digests.iter().all(|(applied, _)| applied.is_some()));
-    let name = sku_on_shard(0, SHARDS, "failover");
+    let name = sku_on(0, SHARDS, "sku-failover");
     let seen =
         cluster.node(victim).read_stale(0, move |s| s.get_item(&name, "w1").ok().flatten().map(|i| i.on_hand)).await;
     assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")).value, Some(7));
@@ -277,7 +277,7 @@ async fn a_wiped_node_rejoins_and_catches_up_by_snapshot() {
     })
     .await;
     cluster.wait_for_leaders(SETTLE).await;
-    let name = sku_on_shard(0, 2, "wipe");
+    let name = sku_on(0, 2, "sku-wipe");
     for n in 0..150u64 {
         let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w1", n, 0)).await;
         expect_ok(&outcome.unwrap_or_else(|e| panic!("write {n}: {e}")));
@@ -573,8 +573,8 @@ async fn after_a_restart_log_time_resumes_from_the_log_and_catches_up_only_when_
     let shards = 2;
     let mut cluster = TestCluster::start(1, shards, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
-    let busy = sku_on_shard(0, shards, "busy");
-    let idle = sku_on_shard(1, shards, "idle");
+    let busy = sku_on(0, shards, "sku-busy");
+    let idle = sku_on(1, shards, "sku-idle");
     for name in [&busy, &idle] {
         expect_ok(&cluster.node(1).submit(upsert(name, "w1", 5, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     }

@@ -21,6 +21,14 @@ pub fn qty(units: u64) -> Quantity {
     Quantity::new(units).unwrap_or_else(|error| panic!("bad test quantity {units}: {error}"))
 }
 
+/// The first SKU name `{prefix}-{n}` that lives on `shard` of `shards`.
+pub fn sku_on(shard: u32, shards: u32, prefix: &str) -> String {
+    (0..1_000_000)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|name| shard_of(name, shards) == shard)
+        .unwrap_or_else(|| panic!("no SKU {prefix}-n on shard {shard} of {shards}"))
+}
+
 pub fn key(text: &str) -> IdempotencyKey {
     IdempotencyKey::new(text).unwrap_or_else(|error| panic!("bad test idempotency key {text}: {error}"))
 }

@@ -4,8 +4,8 @@
 use engine::actor::{Apply, Describe, Install, Read, ShardPool, TakeSnapshot};
 use engine::event::EventKind;
 use engine::outcome::Outcome;
-use engine::testing::{hold, rid, upsert};
-use engine::{Limits, LogEntry, LogId, ShardState, shard_of};
+use engine::testing::{hold, rid, sku_on, upsert};
+use engine::{Limits, LogEntry, LogId, ShardState};
 
 const SHARDS: u32 = 4;
 
@@ -18,17 +18,12 @@ fn pool() -> ShardPool {
     ShardPool::start(states, 2).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A SKU name that lives on `shard`.
-fn sku_on(shard: u32) -> String {
-    (0..).map(|n| format!("SKU-{n}")).find(|sku| shard_of(sku, SHARDS) == shard).unwrap_or_default()
-}
-
 #[test]
 fn each_shard_actor_applies_its_own_entries_and_answers_reads() {
     let pool = pool();
     block_on(async {
         for shard in 0..SHARDS {
-            let sku = sku_on(shard);
+            let sku = sku_on(shard, SHARDS, "SKU");
             let addr = pool.shard(shard).unwrap_or_else(|| panic!("no shard {shard}"));
             let entries = vec![
                 LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert(&sku, "berlin", 5, 1)]),
@@ -56,7 +51,7 @@ fn each_shard_actor_applies_its_own_entries_and_answers_reads() {
 fn a_command_for_another_shard_is_refused_by_the_actor() {
     let pool = pool();
     block_on(async {
-        let foreign = sku_on(1);
+        let foreign = sku_on(1, SHARDS, "SKU");
         let addr = pool.shard(0).unwrap_or_else(|| panic!("no shard"));
         let entries = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert(&foreign, "berlin", 5, 1)])];
         let answer = addr.send(Apply { entries, describe_events: Describe::None }).await;
@@ -70,7 +65,7 @@ fn a_command_for_another_shard_is_refused_by_the_actor() {
 fn out_of_order_entries_are_refused_and_change_nothing() {
     let pool = pool();
     block_on(async {
-        let sku = sku_on(2);
+        let sku = sku_on(2, SHARDS, "SKU");
         let addr = pool.shard(2).unwrap_or_else(|| panic!("no shard"));
         let first = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert(&sku, "berlin", 5, 1)])];
         let _ = addr.send(Apply { entries: first, describe_events: Describe::None }).await;
@@ -95,7 +90,7 @@ fn out_of_order_entries_are_refused_and_change_nothing() {
 fn a_snapshot_taken_through_the_actor_installs_into_another() {
     let pool = pool();
     block_on(async {
-        let sku = sku_on(3);
+        let sku = sku_on(3, SHARDS, "SKU");
         let source = pool.shard(3).unwrap_or_else(|| panic!("no shard"));
         let entries = vec![LogEntry::batch(LogId::new(2, 1), 1, vec![upsert(&sku, "berlin", 42, 1)])];
         let _ = source.send(Apply { entries, describe_events: Describe::None }).await;

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use cluster::{ClusterConfig, Member, Node, NodeId, Secret};
-use engine::{Outcome, shard_of};
+use engine::Outcome;
 use tokio::net::TcpListener;
 
 pub mod raw_peer;
@@ -152,12 +152,4 @@ impl TestCluster {
             self.kill(id).await;
         }
     }
-}
-
-/// A SKU name that lands on `shard` of `shards`.
-pub fn sku_on_shard(shard: u32, shards: u32, salt: &str) -> String {
-    (0..100_000)
-        .map(|n| format!("sku-{salt}-{n}"))
-        .find(|name| shard_of(name, shards) == shard)
-        .unwrap_or_else(|| panic!("no SKU for shard {shard}"))
 }
