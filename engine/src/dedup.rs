@@ -199,8 +199,7 @@ mod tests {
     use crate::ids::IdempotencyKey;
     use crate::outcome::Refusal;
     use crate::state::ShardState;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{adjust, hold, qty, rid, sku, upsert_item, wh};
+    use crate::testing::{Fixture, adjust, hold, qty, rid, sku, upsert_item, wh};
 
     fn req(n: u8) -> RequestId {
         RequestId([n; 16])

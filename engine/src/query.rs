@@ -330,8 +330,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::raft_log::{LogEntry, LogId};
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold, rid};
+    use crate::testing::{Fixture, hold, rid};
 
     #[test]
     fn a_sku_lists_every_warehouse_with_totals() {

@@ -329,8 +329,7 @@ mod regression_images {
     use crate::ids::QUANTITY_MAX;
     use crate::reservation::Lines;
     use crate::state::ShardState;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold, rid_filled};
+    use crate::testing::{Fixture, hold, rid_filled};
 
     /// The images hold their reservations' ids: `rid_filled` keeps the bytes.
     fn busy() -> Fixture {

@@ -1,13 +1,16 @@
 //! Builders for tests and benchmarks: the one copy of the ids, items and
-//! commands that the engine's, the cluster's and the benchmarks' tests make.
+//! commands that the engine's, the cluster's and the benchmarks' tests make,
+//! and `Fixture`, a shard that applies them.
 //!
 //! Compiled only for the engine's own unit tests and with the `testing`
 //! feature, which only dev-dependencies turn on: production code never
 //! depends on it. Test input is trusted, so a bad one panics saying what.
 
 use crate::cmd::{Adjust, AdjustReason, Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
-use crate::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
+use crate::ids::{IdempotencyKey, Quantity, RequestId, ReservationId, Sku, Warehouse};
+use crate::item::ItemId;
 use crate::placement::shard_of;
+use crate::{Applied, Limits, LogEntry, LogId, Outcome, ShardState};
 
 pub fn sku(text: &str) -> Sku {
     Sku::new(text).unwrap_or_else(|error| panic!("bad test SKU {text}: {error}"))
@@ -125,4 +128,77 @@ pub fn hold_any(
         customer: None,
         principal: None,
     })
+}
+
+/// One shard that applies commands as log entries at a log time the test
+/// moves (`now_ms`), checking every invariant after each entry.
+pub struct Fixture {
+    pub state: ShardState,
+    pub index: u64,
+    pub now_ms: u64,
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture {
+    /// A one-shard state at log time 1000.
+    pub fn new() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    pub fn with_limits(limits: Limits) -> Self {
+        Self { state: ShardState::new(0, 1, limits), index: 0, now_ms: 1_000 }
+    }
+
+    /// Applies `commands` as the next entry.
+    pub fn run(&mut self, commands: Vec<Command>) -> Applied {
+        self.run_with_ids(commands, Vec::new())
+    }
+
+    /// Applies one entry whose commands carry `request_ids`.
+    pub fn run_with_ids(&mut self, commands: Vec<Command>, request_ids: Vec<RequestId>) -> Applied {
+        self.index += 1;
+        let entry = LogEntry::batch_with_ids(LogId::new(1, self.index), self.now_ms, commands, request_ids);
+        match self.state.apply(&entry) {
+            Ok(applied) => {
+                if let Err(error) = self.state.check_invariants() {
+                    panic!("invariant broken after entry {}: {error}", self.index);
+                }
+                applied
+            }
+            Err(error) => panic!("apply failed: {error}"),
+        }
+    }
+
+    /// Applies `command` as an entry of its own: its outcome.
+    pub fn one(&mut self, command: Command) -> Outcome {
+        self.run(vec![command]).outcomes.remove(0)
+    }
+
+    pub fn stock(&mut self, sku: &str, warehouse: &str, on_hand: u64, threshold: u64) {
+        let outcome = self.one(upsert(sku, warehouse, on_hand, threshold));
+        assert!(!outcome.is_refused(), "stocking failed: {outcome:?}");
+    }
+
+    /// The item's (on hand, reserved).
+    pub fn levels(&self, sku: &str, warehouse: &str) -> (u64, u64) {
+        let id = self.state.find_item(sku, warehouse).unwrap_or(ItemId(u32::MAX));
+        let item = self.state.item(id);
+        (item.on_hand, item.reserved)
+    }
+
+    /// Holds `lines` under reservation id `rid(n)` for 60 s.
+    pub fn hold(&mut self, n: u64, lines: &[(&str, &str, u64)]) -> Outcome {
+        self.one(hold(rid(n), lines, 60_000, None))
+    }
+
+    /// Holds `lines` under reservation id `rid(n)` for 60 s; a line
+    /// without a warehouse is allocated.
+    pub fn hold_any(&mut self, n: u64, lines: &[(&str, Option<&str>, u64)]) -> Outcome {
+        self.one(hold_any(rid(n), lines, 60_000, None))
+    }
 }

@@ -14,12 +14,12 @@
 
 use std::collections::BTreeMap;
 
+use engine::ShardState;
 use engine::cmd::{Command, Confirm, Release, SetCustomerLimit};
 use engine::customer::CustomerLimit;
 use engine::ids::CustomerId;
 use engine::outcome::{Outcome, Refusal};
-use engine::testing::{hold_any, rid, sku, upsert};
-use engine::{Limits, LogEntry, LogId, ShardState};
+use engine::testing::{Fixture, hold_any, rid, sku};
 use proptest::prelude::*;
 
 const SKUS: [&str; 2] = ["A", "B"];
@@ -117,12 +117,10 @@ impl Model {
     }
 }
 
-/// The engine's shard and the model, at one log time.
+/// The engine's shard and the model.
 struct Run {
-    state: ShardState,
+    shard: Fixture,
     model: Model,
-    index: u64,
-    now_ms: u64,
 }
 
 /// What the model expects of a hold under the customer limits.
@@ -139,22 +137,14 @@ struct Expected {
 
 impl Run {
     fn new() -> Self {
-        let mut run =
-            Self { state: ShardState::new(0, 1, Limits::default()), model: Model::default(), index: 0, now_ms: 1_000 };
+        let mut run = Self { shard: Fixture::new(), model: Model::default() };
         for sku_name in SKUS {
             for warehouse in WAREHOUSES {
-                run.apply(upsert(sku_name, warehouse, 6, 0));
+                run.shard.stock(sku_name, warehouse, 6, 0);
             }
             run.model.available.insert(sku_name.to_owned(), 6 * WAREHOUSES.len() as u64);
         }
         run
-    }
-
-    fn apply(&mut self, command: Command) -> Outcome {
-        self.index += 1;
-        let entry = LogEntry::batch(LogId::new(1, self.index), self.now_ms, vec![command]);
-        let mut applied = self.state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
-        applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"))
     }
 
     /// The model: units per SKU, then the limit rules (stock is the
@@ -174,7 +164,7 @@ impl Run {
                 expected.required = Some(s.clone());
                 break;
             };
-            let used = self.model.held(s, c) + self.model.sold(s, c, self.now_ms);
+            let used = self.model.held(s, c) + self.model.sold(s, c, self.shard.now_ms);
             if used + q > limit.units {
                 expected.over.push((s.clone(), limit.units, used, *q));
             } else {
@@ -199,7 +189,7 @@ impl Run {
         let Command::Hold(mut hold) = hold_any(rid(n), &request, TTL_MS, None) else { unreachable!() };
         hold.customer = customer.clone().map(|c| CustomerId::new(c).unwrap_or_else(|e| panic!("{e}")));
         hold.confirm = confirm_now;
-        let outcome = self.apply(Command::Hold(hold));
+        let outcome = self.shard.one(Command::Hold(hold));
         let expected = self.expect(&request, customer.as_ref());
         if check_hold(step, &outcome, &expected)? {
             for (s, q) in &expected.units {
@@ -207,12 +197,12 @@ impl Run {
                 prop_assert!(*available >= *q, "step {}: oversold {}", step, s);
                 *available -= q;
             }
-            let deadline_ms = self.now_ms + TTL_MS;
+            let deadline_ms = self.shard.now_ms + TTL_MS;
             let Expected { units, counted, .. } = expected;
             self.model.holds.push(ModelHold { customer, counted, units, deadline_ms, live: true });
             if confirm_now {
                 let at = self.model.holds.len() - 1;
-                self.model.end(at, true, self.now_ms);
+                self.model.end(at, true, self.shard.now_ms);
             }
         } else {
             // Refused: the model keeps a placeholder so ids stay aligned.
@@ -234,7 +224,7 @@ impl Run {
         } else {
             Command::Release(Release { id, principal: None })
         };
-        let outcome = self.apply(command);
+        let outcome = self.shard.one(command);
         if self.model.holds[at].live {
             prop_assert!(
                 matches!(
@@ -245,7 +235,7 @@ impl Run {
                 step,
                 outcome
             );
-            self.model.end(at, confirm, self.now_ms);
+            self.model.end(at, confirm, self.shard.now_ms);
         }
         Ok(())
     }
@@ -253,9 +243,9 @@ impl Run {
     fn set_limit(&mut self, step: usize, s: usize, limit: Option<(u64, Option<u64>)>) -> Result<(), TestCaseError> {
         let limit = limit.map(|(units, window_ms)| CustomerLimit { units, window_ms });
         let command = Command::SetCustomerLimit(SetCustomerLimit { sku: sku(SKUS[s]), limit });
-        let outcome = self.apply(command);
+        let outcome = self.shard.one(command);
         prop_assert!(matches!(outcome, Outcome::CustomerLimitSet { .. }), "step {}: {:?}", step, outcome);
-        let (model, now_ms) = (&mut self.model, self.now_ms);
+        let (model, now_ms) = (&mut self.model, self.shard.now_ms);
         // Sales that left the old window are gone for good.
         if let Some(old) = model.limits.get(SKUS[s]).copied() {
             for ((sku_name, _), sales) in model.sales.iter_mut() {
@@ -280,10 +270,10 @@ impl Run {
     fn check_usage(&self, step: usize) -> Result<(), TestCaseError> {
         for s in SKUS {
             for c in CUSTOMERS {
-                let usage = self.state.customer_usage(s, c);
+                let usage = self.shard.state.customer_usage(s, c);
                 prop_assert_eq!(
                     (usage.held, usage.sold),
-                    (self.model.held(s, c), self.model.sold(s, c, self.now_ms)),
+                    (self.model.held(s, c), self.model.sold(s, c, self.shard.now_ms)),
                     "step {}: {} of {}",
                     step,
                     c,
@@ -291,7 +281,7 @@ impl Run {
                 );
             }
         }
-        self.state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))
+        self.shard.state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))
     }
 }
 
@@ -331,8 +321,8 @@ fn check_hold(step: usize, outcome: &Outcome, expected: &Expected) -> Result<boo
 fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
     let mut run = Run::new();
     for (step, (advance, op)) in ops.into_iter().enumerate() {
-        run.now_ms += advance;
-        run.model.expire(run.now_ms);
+        run.shard.now_ms += advance;
+        run.model.expire(run.shard.now_ms);
         match op {
             Op::Hold { customer, lines, confirm_now } => run.hold(step, customer, &lines, confirm_now)?,
             Op::Confirm(at) | Op::Release(at) if at < run.model.holds.len() => {
@@ -340,13 +330,13 @@ fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
             }
             Op::Confirm(_) | Op::Release(_) => {
                 // No such hold: time still moves, as the model's did.
-                run.apply(Command::Tick);
+                run.shard.one(Command::Tick);
             }
             Op::SetLimit { sku: s, limit } => run.set_limit(step, s, limit)?,
         }
         run.check_usage(step)?;
     }
-    let state = &run.state;
+    let state = &run.shard.state;
     let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let loaded = ShardState::from_snapshot_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(loaded.digest(), state.digest());

@@ -19,8 +19,8 @@ use engine::event::Cause;
 use engine::ids::ItemName;
 use engine::outcome::{Outcome, Refusal};
 use engine::query::{AvailabilityLine, ItemFilter};
-use engine::testing::{hold, rid, sku, upsert, wh};
-use engine::{EventKind, Limits, LogEntry, LogId, ShardState};
+use engine::testing::{Fixture, hold, rid, sku, upsert, wh};
+use engine::{EventKind, ShardState};
 use proptest::prelude::*;
 
 const SKUS: [&str; 3] = ["A", "B", "C"];
@@ -101,21 +101,10 @@ impl Model {
     }
 }
 
-fn apply(state: &mut ShardState, index: &mut u64, now_ms: u64, command: Command) -> Outcome {
-    apply_with_events(state, index, now_ms, command).0
-}
-
 /// The outcome, and the `(on_hand before, after)` of each delete stock
 /// change the entry emitted (and how many events it emitted in all).
-fn apply_with_events(
-    state: &mut ShardState,
-    index: &mut u64,
-    now_ms: u64,
-    command: Command,
-) -> (Outcome, Vec<(u64, u64)>, usize) {
-    *index += 1;
-    let entry = LogEntry::batch(LogId::new(1, *index), now_ms, vec![command]);
-    let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
+fn apply_with_events(shard: &mut Fixture, command: Command) -> (Outcome, Vec<(u64, u64)>, usize) {
+    let mut applied = shard.run(vec![command]);
     let deletes = applied
         .events
         .iter()
@@ -191,21 +180,15 @@ fn model_keys() -> impl Iterator<Item = (usize, usize)> {
     (0..SKUS.len()).flat_map(|s| (0..WAREHOUSES.len()).map(move |w| (s, w)))
 }
 
-/// The engine's shard and the model, at one log time.
+/// The engine's shard and the model.
 struct Run {
-    state: ShardState,
+    shard: Fixture,
     model: Model,
-    index: u64,
-    now_ms: u64,
 }
 
 impl Run {
-    fn apply(&mut self, command: Command) -> Outcome {
-        apply(&mut self.state, &mut self.index, self.now_ms, command)
-    }
-
     fn upsert(&mut self, step: usize, s: usize, w: usize, on_hand: u64) -> Result<(), TestCaseError> {
-        let outcome = self.apply(upsert(SKUS[s], WAREHOUSES[w], on_hand, 0));
+        let outcome = self.shard.one(upsert(SKUS[s], WAREHOUSES[w], on_hand, 0));
         match self.model.items.get_mut(&(s, w)) {
             Some(item) if on_hand < item.reserved => {
                 prop_assert!(matches!(outcome, Outcome::Refused(Refusal::BelowReserved { .. })), "step {}", step);
@@ -230,14 +213,14 @@ impl Run {
             None => AttrUpdate::Clear,
         };
         let outcome =
-            self.apply(Command::SetProduct(SetProduct { name: update, ..SetProduct::keep_all(sku(SKUS[s])) }));
+            self.shard.one(Command::SetProduct(SetProduct { name: update, ..SetProduct::keep_all(sku(SKUS[s])) }));
         prop_assert!(matches!(outcome, Outcome::ProductSet { .. }), "step {}: {:?}", step, outcome);
         self.model.set_product(s, |p| p.name = name.map(name_of));
         Ok(())
     }
 
     fn set_price(&mut self, step: usize, s: usize, price_minor: Option<u64>) -> Result<(), TestCaseError> {
-        let outcome = self.apply(Command::SetProduct(SetProduct {
+        let outcome = self.shard.one(Command::SetProduct(SetProduct {
             price_minor: price_minor.map_or(AttrUpdate::Clear, AttrUpdate::Set),
             ..SetProduct::keep_all(sku(SKUS[s]))
         }));
@@ -248,7 +231,7 @@ impl Run {
 
     fn hold(&mut self, step: usize, s: usize, w: usize, quantity: u64) -> Result<(), TestCaseError> {
         let n = self.model.holds.len() as u64 + 1;
-        let outcome = self.apply(hold(rid(n), &[(SKUS[s], WAREHOUSES[w], quantity)], TTL_MS, None));
+        let outcome = self.shard.one(hold(rid(n), &[(SKUS[s], WAREHOUSES[w], quantity)], TTL_MS, None));
         let granted = match self.model.items.get_mut(&(s, w)) {
             Some(item) if item.on_hand - item.reserved >= quantity => {
                 item.reserved += quantity;
@@ -263,7 +246,7 @@ impl Run {
     }
 
     fn release(&mut self, step: usize, at: usize) -> Result<(), TestCaseError> {
-        let outcome = self.apply(Command::Release(Release { id: rid(at as u64 + 1), principal: None }));
+        let outcome = self.shard.one(Command::Release(Release { id: rid(at as u64 + 1), principal: None }));
         let model = &mut self.model;
         if let Some(hold) = model.holds.get_mut(at).filter(|h| h.live) {
             prop_assert!(matches!(outcome, Outcome::Released { replayed: false, .. }), "step {}: {:?}", step, outcome);
@@ -287,19 +270,24 @@ impl Run {
     ) -> Result<(), TestCaseError> {
         let (holds, reserved) = held;
         prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemHasHolds { holds, reserved }), "step {}", step);
-        prop_assert_eq!(snapshot_of_reads(&self.state), before, "step {}: a refused delete changed something", step);
+        prop_assert_eq!(
+            snapshot_of_reads(&self.shard.state),
+            before,
+            "step {}: a refused delete changed something",
+            step
+        );
         Ok(())
     }
 
     fn delete_item(&mut self, step: usize, s: usize, w: usize) -> Result<(), TestCaseError> {
-        let before = snapshot_of_reads(&self.state);
+        let before = snapshot_of_reads(&self.shard.state);
         let command = Command::DeleteItem(DeleteItem {
             sku: sku(SKUS[s]),
             warehouse: wh(WAREHOUSES[w]),
             expect_version: None,
             principal: None,
         });
-        let (outcome, deletes, events) = apply_with_events(&mut self.state, &mut self.index, self.now_ms, command);
+        let (outcome, deletes, events) = apply_with_events(&mut self.shard, command);
         let (holds, reserved) = self.model.held(&[(s, w)]);
         let expected: Vec<(u64, u64)> = match (self.model.items.get(&(s, w)), holds) {
             (Some(item), 0) => vec![(item.on_hand, 0)],
@@ -319,9 +307,9 @@ impl Run {
     }
 
     fn delete_sku(&mut self, step: usize, s: usize) -> Result<(), TestCaseError> {
-        let before = snapshot_of_reads(&self.state);
+        let before = snapshot_of_reads(&self.shard.state);
         let command = Command::DeleteSku(DeleteSku { sku: sku(SKUS[s]), principal: None });
-        let (outcome, deletes, events) = apply_with_events(&mut self.state, &mut self.index, self.now_ms, command);
+        let (outcome, deletes, events) = apply_with_events(&mut self.shard, command);
         let model = &mut self.model;
         let items: Vec<(usize, usize)> = model.items.keys().copied().filter(|(k, _)| *k == s).collect();
         let (holds, reserved) = model.held(&items);
@@ -358,10 +346,9 @@ impl Run {
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut run =
-        Run { state: ShardState::new(0, 1, Limits::default()), model: Model::default(), index: 0, now_ms: 1_000 };
+    let mut run = Run { shard: Fixture::new(), model: Model::default() };
     for (step, op) in ops.into_iter().enumerate() {
-        run.now_ms += 10;
+        run.shard.now_ms += 10;
         match op {
             Op::Upsert { sku: s, warehouse: w, on_hand } => run.upsert(step, s, w, on_hand)?,
             Op::SetName { sku: s, name } => run.set_name(step, s, name)?,
@@ -371,9 +358,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::DeleteItem { sku: s, warehouse: w } => run.delete_item(step, s, w)?,
             Op::DeleteSku(s) => run.delete_sku(step, s)?,
         }
-        check_reads(&run.state, &run.model, step)?;
+        check_reads(&run.shard.state, &run.model, step)?;
     }
-    let (state, model) = (&run.state, &run.model);
+    let (state, model) = (&run.shard.state, &run.model);
     let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let loaded = ShardState::from_snapshot_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
     loaded.check_invariants().map_err(TestCaseError::fail)?;

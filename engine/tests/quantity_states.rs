@@ -15,12 +15,12 @@
 //! * the state's full check passes; at the end a snapshot reloads to the
 //!   same digest.
 
+use engine::ShardState;
 use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, MoveQuantity, Release, SetStates, UpsertItem};
 use engine::item::Status;
 use engine::outcome::{Outcome, Refusal};
 use engine::states::QuantityState;
-use engine::testing::{adjust, hold, qty, rid, sku, upsert_item, wh};
-use engine::{Limits, LogEntry, LogId, ShardState};
+use engine::testing::{Fixture, adjust, hold, qty, rid, sku, upsert_item, wh};
 use proptest::prelude::*;
 
 const SKU: &str = "A";
@@ -174,13 +174,6 @@ impl Model {
     }
 }
 
-fn apply(state: &mut ShardState, index: &mut u64, now_ms: u64, command: Command) -> Outcome {
-    *index += 1;
-    let entry = LogEntry::batch(LogId::new(1, *index), now_ms, vec![command]);
-    let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
-    applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"))
-}
-
 fn upsert(on_hand: Option<u64>) -> UpsertItem {
     UpsertItem { on_hand, low_stock_threshold: Some(THRESHOLD), ..upsert_item(SKU, WAREHOUSE) }
 }
@@ -190,22 +183,16 @@ fn refused_with(outcome: &Outcome, code: &str, step: usize) -> Result<(), TestCa
     Ok(())
 }
 
-/// The engine's shard and the model, at one log time.
+/// The engine's shard and the model.
 struct Run {
-    state: ShardState,
+    shard: Fixture,
     model: Model,
-    index: u64,
-    now_ms: u64,
 }
 
 impl Run {
-    fn apply(&mut self, command: Command) -> Outcome {
-        apply(&mut self.state, &mut self.index, self.now_ms, command)
-    }
-
     fn set(&mut self, step: usize, op: &Op) -> Result<Outcome, TestCaseError> {
         let Op::Set { on_hand, safety_stock, incoming, backorder_limit } = *op else { unreachable!() };
-        let outcome = self.apply(Command::SetStates(Box::new(SetStates {
+        let outcome = self.shard.one(Command::SetStates(Box::new(SetStates {
             safety_stock,
             incoming,
             backorder_limit,
@@ -235,7 +222,7 @@ impl Run {
 
     fn adjust(&mut self, step: usize, delta: i64, damage: bool) -> Result<Outcome, TestCaseError> {
         let reason = if damage { AdjustReason::Damage } else { AdjustReason::Count };
-        let outcome = self.apply(adjust(SKU, WAREHOUSE, delta, reason));
+        let outcome = self.shard.one(adjust(SKU, WAREHOUSE, delta, reason));
         let model = &mut self.model;
         let written_off = if damage && delta < 0 { model.damaged.min(delta.unsigned_abs()) } else { 0 };
         match model.below(model.on_hand as i64 + delta, model.unsellable() - written_off) {
@@ -256,7 +243,7 @@ impl Run {
 
     fn move_quantity(&mut self, step: usize, from: usize, to: usize, quantity: u64) -> Result<Outcome, TestCaseError> {
         let (from, to) = (QuantityState::ALL[from], QuantityState::ALL[to]);
-        let outcome = self.apply(Command::MoveQuantity(MoveQuantity {
+        let outcome = self.shard.one(Command::MoveQuantity(MoveQuantity {
             sku: sku(SKU),
             warehouse: wh(WAREHOUSE),
             from,
@@ -294,7 +281,7 @@ impl Run {
 
     fn hold(&mut self, step: usize, quantity: u64) -> Result<Outcome, TestCaseError> {
         let n = self.model.holds.len() as u64 + 1;
-        let outcome = self.apply(hold(rid(n), &[(SKU, WAREHOUSE, quantity)], TTL_MS, None));
+        let outcome = self.shard.one(hold(rid(n), &[(SKU, WAREHOUSE, quantity)], TTL_MS, None));
         let model = &mut self.model;
         let room = model.backorder_limit.saturating_sub(model.backordered());
         if quantity <= model.available() + room {
@@ -303,7 +290,7 @@ impl Run {
                 return Err(TestCaseError::fail(format!("step {step}: not held: {outcome:?}")));
             };
             prop_assert_eq!(lines[0].backordered, backordered, "step {}", step);
-            let hold = ModelHold { units: quantity, backordered, deadline_ms: self.now_ms + TTL_MS, live: true };
+            let hold = ModelHold { units: quantity, backordered, deadline_ms: self.shard.now_ms + TTL_MS, live: true };
             model.holds.push(Some(hold));
         } else {
             refused_with(&outcome, "insufficient_stock", step)?;
@@ -321,7 +308,7 @@ impl Run {
         } else {
             Command::Release(Release { id, principal: None })
         };
-        let outcome = self.apply(command);
+        let outcome = self.shard.one(command);
         let model = &mut self.model;
         if let Some(Some(hold)) = model.holds.get_mut(at)
             && hold.live
@@ -360,6 +347,7 @@ impl Run {
     fn check_item(&self, step: usize, op: &Op, unchanged: bool, version_before: u64) -> Result<(), TestCaseError> {
         let model = &self.model;
         let item = self
+            .shard
             .state
             .get_item(SKU, WAREHOUSE)
             .map_err(|e| TestCaseError::fail(e.to_string()))?
@@ -404,25 +392,26 @@ impl Run {
         for (at, hold) in self.model.holds.iter().enumerate() {
             let Some(hold) = hold.filter(|h| h.live) else { continue };
             let view = self
+                .shard
                 .state
                 .reservation(&rid(at as u64 + 1))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?
                 .ok_or_else(|| TestCaseError::fail(format!("step {step}: hold {at} gone")))?;
             prop_assert_eq!(view.lines[0].backordered, hold.backordered, "step {}: hold {}", step, at);
         }
-        self.state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))
+        self.shard.state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))
     }
 }
 
 fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
     let model = Model { on_hand: 10, received: 10, ..Model::default() };
-    let mut run = Run { state: ShardState::new(0, 1, Limits::default()), model, index: 0, now_ms: 1_000 };
-    run.apply(Command::UpsertItem(upsert(Some(10))));
+    let mut run = Run { shard: Fixture::new(), model };
+    run.shard.one(Command::UpsertItem(upsert(Some(10))));
     for (step, (advance, op)) in ops.into_iter().enumerate() {
-        run.now_ms += advance;
+        run.shard.now_ms += advance;
         // Expiry runs before the command and changes the item by itself.
-        let expired = run.model.expire(run.now_ms);
-        let version_before = run.state.get_item(SKU, WAREHOUSE).ok().flatten().map_or(0, |item| item.version);
+        let expired = run.model.expire(run.shard.now_ms);
+        let version_before = run.shard.state.get_item(SKU, WAREHOUSE).ok().flatten().map_or(0, |item| item.version);
         let (outcome, changes_nothing) = match op {
             Op::Set { .. } => (run.set(step, &op)?, false),
             Op::Adjust { delta, damage } => (run.adjust(step, delta, damage)?, false),
@@ -435,7 +424,7 @@ fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
         run.check_item(step, &op, (outcome.is_refused() || changes_nothing) && !expired, version_before)?;
         run.check_holds(step)?;
     }
-    let state = &run.state;
+    let state = &run.shard.state;
     let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let reloaded = ShardState::from_snapshot_bytes(&bytes).map_err(TestCaseError::fail)?;
     prop_assert_eq!(reloaded.digest(), state.digest());
@@ -455,29 +444,21 @@ proptest! {
 /// event per filled reservation; a confirm waits until every unit is there.
 #[test]
 fn receiving_stock_fills_backorders_oldest_first_and_then_they_confirm() {
-    let mut state = ShardState::new(0, 1, Limits::default());
-    let mut index = 0;
-    let now_ms = 1_000;
+    let mut f = Fixture::new();
     let set = Command::SetStates(Box::new(SetStates { backorder_limit: Some(10), ..SetStates::keep(upsert(Some(2))) }));
-    assert!(!apply(&mut state, &mut index, now_ms, set).is_refused());
+    assert!(!f.one(set).is_refused());
     // Hold 1 takes the 2 on the shelf and backorders 3; hold 2 backorders 4.
-    let first = apply(&mut state, &mut index, now_ms, hold(rid(1), &[(SKU, WAREHOUSE, 5)], TTL_MS, None));
+    let first = f.one(hold(rid(1), &[(SKU, WAREHOUSE, 5)], TTL_MS, None));
     assert!(matches!(&first, Outcome::Held { lines, .. } if lines[0].backordered == 3), "{first:?}");
-    let second = apply(&mut state, &mut index, now_ms, hold(rid(2), &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
+    let second = f.one(hold(rid(2), &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
     assert!(matches!(&second, Outcome::Held { lines, .. } if lines[0].backordered == 4), "{second:?}");
     // Room is 10 - 7 = 3: a hold of 4 is short.
-    let third = apply(&mut state, &mut index, now_ms, hold(rid(3), &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
+    let third = f.one(hold(rid(3), &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
     assert_eq!(third.refusal().map(Refusal::code), Some("insufficient_stock"));
     let confirm = Command::Confirm(Confirm { id: rid(1), principal: None });
-    assert_eq!(
-        apply(&mut state, &mut index, now_ms, confirm.clone()),
-        Outcome::Refused(Refusal::BackorderUnfilled { backordered: 3 })
-    );
+    assert_eq!(f.one(confirm.clone()), Outcome::Refused(Refusal::BackorderUnfilled { backordered: 3 }));
     // 5 arrive: 3 fill hold 1 (the oldest), 2 go to hold 2.
-    index += 1;
-    let receive = adjust(SKU, WAREHOUSE, 5, AdjustReason::Receive);
-    let applied =
-        state.apply(&LogEntry::batch(LogId::new(1, index), now_ms, vec![receive])).unwrap_or_else(|e| panic!("{e}"));
+    let applied = f.run(vec![adjust(SKU, WAREHOUSE, 5, AdjustReason::Receive)]);
     let filled: Vec<_> = applied
         .events
         .iter()
@@ -493,10 +474,10 @@ fn receiving_stock_fills_backorders_oldest_first_and_then_they_confirm() {
     assert_eq!((item.on_hand, item.reserved, item.available, item.states.backordered), (7, 7, 0, 2));
     // Hold 1 is whole now and sells; hold 2 still waits for 2, and its
     // release gives back what it had and its room.
-    assert!(matches!(apply(&mut state, &mut index, now_ms, confirm), Outcome::Confirmed { replayed: false, .. }));
+    assert!(matches!(f.one(confirm), Outcome::Confirmed { replayed: false, .. }));
     let release = Command::Release(Release { id: rid(2), principal: None });
-    assert!(!apply(&mut state, &mut index, now_ms, release).is_refused());
-    let item = state.get_item(SKU, WAREHOUSE).ok().flatten().unwrap_or_else(|| panic!("no item"));
+    assert!(!f.one(release).is_refused());
+    let item = f.state.get_item(SKU, WAREHOUSE).ok().flatten().unwrap_or_else(|| panic!("no item"));
     assert_eq!((item.on_hand, item.reserved, item.available, item.states.backordered), (2, 0, 2, 0));
-    state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
 }

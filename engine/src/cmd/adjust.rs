@@ -146,8 +146,7 @@ mod tests {
     use crate::cmd::Command;
     use crate::event::EventKind;
     use crate::item::Status;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{qty, sku, wh};
+    use crate::testing::{Fixture, qty, sku, wh};
 
     fn adjust(delta: i64, reason: AdjustReason) -> Command {
         Command::Adjust(Adjust {

@@ -131,8 +131,7 @@ mod tests {
     use crate::ids::IdempotencyKey;
     use crate::item::MovementReason;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold, rid, wh};
+    use crate::testing::{Fixture, hold, rid, wh};
 
     fn confirm(n: u64) -> Command {
         Command::Confirm(Confirm { principal: None, id: rid(n) })

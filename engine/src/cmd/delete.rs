@@ -119,8 +119,7 @@ mod tests {
     use super::*;
     use crate::cmd::{Command, Release, UpsertItem};
     use crate::event::{Cause, EventKind};
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{rid, sku, upsert_item, wh};
+    use crate::testing::{Fixture, rid, sku, upsert_item, wh};
 
     fn delete(sku: &str, warehouse: &str) -> Command {
         Command::DeleteItem(DeleteItem {

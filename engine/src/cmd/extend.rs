@@ -80,8 +80,7 @@ mod tests {
     use super::*;
     use crate::cmd::{Command, Release};
     use crate::ids::IdempotencyKey;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold, rid};
+    use crate::testing::{Fixture, hold, rid};
 
     fn extend(n: u64, deadline: Deadline) -> Command {
         Command::Extend(Extend { principal: None, id: rid(n), deadline })

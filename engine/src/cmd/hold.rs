@@ -796,8 +796,7 @@ mod tests {
     use crate::event::EventKind;
     use crate::item::Status;
     use crate::outcome::LineView;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold, hold_any, rid, wh};
+    use crate::testing::{Fixture, hold, hold_any, rid, wh};
 
     fn line(sku: &str, warehouse: &str, quantity: u64) -> LineView {
         LineView { sku: sku.into(), warehouse: warehouse.into(), quantity, backordered: 0 }

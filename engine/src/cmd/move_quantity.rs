@@ -97,8 +97,7 @@ mod tests {
     use crate::cmd::Command;
     use crate::event::EventKind;
     use crate::item::Status;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{qty, sku, upsert_item, wh};
+    use crate::testing::{Fixture, qty, sku, upsert_item, wh};
 
     fn moving(from: QuantityState, to: QuantityState, quantity: u64) -> Command {
         Command::MoveQuantity(MoveQuantity {

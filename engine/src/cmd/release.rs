@@ -31,8 +31,7 @@ mod tests {
     use crate::event::{Cause, EventKind};
     use crate::ids::IdempotencyKey;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold, rid};
+    use crate::testing::{Fixture, hold, rid};
 
     fn release(n: u64) -> Command {
         Command::Release(Release { principal: None, id: rid(n) })

@@ -57,8 +57,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::outcome::BundleLine;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold_any, qty, rid, sku, upsert_item};
+    use crate::testing::{Fixture, hold_any, qty, rid, sku, upsert_item};
 
     fn component(sku: &str, quantity: u64) -> Component {
         Component { sku: crate::testing::sku(sku), quantity: qty(quantity) }

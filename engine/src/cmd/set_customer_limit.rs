@@ -48,8 +48,7 @@ mod tests {
     use crate::cmd::{Command, Confirm, Release};
     use crate::ids::CustomerId;
     use crate::outcome::Bound;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{hold, rid, sku, wh};
+    use crate::testing::{Fixture, hold, rid, sku, wh};
 
     fn set(sku: &str, units: u64, window_ms: Option<u64>) -> Command {
         Command::SetCustomerLimit(SetCustomerLimit {

@@ -30,8 +30,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::outcome::{Bound, Refusal};
-    use crate::state::tests_support::Fixture;
-    use crate::testing::upsert_item;
+    use crate::testing::{Fixture, upsert_item};
 
     #[test]
     fn set_limits_applies_new_bounds_from_that_entry_on() {

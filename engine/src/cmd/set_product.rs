@@ -116,8 +116,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::config::Limits;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::sku;
+    use crate::testing::{Fixture, sku};
 
     fn set_name(sku: &str, name: &str) -> Command {
         Command::SetProduct(SetProduct {

@@ -83,8 +83,7 @@ mod tests {
     use crate::ids::QUANTITY_MAX;
     use crate::item::Status;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{sku, upsert_item, wh};
+    use crate::testing::{Fixture, sku, upsert_item, wh};
 
     fn set(safety_stock: Option<u64>, incoming: Option<u64>, on_hand: Option<u64>) -> Command {
         Command::SetStates(Box::new(SetStates {

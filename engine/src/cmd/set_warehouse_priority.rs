@@ -64,8 +64,7 @@ pub(super) fn apply(state: &mut ShardState, command: &SetWarehousePriority) -> O
 mod tests {
     use super::*;
     use crate::cmd::Command;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::wh;
+    use crate::testing::{Fixture, wh};
 
     fn set(sku: &str, warehouses: Option<&[&str]>) -> Command {
         Command::SetWarehousePriority(SetWarehousePriority {

@@ -100,8 +100,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::ids::ItemName;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::{qty, sku, wh};
+    use crate::testing::{Fixture, qty, sku, wh};
 
     fn transfer(from: &str, to: &str, quantity: u64) -> Command {
         Command::Transfer(Transfer {

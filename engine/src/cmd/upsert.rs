@@ -172,8 +172,7 @@ mod tests {
     use crate::ids::QUANTITY_MAX;
     use crate::item::Status;
     use crate::outcome::Bound;
-    use crate::state::tests_support::Fixture;
-    use crate::testing::upsert_item;
+    use crate::testing::{Fixture, upsert_item};
 
     fn run(fixture: &mut Fixture, command: UpsertItem) -> Outcome {
         fixture.one(Command::UpsertItem(command))
