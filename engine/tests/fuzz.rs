@@ -28,11 +28,11 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, Deadline, Expect, Extend, Release, SetLimits};
+use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, Deadline, Extend, Release, SetLimits};
 use engine::cmd::{DeleteItem, DeleteSku, SetProduct, Transfer, UpsertItem};
 use engine::ids::{ItemName, Principal, RequestId};
 use engine::snapshot::SnapshotStore;
-use engine::testing::{adjust, hold, hold_any, key, qty, rid, sku, upsert, wh};
+use engine::testing::{adjust, hold, hold_any, key, qty, rid, sku, upsert, upsert_item, wh};
 use engine::wal::{EntryFrame, Wal};
 use engine::{Limits, LogEntry, LogId, ShardState, StoredMembership, Vote, WalConfig};
 use fuzz::{Mutator, Rng, Seed, Target};
@@ -76,14 +76,11 @@ fn request_id(n: u8) -> RequestId {
 /// Every command kind, on the SKUs and warehouses of `busy_state`.
 fn sample_commands() -> Vec<Command> {
     let named = UpsertItem {
-        sku: sku("SKU-3"),
-        warehouse: wh("madrid"),
         on_hand: Some(7),
-        low_stock_threshold: None,
         name: AttrUpdate::Set(ItemName::new("Runner 42").unwrap_or_else(|e| panic!("{e}"))),
         unit_price_minor: AttrUpdate::Set(1999),
-        expect: Expect::Any,
         principal: Some(Principal::new("fuzz-admin").unwrap_or_else(|e| panic!("{e}"))),
+        ..upsert_item("SKU-3", "madrid")
     };
     vec![
         Command::UpsertItem(named.clone()),

@@ -949,16 +949,7 @@ mod tests {
     fn hold_refuses_bad_input_without_touching_stock() {
         let mut f = Fixture::with_limits(Limits { lines_per_hold_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
-        let none = Command::Hold(Hold {
-            principal: None,
-            id: rid(1),
-            lines: vec![],
-            deadline: Deadline::AfterMs(1),
-            idempotency_key: None,
-            confirm: false,
-            allocation: Allocation::MostAvailable,
-            customer: None,
-        });
+        let none = hold(rid(1), &[], 1, None);
         assert_eq!(f.one(none).refusal().map(Refusal::code), Some("no_lines"));
         let many = hold(rid(1), &[("SKU-1", "berlin", 1); 3], 60_000, None);
         assert_eq!(f.one(many).refusal().map(Refusal::code), Some("too_many_lines"));

@@ -79,11 +79,11 @@ pub(super) fn apply(state: &mut ShardState, command: &SetStates, emitter: &mut E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{Adjust, AdjustReason, Command};
+    use crate::cmd::{AdjustReason, Command};
     use crate::ids::QUANTITY_MAX;
     use crate::item::Status;
     use crate::outcome::Refusal;
-    use crate::testing::{Fixture, sku, upsert_item, wh};
+    use crate::testing::{Fixture, adjust, sku, upsert_item};
 
     fn set(safety_stock: Option<u64>, incoming: Option<u64>, on_hand: Option<u64>) -> Command {
         Command::SetStates(Box::new(SetStates {
@@ -120,15 +120,7 @@ mod tests {
         );
         assert!(!f.one(set(Some(2), None, None)).is_refused());
         // Nor can an adjustment or a set of on_hand take the kept-back units.
-        let adjust = Command::Adjust(Adjust {
-            sku: sku("SKU-1"),
-            warehouse: wh("berlin"),
-            delta: -1,
-            reason: AdjustReason::Loss,
-            principal: None,
-            note: None,
-            reference: None,
-        });
+        let adjust = adjust("SKU-1", "berlin", -1, AdjustReason::Loss);
         assert_eq!(f.one(adjust).refusal().map(Refusal::code), Some("below_unsellable"));
         let lower = Command::UpsertItem(UpsertItem { on_hand: Some(9), ..upsert_item("SKU-1", "berlin") });
         assert_eq!(f.one(lower).refusal().map(Refusal::code), Some("below_unsellable"));
