@@ -61,7 +61,14 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
     let http = node.http();
     let sku = "led-boot";
     let id = make_movements(http, sku).await;
-    let entries = ledger(http, &format!("&sku={sku}"), 1000).await;
+    // The ledger is written from the applied log after the answers go
+    // out: wait until it holds the seven movements.
+    let entries =
+        eventually("the ledger records the seven movements", std::time::Duration::from_secs(30), async || {
+            let entries = ledger(http, &format!("&sku={sku}"), 1000).await;
+            (entries.len() >= 7).then_some(entries)
+        })
+        .await;
     check_entries(&entries, &id);
     check_reconciliation(http, sku, &entries).await;
     check_pages_and_filters(http, sku, &entries).await;
