@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use cluster::{ClusterConfig, Node};
 use common::TestCluster;
-use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
-use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
+use engine::Command;
+use engine::ids::ReservationId;
+use engine::testing::{hold, upsert};
 use engine::{Outcome, shard_of};
 use hdrhistogram::Histogram;
 
@@ -77,20 +78,7 @@ fn hold_command(n: u64, sequence: u64) -> Command {
     unique[..8].copy_from_slice(&sequence.to_be_bytes());
     unique[8..12].copy_from_slice(&u32::try_from(n % SKUS).unwrap_or(0).to_be_bytes());
     let home = u16::try_from(shard_of(&name, SHARDS)).unwrap_or(0);
-    Command::Hold(Hold {
-        principal: None,
-        id: ReservationId::from_parts(home, unique),
-        lines: vec![HoldLine {
-            sku: Sku::new(name).unwrap_or_else(|e| panic!("{e}")),
-            warehouse: Some(Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}"))),
-            quantity: Quantity::new(1).unwrap_or_else(|e| panic!("{e}")),
-        }],
-        deadline: Deadline::AfterMs(3_600_000),
-        idempotency_key: None,
-        confirm: false,
-        allocation: Allocation::MostAvailable,
-        customer: None,
-    })
+    hold(ReservationId::from_parts(home, unique), &[(&name, "w1", 1)], 3_600_000, None)
 }
 
 struct Cluster {
@@ -118,16 +106,7 @@ async fn start(size: u64, batch_size_max: usize) -> Cluster {
     let TestCluster { dirs, nodes, .. } = test;
     let nodes: Vec<Node> = nodes.into_iter().flatten().collect();
     for n in 0..SKUS {
-        let command = Command::UpsertItem(UpsertItem {
-            sku: Sku::new(sku_name(n)).unwrap_or_else(|e| panic!("{e}")),
-            warehouse: Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}")),
-            on_hand: Some(1_000_000_000_000),
-            low_stock_threshold: Some(0),
-            name: AttrUpdate::Keep,
-            unit_price_minor: AttrUpdate::Keep,
-            expect: Expect::Any,
-            principal: None,
-        });
+        let command = upsert(&sku_name(n), "w1", 1_000_000_000_000, 0);
         let outcome = nodes[0].submit(command).await.unwrap_or_else(|e| panic!("stock: {e}"));
         assert!(!outcome.is_refused(), "{outcome:?}");
     }

@@ -386,56 +386,14 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use engine::cmd::{Allocation, AttrUpdate, Deadline, Expect, Hold, HoldLine, UpsertItem};
-    use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
     use engine::shard_of;
+    use engine::testing::{hold, rid_for, sku_on, upsert};
     use tokio::net::TcpListener;
 
     use super::*;
     use crate::{ClusterConfig, Member, Node};
 
     const SHARDS: u32 = 2;
-
-    fn sku(text: &str) -> Sku {
-        Sku::new(text).unwrap_or_else(|e| panic!("sku {text}: {e}"))
-    }
-
-    fn wh(text: &str) -> Warehouse {
-        Warehouse::new(text).unwrap_or_else(|e| panic!("warehouse {text}: {e}"))
-    }
-
-    fn upsert(sku_text: &str, on_hand: u64) -> Command {
-        Command::UpsertItem(UpsertItem {
-            sku: sku(sku_text),
-            warehouse: wh("w1"),
-            on_hand: Some(on_hand),
-            low_stock_threshold: Some(0),
-            name: AttrUpdate::Keep,
-            unit_price_minor: AttrUpdate::Keep,
-            expect: Expect::Any,
-            principal: None,
-        })
-    }
-
-    fn hold(n: u64, sku_text: &str, ttl_ms: u64) -> Command {
-        let mut unique = [0u8; 14];
-        unique[..8].copy_from_slice(&n.to_be_bytes());
-        let home = u16::try_from(shard_of(sku_text, SHARDS)).unwrap_or_else(|e| panic!("shard: {e}"));
-        Command::Hold(Hold {
-            principal: None,
-            id: ReservationId::from_parts(home, unique),
-            lines: vec![HoldLine {
-                sku: sku(sku_text),
-                warehouse: Some(wh("w1")),
-                quantity: Quantity::new(1).unwrap_or_else(|e| panic!("quantity: {e}")),
-            }],
-            deadline: Deadline::AfterMs(ttl_ms),
-            idempotency_key: None,
-            confirm: false,
-            allocation: Allocation::MostAvailable,
-            customer: None,
-        })
-    }
 
     /// A one-node cluster in `dir`, with every shard led by it.
     async fn single_node(dir: &std::path::Path) -> Node {
@@ -505,7 +463,7 @@ mod tests {
         let before = node.stats();
 
         // Concurrent submits: some share an entry, so entries <= commands.
-        let submits = (0..50).map(|n| node.submit(upsert(&format!("batch-{n}"), 5)));
+        let submits = (0..50).map(|n| node.submit(upsert(&format!("batch-{n}"), "w1", 5, 0)));
         for outcome in futures_util::future::join_all(submits).await {
             let outcome = outcome.unwrap_or_else(|e| panic!("submit: {e}"));
             assert!(!outcome.is_refused(), "refused: {outcome:?}");
@@ -537,7 +495,7 @@ mod tests {
         while wave < 10 || snapshots(&node) < 2 {
             // Writes from the test's runtime threads, concurrent so entries
             // carry several commands and the flusher batches fsyncs.
-            let submits = (0..20).map(|n| node.submit(upsert(&format!("thread-{wave}-{n}"), 5)));
+            let submits = (0..20).map(|n| node.submit(upsert(&format!("thread-{wave}-{n}"), "w1", 5, 0)));
             for outcome in futures_util::future::join_all(submits).await {
                 let outcome = outcome.unwrap_or_else(|e| panic!("submit: {e}"));
                 assert!(!outcome.is_refused(), "refused: {outcome:?}");
@@ -558,13 +516,14 @@ mod tests {
     async fn a_list_of_commands_is_one_entry_and_answers_in_order() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let node = single_node(dir.path()).await;
-        let name = (0..).map(|n| format!("list-{n}")).find(|name| shard_of(name, SHARDS) == 0).unwrap_or_default();
-        node.submit(upsert(&name, 3)).await.unwrap_or_else(|e| panic!("upsert: {e}"));
+        let name = sku_on(0, SHARDS, "list");
+        node.submit(upsert(&name, "w1", 3, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}"));
         let before = node.stats();
 
         // Five holds of one unit on three units: the first three hold, the
         // last two are refused, each on its own.
-        let holds: Vec<Command> = (0..5).map(|n| hold(n, &name, 60_000)).collect();
+        let holds: Vec<Command> =
+            (0..5).map(|n| hold(rid_for(n, &name, SHARDS), &[(&name, "w1", 1)], 60_000, None)).collect();
         let outcomes = node.submit_many_to(0, holds).await.unwrap_or_else(|e| panic!("submit_many: {e}"));
         let held: Vec<bool> = outcomes.iter().map(|outcome| matches!(outcome, Outcome::Held { .. })).collect();
         assert_eq!(held, [true, true, true, false, false], "{outcomes:?}");
@@ -579,7 +538,7 @@ mod tests {
             .map(|n| format!("{name}-{n}"))
             .filter(|other| shard_of(other, SHARDS) == 0)
             .take(1500)
-            .map(|other| upsert(&other, 1))
+            .map(|other| upsert(&other, "w1", 1, 0))
             .collect();
         let outcomes = node.submit_many_to(0, upserts).await.unwrap_or_else(|e| panic!("submit_many: {e}"));
         assert_eq!(outcomes.len(), 1500);
@@ -593,7 +552,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let node = single_node(dir.path()).await;
         let timeout = Duration::from_secs(1);
-        for command in [upsert("lag", 10), hold(1, "lag", 100), hold(2, "lag", 100)] {
+        for command in [
+            upsert("lag", "w1", 10, 0),
+            hold(rid_for(1, "lag", SHARDS), &[("lag", "w1", 1)], 100, None),
+            hold(rid_for(2, "lag", SHARDS), &[("lag", "w1", 1)], 100, None),
+        ] {
             let outcome = node.submit(command).await.unwrap_or_else(|e| panic!("submit: {e}"));
             assert!(!outcome.is_refused(), "refused: {outcome:?}");
         }

@@ -395,19 +395,8 @@ mod tests {
 
     /// A shard at log id (1, 1) holding one item: 5 on hand.
     fn one_item_state() -> ShardState {
-        use engine::cmd::{AttrUpdate, Command, Expect, UpsertItem};
-        use engine::ids::{Sku, Warehouse};
         let mut state = ShardState::new(0, 1, Limits::default());
-        let upsert = Command::UpsertItem(UpsertItem {
-            sku: Sku::new("SKU-1").unwrap_or_else(|e| panic!("{e}")),
-            warehouse: Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}")),
-            on_hand: Some(5),
-            low_stock_threshold: Some(0),
-            name: AttrUpdate::Keep,
-            unit_price_minor: AttrUpdate::Keep,
-            expect: Expect::Any,
-            principal: None,
-        });
+        let upsert = engine::testing::upsert("SKU-1", "w1", 5, 0);
         let applied = state.apply(&LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert]));
         assert!(applied.is_ok_and(|applied| !applied.outcomes[0].is_refused()));
         state

@@ -11,6 +11,7 @@ use common::*;
 use engine::Outcome;
 use engine::WalConfig;
 use engine::reservation::ReservationState;
+use engine::testing::{hold, rid_for, sku_on, upsert};
 use engine::wal::Wal;
 
 const SHARDS: u32 = 6;
@@ -21,7 +22,7 @@ async fn a_single_node_is_a_one_member_cluster() {
     let cluster = TestCluster::start(1, 2, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     let node = cluster.node(1);
-    expect_ok(&node.submit(upsert("solo", "w1", 5)).await.unwrap_or_else(|e| panic!("submit: {e}")));
+    expect_ok(&node.submit(upsert("solo", "w1", 5, 0)).await.unwrap_or_else(|e| panic!("submit: {e}")));
     let shard = engine::shard_of("solo", 2);
     let item =
         node.read(shard, |s| s.get_item("solo", "w1").ok().flatten()).await.unwrap_or_else(|e| panic!("read: {e}"));
@@ -34,13 +35,15 @@ async fn a_list_submitted_on_any_node_is_applied_in_order_on_the_leader() {
     let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     let shard = 1;
-    let name = sku_on_shard(shard, SHARDS, "list");
+    let name = sku_on(shard, SHARDS, "sku-list");
     for via in 1..=3u64 {
         let warehouse = format!("w{via}");
         // An upsert then holds of it in the same list: later commands see
         // the earlier ones, and the fourth hold finds no stock left.
-        let mut commands = vec![upsert(&name, &warehouse, 3)];
-        commands.extend((0..4).map(|n| hold(rid(via * 10 + n, &name, SHARDS), &name, &warehouse, 1, 60_000)));
+        let mut commands = vec![upsert(&name, &warehouse, 3, 0)];
+        commands.extend(
+            (0..4).map(|n| hold(rid_for(via * 10 + n, &name, SHARDS), &[(&name, &warehouse, 1)], 60_000, None)),
+        );
         let outcomes = cluster
             .node(via)
             .submit_many_to(shard, commands)
@@ -58,20 +61,23 @@ async fn a_saga_holds_every_part_or_releases_them_even_if_its_caller_gives_up() 
     let cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     let node = cluster.node(2);
-    let names: Vec<String> = (0..3).map(|shard| sku_on_shard(shard, SHARDS, "saga")).collect();
+    let names: Vec<String> = (0..3).map(|shard| sku_on(shard, SHARDS, "sku-saga")).collect();
     for name in &names {
-        expect_ok(&node.submit(upsert(name, "w1", 5)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+        expect_ok(&node.submit(upsert(name, "w1", 5, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
     }
     let parts = |id, quantities: [u64; 3]| -> Vec<SagaPart> {
         (0..3u32)
             .zip(&names)
             .zip(quantities)
-            .map(|((shard, name), quantity)| SagaPart { shard, hold: hold(id, name, "w1", quantity, 60_000) })
+            .map(|((shard, name), quantity)| SagaPart {
+                shard,
+                hold: hold(id, &[(name, "w1", quantity)], 60_000, None),
+            })
             .collect()
     };
 
     // Every part holds: held, and confirmed when asked.
-    let id = rid(1, &names[0], SHARDS);
+    let id = rid_for(1, &names[0], SHARDS);
     match node.reserve_across_shards(id, parts(id, [1, 1, 1]), true).await {
         Ok(SagaOutcome::Held { holds, confirms: Some(confirms) }) => {
             assert_eq!(holds.len(), 3);
@@ -81,7 +87,7 @@ async fn a_saga_holds_every_part_or_releases_them_even_if_its_caller_gives_up() 
     }
 
     // One part short: every other part is released, nothing stays held.
-    let id = rid(2, &names[0], SHARDS);
+    let id = rid_for(2, &names[0], SHARDS);
     match node.reserve_across_shards(id, parts(id, [1, 100, 1]), false).await {
         Ok(SagaOutcome::Undone { holds }) => {
             assert!(matches!(holds[1], Ok(Outcome::Refused(_))), "{holds:?}");
@@ -99,7 +105,7 @@ async fn a_saga_holds_every_part_or_releases_them_even_if_its_caller_gives_up() 
     // The caller gives up at once (an HTTP timeout, a disconnect): the saga
     // still releases what it held, long before the 60 s deadline.
     for n in 3..13 {
-        let id = rid(n, &names[0], SHARDS);
+        let id = rid_for(n, &names[0], SHARDS);
         let _ = tokio::time::timeout(
             Duration::from_micros(1),
             node.reserve_across_shards(id, parts(id, [1, 100, 1]), false),
@@ -137,11 +143,11 @@ async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
     let mut cluster = TestCluster::start(3, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
     for shard in 0..SHARDS {
-        let name = sku_on_shard(shard, SHARDS, "route");
+        let name = sku_on(shard, SHARDS, "sku-route");
         for via in 1..=3u64 {
             let outcome = cluster
                 .node(via)
-                .submit(upsert(&name, &format!("w{via}"), 10 * via))
+                .submit(upsert(&name, &format!("w{via}"), 10 * via, 0))
                 .await
                 .unwrap_or_else(|e| panic!("submit via {via}: {e}"));
             expect_ok(&outcome);
@@ -167,9 +173,9 @@ async fn writes_on_any_node_reach_the_shard_leader_and_reads_see_them() {
     // More entries, so that batches outnumber the blank and membership
     // entries elections and rebalancing write.
     for shard in 0..SHARDS {
-        let name = sku_on_shard(shard, SHARDS, "route");
+        let name = sku_on(shard, SHARDS, "sku-route");
         for n in 0..10u64 {
-            let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w9", n)).await;
+            let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w9", n, 0)).await;
             expect_ok(&outcome.unwrap_or_else(|e| panic!("submit: {e}")));
         }
     }
@@ -249,14 +255,14 @@ async fn a_killed_node_is_replaced_as_leader_and_catches_up_on_restart() {
     // Every shard keeps taking writes through a survivor (the submit's own
     // bounded retry covers the election).
     for shard in 0..SHARDS {
-        let name = sku_on_shard(shard, SHARDS, "failover");
-        let outcome = cluster.node(survivor).submit(upsert(&name, "w1", 7)).await;
+        let name = sku_on(shard, SHARDS, "sku-failover");
+        let outcome = cluster.node(survivor).submit(upsert(&name, "w1", 7, 0)).await;
         expect_ok(&outcome.unwrap_or_else(|e| panic!("shard {shard} after killing {victim}: {e}")));
     }
     cluster.restart(victim, false).await;
     let digests = cluster.converged_digests(SETTLE).await;
     assert!(digests.iter().all(|(applied, _)| applied.is_some()));
-    let name = sku_on_shard(0, SHARDS, "failover");
+    let name = sku_on(0, SHARDS, "sku-failover");
     let seen =
         cluster.node(victim).read_stale(0, move |s| s.get_item(&name, "w1").ok().flatten().map(|i| i.on_hand)).await;
     assert_eq!(seen.unwrap_or_else(|e| panic!("read: {e}")).value, Some(7));
@@ -271,14 +277,14 @@ async fn a_wiped_node_rejoins_and_catches_up_by_snapshot() {
     })
     .await;
     cluster.wait_for_leaders(SETTLE).await;
-    let name = sku_on_shard(0, 2, "wipe");
+    let name = sku_on(0, 2, "sku-wipe");
     for n in 0..150u64 {
-        let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w1", n)).await;
+        let outcome = cluster.node(1 + n % 3).submit(upsert(&name, "w1", n, 0)).await;
         expect_ok(&outcome.unwrap_or_else(|e| panic!("write {n}: {e}")));
     }
     cluster.kill(3).await;
     for n in 150..300u64 {
-        let outcome = cluster.node(1 + n % 2).submit(upsert(&name, "w1", n)).await;
+        let outcome = cluster.node(1 + n % 2).submit(upsert(&name, "w1", n, 0)).await;
         expect_ok(&outcome.unwrap_or_else(|e| panic!("write {n}: {e}")));
     }
     cluster.restart(3, true).await;
@@ -300,13 +306,15 @@ async fn a_node_left_behind_the_purged_log_catches_up_by_snapshot() {
     .await;
     cluster.wait_for_leaders(SETTLE).await;
     for n in 0..60u64 {
-        expect_ok(&cluster.node(1 + n % 3).submit(upsert("behind", "w1", n)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(
+            &cluster.node(1 + n % 3).submit(upsert("behind", "w1", n, 0)).await.unwrap_or_else(|e| panic!("{e}")),
+        );
     }
     let lagging = 1 + (cluster.leader_of(1, 0).unwrap_or(1) % 3);
     cluster.kill(lagging).await;
     let via = 1 + (lagging % 3);
     for n in 60..300u64 {
-        expect_ok(&cluster.node(via).submit(upsert("behind", "w1", n)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(&cluster.node(via).submit(upsert("behind", "w1", n, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     }
     // Its log ends where the leader's purged log began long ago.
     cluster.restart(lagging, false).await;
@@ -366,9 +374,10 @@ async fn a_node_restarted_from_its_shadow_snapshot_and_log_has_the_same_state() 
     while cluster.node(follower).snapshot_stats()[0].built < 2 {
         let name = format!("restart-{}", n % 5);
         expect_ok(
-            &cluster.node(1 + n % 3).submit(upsert(&name, "w1", 100 + n)).await.unwrap_or_else(|e| panic!("{e}")),
+            &cluster.node(1 + n % 3).submit(upsert(&name, "w1", 100 + n, 0)).await.unwrap_or_else(|e| panic!("{e}")),
         );
-        let outcome = cluster.node(1 + n % 3).submit(hold(rid(n, &name, 1), &name, "w1", 1, 600_000)).await;
+        let outcome =
+            cluster.node(1 + n % 3).submit(hold(rid_for(n, &name, 1), &[(&name, "w1", 1)], 600_000, None)).await;
         expect_ok(&outcome.unwrap_or_else(|e| panic!("hold {n}: {e}")));
         n += 1;
         assert!(n < 1_000, "the follower built no snapshots: {:?}", cluster.node(follower).snapshot_stats());
@@ -376,7 +385,7 @@ async fn a_node_restarted_from_its_shadow_snapshot_and_log_has_the_same_state() 
     wait_for_shadow_snapshots(&cluster, follower, 2).await;
     // A suffix after the newest snapshot, which the restart replays.
     for k in 0..10 {
-        expect_ok(&cluster.node(leader).submit(upsert("suffix", "w1", k)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(&cluster.node(leader).submit(upsert("suffix", "w1", k, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     }
     let before = cluster.converged_digests(SETTLE).await;
     // Every snapshot it has, the newest among them, came from the shadow.
@@ -408,7 +417,9 @@ async fn after_installing_a_leaders_snapshot_a_node_builds_correct_snapshots_of_
     .await;
     cluster.wait_for_leaders(SETTLE).await;
     for n in 0..20u64 {
-        expect_ok(&cluster.node(1 + n % 3).submit(upsert("install", "w1", n)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(
+            &cluster.node(1 + n % 3).submit(upsert("install", "w1", n, 0)).await.unwrap_or_else(|e| panic!("{e}")),
+        );
     }
     let lagging = 1 + (cluster.leader_of(1, 0).unwrap_or(1) % 3);
     cluster.kill(lagging).await;
@@ -422,7 +433,7 @@ async fn after_installing_a_leaders_snapshot_a_node_builds_correct_snapshots_of_
         if cluster.node(leader).status().shards[0].purged_index.is_some_and(|purged| purged > 60) {
             break;
         }
-        expect_ok(&cluster.node(via).submit(upsert("install", "w1", n)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(&cluster.node(via).submit(upsert("install", "w1", n, 0)).await.unwrap_or_else(|e| panic!("{e}")));
         n += 1;
         assert!(n < 5_000, "the leader never purged: {:#?}", cluster.node(via).status());
     }
@@ -438,7 +449,7 @@ async fn after_installing_a_leaders_snapshot_a_node_builds_correct_snapshots_of_
     let first = n;
     while cluster.node(lagging).snapshot_stats()[0].built < stats.built + 2 {
         let name = format!("after-{}", n % 3);
-        expect_ok(&cluster.node(via).submit(upsert(&name, "w1", n)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(&cluster.node(via).submit(upsert(&name, "w1", n, 0)).await.unwrap_or_else(|e| panic!("{e}")));
         n += 1;
         assert!(n < first + 1_000, "no local snapshot: {:?}", cluster.node(lagging).snapshot_stats());
     }
@@ -461,13 +472,13 @@ async fn a_partitioned_old_leader_cannot_acknowledge_a_write() {
         cluster.node(old).transport().faults().block(*other);
         cluster.node(*other).transport().faults().block(old);
     }
-    let lost = cluster.node(old).submit(upsert("partitioned", "w1", 1)).await;
+    let lost = cluster.node(old).submit(upsert("partitioned", "w1", 1, 0)).await;
     assert!(
         matches!(lost, Err(SubmitError::Unknown { .. } | SubmitError::Unavailable { .. })),
         "old leader acknowledged a write it cannot commit: {lost:?}"
     );
     // The majority side elects a leader and takes writes.
-    let fresh = cluster.node(others[0]).submit(upsert("majority", "w1", 2)).await;
+    let fresh = cluster.node(others[0]).submit(upsert("majority", "w1", 2, 0)).await;
     expect_ok(&fresh.unwrap_or_else(|e| panic!("majority write: {e}")));
     for node in cluster.live() {
         node.transport().faults().heal_all();
@@ -491,11 +502,11 @@ async fn concurrent_holds_on_one_sku_across_nodes_never_oversell() {
     for (round, (stock, attempts, quantity)) in [(25u64, 120u64, 1u64), (40, 90, 2), (7, 60, 3)].into_iter().enumerate()
     {
         let name = format!("hot-{round}");
-        expect_ok(&cluster.node(1).submit(upsert(&name, "w1", stock)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(&cluster.node(1).submit(upsert(&name, "w1", stock, 0)).await.unwrap_or_else(|e| panic!("{e}")));
         let mut tasks = Vec::new();
         for n in 0..attempts {
             let node = cluster.node(1 + n % 3).clone();
-            let command = hold(rid(n + 1000 * round as u64, &name, 2), &name, "w1", quantity, 600_000);
+            let command = hold(rid_for(n + 1000 * round as u64, &name, 2), &[(&name, "w1", quantity)], 600_000, None);
             tasks.push(tokio::spawn(async move { node.submit(command).await }));
         }
         let mut held = 0u64;
@@ -523,10 +534,10 @@ async fn a_hold_made_under_one_leader_expires_on_time_under_the_next() {
     cluster.wait_for_leaders(SETTLE).await;
     let first = cluster.leader_of(1, 0).unwrap_or_else(|| panic!("no leader"));
     let via = if first == 1 { 2 } else { 1 };
-    expect_ok(&cluster.node(via).submit(upsert("expiring", "w1", 3)).await.unwrap_or_else(|e| panic!("{e}")));
-    let id = rid(1, "expiring", 1);
+    expect_ok(&cluster.node(via).submit(upsert("expiring", "w1", 3, 0)).await.unwrap_or_else(|e| panic!("{e}")));
+    let id = rid_for(1, "expiring", 1);
     let ttl_ms = 3_000;
-    let held = cluster.node(via).submit(hold(id, "expiring", "w1", 2, ttl_ms)).await;
+    let held = cluster.node(via).submit(hold(id, &[("expiring", "w1", 2)], ttl_ms, None)).await;
     let deadline_ms = match held.unwrap_or_else(|e| panic!("hold: {e}")) {
         Outcome::Held { reservation, .. } => reservation.deadline_ms,
         other => panic!("not held: {other:?}"),
@@ -562,14 +573,14 @@ async fn after_a_restart_log_time_resumes_from_the_log_and_catches_up_only_when_
     let shards = 2;
     let mut cluster = TestCluster::start(1, shards, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
-    let busy = sku_on_shard(0, shards, "busy");
-    let idle = sku_on_shard(1, shards, "idle");
+    let busy = sku_on(0, shards, "sku-busy");
+    let idle = sku_on(1, shards, "sku-idle");
     for name in [&busy, &idle] {
-        expect_ok(&cluster.node(1).submit(upsert(name, "w1", 5)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(&cluster.node(1).submit(upsert(name, "w1", 5, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     }
-    let id = rid(1, &busy, shards);
+    let id = rid_for(1, &busy, shards);
     let ttl_ms = 6_000;
-    let held = cluster.node(1).submit(hold(id, &busy, "w1", 1, ttl_ms)).await;
+    let held = cluster.node(1).submit(hold(id, &[(&busy, "w1", 1)], ttl_ms, None)).await;
     expect_ok(&held.unwrap_or_else(|e| panic!("hold: {e}")));
     let placed = Instant::now();
 
@@ -591,10 +602,10 @@ async fn after_a_restart_log_time_resumes_from_the_log_and_catches_up_only_when_
     assert_eq!(state.unwrap_or_else(|e| panic!("read: {e}")), Some(ReservationState::Held));
 
     // A write to the idle shard (no live hold) catches it up.
-    expect_ok(&node.submit(upsert(&idle, "w1", 6)).await.unwrap_or_else(|e| panic!("{e}")));
+    expect_ok(&node.submit(upsert(&idle, "w1", 6, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     assert!(behind_ms(1) < 1_000, "idle shard still {} ms behind", behind_ms(1));
     // The busy one stays behind while its hold lives.
-    expect_ok(&node.submit(upsert(&busy, "w2", 1)).await.unwrap_or_else(|e| panic!("{e}")));
+    expect_ok(&node.submit(upsert(&busy, "w2", 1, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     assert!(behind_ms(0) >= 2_500, "busy shard caught up with a hold live: {} ms behind", behind_ms(0));
 
     // The hold ends a whole TTL of log time after it was placed: no sooner
@@ -611,7 +622,7 @@ async fn after_a_restart_log_time_resumes_from_the_log_and_catches_up_only_when_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Idle now: the next write catches the busy shard up too.
-    expect_ok(&node.submit(upsert(&busy, "w2", 2)).await.unwrap_or_else(|e| panic!("{e}")));
+    expect_ok(&node.submit(upsert(&busy, "w2", 2, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     assert!(behind_ms(0) < 1_000, "shard 0 still {} ms behind once idle", behind_ms(0));
     cluster.shutdown().await;
 }
@@ -620,7 +631,7 @@ async fn after_a_restart_log_time_resumes_from_the_log_and_catches_up_only_when_
 async fn membership_changes_are_explicit_admin_operations() {
     let mut cluster = TestCluster::start(3, 2, |_| {}).await;
     cluster.wait_for_leaders(SETTLE).await;
-    expect_ok(&cluster.node(1).submit(upsert("members", "w1", 9)).await.unwrap_or_else(|e| panic!("{e}")));
+    expect_ok(&cluster.node(1).submit(upsert("members", "w1", 9, 0)).await.unwrap_or_else(|e| panic!("{e}")));
 
     // A fourth node knows the others but is not in their member list: it
     // initializes nothing and waits to be added.

@@ -39,6 +39,7 @@ use engine::cmd::{AdjustReason, Command, Confirm, Extend, Release, SetLimits};
 use engine::ids::RequestId;
 use engine::raft_log::{EntryPayload, LogEntry, LogId, Vote};
 use engine::snapshot::SnapshotStore;
+use engine::testing::{adjust, hold, rid_for, upsert};
 use engine::wal::EntryFrame;
 use engine::{Limits, Outcome, ShardState};
 use fuzz::{Mutator, Rng, Seed, Target};
@@ -47,8 +48,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
+use common::TEST_SECRET;
 use common::raw_peer::{self, PATIENCE};
-use common::{TEST_SECRET, hold, rid, upsert};
 
 #[global_allocator]
 static ALLOCATOR: fuzz::Allocator = fuzz::Allocator::new(std::alloc::System, usize::MAX);
@@ -107,22 +108,14 @@ fn membership_image(voters: &[NodeId]) -> Vec<u8> {
 
 fn commands() -> Vec<Command> {
     vec![
-        upsert("fuzz-sku", "berlin", 10),
-        hold(rid(1, "fuzz-sku", 2), "fuzz-sku", "berlin", 2, 60_000),
-        Command::Adjust(engine::cmd::Adjust {
-            note: None,
-            reference: None,
-            sku: common::sku("fuzz-sku"),
-            warehouse: common::wh("berlin"),
-            delta: -1,
-            reason: AdjustReason::Sale,
-            principal: None,
-        }),
-        Command::Confirm(Confirm { principal: None, id: rid(1, "fuzz-sku", 2) }),
-        Command::Release(Release { principal: None, id: rid(2, "fuzz-sku", 2) }),
+        upsert("fuzz-sku", "berlin", 10, 0),
+        hold(rid_for(1, "fuzz-sku", 2), &[("fuzz-sku", "berlin", 2)], 60_000, None),
+        adjust("fuzz-sku", "berlin", -1, AdjustReason::Sale),
+        Command::Confirm(Confirm { principal: None, id: rid_for(1, "fuzz-sku", 2) }),
+        Command::Release(Release { principal: None, id: rid_for(2, "fuzz-sku", 2) }),
         Command::Extend(Extend {
             principal: None,
-            id: rid(1, "fuzz-sku", 2),
+            id: rid_for(1, "fuzz-sku", 2),
             deadline: engine::cmd::Deadline::AfterMs(1_000),
         }),
         Command::SetLimits(SetLimits { limits: Limits::default() }),
@@ -154,7 +147,7 @@ fn snapshot_image() -> Vec<u8> {
     let store = SnapshotStore::open(dir.path(), 1).unwrap_or_else(|e| panic!("store: {e}"));
     let mut state = ShardState::new(0, 2, Limits::default());
     state
-        .apply(&LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert("fuzz-sku", "berlin", 10)]))
+        .apply(&LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert("fuzz-sku", "berlin", 10, 0)]))
         .unwrap_or_else(|e| panic!("apply: {e}"));
     let file = store.save(&state).unwrap_or_else(|e| panic!("save: {e}"));
     std::fs::read(&file.path).unwrap_or_else(|e| panic!("read: {e}"))

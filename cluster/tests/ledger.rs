@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use cluster::ledger::{AppliedBurst, Ledger, LedgerConfig, LedgerEntry, LedgerFilter, LedgerSender};
 use engine::cmd::{
-    Adjust, AdjustReason, Allocation, AttrUpdate, Command, Confirm, Deadline, Expect, Extend, Hold, HoldLine, Release,
+    Adjust, AdjustReason, Allocation, AttrUpdate, Command, Confirm, Deadline, Extend, Hold, HoldLine, Release,
     Transfer, UpsertItem,
 };
-use engine::ids::{Note, Principal, Quantity, Reference, ReservationId, Sku, Warehouse};
+use engine::ids::{Note, Principal, Reference};
+use engine::testing::{qty, rid, sku, upsert_item, wh};
 use engine::{EntryPayload, Limits, LogEntry, LogId, ShardState};
 use testkit::SplitMix;
 
@@ -34,37 +35,13 @@ fn who() -> Option<Principal> {
     Principal::new("ops-key").ok()
 }
 
-fn rid(n: u64) -> ReservationId {
-    let mut unique = [0u8; 14];
-    unique[..8].copy_from_slice(&n.to_be_bytes());
-    ReservationId::from_parts(0, unique)
-}
-
-fn sku(text: &str) -> Sku {
-    Sku::new(text).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn wh(text: &str) -> Warehouse {
-    Warehouse::new(text).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn qty(n: u64) -> Quantity {
-    Quantity::new(n).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// One random command; reservation numbers run below `holds`.
 fn command(rng: &mut Rng, holds: &mut u64) -> Command {
     match rng.below(13) {
-        0 => Command::UpsertItem(UpsertItem {
-            sku: sku(pick(rng, &SKUS)),
-            warehouse: wh(pick(rng, &WAREHOUSES)),
-            on_hand: Some(rng.below(40)),
-            low_stock_threshold: None,
-            name: AttrUpdate::Keep,
-            unit_price_minor: AttrUpdate::Keep,
-            expect: Expect::Any,
-            principal: who(),
-        }),
+        0 => {
+            let item = upsert_item(pick(rng, &SKUS), pick(rng, &WAREHOUSES));
+            Command::UpsertItem(UpsertItem { on_hand: Some(rng.below(40)), principal: who(), ..item })
+        }
         1 | 2 => Command::Adjust(Adjust {
             sku: sku(pick(rng, &SKUS)),
             warehouse: wh(pick(rng, &WAREHOUSES)),
@@ -129,14 +106,8 @@ fn command(rng: &mut Rng, holds: &mut u64) -> Command {
             incoming: Some(rng.below(20)),
             incoming_expected_at_ms: AttrUpdate::Keep,
             ..engine::cmd::SetStates::keep(UpsertItem {
-                sku: sku(pick(rng, &SKUS)),
-                warehouse: wh(pick(rng, &WAREHOUSES)),
-                on_hand: None,
-                low_stock_threshold: None,
-                name: AttrUpdate::Keep,
-                unit_price_minor: AttrUpdate::Keep,
-                expect: Expect::Any,
                 principal: who(),
+                ..upsert_item(pick(rng, &SKUS), pick(rng, &WAREHOUSES))
             })
         })),
         _ => Command::Extend(Extend {

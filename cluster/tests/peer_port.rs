@@ -23,12 +23,13 @@ use engine::Limits;
 use engine::cmd::{Command, SetLimits};
 use engine::ids::RequestId;
 use engine::raft_log::{LogId, Vote};
+use engine::testing::upsert;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
 use common::raw_peer::{self, Handshake, PATIENCE};
-use common::{TEST_SECRET, TestCluster, upsert};
+use common::{TEST_SECRET, TestCluster};
 
 /// A term no election in these tests comes near: a node that took a vote
 /// or an append from the attacker would be at it.
@@ -96,7 +97,7 @@ async fn without_the_secret_no_request_is_served_and_nothing_changes() {
     // ATTACK_TERM).
     let cluster = TestCluster::start(3, 2, |config| config.rebalance_interval_ms = 0).await;
     cluster.wait_for_leaders(PATIENCE).await;
-    let written = cluster.node(1).submit(upsert("attack-sku", "berlin", 5)).await;
+    let written = cluster.node(1).submit(upsert("attack-sku", "berlin", 5, 0)).await;
     common::expect_ok(&written.unwrap_or_else(|e| panic!("write: {e}")));
     let before = observed(&cluster).await;
     let refused_before: Vec<u64> = cluster.live().map(|node| node.stats().peer.handshakes_refused).collect();
@@ -181,7 +182,7 @@ async fn without_the_secret_no_request_is_served_and_nothing_changes() {
     let refused: u64 = cluster.live().map(|node| node.stats().peer.handshakes_refused).sum();
     assert!(refused >= refused_before.iter().sum::<u64>() + attempts, "{refused} refused of {attempts} attempts");
     // The cluster still serves: a write commits and the attack left no trace.
-    let written = cluster.node(2).submit(upsert("attack-sku-2", "berlin", 1)).await;
+    let written = cluster.node(2).submit(upsert("attack-sku-2", "berlin", 1, 0)).await;
     common::expect_ok(&written.unwrap_or_else(|e| panic!("write after the attack: {e}")));
     let digests = cluster.converged_digests(PATIENCE).await;
     assert_eq!(digests.len(), 2);
@@ -393,7 +394,7 @@ async fn nodes_with_the_same_secret_form_a_cluster() {
     cluster.wait_for_leaders(PATIENCE).await;
     // A write through every node: followers forward it to the leader.
     for (n, node) in cluster.live().enumerate() {
-        let written = node.submit(upsert(&format!("same-secret-{n}"), "berlin", 1)).await;
+        let written = node.submit(upsert(&format!("same-secret-{n}"), "berlin", 1, 0)).await;
         common::expect_ok(&written.unwrap_or_else(|e| panic!("write through node {}: {e}", node.id())));
     }
 

@@ -11,9 +11,10 @@ use actix::Addr;
 use cluster::raft_types::{Snapshot, entry_from_engine, log_id_to_engine};
 use cluster::shadow::{Shadow, SnapshotThread};
 use cluster::state_machine::{Publisher, SnapshotStats, StateMachine};
-use common::{hold, rid, upsert};
+
 use engine::actor::{Read, ShardActor, ShardPool};
 use engine::snapshot::SnapshotStore;
+use engine::testing::{hold, rid_for, upsert};
 use engine::wal::{FramedEntry, Wal};
 use engine::{Command, Limits, LogEntry, LogId, ShardState, WalConfig};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -84,8 +85,8 @@ impl Shard {
         let mut lists = Vec::new();
         for k in 0..n {
             let sku = format!("sku-{}", k % 7);
-            let id = rid(round * 1_000 + k, &sku, 1);
-            lists.push(vec![upsert(&sku, "w1", 50 + round), hold(id, &sku, "w1", 1, 100 + 30 * (k % 5))]);
+            let id = rid_for(round * 1_000 + k, &sku, 1);
+            lists.push(vec![upsert(&sku, "w1", 50 + round, 0), hold(id, &[(&sku, "w1", 1)], 100 + 30 * (k % 5), None)]);
         }
         self.write(lists).await;
     }

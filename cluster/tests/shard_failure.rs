@@ -10,9 +10,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cluster::{FailureCause, Node, NodeId, ReadError, SubmitError};
-use common::{TestCluster, expect_ok, hold, rid, sku_on_shard, upsert};
+use common::{TestCluster, expect_ok};
 use engine::Outcome;
 use engine::error::StorageFault;
+use engine::testing::{hold, rid_for, sku_on, upsert};
 
 const SHARDS: u32 = 2;
 
@@ -31,18 +32,18 @@ fn agreed_leader(cluster: &TestCluster, via: &[NodeId], shard: u32) -> Option<No
 }
 
 fn hold_on(name: &str, n: u64) -> engine::Command {
-    hold(rid(n, name, SHARDS), name, "w1", 1, 600_000)
+    hold(rid_for(n, name, SHARDS), &[(name, "w1", 1)], 600_000, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_stops_the_shard_and_nothing_is_acknowledged_after_it() {
     let mut cluster = TestCluster::start(1, SHARDS, |_| {}).await;
     cluster.wait_for_leaders(Duration::from_secs(10)).await;
-    let name = sku_on_shard(0, SHARDS, "fsync");
-    let other = sku_on_shard(1, SHARDS, "fsync");
+    let name = sku_on(0, SHARDS, "sku-fsync");
+    let other = sku_on(1, SHARDS, "sku-fsync");
     let node = cluster.node(1).clone();
-    expect_ok(&node.submit(upsert(&name, "w1", 10)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
-    expect_ok(&node.submit(upsert(&other, "w1", 10)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+    expect_ok(&node.submit(upsert(&name, "w1", 10, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+    expect_ok(&node.submit(upsert(&other, "w1", 10, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
 
     node.inject_fsync_failure(0);
     // The write whose fsync fails is not acknowledged. It may be on disk
@@ -87,7 +88,7 @@ async fn a_failed_fsync_stops_the_shard_and_nothing_is_acknowledged_after_it() {
     let item =
         node.read(0, move |s| s.get_item(&name, "w1").ok().flatten()).await.unwrap_or_else(|e| panic!("read: {e}"));
     assert_eq!(item.map(|item| item.on_hand), Some(10), "the acknowledged upsert survived");
-    let held = node.submit(hold_on(&sku_on_shard(0, SHARDS, "after"), 4)).await;
+    let held = node.submit(hold_on(&sku_on(0, SHARDS, "sku-after"), 4)).await;
     assert!(held.is_ok(), "a write after the restart: {held:?}");
     cluster.shutdown().await;
 }
@@ -99,9 +100,9 @@ async fn when_a_leaders_wal_fails_the_other_nodes_take_the_shard_over() {
     let shard = 0;
     let old = cluster.leader_of(1, shard).unwrap_or_else(|| panic!("no leader"));
     let others: Vec<NodeId> = (1..=3).filter(|id| *id != old).collect();
-    let name = sku_on_shard(shard, SHARDS, "handover");
+    let name = sku_on(shard, SHARDS, "sku-handover");
     let via_old: &Node = cluster.node(old);
-    expect_ok(&via_old.submit(upsert(&name, "w1", 100)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+    expect_ok(&via_old.submit(upsert(&name, "w1", 100, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
 
     via_old.inject_fsync_failure(shard);
     // The write in flight on the old leader: its own fsync fails, but the
@@ -136,8 +137,8 @@ async fn when_a_leaders_wal_fails_the_other_nodes_take_the_shard_over() {
     let in_flight_held = u64::from(matches!(in_flight, Ok(Outcome::Held { .. })));
     assert!(reserved >= Some(2 + in_flight_held) && reserved <= Some(3), "reserved {reserved:?}");
     // The shard the failure did not touch is still served by all three.
-    let other = sku_on_shard(1, SHARDS, "untouched");
-    let outcome = via_old.submit(upsert(&other, "w1", 1)).await.unwrap_or_else(|e| panic!("shard 1: {e}"));
+    let other = sku_on(1, SHARDS, "sku-untouched");
+    let outcome = via_old.submit(upsert(&other, "w1", 1, 0)).await.unwrap_or_else(|e| panic!("shard 1: {e}"));
     expect_ok(&outcome);
     cluster.shutdown().await;
 }
@@ -158,14 +159,14 @@ async fn a_state_that_breaks_an_invariant_is_caught_after_a_snapshot_and_stops_t
     let old = cluster.leader_of(1, shard).unwrap_or_else(|| panic!("no leader"));
     let others: Vec<NodeId> = (1..=3).filter(|id| *id != old).collect();
     let via_old: &Node = cluster.node(old);
-    let first = sku_on_shard(shard, SHARDS, "invariant-first");
-    expect_ok(&via_old.submit(upsert(&first, "w1", 5)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+    let first = sku_on(shard, SHARDS, "sku-invariant-first");
+    expect_ok(&via_old.submit(upsert(&first, "w1", 5, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
     // Snapshots pass their check while the state is sound.
     let built = |node: &Node| node.snapshot_stats()[shard as usize];
     let mut n = 0;
     while built(via_old).invariant_checks == 0 {
-        let name = sku_on_shard(shard, SHARDS, &format!("invariant-{n}"));
-        expect_ok(&via_old.submit(upsert(&name, "w1", 1)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+        let name = sku_on(shard, SHARDS, &format!("sku-invariant-{n}"));
+        expect_ok(&via_old.submit(upsert(&name, "w1", 1, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
         n += 1;
         assert!(n < 200, "no snapshot checked: {:?}", built(via_old));
     }
@@ -178,8 +179,8 @@ async fn a_state_that_breaks_an_invariant_is_caught_after_a_snapshot_and_stops_t
     while via_old.failures().is_empty() {
         // Writes of other items: each is applied (or refused, once the
         // shard stopped); the broken item is never touched.
-        let name = sku_on_shard(shard, SHARDS, &format!("invariant-{n}"));
-        let _ = via_old.submit(upsert(&name, "w1", 1)).await;
+        let name = sku_on(shard, SHARDS, &format!("sku-invariant-{n}"));
+        let _ = via_old.submit(upsert(&name, "w1", 1, 0)).await;
         n += 1;
         assert!(n < 400, "the broken state was never caught: {:?}", built(via_old));
     }
@@ -189,7 +190,7 @@ async fn a_state_that_breaks_an_invariant_is_caught_after_a_snapshot_and_stops_t
     assert_eq!(built(via_old).invariant_failures, 1);
     assert!(built(via_old).invariant_checks > checks);
     // The stopped shard takes nothing more through this node...
-    let refused = via_old.submit(upsert(&first, "w1", 9)).await;
+    let refused = via_old.submit(upsert(&first, "w1", 9, 0)).await;
     match refused {
         Err(SubmitError::ShardStopped { cause, .. }) => assert_eq!(cause.code(), "invariant_broken"),
         other => panic!("{other:?}"),
@@ -199,7 +200,7 @@ async fn a_state_that_breaks_an_invariant_is_caught_after_a_snapshot_and_stops_t
         agreed_leader(&cluster, &others, shard).is_some_and(|leader| leader != old)
     })
     .await;
-    let outcome = cluster.node(others[0]).submit(upsert(&first, "w1", 9)).await;
+    let outcome = cluster.node(others[0]).submit(upsert(&first, "w1", 9, 0)).await;
     assert!(matches!(outcome, Ok(Outcome::Upserted { .. })), "{outcome:?}");
     cluster.shutdown().await;
 }

@@ -87,16 +87,14 @@ impl Bundles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{qty, sku};
 
     fn component(sku: &str, quantity: u64) -> Component {
-        Component {
-            sku: Sku::new(sku).unwrap_or_else(|e| panic!("{e}")),
-            quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("{e}")),
-        }
+        Component { sku: crate::testing::sku(sku), quantity: qty(quantity) }
     }
 
     fn kit() -> Sku {
-        Sku::new("KIT").unwrap_or_else(|e| panic!("{e}"))
+        sku("KIT")
     }
 
     #[test]

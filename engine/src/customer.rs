@@ -337,10 +337,7 @@ impl CustomerLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sku(name: &str) -> Sku {
-        Sku::new(name).unwrap_or_else(|e| panic!("{e}"))
-    }
+    use crate::testing::sku;
 
     fn customer(name: &str) -> CustomerId {
         CustomerId::new(name).unwrap_or_else(|e| panic!("{e}"))

@@ -194,27 +194,15 @@ fn rehash(hasher: &DefaultHashBuilder, window: &DedupWindow, seq: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{Adjust, AdjustReason, Command, Confirm, Expect, SetLimits, Transfer, UpsertItem};
+    use crate::cmd::{AdjustReason, Command, Confirm, Expect, SetLimits, Transfer, UpsertItem};
     use crate::config::Limits;
-    use crate::ids::{IdempotencyKey, Quantity};
+    use crate::ids::IdempotencyKey;
     use crate::outcome::Refusal;
     use crate::state::ShardState;
-    use crate::state::tests_support::{Fixture, hold_command, rid, sku_of, upsert, wh};
+    use crate::testing::{Fixture, adjust, hold, qty, rid, sku, upsert_item, wh};
 
     fn req(n: u8) -> RequestId {
         RequestId([n; 16])
-    }
-
-    fn adjust(sku: &str, warehouse: &str, delta: i64) -> Command {
-        Command::Adjust(Adjust {
-            note: None,
-            reference: None,
-            sku: sku_of(sku),
-            warehouse: wh(warehouse),
-            delta,
-            reason: AdjustReason::Receive,
-            principal: None,
-        })
     }
 
     /// Runs one command tagged with `request_id`; returns its outcome and
@@ -228,11 +216,11 @@ mod tests {
     fn retried_adjust_with_same_request_id_applies_once() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let (first, events) = once(&mut f, req(1), adjust("SKU-1", "berlin", 5));
+        let (first, events) = once(&mut f, req(1), adjust("SKU-1", "berlin", 5, AdjustReason::Receive));
         assert!(matches!(&first, Outcome::Adjusted { item } if item.on_hand == 15), "{first:?}");
         assert!(events > 0);
         f.now_ms += 1_000;
-        let (retry, retry_events) = once(&mut f, req(1), adjust("SKU-1", "berlin", 5));
+        let (retry, retry_events) = once(&mut f, req(1), adjust("SKU-1", "berlin", 5, AdjustReason::Receive));
         assert_eq!(retry, first, "the retry answers the first outcome");
         assert_eq!(retry_events, 0, "a duplicate emits nothing");
         assert_eq!(f.levels("SKU-1", "berlin"), (15, 0));
@@ -246,10 +234,10 @@ mod tests {
         let transfer = Command::Transfer(Transfer {
             note: None,
             reference: None,
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             from: wh("berlin"),
             to: wh("paris"),
-            quantity: Quantity::new(4).unwrap_or_else(|e| panic!("{e}")),
+            quantity: qty(4),
             principal: None,
         });
         let (first, _) = once(&mut f, req(2), transfer.clone());
@@ -263,8 +251,11 @@ mod tests {
     #[test]
     fn retried_create_only_upsert_with_same_request_id_answers_created_not_exists() {
         let mut f = Fixture::new();
-        let create =
-            Command::UpsertItem(UpsertItem { on_hand: Some(7), expect: Expect::Absent, ..upsert("SKU-1", "berlin") });
+        let create = Command::UpsertItem(UpsertItem {
+            on_hand: Some(7),
+            expect: Expect::Absent,
+            ..upsert_item("SKU-1", "berlin")
+        });
         let (first, _) = once(&mut f, req(3), create.clone());
         assert!(matches!(&first, Outcome::Upserted { created: true, .. }), "{first:?}");
         let (retry, events) = once(&mut f, req(3), create.clone());
@@ -278,11 +269,11 @@ mod tests {
     fn retried_hold_with_same_request_id_holds_once_and_answers_the_first_outcome() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let (first, _) = once(&mut f, req(4), hold_command(1, &[("SKU-1", "berlin", 3)], None));
+        let (first, _) = once(&mut f, req(4), hold(rid(1), &[("SKU-1", "berlin", 3)], 60_000, None));
         assert!(matches!(first, Outcome::Held { replayed: false, .. }), "{first:?}");
         // Even a retry that names another reservation holds nothing: the
         // request id, not the command, says it is the same request.
-        let (retry, events) = once(&mut f, req(4), hold_command(2, &[("SKU-1", "berlin", 3)], None));
+        let (retry, events) = once(&mut f, req(4), hold(rid(2), &[("SKU-1", "berlin", 3)], 60_000, None));
         assert_eq!((retry, events), (first, 0));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
         assert!(f.state.reservation(&rid(2)).ok().flatten().is_none());
@@ -296,7 +287,7 @@ mod tests {
         let mut f = Fixture::with_limits(limits);
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("order:77").ok();
-        f.one(hold_command(1, &[("SKU-1", "berlin", 3)], key.clone()));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 3)], 60_000, key.clone()));
         let (first, _) = once(&mut f, req(10), Command::Confirm(Confirm { principal: None, id: rid(1) }));
         assert!(
             matches!(first, Outcome::Confirmed { replayed: false, ref idempotency_key, .. } if *idempotency_key == key),
@@ -314,10 +305,10 @@ mod tests {
     #[test]
     fn a_refused_first_outcome_is_answered_again_though_the_retry_would_now_succeed() {
         let mut f = Fixture::new();
-        let (first, _) = once(&mut f, req(5), adjust("SKU-1", "berlin", 5));
+        let (first, _) = once(&mut f, req(5), adjust("SKU-1", "berlin", 5, AdjustReason::Receive));
         assert_eq!(first, Outcome::Refused(Refusal::ItemNotFound));
         f.stock("SKU-1", "berlin", 10, 0);
-        let (retry, events) = once(&mut f, req(5), adjust("SKU-1", "berlin", 5));
+        let (retry, events) = once(&mut f, req(5), adjust("SKU-1", "berlin", 5, AdjustReason::Receive));
         assert_eq!((retry, events), (first, 0));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
     }
@@ -327,7 +318,11 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let applied = f.run_with_ids(
-            vec![adjust("SKU-1", "berlin", 5), adjust("SKU-1", "berlin", 1), adjust("SKU-1", "berlin", 5)],
+            vec![
+                adjust("SKU-1", "berlin", 5, AdjustReason::Receive),
+                adjust("SKU-1", "berlin", 1, AdjustReason::Receive),
+                adjust("SKU-1", "berlin", 5, AdjustReason::Receive),
+            ],
             vec![req(6), req(7), req(6)],
         );
         assert_eq!(applied.outcomes[2], applied.outcomes[0]);
@@ -341,14 +336,14 @@ mod tests {
         // new request. Proposers must retry well within the window.
         let mut f = Fixture::with_limits(Limits { dedup_window_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
-        once(&mut f, req(1), adjust("SKU-1", "berlin", 1));
-        once(&mut f, req(2), adjust("SKU-1", "berlin", 1));
-        once(&mut f, req(3), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(1), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
+        once(&mut f, req(2), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
+        once(&mut f, req(3), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         assert_eq!(f.state.stats().request_ids_remembered, 2);
         assert_eq!(f.levels("SKU-1", "berlin"), (13, 0));
-        once(&mut f, req(2), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(2), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         assert_eq!(f.levels("SKU-1", "berlin"), (13, 0), "id 2 is still remembered");
-        once(&mut f, req(1), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(1), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         assert_eq!(f.levels("SKU-1", "berlin"), (14, 0), "id 1 was forgotten, so it applied again");
     }
 
@@ -356,14 +351,14 @@ mod tests {
     fn the_window_forgets_ids_older_than_its_retention_and_they_then_apply_again() {
         let mut f = Fixture::with_limits(Limits { dedup_retention_ms: 5_000, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
-        once(&mut f, req(1), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(1), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         f.now_ms += 5_000;
-        once(&mut f, req(1), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(1), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         assert_eq!(f.levels("SKU-1", "berlin"), (11, 0), "remembered up to and at its retention");
         f.now_ms += 1;
         f.run(vec![Command::Tick]);
         assert_eq!(f.state.stats().request_ids_remembered, 0, "forgotten once past it, with or without ids");
-        once(&mut f, req(1), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(1), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         assert_eq!(f.levels("SKU-1", "berlin"), (12, 0));
     }
 
@@ -372,12 +367,12 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         for n in 1..=3 {
-            once(&mut f, req(n), adjust("SKU-1", "berlin", 1));
+            once(&mut f, req(n), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         }
         let limits = Limits { dedup_window_max: 1, ..Limits::default() };
         assert_eq!(f.one(Command::SetLimits(SetLimits { limits })), Outcome::LimitsSet);
         assert_eq!(f.state.stats().request_ids_remembered, 1);
-        once(&mut f, req(3), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(3), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         assert_eq!(f.levels("SKU-1", "berlin"), (13, 0), "the newest id is kept");
     }
 
@@ -385,14 +380,14 @@ mod tests {
     fn a_snapshot_keeps_the_window_and_a_retry_after_restore_applies_once() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let (first, _) = once(&mut f, req(8), hold_command(1, &[("SKU-1", "berlin", 2)], None));
-        once(&mut f, req(9), adjust("SKU-1", "berlin", 3));
+        let (first, _) = once(&mut f, req(8), hold(rid(1), &[("SKU-1", "berlin", 2)], 60_000, None));
+        once(&mut f, req(9), adjust("SKU-1", "berlin", 3, AdjustReason::Receive));
         let bytes = f.state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}"));
         let restored = ShardState::from_snapshot_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(restored.digest(), f.state.digest());
         assert_eq!(restored.stats().request_ids_remembered, 2);
         let mut g = Fixture { state: restored, index: f.index, now_ms: f.now_ms + 10 };
-        let (retry, events) = once(&mut g, req(8), hold_command(1, &[("SKU-1", "berlin", 2)], None));
+        let (retry, events) = once(&mut g, req(8), hold(rid(1), &[("SKU-1", "berlin", 2)], 60_000, None));
         assert_eq!((retry, events), (first, 0));
         assert_eq!(g.levels("SKU-1", "berlin"), (13, 2));
     }
@@ -412,7 +407,10 @@ mod tests {
     fn request_ids_not_one_per_command_are_ignored() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let commands = vec![adjust("SKU-1", "berlin", 1), adjust("SKU-1", "berlin", 1)];
+        let commands = vec![
+            adjust("SKU-1", "berlin", 1, AdjustReason::Receive),
+            adjust("SKU-1", "berlin", 1, AdjustReason::Receive),
+        ];
         let applied = f.run_with_ids(commands.clone(), vec![req(1)]);
         assert!(applied.outcomes.iter().all(|o| !o.is_refused()));
         f.run_with_ids(commands, vec![req(1), req(1), req(1)]);
@@ -427,14 +425,14 @@ mod tests {
         // An empty window may start anywhere; start just before the wrap.
         f.state.persisted.dedup.front_seq = u32::MAX - 1;
         for n in 1..=5 {
-            once(&mut f, req(n), adjust("SKU-1", "berlin", 1));
+            once(&mut f, req(n), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         }
         assert_eq!(f.state.persisted.dedup.front_seq, 0, "two ids forgotten, the front wrapped");
         for n in 3..=5 {
-            once(&mut f, req(n), adjust("SKU-1", "berlin", 1));
+            once(&mut f, req(n), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         }
         assert_eq!(f.levels("SKU-1", "berlin"), (15, 0), "ids on both sides of the wrap are remembered");
-        once(&mut f, req(1), adjust("SKU-1", "berlin", 1));
+        once(&mut f, req(1), adjust("SKU-1", "berlin", 1, AdjustReason::Receive));
         assert_eq!(f.levels("SKU-1", "berlin"), (16, 0), "a forgotten id applies again");
     }
 

@@ -7,6 +7,7 @@
 //! * `wal` — per-shard segment files: the Raft log, with group commit.
 //! * `snapshot` — the whole shard state in one checksummed file.
 //! * `actor` — the shard actor that owns a state, on a pool of arbiters.
+//! * `testing` — builders for tests and benchmarks (feature `testing`).
 //! * `histogram` — lock-free power-of-two histograms for metrics (fsync
 //!   latency here; batch sizes, commit latency, expiry lag in the cluster).
 //!
@@ -33,6 +34,8 @@ pub mod reservation;
 pub mod snapshot;
 pub mod state;
 pub mod states;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod wal;
 mod wheel;
 

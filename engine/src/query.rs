@@ -330,7 +330,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::raft_log::{LogEntry, LogId};
-    use crate::state::tests_support::{Fixture, rid};
+    use crate::testing::{Fixture, hold, rid};
 
     #[test]
     fn a_sku_lists_every_warehouse_with_totals() {
@@ -398,7 +398,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
         let key = IdempotencyKey::new("cart-1").ok();
-        f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], key.clone()));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 2)], 60_000, key.clone()));
         let view = f.state.reservation(&rid(1)).ok().flatten().unwrap_or_else(|| panic!("missing"));
         assert_eq!(
             view.lines,
@@ -415,7 +415,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
         f.stock("SKU-2", "berlin", 5, 0);
-        f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 2)], 60_000, None));
         assert!(f.state.list_items(&ItemFilter { limit: 10, scan_max: 10, ..ItemFilter::default() }).is_ok());
 
         f.state.corrupt_arena_for_tests();
@@ -451,7 +451,7 @@ mod tests {
     fn applying_a_command_that_meets_a_corrupt_name_fails_the_entry_and_changes_nothing_of_it() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
-        f.one(crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 2)], 60_000, None));
         f.state.corrupt_arena_for_tests();
         let confirm = Command::Confirm(crate::cmd::Confirm { principal: None, id: rid(1) });
         let entry = LogEntry::batch(LogId::new(1, f.index + 1), f.now_ms, vec![confirm]);
@@ -465,7 +465,7 @@ mod tests {
     fn events_are_described_with_their_item() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 5, 0);
-        let applied = f.run(vec![crate::state::tests_support::hold_command(1, &[("SKU-1", "berlin", 2)], None)]);
+        let applied = f.run(vec![hold(rid(1), &[("SKU-1", "berlin", 2)], 60_000, None)]);
         let record = f.state.describe(&applied.events[0]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((record.sku.as_str(), record.warehouse.as_str()), ("SKU-1", "berlin"));
         assert_eq!(record.id.index, f.index);

@@ -329,13 +329,14 @@ mod regression_images {
     use crate::ids::QUANTITY_MAX;
     use crate::reservation::Lines;
     use crate::state::ShardState;
-    use crate::state::tests_support::Fixture;
+    use crate::testing::{Fixture, hold, rid_filled};
 
+    /// The images hold their reservations' ids: `rid_filled` keeps the bytes.
     fn busy() -> Fixture {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 2);
-        f.hold(1, &[("SKU-1", "berlin", 1)]);
-        f.hold(2, &[("SKU-1", "berlin", 1)]);
+        f.one(hold(rid_filled(1), &[("SKU-1", "berlin", 1)], 60_000, None));
+        f.one(hold(rid_filled(2), &[("SKU-1", "berlin", 1)], 60_000, None));
         f
     }
 

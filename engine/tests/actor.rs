@@ -4,10 +4,8 @@
 use engine::actor::{Apply, Describe, Install, Read, ShardPool, TakeSnapshot};
 use engine::event::EventKind;
 use engine::outcome::Outcome;
-use engine::{Limits, LogEntry, LogId, ShardState, shard_of};
-
-mod common;
-use common::{hold_command, upsert_command};
+use engine::testing::{hold, rid, sku_on, upsert};
+use engine::{Limits, LogEntry, LogId, ShardState};
 
 const SHARDS: u32 = 4;
 
@@ -20,21 +18,16 @@ fn pool() -> ShardPool {
     ShardPool::start(states, 2).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A SKU name that lives on `shard`.
-fn sku_on(shard: u32) -> String {
-    (0..).map(|n| format!("SKU-{n}")).find(|sku| shard_of(sku, SHARDS) == shard).unwrap_or_default()
-}
-
 #[test]
 fn each_shard_actor_applies_its_own_entries_and_answers_reads() {
     let pool = pool();
     block_on(async {
         for shard in 0..SHARDS {
-            let sku = sku_on(shard);
+            let sku = sku_on(shard, SHARDS, "SKU");
             let addr = pool.shard(shard).unwrap_or_else(|| panic!("no shard {shard}"));
             let entries = vec![
-                LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert_command(&sku, "berlin", 5, 1)]),
-                LogEntry::batch(LogId::new(1, 2), 1_010, vec![hold_command(1, &[(&sku, "berlin", 5)], 60_000, None)]),
+                LogEntry::batch(LogId::new(1, 1), 1_000, vec![upsert(&sku, "berlin", 5, 1)]),
+                LogEntry::batch(LogId::new(1, 2), 1_010, vec![hold(rid(1), &[(&sku, "berlin", 5)], 60_000, None)]),
             ];
             let answer = addr.send(Apply { entries, describe_events: Describe::All }).await;
             let answer = answer.unwrap_or_else(|e| panic!("mailbox: {e}")).unwrap_or_else(|e| panic!("apply: {e}"));
@@ -58,9 +51,9 @@ fn each_shard_actor_applies_its_own_entries_and_answers_reads() {
 fn a_command_for_another_shard_is_refused_by_the_actor() {
     let pool = pool();
     block_on(async {
-        let foreign = sku_on(1);
+        let foreign = sku_on(1, SHARDS, "SKU");
         let addr = pool.shard(0).unwrap_or_else(|| panic!("no shard"));
-        let entries = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command(&foreign, "berlin", 5, 1)])];
+        let entries = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert(&foreign, "berlin", 5, 1)])];
         let answer = addr.send(Apply { entries, describe_events: Describe::None }).await;
         let answer = answer.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
         let code = answer.applied[0].outcomes[0].refusal().map(|r| r.code());
@@ -72,14 +65,14 @@ fn a_command_for_another_shard_is_refused_by_the_actor() {
 fn out_of_order_entries_are_refused_and_change_nothing() {
     let pool = pool();
     block_on(async {
-        let sku = sku_on(2);
+        let sku = sku_on(2, SHARDS, "SKU");
         let addr = pool.shard(2).unwrap_or_else(|| panic!("no shard"));
-        let first = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command(&sku, "berlin", 5, 1)])];
+        let first = vec![LogEntry::batch(LogId::new(1, 1), 1, vec![upsert(&sku, "berlin", 5, 1)])];
         let _ = addr.send(Apply { entries: first, describe_events: Describe::None }).await;
         // A batch whose second entry replays the first applies none of them.
         let replay = vec![
-            LogEntry::batch(LogId::new(1, 2), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
-            LogEntry::batch(LogId::new(1, 1), 2, vec![upsert_command(&sku, "berlin", 9, 1)]),
+            LogEntry::batch(LogId::new(1, 2), 2, vec![upsert(&sku, "berlin", 9, 1)]),
+            LogEntry::batch(LogId::new(1, 1), 2, vec![upsert(&sku, "berlin", 9, 1)]),
         ];
         let answer = addr
             .send(Apply { entries: replay, describe_events: Describe::None })
@@ -97,9 +90,9 @@ fn out_of_order_entries_are_refused_and_change_nothing() {
 fn a_snapshot_taken_through_the_actor_installs_into_another() {
     let pool = pool();
     block_on(async {
-        let sku = sku_on(3);
+        let sku = sku_on(3, SHARDS, "SKU");
         let source = pool.shard(3).unwrap_or_else(|| panic!("no shard"));
-        let entries = vec![LogEntry::batch(LogId::new(2, 1), 1, vec![upsert_command(&sku, "berlin", 42, 1)])];
+        let entries = vec![LogEntry::batch(LogId::new(2, 1), 1, vec![upsert(&sku, "berlin", 42, 1)])];
         let _ = source.send(Apply { entries, describe_events: Describe::None }).await;
         let snapshot =
             source.send(TakeSnapshot).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));

@@ -5,10 +5,8 @@
 use engine::cmd::{AdjustReason, Command, Confirm};
 use engine::ids::{IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 use engine::outcome::{Outcome, Refusal};
+use engine::testing::{adjust, hold, rid, upsert};
 use engine::{ApplyError, Field, InputError, Limits, LogEntry, LogId, ShardState};
-
-mod common;
-use common::{adjust_command, hold_command, rid, upsert_command};
 
 fn apply_bytes(state: &mut ShardState, bytes: &[u8]) -> Outcome {
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
@@ -39,7 +37,7 @@ fn constructors_refuse_bad_ids_and_quantities_with_typed_errors() {
 #[test]
 fn a_bad_sku_read_from_the_log_is_refused_at_apply() {
     let mut state = ShardState::new(0, 1, Limits::default());
-    let entry = LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command("SKUXGOOD", "berlin", 5, 0)]);
+    let entry = LogEntry::batch(LogId::new(1, 1), 1, vec![upsert("SKUXGOOD", "berlin", 5, 0)]);
     let bytes = patched(&entry, b"SKUXGOOD", b"SKU/GOOD");
     let outcome = apply_bytes(&mut state, &bytes);
     assert_eq!(
@@ -52,11 +50,10 @@ fn a_bad_sku_read_from_the_log_is_refused_at_apply() {
 #[test]
 fn zero_and_huge_quantities_read_from_the_log_are_refused_at_apply() {
     let mut state = ShardState::new(0, 1, Limits::default());
-    let seed = LogEntry::batch(LogId::new(1, 1), 1, vec![upsert_command("SKU-1", "berlin", 5, 0)]);
+    let seed = LogEntry::batch(LogId::new(1, 1), 1, vec![upsert("SKU-1", "berlin", 5, 0)]);
     state.apply(&seed).unwrap_or_else(|e| panic!("{e}"));
     let marker: u64 = 0x0A0B_0C0D_0E0F;
-    let entry =
-        LogEntry::batch(LogId::new(1, 2), 2, vec![hold_command(1, &[("SKU-1", "berlin", marker)], 1_000, None)]);
+    let entry = LogEntry::batch(LogId::new(1, 2), 2, vec![hold(rid(1), &[("SKU-1", "berlin", marker)], 1_000, None)]);
     for (bad, code) in [(0u64, "quantity_zero"), (u64::MAX, "quantity_too_large")] {
         let bytes = patched(&entry, &marker.to_le_bytes(), &bad.to_le_bytes());
         let mut copy = ShardState::from_snapshot_bytes(&state.to_snapshot_bytes().unwrap_or_else(|e| panic!("{e}")))
@@ -75,7 +72,7 @@ fn unknown_reservations_and_items_are_refusals_not_errors() {
         1,
         vec![
             Command::Confirm(Confirm { principal: None, id: rid(404) }),
-            adjust_command("SKU-404", "berlin", 1, AdjustReason::Receive),
+            adjust("SKU-404", "berlin", 1, AdjustReason::Receive),
         ],
     );
     let outcomes = state.apply(&entry).unwrap_or_else(|e| panic!("{e}")).outcomes;

@@ -15,11 +15,9 @@ use std::collections::BTreeMap;
 use engine::bundle::Component;
 use engine::cmd::{Command, SetBundle};
 use engine::outcome::{BundleLine, Outcome, Refusal};
-use engine::{InputError, Limits, LogEntry, LogId, ShardState};
+use engine::testing::{Fixture, hold_any, qty, rid, sku, upsert};
+use engine::{InputError, Limits, ShardState};
 use proptest::prelude::*;
-
-mod common;
-use common::{hold_any_command, qty, sku, upsert_command};
 
 const SKUS: [&str; 5] = ["A", "B", "C", "K1", "K2"];
 const WAREHOUSES: [&str; 2] = ["w1", "w2"];
@@ -65,13 +63,6 @@ fn components_of(components: &[(usize, u64)]) -> Vec<Component> {
     components.iter().map(|(c, q)| Component { sku: sku(SKUS[*c]), quantity: qty(*q) }).collect()
 }
 
-fn apply(state: &mut ShardState, index: &mut u64, command: Command) -> Outcome {
-    *index += 1;
-    let entry = LogEntry::batch(LogId::new(1, *index), 1_000 + *index, vec![command]);
-    let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
-    applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"))
-}
-
 /// Every SKU's (on_hand, reserved) per warehouse.
 fn levels(state: &ShardState) -> Vec<(u64, u64)> {
     SKUS.iter()
@@ -82,16 +73,15 @@ fn levels(state: &ShardState) -> Vec<(u64, u64)> {
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let limits = Limits { bundle_components_max: COMPONENTS_MAX, ..Limits::default() };
-    let mut state = ShardState::new(0, 1, limits);
+    let mut shard = Fixture::with_limits(limits);
     let mut model = Model::default();
-    let mut index = 0;
     let mut holds = 0;
     for op in ops {
         match op {
             Op::Define { sku: at, components } => {
                 let command =
                     Command::SetBundle(SetBundle { sku: sku(SKUS[at]), components: Some(components_of(&components)) });
-                let outcome = apply(&mut state, &mut index, command);
+                let outcome = shard.one(command);
                 if !model.valid(at, &components) {
                     let invalid = matches!(&outcome, Outcome::Refused(Refusal::Invalid(InputError::BadBundle { .. })));
                     prop_assert!(invalid, "{:?} {:?}: {:?}", at, components, outcome);
@@ -103,11 +93,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Remove(at) => {
-                let outcome = apply(
-                    &mut state,
-                    &mut index,
-                    Command::SetBundle(SetBundle { sku: sku(SKUS[at]), components: None }),
-                );
+                let outcome = shard.one(Command::SetBundle(SetBundle { sku: sku(SKUS[at]), components: None }));
                 if model.bundles.remove(&at).is_some() {
                     prop_assert!(matches!(outcome, Outcome::BundleSet { components: None, .. }), "{:?}", outcome);
                 } else {
@@ -115,8 +101,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Stock { sku: at, warehouse, on_hand } => {
-                let outcome =
-                    apply(&mut state, &mut index, upsert_command(SKUS[at], WAREHOUSES[warehouse], on_hand, 0));
+                let outcome = shard.one(upsert(SKUS[at], WAREHOUSES[warehouse], on_hand, 0));
                 if model.bundles.contains_key(&at) {
                     prop_assert_eq!(outcome, Outcome::Refused(Refusal::SkuIsBundle));
                 } else {
@@ -135,8 +120,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 holds += 1;
                 let named: Vec<(&str, Option<&str>, u64)> =
                     lines.iter().map(|(s, w, q)| (SKUS[*s], w.map(|w| WAREHOUSES[w]), *q)).collect();
-                let before = levels(&state);
-                let outcome = apply(&mut state, &mut index, hold_any_command(holds, &named, 60_000, None));
+                let before = levels(&shard.state);
+                let outcome = shard.one(hold_any(rid(holds), &named, 60_000, None));
                 let expected: Vec<BundleLine> = lines
                     .iter()
                     .enumerate()
@@ -150,19 +135,19 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(!bundle_refusal, "{:?}", outcome);
                 } else {
                     prop_assert_eq!(outcome, Outcome::Refused(Refusal::BundleLines { lines: expected }));
-                    prop_assert_eq!(levels(&state), before, "a hold naming a bundle changed stock");
+                    prop_assert_eq!(levels(&shard.state), before, "a hold naming a bundle changed stock");
                 }
             }
         }
-        state.check_invariants().map_err(TestCaseError::fail)?;
+        shard.state.check_invariants().map_err(TestCaseError::fail)?;
     }
     for (at, components) in &model.bundles {
-        prop_assert_eq!(state.bundle(SKUS[*at]), Some(components_of(components)));
+        prop_assert_eq!(shard.state.bundle(SKUS[*at]), Some(components_of(components)));
     }
-    let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let bytes = shard.state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let loaded = ShardState::from_snapshot_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    prop_assert_eq!(loaded.digest(), state.digest());
-    prop_assert_eq!(loaded.bundles(None, usize::MAX), state.bundles(None, usize::MAX));
+    prop_assert_eq!(loaded.digest(), shard.state.digest());
+    prop_assert_eq!(loaded.bundles(None, usize::MAX), shard.state.bundles(None, usize::MAX));
     Ok(())
 }
 

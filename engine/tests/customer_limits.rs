@@ -14,15 +14,13 @@
 
 use std::collections::BTreeMap;
 
+use engine::ShardState;
 use engine::cmd::{Command, Confirm, Release, SetCustomerLimit};
 use engine::customer::CustomerLimit;
 use engine::ids::CustomerId;
 use engine::outcome::{Outcome, Refusal};
-use engine::{Limits, LogEntry, LogId, ShardState};
+use engine::testing::{Fixture, hold_any, rid, sku};
 use proptest::prelude::*;
-
-mod common;
-use common::{hold_any_command, rid, sku, upsert_command};
 
 const SKUS: [&str; 2] = ["A", "B"];
 const WAREHOUSES: [&str; 2] = ["w1", "w2"];
@@ -119,175 +117,163 @@ impl Model {
     }
 }
 
-fn apply(state: &mut ShardState, index: &mut u64, now_ms: u64, command: Command) -> Outcome {
-    *index += 1;
-    let entry = LogEntry::batch(LogId::new(1, *index), now_ms, vec![command]);
-    let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
-    applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"))
+/// The engine's shard and the model.
+struct Run {
+    shard: Fixture,
+    model: Model,
 }
 
-fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
-    let mut state = ShardState::new(0, 1, Limits::default());
-    let mut model = Model::default();
-    let mut index = 0;
-    let mut now_ms = 1_000;
-    for sku_name in SKUS {
-        for warehouse in WAREHOUSES {
-            apply(&mut state, &mut index, now_ms, upsert_command(sku_name, warehouse, 6, 0));
+/// What the model expects of a hold under the customer limits.
+struct Expected {
+    /// Units per SKU, summed over the hold's lines.
+    units: Vec<(String, u64)>,
+    /// The first limited SKU, when the hold names no customer.
+    required: Option<String>,
+    /// (SKU, limit, used, requested) for every SKU the hold would take over its limit.
+    over: Vec<(String, u64, u64, u64)>,
+    /// Units per limited SKU that count against the customer.
+    counted: Vec<(String, u64)>,
+}
+
+impl Run {
+    fn new() -> Self {
+        let mut run = Self { shard: Fixture::new(), model: Model::default() };
+        for sku_name in SKUS {
+            for warehouse in WAREHOUSES {
+                run.shard.stock(sku_name, warehouse, 6, 0);
+            }
+            run.model.available.insert(sku_name.to_owned(), 6 * WAREHOUSES.len() as u64);
         }
-        model.available.insert(sku_name.to_owned(), 6 * WAREHOUSES.len() as u64);
+        run
     }
-    for (step, (advance, op)) in ops.into_iter().enumerate() {
-        now_ms += advance;
-        model.expire(now_ms);
-        match op {
-            Op::Hold { customer, lines, confirm_now } => {
-                let n = model.holds.len() as u64 + 1;
-                let customer = customer.map(|c| CUSTOMERS[c].to_owned());
-                let request: Vec<(&str, Option<&str>, u64)> =
-                    lines.iter().map(|&(s, w, q)| (SKUS[s], w.map(|w| WAREHOUSES[w]), q)).collect();
-                let Command::Hold(mut hold) = hold_any_command(n, &request, TTL_MS, None) else { unreachable!() };
-                hold.customer = customer.clone().map(|c| CustomerId::new(c).unwrap_or_else(|e| panic!("{e}")));
-                hold.confirm = confirm_now;
-                let outcome = apply(&mut state, &mut index, now_ms, Command::Hold(hold));
-                // The model: units per SKU, then the limit rules, then stock
-                // (fixed lines need their warehouse, so stock is looked up
-                // in the engine's levels only to classify the refusal).
-                let mut units: Vec<(String, u64)> = Vec::new();
-                for (s, _, q) in &request {
-                    match units.iter_mut().find(|(name, _)| name == s) {
-                        Some((_, sum)) => *sum += q,
-                        None => units.push(((*s).to_owned(), *q)),
-                    }
-                }
-                let mut expected_over = Vec::new();
-                let mut required = None;
-                let mut counted = Vec::new();
-                for (s, q) in &units {
-                    let Some(limit) = model.limits.get(s) else { continue };
-                    let Some(c) = &customer else {
-                        required = Some(s.clone());
-                        break;
-                    };
-                    let used = model.held(s, c) + model.sold(s, c, now_ms);
-                    if used + q > limit.units {
-                        expected_over.push((s.clone(), limit.units, used, *q));
-                    } else {
-                        counted.push((s.clone(), *q));
-                    }
-                }
-                match (&outcome, required, expected_over.is_empty()) {
-                    (Outcome::Refused(Refusal::CustomerRequired { sku }), Some(expected), _) => {
-                        prop_assert_eq!(sku, &expected, "step {}", step);
-                    }
-                    (_, Some(expected), _) => {
-                        return Err(TestCaseError::fail(format!(
-                            "step {step}: expected customer_id_required for {expected}, got {outcome:?}"
-                        )));
-                    }
-                    (Outcome::Refused(Refusal::CustomerLimit { skus }), None, false) => {
-                        let got: Vec<_> = skus.iter().map(|o| (o.sku.clone(), o.limit, o.used, o.requested)).collect();
-                        prop_assert_eq!(got, expected_over, "step {}", step);
-                    }
-                    (_, None, false) => {
-                        return Err(TestCaseError::fail(format!(
-                            "step {step}: expected customer_limit {expected_over:?}, got {outcome:?}"
-                        )));
-                    }
-                    (
-                        Outcome::Held { replayed: false, .. } | Outcome::Confirmed { replayed: false, .. },
-                        None,
-                        true,
-                    ) => {
-                        for (s, q) in &units {
-                            let available = model.available.entry(s.clone()).or_default();
-                            prop_assert!(*available >= *q, "step {}: oversold {}", step, s);
-                            *available -= q;
-                        }
-                        model.holds.push(ModelHold {
-                            customer: customer.clone(),
-                            counted,
-                            units,
-                            deadline_ms: now_ms + TTL_MS,
-                            live: true,
-                        });
-                        if confirm_now {
-                            let at = model.holds.len() - 1;
-                            model.end(at, true, now_ms);
-                        }
-                        continue;
-                    }
-                    (Outcome::Refused(Refusal::InsufficientStock { .. }), None, true) => {}
-                    (other, None, true) => {
-                        return Err(TestCaseError::fail(format!("step {step}: unexpected {other:?}")));
-                    }
-                }
-                // Refused: the model keeps a placeholder so ids stay aligned.
-                model.holds.push(ModelHold {
-                    customer,
-                    counted: Vec::new(),
-                    units: Vec::new(),
-                    deadline_ms: 0,
-                    live: false,
-                });
+
+    /// The model: units per SKU, then the limit rules (stock is the
+    /// engine's to classify: fixed lines need their warehouse).
+    fn expect(&self, request: &[(&str, Option<&str>, u64)], customer: Option<&String>) -> Expected {
+        let mut units: Vec<(String, u64)> = Vec::new();
+        for (s, _, q) in request {
+            match units.iter_mut().find(|(name, _)| name == s) {
+                Some((_, sum)) => *sum += q,
+                None => units.push(((*s).to_owned(), *q)),
             }
-            Op::Confirm(at) | Op::Release(at) if at < model.holds.len() => {
-                let confirm = matches!(op, Op::Confirm(_));
-                let id = rid(at as u64 + 1);
-                let command = if confirm {
-                    Command::Confirm(Confirm { id, principal: None })
-                } else {
-                    Command::Release(Release { id, principal: None })
-                };
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                if model.holds[at].live {
-                    prop_assert!(
-                        matches!(
-                            outcome,
-                            Outcome::Confirmed { replayed: false, .. } | Outcome::Released { replayed: false, .. }
-                        ),
-                        "step {}: {:?}",
-                        step,
-                        outcome
-                    );
-                    model.end(at, confirm, now_ms);
-                }
+        }
+        let mut expected = Expected { units: Vec::new(), required: None, over: Vec::new(), counted: Vec::new() };
+        for (s, q) in &units {
+            let Some(limit) = self.model.limits.get(s) else { continue };
+            let Some(c) = customer else {
+                expected.required = Some(s.clone());
+                break;
+            };
+            let used = self.model.held(s, c) + self.model.sold(s, c, self.shard.now_ms);
+            if used + q > limit.units {
+                expected.over.push((s.clone(), limit.units, used, *q));
+            } else {
+                expected.counted.push((s.clone(), *q));
             }
-            Op::Confirm(_) | Op::Release(_) => {
-                // No such hold: time still moves, as the model's did.
-                apply(&mut state, &mut index, now_ms, Command::Tick);
+        }
+        expected.units = units;
+        expected
+    }
+
+    fn hold(
+        &mut self,
+        step: usize,
+        customer: Option<usize>,
+        lines: &[(usize, Option<usize>, u64)],
+        confirm_now: bool,
+    ) -> Result<(), TestCaseError> {
+        let n = self.model.holds.len() as u64 + 1;
+        let customer = customer.map(|c| CUSTOMERS[c].to_owned());
+        let request: Vec<(&str, Option<&str>, u64)> =
+            lines.iter().map(|&(s, w, q)| (SKUS[s], w.map(|w| WAREHOUSES[w]), q)).collect();
+        let Command::Hold(mut hold) = hold_any(rid(n), &request, TTL_MS, None) else { unreachable!() };
+        hold.customer = customer.clone().map(|c| CustomerId::new(c).unwrap_or_else(|e| panic!("{e}")));
+        hold.confirm = confirm_now;
+        let outcome = self.shard.one(Command::Hold(hold));
+        let expected = self.expect(&request, customer.as_ref());
+        if check_hold(step, &outcome, &expected)? {
+            for (s, q) in &expected.units {
+                let available = self.model.available.entry(s.clone()).or_default();
+                prop_assert!(*available >= *q, "step {}: oversold {}", step, s);
+                *available -= q;
             }
-            Op::SetLimit { sku: s, limit } => {
-                let limit = limit.map(|(units, window_ms)| CustomerLimit { units, window_ms });
-                let command = Command::SetCustomerLimit(SetCustomerLimit { sku: sku(SKUS[s]), limit });
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                prop_assert!(matches!(outcome, Outcome::CustomerLimitSet { .. }), "step {}: {:?}", step, outcome);
-                // Sales that left the old window are gone for good.
-                if let Some(old) = model.limits.get(SKUS[s]).copied() {
-                    for ((sku_name, _), sales) in model.sales.iter_mut() {
-                        if sku_name == SKUS[s] {
-                            sales.retain(|(at, _)| old.window_ms.is_none_or(|window| at + window > now_ms));
-                        }
-                    }
-                }
-                match limit {
-                    Some(limit) => {
-                        model.limits.insert(SKUS[s].to_owned(), limit);
-                    }
-                    None => {
-                        model.limits.remove(SKUS[s]);
-                        model.sales.retain(|(sku_name, _), _| sku_name != SKUS[s]);
-                    }
+            let deadline_ms = self.shard.now_ms + TTL_MS;
+            let Expected { units, counted, .. } = expected;
+            self.model.holds.push(ModelHold { customer, counted, units, deadline_ms, live: true });
+            if confirm_now {
+                let at = self.model.holds.len() - 1;
+                self.model.end(at, true, self.shard.now_ms);
+            }
+        } else {
+            // Refused: the model keeps a placeholder so ids stay aligned.
+            self.model.holds.push(ModelHold {
+                customer,
+                counted: Vec::new(),
+                units: Vec::new(),
+                deadline_ms: 0,
+                live: false,
+            });
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, step: usize, at: usize, confirm: bool) -> Result<(), TestCaseError> {
+        let id = rid(at as u64 + 1);
+        let command = if confirm {
+            Command::Confirm(Confirm { id, principal: None })
+        } else {
+            Command::Release(Release { id, principal: None })
+        };
+        let outcome = self.shard.one(command);
+        if self.model.holds[at].live {
+            prop_assert!(
+                matches!(
+                    outcome,
+                    Outcome::Confirmed { replayed: false, .. } | Outcome::Released { replayed: false, .. }
+                ),
+                "step {}: {:?}",
+                step,
+                outcome
+            );
+            self.model.end(at, confirm, self.shard.now_ms);
+        }
+        Ok(())
+    }
+
+    fn set_limit(&mut self, step: usize, s: usize, limit: Option<(u64, Option<u64>)>) -> Result<(), TestCaseError> {
+        let limit = limit.map(|(units, window_ms)| CustomerLimit { units, window_ms });
+        let command = Command::SetCustomerLimit(SetCustomerLimit { sku: sku(SKUS[s]), limit });
+        let outcome = self.shard.one(command);
+        prop_assert!(matches!(outcome, Outcome::CustomerLimitSet { .. }), "step {}: {:?}", step, outcome);
+        let (model, now_ms) = (&mut self.model, self.shard.now_ms);
+        // Sales that left the old window are gone for good.
+        if let Some(old) = model.limits.get(SKUS[s]).copied() {
+            for ((sku_name, _), sales) in model.sales.iter_mut() {
+                if sku_name == SKUS[s] {
+                    sales.retain(|(at, _)| old.window_ms.is_none_or(|window| at + window > now_ms));
                 }
             }
         }
-        // Every customer as the engine shows them equals the model.
+        match limit {
+            Some(limit) => {
+                model.limits.insert(SKUS[s].to_owned(), limit);
+            }
+            None => {
+                model.limits.remove(SKUS[s]);
+                model.sales.retain(|(sku_name, _), _| sku_name != SKUS[s]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every customer as the engine shows them equals the model.
+    fn check_usage(&self, step: usize) -> Result<(), TestCaseError> {
         for s in SKUS {
             for c in CUSTOMERS {
-                let usage = state.customer_usage(s, c);
+                let usage = self.shard.state.customer_usage(s, c);
                 prop_assert_eq!(
                     (usage.held, usage.sold),
-                    (model.held(s, c), model.sold(s, c, now_ms)),
+                    (self.model.held(s, c), self.model.sold(s, c, self.shard.now_ms)),
                     "step {}: {} of {}",
                     step,
                     c,
@@ -295,8 +281,62 @@ fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
                 );
             }
         }
-        state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+        self.shard.state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))
     }
+}
+
+/// Checks a hold's outcome against what the model expects; true when it
+/// was accepted.
+fn check_hold(step: usize, outcome: &Outcome, expected: &Expected) -> Result<bool, TestCaseError> {
+    match (outcome, &expected.required, expected.over.is_empty()) {
+        (Outcome::Refused(Refusal::CustomerRequired { sku }), Some(required), _) => {
+            prop_assert_eq!(sku, required, "step {}", step);
+        }
+        (_, Some(required), _) => {
+            return Err(TestCaseError::fail(format!(
+                "step {step}: expected customer_id_required for {required}, got {outcome:?}"
+            )));
+        }
+        (Outcome::Refused(Refusal::CustomerLimit { skus }), None, false) => {
+            let got: Vec<_> = skus.iter().map(|o| (o.sku.clone(), o.limit, o.used, o.requested)).collect();
+            prop_assert_eq!(&got, &expected.over, "step {}", step);
+        }
+        (_, None, false) => {
+            return Err(TestCaseError::fail(format!(
+                "step {step}: expected customer_limit {:?}, got {outcome:?}",
+                expected.over
+            )));
+        }
+        (Outcome::Held { replayed: false, .. } | Outcome::Confirmed { replayed: false, .. }, None, true) => {
+            return Ok(true);
+        }
+        (Outcome::Refused(Refusal::InsufficientStock { .. }), None, true) => {}
+        (other, None, true) => {
+            return Err(TestCaseError::fail(format!("step {step}: unexpected {other:?}")));
+        }
+    }
+    Ok(false)
+}
+
+fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
+    let mut run = Run::new();
+    for (step, (advance, op)) in ops.into_iter().enumerate() {
+        run.shard.now_ms += advance;
+        run.model.expire(run.shard.now_ms);
+        match op {
+            Op::Hold { customer, lines, confirm_now } => run.hold(step, customer, &lines, confirm_now)?,
+            Op::Confirm(at) | Op::Release(at) if at < run.model.holds.len() => {
+                run.end(step, at, matches!(op, Op::Confirm(_)))?;
+            }
+            Op::Confirm(_) | Op::Release(_) => {
+                // No such hold: time still moves, as the model's did.
+                run.shard.one(Command::Tick);
+            }
+            Op::SetLimit { sku: s, limit } => run.set_limit(step, s, limit)?,
+        }
+        run.check_usage(step)?;
+    }
+    let state = &run.shard.state;
     let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let loaded = ShardState::from_snapshot_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(loaded.digest(), state.digest());

@@ -28,16 +28,14 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, Deadline, Expect, Extend, Release, SetLimits};
+use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, Deadline, Extend, Release, SetLimits};
 use engine::cmd::{DeleteItem, DeleteSku, SetProduct, Transfer, UpsertItem};
 use engine::ids::{ItemName, Principal, RequestId};
 use engine::snapshot::SnapshotStore;
+use engine::testing::{adjust, hold, hold_any, key, qty, rid, sku, upsert, upsert_item, wh};
 use engine::wal::{EntryFrame, Wal};
 use engine::{Limits, LogEntry, LogId, ShardState, StoredMembership, Vote, WalConfig};
 use fuzz::{Mutator, Rng, Seed, Target};
-
-mod common;
-use common::{adjust_command, hold_any_command, hold_command, qty, rid, sku, upsert_command, wh};
 
 #[global_allocator]
 static ALLOCATOR: fuzz::Allocator = fuzz::Allocator::new(std::alloc::System, usize::MAX);
@@ -78,18 +76,15 @@ fn request_id(n: u8) -> RequestId {
 /// Every command kind, on the SKUs and warehouses of `busy_state`.
 fn sample_commands() -> Vec<Command> {
     let named = UpsertItem {
-        sku: sku("SKU-3"),
-        warehouse: wh("madrid"),
         on_hand: Some(7),
-        low_stock_threshold: None,
         name: AttrUpdate::Set(ItemName::new("Runner 42").unwrap_or_else(|e| panic!("{e}"))),
         unit_price_minor: AttrUpdate::Set(1999),
-        expect: Expect::Any,
         principal: Some(Principal::new("fuzz-admin").unwrap_or_else(|e| panic!("{e}"))),
+        ..upsert_item("SKU-3", "madrid")
     };
     vec![
         Command::UpsertItem(named.clone()),
-        adjust_command("SKU-1", "berlin", -1, AdjustReason::Sale),
+        adjust("SKU-1", "berlin", -1, AdjustReason::Sale),
         Command::Transfer(Transfer {
             note: None,
             reference: None,
@@ -99,8 +94,8 @@ fn sample_commands() -> Vec<Command> {
             quantity: qty(2),
             principal: None,
         }),
-        hold_command(20, &[("SKU-1", "berlin", 1), ("SKU-2", "berlin", 1)], 5_000, Some("key-20")),
-        hold_any_command(21, &[("SKU-1", None, 3)], 5_000, None),
+        hold(rid(20), &[("SKU-1", "berlin", 1), ("SKU-2", "berlin", 1)], 5_000, Some(key("key-20"))),
+        hold_any(rid(21), &[("SKU-1", None, 3)], 5_000, None),
         Command::Confirm(Confirm { principal: None, id: rid(1) }),
         Command::Release(Release { principal: None, id: rid(2) }),
         Command::Extend(Extend { principal: None, id: rid(3), deadline: Deadline::AfterMs(60_000) }),
@@ -145,7 +140,7 @@ fn sample_commands() -> Vec<Command> {
 
 /// A hold by `priority` that fills each line from one warehouse.
 fn priority_hold(n: u64, lines: &[(&str, Option<&str>, u64)]) -> Command {
-    let mut command = hold_any_command(n, lines, 5_000, None);
+    let mut command = hold_any(rid(n), lines, 5_000, None);
     if let Command::Hold(hold) = &mut command {
         hold.allocation = engine::cmd::Allocation::Rule(engine::cmd::AllocationRule {
             order: engine::cmd::AllocationOrder::Priority,
@@ -159,17 +154,14 @@ fn priority_hold(n: u64, lines: &[(&str, Option<&str>, u64)]) -> Command {
 /// The entries `busy_state` applies: blank, batches with and without
 /// request ids, live, confirmed and released holds, a membership.
 fn sample_entries() -> Vec<LogEntry> {
-    let stock = vec![
-        upsert_command("SKU-1", "berlin", 50, 5),
-        upsert_command("SKU-1", "paris", 20, 0),
-        upsert_command("SKU-2", "berlin", 9, 2),
-    ];
+    let stock =
+        vec![upsert("SKU-1", "berlin", 50, 5), upsert("SKU-1", "paris", 20, 0), upsert("SKU-2", "berlin", 9, 2)];
     let ids = (1..=stock.len() as u8).map(request_id).collect();
     let holds = vec![
-        hold_command(1, &[("SKU-1", "berlin", 2)], 60_000, Some("order-1")),
-        hold_command(2, &[("SKU-1", "berlin", 3), ("SKU-2", "berlin", 1)], 60_000, None),
-        hold_command(3, &[("SKU-1", "berlin", 4), ("SKU-1", "paris", 1)], 60_000, None),
-        hold_any_command(4, &[("SKU-1", None, 25)], 60_000, Some("order-4")),
+        hold(rid(1), &[("SKU-1", "berlin", 2)], 60_000, Some(key("order-1"))),
+        hold(rid(2), &[("SKU-1", "berlin", 3), ("SKU-2", "berlin", 1)], 60_000, None),
+        hold(rid(3), &[("SKU-1", "berlin", 4), ("SKU-1", "paris", 1)], 60_000, None),
+        hold_any(rid(4), &[("SKU-1", None, 25)], 60_000, Some(key("order-4"))),
     ];
     vec![
         LogEntry::blank(LogId::new(1, 1)),

@@ -19,11 +19,9 @@ use engine::event::Cause;
 use engine::ids::ItemName;
 use engine::outcome::{Outcome, Refusal};
 use engine::query::{AvailabilityLine, ItemFilter};
-use engine::{EventKind, Limits, LogEntry, LogId, ShardState};
+use engine::testing::{Fixture, hold, rid, sku, upsert, wh};
+use engine::{EventKind, ShardState};
 use proptest::prelude::*;
-
-mod common;
-use common::{hold_command, rid, sku, upsert_command, wh};
 
 const SKUS: [&str; 3] = ["A", "B", "C"];
 const WAREHOUSES: [&str; 2] = ["w1", "w2"];
@@ -103,21 +101,10 @@ impl Model {
     }
 }
 
-fn apply(state: &mut ShardState, index: &mut u64, now_ms: u64, command: Command) -> Outcome {
-    apply_with_events(state, index, now_ms, command).0
-}
-
 /// The outcome, and the `(on_hand before, after)` of each delete stock
 /// change the entry emitted (and how many events it emitted in all).
-fn apply_with_events(
-    state: &mut ShardState,
-    index: &mut u64,
-    now_ms: u64,
-    command: Command,
-) -> (Outcome, Vec<(u64, u64)>, usize) {
-    *index += 1;
-    let entry = LogEntry::batch(LogId::new(1, *index), now_ms, vec![command]);
-    let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
+fn apply_with_events(shard: &mut Fixture, command: Command) -> (Outcome, Vec<(u64, u64)>, usize) {
+    let mut applied = shard.run(vec![command]);
     let deletes = applied
         .events
         .iter()
@@ -193,183 +180,192 @@ fn model_keys() -> impl Iterator<Item = (usize, usize)> {
     (0..SKUS.len()).flat_map(|s| (0..WAREHOUSES.len()).map(move |w| (s, w)))
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut state = ShardState::new(0, 1, Limits::default());
-    let mut model = Model::default();
-    let mut index = 0;
-    let mut now_ms = 1_000;
-    for (step, op) in ops.into_iter().enumerate() {
-        now_ms += 10;
-        match op {
-            Op::Upsert { sku: s, warehouse: w, on_hand } => {
-                let outcome = apply(&mut state, &mut index, now_ms, upsert_command(SKUS[s], WAREHOUSES[w], on_hand, 0));
-                match model.items.get_mut(&(s, w)) {
-                    Some(item) if on_hand < item.reserved => {
-                        prop_assert!(
-                            matches!(outcome, Outcome::Refused(Refusal::BelowReserved { .. })),
-                            "step {}",
-                            step
-                        );
-                    }
-                    Some(item) => {
-                        if item.on_hand != on_hand {
-                            item.on_hand = on_hand;
-                            item.version += 1;
-                        }
-                    }
-                    None => {
-                        prop_assert!(matches!(outcome, Outcome::Upserted { created: true, .. }), "step {}", step);
-                        model.items.insert((s, w), ModelItem { on_hand, reserved: 0, version: 1 });
-                    }
+/// The engine's shard and the model.
+struct Run {
+    shard: Fixture,
+    model: Model,
+}
+
+impl Run {
+    fn upsert(&mut self, step: usize, s: usize, w: usize, on_hand: u64) -> Result<(), TestCaseError> {
+        let outcome = self.shard.one(upsert(SKUS[s], WAREHOUSES[w], on_hand, 0));
+        match self.model.items.get_mut(&(s, w)) {
+            Some(item) if on_hand < item.reserved => {
+                prop_assert!(matches!(outcome, Outcome::Refused(Refusal::BelowReserved { .. })), "step {}", step);
+            }
+            Some(item) => {
+                if item.on_hand != on_hand {
+                    item.on_hand = on_hand;
+                    item.version += 1;
                 }
             }
-            Op::SetName { sku: s, name } => {
-                let update = match name {
-                    Some(n) => {
-                        AttrUpdate::Set(ItemName::new(name_of(n)).map_err(|e| TestCaseError::fail(e.to_string()))?)
-                    }
-                    None => AttrUpdate::Clear,
-                };
-                let command = Command::SetProduct(SetProduct { name: update, ..SetProduct::keep_all(sku(SKUS[s])) });
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                prop_assert!(matches!(outcome, Outcome::ProductSet { .. }), "step {}: {:?}", step, outcome);
-                model.set_product(s, |p| p.name = name.map(name_of));
-            }
-            Op::SetPrice { sku: s, price_minor } => {
-                let command = Command::SetProduct(SetProduct {
-                    price_minor: price_minor.map_or(AttrUpdate::Clear, AttrUpdate::Set),
-                    ..SetProduct::keep_all(sku(SKUS[s]))
-                });
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                prop_assert!(matches!(outcome, Outcome::ProductSet { .. }), "step {}: {:?}", step, outcome);
-                model.set_product(s, |p| p.price_minor = price_minor);
-            }
-            Op::Hold { sku: s, warehouse: w, quantity } => {
-                let n = model.holds.len() as u64 + 1;
-                let command = hold_command(n, &[(SKUS[s], WAREHOUSES[w], quantity)], TTL_MS, None);
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                let granted = match model.items.get_mut(&(s, w)) {
-                    Some(item) if item.on_hand - item.reserved >= quantity => {
-                        item.reserved += quantity;
-                        item.version += 1;
-                        true
-                    }
-                    _ => false,
-                };
-                prop_assert_eq!(matches!(outcome, Outcome::Held { .. }), granted, "step {}: {:?}", step, outcome);
-                model.holds.push(ModelHold { item: (s, w), quantity, live: granted });
-            }
-            Op::Release(at) => {
-                let outcome = apply(
-                    &mut state,
-                    &mut index,
-                    now_ms,
-                    Command::Release(Release { id: rid(at as u64 + 1), principal: None }),
-                );
-                if let Some(hold) = model.holds.get_mut(at).filter(|h| h.live) {
-                    prop_assert!(
-                        matches!(outcome, Outcome::Released { replayed: false, .. }),
-                        "step {}: {:?}",
-                        step,
-                        outcome
-                    );
-                    hold.live = false;
-                    if let Some(item) = model.items.get_mut(&hold.item) {
-                        item.reserved -= hold.quantity;
-                        item.version += 1;
-                    }
-                }
-            }
-            Op::DeleteItem { sku: s, warehouse: w } => {
-                let before = snapshot_of_reads(&state);
-                let command = Command::DeleteItem(DeleteItem {
-                    sku: sku(SKUS[s]),
-                    warehouse: wh(WAREHOUSES[w]),
-                    expect_version: None,
-                    principal: None,
-                });
-                let (outcome, deletes, events) = apply_with_events(&mut state, &mut index, now_ms, command);
-                let (holds, reserved) = model.held(&[(s, w)]);
-                let expected: Vec<(u64, u64)> = match (model.items.get(&(s, w)), holds) {
-                    (Some(item), 0) => vec![(item.on_hand, 0)],
-                    _ => Vec::new(),
-                };
-                prop_assert_eq!(&deletes, &expected, "step {}: delete events", step);
-                prop_assert_eq!(events, expected.len(), "step {}: a delete emits its stock change only", step);
-                if !model.items.contains_key(&(s, w)) {
-                    prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemNotFound), "step {}", step);
-                } else if holds > 0 {
-                    prop_assert_eq!(
-                        outcome,
-                        Outcome::Refused(Refusal::ItemHasHolds { holds, reserved }),
-                        "step {}",
-                        step
-                    );
-                    prop_assert_eq!(
-                        snapshot_of_reads(&state),
-                        before,
-                        "step {}: a refused delete changed something",
-                        step
-                    );
-                } else {
-                    prop_assert_eq!(outcome, Outcome::Deleted { items: 1, product: false }, "step {}", step);
-                    model.items.remove(&(s, w));
-                }
-            }
-            Op::DeleteSku(s) => {
-                let before = snapshot_of_reads(&state);
-                let command = Command::DeleteSku(DeleteSku { sku: sku(SKUS[s]), principal: None });
-                let (outcome, deletes, events) = apply_with_events(&mut state, &mut index, now_ms, command);
-                let items: Vec<(usize, usize)> = model.items.keys().copied().filter(|(k, _)| *k == s).collect();
-                let (holds, reserved) = model.held(&items);
-                let expected: Vec<(u64, u64)> = if holds == 0 {
-                    // In the order of the shard's warehouses: compare sorted.
-                    items.iter().map(|key| (model.items[key].on_hand, 0)).collect()
-                } else {
-                    Vec::new()
-                };
-                let mut sorted = deletes.clone();
-                sorted.sort_unstable();
-                let mut expected_sorted = expected.clone();
-                expected_sorted.sort_unstable();
-                prop_assert_eq!(sorted, expected_sorted, "step {}: delete events", step);
-                prop_assert_eq!(events, expected.len(), "step {}: a delete emits its stock changes only", step);
-                if items.is_empty() && !model.products.contains_key(&s) {
-                    prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemNotFound), "step {}", step);
-                } else if holds > 0 {
-                    prop_assert_eq!(
-                        outcome,
-                        Outcome::Refused(Refusal::ItemHasHolds { holds, reserved }),
-                        "step {}",
-                        step
-                    );
-                    prop_assert_eq!(
-                        snapshot_of_reads(&state),
-                        before,
-                        "step {}: a refused delete changed something",
-                        step
-                    );
-                } else {
-                    let product = model.products.remove(&s).is_some();
-                    prop_assert_eq!(
-                        outcome,
-                        Outcome::Deleted { items: u32::try_from(items.len()).unwrap_or(u32::MAX), product },
-                        "step {}",
-                        step
-                    );
-                    for key in items {
-                        model.items.remove(&key);
-                    }
-                }
+            None => {
+                prop_assert!(matches!(outcome, Outcome::Upserted { created: true, .. }), "step {}", step);
+                self.model.items.insert((s, w), ModelItem { on_hand, reserved: 0, version: 1 });
             }
         }
-        check_reads(&state, &model, step)?;
+        Ok(())
     }
+
+    fn set_name(&mut self, step: usize, s: usize, name: Option<u8>) -> Result<(), TestCaseError> {
+        let update = match name {
+            Some(n) => AttrUpdate::Set(ItemName::new(name_of(n)).map_err(|e| TestCaseError::fail(e.to_string()))?),
+            None => AttrUpdate::Clear,
+        };
+        let outcome =
+            self.shard.one(Command::SetProduct(SetProduct { name: update, ..SetProduct::keep_all(sku(SKUS[s])) }));
+        prop_assert!(matches!(outcome, Outcome::ProductSet { .. }), "step {}: {:?}", step, outcome);
+        self.model.set_product(s, |p| p.name = name.map(name_of));
+        Ok(())
+    }
+
+    fn set_price(&mut self, step: usize, s: usize, price_minor: Option<u64>) -> Result<(), TestCaseError> {
+        let outcome = self.shard.one(Command::SetProduct(SetProduct {
+            price_minor: price_minor.map_or(AttrUpdate::Clear, AttrUpdate::Set),
+            ..SetProduct::keep_all(sku(SKUS[s]))
+        }));
+        prop_assert!(matches!(outcome, Outcome::ProductSet { .. }), "step {}: {:?}", step, outcome);
+        self.model.set_product(s, |p| p.price_minor = price_minor);
+        Ok(())
+    }
+
+    fn hold(&mut self, step: usize, s: usize, w: usize, quantity: u64) -> Result<(), TestCaseError> {
+        let n = self.model.holds.len() as u64 + 1;
+        let outcome = self.shard.one(hold(rid(n), &[(SKUS[s], WAREHOUSES[w], quantity)], TTL_MS, None));
+        let granted = match self.model.items.get_mut(&(s, w)) {
+            Some(item) if item.on_hand - item.reserved >= quantity => {
+                item.reserved += quantity;
+                item.version += 1;
+                true
+            }
+            _ => false,
+        };
+        prop_assert_eq!(matches!(outcome, Outcome::Held { .. }), granted, "step {}: {:?}", step, outcome);
+        self.model.holds.push(ModelHold { item: (s, w), quantity, live: granted });
+        Ok(())
+    }
+
+    fn release(&mut self, step: usize, at: usize) -> Result<(), TestCaseError> {
+        let outcome = self.shard.one(Command::Release(Release { id: rid(at as u64 + 1), principal: None }));
+        let model = &mut self.model;
+        if let Some(hold) = model.holds.get_mut(at).filter(|h| h.live) {
+            prop_assert!(matches!(outcome, Outcome::Released { replayed: false, .. }), "step {}: {:?}", step, outcome);
+            hold.live = false;
+            if let Some(item) = model.items.get_mut(&hold.item) {
+                item.reserved -= hold.quantity;
+                item.version += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A refused delete: `item_has_holds` with the model's counts, and
+    /// nothing changed.
+    fn refused_delete(
+        &self,
+        step: usize,
+        outcome: Outcome,
+        held: (u64, u64),
+        before: &[String],
+    ) -> Result<(), TestCaseError> {
+        let (holds, reserved) = held;
+        prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemHasHolds { holds, reserved }), "step {}", step);
+        prop_assert_eq!(
+            snapshot_of_reads(&self.shard.state),
+            before,
+            "step {}: a refused delete changed something",
+            step
+        );
+        Ok(())
+    }
+
+    fn delete_item(&mut self, step: usize, s: usize, w: usize) -> Result<(), TestCaseError> {
+        let before = snapshot_of_reads(&self.shard.state);
+        let command = Command::DeleteItem(DeleteItem {
+            sku: sku(SKUS[s]),
+            warehouse: wh(WAREHOUSES[w]),
+            expect_version: None,
+            principal: None,
+        });
+        let (outcome, deletes, events) = apply_with_events(&mut self.shard, command);
+        let (holds, reserved) = self.model.held(&[(s, w)]);
+        let expected: Vec<(u64, u64)> = match (self.model.items.get(&(s, w)), holds) {
+            (Some(item), 0) => vec![(item.on_hand, 0)],
+            _ => Vec::new(),
+        };
+        prop_assert_eq!(&deletes, &expected, "step {}: delete events", step);
+        prop_assert_eq!(events, expected.len(), "step {}: a delete emits its stock change only", step);
+        if !self.model.items.contains_key(&(s, w)) {
+            prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemNotFound), "step {}", step);
+        } else if holds > 0 {
+            self.refused_delete(step, outcome, (holds, reserved), &before)?;
+        } else {
+            prop_assert_eq!(outcome, Outcome::Deleted { items: 1, product: false }, "step {}", step);
+            self.model.items.remove(&(s, w));
+        }
+        Ok(())
+    }
+
+    fn delete_sku(&mut self, step: usize, s: usize) -> Result<(), TestCaseError> {
+        let before = snapshot_of_reads(&self.shard.state);
+        let command = Command::DeleteSku(DeleteSku { sku: sku(SKUS[s]), principal: None });
+        let (outcome, deletes, events) = apply_with_events(&mut self.shard, command);
+        let model = &mut self.model;
+        let items: Vec<(usize, usize)> = model.items.keys().copied().filter(|(k, _)| *k == s).collect();
+        let (holds, reserved) = model.held(&items);
+        let expected: Vec<(u64, u64)> = if holds == 0 {
+            // In the order of the shard's warehouses: compare sorted.
+            items.iter().map(|key| (model.items[key].on_hand, 0)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut sorted = deletes.clone();
+        sorted.sort_unstable();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort_unstable();
+        prop_assert_eq!(sorted, expected_sorted, "step {}: delete events", step);
+        prop_assert_eq!(events, expected.len(), "step {}: a delete emits its stock changes only", step);
+        if items.is_empty() && !model.products.contains_key(&s) {
+            prop_assert_eq!(outcome, Outcome::Refused(Refusal::ItemNotFound), "step {}", step);
+        } else if holds > 0 {
+            self.refused_delete(step, outcome, (holds, reserved), &before)?;
+        } else {
+            let product = model.products.remove(&s).is_some();
+            prop_assert_eq!(
+                outcome,
+                Outcome::Deleted { items: u32::try_from(items.len()).unwrap_or(u32::MAX), product },
+                "step {}",
+                step
+            );
+            for key in items {
+                model.items.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut run = Run { shard: Fixture::new(), model: Model::default() };
+    for (step, op) in ops.into_iter().enumerate() {
+        run.shard.now_ms += 10;
+        match op {
+            Op::Upsert { sku: s, warehouse: w, on_hand } => run.upsert(step, s, w, on_hand)?,
+            Op::SetName { sku: s, name } => run.set_name(step, s, name)?,
+            Op::SetPrice { sku: s, price_minor } => run.set_price(step, s, price_minor)?,
+            Op::Hold { sku: s, warehouse: w, quantity } => run.hold(step, s, w, quantity)?,
+            Op::Release(at) => run.release(step, at)?,
+            Op::DeleteItem { sku: s, warehouse: w } => run.delete_item(step, s, w)?,
+            Op::DeleteSku(s) => run.delete_sku(step, s)?,
+        }
+        check_reads(&run.shard.state, &run.model, step)?;
+    }
+    let (state, model) = (&run.shard.state, &run.model);
     let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let loaded = ShardState::from_snapshot_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
     loaded.check_invariants().map_err(TestCaseError::fail)?;
     prop_assert_eq!(loaded.digest(), state.digest());
-    check_reads(&loaded, &model, usize::MAX)
+    check_reads(&loaded, model, usize::MAX)
 }
 
 proptest! {

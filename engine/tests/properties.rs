@@ -40,11 +40,9 @@ use engine::ids::{IdempotencyKey, RequestId, ReservationId};
 use engine::item::Status;
 use engine::outcome::{LineView, Outcome, Refusal, ShortLine};
 use engine::reservation::ReservationState;
+use engine::testing::{self, adjust, hold_any, qty, rid, sku, upsert, wh};
 use engine::{Limits, LogEntry, LogId, ShardState};
 use proptest::prelude::*;
-
-mod common;
-use common::{adjust_command, hold_any_command, qty, rid, sku, upsert_command, wh};
 
 const SKUS: [&str; 3] = ["A", "B", "C"];
 /// Three, so that allocation orders, ties and splits have room.
@@ -347,10 +345,8 @@ enum Op {
 impl Op {
     fn command(&self) -> Command {
         match self {
-            Op::Upsert { sku, wh, on_hand, threshold } => {
-                upsert_command(SKUS[*sku], WAREHOUSES[*wh], *on_hand, *threshold)
-            }
-            Op::Adjust { sku, wh, delta } => adjust_command(SKUS[*sku], WAREHOUSES[*wh], *delta, AdjustReason::Count),
+            Op::Upsert { sku, wh, on_hand, threshold } => upsert(SKUS[*sku], WAREHOUSES[*wh], *on_hand, *threshold),
+            Op::Adjust { sku, wh, delta } => adjust(SKUS[*sku], WAREHOUSES[*wh], *delta, AdjustReason::Count),
             Op::Transfer { sku: s, from, quantity } => Command::Transfer(Transfer {
                 note: None,
                 reference: None,
@@ -363,7 +359,7 @@ impl Op {
             Op::Hold { n, lines, ttl_ms, key, rule } => {
                 let lines: Vec<(&str, Option<&str>, u64)> =
                     lines.iter().map(|&(s, w, q)| (SKUS[s], w.map(|w| WAREHOUSES[w]), q)).collect();
-                let mut command = hold_any_command(*n, &lines, *ttl_ms, key.map(|k| KEYS[k]));
+                let mut command = hold_any(rid(*n), &lines, *ttl_ms, key.map(|k| testing::key(KEYS[k])));
                 if let (Command::Hold(hold), Some(rule)) = (&mut command, rule) {
                     hold.allocation = Allocation::Rule(AllocationRule {
                         order: if rule.priority { AllocationOrder::Priority } else { AllocationOrder::MostAvailable },

@@ -15,15 +15,13 @@
 //! * the state's full check passes; at the end a snapshot reloads to the
 //!   same digest.
 
+use engine::ShardState;
 use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, MoveQuantity, Release, SetStates, UpsertItem};
 use engine::item::Status;
 use engine::outcome::{Outcome, Refusal};
 use engine::states::QuantityState;
-use engine::{Limits, LogEntry, LogId, ShardState};
+use engine::testing::{Fixture, adjust, hold, qty, rid, sku, upsert_item, wh};
 use proptest::prelude::*;
-
-mod common;
-use common::{adjust_command, hold_command, qty, sku, wh};
 
 const SKU: &str = "A";
 const WAREHOUSE: &str = "w1";
@@ -176,24 +174,8 @@ impl Model {
     }
 }
 
-fn apply(state: &mut ShardState, index: &mut u64, now_ms: u64, command: Command) -> Outcome {
-    *index += 1;
-    let entry = LogEntry::batch(LogId::new(1, *index), now_ms, vec![command]);
-    let mut applied = state.apply(&entry).unwrap_or_else(|e| panic!("apply: {e}"));
-    applied.outcomes.pop().unwrap_or_else(|| panic!("no outcome"))
-}
-
 fn upsert(on_hand: Option<u64>) -> UpsertItem {
-    UpsertItem {
-        sku: sku(SKU),
-        warehouse: wh(WAREHOUSE),
-        on_hand,
-        low_stock_threshold: Some(THRESHOLD),
-        name: AttrUpdate::Keep,
-        unit_price_minor: AttrUpdate::Keep,
-        expect: engine::cmd::Expect::Any,
-        principal: None,
-    }
+    UpsertItem { on_hand, low_stock_threshold: Some(THRESHOLD), ..upsert_item(SKU, WAREHOUSE) }
 }
 
 fn refused_with(outcome: &Outcome, code: &str, step: usize) -> Result<(), TestCaseError> {
@@ -201,171 +183,176 @@ fn refused_with(outcome: &Outcome, code: &str, step: usize) -> Result<(), TestCa
     Ok(())
 }
 
-fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
-    let mut state = ShardState::new(0, 1, Limits::default());
-    let mut model = Model { on_hand: 10, received: 10, ..Model::default() };
-    let mut index = 0;
-    let mut now_ms = 1_000;
-    apply(&mut state, &mut index, now_ms, Command::UpsertItem(upsert(Some(10))));
-    for (step, (advance, op)) in ops.into_iter().enumerate() {
-        now_ms += advance;
-        // Expiry runs before the command and changes the item by itself.
-        let expired = model.expire(now_ms);
-        let mut changes_nothing = false;
-        let version_before = state.get_item(SKU, WAREHOUSE).ok().flatten().map_or(0, |item| item.version);
-        let outcome = match op.clone() {
-            Op::Set { on_hand, safety_stock, incoming, backorder_limit } => {
-                let command = Command::SetStates(Box::new(SetStates {
-                    safety_stock,
-                    incoming,
-                    backorder_limit,
-                    incoming_expected_at_ms: AttrUpdate::Keep,
-                    ..SetStates::keep(upsert(on_hand))
-                }));
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                let new_on_hand = on_hand.unwrap_or(model.on_hand);
-                let unsellable = safety_stock.unwrap_or(model.safety_stock) + model.damaged + model.quality_control;
-                match model.below(new_on_hand as i64, unsellable) {
-                    Some(code) => refused_with(&outcome, code, step)?,
-                    None => {
-                        prop_assert!(matches!(outcome, Outcome::Upserted { .. }), "step {}: {:?}", step, outcome);
-                        if new_on_hand > model.on_hand {
-                            model.received += new_on_hand - model.on_hand;
-                        } else {
-                            model.received -= model.on_hand - new_on_hand;
-                        }
-                        model.on_hand = new_on_hand;
-                        model.safety_stock = safety_stock.unwrap_or(model.safety_stock);
-                        model.incoming = incoming.unwrap_or(model.incoming);
-                        model.backorder_limit = backorder_limit.unwrap_or(model.backorder_limit);
-                    }
-                }
-                outcome
-            }
-            Op::Adjust { delta, damage } => {
-                let reason = if damage { AdjustReason::Damage } else { AdjustReason::Count };
-                let outcome = apply(&mut state, &mut index, now_ms, adjust_command(SKU, WAREHOUSE, delta, reason));
-                let written_off = if damage && delta < 0 { model.damaged.min(delta.unsigned_abs()) } else { 0 };
-                match model.below(model.on_hand as i64 + delta, model.unsellable() - written_off) {
-                    Some(code) => refused_with(&outcome, code, step)?,
-                    None => {
-                        prop_assert!(matches!(outcome, Outcome::Adjusted { .. }), "step {}: {:?}", step, outcome);
-                        model.damaged -= written_off;
-                        model.on_hand = model.on_hand.checked_add_signed(delta).unwrap_or(0);
-                        if delta > 0 {
-                            model.received += delta.unsigned_abs();
-                        } else {
-                            model.received -= delta.unsigned_abs();
-                        }
-                    }
-                }
-                outcome
-            }
-            Op::Move { from, to, quantity } => {
-                let (from, to) = (QuantityState::ALL[from], QuantityState::ALL[to]);
-                let command = Command::MoveQuantity(MoveQuantity {
-                    sku: sku(SKU),
-                    warehouse: wh(WAREHOUSE),
-                    from,
-                    to,
-                    quantity: qty(quantity),
-                    principal: None,
-                    note: None,
-                    reference: None,
-                });
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                if from == to || to == QuantityState::Incoming {
-                    refused_with(&outcome, "invalid_state", step)?;
-                } else if model.level(from) < quantity {
-                    prop_assert_eq!(
-                        outcome.refusal(),
-                        Some(&Refusal::StateShort { state: from, requested: quantity, has: model.level(from) }),
-                        "step {}",
-                        step
-                    );
+/// The engine's shard and the model.
+struct Run {
+    shard: Fixture,
+    model: Model,
+}
+
+impl Run {
+    fn set(&mut self, step: usize, op: &Op) -> Result<Outcome, TestCaseError> {
+        let Op::Set { on_hand, safety_stock, incoming, backorder_limit } = *op else { unreachable!() };
+        let outcome = self.shard.one(Command::SetStates(Box::new(SetStates {
+            safety_stock,
+            incoming,
+            backorder_limit,
+            incoming_expected_at_ms: AttrUpdate::Keep,
+            ..SetStates::keep(upsert(on_hand))
+        })));
+        let model = &mut self.model;
+        let new_on_hand = on_hand.unwrap_or(model.on_hand);
+        let unsellable = safety_stock.unwrap_or(model.safety_stock) + model.damaged + model.quality_control;
+        match model.below(new_on_hand as i64, unsellable) {
+            Some(code) => refused_with(&outcome, code, step)?,
+            None => {
+                prop_assert!(matches!(outcome, Outcome::Upserted { .. }), "step {}: {:?}", step, outcome);
+                if new_on_hand > model.on_hand {
+                    model.received += new_on_hand - model.on_hand;
                 } else {
-                    prop_assert!(matches!(outcome, Outcome::Moved { .. }), "step {}: {:?}", step, outcome);
-                    if let Some(level) = model.level_mut(from) {
-                        *level -= quantity;
-                    }
-                    if let Some(level) = model.level_mut(to) {
-                        *level += quantity;
-                    }
-                    if from == QuantityState::Incoming {
-                        model.on_hand += quantity;
-                        model.received += quantity;
-                    }
+                    model.received -= model.on_hand - new_on_hand;
                 }
-                outcome
+                model.on_hand = new_on_hand;
+                model.safety_stock = safety_stock.unwrap_or(model.safety_stock);
+                model.incoming = incoming.unwrap_or(model.incoming);
+                model.backorder_limit = backorder_limit.unwrap_or(model.backorder_limit);
             }
-            Op::Hold(quantity) => {
-                let n = model.holds.len() as u64 + 1;
-                let command = hold_command(n, &[(SKU, WAREHOUSE, quantity)], TTL_MS, None);
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                let room = model.backorder_limit.saturating_sub(model.backordered());
-                if quantity <= model.available() + room {
-                    let backordered = quantity.saturating_sub(model.available());
-                    let Outcome::Held { lines, .. } = &outcome else {
-                        return Err(TestCaseError::fail(format!("step {step}: not held: {outcome:?}")));
-                    };
-                    prop_assert_eq!(lines[0].backordered, backordered, "step {}", step);
-                    let hold = ModelHold { units: quantity, backordered, deadline_ms: now_ms + TTL_MS, live: true };
-                    model.holds.push(Some(hold));
+        }
+        Ok(outcome)
+    }
+
+    fn adjust(&mut self, step: usize, delta: i64, damage: bool) -> Result<Outcome, TestCaseError> {
+        let reason = if damage { AdjustReason::Damage } else { AdjustReason::Count };
+        let outcome = self.shard.one(adjust(SKU, WAREHOUSE, delta, reason));
+        let model = &mut self.model;
+        let written_off = if damage && delta < 0 { model.damaged.min(delta.unsigned_abs()) } else { 0 };
+        match model.below(model.on_hand as i64 + delta, model.unsellable() - written_off) {
+            Some(code) => refused_with(&outcome, code, step)?,
+            None => {
+                prop_assert!(matches!(outcome, Outcome::Adjusted { .. }), "step {}: {:?}", step, outcome);
+                model.damaged -= written_off;
+                model.on_hand = model.on_hand.checked_add_signed(delta).unwrap_or(0);
+                if delta > 0 {
+                    model.received += delta.unsigned_abs();
                 } else {
-                    refused_with(&outcome, "insufficient_stock", step)?;
-                    model.holds.push(None);
+                    model.received -= delta.unsigned_abs();
                 }
-                outcome
             }
-            Op::Confirm(at) | Op::Release(at) => {
-                let confirm = matches!(op, Op::Confirm(_));
-                let id = common::rid(at as u64 + 1);
-                let command = if confirm {
-                    Command::Confirm(Confirm { id, principal: None })
-                } else {
-                    Command::Release(Release { id, principal: None })
-                };
-                let outcome = apply(&mut state, &mut index, now_ms, command);
-                if let Some(Some(hold)) = model.holds.get_mut(at)
-                    && hold.live
-                    && confirm
-                    && hold.backordered > 0
-                {
-                    prop_assert_eq!(
-                        outcome.refusal(),
-                        Some(&Refusal::BackorderUnfilled { backordered: hold.backordered }),
-                        "step {}",
-                        step
-                    );
-                } else if let Some(Some(hold)) = model.holds.get_mut(at)
-                    && hold.live
-                {
-                    prop_assert!(!outcome.is_refused(), "step {}: {:?}", step, outcome);
-                    hold.live = false;
-                    if confirm {
-                        let units = hold.units;
-                        model.on_hand -= units;
-                        model.sold += units;
-                    }
-                } else {
-                    // An ended or unknown hold: refused, or a replay of the
-                    // same end; either way nothing changes.
-                    let replayed = matches!(
-                        outcome,
-                        Outcome::Confirmed { replayed: true, .. } | Outcome::Released { replayed: true, .. }
-                    );
-                    prop_assert!(outcome.is_refused() || replayed, "step {}: {:?}", step, outcome);
-                    changes_nothing = true;
-                }
-                outcome
+        }
+        Ok(outcome)
+    }
+
+    fn move_quantity(&mut self, step: usize, from: usize, to: usize, quantity: u64) -> Result<Outcome, TestCaseError> {
+        let (from, to) = (QuantityState::ALL[from], QuantityState::ALL[to]);
+        let outcome = self.shard.one(Command::MoveQuantity(MoveQuantity {
+            sku: sku(SKU),
+            warehouse: wh(WAREHOUSE),
+            from,
+            to,
+            quantity: qty(quantity),
+            principal: None,
+            note: None,
+            reference: None,
+        }));
+        let model = &mut self.model;
+        if from == to || to == QuantityState::Incoming {
+            refused_with(&outcome, "invalid_state", step)?;
+        } else if model.level(from) < quantity {
+            prop_assert_eq!(
+                outcome.refusal(),
+                Some(&Refusal::StateShort { state: from, requested: quantity, has: model.level(from) }),
+                "step {}",
+                step
+            );
+        } else {
+            prop_assert!(matches!(outcome, Outcome::Moved { .. }), "step {}: {:?}", step, outcome);
+            if let Some(level) = model.level_mut(from) {
+                *level -= quantity;
             }
+            if let Some(level) = model.level_mut(to) {
+                *level += quantity;
+            }
+            if from == QuantityState::Incoming {
+                model.on_hand += quantity;
+                model.received += quantity;
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn hold(&mut self, step: usize, quantity: u64) -> Result<Outcome, TestCaseError> {
+        let n = self.model.holds.len() as u64 + 1;
+        let outcome = self.shard.one(hold(rid(n), &[(SKU, WAREHOUSE, quantity)], TTL_MS, None));
+        let model = &mut self.model;
+        let room = model.backorder_limit.saturating_sub(model.backordered());
+        if quantity <= model.available() + room {
+            let backordered = quantity.saturating_sub(model.available());
+            let Outcome::Held { lines, .. } = &outcome else {
+                return Err(TestCaseError::fail(format!("step {step}: not held: {outcome:?}")));
+            };
+            prop_assert_eq!(lines[0].backordered, backordered, "step {}", step);
+            let hold = ModelHold { units: quantity, backordered, deadline_ms: self.shard.now_ms + TTL_MS, live: true };
+            model.holds.push(Some(hold));
+        } else {
+            refused_with(&outcome, "insufficient_stock", step)?;
+            model.holds.push(None);
+        }
+        Ok(outcome)
+    }
+
+    /// Confirms or releases hold `at`; the outcome, and whether it changes
+    /// nothing (an ended or unknown hold).
+    fn end(&mut self, step: usize, at: usize, confirm: bool) -> Result<(Outcome, bool), TestCaseError> {
+        let id = rid(at as u64 + 1);
+        let command = if confirm {
+            Command::Confirm(Confirm { id, principal: None })
+        } else {
+            Command::Release(Release { id, principal: None })
         };
-        model.fill();
-        let item = state
+        let outcome = self.shard.one(command);
+        let model = &mut self.model;
+        if let Some(Some(hold)) = model.holds.get_mut(at)
+            && hold.live
+            && confirm
+            && hold.backordered > 0
+        {
+            prop_assert_eq!(
+                outcome.refusal(),
+                Some(&Refusal::BackorderUnfilled { backordered: hold.backordered }),
+                "step {}",
+                step
+            );
+        } else if let Some(Some(hold)) = model.holds.get_mut(at)
+            && hold.live
+        {
+            prop_assert!(!outcome.is_refused(), "step {}: {:?}", step, outcome);
+            hold.live = false;
+            if confirm {
+                let units = hold.units;
+                model.on_hand -= units;
+                model.sold += units;
+            }
+        } else {
+            // An ended or unknown hold: refused, or a replay of the
+            // same end; either way nothing changes.
+            let replayed =
+                matches!(outcome, Outcome::Confirmed { replayed: true, .. } | Outcome::Released { replayed: true, .. });
+            prop_assert!(outcome.is_refused() || replayed, "step {}: {:?}", step, outcome);
+            return Ok((outcome, true));
+        }
+        Ok((outcome, false))
+    }
+
+    /// The item as the engine shows it equals the model, and a refusal
+    /// (with no expiry in its entry) left it as it was.
+    fn check_item(&self, step: usize, op: &Op, unchanged: bool, version_before: u64) -> Result<(), TestCaseError> {
+        let model = &self.model;
+        let item = self
+            .shard
+            .state
             .get_item(SKU, WAREHOUSE)
             .map_err(|e| TestCaseError::fail(e.to_string()))?
             .ok_or_else(|| TestCaseError::fail("item gone"))?;
-        if (outcome.is_refused() || changes_nothing) && !expired {
+        if unchanged {
             prop_assert_eq!(item.version, version_before, "step {}: a refusal changed the item", step);
         }
         let states = item.states;
@@ -394,20 +381,50 @@ fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
             "step {}",
             step
         );
-        // Every live hold's lines say what of them waits for stock.
-        for (at, hold) in model.holds.iter().enumerate() {
+        // Never oversold: every unit sold came in, and what came in and was
+        // not sold is on hand.
+        prop_assert_eq!(item.on_hand + model.sold, model.received, "step {}", step);
+        Ok(())
+    }
+
+    /// Every live hold's lines say what of them waits for stock.
+    fn check_holds(&self, step: usize) -> Result<(), TestCaseError> {
+        for (at, hold) in self.model.holds.iter().enumerate() {
             let Some(hold) = hold.filter(|h| h.live) else { continue };
-            let view = state
-                .reservation(&common::rid(at as u64 + 1))
+            let view = self
+                .shard
+                .state
+                .reservation(&rid(at as u64 + 1))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?
                 .ok_or_else(|| TestCaseError::fail(format!("step {step}: hold {at} gone")))?;
             prop_assert_eq!(view.lines[0].backordered, hold.backordered, "step {}: hold {}", step, at);
         }
-        // Never oversold: every unit sold came in, and what came in and was
-        // not sold is on hand.
-        prop_assert_eq!(item.on_hand + model.sold, model.received, "step {}", step);
-        state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+        self.shard.state.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))
     }
+}
+
+fn run(ops: Vec<(u64, Op)>) -> Result<(), TestCaseError> {
+    let model = Model { on_hand: 10, received: 10, ..Model::default() };
+    let mut run = Run { shard: Fixture::new(), model };
+    run.shard.one(Command::UpsertItem(upsert(Some(10))));
+    for (step, (advance, op)) in ops.into_iter().enumerate() {
+        run.shard.now_ms += advance;
+        // Expiry runs before the command and changes the item by itself.
+        let expired = run.model.expire(run.shard.now_ms);
+        let version_before = run.shard.state.get_item(SKU, WAREHOUSE).ok().flatten().map_or(0, |item| item.version);
+        let (outcome, changes_nothing) = match op {
+            Op::Set { .. } => (run.set(step, &op)?, false),
+            Op::Adjust { delta, damage } => (run.adjust(step, delta, damage)?, false),
+            Op::Move { from, to, quantity } => (run.move_quantity(step, from, to, quantity)?, false),
+            Op::Hold(quantity) => (run.hold(step, quantity)?, false),
+            Op::Confirm(at) => run.end(step, at, true)?,
+            Op::Release(at) => run.end(step, at, false)?,
+        };
+        run.model.fill();
+        run.check_item(step, &op, (outcome.is_refused() || changes_nothing) && !expired, version_before)?;
+        run.check_holds(step)?;
+    }
+    let state = &run.shard.state;
     let bytes = state.to_snapshot_bytes().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let reloaded = ShardState::from_snapshot_bytes(&bytes).map_err(TestCaseError::fail)?;
     prop_assert_eq!(reloaded.digest(), state.digest());
@@ -427,29 +444,21 @@ proptest! {
 /// event per filled reservation; a confirm waits until every unit is there.
 #[test]
 fn receiving_stock_fills_backorders_oldest_first_and_then_they_confirm() {
-    let mut state = ShardState::new(0, 1, Limits::default());
-    let mut index = 0;
-    let now_ms = 1_000;
+    let mut f = Fixture::new();
     let set = Command::SetStates(Box::new(SetStates { backorder_limit: Some(10), ..SetStates::keep(upsert(Some(2))) }));
-    assert!(!apply(&mut state, &mut index, now_ms, set).is_refused());
+    assert!(!f.one(set).is_refused());
     // Hold 1 takes the 2 on the shelf and backorders 3; hold 2 backorders 4.
-    let first = apply(&mut state, &mut index, now_ms, hold_command(1, &[(SKU, WAREHOUSE, 5)], TTL_MS, None));
+    let first = f.one(hold(rid(1), &[(SKU, WAREHOUSE, 5)], TTL_MS, None));
     assert!(matches!(&first, Outcome::Held { lines, .. } if lines[0].backordered == 3), "{first:?}");
-    let second = apply(&mut state, &mut index, now_ms, hold_command(2, &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
+    let second = f.one(hold(rid(2), &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
     assert!(matches!(&second, Outcome::Held { lines, .. } if lines[0].backordered == 4), "{second:?}");
     // Room is 10 - 7 = 3: a hold of 4 is short.
-    let third = apply(&mut state, &mut index, now_ms, hold_command(3, &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
+    let third = f.one(hold(rid(3), &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
     assert_eq!(third.refusal().map(Refusal::code), Some("insufficient_stock"));
-    let confirm = Command::Confirm(Confirm { id: common::rid(1), principal: None });
-    assert_eq!(
-        apply(&mut state, &mut index, now_ms, confirm.clone()),
-        Outcome::Refused(Refusal::BackorderUnfilled { backordered: 3 })
-    );
+    let confirm = Command::Confirm(Confirm { id: rid(1), principal: None });
+    assert_eq!(f.one(confirm.clone()), Outcome::Refused(Refusal::BackorderUnfilled { backordered: 3 }));
     // 5 arrive: 3 fill hold 1 (the oldest), 2 go to hold 2.
-    index += 1;
-    let receive = adjust_command(SKU, WAREHOUSE, 5, AdjustReason::Receive);
-    let applied =
-        state.apply(&LogEntry::batch(LogId::new(1, index), now_ms, vec![receive])).unwrap_or_else(|e| panic!("{e}"));
+    let applied = f.run(vec![adjust(SKU, WAREHOUSE, 5, AdjustReason::Receive)]);
     let filled: Vec<_> = applied
         .events
         .iter()
@@ -460,15 +469,15 @@ fn receiving_stock_fills_backorders_oldest_first_and_then_they_confirm() {
             _ => None,
         })
         .collect();
-    assert_eq!(filled, vec![(common::rid(1), 3, 0), (common::rid(2), 2, 2)]);
+    assert_eq!(filled, vec![(rid(1), 3, 0), (rid(2), 2, 2)]);
     let Outcome::Adjusted { item } = &applied.outcomes[0] else { panic!("{:?}", applied.outcomes) };
     assert_eq!((item.on_hand, item.reserved, item.available, item.states.backordered), (7, 7, 0, 2));
     // Hold 1 is whole now and sells; hold 2 still waits for 2, and its
     // release gives back what it had and its room.
-    assert!(matches!(apply(&mut state, &mut index, now_ms, confirm), Outcome::Confirmed { replayed: false, .. }));
-    let release = Command::Release(Release { id: common::rid(2), principal: None });
-    assert!(!apply(&mut state, &mut index, now_ms, release).is_refused());
-    let item = state.get_item(SKU, WAREHOUSE).ok().flatten().unwrap_or_else(|| panic!("no item"));
+    assert!(matches!(f.one(confirm), Outcome::Confirmed { replayed: false, .. }));
+    let release = Command::Release(Release { id: rid(2), principal: None });
+    assert!(!f.one(release).is_refused());
+    let item = f.state.get_item(SKU, WAREHOUSE).ok().flatten().unwrap_or_else(|| panic!("no item"));
     assert_eq!((item.on_hand, item.reserved, item.available, item.states.backordered), (2, 0, 2, 0));
-    state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
 }

@@ -4,18 +4,16 @@
 
 use engine::cmd::AdjustReason;
 use engine::snapshot::SnapshotStore;
+use engine::testing::{adjust, hold, rid, upsert};
 use engine::wal::Wal;
 use engine::{Command, Limits, LogEntry, LogId, ShardState, WalConfig};
-
-mod common;
-use common::{adjust_command, hold_command, upsert_command};
 
 fn entry(index: u64) -> LogEntry {
     let sku = format!("SKU-{}", index % 7);
     let commands: Vec<Command> = vec![
-        upsert_command(&sku, "berlin", 50, 3),
-        adjust_command(&sku, "berlin", -1, AdjustReason::Damage),
-        hold_command(index, &[(&sku, "berlin", 1 + index % 3)], 250, None),
+        upsert(&sku, "berlin", 50, 3),
+        adjust(&sku, "berlin", -1, AdjustReason::Damage),
+        hold(rid(index), &[(&sku, "berlin", 1 + index % 3)], 250, None),
     ];
     // Log time moves 100 ms per entry, so holds expire along the way.
     LogEntry::batch(LogId::new(1 + index / 40, index), 1_000 + index * 100, commands)

@@ -2,10 +2,8 @@
 
 use engine::cmd::AdjustReason;
 use engine::snapshot::{SnapshotStore, load, read_image};
+use engine::testing::{adjust, hold, key, rid, upsert};
 use engine::{Limits, LogEntry, LogId, ShardState, SnapshotError};
-
-mod common;
-use common::{adjust_command, hold_command, upsert_command};
 
 /// A shard with some items, holds and movements, at log index `entries`.
 fn busy_state(entries: u64) -> ShardState {
@@ -13,9 +11,9 @@ fn busy_state(entries: u64) -> ShardState {
     for index in 1..=entries {
         let sku = format!("SKU-{}", index % 50);
         let commands = vec![
-            upsert_command(&sku, "berlin", 100, 5),
-            adjust_command(&sku, "berlin", -1, AdjustReason::Damage),
-            hold_command(index, &[(&sku, "berlin", 2)], 10_000, Some(&format!("key-{index}"))),
+            upsert(&sku, "berlin", 100, 5),
+            adjust(&sku, "berlin", -1, AdjustReason::Damage),
+            hold(rid(index), &[(&sku, "berlin", 2)], 10_000, Some(key(&format!("key-{index}")))),
         ];
         let entry = LogEntry::batch(LogId::new(1, index), index * 100, commands);
         state.apply(&entry).unwrap_or_else(|e| panic!("{e}"));

@@ -7,18 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use engine::cmd::{AdjustReason, Command};
+use engine::testing::adjust;
 use engine::wal::{EntryFrame, LogState, Wal};
 use engine::{LogEntry, LogId, Vote, WalConfig, WalError};
 
-mod common;
-use common::adjust_command;
-
 fn entry(term: u64, index: u64) -> LogEntry {
-    LogEntry::batch(
-        LogId::new(term, index),
-        index * 10,
-        vec![adjust_command("SKU-1", "berlin", 1, AdjustReason::Receive)],
-    )
+    LogEntry::batch(LogId::new(term, index), index * 10, vec![adjust("SKU-1", "berlin", 1, AdjustReason::Receive)])
 }
 
 fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<LogEntry> {

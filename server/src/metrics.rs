@@ -1131,9 +1131,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_running_node_renders_every_family() {
-        use engine::cmd::{AttrUpdate, Expect, UpsertItem};
-        use engine::ids::{Sku, Warehouse};
-
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string();
@@ -1150,16 +1147,7 @@ mod tests {
             ..cluster::ClusterConfig::default()
         };
         let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start: {e}"));
-        let upsert = engine::Command::UpsertItem(UpsertItem {
-            sku: Sku::new("metrics").unwrap_or_else(|e| panic!("{e}")),
-            warehouse: Warehouse::new("w1").unwrap_or_else(|e| panic!("{e}")),
-            on_hand: Some(5),
-            low_stock_threshold: Some(0),
-            name: AttrUpdate::Keep,
-            unit_price_minor: AttrUpdate::Keep,
-            expect: Expect::Any,
-            principal: None,
-        });
+        let upsert = engine::testing::upsert("metrics", "w1", 5, 0);
         // Submit retries through the first election.
         let outcome = node.submit(upsert).await.unwrap_or_else(|e| panic!("submit: {e}"));
         assert!(!outcome.is_refused(), "refused: {outcome:?}");

@@ -311,7 +311,19 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     sign_in(&browser, &node, ADMIN_KEY).await;
     open_sku(&browser, "SHOE").await;
 
-    // The form opens with the item's ETag; someone else then changes it.
+    edit_conflict_then_reapplied(&browser, &api).await;
+    adjust_refused_then_accepted(&browser, &api).await;
+    customer_limit_set_and_removed(&browser, &api).await;
+    product_record_saved(&browser, &api).await;
+    held_warehouse_delete_refused(&browser, &api).await;
+    bundle_defined_and_removed(&browser, &api).await;
+    priority_set_and_removed(&browser, &api).await;
+    quantity_states_moved_and_set(&browser, &api).await;
+    browser.quit().await;
+}
+
+/// The form opens with the item's ETag; someone else then changes it.
+async fn edit_conflict_then_reapplied(browser: &Browser, api: &Api) {
     browser.click("button[data-edit='berlin']").await;
     browser.wait_for("#edit-form").await;
     let theirs = api.set_on_hand("SHOE-42", "berlin", 17).await;
@@ -335,8 +347,10 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='on_hand']", "25").await;
     let movements = browser.text("#history tbody").await;
     assert!(movements.contains("10 → 17") && movements.contains("17 → 25"), "{movements}");
+}
 
-    // A refused adjustment shows the API's problem: title, code and detail.
+/// A refused adjustment shows the API's problem: title, code and detail.
+async fn adjust_refused_then_accepted(browser: &Browser, api: &Api) {
     api.hold("SHOE-42", "berlin", 5).await;
     browser.type_into("#adjust-delta", "-24").await;
     browser.wait_for("#adjust-reason").await;
@@ -353,8 +367,10 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#ledger tbody", "adjust (damage)").await;
     let ledger = browser.text("#ledger tbody").await;
     assert!(ledger.contains("hold") && ledger.contains("25 → 22") && ledger.contains("0 → 5"), "{ledger}");
+}
 
-    // The SKU's limit per customer: set with a window, shown, then removed.
+/// The SKU's limit per customer: set with a window, shown, then removed.
+async fn customer_limit_set_and_removed(browser: &Browser, api: &Api) {
     assert!(browser.text("#limit-now").await.contains("No limit"));
     browser.type_into("#limit-units", "2").await;
     browser.type_into("#limit-window", &format!("24{ENTER}")).await;
@@ -367,8 +383,10 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#limit-now", "No limit").await;
     let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
     assert_eq!(sku["limit_per_customer"], Value::Null, "{sku}");
+}
 
-    // The SKU's product record: saved from the form, read back by the API.
+/// The SKU's product record: saved from the form, read back by the API.
+async fn product_record_saved(browser: &Browser, api: &Api) {
     assert!(browser.text("#product-now").await.contains("No product record"));
     browser.type_into("#product-name", "Trail Runner").await;
     browser.type_into("#product-currency", "eur").await;
@@ -382,9 +400,11 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
         ("Trail Runner", "89.90", "EUR"),
         "{sku}"
     );
+}
 
-    // Deleting a held warehouse is refused with the API's problem; an
-    // unheld one goes, and leaves the table.
+/// Deleting a held warehouse is refused with the API's problem; an
+/// unheld one goes, and leaves the table.
+async fn held_warehouse_delete_refused(browser: &Browser, api: &Api) {
     browser.click("button[data-delete='berlin']").await;
     browser.wait_for_text("#banner-code", "item_has_holds").await;
     assert_eq!(u64_of(&api.item("SHOE-42", "berlin").await, "reserved"), 5, "a refused delete changed nothing");
@@ -397,9 +417,11 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let rows = browser.execute("return document.querySelectorAll('#warehouses tbody tr').length;", vec![]).await;
     assert_eq!(rows, json!(1));
+}
 
-    // A bundle: defined on the page, listed with the availability its
-    // component allows (as the API computes it), then removed.
+/// A bundle: defined on the page, listed with the availability its
+/// component allows (as the API computes it), then removed.
+async fn bundle_defined_and_removed(browser: &Browser, api: &Api) {
     browser.type_into("#bundle-sku", "SHOE-PAIR-BOX").await;
     browser.type_into("#bundle-components", "SHOE-42 2").await;
     browser.click("#bundle-form button[type=submit]").await;
@@ -414,8 +436,10 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#bundle-notice", "Removed SHOE-PAIR-BOX").await;
     let (status, _, _) = api.call(Method::GET, "/v1/bundles/SHOE-PAIR-BOX", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
 
-    // The SKU's warehouse priority: set, shown, then removed.
+/// The SKU's warehouse priority: set, shown, then removed.
+async fn priority_set_and_removed(browser: &Browser, api: &Api) {
     api.stock("SHOE-42", "paris", 4, 0, "Trail Runner 42").await;
     assert!(browser.text("#priority-now").await.contains("No priority"));
     browser.type_into("#priority-list", &format!("paris, berlin{ENTER}")).await;
@@ -428,9 +452,11 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
     browser.wait_for_text("#priority-now", "No priority").await;
     let (_, _, sku) = api.call(Method::GET, "/v1/items/SHOE-42", None).await;
     assert_eq!(sku["warehouse_priority"], json!([]), "{sku}");
+}
 
-    // Quantity states: 4 found broken move from available to damaged, then
-    // 3 are kept back as safety stock; the table shows both.
+/// Quantity states: 4 found broken move from available to damaged, then
+/// 3 are kept back as safety stock; the table shows both.
+async fn quantity_states_moved_and_set(browser: &Browser, api: &Api) {
     browser.execute("document.getElementById('move-from').value = 'available';", vec![]).await;
     browser.execute("document.getElementById('move-to').value = 'damaged';", vec![]).await;
     browser.type_into("#move-quantity", &format!("4{ENTER}")).await;
@@ -448,7 +474,6 @@ async fn an_edit_that_lost_a_race_shows_the_newer_value_and_can_be_reapplied() {
         [22, 5, 10, 4, 3, 4],
         "{item}"
     );
-    browser.quit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use engine::testing::sku_on;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -74,14 +75,6 @@ impl Drop for SmallDisk {
 
 fn required() -> bool {
     std::env::var("FULL_DISK_TEST_REQUIRED").is_ok_and(|value| value == "1")
-}
-
-/// A SKU on shard 0.
-fn sku() -> String {
-    (0..10_000)
-        .map(|n| format!("full-disk-{n}"))
-        .find(|name| engine::shard_of(name, SHARDS) == 0)
-        .unwrap_or_else(|| panic!("no SKU on shard 0"))
 }
 
 /// Writes `bytes` of zeros to `path` and syncs it.
@@ -148,7 +141,7 @@ async fn a_full_disk_stops_the_shard_and_a_restart_loses_no_acknowledged_hold() 
     let data = disk.path().join("data");
     let mut node = TallyProcess::start(options().shards(SHARDS).data_dir(&data)).await;
     let http = node.client();
-    let sku = sku();
+    let sku = sku_on(0, SHARDS, "full-disk");
     let (status, _, body) = http.put(&item_path(&sku, WAREHOUSE), json!({ "on_hand": ON_HAND })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 

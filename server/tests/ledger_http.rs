@@ -60,6 +60,25 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
     let node = TallyProcess::start(options().shards(4).set("auth", "keys", &keys())).await;
     let http = node.http();
     let sku = "led-boot";
+    let id = make_movements(http, sku).await;
+    // The ledger is written from the applied log after the answers go
+    // out: wait until it holds the seven movements.
+    let entries =
+        eventually("the ledger records the seven movements", std::time::Duration::from_secs(30), async || {
+            let entries = ledger(http, &format!("&sku={sku}"), 1000).await;
+            (entries.len() >= 7).then_some(entries)
+        })
+        .await;
+    check_entries(&entries, &id);
+    check_reconciliation(http, sku, &entries).await;
+    check_pages_and_filters(http, sku, &entries).await;
+    check_bad_parameters(http).await;
+    check_export(&node, sku, &entries);
+}
+
+/// An upsert, an adjustment with a note and a reference, a transfer, and a
+/// hold that is extended and confirmed; the hold's id.
+async fn make_movements(http: &Http, sku: &str) -> String {
     call(http, Method::PUT, &item_path(sku, "berlin"), ADMIN_KEY, Some(json!({ "on_hand": 10 }))).await;
     call(
         http,
@@ -89,8 +108,10 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
     call(http, Method::POST, &format!("/v1/reservations/{id}/extend"), SHOP_KEY, Some(json!({ "ttl_seconds": 900 })))
         .await;
     call(http, Method::POST, &format!("/v1/reservations/{id}/confirm"), SHOP_KEY, None).await;
+    id
+}
 
-    let entries = ledger(http, &format!("&sku={sku}"), 1000).await;
+fn check_entries(entries: &[Value], id: &str) {
     let kinds: Vec<(&str, &str)> =
         entries.iter().map(|e| (e["kind"].as_str().unwrap_or(""), e["warehouse"].as_str().unwrap_or(""))).collect();
     assert_eq!(
@@ -127,10 +148,12 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
     assert_eq!((&confirm["on_hand_before"], &confirm["on_hand_after"]), (&json!(11), &json!(8)));
     assert_eq!((&confirm["reserved_before"], &confirm["reserved_after"]), (&json!(3), &json!(0)));
     assert!(entries.iter().all(|e| e["at"].as_str().is_some_and(|at| at.ends_with('Z'))));
+}
 
-    // Reconciliation: per item, the ledger's deltas are its levels.
+/// Reconciliation: per item, the ledger's deltas are its levels.
+async fn check_reconciliation(http: &Http, sku: &str, entries: &[Value]) {
     let mut sums: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for entry in &entries {
+    for entry in entries {
         let delta =
             |before: &str, after: &str| entry[after].as_i64().unwrap_or(0) - entry[before].as_i64().unwrap_or(0);
         let sum = sums.entry(entry["warehouse"].as_str().unwrap_or("").to_owned()).or_default();
@@ -145,16 +168,20 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
             "{warehouse}"
         );
     }
+}
 
-    // Small pages walk the same sequence; filters keep what they name.
+/// Small pages walk the same sequence; filters keep what they name.
+async fn check_pages_and_filters(http: &Http, sku: &str, entries: &[Value]) {
     assert_eq!(ledger(http, &format!("&sku={sku}"), 2).await, entries);
     let paris = ledger(http, &format!("&sku={sku}&warehouse=paris&kind=transfer_in"), 10).await;
     assert_eq!(paris, vec![entries[3].clone()]);
     let since = entries[4]["at"].as_str().unwrap_or_default().replace(':', "%3A");
     assert!(ledger(http, &format!("&sku={sku}&since={since}"), 10).await.len() >= 3);
     assert!(ledger(http, &format!("&sku={sku}&until=1999-01-01T00%3A00%3A00Z"), 10).await.is_empty());
+}
 
-    // Bad parameters: 400 with their own codes.
+/// Bad parameters: 400 with their own codes.
+async fn check_bad_parameters(http: &Http) {
     let auth = format!("Bearer {SHOP_KEY}");
     for (query, code) in [
         ("kind=teleport", "invalid_kind"),
@@ -170,8 +197,10 @@ async fn the_ledger_records_who_why_and_the_levels_of_every_movement_and_exports
     }
     let anonymous = http.get("/v1/ledger").await;
     assert_eq!(anonymous.0, StatusCode::UNAUTHORIZED, "reads need a key: {}", anonymous.2);
+}
 
-    // `tally ledger export`: every entry, as CSV and as JSON lines.
+/// `tally ledger export`: every entry, as CSV and as JSON lines.
+fn check_export(node: &TallyProcess, sku: &str, entries: &[Value]) {
     let csv_path = node.dir().join("ledger.csv");
     let jsonl_path = node.dir().join("ledger.jsonl");
     for (format, path) in [("csv", &csv_path), ("jsonl", &jsonl_path)] {

@@ -14,20 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use engine::testing::sku_on;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use server::app::AppState;
 use server::config::Config;
 
 const SHARDS: u32 = 2;
-
-/// A name whose SKU lives on `shard`.
-fn sku_on(shard: u32, salt: &str) -> String {
-    (0..10_000)
-        .map(|n| format!("{salt}-{n}"))
-        .find(|name| engine::shard_of(name, SHARDS) == shard)
-        .unwrap_or_else(|| panic!("no SKU on shard {shard}"))
-}
 
 /// One node served in this process, and a client of it.
 struct InProcess {
@@ -86,7 +79,7 @@ fn hold_body(sku: &str) -> Value {
 async fn a_failed_fsync_answers_503_and_readyz_and_metrics_name_the_shard_and_cause() {
     let node = InProcess::start().await;
     let http = &node.http;
-    let (failing, healthy) = (sku_on(0, "disk"), sku_on(1, "disk"));
+    let (failing, healthy) = (sku_on(0, SHARDS, "disk"), sku_on(1, SHARDS, "disk"));
     for sku in [&failing, &healthy] {
         let (status, _, body) =
             http.retry(hyper::Method::PUT, &item_path(sku, "w1"), &[], Some(&json!({ "on_hand": 10 }))).await;
@@ -141,7 +134,7 @@ async fn a_failed_fsync_answers_503_and_readyz_and_metrics_name_the_shard_and_ca
 async fn a_read_that_finds_a_corrupt_name_answers_503_and_stops_the_shard() {
     let node = InProcess::start().await;
     let http = &node.http;
-    let (broken, healthy) = (sku_on(0, "arena"), sku_on(1, "arena"));
+    let (broken, healthy) = (sku_on(0, SHARDS, "arena"), sku_on(1, SHARDS, "arena"));
     for sku in [&broken, &healthy] {
         let (status, _, body) =
             http.retry(hyper::Method::PUT, &item_path(sku, "w1"), &[], Some(&json!({ "on_hand": 10 }))).await;

@@ -5,3 +5,21 @@
 
 pub mod postgres;
 pub mod redis;
+
+/// Builders the peers' tests share: everything in warehouse "w1".
+#[cfg(test)]
+mod tests_support {
+    use crate::target::{HoldRequest, ItemSpec};
+
+    pub fn hold(id: &str, sku: &str, qty: u64) -> HoldRequest {
+        HoldRequest { sku: sku.to_owned(), warehouse: "w1".to_owned(), qty, id: id.to_owned(), ttl_ms: 600_000 }
+    }
+
+    pub fn item(sku: &str, on_hand: u64) -> ItemSpec {
+        ItemSpec { sku: sku.to_owned(), warehouse: "w1".to_owned(), on_hand }
+    }
+
+    pub fn key(sku: &str) -> (String, String) {
+        (sku.to_owned(), "w1".to_owned())
+    }
+}

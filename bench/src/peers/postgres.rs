@@ -714,18 +714,7 @@ fn item_state(on_hand: i64, reserved: i64) -> Result<ItemState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hold(id: &str, sku: &str, qty: u64) -> HoldRequest {
-        HoldRequest { sku: sku.to_owned(), warehouse: "w1".to_owned(), qty, id: id.to_owned(), ttl_ms: 600_000 }
-    }
-
-    fn item(sku: &str, on_hand: u64) -> ItemSpec {
-        ItemSpec { sku: sku.to_owned(), warehouse: "w1".to_owned(), on_hand }
-    }
-
-    fn key(sku: &str) -> (String, String) {
-        (sku.to_owned(), "w1".to_owned())
-    }
+    use crate::peers::tests_support::{hold, item, key};
 
     /// Child processes of `pid` (the server's checkpointer, WAL writer, backends…).
     fn children(pid: u32) -> Vec<u32> {

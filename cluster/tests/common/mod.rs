@@ -1,4 +1,5 @@
-//! A real in-process cluster over loopback sockets, and command builders.
+//! A real in-process cluster over loopback sockets (the command builders
+//! are `engine::testing`).
 // Node ids index a vector of 3; test code, not input.
 #![allow(clippy::cast_possible_truncation)]
 #![allow(dead_code)]
@@ -6,9 +7,7 @@
 use std::time::{Duration, Instant};
 
 use cluster::{ClusterConfig, Member, Node, NodeId, Secret};
-use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
-use engine::ids::{Quantity, ReservationId, Sku, Warehouse};
-use engine::{Outcome, shard_of};
+use engine::Outcome;
 use tokio::net::TcpListener;
 
 pub mod raw_peer;
@@ -16,52 +15,6 @@ pub mod raw_peer;
 /// The secret every test cluster shares, so every cluster test runs the
 /// authenticated handshake.
 pub const TEST_SECRET: &str = "tally-test-cluster-secret-0123456789";
-
-pub fn sku(text: &str) -> Sku {
-    Sku::new(text).unwrap_or_else(|error| panic!("bad test SKU {text}: {error}"))
-}
-
-pub fn wh(text: &str) -> Warehouse {
-    Warehouse::new(text).unwrap_or_else(|error| panic!("bad test warehouse {text}: {error}"))
-}
-
-pub fn upsert(sku_text: &str, warehouse: &str, on_hand: u64) -> Command {
-    Command::UpsertItem(UpsertItem {
-        sku: sku(sku_text),
-        warehouse: wh(warehouse),
-        on_hand: Some(on_hand),
-        low_stock_threshold: Some(0),
-        name: AttrUpdate::Keep,
-        unit_price_minor: AttrUpdate::Keep,
-        expect: Expect::Any,
-        principal: None,
-    })
-}
-
-/// A reservation id homed on the SKU's shard, unique per `n`.
-pub fn rid(n: u64, sku_text: &str, shards: u32) -> ReservationId {
-    let mut unique = [0u8; 14];
-    unique[..8].copy_from_slice(&n.to_be_bytes());
-    let home = u16::try_from(shard_of(sku_text, shards)).unwrap_or_else(|e| panic!("shard: {e}"));
-    ReservationId::from_parts(home, unique)
-}
-
-pub fn hold(id: ReservationId, sku_text: &str, warehouse: &str, quantity: u64, ttl_ms: u64) -> Command {
-    Command::Hold(Hold {
-        principal: None,
-        id,
-        lines: vec![HoldLine {
-            sku: sku(sku_text),
-            warehouse: Some(wh(warehouse)),
-            quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("quantity: {e}")),
-        }],
-        deadline: Deadline::AfterMs(ttl_ms),
-        idempotency_key: None,
-        confirm: false,
-        allocation: Allocation::MostAvailable,
-        customer: None,
-    })
-}
 
 pub fn expect_ok(outcome: &Outcome) {
     assert!(!outcome.is_refused(), "refused: {outcome:?}");
@@ -199,12 +152,4 @@ impl TestCluster {
             self.kill(id).await;
         }
     }
-}
-
-/// A SKU name that lands on `shard` of `shards`.
-pub fn sku_on_shard(shard: u32, shards: u32, salt: &str) -> String {
-    (0..100_000)
-        .map(|n| format!("sku-{salt}-{n}"))
-        .find(|name| shard_of(name, shards) == shard)
-        .unwrap_or_else(|| panic!("no SKU for shard {shard}"))
 }

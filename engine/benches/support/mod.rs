@@ -1,53 +1,19 @@
 //! Workload builders shared by the engine benchmarks.
 #![allow(dead_code)]
 
-use engine::cmd::{Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
-use engine::ids::{QUANTITY_MAX, Quantity, ReservationId, Sku, Warehouse};
+use engine::Command;
+use engine::ids::QUANTITY_MAX;
+use engine::testing::{rid, upsert};
 use engine::{Limits, LogEntry, LogId, ShardState};
 
-pub fn sku(n: u64) -> Sku {
-    Sku::new(format!("SKU-{n:06}")).unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub fn warehouse() -> Warehouse {
-    Warehouse::new("berlin").unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub fn reservation_id(n: u64) -> ReservationId {
-    let mut unique = [0u8; 14];
-    unique[..8].copy_from_slice(&n.to_le_bytes());
-    ReservationId::from_parts(0, unique)
-}
-
-pub fn upsert(n: u64, on_hand: u64) -> Command {
-    Command::UpsertItem(UpsertItem {
-        sku: sku(n),
-        warehouse: warehouse(),
-        on_hand: Some(on_hand),
-        low_stock_threshold: Some(10),
-        name: AttrUpdate::Keep,
-        unit_price_minor: AttrUpdate::Keep,
-        expect: Expect::Any,
-        principal: None,
-    })
+/// The benchmarks' SKU number `n`; every item is in warehouse "berlin".
+pub fn sku_name(n: u64) -> String {
+    format!("SKU-{n:06}")
 }
 
 /// A one-line, one-unit hold: the flash-sale request.
 pub fn hold(id: u64, sku_n: u64, ttl_ms: u64) -> Command {
-    Command::Hold(Hold {
-        principal: None,
-        id: reservation_id(id),
-        lines: vec![HoldLine {
-            sku: sku(sku_n),
-            warehouse: Some(warehouse()),
-            quantity: Quantity::new(1).unwrap_or_else(|e| panic!("{e}")),
-        }],
-        deadline: Deadline::AfterMs(ttl_ms),
-        idempotency_key: None,
-        confirm: false,
-        allocation: Allocation::MostAvailable,
-        customer: None,
-    })
+    engine::testing::hold(rid(id), &[(&sku_name(sku_n), "berlin", 1)], ttl_ms, None)
 }
 
 /// Default limits, except that every hold the benchmarks make is allowed.
@@ -69,7 +35,7 @@ pub fn stocked_shard_with(items: u64, limits: Limits) -> (ShardState, u64) {
     while next < items {
         let end = (next + chunk).min(items);
         index += 1;
-        let commands = (next..end).map(|n| upsert(n, QUANTITY_MAX / 2)).collect();
+        let commands = (next..end).map(|n| upsert(&sku_name(n), "berlin", QUANTITY_MAX / 2, 10)).collect();
         state.apply(&LogEntry::batch(LogId::new(1, index), 1, commands)).unwrap_or_else(|e| panic!("{e}"));
         next = end;
     }

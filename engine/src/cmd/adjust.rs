@@ -146,13 +146,13 @@ mod tests {
     use crate::cmd::Command;
     use crate::event::EventKind;
     use crate::item::Status;
-    use crate::state::tests_support::{Fixture, sku_of, wh};
+    use crate::testing::{Fixture, qty, sku, wh};
 
     fn adjust(delta: i64, reason: AdjustReason) -> Command {
         Command::Adjust(Adjust {
             note: None,
             reference: None,
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             warehouse: wh("berlin"),
             delta,
             reason,
@@ -181,11 +181,11 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let moved = f.one(Command::MoveQuantity(crate::cmd::MoveQuantity {
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             warehouse: wh("berlin"),
             from: QuantityState::Available,
             to: QuantityState::Damaged,
-            quantity: crate::ids::Quantity::new(3).unwrap_or_else(|e| panic!("{e}")),
+            quantity: qty(3),
             principal: None,
             note: None,
             reference: None,
@@ -198,11 +198,11 @@ mod tests {
         assert_eq!((item.on_hand, item.available, item.states.damaged), (5, 5, 0));
         // Other reasons leave damaged alone, and may not take it.
         f.one(Command::MoveQuantity(crate::cmd::MoveQuantity {
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             warehouse: wh("berlin"),
             from: QuantityState::Available,
             to: QuantityState::Damaged,
-            quantity: crate::ids::Quantity::new(5).unwrap_or_else(|e| panic!("{e}")),
+            quantity: qty(5),
             principal: None,
             note: None,
             reference: None,

@@ -131,9 +131,9 @@ mod tests {
     use crate::ids::IdempotencyKey;
     use crate::item::MovementReason;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::{Fixture, hold_command, rid};
+    use crate::testing::{Fixture, hold, rid, wh};
 
-    fn confirm(n: u8) -> Command {
+    fn confirm(n: u64) -> Command {
         Command::Confirm(Confirm { principal: None, id: rid(n) })
     }
 
@@ -169,7 +169,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("order:77").ok();
-        f.one(hold_command(1, &[("SKU-1", "berlin", 4)], key.clone()));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 4)], 60_000, key.clone()));
         let first = f.one(confirm(1));
         assert!(
             matches!(first, Outcome::Confirmed { replayed: false, ref idempotency_key, .. } if *idempotency_key == key),
@@ -210,15 +210,15 @@ mod tests {
         assert_eq!(f.one(confirm(9)), Outcome::Refused(Refusal::ReservationNotFound));
     }
 
-    fn partial(n: u8, lines: &[(&str, &str, u64)]) -> Command {
+    fn partial(n: u64, lines: &[(&str, &str, u64)]) -> Command {
         Command::ConfirmPart(ConfirmPart {
             principal: None,
             id: rid(n),
             lines: lines
                 .iter()
                 .map(|&(sku, warehouse, quantity)| ConfirmLine {
-                    sku: Sku::new(sku).unwrap_or_else(|e| panic!("{e}")),
-                    warehouse: Warehouse::new(warehouse).unwrap_or_else(|e| panic!("{e}")),
+                    sku: crate::testing::sku(sku),
+                    warehouse: wh(warehouse),
                     quantity,
                 })
                 .collect(),

@@ -119,11 +119,11 @@ mod tests {
     use super::*;
     use crate::cmd::{Command, Release, UpsertItem};
     use crate::event::{Cause, EventKind};
-    use crate::state::tests_support::{Fixture, rid, sku_of, upsert, wh};
+    use crate::testing::{Fixture, rid, sku, upsert_item, wh};
 
     fn delete(sku: &str, warehouse: &str) -> Command {
         Command::DeleteItem(DeleteItem {
-            sku: sku_of(sku),
+            sku: crate::testing::sku(sku),
             warehouse: wh(warehouse),
             expect_version: None,
             principal: None,
@@ -131,7 +131,7 @@ mod tests {
     }
 
     fn delete_sku(sku: &str) -> Command {
-        Command::DeleteSku(DeleteSku { sku: sku_of(sku), principal: None })
+        Command::DeleteSku(DeleteSku { sku: crate::testing::sku(sku), principal: None })
     }
 
     #[test]
@@ -165,7 +165,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 8, 0);
         f.one(delete("SKU-1", "berlin"));
         assert_eq!(f.one(delete("SKU-1", "berlin")), Outcome::Refused(Refusal::ItemNotFound));
-        let outcome = f.one(Command::UpsertItem(UpsertItem { on_hand: Some(3), ..upsert("SKU-1", "berlin") }));
+        let outcome = f.one(Command::UpsertItem(UpsertItem { on_hand: Some(3), ..upsert_item("SKU-1", "berlin") }));
         let Outcome::Upserted { item, created: true, .. } = outcome else { panic!("{outcome:?}") };
         assert_eq!((item.version, item.on_hand), (1, 3));
         let history = f.state.history("SKU-1", "berlin", 10).ok().flatten().unwrap_or_default();
@@ -197,14 +197,14 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let stale = Command::DeleteItem(DeleteItem {
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             warehouse: wh("berlin"),
             expect_version: Some(7),
             principal: None,
         });
         assert_eq!(f.one(stale), Outcome::Refused(Refusal::VersionMismatch { expected: 7, actual: Some(1) }));
         let current = Command::DeleteItem(DeleteItem {
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             warehouse: wh("berlin"),
             expect_version: Some(1),
             principal: None,
@@ -220,7 +220,7 @@ mod tests {
         f.stock("SKU-2", "paris", 5, 0);
         f.one(Command::SetProduct(crate::cmd::SetProduct {
             category: crate::cmd::AttrUpdate::Set("mugs".into()),
-            ..crate::cmd::SetProduct::keep_all(sku_of("SKU-1"))
+            ..crate::cmd::SetProduct::keep_all(sku("SKU-1"))
         }));
         assert_eq!(f.one(delete_sku("SKU-1")), Outcome::Deleted { items: 2, product: true });
         assert_eq!(f.state.product("SKU-1"), None);
@@ -251,7 +251,8 @@ mod tests {
         let (slots, arena) = (f.state.persisted.items.len(), f.state.persisted.sku_arena.len());
         for round in 0..5u64 {
             assert_eq!(f.one(delete("SKU-1", "berlin")), Outcome::Deleted { items: 1, product: false });
-            let outcome = f.one(Command::UpsertItem(UpsertItem { on_hand: Some(round), ..upsert("SKU-1", "berlin") }));
+            let outcome =
+                f.one(Command::UpsertItem(UpsertItem { on_hand: Some(round), ..upsert_item("SKU-1", "berlin") }));
             assert!(matches!(outcome, Outcome::Upserted { created: true, ref item, .. } if item.version == 1));
         }
         assert_eq!((f.state.persisted.items.len(), f.state.persisted.sku_arena.len()), (slots, arena));

@@ -80,9 +80,9 @@ mod tests {
     use super::*;
     use crate::cmd::{Command, Release};
     use crate::ids::IdempotencyKey;
-    use crate::state::tests_support::{Fixture, hold_command, rid};
+    use crate::testing::{Fixture, hold, rid};
 
-    fn extend(n: u8, deadline: Deadline) -> Command {
+    fn extend(n: u64, deadline: Deadline) -> Command {
         Command::Extend(Extend { principal: None, id: rid(n), deadline })
     }
 
@@ -116,7 +116,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("cart-1").ok();
-        f.one(hold_command(1, &[("SKU-1", "berlin", 4)], key.clone()));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 4)], 60_000, key.clone()));
         let extended = f.one(extend(1, Deadline::AfterMs(90_000)));
         assert!(
             matches!(extended, Outcome::Extended { ref idempotency_key, .. } if *idempotency_key == key),

@@ -796,7 +796,7 @@ mod tests {
     use crate::event::EventKind;
     use crate::item::Status;
     use crate::outcome::LineView;
-    use crate::state::tests_support::{Fixture, hold_any_command, hold_command, rid};
+    use crate::testing::{Fixture, hold, hold_any, rid, wh};
 
     fn line(sku: &str, warehouse: &str, quantity: u64) -> LineView {
         LineView { sku: sku.into(), warehouse: warehouse.into(), quantity, backordered: 0 }
@@ -868,8 +868,8 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 1, 0);
         let applied = f.run(vec![
-            hold_command(1, &[("SKU-1", "berlin", 1)], None),
-            hold_command(2, &[("SKU-1", "berlin", 1)], None),
+            hold(rid(1), &[("SKU-1", "berlin", 1)], 60_000, None),
+            hold(rid(2), &[("SKU-1", "berlin", 1)], 60_000, None),
         ]);
         assert!(matches!(applied.outcomes[0], Outcome::Held { .. }));
         assert_eq!(applied.outcomes[1].refusal().map(Refusal::code), Some("insufficient_stock"));
@@ -899,8 +899,8 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("order-77").ok();
-        f.one(hold_command(1, &[("SKU-1", "berlin", 3)], key.clone()));
-        let retry = f.one(hold_command(2, &[("SKU-1", "berlin", 3)], key));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 3)], 60_000, key.clone()));
+        let retry = f.one(hold(rid(2), &[("SKU-1", "berlin", 3)], 60_000, key));
         assert!(matches!(retry, Outcome::Held { ref reservation, replayed: true, .. } if reservation.id == rid(1)));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 3));
         assert!(f.state.find_reservation(&rid(2)).is_none());
@@ -930,7 +930,7 @@ mod tests {
     fn hold_refuses_deadlines_in_the_past_or_too_far() {
         let mut f = Fixture::with_limits(Limits { hold_ttl_max_ms: 10_000, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
-        let mut past = hold_command(1, &[("SKU-1", "berlin", 1)], None);
+        let mut past = hold(rid(1), &[("SKU-1", "berlin", 1)], 60_000, None);
         let mut far = past.clone();
         if let Command::Hold(hold) = &mut past {
             hold.deadline = Deadline::AtMs(1_000);
@@ -949,20 +949,11 @@ mod tests {
     fn hold_refuses_bad_input_without_touching_stock() {
         let mut f = Fixture::with_limits(Limits { lines_per_hold_max: 2, ..Limits::default() });
         f.stock("SKU-1", "berlin", 10, 0);
-        let none = Command::Hold(Hold {
-            principal: None,
-            id: rid(1),
-            lines: vec![],
-            deadline: Deadline::AfterMs(1),
-            idempotency_key: None,
-            confirm: false,
-            allocation: Allocation::MostAvailable,
-            customer: None,
-        });
+        let none = hold(rid(1), &[], 1, None);
         assert_eq!(f.one(none).refusal().map(Refusal::code), Some("no_lines"));
-        let many = hold_command(1, &[("SKU-1", "berlin", 1); 3], None);
+        let many = hold(rid(1), &[("SKU-1", "berlin", 1); 3], 60_000, None);
         assert_eq!(f.one(many).refusal().map(Refusal::code), Some("too_many_lines"));
-        let mut zero_ttl = hold_command(1, &[("SKU-1", "berlin", 1)], None);
+        let mut zero_ttl = hold(rid(1), &[("SKU-1", "berlin", 1)], 60_000, None);
         if let Command::Hold(hold) = &mut zero_ttl {
             hold.deadline = Deadline::AfterMs(0);
         }
@@ -985,7 +976,7 @@ mod tests {
     fn hold_with_confirm_sells_at_once() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let mut command = hold_command(1, &[("SKU-1", "berlin", 4)], None);
+        let mut command = hold(rid(1), &[("SKU-1", "berlin", 4)], 60_000, None);
         if let Command::Hold(hold) = &mut command {
             hold.confirm = true;
         }
@@ -1001,7 +992,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("order:77").ok();
-        let mut command = hold_command(1, &[("SKU-1", "berlin", 4)], key.clone());
+        let mut command = hold(rid(1), &[("SKU-1", "berlin", 4)], 60_000, key.clone());
         if let Command::Hold(hold) = &mut command {
             hold.confirm = true;
         }
@@ -1013,7 +1004,7 @@ mod tests {
     fn holding_the_last_units_crosses_to_out_of_stock() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 3, 1);
-        let applied = f.run(vec![hold_command(1, &[("SKU-1", "berlin", 3)], None)]);
+        let applied = f.run(vec![hold(rid(1), &[("SKU-1", "berlin", 3)], 60_000, None)]);
         let kinds: Vec<_> = applied.events.iter().map(|e| e.kind).collect();
         assert!(matches!(kinds[0], EventKind::StockChanged { cause: Cause::Hold(_), .. }));
         assert!(matches!(
@@ -1172,8 +1163,8 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("cart-9").ok();
-        f.one(hold_any_command(1, &[("SKU-1", None, 2)], key.clone()));
-        let retry = f.one(hold_any_command(2, &[("SKU-1", None, 3)], key));
+        f.one(hold_any(rid(1), &[("SKU-1", None, 2)], 60_000, key.clone()));
+        let retry = f.one(hold_any(rid(2), &[("SKU-1", None, 3)], 60_000, key));
         assert!(
             matches!(retry, Outcome::Held { ref reservation, replayed: true, ref lines, .. } if reservation.id == rid(1) && *lines == vec![line("SKU-1", "berlin", 2)])
         );
@@ -1206,7 +1197,7 @@ mod tests {
         let limits = Limits { terminal_retention_ms: 0, terminal_retained_max: 0, ..Limits::default() };
         let mut f = Fixture::with_limits(limits);
         f.stock("SKU-1", "berlin", 5, 0);
-        let mut command = hold_any_command(1, &[("SKU-1", None, 2)], None);
+        let mut command = hold_any(rid(1), &[("SKU-1", None, 2)], 60_000, None);
         if let Command::Hold(hold) = &mut command {
             hold.confirm = true;
         }
@@ -1221,19 +1212,16 @@ mod tests {
     // ----- allocation rules: priority and split -----
 
     fn ruled(
-        n: u8,
+        n: u64,
         lines: &[(&str, Option<&str>, u64)],
         order: AllocationOrder,
         list: &[&str],
         split: bool,
     ) -> Command {
-        let Command::Hold(mut hold) = hold_any_command(n, lines, None) else { panic!("not a hold") };
+        let Command::Hold(mut hold) = hold_any(rid(n), lines, 60_000, None) else { panic!("not a hold") };
         hold.allocation = Allocation::Rule(crate::cmd::AllocationRule {
             order,
-            warehouse_priority: list
-                .iter()
-                .map(|name| Warehouse::new(*name).unwrap_or_else(|e| panic!("{e}")))
-                .collect(),
+            warehouse_priority: list.iter().map(|name| wh(name)).collect(),
             split,
         });
         Command::Hold(hold)
@@ -1241,8 +1229,8 @@ mod tests {
 
     fn set_priority(f: &mut Fixture, sku: &str, list: &[&str]) {
         let command = Command::SetWarehousePriority(crate::cmd::SetWarehousePriority {
-            sku: Sku::new(sku).unwrap_or_else(|e| panic!("{e}")),
-            warehouses: Some(list.iter().map(|name| Warehouse::new(*name).unwrap_or_else(|e| panic!("{e}"))).collect()),
+            sku: crate::testing::sku(sku),
+            warehouses: Some(list.iter().map(|name| wh(name)).collect()),
         });
         assert!(matches!(f.one(command), Outcome::WarehousePrioritySet { .. }));
     }

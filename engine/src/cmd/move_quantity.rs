@@ -97,15 +97,15 @@ mod tests {
     use crate::cmd::Command;
     use crate::event::EventKind;
     use crate::item::Status;
-    use crate::state::tests_support::{Fixture, sku_of, wh};
+    use crate::testing::{Fixture, qty, sku, upsert_item, wh};
 
     fn moving(from: QuantityState, to: QuantityState, quantity: u64) -> Command {
         Command::MoveQuantity(MoveQuantity {
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             warehouse: wh("berlin"),
             from,
             to,
-            quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("{e}")),
+            quantity: qty(quantity),
             principal: None,
             note: None,
             reference: None,
@@ -157,7 +157,7 @@ mod tests {
         f.stock("SKU-1", "berlin", 2, 0);
         f.one(Command::SetStates(Box::new(crate::cmd::SetStates {
             incoming: Some(5),
-            ..crate::cmd::SetStates::keep(crate::state::tests_support::upsert("SKU-1", "berlin"))
+            ..crate::cmd::SetStates::keep(upsert_item("SKU-1", "berlin"))
         })));
         let item = item_of(&f.one(moving(Incoming, QualityControl, 4)));
         assert_eq!((item.on_hand, item.available, item.states.incoming, item.states.quality_control), (6, 2, 1, 4));

@@ -31,9 +31,9 @@ mod tests {
     use crate::event::{Cause, EventKind};
     use crate::ids::IdempotencyKey;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::{Fixture, hold_command, rid};
+    use crate::testing::{Fixture, hold, rid};
 
-    fn release(n: u8) -> Command {
+    fn release(n: u64) -> Command {
         Command::Release(Release { principal: None, id: rid(n) })
     }
 
@@ -70,7 +70,7 @@ mod tests {
         let mut f = Fixture::with_limits(limits);
         f.stock("SKU-1", "berlin", 10, 0);
         let key = IdempotencyKey::new("cart-1").ok();
-        f.one(hold_command(1, &[("SKU-1", "berlin", 4)], key.clone()));
+        f.one(hold(rid(1), &[("SKU-1", "berlin", 4)], 60_000, key.clone()));
         let released = f.one(release(1));
         assert!(
             matches!(released, Outcome::Released { ref idempotency_key, .. } if *idempotency_key == key),

@@ -56,17 +56,16 @@ pub(super) fn apply(state: &mut ShardState, command: &SetBundle) -> Outcome {
 mod tests {
     use super::*;
     use crate::cmd::Command;
-    use crate::ids::Quantity;
     use crate::outcome::BundleLine;
-    use crate::state::tests_support::{Fixture, hold_any_command, sku_of};
+    use crate::testing::{Fixture, hold_any, qty, rid, sku, upsert_item};
 
     fn component(sku: &str, quantity: u64) -> Component {
-        Component { sku: sku_of(sku), quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("{e}")) }
+        Component { sku: crate::testing::sku(sku), quantity: qty(quantity) }
     }
 
     fn define(sku: &str, components: &[(&str, u64)]) -> Command {
         Command::SetBundle(SetBundle {
-            sku: sku_of(sku),
+            sku: crate::testing::sku(sku),
             components: Some(components.iter().map(|(sku, quantity)| component(sku, *quantity)).collect()),
         })
     }
@@ -76,7 +75,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("A", "berlin", 10, 0);
         assert!(matches!(f.one(define("KIT", &[("A", 2), ("B", 1)])), Outcome::BundleSet { .. }));
-        let outcome = f.one(hold_any_command(1, &[("A", Some("berlin"), 1), ("KIT", None, 3)], None));
+        let outcome = f.one(hold_any(rid(1), &[("A", Some("berlin"), 1), ("KIT", None, 3)], 60_000, None));
         let expected = vec![BundleLine { line: 1, components: vec![component("A", 2), component("B", 1)] }];
         assert_eq!(outcome, Outcome::Refused(Refusal::BundleLines { lines: expected }));
         assert_eq!(f.levels("A", "berlin"), (10, 0), "a hold naming a bundle holds nothing");
@@ -89,7 +88,7 @@ mod tests {
         f.stock("A", "berlin", 10, 0);
         assert_eq!(f.one(define("A", &[("B", 1)])), Outcome::Refused(Refusal::SkuHasItems { items: 1 }));
         f.one(define("KIT", &[("A", 1)]));
-        let upsert = Command::UpsertItem(crate::state::tests_support::upsert("KIT", "berlin"));
+        let upsert = Command::UpsertItem(upsert_item("KIT", "berlin"));
         assert_eq!(f.one(upsert), Outcome::Refused(Refusal::SkuIsBundle));
         f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
     }
@@ -110,7 +109,7 @@ mod tests {
         );
         // Redefining the one there is fits; removing it makes room.
         assert!(matches!(f.one(define("KIT-1", &[("C", 3)])), Outcome::BundleSet { .. }));
-        let remove = Command::SetBundle(SetBundle { sku: sku_of("KIT-1"), components: None });
+        let remove = Command::SetBundle(SetBundle { sku: sku("KIT-1"), components: None });
         assert!(matches!(f.one(remove.clone()), Outcome::BundleSet { components: None, .. }));
         assert_eq!(f.one(remove), Outcome::Refused(Refusal::BundleNotFound));
         assert!(matches!(f.one(define("KIT-2", &[("A", 1)])), Outcome::BundleSet { .. }));

@@ -48,17 +48,17 @@ mod tests {
     use crate::cmd::{Command, Confirm, Release};
     use crate::ids::CustomerId;
     use crate::outcome::Bound;
-    use crate::state::tests_support::{Fixture, hold_command, rid};
+    use crate::testing::{Fixture, hold, rid, sku, wh};
 
     fn set(sku: &str, units: u64, window_ms: Option<u64>) -> Command {
         Command::SetCustomerLimit(SetCustomerLimit {
-            sku: Sku::new(sku).unwrap_or_else(|e| panic!("{e}")),
+            sku: crate::testing::sku(sku),
             limit: Some(CustomerLimit { units, window_ms }),
         })
     }
 
-    fn hold_for(n: u8, customer: Option<&str>, lines: &[(&str, &str, u64)]) -> Command {
-        let Command::Hold(mut hold) = hold_command(n, lines, None) else { panic!("not a hold") };
+    fn hold_for(n: u64, customer: Option<&str>, lines: &[(&str, &str, u64)]) -> Command {
+        let Command::Hold(mut hold) = hold(rid(n), lines, 60_000, None) else { panic!("not a hold") };
         hold.customer = customer.map(|c| CustomerId::new(c).unwrap_or_else(|e| panic!("{e}")));
         Command::Hold(hold)
     }
@@ -124,10 +124,7 @@ mod tests {
         f.one(hold_for(1, Some("alice"), &[("SKU-1", "berlin", 2)]));
         f.one(hold_for(2, Some("alice"), &[("SKU-1", "berlin", 1)]));
         f.one(Command::Confirm(Confirm { id: rid(2), principal: None }));
-        let remove = Command::SetCustomerLimit(SetCustomerLimit {
-            sku: Sku::new("SKU-1").unwrap_or_else(|e| panic!("{e}")),
-            limit: None,
-        });
+        let remove = Command::SetCustomerLimit(SetCustomerLimit { sku: sku("SKU-1"), limit: None });
         assert!(matches!(f.one(remove), Outcome::CustomerLimitSet { limit: None, customers: 1, .. }));
         assert!(matches!(f.one(hold_for(3, None, &[("SKU-1", "berlin", 50)])), Outcome::Held { .. }));
         f.one(Command::Release(Release { id: rid(1), principal: None }));
@@ -161,11 +158,7 @@ mod tests {
         let partial = Command::ConfirmPart(crate::cmd::ConfirmPart {
             id: rid(1),
             principal: None,
-            lines: vec![crate::cmd::ConfirmLine {
-                sku: Sku::new("SKU-1").unwrap_or_else(|e| panic!("{e}")),
-                warehouse: crate::ids::Warehouse::new("berlin").unwrap_or_else(|e| panic!("{e}")),
-                quantity: 1,
-            }],
+            lines: vec![crate::cmd::ConfirmLine { sku: sku("SKU-1"), warehouse: wh("berlin"), quantity: 1 }],
         });
         assert!(matches!(f.one(partial), Outcome::Confirmed { .. }));
         let usage = f.state.customer_usage("SKU-1", "alice");

@@ -30,7 +30,7 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::outcome::{Bound, Refusal};
-    use crate::state::tests_support::Fixture;
+    use crate::testing::{Fixture, upsert_item};
 
     #[test]
     fn set_limits_applies_new_bounds_from_that_entry_on() {
@@ -40,10 +40,8 @@ mod tests {
         assert_eq!(f.one(Command::SetLimits(SetLimits { limits })), Outcome::LimitsSet);
         assert_eq!(*f.state.limits(), limits);
         let mut g = Fixture { state: f.state, index: f.index, now_ms: f.now_ms };
-        let refused = g.one(Command::UpsertItem(crate::cmd::UpsertItem {
-            on_hand: Some(1),
-            ..crate::state::tests_support::upsert("SKU-2", "berlin")
-        }));
+        let refused =
+            g.one(Command::UpsertItem(crate::cmd::UpsertItem { on_hand: Some(1), ..upsert_item("SKU-2", "berlin") }));
         assert_eq!(refused, Outcome::Refused(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: 1 }));
     }
 

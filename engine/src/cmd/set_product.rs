@@ -116,12 +116,12 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::config::Limits;
-    use crate::state::tests_support::{Fixture, sku_of};
+    use crate::testing::{Fixture, sku};
 
     fn set_name(sku: &str, name: &str) -> Command {
         Command::SetProduct(SetProduct {
             name: AttrUpdate::Set(ItemName::new(name).unwrap_or_else(|e| panic!("{e}"))),
-            ..SetProduct::keep_all(sku_of(sku))
+            ..SetProduct::keep_all(crate::testing::sku(sku))
         })
     }
 
@@ -136,7 +136,7 @@ mod tests {
         let price = Command::SetProduct(SetProduct {
             price_minor: AttrUpdate::Set(1_999),
             currency: AttrUpdate::Set("EUR".into()),
-            ..SetProduct::keep_all(sku_of("SKU-1"))
+            ..SetProduct::keep_all(sku("SKU-1"))
         });
         let Outcome::ProductSet { product, created: false, changed: true } = f.one(price) else { panic!("not set") };
         assert_eq!(product.name.as_deref(), Some("Mug"), "absent keeps");
@@ -159,8 +159,7 @@ mod tests {
     fn null_clears_a_field() {
         let mut f = Fixture::new();
         f.one(set_name("SKU-1", "Mug"));
-        let clear =
-            Command::SetProduct(SetProduct { name: AttrUpdate::Clear, ..SetProduct::keep_all(sku_of("SKU-1")) });
+        let clear = Command::SetProduct(SetProduct { name: AttrUpdate::Clear, ..SetProduct::keep_all(sku("SKU-1")) });
         let Outcome::ProductSet { product, .. } = f.one(clear) else { panic!("not set") };
         assert_eq!(product.name, None);
     }
@@ -182,12 +181,12 @@ mod tests {
         let mut f = Fixture::new();
         let bad = Command::SetProduct(SetProduct {
             image_url: AttrUpdate::Set("javascript:alert(1)".into()),
-            ..SetProduct::keep_all(sku_of("SKU-1"))
+            ..SetProduct::keep_all(sku("SKU-1"))
         });
         assert_eq!(f.one(bad).refusal().map(Refusal::code), Some("field_bad_character"));
         let price = Command::SetProduct(SetProduct {
             price_minor: AttrUpdate::Set(PRICE_MINOR_MAX + 1),
-            ..SetProduct::keep_all(sku_of("SKU-1"))
+            ..SetProduct::keep_all(sku("SKU-1"))
         });
         assert_eq!(f.one(price).refusal().map(Refusal::code), Some("quantity_too_large"));
         assert_eq!(f.state.product("SKU-1"), None, "nothing written");

@@ -79,18 +79,18 @@ pub(super) fn apply(state: &mut ShardState, command: &SetStates, emitter: &mut E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{Adjust, AdjustReason, Command};
+    use crate::cmd::{AdjustReason, Command};
     use crate::ids::QUANTITY_MAX;
     use crate::item::Status;
     use crate::outcome::Refusal;
-    use crate::state::tests_support::{Fixture, sku_of, upsert, wh};
+    use crate::testing::{Fixture, adjust, sku, upsert_item};
 
     fn set(safety_stock: Option<u64>, incoming: Option<u64>, on_hand: Option<u64>) -> Command {
         Command::SetStates(Box::new(SetStates {
             safety_stock,
             incoming,
             incoming_expected_at_ms: AttrUpdate::Set(1_800_000_000_000),
-            ..SetStates::keep(UpsertItem { on_hand, ..upsert("SKU-1", "berlin") })
+            ..SetStates::keep(UpsertItem { on_hand, ..upsert_item("SKU-1", "berlin") })
         }))
     }
 
@@ -120,17 +120,9 @@ mod tests {
         );
         assert!(!f.one(set(Some(2), None, None)).is_refused());
         // Nor can an adjustment or a set of on_hand take the kept-back units.
-        let adjust = Command::Adjust(Adjust {
-            sku: sku_of("SKU-1"),
-            warehouse: wh("berlin"),
-            delta: -1,
-            reason: AdjustReason::Loss,
-            principal: None,
-            note: None,
-            reference: None,
-        });
+        let adjust = adjust("SKU-1", "berlin", -1, AdjustReason::Loss);
         assert_eq!(f.one(adjust).refusal().map(Refusal::code), Some("below_unsellable"));
-        let lower = Command::UpsertItem(UpsertItem { on_hand: Some(9), ..upsert("SKU-1", "berlin") });
+        let lower = Command::UpsertItem(UpsertItem { on_hand: Some(9), ..upsert_item("SKU-1", "berlin") });
         assert_eq!(f.one(lower).refusal().map(Refusal::code), Some("below_unsellable"));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 8));
     }
@@ -145,7 +137,7 @@ mod tests {
             safety_stock: Some(0),
             incoming: Some(0),
             incoming_expected_at_ms: AttrUpdate::Clear,
-            ..SetStates::keep(upsert("SKU-1", "berlin"))
+            ..SetStates::keep(upsert_item("SKU-1", "berlin"))
         })));
         assert!(matches!(cleared, Outcome::Upserted { changed: true, ref item, .. } if item.states.is_empty()));
     }
@@ -163,7 +155,7 @@ mod tests {
         f.state.check_invariants().unwrap_or_else(|e| panic!("{e}"));
         // Deleted, then a refused set: it stays deleted.
         f.stock("SKU-1", "berlin", 10, 0);
-        let delete = Command::DeleteSku(crate::cmd::DeleteSku { sku: sku_of("SKU-1"), principal: None });
+        let delete = Command::DeleteSku(crate::cmd::DeleteSku { sku: sku("SKU-1"), principal: None });
         assert!(matches!(f.one(delete), Outcome::Deleted { items: 1, .. }));
         assert!(f.one(set(Some(11), None, Some(10))).is_refused());
         assert_eq!(f.state.stats().items, 0);

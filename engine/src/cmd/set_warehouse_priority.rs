@@ -64,13 +64,12 @@ pub(super) fn apply(state: &mut ShardState, command: &SetWarehousePriority) -> O
 mod tests {
     use super::*;
     use crate::cmd::Command;
-    use crate::state::tests_support::Fixture;
+    use crate::testing::{Fixture, wh};
 
     fn set(sku: &str, warehouses: Option<&[&str]>) -> Command {
         Command::SetWarehousePriority(SetWarehousePriority {
-            sku: Sku::new(sku).unwrap_or_else(|e| panic!("{e}")),
-            warehouses: warehouses
-                .map(|list| list.iter().map(|name| Warehouse::new(*name).unwrap_or_else(|e| panic!("{e}"))).collect()),
+            sku: crate::testing::sku(sku),
+            warehouses: warehouses.map(|list| list.iter().map(|name| wh(name)).collect()),
         })
     }
 

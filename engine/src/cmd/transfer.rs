@@ -100,16 +100,16 @@ mod tests {
     use super::*;
     use crate::cmd::Command;
     use crate::ids::ItemName;
-    use crate::state::tests_support::{Fixture, sku_of, wh};
+    use crate::testing::{Fixture, qty, sku, wh};
 
     fn transfer(from: &str, to: &str, quantity: u64) -> Command {
         Command::Transfer(Transfer {
             note: None,
             reference: None,
-            sku: sku_of("SKU-1"),
+            sku: sku("SKU-1"),
             from: wh(from),
             to: wh(to),
-            quantity: Quantity::new(quantity).unwrap_or_else(|e| panic!("{e}")),
+            quantity: qty(quantity),
             principal: None,
         })
     }

@@ -172,7 +172,7 @@ mod tests {
     use crate::ids::QUANTITY_MAX;
     use crate::item::Status;
     use crate::outcome::Bound;
-    use crate::state::tests_support::{Fixture, upsert};
+    use crate::testing::{Fixture, upsert_item};
 
     fn run(fixture: &mut Fixture, command: UpsertItem) -> Outcome {
         fixture.one(Command::UpsertItem(command))
@@ -186,7 +186,7 @@ mod tests {
             low_stock_threshold: Some(3),
             name: AttrUpdate::Set(ItemName::new("Blue trainers").unwrap_or_else(|e| panic!("{e}"))),
             unit_price_minor: AttrUpdate::Set(4_999),
-            ..upsert("SKU-1", "berlin")
+            ..upsert_item("SKU-1", "berlin")
         };
         let Outcome::Upserted { item, created: true, changed: true } = run(&mut f, command) else {
             panic!("not created");
@@ -202,11 +202,11 @@ mod tests {
     fn upsert_changes_the_version_on_every_change_and_only_then() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let same = run(&mut f, UpsertItem { on_hand: Some(10), ..upsert("SKU-1", "berlin") });
+        let same = run(&mut f, UpsertItem { on_hand: Some(10), ..upsert_item("SKU-1", "berlin") });
         assert!(matches!(same, Outcome::Upserted { changed: false, ref item, .. } if item.version == 1));
-        let changed = run(&mut f, UpsertItem { on_hand: Some(11), ..upsert("SKU-1", "berlin") });
+        let changed = run(&mut f, UpsertItem { on_hand: Some(11), ..upsert_item("SKU-1", "berlin") });
         assert!(matches!(changed, Outcome::Upserted { changed: true, ref item, .. } if item.version == 2));
-        let threshold = run(&mut f, UpsertItem { low_stock_threshold: Some(4), ..upsert("SKU-1", "berlin") });
+        let threshold = run(&mut f, UpsertItem { low_stock_threshold: Some(4), ..upsert_item("SKU-1", "berlin") });
         assert!(matches!(threshold, Outcome::Upserted { ref item, .. } if item.version == 3));
     }
 
@@ -215,18 +215,18 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         let outcome =
-            run(&mut f, UpsertItem { on_hand: Some(5), expect: Expect::Version(7), ..upsert("SKU-1", "berlin") });
+            run(&mut f, UpsertItem { on_hand: Some(5), expect: Expect::Version(7), ..upsert_item("SKU-1", "berlin") });
         assert_eq!(outcome, Outcome::Refused(Refusal::VersionMismatch { expected: 7, actual: Some(1) }));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 0));
         let matching =
-            run(&mut f, UpsertItem { on_hand: Some(5), expect: Expect::Version(1), ..upsert("SKU-1", "berlin") });
+            run(&mut f, UpsertItem { on_hand: Some(5), expect: Expect::Version(1), ..upsert_item("SKU-1", "berlin") });
         assert!(matches!(matching, Outcome::Upserted { changed: true, .. }));
     }
 
     #[test]
     fn upsert_expecting_a_version_of_a_missing_item_is_refused() {
         let mut f = Fixture::new();
-        let outcome = run(&mut f, UpsertItem { expect: Expect::Version(1), ..upsert("SKU-9", "berlin") });
+        let outcome = run(&mut f, UpsertItem { expect: Expect::Version(1), ..upsert_item("SKU-9", "berlin") });
         assert_eq!(outcome, Outcome::Refused(Refusal::VersionMismatch { expected: 1, actual: None }));
         assert_eq!(f.state.stats().items, 0);
     }
@@ -235,7 +235,8 @@ mod tests {
     fn create_only_upsert_of_an_existing_item_is_refused() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let outcome = run(&mut f, UpsertItem { on_hand: Some(1), expect: Expect::Absent, ..upsert("SKU-1", "berlin") });
+        let outcome =
+            run(&mut f, UpsertItem { on_hand: Some(1), expect: Expect::Absent, ..upsert_item("SKU-1", "berlin") });
         assert_eq!(outcome, Outcome::Refused(Refusal::ItemExists { version: 1 }));
     }
 
@@ -244,7 +245,7 @@ mod tests {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
         f.hold(1, &[("SKU-1", "berlin", 6)]);
-        let outcome = run(&mut f, UpsertItem { on_hand: Some(5), ..upsert("SKU-1", "berlin") });
+        let outcome = run(&mut f, UpsertItem { on_hand: Some(5), ..upsert_item("SKU-1", "berlin") });
         assert_eq!(outcome, Outcome::Refused(Refusal::BelowReserved { on_hand: 10, reserved: 6 }));
         assert_eq!(f.levels("SKU-1", "berlin"), (10, 6));
     }
@@ -252,7 +253,7 @@ mod tests {
     #[test]
     fn upsert_refuses_levels_over_the_maximum() {
         let mut f = Fixture::new();
-        let outcome = run(&mut f, UpsertItem { on_hand: Some(QUANTITY_MAX + 1), ..upsert("SKU-1", "berlin") });
+        let outcome = run(&mut f, UpsertItem { on_hand: Some(QUANTITY_MAX + 1), ..upsert_item("SKU-1", "berlin") });
         assert_eq!(
             outcome.refusal().map(Refusal::code),
             Some("quantity_too_large"),
@@ -265,8 +266,8 @@ mod tests {
     fn upsert_can_clear_attributes() {
         let mut f = Fixture::new();
         let name = ItemName::new("Mug").unwrap_or_else(|e| panic!("{e}"));
-        run(&mut f, UpsertItem { name: AttrUpdate::Set(name), ..upsert("SKU-1", "berlin") });
-        let outcome = run(&mut f, UpsertItem { name: AttrUpdate::Clear, ..upsert("SKU-1", "berlin") });
+        run(&mut f, UpsertItem { name: AttrUpdate::Set(name), ..upsert_item("SKU-1", "berlin") });
+        let outcome = run(&mut f, UpsertItem { name: AttrUpdate::Clear, ..upsert_item("SKU-1", "berlin") });
         assert!(matches!(outcome, Outcome::Upserted { ref item, changed: true, .. } if item.name.is_none()));
     }
 
@@ -274,8 +275,10 @@ mod tests {
     fn upsert_emits_a_crossing_when_the_threshold_moves_status() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);
-        let applied =
-            f.run(vec![Command::UpsertItem(UpsertItem { low_stock_threshold: Some(10), ..upsert("SKU-1", "berlin") })]);
+        let applied = f.run(vec![Command::UpsertItem(UpsertItem {
+            low_stock_threshold: Some(10),
+            ..upsert_item("SKU-1", "berlin")
+        })]);
         let crossings: Vec<_> = applied
             .events
             .iter()
@@ -302,7 +305,7 @@ mod tests {
     fn a_full_shard_refuses_new_items() {
         let mut f = Fixture::with_limits(Limits { items_per_shard_max: 1, ..Limits::default() });
         f.stock("SKU-1", "berlin", 1, 0);
-        let outcome = run(&mut f, UpsertItem { on_hand: Some(1), ..upsert("SKU-2", "berlin") });
+        let outcome = run(&mut f, UpsertItem { on_hand: Some(1), ..upsert_item("SKU-2", "berlin") });
         assert_eq!(outcome, Outcome::Refused(Refusal::ShardFull { bound: Bound::ItemsPerShard, max: 1 }));
         // Updating the existing item still works.
         f.stock("SKU-1", "berlin", 2, 0);
