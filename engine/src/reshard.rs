@@ -129,6 +129,7 @@ pub struct Resharded {
 
 /// One new shard while it is built.
 struct Builder {
+    shard: u32,
     items: Vec<Item>,
     sku_arena: Vec<u8>,
     warehouses: Vec<String>,
@@ -138,11 +139,16 @@ struct Builder {
     tombstones: BTreeSet<u32>,
     /// (ended_at_ms, old shard, old slot, reservation), sorted before use.
     terminal: Vec<(u64, u32, u32, Reservation)>,
+    customers: crate::customer::CustomerLimits,
+    bundles: crate::bundle::Bundles,
+    products: BTreeMap<String, crate::product::Product>,
+    warehouse_priority: BTreeMap<String, Vec<String>>,
 }
 
 impl Builder {
-    fn new() -> Self {
+    fn new(shard: u32) -> Self {
         Self {
+            shard,
             items: Vec::new(),
             sku_arena: Vec::new(),
             warehouses: Vec::new(),
@@ -151,6 +157,68 @@ impl Builder {
             principal_ids: HashMap::new(),
             tombstones: BTreeSet::new(),
             terminal: Vec::new(),
+            customers: crate::customer::CustomerLimits::default(),
+            bundles: crate::bundle::Bundles::default(),
+            products: BTreeMap::new(),
+            warehouse_priority: BTreeMap::new(),
+        }
+    }
+
+    /// The warehouse's id in this shard's table, added if new.
+    fn warehouse_id(&mut self, name: &str, limits: &Limits) -> Result<u16, ReshardError> {
+        if let Some(&id) = self.warehouse_ids.get(name) {
+            return Ok(id);
+        }
+        let max = limits.warehouses_per_shard_max;
+        if self.warehouses.len() >= usize::from(max) {
+            let count = self.warehouses.len() + 1;
+            return Err(over(self.shard, "warehouses", "warehouses_per_shard_max", count, u64::from(max)));
+        }
+        let id = u16::try_from(self.warehouses.len()).unwrap_or(u16::MAX);
+        self.warehouses.push(name.to_owned());
+        self.warehouse_ids.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The principal's id in this shard's table, added if new; the table
+    /// stops short of `PRINCIPAL_OTHER`, as `ShardState::who`'s does.
+    fn principal_id(&mut self, name: &str, limits: &Limits) -> Result<u16, ReshardError> {
+        if let Some(&id) = self.principal_ids.get(name) {
+            return Ok(id);
+        }
+        let max = usize::from(limits.principals_per_shard_max).min(usize::from(PRINCIPAL_OTHER));
+        if self.principals.len() >= max {
+            let count = self.principals.len() + 1;
+            return Err(over(
+                self.shard,
+                "principals named in histories",
+                "principals_per_shard_max",
+                count,
+                max as u64,
+            ));
+        }
+        let id = u16::try_from(self.principals.len()).unwrap_or(PRINCIPAL_OTHER);
+        self.principals.push(name.to_owned());
+        self.principal_ids.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The per-shard bounds that merging may pass (items, warehouses and
+    /// principals are checked as they are added).
+    fn check_bounds(&self, limits: &Limits) -> Result<(), ReshardError> {
+        let bounds = [
+            (
+                "customer usages",
+                "customer_usage_per_shard_max",
+                self.customers.usage.len(),
+                limits.customer_usage_per_shard_max,
+            ),
+            ("bundles", "bundles_per_shard_max", self.bundles.by_sku.len(), limits.bundles_per_shard_max),
+            ("products", "products_per_shard_max", self.products.len(), limits.products_per_shard_max),
+        ];
+        match bounds.into_iter().find(|&(_, _, count, max)| count > max as usize) {
+            Some((what, limit, count, max)) => Err(over(self.shard, what, limit, count, u64::from(max))),
+            None => Ok(()),
         }
     }
 }
@@ -159,9 +227,57 @@ fn over(shard: u32, what: &'static str, limit: &'static str, count: usize, max: 
     ReshardError::OverBound { shard, what, limit, count: count as u64, max }
 }
 
+/// What every new shard starts from, whatever it holds.
+struct Common {
+    limits: Limits,
+    now_ms: u64,
+    holds_made: u64,
+    last_applied: Option<LogId>,
+    membership: Option<StoredMembership>,
+}
+
 /// Rebuilds `old` (shards 0 to S-1 of S, each at its backup index) as
 /// `shards` new shards. See the module docs for what moves where.
 pub fn reshard(old: &[ShardState], shards: u32, lookup: &dyn ReservationLookup) -> Result<Resharded, ReshardError> {
+    let limits = check_request(old, shards)?;
+    check_no_live_holds(old)?;
+    let last_applied = old
+        .iter()
+        .filter_map(ShardState::last_applied)
+        .reduce(|a, b| LogId { term: a.term.max(b.term), index: a.index.max(b.index) });
+    let membership_config = old.iter().find_map(|state| state.persisted.membership.as_ref()).map(|m| m.config.clone());
+    let common = Common {
+        limits,
+        now_ms: old.iter().map(ShardState::now_ms).max().unwrap_or(0),
+        holds_made: old.iter().map(|state| state.persisted.holds_made).max().unwrap_or(0),
+        last_applied,
+        membership: match (last_applied, membership_config) {
+            (Some(log_id), Some(config)) => Some(StoredMembership { log_id, config }),
+            _ => None,
+        },
+    };
+    let mut report = ReshardReport {
+        old_shards: u32::try_from(old.len()).unwrap_or(u32::MAX),
+        new_shards: shards,
+        log_time_ms: common.now_ms,
+        ..ReshardReport::default()
+    };
+    let mut builders: Vec<Builder> = (0..shards).map(Builder::new).collect();
+    let moved = old
+        .iter()
+        .map(|state| move_items(state, shards, &limits, &mut builders, &mut report))
+        .collect::<Result<Vec<_>, _>>()?;
+    place_terminal(old, &moved, lookup, &mut builders, &mut report);
+    for state in old {
+        move_sku_records(state, &mut builders, &mut report);
+        report.request_ids_forgotten += state.persisted.dedup.len() as u64;
+    }
+    let states = builders.into_iter().map(|b| build(b, shards, &common)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Resharded { states, report })
+}
+
+/// The old states' common limits, once N and the states are known good.
+fn check_request(old: &[ShardState], shards: u32) -> Result<Limits, ReshardError> {
     if shards == 0 || shards > SHARDS_MAX {
         return Err(ReshardError::ShardCount(shards));
     }
@@ -182,112 +298,71 @@ pub fn reshard(old: &[ShardState], shards: u32, lookup: &dyn ReservationLookup) 
     if let Some(state) = old.iter().find(|state| *state.limits() != limits) {
         return Err(ReshardError::LimitsDiffer { shard: state.shard() });
     }
-    check_no_live_holds(old)?;
+    Ok(limits)
+}
 
-    let mut report = ReshardReport { old_shards: old_count, new_shards: shards, ..ReshardReport::default() };
-    let now_ms = old.iter().map(ShardState::now_ms).max().unwrap_or(0);
-    report.log_time_ms = now_ms;
-    let holds_made = old.iter().map(|state| state.persisted.holds_made).max().unwrap_or(0);
-    let last_applied = old
-        .iter()
-        .filter_map(ShardState::last_applied)
-        .reduce(|a, b| LogId { term: a.term.max(b.term), index: a.index.max(b.index) });
-    let membership_config = old.iter().find_map(|state| state.persisted.membership.as_ref()).map(|m| m.config.clone());
-    let membership = match (last_applied, membership_config) {
-        (Some(log_id), Some(config)) => Some(StoredMembership { log_id, config }),
-        _ => None,
-    };
-
-    let mut builders: Vec<Builder> = (0..shards).map(|_| Builder::new()).collect();
-    let principals_max = usize::from(limits.principals_per_shard_max).min(usize::from(PRINCIPAL_OTHER));
-    // Per old shard: old item id → (new shard, new item id).
-    let mut moved: Vec<Vec<(u32, u32)>> = Vec::with_capacity(old.len());
-    for state in old {
-        let p = &state.persisted;
-        let mut map = Vec::with_capacity(p.items.len());
-        for (id, item) in p.items.iter().enumerate() {
-            let old_id = ItemId(u32::try_from(id).unwrap_or(u32::MAX));
-            let sku = state.item_sku(old_id).map_err(|e| invalid(state.shard(), e.0))?;
-            let warehouse = state.item_warehouse(old_id).map_err(|e| invalid(state.shard(), e.0))?;
-            let target = shard_of(sku, shards);
-            let b = &mut builders[target as usize];
-            if b.items.len() >= limits.items_per_shard_max as usize {
-                return Err(over(
-                    target,
-                    "items",
-                    "items_per_shard_max",
-                    b.items.len() + 1,
-                    u64::from(limits.items_per_shard_max),
-                ));
-            }
-            let warehouse_id = match b.warehouse_ids.get(warehouse) {
-                Some(&id) => id,
-                None => {
-                    if b.warehouses.len() >= usize::from(limits.warehouses_per_shard_max) {
-                        return Err(over(
-                            target,
-                            "warehouses",
-                            "warehouses_per_shard_max",
-                            b.warehouses.len() + 1,
-                            u64::from(limits.warehouses_per_shard_max),
-                        ));
-                    }
-                    let id = u16::try_from(b.warehouses.len()).unwrap_or(u16::MAX);
-                    b.warehouses.push(warehouse.to_owned());
-                    b.warehouse_ids.insert(warehouse.to_owned(), id);
-                    id
-                }
-            };
-            let mut copy = item.clone();
-            copy.warehouse = warehouse_id;
-            copy.sku_offset = u32::try_from(b.sku_arena.len()).unwrap_or(u32::MAX);
-            b.sku_arena.extend_from_slice(sku.as_bytes());
-            for movement in &mut copy.history {
-                let Who::Principal(principal) = movement.who else { continue };
-                if principal == PRINCIPAL_OTHER {
-                    continue;
-                }
-                let name = state.principal_name(principal).map_err(|e| invalid(state.shard(), e.0))?;
-                movement.who = Who::Principal(match b.principal_ids.get(name) {
-                    Some(&id) => id,
-                    None => {
-                        if b.principals.len() >= principals_max {
-                            return Err(over(
-                                target,
-                                "principals named in histories",
-                                "principals_per_shard_max",
-                                b.principals.len() + 1,
-                                principals_max as u64,
-                            ));
-                        }
-                        let id = u16::try_from(b.principals.len()).unwrap_or(PRINCIPAL_OTHER);
-                        b.principals.push(name.to_owned());
-                        b.principal_ids.insert(name.to_owned(), id);
-                        id
-                    }
-                });
-            }
-            let new_id = u32::try_from(b.items.len()).unwrap_or(u32::MAX);
-            if p.catalog.tombstones.contains(&old_id.0) {
-                b.tombstones.insert(new_id);
-                report.tombstones += 1;
-            }
-            b.items.push(copy);
-            map.push((target, new_id));
-            report.items += 1;
+/// Moves one old shard's items (tombstones too) to their SKUs' new
+/// shards; returns, per old item id, its new shard and id.
+fn move_items(
+    state: &ShardState,
+    shards: u32,
+    limits: &Limits,
+    builders: &mut [Builder],
+    report: &mut ReshardReport,
+) -> Result<Vec<(u32, u32)>, ReshardError> {
+    let p = &state.persisted;
+    let mut map = Vec::with_capacity(p.items.len());
+    for (id, item) in p.items.iter().enumerate() {
+        let old_id = ItemId(u32::try_from(id).unwrap_or(u32::MAX));
+        let sku = state.item_sku(old_id).map_err(|e| invalid(state.shard(), e.0))?;
+        let warehouse = state.item_warehouse(old_id).map_err(|e| invalid(state.shard(), e.0))?;
+        let target = shard_of(sku, shards);
+        let b = &mut builders[target as usize];
+        if b.items.len() >= limits.items_per_shard_max as usize {
+            let (count, max) = (b.items.len() + 1, u64::from(limits.items_per_shard_max));
+            return Err(over(target, "items", "items_per_shard_max", count, max));
         }
-        moved.push(map);
+        let mut copy = item.clone();
+        copy.warehouse = b.warehouse_id(warehouse, limits)?;
+        copy.sku_offset = u32::try_from(b.sku_arena.len()).unwrap_or(u32::MAX);
+        b.sku_arena.extend_from_slice(sku.as_bytes());
+        for movement in &mut copy.history {
+            // A principal is re-interned by name; "other" stays "other".
+            if let Who::Principal(principal) = movement.who
+                && principal != PRINCIPAL_OTHER
+            {
+                let name = state.principal_name(principal).map_err(|e| invalid(state.shard(), e.0))?;
+                movement.who = Who::Principal(b.principal_id(name, limits)?);
+            }
+        }
+        let new_id = u32::try_from(b.items.len()).unwrap_or(u32::MAX);
+        if p.catalog.tombstones.contains(&old_id.0) {
+            b.tombstones.insert(new_id);
+            report.tombstones += 1;
+        }
+        b.items.push(copy);
+        map.push((target, new_id));
+        report.items += 1;
     }
+    Ok(map)
+}
 
-    // Terminal reservations (every reservation left is terminal). A
-    // reservation's parts (one per old shard it had lines on) go all or
-    // none: a read by id must not find part of one.
-    let mut placed: Vec<(u32, u32, Option<u32>)> = Vec::new();
+/// Carries terminal reservations (every reservation left is terminal).
+/// A reservation's parts (one per old shard it had lines on) go all or
+/// none: a read by id must not find part of one.
+fn place_terminal(
+    old: &[ShardState],
+    moved: &[Vec<(u32, u32)>],
+    lookup: &dyn ReservationLookup,
+    builders: &mut [Builder],
+    report: &mut ReshardReport,
+) {
+    let shards = u32::try_from(builders.len()).unwrap_or(u32::MAX);
+    let mut placed: Vec<(&Reservation, u32, u32, Option<u32>)> = Vec::new();
     let mut whole: HashMap<ReservationId, bool> = HashMap::new();
     let mut taken: hashbrown::HashSet<(ReservationId, u32)> = hashbrown::HashSet::new();
-    for (state, map) in old.iter().zip(&moved) {
+    for (state, map) in old.iter().zip(moved) {
         let p = &state.persisted;
-        report.request_ids_forgotten += p.dedup.len() as u64;
         for &slot in &p.terminal {
             let Some(reservation) = p.reservations.get(slot as usize).and_then(Option::as_ref) else { continue };
             debug_assert!(reservation.state.is_terminal());
@@ -302,16 +377,11 @@ pub fn reshard(old: &[ShardState], shards: u32, lookup: &dyn ReservationLookup) 
             .filter(|&target| {
                 lookup.looks_on(&reservation.id, target, shards) && taken.insert((reservation.id, target))
             });
-            let ok = whole.entry(reservation.id).or_insert(true);
-            *ok &= target.is_some();
-            placed.push((state.shard(), slot, target));
+            *whole.entry(reservation.id).or_insert(true) &= target.is_some();
+            placed.push((reservation, state.shard(), slot, target));
         }
     }
-    for (old_shard, slot, target) in placed {
-        let state = &old[old_shard as usize];
-        let Some(reservation) = state.persisted.reservations.get(slot as usize).and_then(Option::as_ref) else {
-            continue;
-        };
+    for (reservation, old_shard, slot, target) in placed {
         let Some(target) = target.filter(|_| whole.get(&reservation.id).copied().unwrap_or(false)) else {
             report.terminal_forgotten += 1;
             continue;
@@ -324,102 +394,71 @@ pub fn reshard(old: &[ShardState], shards: u32, lookup: &dyn ReservationLookup) 
         builders[target as usize].terminal.push((copy.ended_at_ms, old_shard, slot, copy));
         report.terminal_carried += 1;
     }
+}
 
-    // Per-SKU maps.
-    let mut customers: Vec<crate::customer::CustomerLimits> =
-        (0..shards).map(|_| crate::customer::CustomerLimits::default()).collect();
-    let mut bundles: Vec<crate::bundle::Bundles> = (0..shards).map(|_| crate::bundle::Bundles::default()).collect();
-    let mut products: Vec<BTreeMap<String, crate::product::Product>> = (0..shards).map(|_| BTreeMap::new()).collect();
-    let mut priorities: Vec<BTreeMap<String, Vec<String>>> = (0..shards).map(|_| BTreeMap::new()).collect();
-    for state in old {
-        let p = &state.persisted;
-        for (sku, limit) in &p.customers.limits {
-            customers[shard_of(sku, shards) as usize].limits.insert(sku.clone(), *limit);
-            report.customer_limits += 1;
-        }
-        for ((sku, customer), usage) in &p.customers.usage {
-            customers[shard_of(sku, shards) as usize].usage.insert((sku.clone(), customer.clone()), usage.clone());
-            report.customer_usages += 1;
-        }
-        for (sku, components) in &p.bundles.by_sku {
-            bundles[shard_of(sku, shards) as usize].by_sku.insert(sku.clone(), components.clone());
-            report.bundles += 1;
-        }
-        for (sku, product) in &p.catalog.products {
-            products[shard_of(sku, shards) as usize].insert(sku.clone(), product.clone());
-            report.products += 1;
-        }
-        for (sku, list) in &p.warehouse_priority {
-            priorities[shard_of(sku, shards) as usize].insert(sku.clone(), list.clone());
-            report.warehouse_priorities += 1;
-        }
+/// Moves one old shard's per-SKU maps to their SKUs' new shards.
+fn move_sku_records(state: &ShardState, builders: &mut [Builder], report: &mut ReshardReport) {
+    let shards = u32::try_from(builders.len()).unwrap_or(u32::MAX);
+    let p = &state.persisted;
+    let owner = |sku: &str| shard_of(sku, shards) as usize;
+    for (sku, limit) in &p.customers.limits {
+        builders[owner(sku)].customers.limits.insert(sku.clone(), *limit);
+        report.customer_limits += 1;
     }
+    for ((sku, customer), usage) in &p.customers.usage {
+        builders[owner(sku)].customers.usage.insert((sku.clone(), customer.clone()), usage.clone());
+        report.customer_usages += 1;
+    }
+    for (sku, components) in &p.bundles.by_sku {
+        builders[owner(sku)].bundles.by_sku.insert(sku.clone(), components.clone());
+        report.bundles += 1;
+    }
+    for (sku, product) in &p.catalog.products {
+        builders[owner(sku)].products.insert(sku.clone(), product.clone());
+        report.products += 1;
+    }
+    for (sku, list) in &p.warehouse_priority {
+        builders[owner(sku)].warehouse_priority.insert(sku.clone(), list.clone());
+        report.warehouse_priorities += 1;
+    }
+}
 
-    let mut states = Vec::with_capacity(shards as usize);
-    let parts = builders.into_iter().zip(customers).zip(bundles).zip(products).zip(priorities);
-    for (shard, ((((b, customers), bundles), products), warehouse_priority)) in (0u32..).zip(parts) {
-        if customers.usage.len() > limits.customer_usage_per_shard_max as usize {
-            return Err(over(
-                shard,
-                "customer usages",
-                "customer_usage_per_shard_max",
-                customers.usage.len(),
-                u64::from(limits.customer_usage_per_shard_max),
-            ));
-        }
-        if bundles.by_sku.len() > limits.bundles_per_shard_max as usize {
-            return Err(over(
-                shard,
-                "bundles",
-                "bundles_per_shard_max",
-                bundles.by_sku.len(),
-                u64::from(limits.bundles_per_shard_max),
-            ));
-        }
-        if products.len() > limits.products_per_shard_max as usize {
-            return Err(over(
-                shard,
-                "products",
-                "products_per_shard_max",
-                products.len(),
-                u64::from(limits.products_per_shard_max),
-            ));
-        }
-        let mut terminal_in = b.terminal;
-        // Oldest end first, as the queue that forgets them wants.
-        terminal_in.sort_by_key(|(ended_at_ms, old_shard, slot, _)| (*ended_at_ms, *old_shard, *slot));
-        let reservations: Vec<Option<Reservation>> = terminal_in.into_iter().map(|(.., r)| Some(r)).collect();
-        debug_assert!(reservations.iter().flatten().all(|r| r.state != ReservationState::Held));
-        let terminal: VecDeque<u32> = (0..u32::try_from(reservations.len()).unwrap_or(u32::MAX)).collect();
-        let persisted = Persisted {
-            format: STATE_FORMAT,
-            shard,
-            shard_count: shards,
-            limits,
-            last_applied,
-            membership: membership.clone(),
-            now_ms,
-            holds_made,
-            items: b.items,
-            sku_arena: b.sku_arena,
-            warehouses: b.warehouses,
-            principals: b.principals,
-            reservations,
-            free_slots: Vec::new(),
-            terminal,
-            dedup: DedupWindow::default(),
-            customers,
-            bundles,
-            catalog: crate::product::Catalog { products, tombstones: b.tombstones },
-            warehouse_priority,
-        };
-        // The full load check of a snapshot: references, then every rule.
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&persisted).map_err(|e| invalid(shard, e.to_string()))?;
-        let state = ShardState::from_snapshot_bytes(&bytes).map_err(|detail| invalid(shard, detail))?;
-        debug_assert!(state.check_invariants().is_ok());
-        states.push(state);
-    }
-    Ok(Resharded { states, report })
+/// The new shard as a state, through the full load check of a snapshot
+/// (references, then every rule).
+fn build(mut b: Builder, shards: u32, common: &Common) -> Result<ShardState, ReshardError> {
+    b.check_bounds(&common.limits)?;
+    // Oldest end first, as the queue that forgets them wants.
+    b.terminal.sort_by_key(|(ended_at_ms, old_shard, slot, _)| (*ended_at_ms, *old_shard, *slot));
+    let reservations: Vec<Option<Reservation>> = b.terminal.into_iter().map(|(.., r)| Some(r)).collect();
+    debug_assert!(reservations.iter().flatten().all(|r| r.state != ReservationState::Held));
+    let terminal: VecDeque<u32> = (0..u32::try_from(reservations.len()).unwrap_or(u32::MAX)).collect();
+    let shard = b.shard;
+    let persisted = Persisted {
+        format: STATE_FORMAT,
+        shard,
+        shard_count: shards,
+        limits: common.limits,
+        last_applied: common.last_applied,
+        membership: common.membership.clone(),
+        now_ms: common.now_ms,
+        holds_made: common.holds_made,
+        items: b.items,
+        sku_arena: b.sku_arena,
+        warehouses: b.warehouses,
+        principals: b.principals,
+        reservations,
+        free_slots: Vec::new(),
+        terminal,
+        dedup: DedupWindow::default(),
+        customers: b.customers,
+        bundles: b.bundles,
+        catalog: crate::product::Catalog { products: b.products, tombstones: b.tombstones },
+        warehouse_priority: b.warehouse_priority,
+    };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&persisted).map_err(|e| invalid(shard, e.to_string()))?;
+    let state = ShardState::from_snapshot_bytes(&bytes).map_err(|detail| invalid(shard, detail))?;
+    debug_assert!(state.check_invariants().is_ok());
+    Ok(state)
 }
 
 fn invalid(shard: u32, detail: impl Into<String>) -> ReshardError {

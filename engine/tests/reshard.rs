@@ -98,6 +98,9 @@ fn looks_on(id: &ReservationId, shard: u32) -> bool {
     id.as_bytes()[2] == 1 || u32::from(id.home_shard()) == shard
 }
 
+/// One part of a reservation: its shard and its lines (SKU, warehouse, units).
+type Part<'a> = (u32, Vec<(&'a str, &'a str, u64)>);
+
 struct Cluster {
     shards: Vec<ShardState>,
     index: u64,
@@ -170,7 +173,7 @@ impl Cluster {
                 let (home, other) = (shard_of(a, count), shard_of(b, count));
                 let w = WAREHOUSES[warehouse];
                 // Two SKUs on two shards: a saga's two parts under one id.
-                let parts: Vec<(u32, Vec<(&str, &str, u64)>)> = if first == second {
+                let parts: Vec<Part> = if first == second {
                     vec![(home, vec![(a, w, quantity)])]
                 } else if home == other {
                     vec![(home, vec![(a, w, quantity), (b, w, quantity)])]
