@@ -16,6 +16,9 @@ use server::backup::Until;
 use server::backup::restore::{RestoreRequest, restore};
 use server::backup::verify::verify_backup;
 
+const CUSTOMER: &str = "cust-1";
+const BUNDLE: &str = "kit-1";
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("tally-reshard-test-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
 }
@@ -41,9 +44,19 @@ fn path(dir: &Path) -> &str {
     dir.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", dir.display()))
 }
 
-/// Every item of `skus` in `warehouses` as the node answers it (absent: 404).
+/// Every item of `skus` in `warehouses` as the node answers it (absent: 404),
+/// every SKU's view (warehouses, product, customer limit), one customer's
+/// usage and the bundle.
 async fn read_items(http: &Http, skus: &[String], warehouses: &[&str]) -> BTreeMap<String, Value> {
     let mut items = BTreeMap::new();
+    for path in [format!("/v1/items/sku-0?customer_id={CUSTOMER}"), format!("/v1/bundles/{BUNDLE}")]
+        .into_iter()
+        .chain(skus.iter().map(|sku| format!("/v1/items/{sku}")))
+    {
+        let (status, _, body) = http.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        items.insert(path, body);
+    }
     for sku in skus {
         for warehouse in warehouses {
             let (status, _, body) = http.get(&item_path(sku, warehouse)).await;
@@ -91,16 +104,26 @@ async fn a_backup_of_four_shards_reshards_to_eight_and_serves_every_item() {
             assert!(status.is_success(), "{status} {body}");
         }
     }
+    // Products with a per-customer limit, a bundle, a customer's sale.
+    for n in 0..10 {
+        let product = json!({ "name": format!("Product {n}"), "price": "1.50", "currency": "EUR" });
+        for body in [product, json!({ "limit_per_customer": 5 })] {
+            let (status, _, answer) = http.put(&format!("/v1/items/sku-{n}"), body).await;
+            assert!(status.is_success(), "{status} {answer}");
+        }
+    }
+    let components = json!({ "components": [{ "sku": "sku-3", "quantity": 1 }, { "sku": "sku-4", "quantity": 2 }] });
+    let (status, _, answer) = http.put(&format!("/v1/bundles/{BUNDLE}"), components).await;
+    assert!(status.is_success(), "{status} {answer}");
+    let sale = json!({ "customer_id": CUSTOMER, "lines": [{ "sku": "sku-0", "quantity": 2 }], "commit": true });
+    let (status, _, answer) = http.post("/v1/reservations", sale).await;
+    assert!(status.is_success(), "{status} {answer}");
     // A sale (a terminal reservation) and a live hold.
-    let (status, _, sold) = http
-        .post(
-            "/v1/reservations",
-            json!({ "lines": [{ "sku": "sku-1", "warehouse": "w1", "quantity": 2 }], "commit": true }),
-        )
-        .await;
+    let sale = json!({ "customer_id": CUSTOMER, "lines": [{ "sku": "sku-1", "warehouse": "w1", "quantity": 2 }], "commit": true });
+    let (status, _, sold) = http.post("/v1/reservations", sale).await;
     assert!(status.is_success(), "{status} {sold}");
-    let (status, _, held) =
-        http.post("/v1/reservations", json!({ "lines": [{ "sku": "sku-2", "warehouse": "w1", "quantity": 3 }] })).await;
+    let hold = json!({ "customer_id": CUSTOMER, "lines": [{ "sku": "sku-2", "warehouse": "w1", "quantity": 3 }] });
+    let (status, _, held) = http.post("/v1/reservations", hold).await;
     assert!(status.is_success(), "{status} {held}");
 
     // With a live hold the reshard is refused, saying how many, and
@@ -181,13 +204,19 @@ async fn a_backup_of_four_shards_reshards_to_eight_and_serves_every_item() {
     assert_eq!(cluster["shards"].as_array().map(Vec::len), Some(8), "{cluster}");
     let after = read_items(node.http(), &skus, &warehouses).await;
     assert_eq!(before, after);
-    // The released hold's units are available, and the node takes writes.
+    // Not vacuous: the customer's sale and the bundle read as made.
+    let usage = &after[&format!("/v1/items/sku-0?customer_id={CUSTOMER}")];
+    assert_eq!(usage["customer"]["sold"], json!(2), "{usage}");
+    assert_eq!(after[&format!("/v1/bundles/{BUNDLE}")]["components"][1]["sku"], json!("sku-4"));
+    // The released hold's units are available, and the node takes writes
+    // under the carried limit: 5 per customer, 2 already sold of sku-0.
     assert_eq!(after["sku-2/w1"]["reserved"], json!(0), "{}", after["sku-2/w1"]);
-    let (status, _, body) = node
-        .http()
-        .post("/v1/reservations", json!({ "lines": [{ "sku": "sku-2", "warehouse": "w1", "quantity": 3 }] }))
-        .await;
+    let hold = json!({ "customer_id": CUSTOMER, "lines": [{ "sku": "sku-2", "warehouse": "w1", "quantity": 3 }] });
+    let (status, _, body) = node.http().post("/v1/reservations", hold).await;
     assert!(status.is_success(), "{status} {body}");
+    let over = json!({ "customer_id": CUSTOMER, "lines": [{ "sku": "sku-0", "warehouse": "w1", "quantity": 4 }] });
+    let reply = node.http().post("/v1/reservations", over).await;
+    common::assert_problem(&reply, StatusCode::CONFLICT, "customer_limit");
     let (status, _, body) = node.http().get(&item_path("sku-2", "w1")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["reserved"], json!(3), "{body}");
