@@ -48,10 +48,8 @@ use crate::raft_log::{LogId, StoredMembership};
 use crate::reservation::{Reservation, ReservationState};
 use crate::state::{PRINCIPAL_OTHER, Persisted, STATE_FORMAT, ShardState};
 
-/// The most shards a cluster may have: a reservation id names its home
-/// shard in 16 bits (`ReservationId::home_shard`), and `cluster.shards`
-/// is bounded the same.
-pub const SHARDS_MAX: u32 = u16::MAX as u32;
+/// The most shards a cluster may have, here as for `cluster.shards`.
+pub use crate::placement::SHARDS_MAX;
 
 /// Where the API looks for a reservation by id once there are `shards`
 /// shards: whether it looks on `shard`. The server's rule (an id carries
