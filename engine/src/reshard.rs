@@ -31,9 +31,9 @@
 //! * Log time: every new shard starts at the latest log time of any old
 //!   shard, so nothing dated in log time (deadlines of later holds, sales
 //!   in a customer's window, retention) runs early or late. Its last
-//!   applied id is the highest (term, index) of any old shard, so new
-//!   events sort after every old one, and its membership is the first old
-//!   shard's (a restore rewrites it anyway).
+//!   applied id has the highest term and the highest index of any old
+//!   shard, so new events sort after every old one, and its membership is
+//!   the first old shard's (a restore rewrites it anyway).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
