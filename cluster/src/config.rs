@@ -262,8 +262,8 @@ impl ClusterConfig {
             }
             None => {}
         }
-        if self.shards == 0 || self.shards > u32::from(u16::MAX) {
-            return Err(format!("shards must be in 1..={}", u16::MAX));
+        if self.shards == 0 || self.shards > engine::placement::SHARDS_MAX {
+            return Err(format!("shards must be in 1..={}", engine::placement::SHARDS_MAX));
         }
         let mut ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
         ids.sort_unstable();

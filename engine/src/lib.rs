@@ -6,6 +6,7 @@
 //! * `dedup` — the window of request ids that makes a retried command apply once.
 //! * `wal` — per-shard segment files: the Raft log, with group commit.
 //! * `snapshot` — the whole shard state in one checksummed file.
+//! * `reshard` — S shards' states rebuilt as N (offline, `tally reshard`).
 //! * `actor` — the shard actor that owns a state, on a pool of arbiters.
 //! * `testing` — builders for tests and benchmarks (feature `testing`).
 //! * `histogram` — lock-free power-of-two histograms for metrics (fsync
@@ -31,6 +32,7 @@ pub mod product;
 pub mod query;
 pub mod raft_log;
 pub mod reservation;
+pub mod reshard;
 pub mod snapshot;
 pub mod state;
 pub mod states;

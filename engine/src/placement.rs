@@ -7,6 +7,10 @@
 //! moving every SKU. All warehouses of a SKU share its shard, so transfers and
 //! per-SKU totals never cross shards.
 
+/// The most shards a cluster may have (`cluster.shards`): a reservation id
+/// names its home shard in 16 bits (`ReservationId::home_shard`).
+pub const SHARDS_MAX: u32 = u16::MAX as u32;
+
 /// The shard that owns `sku` among `shard_count` shards (at least 1).
 pub fn shard_of(sku: &str, shard_count: u32) -> u32 {
     debug_assert!(shard_count > 0);

@@ -215,6 +215,17 @@ impl ShardState {
         });
         self.unindex_item(id);
         self.persisted.catalog.tombstones.insert(id.0);
+        // A warehouse priority list names only warehouses that stock its
+        // SKU (`check_warehouse_priority`): the deleted one leaves it.
+        if let (Ok(sku), Ok(warehouse)) = (self.item_sku(id), self.item_warehouse(id)) {
+            let (sku, warehouse) = (sku.to_owned(), warehouse.to_owned());
+            if let Some(list) = self.persisted.warehouse_priority.get_mut(&sku) {
+                list.retain(|name| *name != warehouse);
+                if list.is_empty() {
+                    self.persisted.warehouse_priority.remove(&sku);
+                }
+            }
+        }
     }
 
     /// The catalog's rules: tombstones are empty and out of the name

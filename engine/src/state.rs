@@ -1221,8 +1221,8 @@ fn check_item(id: usize, item: &Item, reserved: u64, backordered: u64) -> Result
 
 impl ShardState {
     /// Every SKU's warehouse priority list is not empty, names no
-    /// warehouse twice, and names only warehouses that stock the SKU (items
-    /// are never removed, so this stays true). So it is no longer than the
+    /// warehouse twice, and names only warehouses that stock the SKU (a delete
+    /// takes its warehouse out of the list). So it is no longer than the
     /// shard's warehouses, whatever the limits became since it was set.
     fn check_warehouse_priority(&self) -> Result<(), String> {
         let max = u16::MAX;

@@ -5,6 +5,7 @@
 //! (see `config/example.toml`), `TALLY_*` variables and flags override it.
 //! `tally hash-key` prints the hash an API key is configured by. `tally
 //! ledger export` writes a running node's movement ledger (`export.rs`).
+//! `tally backup`, `restore` and `reshard` are in `backup/`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ enum Cmd {
     /// Build a new data directory from a backup (and the log archive) at a
     /// point in log time. Offline: run it with no node on NEW.
     Restore(RestoreArgs),
+    /// Rebuild a backup of S shards as a backup of N shards (offline; then
+    /// `tally restore` it and start with `--shards N`). See docs/RESHARDING.md.
+    Reshard(ReshardArgs),
     /// The movement ledger of a running node.
     #[command(subcommand)]
     Ledger(LedgerCmd),
@@ -101,6 +105,19 @@ struct RestoreArgs {
     /// The restored node's peer address (cluster.listen when you start it).
     #[arg(long, default_value = "127.0.0.1:7001")]
     peer_addr: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReshardArgs {
+    /// The backup to reshard (it must verify, and hold no live holds).
+    #[arg(long)]
+    from: PathBuf,
+    /// The new shard count (1 to 65535).
+    #[arg(long)]
+    shards: u32,
+    /// The new backup's directory (must not exist or be empty).
+    #[arg(long)]
+    to: PathBuf,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -270,6 +287,7 @@ where
         },
         Cmd::Backup(args) => backup(&args),
         Cmd::Restore(args) => restore(&args),
+        Cmd::Reshard(args) => reshard(&args),
         Cmd::Ledger(LedgerCmd::Export(args)) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
@@ -388,6 +406,53 @@ fn restore(args: &RestoreArgs) -> ExitCode {
         }
         Err(error) => {
             eprintln!("tally: restore failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reshard(args: &ReshardArgs) -> ExitCode {
+    let request =
+        crate::backup::reshard::ReshardRequest { from: args.from.clone(), to: args.to.clone(), shards: args.shards };
+    let started = std::time::Instant::now();
+    match crate::backup::reshard::reshard(&request) {
+        Ok(summary) => {
+            let report = &summary.report;
+            for shard in &summary.manifest.shards {
+                println!(
+                    "shard {}: index {:?} term {:?} log time {} ms, digest {}",
+                    shard.shard, shard.last_index, shard.last_term, shard.log_time_ms, shard.digest
+                );
+            }
+            println!(
+                "resharded {} shards into {}: {} items ({} deleted), {} products, {} bundles, {} customer limits, \
+                 {} customer usages, {} warehouse priorities; {} terminal reservations carried, {} forgotten; \
+                 {} request ids forgotten",
+                report.old_shards,
+                report.new_shards,
+                report.items,
+                report.tombstones,
+                report.products,
+                report.bundles,
+                report.customer_limits,
+                report.customer_usages,
+                report.warehouse_priorities,
+                report.terminal_carried,
+                report.terminal_forgotten,
+                report.request_ids_forgotten
+            );
+            println!(
+                "wrote {} in {} ms; restore it with: tally restore --from {} --data-dir NEW (no --archive), \
+                 then start with --shards {}",
+                args.to.display(),
+                started.elapsed().as_millis(),
+                args.to.display(),
+                report.new_shards
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tally: reshard failed: {error}");
             ExitCode::FAILURE
         }
     }

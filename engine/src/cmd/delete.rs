@@ -231,6 +231,28 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_warehouse_leaves_the_skus_priority_list() {
+        let mut f = Fixture::new();
+        f.stock("SKU-1", "berlin", 10, 0);
+        f.stock("SKU-1", "paris", 5, 0);
+        f.stock("SKU-2", "rome", 5, 0);
+        for (sku, warehouses) in [("SKU-1", vec!["paris", "berlin"]), ("SKU-2", vec!["rome"])] {
+            let outcome = f.one(Command::SetWarehousePriority(crate::cmd::SetWarehousePriority {
+                sku: sku_of(sku),
+                warehouses: Some(warehouses.into_iter().map(wh).collect()),
+            }));
+            assert!(!outcome.is_refused(), "{outcome:?}");
+        }
+        // `Fixture::run` checks every invariant after each entry.
+        f.one(delete("SKU-1", "paris"));
+        assert_eq!(f.state.warehouse_priority("SKU-1"), ["berlin".to_owned()]);
+        f.one(delete("SKU-2", "rome"));
+        assert!(f.state.warehouse_priority("SKU-2").is_empty());
+        f.one(delete_sku("SKU-1"));
+        assert!(f.state.warehouse_priority("SKU-1").is_empty());
+    }
+
+    #[test]
     fn a_retained_reservation_of_a_deleted_item_still_reads_with_its_names() {
         let mut f = Fixture::new();
         f.stock("SKU-1", "berlin", 10, 0);

@@ -15,10 +15,13 @@
 //!   index whose state digest must equal the manifest's.
 //! * `restore.rs` builds a new data directory from one (and the log
 //!   archive after it) at a chosen point in log time.
+//! * `reshard.rs` rebuilds one of S shards as a backup of N shards
+//!   (`tally reshard`, offline; docs/RESHARDING.md).
 //!
 //! `replay_shard` is the one replay all three use.
 
 pub mod client;
+pub mod reshard;
 pub mod restore;
 pub mod take;
 pub mod verify;
@@ -48,6 +51,11 @@ pub struct Manifest {
     /// Files and bytes over all shards.
     pub files: u64,
     pub bytes: u64,
+    /// Set by `tally reshard`: the shard count of the backup this one was
+    /// rebuilt from. Its shards' logs are new, so a restore refuses to
+    /// replay a log archive (of the old shards) after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resharded_from: Option<u32>,
 }
 
 /// One shard of a backup.

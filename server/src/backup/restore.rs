@@ -66,6 +66,13 @@ pub fn restore(request: &RestoreRequest) -> Result<Vec<RestoredShard>, BackupErr
     if request.node_id == 0 {
         return Err(BackupError::Invalid("node ids start at 1".into()));
     }
+    if let (Some(old), Some(_)) = (manifest.resharded_from, &request.archive) {
+        return Err(BackupError::Invalid(format!(
+            "this backup was resharded from {old} shards to {}: its logs are new, and the log archive holds the \
+             old shards' logs; restore it without --archive",
+            manifest.shard_count
+        )));
+    }
     prepare_data_dir(&request.data_dir)?;
     let cluster_config = cluster::ClusterConfig {
         node_id: request.node_id,

@@ -62,7 +62,16 @@ pub fn write_backup(
     }
     let created_unix_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let manifest = Manifest { format: MANIFEST_FORMAT, node_id, shard_count, created_unix_ms, shards, files, bytes };
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        node_id,
+        shard_count,
+        created_unix_ms,
+        shards,
+        files,
+        bytes,
+        resharded_from: None,
+    };
     write_manifest(to, &manifest)?;
     Ok(manifest)
 }
@@ -202,11 +211,11 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), BackupError> {
     output.sync_all().map_err(BackupError::io(to))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), BackupError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(BackupError::io(dir))
 }
 
-fn write_manifest(to: &Path, manifest: &Manifest) -> Result<(), BackupError> {
+pub(crate) fn write_manifest(to: &Path, manifest: &Manifest) -> Result<(), BackupError> {
     let text = serde_json::to_string_pretty(manifest)
         .map_err(|error| BackupError::Invalid(format!("encoding the manifest: {error}")))?;
     let temp = to.join(format!(".{MANIFEST_NAME}.tmp"));

@@ -228,7 +228,7 @@ fn make_id(home: u32, spans_shards: bool, seed: Option<&str>) -> ReservationId {
     ReservationId::from_parts(u16::try_from(home).unwrap_or(0), unique)
 }
 
-fn spans_shards(id: &ReservationId) -> bool {
+pub(crate) fn spans_shards(id: &ReservationId) -> bool {
     id.as_bytes()[2] == SPANS_SHARDS
 }
 
