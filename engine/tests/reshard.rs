@@ -30,8 +30,7 @@ use engine::reshard::{HomeShardOnly, ReservationLookup, ReshardError, reshard};
 use engine::{Limits, LogEntry, LogId, ShardState, shard_of};
 use proptest::prelude::*;
 
-mod common;
-use common::{adjust_command, hold_command, qty, sku, upsert_command, wh};
+use engine::testing::{adjust, hold, qty, sku, upsert, wh};
 
 const SKUS: [&str; 10] = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "yam", "nut", "oat"];
 const BUNDLES: [&str; 2] = ["basket", "crate"];
@@ -153,15 +152,11 @@ impl Cluster {
         let count = self.count();
         match *op {
             Op::Upsert { sku, warehouse, on_hand } => {
-                self.on_sku(SKUS[sku], upsert_command(SKUS[sku], WAREHOUSES[warehouse], on_hand, 2));
+                self.on_sku(SKUS[sku], upsert(SKUS[sku], WAREHOUSES[warehouse], on_hand, 2));
             }
             Op::Receive { sku, warehouse, units, principal } => {
-                let mut command = adjust_command(
-                    SKUS[sku],
-                    WAREHOUSES[warehouse],
-                    i64::try_from(units).unwrap_or(1),
-                    AdjustReason::Receive,
-                );
+                let mut command =
+                    adjust(SKUS[sku], WAREHOUSES[warehouse], i64::try_from(units).unwrap_or(1), AdjustReason::Receive);
                 if let Command::Adjust(adjust) = &mut command {
                     adjust.principal = Some(Principal::new(PRINCIPALS[principal]).unwrap_or_else(|e| panic!("{e}")));
                 }
@@ -182,9 +177,8 @@ impl Cluster {
                 };
                 let id = rid(home, n, parts.len() > 1);
                 for (shard, lines) in &parts {
-                    let mut command = hold_command(0, lines, TTL_MS, None);
+                    let mut command = hold(id, lines, TTL_MS, None);
                     if let Command::Hold(hold) = &mut command {
-                        hold.id = id;
                         hold.customer =
                             customer.map(|c| CustomerId::new(CUSTOMERS[c]).unwrap_or_else(|e| panic!("{e}")));
                     }

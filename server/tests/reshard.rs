@@ -89,13 +89,10 @@ async fn start_restored(options: Options, data_dir: &Path, peer: SocketAddr) -> 
     node
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_of_four_shards_reshards_to_eight_and_serves_every_item() {
-    let dir = tempdir();
-    let mut node = TallyProcess::start(options().shards(4)).await;
-    let http = node.client();
-    let skus: Vec<String> = (0..40).map(|n| format!("sku-{n}")).collect();
-    let warehouses = ["w1", "w2"];
+/// Stocks the source node: items in one or two warehouses, products with
+/// a per-customer limit, a bundle, two sales and a live hold: the hold and
+/// the second sale.
+async fn stock(http: &Http, skus: &[String]) -> (Value, Value) {
     for (n, sku) in skus.iter().enumerate() {
         let (status, _, body) = http.put(&item_path(sku, "w1"), json!({ "on_hand": 10 + n })).await;
         assert!(status.is_success(), "{status} {body}");
@@ -125,6 +122,35 @@ async fn a_backup_of_four_shards_reshards_to_eight_and_serves_every_item() {
     let hold = json!({ "customer_id": CUSTOMER, "lines": [{ "sku": "sku-2", "warehouse": "w1", "quantity": 3 }] });
     let (status, _, held) = http.post("/v1/reservations", hold).await;
     assert!(status.is_success(), "{status} {held}");
+    (held, sold)
+}
+
+/// A copy of the backup `from` at `to` whose manifest lies about the
+/// first shard's digest.
+fn lying_copy(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap_or_else(|e| panic!("{e}"));
+    for entry in walk(from) {
+        let relative = entry.strip_prefix(from).unwrap_or_else(|e| panic!("{e}"));
+        let target = to.join(relative);
+        std::fs::create_dir_all(target.parent().unwrap_or(to)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(&entry, &target).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let manifest_path = to.join("manifest.json");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let digest = str_of(&manifest["shards"][0], "digest").to_owned();
+    let text = std::fs::read_to_string(&manifest_path).unwrap_or_default().replace(&digest, &"0".repeat(32));
+    std::fs::write(&manifest_path, text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_four_shards_reshards_to_eight_and_serves_every_item() {
+    let dir = tempdir();
+    let mut node = TallyProcess::start(options().shards(4)).await;
+    let http = node.client();
+    let skus: Vec<String> = (0..40).map(|n| format!("sku-{n}")).collect();
+    let warehouses = ["w1", "w2"];
+    let (held, sold) = stock(&http, &skus).await;
 
     // With a live hold the reshard is refused, saying how many, and
     // writes nothing.
@@ -156,19 +182,7 @@ async fn a_backup_of_four_shards_reshards_to_eight_and_serves_every_item() {
 
     // A backup whose manifest lies about a digest does not verify: refused.
     let lying = dir.path().join("lying");
-    std::fs::create_dir(&lying).unwrap_or_else(|e| panic!("{e}"));
-    for entry in walk(&drained) {
-        let relative = entry.strip_prefix(&drained).unwrap_or_else(|e| panic!("{e}"));
-        let target = lying.join(relative);
-        std::fs::create_dir_all(target.parent().unwrap_or(&lying)).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::copy(&entry, &target).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let manifest_path = lying.join("manifest.json");
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-    let digest = str_of(&manifest["shards"][0], "digest").to_owned();
-    let text = std::fs::read_to_string(&manifest_path).unwrap_or_default().replace(&digest, &"0".repeat(32));
-    std::fs::write(&manifest_path, text).unwrap_or_else(|e| panic!("{e}"));
+    lying_copy(&drained, &lying);
     let (ok, text) = reshard_cli(&["--from", path(&lying), "--shards", "8", "--to", path(&eight)]);
     assert!(!ok && text.contains("does not verify"), "{text}");
     assert!(!eight.exists(), "a refused reshard left {}", eight.display());

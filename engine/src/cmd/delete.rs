@@ -238,7 +238,7 @@ mod tests {
         f.stock("SKU-2", "rome", 5, 0);
         for (sku, warehouses) in [("SKU-1", vec!["paris", "berlin"]), ("SKU-2", vec!["rome"])] {
             let outcome = f.one(Command::SetWarehousePriority(crate::cmd::SetWarehousePriority {
-                sku: sku_of(sku),
+                sku: crate::testing::sku(sku),
                 warehouses: Some(warehouses.into_iter().map(wh).collect()),
             }));
             assert!(!outcome.is_refused(), "{outcome:?}");
