@@ -19,7 +19,6 @@ use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const SKUS: [&str; 4] = ["nodes-a", "nodes-b", "nodes-c", "nodes-d"];
 const WAREHOUSE: &str = "w1";
 const SHARDS: u32 = 4;
 const ON_HAND: u64 = 1_000_000;
@@ -31,9 +30,27 @@ const HOLDS_BEFORE: u64 = 120;
 /// calls it failed; the same Idempotency-Key every time.
 const HOLD_ATTEMPTS_MAX: u32 = 200;
 
+/// One SKU on each shard, so the holds reach every shard (and each shard
+/// has a snapshot before node 4 joins).
+fn skus() -> Vec<String> {
+    (0..SHARDS)
+        .map(|shard| {
+            (0..10_000)
+                .map(|n| format!("nodes-{n}"))
+                .find(|sku| engine::shard_of(sku, SHARDS) == shard)
+                .unwrap_or_else(|| panic!("no SKU on shard {shard}"))
+        })
+        .collect()
+}
+
+/// Hold `n` takes one unit of SKU `n % SHARDS`.
+fn hold_sku(n: u64) -> usize {
+    (n % u64::from(SHARDS)) as usize
+}
+
 fn hold_body(n: u64) -> Value {
     json!({
-        "lines": [{ "sku": SKUS[(n % SKUS.len() as u64) as usize], "warehouse": WAREHOUSE, "quantity": 1 }],
+        "lines": [{ "sku": skus()[hold_sku(n)], "warehouse": WAREHOUSE, "quantity": 1 }],
         "ttl_seconds": 3600,
     })
 }
@@ -93,7 +110,7 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
         .set("cluster", "log_entries_kept_after_snapshot", "5")
         .set("cluster", "membership_shard_pause_ms", "50");
     let mut cluster = TallyCluster::start(3, options.clone()).await;
-    for sku in SKUS {
+    for sku in &skus() {
         let path = item_path(sku, WAREHOUSE);
         let (status, _, item) =
             cluster.http(1).retry(Method::PUT, &path, &[], Some(&json!({ "on_hand": ON_HAND }))).await;
@@ -167,6 +184,8 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     assert_eq!(shards.len(), SHARDS as usize, "{view}");
     for shard in shards {
         assert_eq!(shard["voters"], json!([2, 3, 4]), "{view}");
+        // It caught up from a snapshot: the log it needed was purged.
+        assert!(shard["snapshot_index"].as_u64().is_some(), "{view}");
     }
     // Every acknowledged hold is there, read through the new node.
     for (n, id) in &acknowledged {
@@ -176,8 +195,8 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
         assert_eq!(str_of(&reservation, "state"), "HELD", "hold {n}: {reservation}");
     }
     // The levels count exactly the acknowledged holds, on every node left.
-    for (index, sku) in SKUS.iter().enumerate() {
-        let holds = acknowledged.keys().filter(|n| **n % SKUS.len() as u64 == index as u64).count() as u64;
+    for (index, sku) in skus().iter().enumerate() {
+        let holds = acknowledged.keys().filter(|n| hold_sku(**n) == index).count() as u64;
         for http in [cluster.http(2), cluster.http(3), fourth.http()] {
             let (status, _, item) = http.retry(Method::GET, &item_path(sku, WAREHOUSE), &[], None).await;
             assert_eq!(status, StatusCode::OK, "{sku} via {}: {item}", http.addr());
