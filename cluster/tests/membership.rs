@@ -183,3 +183,35 @@ async fn membership_changes_that_cannot_be_made_are_refused() {
     assert!(matches!(refused(node.begin_add_node(6, "127.0.0.1:9".into(), PAUSE)), AdminError::InProgress { .. }));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_addition_cut_short_resumes_or_is_undone() {
+    let cluster = TestCluster::start(1, 2, |_| {}).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let node = cluster.node(1);
+    let (second, addr, _dir) = start_joiner(&cluster.configs[0], 2, cluster.configs[0].members.clone()).await;
+    let learners = |node: &Node| node.status().shards.iter().map(|s| s.learners.clone()).collect::<Vec<_>>();
+
+    // An addition that stopped after the learner step: node 2 is a learner
+    // of every shard. Removing it drops it as a learner (this node leads).
+    node.add_learner(2, addr.clone()).await.unwrap_or_else(|e| panic!("add learner: {e}"));
+    assert_eq!(learners(node), vec![vec![2], vec![2]]);
+    node.remove_node(2, PAUSE).await.unwrap_or_else(|e| panic!("remove the learner: {e}"));
+    assert_eq!(learners(node), vec![Vec::<u64>::new(), Vec::new()]);
+    assert_eq!(voters_everywhere(node), vec![vec![1], vec![1]]);
+
+    // Cut short again; adding it resumes from the learners to voters.
+    node.add_learner(2, addr.clone()).await.unwrap_or_else(|e| panic!("add learner: {e}"));
+    node.add_node(2, addr.clone(), PAUSE).await.unwrap_or_else(|e| panic!("resume: {e}"));
+    assert_eq!(voters_everywhere(node), vec![vec![1, 2], vec![1, 2]]);
+    assert_eq!(learners(node), vec![Vec::<u64>::new(), Vec::new()]);
+    assert_eq!(node.begin_add_node(2, addr, PAUSE).err(), Some(AdminError::AlreadyMember { node: 2 }));
+    // Node 2 learns from the log that it is a voter of every shard.
+    let deadline = Instant::now() + SETTLE;
+    while second.status().shards.iter().any(|s| s.voters != vec![1, 2]) {
+        assert!(Instant::now() < deadline, "node 2 never saw itself a voter: {:#?}", second.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.shutdown().await;
+    cluster.shutdown().await;
+}

@@ -260,7 +260,7 @@ impl Node {
     ) -> Result<MembershipJob, AdminError>
     where
         F: Fn(Node, u32) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<(), AdminError>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<bool, AdminError>> + Send + 'static,
     {
         let shards_total = self.inner.config.shards;
         {
@@ -286,15 +286,20 @@ impl Node {
             for shard in 0..shards_total {
                 update(&this.inner, |change| change.shard = Some(shard));
                 tracing::info!(shard, node, operation = operation.name(), "moving the shard's membership");
-                if let Err(error) = step(this.clone(), shard).await {
-                    result = Err(error);
-                    break;
-                }
+                let changed = match step(this.clone(), shard).await {
+                    Ok(changed) => changed,
+                    Err(error) => {
+                        result = Err(error);
+                        break;
+                    }
+                };
                 update(&this.inner, |change| {
                     change.shard = None;
                     change.shards_done = shard + 1;
                 });
-                if shard + 1 < shards_total && !pause.is_zero() {
+                // A shard found already moved (a change run again) needs no
+                // pause after it.
+                if changed && shard + 1 < shards_total && !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -324,13 +329,14 @@ impl Node {
     /// membership has) and catches up, snapshot then log, before the voter
     /// change (joint consensus). Idempotent: a shard already there is left
     /// as it is, so a change cut short is resumed by running it again.
+    /// Answers whether it changed the group.
     pub async fn move_shard(
         &self,
         shard: u32,
         voters: &BTreeSet<NodeId>,
         addrs: &BTreeMap<NodeId, String>,
         drop: &BTreeSet<NodeId>,
-    ) -> Result<(), AdminError> {
+    ) -> Result<bool, AdminError> {
         if voters.is_empty() {
             return Err(AdminError::Invalid(format!("shard {shard} needs at least one voter")));
         }
@@ -355,10 +361,11 @@ impl Node {
         // node that was only a learner stays until removed as one.
         let learners: BTreeSet<NodeId> =
             drop.iter().copied().filter(|id| before.nodes.contains_key(id) && !before.voters.contains(id)).collect();
+        let changed = *voters != before.voters || !learners.is_empty();
         if !learners.is_empty() {
             self.remove_learners(shard, learners).await?;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// `admin_one`, tried up to `membership_shard_attempts_max` times while
