@@ -176,8 +176,8 @@ impl Node {
     }
 
     /// Removes `node` from every shard's group, one shard at a time with
-    /// `pause` between two. Refused when no group has it, or when it is the
-    /// last voter of a shard.
+    /// `pause` between two. Refused when no group has it, when it is the
+    /// last voter of a shard, or when it is this node.
     pub async fn remove_node(&self, node: NodeId, pause: Duration) -> Result<(), AdminError> {
         self.begin_remove_node(node, pause)?.wait().await
     }
@@ -227,6 +227,14 @@ impl Node {
         if let Some(shard) = views.iter().position(|view| view.voters.iter().all(|voter| *voter == node)) {
             return Err(AdminError::Invalid(format!(
                 "node {node} is the last voter of shard {shard}: it cannot leave"
+            )));
+        }
+        if node == self.inner.id {
+            // It would follow its own removal only up to the joint
+            // configuration (the last one it receives), and report progress
+            // from a view that stops there.
+            return Err(AdminError::Invalid(format!(
+                "node {node} cannot remove itself: send the removal to a node that stays"
             )));
         }
         self.begin(

@@ -503,12 +503,13 @@ pub async fn add_node(
         which drops it from the group; a shard's leader on that node hands over to the others. The change \
         pauses `cluster.membership_shard_pause_ms` between shards. Writes go on meanwhile. Answers at once \
         (202); follow it with `GET /v1/admin/nodes`, then stop the removed node. Send it to a node that \
-        stays.",
+        stays (a node does not remove itself).",
     extensions(("x-tally-role" = json!("admin"))),
     params(("id" = u64, Path, description = "The node to remove.")),
     responses(
         (status = 202, description = "The change started; `change` shows its progress.", body = NodesStatus),
-        (status = 400, description = "`invalid_path`, `invalid_membership` (it is the last voter of a shard)."),
+        (status = 400, description = "`invalid_path`, `invalid_membership` (it is the last voter of a shard, or \
+            the node asked)."),
         (status = 403, description = "`forbidden`."),
         (status = 404, description = "`node_not_member`."),
         (status = 409, description = "`membership_change_in_progress`."),
