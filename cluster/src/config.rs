@@ -191,6 +191,10 @@ pub struct ClusterConfig {
     /// leader cannot be reached, or the catch-up outlasts the admin call,
     /// before the whole change fails (re-running it resumes where it stopped).
     pub membership_shard_attempts_max: u32,
+    /// Longest one shard's learner catch-up (a snapshot of the whole shard,
+    /// then the log) may take when adding a node before the attempt is
+    /// given up (and tried again, `membership_shard_attempts_max`).
+    pub membership_catch_up_timeout_ms: u64,
 
     pub wal: WalConfig,
 
@@ -243,6 +247,7 @@ impl Default for ClusterConfig {
             rebalance_interval_ms: 2_000,
             membership_shard_pause_ms: 1_000,
             membership_shard_attempts_max: 10,
+            membership_catch_up_timeout_ms: 600_000,
             wal: WalConfig::default(),
             archive_dir: None,
             archive_retry_ms: 1_000,
@@ -311,8 +316,8 @@ impl ClusterConfig {
                 "snapshot_transfers_per_peer_max and snapshot_transfer_idle_timeout_ms must be at least 1".into()
             );
         }
-        if self.membership_shard_attempts_max == 0 {
-            return Err("membership_shard_attempts_max must be at least 1".into());
+        if self.membership_shard_attempts_max == 0 || self.membership_catch_up_timeout_ms == 0 {
+            return Err("membership_shard_attempts_max and membership_catch_up_timeout_ms must be at least 1".into());
         }
         if self.peer_connections_incoming_max == 0 || self.peer_idle_timeout_ms == 0 || self.connect_timeout_ms == 0 {
             return Err(

@@ -5,6 +5,7 @@
 //! progress, is `membership`.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use openraft::ChangeMembers;
 
@@ -41,7 +42,15 @@ impl Node {
         Ok(())
     }
 
-    pub(super) async fn admin_one(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
+    async fn admin_one(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
+        // Catching a learner up can take a while: a longer timeout.
+        self.admin_one_within(shard, op, self.inner.rpc_timeout() * 15).await
+    }
+
+    /// `op` on `shard`'s leader; one attempt (local, or a call to the
+    /// leader) waits at most `timeout`, and attempts go on for the retry
+    /// window while the group has no reachable leader.
+    pub(super) async fn admin_one_within(&self, shard: u32, op: AdminOp, timeout: Duration) -> Result<(), AdminError> {
         let inner = &self.inner;
         let group = inner.group(shard).ok_or_else(|| AdminError::Invalid(format!("shard {shard} does not exist")))?;
         let mut retry = Retry::new(inner.config.retry_window_ms);
@@ -51,15 +60,14 @@ impl Node {
                     // The same bound as a call to another leader: a learner
                     // that never catches up (unreachable) is not waited for
                     // forever; it stays a learner, and a retry waits again.
-                    let applied = tokio::time::timeout(inner.rpc_timeout() * 15, apply_admin(&group.raft, op.clone()));
+                    let applied = tokio::time::timeout(timeout, apply_admin(&group.raft, op.clone()));
                     if let Ok(result) = applied.await {
                         return result.map_err(|reason| AdminError::Failed { shard, reason });
                     }
                 }
                 Some(leader) => {
                     let request = Request::Admin { group: shard, op: op.clone() };
-                    // Catching a learner up can take a while: a longer timeout.
-                    match inner.transport.call(leader, &request, inner.rpc_timeout() * 15).await {
+                    match inner.transport.call(leader, &request, timeout).await {
                         Ok(Response::AdminDone) => return Ok(()),
                         Ok(Response::Refused(reason)) => return Err(AdminError::Failed { shard, reason }),
                         _ => {}

@@ -376,7 +376,7 @@ impl Node {
         Ok(changed)
     }
 
-    /// `admin_one`, tried up to `membership_shard_attempts_max` times while
+    /// `admin_one_within`, tried up to `membership_shard_attempts_max` times while
     /// it fails: the shard's leader cannot be reached, the call outlasts its
     /// window (a catch-up by snapshot can), or the leader changed or had a
     /// change of its own in flight midway (both operations are idempotent:
@@ -385,10 +385,17 @@ impl Node {
     /// time.
     async fn admin_attempts(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
         let attempts_max = self.inner.config.membership_shard_attempts_max.max(1);
+        // An addition waits for the learner's catch-up, a snapshot transfer
+        // of the whole shard: the call is not cut short (and the learner
+        // re-added, which restarts its replication) before that bound.
+        let timeout = match op {
+            AdminOp::AddLearner { .. } => Duration::from_millis(self.inner.config.membership_catch_up_timeout_ms),
+            AdminOp::ChangeVoters { .. } => self.inner.rpc_timeout() * 15,
+        };
         let pause = Duration::from_millis(self.inner.config.election_timeout_max_ms);
         let mut attempt = 1;
         loop {
-            match self.admin_one(shard, op.clone()).await {
+            match self.admin_one_within(shard, op.clone(), timeout).await {
                 Err(error @ (AdminError::Unavailable { .. } | AdminError::Failed { .. })) if attempt < attempts_max => {
                     attempt += 1;
                     tracing::info!(shard, attempt, %error, "membership step failed; trying again");
