@@ -182,6 +182,15 @@ pub struct ClusterConfig {
     /// How often a leader checks whether a group's preferred leader is back
     /// and hands leadership over; 0 turns rebalancing off.
     pub rebalance_interval_ms: u64,
+    /// Pause between two shards of `tally node add` / `tally node remove`
+    /// (`Node::add_node`, `Node::remove_node`): the shards move one at a
+    /// time, and this spaces their snapshot transfers and elections so the
+    /// cluster keeps serving at full speed meanwhile.
+    pub membership_shard_pause_ms: u64,
+    /// Attempts at one shard's step of adding or removing a node when its
+    /// leader cannot be reached, or the catch-up outlasts the admin call,
+    /// before the whole change fails (re-running it resumes where it stopped).
+    pub membership_shard_attempts_max: u32,
 
     pub wal: WalConfig,
 
@@ -232,6 +241,8 @@ impl Default for ClusterConfig {
             peer_idle_timeout_ms: 60_000,
             event_buffer_max: 65_536,
             rebalance_interval_ms: 2_000,
+            membership_shard_pause_ms: 1_000,
+            membership_shard_attempts_max: 10,
             wal: WalConfig::default(),
             archive_dir: None,
             archive_retry_ms: 1_000,
@@ -299,6 +310,9 @@ impl ClusterConfig {
             return Err(
                 "snapshot_transfers_per_peer_max and snapshot_transfer_idle_timeout_ms must be at least 1".into()
             );
+        }
+        if self.membership_shard_attempts_max == 0 {
+            return Err("membership_shard_attempts_max must be at least 1".into());
         }
         if self.peer_connections_incoming_max == 0 || self.peer_idle_timeout_ms == 0 || self.connect_timeout_ms == 0 {
             return Err(

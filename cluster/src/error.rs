@@ -88,6 +88,15 @@ pub enum AdminError {
     Unavailable { shard: u32 },
     #[error("{0}")]
     Invalid(String),
+    /// `add_node` of a node that is already a voter of every shard.
+    #[error("node {node} is already a voter of every shard")]
+    AlreadyMember { node: NodeId },
+    /// `remove_node` of a node that no shard's group has, as voter or learner.
+    #[error("node {node} is not a member of any shard")]
+    NotMember { node: NodeId },
+    /// Another node addition or removal is running on this node.
+    #[error("a membership change is running on this node: {running}")]
+    InProgress { running: String },
 }
 
 /// Why a node could not start.

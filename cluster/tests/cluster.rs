@@ -644,7 +644,7 @@ async fn membership_changes_are_explicit_admin_operations() {
     }
 
     cluster.node(3).change_voters(vec![1, 2, 3, 4], false).await.unwrap_or_else(|e| panic!("promote: {e}"));
-    cluster.node(1).remove_node(1).await.unwrap_or_else(|e| panic!("remove: {e}"));
+    cluster.node(1).remove_node(1, Duration::ZERO).await.unwrap_or_else(|e| panic!("remove: {e}"));
     let deadline = Instant::now() + SETTLE;
     loop {
         let status = fourth.status();

@@ -1000,6 +1000,43 @@ function renderCluster(cluster) {
   $("shards").tBodies[0].replaceChildren(...rows);
 }
 
+// Adding and removing nodes ----------------------------------------------------
+
+/** How often the page follows a running node addition or removal. */
+const NODE_CHANGE_POLL_MS = 500;
+
+function describeChange(change) {
+  if (!change) return "";
+  const what = `${change.operation === "add" ? "Adding" : "Removing"} node ${change.node}`;
+  const shards = `${change.shards_done} of ${change.shards_total} shards done`;
+  if (change.state === "running") {
+    return `${what}: ${shards}${change.shard === null ? "" : `, moving shard ${change.shard}`}…`;
+  }
+  if (change.state === "done") return `${what}: done (${shards}).`;
+  return `${what}: failed after ${shards}: ${change.error || "no reason given"}. Run it again to resume.`;
+}
+
+/** Shows the change's progress until it ends, then the cluster as it is now. */
+async function followNodeChange(status) {
+  let change = status.change;
+  $("node-change").textContent = describeChange(change);
+  while (change && change.state === "running") {
+    await new Promise((resolve) => setTimeout(resolve, NODE_CHANGE_POLL_MS));
+    change = (await state.client.nodes()).change;
+    $("node-change").textContent = describeChange(change);
+  }
+  await refreshCluster();
+}
+
+async function addNode() {
+  const id = Number($("node-add-id").value);
+  await followNodeChange(await state.client.addNode(id, $("node-add-addr").value.trim()));
+}
+
+async function removeNode() {
+  await followNodeChange(await state.client.removeNode(Number($("node-remove-id").value)));
+}
+
 // ---------------------------------------------------------------------------
 // Bundles
 
@@ -1100,6 +1137,8 @@ function wire() {
   $("sku-refresh").addEventListener("click", (event) => act(event.currentTarget, reloadSku));
   $("alerts-refresh").addEventListener("click", (event) => act(event.currentTarget, loadAlerts));
   $("cluster-refresh").addEventListener("click", (event) => act(event.currentTarget, refreshCluster));
+  onSubmit("node-add-form", addNode);
+  onSubmit("node-remove-form", removeNode);
   $("feed-pause").addEventListener("click", (event) => {
     state.feedPaused = !state.feedPaused;
     event.currentTarget.setAttribute("aria-pressed", String(state.feedPaused));

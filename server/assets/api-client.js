@@ -67,6 +67,9 @@ export const ROUTES = Object.freeze({
   ledger: { method: "GET", path: "/v1/ledger", role: "read" },
   cluster: { method: "GET", path: "/v1/cluster", role: "read" },
   digests: { method: "GET", path: "/v1/cluster/digests", role: "read" },
+  nodes: { method: "GET", path: "/v1/admin/nodes", role: "admin" },
+  addNode: { method: "POST", path: "/v1/admin/nodes", role: "admin" },
+  removeNode: { method: "DELETE", path: "/v1/admin/nodes/{id}", role: "admin" },
   metrics: { method: "GET", path: "/metrics", role: "read" },
   openapi: { method: "GET", path: "/openapi.json", role: "read" },
   healthz: { method: "GET", path: "/healthz", role: null },
@@ -122,6 +125,7 @@ export const ERROR_CODES = Object.freeze({
   order_not_found: "No reservation for this order.",
   import_not_found: "No such import among this node's recent ones.",
   bundle_not_found: "The SKU is not a bundle.",
+  node_not_member: "The node is not a member of any shard.",
   not_found: "No such route.",
   // 405, 410, 413, 415
   method_not_allowed: "The route does not take this method.",
@@ -138,6 +142,8 @@ export const ERROR_CODES = Object.freeze({
   shard_full: "The shard has no room for more.",
   customer_limit: "The customer would pass the SKU's limit per customer.",
   confirm_over_held: "A confirm line names units the reservation does not hold there.",
+  node_already_member: "The node is already a voter of every shard.",
+  membership_change_in_progress: "A node addition or removal is running on this node; wait for it to end.",
   item_has_holds: "Live holds reserve units of the item; release or confirm them before deleting.",
   import_running: "An import with this Import-Id is running.",
   bundle_nested: "A bundle's component is a bundle; bundles do not nest.",
@@ -434,6 +440,21 @@ export class TallyClient {
   /** Nodes, and per shard its leader, term, indexes and follower lag. */
   async cluster() {
     return (await this.request("GET", "/v1/cluster")).body;
+  }
+
+  /** The cluster's nodes and the last or running node addition or removal (admin role). */
+  async nodes() {
+    return (await this.request("GET", "/v1/admin/nodes")).body;
+  }
+
+  /** Starts adding node `id` (peer address `addr`) to every shard; answers at once, with its progress. */
+  async addNode(id, addr) {
+    return (await this.request("POST", "/v1/admin/nodes", { body: { id, addr } })).body;
+  }
+
+  /** Starts removing node `id` from every shard; answers at once, with its progress. */
+  async removeNode(id) {
+    return (await this.request("DELETE", `/v1/admin/nodes/${enc(String(id))}`)).body;
   }
 
   async readyz() {

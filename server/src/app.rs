@@ -15,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use cluster::Node;
 use engine::{Command, Outcome};
 use tokio::net::TcpListener;
@@ -130,6 +130,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/backup", post(admin::start_backup).get(admin::backup_status))
         .route("/v1/admin/learners", post(admin::add_learner))
         .route("/v1/admin/voters", put(admin::change_voters))
+        .route("/v1/admin/nodes", post(admin::add_node).get(admin::nodes))
+        .route("/v1/admin/nodes/{id}", delete(admin::remove_node))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state.auth), authenticate));

@@ -5,6 +5,7 @@
 //! (see `config/example.toml`), `TALLY_*` variables and flags override it.
 //! `tally hash-key` prints the hash an API key is configured by. `tally
 //! ledger export` writes a running node's movement ledger (`export.rs`).
+//! `tally node add|remove` grows or shrinks a running cluster (`nodes.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,42 @@ enum Cmd {
     /// The movement ledger of a running node.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Add a node to, or remove one from, every shard of a running cluster,
+    /// one shard at a time (`/v1/admin/nodes`).
+    Node(NodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    #[command(subcommand)]
+    action: NodeAction,
+    /// The HTTP address of a node of the cluster (plain HTTP); for a
+    /// removal, one that stays.
+    #[arg(long, env = "TALLY_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// An admin API key (none when the node has no keys).
+    #[arg(long, env = "TALLY_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeAction {
+    /// Add a started node (fresh data directory, `cluster.members` naming
+    /// the cluster's voters) to every shard as a voter; waits until done.
+    Add {
+        /// The new node's id (its cluster.node_id).
+        #[arg(long)]
+        id: u64,
+        /// The new node's peer address (its cluster.listen), host:port.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a node from every shard; waits until done. Stop it afterwards.
+    Remove {
+        /// The node to remove.
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +306,7 @@ where
             }
         },
         Cmd::Backup(args) => backup(&args),
+        Cmd::Node(args) => node(&args),
         Cmd::Restore(args) => restore(&args),
         Cmd::Ledger(LedgerCmd::Export(args)) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -335,6 +373,33 @@ fn backup(args: &BackupArgs) -> ExitCode {
         }
         Err(error) => {
             eprintln!("tally: backup to {to} failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn node(args: &NodeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tally: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (change, what) = match &args.action {
+        NodeAction::Add { id, addr } => {
+            (crate::nodes::NodeChange::Add { id: *id, addr: addr.clone() }, format!("adding node {id} ({addr})"))
+        }
+        NodeAction::Remove { id } => (crate::nodes::NodeChange::Remove { id: *id }, format!("removing node {id}")),
+    };
+    let progress = |line: &str| eprintln!("tally: {what}: {line}");
+    match runtime.block_on(crate::nodes::run_change(&args.url, args.api_key.as_deref(), &change, progress)) {
+        Ok(status) => {
+            println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tally: {what} failed: {error}");
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,7 @@ pub mod export;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
+pub mod nodes;
 pub mod openapi;
 pub mod problem;
 pub mod routes;

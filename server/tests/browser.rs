@@ -278,6 +278,14 @@ async fn signing_in_keeps_the_key_for_the_tab_and_failures_show_their_problem() 
     let shards = browser.execute("return document.querySelectorAll('#shards tbody tr').length;", vec![]).await;
     assert_eq!(shards, json!(2));
     browser.wait_for_text("#shards tbody tr[data-shard='0']", "node 1").await;
+    // The node controls answer with the API's problem: no node 9 to
+    // remove, and node 1 is a voter of every shard already.
+    browser.type_into("#node-remove-id", &format!("9{ENTER}")).await;
+    browser.wait_for_text("#banner-code", "node_not_member").await;
+    browser.type_into("#node-add-id", "1").await;
+    browser.type_into("#node-add-addr", &format!("{}{ENTER}", node.peer_addr)).await;
+    browser.wait_for_text("#banner-code", "node_already_member").await;
+    browser.click("#banner-close").await;
 
     // A reload keeps the session: no second sign-in.
     browser.refresh().await;

@@ -1,11 +1,12 @@
-//! Admin operations on every group's membership: adding learners,
-//! changing voters, removing a node. Each runs on the group's leader,
-//! asked over the peer connection when that is another node.
+//! Admin operations on every group's membership: adding learners and
+//! changing voters, on every group at once. Each runs on the group's
+//! leader, asked over the peer connection when that is another node
+//! (`admin_one`). Adding and removing a node one shard at a time, with
+//! progress, is `membership`.
 
 use std::collections::BTreeSet;
 
 use openraft::ChangeMembers;
-use openraft::async_runtime::WatchReceiver;
 
 use super::Node;
 use super::retry::Retry;
@@ -33,20 +34,6 @@ impl Node {
         self.admin_all(AdminOp::ChangeVoters { voters, retain }).await
     }
 
-    /// Removes `node` from every group: from the voters, then as a learner.
-    pub async fn remove_node(&self, node: NodeId) -> Result<(), AdminError> {
-        for group in &self.inner.groups {
-            let metrics = group.raft.metrics().borrow_watched().clone();
-            let voters: Vec<NodeId> =
-                metrics.membership_config.membership().voter_ids().filter(|id| *id != node).collect();
-            if voters.is_empty() {
-                return Err(AdminError::Invalid(format!("removing {node} would leave shard {} no voter", group.shard)));
-            }
-            self.admin_one(group.shard, AdminOp::ChangeVoters { voters, retain: false }).await?;
-        }
-        Ok(())
-    }
-
     async fn admin_all(&self, op: AdminOp) -> Result<(), AdminError> {
         for shard in 0..self.inner.config.shards {
             self.admin_one(shard, op.clone()).await?;
@@ -54,14 +41,20 @@ impl Node {
         Ok(())
     }
 
-    async fn admin_one(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
+    pub(super) async fn admin_one(&self, shard: u32, op: AdminOp) -> Result<(), AdminError> {
         let inner = &self.inner;
         let group = inner.group(shard).ok_or_else(|| AdminError::Invalid(format!("shard {shard} does not exist")))?;
         let mut retry = Retry::new(inner.config.retry_window_ms);
         loop {
             match group.raft.current_leader().await {
                 Some(leader) if leader == inner.id => {
-                    return apply_admin(&group.raft, op).await.map_err(|reason| AdminError::Failed { shard, reason });
+                    // The same bound as a call to another leader: a learner
+                    // that never catches up (unreachable) is not waited for
+                    // forever; it stays a learner, and a retry waits again.
+                    let applied = tokio::time::timeout(inner.rpc_timeout() * 15, apply_admin(&group.raft, op.clone()));
+                    if let Ok(result) = applied.await {
+                        return result.map_err(|reason| AdminError::Failed { shard, reason });
+                    }
                 }
                 Some(leader) => {
                     let request = Request::Admin { group: shard, op: op.clone() };

@@ -22,7 +22,10 @@
 //!   retry under one request id.
 //! * `read` — linearizable and stale reads, and the node-local views
 //!   (digests, live holds, backup views).
-//! * `admin` — learners, voters, removing a node.
+//! * `admin` — learners, voters, and the per-shard admin call to a leader.
+//! * `membership` — adding and removing a node online, one shard at a time
+//!   (`move_shard`), with progress; peers' addresses learned from each
+//!   group's membership.
 //! * `bootstrap` — initializing the groups this node is preferred for.
 //! * `leadership` — who leads each group here: the leadership watch,
 //!   rebalancing, and handing a stopped shard's leadership over.
@@ -37,6 +40,7 @@
 mod admin;
 mod bootstrap;
 mod leadership;
+mod membership;
 mod peer_service;
 mod read;
 mod retry;
@@ -44,6 +48,7 @@ mod snapshot_inbound;
 mod start;
 mod submit;
 
+pub use membership::{MembershipChange, MembershipChangeState, MembershipJob, MembershipOperation};
 pub use start::{check_identity, initial_limits, shard_dir};
 
 use std::collections::BTreeMap;
@@ -124,6 +129,8 @@ struct Inner {
     health: Arc<Health>,
     /// The movement ledger, if on.
     ledger: Option<Arc<Ledger>>,
+    /// The last or running node addition or removal (`membership`).
+    membership: Mutex<Option<MembershipChange>>,
 }
 
 /// A running node. Cheap to clone.

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::bootstrap::bootstrap;
 use super::leadership::{react_to_failures, rebalance, watch_leadership};
+use super::membership::learn_member_addresses;
 use super::peer_service::Service;
 use super::snapshot_inbound::{inbound_limits, sweep_inbound_snapshots};
 use super::submit::request_prefix;
@@ -170,6 +171,7 @@ impl Node {
                 shut_down: AtomicBool::new(false),
                 health: Arc::clone(&health),
                 ledger,
+                membership: Mutex::new(None),
             }),
         };
         node.spawn_background(listener, health);
@@ -177,8 +179,9 @@ impl Node {
     }
 
     /// The tasks a started node runs until it stops: the peer service,
-    /// bootstrap, the reaction to stopped shards, rebalancing (when on) and
-    /// the sweeper of abandoned snapshot transfers.
+    /// bootstrap, the reaction to stopped shards, rebalancing (when on),
+    /// the sweeper of abandoned snapshot transfers, and per group the
+    /// learning of its members' addresses.
     fn spawn_background(&self, listener: TcpListener, health: Arc<Health>) {
         let serve = self.inner.transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&self.inner) }));
         self.inner.tasks.lock().push(serve);
@@ -192,6 +195,10 @@ impl Node {
         }
         let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&self.inner)));
         self.inner.tasks.lock().push(sweep);
+        for group in &self.inner.groups {
+            let learn = tokio::spawn(learn_member_addresses(group.raft.clone(), self.inner.transport.clone()));
+            self.inner.tasks.lock().push(learn);
+        }
     }
     /// Stops the node: peers see it go at once; Raft groups, proposers and
     /// shard actors stop. Durable state stays on disk for a restart.

@@ -19,9 +19,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Polls before the command gives up waiting (the backup goes on).
 const POLLS_MAX: u32 = 7_200;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-async fn call(
+pub(crate) async fn call(
     client: &HttpClient,
     base: &str,
     method: Method,

@@ -1,4 +1,6 @@
-//! `/v1/admin/*`: online backups and membership changes. Admin keys only.
+//! `/v1/admin/*`: online backups and membership changes (learners and
+//! voters of every group at once; adding and removing a node shard by
+//! shard, `/v1/admin/nodes`). Admin keys only.
 //!
 //! Each handler has the usual shape: check the caller, validate the body,
 //! hand the work to the node (or the backup writer), map the outcome.
@@ -22,7 +24,7 @@ use crate::backup::take::write_backup;
 use crate::backup::{BackupError, Manifest};
 use crate::config::Role;
 use crate::problem::{ApiResult, Problem};
-use crate::routes::JsonBody;
+use crate::routes::{JsonBody, PathParams};
 
 type Shared = State<Arc<AppState>>;
 
@@ -289,6 +291,13 @@ fn admin_problem(error: &AdminError) -> Problem {
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string()).retry_after_ms(1000)
         }
         AdminError::Failed { .. } => Problem::new(StatusCode::CONFLICT, "membership_change_failed", error.to_string()),
+        AdminError::AlreadyMember { .. } => {
+            Problem::new(StatusCode::CONFLICT, "node_already_member", error.to_string())
+        }
+        AdminError::NotMember { .. } => Problem::not_found("node_not_member", error.to_string()),
+        AdminError::InProgress { .. } => {
+            Problem::new(StatusCode::CONFLICT, "membership_change_in_progress", error.to_string())
+        }
     }
 }
 
@@ -352,4 +361,185 @@ pub async fn change_voters(
     }
     state.node.change_voters(body.voters.clone(), body.retain).await.map_err(|e| admin_problem(&e))?;
     Ok(axum::Json(json!({ "voters": body.voters })).into_response())
+}
+
+/// Body of `POST /v1/admin/nodes`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRequest {
+    /// The new node's id (`cluster.node_id`), 1 or more.
+    pub id: u64,
+    /// The new node's peer address (`cluster.listen`), `host:port`.
+    pub addr: String,
+}
+
+/// A node addition or removal: the last one this node ran, or the one
+/// running.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct MembershipChangeStatus {
+    /// `add` or `remove`.
+    pub operation: String,
+    pub node: u64,
+    /// The added node's peer address.
+    pub addr: Option<String>,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// The shard being moved now.
+    pub shard: Option<u32>,
+    /// Shards finished (moved, or found already moved).
+    pub shards_done: u32,
+    pub shards_total: u32,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl MembershipChangeStatus {
+    fn of(change: &cluster::node::MembershipChange) -> Self {
+        Self {
+            operation: change.operation.name().to_owned(),
+            node: change.node,
+            addr: change.addr.clone(),
+            state: change.state.name().to_owned(),
+            shard: change.shard,
+            shards_done: change.shards_done,
+            shards_total: change.shards_total,
+            error: change.error.clone(),
+        }
+    }
+}
+
+/// One node of the cluster, as this node's groups see it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct NodeMembership {
+    pub id: u64,
+    /// Its peer address.
+    pub addr: String,
+    /// Shards it is a voter of.
+    pub voter_of: u32,
+    /// Shards it is a learner of (catching up, or left by an addition that
+    /// stopped midway).
+    pub learner_of: u32,
+}
+
+/// Answer of `GET /v1/admin/nodes` (and of the calls that start a change).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct NodesStatus {
+    pub shards: u32,
+    pub nodes: Vec<NodeMembership>,
+    /// The last or running addition or removal started on this node.
+    pub change: Option<MembershipChangeStatus>,
+}
+
+fn nodes_status(node: &cluster::Node) -> NodesStatus {
+    let status = node.status();
+    let nodes = status
+        .nodes
+        .iter()
+        .map(|(id, addr)| {
+            let voter_of = status.shards.iter().filter(|shard| shard.voters.contains(id)).count();
+            let learner_of = status.shards.iter().filter(|shard| shard.learners.contains(id)).count();
+            NodeMembership {
+                id: *id,
+                addr: addr.clone(),
+                voter_of: u32::try_from(voter_of).unwrap_or(u32::MAX),
+                learner_of: u32::try_from(learner_of).unwrap_or(u32::MAX),
+            }
+        })
+        .collect();
+    NodesStatus {
+        shards: node.shard_count(),
+        nodes,
+        change: node.membership_change().as_ref().map(MembershipChangeStatus::of),
+    }
+}
+
+fn membership_pause(state: &AppState) -> std::time::Duration {
+    std::time::Duration::from_millis(state.config.cluster.membership_shard_pause_ms)
+}
+
+/// `POST /v1/admin/nodes`: adds a node to every shard, one at a time.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/nodes",
+    tag = "operations",
+    summary = "Add a node to every shard's group as a voter, one shard at a time",
+    description = "Start the new node first, with a fresh data directory and `cluster.members` naming this \
+        cluster's voters (not itself). Then per shard, in order: the node joins as a learner and catches up \
+        (a snapshot, then the log), the voters become the old ones plus the node (joint consensus), and the \
+        change pauses `cluster.membership_shard_pause_ms` before the next shard. Writes go on meanwhile. \
+        Answers at once (202) with the change running; follow it with `GET /v1/admin/nodes`. Running it \
+        again after a failure resumes it. One change at a time per node.",
+    extensions(("x-tally-role" = json!("admin"))),
+    request_body = NodeRequest,
+    responses(
+        (status = 202, description = "The change started; `change` shows its progress.", body = NodesStatus),
+        (status = 400, description = "`invalid_body`, `invalid_json`, `invalid_membership` (id 0, a bad address, \
+            or the id is a member at another address)."),
+        (status = 403, description = "`forbidden`."),
+        (status = 409, description = "`node_already_member` (a voter of every shard), \
+            `membership_change_in_progress`."),
+    ),
+)]
+pub async fn add_node(
+    State(state): Shared,
+    principal: Principal,
+    JsonBody(body): JsonBody<NodeRequest>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    if body.addr.is_empty() || body.addr.len() > PATH_BYTES_MAX || !body.addr.contains(':') {
+        return Err(Problem::bad_request("invalid_membership", "addr must be host:port"));
+    }
+    state.node.begin_add_node(body.id, body.addr, membership_pause(&state)).map_err(|e| admin_problem(&e))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(nodes_status(&state.node))).into_response())
+}
+
+/// `DELETE /v1/admin/nodes/{id}`: removes a node from every shard, one at a time.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/nodes/{id}",
+    tag = "operations",
+    summary = "Remove a node from every shard's group, one shard at a time",
+    description = "Per shard, in order: the voters become the old ones without the node (joint consensus), \
+        which drops it from the group; a shard's leader on that node hands over to the others. The change \
+        pauses `cluster.membership_shard_pause_ms` between shards. Writes go on meanwhile. Answers at once \
+        (202); follow it with `GET /v1/admin/nodes`, then stop the removed node. Send it to a node that \
+        stays.",
+    extensions(("x-tally-role" = json!("admin"))),
+    params(("id" = u64, Path, description = "The node to remove.")),
+    responses(
+        (status = 202, description = "The change started; `change` shows its progress.", body = NodesStatus),
+        (status = 400, description = "`invalid_path`, `invalid_membership` (it is the last voter of a shard)."),
+        (status = 403, description = "`forbidden`."),
+        (status = 404, description = "`node_not_member`."),
+        (status = 409, description = "`membership_change_in_progress`."),
+    ),
+)]
+pub async fn remove_node(
+    State(state): Shared,
+    principal: Principal,
+    PathParams(id): PathParams<u64>,
+) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    state.node.begin_remove_node(id, membership_pause(&state)).map_err(|e| admin_problem(&e))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(nodes_status(&state.node))).into_response())
+}
+
+/// `GET /v1/admin/nodes`: the nodes and the last or running change.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/nodes",
+    tag = "operations",
+    summary = "The cluster's nodes and the progress of the last node addition or removal",
+    description = "Each node with the number of shards it is a voter and a learner of (as this node's groups \
+        see them), and the addition or removal started on this node: which shard it is moving and how many \
+        are done.",
+    extensions(("x-tally-role" = json!("admin"))),
+    responses(
+        (status = 200, description = "The nodes and the last change.", body = NodesStatus),
+        (status = 403, description = "`forbidden`."),
+    ),
+)]
+pub async fn nodes(State(state): Shared, principal: Principal) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    Ok(axum::Json(nodes_status(&state.node)).into_response())
 }
