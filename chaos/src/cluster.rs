@@ -14,9 +14,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hyper::Method;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
 use testkit::{Http, NodeSpec, Options, Program, TallyCluster, TallyProcess, free_addrs};
 
 use crate::proxy::{Flow, Proxy, Rule};
@@ -41,15 +42,24 @@ pub struct Settings {
 /// The running cluster: node `i` is `i`'s directory `<dir>/node<i>`.
 pub struct ChaosCluster {
     nodes: TallyCluster,
-    /// Nodes in the cluster.
+    /// Node `size + 1`: started with the members but not among them, so it
+    /// waits to be added (the `add-node` fault adds and removes it).
+    spare: TallyProcess,
+    /// Nodes in the cluster (the spare not counted).
     size: u8,
-    /// `proxies[(from - 1) * size + (to - 1)]`, `None` on the diagonal.
+    /// `proxies[(from - 1) * (size + 1) + (to - 1)]` over every node and the
+    /// spare, `None` on the diagonal.
     proxies: Vec<Option<Proxy>>,
 }
 
 fn link(size: u8, from: u8, to: u8) -> usize {
-    usize::from(from - 1) * usize::from(size) + usize::from(to - 1)
+    usize::from(from - 1) * usize::from(size + 1) + usize::from(to - 1)
 }
+
+/// The variable that overrides a node's `cluster.members`.
+const MEMBERS_ENV: &str = "TALLY_CLUSTER__MEMBERS";
+/// Longest wait for a node addition or removal to finish.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(180);
 
 impl ChaosCluster {
     /// Starts `settings.nodes` nodes with their data and logs under `dir`
@@ -59,12 +69,13 @@ impl ChaosCluster {
         if !(1..=NODES_MAX).contains(&size) {
             return Err(format!("a chaos cluster has 1 to {NODES_MAX} nodes, not {size}"));
         }
-        let addrs = free_addrs(2 * usize::from(size));
-        let (http, peer) = addrs.split_at(usize::from(size));
+        let total = size + 1;
+        let addrs = free_addrs(2 * usize::from(total));
+        let (http, peer) = addrs.split_at(usize::from(total));
         let members: Vec<(u64, SocketAddr)> = (1..=u64::from(size)).zip(peer.iter().copied()).collect();
         let mut proxies = Vec::new();
-        for from in 1..=size {
-            for to in 1..=size {
+        for from in 1..=total {
+            for to in 1..=total {
                 if from == to {
                     proxies.push(None);
                     continue;
@@ -83,8 +94,8 @@ impl ChaosCluster {
             options = options.set("cluster", key, value);
         }
         let mut nodes = Vec::new();
-        for id in 1..=size {
-            let dial = (1..=size)
+        for id in 1..=total {
+            let dial = (1..=total)
                 .filter(|other| *other != id)
                 .filter_map(|other| proxies[link(size, id, other)].as_ref().map(|p| (u64::from(other), p.addr())))
                 .collect();
@@ -98,9 +109,10 @@ impl ChaosCluster {
             };
             nodes.push(TallyProcess::launch(spec, &options)?);
         }
+        let spare = nodes.pop().ok_or("no spare node")?;
         let mut nodes = TallyCluster::from_nodes(nodes);
         nodes.try_ready().await?;
-        Ok(ChaosCluster { nodes, size, proxies })
+        Ok(ChaosCluster { nodes, spare, size, proxies })
     }
 
     /// Nodes in the cluster.
@@ -114,11 +126,16 @@ impl ChaosCluster {
     }
 
     fn node(&self, id: u8) -> &TallyProcess {
-        self.nodes.node(u64::from(id))
+        if id == self.spare() { &self.spare } else { self.nodes.node(u64::from(id)) }
     }
 
     fn node_mut(&mut self, id: u8) -> &mut TallyProcess {
-        self.nodes.node_mut(u64::from(id))
+        if id == self.spare() { &mut self.spare } else { self.nodes.node_mut(u64::from(id)) }
+    }
+
+    /// The spare node's id: `size + 1`.
+    pub fn spare(&self) -> u8 {
+        self.size + 1
     }
 
     /// The HTTP address of node `id` (1-based).
@@ -238,11 +255,98 @@ impl ChaosCluster {
         }
     }
 
+    /// Asks node `via` to add node `id` to every shard (`POST
+    /// /v1/admin/nodes`) and waits until the change is done.
+    pub async fn add_node(&self, via: u8, id: u8) -> Result<(), String> {
+        let body = json!({ "id": id, "addr": self.node(id).peer_addr.to_string() });
+        self.change_membership(via, Method::POST, "/v1/admin/nodes".to_owned(), Some(body)).await
+    }
+
+    /// Asks node `via` to remove node `id` from every shard (`DELETE
+    /// /v1/admin/nodes/{id}`) and waits until the change is done.
+    pub async fn remove_node(&self, via: u8, id: u8) -> Result<(), String> {
+        self.change_membership(via, Method::DELETE, format!("/v1/admin/nodes/{id}"), None).await
+    }
+
+    async fn change_membership(
+        &self,
+        via: u8,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<(), String> {
+        let http = self.node(via).client();
+        let what = format!("{method} {path} on node {via}");
+        let (status, _, answer) =
+            http.try_request(method, &path, &[], body.as_ref()).await.map_err(|e| format!("{what}: {e}"))?;
+        if status != StatusCode::ACCEPTED {
+            return Err(format!("{what}: {status} {answer}"));
+        }
+        let deadline = Instant::now() + MEMBERSHIP_WAIT;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok((_, _, nodes)) = http.try_request(Method::GET, "/v1/admin/nodes", &[], None).await else { continue };
+            match nodes["change"]["state"].as_str() {
+                Some("done") => return Ok(()),
+                Some("failed") => return Err(format!("{what}: failed: {}", nodes["change"]["error"])),
+                _ => {}
+            }
+        }
+        Err(format!("{what}: not done within {MEMBERSHIP_WAIT:?}"))
+    }
+
+    /// Kills node `id`, wipes it and starts it empty, naming the other
+    /// nodes but not itself as members, so it waits to be added (a node
+    /// that joins afresh); `joined` undoes the naming once it is added.
+    pub async fn restart_as_new(&mut self, id: u8) -> Result<(), String> {
+        let others: Vec<String> = self
+            .ids()
+            .filter(|other| *other != id)
+            .map(|other| format!("{{ id = {other}, addr = \"{}\" }}", self.node(other).peer_addr))
+            .collect();
+        let node = self.node_mut(id);
+        node.kill_9();
+        node.wipe_data()?;
+        if id <= self.size {
+            let node = self.node_mut(id);
+            node.set_env(MEMBERS_ENV, Some(&format!("[{}]", others.join(", "))));
+        }
+        self.node_mut(id).spawn()
+    }
+
+    /// Node `id` is a member again: its later starts read the members from
+    /// its config (its data has the membership).
+    pub fn joined(&mut self, id: u8) {
+        self.node_mut(id).set_env(MEMBERS_ENV, None);
+    }
+
+    /// The shard count, and per node (the spare too) the number of shards
+    /// it is a voter of, as node `via`'s groups see them.
+    pub async fn voter_of(&self, via: u8) -> Result<(u64, Vec<(u8, u64)>), String> {
+        let http = self.node(via).client();
+        let (_, _, nodes) = http
+            .try_request(Method::GET, "/v1/admin/nodes", &[], None)
+            .await
+            .map_err(|e| format!("GET /v1/admin/nodes on node {via}: {e}"))?;
+        let shards = nodes["shards"].as_u64().ok_or_else(|| format!("node {via}: no shard count in {nodes}"))?;
+        let voters = nodes["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|node| {
+                let id = u8::try_from(node["id"].as_u64()?).ok()?;
+                Some((id, node["voter_of"].as_u64().unwrap_or(0)))
+            })
+            .collect();
+        Ok((shards, voters))
+    }
+
     /// Stops every node (SIGKILL, paused or not) and every proxy.
     pub async fn stop(mut self) {
         for id in self.ids() {
             self.node_mut(id).kill_9();
         }
+        self.spare.kill_9();
         for proxy in self.proxies.into_iter().flatten() {
             proxy.stop().await;
         }

@@ -54,7 +54,7 @@ struct RunArgs {
     /// `random`, `all` (every fault kind, each once per round), or a
     /// comma-separated list of kinds: kill, kill-leader, pause,
     /// partition-one, partition-leader, bridge, one-way, drop, delay,
-    /// wipe-restart, kill-all, clock-jump.
+    /// wipe-restart, kill-all, clock-jump, add-node, remove-node.
     #[arg(long, default_value = "random", value_parser = Schedule::parse)]
     schedule: Schedule,
     /// The run's folder (history, report, node data and logs); default

@@ -37,6 +37,9 @@ const PROBE_TTL: Duration = Duration::from_secs(2);
 const PROBE_POLL: Duration = Duration::from_millis(100);
 /// A probe hold seen live later than this after its deadline expired late.
 pub const EXPIRY_LATE_BOUND: Duration = Duration::from_secs(10);
+/// Longest wait, while healing, for a node that is a voter of every shard
+/// to answer (after a power loss every node restarts at once).
+const MEMBERSHIP_VIEW_WAIT: Duration = Duration::from_secs(60);
 /// Longest wait, after healing, for the nodes to apply the same index.
 const CONVERGE_WAIT: Duration = Duration::from_secs(60);
 /// The goal for writes to a killed leader's shard (issue 6).
@@ -282,8 +285,14 @@ pub async fn run(options: &RunOptions) -> Result<RunReport, String> {
         return Err(format!("{} already holds a run", options.out.display()));
     }
     std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
-    let settings =
-        Settings { nodes: options.nodes, shards: options.shards, seed: options.seed, cluster_extra: Vec::new() };
+    let settings = Settings {
+        nodes: options.nodes,
+        shards: options.shards,
+        seed: options.seed,
+        // Node additions and removals (add-node, remove-node) pause this
+        // long between shards instead of a second.
+        cluster_extra: vec![("membership_shard_pause_ms".to_owned(), "200".to_owned())],
+    };
     let mut cluster = ChaosCluster::start(options.program.clone(), &options.out.join("cluster"), &settings).await?;
     let result = drive(&mut cluster, options).await;
     cluster.stop().await;
@@ -589,6 +598,7 @@ async fn inject(
             inject_network(cluster, step, rng, hot_leader, hot_shard, &mut record).await?
         }
         FaultKind::WipeRestart | FaultKind::KillAll => inject_restart(cluster, step, rng, &mut record).await?,
+        FaultKind::AddNode | FaultKind::RemoveNode => inject_membership(cluster, step, rng, &mut record).await?,
         FaultKind::ClockJump => {
             let node = hot_leader().await.ok_or_else(|| format!("shard {hot_shard} has no leader"))?;
             set_clock(cluster.http(node), CLOCK_JUMP_MS).await?;
@@ -710,6 +720,89 @@ async fn inject_restart(
     Ok(what)
 }
 
+/// A membership change under load (`tally node add` / `remove`): the spare
+/// added to every shard and removed after the hold, or a node removed,
+/// stopped and wiped, then started empty and added back.
+async fn inject_membership(
+    cluster: &mut ChaosCluster,
+    step: &Step,
+    rng: &mut SplitMix,
+    record: &mut impl FnMut(String, bool),
+) -> Result<String, String> {
+    let size = cluster.size();
+    match step.kind {
+        FaultKind::AddNode => {
+            let (via, spare) = (random_node(rng, size), cluster.spare());
+            let what = format!("add node {spare} to every shard (through node {via})");
+            record(what.clone(), false);
+            cluster.add_node(via, spare).await?;
+            tokio::time::sleep(step.hold).await;
+            cluster.remove_node(via, spare).await?;
+            cluster.restart_as_new(spare).await?;
+            record(format!("node {spare} removed again"), true);
+            Ok(what)
+        }
+        FaultKind::RemoveNode => {
+            let node = random_node(rng, size);
+            let others = others(node, size);
+            let via = others[rng.index(others.len())];
+            let what = format!("remove node {node} from every shard (through node {via}), stop and wipe it");
+            record(what.clone(), false);
+            cluster.remove_node(via, node).await?;
+            cluster.kill(node).await?;
+            tokio::time::sleep(step.hold).await;
+            cluster.restart_as_new(node).await?;
+            cluster.add_node(via, node).await?;
+            cluster.joined(node);
+            record(format!("node {node} added back, empty"), true);
+            Ok(what)
+        }
+        _ => Err(format!("{} is not a membership change", step.kind.name())),
+    }
+}
+
+/// Every node of the cluster a voter of every shard and the spare of none:
+/// undoes an `add-node` or `remove-node` step that stopped midway. Asks a
+/// node that is a voter of every shard, waiting for one to answer.
+async fn heal_membership(
+    cluster: &mut ChaosCluster,
+    recorder: &Recorder,
+    faults: &mut Vec<FaultEvent>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + MEMBERSHIP_VIEW_WAIT;
+    let (via, shards, voters) = 'found: loop {
+        for id in cluster.ids() {
+            if let Ok((shards, voters)) = cluster.voter_of(id).await
+                && voters.contains(&(id, shards))
+            {
+                break 'found (id, shards, voters);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no node was a voter of every shard within {MEMBERSHIP_VIEW_WAIT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let count = |node: u8| voters.iter().find(|(id, _)| *id == node).map_or(0, |(_, n)| *n);
+    let spare = cluster.spare();
+    if count(spare) > 0 {
+        cluster.remove_node(via, spare).await?;
+        cluster.restart_as_new(spare).await?;
+        faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {spare} removed"), heals: true });
+    }
+    for id in cluster.ids() {
+        if count(id) < shards {
+            if !cluster.is_running(id) {
+                cluster.restart_as_new(id).await?;
+            }
+            cluster.add_node(via, id).await?;
+            cluster.joined(id);
+            faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {id} added back"), heals: true });
+        }
+    }
+    Ok(())
+}
+
 /// Every link passes, every node runs unpaused with a true clock.
 async fn heal_all(cluster: &mut ChaosCluster, recorder: &Recorder, faults: &mut Vec<FaultEvent>) -> Result<(), String> {
     cluster.heal();
@@ -723,6 +816,9 @@ async fn heal_all(cluster: &mut ChaosCluster, recorder: &Recorder, faults: &mut 
             cluster.restart(node, false).await?;
             faults.push(FaultEvent { at_us: recorder.micros(), what: format!("restart node {node}"), heals: true });
         }
+    }
+    if let Err(why) = heal_membership(cluster, recorder, faults).await {
+        problems.push(why);
     }
     for node in cluster.ids() {
         // A node that just started has a true clock; one still running may

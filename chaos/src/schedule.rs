@@ -46,10 +46,16 @@ pub enum FaultKind {
     /// Move the hottest shard leader's clock 25 hours ahead (past the
     /// clients' hold TTL) for `hold`.
     ClockJump,
+    /// Add the spare node to every shard (learner catch-up, then joint
+    /// consensus, one shard at a time); remove it again after `hold`.
+    AddNode,
+    /// Remove a random node from every shard, stop it and wipe it; after
+    /// `hold`, start it empty and add it back.
+    RemoveNode,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
         FaultKind::Pause,
@@ -62,6 +68,8 @@ impl FaultKind {
         FaultKind::WipeRestart,
         FaultKind::KillAll,
         FaultKind::ClockJump,
+        FaultKind::AddNode,
+        FaultKind::RemoveNode,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +86,8 @@ impl FaultKind {
             FaultKind::WipeRestart => "wipe-restart",
             FaultKind::KillAll => "kill-all",
             FaultKind::ClockJump => "clock-jump",
+            FaultKind::AddNode => "add-node",
+            FaultKind::RemoveNode => "remove-node",
         }
     }
 
@@ -89,7 +99,7 @@ impl FaultKind {
     fn default_hold(self) -> Duration {
         match self {
             FaultKind::KillAll => Duration::from_secs(2),
-            FaultKind::WipeRestart => Duration::from_secs(3),
+            FaultKind::WipeRestart | FaultKind::AddNode | FaultKind::RemoveNode => Duration::from_secs(3),
             _ => Duration::from_secs(5),
         }
     }

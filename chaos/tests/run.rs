@@ -70,15 +70,19 @@ async fn regression_seed_3_a_clock_jump_expires_nothing_early() {
     run_and_check(3, schedule, Duration::from_secs(30)).await;
 }
 
-/// Five nodes (every one a voter of every shard): the faults aimed at a
-/// leader, a node wiped, and a bridge between two of five. Same checks.
+/// Five nodes (every one a voter of every shard): a sixth added to every
+/// shard and removed under load, a node removed and added back empty, the
+/// faults aimed at a leader, a node wiped, and a bridge between two of
+/// five. Same checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_nodes_keep_every_promise() {
+async fn five_nodes_with_nodes_added_and_removed_keep_every_promise() {
     let schedule = Schedule::Each(vec![
+        FaultKind::AddNode,
+        FaultKind::RemoveNode,
         FaultKind::KillLeader,
         FaultKind::PartitionLeader,
         FaultKind::WipeRestart,
         FaultKind::Bridge,
     ]);
-    run_and_check_on(5, 11, schedule, Duration::from_secs(45)).await;
+    run_and_check_on(5, 11, schedule, Duration::from_secs(60)).await;
 }

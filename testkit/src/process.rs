@@ -214,6 +214,16 @@ impl TallyProcess {
         Ok(process)
     }
 
+    /// Sets (or with `None` removes) an environment variable of the
+    /// process's next starts, e.g. `TALLY_CLUSTER__MEMBERS` for a node that
+    /// rejoins as a new member.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(key, _)| key != name);
+        if let Some(value) = value {
+            self.env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
     /// Spawns the process on its config (it must not be running); does not
     /// wait.
     pub fn spawn(&mut self) -> Result<(), String> {
