@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use cluster::node::{MembershipChangeState, MembershipOperation};
 use cluster::{AdminError, ClusterConfig, Member, Node};
-use common::{TestCluster, expect_ok, hold, rid, sku_on_shard, upsert};
+use common::{TestCluster, expect_ok};
+use engine::testing::{hold, rid_for, sku_on, upsert};
 use engine::{Outcome, shard_of};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -44,7 +45,7 @@ async fn start_joiner(template: &ClusterConfig, id: u64, members: Vec<Member>) -
 /// same reservation id), which the shard answers with the first outcome.
 async fn hold_until_acknowledged(node: &Node, skus: &[String], n: u64) {
     let sku = &skus[(n % skus.len() as u64) as usize];
-    let command = hold(rid(n, sku, SHARDS), sku, "w1", 1, 3_600_000);
+    let command = hold(rid_for(n, sku, SHARDS), &[(sku, "w1", 1)], 3_600_000, None);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -73,9 +74,9 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     })
     .await;
     cluster.wait_for_leaders(SETTLE).await;
-    let skus: Vec<String> = (0..SHARDS).map(|shard| sku_on_shard(shard, SHARDS, "join")).collect();
+    let skus: Vec<String> = (0..SHARDS).map(|shard| sku_on(shard, SHARDS, "sku-join")).collect();
     for sku in &skus {
-        expect_ok(&cluster.node(2).submit(upsert(sku, "w1", 1_000_000)).await.unwrap_or_else(|e| panic!("{e}")));
+        expect_ok(&cluster.node(2).submit(upsert(sku, "w1", 1_000_000, 0)).await.unwrap_or_else(|e| panic!("{e}")));
     }
     // Enough entries per shard that each has a snapshot and a purged log.
     let before = 50 * u64::from(SHARDS);
@@ -138,7 +139,7 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     // levels count exactly them.
     for n in 0..written {
         let sku = skus[(n % u64::from(SHARDS)) as usize].clone();
-        let id = rid(n, &sku, SHARDS);
+        let id = rid_for(n, &sku, SHARDS);
         let seen = fourth.read(shard_of(&sku, SHARDS), move |s| s.reservation(&id).ok().flatten().is_some()).await;
         assert!(seen.unwrap_or_else(|e| panic!("read: {e}")), "hold {n} is missing");
     }
