@@ -353,7 +353,8 @@ async fn edit_conflict_then_reapplied(browser: &Browser, api: &Api) {
     assert_eq!(u64_of(&item, "on_hand"), 25);
     assert_eq!(u64_of(&item, "version"), u64_of(&theirs, "version") + 1);
     browser.wait_for_text("#warehouses tr[data-warehouse='berlin'] td[data-field='on_hand']", "25").await;
-    let movements = browser.text("#history tbody").await;
+    // The history reloads after the save: wait for its newest movement.
+    let movements = browser.wait_for_text("#history tbody", "17 → 25").await;
     assert!(movements.contains("10 → 17") && movements.contains("17 → 25"), "{movements}");
 }
 
