@@ -57,6 +57,8 @@ const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(180);
 const RESTART_ATTEMPTS_MAX: u32 = 20;
 /// How often a restarted node's progress is looked at.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a peer is asked who leads while a leader stops.
+const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Requests in a row that may fail before a sell-out race gives up.
 const SELLOUT_ERRORS_MAX: u32 = 20;
 /// Connections that look every acknowledged hold up after the run.
@@ -153,6 +155,10 @@ pub struct Restart {
     pub node: u64,
     /// Shards this node led when it was stopped.
     pub led_shards: Vec<u32>,
+    /// From SIGTERM until another node shows a leader other than this one
+    /// for every shard it led: how long its shards went without a leader.
+    /// `None` when it led none, or none was seen before it came back.
+    pub leaders_moved_ms: Option<u64>,
     /// From SIGTERM to the exit.
     pub stop_ms: u64,
     /// The exit status (`exit status: 0` for a clean stop).
@@ -192,10 +198,14 @@ impl RollResult {
                 ms(phase.latency.max)
             ));
         }
-        text.push_str("\n| node | led shards | stop ms | exit | ready ms | catch-up ms |\n|---|---|---|---|---|---|\n");
+        text.push_str(
+            "\n| node | led shards | new leaders ms | stop ms | exit | ready ms | catch-up ms |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
         for restart in &self.restarts {
+            let moved = restart.leaders_moved_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string());
             text.push_str(&format!(
-                "| {} | {:?} | {} | {} | {} | {} |\n",
+                "| {} | {:?} | {moved} | {} | {} | {} | {} |\n",
                 restart.node, restart.led_shards, restart.stop_ms, restart.exit, restart.ready_ms, restart.catch_up_ms
             ));
         }
@@ -635,6 +645,12 @@ async fn restart(cluster: &mut TallyCluster, id: u64, https: &[Http]) -> Result<
     };
     let node = cluster.node_mut(id);
     let stopping = Instant::now();
+    let watcher = match https.get((index + 1) % https.len()) {
+        Some(peer) if !led_shards.is_empty() => {
+            Some(tokio::spawn(leaders_moved(peer.clone(), id, led_shards.clone(), stopping)))
+        }
+        _ => None,
+    };
     let status = node.try_terminate(STOP_WAIT_MAX).await?;
     let stop_ms = millis(stopping.elapsed());
     let starting = Instant::now();
@@ -643,7 +659,30 @@ async fn restart(cluster: &mut TallyCluster, id: u64, https: &[Http]) -> Result<
     let catching_up = Instant::now();
     catch_up(index, https).await?;
     let catch_up_ms = millis(catching_up.elapsed());
-    Ok(Restart { node: id, led_shards, stop_ms, exit: status.to_string(), ready_ms, catch_up_ms })
+    let leaders_moved_ms = match watcher {
+        Some(watcher) if watcher.is_finished() => watcher.await.ok().flatten(),
+        Some(watcher) => {
+            watcher.abort();
+            None
+        }
+        None => None,
+    };
+    Ok(Restart { node: id, led_shards, leaders_moved_ms, stop_ms, exit: status.to_string(), ready_ms, catch_up_ms })
+}
+
+/// Milliseconds from `since` until `peer` shows, for every one of `shards`,
+/// a leader other than node `id`.
+async fn leaders_moved(peer: Http, id: u64, shards: Vec<u32>, since: Instant) -> Option<u64> {
+    loop {
+        if let Ok(view) = cluster_view(&peer).await
+            && shards.iter().all(|shard| {
+                view.shards.iter().any(|s| s.shard == *shard && s.leader.is_some_and(|leader| leader != id))
+            })
+        {
+            return Some(millis(since.elapsed()));
+        }
+        tokio::time::sleep(LEADER_POLL_INTERVAL).await;
+    }
 }
 
 /// The whole run; `result.passed` says whether it passed.
@@ -689,8 +728,14 @@ async fn roll_under_load(plan: &RollPlan, cluster: &mut TallyCluster, result: &m
         match restart(cluster, id, &https).await {
             Ok(restart) => {
                 println!(
-                    "node {id}: led {:?}, stopped in {} ms ({}), ready in {} ms, caught up in {} ms",
-                    restart.led_shards, restart.stop_ms, restart.exit, restart.ready_ms, restart.catch_up_ms
+                    "node {id}: led {:?} (new leaders after {:?} ms), stopped in {} ms ({}), ready in {} ms, \
+                     caught up in {} ms",
+                    restart.led_shards,
+                    restart.leaders_moved_ms,
+                    restart.stop_ms,
+                    restart.exit,
+                    restart.ready_ms,
+                    restart.catch_up_ms
                 );
                 if !restart.exit.contains("exit status: 0") {
                     result.problems.push(format!("node {id} did not exit cleanly: {}", restart.exit));
