@@ -210,7 +210,7 @@ struct RollArgs {
     #[arg(long)]
     tally_bin: Option<PathBuf>,
     /// Folder for roll.json and roll.md.
-    #[arg(long, default_value = "bench/results/roll")]
+    #[arg(long, default_value = "bench/results/latest/roll")]
     out: PathBuf,
     /// Folder for the nodes' directories (a fresh temporary folder by default; kept when the run fails).
     #[arg(long)]
