@@ -12,6 +12,7 @@ pub mod peers;
 pub mod plot;
 pub mod report;
 pub mod results;
+pub mod roll;
 pub mod runner;
 pub mod tally;
 pub mod target;

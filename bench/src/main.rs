@@ -7,6 +7,10 @@
 //! failed to, so the smoke run in the test suite fails on a correctness
 //! bug; a missed speed goal is reported, not an error.
 //!
+//! `tally-bench roll` restarts every node of a 5-node cluster in turn under
+//! the flash-sale load (`roll.rs`) and exits 1 on any failed write,
+//! oversell or lost hold.
+//!
 //! `tally-bench tally …` is the `tally` binary itself (`server::cli`), which
 //! the bench starts when no `--tally-bin` is given.
 
@@ -41,6 +45,8 @@ enum Cmd {
     Import(ImportArgs),
     /// Online backup and restore of a big node: times and the write p99 meanwhile.
     Backup(BackupArgs),
+    /// Rolling restart of a cluster under the flash-sale load: zero failed writes, and the p99 during the roll.
+    Roll(RollArgs),
     /// The `tally` server itself (what the bench starts by default).
     #[command(hide = true)]
     Tally(server::cli::Embedded),
@@ -166,6 +172,121 @@ fn backup(args: &BackupArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct RollArgs {
+    /// Nodes of the cluster, restarted one after another.
+    #[arg(long, default_value_t = 5)]
+    nodes: u64,
+    /// Shards (Raft groups) of every node.
+    #[arg(long, default_value_t = 2)]
+    shards: u32,
+    /// Concurrent flash-sale clients, spread over the nodes.
+    #[arg(long, default_value_t = 50)]
+    clients: u32,
+    /// Seconds of load before anything is measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds of steady load measured with every node up, before the roll.
+    #[arg(long, default_value_t = 10.0)]
+    before: f64,
+    /// Seconds to wait after a restarted node has caught up, before stopping the next.
+    #[arg(long, default_value_t = 5.0)]
+    settle: f64,
+    /// Seconds a write is retried (same Idempotency-Key, next node) before it counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    write_window: f64,
+    /// Seconds to wait for one attempt's answer.
+    #[arg(long, default_value_t = 10.0)]
+    attempt_timeout: f64,
+    /// Units the clients race for after the roll (exactly this many holds must succeed).
+    #[arg(long, default_value_t = 1_000)]
+    sellout_units: u64,
+    /// The `tally` binary to run; by default this program re-runs itself as `tally-bench tally`.
+    #[arg(long)]
+    tally_bin: Option<PathBuf>,
+    /// Folder for roll.json and roll.md.
+    #[arg(long, default_value = "bench/results/latest/roll")]
+    out: PathBuf,
+    /// Folder for the nodes' directories (a fresh temporary folder by default; kept when the run fails).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn roll(args: &RollArgs) -> ExitCode {
+    let program = match program(args.tally_bin.as_ref()) {
+        Ok(program) => program,
+        Err(error) => {
+            eprintln!("tally-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let seconds = [args.warmup, args.before, args.settle, args.write_window, args.attempt_timeout];
+    if args.nodes < 2 || args.shards == 0 || args.clients == 0 || args.sellout_units == 0 {
+        eprintln!("tally-bench: nodes must be at least 2, shards, clients and sellout units at least 1");
+        return ExitCode::from(2);
+    }
+    if seconds.iter().any(|s| !(s.is_finite() && *s >= 0.0 && *s <= 86_400.0)) || args.before <= 0.0 {
+        eprintln!("tally-bench: times are seconds from 0 to 86400, and --before above 0");
+        return ExitCode::from(2);
+    }
+    let dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => match tempfile::Builder::new().prefix("tally-bench-roll-").tempdir() {
+            Ok(dir) => dir.keep(),
+            Err(error) => {
+                eprintln!("tally-bench: no temporary folder: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let plan = bench::roll::RollPlan {
+        nodes: args.nodes,
+        shards: args.shards,
+        clients: args.clients,
+        warmup: Duration::from_secs_f64(args.warmup),
+        before: Duration::from_secs_f64(args.before),
+        settle: Duration::from_secs_f64(args.settle),
+        write_window: Duration::from_secs_f64(args.write_window),
+        attempt_timeout: Duration::from_secs_f64(args.attempt_timeout),
+        shape: Shape {
+            skus: 1,
+            stock: 1_000_000_000,
+            sellout_units: args.sellout_units,
+            ttl_ms: 3_600_000,
+            expiry_ttl_ms: 1_000,
+        },
+        program,
+        dir,
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let mut result = bench::roll::RollResult {
+        started: bench::report::now_rfc3339(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: bench::report::machine(),
+        nodes: plan.nodes,
+        shards: plan.shards,
+        clients: plan.clients,
+        settle_s: args.settle,
+        write_window_s: args.write_window,
+        ..bench::roll::RollResult::default()
+    };
+    println!("tally-bench roll on {}: {} nodes, {} clients", result.machine, plan.nodes, plan.clients);
+    if let Err(error) = runtime.block_on(bench::roll::run(&plan, &mut result)) {
+        result.problems.push(error);
+        result.passed = false;
+    }
+    println!("\n{}", result.markdown());
+    bench::roll::clean(&plan.dir, plan.nodes, result.passed);
+    if let Err(error) = bench::roll::write(&result, &args.out) {
+        eprintln!("tally-bench: cannot write results to {}: {error}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("results: {}", args.out.join("roll.json").display());
+    if result.passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 #[derive(Debug, clap::Args)]
@@ -361,6 +482,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(args),
         Cmd::Import(args) => import(args),
         Cmd::Backup(args) => backup(&args),
+        Cmd::Roll(args) => roll(&args),
         Cmd::Tally(tally) => tally.run(),
     }
 }

@@ -174,9 +174,9 @@ pub struct TallyConn {
 }
 
 #[derive(Deserialize)]
-struct Reservation {
-    id: String,
-    state: String,
+pub(crate) struct Reservation {
+    pub(crate) id: String,
+    pub(crate) state: String,
 }
 
 #[derive(Deserialize)]
@@ -205,7 +205,8 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-fn hold_body(hold: &HoldRequest) -> String {
+/// The body of `POST /v1/reservations` for one hold (also `tally-bench roll`'s).
+pub(crate) fn hold_body(hold: &HoldRequest) -> String {
     format!(
         "{{\"lines\":[{{\"sku\":\"{}\",\"warehouse\":\"{}\",\"quantity\":{}}}],\"ttl_seconds\":{}}}",
         hold.sku,
@@ -331,17 +332,7 @@ impl Conn for TallyConn {
         let mut states = Vec::with_capacity(ids.len());
         for id in ids {
             let state = match self.http.request(Method::GET, &format!("/v1/reservations/{id}"), None).await? {
-                (StatusCode::OK, body) => {
-                    let reservation: Reservation =
-                        serde_json::from_slice(&body).map_err(|e| format!("bad reservation: {e}"))?;
-                    match reservation.state.as_str() {
-                        "HELD" => HoldState::Held,
-                        "CONFIRMED" => HoldState::Confirmed,
-                        "RELEASED" => HoldState::Released,
-                        "EXPIRED" => HoldState::Expired,
-                        other => return Err(format!("reservation {id}: unknown state {other}")),
-                    }
-                }
+                (StatusCode::OK, body) => hold_state_of(id, &body)?,
                 (StatusCode::NOT_FOUND, _) => HoldState::Missing,
                 (status, body) => return Err(format!("{status} {}", String::from_utf8_lossy(&body))),
             };
@@ -349,6 +340,18 @@ impl Conn for TallyConn {
         }
         Ok(states)
     }
+}
+
+/// The state of reservation `id` from the body of `GET /v1/reservations/{id}`.
+pub(crate) fn hold_state_of(id: &str, body: &[u8]) -> Result<HoldState, String> {
+    let reservation: Reservation = serde_json::from_slice(body).map_err(|e| format!("bad reservation: {e}"))?;
+    Ok(match reservation.state.as_str() {
+        "HELD" => HoldState::Held,
+        "CONFIRMED" => HoldState::Confirmed,
+        "RELEASED" => HoldState::Released,
+        "EXPIRED" => HoldState::Expired,
+        other => return Err(format!("reservation {id}: unknown state {other}")),
+    })
 }
 
 #[cfg(test)]

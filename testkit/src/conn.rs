@@ -60,6 +60,23 @@ impl Connection {
         self.send(method, path, content_type, body.unwrap_or_default()).await
     }
 
+    /// [`Connection::request`] with extra headers, e.g.
+    /// `[("idempotency-key", "k1")]` for a write that is retried.
+    pub async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ConnError> {
+        let content_type = body.is_some().then_some("application/json");
+        let result = self.try_send(method, path, content_type, headers, body.unwrap_or_default()).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
     /// Sends one request with `body` of `content_type` (none: no header)
     /// and reads the whole answer; the connection is dropped after an
     /// error.
@@ -70,7 +87,7 @@ impl Connection {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ConnError> {
-        let result = self.try_send(method, path, content_type, body).await;
+        let result = self.try_send(method, path, content_type, &[], body).await;
         if result.is_err() {
             self.sender = None;
         }
@@ -82,6 +99,7 @@ impl Connection {
         method: Method,
         path: &str,
         content_type: Option<&str>,
+        headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ConnError> {
         if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
@@ -103,6 +121,9 @@ impl Connection {
         let mut builder = Request::builder().method(method).uri(path).header("host", host);
         if let Some(content_type) = content_type {
             builder = builder.header("content-type", content_type);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let request = builder.body(Full::new(body)).map_err(|e| ConnError::NotSent(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| ConnError::Lost(e.to_string()))?;

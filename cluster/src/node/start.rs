@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::bootstrap::bootstrap;
-use super::leadership::{react_to_failures, rebalance, watch_leadership};
+use super::leadership::{hand_over_on_stop, react_to_failures, rebalance, watch_leadership};
 use super::membership::learn_member_addresses;
 use super::peer_service::Service;
 use super::snapshot_inbound::{inbound_limits, sweep_inbound_snapshots};
@@ -209,6 +209,9 @@ impl Node {
         }
         // Groups stopping from here on are not failures.
         inner.health.close();
+        // While the peers still answer: what this node leads goes to another
+        // voter now rather than after an election timeout.
+        hand_over_on_stop(inner).await;
         inner.transport.shutdown();
         for task in inner.tasks.lock().drain(..) {
             task.abort();
