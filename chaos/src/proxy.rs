@@ -29,8 +29,8 @@
 //!
 //! # Determinism
 //!
-//! Drops and jitter draw from a xorshift generator per direction per
-//! connection, seeded from the proxy's seed and the connection's index in
+//! Drops and jitter draw from a stream of `testkit::SplitMix` per direction
+//! per connection, seeded from the proxy's seed and the connection's index in
 //! accept order: the same seed and the same sequence of connections and frames
 //! give the same fates.
 
@@ -467,8 +467,9 @@ async fn read_frame(reader: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<
     Ok(Some(frame))
 }
 
-/// xorshift64*: cheap and seeded, so fates repeat with the seed.
-struct Rng(u64);
+/// The fates of one direction of one connection: a stream of the one
+/// seeded generator (`testkit::SplitMix`), so fates repeat with the seed.
+struct Rng(SplitMix);
 
 impl Rng {
     /// The generator of one direction of one connection. Each gets a stream
@@ -476,16 +477,11 @@ impl Rng {
     /// another.
     fn new(seed: u64, connection_index: u64, direction: Direction) -> Rng {
         let stream = connection_index.wrapping_mul(2).wrapping_add(direction as u64);
-        // xorshift never leaves zero, so the state must not start there.
-        let mix = |x: u64| SplitMix::new(x).next_u64();
-        Rng(mix(mix(seed) ^ stream) | 1)
+        Rng(SplitMix::new(SplitMix::new(seed).next_u64() ^ stream))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..=max`.

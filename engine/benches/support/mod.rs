@@ -48,18 +48,7 @@ pub fn quick() -> bool {
     !std::env::args().any(|arg| arg == "--bench")
 }
 
-/// A small, fast, seeded generator (xorshift64*), so workloads repeat.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
-    }
-}
+/// The one seeded generator, so workloads repeat.
+// Not every benchmark draws from it.
+#[allow(unused_imports)]
+pub use testkit::SplitMix as Rng;
