@@ -349,10 +349,10 @@ impl RollConn {
         }
     }
 
-    /// A change (confirm, release) retried with a key.
-    async fn change(&mut self, path: &str, key: &str) -> ChangeResult {
-        self.stats.writes += 1;
-        match self.send(Method::POST, path, Some(key), None, self.window).await {
+    /// What a change's answer says: done, refused (409), or unknown, which
+    /// counts as a failed write.
+    fn judge_change(&mut self, path: &str, sent: Result<(StatusCode, Bytes), String>) -> ChangeResult {
+        match sent {
             Ok((status, _)) if status.is_success() => ChangeResult::Done,
             Ok((StatusCode::CONFLICT, _)) => ChangeResult::Refused,
             Ok((status, body)) => {
@@ -365,6 +365,13 @@ impl RollConn {
                 ChangeResult::Unknown(why)
             }
         }
+    }
+
+    /// A change (confirm, release) retried with a key.
+    async fn change(&mut self, path: &str, key: &str) -> ChangeResult {
+        self.stats.writes += 1;
+        let sent = self.send(Method::POST, path, Some(key), None, self.window).await;
+        self.judge_change(path, sent)
     }
 
     async fn get(&mut self, path: &str) -> Result<(StatusCode, Bytes), String> {
@@ -426,19 +433,8 @@ impl Conn for RollConn {
         let reason = if delta > 0 { "receive" } else { "correction" };
         let body = Bytes::from(format!("{{\"delta\":{delta},\"reason\":\"{reason}\"}}"));
         let path = format!("/v1/items/{sku}/{warehouse}/adjustments");
-        match self.send(Method::POST, &path, None, Some(body), Duration::ZERO).await {
-            Ok((status, _)) if status.is_success() => ChangeResult::Done,
-            Ok((StatusCode::CONFLICT, _)) => ChangeResult::Refused,
-            Ok((status, body)) => {
-                let why = format!("POST {path}: {status} {}", String::from_utf8_lossy(&body));
-                self.stats.fail(why.clone());
-                ChangeResult::Unknown(why)
-            }
-            Err(why) => {
-                self.stats.fail(why.clone());
-                ChangeResult::Unknown(why)
-            }
-        }
+        let sent = self.send(Method::POST, &path, None, Some(body), Duration::ZERO).await;
+        self.judge_change(&path, sent)
     }
 
     async fn read(&mut self, sku: &str, warehouse: &str) -> Result<ItemState, String> {

@@ -58,6 +58,33 @@ pub struct Manifest {
     pub resharded_from: Option<u32>,
 }
 
+impl Manifest {
+    /// The manifest of `shards` made now on `node_id`: files and bytes
+    /// summed over the shards' snapshots and segments.
+    pub fn now(node_id: u64, shard_count: u32, shards: Vec<ShardBackup>, resharded_from: Option<u32>) -> Manifest {
+        let files = shards.iter().map(|shard| shard.segments.len() as u64 + u64::from(shard.snapshot.is_some())).sum();
+        let bytes = shards
+            .iter()
+            .map(|shard| {
+                shard.segments.iter().map(|f| f.bytes).sum::<u64>() + shard.snapshot.as_ref().map_or(0, |f| f.bytes)
+            })
+            .sum();
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Manifest {
+            format: MANIFEST_FORMAT,
+            node_id,
+            shard_count,
+            created_unix_ms,
+            shards,
+            files,
+            bytes,
+            resharded_from,
+        }
+    }
+}
+
 /// One shard of a backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShardBackup {

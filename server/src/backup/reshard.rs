@@ -16,7 +16,6 @@
 //!    into place. A failure at any step leaves no target behind.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use engine::ids::ReservationId;
 use engine::reshard::{ReservationLookup, ReshardReport, SHARDS_MAX};
@@ -25,8 +24,7 @@ use engine::snapshot::SnapshotStore;
 use super::take::{sync_dir, write_manifest};
 use super::verify::verify_backup;
 use super::{
-    BackupError, BackupFile, MANIFEST_FORMAT, Manifest, ShardBackup, Until, checksum, hex_digest, inside, replay_shard,
-    shard_dir_name,
+    BackupError, BackupFile, Manifest, ShardBackup, Until, checksum, hex_digest, inside, replay_shard, shard_dir_name,
 };
 
 /// What `tally reshard` was asked.
@@ -141,7 +139,6 @@ fn write_new_backup(
 ) -> Result<Manifest, BackupError> {
     let shard_count = u32::try_from(states.len()).unwrap_or(u32::MAX);
     let mut shards = Vec::with_capacity(states.len());
-    let (mut files, mut bytes) = (0u64, 0u64);
     for state in states {
         let shard_dir = dir.join(shard_dir_name(state.shard()));
         std::fs::create_dir_all(shard_dir.join("wal")).map_err(BackupError::io(&shard_dir))?;
@@ -160,8 +157,6 @@ fn write_new_backup(
                     .path
                     .strip_prefix(dir)
                     .map_err(|_| BackupError::Invalid("a snapshot outside the backup".into()))?;
-                files += 1;
-                bytes += size;
                 Some(BackupFile {
                     path: relative.to_string_lossy().into_owned(),
                     bytes: size,
@@ -182,18 +177,7 @@ fn write_new_backup(
             segments: Vec::new(),
         });
     }
-    let created_unix_ms =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        node_id,
-        shard_count,
-        created_unix_ms,
-        shards,
-        files,
-        bytes,
-        resharded_from: Some(old_shards),
-    };
+    let manifest = Manifest::now(node_id, shard_count, shards, Some(old_shards));
     write_manifest(dir, &manifest)?;
     Ok(manifest)
 }

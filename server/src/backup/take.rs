@@ -22,14 +22,13 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cluster::node::BackupView;
 use engine::snapshot::SnapshotStore;
 
 use super::{
-    BackupError, BackupFile, MANIFEST_FORMAT, MANIFEST_NAME, Manifest, ShardBackup, Until, checksum, hex_digest,
-    replay_shard, shard_dir_name,
+    BackupError, BackupFile, MANIFEST_NAME, Manifest, ShardBackup, Until, checksum, hex_digest, replay_shard,
+    shard_dir_name,
 };
 
 /// Times a snapshot that vanished between finding and linking it (a newer
@@ -48,7 +47,6 @@ pub fn write_backup(
     prepare_dir(to)?;
     let mut shards = Vec::with_capacity(views.len());
     let mut files = 0u64;
-    let mut bytes = 0u64;
     for view in views {
         let shard = backup_shard(
             view,
@@ -57,21 +55,9 @@ pub fn write_backup(
             files_max.saturating_sub(usize::try_from(files).unwrap_or(usize::MAX)),
         )?;
         files += shard.segments.len() as u64 + u64::from(shard.snapshot.is_some());
-        bytes += shard.segments.iter().map(|f| f.bytes).sum::<u64>() + shard.snapshot.as_ref().map_or(0, |f| f.bytes);
         shards.push(shard);
     }
-    let created_unix_ms =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        node_id,
-        shard_count,
-        created_unix_ms,
-        shards,
-        files,
-        bytes,
-        resharded_from: None,
-    };
+    let manifest = Manifest::now(node_id, shard_count, shards, None);
     write_manifest(to, &manifest)?;
     Ok(manifest)
 }
