@@ -373,7 +373,31 @@ impl Node {
         if !learners.is_empty() {
             self.remove_learners(shard, learners).await?;
         }
+        if changed {
+            self.await_local_view(shard, voters, drop).await;
+        }
         Ok(changed)
+    }
+
+    /// Waits, within the voter change's own window, until this node's view
+    /// of `shard` shows the change the leader committed: a follower learns
+    /// it one replication later, and the change's answer (and
+    /// `/v1/cluster` read right after it) should already show it. The
+    /// change is made either way; a view that lags past the window is
+    /// logged, not an error.
+    async fn await_local_view(&self, shard: u32, voters: &BTreeSet<NodeId>, drop: &BTreeSet<NodeId>) {
+        let deadline = tokio::time::Instant::now() + self.inner.rpc_timeout() * 15;
+        loop {
+            let Ok(now) = self.group_view(shard) else { return };
+            if now.voters == *voters && drop.iter().all(|id| !now.nodes.contains_key(id)) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(shard, "this node's view of the shard still lags the membership change");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `admin_one_within`, tried up to `membership_shard_attempts_max` times while
