@@ -272,7 +272,7 @@ pub struct AppliedBurst {
     pub shard: u32,
     pub first_index: u64,
     pub last_index: u64,
-    pub records: Vec<EventRecord>,
+    pub records: Vec<Arc<EventRecord>>,
 }
 
 /// The state machine's end of the ledger's queue.

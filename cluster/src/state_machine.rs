@@ -44,7 +44,9 @@ use crate::shard_thread::ShardThread;
 /// that any node can serve every shard's events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeEvent {
-    pub record: EventRecord,
+    /// Shared: every receiver of the node's events (the event hub, the
+    /// alerts, the ledger) gets the one record, not a copy of its strings.
+    pub record: Arc<EventRecord>,
     pub leader: bool,
 }
 
@@ -433,11 +435,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             *deadline = applied.next_deadline_ms;
             changed
         });
-        let mut records = applied.records;
+        let mut records: Vec<Arc<EventRecord>> = applied.records.into_iter().map(Arc::new).collect();
         let ledger_records = match &self.publisher.ledger {
             Some(_) if subscribed => records.iter().filter(|r| is_movement(r)).cloned().collect(),
             Some(_) => {
-                records.retain(is_movement);
+                records.retain(|r| is_movement(r));
                 std::mem::take(&mut records)
             }
             None => Vec::new(),

@@ -173,6 +173,7 @@ fn run_workload(
             .events
             .iter()
             .map(|event| state.describe_in(event, batch, &applied.outcomes).unwrap_or_else(|e| panic!("{e}")))
+            .map(Arc::new)
             .collect();
         let burst = AppliedBurst { shard: 0, first_index: index, last_index: index, records };
         assert!(runtime.block_on(ledger.send(burst)), "the ledger thread is running");

@@ -166,13 +166,22 @@ struct Alert {
 }
 
 /// The alert sinks may send for `event`, if any: leader events of a type
-/// some sink takes.
-fn alert_of(event: &NodeEvent) -> Option<Alert> {
+/// some sink takes. The JSON body is made only for those: most events
+/// (every hold's) go to no sink.
+fn alert_of(alerts: &Alerts, event: &NodeEvent) -> Option<Alert> {
     if !event.leader || !is_published(&event.record.kind) {
+        return None;
+    }
+    let to_file = alerts.file.is_some() && is_crossing(&event.record);
+    if !to_file && !alerts.webhooks.iter().any(|webhook| subscribed(&webhook.config, &event.record)) {
         return None;
     }
     let body = Bytes::from(event_json(&event.record).to_string());
     Some(Alert { id: event.record.id.to_string(), kind: kind_name(&event.record.kind), body })
+}
+
+fn is_crossing(record: &EventRecord) -> bool {
+    matches!(record.kind, EventKind::ThresholdCrossed { .. })
 }
 
 /// Whether a webhook subscribed to `event`: by type, and by SKU prefix (a
@@ -196,11 +205,11 @@ async fn read_cluster_events(alerts: Arc<Alerts>, mut events: broadcast::Receive
     loop {
         match events.recv().await {
             Ok(event) => {
-                let Some(alert) = alert_of(&event) else { continue };
+                let Some(alert) = alert_of(&alerts, &event) else { continue };
                 let alert = Arc::new(alert);
                 // The file takes threshold crossings, as it always has.
                 if let Some(file) = &alerts.file
-                    && matches!(event.record.kind, EventKind::ThresholdCrossed { .. })
+                    && is_crossing(&event.record)
                 {
                     file.sink.push(Arc::clone(&alert));
                 }
@@ -493,7 +502,7 @@ mod tests {
                 low_stock_threshold: 3,
             },
         };
-        NodeEvent { record, leader }
+        NodeEvent { record: Arc::new(record), leader }
     }
 
     fn stock_changed(index: u64) -> NodeEvent {
@@ -517,7 +526,7 @@ mod tests {
             warehouse: "w1".into(),
             kind: EventKind::StockChanged { item: ItemId(1), cause: Cause::Upsert, levels },
         };
-        NodeEvent { record, leader: true }
+        NodeEvent { record: Arc::new(record), leader: true }
     }
 
     fn webhook(url: &str) -> WebhookConfig {
@@ -618,7 +627,7 @@ mod tests {
                 quantity: 1,
                 available: None,
             }],
-            ..crossing(3, true).record
+            ..(*crossing(3, true).record).clone()
         };
         assert!(subscribed(&config, &held("SHOE-42")), "a line's SKU matches the prefix");
         assert!(!subscribed(&config, &held("HAT-1")), "no line matches");

@@ -179,14 +179,14 @@ pub fn parse_event_id(text: &str) -> Option<EventId> {
 pub struct PublishedEvent {
     /// Hub-local arrival number: consecutive, never reused.
     seq: u64,
-    record: EventRecord,
+    record: Arc<EventRecord>,
     /// `event_json` as text, made when first asked for: most events are
     /// retained and never sent, and making it costs more than the hold did.
     data: std::sync::OnceLock<String>,
 }
 
 impl PublishedEvent {
-    fn new(seq: u64, record: EventRecord) -> Self {
+    fn new(seq: u64, record: Arc<EventRecord>) -> Self {
         Self { seq, record, data: std::sync::OnceLock::new() }
     }
 
@@ -322,7 +322,7 @@ impl EventHub {
     }
 
     /// Keeps `record` in the rings and sends it to live subscribers.
-    fn publish(&self, record: EventRecord) {
+    fn publish(&self, record: Arc<EventRecord>) {
         let mut rings = self.rings();
         let seq = rings.next_seq;
         rings.next_seq += 1;
@@ -582,7 +582,7 @@ mod tests {
     }
 
     fn node_event(record: EventRecord) -> NodeEvent {
-        NodeEvent { record, leader: false }
+        NodeEvent { record: Arc::new(record), leader: false }
     }
 
     /// Sends records and waits until the hub has taken them all.
@@ -823,7 +823,7 @@ mod tests {
         let hub = Arc::new(EventHub::new(&config(16, 4)));
         let (cluster, events) = broadcast::channel(2);
         let mut live = hub.subscribe(None, None).unwrap_or_else(|e| panic!("{e}"));
-        hub.publish(stock_changed(1, "a"));
+        hub.publish(Arc::new(stock_changed(1, "a")));
         // Overflow the cluster channel before the hub reads it.
         for i in 2..=5 {
             cluster.send(node_event(stock_changed(i, "a"))).unwrap_or_else(|e| panic!("{e}"));
