@@ -11,6 +11,12 @@
 //! position>-<first log time>.jsonl`), rolls segments at `segment_bytes_max`, and deletes the
 //! oldest past `retention_days` or `retention_bytes_max`.
 //!
+//! The thread does not wake for every burst: it takes what is queued every
+//! `flush_interval_ms`, or sooner when the queue is half full, and writes
+//! each shard's movements in one `write`. A page read (`Ledger::page`)
+//! first has the thread take and write everything queued, so a read sees
+//! every burst handed over before it began.
+//!
 //! Nothing is fsynced: the ledger is derived from the log. On start each
 //! shard's ledger knows the last log index it covered (the newest entry in
 //! its segments, and `covered`, written every second and at shutdown);
@@ -24,11 +30,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::event::{Cause, EventKind, EventRecord, LevelChange};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -48,6 +55,10 @@ pub struct LedgerConfig {
     /// Applied bursts waiting for the ledger thread; a full queue holds up
     /// applying (back-pressure, never a loss).
     pub queue_batches_max: usize,
+    /// How long the thread lets applied bursts queue before it writes them
+    /// (sooner when the queue is half full, or a page is read): one wake-up
+    /// and one write per shard for many bursts, not one per burst.
+    pub flush_interval_ms: u64,
     /// Largest page of `GET /v1/ledger` (and of each request of `tally
     /// ledger export`).
     pub page_limit_max: usize,
@@ -65,6 +76,7 @@ impl Default for LedgerConfig {
             retention_bytes_max: 1 << 30,
             segment_bytes_max: 64 << 20,
             queue_batches_max: 1024,
+            flush_interval_ms: 100,
             page_limit_max: 1000,
             page_scan_max: 100_000,
         }
@@ -77,6 +89,7 @@ impl LedgerConfig {
             || self.retention_bytes_max == 0
             || self.segment_bytes_max < 4096
             || self.queue_batches_max == 0
+            || self.flush_interval_ms == 0
             || self.page_limit_max == 0
             || self.page_scan_max == 0
         {
@@ -275,19 +288,93 @@ pub struct AppliedBurst {
     pub records: Vec<Arc<EventRecord>>,
 }
 
-/// The state machine's end of the ledger's queue.
+/// The state machine's end of the ledger's queue; its clones share one.
 #[derive(Clone, Debug)]
 pub struct LedgerSender {
-    queue: mpsc::Sender<AppliedBurst>,
+    inner: Arc<SenderInner>,
+}
+
+#[derive(Debug)]
+struct SenderInner {
+    /// `None` only while dropping.
+    queue: Option<mpsc::Sender<AppliedBurst>>,
+    gate: Arc<FlushGate>,
+}
+
+impl Drop for SenderInner {
+    /// The last sender gone: close the queue, then wake the thread so it
+    /// writes the rest and stops now, not at its next interval.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        self.gate.wake.notify_one();
+    }
 }
 
 impl LedgerSender {
     /// Hands a burst over, waiting while the queue is full. `false` once
-    /// the ledger thread has stopped.
+    /// the ledger thread has stopped. Wakes the thread once the queue is
+    /// half full, so applying rarely waits on a full one.
     pub async fn send(&self, burst: AppliedBurst) -> bool {
-        self.queue.send(burst).await.is_ok()
+        let Some(queue) = &self.inner.queue else { return false };
+        if queue.send(burst).await.is_err() {
+            return false;
+        }
+        if queue.capacity() * 2 <= queue.max_capacity() {
+            self.inner.gate.wake.notify_one();
+        }
+        true
     }
 }
+
+/// How a reader has the ledger thread write what is queued, and waits for it.
+#[derive(Debug, Default)]
+struct FlushGate {
+    /// Wakes the thread: a flush asked for, or the queue half full.
+    wake: tokio::sync::Notify,
+    /// Flushes asked for, and done: the thread finished flush `done` once
+    /// it wrote everything queued when it was asked.
+    asked: AtomicU64,
+    done: Mutex<u64>,
+    written: Condvar,
+    stopped: AtomicBool,
+}
+
+impl FlushGate {
+    /// Asks the thread to write everything queued now, and waits until it
+    /// has (at most `FLUSH_WAIT_MAX`: a read goes on with what is on disk
+    /// rather than hang on a stuck thread).
+    fn flush(&self) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let ask = self.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake.notify_one();
+        let deadline = Instant::now() + FLUSH_WAIT_MAX;
+        let mut done = self.done.lock();
+        while *done < ask && !self.stopped.load(Ordering::Acquire) {
+            if self.written.wait_until(&mut done, deadline).timed_out() {
+                tracing::warn!("ledger: the thread did not write within {FLUSH_WAIT_MAX:?}; reading what is on disk");
+                return;
+            }
+        }
+    }
+
+    /// The thread wrote everything queued when flush `asked` was asked.
+    fn written(&self, asked: u64) {
+        let mut done = self.done.lock();
+        *done = (*done).max(asked);
+        self.written.notify_all();
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let _done = self.done.lock();
+        self.written.notify_all();
+    }
+}
+
+/// How long a page read waits for the thread to write what is queued.
+const FLUSH_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// A node's ledger: its files, the thread writing them, and reads.
 pub struct Ledger {
@@ -298,6 +385,7 @@ pub struct Ledger {
     /// Serialises reads with segment deletion: a page never opens a segment
     /// the thread is deleting.
     files: Arc<Mutex<()>>,
+    gate: Arc<FlushGate>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -315,13 +403,18 @@ impl Ledger {
         }
         let (queue, receiver) = mpsc::channel(config.queue_batches_max);
         let files = Arc::new(Mutex::new(()));
-        let thread_files = Arc::clone(&files);
-        let thread_config = config.clone();
-        let writer = std::thread::Builder::new()
-            .name("tally-ledger".into())
-            .spawn(move || run(receiver, writers, thread_config, thread_files))?;
-        let ledger = Arc::new(Ledger { dir: dir.to_owned(), config, shards, writer: Mutex::new(Some(writer)), files });
-        Ok((ledger, LedgerSender { queue }))
+        let gate = Arc::new(FlushGate::default());
+        let thread = Thread { receiver, files: Arc::clone(&files), gate: Arc::clone(&gate), config: config.clone() };
+        let writer = std::thread::Builder::new().name("tally-ledger".into()).spawn(move || thread.run(writers))?;
+        let ledger = Arc::new(Ledger {
+            dir: dir.to_owned(),
+            config,
+            shards,
+            writer: Mutex::new(Some(writer)),
+            files,
+            gate: Arc::clone(&gate),
+        });
+        Ok((ledger, LedgerSender { inner: Arc::new(SenderInner { queue: Some(queue), gate }) }))
     }
 
     pub fn config(&self) -> &LedgerConfig {
@@ -340,6 +433,7 @@ impl Ledger {
     /// merged. Blocking file reads: call it off the async runtime.
     pub fn page(&self, filter: &LedgerFilter, after: Option<LedgerKey>, limit: usize) -> io::Result<LedgerPage> {
         let limit = limit.clamp(1, self.config.page_limit_max);
+        self.gate.flush();
         let _files = self.files.lock();
         let mut found = Vec::new();
         // The earliest position one shard stopped at without reaching its
@@ -474,7 +568,7 @@ struct ShardWriter {
     /// the first burst after start.
     expected: Option<u64>,
     /// Text waiting to be written.
-    pending: String,
+    pending: Vec<u8>,
     /// Log time of the newest entry written: a gap is stamped no earlier,
     /// so the shard's entries stay in log-time order.
     last_at_ms: u64,
@@ -512,7 +606,7 @@ impl ShardWriter {
             covered,
             covered_dirty: false,
             expected: None,
-            pending: String::new(),
+            pending: Vec::new(),
             last_at_ms,
         })
     }
@@ -552,8 +646,6 @@ impl ShardWriter {
     }
 
     fn push(&mut self, entry: &LedgerEntry, segment_bytes_max: u64) {
-        // Serialising plain strings and numbers cannot fail.
-        let Ok(line) = serde_json::to_string(entry) else { return };
         let full = self.open.as_ref().is_none_or(|(_, size)| size + self.pending.len() as u64 >= segment_bytes_max);
         if full {
             self.flush();
@@ -568,8 +660,15 @@ impl ShardWriter {
                 }
             }
         }
-        self.pending.push_str(&line);
-        self.pending.push('\n');
+        // Straight into the pending bytes. Serialising plain strings and
+        // numbers into memory cannot fail; should it, the torn line is
+        // dropped, as a torn last line is on reading.
+        let line_start = self.pending.len();
+        if serde_json::to_writer(&mut self.pending, entry).is_err() {
+            self.pending.truncate(line_start);
+            return;
+        }
+        self.pending.push(b'\n');
         self.last_at_ms = self.last_at_ms.max(entry.at_ms);
     }
 
@@ -579,7 +678,7 @@ impl ShardWriter {
             return;
         }
         if let Some((file, size)) = &mut self.open {
-            match file.write_all(self.pending.as_bytes()) {
+            match file.write_all(&self.pending) {
                 Ok(()) => *size += self.pending.len() as u64,
                 Err(error) => tracing::error!(shard = self.shard, %error, "ledger: segment write failed"),
             }
@@ -624,58 +723,76 @@ impl ShardWriter {
     }
 }
 
-fn run(
-    mut receiver: mpsc::Receiver<AppliedBurst>,
-    mut writers: Vec<ShardWriter>,
-    config: LedgerConfig,
+/// The ledger thread's inputs.
+struct Thread {
+    receiver: mpsc::Receiver<AppliedBurst>,
     files: Arc<Mutex<()>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "ledger: no runtime for its thread; the ledger records nothing");
-            return;
-        }
-    };
-    const TAKEN_PER_WRITE_MAX: usize = 256;
-    const HOUSEKEEPING: Duration = Duration::from_secs(1);
-    let mut last_housekeeping = Instant::now();
-    runtime.block_on(async {
-        loop {
-            let first = tokio::time::timeout(HOUSEKEEPING, receiver.recv()).await;
-            let done = matches!(first, Ok(None));
-            if let Ok(Some(burst)) = first {
-                take(&mut writers, &burst, &config);
-                // Batch: take what else is queued, then write once per shard.
-                for _ in 1..TAKEN_PER_WRITE_MAX {
-                    match receiver.try_recv() {
-                        Ok(burst) => take(&mut writers, &burst, &config),
-                        Err(_) => break,
-                    }
-                }
-                for writer in &mut writers {
-                    writer.flush();
-                }
-            }
-            if done || last_housekeeping.elapsed() >= HOUSEKEEPING {
-                last_housekeeping = Instant::now();
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                let _files = files.lock();
-                for writer in &mut writers {
-                    writer.flush();
-                    writer.write_covered();
-                    if let Err(error) = writer.retain(&config, now_ms) {
-                        tracing::warn!(shard = writer.shard, %error, "ledger: retention failed");
-                    }
-                }
-            }
-            if done {
+    gate: Arc<FlushGate>,
+    config: LedgerConfig,
+}
+
+impl Thread {
+    fn run(mut self, mut writers: Vec<ShardWriter>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "ledger: no runtime for its thread; the ledger records nothing");
+                self.gate.stop();
                 return;
             }
+        };
+        const HOUSEKEEPING: Duration = Duration::from_secs(1);
+        let interval = Duration::from_millis(self.config.flush_interval_ms);
+        let mut last_housekeeping = Instant::now();
+        runtime.block_on(async {
+            loop {
+                // Woken by a reader, by a half-full queue, or by the interval.
+                let _ = tokio::time::timeout(interval, self.gate.wake.notified()).await;
+                // Read before taking: everything queued before this flush
+                // was asked is taken below.
+                let asked = self.gate.asked.load(Ordering::Acquire);
+                let done = self.take_queued(&mut writers);
+                for writer in &mut writers {
+                    writer.flush();
+                }
+                self.gate.written(asked);
+                if done || last_housekeeping.elapsed() >= HOUSEKEEPING {
+                    last_housekeeping = Instant::now();
+                    self.housekeeping(&mut writers);
+                }
+                if done {
+                    self.gate.stop();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Takes every queued burst; true once every sender is gone and the
+    /// queue is empty.
+    fn take_queued(&mut self, writers: &mut [ShardWriter]) -> bool {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(burst) => take(writers, &burst, &self.config),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
         }
-    });
+    }
+
+    fn housekeeping(&self, writers: &mut [ShardWriter]) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let _files = self.files.lock();
+        for writer in writers {
+            writer.flush();
+            writer.write_covered();
+            if let Err(error) = writer.retain(&self.config, now_ms) {
+                tracing::warn!(shard = writer.shard, %error, "ledger: retention failed");
+            }
+        }
+    }
 }
 
 fn take(writers: &mut [ShardWriter], burst: &AppliedBurst, config: &LedgerConfig) {
