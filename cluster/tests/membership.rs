@@ -59,6 +59,22 @@ async fn hold_until_acknowledged(node: &Node, skus: &[String], n: u64) {
     }
 }
 
+/// The shards `node` leads, each with its term. Waits until it leads one:
+/// with voters [1, 2, 3, 4] the rebalancing loop hands node 1 shard 0, its
+/// preferred one, so its removal has a leadership to hand over.
+async fn shards_led_by(cluster: &TestCluster, node: u64) -> Vec<(u32, u64)> {
+    let led = |cluster: &TestCluster| -> Vec<(u32, u64)> {
+        let status = cluster.node(node).status();
+        status.shards.iter().filter(|shard| shard.leader == Some(node)).map(|shard| (shard.shard, shard.term)).collect()
+    };
+    let deadline = Instant::now() + SETTLE;
+    while led(cluster).is_empty() {
+        assert!(Instant::now() < deadline, "node {node} never led a shard: {:#?}", cluster.node(node).status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    led(cluster)
+}
+
 fn voters_everywhere(node: &Node) -> Vec<Vec<u64>> {
     node.status().shards.iter().map(|shard| shard.voters.clone()).collect()
 }
@@ -128,8 +144,16 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     // A node does not run its own removal.
     let own = cluster.node(1).begin_remove_node(1, PAUSE).err();
     assert!(matches!(&own, Some(AdminError::Invalid(text)) if text.contains("itself")), "{own:?}");
+    let led_by_leaver = shards_led_by(&cluster, 1).await;
     cluster.node(2).remove_node(1, PAUSE).await.unwrap_or_else(|e| panic!("remove node 1: {e}"));
     assert_eq!(voters_everywhere(cluster.node(2)), vec![vec![2, 3, 4]; SHARDS as usize]);
+    // Where node 1 led, it handed leadership over before the change: a
+    // later term's leader wrote the membership without it.
+    let after = cluster.node(2).status();
+    for (shard, term) in led_by_leaver {
+        let written = after.shards[shard as usize].membership_term;
+        assert!(written > term, "shard {shard}: node 1 (leader in term {term}) wrote its own removal in {written}");
+    }
     stop.store(true, Ordering::Release);
     let written = writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
     assert!(written > before, "no hold went on during the change");

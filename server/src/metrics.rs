@@ -916,6 +916,7 @@ mod tests {
             lag: lag.iter().copied().collect(),
             voters: vec![1, 2, 3],
             learners: Vec::new(),
+            membership_term: 0,
             failure: None,
         }
     }

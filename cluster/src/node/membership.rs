@@ -33,12 +33,13 @@ use std::time::Duration;
 
 use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
+use openraft::raft::TransferLeaderRequest;
 
 use super::{Inner, Node};
 use crate::error::AdminError;
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::{NodeId, Raft, log_id_to_engine, vote_to_engine};
 use crate::transport::Transport;
-use crate::wire::AdminOp;
+use crate::wire::{AdminOp, Request, Response};
 
 /// Which change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +363,7 @@ impl Node {
             self.admin_attempts(shard, AdminOp::AddLearner { node: *new, addr }).await?;
         }
         if *voters != before.voters {
+            self.lead_from_staying(shard, voters).await;
             let op = AdminOp::ChangeVoters { voters: voters.iter().copied().collect(), retain: false };
             self.admin_attempts(shard, op).await?;
         }
@@ -377,6 +379,59 @@ impl Node {
             self.await_local_view(shard, voters, drop).await;
         }
         Ok(changed)
+    }
+
+    /// Before a voter change that drops the shard's leader: asks the voters
+    /// to elect one that stays now, as a clean stop hands leadership over
+    /// (`TransferLeader` from the leader's vote: every voter drops its
+    /// lease, the target starts an election). The target is this node when
+    /// it stays (it is live and has applied what it names), else the first
+    /// voter that stays. Waits up to two election timeouts for a staying
+    /// leader and goes on either way: without a hand-over the leader
+    /// commits its own removal and steps down, and the others elect one
+    /// election timeout later, with the shard's writes waiting meanwhile.
+    async fn lead_from_staying(&self, shard: u32, voters: &BTreeSet<NodeId>) {
+        let Some(group) = self.inner.group(shard) else { return };
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        let Some(leader) = metrics.current_leader else { return };
+        let own = self.inner.id;
+        let Some(target) = voters.contains(&own).then_some(own).or_else(|| voters.first().copied()) else {
+            return;
+        };
+        if voters.contains(&leader) || leader == own {
+            return;
+        }
+        let engine_vote = vote_to_engine(&metrics.vote);
+        let last_log_id = metrics.last_applied.as_ref().map(log_id_to_engine);
+        let request = Request::TransferLeader { group: shard, from_leader: engine_vote, to: target, last_log_id };
+        tracing::info!(
+            shard,
+            from = leader,
+            to = target,
+            "handing leadership to a voter that stays, before the change"
+        );
+        let others: Vec<NodeId> = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|voter| *voter != own && *voter != leader)
+            .collect();
+        let calls = others.iter().map(|voter| self.inner.transport.call(*voter, &request, self.inner.rpc_timeout()));
+        let local = TransferLeaderRequest::new(metrics.vote, target, metrics.last_applied);
+        let (_, answers) =
+            futures_util::join!(group.raft.handle_transfer_leader(local), futures_util::future::join_all(calls));
+        for (voter, answer) in others.iter().zip(answers) {
+            if !matches!(answer, Ok(Response::TransferLeader(Ok(())))) {
+                tracing::debug!(shard, voter, ?answer, "leadership hand-over not taken");
+            }
+        }
+        let window = Duration::from_millis(self.inner.config.election_timeout_max_ms * 2);
+        let staying = |metrics: &openraft::RaftMetrics<crate::raft_types::TypeConfig>| {
+            metrics.current_leader.is_some_and(|leader| voters.contains(&leader))
+        };
+        if group.raft.wait(Some(window)).metrics(staying, "a leader that stays").await.is_err() {
+            tracing::info!(shard, "no voter that stays leads yet; the change goes on and the others elect after it");
+        }
     }
 
     /// Waits, within the voter change's own window, until this node's view

@@ -161,6 +161,9 @@ pub struct ShardStatus {
     pub lag: BTreeMap<NodeId, u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// The term of the leader that wrote the membership in force (0 for
+    /// the initial one): says which leader made the last voter change.
+    pub membership_term: u64,
     /// Why the shard stopped on this node, if it did (then `leader` is
     /// `None` and `role` is `"Stopped"`: this node no longer follows it).
     pub failure: Option<ShardFailure>,
@@ -289,6 +292,7 @@ impl Node {
                 lag,
                 voters: membership.voter_ids().collect(),
                 learners: membership.learner_ids().collect(),
+                membership_term: metrics.membership_config.log_id().as_ref().map_or(0, |id| id.leader_id.term),
                 failure,
             });
         }
