@@ -262,6 +262,8 @@ pub struct ClusterSnapshot {
     pub snapshots: Vec<SnapshotStats>,
     /// Per shard: this node's wall clock minus the shard's log time, in ms.
     pub log_time_behind_wall_ms: Vec<i64>,
+    /// The last or running node addition or removal this node ran.
+    pub membership: Option<cluster::node::MembershipChange>,
 }
 
 impl ClusterSnapshot {
@@ -277,6 +279,7 @@ impl ClusterSnapshot {
             live_holds,
             snapshots: node.snapshot_stats(),
             log_time_behind_wall_ms: node.clock().behind_wall_ms(),
+            membership: node.membership_change(),
         }
     }
 }
@@ -743,13 +746,52 @@ impl ClusterCollector {
     }
 }
 
+impl ClusterCollector {
+    /// The node addition or removal this node runs (or ran last): whether
+    /// one runs, and how many shards it has moved of how many.
+    fn encode_membership(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let change = self.cluster.membership.as_ref();
+        let running = change.is_some_and(|c| c.state == cluster::node::MembershipChangeState::Running);
+        let mut metric = encoder.encode_descriptor(
+            "tally_membership_change_running",
+            "1 while a node addition or removal started on this node runs, else 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&u64::from(running))?;
+        let Some(change) = change else { return Ok(()) };
+        let labels = [
+            ("operation", change.operation.name().to_owned()),
+            ("node", change.node.to_string()),
+            ("state", change.state.name().to_owned()),
+        ];
+        for (name, help, value) in [
+            (
+                "tally_membership_change_shards_done",
+                "Shards the last or running node addition or removal on this node has moved (or found moved).",
+                change.shards_done,
+            ),
+            (
+                "tally_membership_change_shards_total",
+                "Shards the last or running node addition or removal on this node moves in all.",
+                change.shards_total,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_family(&labels)?.encode_gauge(&u64::from(value))?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_write_path(&mut encoder)?;
         self.encode_peer(&mut encoder)?;
         self.encode_shards(&mut encoder)?;
         self.encode_snapshots(&mut encoder)?;
-        self.encode_health(&mut encoder)
+        self.encode_health(&mut encoder)?;
+        self.encode_membership(&mut encoder)
     }
 }
 
@@ -972,6 +1014,16 @@ mod tests {
                 SnapshotStats { shard: 1, built: 0, installed: 2, ..SnapshotStats::default() },
             ],
             log_time_behind_wall_ms: vec![1_500, -2],
+            membership: Some(cluster::node::MembershipChange {
+                operation: cluster::node::MembershipOperation::Add,
+                node: 4,
+                addr: Some("127.0.0.1:7004".into()),
+                state: cluster::node::MembershipChangeState::Running,
+                shard: Some(1),
+                shards_done: 1,
+                shards_total: 4,
+                error: None,
+            }),
         }
     }
 
@@ -1026,6 +1078,10 @@ mod tests {
         assert_eq!(value("tally_shard_applied_index", &[("shard", "1")]), Some(40.0));
         assert_eq!(value("tally_shard_commit_index", &[("shard", "0")]), Some(41.0));
         assert_eq!(value("tally_shard_follower_lag", &[("shard", "0"), ("node", "3")]), Some(5.0));
+        assert_eq!(value("tally_membership_change_running", &[]), Some(1.0));
+        let change = [("operation", "add"), ("node", "4"), ("state", "running")];
+        assert_eq!(value("tally_membership_change_shards_done", &change), Some(1.0));
+        assert_eq!(value("tally_membership_change_shards_total", &change), Some(4.0));
         assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", "0")]), Some(3.0));
         assert_eq!(value("tally_shard_snapshots_built_total", &[("shard", "1")]), Some(0.0));
         assert_eq!(value("tally_shard_snapshot_fallbacks_total", &[("shard", "0")]), Some(1.0));

@@ -984,6 +984,9 @@ pub struct ShardStatus {
     pub lag: BTreeMap<String, u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// The term of the leader that wrote the group's membership in force
+    /// (0 for the initial one).
+    pub membership_term: u64,
     /// Why the shard stopped on this node; `null` while it runs.
     #[schema(required = true)]
     pub stopped: Option<StoppedShard>,
@@ -1014,6 +1017,10 @@ pub struct ClusterStatus {
     /// Every node in any group's membership: node id to address.
     pub nodes: BTreeMap<String, String>,
     pub shards: Vec<ShardStatus>,
+    /// The last or running node addition or removal started on this node
+    /// (as in `GET /v1/admin/nodes`); `null` if none since it started.
+    #[schema(required = true)]
+    pub membership_change: Option<crate::routes::admin::MembershipChangeStatus>,
 }
 
 #[derive(ToSchema)]

@@ -174,6 +174,10 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     assert_eq!(removed["change"]["state"], "done", "{removed}");
     assert_eq!(removed["change"]["operation"], "remove", "{removed}");
     assert!(removed["nodes"].as_array().is_some_and(|nodes| nodes.iter().all(|node| node["id"] != 1)), "{removed}");
+    // /v1/cluster on the node that ran it shows the change too.
+    let (status, _, view) = cluster.node(2).http().get("/v1/cluster").await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["membership_change"], removed["change"], "{view}");
 
     stop.store(true, Ordering::Release);
     let mut failures = Vec::new();

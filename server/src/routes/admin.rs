@@ -394,7 +394,7 @@ pub struct MembershipChangeStatus {
 }
 
 impl MembershipChangeStatus {
-    fn of(change: &cluster::node::MembershipChange) -> Self {
+    pub fn of(change: &cluster::node::MembershipChange) -> Self {
         Self {
             operation: change.operation.name().to_owned(),
             node: change.node,

@@ -106,6 +106,7 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
                 "lag": s.lag,
                 "voters": s.voters,
                 "learners": s.learners,
+                "membership_term": s.membership_term,
                 "stopped": s.failure.as_ref().map(|f| json!({
                     "cause": f.cause.code(),
                     "detail": f.detail,
@@ -114,7 +115,14 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
             })
         })
         .collect();
-    Ok(axum::Json(json!({ "node_id": status.node_id, "nodes": status.nodes, "shards": shards })).into_response())
+    let change = state.node.membership_change().as_ref().map(super::admin::MembershipChangeStatus::of);
+    Ok(axum::Json(json!({
+        "node_id": status.node_id,
+        "nodes": status.nodes,
+        "shards": shards,
+        "membership_change": change,
+    }))
+    .into_response())
 }
 
 /// `GET /v1/cluster/digests`: each shard's state digest on this node.
