@@ -4,8 +4,9 @@
 //! operators (live holds, digests, backup views) are queries too.
 //!
 //! The closure reads `read` and `read_stale` remain for tests, which check
-//! whatever they like of a state; a closure cannot cross the network, so
-//! production callers ask queries (docs/SCALE-OUT.md §7).
+//! whatever they like of a state, in `fault-injection` builds only: a
+//! closure cannot cross the network, so production callers ask queries
+//! (docs/SCALE-OUT.md §7), and a release build has nothing else.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -41,8 +42,8 @@ impl Node {
     pub async fn query(&self, shard: u32, query: Query, consistency: Consistency) -> Result<Answer, ReadError> {
         let run = move |state: &ShardState| state.query(&query);
         let answer = match consistency {
-            Consistency::Linearizable => self.read(shard, run).await?,
-            Consistency::Stale => self.read_stale(shard, run).await?.value,
+            Consistency::Linearizable => self.linearizable(shard, run).await?,
+            Consistency::Stale => self.stale(shard, run).await?.value,
         };
         answer.map_err(|corrupt| {
             let detail = format!("a read found the state broken: {corrupt}");
@@ -54,9 +55,31 @@ impl Node {
     /// Reads `shard` linearizably with a closure: the answer reflects every
     /// write acknowledged before the read began. For tests, which read
     /// whatever they check of a state; production code asks `query`, whose
-    /// question and answer are values that can cross the network.
-    #[doc(hidden)]
+    /// question and answer are values that can cross the network (so this
+    /// exists only in `fault-injection` builds, the tests').
+    #[cfg(feature = "fault-injection")]
     pub async fn read<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<R, ReadError> {
+        self.linearizable(shard, read).await
+    }
+
+    /// Reads this node's copy of `shard` at once with a closure. It may be
+    /// behind the leader. For tests, as `read` is.
+    #[cfg(feature = "fault-injection")]
+    pub async fn read_stale<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<Stale<R>, ReadError> {
+        self.stale(shard, read).await
+    }
+
+    /// Runs `read` on `shard` once this node has applied the leader's read
+    /// index.
+    async fn linearizable<R: Send + 'static>(
         &self,
         shard: u32,
         read: impl FnOnce(&ShardState) -> R + Send + 'static,
@@ -78,10 +101,8 @@ impl Node {
         Ok(answer.0)
     }
 
-    /// Reads this node's copy of `shard` at once with a closure. It may be
-    /// behind the leader. For tests, as `read` is.
-    #[doc(hidden)]
-    pub async fn read_stale<R: Send + 'static>(
+    /// Runs `read` on this node's copy of `shard` at once.
+    async fn stale<R: Send + 'static>(
         &self,
         shard: u32,
         read: impl FnOnce(&ShardState) -> R + Send + 'static,
