@@ -29,7 +29,7 @@ async fn a_query_on_any_node_answers_what_a_closure_read_sees() {
     for via in 1..=3u64 {
         let node = cluster.node(via);
         let answer = node.query(1, item_query(&name), Consistency::Linearizable).await;
-        let item = answer.map(|answer| Option::<ItemView>::from_answer(answer));
+        let item = answer.map(Option::<ItemView>::from_answer);
         let wanted = name.clone();
         let seen = node.read(1, move |s| s.get_item(&wanted, "w1").ok().flatten()).await;
         assert_eq!(item, Ok(Ok(seen.clone().unwrap_or_else(|e| panic!("read: {e}")))), "via {via}");
