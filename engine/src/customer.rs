@@ -136,7 +136,7 @@ impl OverLimit {
 }
 
 /// What a read shows of one customer and one SKU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct CustomerUsage {
     pub limit: Option<CustomerLimit>,
     pub held: u64,

@@ -8,6 +8,7 @@
 //! * `snapshot` — the whole shard state in one checksummed file.
 //! * `reshard` — S shards' states rebuilt as N (offline, `tally reshard`).
 //! * `actor` — the shard actor that owns a state, on a pool of arbiters.
+//! * `read` — reads as values: `Query`, its `Answer`, `ShardState::query`.
 //! * `testing` — builders for tests and benchmarks (feature `testing`).
 //! * `histogram` — lock-free power-of-two histograms for metrics (fsync
 //!   latency here; batch sizes, commit latency, expiry lag in the cluster).
@@ -31,6 +32,7 @@ pub mod placement;
 pub mod product;
 pub mod query;
 pub mod raft_log;
+pub mod read;
 pub mod reservation;
 pub mod reshard;
 pub mod snapshot;

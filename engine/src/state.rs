@@ -158,7 +158,7 @@ pub(crate) struct Change {
 }
 
 /// Counts that operators and the proposer need.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct ShardStats {
     pub items: u64,
     pub live_holds: u64,

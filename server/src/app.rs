@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use cluster::Node;
+use engine::read::{FromAnswer, Query};
 use engine::{Command, Outcome};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -302,9 +303,10 @@ async fn propose_limits(state: Arc<AppState>) {
     let wanted = state.config.engine;
     for shard in 0..state.node.shard_count() {
         for _attempt in 0..50 {
-            match state.node.read(shard, |s| *s.limits()).await {
-                Ok(current) if current == wanted => break,
-                Ok(_) => {
+            let current = state.node.query(shard, Query::Limits, cluster::Consistency::Linearizable).await;
+            match current.map(engine::Limits::from_answer) {
+                Ok(Ok(current)) if current == wanted => break,
+                Ok(Ok(_)) => {
                     let command = Command::SetLimits(engine::cmd::SetLimits { limits: wanted });
                     match state.submit_to(shard, command).await {
                         Ok(Outcome::LimitsSet) => break,
@@ -315,6 +317,7 @@ async fn propose_limits(state: Arc<AppState>) {
                         Err(error) => tracing::debug!(shard, %error, "proposing limits; will retry"),
                     }
                 }
+                Ok(Err(mismatch)) => tracing::error!(shard, %mismatch, "reading limits; will retry"),
                 Err(error) => tracing::debug!(shard, %error, "reading limits; will retry"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -6,10 +6,11 @@
 //!   connection and the outcome relayed back. Through an election it retries
 //!   for a bounded window, always with the same request id, so a command
 //!   whose first attempt did commit is never applied twice.
-//! * `read` is linearizable: the leader confirms its leadership for a read
-//!   index (asked over the peer connection when this node is a follower), and
-//!   the local shard actor answers once it has applied up to that index.
-//!   `read_stale` answers from local state at once and says so.
+//! * `query` runs an engine `Query` and answers a value. Linearizable: the
+//!   leader confirms its leadership for a read index (asked over the peer
+//!   connection when this node is a follower), and the local shard actor
+//!   answers once it has applied up to that index. Stale: from local state
+//!   at once. (`read` and `read_stale` take closures, for tests.)
 //! * Bootstrap: the member preferred for a group (members by id, round
 //!   robin) initializes it, once, after asking its peers that none has it.
 //!   Restarts resume from the WAL and the newest snapshot. While up, a
@@ -20,7 +21,7 @@
 //!   named steps; `check_identity`; shutting down.
 //! * `submit` — routing commands to their shard's leader, with bounded
 //!   retry under one request id.
-//! * `read` — linearizable and stale reads, and the node-local views
+//! * `read` — queries, linearizable and stale, and the node-local views
 //!   (digests, live holds, backup views).
 //! * `admin` — learners, voters, and the per-shard admin call to a leader.
 //! * `membership` — adding and removing a node online, one shard at a time
@@ -49,6 +50,7 @@ mod start;
 mod submit;
 
 pub use membership::{MembershipChange, MembershipChangeState, MembershipJob, MembershipOperation};
+pub use read::Consistency;
 pub use start::{check_identity, initial_limits, shard_dir};
 
 use std::collections::BTreeMap;

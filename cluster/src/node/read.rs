@@ -1,24 +1,85 @@
-//! Reads: linearizable (`read`, through a read index the leader confirms),
-//! stale (`read_stale`, this node's copy at once), and the node-local
-//! views of every shard for operators (live holds, digests, backup views).
+//! Reads: `query` runs an engine `Query` on a shard, linearizably (through
+//! a read index the leader confirms) or stale (this node's copy at once),
+//! and answers a plain value; the node-local views of every shard for
+//! operators (live holds, digests, backup views) are queries too.
+//!
+//! The closure reads `read` and `read_stale` remain for tests, which check
+//! whatever they like of a state, in `fault-injection` builds only: a
+//! closure cannot cross the network, so production callers ask queries
+//! (docs/SCALE-OUT.md §7), and a release build has nothing else.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use engine::ShardState;
 use engine::actor::Read;
+use engine::read::{Answer, FromAnswer, Query};
+use engine::state::ShardStats;
 use openraft::ReadPolicy;
 
 use super::retry::Retry;
 use super::start::shard_dir;
 use super::{BackupView, Group, Node, Stale};
 use crate::error::ReadError;
+use crate::health::FailureCause;
 use crate::wire::{Request, Response};
 
+/// How a query is served (DESIGN §6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// The answer reflects every write acknowledged before the read began.
+    #[default]
+    Linearizable,
+    /// This node's copy at once; it may be behind the leader.
+    Stale,
+}
+
 impl Node {
-    /// Reads `shard` linearizably: the answer reflects every write
-    /// acknowledged before the read began.
+    /// Runs `query` on `shard` with the asked consistency. A query that
+    /// finds the shard's state corrupt (an arena lookup out of bounds)
+    /// stops the shard on this node, as a failed check after a snapshot
+    /// would, and answers `ShardStopped`: never a guessed answer.
+    pub async fn query(&self, shard: u32, query: Query, consistency: Consistency) -> Result<Answer, ReadError> {
+        let run = move |state: &ShardState| state.query(&query);
+        let answer = match consistency {
+            Consistency::Linearizable => self.linearizable(shard, run).await?,
+            Consistency::Stale => self.stale(shard, run).await?.value,
+        };
+        answer.map_err(|corrupt| {
+            let detail = format!("a read found the state broken: {corrupt}");
+            self.stop_shard(shard, detail.clone());
+            ReadError::ShardStopped { shard, cause: FailureCause::InvariantBroken, detail }
+        })
+    }
+
+    /// Reads `shard` linearizably with a closure: the answer reflects every
+    /// write acknowledged before the read began. For tests, which read
+    /// whatever they check of a state; production code asks `query`, whose
+    /// question and answer are values that can cross the network (so this
+    /// exists only in `fault-injection` builds, the tests').
+    #[cfg(feature = "fault-injection")]
     pub async fn read<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<R, ReadError> {
+        self.linearizable(shard, read).await
+    }
+
+    /// Reads this node's copy of `shard` at once with a closure. It may be
+    /// behind the leader. For tests, as `read` is.
+    #[cfg(feature = "fault-injection")]
+    pub async fn read_stale<R: Send + 'static>(
+        &self,
+        shard: u32,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<Stale<R>, ReadError> {
+        self.stale(shard, read).await
+    }
+
+    /// Runs `read` on `shard` once this node has applied the leader's read
+    /// index.
+    async fn linearizable<R: Send + 'static>(
         &self,
         shard: u32,
         read: impl FnOnce(&ShardState) -> R + Send + 'static,
@@ -40,8 +101,8 @@ impl Node {
         Ok(answer.0)
     }
 
-    /// Reads this node's copy of `shard` at once. It may be behind the leader.
-    pub async fn read_stale<R: Send + 'static>(
+    /// Runs `read` on this node's copy of `shard` at once.
+    async fn stale<R: Send + 'static>(
         &self,
         shard: u32,
         read: impl FnOnce(&ShardState) -> R + Send + 'static,
@@ -104,9 +165,9 @@ impl Node {
     /// applies, so this may wait behind them: `None` when some shard does
     /// not answer within `timeout`.
     pub async fn live_holds(&self, timeout: Duration) -> Option<u64> {
-        let reads = self.inner.groups.iter().map(|group| group.actor.send(Read::new(|state| state.stats().live_holds)));
+        let reads = self.inner.groups.iter().map(|group| local::<ShardStats>(group, Query::Stats));
         let answers = tokio::time::timeout(timeout, futures_util::future::join_all(reads)).await.ok()?;
-        answers.into_iter().map(|answer| answer.ok().map(|answer| answer.0)).sum()
+        answers.into_iter().map(|answer| answer.ok().map(|stats| stats.live_holds)).sum()
     }
 
     /// State digest of each shard as this node has applied it, with the
@@ -114,12 +175,7 @@ impl Node {
     pub async fn digests(&self) -> Result<Vec<(Option<u64>, u128)>, ReadError> {
         let mut digests = Vec::with_capacity(self.inner.groups.len());
         for group in &self.inner.groups {
-            let answer = group
-                .actor
-                .send(Read::new(|state| (state.last_applied().map(|id| id.index), state.digest())))
-                .await
-                .map_err(|_| ReadError::ShuttingDown)?;
-            digests.push(answer.0);
+            digests.push(local(group, Query::Digest).await?);
         }
         Ok(digests)
     }
@@ -130,15 +186,29 @@ impl Node {
     pub async fn backup_views(&self) -> Result<Vec<BackupView>, ReadError> {
         let mut views = Vec::with_capacity(self.inner.groups.len());
         for group in &self.inner.groups {
-            let answer =
-                group.actor.send(Read::new(|state| state.last_applied())).await.map_err(|_| ReadError::ShuttingDown)?;
+            let applied = local(group, Query::Applied).await?;
             views.push(BackupView {
                 shard: group.shard,
                 snapshot_dir: shard_dir(&self.inner.config.data_dir, group.shard).join("snapshots"),
-                applied: answer.0,
+                applied,
                 segments: group.log.wal_reader().segment_files(),
             });
         }
         Ok(views)
     }
+}
+
+/// Runs `query` on this node's copy of `group` at once, stopped or not: the
+/// node-local views read every shard as this node has applied it. Their
+/// queries (stats, digest, applied id) name nothing in the arenas, so they
+/// find no corruption; an answer of another kind would be a bug.
+async fn local<T: FromAnswer>(group: &Group, query: Query) -> Result<T, ReadError> {
+    let shard = group.shard;
+    let answer = group.actor.send(Read::new(move |state| state.query(&query))).await;
+    let answer = answer.map_err(|_| ReadError::ShuttingDown)?.0.map_err(|corrupt| ReadError::ShardStopped {
+        shard,
+        cause: FailureCause::InvariantBroken,
+        detail: format!("a read found the state broken: {corrupt}"),
+    })?;
+    T::from_answer(answer).map_err(|mismatch| ReadError::Invalid(format!("shard {shard}: {mismatch}")))
 }

@@ -28,7 +28,8 @@ use cluster::SubmitError;
 use engine::cmd::{Expect, UpsertItem};
 use engine::ids::{ItemName, Principal as PrincipalName, Sku, Warehouse};
 use engine::outcome::ItemView;
-use engine::query::ItemFilter;
+use engine::query::{ItemFilter, ItemPage};
+use engine::read::Query;
 use engine::{Command, Outcome, shard_of};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -927,7 +928,8 @@ async fn export_page(mut cursor: ExportCursor) -> Option<(Result<Bytes, std::io:
         limit: state.config.import.export_page_items,
         scan_max: state.config.import.export_page_items,
     };
-    let page = match read_shard(&state, cursor.shard, cursor.consistency, move |s| s.list_items(&filter)).await {
+    let page: ApiResult<ItemPage> = read_shard(&state, cursor.shard, cursor.consistency, Query::Items(filter)).await;
+    let page = match page {
         Ok(page) => page,
         Err(problem) => {
             // The status line is sent: break the body off so the client sees

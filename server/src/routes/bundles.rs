@@ -28,13 +28,15 @@ use engine::bundle::Component;
 use engine::cmd::SetBundle;
 use engine::ids::{QUANTITY_MAX, Quantity, Sku};
 use engine::outcome::BundleLine;
+use engine::query::SkuView;
+use engine::read::Query;
 use engine::{Command, Outcome, shard_of};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::items::ReadQuery;
 use super::reservations::{RequestLine, ReservationBody};
-use super::{Consistency, JsonBody, PathParams, QueryParams, limit_within, read_shard};
+use super::{Consistency, JsonBody, PathParams, QueryParams, limit_within, one_each, read_shard};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Role;
@@ -73,9 +75,13 @@ async fn bundles_among(state: &AppState, skus: &[String]) -> ApiResult<Vec<Strin
     }
     let mut found = Vec::new();
     for (shard, skus) in by_shard {
-        let read = move |s: &engine::ShardState| Ok(skus.into_iter().filter(|sku| s.bundle(sku).is_some()).collect());
-        let bundles: Vec<String> = read_shard(state, shard, Consistency::Linearizable, read).await?;
-        found.extend(bundles);
+        let query = Query::BundlesOf(skus.clone());
+        let definitions: Vec<Option<Vec<Component>>> =
+            read_shard(state, shard, Consistency::Linearizable, query).await?;
+        let definitions = one_each(skus.len(), definitions)?;
+        found.extend(
+            skus.into_iter().zip(definitions).filter(|(_, definition)| definition.is_some()).map(|(sku, _)| sku),
+        );
     }
     Ok(found)
 }
@@ -84,15 +90,9 @@ async fn bundles_among(state: &AppState, skus: &[String]) -> ApiResult<Vec<Strin
 async fn bundles_containing(state: &AppState, sku: &str) -> ApiResult<Vec<String>> {
     let mut found = Vec::new();
     for shard in 0..state.node.shard_count() {
-        let wanted = sku.to_owned();
-        let read = move |s: &engine::ShardState| {
-            Ok(s.bundles(None, usize::MAX)
-                .into_iter()
-                .filter(|(_, components)| components.iter().any(|c| c.sku.as_str() == wanted))
-                .map(|(bundle, _)| bundle)
-                .collect::<Vec<_>>())
-        };
-        found.extend(read_shard(state, shard, Consistency::Linearizable, read).await?);
+        let query = Query::BundlesContaining(sku.to_owned());
+        let bundles: Vec<String> = read_shard(state, shard, Consistency::Linearizable, query).await?;
+        found.extend(bundles);
     }
     Ok(found)
 }
@@ -214,16 +214,11 @@ async fn bundle_body(
     }
     let mut stock: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for (shard, skus) in by_shard {
-        let read = move |s: &engine::ShardState| {
-            skus.into_iter()
-                .map(|sku| {
-                    let view = s.sku_items(&sku)?;
-                    let levels = view.items.into_iter().map(|item| (item.warehouse, item.available)).collect();
-                    Ok((sku, levels))
-                })
-                .collect::<Result<Vec<(String, BTreeMap<String, u64>)>, _>>()
-        };
-        stock.extend(read_shard(state, shard, consistency, read).await?);
+        let views: Vec<SkuView> = read_shard(state, shard, consistency, Query::Skus(skus.clone())).await?;
+        let views = one_each(skus.len(), views)?;
+        for (sku, view) in skus.into_iter().zip(views) {
+            stock.insert(sku, view.items.into_iter().map(|item| (item.warehouse, item.available)).collect());
+        }
     }
     let per_component: Vec<ComponentStock> = components
         .iter()
@@ -297,8 +292,9 @@ pub async fn get_bundle(
     principal.require(Role::Read)?;
     let sku = Sku::new(sku)?;
     let shard = shard_of(sku.as_str(), state.node.shard_count());
-    let name = sku.as_str().to_owned();
-    let components = read_shard(&state, shard, query.consistency, move |s| Ok(s.bundle(&name))).await?;
+    let query_one = Query::BundlesOf(vec![sku.as_str().to_owned()]);
+    let definitions: Vec<Option<Vec<Component>>> = read_shard(&state, shard, query.consistency, query_one).await?;
+    let components = one_each(1, definitions)?.into_iter().next().flatten();
     let components = components.ok_or_else(|| Problem::not_found("bundle_not_found", "the SKU is not a bundle"))?;
     Ok(axum::Json(bundle_body(&state, sku.as_str(), &components, query.consistency).await?).into_response())
 }
@@ -337,13 +333,14 @@ pub async fn list_bundles(
     QueryParams(query): QueryParams<ListBundlesQuery>,
 ) -> ApiResult<Response> {
     principal.require(Role::Read)?;
-    let limit = limit_within(query.limit, 100, state.config.api.list_limit_max)? as usize;
+    let asked = limit_within(query.limit, 100, state.config.api.list_limit_max)?;
+    let limit = asked as usize;
     let after = query.cursor.map(Sku::new).transpose()?.map(|sku| sku.as_str().to_owned());
     let mut page: Vec<(String, Vec<Component>)> = Vec::new();
     for shard in 0..state.node.shard_count() {
-        let after = after.clone();
-        let read = move |s: &engine::ShardState| Ok(s.bundles(after.as_deref(), limit + 1));
-        page.extend(read_shard(&state, shard, query.consistency, read).await?);
+        let list = Query::Bundles { after: after.clone(), limit: asked.saturating_add(1) };
+        let bundles: Vec<(String, Vec<Component>)> = read_shard(&state, shard, query.consistency, list).await?;
+        page.extend(bundles);
     }
     page.sort_by(|a, b| a.0.cmp(&b.0));
     let more = page.len() > limit;

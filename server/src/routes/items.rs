@@ -16,12 +16,14 @@ use axum::response::{IntoResponse, Response};
 use engine::cmd::{Adjust, AdjustReason, AttrUpdate, Expect, SetStates, Transfer, UpsertItem};
 use engine::ids::{CustomerId, ItemName, Note, Principal as PrincipalName, Quantity, Reference, Sku, Warehouse};
 use engine::outcome::ItemView;
-use engine::query::{AvailabilityLine, ItemFilter};
+use engine::outcome::MovementView;
+use engine::query::{ItemFilter, ItemPage, LineAvailability};
+use engine::read::{AvailabilityAsk, Query, SkuAnswer};
 use engine::{Command, Outcome, shard_of};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use super::{Consistency, JsonBody, PathParams, QueryParams, item_json, limit_within, read_shard};
+use super::{Consistency, JsonBody, PathParams, QueryParams, item_json, limit_within, one_each, read_shard};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::Role;
@@ -238,11 +240,9 @@ pub(super) async fn expectation(
         Precondition::Never => Vec::new(),
     };
     let shard = shard_of(sku.as_str(), state.node.shard_count());
-    let (sku_text, warehouse_text) = (sku.as_str().to_owned(), warehouse.as_str().to_owned());
-    let current = read_shard(state, shard, Consistency::Linearizable, move |s| {
-        s.get_item(&sku_text, &warehouse_text).map(|item| item.map(|item| item.version))
-    })
-    .await?;
+    let query = Query::Item { sku: sku.as_str().to_owned(), warehouse: warehouse.as_str().to_owned() };
+    let item: Option<ItemView> = read_shard(state, shard, Consistency::Linearizable, query).await?;
+    let current = item.map(|item| item.version);
     match current {
         Some(version) if versions.contains(&version) => Ok(Expect::Version(version)),
         _ => Err(Problem::new(
@@ -401,9 +401,9 @@ pub async fn get_item(
     let sku = Sku::new(sku)?;
     let warehouse = Warehouse::new(warehouse)?;
     let shard = shard_of(sku.as_str(), state.node.shard_count());
-    let item = read_shard(&state, shard, query.consistency, move |s| s.get_item(sku.as_str(), warehouse.as_str()))
-        .await?
-        .ok_or_else(|| Problem::not_found("item_not_found", "no such item"))?;
+    let one = Query::Item { sku: sku.as_str().to_owned(), warehouse: warehouse.as_str().to_owned() };
+    let item: Option<ItemView> = read_shard(&state, shard, query.consistency, one).await?;
+    let item = item.ok_or_else(|| Problem::not_found("item_not_found", "no such item"))?;
     let tag = etag(item.version);
     if headers.get(header::IF_NONE_MATCH).is_some_and(|value| value == tag) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
@@ -468,15 +468,9 @@ pub async fn get_sku(
     let sku = Sku::new(sku)?;
     let customer = query.customer_id.map(CustomerId::new).transpose()?;
     let shard = shard_of(sku.as_str(), state.node.shard_count());
-    let name = sku.as_str().to_owned();
-    let who = customer.clone();
-    let (view, limit, usage, product, priority) = read_shard(&state, shard, query.consistency, move |s| {
-        let view = s.sku_items(name.as_str())?;
-        let usage = who.map(|who| s.customer_usage(name.as_str(), who.as_str()));
-        let priority = s.warehouse_priority(name.as_str()).to_vec();
-        Ok((view, s.customer_limit(name.as_str()), usage, s.product(name.as_str()), priority))
-    })
-    .await?;
+    let one = Query::Sku { sku: sku.as_str().to_owned(), customer: customer.as_ref().map(|c| c.as_str().to_owned()) };
+    let SkuAnswer { view, limit, usage, product, warehouse_priority: priority } =
+        read_shard(&state, shard, query.consistency, one).await?;
     if view.items.is_empty() && product.is_none() {
         return Err(Problem::not_found("item_not_found", "no warehouse stocks this SKU and it has no product"));
     }
@@ -753,7 +747,7 @@ pub async fn list_items(
             limit: limit - u32::try_from(items.len()).unwrap_or(limit),
             scan_max: api.list_scan_max,
         };
-        let page = read_shard(&state, shard, query.consistency, move |s| s.list_items(&filter)).await?;
+        let page: ItemPage = read_shard(&state, shard, query.consistency, Query::Items(filter)).await?;
         items.extend(page.items.iter().map(item_json));
         scanned_shards += 1;
         match page.next_cursor {
@@ -895,12 +889,13 @@ pub async fn history(
     let sku = Sku::new(sku)?;
     let warehouse = Warehouse::new(warehouse)?;
     let shard = shard_of(sku.as_str(), state.node.shard_count());
-    let (sku_name, warehouse_name) = (sku.as_str().to_owned(), warehouse.as_str().to_owned());
-    let movements = read_shard(&state, shard, query.consistency, move |s| {
-        s.history(sku_name.as_str(), warehouse_name.as_str(), limit)
-    })
-    .await?
-    .ok_or_else(|| Problem::not_found("item_not_found", "no such item"))?;
+    let one = Query::History {
+        sku: sku.as_str().to_owned(),
+        warehouse: warehouse.as_str().to_owned(),
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+    };
+    let movements: Option<Vec<MovementView>> = read_shard(&state, shard, query.consistency, one).await?;
+    let movements = movements.ok_or_else(|| Problem::not_found("item_not_found", "no such item"))?;
     let movements: Vec<Value> = movements
         .iter()
         .map(|m| {
@@ -1057,41 +1052,21 @@ pub async fn availability(
     let reads = by_shard.into_iter().map(|(shard, lines)| {
         let state = Arc::clone(&state);
         async move {
-            read_shard(&state, shard, body.consistency, move |s| {
-                let exact: Vec<AvailabilityLine> = lines
-                    .iter()
-                    .filter_map(|(_, line)| {
-                        line.warehouse.as_ref().map(|warehouse| AvailabilityLine {
-                            sku: line.sku.clone(),
-                            warehouse: warehouse.clone(),
-                            quantity: line.quantity,
-                        })
-                    })
-                    .collect();
-                let mut exact_answers = s.availability(&exact).lines.into_iter();
-                lines
-                    .iter()
-                    .map(|(index, line)| {
-                        if line.warehouse.is_some() {
-                            let answer = exact_answers.next().unwrap_or(engine::query::LineAvailability {
-                                available: 0,
-                                exists: false,
-                                enough: false,
-                            });
-                            Ok((*index, answer.available, answer.exists, answer.enough))
-                        } else {
-                            let view = s.sku_items(&line.sku)?;
-                            let asked: u64 = lines
-                                .iter()
-                                .filter(|(_, other)| other.sku == line.sku && other.warehouse.is_none())
-                                .fold(0u64, |sum, (_, other)| sum.saturating_add(other.quantity));
-                            let exists = !view.items.is_empty();
-                            Ok((*index, view.available, exists, exists && asked <= view.available))
-                        }
-                    })
-                    .collect::<Result<Vec<_>, engine::Corrupt>>()
-            })
-            .await
+            let asks = lines
+                .iter()
+                .map(|(_, line)| AvailabilityAsk {
+                    sku: line.sku.clone(),
+                    warehouse: line.warehouse.clone(),
+                    quantity: line.quantity,
+                })
+                .collect();
+            let answers: Vec<LineAvailability> =
+                read_shard(&state, shard, body.consistency, Query::Availability(asks)).await?;
+            let answers = one_each(lines.len(), answers)?;
+            let indexes = lines.iter().map(|(index, _)| *index);
+            ApiResult::Ok(
+                indexes.zip(answers).map(|(index, a)| (index, a.available, a.exists, a.enough)).collect::<Vec<_>>(),
+            )
         }
     });
     let answers = futures_util::future::join_all(reads).await;

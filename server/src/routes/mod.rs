@@ -23,9 +23,8 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use cluster::{FailureCause, ReadError};
 use engine::outcome::{ItemView, ReservationSummary};
-use engine::{Corrupt, ShardState};
+use engine::read::{FromAnswer, Query};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -182,6 +181,15 @@ pub enum Consistency {
     Stale,
 }
 
+impl From<Consistency> for cluster::Consistency {
+    fn from(consistency: Consistency) -> Self {
+        match consistency {
+            Consistency::Linearizable => cluster::Consistency::Linearizable,
+            Consistency::Stale => cluster::Consistency::Stale,
+        }
+    }
+}
+
 impl Consistency {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,25 +199,31 @@ impl Consistency {
     }
 }
 
-/// Reads `shard` with the asked consistency. A read that finds the shard's
-/// state corrupt (an arena lookup out of bounds) stops the shard on this
-/// node, as a failed check after a snapshot would, and answers 503
+/// Asks `shard` a query with the asked consistency and takes the answer
+/// of the kind `T`. A query that finds the shard's state corrupt stops the
+/// shard on this node (`cluster::Node::query`) and answers 503
 /// `shard_stopped`: never a guessed answer.
-pub async fn read_shard<R: Send + 'static>(
+pub async fn read_shard<T: FromAnswer>(
     state: &AppState,
     shard: u32,
     consistency: Consistency,
-    read: impl FnOnce(&ShardState) -> Result<R, Corrupt> + Send + 'static,
-) -> ApiResult<R> {
-    let answer = match consistency {
-        Consistency::Linearizable => state.node.read(shard, read).await?,
-        Consistency::Stale => state.node.read_stale(shard, read).await?.value,
-    };
-    answer.map_err(|corrupt| {
-        let detail = format!("a read found the state broken: {corrupt}");
-        state.node.stop_shard(shard, detail.clone());
-        Problem::read(&ReadError::ShardStopped { shard, cause: FailureCause::InvariantBroken, detail })
+    query: Query,
+) -> ApiResult<T> {
+    let answer = state.node.query(shard, query, consistency.into()).await?;
+    T::from_answer(answer).map_err(|mismatch| {
+        tracing::error!(shard, %mismatch, "a query answered another kind");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer; this is a bug")
     })
+}
+
+/// `answers` of a query that answers one per thing asked (`asked` of
+/// them), checked before the caller zips them with what it asked.
+pub fn one_each<T>(asked: usize, answers: Vec<T>) -> ApiResult<Vec<T>> {
+    if answers.len() == asked {
+        return Ok(answers);
+    }
+    tracing::error!(asked, answered = answers.len(), "a query answered another number of items");
+    Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer; this is a bug"))
 }
 
 pub fn item_json(item: &ItemView) -> Value {

@@ -44,6 +44,7 @@ use cluster::{SagaOutcome, SagaPart};
 use engine::cmd::{Confirm, ConfirmLine, ConfirmPart, Deadline, Extend, Hold, HoldLine, Release};
 use engine::ids::{CustomerId, IdempotencyKey, Quantity, ReservationId, Sku, Warehouse};
 use engine::outcome::{ReservationView, ShortLine};
+use engine::read::Query;
 use engine::reservation::ReservationState;
 use engine::{Command, Outcome, Refusal, shard_of};
 use serde::{Deserialize, Serialize};
@@ -454,10 +455,11 @@ impl AppState {
     /// Reads every part of a reservation, in shard order.
     async fn reservation_parts(&self, id: ReservationId, read: super::Consistency) -> ApiResult<Vec<ReservationView>> {
         let shards = self.part_shards(id)?;
-        let reads = shards.into_iter().map(|shard| read_shard(self, shard, read, move |s| s.reservation(&id)));
+        let reads = shards.into_iter().map(|shard| read_shard(self, shard, read, Query::Reservation(id)));
         let mut parts = Vec::new();
         for answer in futures_util::future::join_all(reads).await {
-            parts.extend(answer?);
+            let part: Option<ReservationView> = answer?;
+            parts.extend(part);
         }
         Ok(parts)
     }
@@ -633,12 +635,13 @@ impl AppState {
     async fn bundle_lines_of(&self, parts: &[PartHold]) -> ApiResult<Vec<(usize, Vec<engine::bundle::Component>)>> {
         let mut found = Vec::new();
         for part in parts {
-            let lines: Vec<(usize, String)> =
-                part.lines.iter().map(|line| (line.request_line, line.sku.as_str().to_owned())).collect();
-            let read = move |s: &engine::ShardState| {
-                lines.into_iter().filter_map(|(at, sku)| Some((at, s.bundle(&sku)?))).collect::<Vec<_>>()
-            };
-            found.extend(self.node.read_stale(part.shard, read).await?.value);
+            let skus: Vec<String> = part.lines.iter().map(|line| line.sku.as_str().to_owned()).collect();
+            let query = Query::BundlesOf(skus);
+            let definitions: Vec<Option<Vec<engine::bundle::Component>>> =
+                read_shard(self, part.shard, super::Consistency::Stale, query).await?;
+            let definitions = super::one_each(part.lines.len(), definitions)?;
+            let lines = part.lines.iter().map(|line| line.request_line);
+            found.extend(lines.zip(definitions).filter_map(|(at, definition)| Some((at, definition?))));
         }
         found.sort_by_key(|(line, _)| *line);
         Ok(found)
@@ -886,13 +889,12 @@ impl AppState {
         let key = idempotency::engine_key(Kind::Order, principal, order_id)?;
         let reads = (0..self.node.shard_count()).map(|shard| {
             let key = key.clone();
-            read_shard(self, shard, super::Consistency::Linearizable, move |s| {
-                s.reservation_by_key(&key).map(|view| view.map(|view| view.summary.id))
-            })
+            read_shard(self, shard, super::Consistency::Linearizable, Query::ReservationByKey(key))
         });
         for answer in futures_util::future::join_all(reads).await {
-            if let Some(id) = answer? {
-                return Ok(id);
+            let view: Option<ReservationView> = answer?;
+            if let Some(view) = view {
+                return Ok(view.summary.id);
             }
         }
         Err(Problem::not_found("order_not_found", "no reservation for this order"))
