@@ -98,6 +98,28 @@ async fn tally_cli(args: Vec<String>) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("tally {args:?} printed no JSON ({e}): {stderr}"))
 }
 
+/// Through node 2's HTTP port with the real CLI: adds node 4 (peer port
+/// `peer`), then removes node 1, each answered done for every shard.
+async fn add_4_and_remove_1(cluster: &TallyCluster, peer: SocketAddr) {
+    let via = url(cluster.node(2).http_addr);
+    let added =
+        tally_cli(["node", "add", "--id", "4", "--addr", &peer.to_string(), "--url", &via].map(str::to_owned).to_vec())
+            .await;
+    assert_eq!(added["change"]["state"], "done", "{added}");
+    assert_eq!(added["change"]["shards_done"], json!(SHARDS), "{added}");
+    let fourth_entry = added["nodes"].as_array().and_then(|nodes| nodes.iter().find(|node| node["id"] == 4));
+    assert_eq!(fourth_entry.map(|node| node["voter_of"].clone()), Some(json!(SHARDS)), "{added}");
+
+    let removed = tally_cli(["node", "remove", "--id", "1", "--url", &via].map(str::to_owned).to_vec()).await;
+    assert_eq!(removed["change"]["state"], "done", "{removed}");
+    assert_eq!(removed["change"]["operation"], "remove", "{removed}");
+    assert!(removed["nodes"].as_array().is_some_and(|nodes| nodes.iter().all(|node| node["id"] != 1)), "{removed}");
+    // /v1/cluster on the node that ran it shows the change too.
+    let (status, _, view) = cluster.node(2).http().get("/v1/cluster").await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["membership_change"], removed["change"], "{view}");
+}
+
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
@@ -160,24 +182,7 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     let members: Vec<(u64, SocketAddr)> = cluster.nodes().iter().map(|node| (node.node_id, node.peer_addr)).collect();
     let mut fourth = TallyProcess::launch_as(&options, 4, addrs[0], addrs[1], members);
     fourth.healthy().await;
-    let via = url(cluster.node(2).http_addr);
-    let added = tally_cli(
-        ["node", "add", "--id", "4", "--addr", &addrs[1].to_string(), "--url", &via].map(str::to_owned).to_vec(),
-    )
-    .await;
-    assert_eq!(added["change"]["state"], "done", "{added}");
-    assert_eq!(added["change"]["shards_done"], json!(SHARDS), "{added}");
-    let fourth_entry = added["nodes"].as_array().and_then(|nodes| nodes.iter().find(|node| node["id"] == 4));
-    assert_eq!(fourth_entry.map(|node| node["voter_of"].clone()), Some(json!(SHARDS)), "{added}");
-
-    let removed = tally_cli(["node", "remove", "--id", "1", "--url", &via].map(str::to_owned).to_vec()).await;
-    assert_eq!(removed["change"]["state"], "done", "{removed}");
-    assert_eq!(removed["change"]["operation"], "remove", "{removed}");
-    assert!(removed["nodes"].as_array().is_some_and(|nodes| nodes.iter().all(|node| node["id"] != 1)), "{removed}");
-    // /v1/cluster on the node that ran it shows the change too.
-    let (status, _, view) = cluster.node(2).http().get("/v1/cluster").await;
-    assert_eq!(status, 200, "{view}");
-    assert_eq!(view["membership_change"], removed["change"], "{view}");
+    add_4_and_remove_1(&cluster, addrs[1]).await;
 
     stop.store(true, Ordering::Release);
     let mut failures = Vec::new();
