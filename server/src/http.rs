@@ -31,8 +31,13 @@
 //! How the timeouts know where a connection is: `Phase`, shared by the
 //! connection's reader (`Watched`: bytes arrived), the service (a request
 //! started: `InFlight`) and the answer's body (`Tracked`: when it is
-//! dropped, the answer is done). The connection's task sleeps until the
-//! deadline of the current phase and wakes on every change.
+//! dropped, the answer is done). A task of its own per connection
+//! (`watch_deadlines`) sleeps until the time it armed, at most the shorter
+//! of the two timeouts ahead, then reads the phase: past its deadline, it
+//! tells the connection's task to close; else it arms again. A phase
+//! change wakes it only when it moves the deadline before the armed time,
+//! so a busy keep-alive connection costs no timer and no wake-up per
+//! request, and its serving task polls hyper's connection and one channel.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -208,11 +213,11 @@ impl Connection {
 
     /// Serves HTTP/1 on `io` until the client closes, a deadline passes, or
     /// shutdown ends it.
-    async fn run<T>(mut self, io: T)
+    async fn run<T>(self, io: T)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(&self.bounds));
         let io = TokioIo::new(Watched { inner: io, watch: Arc::clone(&watch) });
         let service = Serve { router: self.router.clone(), peer: self.peer, watch: Arc::clone(&watch) };
         let mut builder = http1::Builder::new();
@@ -225,38 +230,84 @@ impl Connection {
             .max_header_size(self.bounds.header_bytes_max);
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);
-        let mut stopping = false;
+        let (ends_tx, mut ends) = tokio::sync::mpsc::channel(2);
+        let _watchdog = AbortOnDrop(tokio::spawn(watch_deadlines(watch, self.stop.clone(), ends_tx)));
         loop {
-            // Created before the deadline is read: a change in between is
-            // not lost (`Notify` keeps one permit).
-            let changed = watch.changed.notified();
-            let deadline = watch.deadline(&self.bounds);
-            let sleep = async {
-                match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     if let Err(error) = result {
                         tracing::debug!(peer = %self.peer, %error, "HTTP connection ended with an error");
                     }
                     return;
                 }
-                () = changed => {}
-                () = sleep => {
-                    if let Some((_, reason)) = deadline {
+                end = ends.recv() => match end {
+                    Some(End::Stop) => connection.as_mut().graceful_shutdown(),
+                    Some(End::TooSlow(reason)) => {
                         self.metrics.closed.get_or_create(&ClosedLabels { reason }).inc();
                         tracing::debug!(peer = %self.peer, ?reason, "HTTP connection closed: too slow");
+                        // Dropping the connection closes the socket.
+                        return;
                     }
-                    // Dropping the connection closes the socket.
-                    return;
-                }
-                _ = self.stop.wait_for(|stop| *stop), if !stopping => {
-                    stopping = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+                    // The watchdog ended without a word (it cannot): serve on.
+                    None => {
+                        if let Err(error) = connection.as_mut().await {
+                            tracing::debug!(peer = %self.peer, %error, "HTTP connection ended with an error");
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// What ends a connection from outside hyper.
+#[derive(Debug)]
+enum End {
+    /// Shutdown: finish the request being served, then close.
+    Stop,
+    /// Its phase's deadline passed.
+    TooSlow(CloseReason),
+}
+
+/// Aborts the task when dropped (the connection's watchdog ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A connection's watchdog: sleeps until the armed time (the phase's
+/// deadline, at most the shorter timeout ahead), wakes early only for a
+/// deadline moved before it, and says `TooSlow` once the phase's deadline
+/// has passed, `Stop` when shutdown begins (then goes on watching: a
+/// stopping connection still closes when too slow).
+async fn watch_deadlines(watch: Arc<Watch>, mut stop: watch::Receiver<bool>, ends: tokio::sync::mpsc::Sender<End>) {
+    let mut stopping = false;
+    loop {
+        // Created before the phase is read: a change in between is not
+        // lost (`Notify` keeps one permit).
+        let changed = watch.changed.notified();
+        let now = Instant::now();
+        let armed = match watch.arm(now) {
+            Ok(armed) => armed,
+            Err(reason) => {
+                let _ = ends.send(End::TooSlow(reason)).await;
+                return;
+            }
+        };
+        let stopped = tokio::select! {
+            () = changed => false,
+            () = tokio::time::sleep_until(armed) => false,
+            _ = stop.wait_for(|stop| *stop), if !stopping => true,
+        };
+        if stopped {
+            stopping = true;
+            if ends.send(End::Stop).await.is_err() {
+                return;
             }
         }
     }
@@ -273,62 +324,105 @@ enum Phase {
     Busy { in_flight: usize },
 }
 
-/// A connection's phase, and a wake-up for its task when it changes.
+/// A connection's phase, the time its watchdog armed, and a wake-up for
+/// the watchdog when a change moves the deadline before that time.
 struct Watch {
-    phase: Mutex<Phase>,
+    state: Mutex<WatchState>,
     changed: Notify,
+    header_read_timeout: Duration,
+    keep_alive_timeout: Duration,
+}
+
+struct WatchState {
+    phase: Phase,
+    /// When the watchdog wakes next; `None` before it first armed.
+    armed: Option<Instant>,
 }
 
 impl Watch {
-    fn new() -> Self {
-        Self { phase: Mutex::new(Phase::Head { since: Instant::now() }), changed: Notify::new() }
+    fn new(bounds: &Bounds) -> Self {
+        Self {
+            state: Mutex::new(WatchState { phase: Phase::Head { since: Instant::now() }, armed: None }),
+            changed: Notify::new(),
+            header_read_timeout: bounds.header_read_timeout,
+            keep_alive_timeout: bounds.keep_alive_timeout,
+        }
+    }
+
+    /// When `phase` times out, and why; `None` while busy.
+    fn deadline_of(&self, phase: Phase) -> Option<(Instant, CloseReason)> {
+        match phase {
+            Phase::Head { since } => Some((since + self.header_read_timeout, CloseReason::header_timeout)),
+            Phase::Idle { since } => Some((since + self.keep_alive_timeout, CloseReason::idle_timeout)),
+            Phase::Busy { .. } => None,
+        }
     }
 
     /// When the current phase times out, and why; `None` while busy.
-    fn deadline(&self, bounds: &Bounds) -> Option<(Instant, CloseReason)> {
-        match *self.phase.lock() {
-            Phase::Head { since } => Some((since + bounds.header_read_timeout, CloseReason::header_timeout)),
-            Phase::Idle { since } => Some((since + bounds.keep_alive_timeout, CloseReason::idle_timeout)),
-            Phase::Busy { .. } => None,
+    #[cfg(test)]
+    fn deadline(&self) -> Option<(Instant, CloseReason)> {
+        self.deadline_of(self.state.lock().phase)
+    }
+
+    /// For the watchdog at `now`: why to close if the phase's deadline has
+    /// passed, else the time to wake next (the deadline, or sooner: at
+    /// most the shorter timeout ahead, so a later phase's deadline is never
+    /// before it and needs no wake-up).
+    fn arm(&self, now: Instant) -> Result<Instant, CloseReason> {
+        let mut state = self.state.lock();
+        let recheck = now + self.header_read_timeout.min(self.keep_alive_timeout);
+        let armed = match self.deadline_of(state.phase) {
+            Some((at, reason)) if at <= now => return Err(reason),
+            Some((at, _)) => at.min(recheck),
+            None => recheck,
+        };
+        state.armed = Some(armed);
+        Ok(armed)
+    }
+
+    /// Moves to the phase `change` makes of the current one, and wakes the
+    /// watchdog if the new deadline falls before the time it armed.
+    fn change(&self, change: impl FnOnce(Phase) -> Phase) {
+        let wake = {
+            let mut state = self.state.lock();
+            state.phase = change(state.phase);
+            match (self.deadline_of(state.phase), state.armed) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some((at, _)), Some(armed)) => at < armed,
+            }
+        };
+        if wake {
+            self.changed.notify_one();
         }
     }
 
     /// Bytes arrived: the first ones after an idle spell start a head.
     fn bytes_read(&self) {
-        let mut phase = self.phase.lock();
-        if matches!(*phase, Phase::Idle { .. }) {
-            *phase = Phase::Head { since: Instant::now() };
-            drop(phase);
-            self.changed.notify_one();
-        }
+        self.change(|phase| match phase {
+            Phase::Idle { .. } => Phase::Head { since: Instant::now() },
+            other => other,
+        });
     }
 
     /// A request's head is in: no deadline until its answer is done.
     fn request_started(self: &Arc<Self>) -> InFlight {
-        {
-            let mut phase = self.phase.lock();
-            *phase = match *phase {
-                Phase::Busy { in_flight } => Phase::Busy { in_flight: in_flight + 1 },
-                Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { in_flight: 1 },
-            };
-        }
-        self.changed.notify_one();
+        self.change(|phase| match phase {
+            Phase::Busy { in_flight } => Phase::Busy { in_flight: in_flight + 1 },
+            Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { in_flight: 1 },
+        });
         InFlight(Arc::clone(self))
     }
 
     fn request_done(&self) {
-        {
-            let mut phase = self.phase.lock();
-            *phase = match *phase {
-                Phase::Busy { in_flight } if in_flight > 1 => Phase::Busy { in_flight: in_flight - 1 },
-                Phase::Busy { .. } => Phase::Idle { since: Instant::now() },
-                other => {
-                    debug_assert!(false, "a request ended on a connection in {other:?}");
-                    other
-                }
-            };
-        }
-        self.changed.notify_one();
+        self.change(|phase| match phase {
+            Phase::Busy { in_flight } if in_flight > 1 => Phase::Busy { in_flight: in_flight - 1 },
+            Phase::Busy { .. } => Phase::Idle { since: Instant::now() },
+            other => {
+                debug_assert!(false, "a request ended on a connection in {other:?}");
+                other
+            }
+        });
     }
 }
 
@@ -453,8 +547,8 @@ mod tests {
 
     #[test]
     fn a_connection_has_the_header_deadline_then_none_while_busy_then_the_idle_one() {
-        let watch = Arc::new(Watch::new());
-        let reason = |watch: &Watch| watch.deadline(&bounds()).map(|(_, reason)| reason);
+        let watch = Arc::new(Watch::new(&bounds()));
+        let reason = |watch: &Watch| watch.deadline().map(|(_, reason)| reason);
         assert_eq!(reason(&watch), Some(CloseReason::header_timeout), "accepted: a head is due");
         watch.bytes_read();
         assert_eq!(reason(&watch), Some(CloseReason::header_timeout), "bytes of a head keep its first deadline");
@@ -467,5 +561,41 @@ mod tests {
         assert_eq!(reason(&watch), Some(CloseReason::idle_timeout), "answered: keep-alive");
         watch.bytes_read();
         assert_eq!(reason(&watch), Some(CloseReason::header_timeout), "a new head's first byte");
+    }
+
+    /// Whether the watchdog was woken (a permit is waiting), consuming it.
+    fn woken(watch: &Watch) -> bool {
+        use futures_util::FutureExt;
+        watch.changed.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn the_watchdog_wakes_only_for_a_deadline_before_the_time_it_armed() {
+        let watch = Arc::new(Watch::new(&bounds()));
+        let start = Instant::now();
+        // Armed at the head deadline (accepted before `start`, 1 s allowed).
+        let head = watch.deadline().map(|(at, _)| at);
+        assert!(head.is_some_and(|at| at <= start + Duration::from_secs(1)), "{head:?}");
+        assert_eq!(watch.arm(start).ok(), head);
+        let request = watch.request_started();
+        assert!(!woken(&watch), "busy: no deadline, nothing to wake for");
+        drop(request);
+        assert!(!woken(&watch), "idle: its deadline (60 s) is after the armed time");
+        watch.bytes_read();
+        assert!(!woken(&watch), "a new head: its deadline is not before the armed time");
+        // Re-armed while busy: 1 s ahead of then, at most.
+        let request = watch.request_started();
+        let later = start + Duration::from_millis(1500);
+        assert_eq!(watch.arm(later), Ok(later + Duration::from_secs(1)));
+        drop(request);
+        assert!(!woken(&watch));
+        // A head already past its deadline is closed at the next arming.
+        watch.bytes_read();
+        let head_started = Instant::now();
+        assert_eq!(watch.arm(head_started + Duration::from_secs(2)), Err(CloseReason::header_timeout));
+        // Before the watchdog first armed, every change with a deadline wakes it.
+        let fresh = Watch::new(&bounds());
+        fresh.bytes_read();
+        assert!(woken(&fresh));
     }
 }
