@@ -165,19 +165,25 @@ struct Alert {
     body: Bytes,
 }
 
-/// The alert sinks may send for `event`, if any: leader events of a type
-/// some sink takes. The JSON body is made only for those: most events
-/// (every hold's) go to no sink.
-fn alert_of(alerts: &Alerts, event: &NodeEvent) -> Option<Alert> {
+/// The sinks that take `event`: leader events only, threshold crossings
+/// for the file, and what each webhook subscribed to.
+fn sinks_of<'a>(alerts: &'a Alerts, event: &NodeEvent) -> Vec<&'a Sink> {
     if !event.leader || !is_published(&event.record.kind) {
-        return None;
+        return Vec::new();
     }
-    let to_file = alerts.file.is_some() && is_crossing(&event.record);
-    if !to_file && !alerts.webhooks.iter().any(|webhook| subscribed(&webhook.config, &event.record)) {
-        return None;
-    }
+    let file = alerts.file.iter().filter(|_| is_crossing(&event.record)).map(|file| &file.sink);
+    let webhooks = alerts
+        .webhooks
+        .iter()
+        .filter(|webhook| subscribed(&webhook.config, &event.record))
+        .map(|webhook| &webhook.sink);
+    file.chain(webhooks).collect()
+}
+
+/// `event` as its sinks send it.
+fn alert_of(event: &NodeEvent) -> Alert {
     let body = Bytes::from(event_json(&event.record).to_string());
-    Some(Alert { id: event.record.id.to_string(), kind: kind_name(&event.record.kind), body })
+    Alert { id: event.record.id.to_string(), kind: kind_name(&event.record.kind), body }
 }
 
 fn is_crossing(record: &EventRecord) -> bool {
@@ -205,18 +211,15 @@ async fn read_cluster_events(alerts: Arc<Alerts>, mut events: broadcast::Receive
     loop {
         match events.recv().await {
             Ok(event) => {
-                let Some(alert) = alert_of(&alerts, &event) else { continue };
-                let alert = Arc::new(alert);
-                // The file takes threshold crossings, as it always has.
-                if let Some(file) = &alerts.file
-                    && is_crossing(&event.record)
-                {
-                    file.sink.push(Arc::clone(&alert));
+                // The JSON body is made only for an event some sink takes:
+                // most events (every hold's) go to none.
+                let sinks = sinks_of(&alerts, &event);
+                if sinks.is_empty() {
+                    continue;
                 }
-                for webhook in &alerts.webhooks {
-                    if subscribed(&webhook.config, &event.record) {
-                        webhook.sink.push(Arc::clone(&alert));
-                    }
+                let alert = Arc::new(alert_of(&event));
+                for sink in sinks {
+                    sink.push(Arc::clone(&alert));
                 }
             }
             Err(RecvError::Lagged(missed)) => {

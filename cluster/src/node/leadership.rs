@@ -120,11 +120,18 @@ async fn hand_over(inner: &Inner, group: &Group) {
         last_log_id: matched(&target).as_ref().map(log_id_to_engine),
     };
     tracing::info!(shard = group.shard, to = target, "handing the stopped shard's leadership to another voter");
-    let calls = others.iter().map(|voter| inner.transport.call(*voter, &request, inner.rpc_timeout()));
-    for (voter, answer) in others.iter().zip(futures_util::future::join_all(calls).await) {
+    send_transfer_leader(inner, group.shard, &others, &request).await;
+}
+
+/// Sends a `TransferLeader` request to each of `voters` at once, and logs
+/// those that did not take it (the hand-over is best effort: Raft's vote
+/// decides, and an election follows anyway).
+pub(super) async fn send_transfer_leader(inner: &Inner, shard: u32, voters: &[NodeId], request: &Request) {
+    let calls = voters.iter().map(|voter| inner.transport.call(*voter, request, inner.rpc_timeout()));
+    for (voter, answer) in voters.iter().zip(futures_util::future::join_all(calls).await) {
         match answer {
             Ok(Response::TransferLeader(Ok(()))) => {}
-            other => tracing::warn!(shard = group.shard, voter, ?other, "leadership hand-over not taken"),
+            other => tracing::warn!(shard, voter, ?other, "leadership hand-over not taken"),
         }
     }
 }

@@ -35,11 +35,14 @@ use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::TransferLeaderRequest;
 
+use super::leadership::send_transfer_leader;
 use super::{Inner, Node};
 use crate::error::AdminError;
-use crate::raft_types::{NodeId, Raft, log_id_to_engine, vote_to_engine};
+use crate::raft_types::{NodeId, Raft, TypeConfig, log_id_to_engine, vote_to_engine};
 use crate::transport::Transport;
-use crate::wire::{AdminOp, Request, Response};
+use crate::wire::{AdminOp, Request};
+
+type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// Which change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +117,10 @@ struct View {
 }
 
 fn view(raft: &Raft) -> View {
-    let metrics = raft.metrics().borrow_watched().clone();
+    view_of(&raft.metrics().borrow_watched())
+}
+
+fn view_of(metrics: &RaftMetrics) -> View {
     let membership = metrics.membership_config.membership();
     View {
         voters: membership.voter_ids().collect(),
@@ -393,14 +399,13 @@ impl Node {
     async fn lead_from_staying(&self, shard: u32, voters: &BTreeSet<NodeId>) {
         let Some(group) = self.inner.group(shard) else { return };
         let metrics = group.raft.metrics().borrow_watched().clone();
-        let Some(leader) = metrics.current_leader else { return };
         let own = self.inner.id;
+        let Some(leader) = metrics.current_leader.filter(|leader| !voters.contains(leader) && *leader != own) else {
+            return;
+        };
         let Some(target) = voters.contains(&own).then_some(own).or_else(|| voters.first().copied()) else {
             return;
         };
-        if voters.contains(&leader) || leader == own {
-            return;
-        }
         let engine_vote = vote_to_engine(&metrics.vote);
         let last_log_id = metrics.last_applied.as_ref().map(log_id_to_engine);
         let request = Request::TransferLeader { group: shard, from_leader: engine_vote, to: target, last_log_id };
@@ -416,19 +421,13 @@ impl Node {
             .voter_ids()
             .filter(|voter| *voter != own && *voter != leader)
             .collect();
-        let calls = others.iter().map(|voter| self.inner.transport.call(*voter, &request, self.inner.rpc_timeout()));
         let local = TransferLeaderRequest::new(metrics.vote, target, metrics.last_applied);
-        let (_, answers) =
-            futures_util::join!(group.raft.handle_transfer_leader(local), futures_util::future::join_all(calls));
-        for (voter, answer) in others.iter().zip(answers) {
-            if !matches!(answer, Ok(Response::TransferLeader(Ok(())))) {
-                tracing::debug!(shard, voter, ?answer, "leadership hand-over not taken");
-            }
-        }
+        let _ = futures_util::join!(
+            group.raft.handle_transfer_leader(local),
+            send_transfer_leader(&self.inner, shard, &others, &request)
+        );
         let window = Duration::from_millis(self.inner.config.election_timeout_max_ms * 2);
-        let staying = |metrics: &openraft::RaftMetrics<crate::raft_types::TypeConfig>| {
-            metrics.current_leader.is_some_and(|leader| voters.contains(&leader))
-        };
+        let staying = |metrics: &RaftMetrics| metrics.current_leader.is_some_and(|leader| voters.contains(&leader));
         if group.raft.wait(Some(window)).metrics(staying, "a leader that stays").await.is_err() {
             tracing::info!(shard, "no voter that stays leads yet; the change goes on and the others elect after it");
         }
@@ -441,17 +440,14 @@ impl Node {
     /// change is made either way; a view that lags past the window is
     /// logged, not an error.
     async fn await_local_view(&self, shard: u32, voters: &BTreeSet<NodeId>, drop: &BTreeSet<NodeId>) {
-        let deadline = tokio::time::Instant::now() + self.inner.rpc_timeout() * 15;
-        loop {
-            let Ok(now) = self.group_view(shard) else { return };
-            if now.voters == *voters && drop.iter().all(|id| !now.nodes.contains_key(id)) {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(shard, "this node's view of the shard still lags the membership change");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let Some(group) = self.inner.group(shard) else { return };
+        let shows = |metrics: &RaftMetrics| {
+            let now = view_of(metrics);
+            now.voters == *voters && drop.iter().all(|id| !now.nodes.contains_key(id))
+        };
+        let window = self.inner.rpc_timeout() * 15;
+        if group.raft.wait(Some(window)).metrics(shows, "this node's view shows the change").await.is_err() {
+            tracing::warn!(shard, "this node's view of the shard still lags the membership change");
         }
     }
 
