@@ -6,10 +6,14 @@
 //! feature, which only dev-dependencies turn on: production code never
 //! depends on it. Test input is trusted, so a bad one panics saying what.
 
-use crate::cmd::{Adjust, AdjustReason, Allocation, AttrUpdate, Command, Deadline, Expect, Hold, HoldLine, UpsertItem};
+use crate::cmd::{
+    Adjust, AdjustReason, Allocation, AttrUpdate, Command, Confirm, Deadline, Expect, Hold, HoldLine, MoveQuantity,
+    Release, UpsertItem,
+};
 use crate::ids::{IdempotencyKey, Quantity, RequestId, ReservationId, Sku, Warehouse};
 use crate::item::ItemId;
 use crate::placement::shard_of;
+use crate::states::QuantityState;
 use crate::{Applied, Limits, LogEntry, LogId, Outcome, ShardState};
 
 pub fn sku(text: &str) -> Sku {
@@ -92,6 +96,35 @@ pub fn adjust(sku_text: &str, warehouse: &str, delta: i64, reason: AdjustReason)
         warehouse: wh(warehouse),
         delta,
         reason,
+        principal: None,
+        note: None,
+        reference: None,
+    })
+}
+
+/// Confirms (`confirm`) or releases the whole of reservation `id`.
+pub fn end_hold(id: ReservationId, confirm: bool) -> Command {
+    if confirm {
+        Command::Confirm(Confirm { id, principal: None })
+    } else {
+        Command::Release(Release { id, principal: None })
+    }
+}
+
+/// Moves `quantity` units of an item from one quantity state to another.
+pub fn move_quantity(
+    sku_text: &str,
+    warehouse: &str,
+    from: QuantityState,
+    to: QuantityState,
+    quantity: u64,
+) -> Command {
+    Command::MoveQuantity(MoveQuantity {
+        sku: sku(sku_text),
+        warehouse: wh(warehouse),
+        from,
+        to,
+        quantity: qty(quantity),
         principal: None,
         note: None,
         reference: None,

@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 
 use engine::ShardState;
-use engine::cmd::{Command, Confirm, Release, SetCustomerLimit};
+use engine::cmd::{Command, SetCustomerLimit};
 use engine::customer::CustomerLimit;
 use engine::ids::CustomerId;
 use engine::outcome::{Outcome, Refusal};
-use engine::testing::{Fixture, hold_any, rid, sku};
+use engine::testing::{Fixture, end_hold, hold_any, rid, sku};
 use proptest::prelude::*;
 
 const SKUS: [&str; 2] = ["A", "B"];
@@ -218,13 +218,7 @@ impl Run {
     }
 
     fn end(&mut self, step: usize, at: usize, confirm: bool) -> Result<(), TestCaseError> {
-        let id = rid(at as u64 + 1);
-        let command = if confirm {
-            Command::Confirm(Confirm { id, principal: None })
-        } else {
-            Command::Release(Release { id, principal: None })
-        };
-        let outcome = self.shard.one(command);
+        let outcome = self.shard.one(end_hold(rid(at as u64 + 1), confirm));
         if self.model.holds[at].live {
             prop_assert!(
                 matches!(

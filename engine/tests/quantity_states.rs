@@ -16,11 +16,11 @@
 //!   same digest.
 
 use engine::ShardState;
-use engine::cmd::{AdjustReason, AttrUpdate, Command, Confirm, MoveQuantity, Release, SetStates, UpsertItem};
+use engine::cmd::{AdjustReason, AttrUpdate, Command, SetStates, UpsertItem};
 use engine::item::Status;
 use engine::outcome::{Outcome, Refusal};
 use engine::states::QuantityState;
-use engine::testing::{Fixture, adjust, hold, qty, rid, sku, upsert_item, wh};
+use engine::testing::{Fixture, adjust, end_hold, hold, rid, upsert_item};
 use proptest::prelude::*;
 
 const SKU: &str = "A";
@@ -243,16 +243,7 @@ impl Run {
 
     fn move_quantity(&mut self, step: usize, from: usize, to: usize, quantity: u64) -> Result<Outcome, TestCaseError> {
         let (from, to) = (QuantityState::ALL[from], QuantityState::ALL[to]);
-        let outcome = self.shard.one(Command::MoveQuantity(MoveQuantity {
-            sku: sku(SKU),
-            warehouse: wh(WAREHOUSE),
-            from,
-            to,
-            quantity: qty(quantity),
-            principal: None,
-            note: None,
-            reference: None,
-        }));
+        let outcome = self.shard.one(engine::testing::move_quantity(SKU, WAREHOUSE, from, to, quantity));
         let model = &mut self.model;
         if from == to || to == QuantityState::Incoming {
             refused_with(&outcome, "invalid_state", step)?;
@@ -302,13 +293,7 @@ impl Run {
     /// Confirms or releases hold `at`; the outcome, and whether it changes
     /// nothing (an ended or unknown hold).
     fn end(&mut self, step: usize, at: usize, confirm: bool) -> Result<(Outcome, bool), TestCaseError> {
-        let id = rid(at as u64 + 1);
-        let command = if confirm {
-            Command::Confirm(Confirm { id, principal: None })
-        } else {
-            Command::Release(Release { id, principal: None })
-        };
-        let outcome = self.shard.one(command);
+        let outcome = self.shard.one(end_hold(rid(at as u64 + 1), confirm));
         let model = &mut self.model;
         if let Some(Some(hold)) = model.holds.get_mut(at)
             && hold.live
@@ -455,7 +440,7 @@ fn receiving_stock_fills_backorders_oldest_first_and_then_they_confirm() {
     // Room is 10 - 7 = 3: a hold of 4 is short.
     let third = f.one(hold(rid(3), &[(SKU, WAREHOUSE, 4)], TTL_MS, None));
     assert_eq!(third.refusal().map(Refusal::code), Some("insufficient_stock"));
-    let confirm = Command::Confirm(Confirm { id: rid(1), principal: None });
+    let confirm = end_hold(rid(1), true);
     assert_eq!(f.one(confirm.clone()), Outcome::Refused(Refusal::BackorderUnfilled { backordered: 3 }));
     // 5 arrive: 3 fill hold 1 (the oldest), 2 go to hold 2.
     let applied = f.run(vec![adjust(SKU, WAREHOUSE, 5, AdjustReason::Receive)]);
@@ -475,7 +460,7 @@ fn receiving_stock_fills_backorders_oldest_first_and_then_they_confirm() {
     // Hold 1 is whole now and sells; hold 2 still waits for 2, and its
     // release gives back what it had and its room.
     assert!(matches!(f.one(confirm), Outcome::Confirmed { replayed: false, .. }));
-    let release = Command::Release(Release { id: rid(2), principal: None });
+    let release = end_hold(rid(2), false);
     assert!(!f.one(release).is_refused());
     let item = f.state.get_item(SKU, WAREHOUSE).ok().flatten().unwrap_or_else(|| panic!("no item"));
     assert_eq!((item.on_hand, item.reserved, item.available, item.states.backordered), (2, 0, 2, 0));

@@ -97,19 +97,10 @@ mod tests {
     use crate::cmd::Command;
     use crate::event::EventKind;
     use crate::item::Status;
-    use crate::testing::{Fixture, qty, sku, upsert_item, wh};
+    use crate::testing::{Fixture, move_quantity, upsert_item};
 
     fn moving(from: QuantityState, to: QuantityState, quantity: u64) -> Command {
-        Command::MoveQuantity(MoveQuantity {
-            sku: sku("SKU-1"),
-            warehouse: wh("berlin"),
-            from,
-            to,
-            quantity: qty(quantity),
-            principal: None,
-            note: None,
-            reference: None,
-        })
+        move_quantity("SKU-1", "berlin", from, to, quantity)
     }
 
     fn item_of(outcome: &Outcome) -> crate::outcome::ItemView {
