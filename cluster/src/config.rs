@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use engine::WalConfig;
+use engine::read::QueryBounds;
 use serde::{Deserialize, Serialize};
 
 use crate::raft_types::NodeId;
@@ -207,6 +208,11 @@ pub struct ClusterConfig {
     /// Pause after a failed archive copy before it is tried again.
     #[serde(skip)]
     pub archive_retry_ms: u64,
+    /// What a query from a peer may ask for at most (`Query::check`). Set
+    /// from the server's `[api]` and `[engine]` bounds, not from
+    /// `[cluster]`.
+    #[serde(skip)]
+    pub query_bounds: QueryBounds,
 }
 
 impl Default for ClusterConfig {
@@ -251,6 +257,7 @@ impl Default for ClusterConfig {
             wal: WalConfig::default(),
             archive_dir: None,
             archive_retry_ms: 1_000,
+            query_bounds: QueryBounds::default(),
         }
     }
 }

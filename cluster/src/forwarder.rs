@@ -21,8 +21,9 @@ use crate::wire::{Request, Response};
 /// Why a forwarded command got no outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ForwardError {
-    /// The target does not lead the shard; nothing was proposed.
-    NotLeader,
+    /// The target does not lead the shard (or does not host it); nothing
+    /// was proposed. Its guess of the leader.
+    NotLeader(Option<NodeId>),
     /// The leader's queue is full; nothing was proposed.
     Overloaded,
     /// The leader may have proposed it; retry with the same request id.
@@ -143,7 +144,7 @@ async fn send(transport: &Transport, shard: u32, group: Vec<Pending>, timeout: D
             }
             return;
         }
-        Ok(Response::NotLeader { .. }) => ForwardError::NotLeader,
+        Ok(Response::NotLeader { leader } | Response::NotHosted { leader }) => ForwardError::NotLeader(leader),
         Ok(Response::Overloaded) => ForwardError::Overloaded,
         Ok(Response::Unknown(reason)) => ForwardError::Unknown(reason),
         Ok(other) => ForwardError::Unknown(format!("leader {leader} answered {other:?}")),

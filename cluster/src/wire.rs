@@ -5,11 +5,12 @@
 //! no rkyv support) and tagged with their group, the shard. Entries travel as
 //! the WAL frames the leader wrote: header, checksum and archive, appended
 //! verbatim by the follower after it decodes them once. The rest is the
-//! node-to-node service: forwarded commands, read index, admin operations
-//! and a probe used at bootstrap.
+//! node-to-node service: forwarded commands, queries, read index, admin
+//! operations and a probe used at bootstrap.
 
 use engine::ids::RequestId;
 use engine::raft_log::{LogId as EngineLogId, Vote as EngineVote};
+use engine::read::{Answer, Query};
 use engine::{Command, Outcome};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -69,6 +70,14 @@ pub enum Request {
     Probe {
         group: u32,
     },
+    /// A query of `group` from a node that does not serve the shard itself
+    /// (`Node::query`); answered by a node that does, after the checks of
+    /// `Query::check`.
+    Query {
+        group: u32,
+        linearizable: bool,
+        query: Query,
+    },
 }
 
 impl Request {
@@ -81,7 +90,8 @@ impl Request {
             | Request::Submit { group, .. }
             | Request::ReadIndex { group }
             | Request::Admin { group, .. }
-            | Request::Probe { group } => *group,
+            | Request::Probe { group }
+            | Request::Query { group, .. } => *group,
         }
     }
 }
@@ -150,6 +160,13 @@ pub enum Response {
     Unavailable(String),
     /// The request was refused (too big, malformed, out of bounds).
     Refused(String),
+    /// A query's answer.
+    Answered(Box<Answer>),
+    /// This node does not serve the group: ask another (`leader` is its
+    /// best guess of the group's leader). Nothing was proposed or read.
+    NotHosted {
+        leader: Option<NodeId>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

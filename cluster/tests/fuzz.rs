@@ -37,7 +37,9 @@ use cluster::wire::{AdminOp, AppendResult, Request, Response, SnapshotDone};
 use cluster::{Member, Node, NodeId};
 use engine::cmd::{AdjustReason, Command, Confirm, Extend, Release, SetLimits};
 use engine::ids::RequestId;
+use engine::query::ItemFilter;
 use engine::raft_log::{EntryPayload, LogEntry, LogId, Vote};
+use engine::read::{Answer, Query};
 use engine::snapshot::SnapshotStore;
 use engine::testing::{adjust, hold, rid_for, upsert};
 use engine::wal::EntryFrame;
@@ -204,6 +206,17 @@ fn sample_requests() -> Vec<Request> {
         Request::Admin { group: 0, op: AdminOp::AddLearner { node: 3, addr: "127.0.0.1:7003".into() } },
         Request::Admin { group: 1, op: AdminOp::ChangeVoters { voters: vec![1, 2], retain: true } },
         Request::Probe { group: 0 },
+        Request::Query {
+            group: 0,
+            linearizable: true,
+            query: Query::Item { sku: "fuzz-sku".into(), warehouse: "berlin".into() },
+        },
+        Request::Query { group: 1, linearizable: false, query: Query::Skus(vec!["fuzz-sku".into(), "other".into()]) },
+        Request::Query {
+            group: 0,
+            linearizable: true,
+            query: Query::Items(ItemFilter { limit: 10, scan_max: 100, ..ItemFilter::default() }),
+        },
     ]
 }
 
@@ -232,6 +245,8 @@ fn sample_responses() -> Vec<Response> {
         Response::NotLeader { leader: Some(NODE) },
         Response::Unavailable("shutting down".into()),
         Response::Refused("too big".into()),
+        Response::Answered(Box::new(Answer::Applied(Some(LogId::new(5, 3))))),
+        Response::NotHosted { leader: Some(NODE) },
     ]
 }
 
@@ -449,25 +464,13 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng, l
             2 => *to = interesting_u64(rng),
             _ => tweak_log_id(last_log_id, rng),
         },
-        Request::Submit { group, commands, request_ids } => match rng.below(4) {
-            0 => *group = interesting_u64(rng) as u32,
-            1 if !commands.is_empty() => _ = commands.remove(rng.below(commands.len())),
-            2 if !request_ids.is_empty() => _ = request_ids.remove(rng.below(request_ids.len())),
-            _ => {
-                // A command's archive damaged alone, kept if it still decodes.
-                let at = rng.below(commands.len().max(1));
-                if let Some(command) = commands.get_mut(at) {
-                    let mut archive = rkyv::to_bytes::<rkyv::rancor::Error>(&*command)
-                        .unwrap_or_else(|e| panic!("encode command: {e}"))
-                        .into_vec();
-                    Mutator { seeds, header_len: 0 }.overwrite_bytes(&mut archive, rng);
-                    if let Ok(damaged) = rkyv::from_bytes::<Command, rkyv::rancor::Error>(&aligned(&archive)) {
-                        *command = damaged;
-                    }
-                }
-            }
-        },
+        Request::Submit { group, commands, request_ids } => mutate_submit(group, commands, request_ids, seeds, rng),
         Request::ReadIndex { group } | Request::Probe { group } => *group = interesting_u64(rng) as u32,
+        Request::Query { group, linearizable, query } => match rng.below(3) {
+            0 => *group = interesting_u64(rng) as u32,
+            1 => *linearizable = !*linearizable,
+            _ => widen_query(query, rng),
+        },
         Request::Admin { group, op } => match (rng.below(2), op) {
             (0, _) => *group = interesting_u64(rng) as u32,
             (_, AdminOp::AddLearner { node, addr }) => {
@@ -479,6 +482,52 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng, l
                 *retain = !*retain;
             }
         },
+    }
+}
+
+/// One field of a forwarded submit changed: its group, a command or a
+/// request id dropped, or one command's archive damaged.
+fn mutate_submit(
+    group: &mut u32,
+    commands: &mut Vec<Command>,
+    request_ids: &mut Vec<RequestId>,
+    seeds: &[Seed],
+    rng: &mut Rng,
+) {
+    match rng.below(4) {
+        0 => *group = interesting_u64(rng) as u32,
+        1 if !commands.is_empty() => _ = commands.remove(rng.below(commands.len())),
+        2 if !request_ids.is_empty() => _ = request_ids.remove(rng.below(request_ids.len())),
+        _ => {
+            // A command's archive damaged alone, kept if it still decodes.
+            let at = rng.below(commands.len().max(1));
+            if let Some(command) = commands.get_mut(at) {
+                let mut archive = rkyv::to_bytes::<rkyv::rancor::Error>(&*command)
+                    .unwrap_or_else(|e| panic!("encode command: {e}"))
+                    .into_vec();
+                Mutator { seeds, header_len: 0 }.overwrite_bytes(&mut archive, rng);
+                if let Ok(damaged) = rkyv::from_bytes::<Command, rkyv::rancor::Error>(&aligned(&archive)) {
+                    *command = damaged;
+                }
+            }
+        }
+    }
+}
+
+/// A query pushed towards and past its bounds: a huge limit or scan, or a
+/// list repeated.
+fn widen_query(query: &mut Query, rng: &mut Rng) {
+    match query {
+        Query::Items(filter) => {
+            filter.limit = interesting_u64(rng) as u32;
+            filter.scan_max = interesting_u64(rng) as u32;
+        }
+        Query::Skus(skus) => {
+            let copies = rng.below(2_000);
+            let first = skus.first().cloned().unwrap_or_default();
+            skus.extend(std::iter::repeat_n(first, copies));
+        }
+        other => *other = Query::History { sku: "fuzz-sku".into(), warehouse: "berlin".into(), limit: u32::MAX },
     }
 }
 

@@ -527,9 +527,23 @@ impl Config {
         self.engine.hold_ttl_max_ms = self.api.ttl_seconds_max.saturating_mul(1000);
         self.cluster.archive_dir.clone_from(&self.backup.archive_dir);
         self.cluster.archive_retry_ms = self.backup.archive_retry_ms;
+        self.cluster.query_bounds = self.query_bounds();
         // A lone node that names no members is a one-member cluster.
         if self.cluster.members.is_empty() {
             self.cluster.members = vec![Member { id: self.cluster.node_id, addr: self.cluster.listen.clone() }];
+        }
+    }
+
+    /// What a query from a peer may ask for at most: the largest query this
+    /// node's own routes build (a listing asks one more than its page to
+    /// know whether another follows).
+    fn query_bounds(&self) -> engine::read::QueryBounds {
+        let lines = u32::try_from(self.api.availability_lines_max).unwrap_or(u32::MAX);
+        let history = u32::try_from(self.api.history_limit_max).unwrap_or(u32::MAX);
+        engine::read::QueryBounds {
+            names_max: lines.max(self.engine.lines_per_hold_max).max(self.engine.bundle_components_max),
+            limit_max: self.api.list_limit_max.saturating_add(1).max(history).max(self.import.export_page_items),
+            scan_max: self.api.list_scan_max.max(self.import.export_page_items),
         }
     }
 

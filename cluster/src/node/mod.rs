@@ -19,6 +19,8 @@
 //! One idea per file:
 //! * `start` — opening the data directory and starting every group, in
 //!   named steps; `check_identity`; shutting down.
+//! * `route` — where a shard's writes and queries go from this node: its
+//!   own group, or a node that hosts the shard.
 //! * `submit` — routing commands to their shard's leader, with bounded
 //!   retry under one request id.
 //! * `read` — queries, linearizable and stale, and the node-local views
@@ -45,6 +47,7 @@ mod membership;
 mod peer_service;
 mod read;
 mod retry;
+mod route;
 mod snapshot_inbound;
 mod start;
 mod submit;
@@ -67,9 +70,9 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use self::route::ShardRoute;
 use crate::clock::Clock;
 use crate::config::ClusterConfig;
-use crate::forwarder::Forwarder;
 use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
 use crate::inbound::InboundSnapshots;
 use crate::ledger::Ledger;
@@ -85,7 +88,6 @@ struct Group {
     shard: u32,
     raft: Raft,
     proposer: Proposer,
-    forwarder: Forwarder,
     actor: Addr<ShardActor>,
     is_leader: Arc<AtomicBool>,
     log: LogStore,
@@ -117,6 +119,8 @@ struct Inner {
     config: ClusterConfig,
     transport: Transport,
     groups: Vec<Group>,
+    /// Every shard's route from this node (`route`), by shard.
+    routes: Vec<ShardRoute>,
     pool: Mutex<Option<ShardPool>>,
     events: broadcast::Sender<NodeEvent>,
     clock: Arc<Clock>,
@@ -313,6 +317,20 @@ impl Node {
     pub fn stop_shard(&self, shard: u32, detail: impl Into<String>) {
         if let Some(group) = self.inner.group(shard) {
             group.health.fail(FailureCause::InvariantBroken, detail);
+        }
+    }
+
+    /// Test hook: this node stops serving `shard` from its own group, as a
+    /// node the placement gives no replica of it would (`route`): its
+    /// writes and queries of the shard go through the nodes that host it,
+    /// and it answers peers' queries of the shard with `NotHosted`. Its
+    /// Raft group runs on (take it out of the shard's voters with
+    /// `move_shard` so that it does not lead it). `fault-injection` builds
+    /// only.
+    #[cfg(feature = "fault-injection")]
+    pub fn unhost(&self, shard: u32) {
+        if let Some(route) = self.inner.routes.get(shard as usize) {
+            route.set_hosted(false);
         }
     }
 

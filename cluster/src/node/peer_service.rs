@@ -1,19 +1,22 @@
 //! The service answering peers' requests (`transport::Handler`): Raft's
 //! appends, votes, snapshots and leadership transfers, forwarded submits,
-//! read indexes, admin operations and probes; and which node ids it admits.
+//! queries, read indexes, admin operations and probes; and which node ids
+//! it admits.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use engine::read::Query;
 use engine::wal::EntryFrame;
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 
 use super::admin::apply_admin;
+use super::route::Route;
 use super::snapshot_inbound::receive_snapshot_chunk;
-use super::{Group, Inner};
-use crate::error::ProposeError;
+use super::{Consistency, Group, Inner, Node};
+use crate::error::{ProposeError, ReadError};
 use crate::raft_types::{
     Entry, NodeId, Raft, entry_from_frame, log_id_from_engine, log_id_to_engine, vote_from_engine, vote_to_engine,
 };
@@ -146,7 +149,33 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
                 Err(reason) => Response::Refused(reason),
             }
         }
+        Request::Query { query, linearizable, .. } => serve_query(inner, group.shard, query, linearizable).await,
         Request::Probe { .. } => Response::Probe { initialized: raft.is_initialized().await.unwrap_or(false) },
+    }
+}
+
+/// A query from a node that does not host the shard: checked against
+/// `query_bounds`, then run on this node's copy as its own would be. A node
+/// that does not serve the shard, or whose copy stopped, says so
+/// (`NotHosted`, with its guess of the leader): the asker tries another.
+async fn serve_query(inner: &Arc<Inner>, shard: u32, query: Query, linearizable: bool) -> Response {
+    if let Err(reason) = query.check(&inner.config.query_bounds) {
+        return Response::Refused(reason);
+    }
+    let group = match inner.route(shard) {
+        None => return Response::Refused(format!("shard {shard} does not exist here")),
+        Some(Route::Remote(route)) => return Response::NotHosted { leader: route.leader_hint() },
+        Some(Route::Local(group)) => group,
+    };
+    let consistency = if linearizable { Consistency::Linearizable } else { Consistency::Stale };
+    let node = Node { inner: Arc::clone(inner) };
+    match node.query_here(shard, query, consistency).await {
+        Ok(answer) => Response::Answered(Box::new(answer)),
+        Err(ReadError::Invalid(reason)) => Response::Refused(reason),
+        Err(ReadError::ShardStopped { .. }) => Response::NotHosted { leader: group.raft.current_leader().await },
+        Err(error @ (ReadError::Unavailable { .. } | ReadError::ShuttingDown)) => {
+            Response::Unavailable(error.to_string())
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Reads: `query` runs an engine `Query` on a shard, linearizably (through
 //! a read index the leader confirms) or stale (this node's copy at once),
-//! and answers a plain value; the node-local views of every shard for
+//! and answers a plain value; on a node that does not host the shard it
+//! asks one that does (`route`); the node-local views of every shard for
 //! operators (live holds, digests, backup views) are queries too.
 //!
 //! The closure reads `read` and `read_stale` remain for tests, which check
@@ -18,6 +19,7 @@ use engine::state::ShardStats;
 use openraft::ReadPolicy;
 
 use super::retry::Retry;
+use super::route::{Route, ShardRoute};
 use super::start::shard_dir;
 use super::{BackupView, Group, Node, Stale};
 use crate::error::ReadError;
@@ -35,11 +37,26 @@ pub enum Consistency {
 }
 
 impl Node {
-    /// Runs `query` on `shard` with the asked consistency. A query that
-    /// finds the shard's state corrupt (an arena lookup out of bounds)
-    /// stops the shard on this node, as a failed check after a snapshot
-    /// would, and answers `ShardStopped`: never a guessed answer.
+    /// Runs `query` on `shard` with the asked consistency: on this node's
+    /// copy when it hosts the shard, else on a node that does (`route`).
     pub async fn query(&self, shard: u32, query: Query, consistency: Consistency) -> Result<Answer, ReadError> {
+        match self.inner.route(shard) {
+            None => Err(ReadError::Invalid(format!("shard {shard} does not exist"))),
+            Some(Route::Local(_)) => self.query_here(shard, query, consistency).await,
+            Some(Route::Remote(route)) => self.query_remote(shard, route, query, consistency).await,
+        }
+    }
+
+    /// Runs `query` on this node's copy of `shard`. A query that finds the
+    /// shard's state corrupt (an arena lookup out of bounds) stops the
+    /// shard on this node, as a failed check after a snapshot would, and
+    /// answers `ShardStopped`: never a guessed answer.
+    pub(super) async fn query_here(
+        &self,
+        shard: u32,
+        query: Query,
+        consistency: Consistency,
+    ) -> Result<Answer, ReadError> {
         let run = move |state: &ShardState| state.query(&query);
         let answer = match consistency {
             Consistency::Linearizable => self.linearizable(shard, run).await?,
@@ -50,6 +67,44 @@ impl Node {
             self.stop_shard(shard, detail.clone());
             ReadError::ShardStopped { shard, cause: FailureCause::InvariantBroken, detail }
         })
+    }
+
+    /// Asks a node that hosts `shard` to run `query` (`Request::Query`):
+    /// the leader last heard of, else each peer in turn, each answer's
+    /// guess of the leader tried next, within the retry window. The node
+    /// that answers reads as this one would (a read index for a
+    /// linearizable query), so the consistency is the same.
+    async fn query_remote(
+        &self,
+        shard: u32,
+        route: &ShardRoute,
+        query: Query,
+        consistency: Consistency,
+    ) -> Result<Answer, ReadError> {
+        let inner = &self.inner;
+        let linearizable = consistency == Consistency::Linearizable;
+        let request = Request::Query { group: shard, linearizable, query };
+        let mut retry = Retry::new(inner.config.retry_window_ms);
+        loop {
+            if inner.shut_down.load(Ordering::Acquire) {
+                return Err(ReadError::ShuttingDown);
+            }
+            if let Some(target) = route.target(&inner.route_peers()) {
+                match inner.transport.call(target, &request, inner.rpc_timeout()).await {
+                    Ok(Response::Answered(answer)) => return Ok(*answer),
+                    Ok(Response::NotHosted { leader } | Response::NotLeader { leader }) => {
+                        route.redirect(target, leader);
+                    }
+                    Ok(Response::Refused(reason)) => {
+                        return Err(ReadError::Invalid(format!("node {target} refused the query: {reason}")));
+                    }
+                    Ok(_) | Err(_) => route.forget(target),
+                }
+            }
+            if !retry.pause().await {
+                return Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms });
+            }
+        }
     }
 
     /// Reads `shard` linearizably with a closure: the answer reflects every

@@ -23,6 +23,7 @@ use super::bootstrap::bootstrap;
 use super::leadership::{hand_over_on_stop, react_to_failures, rebalance, watch_leadership};
 use super::membership::learn_member_addresses;
 use super::peer_service::Service;
+use super::route::ShardRoute;
 use super::snapshot_inbound::{inbound_limits, sweep_inbound_snapshots};
 use super::submit::request_prefix;
 use super::{Group, Inner, Node};
@@ -136,7 +137,6 @@ impl Node {
             id,
             config: &config,
             pool: &pool,
-            transport: &transport,
             router: &router,
             events: &events,
             clock: &clock,
@@ -146,11 +146,15 @@ impl Node {
             health: &health,
         };
         let mut groups = Vec::with_capacity(config.shards as usize);
+        let mut routes = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
         for (shard, files) in (0..config.shards).zip(files) {
             let (group, group_tasks) = start_group(&context, shard, files).await?;
             tasks.extend(group_tasks);
             groups.push(group);
+            let (route, forwarder_task) = start_route(&config, &transport, shard);
+            tasks.push(forwarder_task);
+            routes.push(route);
         }
 
         let request_prefix = request_prefix(id);
@@ -161,6 +165,7 @@ impl Node {
                 config,
                 transport: transport.clone(),
                 groups,
+                routes,
                 pool: Mutex::new(Some(pool)),
                 events,
                 clock,
@@ -330,7 +335,6 @@ struct GroupContext<'a> {
     id: NodeId,
     config: &'a ClusterConfig,
     pool: &'a ShardPool,
-    transport: &'a Transport,
     router: &'a Router,
     events: &'a broadcast::Sender<NodeEvent>,
     clock: &'a Clock,
@@ -340,10 +344,25 @@ struct GroupContext<'a> {
     health: &'a Arc<Health>,
 }
 
+/// One shard's route from this node (`route`) and its forwarder's task.
+fn start_route(config: &ClusterConfig, transport: &Transport, shard: u32) -> (ShardRoute, JoinHandle<()>) {
+    let (forwarder, task) = Forwarder::start(
+        transport.clone(),
+        ForwarderSettings {
+            shard,
+            batch_size_max: config.batch_size_max,
+            in_flight_max: config.entries_in_flight_max,
+            queue_max: config.queue_per_shard_max,
+            timeout: Duration::from_millis(config.rpc_timeout_ms),
+        },
+    );
+    (ShardRoute::new(forwarder), task)
+}
+
 /// Starts one shard's group: its state machine and log store on the
 /// shard's files, its log time recovered, its Raft core, proposer and
-/// leadership watch on the shard's thread, and its forwarder. Answers the
-/// group and the tasks it runs.
+/// leadership watch on the shard's thread. Answers the group and the tasks
+/// it runs.
 async fn start_group(
     context: &GroupContext<'_>,
     shard: u32,
@@ -402,23 +421,11 @@ async fn start_group(
         health: shard_health.clone(),
     };
     let (raft, proposer, group_tasks) = start_core(context, shard, core).await?;
-    let mut tasks = Vec::from(group_tasks);
-    let (forwarder, forwarder_task) = Forwarder::start(
-        context.transport.clone(),
-        ForwarderSettings {
-            shard,
-            batch_size_max: config.batch_size_max,
-            in_flight_max: config.entries_in_flight_max,
-            queue_max: config.queue_per_shard_max,
-            timeout: Duration::from_millis(config.rpc_timeout_ms),
-        },
-    );
-    tasks.push(forwarder_task);
+    let tasks = Vec::from(group_tasks);
     let group = Group {
         shard,
         raft,
         proposer,
-        forwarder,
         actor,
         is_leader,
         log,

@@ -1,5 +1,6 @@
 //! Submitting commands: the shard a command belongs to, the route to its
-//! leader (the local proposer, or the forwarder to another node), bounded
+//! leader (the local proposer, the forwarder to another node, or through a
+//! node that hosts the shard when this one does not: `route`), bounded
 //! retry through elections under one request id, and the request ids
 //! themselves.
 
@@ -8,8 +9,9 @@ use std::sync::atomic::Ordering;
 use engine::ids::RequestId;
 use engine::{Command, Outcome, shard_of};
 
-use super::Node;
 use super::retry::Retry;
+use super::route::{Route, ShardRoute};
+use super::{Group, Node};
 use crate::error::{ProposeError, SubmitError};
 use crate::forwarder::ForwardError;
 use crate::health::ShardFailure;
@@ -92,8 +94,24 @@ impl Node {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
+        match self.inner.route(shard) {
+            None => Err(no_shard(shard)),
+            Some(Route::Local(group)) => self.submit_local(group, commands, request_ids).await,
+            Some(Route::Remote(route)) => self.submit_remote(shard, route, commands, request_ids).await,
+        }
+    }
+
+    /// Submits through this node's own group: proposed here when this node
+    /// leads, else forwarded to the leader its Raft core knows.
+    async fn submit_local(
+        &self,
+        group: &Group,
+        commands: Vec<Command>,
+        request_ids: Vec<RequestId>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
         let inner = &self.inner;
-        let group = inner.group(shard).ok_or_else(|| SubmitError::Invalid(format!("shard {shard} does not exist")))?;
+        let shard = group.shard;
+        let forwarder = &inner.routes.get(shard as usize).ok_or_else(|| no_shard(shard))?.forwarder;
         let mut retry = Retry::new(inner.config.retry_window_ms);
         // Whether some attempt may have reached a log; then running out of
         // retries means "unknown", not "not applied".
@@ -124,14 +142,13 @@ impl Node {
                         Err(ProposeError::Unknown(reason)) => Some(reason),
                     }
                 }
-                Some(leader) => match group.forwarder.forward_many(leader, commands.clone(), request_ids.clone()).await
-                {
+                Some(leader) => match forwarder.forward_many(leader, commands.clone(), request_ids.clone()).await {
                     Ok(outcome) => return Ok(outcome),
                     Err(ForwardError::Overloaded) => {
                         return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
                     }
                     Err(ForwardError::Closed) => return Err(SubmitError::ShuttingDown),
-                    Err(ForwardError::NotLeader) => None,
+                    Err(ForwardError::NotLeader(_)) => None,
                     Err(ForwardError::Unknown(reason)) => Some(reason),
                 },
                 None => None,
@@ -145,10 +162,48 @@ impl Node {
                 return Err(stopped_submit(maybe_applied, failure));
             }
             if !retry.pause().await {
-                return Err(match maybe_applied {
-                    Some(reason) => SubmitError::Unknown { shard, reason },
-                    None => SubmitError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms },
-                });
+                return Err(gave_up(shard, maybe_applied, inner.config.election_timeout_max_ms));
+            }
+        }
+    }
+
+    /// Submits through a node that hosts the shard (`route`): the leader
+    /// last heard of, else each peer in turn, each answer's guess of the
+    /// leader tried next. The same request ids on every attempt, so a
+    /// command whose first attempt committed is applied once.
+    async fn submit_remote(
+        &self,
+        shard: u32,
+        route: &ShardRoute,
+        commands: Vec<Command>,
+        request_ids: Vec<RequestId>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
+        let inner = &self.inner;
+        let mut retry = Retry::new(inner.config.retry_window_ms);
+        let mut maybe_applied: Option<String> = None;
+        loop {
+            if inner.shut_down.load(Ordering::Acquire) {
+                return Err(SubmitError::ShuttingDown);
+            }
+            if let Some(target) = route.target(&inner.route_peers()) {
+                match route.forwarder.forward_many(target, commands.clone(), request_ids.clone()).await {
+                    Ok(outcomes) => {
+                        route.learn(target);
+                        return Ok(outcomes);
+                    }
+                    Err(ForwardError::Overloaded) => {
+                        return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
+                    }
+                    Err(ForwardError::Closed) => return Err(SubmitError::ShuttingDown),
+                    Err(ForwardError::NotLeader(leader)) => route.redirect(target, leader),
+                    Err(ForwardError::Unknown(reason)) => {
+                        route.forget(target);
+                        maybe_applied = Some(reason);
+                    }
+                }
+            }
+            if !retry.pause().await {
+                return Err(gave_up(shard, maybe_applied, inner.config.election_timeout_max_ms));
             }
         }
     }
@@ -181,6 +236,19 @@ fn xor_fold(value: u128) -> u32 {
         folded ^= u32::from_le_bytes(word);
     }
     folded
+}
+
+fn no_shard(shard: u32) -> SubmitError {
+    SubmitError::Invalid(format!("shard {shard} does not exist"))
+}
+
+/// What a submit answers when its retry window ran out: unknown if an
+/// attempt may have reached a log, else unavailable (nothing applied).
+fn gave_up(shard: u32, maybe_applied: Option<String>, retry_after_ms: u64) -> SubmitError {
+    match maybe_applied {
+        Some(reason) => SubmitError::Unknown { shard, reason },
+        None => SubmitError::Unavailable { shard, retry_after_ms },
+    }
 }
 
 /// What a submit answers once its shard stopped: unknown if an attempt may

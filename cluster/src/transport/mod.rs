@@ -163,8 +163,10 @@ use crate::wire::{Request, Response};
 /// `SetCustomerLimit` and its outcome, and WAL frames are segment format 5;
 /// 7: `ConfirmPart`, a confirm of fewer units, segment format 6; 8: issue
 /// 17's commerce commands and outcomes (`SetBundle`, `SetProduct`,
-/// `DeleteItem`, `DeleteSku`, allocation options), segment format 7).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// `DeleteItem`, `DeleteSku`, allocation options), segment format 7; 9:
+/// queries travel between nodes (`Request::Query`, `Response::Answered`)
+/// and a node says when it does not serve a shard (`NotHosted`)).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Limits of one transport. Each applies per connection unless it says otherwise.
 #[derive(Clone, Debug)]
@@ -413,6 +415,13 @@ impl Transport {
     /// Whether `set_peer` told this transport where `peer` listens.
     pub fn knows_peer(&self, peer: NodeId) -> bool {
         self.inner.registry.peers.lock().slots.contains_key(&peer)
+    }
+
+    /// Every peer this transport knows where to reach, by id.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self.inner.registry.peers.lock().slots.keys().copied().collect();
+        peers.sort_unstable();
+        peers
     }
 
     /// Forget a peer (it left the cluster) and drop the connection to it.

@@ -1,10 +1,10 @@
 //! Reads as values: a `Query` names one read of a shard, an `Answer`
 //! carries its result, and `ShardState::query` runs one against the state.
 //!
-//! A closure cannot cross the network; a query can. Today every query still
-//! runs on this node's copy of the shard (`cluster::Node::query`), but both
-//! types derive rkyv, the peer protocol's format, so a node that does not
-//! host a shard can later ask one that does (docs/SCALE-OUT.md §7 step 2).
+//! A closure cannot cross the network; a query can. Both types derive
+//! rkyv, the peer protocol's format: a node that does not serve a shard
+//! itself asks one that does (`cluster::Node::query`, docs/SCALE-OUT.md §7
+//! step 2).
 //!
 //! One query is one consistent view of the shard: a route that needs
 //! several things at once (a SKU's items, limit, usage, product and
@@ -16,8 +16,8 @@
 //!
 //! Queries carry what the caller bounded: listing limits and scan budgets,
 //! line counts (`availability_lines_max`), SKU counts (the components of one
-//! bundle, the lines of one hold). The peer that answers one will check
-//! those bounds on receipt when queries go on the wire.
+//! bundle, the lines of one hold). A node that answers a peer's query
+//! checks those bounds on receipt (`Query::check`, `bounds.rs`).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -32,8 +32,11 @@ use crate::query::{AvailabilityLine, ItemFilter, ItemPage, LineAvailability, Sku
 use crate::raft_log::LogId;
 use crate::state::{ShardState, ShardStats};
 
+mod bounds;
 #[cfg(test)]
 mod tests;
+
+pub use bounds::QueryBounds;
 
 /// One read of one shard.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -1,0 +1,160 @@
+//! Where a shard's writes and queries go from this node.
+//!
+//! A node that hosts a shard serves it from its own group: writes go to the
+//! group's leader (the local proposer, or forwarded to the leader its Raft
+//! core knows), queries run on the local copy (`submit`, `read`). A node
+//! that does not host a shard sends both to one that does: first to the
+//! node it last heard leads the shard, then to every other peer it knows,
+//! in turn. A peer that does not serve the shard answers `NotHosted`, and a
+//! voter that does not lead a write answers `NotLeader`; each gives its
+//! guess of the leader and nothing was proposed or read, so the guess is
+//! tried next. A stale route costs a hop, never a wrong answer: every
+//! answer comes from the shard's own group (docs/SCALE-OUT.md §4).
+//!
+//! Today every node hosts every shard (the replication factor is the node
+//! count). Tests turn hosting of a shard off on one node (`Node::unhost`,
+//! `fault-injection` builds) to send its requests through the route a node
+//! without the shard takes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use super::{Group, Inner};
+use crate::forwarder::Forwarder;
+use crate::raft_types::NodeId;
+
+/// One shard's route from this node.
+pub(super) struct ShardRoute {
+    /// Gathers the commands bound for the shard's leader into one `Submit`,
+    /// whether or not this node hosts the shard.
+    pub(super) forwarder: Forwarder,
+    /// Whether this node serves the shard from its own group.
+    hosted: AtomicBool,
+    /// The node last heard to lead the shard; 0 for none (ids start at 1).
+    leader_hint: AtomicU64,
+    /// Where the round of peers goes on when no hint helps.
+    next_peer: AtomicUsize,
+}
+
+/// How this node serves one shard.
+pub(super) enum Route<'a> {
+    /// From its own group.
+    Local(&'a Group),
+    /// Through a node that hosts it.
+    Remote(&'a ShardRoute),
+}
+
+impl ShardRoute {
+    pub(super) fn new(forwarder: Forwarder) -> ShardRoute {
+        ShardRoute {
+            forwarder,
+            hosted: AtomicBool::new(true),
+            leader_hint: AtomicU64::new(0),
+            next_peer: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn is_hosted(&self) -> bool {
+        self.hosted.load(Ordering::Acquire)
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn set_hosted(&self, hosted: bool) {
+        self.hosted.store(hosted, Ordering::Release);
+    }
+
+    /// The node last heard to lead the shard.
+    pub(super) fn leader_hint(&self) -> Option<NodeId> {
+        Some(self.leader_hint.load(Ordering::Acquire)).filter(|id| *id != 0)
+    }
+
+    /// What an answer from `asked` said of the leader: `leader` if it named
+    /// one, else nothing more is known and `asked` is not it.
+    pub(super) fn redirect(&self, asked: NodeId, leader: Option<NodeId>) {
+        match leader.filter(|leader| *leader != asked) {
+            Some(leader) => self.leader_hint.store(leader, Ordering::Release),
+            None => self.forget(asked),
+        }
+    }
+
+    /// `node` answered as the shard's leader.
+    pub(super) fn learn(&self, node: NodeId) {
+        self.leader_hint.store(node, Ordering::Release);
+    }
+
+    /// `node` is not the leader to ask (it failed or said so).
+    pub(super) fn forget(&self, node: NodeId) {
+        let _ = self.leader_hint.compare_exchange(node, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The node to ask next among `peers` (this node excluded): the hinted
+    /// leader, else the next peer in turn.
+    pub(super) fn target(&self, peers: &[NodeId]) -> Option<NodeId> {
+        if let Some(leader) = self.leader_hint().filter(|leader| peers.contains(leader)) {
+            return Some(leader);
+        }
+        if peers.is_empty() {
+            return None;
+        }
+        let turn = self.next_peer.fetch_add(1, Ordering::Relaxed);
+        let target = peers[turn % peers.len()];
+        Some(target)
+    }
+}
+
+impl Inner {
+    /// How this node serves `shard`; `None` when there is no such shard.
+    pub(super) fn route(&self, shard: u32) -> Option<Route<'_>> {
+        let route = self.routes.get(shard as usize)?;
+        match self.group(shard) {
+            Some(group) if route.is_hosted() => Some(Route::Local(group)),
+            _ => Some(Route::Remote(route)),
+        }
+    }
+
+    /// The peers a route may ask: every node the transport knows, but this
+    /// one.
+    pub(super) fn route_peers(&self) -> Vec<NodeId> {
+        let mut peers = self.transport.peers();
+        peers.retain(|peer| *peer != self.id);
+        peers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forwarder::ForwarderSettings;
+    use crate::transport::{Transport, TransportConfig};
+    use std::time::Duration;
+
+    fn route() -> ShardRoute {
+        let transport = Transport::new(1, TransportConfig::default());
+        let settings =
+            ForwarderSettings { shard: 0, batch_size_max: 1, in_flight_max: 1, queue_max: 1, timeout: Duration::ZERO };
+        ShardRoute::new(Forwarder::start(transport, settings).0)
+    }
+
+    #[tokio::test]
+    async fn a_hint_is_tried_first_and_forgotten_when_it_fails() {
+        let route = route();
+        let peers = [2, 3, 4];
+        // No hint: the peers in turn.
+        assert_eq!((route.target(&peers), route.target(&peers), route.target(&peers)), (Some(2), Some(3), Some(4)));
+        route.redirect(2, Some(4));
+        assert_eq!((route.target(&peers), route.target(&peers)), (Some(4), Some(4)));
+        // A failure of another node leaves the hint; of the hinted one, drops it.
+        route.forget(3);
+        assert_eq!(route.leader_hint(), Some(4));
+        route.redirect(4, None);
+        assert_eq!(route.leader_hint(), None);
+        // A node that names itself as leader but answered it is not: no hint.
+        route.redirect(3, Some(3));
+        assert_eq!(route.leader_hint(), None);
+        route.learn(3);
+        assert_eq!(route.target(&peers), Some(3));
+        // A hint outside the peers (this node, or one that left) is passed over.
+        route.learn(9);
+        assert!(route.target(&peers).is_some_and(|target| target != 9));
+        assert_eq!(route.target(&[]), None);
+    }
+}
