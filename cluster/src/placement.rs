@@ -20,24 +20,37 @@
 //!    fewest replicas (counted over all shards), ties broken by the rendezvous
 //!    `score(shard, node)`, highest first. From an empty `current` this is the
 //!    greedy "fewest so far" pass.
-//! 4. **Balance.** While one node holds two replicas more than another, one
-//!    replica moves from the fullest node to the emptiest. Steps 2 and 3 alone
-//!    cannot promise ⌊S·R/N⌋ or ⌈S·R/N⌉ replicas per node from every current
-//!    placement (counts 10, 10, 10, 10, 8 are all within the bound; a hole can
-//!    have only nodes already in its shard left to take it); a move is always
-//!    possible, as a shard of the fullest node lacks the emptiest one.
+//! 4. **Balance.** While one node holds two replicas more than another: a
+//!    replica step 3 added shifts along a chain (node u gives its added replica
+//!    of shard s1 to x1, which gives its added replica of s2 to x2, ..., to a
+//!    node w holding two fewer than u), which costs no extra move; only when no
+//!    such chain exists does a kept replica move from the fullest node to the
+//!    emptiest (always possible: a shard of the fullest node lacks the
+//!    emptiest), one move more. Steps 2 and 3 alone cannot promise ⌊S·R/N⌋ or
+//!    ⌈S·R/N⌉ replicas per node from every current placement: counts 10, 10,
+//!    10, 10, 8 are all within the bound, and a hole may have only nodes
+//!    already in its shard left to take it.
 //! 5. **Leaders.** Shards in order take as preferred leader the voter that leads
 //!    the fewest shards so far (ties by the score). Greedy alone can leave a
-//!    shard whose voters all lead one more than some other node, so leadership
-//!    then shifts along chains (a node hands a shard it leads to a voter of
-//!    that shard, which hands one of its own on, ...) until leader counts differ
-//!    by at most one, which balanced replicas always allow.
+//!    shard whose voters all lead one more than some other node (it does, even
+//!    from scratch), so leadership then shifts along chains the same way (a
+//!    node hands a shard it leads to a voter of that shard, which hands one of
+//!    its own on, ...) until leader counts differ by at most one, which
+//!    balanced replicas always allow.
 //!
-//! Starting from the current voters keeps moves few: adding one node moves at
-//! most ⌈S·R/N⌉ replicas (the new node's share), removing one moves exactly
-//! the replicas it held (none when R ≥ N before and after: every shard just
-//! loses it). The current preferred leaders are not an input (leaders are cheap
-//! to move), so a new plan may name other leaders.
+//! The chains find a balanced assignment of the added replicas whenever one
+//! exists (no chain left means no assignment has a smaller sum of squared
+//! counts), so starting from the current voters keeps moves few:
+//!
+//! * adding one node moves at most ⌈S·R/N⌉ replicas (the new node's share);
+//! * removing one moves exactly the replicas it held whenever filling its
+//!   holes can leave the others balanced, and a few more when it cannot (a
+//!   node short of its share may already hold every shard that lost a replica;
+//!   balance wins over the fewest moves); none when R ≥ N after the removal,
+//!   as every shard held every node and just loses one.
+//!
+//! The current preferred leaders are not an input (leaders are cheap to move),
+//! so a new plan may name other leaders.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, VecDeque};
