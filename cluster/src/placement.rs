@@ -128,6 +128,7 @@ pub fn plan(
     let kept = assignment.voters.clone();
     assignment.fill_to(width);
     assignment.balance(&kept);
+    debug_assert!(assignment.is_balanced(width), "an unbalanced placement: {:?}", assignment.counts);
     let leaders = assignment.leaders();
     Ok(assignment.into_placement(&leaders))
 }
@@ -152,6 +153,7 @@ pub fn score(shard: u32, node: NodeId) -> u64 {
     mixed_score(u64::from(shard), node)
 }
 
+/// `score` for a shard index as wide as a u64.
 fn mixed_score(shard: u64, node: NodeId) -> u64 {
     const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
     mix(node ^ mix(shard.wrapping_add(GOLDEN_GAMMA)))
@@ -324,6 +326,15 @@ impl<'m> Assignment<'m> {
         true
     }
 
+    /// Every shard has `width` distinct voters; replica counts differ by at
+    /// most one.
+    fn is_balanced(&self, width: usize) -> bool {
+        let distinct = |voters: &Vec<usize>| voters.iter().collect::<BTreeSet<_>>().len() == voters.len();
+        let shaped = self.voters.iter().all(|voters| voters.len() == width && distinct(voters));
+        let (low, high) = (self.counts.iter().min(), self.counts.iter().max());
+        shaped && matches!((low, high), (Some(low), Some(high)) if high - low <= 1)
+    }
+
     /// Step 5: each shard's preferred leader (a node index): greedily the
     /// voter leading the fewest so far, then shifted along chains of voters
     /// until leader counts differ by at most one.
@@ -345,6 +356,8 @@ impl<'m> Assignment<'m> {
                 handovers[leader].extend(self.voters[shard].iter().map(|&voter| (shard, voter)));
             }
             let Some(chain) = improving_chain(&led, |node| std::mem::take(&mut handovers[node])) else {
+                let (low, high) = (led.iter().min(), led.iter().max());
+                debug_assert!(matches!((low, high), (Some(low), Some(high)) if high - low <= 1), "leaders {led:?}");
                 return leaders;
             };
             for (shard, from, to) in chain {
