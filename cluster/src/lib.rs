@@ -35,6 +35,7 @@ pub mod ledger;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod placement;
 pub mod proposer;
 pub mod raft_types;
 pub mod saga;
