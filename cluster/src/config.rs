@@ -107,6 +107,17 @@ pub struct ClusterConfig {
     pub dial: Vec<Member>,
     /// Shard count. Fixed for the life of the data directory.
     pub shards: u32,
+    /// Nodes each shard lives on (its group's voters), chosen among
+    /// `members` by the placement rule (`placement`, docs/SCALE-OUT.md §3).
+    /// 0, the default for now, means every member, and so does any number
+    /// at or above the member count. Below it, a node starts only the
+    /// groups the rule gives it and serves the others through the nodes
+    /// that host them (`node::route`). Read when the cluster is first
+    /// bootstrapped; a node that restarts keeps the shards it has data
+    /// for. `tally node add`/`remove` refuse to run while a shard lives on
+    /// fewer nodes than there are members, until they move replicas by the
+    /// rule.
+    pub replication_factor: u32,
     pub data_dir: PathBuf,
     /// The movement ledger (`[ledger]` of the server's file, copied here by
     /// the server; under `<data_dir>/ledger`).
@@ -224,6 +235,7 @@ impl Default for ClusterConfig {
             members: vec![Member { id: 1, addr: "127.0.0.1:7001".into() }],
             dial: Vec::new(),
             shards: 8,
+            replication_factor: 0,
             data_dir: PathBuf::from("data"),
             ledger: crate::ledger::LedgerConfig::default(),
             shard_threads: 0,
@@ -332,6 +344,18 @@ impl ClusterConfig {
             );
         }
         Ok(())
+    }
+
+    /// Nodes per shard among `members`: `replication_factor`, where 0 or
+    /// more than the members means all of them.
+    pub fn replicas(&self) -> u32 {
+        let members = u32::try_from(self.members.len()).unwrap_or(u32::MAX);
+        if self.replication_factor == 0 { members } else { self.replication_factor.min(members) }
+    }
+
+    /// Whether some shard lives on fewer nodes than there are members.
+    pub fn is_placed(&self) -> bool {
+        (self.replicas() as usize) < self.members.len()
     }
 
     /// The member that initializes group `shard` and, when up, leads it:

@@ -94,6 +94,13 @@ pub enum AdminError {
     /// `remove_node` of a node that no shard's group has, as voter or learner.
     #[error("node {node} is not a member of any shard")]
     NotMember { node: NodeId },
+    /// A membership change that acts on every shard, asked of a cluster
+    /// whose shards live on fewer nodes than there are members.
+    #[error(
+        "each shard lives on {replicas} of the {members} nodes (cluster.replication_factor): membership changes \
+         that act on every shard are not supported for such a cluster yet"
+    )]
+    Placed { replicas: u32, members: usize },
     /// Another node addition or removal is running on this node.
     #[error("a membership change is running on this node: {running}")]
     InProgress { running: String },

@@ -48,7 +48,7 @@ pub mod wire;
 pub use config::{ClusterConfig, Member, Secret};
 pub use error::{AdminError, ReadError, StartError, SubmitError};
 pub use health::{FailureCause, ShardFailure};
-pub use node::{ClusterStatus, Consistency, Node, NodeStats, ShardStatus, Stale};
+pub use node::{ClusterStatus, Consistency, Node, NodeStats, PlacedShard, ShardStatus, Stale};
 pub use raft_types::NodeId;
 pub use saga::{SagaOutcome, SagaPart};
 pub use state_machine::{NodeEvent, SnapshotStats};

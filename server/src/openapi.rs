@@ -992,6 +992,20 @@ pub struct ShardStatus {
     pub stopped: Option<StoppedShard>,
 }
 
+/// Where one shard lives.
+#[derive(ToSchema)]
+pub struct PlacedShard {
+    pub shard: u32,
+    /// The nodes the placement rule gave the shard.
+    pub voters: Vec<u64>,
+    /// Whether this node has a group of the shard.
+    pub hosted: bool,
+    /// For a shard this node does not host: the leader it last heard of
+    /// from a peer (`null` if none yet).
+    #[schema(required = true)]
+    pub leader_hint: Option<u64>,
+}
+
 /// One shard's state digest on this node.
 #[derive(ToSchema)]
 pub struct ShardDigest {
@@ -1016,7 +1030,18 @@ pub struct ClusterStatus {
     pub node_id: u64,
     /// Every node in any group's membership: node id to address.
     pub nodes: BTreeMap<String, String>,
+    /// The groups of the shards this node hosts (every shard unless
+    /// `replication_factor` places them on fewer nodes than there are).
     pub shards: Vec<ShardStatus>,
+    /// Nodes each shard lives on (`cluster.replication_factor`, capped at
+    /// the member count; every member when 0).
+    pub replication_factor: u32,
+    /// Where every shard lives: the nodes the placement rule gave it when
+    /// this node started, whether this node hosts it, and (for a shard it
+    /// does not) the leader it last heard of. A group's voters in `shards`
+    /// are the truth; they differ from these only after a membership
+    /// change.
+    pub placement: Vec<PlacedShard>,
     /// The last or running node addition or removal started on this node
     /// (as in `GET /v1/admin/nodes`); `null` if none since it started.
     #[schema(required = true)]

@@ -19,6 +19,7 @@ impl Node {
     /// Adds `node` (at `addr`) to every group as a learner and waits until
     /// each has caught up. Admin operation; never automatic.
     pub async fn add_learner(&self, node: NodeId, addr: String) -> Result<(), AdminError> {
+        self.refuse_when_placed()?;
         if node == 0 {
             return Err(AdminError::Invalid("node ids start at 1".into()));
         }
@@ -29,10 +30,23 @@ impl Node {
     /// Makes `voters` the voter set of every group (joint consensus inside
     /// openraft). With `retain`, removed voters stay as learners.
     pub async fn change_voters(&self, voters: Vec<NodeId>, retain: bool) -> Result<(), AdminError> {
+        self.refuse_when_placed()?;
         if voters.is_empty() {
             return Err(AdminError::Invalid("a group needs at least one voter".into()));
         }
         self.admin_all(AdminOp::ChangeVoters { voters, retain }).await
+    }
+
+    /// The membership operations that act on every group at once (these,
+    /// and adding or removing a node) would put every shard on every node:
+    /// refused while `replication_factor` places shards on fewer nodes than
+    /// there are members, until they move replicas by the placement rule.
+    pub(super) fn refuse_when_placed(&self) -> Result<(), AdminError> {
+        let config = &self.inner.config;
+        if config.is_placed() {
+            return Err(AdminError::Placed { replicas: config.replicas(), members: config.members.len() });
+        }
+        Ok(())
     }
 
     async fn admin_all(&self, op: AdminOp) -> Result<(), AdminError> {

@@ -1,5 +1,7 @@
-//! Bootstrap: the member preferred for a group (members by id, round
-//! robin) initializes it, once, after asking its peers that none has it.
+//! Bootstrap: the node preferred among a group's first voters (voters by
+//! id, round robin) initializes it, once, after asking its peers that none
+//! has it. A group's first voters are the placement's (every member unless
+//! `replication_factor` places the shards on fewer).
 
 use std::collections::BTreeMap;
 
@@ -12,14 +14,14 @@ use crate::wire::{Request, Response};
 /// has them (this node's data was wiped: it must rejoin, not start anew).
 pub(super) async fn bootstrap(node: Node) {
     let inner = &node.inner;
-    let members: BTreeMap<NodeId, PeerNode> =
-        inner.config.members.iter().map(|m| (m.id, PeerNode { addr: m.addr.clone() })).collect();
-    if !members.contains_key(&inner.id) {
+    let addrs: BTreeMap<NodeId, &str> = inner.config.members.iter().map(|m| (m.id, m.addr.as_str())).collect();
+    if !addrs.contains_key(&inner.id) {
         return;
     }
-    let voters: Vec<NodeId> = members.keys().copied().collect();
     for group in &inner.groups {
-        if ClusterConfig::preferred_leader(&voters, group.shard) != Some(inner.id) {
+        let Some(placed) = inner.placement.shards.get(group.shard as usize) else { continue };
+        let voters = &placed.voters;
+        if ClusterConfig::preferred_leader(voters, group.shard) != Some(inner.id) {
             continue;
         }
         if group.raft.is_initialized().await.unwrap_or(true) {
@@ -39,7 +41,11 @@ pub(super) async fn bootstrap(node: Node) {
             tracing::info!(shard = group.shard, "group exists on a peer; waiting to be caught up");
             continue;
         }
-        if let Err(error) = group.raft.initialize(members.clone()).await {
+        let members: BTreeMap<NodeId, PeerNode> = voters
+            .iter()
+            .filter_map(|id| addrs.get(id).map(|addr| (*id, PeerNode { addr: (*addr).to_owned() })))
+            .collect();
+        if let Err(error) = group.raft.initialize(members).await {
             tracing::warn!(shard = group.shard, %error, "initialize failed");
         }
     }

@@ -192,6 +192,7 @@ impl Node {
     /// Checks an addition and starts it in a task of its own (an HTTP
     /// request that times out does not cut it short).
     pub fn begin_add_node(&self, node: NodeId, addr: String, pause: Duration) -> Result<MembershipJob, AdminError> {
+        self.refuse_when_placed()?;
         if node == 0 {
             return Err(AdminError::Invalid("node ids start at 1".into()));
         }
@@ -227,6 +228,7 @@ impl Node {
 
     /// Checks a removal and starts it in a task of its own.
     pub fn begin_remove_node(&self, node: NodeId, pause: Duration) -> Result<MembershipJob, AdminError> {
+        self.refuse_when_placed()?;
         let views: Vec<View> = self.inner.groups.iter().map(|group| view(&group.raft)).collect();
         if !views.iter().any(|view| view.nodes.contains_key(&node)) {
             return Err(AdminError::NotMember { node });

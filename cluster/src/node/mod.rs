@@ -77,6 +77,7 @@ use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
 use crate::inbound::InboundSnapshots;
 use crate::ledger::Ledger;
 use crate::log_store::LogStore;
+use crate::placement::Placement;
 use crate::proposer::{Proposer, ProposerStats};
 use crate::raft_types::{NodeId, Raft};
 use crate::shard_thread::ShardThread;
@@ -118,9 +119,14 @@ struct Inner {
     id: NodeId,
     config: ClusterConfig,
     transport: Transport,
+    /// The groups of the shards this node hosts, in shard order.
     groups: Vec<Group>,
+    /// By shard: where its group is in `groups`, if this node hosts it.
+    group_index: Vec<Option<usize>>,
     /// Every shard's route from this node (`route`), by shard.
     routes: Vec<ShardRoute>,
+    /// Where the placement rule put each shard when this node started.
+    placement: Placement,
     pool: Mutex<Option<ShardPool>>,
     events: broadcast::Sender<NodeEvent>,
     clock: Arc<Clock>,
@@ -175,11 +181,25 @@ pub struct ShardStatus {
     pub failure: Option<ShardFailure>,
 }
 
+/// One shard's place in the cluster, as this node knows it (`placement`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedShard {
+    pub shard: u32,
+    /// The nodes the placement rule gave the shard.
+    pub voters: Vec<NodeId>,
+    /// Whether this node has a group of it.
+    pub hosted: bool,
+    /// The leader this node last heard of, from a peer's answer.
+    pub leader_hint: Option<NodeId>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
     pub node_id: NodeId,
     /// Every node named in any group's membership, with its address.
     pub nodes: BTreeMap<NodeId, String>,
+    /// The shards this node hosts (every shard unless the cluster is
+    /// placed: `Node::placement` has the others).
     pub shards: Vec<ShardStatus>,
 }
 
@@ -389,15 +409,41 @@ impl Node {
         self.inner.groups.iter().map(|group| group.snapshot_counters.stats(group.shard)).collect()
     }
 
-    /// Per shard: the log archive's counters (`None` without `archive_dir`).
-    pub fn archive_stats(&self) -> Vec<Option<Arc<ArchiveStats>>> {
-        self.inner.groups.iter().map(|group| group.archive.clone()).collect()
+    /// Per shard this node hosts: the log archive's counters (`None`
+    /// without `archive_dir`).
+    pub fn archive_stats(&self) -> Vec<(u32, Option<Arc<ArchiveStats>>)> {
+        self.inner.groups.iter().map(|group| (group.shard, group.archive.clone())).collect()
+    }
+
+    /// The shards this node hosts (has a group of), in order: every shard
+    /// unless `replication_factor` places them on fewer nodes.
+    pub fn hosted_shards(&self) -> Vec<u32> {
+        self.inner.groups.iter().map(|group| group.shard).collect()
+    }
+
+    /// Per shard, where the placement rule put it when this node started,
+    /// and the leader this node last heard of for a shard it does not host
+    /// (its own group's metrics say it for the others: `status`).
+    pub fn placement(&self) -> Vec<PlacedShard> {
+        let inner = &self.inner;
+        (0..inner.config.shards)
+            .zip(&inner.placement.shards)
+            .zip(&inner.routes)
+            .map(|((shard, placed), route)| PlacedShard {
+                shard,
+                voters: placed.voters.clone(),
+                hosted: inner.group(shard).is_some(),
+                leader_hint: route.leader_hint(),
+            })
+            .collect()
     }
 }
 
 impl Inner {
+    /// The group of `shard`, if this node hosts it.
     fn group(&self, shard: u32) -> Option<&Group> {
-        self.groups.get(shard as usize)
+        let index = (*self.group_index.get(shard as usize)?)?;
+        self.groups.get(index)
     }
 
     fn rpc_timeout(&self) -> Duration {

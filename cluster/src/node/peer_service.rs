@@ -43,10 +43,10 @@ impl Handler for Service {
                 return Response::Unavailable("node is shutting down".into());
             }
             let shard = request.group();
-            let Some(group) = inner.group(shard) else {
-                return Response::Refused(format!("shard {shard} does not exist here"));
-            };
-            serve(&inner, group, from, request).await
+            match inner.group(shard) {
+                Some(group) => serve(&inner, group, from, request).await,
+                None => not_here(&inner, shard, &request),
+            }
         })
     }
 
@@ -72,6 +72,21 @@ impl Handler for Service {
             let metrics = metrics.borrow_watched();
             metrics.membership_config.membership().nodes().any(|(id, _)| *id == peer)
         })
+    }
+}
+
+/// The answer for a shard this node has no group of: a node asking for
+/// a write, a query or a read index tries another (`NotHosted`, with what
+/// this node heard of the leader); a Raft message is refused.
+fn not_here(inner: &Inner, shard: u32, request: &Request) -> Response {
+    let Some(route) = inner.routes.get(shard as usize) else {
+        return Response::Refused(format!("shard {shard} does not exist here"));
+    };
+    match request {
+        Request::Submit { .. } | Request::Query { .. } | Request::ReadIndex { .. } => {
+            Response::NotHosted { leader: route.leader_hint() }
+        }
+        _ => Response::Refused(format!("shard {shard} is not hosted on this node")),
     }
 }
 

@@ -11,10 +11,11 @@
 //! tried next. A stale route costs a hop, never a wrong answer: every
 //! answer comes from the shard's own group (docs/SCALE-OUT.md §4).
 //!
-//! Today every node hosts every shard (the replication factor is the node
-//! count). Tests turn hosting of a shard off on one node (`Node::unhost`,
-//! `fault-injection` builds) to send its requests through the route a node
-//! without the shard takes.
+//! A node hosts the shards the placement gives it (`replication_factor`;
+//! every shard unless the cluster is placed) and any it has data for. The
+//! nodes it asks first for another are the placement's voters of it.
+//! Tests can also turn hosting of a shard off on one node (`Node::unhost`,
+//! `fault-injection` builds).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -29,6 +30,8 @@ pub(super) struct ShardRoute {
     pub(super) forwarder: Forwarder,
     /// Whether this node serves the shard from its own group.
     hosted: AtomicBool,
+    /// Where the placement put the shard: the nodes asked first.
+    voters: Vec<NodeId>,
     /// The node last heard to lead the shard; 0 for none (ids start at 1).
     leader_hint: AtomicU64,
     /// Where the round of peers goes on when no hint helps.
@@ -44,10 +47,11 @@ pub(super) enum Route<'a> {
 }
 
 impl ShardRoute {
-    pub(super) fn new(forwarder: Forwarder) -> ShardRoute {
+    pub(super) fn new(forwarder: Forwarder, voters: Vec<NodeId>) -> ShardRoute {
         ShardRoute {
             forwarder,
             hosted: AtomicBool::new(true),
+            voters,
             leader_hint: AtomicU64::new(0),
             next_peer: AtomicUsize::new(0),
         }
@@ -87,17 +91,19 @@ impl ShardRoute {
     }
 
     /// The node to ask next among `peers` (this node excluded): the hinted
-    /// leader, else the next peer in turn.
+    /// leader, else the placement's voters in turn, else (none of them
+    /// reachable as a peer) every peer in turn.
     pub(super) fn target(&self, peers: &[NodeId]) -> Option<NodeId> {
         if let Some(leader) = self.leader_hint().filter(|leader| peers.contains(leader)) {
             return Some(leader);
         }
-        if peers.is_empty() {
+        let placed: Vec<NodeId> = self.voters.iter().copied().filter(|voter| peers.contains(voter)).collect();
+        let candidates = if placed.is_empty() { peers } else { &placed[..] };
+        if candidates.is_empty() {
             return None;
         }
         let turn = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        let target = peers[turn % peers.len()];
-        Some(target)
+        Some(candidates[turn % candidates.len()])
     }
 }
 
@@ -127,16 +133,16 @@ mod tests {
     use crate::transport::{Transport, TransportConfig};
     use std::time::Duration;
 
-    fn route() -> ShardRoute {
+    fn route(voters: Vec<NodeId>) -> ShardRoute {
         let transport = Transport::new(1, TransportConfig::default());
         let settings =
             ForwarderSettings { shard: 0, batch_size_max: 1, in_flight_max: 1, queue_max: 1, timeout: Duration::ZERO };
-        ShardRoute::new(Forwarder::start(transport, settings).0)
+        ShardRoute::new(Forwarder::start(transport, settings).0, voters)
     }
 
     #[tokio::test]
     async fn a_hint_is_tried_first_and_forgotten_when_it_fails() {
-        let route = route();
+        let route = route(Vec::new());
         let peers = [2, 3, 4];
         // No hint: the peers in turn.
         assert_eq!((route.target(&peers), route.target(&peers), route.target(&peers)), (Some(2), Some(3), Some(4)));
@@ -156,5 +162,20 @@ mod tests {
         route.learn(9);
         assert!(route.target(&peers).is_some_and(|target| target != 9));
         assert_eq!(route.target(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn the_placed_voters_are_asked_before_other_peers() {
+        let route = route(vec![1, 3, 5]);
+        let peers = [2, 3, 4, 5];
+        // This node (1) is a placed voter but no peer: 3 and 5 in turn.
+        let asked: Vec<_> = (0..4).map(|_| route.target(&peers)).collect();
+        assert_eq!(asked, [Some(3), Some(5), Some(3), Some(5)]);
+        // No placed voter reachable: every peer in turn.
+        let asked: Vec<_> = (0..2).map(|_| route.target(&[2, 4])).collect();
+        assert!(asked.contains(&Some(2)) && asked.contains(&Some(4)), "{asked:?}");
+        // A hint wins over the placement.
+        route.learn(4);
+        assert_eq!(route.target(&peers), Some(4));
     }
 }

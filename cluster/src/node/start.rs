@@ -36,6 +36,7 @@ use crate::inbound::InboundSnapshots;
 use crate::ledger::{Ledger, LedgerSender};
 use crate::log_store::LogStore;
 use crate::network::{GroupNetwork, Router};
+use crate::placement::{self, Placement};
 use crate::proposer::{Proposer, ProposerSettings};
 use crate::raft_types::{NodeId, Raft};
 use crate::shadow::{Shadow, SnapshotThread};
@@ -107,9 +108,12 @@ impl Node {
         check_identity(&config)?;
         let id = config.node_id;
 
-        // Shard state: the newest snapshot, or empty; the WAL's committed
-        // suffix is re-applied by openraft once the group starts.
-        let (states, files) = open_shards(&config)?;
+        // Which shards live here (every one unless placed), and their
+        // state: the newest snapshot, or empty; the WAL's committed suffix
+        // is re-applied by openraft once the group starts.
+        let placement = plan_placement(&config)?;
+        let hosted = hosted_shards(&config, &placement);
+        let (states, files) = open_shards(&config, &hosted)?;
         let threads = if config.shard_threads == 0 { ShardPool::default_arbiters() } else { config.shard_threads };
         let pool = ShardPool::start(states, threads).map_err(StartError::Threads)?;
 
@@ -146,13 +150,18 @@ impl Node {
             health: &health,
         };
         let mut groups = Vec::with_capacity(config.shards as usize);
+        let mut group_index = Vec::with_capacity(config.shards as usize);
         let mut routes = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
-        for (shard, files) in (0..config.shards).zip(files) {
-            let (group, group_tasks) = start_group(&context, shard, files).await?;
-            tasks.extend(group_tasks);
-            groups.push(group);
-            let (route, forwarder_task) = start_route(&config, &transport, shard);
+        for ((shard, files), placed) in (0..config.shards).zip(files).zip(&placement.shards) {
+            group_index.push(None);
+            if let Some(files) = files {
+                let (group, group_tasks) = start_group(&context, shard, files).await?;
+                tasks.extend(group_tasks);
+                group_index[shard as usize] = Some(groups.len());
+                groups.push(group);
+            }
+            let (route, forwarder_task) = start_route(&config, &transport, shard, placed.voters.clone());
             tasks.push(forwarder_task);
             routes.push(route);
         }
@@ -165,7 +174,9 @@ impl Node {
                 config,
                 transport: transport.clone(),
                 groups,
+                group_index,
                 routes,
+                placement,
                 pool: Mutex::new(Some(pool)),
                 events,
                 clock,
@@ -256,12 +267,52 @@ struct ShardFiles {
     archive: Option<Arc<ArchiveStats>>,
 }
 
-/// Opens every shard's snapshots and WAL, in shard order: the state each
-/// shard starts from (its newest snapshot, or empty) and its files.
-fn open_shards(config: &ClusterConfig) -> Result<(Vec<ShardState>, Vec<ShardFiles>), StartError> {
+/// Where the placement rule puts each shard among the configured members
+/// (`replication_factor`; every member when it is 0 or at least their
+/// count).
+fn plan_placement(config: &ClusterConfig) -> Result<Placement, StartError> {
+    let members: Vec<NodeId> = config.members.iter().map(|member| member.id).collect();
+    placement::plan(&members, config.shards, config.replicas(), None)
+        .map_err(|error| StartError::Config(format!("placement: {error}")))
+}
+
+/// Per shard, whether this node hosts it: every shard when the cluster is
+/// not placed (each node holds all, as a node waiting to be added does);
+/// else the shards the rule gives this node, and any it already has data
+/// for (a restart never drops a replica by itself).
+fn hosted_shards(config: &ClusterConfig, placement: &Placement) -> Vec<bool> {
+    (0..config.shards)
+        .zip(&placement.shards)
+        .map(|(shard, placed)| {
+            !config.is_placed()
+                || placed.voters.contains(&config.node_id)
+                || has_data(&shard_dir(&config.data_dir, shard))
+        })
+        .collect()
+}
+
+/// Whether a shard's directory holds a WAL segment or a snapshot.
+fn has_data(dir: &Path) -> bool {
+    let non_empty = |sub: &str| std::fs::read_dir(dir.join(sub)).is_ok_and(|mut entries| entries.next().is_some());
+    non_empty("wal") || non_empty("snapshots")
+}
+
+/// Opens the snapshots and WAL of every shard this node hosts, in shard
+/// order: the state each shard starts from (its newest snapshot, or empty)
+/// and its files. A shard hosted elsewhere gets an empty state (its actor
+/// stays idle) and no files.
+fn open_shards(
+    config: &ClusterConfig,
+    hosted: &[bool],
+) -> Result<(Vec<ShardState>, Vec<Option<ShardFiles>>), StartError> {
     let mut states = Vec::with_capacity(config.shards as usize);
     let mut files = Vec::with_capacity(config.shards as usize);
-    for shard in 0..config.shards {
+    for (shard, hosted) in (0..config.shards).zip(hosted) {
+        if !hosted {
+            states.push(ShardState::new(shard, config.shards, initial_limits()));
+            files.push(None);
+            continue;
+        }
         let dir = shard_dir(&config.data_dir, shard);
         let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
         let state = match snapshots.load_latest()? {
@@ -277,7 +328,7 @@ fn open_shards(config: &ClusterConfig) -> Result<(Vec<ShardState>, Vec<ShardFile
             None => None,
         };
         let snapshot_time = state.last_applied().map(|at| (at, state.now_ms()));
-        files.push(ShardFiles { snapshots, wal, snapshot_time, archive });
+        files.push(Some(ShardFiles { snapshots, wal, snapshot_time, archive }));
         states.push(state);
     }
     Ok((states, files))
@@ -344,8 +395,14 @@ struct GroupContext<'a> {
     health: &'a Arc<Health>,
 }
 
-/// One shard's route from this node (`route`) and its forwarder's task.
-fn start_route(config: &ClusterConfig, transport: &Transport, shard: u32) -> (ShardRoute, JoinHandle<()>) {
+/// One shard's route from this node (`route`) and its forwarder's task;
+/// `voters` are where the placement put the shard.
+fn start_route(
+    config: &ClusterConfig,
+    transport: &Transport,
+    shard: u32,
+    voters: Vec<NodeId>,
+) -> (ShardRoute, JoinHandle<()>) {
     let (forwarder, task) = Forwarder::start(
         transport.clone(),
         ForwarderSettings {
@@ -356,7 +413,7 @@ fn start_route(config: &ClusterConfig, transport: &Transport, shard: u32) -> (Sh
             timeout: Duration::from_millis(config.rpc_timeout_ms),
         },
     );
-    (ShardRoute::new(forwarder), task)
+    (ShardRoute::new(forwarder, voters), task)
 }
 
 /// Starts one shard's group: its state machine and log store on the

@@ -105,17 +105,19 @@ impl TestCluster {
         self.nodes[id as usize - 1] = Some(node);
     }
 
-    /// Waits until every shard has a leader that every live node agrees on.
+    /// Waits until every shard has a live leader that every live node
+    /// hosting it agrees on.
     pub async fn wait_for_leaders(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let statuses: Vec<_> = self.live().map(Node::status).collect();
-            let shards = statuses.first().map_or(0, |s| s.shards.len());
+            let shards = self.configs.first().map_or(0, |config| config.shards);
             let agreed = (0..shards).all(|shard| {
-                let leader = statuses[0].shards[shard].leader;
-                leader.is_some()
-                    && self.nodes[leader.unwrap_or(1) as usize - 1].is_some()
-                    && statuses.iter().all(|s| s.shards[shard].leader == leader)
+                let leaders: Vec<_> =
+                    statuses.iter().flat_map(|s| &s.shards).filter(|s| s.shard == shard).map(|s| s.leader).collect();
+                let leader = leaders.first().copied().flatten();
+                leader.is_some_and(|leader| self.nodes[leader as usize - 1].is_some())
+                    && leaders.iter().all(|other| *other == leader)
             });
             if agreed {
                 return;
@@ -125,24 +127,29 @@ impl TestCluster {
         }
     }
 
-    /// Leader of `shard` as node `via` sees it.
+    /// Leader of `shard` as node `via` sees it (`via` must host the shard).
     pub fn leader_of(&self, via: NodeId, shard: u32) -> Option<NodeId> {
-        self.node(via).status().shards[shard as usize].leader
+        self.node(via).status().shards.iter().find(|s| s.shard == shard).and_then(|s| s.leader)
     }
 
-    /// Waits until every live node applied the same index on every shard,
-    /// then returns their digests (equal state on every replica).
+    /// Waits until every live node hosting a shard applied the same index
+    /// of it, with the same digest, then returns each shard's (equal state
+    /// on every replica).
     pub async fn converged_digests(&self, within: Duration) -> Vec<(Option<u64>, u128)> {
         let deadline = Instant::now() + within;
+        let shards = self.configs.first().map_or(0, |config| config.shards) as usize;
         loop {
-            let mut all = Vec::new();
+            let mut by_shard: Vec<Vec<(Option<u64>, u128)>> = vec![Vec::new(); shards];
             for node in self.live() {
-                all.push(node.digests().await.unwrap_or_else(|e| panic!("digests: {e}")));
+                let digests = node.digests().await.unwrap_or_else(|e| panic!("digests: {e}"));
+                for (shard, digest) in node.hosted_shards().into_iter().zip(digests) {
+                    by_shard[shard as usize].push(digest);
+                }
             }
-            if all.windows(2).all(|pair| pair[0] == pair[1]) {
-                return all.swap_remove(0);
+            if by_shard.iter().all(|hosts| !hosts.is_empty() && hosts.windows(2).all(|pair| pair[0] == pair[1])) {
+                return by_shard.into_iter().map(|mut hosts| hosts.swap_remove(0)).collect();
             }
-            assert!(Instant::now() < deadline, "replicas did not converge within {within:?}: {all:?}");
+            assert!(Instant::now() < deadline, "replicas did not converge within {within:?}: {by_shard:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -100,11 +100,10 @@ impl BackupJobs {
 pub fn archive_status(node: &cluster::Node) -> Vec<ArchiveShardStatus> {
     node.archive_stats()
         .iter()
-        .enumerate()
         .filter_map(|(shard, stats)| {
             let stats = stats.as_ref()?;
             Some(ArchiveShardStatus {
-                shard: u32::try_from(shard).unwrap_or(u32::MAX),
+                shard: *shard,
                 segments_archived: stats.archived(),
                 segments_pending: stats.pending(),
                 copy_failures: stats.failures(),
@@ -170,7 +169,8 @@ fn backup_path(to: &str, root: Option<&Path>) -> Result<PathBuf, Problem> {
         (status = 200, description = "The backup is written and replays to its digests.", body = BackupStatus),
         (status = 400, description = "`invalid_body`, `invalid_json`, `backup_path_invalid`."),
         (status = 403, description = "`forbidden`, `backup_outside_root`."),
-        (status = 409, description = "`backup_in_progress`, `backup_dir_not_empty`."),
+        (status = 409, description = "`backup_in_progress`, `backup_dir_not_empty`, `backup_needs_every_shard` \
+            (this node does not host every shard: `cluster.replication_factor` placed some elsewhere)."),
         (status = 500, description = "`backup_failed` (the detail says why; the directory may hold part of a \
             backup, without a manifest)."),
     ),
@@ -182,6 +182,18 @@ pub async fn start_backup(
 ) -> ApiResult<Response> {
     principal.require(Role::Admin)?;
     let to = backup_path(&body.to, state.config.backup.root.as_deref())?;
+    let hosted = state.node.hosted_shards().len();
+    if hosted < state.node.shard_count() as usize {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "backup_needs_every_shard",
+            format!(
+                "a backup of a node holds every shard, and this node hosts {hosted} of {} \
+                 (cluster.replication_factor places the others on other nodes)",
+                state.node.shard_count()
+            ),
+        ));
+    }
     {
         let mut status = state.backups.status.lock();
         if status.state == "running" {
@@ -298,6 +310,7 @@ fn admin_problem(error: &AdminError) -> Problem {
         AdminError::InProgress { .. } => {
             Problem::new(StatusCode::CONFLICT, "membership_change_in_progress", error.to_string())
         }
+        AdminError::Placed { .. } => Problem::new(StatusCode::CONFLICT, "cluster_is_placed", error.to_string()),
     }
 }
 
@@ -316,7 +329,8 @@ fn admin_problem(error: &AdminError) -> Problem {
         (status = 200, description = "Every group has the learner and it caught up."),
         (status = 400, description = "`invalid_body`, `invalid_json`, `invalid_membership`."),
         (status = 403, description = "`forbidden`."),
-        (status = 409, description = "`membership_change_failed`."),
+        (status = 409, description = "`membership_change_failed`, `cluster_is_placed` (shards live on fewer \
+            nodes than there are: `cluster.replication_factor`)."),
         (status = 503, description = "`unavailable` (a shard has no reachable leader)."),
     ),
 )]
@@ -346,7 +360,8 @@ pub async fn add_learner(
         (status = 200, description = "Every group has the voters."),
         (status = 400, description = "`invalid_body`, `invalid_json`, `invalid_membership`."),
         (status = 403, description = "`forbidden`."),
-        (status = 409, description = "`membership_change_failed`."),
+        (status = 409, description = "`membership_change_failed`, `cluster_is_placed` (shards live on fewer \
+            nodes than there are: `cluster.replication_factor`)."),
         (status = 503, description = "`unavailable` (a shard has no reachable leader)."),
     ),
 )]
@@ -477,7 +492,8 @@ fn membership_pause(state: &AppState) -> std::time::Duration {
             or the id is a member at another address)."),
         (status = 403, description = "`forbidden`."),
         (status = 409, description = "`node_already_member` (a voter of every shard), \
-            `membership_change_in_progress`."),
+            `membership_change_in_progress`, `cluster_is_placed` (shards live on fewer nodes than there are: \
+            `cluster.replication_factor`)."),
     ),
 )]
 pub async fn add_node(
@@ -512,7 +528,8 @@ pub async fn add_node(
             the node asked)."),
         (status = 403, description = "`forbidden`."),
         (status = 404, description = "`node_not_member`."),
-        (status = 409, description = "`membership_change_in_progress`."),
+        (status = 409, description = "`membership_change_in_progress`, `cluster_is_placed` (shards live on \
+            fewer nodes than there are: `cluster.replication_factor`)."),
     ),
 )]
 pub async fn remove_node(

@@ -116,16 +116,24 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
         })
         .collect();
     let change = state.node.membership_change().as_ref().map(super::admin::MembershipChangeStatus::of);
+    let placement: Vec<serde_json::Value> = state
+        .node
+        .placement()
+        .iter()
+        .map(|p| json!({ "shard": p.shard, "voters": p.voters, "hosted": p.hosted, "leader_hint": p.leader_hint }))
+        .collect();
     Ok(axum::Json(json!({
         "node_id": status.node_id,
         "nodes": status.nodes,
         "shards": shards,
+        "replication_factor": state.node.config().replicas(),
+        "placement": placement,
         "membership_change": change,
     }))
     .into_response())
 }
 
-/// `GET /v1/cluster/digests`: each shard's state digest on this node.
+/// `GET /v1/cluster/digests`: the state digest of each shard this node hosts.
 #[utoipa::path(
     get,
     path = "/v1/cluster/digests",
@@ -136,16 +144,18 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
         caught up to check that they converged.",
     extensions(("x-tally-role" = json!("read"))),
     responses(
-        (status = 200, description = "One entry per shard.", body = crate::openapi::Digests),
+        (status = 200, description = "One entry per shard this node hosts.", body = crate::openapi::Digests),
         (status = 503, description = "`unavailable` (a shard did not answer), `timeout`."),
     ),
 )]
 pub async fn digests(State(state): Shared, principal: Principal) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let digests = state.node.digests().await.map_err(|e| Problem::read(&e))?;
-    let shards: Vec<serde_json::Value> = digests
-        .iter()
-        .enumerate()
+    let shards: Vec<serde_json::Value> = state
+        .node
+        .hosted_shards()
+        .into_iter()
+        .zip(&digests)
         .map(|(shard, (applied, digest))| {
             json!({ "shard": shard, "applied_index": applied, "digest": format!("{digest:032x}") })
         })

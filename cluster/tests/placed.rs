@@ -1,0 +1,116 @@
+//! A placed cluster (docs/SCALE-OUT.md §7 step 3): five nodes, each shard on
+//! three of them (`replication_factor = 3`). A node starts only the groups
+//! the placement gives it, and every node still writes and reads every
+//! shard, through the nodes that host it when it does not. One node stops
+//! under load: every write through the others still succeeds.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cluster::{Consistency, Node, NodeId};
+use common::*;
+use engine::cmd::AdjustReason;
+use engine::outcome::ItemView;
+use engine::read::{FromAnswer, Query};
+use engine::testing::{adjust, sku_on, upsert};
+
+const NODES: u64 = 5;
+const SHARDS: u32 = 5;
+const REPLICAS: u32 = 3;
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn start() -> TestCluster {
+    let cluster = TestCluster::start(NODES, SHARDS, |config| config.replication_factor = REPLICAS).await;
+    cluster.wait_for_leaders(SETTLE).await;
+    cluster
+}
+
+async fn on_hand(node: &Node, shard: u32, sku: &str) -> Option<u64> {
+    let query = Query::Item { sku: sku.to_owned(), warehouse: "w1".to_owned() };
+    let answer = node.query(shard, query, Consistency::Linearizable).await;
+    let answer = answer.unwrap_or_else(|e| panic!("node {}: query of shard {shard}: {e}", node.id()));
+    Option::<ItemView>::from_answer(answer).unwrap_or_else(|e| panic!("answer: {e}")).map(|item| item.on_hand)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shard_lives_on_three_of_five_nodes_and_every_node_serves_every_shard() {
+    let cluster = start().await;
+    // Where the shards live: three hosts each, the same placement on every
+    // node, and each host's group has exactly the placed voters.
+    let placement = cluster.node(1).placement();
+    let mut hosts: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
+    for node in cluster.live() {
+        assert_eq!(
+            node.placement().iter().map(|p| &p.voters).collect::<Vec<_>>(),
+            placement.iter().map(|p| &p.voters).collect::<Vec<_>>()
+        );
+        for status in node.status().shards {
+            hosts.entry(status.shard).or_default().push(node.id());
+            assert_eq!(
+                status.voters,
+                placement[status.shard as usize].voters,
+                "node {} shard {}",
+                node.id(),
+                status.shard
+            );
+        }
+    }
+    for shard in 0..SHARDS {
+        assert_eq!(hosts.get(&shard), Some(&placement[shard as usize].voters), "hosts of shard {shard}");
+        assert_eq!(placement[shard as usize].voters.len(), REPLICAS as usize);
+    }
+    let per_node: Vec<usize> = cluster.live().map(|node| node.hosted_shards().len()).collect();
+    assert!(per_node.iter().all(|count| *count == 3), "{per_node:?}");
+
+    // Every node writes every shard, and every node reads what was written.
+    for shard in 0..SHARDS {
+        let name = sku_on(shard, SHARDS, "placed");
+        for via in 1..=NODES {
+            let command =
+                if via == 1 { upsert(&name, "w1", 100, 0) } else { adjust(&name, "w1", 1, AdjustReason::Receive) };
+            let outcome = cluster.node(via).submit(command).await;
+            expect_ok(&outcome.unwrap_or_else(|e| panic!("node {via}, shard {shard}: {e}")));
+        }
+        for via in 1..=NODES {
+            assert_eq!(on_hand(cluster.node(via), shard, &name).await, Some(104), "node {via}, shard {shard}");
+        }
+    }
+    // The hosts of each shard hold the same state.
+    cluster.converged_digests(SETTLE).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_under_load_and_every_write_through_the_others_succeeds() {
+    let mut cluster = start().await;
+    let names: Vec<String> = (0..SHARDS).map(|shard| sku_on(shard, SHARDS, "load")).collect();
+    for name in &names {
+        expect_ok(&cluster.node(1).submit(upsert(name, "w1", 0, 0)).await.unwrap_or_else(|e| panic!("upsert: {e}")));
+    }
+    // The node that leads the most shards stops halfway.
+    let victim = (1..=NODES)
+        .max_by_key(|id| cluster.node(*id).status().shards.iter().filter(|s| s.leader == Some(*id)).count())
+        .unwrap_or(1);
+    let mut written = vec![0u64; SHARDS as usize];
+    for round in 0..40u64 {
+        if round == 20 {
+            cluster.kill(victim).await;
+        }
+        for (shard, name) in names.iter().enumerate() {
+            let via = (round + shard as u64) % NODES + 1;
+            let Some(Some(node)) = usize::try_from(via - 1).ok().and_then(|at| cluster.nodes.get(at)) else { continue };
+            let outcome = node.submit(adjust(name, "w1", 1, AdjustReason::Receive)).await;
+            expect_ok(&outcome.unwrap_or_else(|e| panic!("round {round}: node {via}, shard {shard}: {e}")));
+            written[shard] += 1;
+        }
+    }
+    let reader = if victim == 1 { 2 } else { 1 };
+    for (shard, name) in names.iter().enumerate() {
+        let shard_id = u32::try_from(shard).unwrap_or(u32::MAX);
+        assert_eq!(on_hand(cluster.node(reader), shard_id, name).await, Some(written[shard]), "shard {shard}");
+    }
+    cluster.converged_digests(SETTLE).await;
+    cluster.shutdown().await;
+}
