@@ -4,6 +4,7 @@
 //! limit (`http-floor`). See `bench/README.md`.
 
 pub mod backup;
+pub mod cpu;
 pub mod expiry;
 pub mod floor;
 pub mod import;
@@ -14,6 +15,7 @@ pub mod report;
 pub mod results;
 pub mod roll;
 pub mod runner;
+pub mod scale;
 pub mod tally;
 pub mod target;
 pub mod workload;

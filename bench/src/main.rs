@@ -47,6 +47,8 @@ enum Cmd {
     Backup(BackupArgs),
     /// Rolling restart of a cluster under the flash-sale load: zero failed writes, and the p99 during the roll.
     Roll(RollArgs),
+    /// Holds/s as a placed cluster grows (3, 5, 6 nodes, each shard on 3), every node capped at the same CPU share.
+    Scale(ScaleArgs),
     /// The `tally` server itself (what the bench starts by default).
     #[command(hide = true)]
     Tally(server::cli::Embedded),
@@ -212,6 +214,98 @@ struct RollArgs {
     /// Folder for the nodes' directories (a fresh temporary folder by default; kept when the run fails).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScaleArgs {
+    /// Node counts, comma-separated: one fresh cluster each.
+    #[arg(long, value_delimiter = ',', default_value = "3,5,6")]
+    nodes: Vec<u64>,
+    /// Nodes each shard lives on (`cluster.replication_factor`).
+    #[arg(long, default_value_t = 3)]
+    replication_factor: u32,
+    /// Shards of the cluster.
+    #[arg(long, default_value_t = 12)]
+    shards: u32,
+    /// CPUs each node may use (a cgroup CPU quota; needs root).
+    #[arg(long, default_value_t = 0.15)]
+    cpu_per_node: f64,
+    /// Concurrent clients, spread over the nodes.
+    #[arg(long, default_value_t = 48)]
+    clients: u32,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Seconds measured per cluster.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// SKUs the holds spread over.
+    #[arg(long, default_value_t = 10_000)]
+    skus: usize,
+    /// The `tally` binary to run; by default this program re-runs itself as `tally-bench tally`.
+    #[arg(long)]
+    tally_bin: Option<PathBuf>,
+    /// Folder for results.json and results.md.
+    #[arg(long, default_value = "bench/results/latest/scale")]
+    out: PathBuf,
+}
+
+fn scale(args: &ScaleArgs) -> ExitCode {
+    let program = match program(args.tally_bin.as_ref()) {
+        Ok(program) => program,
+        Err(error) => {
+            eprintln!("tally-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bad_nodes = args.nodes.is_empty() || args.nodes.iter().any(|n| *n == 0 || *n > 9);
+    if bad_nodes || args.replication_factor == 0 || args.shards == 0 || args.clients == 0 || args.skus == 0 {
+        eprintln!("tally-bench: nodes 1 to 9 each; replication factor, shards, clients and skus at least 1");
+        return ExitCode::from(2);
+    }
+    let seconds_ok = [args.warmup, args.duration].iter().all(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0);
+    if !seconds_ok || args.duration <= 0.0 || !(args.cpu_per_node > 0.0 && args.cpu_per_node <= 64.0) {
+        eprintln!("tally-bench: times are seconds from 0 to 86400 (--duration above 0), --cpu-per-node above 0");
+        return ExitCode::from(2);
+    }
+    let dir = match tempfile::Builder::new().prefix("tally-bench-scale-").tempdir() {
+        Ok(dir) => dir,
+        Err(error) => {
+            eprintln!("tally-bench: no temporary folder: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = bench::scale::ScalePlan {
+        nodes: args.nodes.clone(),
+        replication_factor: args.replication_factor,
+        shards: args.shards,
+        cpu_per_node: args.cpu_per_node,
+        clients: args.clients,
+        timing: Timing {
+            warmup: Duration::from_secs_f64(args.warmup),
+            measure: Duration::from_secs_f64(args.duration),
+        },
+        skus: args.skus,
+        program,
+        data_dir: dir.path().to_path_buf(),
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(bench::scale::run(&plan)) {
+        Ok(report) => {
+            if let Err(error) = bench::scale::write(&report, &args.out) {
+                eprintln!("tally-bench: write {}: {error}", args.out.display());
+                return ExitCode::FAILURE;
+            }
+            println!("results in {}", args.out.display());
+            if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(error) => {
+            eprintln!("tally-bench scale: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn roll(args: &RollArgs) -> ExitCode {
@@ -483,6 +577,7 @@ fn main() -> ExitCode {
         Cmd::Import(args) => import(args),
         Cmd::Backup(args) => backup(&args),
         Cmd::Roll(args) => roll(&args),
+        Cmd::Scale(args) => scale(&args),
         Cmd::Tally(tally) => tally.run(),
     }
 }

@@ -97,12 +97,12 @@ pub struct Plan {
 
 /// One measurement to make.
 #[derive(Clone, Copy, Debug)]
-struct Job {
-    workload: Workload,
-    clients: u32,
-    mode: Mode,
+pub struct Job {
+    pub workload: Workload,
+    pub clients: u32,
+    pub mode: Mode,
     /// How Tally's nodes are set up for it (peers ignore it).
-    nodes: NodeSettings,
+    pub nodes: NodeSettings,
 }
 
 /// A started peer (Tally starts afresh for each job instead).
@@ -375,7 +375,7 @@ fn seconds_measured(plan: &Plan) -> usize {
 
 /// Runs one job on ready connections and checks the final state; returns
 /// the result and the clients' ledgers.
-async fn measure<C: Conn>(
+pub async fn measure<C: Conn>(
     plan: &Plan,
     job: Job,
     items: Arc<Vec<ItemSpec>>,

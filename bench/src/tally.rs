@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
-use testkit::{ConnError, Connection, Options, Program, TallyCluster};
+use testkit::{ConnError, Connection, Options, Program, TallyCluster, TallyProcess};
 
 use crate::target::{ChangeResult, Conn, HoldRequest, HoldResult, HoldState, ItemSpec, ItemState, StartError};
 
@@ -34,11 +34,18 @@ pub struct NodeSettings {
     pub snapshot_after_entries: Option<u64>,
 }
 
-/// One node or three.
+/// One node, three, or a placed cluster (`tally-bench scale`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Topology {
     Single,
     Cluster3,
+    /// `nodes` nodes with `shards` shards, each on `replication_factor` of
+    /// them (`cluster.replication_factor`).
+    Placed {
+        nodes: u64,
+        shards: u32,
+        replication_factor: u32,
+    },
 }
 
 /// Running `tally` processes and their HTTP addresses.
@@ -59,12 +66,16 @@ impl TallyTarget {
         dir: &Path,
         settings: NodeSettings,
     ) -> Result<TallyTarget, StartError> {
-        let size = match topology {
-            Topology::Single => 1,
-            Topology::Cluster3 => 3,
+        let cores = std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2));
+        let (size, shards) = match topology {
+            Topology::Single => (1, cores),
+            Topology::Cluster3 => (3, cores),
+            Topology::Placed { nodes, shards, .. } => (nodes, shards),
         };
-        let shards = std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2));
         let mut options = Options::new(program.clone()).shards(shards).log_level("warn").root(dir);
+        if let Topology::Placed { replication_factor, .. } = topology {
+            options = options.set("cluster", "replication_factor", &replication_factor.to_string());
+        }
         if let Some(entries) = settings.snapshot_after_entries {
             options = options.snapshot_after_entries(entries);
         }
@@ -82,7 +93,16 @@ impl TallyTarget {
                     self.shards
                 )
             }
+            Topology::Placed { nodes, shards, replication_factor } => format!(
+                "Tally, {nodes} nodes, {shards} shards each on {replication_factor} of them, majority-replicated \
+                 and fsynced, clients spread over the nodes"
+            ),
         }
+    }
+
+    /// The process id of every node, in node order (`None`: not running).
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.cluster.nodes().iter().map(TallyProcess::pid).collect()
     }
 
     /// A connection for client number `client`: clients are spread over
