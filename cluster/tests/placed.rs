@@ -79,6 +79,20 @@ async fn each_shard_lives_on_three_of_five_nodes_and_every_node_serves_every_sha
     }
     // The hosts of each shard hold the same state.
     cluster.converged_digests(SETTLE).await;
+    // Leaders move to the plan's preferred ones: one shard each here.
+    let preferred: Vec<NodeId> = placement.iter().map(|p| p.preferred_leader).collect();
+    let mut leaders = Vec::new();
+    let deadline = std::time::Instant::now() + SETTLE;
+    while std::time::Instant::now() < deadline {
+        leaders = (0..SHARDS).map(|shard| cluster.leader_of(preferred[shard as usize], shard)).collect();
+        if leaders.iter().zip(&preferred).all(|(leader, wanted)| *leader == Some(*wanted)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(leaders, preferred.iter().map(|p| Some(*p)).collect::<Vec<_>>(), "leaders follow the plan");
+    let distinct: std::collections::BTreeSet<_> = preferred.iter().collect();
+    assert_eq!(distinct.len(), SHARDS as usize, "five shards, five nodes: one leader each");
     cluster.shutdown().await;
 }
 

@@ -998,6 +998,9 @@ pub struct PlacedShard {
     pub shard: u32,
     /// The nodes the placement rule gave the shard.
     pub voters: Vec<u64>,
+    /// The one of them leaders move to (`cluster.rebalance_interval_ms`)
+    /// when it is caught up; the rule spreads these within one per node.
+    pub preferred_leader: u64,
     /// Whether this node has a group of the shard.
     pub hosted: bool,
     /// For a shard this node does not host: the leader it last heard of

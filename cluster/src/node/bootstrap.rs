@@ -1,12 +1,11 @@
-//! Bootstrap: the node preferred among a group's first voters (voters by
-//! id, round robin) initializes it, once, after asking its peers that none
+//! Bootstrap: the node preferred among a group's first voters
+//! (`Inner::preferred_leader`) initializes it, once, after asking its peers that none
 //! has it. A group's first voters are the placement's (every member unless
 //! `replication_factor` places the shards on fewer).
 
 use std::collections::BTreeMap;
 
 use super::Node;
-use crate::config::ClusterConfig;
 use crate::raft_types::{NodeId, PeerNode};
 use crate::wire::{Request, Response};
 
@@ -21,7 +20,7 @@ pub(super) async fn bootstrap(node: Node) {
     for group in &inner.groups {
         let Some(placed) = inner.placement.shards.get(group.shard as usize) else { continue };
         let voters = &placed.voters;
-        if ClusterConfig::preferred_leader(voters, group.shard) != Some(inner.id) {
+        if inner.preferred_leader(group.shard, voters) != Some(inner.id) {
             continue;
         }
         if group.raft.is_initialized().await.unwrap_or(true) {

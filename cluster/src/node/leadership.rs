@@ -12,7 +12,6 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 
 use super::{Group, Inner};
-use crate::config::ClusterConfig;
 use crate::health::{FailureCause, Health, ShardHealth};
 use crate::raft_types::{NodeId, Raft, log_id_to_engine, vote_to_engine};
 use crate::wire::{Request, Response};
@@ -154,7 +153,7 @@ pub(super) async fn rebalance(inner: std::sync::Weak<Inner>) {
             }
             let metrics = group.raft.metrics().borrow_watched().clone();
             let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-            let Some(preferred) = ClusterConfig::preferred_leader(&voters, group.shard) else {
+            let Some(preferred) = inner.preferred_leader(group.shard, &voters) else {
                 continue;
             };
             if preferred == inner.id {

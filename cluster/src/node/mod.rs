@@ -187,6 +187,8 @@ pub struct PlacedShard {
     pub shard: u32,
     /// The nodes the placement rule gave the shard.
     pub voters: Vec<NodeId>,
+    /// The one of them the rule would have lead it.
+    pub preferred_leader: NodeId,
     /// Whether this node has a group of it.
     pub hosted: bool,
     /// The leader this node last heard of, from a peer's answer.
@@ -432,6 +434,7 @@ impl Node {
             .map(|((shard, placed), route)| PlacedShard {
                 shard,
                 voters: placed.voters.clone(),
+                preferred_leader: placed.preferred_leader,
                 hosted: inner.group(shard).is_some(),
                 leader_hint: route.leader_hint(),
             })
@@ -440,6 +443,20 @@ impl Node {
 }
 
 impl Inner {
+    /// The node that should lead `shard` while `voters` are its voters: in a
+    /// placed cluster whose group still has the placed voters, the plan's
+    /// preferred leader (leaders spread within one per node); otherwise the
+    /// voters taken round robin by shard (`ClusterConfig::preferred_leader`).
+    fn preferred_leader(&self, shard: u32, voters: &[NodeId]) -> Option<NodeId> {
+        let placed = self.placement.shards.get(shard as usize);
+        match placed {
+            Some(placed) if self.config.is_placed() && same_set(&placed.voters, voters) => {
+                Some(placed.preferred_leader)
+            }
+            _ => ClusterConfig::preferred_leader(voters, shard),
+        }
+    }
+
     /// The group of `shard`, if this node hosts it.
     fn group(&self, shard: u32) -> Option<&Group> {
         let index = (*self.group_index.get(shard as usize)?)?;
@@ -449,4 +466,12 @@ impl Inner {
     fn rpc_timeout(&self) -> Duration {
         Duration::from_millis(self.config.rpc_timeout_ms)
     }
+}
+
+/// Whether two lists hold the same node ids, in any order.
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }

@@ -120,7 +120,15 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
         .node
         .placement()
         .iter()
-        .map(|p| json!({ "shard": p.shard, "voters": p.voters, "hosted": p.hosted, "leader_hint": p.leader_hint }))
+        .map(|p| {
+            json!({
+                "shard": p.shard,
+                "voters": p.voters,
+                "preferred_leader": p.preferred_leader,
+                "hosted": p.hosted,
+                "leader_hint": p.leader_hint,
+            })
+        })
         .collect();
     Ok(axum::Json(json!({
         "node_id": status.node_id,
