@@ -37,6 +37,10 @@ pub struct Settings {
     /// Extra `[cluster]` settings for every node (timeouts, etc.): key and
     /// TOML value.
     pub cluster_extra: Vec<(String, String)>,
+    /// Whether each shard lives on fewer nodes than there are
+    /// (`cluster.replication_factor` among `cluster_extra`): then the
+    /// membership is the placement, and nothing heals it.
+    pub placed: bool,
 }
 
 /// The running cluster: node `i` is `i`'s directory `<dir>/node<i>`.
@@ -47,6 +51,8 @@ pub struct ChaosCluster {
     spare: TallyProcess,
     /// Nodes in the cluster (the spare not counted).
     size: u8,
+    /// `Settings::placed`.
+    placed: bool,
     /// `proxies[(from - 1) * (size + 1) + (to - 1)]` over every node and the
     /// spare, `None` on the diagonal.
     proxies: Vec<Option<Proxy>>,
@@ -112,7 +118,12 @@ impl ChaosCluster {
         let spare = nodes.pop().ok_or("no spare node")?;
         let mut nodes = TallyCluster::from_nodes(nodes);
         nodes.try_ready().await?;
-        Ok(ChaosCluster { nodes, spare, size, proxies })
+        Ok(ChaosCluster { nodes, spare, size, placed: settings.placed, proxies })
+    }
+
+    /// Whether each shard lives on fewer nodes than there are.
+    pub fn is_placed(&self) -> bool {
+        self.placed
     }
 
     /// Nodes in the cluster.

@@ -95,6 +95,10 @@ pub struct History {
     /// write" check).
     #[serde(default)]
     pub final_holds: Vec<(String, String)>,
+    /// Nodes each shard lives on; 0 (a history from before placement):
+    /// every node.
+    #[serde(default)]
+    pub replication_factor: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,9 +64,15 @@ struct RunArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 24)]
     clients: u32,
-    /// Nodes in the cluster, 3 to 9 (every node is a voter of every shard).
+    /// Nodes in the cluster, 3 to 9.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=9))]
     nodes: u8,
+    /// Nodes each shard lives on (`cluster.replication_factor`); 0, the
+    /// default: every node. Below `--nodes`, the schedule draws no
+    /// add-node or remove-node fault (the server refuses them for such a
+    /// cluster).
+    #[arg(long, default_value_t = 0)]
+    replication_factor: u32,
     /// Shards (Raft groups) per node.
     #[arg(long, default_value_t = 3)]
     shards: u32,
@@ -142,6 +148,7 @@ fn run_command(args: RunArgs) -> ExitCode {
     options.schedule = args.schedule;
     options.clients = args.clients.max(1);
     options.nodes = args.nodes;
+    options.replication_factor = args.replication_factor;
     options.shards = args.shards.max(1);
     options.items = args.items.max(1);
     options.stock = args.stock;

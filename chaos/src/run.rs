@@ -56,9 +56,13 @@ pub struct RunOptions {
     pub seed: u64,
     pub schedule: Schedule,
     pub clients: u32,
-    /// Nodes in the cluster (every one a voter of every shard).
+    /// Nodes in the cluster.
     pub nodes: u8,
     pub shards: u32,
+    /// Nodes each shard lives on (`cluster.replication_factor`); 0: every
+    /// node. A placed cluster runs no add-node or remove-node fault (the
+    /// server refuses them for it).
+    pub replication_factor: u32,
     /// Hot SKUs, one warehouse each.
     pub items: u32,
     /// Each item's stock at the start.
@@ -71,6 +75,17 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// Nodes each shard lives on.
+    pub fn replicas(&self) -> u32 {
+        let nodes = u32::from(self.nodes);
+        if self.replication_factor == 0 { nodes } else { self.replication_factor.min(nodes) }
+    }
+
+    /// Whether shards live on fewer nodes than there are.
+    pub fn is_placed(&self) -> bool {
+        self.replicas() < u32::from(self.nodes)
+    }
+
     /// The defaults of `tally-chaos run`.
     pub fn new(program: Program, out: PathBuf, duration: Duration, seed: u64) -> RunOptions {
         RunOptions {
@@ -82,6 +97,7 @@ impl RunOptions {
             clients: 24,
             nodes: 3,
             shards: 3,
+            replication_factor: 0,
             items: 5,
             stock: 400,
             timeout: Duration::from_secs(3),
@@ -291,7 +307,11 @@ pub async fn run(options: &RunOptions) -> Result<RunReport, String> {
         seed: options.seed,
         // Node additions and removals (add-node, remove-node) pause this
         // long between shards instead of a second.
-        cluster_extra: vec![("membership_shard_pause_ms".to_owned(), "200".to_owned())],
+        cluster_extra: vec![
+            ("membership_shard_pause_ms".to_owned(), "200".to_owned()),
+            ("replication_factor".to_owned(), options.replication_factor.to_string()),
+        ],
+        placed: options.is_placed(),
     };
     let mut cluster = ChaosCluster::start(options.program.clone(), &options.out.join("cluster"), &settings).await?;
     let result = drive(&mut cluster, options).await;
@@ -321,7 +341,7 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
     let until = started + options.duration;
     let recorder = Arc::new(Recorder::new(started));
     let load = Load::start(options, &nodes, &items, &probe_sku, &recorder, until);
-    let steps = schedule::plan(&options.schedule, options.duration, options.seed);
+    let steps = schedule::plan_for(&options.schedule, options.duration, options.seed, options.is_placed());
     let mut done = run_steps(cluster, &steps, started, options, hot_shard, &recorder).await;
     let (ops, probes) = load.finish(&recorder).await;
 
@@ -334,7 +354,7 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
             done.harness.push(format!("after the run: {why}"));
         }
     }
-    let digests = converged_digests(&nodes).await;
+    let digests = converged_digests(&nodes, options.replicas()).await;
     let mut final_levels = Vec::new();
     for (node, addr) in cluster.ids().zip(&nodes) {
         final_levels.push(NodeLevels { node, items: stale_levels(*addr, &items).await });
@@ -347,6 +367,7 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
         final_levels,
         digests,
         final_holds,
+        replication_factor: options.replicas(),
     };
     let leader_kills = done
         .leader_kills
@@ -817,7 +838,10 @@ async fn heal_all(cluster: &mut ChaosCluster, recorder: &Recorder, faults: &mut 
             faults.push(FaultEvent { at_us: recorder.micros(), what: format!("restart node {node}"), heals: true });
         }
     }
-    if let Err(why) = heal_membership(cluster, recorder, faults).await {
+    // A placed cluster's membership is its placement: no fault changes it.
+    if !cluster.is_placed()
+        && let Err(why) = heal_membership(cluster, recorder, faults).await
+    {
         problems.push(why);
     }
     for node in cluster.ids() {
@@ -904,9 +928,11 @@ async fn leaders(nodes: &[SocketAddr], shards: u32) -> Vec<Option<u8>> {
     leaders
 }
 
-/// Every node's digests once all have applied the same index on every
-/// shard (or whatever they are after `CONVERGE_WAIT`).
-async fn converged_digests(nodes: &[SocketAddr]) -> Vec<NodeDigests> {
+/// Every node's digests once the `replicas` hosts of every shard have
+/// applied the same index of it with the same digest (or whatever they are
+/// after `CONVERGE_WAIT`). Every node hosts every shard unless the cluster
+/// is placed.
+async fn converged_digests(nodes: &[SocketAddr], replicas: u32) -> Vec<NodeDigests> {
     let started = Instant::now();
     loop {
         let mut all = Vec::new();
@@ -925,9 +951,7 @@ async fn converged_digests(nodes: &[SocketAddr]) -> Vec<NodeDigests> {
             }
             all.push(NodeDigests { node, shards });
         }
-        let first = all.first().map(|d| d.shards.clone()).unwrap_or_default();
-        let same = !first.is_empty() && all.iter().all(|d| d.shards == first);
-        if same || started.elapsed() > CONVERGE_WAIT {
+        if crate::checker::digest_disagreements(&all, replicas).is_empty() || started.elapsed() > CONVERGE_WAIT {
             return all;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

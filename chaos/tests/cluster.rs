@@ -9,7 +9,7 @@ use chaos::cluster::{ChaosCluster, Settings, get_status};
 use testkit::Program;
 
 fn settings() -> Settings {
-    Settings { nodes: 3, shards: 2, seed: 7, cluster_extra: Vec::new() }
+    Settings { nodes: 3, shards: 2, seed: 7, cluster_extra: Vec::new(), placed: false }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The short chaos run of the test suite: a fixed seed, every fault kind
 //! once, about two minutes of 24 clients against three real nodes, then the
-//! whole check; and a shorter one against five nodes. Longer runs:
+//! whole check; and shorter ones against five nodes, every node holding
+//! every shard or each shard on three. Longer runs:
 //! `chaos/README.md`.
 //!
 //! It asserts correctness only (no oversell, no lost acknowledged write,
@@ -21,16 +22,19 @@ const SEED: u64 = 20_261_122;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn run_and_check(seed: u64, schedule: Schedule, duration: Duration) {
-    run_and_check_on(3, seed, schedule, duration).await;
+    run_and_check_on((3, 0), seed, schedule, duration).await;
 }
 
-async fn run_and_check_on(nodes: u8, seed: u64, schedule: Schedule, duration: Duration) {
+/// A run on `nodes` nodes, each shard on `replication_factor` of them (0:
+/// every node).
+async fn run_and_check_on((nodes, replication_factor): (u8, u32), seed: u64, schedule: Schedule, duration: Duration) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let out = dir.path().join("run");
     let program = Program::SelfExec(env!("CARGO_BIN_EXE_tally-chaos").into());
     let mut options = RunOptions::new(program, out.clone(), duration, seed);
     options.nodes = nodes;
+    options.replication_factor = replication_factor;
     options.schedule = schedule.clone();
     options.check.linearizability_budget = Duration::from_secs(60);
     let report = run(&options).await.unwrap_or_else(|e| panic!("the run could not be made: {e}"));
@@ -84,5 +88,21 @@ async fn five_nodes_with_nodes_added_and_removed_keep_every_promise() {
         FaultKind::WipeRestart,
         FaultKind::Bridge,
     ]);
-    run_and_check_on(5, 11, schedule, Duration::from_secs(60)).await;
+    run_and_check_on((5, 0), 11, schedule, Duration::from_secs(60)).await;
+}
+
+/// Five nodes, each shard on three (`replication_factor = 3`): nodes that
+/// do not host a shard forward its requests. Leaders killed and cut off, a
+/// node wiped, a bridge, a pause. Same checks; convergence compares each
+/// shard among its three hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_with_three_copies_of_each_shard_keep_every_promise() {
+    let schedule = Schedule::Each(vec![
+        FaultKind::KillLeader,
+        FaultKind::PartitionLeader,
+        FaultKind::WipeRestart,
+        FaultKind::Bridge,
+        FaultKind::Pause,
+    ]);
+    run_and_check_on((5, 3), 19, schedule, Duration::from_secs(60)).await;
 }

@@ -1,10 +1,11 @@
 //! Check 3, convergence: every node ends with the same levels and, per
-//! shard, the same applied index and digest.
+//! shard, every node that hosts it (all of them unless the cluster is
+//! placed) the same applied index and digest.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Report, item_name};
-use crate::history::{History, Item};
+use crate::history::{History, Item, NodeDigests};
 
 pub(super) fn check_convergence(history: &History, report: &mut Report) {
     if let Some(first) = history.final_levels.first() {
@@ -27,27 +28,52 @@ pub(super) fn check_convergence(history: &History, report: &mut Report) {
             }
         }
     }
-    if let Some(first) = history.digests.first() {
-        let reference: BTreeMap<u32, (Option<u64>, &str)> =
-            first.shards.iter().map(|(s, i, d)| (*s, (*i, d.as_str()))).collect();
-        for other in &history.digests[1..] {
-            let theirs: BTreeMap<u32, (Option<u64>, &str)> =
-                other.shards.iter().map(|(s, i, d)| (*s, (*i, d.as_str()))).collect();
-            let shards: BTreeSet<u32> = reference.keys().chain(theirs.keys()).copied().collect();
-            for shard in shards {
-                let (a, b) = (reference.get(&shard), theirs.get(&shard));
-                if a != b {
-                    report.convergence.push(format!(
-                        "shard {shard}: node {} has {}, node {} has {}",
-                        first.node,
-                        digest_text(a),
-                        other.node,
-                        digest_text(b)
-                    ));
-                }
+    let replicas = match history.replication_factor {
+        0 => u32::try_from(history.digests.len()).unwrap_or(u32::MAX),
+        placed => placed,
+    };
+    report.convergence.extend(digest_disagreements(&history.digests, replicas));
+}
+
+/// A shard's applied index and digest on one node.
+type Applied<'a> = (Option<u64>, &'a str);
+
+/// Per shard, the nodes that report it must be `replicas` many (every node,
+/// unless the cluster is placed) and agree on its applied index and
+/// digest: each way they do not, worded. Nodes listing no shard at all (a
+/// node that did not answer) count as not reporting.
+pub fn digest_disagreements(digests: &[NodeDigests], replicas: u32) -> Vec<String> {
+    let mut by_shard: BTreeMap<u32, Vec<(u8, Applied<'_>)>> = BTreeMap::new();
+    for node in digests {
+        for (shard, applied, digest) in &node.shards {
+            by_shard.entry(*shard).or_default().push((node.node, (*applied, digest.as_str())));
+        }
+    }
+    let mut problems = Vec::new();
+    if by_shard.is_empty() && !digests.is_empty() {
+        problems.push("no node reported a digest".to_owned());
+    }
+    for (shard, hosts) in &by_shard {
+        if hosts.len() != replicas as usize {
+            let nodes: Vec<String> = hosts.iter().map(|(node, _)| node.to_string()).collect();
+            problems.push(format!(
+                "shard {shard}: {} nodes report it ({}), {replicas} should",
+                hosts.len(),
+                nodes.join(", ")
+            ));
+        }
+        let (first, reference) = hosts[0];
+        for (other, theirs) in &hosts[1..] {
+            if *theirs != reference {
+                problems.push(format!(
+                    "shard {shard}: node {first} has {}, node {other} has {}",
+                    digest_text(Some(&reference)),
+                    digest_text(Some(theirs))
+                ));
             }
         }
     }
+    problems
 }
 
 fn levels_text(levels: Option<&(u64, u64)>) -> String {
@@ -68,6 +94,7 @@ fn digest_text(digest: Option<&(Option<u64>, &str)>) -> String {
 #[cfg(test)]
 mod tests {
     use crate::checker::tests::{Builder, held, hold, run};
+    use crate::history::NodeDigests;
 
     #[test]
     fn diverging_digests_and_levels_break_convergence() {
@@ -82,5 +109,28 @@ mod tests {
         history.final_levels[1].items[0].2 = 3;
         let report = run(&history);
         assert!(!report.convergence.is_empty());
+    }
+
+    #[test]
+    fn a_placed_cluster_compares_each_shard_among_its_hosts() {
+        // Three nodes, each of three shards on two of them.
+        let mut history = Builder::new(5).op(1, hold(2), 0, 10, held("r1")).finish(5, 2);
+        history.replication_factor = 2;
+        let hosted = [(1, [0, 2]), (2, [0, 1]), (3, [1, 2])];
+        history.digests = hosted
+            .iter()
+            .map(|(node, shards)| NodeDigests {
+                node: *node,
+                shards: shards.iter().map(|shard| (*shard, Some(4), format!("d{shard}"))).collect(),
+            })
+            .collect();
+        assert!(run(&history).convergence.is_empty(), "{:?}", run(&history).convergence);
+        // A host that disagrees, and a shard with one host too few.
+        history.digests[1].shards[0].2 = "fff".into();
+        history.digests[2].shards.retain(|(shard, ..)| *shard != 2);
+        let problems = run(&history).convergence;
+        assert!(problems.iter().any(|p| p.starts_with("shard 0: node 1 has")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("shard 2: 1 nodes report it")), "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 }

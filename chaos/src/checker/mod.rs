@@ -44,6 +44,7 @@ use crate::history::{History, Item, Outcome};
 pub use self::availability::Availability;
 use self::availability::availability;
 use self::convergence::check_convergence;
+pub use self::convergence::digest_disagreements;
 use self::index::Index;
 use self::linearizable::check_linearizability;
 use self::lost::check_lost;

@@ -209,5 +209,6 @@ pub(super) fn simulate(sim: &Sim, seed: u64) -> History {
         final_levels,
         digests,
         final_holds,
+        replication_factor: 0,
     }
 }
