@@ -11,8 +11,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The period every quota is a share of, in microseconds.
-const PERIOD_US: u64 = 100_000;
+/// The period every quota is a share of, in microseconds: short, so that a
+/// node that spent its share waits milliseconds, not tens of them, and the
+/// cap shows in throughput rather than in stalls (the kernel's least quota
+/// is 1 ms, a share of 0.1 CPU).
+const PERIOD_US: u64 = 10_000;
 /// The largest share asked of one group, in CPUs.
 const CPUS_MAX: f64 = 1024.0;
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).

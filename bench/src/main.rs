@@ -227,11 +227,12 @@ struct ScaleArgs {
     /// Shards of the cluster.
     #[arg(long, default_value_t = 12)]
     shards: u32,
-    /// CPUs each node may use (a cgroup CPU quota; needs root).
-    #[arg(long, default_value_t = 0.15)]
+    /// CPUs each node may use (a cgroup CPU quota; needs root). Six nodes
+    /// at 0.25 leave half of a 2-core machine to the clients.
+    #[arg(long, default_value_t = 0.25)]
     cpu_per_node: f64,
     /// Concurrent clients, spread over the nodes.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 96)]
     clients: u32,
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 3.0)]

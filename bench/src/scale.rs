@@ -185,8 +185,8 @@ pub fn write(report: &ScaleReport, out: &Path) -> std::io::Result<()> {
     let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
     std::fs::write(out.join("results.json"), json)?;
     let mut md = format!(
-        "# tally-bench scale\n\n{} shards, each on {} nodes; every node capped at {} CPU; {} clients, uniform \
-         holds over {} SKUs, {} s measured.\n\n| nodes | holds/s | per node | p50 ms | p99 ms | errors | CPU used per \
+        "# tally-bench scale\n\n{} shards, each on {} nodes (every node, in a cluster of fewer); every node \
+         capped at {} CPU; {} clients, uniform holds over {} SKUs, {} s measured.\n\n| nodes | holds/s | per node | p50 ms | p99 ms | errors | CPU used per \
          node | checks |\n|---:|---:|---:|---:|---:|---:|---|---|\n",
         report.shards, report.replication_factor, report.cpu_per_node, report.clients, report.skus, report.seconds
     );
