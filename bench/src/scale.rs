@@ -87,21 +87,18 @@ pub async fn run(plan: &ScalePlan) -> Result<ScaleReport, String> {
     };
     for &nodes in &plan.nodes {
         let row = measure_cluster(plan, nodes, &plan.data_dir.join(format!("nodes-{nodes}"))).await?;
+        let text = RowText::of(&row);
         println!(
             "tally-scale  {:>2} nodes  {:>9.0} holds/s  {:>8.0} per node  p50 {:>6.2} ms  p99 {:>6.2} ms  \
-             errors {}  cpu per node {}  {}",
+             errors {}  cpu per node {}  checks {}",
             row.nodes,
             row.holds_per_s,
             row.holds_per_s_per_node,
-            row.latency.p50 as f64 / 1000.0,
-            row.latency.p99 as f64 / 1000.0,
+            text.p50_ms,
+            text.p99_ms,
             row.errors,
-            row.cpu_used.iter().map(|cpu| format!("{cpu:.2}")).collect::<Vec<_>>().join("/"),
-            if row.check.problems.is_empty() {
-                "checks ok".to_owned()
-            } else {
-                format!("PROBLEMS {:?}", row.check.problems)
-            },
+            text.cpu,
+            text.checks,
         );
         report.rows.push(row);
     }
@@ -179,6 +176,27 @@ fn runner_plan(plan: &ScalePlan, shape: Shape) -> Plan {
     }
 }
 
+/// The figures of a row as the line and the table show them.
+struct RowText {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU used per node, `0.22 / 0.21 / …`.
+    cpu: String,
+    /// `ok`, or the problems the checks found.
+    checks: String,
+}
+
+impl RowText {
+    fn of(row: &ScaleRow) -> RowText {
+        RowText {
+            p50_ms: row.latency.p50 as f64 / 1000.0,
+            p99_ms: row.latency.p99 as f64 / 1000.0,
+            cpu: row.cpu_used.iter().map(|cpu| format!("{cpu:.2}")).collect::<Vec<_>>().join(" / "),
+            checks: if row.check.problems.is_empty() { "ok".to_owned() } else { row.check.problems.join("; ") },
+        }
+    }
+}
+
 /// `results.json` and `results.md` in `out`.
 pub fn write(report: &ScaleReport, out: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
@@ -191,16 +209,17 @@ pub fn write(report: &ScaleReport, out: &Path) -> std::io::Result<()> {
         report.shards, report.replication_factor, report.cpu_per_node, report.clients, report.skus, report.seconds
     );
     for row in &report.rows {
+        let text = RowText::of(row);
         md.push_str(&format!(
             "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} |\n",
             row.nodes,
             row.holds_per_s,
             row.holds_per_s_per_node,
-            row.latency.p50 as f64 / 1000.0,
-            row.latency.p99 as f64 / 1000.0,
+            text.p50_ms,
+            text.p99_ms,
             row.errors,
-            row.cpu_used.iter().map(|cpu| format!("{cpu:.2}")).collect::<Vec<_>>().join(" / "),
-            if row.check.problems.is_empty() { "ok".to_owned() } else { row.check.problems.join("; ") },
+            text.cpu,
+            text.checks,
         ));
     }
     std::fs::write(out.join("results.md"), md)
