@@ -56,7 +56,7 @@ impl CpuCap {
             write(&dir.join("cpu.max"), &format!("{quota_us} {PERIOD_US}"))?;
             Ok(CpuCap { dir, root: v2.to_path_buf() })
         } else {
-            Err("no cgroup cpu controller at /sys/fs/cgroup (v1 cpu/ or v2 cpu.max)".into())
+            Err(format!("{UNAVAILABLE}: no cgroup cpu controller at /sys/fs/cgroup (v1 cpu/ or v2 cpu.max)"))
         }
     }
 
@@ -77,16 +77,20 @@ impl Drop for CpuCap {
     }
 }
 
+/// How every error of a cap begins, so that a caller can tell a machine
+/// without caps from a failed run.
+pub const UNAVAILABLE: &str = "CPU caps unavailable";
+
 fn make_dir(dir: &Path) -> Result<(), String> {
     match fs::create_dir(dir) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(format!("create {} (the CPU caps need root): {error}", dir.display())),
+        Err(error) => Err(format!("{UNAVAILABLE}: create {} (it needs root): {error}", dir.display())),
     }
 }
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
-    fs::write(path, value).map_err(|error| format!("write {value} to {}: {error}", path.display()))
+    fs::write(path, value).map_err(|error| format!("{UNAVAILABLE}: write {value} to {}: {error}", path.display()))
 }
 
 /// CPU seconds process `pid` has used so far (user and system).
