@@ -225,12 +225,14 @@ impl Node {
         answers.into_iter().map(|answer| answer.ok().map(|stats| stats.live_holds)).sum()
     }
 
-    /// State digest of each shard as this node has applied it, with the
-    /// applied index (replicas that applied the same log agree).
-    pub async fn digests(&self) -> Result<Vec<(Option<u64>, u128)>, ReadError> {
+    /// State digest of each shard this node hosts, as it has applied it:
+    /// the shard, the applied index and the digest (replicas that applied
+    /// the same log agree).
+    pub async fn digests(&self) -> Result<Vec<(u32, Option<u64>, u128)>, ReadError> {
         let mut digests = Vec::with_capacity(self.inner.groups.len());
         for group in &self.inner.groups {
-            digests.push(local(group, Query::Digest).await?);
+            let (applied, digest) = local(group, Query::Digest).await?;
+            digests.push((group.shard, applied, digest));
         }
         Ok(digests)
     }

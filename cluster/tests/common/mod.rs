@@ -141,9 +141,8 @@ impl TestCluster {
         loop {
             let mut by_shard: Vec<Vec<(Option<u64>, u128)>> = vec![Vec::new(); shards];
             for node in self.live() {
-                let digests = node.digests().await.unwrap_or_else(|e| panic!("digests: {e}"));
-                for (shard, digest) in node.hosted_shards().into_iter().zip(digests) {
-                    by_shard[shard as usize].push(digest);
+                for (shard, applied, digest) in node.digests().await.unwrap_or_else(|e| panic!("digests: {e}")) {
+                    by_shard[shard as usize].push((applied, digest));
                 }
             }
             if by_shard.iter().all(|hosts| !hosts.is_empty() && hosts.windows(2).all(|pair| pair[0] == pair[1])) {

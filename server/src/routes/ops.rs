@@ -159,12 +159,9 @@ pub async fn cluster(State(state): Shared, principal: Principal) -> ApiResult<Re
 pub async fn digests(State(state): Shared, principal: Principal) -> ApiResult<Response> {
     principal.require(Role::Read)?;
     let digests = state.node.digests().await.map_err(|e| Problem::read(&e))?;
-    let shards: Vec<serde_json::Value> = state
-        .node
-        .hosted_shards()
-        .into_iter()
-        .zip(&digests)
-        .map(|(shard, (applied, digest))| {
+    let shards: Vec<serde_json::Value> = digests
+        .iter()
+        .map(|(shard, applied, digest)| {
             json!({ "shard": shard, "applied_index": applied, "digest": format!("{digest:032x}") })
         })
         .collect();
