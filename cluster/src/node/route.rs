@@ -20,7 +20,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{Group, Inner};
-use crate::forwarder::Forwarder;
+use crate::forwarder::{ForwardError, Forwarder};
 use crate::raft_types::NodeId;
 
 /// One shard's route from this node.
@@ -77,6 +77,18 @@ impl ShardRoute {
         match leader.filter(|leader| *leader != asked) {
             Some(leader) => self.leader_hint.store(leader, Ordering::Release),
             None => self.forget(asked),
+        }
+    }
+
+    /// What a failed forward to `asked` says of the leader: its guess when
+    /// it does not lead, or that it is not the one to ask when the outcome
+    /// is unknown. An overloaded leader, or this node shutting down, says
+    /// nothing of it.
+    pub(super) fn forward_failed(&self, asked: NodeId, error: &ForwardError) {
+        match error {
+            ForwardError::NotLeader(leader) => self.redirect(asked, *leader),
+            ForwardError::Unknown(_) => self.forget(asked),
+            ForwardError::Overloaded | ForwardError::Closed => {}
         }
     }
 

@@ -144,12 +144,7 @@ impl Node {
                 }
                 Some(leader) => match forwarder.forward_many(leader, commands.clone(), request_ids.clone()).await {
                     Ok(outcome) => return Ok(outcome),
-                    Err(ForwardError::Overloaded) => {
-                        return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
-                    }
-                    Err(ForwardError::Closed) => return Err(SubmitError::ShuttingDown),
-                    Err(ForwardError::NotLeader(_)) => None,
-                    Err(ForwardError::Unknown(reason)) => Some(reason),
+                    Err(error) => retry_after_forward(shard, error)?,
                 },
                 None => None,
             };
@@ -191,14 +186,9 @@ impl Node {
                         route.learn(target);
                         return Ok(outcomes);
                     }
-                    Err(ForwardError::Overloaded) => {
-                        return Err(SubmitError::Overloaded { shard, retry_after_ms: 100 });
-                    }
-                    Err(ForwardError::Closed) => return Err(SubmitError::ShuttingDown),
-                    Err(ForwardError::NotLeader(leader)) => route.redirect(target, leader),
-                    Err(ForwardError::Unknown(reason)) => {
-                        route.forget(target);
-                        maybe_applied = Some(reason);
+                    Err(error) => {
+                        route.forward_failed(target, &error);
+                        maybe_applied = retry_after_forward(shard, error)?.or(maybe_applied);
                     }
                 }
             }
@@ -236,6 +226,19 @@ fn xor_fold(value: u128) -> u32 {
         folded ^= u32::from_le_bytes(word);
     }
     folded
+}
+
+/// What a failed forward means for a submit, through this node's group or
+/// from outside it alike: stop with this error (the leader is overloaded,
+/// this node is shutting down), or try again, with the reason when the
+/// commands may have been proposed.
+fn retry_after_forward(shard: u32, error: ForwardError) -> Result<Option<String>, SubmitError> {
+    match error {
+        ForwardError::Overloaded => Err(SubmitError::Overloaded { shard, retry_after_ms: 100 }),
+        ForwardError::Closed => Err(SubmitError::ShuttingDown),
+        ForwardError::NotLeader(_) => Ok(None),
+        ForwardError::Unknown(reason) => Ok(Some(reason)),
+    }
 }
 
 fn no_shard(shard: u32) -> SubmitError {
