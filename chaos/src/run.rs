@@ -77,8 +77,7 @@ pub struct RunOptions {
 impl RunOptions {
     /// Nodes each shard lives on.
     pub fn replicas(&self) -> u32 {
-        let nodes = u32::from(self.nodes);
-        if self.replication_factor == 0 { nodes } else { self.replication_factor.min(nodes) }
+        cluster::placement::replicas(self.replication_factor, usize::from(self.nodes))
     }
 
     /// Whether shards live on fewer nodes than there are.

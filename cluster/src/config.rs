@@ -349,8 +349,7 @@ impl ClusterConfig {
     /// Nodes per shard among `members`: `replication_factor`, where 0 or
     /// more than the members means all of them.
     pub fn replicas(&self) -> u32 {
-        let members = u32::try_from(self.members.len()).unwrap_or(u32::MAX);
-        if self.replication_factor == 0 { members } else { self.replication_factor.min(members) }
+        crate::placement::replicas(self.replication_factor, self.members.len())
     }
 
     /// Whether some shard lives on fewer nodes than there are members.

@@ -104,6 +104,14 @@ impl Placement {
     }
 }
 
+/// Nodes each shard lives on among `members` nodes for the setting
+/// `replication_factor` (`cluster.replication_factor`): 0, or any number at
+/// or above the members, means every one of them.
+pub fn replicas(replication_factor: u32, members: usize) -> u32 {
+    let members = u32::try_from(members).unwrap_or(u32::MAX);
+    if replication_factor == 0 { members } else { replication_factor.min(members) }
+}
+
 /// The plan for members M, S shards and replication factor R, starting from
 /// `current` (each shard's voters now; `None` or an empty list for a fresh
 /// cluster). The order of `members` does not matter.
