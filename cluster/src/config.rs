@@ -357,6 +357,14 @@ impl ClusterConfig {
         (self.replicas() as usize) < self.members.len()
     }
 
+    /// Whether shards follow the placement rule (`replication_factor` set):
+    /// a node hosts the shards its map gives it, and adding or removing a
+    /// node moves only the plan's difference. With 0, every member holds
+    /// every shard and a node add or remove changes every shard's voters.
+    pub fn follows_placement(&self) -> bool {
+        self.replication_factor > 0
+    }
+
     /// The member that initializes group `shard` and, when up, leads it:
     /// members sorted by id, taken round-robin, so leaders spread evenly.
     pub fn preferred_leader(voters: &[NodeId], shard: u32) -> Option<NodeId> {

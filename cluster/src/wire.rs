@@ -6,7 +6,9 @@
 //! the WAL frames the leader wrote: header, checksum and archive, appended
 //! verbatim by the follower after it decodes them once. The rest is the
 //! node-to-node service: forwarded commands, queries, read index, admin
-//! operations and a probe used at bootstrap.
+//! operations, a probe used at bootstrap, and the messages that move a
+//! shard's replicas between nodes (`Host`, `Release`, `Membership`,
+//! `MoveShard`) and the map every node keeps of them (`Placement`).
 
 use engine::ids::RequestId;
 use engine::raft_log::{LogId as EngineLogId, Vote as EngineVote};
@@ -78,6 +80,41 @@ pub enum Request {
         linearizable: bool,
         query: Query,
     },
+    /// "Start an empty group of `group` here": sent to a node before it
+    /// joins the shard as a learner (`membership`). Nothing happens when
+    /// the node has the group already.
+    Host {
+        group: u32,
+    },
+    /// "Drop your group of `group`": sent to a node after a committed
+    /// voter change left it out. `voters` are that change's voters; a node
+    /// still among them, or still leading the shard, refuses.
+    Release {
+        group: u32,
+        voters: Vec<NodeId>,
+    },
+    /// "What is `group`'s membership as you see it?" Answered by a node
+    /// that hosts the shard.
+    Membership {
+        group: u32,
+    },
+    /// "Move `group` to these voters": `move_shard` run by a node that
+    /// hosts the shard and stays in it. `addrs` say where nodes joining
+    /// it listen; with `release`, the nodes leaving drop their group.
+    MoveShard {
+        group: u32,
+        voters: Vec<NodeId>,
+        addrs: Vec<(NodeId, String)>,
+        release: bool,
+    },
+    /// "Take this map": per shard, its voters and preferred leader, and
+    /// where the members listen. Sent to every member by the node that ran
+    /// a node add or remove; `group` is 0 (the map is the cluster's).
+    Placement {
+        group: u32,
+        shards: Vec<(Vec<NodeId>, NodeId)>,
+        members: Vec<(NodeId, String)>,
+    },
 }
 
 impl Request {
@@ -91,7 +128,12 @@ impl Request {
             | Request::ReadIndex { group }
             | Request::Admin { group, .. }
             | Request::Probe { group }
-            | Request::Query { group, .. } => *group,
+            | Request::Query { group, .. }
+            | Request::Host { group }
+            | Request::Release { group, .. }
+            | Request::Membership { group }
+            | Request::MoveShard { group, .. }
+            | Request::Placement { group, .. } => *group,
         }
     }
 }
@@ -167,6 +209,21 @@ pub enum Response {
     NotHosted {
         leader: Option<NodeId>,
     },
+    /// A group's membership as the answering node sees it.
+    Membership(MembershipView),
+    /// A `MoveShard` ended; whether it changed the group.
+    Moved {
+        changed: bool,
+    },
+}
+
+/// One group's membership as a node sees it: its voters, every member
+/// (voters and learners) with its peer address, and the leader it knows.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct MembershipView {
+    pub voters: Vec<NodeId>,
+    pub nodes: Vec<(NodeId, String)>,
+    pub leader: Option<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -465,7 +465,17 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng, l
             _ => tweak_log_id(last_log_id, rng),
         },
         Request::Submit { group, commands, request_ids } => mutate_submit(group, commands, request_ids, seeds, rng),
-        Request::ReadIndex { group } | Request::Probe { group } => *group = interesting_u64(rng) as u32,
+        Request::ReadIndex { group }
+        | Request::Probe { group }
+        | Request::Host { group }
+        | Request::Membership { group }
+        | Request::Placement { group, .. } => *group = interesting_u64(rng) as u32,
+        // Not among the seeds: these move replicas, which a member may ask
+        // of any node (docs/SECURITY.md).
+        Request::Release { group, voters } | Request::MoveShard { group, voters, .. } => {
+            *group = interesting_u64(rng) as u32;
+            voters.push(interesting_u64(rng));
+        }
         Request::Query { group, linearizable, query } => match rng.below(3) {
             0 => *group = interesting_u64(rng) as u32,
             1 => *linearizable = !*linearizable,

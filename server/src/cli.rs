@@ -47,8 +47,9 @@ enum Cmd {
     /// The movement ledger of a running node.
     #[command(subcommand)]
     Ledger(LedgerCmd),
-    /// Add a node to, or remove one from, every shard of a running cluster,
-    /// one shard at a time (`/v1/admin/nodes`).
+    /// Add a node to, or remove one from, a running cluster, one shard at a
+    /// time (`/v1/admin/nodes`): every shard, or with
+    /// `cluster.replication_factor` set the shards the placement moves.
     Node(NodeArgs),
 }
 
@@ -68,7 +69,8 @@ struct NodeArgs {
 #[derive(Debug, Subcommand)]
 enum NodeAction {
     /// Add a started node (fresh data directory, `cluster.members` naming
-    /// the cluster's voters) to every shard as a voter; waits until done.
+    /// the cluster's members) as a voter of every shard, or of its share of
+    /// them with `cluster.replication_factor` set; waits until done.
     Add {
         /// The new node's id (its cluster.node_id).
         #[arg(long)]
@@ -77,7 +79,9 @@ enum NodeAction {
         #[arg(long)]
         addr: String,
     },
-    /// Remove a node from every shard; waits until done. Stop it afterwards.
+    /// Remove a node from every shard (its replicas move to the others with
+    /// `cluster.replication_factor` set); waits until done. Stop it
+    /// afterwards.
     Remove {
         /// The node to remove.
         #[arg(long)]

@@ -156,8 +156,16 @@ async fn what_needs_every_shard_on_one_node_says_so() {
     let to = dir.path().join("backup");
     let reply = http.post("/v1/admin/backup", json!({ "to": to.to_string_lossy() })).await;
     assert_problem(&reply, StatusCode::CONFLICT, "backup_needs_every_shard");
-    let reply = http.post("/v1/admin/nodes", json!({ "id": 6, "addr": "127.0.0.1:9" })).await;
+    // The operations that set every shard's members at once would put
+    // every shard on every node; node add and remove move replicas by the
+    // placement instead (`cluster/tests/mover.rs`).
+    let reply = http.post("/v1/admin/learners", json!({ "node_id": 6, "addr": "127.0.0.1:9" })).await;
     assert_problem(&reply, StatusCode::CONFLICT, "cluster_is_placed");
-    let reply = http.request(Method::DELETE, "/v1/admin/nodes/5", &[], None).await;
+    let reply = http.request(Method::PUT, "/v1/admin/voters", &[], Some(&json!({ "voters": [1, 2, 3] }))).await;
     assert_problem(&reply, StatusCode::CONFLICT, "cluster_is_placed");
+    // A node the map does not hold is no member; one it holds is.
+    let reply = http.request(Method::DELETE, "/v1/admin/nodes/9", &[], None).await;
+    assert_problem(&reply, StatusCode::NOT_FOUND, "node_not_member");
+    let reply = http.post("/v1/admin/nodes", json!({ "id": 5, "addr": "127.0.0.1:9" })).await;
+    assert_problem(&reply, StatusCode::CONFLICT, "node_already_member");
 }

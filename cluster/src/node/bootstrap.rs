@@ -17,9 +17,12 @@ pub(super) async fn bootstrap(node: Node) {
     if !addrs.contains_key(&inner.id) {
         return;
     }
-    for group in &inner.groups {
-        let Some(placed) = inner.placement.shards.get(group.shard as usize) else { continue };
-        let voters = &placed.voters;
+    for group in &inner.hosted_groups() {
+        let Some(voters) = inner.placement.read().shards.get(group.shard as usize).map(|placed| placed.voters.clone())
+        else {
+            continue;
+        };
+        let voters = &voters;
         if inner.preferred_leader(group.shard, voters) != Some(inner.id) {
             continue;
         }

@@ -67,7 +67,7 @@ pub(super) async fn react_to_failures(inner: std::sync::Weak<Inner>, health: Arc
             };
             group.is_leader.store(false, Ordering::Release);
             let _ = group.raft.shutdown().await;
-            hand_over(&inner, group).await;
+            hand_over(&inner, &group).await;
         }
     }
 }
@@ -78,14 +78,15 @@ pub(super) async fn react_to_failures(inner: std::sync::Weak<Inner>, health: Arc
 /// closes. A planned restart then costs the others no election timeout.
 /// Groups this node follows stop afterwards with the rest of the node.
 pub(super) async fn hand_over_on_stop(inner: &Inner) {
-    let leading: Vec<&Group> = inner.groups.iter().filter(|group| group.is_leader.load(Ordering::Acquire)).collect();
+    let leading: Vec<Arc<Group>> =
+        inner.hosted_groups().into_iter().filter(|group| group.is_leader.load(Ordering::Acquire)).collect();
     if leading.is_empty() {
         return;
     }
     let hand_overs = leading.into_iter().map(|group| async move {
         group.is_leader.store(false, Ordering::Release);
         let _ = group.raft.shutdown().await;
-        hand_over(inner, group).await;
+        hand_over(inner, &group).await;
     });
     if tokio::time::timeout(inner.rpc_timeout(), futures_util::future::join_all(hand_overs)).await.is_err() {
         tracing::warn!("leadership hand-over on stop not answered within the RPC timeout; the others will elect");
@@ -147,7 +148,7 @@ pub(super) async fn rebalance(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        for group in &inner.groups {
+        for group in &inner.hosted_groups() {
             if !group.is_leader.load(Ordering::Acquire) {
                 continue;
             }

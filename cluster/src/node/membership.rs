@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::ChangeMembers;
@@ -192,14 +193,16 @@ impl Node {
     /// Checks an addition and starts it in a task of its own (an HTTP
     /// request that times out does not cut it short).
     pub fn begin_add_node(&self, node: NodeId, addr: String, pause: Duration) -> Result<MembershipJob, AdminError> {
-        self.refuse_when_placed()?;
         if node == 0 {
             return Err(AdminError::Invalid("node ids start at 1".into()));
         }
         if addr.is_empty() {
             return Err(AdminError::Invalid("the node's peer address is empty".into()));
         }
-        let views: Vec<View> = self.inner.groups.iter().map(|group| view(&group.raft)).collect();
+        if self.inner.config.follows_placement() {
+            return self.begin_placed(MembershipOperation::Add, node, Some(addr), pause);
+        }
+        let views: Vec<View> = self.inner.hosted_groups().iter().map(|group| view(&group.raft)).collect();
         if views.iter().all(|view| view.voters.contains(&node)) {
             return Err(AdminError::AlreadyMember { node });
         }
@@ -222,14 +225,18 @@ impl Node {
                     node_handle.move_shard(shard, &voters, &addrs, &BTreeSet::new()).await
                 }
             },
+            |_| async { Ok(()) },
             pause,
         )
     }
 
     /// Checks a removal and starts it in a task of its own.
     pub fn begin_remove_node(&self, node: NodeId, pause: Duration) -> Result<MembershipJob, AdminError> {
-        self.refuse_when_placed()?;
-        let views: Vec<View> = self.inner.groups.iter().map(|group| view(&group.raft)).collect();
+        if self.inner.config.follows_placement() {
+            self.refuse_own_removal(node)?;
+            return self.begin_placed(MembershipOperation::Remove, node, None, pause);
+        }
+        let views: Vec<View> = self.inner.hosted_groups().iter().map(|group| view(&group.raft)).collect();
         if !views.iter().any(|view| view.nodes.contains_key(&node)) {
             return Err(AdminError::NotMember { node });
         }
@@ -238,14 +245,7 @@ impl Node {
                 "node {node} is the last voter of shard {shard}: it cannot leave"
             )));
         }
-        if node == self.inner.id {
-            // It would follow its own removal only up to the joint
-            // configuration (the last one it receives), and report progress
-            // from a view that stops there.
-            return Err(AdminError::Invalid(format!(
-                "node {node} cannot remove itself: send the removal to a node that stays"
-            )));
-        }
+        self.refuse_own_removal(node)?;
         self.begin(
             MembershipOperation::Remove,
             node,
@@ -255,8 +255,21 @@ impl Node {
                 voters.remove(&node);
                 node_handle.move_shard(shard, &voters, &BTreeMap::new(), &BTreeSet::from([node])).await
             },
+            |_| async { Ok(()) },
             pause,
         )
+    }
+
+    /// A node does not run its own removal: it would follow it only up to
+    /// the joint configuration (the last one it receives), and report
+    /// progress from a view that stops there.
+    fn refuse_own_removal(&self, node: NodeId) -> Result<(), AdminError> {
+        if node == self.inner.id {
+            return Err(AdminError::Invalid(format!(
+                "node {node} cannot remove itself: send the removal to a node that stays"
+            )));
+        }
+        Ok(())
     }
 
     fn group_view(&self, shard: u32) -> Result<View, AdminError> {
@@ -266,18 +279,22 @@ impl Node {
     }
 
     /// Claims the one change slot of this node and runs `step` on every
-    /// shard in order, `pause` apart, recording progress.
-    fn begin<F, Fut>(
+    /// shard in order, `pause` apart, recording progress, then `finish`
+    /// when every step succeeded.
+    pub(super) fn begin<F, Fut, E, EndFut>(
         &self,
         operation: MembershipOperation,
         node: NodeId,
         addr: Option<String>,
         step: F,
+        finish: E,
         pause: Duration,
     ) -> Result<MembershipJob, AdminError>
     where
         F: Fn(Node, u32) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<bool, AdminError>> + Send + 'static,
+        E: FnOnce(Node) -> EndFut + Send + 'static,
+        EndFut: std::future::Future<Output = Result<(), AdminError>> + Send + 'static,
     {
         let shards_total = self.inner.config.shards;
         {
@@ -319,6 +336,9 @@ impl Node {
                 if changed && shard + 1 < shards_total && !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }
+            }
+            if result.is_ok() {
+                result = finish(this.clone()).await;
             }
             update(&this.inner, |change| {
                 change.shard = None;
@@ -366,6 +386,11 @@ impl Node {
                 AdminError::Invalid(format!("no peer address for node {new}, which is not a member of shard {shard}"))
             })?;
             self.inner.transport.set_peer(*new, addr.clone());
+            // Where shards follow the placement, a node starts an empty
+            // group of this one first (one that hosts it does nothing).
+            if self.inner.config.follows_placement() {
+                self.host_on(*new, shard).await?;
+            }
             // Also for a node that is a learner already: the call blocks
             // until it has caught up, which the voter change needs.
             self.admin_attempts(shard, AdminOp::AddLearner { node: *new, addr }).await?;
@@ -512,8 +537,10 @@ impl Node {
 /// Tells the transport where every member of `raft`'s group listens, each
 /// time the membership changes, so a follower can forward to a leader that
 /// joined after it started (the network only learns the addresses of the
-/// nodes its own group leader or candidate calls).
-pub(super) async fn learn_member_addresses(raft: Raft, transport: Transport) {
+/// nodes its own group leader or candidate calls); and keeps `excluded`
+/// for `route`: the membership has this node as a learner, or not at all,
+/// or (for a `joining` group) is still empty.
+pub(super) async fn learn_member_addresses(raft: Raft, transport: Transport, excluded: Arc<AtomicBool>, joining: bool) {
     let own = transport.node_id();
     let mut metrics = raft.metrics();
     let mut seen = None;
@@ -523,9 +550,11 @@ pub(super) async fn learn_member_addresses(raft: Raft, transport: Transport) {
             let log_id = *metrics.membership_config.log_id();
             (seen.as_ref() != Some(&log_id)).then(|| {
                 seen = Some(log_id);
-                metrics
-                    .membership_config
-                    .membership()
+                let membership = metrics.membership_config.membership();
+                let has_members = membership.nodes().next().is_some();
+                let voter = membership.voter_ids().any(|id| id == own);
+                excluded.store(if has_members { !voter } else { joining }, Ordering::Release);
+                membership
                     .nodes()
                     .filter(|(id, node)| **id != own && !node.addr.is_empty())
                     .map(|(id, node)| (*id, node.addr.clone()))

@@ -42,8 +42,10 @@
 
 mod admin;
 mod bootstrap;
+mod hosting;
 mod leadership;
 mod membership;
+mod mover;
 mod peer_service;
 mod read;
 mod retry;
@@ -66,11 +68,12 @@ use actix::Addr;
 use engine::actor::{ShardActor, ShardPool};
 use engine::wal::{ArchiveStats, SegmentFile};
 use openraft::async_runtime::WatchReceiver;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use self::route::ShardRoute;
+use self::start::GroupKit;
 use crate::clock::Clock;
 use crate::config::ClusterConfig;
 use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
@@ -100,6 +103,15 @@ struct Group {
     health: ShardHealth,
     /// The log archive's counters, when `archive_dir` is set.
     archive: Option<Arc<ArchiveStats>>,
+    /// Whether the group's membership leaves this node out, or has it as a
+    /// learner only (kept by `learn_member_addresses`): then this node
+    /// serves the shard through its voters (`route`), as one that does not
+    /// host it. While the group has no membership yet: false for a group
+    /// the node started with, true for one started to join (`hosting`).
+    excluded: Arc<AtomicBool>,
+    /// The group's own tasks (proposer, leadership watch, learning its
+    /// members' addresses), stopped with it.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// What an online backup of one shard copies: its newest snapshot (in
@@ -119,14 +131,18 @@ struct Inner {
     id: NodeId,
     config: ClusterConfig,
     transport: Transport,
-    /// The groups of the shards this node hosts, in shard order.
-    groups: Vec<Group>,
-    /// By shard: where its group is in `groups`, if this node hosts it.
-    group_index: Vec<Option<usize>>,
+    /// By shard: its group, if this node hosts it. Groups start with the
+    /// node, and at run time when a replica moves here (`hosting`).
+    groups: RwLock<Vec<Option<Arc<Group>>>>,
+    /// What starting a group at run time needs; `None` once shut down.
+    kit: Mutex<Option<Arc<GroupKit>>>,
+    /// Held while a group starts or stops at run time: one at a time.
+    hosting: tokio::sync::Mutex<()>,
     /// Every shard's route from this node (`route`), by shard.
     routes: Vec<ShardRoute>,
-    /// Where the placement rule put each shard when this node started.
-    placement: Placement,
+    /// Where the placement rule put each shard when this node started,
+    /// replaced by the mover's plan when a change runs here.
+    placement: RwLock<Placement>,
     pool: Mutex<Option<ShardPool>>,
     events: broadcast::Sender<NodeEvent>,
     clock: Arc<Clock>,
@@ -288,8 +304,9 @@ impl Node {
     /// Nodes, and per shard: leader, term, indexes and follower lag.
     pub fn status(&self) -> ClusterStatus {
         let mut nodes = BTreeMap::new();
-        let mut shards = Vec::with_capacity(self.inner.groups.len());
-        for group in &self.inner.groups {
+        let groups = self.inner.hosted_groups();
+        let mut shards = Vec::with_capacity(groups.len());
+        for group in &groups {
             let metrics = group.raft.metrics().borrow_watched().clone();
             let membership = metrics.membership_config.membership();
             for (id, node) in membership.nodes() {
@@ -379,7 +396,7 @@ impl Node {
     /// Counters summed over this node's shards.
     pub fn stats(&self) -> NodeStats {
         let mut stats = NodeStats::default();
-        for group in &self.inner.groups {
+        for group in &self.inner.hosted_groups() {
             let proposer: &ProposerStats = &group.proposer.stats;
             stats.entries_proposed += proposer.entries.load(Ordering::Relaxed);
             stats.commands_proposed += proposer.commands.load(Ordering::Relaxed);
@@ -408,19 +425,19 @@ impl Node {
     /// Per shard: snapshots this node built, fallbacks from the shadow to
     /// the actor, and how long the last build took.
     pub fn snapshot_stats(&self) -> Vec<SnapshotStats> {
-        self.inner.groups.iter().map(|group| group.snapshot_counters.stats(group.shard)).collect()
+        self.inner.hosted_groups().iter().map(|group| group.snapshot_counters.stats(group.shard)).collect()
     }
 
     /// Per shard this node hosts: the log archive's counters (`None`
     /// without `archive_dir`).
     pub fn archive_stats(&self) -> Vec<(u32, Option<Arc<ArchiveStats>>)> {
-        self.inner.groups.iter().map(|group| (group.shard, group.archive.clone())).collect()
+        self.inner.hosted_groups().iter().map(|group| (group.shard, group.archive.clone())).collect()
     }
 
     /// The shards this node hosts (has a group of), in order: every shard
     /// unless `replication_factor` places them on fewer nodes.
     pub fn hosted_shards(&self) -> Vec<u32> {
-        self.inner.groups.iter().map(|group| group.shard).collect()
+        self.inner.hosted_groups().iter().map(|group| group.shard).collect()
     }
 
     /// Per shard, where the placement rule put it when this node started,
@@ -428,8 +445,9 @@ impl Node {
     /// (its own group's metrics say it for the others: `status`).
     pub fn placement(&self) -> Vec<PlacedShard> {
         let inner = &self.inner;
+        let placement = inner.placement.read();
         (0..inner.config.shards)
-            .zip(&inner.placement.shards)
+            .zip(&placement.shards)
             .zip(&inner.routes)
             .map(|((shard, placed), route)| PlacedShard {
                 shard,
@@ -442,15 +460,25 @@ impl Node {
     }
 }
 
+impl Group {
+    /// Stops the group's own tasks (its Raft core stops with `shutdown`).
+    fn stop_tasks(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
 impl Inner {
     /// The node that should lead `shard` while `voters` are its voters: in a
-    /// placed cluster whose group still has the placed voters, the plan's
-    /// preferred leader (leaders spread within one per node); otherwise the
-    /// voters taken round robin by shard (`ClusterConfig::preferred_leader`).
+    /// cluster following the placement whose group has the map's voters,
+    /// the map's preferred leader (leaders spread within one per node);
+    /// otherwise the voters taken round robin by shard
+    /// (`ClusterConfig::preferred_leader`).
     fn preferred_leader(&self, shard: u32, voters: &[NodeId]) -> Option<NodeId> {
-        let placed = self.placement.shards.get(shard as usize);
-        match placed {
-            Some(placed) if self.config.is_placed() && same_set(&placed.voters, voters) => {
+        let placement = self.placement.read();
+        match placement.shards.get(shard as usize) {
+            Some(placed) if self.config.follows_placement() && same_set(&placed.voters, voters) => {
                 Some(placed.preferred_leader)
             }
             _ => ClusterConfig::preferred_leader(voters, shard),
@@ -458,9 +486,13 @@ impl Inner {
     }
 
     /// The group of `shard`, if this node hosts it.
-    fn group(&self, shard: u32) -> Option<&Group> {
-        let index = (*self.group_index.get(shard as usize)?)?;
-        self.groups.get(index)
+    fn group(&self, shard: u32) -> Option<Arc<Group>> {
+        self.groups.read().get(shard as usize)?.clone()
+    }
+
+    /// The groups this node hosts, in shard order.
+    fn hosted_groups(&self) -> Vec<Arc<Group>> {
+        self.groups.read().iter().flatten().cloned().collect()
     }
 
     fn rpc_timeout(&self) -> Duration {

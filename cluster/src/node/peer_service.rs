@@ -17,6 +17,7 @@ use super::route::Route;
 use super::snapshot_inbound::receive_snapshot_chunk;
 use super::{Consistency, Group, Inner, Node};
 use crate::error::{ProposeError, ReadError};
+use crate::placement::{Placement, ShardPlacement};
 use crate::raft_types::{
     Entry, NodeId, Raft, entry_from_frame, log_id_from_engine, log_id_to_engine, vote_from_engine, vote_to_engine,
 };
@@ -42,9 +43,12 @@ impl Handler for Service {
             if inner.shut_down.load(Ordering::Acquire) {
                 return Response::Unavailable("node is shutting down".into());
             }
+            if let Some(answer) = serve_hosting(&inner, &request).await {
+                return answer;
+            }
             let shard = request.group();
             match inner.group(shard) {
-                Some(group) => serve(&inner, group, from, request).await,
+                Some(group) => serve(&inner, &group, from, request).await,
                 None => not_here(&inner, shard, &request),
             }
         })
@@ -67,12 +71,51 @@ impl Handler for Service {
         {
             return true;
         }
-        inner.groups.iter().any(|group| {
+        inner.hosted_groups().iter().any(|group| {
             let metrics = group.raft.metrics();
             let metrics = metrics.borrow_watched();
             metrics.membership_config.membership().nodes().any(|(id, _)| *id == peer)
         })
     }
+}
+
+/// The requests that move replicas and the map (`hosting`, `membership`):
+/// answered whether or not this node hosts the shard. `None` for the rest.
+async fn serve_hosting(inner: &Arc<Inner>, request: &Request) -> Option<Response> {
+    let node = Node { inner: Arc::clone(inner) };
+    let done = |result: Result<(), String>| match result {
+        Ok(()) => Response::AdminDone,
+        Err(reason) => Response::Refused(reason),
+    };
+    Some(match request {
+        Request::Host { group } => done(node.host_shard(*group).await),
+        Request::Release { group, voters } => done(node.release_shard(*group, voters).await),
+        Request::Membership { group } => match node.membership_view(*group) {
+            Some(view) => Response::Membership(view),
+            None => not_here(inner, *group, request),
+        },
+        Request::MoveShard { group, voters, addrs, release } => {
+            if inner.group(*group).is_none() {
+                return Some(not_here(inner, *group, request));
+            }
+            let voters = voters.iter().copied().collect();
+            let addrs = addrs.iter().cloned().collect();
+            match node.move_shard_releasing(*group, &voters, &addrs, *release).await {
+                Ok(changed) => Response::Moved { changed },
+                Err(error) => Response::Refused(error.to_string()),
+            }
+        }
+        Request::Placement { shards, members, .. } => {
+            let placement = Placement {
+                shards: shards
+                    .iter()
+                    .map(|(voters, leader)| ShardPlacement { voters: voters.clone(), preferred_leader: *leader })
+                    .collect(),
+            };
+            done(node.set_placement(placement, members))
+        }
+        _ => return None,
+    })
 }
 
 /// The answer for a shard this node has no group of: a node asking for
@@ -83,9 +126,11 @@ fn not_here(inner: &Inner, shard: u32, request: &Request) -> Response {
         return Response::Refused(format!("shard {shard} does not exist here"));
     };
     match request {
-        Request::Submit { .. } | Request::Query { .. } | Request::ReadIndex { .. } => {
-            Response::NotHosted { leader: route.leader_hint() }
-        }
+        Request::Submit { .. }
+        | Request::Query { .. }
+        | Request::ReadIndex { .. }
+        | Request::Membership { .. }
+        | Request::MoveShard { .. } => Response::NotHosted { leader: route.leader_hint() },
         _ => Response::Refused(format!("shard {shard} is not hosted on this node")),
     }
 }
@@ -166,6 +211,11 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
         }
         Request::Query { query, linearizable, .. } => serve_query(inner, group.shard, query, linearizable).await,
         Request::Probe { .. } => Response::Probe { initialized: raft.is_initialized().await.unwrap_or(false) },
+        Request::Host { .. }
+        | Request::Release { .. }
+        | Request::Membership { .. }
+        | Request::MoveShard { .. }
+        | Request::Placement { .. } => Response::Refused("answered before the shard's group".into()),
     }
 }
 

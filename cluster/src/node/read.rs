@@ -144,7 +144,7 @@ impl Node {
         if let Some(failure) = group.health.failure() {
             return Err(ReadError::stopped(failure));
         }
-        let index = self.read_index(group).await?;
+        let index = self.read_index(&group).await?;
         let timeout = inner.rpc_timeout();
         // Wait until this node has applied what the leader committed.
         if let Some(index) = index
@@ -220,7 +220,8 @@ impl Node {
     /// applies, so this may wait behind them: `None` when some shard does
     /// not answer within `timeout`.
     pub async fn live_holds(&self, timeout: Duration) -> Option<u64> {
-        let reads = self.inner.groups.iter().map(|group| local::<ShardStats>(group, Query::Stats));
+        let groups = self.inner.hosted_groups();
+        let reads = groups.iter().map(|group| local::<ShardStats>(group, Query::Stats));
         let answers = tokio::time::timeout(timeout, futures_util::future::join_all(reads)).await.ok()?;
         answers.into_iter().map(|answer| answer.ok().map(|stats| stats.live_holds)).sum()
     }
@@ -229,8 +230,8 @@ impl Node {
     /// the shard, the applied index and the digest (replicas that applied
     /// the same log agree).
     pub async fn digests(&self) -> Result<Vec<(u32, Option<u64>, u128)>, ReadError> {
-        let mut digests = Vec::with_capacity(self.inner.groups.len());
-        for group in &self.inner.groups {
+        let mut digests = Vec::with_capacity(self.inner.hosted_groups().len());
+        for group in &self.inner.hosted_groups() {
             let (applied, digest) = local(group, Query::Digest).await?;
             digests.push((group.shard, applied, digest));
         }
@@ -241,8 +242,8 @@ impl Node {
     /// actor for its applied id, a message that costs the shard nothing
     /// more than a read.
     pub async fn backup_views(&self) -> Result<Vec<BackupView>, ReadError> {
-        let mut views = Vec::with_capacity(self.inner.groups.len());
-        for group in &self.inner.groups {
+        let mut views = Vec::with_capacity(self.inner.hosted_groups().len());
+        for group in &self.inner.hosted_groups() {
             let applied = local(group, Query::Applied).await?;
             views.push(BackupView {
                 shard: group.shard,

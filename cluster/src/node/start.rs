@@ -9,17 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use actix::{Addr, ArbiterHandle};
+use engine::actor::ShardActor;
 use engine::actor::ShardPool;
 use engine::snapshot::SnapshotStore;
 use engine::wal::{ArchiveConfig, ArchiveStats, Wal};
 use engine::{Limits, ShardState};
 use openraft::SnapshotPolicy;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::bootstrap::bootstrap;
+use super::hosting::load_placement;
 use super::leadership::{hand_over_on_stop, react_to_failures, rebalance, watch_leadership};
 use super::membership::learn_member_addresses;
 use super::peer_service::Service;
@@ -137,30 +140,32 @@ impl Node {
             (None, None)
         };
         let health = Health::new(config.shards);
+        let kit = GroupKit {
+            actors: (0..config.shards).filter_map(|shard| pool.shard(shard).cloned()).collect(),
+            arbiters: (0..config.shards).filter_map(|shard| pool.arbiter(shard).cloned()).collect(),
+            router,
+            raft_config,
+            snapshot_thread,
+            ledger_sender,
+        };
         let context = GroupContext {
             id,
             config: &config,
-            pool: &pool,
-            router: &router,
+            kit: &kit,
+            transport: &transport,
             events: &events,
             clock: &clock,
-            raft_config: &raft_config,
-            snapshot_thread: snapshot_thread.as_ref(),
-            ledger_sender: ledger_sender.as_ref(),
             health: &health,
+            joining: false,
         };
         let mut groups = Vec::with_capacity(config.shards as usize);
-        let mut group_index = Vec::with_capacity(config.shards as usize);
         let mut routes = Vec::with_capacity(config.shards as usize);
         let mut tasks = Vec::new();
         for ((shard, files), placed) in (0..config.shards).zip(files).zip(&placement.shards) {
-            group_index.push(None);
-            if let Some(files) = files {
-                let (group, group_tasks) = start_group(&context, shard, files).await?;
-                tasks.extend(group_tasks);
-                group_index[shard as usize] = Some(groups.len());
-                groups.push(group);
-            }
+            groups.push(match files {
+                Some(files) => Some(start_group(&context, shard, files).await?),
+                None => None,
+            });
             let (route, forwarder_task) = start_route(&config, &transport, shard, placed.voters.clone());
             tasks.push(forwarder_task);
             routes.push(route);
@@ -173,10 +178,11 @@ impl Node {
                 id,
                 config,
                 transport: transport.clone(),
-                groups,
-                group_index,
+                groups: RwLock::new(groups),
+                kit: Mutex::new(Some(Arc::new(kit))),
+                hosting: tokio::sync::Mutex::new(()),
                 routes,
-                placement,
+                placement: RwLock::new(placement),
                 pool: Mutex::new(Some(pool)),
                 events,
                 clock,
@@ -196,8 +202,8 @@ impl Node {
 
     /// The tasks a started node runs until it stops: the peer service,
     /// bootstrap, the reaction to stopped shards, rebalancing (when on),
-    /// the sweeper of abandoned snapshot transfers, and per group the
-    /// learning of its members' addresses.
+    /// and the sweeper of abandoned snapshot transfers (each group runs its
+    /// own tasks: `start_group`).
     fn spawn_background(&self, listener: TcpListener, health: Arc<Health>) {
         let serve = self.inner.transport.serve(listener, Arc::new(Service { node: Arc::downgrade(&self.inner) }));
         self.inner.tasks.lock().push(serve);
@@ -211,10 +217,6 @@ impl Node {
         }
         let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&self.inner)));
         self.inner.tasks.lock().push(sweep);
-        for group in &self.inner.groups {
-            let learn = tokio::spawn(learn_member_addresses(group.raft.clone(), self.inner.transport.clone()));
-            self.inner.tasks.lock().push(learn);
-        }
     }
     /// Stops the node: peers see it go at once; Raft groups, proposers and
     /// shard actors stop. Durable state stays on disk for a restart.
@@ -232,7 +234,12 @@ impl Node {
         for task in inner.tasks.lock().drain(..) {
             task.abort();
         }
-        for group in &inner.groups {
+        // No group starts from here on; the ledger's queue closes with the
+        // last group's state machine.
+        let _hosting = inner.hosting.lock().await;
+        drop(inner.kit.lock().take());
+        for group in inner.hosted_groups() {
+            group.stop_tasks();
             let _ = group.raft.shutdown().await;
         }
         let pool = inner.pool.lock().take();
@@ -260,31 +267,37 @@ fn check_protected_mode(config: &ClusterConfig, listener: &TcpListener) -> Resul
 /// archive attached when `archive_dir` is set), and where its log time is
 /// recovered from when its log is empty: the snapshot's last entry and log
 /// time.
-struct ShardFiles {
+pub(super) struct ShardFiles {
     snapshots: SnapshotStore,
     wal: Wal,
     snapshot_time: Option<(engine::LogId, u64)>,
     archive: Option<Arc<ArchiveStats>>,
 }
 
-/// Where the placement rule puts each shard among the configured members
+/// This node's map: the one it saved last (a node add or remove moved the
+/// shards since the cluster started: `hosting`), else where the placement
+/// rule puts each shard among the configured members
 /// (`replication_factor`; every member when it is 0 or at least their
 /// count).
 fn plan_placement(config: &ClusterConfig) -> Result<Placement, StartError> {
+    if let Some(saved) = load_placement(&config.data_dir, config.shards) {
+        return Ok(saved);
+    }
     let members: Vec<NodeId> = config.members.iter().map(|member| member.id).collect();
     placement::plan(&members, config.shards, config.replicas(), None)
         .map_err(|error| StartError::Config(format!("placement: {error}")))
 }
 
-/// Per shard, whether this node hosts it: every shard when the cluster is
-/// not placed (each node holds all, as a node waiting to be added does);
-/// else the shards the rule gives this node, and any it already has data
-/// for (a restart never drops a replica by itself).
+/// Per shard, whether this node hosts it: every shard when shards do not
+/// follow the placement rule (each node holds all, as a node waiting to be
+/// added does); else the shards its map gives this node (none for a node
+/// waiting to be added: the mover starts its groups), and any it already
+/// has data for (a restart never drops a replica by itself).
 fn hosted_shards(config: &ClusterConfig, placement: &Placement) -> Vec<bool> {
     (0..config.shards)
         .zip(&placement.shards)
         .map(|(shard, placed)| {
-            !config.is_placed()
+            !config.follows_placement()
                 || placed.voters.contains(&config.node_id)
                 || has_data(&shard_dir(&config.data_dir, shard))
         })
@@ -292,7 +305,7 @@ fn hosted_shards(config: &ClusterConfig, placement: &Placement) -> Vec<bool> {
 }
 
 /// Whether a shard's directory holds a WAL segment or a snapshot.
-fn has_data(dir: &Path) -> bool {
+pub(super) fn has_data(dir: &Path) -> bool {
     let non_empty = |sub: &str| std::fs::read_dir(dir.join(sub)).is_ok_and(|mut entries| entries.next().is_some());
     non_empty("wal") || non_empty("snapshots")
 }
@@ -313,25 +326,32 @@ fn open_shards(
             files.push(None);
             continue;
         }
-        let dir = shard_dir(&config.data_dir, shard);
-        let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
-        let state = match snapshots.load_latest()? {
-            Some((_, state)) => state,
-            None => ShardState::new(shard, config.shards, initial_limits()),
-        };
-        let mut wal = Wal::open(dir.join("wal"), config.wal)?;
-        let archive = match &config.archive_dir {
-            Some(archive_dir) => Some(wal.set_archive(ArchiveConfig {
-                dir: archive_dir.join(format!("shard-{shard:05}")),
-                retry_ms: config.archive_retry_ms,
-            })?),
-            None => None,
-        };
-        let snapshot_time = state.last_applied().map(|at| (at, state.now_ms()));
-        files.push(Some(ShardFiles { snapshots, wal, snapshot_time, archive }));
+        let (state, shard_files) = open_shard(config, shard)?;
+        files.push(Some(shard_files));
         states.push(state);
     }
     Ok((states, files))
+}
+
+/// Opens one shard's snapshots and WAL (creating them when new): the state
+/// it starts from (its newest snapshot, or empty) and its files.
+pub(super) fn open_shard(config: &ClusterConfig, shard: u32) -> Result<(ShardState, ShardFiles), StartError> {
+    let dir = shard_dir(&config.data_dir, shard);
+    let snapshots = SnapshotStore::open(dir.join("snapshots"), config.snapshots_kept)?;
+    let state = match snapshots.load_latest()? {
+        Some((_, state)) => state,
+        None => ShardState::new(shard, config.shards, initial_limits()),
+    };
+    let mut wal = Wal::open(dir.join("wal"), config.wal)?;
+    let archive = match &config.archive_dir {
+        Some(archive_dir) => Some(wal.set_archive(ArchiveConfig {
+            dir: archive_dir.join(format!("shard-{shard:05}")),
+            retry_ms: config.archive_retry_ms,
+        })?),
+        None => None,
+    };
+    let snapshot_time = state.last_applied().map(|at| (at, state.now_ms()));
+    Ok((state, ShardFiles { snapshots, wal, snapshot_time, archive }))
 }
 
 /// The peer transport, told where every other configured member listens.
@@ -381,18 +401,39 @@ fn raft_config(config: &ClusterConfig) -> Result<Arc<openraft::Config>, StartErr
     Ok(Arc::new(raft_config.validate().map_err(|e| StartError::Raft { shard: 0, reason: e.to_string() })?))
 }
 
+/// What starting a group needs beyond the node's config and its shared
+/// channels: every shard's actor and thread, the peer router, openraft's
+/// settings, the snapshot thread and the ledger's queue. The node keeps it
+/// so that a group can start at run time (`hosting`).
+pub(super) struct GroupKit {
+    actors: Vec<Addr<ShardActor>>,
+    arbiters: Vec<ArbiterHandle>,
+    router: Router,
+    raft_config: Arc<openraft::Config>,
+    snapshot_thread: Option<SnapshotThread>,
+    ledger_sender: Option<LedgerSender>,
+}
+
+impl GroupKit {
+    /// `shard`'s actor.
+    pub(super) fn actor(&self, shard: u32) -> Option<&Addr<ShardActor>> {
+        self.actors.get(shard as usize)
+    }
+}
+
 /// What every group's start shares.
-struct GroupContext<'a> {
-    id: NodeId,
-    config: &'a ClusterConfig,
-    pool: &'a ShardPool,
-    router: &'a Router,
-    events: &'a broadcast::Sender<NodeEvent>,
-    clock: &'a Clock,
-    raft_config: &'a Arc<openraft::Config>,
-    snapshot_thread: Option<&'a SnapshotThread>,
-    ledger_sender: Option<&'a LedgerSender>,
-    health: &'a Arc<Health>,
+pub(super) struct GroupContext<'a> {
+    pub(super) id: NodeId,
+    pub(super) config: &'a ClusterConfig,
+    pub(super) kit: &'a GroupKit,
+    pub(super) transport: &'a Transport,
+    pub(super) events: &'a broadcast::Sender<NodeEvent>,
+    pub(super) clock: &'a Clock,
+    pub(super) health: &'a Arc<Health>,
+    /// Whether the groups join a shard that runs elsewhere (`hosting`):
+    /// until their membership names this node a voter, this node serves
+    /// the shard through its voters.
+    pub(super) joining: bool,
 }
 
 /// One shard's route from this node (`route`) and its forwarder's task;
@@ -418,18 +459,18 @@ fn start_route(
 
 /// Starts one shard's group: its state machine and log store on the
 /// shard's files, its log time recovered, its Raft core, proposer and
-/// leadership watch on the shard's thread. Answers the group and the tasks
-/// it runs.
-async fn start_group(
+/// leadership watch on the shard's thread, and the learning of its
+/// members' addresses.
+pub(super) async fn start_group(
     context: &GroupContext<'_>,
     shard: u32,
     files: ShardFiles,
-) -> Result<(Group, Vec<JoinHandle<()>>), StartError> {
+) -> Result<Arc<Group>, StartError> {
     let ShardFiles { snapshots, wal, snapshot_time, archive } = files;
     let config = context.config;
     let actor = context
-        .pool
-        .shard(shard)
+        .kit
+        .actor(shard)
         .cloned()
         .ok_or_else(|| StartError::Raft { shard, reason: "no actor for the shard".into() })?;
     let is_leader = Arc::new(AtomicBool::new(false));
@@ -443,11 +484,11 @@ async fn start_group(
     let publisher = Publisher {
         is_leader: Arc::clone(&is_leader),
         events: context.events.clone(),
-        ledger: context.ledger_sender.cloned(),
+        ledger: context.kit.ledger_sender.clone(),
     };
     let mut state_machine =
         StateMachine::new(shard, actor.clone(), snapshots.clone(), publisher, Arc::new(deadline_tx));
-    if let Some(snapshot_thread) = context.snapshot_thread {
+    if let Some(snapshot_thread) = &context.kit.snapshot_thread {
         let shadow =
             Shadow::new(wal.reader(), snapshots, shard, config.shards, initial_limits(), config.append_entries_max);
         state_machine = state_machine.with_shadow(shadow, snapshot_thread.clone());
@@ -463,7 +504,7 @@ async fn start_group(
         .with_health(shard_health.clone());
     recover_clock(&log, &shard_clock, snapshot_time)?;
     let core = GroupCore {
-        network: GroupNetwork { router: context.router.clone(), group: shard },
+        network: GroupNetwork { router: context.kit.router.clone(), group: shard },
         log: log.clone(),
         state_machine,
         settings: ProposerSettings {
@@ -478,8 +519,11 @@ async fn start_group(
         health: shard_health.clone(),
     };
     let (raft, proposer, group_tasks) = start_core(context, shard, core).await?;
-    let tasks = Vec::from(group_tasks);
-    let group = Group {
+    let excluded = Arc::new(AtomicBool::new(context.joining));
+    let mut tasks = Vec::from(group_tasks);
+    let learn = learn_member_addresses(raft.clone(), context.transport.clone(), Arc::clone(&excluded), context.joining);
+    tasks.push(tokio::spawn(learn));
+    Ok(Arc::new(Group {
         shard,
         raft,
         proposer,
@@ -490,8 +534,9 @@ async fn start_group(
         snapshot_counters,
         health: shard_health,
         archive,
-    };
-    Ok((group, tasks))
+        excluded,
+        tasks: Mutex::new(tasks),
+    }))
 }
 
 /// Log time resumes from this node's own log (its last batch) or
@@ -536,13 +581,14 @@ async fn start_core(
 ) -> Result<(Raft, Proposer, [JoinHandle<()>; 2]), StartError> {
     let id = context.id;
     let arbiter = context
-        .pool
-        .arbiter(shard)
+        .kit
+        .arbiters
+        .get(shard as usize)
         .cloned()
         .ok_or_else(|| StartError::Raft { shard, reason: "no thread for the shard".into() })?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let on_shard_thread = {
-        let raft_config = Arc::clone(context.raft_config);
+        let raft_config = Arc::clone(&context.kit.raft_config);
         let GroupCore { network, log, state_machine, settings, deadline_rx, clock, is_leader, thread, health } = core;
         async move {
             thread.claim();

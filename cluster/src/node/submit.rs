@@ -96,7 +96,7 @@ impl Node {
         }
         match self.inner.route(shard) {
             None => Err(no_shard(shard)),
-            Some(Route::Local(group)) => self.submit_local(group, commands, request_ids).await,
+            Some(Route::Local(group)) => self.submit_local(&group, commands, request_ids).await,
             Some(Route::Remote(route)) => self.submit_remote(shard, route, commands, request_ids).await,
         }
     }

@@ -165,8 +165,10 @@ use crate::wire::{Request, Response};
 /// 17's commerce commands and outcomes (`SetBundle`, `SetProduct`,
 /// `DeleteItem`, `DeleteSku`, allocation options), segment format 7; 9:
 /// queries travel between nodes (`Request::Query`, `Response::Answered`)
-/// and a node says when it does not serve a shard (`NotHosted`)).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// and a node says when it does not serve a shard (`NotHosted`); 10: a
+/// shard's replicas move between nodes (`Host`, `Release`, `Membership`,
+/// `MoveShard`, `Placement`)).
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Limits of one transport. Each applies per connection unless it says otherwise.
 #[derive(Clone, Debug)]
@@ -415,6 +417,11 @@ impl Transport {
     /// Whether `set_peer` told this transport where `peer` listens.
     pub fn knows_peer(&self, peer: NodeId) -> bool {
         self.inner.registry.peers.lock().slots.contains_key(&peer)
+    }
+
+    /// Where `peer` listens, if this transport knows.
+    pub fn peer_addr(&self, peer: NodeId) -> Option<String> {
+        self.inner.registry.peers.lock().slots.get(&peer).map(|slot| slot.addr.clone())
     }
 
     /// Every peer this transport knows where to reach, by id.

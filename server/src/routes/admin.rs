@@ -477,13 +477,18 @@ fn membership_pause(state: &AppState) -> std::time::Duration {
     post,
     path = "/v1/admin/nodes",
     tag = "operations",
-    summary = "Add a node to every shard's group as a voter, one shard at a time",
-    description = "Start the new node first, with a fresh data directory and `cluster.members` naming this \
-        cluster's voters (not itself). Then per shard, in order: the node joins as a learner and catches up \
-        (a snapshot, then the log), the voters become the old ones plus the node (joint consensus), and the \
-        change pauses `cluster.membership_shard_pause_ms` before the next shard. Writes go on meanwhile. \
-        Answers at once (202) with the change running; follow it with `GET /v1/admin/nodes`. Running it \
-        again after a failure resumes it. One change at a time per node.",
+    summary = "Add a node: to every shard's group, or to the shards the placement moves to it",
+    description = "Start the new node first, with a fresh data directory, the cluster's \
+        `cluster.replication_factor`, and `cluster.members` naming this cluster's members (not itself). \
+        With `replication_factor` 0 the node joins every shard; with it set, the placement rule plans \
+        each shard's voters over the members plus the node, starting from the voters they have, and only \
+        the difference moves (the new node's share, a few more to keep the counts within one). Per shard \
+        that changes, in order: each joining node starts the shard's group, joins as a learner and catches \
+        up (a snapshot, then the log), the voters change by joint consensus (a leaving leader hands over \
+        first), nodes that left drop their copy, and the change pauses `cluster.membership_shard_pause_ms` \
+        before the next shard. Last, every member takes the new placement (`GET /v1/cluster`). Writes go \
+        on meanwhile. Answers at once (202) with the change running; follow it with `GET /v1/admin/nodes`. \
+        Running it again after a failure resumes it. One change at a time per node.",
     extensions(("x-tally-role" = json!("admin"))),
     request_body = NodeRequest,
     responses(
@@ -491,9 +496,8 @@ fn membership_pause(state: &AppState) -> std::time::Duration {
         (status = 400, description = "`invalid_body`, `invalid_json`, `invalid_membership` (id 0, a bad address, \
             or the id is a member at another address)."),
         (status = 403, description = "`forbidden`."),
-        (status = 409, description = "`node_already_member` (a voter of every shard), \
-            `membership_change_in_progress`, `cluster_is_placed` (shards live on fewer nodes than there are: \
-            `cluster.replication_factor`)."),
+        (status = 409, description = "`node_already_member` (a voter of every shard; with \
+            `replication_factor` set, a node of the placement), `membership_change_in_progress`."),
     ),
 )]
 pub async fn add_node(
@@ -516,8 +520,11 @@ pub async fn add_node(
     tag = "operations",
     summary = "Remove a node from every shard's group, one shard at a time",
     description = "Per shard, in order: the voters become the old ones without the node (joint consensus), \
-        which drops it from the group; a shard's leader on that node hands over to the others. The change \
-        pauses `cluster.membership_shard_pause_ms` between shards. Writes go on meanwhile. Answers at once \
+        which drops it from the group; a shard's leader on that node hands over to the others. With \
+        `cluster.replication_factor` set, the placement rule first gives the node's replicas to the \
+        nodes that stay (each joins as a learner and catches up before the voter change), the node drops \
+        each copy once out, and every member takes the new placement at the end. The change pauses \
+        `cluster.membership_shard_pause_ms` between shards. Writes go on meanwhile. Answers at once \
         (202); follow it with `GET /v1/admin/nodes`, then stop the removed node. Send it to a node that \
         stays (a node does not remove itself).",
     extensions(("x-tally-role" = json!("admin"))),
@@ -528,8 +535,7 @@ pub async fn add_node(
             the node asked)."),
         (status = 403, description = "`forbidden`."),
         (status = 404, description = "`node_not_member`."),
-        (status = 409, description = "`membership_change_in_progress`, `cluster_is_placed` (shards live on \
-            fewer nodes than there are: `cluster.replication_factor`)."),
+        (status = 409, description = "`membership_change_in_progress`."),
     ),
 )]
 pub async fn remove_node(
