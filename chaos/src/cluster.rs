@@ -12,6 +12,7 @@
 //! (`testkit`): the `tally` binary given, or this program re-run as
 //! `<program> tally serve …` (the same `server::cli`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,9 +38,10 @@ pub struct Settings {
     /// Extra `[cluster]` settings for every node (timeouts, etc.): key and
     /// TOML value.
     pub cluster_extra: Vec<(String, String)>,
-    /// Whether each shard lives on fewer nodes than there are
-    /// (`cluster.replication_factor` among `cluster_extra`): then the
-    /// membership is the placement, and nothing heals it.
+    /// Whether shards follow the placement rule (`cluster.replication_factor`
+    /// among `cluster_extra`): node additions and removals move replicas,
+    /// and a heal restores the placement's shape, not "every node holds
+    /// every shard".
     pub placed: bool,
 }
 
@@ -334,6 +336,39 @@ impl ChaosCluster {
     /// its config (its data has the membership).
     pub fn joined(&mut self, id: u8) {
         self.node_mut(id).set_env(MEMBERS_ENV, None);
+    }
+
+    /// Per node (the spare too), the shards it is a voter of, each shard's
+    /// voters as its leader (or, leaderless, any host) reports them in
+    /// `GET /v1/cluster`, over every running node.
+    pub async fn replicas_held(&self) -> Result<BTreeMap<u8, u64>, String> {
+        let mut voters: BTreeMap<u64, (bool, Vec<u64>)> = BTreeMap::new();
+        for id in (1..=self.spare()).filter(|id| self.is_running(*id)) {
+            let Ok((_, _, status)) = self.node(id).client().try_request(Method::GET, "/v1/cluster", &[], None).await
+            else {
+                continue;
+            };
+            for shard in status["shards"].as_array().into_iter().flatten() {
+                let Some(number) = shard["shard"].as_u64() else { continue };
+                let leads = shard["leader"].as_u64() == Some(u64::from(id));
+                let set: Vec<u64> =
+                    shard["voters"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+                let entry = voters.entry(number).or_insert((false, Vec::new()));
+                if leads || (!entry.0 && entry.1.is_empty()) {
+                    *entry = (leads, set);
+                }
+            }
+        }
+        if voters.is_empty() {
+            return Err("no running node reports a shard".to_owned());
+        }
+        let mut held = BTreeMap::new();
+        for voter in voters.values().flat_map(|(_, set)| set) {
+            if let Ok(id) = u8::try_from(*voter) {
+                *held.entry(id).or_insert(0) += 1;
+            }
+        }
+        Ok(held)
     }
 
     /// The shard count, and per node (the spare too) the number of shards

@@ -60,8 +60,8 @@ pub struct RunOptions {
     pub nodes: u8,
     pub shards: u32,
     /// Nodes each shard lives on (`cluster.replication_factor`); 0: every
-    /// node. A placed cluster runs no add-node or remove-node fault (the
-    /// server refuses them for it).
+    /// node. Set, add-node and remove-node move replicas by the placement
+    /// rule.
     pub replication_factor: u32,
     /// Hot SKUs, one warehouse each.
     pub items: u32,
@@ -80,9 +80,10 @@ impl RunOptions {
         cluster::placement::replicas(self.replication_factor, usize::from(self.nodes))
     }
 
-    /// Whether shards live on fewer nodes than there are.
+    /// Whether shards follow the placement rule (`replication_factor`
+    /// set), even when it puts each on every node.
     pub fn is_placed(&self) -> bool {
-        self.replicas() < u32::from(self.nodes)
+        self.replication_factor > 0
     }
 
     /// The defaults of `tally-chaos run`.
@@ -340,7 +341,7 @@ async fn drive(cluster: &mut ChaosCluster, options: &RunOptions) -> Result<(Hist
     let until = started + options.duration;
     let recorder = Arc::new(Recorder::new(started));
     let load = Load::start(options, &nodes, &items, &probe_sku, &recorder, until);
-    let steps = schedule::plan_for(&options.schedule, options.duration, options.seed, options.is_placed());
+    let steps = schedule::plan(&options.schedule, options.duration, options.seed);
     let mut done = run_steps(cluster, &steps, started, options, hot_shard, &recorder).await;
     let (ops, probes) = load.finish(&recorder).await;
 
@@ -753,7 +754,8 @@ async fn inject_membership(
     match step.kind {
         FaultKind::AddNode => {
             let (via, spare) = (random_node(rng, size), cluster.spare());
-            let what = format!("add node {spare} to every shard (through node {via})");
+            let scope = if cluster.is_placed() { "to its share of the shards" } else { "to every shard" };
+            let what = format!("add node {spare} {scope} (through node {via})");
             record(what.clone(), false);
             cluster.add_node(via, spare).await?;
             tokio::time::sleep(step.hold).await;
@@ -766,7 +768,7 @@ async fn inject_membership(
             let node = random_node(rng, size);
             let others = others(node, size);
             let via = others[rng.index(others.len())];
-            let what = format!("remove node {node} from every shard (through node {via}), stop and wipe it");
+            let what = format!("remove node {node} from every shard it holds (through node {via}), stop and wipe it");
             record(what.clone(), false);
             cluster.remove_node(via, node).await?;
             cluster.kill(node).await?;
@@ -823,6 +825,38 @@ async fn heal_membership(
     Ok(())
 }
 
+/// In a placed cluster, the spare holds no replica and every node some:
+/// undoes an `add-node` or `remove-node` step that stopped midway (the
+/// mover places the replicas; a rerun of an addition that moved part of
+/// them is already a member, and the placement stays as it stopped).
+async fn heal_placement(
+    cluster: &mut ChaosCluster,
+    recorder: &Recorder,
+    faults: &mut Vec<FaultEvent>,
+) -> Result<(), String> {
+    let held = cluster.replicas_held().await?;
+    let count = |node: u8| held.get(&node).copied().unwrap_or(0);
+    let via =
+        cluster.ids().find(|id| cluster.is_running(*id) && count(*id) > 0).ok_or("no running node holds a replica")?;
+    let spare = cluster.spare();
+    if count(spare) > 0 {
+        cluster.remove_node(via, spare).await?;
+        cluster.restart_as_new(spare).await?;
+        faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {spare} removed"), heals: true });
+    }
+    for id in cluster.ids() {
+        if count(id) == 0 {
+            if !cluster.is_running(id) {
+                cluster.restart_as_new(id).await?;
+            }
+            cluster.add_node(via, id).await?;
+            cluster.joined(id);
+            faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {id} added back"), heals: true });
+        }
+    }
+    Ok(())
+}
+
 /// Every link passes, every node runs unpaused with a true clock.
 async fn heal_all(cluster: &mut ChaosCluster, recorder: &Recorder, faults: &mut Vec<FaultEvent>) -> Result<(), String> {
     cluster.heal();
@@ -837,10 +871,12 @@ async fn heal_all(cluster: &mut ChaosCluster, recorder: &Recorder, faults: &mut 
             faults.push(FaultEvent { at_us: recorder.micros(), what: format!("restart node {node}"), heals: true });
         }
     }
-    // A placed cluster's membership is its placement: no fault changes it.
-    if !cluster.is_placed()
-        && let Err(why) = heal_membership(cluster, recorder, faults).await
-    {
+    let healed = if cluster.is_placed() {
+        heal_placement(cluster, recorder, faults).await
+    } else {
+        heal_membership(cluster, recorder, faults).await
+    };
+    if let Err(why) = healed {
         problems.push(why);
     }
     for node in cluster.ids() {

@@ -153,20 +153,6 @@ const COOLDOWN: Duration = Duration::from_secs(3);
 
 /// The steps of a run of `duration`.
 pub fn plan(schedule: &Schedule, duration: Duration, seed: u64) -> Vec<Step> {
-    plan_for(schedule, duration, seed, false)
-}
-
-/// `plan`, for a cluster whose shards live on fewer nodes than there are
-/// when `placed`: its random schedule draws no add-node or remove-node
-/// (the server refuses them for such a cluster), and a named schedule
-/// leaves them out. Unplaced, the same steps as `plan`.
-pub fn plan_for(schedule: &Schedule, duration: Duration, seed: u64, placed: bool) -> Vec<Step> {
-    let allowed = |kind: &FaultKind| !placed || !matches!(kind, FaultKind::AddNode | FaultKind::RemoveNode);
-    let schedule = match schedule {
-        Schedule::Each(kinds) => Schedule::Each(kinds.iter().copied().filter(allowed).collect()),
-        Schedule::Random => Schedule::Random,
-    };
-    let schedule = &schedule;
     let mut rng = rng(seed);
     let mut steps = Vec::new();
     let mut at = WARMUP;
@@ -174,10 +160,7 @@ pub fn plan_for(schedule: &Schedule, duration: Duration, seed: u64, placed: bool
     loop {
         let (kind, hold, gap) = match schedule {
             Schedule::Random => {
-                let mut kind = FaultKind::ALL[rng.index(FaultKind::ALL.len())];
-                while !allowed(&kind) {
-                    kind = FaultKind::ALL[rng.index(FaultKind::ALL.len())];
-                }
+                let kind = FaultKind::ALL[rng.index(FaultKind::ALL.len())];
                 let hold = Duration::from_millis(2_000 + 500 * rng.below(13));
                 let hold = if kind == FaultKind::KillAll { hold.min(Duration::from_secs(3)) } else { hold };
                 (kind, hold, Duration::from_millis(2_000 + 500 * rng.below(9)))

@@ -92,17 +92,21 @@ async fn five_nodes_with_nodes_added_and_removed_keep_every_promise() {
 }
 
 /// Five nodes, each shard on three (`replication_factor = 3`): nodes that
-/// do not host a shard forward its requests. Leaders killed and cut off, a
-/// node wiped, a bridge, a pause. Same checks; convergence compares each
-/// shard among its three hosts.
+/// do not host a shard forward its requests. A sixth node added and
+/// removed, a node removed, wiped and added back (replicas move by the
+/// placement rule each time), leaders killed and cut off, a node wiped, a
+/// bridge, a pause. Same checks; convergence compares each shard among its
+/// three hosts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_with_three_copies_of_each_shard_keep_every_promise() {
     let schedule = Schedule::Each(vec![
+        FaultKind::AddNode,
+        FaultKind::RemoveNode,
         FaultKind::KillLeader,
         FaultKind::PartitionLeader,
         FaultKind::WipeRestart,
         FaultKind::Bridge,
         FaultKind::Pause,
     ]);
-    run_and_check_on((5, 3), 19, schedule, Duration::from_secs(60)).await;
+    run_and_check_on((5, 3), 19, schedule, Duration::from_secs(90)).await;
 }

@@ -211,20 +211,25 @@ impl Node {
     }
 
     /// Asks `node` to start an empty group of `shard` (this node itself, or
-    /// over the peer connection), before it joins as a learner.
+    /// over the peer connection), before it joins as a learner. A node that
+    /// cannot be reached yet (still starting) is asked again within the
+    /// retry window; one that refuses is not.
     pub(super) async fn host_on(&self, node: NodeId, shard: u32) -> Result<(), AdminError> {
         if node == self.inner.id {
             return self.host_shard(shard).await.map_err(|reason| AdminError::Failed { shard, reason });
         }
         let request = Request::Host { group: shard };
-        match self.inner.transport.call(node, &request, self.inner.rpc_timeout() * 5).await {
-            Ok(Response::AdminDone) => Ok(()),
-            Ok(Response::Refused(reason)) => Err(AdminError::Failed { shard, reason }),
-            Ok(other) => {
-                Err(AdminError::Failed { shard, reason: format!("node {node} cannot host the shard: {other:?}") })
-            }
-            Err(error) => {
-                Err(AdminError::Failed { shard, reason: format!("node {node} cannot host the shard: {error}") })
+        let mut retry = Retry::new(self.inner.config.retry_window_ms);
+        loop {
+            let reason = match self.inner.transport.call(node, &request, self.inner.rpc_timeout() * 5).await {
+                Ok(Response::AdminDone) => return Ok(()),
+                Ok(Response::Refused(reason)) => return Err(AdminError::Failed { shard, reason }),
+                Ok(other) => format!("{other:?}"),
+                Err(error) => error.to_string(),
+            };
+            if !retry.pause().await {
+                let reason = format!("node {node} cannot host the shard: {reason}");
+                return Err(AdminError::Failed { shard, reason });
             }
         }
     }
