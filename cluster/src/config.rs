@@ -109,14 +109,14 @@ pub struct ClusterConfig {
     pub shards: u32,
     /// Nodes each shard lives on (its group's voters), chosen among
     /// `members` by the placement rule (`placement`, docs/SCALE-OUT.md §3).
-    /// 0, the default for now, means every member, and so does any number
-    /// at or above the member count. Below it, a node starts only the
-    /// groups the rule gives it and serves the others through the nodes
-    /// that host them (`node::route`). Read when the cluster is first
-    /// bootstrapped; a node that restarts keeps the shards it has data
-    /// for. `tally node add`/`remove` refuse to run while a shard lives on
-    /// fewer nodes than there are members, until they move replicas by the
-    /// rule.
+    /// Default 3 (capped at the member count: one, two or three nodes hold
+    /// every shard). Below the member count, a node starts only the groups
+    /// the rule gives it and serves the others through the nodes that host
+    /// them (`node::route`). Read when the cluster is first bootstrapped;
+    /// then a node's map is the one the last node add or remove saved, and
+    /// `tally node add`/`remove` move only the replicas the rule changes.
+    /// 0 means every member, always: a node add puts every shard on the new
+    /// node.
     pub replication_factor: u32,
     pub data_dir: PathBuf,
     /// The movement ledger (`[ledger]` of the server's file, copied here by
@@ -235,7 +235,7 @@ impl Default for ClusterConfig {
             members: vec![Member { id: 1, addr: "127.0.0.1:7001".into() }],
             dial: Vec::new(),
             shards: 8,
-            replication_factor: 0,
+            replication_factor: 3,
             data_dir: PathBuf::from("data"),
             ledger: crate::ledger::LedgerConfig::default(),
             shard_threads: 0,

@@ -629,7 +629,7 @@ async fn after_a_restart_log_time_resumes_from_the_log_and_catches_up_only_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_are_explicit_admin_operations() {
-    let mut cluster = TestCluster::start(3, 2, |_| {}).await;
+    let mut cluster = TestCluster::start(3, 2, |config| config.replication_factor = 0).await;
     cluster.wait_for_leaders(SETTLE).await;
     expect_ok(&cluster.node(1).submit(upsert("members", "w1", 9, 0)).await.unwrap_or_else(|e| panic!("{e}")));
 

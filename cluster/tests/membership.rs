@@ -82,6 +82,8 @@ fn voters_everywhere(node: &Node) -> Vec<Vec<u64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     let mut cluster = TestCluster::start(3, SHARDS, |config| {
+        // Every member holds every shard: a node add changes every shard.
+        config.replication_factor = 0;
         // Snapshots early and a short log behind them: the joiner must
         // catch up from a snapshot, then the log.
         config.snapshot_after_entries = 20;
@@ -200,7 +202,7 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_that_cannot_be_made_are_refused() {
-    let cluster = TestCluster::start(1, 2, |_| {}).await;
+    let cluster = TestCluster::start(1, 2, |config| config.replication_factor = 0).await;
     cluster.wait_for_leaders(SETTLE).await;
     let node = cluster.node(1);
     let refused = |result: Result<_, AdminError>| result.err().unwrap_or_else(|| panic!("not refused"));
@@ -227,7 +229,7 @@ async fn membership_changes_that_cannot_be_made_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_addition_cut_short_resumes_or_is_undone() {
-    let cluster = TestCluster::start(1, 2, |_| {}).await;
+    let cluster = TestCluster::start(1, 2, |config| config.replication_factor = 0).await;
     cluster.wait_for_leaders(SETTLE).await;
     let node = cluster.node(1);
     let (second, addr, _dir) = start_joiner(&cluster.configs[0], 2, cluster.configs[0].members.clone()).await;

@@ -191,10 +191,14 @@ async fn three_to_five_nodes_and_back_to_four_moving_only_the_difference_under_l
     cluster.node(3).remove_node(4, PAUSE).await.unwrap_or_else(|e| panic!("remove node 4: {e}"));
     change_done(cluster.node(3)).await;
     assert!(fourth.hosted_shards().is_empty(), "node 4 still hosts {:?}", fourth.hosted_shards());
-    let shard_dirs = std::fs::read_dir(dir4.path()).map(|entries| {
-        entries.flatten().filter(|entry| entry.file_name().to_string_lossy().starts_with("shard-")).count()
-    });
-    assert_eq!(shard_dirs.ok(), Some(0), "node 4 removed its shards' data");
+    let shard_dirs: Vec<String> = std::fs::read_dir(dir4.path())
+        .map(|entries| {
+            let names = entries.flatten().map(|entry| entry.path().display().to_string());
+            names.filter(|name| name.contains("shard-")).collect()
+        })
+        .unwrap_or_default();
+    let listing: Vec<String> = shard_dirs.iter().flat_map(|dir| walk(std::path::Path::new(dir))).collect();
+    assert!(shard_dirs.is_empty(), "node 4 removed its shards' data: {listing:?}");
     fourth.shutdown().await;
     let four = [cluster.node(1), cluster.node(2), cluster.node(3), &fifth];
     assert_placed(&four);
@@ -226,4 +230,13 @@ async fn three_to_five_nodes_and_back_to_four_moving_only_the_difference_under_l
     fifth.shutdown().await;
     cluster.converged_digests(SETTLE).await;
     cluster.shutdown().await;
+}
+
+/// Every path under `dir`, for a failure's message.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = vec![dir.display().to_string()];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        found.extend(walk(&entry.path()));
+    }
+    found
 }

@@ -36,7 +36,7 @@ async fn on_hand(node: &Node, sku: &str, consistency: Consistency) -> Option<u64
 /// Four nodes; shard `AWAY` lives on nodes 1, 2 and 4 only, and node 3 is
 /// told it does not host it.
 async fn cluster_without_node_3_on_away() -> TestCluster {
-    let cluster = TestCluster::start(4, SHARDS, |_| {}).await;
+    let cluster = TestCluster::start(4, SHARDS, |config| config.replication_factor = 0).await;
     cluster.wait_for_leaders(SETTLE).await;
     let voters: BTreeSet<u64> = [1, 2, 4].into();
     let moved = cluster.node(1).move_shard(AWAY, &voters, &BTreeMap::new(), &[3].into()).await;

@@ -2,7 +2,9 @@
 //! take holds without pause while `tally node add` brings in a fourth (a
 //! fresh data directory) and `tally node remove` takes the first out. No
 //! acknowledged write fails or is lost, the levels count exactly the
-//! acknowledged holds, and the new node holds every shard and answers reads.
+//! acknowledged holds, and the new node holds every shard and answers reads
+//! (`replication_factor = 0`). With the default factor (3), a fourth node
+//! takes its share of the shards and gives it back.
 
 // Counts and indexes of a few hundred holds; test code, not input.
 #![allow(clippy::cast_possible_truncation)]
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
+use engine::testing::sku_on;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -33,14 +36,7 @@ const HOLD_ATTEMPTS_MAX: u32 = 200;
 /// One SKU on each shard, so the holds reach every shard (and each shard
 /// has a snapshot before node 4 joins).
 fn skus() -> Vec<String> {
-    (0..SHARDS)
-        .map(|shard| {
-            (0..10_000)
-                .map(|n| format!("nodes-{n}"))
-                .find(|sku| engine::shard_of(sku, SHARDS) == shard)
-                .unwrap_or_else(|| panic!("no SKU on shard {shard}"))
-        })
-        .collect()
+    (0..SHARDS).map(|shard| sku_on(shard, SHARDS, "nodes")).collect()
 }
 
 /// Hold `n` takes one unit of SKU `n % SHARDS`.
@@ -130,7 +126,9 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
         .shards(SHARDS)
         .snapshot_after_entries(20)
         .set("cluster", "log_entries_kept_after_snapshot", "5")
-        .set("cluster", "membership_shard_pause_ms", "50");
+        .set("cluster", "membership_shard_pause_ms", "50")
+        // Every member holds every shard: node 4 joins all of them.
+        .set("cluster", "replication_factor", "0");
     let mut cluster = TallyCluster::start(3, options.clone()).await;
     for sku in &skus() {
         let path = item_path(sku, WAREHOUSE);
@@ -260,4 +258,73 @@ async fn node_changes_that_cannot_be_made_answer_stable_codes() {
     let reply = http.post("/v1/admin/nodes", json!({ "id": 6, "addr": "127.0.0.1:9" })).await;
     assert_problem(&reply, StatusCode::CONFLICT, "membership_change_in_progress");
     node.terminate().await;
+}
+
+/// Shards whose placement, as `view` (`GET /v1/cluster`) shows it, has
+/// `node` among the voters.
+fn placed_on(view: &Value, node: u64) -> Vec<u64> {
+    let placement = view["placement"].as_array().cloned().unwrap_or_default();
+    let on = placement.iter().filter(|shard| shard["voters"].as_array().is_some_and(|v| v.contains(&json!(node))));
+    on.filter_map(|shard| shard["shard"].as_u64()).collect()
+}
+
+/// With the default `replication_factor` (3), `tally node add` gives a
+/// fourth node its share of the shards, not all of them, and every node
+/// takes the new placement; `tally node remove` moves that share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_three_copies_a_fourth_node_takes_its_share_and_gives_it_back() {
+    const PLACED_SHARDS: u32 = 6;
+    let options = options().shards(PLACED_SHARDS).set("cluster", "membership_shard_pause_ms", "50");
+    let cluster = TallyCluster::start(3, options.clone()).await;
+    let skus: Vec<String> = (0..PLACED_SHARDS).map(|shard| sku_on(shard, PLACED_SHARDS, "placed")).collect();
+    for sku in &skus {
+        let path = item_path(sku, WAREHOUSE);
+        let (status, _, item) = cluster.http(1).retry(Method::PUT, &path, &[], Some(&json!({ "on_hand": 7 }))).await;
+        assert!(status.is_success(), "creating {sku}: {status} {item}");
+    }
+    let addrs = free_addrs(2);
+    let members: Vec<(u64, SocketAddr)> = cluster.nodes().iter().map(|node| (node.node_id, node.peer_addr)).collect();
+    let mut fourth = TallyProcess::launch_as(&options, 4, addrs[0], addrs[1], members);
+    fourth.healthy().await;
+    let via = url(cluster.node(2).http_addr);
+    let peer = addrs[1].to_string();
+    let added =
+        tally_cli(["node", "add", "--id", "4", "--addr", &peer, "--url", &via].map(str::to_owned).to_vec()).await;
+    assert_eq!(added["change"]["state"], "done", "{added}");
+
+    // Six shards, three copies, four nodes: node 4 holds four or five, and
+    // every node shows the same placement.
+    let (status, _, view) = fourth.http().get("/v1/cluster").await;
+    assert_eq!((status, view["replication_factor"].clone()), (StatusCode::OK, json!(3)), "{view}");
+    let share = placed_on(&view, 4);
+    assert!((4..=5).contains(&share.len()), "node 4's share: {share:?} in {view}");
+    let hosted: Vec<u64> =
+        view["shards"].as_array().into_iter().flatten().filter_map(|s| s["shard"].as_u64()).collect();
+    assert_eq!(hosted, share, "node 4 hosts its share: {view}");
+    for node in 1..=3 {
+        let (_, _, other) = cluster.http(node).get("/v1/cluster").await;
+        assert_eq!(
+            other["placement"].as_array().map(|p| p.iter().map(|s| s["voters"].clone()).collect::<Vec<_>>()),
+            view["placement"].as_array().map(|p| p.iter().map(|s| s["voters"].clone()).collect::<Vec<_>>()),
+            "node {node}'s placement"
+        );
+    }
+    // Node 4 reads every shard: its own, and the others through their hosts.
+    for sku in &skus {
+        let (status, _, item) = fourth.http().retry(Method::GET, &item_path(sku, WAREHOUSE), &[], None).await;
+        assert_eq!((status, u64_of(&item, "on_hand")), (StatusCode::OK, 7), "{sku} via node 4: {item}");
+    }
+
+    let via = url(cluster.node(1).http_addr);
+    let removed = tally_cli(["node", "remove", "--id", "4", "--url", &via].map(str::to_owned).to_vec()).await;
+    assert_eq!(removed["change"]["state"], "done", "{removed}");
+    let (_, _, view) = fourth.http().get("/v1/cluster").await;
+    assert_eq!(view["shards"], json!([]), "node 4 gave its shards back: {view}");
+    let (_, _, view) = cluster.http(1).get("/v1/cluster").await;
+    assert!(placed_on(&view, 4).is_empty(), "node 1's placement still names node 4: {view}");
+    for sku in &skus {
+        let (status, _, item) = cluster.http(3).retry(Method::GET, &item_path(sku, WAREHOUSE), &[], None).await;
+        assert_eq!((status, u64_of(&item, "on_hand")), (StatusCode::OK, 7), "{sku} via node 3: {item}");
+    }
+    fourth.terminate().await;
 }

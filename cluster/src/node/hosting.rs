@@ -73,6 +73,22 @@ fn save_placement(data_dir: &Path, placement: &Placement) -> std::io::Result<()>
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// Removes a released shard's directory. A file a stopping group's
+/// threads still finish (a snapshot, a segment's last sync) can make one
+/// pass fail: tried a few times, a moment apart.
+async fn remove_shard_data(dir: &Path) -> Result<(), String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) if attempt >= 10 => return Err(format!("removing {}: {error}", dir.display())),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
 impl Node {
     /// Starts an empty group of `shard` here, which then joins the shard as
     /// a learner and catches up from its leader (snapshot, then log). Does
@@ -127,8 +143,11 @@ impl Node {
         if voters.contains(&inner.id) {
             return Err(format!("node {} is a voter of shard {shard}: it keeps its group", inner.id));
         }
+        let dir = shard_dir(&inner.config.data_dir, shard);
         let Some(group) = inner.group(shard) else {
-            return Ok(());
+            // Released before, maybe with its data left (a file still being
+            // written then): remove what is left.
+            return remove_shard_data(&dir).await;
         };
         if group.is_leader.load(Ordering::Acquire) {
             return Err(format!("node {} leads shard {shard}: it keeps its group until another leads", inner.id));
@@ -143,8 +162,7 @@ impl Node {
             let empty = ShardState::new(shard, inner.config.shards, initial_limits());
             let _ = actor.send(Install(Box::new(empty))).await;
         }
-        let dir = shard_dir(&inner.config.data_dir, shard);
-        std::fs::remove_dir_all(&dir).map_err(|error| format!("removing {}: {error}", dir.display()))?;
+        remove_shard_data(&dir).await?;
         tracing::info!(shard, "released the shard: its group stopped and its data is removed");
         Ok(())
     }
