@@ -191,6 +191,13 @@ pub struct ClusterConfig {
     pub peer_idle_timeout_ms: u64,
     /// Events buffered for slow subscribers before they miss some.
     pub event_buffer_max: usize,
+    /// Events of each shard a node hosts that it keeps for the nodes that
+    /// relay them (those that do not host the shard); a relay further
+    /// behind than this loses some (`node::relay`).
+    pub event_relay_buffer_max: usize,
+    /// How often a node asks a host for the events of each shard it does
+    /// not host, to stream them as its own.
+    pub event_relay_interval_ms: u64,
     /// How often a leader checks whether a group's preferred leader is back
     /// and hands leadership over; 0 turns rebalancing off.
     pub rebalance_interval_ms: u64,
@@ -262,6 +269,8 @@ impl Default for ClusterConfig {
             peer_connections_incoming_max: 256,
             peer_idle_timeout_ms: 60_000,
             event_buffer_max: 65_536,
+            event_relay_buffer_max: 4_096,
+            event_relay_interval_ms: 100,
             rebalance_interval_ms: 2_000,
             membership_shard_pause_ms: 1_000,
             membership_shard_attempts_max: 10,
@@ -279,6 +288,9 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id == 0 {
             return Err("node_id must be at least 1".into());
+        }
+        if self.event_relay_buffer_max == 0 || self.event_relay_interval_ms == 0 {
+            return Err("event_relay_buffer_max and event_relay_interval_ms must be at least 1".into());
         }
         match &self.secret {
             Some(secret) if secret.len() < SECRET_LEN_MIN => {

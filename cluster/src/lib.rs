@@ -28,6 +28,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod event_ring;
 mod forwarder;
 pub mod health;
 mod inbound;

@@ -28,6 +28,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use tokio::sync::{broadcast, watch};
 
 use crate::clock::ShardClock;
+use crate::event_ring::EventRing;
 use crate::health::{FailureCause, ShardHealth};
 use crate::ledger::{AppliedBurst, LedgerSender};
 use crate::raft_types::{
@@ -59,6 +60,9 @@ pub struct Publisher {
     /// The node's ledger thread, if the ledger is on: every replica records
     /// every movement it applies.
     pub ledger: Option<LedgerSender>,
+    /// The newest events kept for the nodes that relay them (when shards
+    /// follow the placement, so some node may not host this one).
+    pub ring: Option<Arc<EventRing>>,
 }
 
 /// Whether the ledger records this event: stock changes and extended holds.
@@ -402,7 +406,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let leader = self.publisher.is_leader.load(Ordering::Acquire);
         // Naming events costs string copies: only when someone listens.
-        let subscribed = self.publisher.events.receiver_count() > 0;
+        let subscribed = self.publisher.events.receiver_count() > 0 || self.publisher.ring.is_some();
         let describe_events = match (subscribed, self.publisher.ledger.is_some()) {
             (true, _) => Describe::All,
             (false, true) => Describe::Movements,
@@ -445,6 +449,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => Vec::new(),
         };
         for record in records {
+            if let Some(ring) = &self.publisher.ring {
+                ring.push(&record);
+            }
             // No subscriber is not an error: events are also in the log.
             let _ = self.publisher.events.send(NodeEvent { record, leader });
         }

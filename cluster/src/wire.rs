@@ -10,6 +10,7 @@
 //! shard's replicas between nodes (`Host`, `Release`, `Membership`,
 //! `MoveShard`) and the map every node keeps of them (`Placement`).
 
+use engine::event::{EventId, EventRecord};
 use engine::ids::RequestId;
 use engine::raft_log::{LogId as EngineLogId, Vote as EngineVote};
 use engine::read::{Answer, Query};
@@ -115,6 +116,14 @@ pub enum Request {
         shards: Vec<(Vec<NodeId>, NodeId)>,
         members: Vec<(NodeId, String)>,
     },
+    /// "Up to `max` events of `group` after `after`" (`None`: only tell me
+    /// the newest, I start from there), from a node relaying the events of
+    /// a shard it does not host (`node::relay`).
+    Events {
+        group: u32,
+        after: Option<EventId>,
+        max: u32,
+    },
 }
 
 impl Request {
@@ -133,7 +142,8 @@ impl Request {
             | Request::Release { group, .. }
             | Request::Membership { group }
             | Request::MoveShard { group, .. }
-            | Request::Placement { group, .. } => *group,
+            | Request::Placement { group, .. }
+            | Request::Events { group, .. } => *group,
         }
     }
 }
@@ -214,6 +224,13 @@ pub enum Response {
     /// A `MoveShard` ended; whether it changed the group.
     Moved {
         changed: bool,
+    },
+    /// Events after the asker's cursor, the newest this node keeps of the
+    /// shard, and whether some after the cursor were dropped here.
+    Events {
+        records: Vec<EventRecord>,
+        newest: Option<EventId>,
+        lost: bool,
     },
 }
 

@@ -128,3 +128,39 @@ async fn a_node_stops_under_load_and_every_write_through_the_others_succeeds() {
     cluster.converged_digests(SETTLE).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_streams_the_events_of_shards_it_does_not_host() {
+    let cluster = start().await;
+    let placement = cluster.node(1).placement();
+    let (shard, outsider) = placement
+        .iter()
+        .find_map(|placed| (1..=NODES).find(|id| !placed.voters.contains(id)).map(|id| (placed.shard, id)))
+        .unwrap_or_else(|| panic!("every shard on every node: {placement:?}"));
+    let node = cluster.node(outsider);
+    assert!(!node.hosted_shards().contains(&shard));
+    let mut events = node.events();
+    // The relay starts from "now": give it a moment to take its cursor.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let name = sku_on(shard, SHARDS, "relayed");
+    let writer = placement[shard as usize].voters[0];
+    expect_ok(&cluster.node(writer).submit(upsert(&name, "w1", 10, 0)).await.unwrap_or_else(|e| panic!("{e}")));
+    for _ in 0..3 {
+        let command = adjust(&name, "w1", 1, AdjustReason::Receive);
+        expect_ok(&cluster.node(writer).submit(command).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    // Four stock changes of the shard, in order, each once, not led here.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while seen.len() < 4 {
+        let event = tokio::time::timeout_at(deadline, events.recv()).await;
+        let event = event.unwrap_or_else(|_| panic!("node {outsider} relayed {} of 4 events", seen.len()));
+        let event = event.unwrap_or_else(|e| panic!("events: {e}"));
+        if event.record.id.shard == shard && event.record.sku == name {
+            assert!(!event.leader, "a relayed event is not led here");
+            seen.push(event.record.id);
+        }
+    }
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "in order, once each: {seen:?}");
+    cluster.shutdown().await;
+}

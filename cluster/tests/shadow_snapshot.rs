@@ -48,7 +48,7 @@ impl Shard {
             ShardPool::start(vec![ShardState::new(0, 1, Limits::default())], 1).unwrap_or_else(|e| panic!("pool: {e}"));
         let actor = pool.shard(0).cloned().unwrap_or_else(|| panic!("no actor"));
         let (events, _) = broadcast::channel(16);
-        let publisher = Publisher { ledger: None, is_leader: Arc::default(), events };
+        let publisher = Publisher { ledger: None, is_leader: Arc::default(), events, ring: None };
         let (deadline, _) = watch::channel(None);
         let thread = SnapshotThread::start(1).unwrap_or_else(|e| panic!("snapshot thread: {e}"));
         let shadow = Shadow::new(wal.reader(), snapshots.clone(), 0, 1, Limits::default(), READ_ENTRIES_MAX);

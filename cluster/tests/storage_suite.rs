@@ -32,7 +32,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
             ShardPool::start(vec![ShardState::new(0, 1, Limits::default())], 1).unwrap_or_else(|e| panic!("pool: {e}"));
         let actor = pool.shard(0).cloned().unwrap_or_else(|| panic!("no actor"));
         let (events, _) = broadcast::channel(16);
-        let publisher = Publisher { ledger: None, is_leader: Arc::default(), events };
+        let publisher = Publisher { ledger: None, is_leader: Arc::default(), events, ring: None };
         let (deadline, _) = watch::channel(None);
         // With a shadow: the suite applies entries it never appended, so
         // its snapshots exercise the fallback to the actor as well.

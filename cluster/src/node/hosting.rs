@@ -125,6 +125,7 @@ impl Node {
             events: &inner.events,
             clock: &inner.clock,
             health: &inner.health,
+            event_ring: &inner.event_ring,
             joining: true,
         };
         let group = start_group(&context, shard, files).await.map_err(|error| error.to_string())?;

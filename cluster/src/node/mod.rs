@@ -48,6 +48,7 @@ mod membership;
 mod mover;
 mod peer_service;
 mod read;
+mod relay;
 mod retry;
 mod route;
 mod snapshot_inbound;
@@ -76,6 +77,7 @@ use self::route::ShardRoute;
 use self::start::GroupKit;
 use crate::clock::Clock;
 use crate::config::ClusterConfig;
+use crate::event_ring::EventRing;
 use crate::health::{FailureCause, Health, ShardFailure, ShardHealth};
 use crate::inbound::InboundSnapshots;
 use crate::ledger::Ledger;
@@ -155,6 +157,8 @@ struct Inner {
     shut_down: AtomicBool,
     /// Every shard's health on this node.
     health: Arc<Health>,
+    /// The newest events of each hosted shard, for nodes that relay them.
+    event_ring: Arc<EventRing>,
     /// The movement ledger, if on.
     ledger: Option<Arc<Ledger>>,
     /// The last or running node addition or removal (`membership`).

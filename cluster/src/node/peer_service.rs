@@ -105,6 +105,13 @@ async fn serve_hosting(inner: &Arc<Inner>, request: &Request) -> Option<Response
                 Err(error) => Response::Refused(error.to_string()),
             }
         }
+        Request::Events { group, after, max } => match inner.route(*group) {
+            Some(Route::Local(_)) => {
+                let answer = inner.event_ring.after(*group, *after, *max);
+                Response::Events { records: answer.records, newest: answer.newest, lost: answer.lost }
+            }
+            _ => not_here(inner, *group, request),
+        },
         Request::Placement { shards, members, .. } => {
             let placement = Placement {
                 shards: shards
@@ -130,7 +137,8 @@ fn not_here(inner: &Inner, shard: u32, request: &Request) -> Response {
         | Request::Query { .. }
         | Request::ReadIndex { .. }
         | Request::Membership { .. }
-        | Request::MoveShard { .. } => Response::NotHosted { leader: route.leader_hint() },
+        | Request::MoveShard { .. }
+        | Request::Events { .. } => Response::NotHosted { leader: route.leader_hint() },
         _ => Response::Refused(format!("shard {shard} is not hosted on this node")),
     }
 }
@@ -215,7 +223,8 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
         | Request::Release { .. }
         | Request::Membership { .. }
         | Request::MoveShard { .. }
-        | Request::Placement { .. } => Response::Refused("answered before the shard's group".into()),
+        | Request::Placement { .. }
+        | Request::Events { .. } => Response::Refused("answered before the shard's group".into()),
     }
 }
 

@@ -26,6 +26,7 @@ use super::hosting::load_placement;
 use super::leadership::{hand_over_on_stop, react_to_failures, rebalance, watch_leadership};
 use super::membership::learn_member_addresses;
 use super::peer_service::Service;
+use super::relay::relay_events;
 use super::route::ShardRoute;
 use super::snapshot_inbound::{inbound_limits, sweep_inbound_snapshots};
 use super::submit::request_prefix;
@@ -33,6 +34,7 @@ use super::{Group, Inner, Node};
 use crate::clock::{Clock, ShardClock};
 use crate::config::ClusterConfig;
 use crate::error::StartError;
+use crate::event_ring::EventRing;
 use crate::forwarder::{Forwarder, ForwarderSettings};
 use crate::health::{Health, ShardHealth};
 use crate::inbound::InboundSnapshots;
@@ -140,6 +142,7 @@ impl Node {
             (None, None)
         };
         let health = Health::new(config.shards);
+        let event_ring = EventRing::new(config.shards, config.event_relay_buffer_max);
         let kit = GroupKit {
             actors: (0..config.shards).filter_map(|shard| pool.shard(shard).cloned()).collect(),
             arbiters: (0..config.shards).filter_map(|shard| pool.arbiter(shard).cloned()).collect(),
@@ -156,6 +159,7 @@ impl Node {
             events: &events,
             clock: &clock,
             health: &health,
+            event_ring: &event_ring,
             joining: false,
         };
         let mut groups = Vec::with_capacity(config.shards as usize);
@@ -192,6 +196,7 @@ impl Node {
                 tasks: Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
                 health: Arc::clone(&health),
+                event_ring,
                 ledger,
                 membership: Mutex::new(None),
             }),
@@ -217,6 +222,12 @@ impl Node {
         }
         let sweep = tokio::spawn(sweep_inbound_snapshots(Arc::downgrade(&self.inner)));
         self.inner.tasks.lock().push(sweep);
+        if self.inner.config.follows_placement() {
+            for shard in 0..self.inner.config.shards {
+                let relay = tokio::spawn(relay_events(Arc::downgrade(&self.inner), shard));
+                self.inner.tasks.lock().push(relay);
+            }
+        }
     }
     /// Stops the node: peers see it go at once; Raft groups, proposers and
     /// shard actors stop. Durable state stays on disk for a restart.
@@ -430,6 +441,7 @@ pub(super) struct GroupContext<'a> {
     pub(super) events: &'a broadcast::Sender<NodeEvent>,
     pub(super) clock: &'a Clock,
     pub(super) health: &'a Arc<Health>,
+    pub(super) event_ring: &'a Arc<EventRing>,
     /// Whether the groups join a shard that runs elsewhere (`hosting`):
     /// until their membership names this node a voter, this node serves
     /// the shard through its voters.
@@ -485,6 +497,7 @@ pub(super) async fn start_group(
         is_leader: Arc::clone(&is_leader),
         events: context.events.clone(),
         ledger: context.kit.ledger_sender.clone(),
+        ring: config.follows_placement().then(|| Arc::clone(context.event_ring)),
     };
     let mut state_machine =
         StateMachine::new(shard, actor.clone(), snapshots.clone(), publisher, Arc::new(deadline_tx));

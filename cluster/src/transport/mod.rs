@@ -167,8 +167,9 @@ use crate::wire::{Request, Response};
 /// queries travel between nodes (`Request::Query`, `Response::Answered`)
 /// and a node says when it does not serve a shard (`NotHosted`); 10: a
 /// shard's replicas move between nodes (`Host`, `Release`, `Membership`,
-/// `MoveShard`, `Placement`)).
-pub const PROTOCOL_VERSION: u32 = 10;
+/// `MoveShard`, `Placement`); 11: nodes relay the events of shards they do
+/// not host (`Events`)).
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Limits of one transport. Each applies per connection unless it says otherwise.
 #[derive(Clone, Debug)]
