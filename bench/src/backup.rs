@@ -252,7 +252,7 @@ async fn measure(
         let data = plan.dir.join(format!("restored-{run}"));
         let _ = std::fs::remove_dir_all(&data);
         let request = RestoreRequest {
-            from: last_backup.clone(),
+            from: vec![last_backup.clone()],
             archive: None,
             until: Until::End,
             data_dir: data.clone(),

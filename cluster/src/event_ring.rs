@@ -40,18 +40,27 @@ impl EventRing {
         Arc::new(EventRing { shards: (0..shards).map(|_| Mutex::default()).collect(), capacity: capacity.max(1) })
     }
 
-    /// Keeps `record` (applied here, in log order).
+    /// Keeps `record` (applied here, in log order). A record not after the
+    /// newest kept starts the shard's ring over: the shard's group here
+    /// started again from an older point (a replica that moved away and
+    /// back catches up from the leader's snapshot and log).
     pub fn push(&self, record: &Arc<EventRecord>) {
         let Some(ring) = self.shards.get(record.id.shard as usize) else { return };
         let mut ring = ring.lock();
-        debug_assert!(
-            ring.records.back().is_none_or(|last| last.id < record.id),
-            "events of a shard are kept in id order"
-        );
+        if ring.records.back().is_some_and(|last| last.id >= record.id) {
+            *ring = ShardRing::default();
+        }
         if ring.records.len() == self.capacity {
             ring.dropped = ring.records.pop_front().map(|dropped| dropped.id);
         }
         ring.records.push_back(Arc::clone(record));
+    }
+
+    /// Forgets what was kept of `shard` (its group stopped here).
+    pub fn clear(&self, shard: u32) {
+        if let Some(ring) = self.shards.get(shard as usize) {
+            *ring.lock() = ShardRing::default();
+        }
     }
 
     /// The newest event kept for `shard`.
@@ -130,5 +139,11 @@ mod tests {
         assert!(behind.lost, "event 1 was dropped");
         assert_eq!(ids(behind), [2, 3, 4]);
         assert_eq!(ring.newest(0), None);
+        // The shard's group started over here: older ids start the ring
+        // over instead of breaking its order.
+        ring.push(&record(1, 2));
+        assert_eq!(ids(ring.after(1, Some(before_every_event(1)), 10)), [2]);
+        ring.clear(1);
+        assert_eq!(ring.newest(1), None);
     }
 }

@@ -122,9 +122,11 @@ enum BackupAction {
 
 #[derive(Debug, clap::Args)]
 struct RestoreArgs {
-    /// The backup's directory.
-    #[arg(long)]
-    from: PathBuf,
+    /// The backup's directory. Repeat it for the backups of several nodes
+    /// of a placed cluster (each holds the shards its node hosted): every
+    /// shard must be in one of them.
+    #[arg(long, required = true)]
+    from: Vec<PathBuf>,
     /// The log archive (backup.archive_dir of the node backed up): replay
     /// on past the backup with the segments archived after it.
     #[arg(long)]

@@ -81,7 +81,7 @@ fn restore_to(
     peer: SocketAddr,
 ) -> Vec<RestoredShard> {
     let request = RestoreRequest {
-        from: from.to_path_buf(),
+        from: vec![from.to_path_buf()],
         archive: archive.map(Path::to_path_buf),
         until,
         data_dir: data_dir.to_path_buf(),

@@ -148,14 +148,74 @@ async fn every_node_serves_every_shard_of_a_placed_cluster() {
     }
 }
 
+/// Nodes that together host every shard, by the placement `view` shows
+/// (`GET /v1/cluster`): each shard's first voter not already taken.
+fn covering_nodes(view: &Value) -> Vec<u64> {
+    let mut chosen: Vec<u64> = Vec::new();
+    for shard in view["placement"].as_array().into_iter().flatten() {
+        let voters: Vec<u64> = shard["voters"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+        if !voters.iter().any(|voter| chosen.contains(voter)) {
+            chosen.push(voters[0]);
+        }
+    }
+    chosen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_backups_of_nodes_that_host_every_shard_restore_one_whole_node() {
+    let cluster = start().await;
+    for n in 0..SKUS {
+        let body = json!({ "on_hand": 10 + n as u64 });
+        let (status, _, item) =
+            cluster.http(1).retry(Method::PUT, &item_path(&sku(n), WAREHOUSE), &[], Some(&body)).await;
+        assert!(status.is_success(), "{}: {status} {item}", sku(n));
+    }
+    let (_, _, view) = cluster.http(1).get("/v1/cluster").await;
+    let nodes = covering_nodes(&view);
+    assert!(nodes.len() >= 2, "no node hosts every shard of a placed cluster: {nodes:?}");
+    // Each node backs up the shards it hosts, three of five.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut backups = Vec::new();
+    for node in &nodes {
+        let to = dir.path().join(format!("backup-{node}"));
+        let (status, _, body) =
+            cluster.http(*node).post("/v1/admin/backup", json!({ "to": to.to_string_lossy() })).await;
+        assert_eq!((status, body["state"].as_str()), (StatusCode::OK, Some("done")), "node {node}: {body}");
+        let verified = server::backup::verify::verify_backup(&to).unwrap_or_else(|e| panic!("verify node {node}: {e}"));
+        assert_eq!(verified.manifest.shards.len(), REPLICAS as usize, "node {node} backs up the shards it hosts");
+        backups.push(to);
+    }
+    // One node's backup alone lacks shards; all of them restore every one.
+    let peer = free_addrs(1)[0];
+    let request =
+        |from: Vec<std::path::PathBuf>, data_dir: std::path::PathBuf| server::backup::restore::RestoreRequest {
+            from,
+            archive: None,
+            until: server::backup::Until::End,
+            data_dir,
+            node_id: 1,
+            peer_addr: peer.to_string(),
+        };
+    let partial = server::backup::restore::restore(&request(backups[..1].to_vec(), dir.path().join("partial")));
+    assert!(partial.is_err_and(|e| e.to_string().contains("in none of the backups")), "one node's backup restored");
+    let data_dir = dir.path().join("restored");
+    let restored = server::backup::restore::restore(&request(backups.clone(), data_dir.clone()))
+        .unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(restored.len(), SHARDS as usize);
+    let options = options().shards(SHARDS).data_dir(&data_dir);
+    let mut node = TallyProcess::launch_as(&options, 1, free_addrs(1)[0], peer, vec![(1, peer)]);
+    node.ready().await;
+    for n in 0..SKUS {
+        let (status, _, item) = node.http().get(&item_path(&sku(n), WAREHOUSE)).await;
+        assert_eq!((status, u64_of(&item, "on_hand")), (StatusCode::OK, 10 + n as u64), "{}: {item}", sku(n));
+    }
+    node.terminate().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_needs_every_shard_on_one_node_says_so() {
     let cluster = start().await;
     let http = cluster.http(1);
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let to = dir.path().join("backup");
-    let reply = http.post("/v1/admin/backup", json!({ "to": to.to_string_lossy() })).await;
-    assert_problem(&reply, StatusCode::CONFLICT, "backup_needs_every_shard");
     // The operations that set every shard's members at once would put
     // every shard on every node; node add and remove move replicas by the
     // placement instead (`cluster/tests/mover.rs`).

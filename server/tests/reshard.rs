@@ -197,7 +197,7 @@ async fn a_backup_of_four_shards_reshards_to_eight_and_serves_every_item() {
     // A restore replays no archive of the old shards after it.
     let peer = free_addrs(1)[0];
     let request = |data_dir: &Path, archive: Option<&Path>| RestoreRequest {
-        from: eight.clone(),
+        from: vec![eight.clone()],
         archive: archive.map(Path::to_path_buf),
         until: Until::End,
         data_dir: data_dir.to_path_buf(),

@@ -24,6 +24,13 @@ impl Node {
             return Err(AdminError::Invalid("node ids start at 1".into()));
         }
         self.inner.transport.set_peer(node, addr.clone());
+        if self.inner.config.follows_placement() {
+            // A node waiting to be added hosts no shard yet: it starts an
+            // empty group of each (`hosting`) before it joins them.
+            for shard in 0..self.inner.config.shards {
+                self.host_on(node, shard).await?;
+            }
+        }
         self.admin_all(AdminOp::AddLearner { node, addr }).await
     }
 

@@ -154,6 +154,7 @@ impl Node {
             return Err(format!("node {} leads shard {shard}: it keeps its group until another leads", inner.id));
         }
         inner.groups.write()[shard as usize] = None;
+        inner.event_ring.clear(shard);
         group.stop_tasks();
         let _ = group.raft.shutdown().await;
         drop(group);

@@ -59,6 +59,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether the backup holds every shard (a node of a placed cluster
+    /// backs up only the shards it hosts).
+    pub fn is_whole(&self) -> bool {
+        self.shards.len() == self.shard_count as usize
+    }
+
     /// The manifest of `shards` made now on `node_id`: files and bytes
     /// summed over the shards' snapshots and segments.
     pub fn now(node_id: u64, shard_count: u32, shards: Vec<ShardBackup>, resharded_from: Option<u32>) -> Manifest {
@@ -168,10 +174,14 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
             manifest.format
         )));
     }
-    if manifest.shard_count == 0 || manifest.shards.len() != manifest.shard_count as usize {
+    // A node that hosts some of the shards backs up those (a placed
+    // cluster): one or more, each once, in order.
+    let in_order = manifest.shards.windows(2).all(|pair| pair[0].shard < pair[1].shard);
+    let in_range = manifest.shards.iter().all(|shard| shard.shard < manifest.shard_count);
+    if manifest.shards.is_empty() || !in_order || !in_range {
+        let listed: Vec<u32> = manifest.shards.iter().map(|shard| shard.shard).collect();
         return Err(BackupError::Damaged(format!(
-            "the manifest lists {} shards of {}",
-            manifest.shards.len(),
+            "the manifest lists shards {listed:?} of {}: one or more, each once, in order",
             manifest.shard_count
         )));
     }

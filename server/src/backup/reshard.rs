@@ -59,6 +59,15 @@ pub fn reshard(request: &ReshardRequest) -> Result<ReshardSummary, BackupError> 
     check_target(&request.to)?;
     let verified = verify_backup(&request.from)?;
     let old_manifest = verified.manifest;
+    if !old_manifest.is_whole() {
+        return Err(BackupError::Invalid(format!(
+            "this backup holds {} of {} shards (a node of a placed cluster): restore the backups of nodes that \
+             hold every shard into one data directory (tally restore --from each), start it, back it up, and \
+             reshard that",
+            old_manifest.shards.len(),
+            old_manifest.shard_count
+        )));
+    }
     let mut states = Vec::with_capacity(old_manifest.shards.len());
     for shard in &old_manifest.shards {
         let snapshot = shard.snapshot.as_ref().map(|file| inside(&request.from, &file.path)).transpose()?;

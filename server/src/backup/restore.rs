@@ -1,6 +1,10 @@
 //! `tally restore`: a new data directory from a backup (and the log
 //! archive after it), at a chosen point in log time. Offline: no node runs.
 //!
+//! A node of a placed cluster backs up the shards it hosts; a restore takes
+//! several such backups (`--from` each) and needs every shard among them.
+//! A shard in more than one takes the copy with the highest last index.
+//!
 //! Per shard: load the backup's snapshot, replay its segments followed by
 //! the archive's (an archived copy of a segment wins over the backup's
 //! copy, which may be a prefix of it), and stop at the point asked for:
@@ -32,12 +36,15 @@ use engine::snapshot::SnapshotStore;
 use engine::wal::Wal;
 use engine::wal::scan::segment_seq;
 
-use super::{BackupError, Until, hex_digest, inside, read_manifest, replay_shard, shard_dir_name};
+use super::{
+    BackupError, Manifest, ShardBackup, Until, hex_digest, inside, read_manifest, replay_shard, shard_dir_name,
+};
 
 /// What `tally restore` was asked.
 #[derive(Clone, Debug)]
 pub struct RestoreRequest {
-    pub from: PathBuf,
+    /// The backups: together they hold every shard.
+    pub from: Vec<PathBuf>,
     pub archive: Option<PathBuf>,
     pub until: Until,
     pub data_dir: PathBuf,
@@ -61,8 +68,46 @@ pub struct RestoredShard {
     pub log_end: Option<u64>,
 }
 
+/// Per shard, the backup directory and entry it is restored from.
+fn sources(from: &[PathBuf]) -> Result<(Manifest, Vec<(PathBuf, ShardBackup)>), BackupError> {
+    let mut manifests = Vec::with_capacity(from.len());
+    for dir in from {
+        manifests.push((dir.clone(), read_manifest(dir)?));
+    }
+    let Some((_, first)) = manifests.first() else {
+        return Err(BackupError::Invalid("name at least one backup (--from)".into()));
+    };
+    let first = first.clone();
+    let mut chosen: Vec<Option<(PathBuf, ShardBackup)>> = vec![None; first.shard_count as usize];
+    for (dir, manifest) in &manifests {
+        if (manifest.shard_count, manifest.resharded_from) != (first.shard_count, first.resharded_from) {
+            return Err(BackupError::Invalid(format!(
+                "{} has {} shards (resharded from {:?}), the first backup {} (from {:?}): not one cluster's backups",
+                dir.display(),
+                manifest.shard_count,
+                manifest.resharded_from,
+                first.shard_count,
+                first.resharded_from
+            )));
+        }
+        for shard in &manifest.shards {
+            let slot = &mut chosen[shard.shard as usize];
+            if slot.as_ref().is_none_or(|(_, kept)| kept.last_index < shard.last_index) {
+                *slot = Some((dir.clone(), shard.clone()));
+            }
+        }
+    }
+    let missing: Vec<usize> = chosen.iter().enumerate().filter(|(_, slot)| slot.is_none()).map(|(at, _)| at).collect();
+    if !missing.is_empty() {
+        return Err(BackupError::Invalid(format!(
+            "shards {missing:?} are in none of the backups: add a backup of a node that hosts them (--from)"
+        )));
+    }
+    Ok((first, chosen.into_iter().flatten().collect()))
+}
+
 pub fn restore(request: &RestoreRequest) -> Result<Vec<RestoredShard>, BackupError> {
-    let manifest = read_manifest(&request.from)?;
+    let (manifest, sources) = sources(&request.from)?;
     if request.node_id == 0 {
         return Err(BackupError::Invalid("node ids start at 1".into()));
     }
@@ -84,11 +129,11 @@ pub fn restore(request: &RestoreRequest) -> Result<Vec<RestoredShard>, BackupErr
         .map_err(|error| BackupError::Invalid(format!("writing the data directory's identity: {error}")))?;
     let membership = cluster::raft_types::MembershipImage::single(request.node_id, &request.peer_addr);
 
-    let mut restored = Vec::with_capacity(manifest.shards.len());
-    for shard in &manifest.shards {
-        let snapshot = shard.snapshot.as_ref().map(|file| inside(&request.from, &file.path)).transpose()?;
+    let mut restored = Vec::with_capacity(sources.len());
+    for (from, shard) in &sources {
+        let snapshot = shard.snapshot.as_ref().map(|file| inside(from, &file.path)).transpose()?;
         let backup_segments: Vec<PathBuf> =
-            shard.segments.iter().map(|file| inside(&request.from, &file.path)).collect::<Result<_, _>>()?;
+            shard.segments.iter().map(|file| inside(from, &file.path)).collect::<Result<_, _>>()?;
         let archive_dir = request.archive.as_ref().map(|dir| dir.join(shard_dir_name(shard.shard)));
         let (segments, ends_in_archive) = merge_segments(&backup_segments, archive_dir.as_deref())?;
         // Past the backup's last index only archived (committed) entries.

@@ -162,15 +162,18 @@ fn backup_path(to: &str, root: Option<&Path>) -> Result<PathBuf, Problem> {
         on the same file system, copies otherwise), up to the last entry the shard had applied, and \
         `manifest.json` with every file's size and CRC-32C and each shard's state digest at that index. Writes \
         go on meanwhile. Answers when the backup is written; if the request times out first the backup goes \
-        on, and `GET /v1/admin/backup` shows when it is done. Check it with `tally backup verify DIR`.",
+        on, and `GET /v1/admin/backup` shows when it is done. Check it with `tally backup verify DIR`. A node \
+        of a placed cluster (`cluster.replication_factor` below the node count) backs up the shards it hosts: \
+        back up nodes that together host every shard (`placement` in `GET /v1/cluster`) and restore with one \
+        `--from` per backup.",
     extensions(("x-tally-role" = json!("admin"))),
     request_body = BackupRequest,
     responses(
         (status = 200, description = "The backup is written and replays to its digests.", body = BackupStatus),
         (status = 400, description = "`invalid_body`, `invalid_json`, `backup_path_invalid`."),
         (status = 403, description = "`forbidden`, `backup_outside_root`."),
-        (status = 409, description = "`backup_in_progress`, `backup_dir_not_empty`, `backup_needs_every_shard` \
-            (this node does not host every shard: `cluster.replication_factor` placed some elsewhere)."),
+        (status = 409, description = "`backup_in_progress`, `backup_dir_not_empty`, `backup_needs_a_shard` \
+            (this node hosts no shard: a node waiting to be added)."),
         (status = 500, description = "`backup_failed` (the detail says why; the directory may hold part of a \
             backup, without a manifest)."),
     ),
@@ -182,16 +185,11 @@ pub async fn start_backup(
 ) -> ApiResult<Response> {
     principal.require(Role::Admin)?;
     let to = backup_path(&body.to, state.config.backup.root.as_deref())?;
-    let hosted = state.node.hosted_shards().len();
-    if hosted < state.node.shard_count() as usize {
+    if state.node.hosted_shards().is_empty() {
         return Err(Problem::new(
             StatusCode::CONFLICT,
-            "backup_needs_every_shard",
-            format!(
-                "a backup of a node holds every shard, and this node hosts {hosted} of {} \
-                 (cluster.replication_factor places the others on other nodes)",
-                state.node.shard_count()
-            ),
+            "backup_needs_a_shard",
+            "this node hosts no shard (it waits to be added): back up a node that hosts some",
         ));
     }
     {
