@@ -432,40 +432,70 @@ impl Ledger {
     /// Up to `limit` entries after `after` that `filter` keeps, every shard
     /// merged. Blocking file reads: call it off the async runtime.
     pub fn page(&self, filter: &LedgerFilter, after: Option<LedgerKey>, limit: usize) -> io::Result<LedgerPage> {
-        let limit = limit.clamp(1, self.config.page_limit_max);
+        let limit = self.limit(limit);
         self.gate.flush();
         let _files = self.files.lock();
-        let mut found = Vec::new();
-        // The earliest position one shard stopped at without reaching its
-        // end: the page may go no further, or it would skip that shard's rest.
-        let mut horizon: Option<LedgerKey> = None;
-        for shard in 0..self.shards {
-            let scan =
-                scan_shard(&self.dir.join(format!("shard-{shard}")), filter, after, limit, self.config.page_scan_max)?;
-            found.extend(scan.entries);
-            if let Some(stopped) = scan.stopped_at {
-                horizon = Some(horizon.map_or(stopped, |h| h.min(stopped)));
-            }
-        }
-        found.sort_by_key(LedgerEntry::key);
-        if let Some(horizon) = horizon {
-            found.retain(|entry| entry.key() <= horizon);
-        }
-        found.truncate(limit);
-        let next = if found.len() == limit {
-            found.last().map(LedgerEntry::key)
-        } else {
-            // A short page: the end, unless a shard stopped early.
-            horizon
-        };
-        Ok(LedgerPage { entries: found, next })
+        let scans = (0..self.shards).map(|shard| self.scan_locked(shard, filter, after, limit));
+        Ok(merge_page(scans.collect::<io::Result<Vec<_>>>()?, limit))
+    }
+
+    /// One shard's part of a page (`merge_page` joins the parts), for a node
+    /// that pages a shard it does not host (`Node::ledger_page`). Blocking.
+    pub fn scan(&self, shard: u32, filter: &LedgerFilter, after: Option<LedgerKey>, limit: usize) -> io::Result<Scan> {
+        let limit = self.limit(limit);
+        self.gate.flush();
+        let _files = self.files.lock();
+        self.scan_locked(shard, filter, after, limit)
+    }
+
+    /// A page's size within `page_limit_max`.
+    pub fn limit(&self, limit: usize) -> usize {
+        limit.clamp(1, self.config.page_limit_max)
+    }
+
+    fn scan_locked(
+        &self,
+        shard: u32,
+        filter: &LedgerFilter,
+        after: Option<LedgerKey>,
+        limit: usize,
+    ) -> io::Result<Scan> {
+        scan_shard(&self.dir.join(format!("shard-{shard}")), filter, after, limit, self.config.page_scan_max)
     }
 }
 
-struct Scan {
-    entries: Vec<LedgerEntry>,
+/// A page of `limit` from every shard's part, in the merged order.
+pub fn merge_page(scans: Vec<Scan>, limit: usize) -> LedgerPage {
+    let mut found = Vec::new();
+    // The earliest position one shard stopped at without reaching its end:
+    // the page may go no further, or it would skip that shard's rest.
+    let mut horizon: Option<LedgerKey> = None;
+    for scan in scans {
+        found.extend(scan.entries);
+        if let Some(stopped) = scan.stopped_at {
+            horizon = Some(horizon.map_or(stopped, |h| h.min(stopped)));
+        }
+    }
+    found.sort_by_key(LedgerEntry::key);
+    if let Some(horizon) = horizon {
+        found.retain(|entry| entry.key() <= horizon);
+    }
+    found.truncate(limit);
+    let next = if found.len() == limit {
+        found.last().map(LedgerEntry::key)
+    } else {
+        // A short page: the end, unless a shard stopped early.
+        horizon
+    };
+    LedgerPage { entries: found, next }
+}
+
+/// One shard's part of a page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub entries: Vec<LedgerEntry>,
     /// Set when the scan stopped before the shard's end (limit or scan bound).
-    stopped_at: Option<LedgerKey>,
+    pub stopped_at: Option<LedgerKey>,
 }
 
 fn scan_shard(

@@ -124,6 +124,25 @@ pub enum Request {
         after: Option<EventId>,
         max: u32,
     },
+    /// "`group`'s part of a ledger page": from a node paging the ledger of
+    /// a shard it does not host (`Node::ledger_page`). `after` is a ledger
+    /// key (log time, shard, index, position).
+    LedgerScan {
+        group: u32,
+        filter: LedgerScanFilter,
+        after: Option<(u64, u32, u64, u32)>,
+        limit: u32,
+    },
+}
+
+/// A ledger page's filter, as `cluster::ledger::LedgerFilter`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LedgerScanFilter {
+    pub sku: Option<String>,
+    pub warehouse: Option<String>,
+    pub kind: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
 }
 
 impl Request {
@@ -143,7 +162,8 @@ impl Request {
             | Request::Membership { group }
             | Request::MoveShard { group, .. }
             | Request::Placement { group, .. }
-            | Request::Events { group, .. } => *group,
+            | Request::Events { group, .. }
+            | Request::LedgerScan { group, .. } => *group,
         }
     }
 }
@@ -231,6 +251,13 @@ pub enum Response {
         records: Vec<EventRecord>,
         newest: Option<EventId>,
         lost: bool,
+    },
+    /// A shard's part of a ledger page: its entries (each a ledger entry as
+    /// JSON, the ledger's own format) and where the scan stopped short of
+    /// the shard's end.
+    LedgerScanned {
+        entries: Vec<String>,
+        stopped_at: Option<(u64, u32, u64, u32)>,
     },
 }
 

@@ -470,7 +470,8 @@ fn mutate_request_fields(request: &mut Request, seeds: &[Seed], rng: &mut Rng, l
         | Request::Host { group }
         | Request::Membership { group }
         | Request::Placement { group, .. }
-        | Request::Events { group, .. } => *group = interesting_u64(rng) as u32,
+        | Request::Events { group, .. }
+        | Request::LedgerScan { group, .. } => *group = interesting_u64(rng) as u32,
         // Not among the seeds: these move replicas, which a member may ask
         // of any node (docs/SECURITY.md).
         Request::Release { group, voters } | Request::MoveShard { group, voters, .. } => {

@@ -14,7 +14,7 @@ use common::*;
 use engine::cmd::AdjustReason;
 use engine::outcome::ItemView;
 use engine::read::{FromAnswer, Query};
-use engine::testing::{adjust, sku_on, upsert};
+use engine::testing::{adjust, hold, rid_for, sku_on, upsert};
 
 const NODES: u64 = 5;
 const SHARDS: u32 = 5;
@@ -162,5 +162,56 @@ async fn a_node_streams_the_events_of_shards_it_does_not_host() {
         }
     }
     assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "in order, once each: {seen:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_pages_the_ledger_of_every_shard() {
+    let cluster = TestCluster::start(NODES, SHARDS, |config| {
+        config.replication_factor = REPLICAS;
+        config.ledger.enabled = true;
+    })
+    .await;
+    cluster.wait_for_leaders(SETTLE).await;
+    let names: Vec<String> = (0..SHARDS).map(|shard| sku_on(shard, SHARDS, "ledgered")).collect();
+    for name in &names {
+        expect_ok(&cluster.node(1).submit(upsert(name, "w1", 5, 0)).await.unwrap_or_else(|e| panic!("{e}")));
+        let command = adjust(name, "w1", 2, AdjustReason::Receive);
+        expect_ok(&cluster.node(2).submit(command).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    // Each node hosts three of the five shards, and pages all five: the
+    // same two movements of each SKU, in the same order.
+    let filter = cluster::ledger::LedgerFilter::default();
+    let mut pages = Vec::new();
+    for node in cluster.live() {
+        assert_eq!(node.hosted_shards().len(), 3);
+        let deadline = std::time::Instant::now() + SETTLE;
+        let keys = loop {
+            let page =
+                node.ledger_page(&filter, None, 1000).await.unwrap_or_else(|e| panic!("node {}: {e}", node.id()));
+            let keys: Vec<_> =
+                page.entries.iter().filter(|entry| names.contains(&entry.sku)).map(|entry| entry.key()).collect();
+            if keys.len() == 2 * SHARDS as usize || std::time::Instant::now() > deadline {
+                break keys;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let shards: std::collections::BTreeSet<u32> = keys.iter().map(|key| key.shard).collect();
+        assert_eq!(shards.len(), SHARDS as usize, "node {} pages every shard: {keys:?}", node.id());
+        assert_eq!(keys.len(), 2 * SHARDS as usize, "node {}: {keys:?}", node.id());
+        pages.push(keys);
+    }
+    assert!(pages.windows(2).all(|pair| pair[0] == pair[1]), "every node pages the same entries");
+    // One live hold, counted by every node, hosting its shard or not.
+    let held = &names[0];
+    let command = hold(rid_for(1, held, SHARDS), &[(held, "w1", 1)], 3_600_000, None);
+    expect_ok(&cluster.node(1).submit(command).await.unwrap_or_else(|e| panic!("hold: {e}")));
+    for node in cluster.live() {
+        let deadline = std::time::Instant::now() + SETTLE;
+        while node.live_holds(Duration::from_secs(5)).await != Some(1) {
+            assert!(std::time::Instant::now() < deadline, "node {} never counted the hold", node.id());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     cluster.shutdown().await;
 }

@@ -44,6 +44,7 @@ mod admin;
 mod bootstrap;
 mod hosting;
 mod leadership;
+mod ledger_read;
 mod membership;
 mod mover;
 mod peer_service;
@@ -55,6 +56,7 @@ mod snapshot_inbound;
 mod start;
 mod submit;
 
+pub use ledger_read::LedgerReadError;
 pub use membership::{MembershipChange, MembershipChangeState, MembershipJob, MembershipOperation};
 pub use read::Consistency;
 pub use start::{check_identity, initial_limits, shard_dir};

@@ -13,6 +13,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 
 use super::admin::apply_admin;
+use super::ledger_read::answer_scan;
 use super::route::Route;
 use super::snapshot_inbound::receive_snapshot_chunk;
 use super::{Consistency, Group, Inner, Node};
@@ -112,6 +113,10 @@ async fn serve_hosting(inner: &Arc<Inner>, request: &Request) -> Option<Response
             }
             _ => not_here(inner, *group, request),
         },
+        Request::LedgerScan { group, filter, after, limit } => match inner.route(*group) {
+            Some(Route::Local(_)) => answer_scan(&node, *group, filter, *after, *limit).await,
+            _ => not_here(inner, *group, request),
+        },
         Request::Placement { shards, members, .. } => {
             let placement = Placement {
                 shards: shards
@@ -138,7 +143,8 @@ fn not_here(inner: &Inner, shard: u32, request: &Request) -> Response {
         | Request::ReadIndex { .. }
         | Request::Membership { .. }
         | Request::MoveShard { .. }
-        | Request::Events { .. } => Response::NotHosted { leader: route.leader_hint() },
+        | Request::Events { .. }
+        | Request::LedgerScan { .. } => Response::NotHosted { leader: route.leader_hint() },
         _ => Response::Refused(format!("shard {shard} is not hosted on this node")),
     }
 }
@@ -224,7 +230,8 @@ async fn serve(inner: &Arc<Inner>, group: &Group, from: NodeId, request: Request
         | Request::Membership { .. }
         | Request::MoveShard { .. }
         | Request::Placement { .. }
-        | Request::Events { .. } => Response::Refused("answered before the shard's group".into()),
+        | Request::Events { .. }
+        | Request::LedgerScan { .. } => Response::Refused("answered before the shard's group".into()),
     }
 }
 

@@ -214,14 +214,17 @@ impl Node {
         }
     }
 
-    /// Live holds summed over this node's copy of every shard. Every replica
-    /// applies the same holds, so this is the cluster's count as far as this
-    /// node has applied, not a share of it. A shard actor answers between
-    /// applies, so this may wait behind them: `None` when some shard does
-    /// not answer within `timeout`.
+    /// Live holds summed over every shard: this node's copy of the shards
+    /// it serves, a host's (a stale read) of the others. Every replica
+    /// applies the same holds, so this is the cluster's count as far as the
+    /// copies read have applied, not a share of it. A shard actor answers
+    /// between applies, so this may wait behind them: `None` when some
+    /// shard does not answer within `timeout`.
     pub async fn live_holds(&self, timeout: Duration) -> Option<u64> {
-        let groups = self.inner.hosted_groups();
-        let reads = groups.iter().map(|group| local::<ShardStats>(group, Query::Stats));
+        let reads = (0..self.inner.config.shards).map(|shard| async move {
+            let answer = self.query(shard, Query::Stats, Consistency::Stale).await?;
+            ShardStats::from_answer(answer).map_err(|error| ReadError::Invalid(error.to_string()))
+        });
         let answers = tokio::time::timeout(timeout, futures_util::future::join_all(reads)).await.ok()?;
         answers.into_iter().map(|answer| answer.ok().map(|stats| stats.live_holds)).sum()
     }

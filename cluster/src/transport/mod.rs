@@ -168,7 +168,7 @@ use crate::wire::{Request, Response};
 /// and a node says when it does not serve a shard (`NotHosted`); 10: a
 /// shard's replicas move between nodes (`Host`, `Release`, `Membership`,
 /// `MoveShard`, `Placement`); 11: nodes relay the events of shards they do
-/// not host (`Events`)).
+/// not host (`Events`) and page their ledgers (`LedgerScan`)).
 pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Limits of one transport. Each applies per connection unless it says otherwise.

@@ -5,7 +5,9 @@
 //! The ledger is built by every replica from the same log, so any node
 //! answers the same entries (but for `gap` entries, where a node's own log
 //! was already compacted when it caught up). Reads come from this node's
-//! files: a node that lags shows fewer of the newest entries.
+//! files for the shards it serves, and from a node that serves the shard
+//! for the others (a node of a placed cluster: `Node::ledger_page`): a
+//! node that lags shows fewer of the newest entries.
 
 use std::sync::Arc;
 
@@ -73,7 +75,9 @@ pub struct LedgerQuery {
     description = "Upserts, adjustments (reason code, note, reference), transfers (both sides), holds, \
         extensions, confirmations, releases, expiries and deletes (an item's on hand to 0), in log-time order over every shard. A short page \
         may still have a `next_cursor` (a page reads at most `ledger.page_scan_max` entries per shard); the \
-        last page has none. `gap` entries mark log indexes this node could no longer record.",
+        last page has none. `gap` entries mark log indexes this node could no longer record. A node that \
+        does not hold a shard (`cluster.replication_factor` below the node count) reads that shard's entries \
+        from a node that does.",
     extensions(("x-tally-role" = json!("read"))),
     params(LedgerQuery),
     responses(
@@ -81,7 +85,8 @@ pub struct LedgerQuery {
         (status = 400, description = "`invalid_query`, `invalid_limit`, `invalid_kind`, `invalid_time`, \
             `invalid_cursor`, `field_empty`, `field_too_long`, `field_bad_character`."),
         (status = 404, description = "`ledger_disabled`: `ledger.enabled` is off on this node."),
-        (status = 503, description = "`ledger_unavailable`: the ledger's files could not be read."),
+        (status = 503, description = "`ledger_unavailable`: the ledger's files could not be read, or no node \
+            that holds a shard answered (or it has the ledger off)."),
     ),
 )]
 pub async fn ledger(
@@ -96,14 +101,11 @@ pub async fn ledger(
     let limit = limit_within(query.limit, 100, ledger.config().page_limit_max)?;
     let filter = filter_of(&query)?;
     let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
-    let page = tokio::task::spawn_blocking(move || ledger.page(&filter, after, limit))
-        .await
-        .map_err(|error| {
-            Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", error.to_string())
-        })?
-        .map_err(|error| {
-            Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", error.to_string())
-        })?;
+    // Every shard's entries: this node's for the shards it serves, a host's
+    // for the others (a node of a placed cluster).
+    let page = state.node.ledger_page(&filter, after, limit).await.map_err(|error| {
+        Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", error.to_string())
+    })?;
     let entries: Vec<Value> = page.entries.iter().map(entry_json).collect();
     Ok(axum::Json(json!({ "entries": entries, "next_cursor": page.next.map(cursor_text) })).into_response())
 }
