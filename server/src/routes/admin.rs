@@ -553,8 +553,9 @@ pub async fn remove_node(
     tag = "operations",
     summary = "The cluster's nodes and the progress of the last node addition or removal",
     description = "Each node with the number of shards it is a voter and a learner of (as this node's groups \
-        see them), and the addition or removal started on this node: which shard it is moving and how many \
-        are done.",
+        see them: on a node that does not host every shard, only those it hosts; `placement` in \
+        `GET /v1/cluster` has every shard's voters), and the addition or removal started on this node: which \
+        shard it is moving and how many are done.",
     extensions(("x-tally-role" = json!("admin"))),
     responses(
         (status = 200, description = "The nodes and the last change.", body = NodesStatus),
