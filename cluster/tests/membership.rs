@@ -13,52 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::node::{MembershipChangeState, MembershipOperation};
-use cluster::{AdminError, ClusterConfig, Member, Node};
-use common::{TestCluster, expect_ok};
-use engine::testing::{hold, rid_for, sku_on, upsert};
-use engine::{Outcome, shard_of};
+use cluster::{AdminError, Node};
+use common::{TestCluster, expect_ok, hold_until_acknowledged, start_joiner};
+use engine::shard_of;
+use engine::testing::{rid_for, sku_on, upsert};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 4;
 const PAUSE: Duration = Duration::from_millis(20);
-/// Attempts at one write before the test calls it failed; each attempt
-/// already retries through elections for `retry_window_ms`.
-const WRITE_ATTEMPTS_MAX: u32 = 5;
-
-/// Starts a node that is in no member list: it knows `members` (the
-/// cluster's voters) and waits to be added.
-async fn start_joiner(template: &ClusterConfig, id: u64, members: Vec<Member>) -> (Node, String, tempfile::TempDir) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut config = template.clone();
-    config.node_id = id;
-    config.listen = addr.clone();
-    config.members = members;
-    config.data_dir = dir.path().to_path_buf();
-    let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start {id}: {e}"));
-    (node, addr, dir)
-}
-
-/// Holds one unit of `skus[n % len]` under reservation id `n`, through
-/// `node`, until it is acknowledged: a retry repeats the same command (the
-/// same reservation id), which the shard answers with the first outcome.
-async fn hold_until_acknowledged(node: &Node, skus: &[String], n: u64) {
-    let sku = &skus[(n % skus.len() as u64) as usize];
-    let command = hold(rid_for(n, sku, SHARDS), &[(sku, "w1", 1)], 3_600_000, None);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match node.submit(command.clone()).await {
-            Ok(outcome) => {
-                assert!(matches!(outcome, Outcome::Held { .. }), "hold {n}: {outcome:?}");
-                return;
-            }
-            Err(error) => assert!(attempt < WRITE_ATTEMPTS_MAX, "hold {n} failed {attempt} times: {error}"),
-        }
-    }
-}
-
 /// The shards `node` leads, each with its term. Waits until it leads one:
 /// with voters [1, 2, 3, 4] the rebalancing loop hands node 1 shard 0, its
 /// preferred one, so its removal has a leadership to hand over.
@@ -99,7 +61,7 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
     // Enough entries per shard that each has a snapshot and a purged log.
     let before = 50 * u64::from(SHARDS);
     for n in 0..before {
-        hold_until_acknowledged(cluster.node(2), &skus, n).await;
+        hold_until_acknowledged(cluster.node(2), &skus, n, SHARDS).await;
     }
 
     // Every node has purged the start of every shard's log (it follows the
@@ -117,15 +79,14 @@ async fn a_node_joins_and_another_leaves_while_holds_go_on() {
         tokio::spawn(async move {
             let mut n = before;
             while !stop.load(Ordering::Acquire) {
-                hold_until_acknowledged(&node, &skus, n).await;
+                hold_until_acknowledged(&node, &skus, n, SHARDS).await;
                 n += 1;
             }
             n
         })
     };
 
-    let members = cluster.configs[0].members.clone();
-    let (fourth, addr, _dir) = start_joiner(&cluster.configs[0], 4, members).await;
+    let (fourth, addr, _dir) = start_joiner(&cluster.configs[0], 4).await;
     cluster.node(2).add_node(4, addr, PAUSE).await.unwrap_or_else(|e| panic!("add node 4: {e}"));
     let change = cluster.node(2).membership_change().unwrap_or_else(|| panic!("no change recorded"));
     assert_eq!(
@@ -232,7 +193,7 @@ async fn an_addition_cut_short_resumes_or_is_undone() {
     let cluster = TestCluster::start(1, 2, |config| config.replication_factor = 0).await;
     cluster.wait_for_leaders(SETTLE).await;
     let node = cluster.node(1);
-    let (second, addr, _dir) = start_joiner(&cluster.configs[0], 2, cluster.configs[0].members.clone()).await;
+    let (second, addr, _dir) = start_joiner(&cluster.configs[0], 2).await;
     let learners = |node: &Node| node.status().shards.iter().map(|s| s.learners.clone()).collect::<Vec<_>>();
 
     // An addition that stopped after the learner step: node 2 is a learner

@@ -17,55 +17,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::node::MembershipChangeState;
-use cluster::{ClusterConfig, Consistency, Node, NodeId, PlacedShard};
-use common::{TestCluster, expect_ok};
+use cluster::{Consistency, Node, NodeId, PlacedShard};
+use common::{TestCluster, expect_ok, hold_until_acknowledged, start_joiner};
 use engine::outcome::ItemView;
 use engine::read::{FromAnswer, Query};
-use engine::testing::{hold, rid_for, sku_on, upsert};
-use engine::{Outcome, shard_of};
+use engine::shard_of;
+use engine::testing::{sku_on, upsert};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 6;
 const REPLICAS: usize = 3;
 const PAUSE: Duration = Duration::from_millis(20);
-/// Attempts at one write before the test calls it failed; each attempt
-/// already retries through elections for `retry_window_ms`, under the same
-/// reservation id (a retry is answered with the first outcome).
-const WRITE_ATTEMPTS_MAX: u32 = 5;
-
-/// Starts a node in no member list: it knows `members` and waits for the
-/// mover to give it shards.
-async fn start_joiner(template: &ClusterConfig, id: u64) -> (Node, String, tempfile::TempDir) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut config = template.clone();
-    config.node_id = id;
-    config.listen = addr.clone();
-    config.data_dir = dir.path().to_path_buf();
-    let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start {id}: {e}"));
-    assert!(node.hosted_shards().is_empty(), "a joiner hosts nothing until the mover gives it shards");
-    (node, addr, dir)
-}
-
-/// Holds one unit of `skus[n % len]` under reservation id `n` through
-/// `node`, until acknowledged.
-async fn hold_until_acknowledged(node: &Node, skus: &[String], n: u64) {
-    let sku = &skus[(n % skus.len() as u64) as usize];
-    let command = hold(rid_for(n, sku, SHARDS), &[(sku, "w1", 1)], 3_600_000, None);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match node.submit(command.clone()).await {
-            Ok(outcome) => {
-                assert!(matches!(outcome, Outcome::Held { .. }), "hold {n}: {outcome:?}");
-                return;
-            }
-            Err(error) => assert!(attempt < WRITE_ATTEMPTS_MAX, "hold {n} failed {attempt} times: {error}"),
-        }
-    }
-}
-
 /// Checks the placement after a change among `nodes`: each shard's hosts
 /// are its voters as every host sees them, three of them; each node hosts
 /// its share of replicas within one.
@@ -155,7 +117,7 @@ async fn three_to_five_nodes_and_back_to_four_moving_only_the_difference_under_l
     }
     let before = 30 * u64::from(SHARDS);
     for n in 0..before {
-        hold_until_acknowledged(cluster.node(1), &skus, n).await;
+        hold_until_acknowledged(cluster.node(1), &skus, n, SHARDS).await;
     }
 
     // Holds go on through nodes 1, 2 and 3 in turn (they stay) for every
@@ -167,7 +129,7 @@ async fn three_to_five_nodes_and_back_to_four_moving_only_the_difference_under_l
         tokio::spawn(async move {
             let mut n = before;
             while !stop.load(Ordering::Acquire) {
-                hold_until_acknowledged(&nodes[(n % 3) as usize], &skus, n).await;
+                hold_until_acknowledged(&nodes[(n % 3) as usize], &skus, n, SHARDS).await;
                 n += 1;
             }
             n
@@ -177,11 +139,13 @@ async fn three_to_five_nodes_and_back_to_four_moving_only_the_difference_under_l
     // The joiners know the three first members and the same settings.
     let template = cluster.configs[0].clone();
     let (fourth, addr4, dir4) = start_joiner(&template, 4).await;
+    assert!(fourth.hosted_shards().is_empty(), "a joiner hosts nothing until the mover gives it shards");
     cluster.node(1).add_node(4, addr4, PAUSE).await.unwrap_or_else(|e| panic!("add node 4: {e}"));
     change_done(cluster.node(1)).await;
     assert_placed(&[cluster.node(1), cluster.node(2), cluster.node(3), &fourth]);
 
     let (fifth, addr5, _dir5) = start_joiner(&template, 5).await;
+    assert!(fifth.hosted_shards().is_empty(), "a joiner hosts nothing until the mover gives it shards");
     cluster.node(2).add_node(5, addr5, PAUSE).await.unwrap_or_else(|e| panic!("add node 5: {e}"));
     change_done(cluster.node(2)).await;
     let five = [cluster.node(1), cluster.node(2), cluster.node(3), &fourth, &fifth];

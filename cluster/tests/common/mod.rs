@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{ClusterConfig, Member, Node, NodeId, Secret};
 use engine::Outcome;
+use engine::testing::{hold, rid_for};
 use tokio::net::TcpListener;
 
 pub mod raw_peer;
@@ -37,6 +38,44 @@ pub fn fast_config(node_id: NodeId, shards: u32, members: Vec<Member>, dir: &std
         retry_window_ms: 6_000,
         rebalance_interval_ms: 500,
         ..ClusterConfig::default()
+    }
+}
+
+/// Attempts at one write before a test calls it failed; each attempt
+/// already retries through elections for `retry_window_ms`.
+pub const WRITE_ATTEMPTS_MAX: u32 = 5;
+
+/// Starts a node in no member list, on `template`'s settings and members
+/// (the cluster it waits to be added to), with its own port and directory.
+pub async fn start_joiner(template: &ClusterConfig, id: NodeId) -> (Node, String, tempfile::TempDir) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut config = template.clone();
+    config.node_id = id;
+    config.listen = addr.clone();
+    config.data_dir = dir.path().to_path_buf();
+    let node = Node::start_on(config, listener).await.unwrap_or_else(|e| panic!("start {id}: {e}"));
+    (node, addr, dir)
+}
+
+/// Holds one unit of `skus[n % len]` (of `shards` shards) under reservation
+/// id `n` through `node`, until it is acknowledged: a retry repeats the same
+/// command (the same reservation id), which the shard answers with the
+/// first outcome.
+pub async fn hold_until_acknowledged(node: &Node, skus: &[String], n: u64, shards: u32) {
+    let sku = &skus[(n % skus.len() as u64) as usize];
+    let command = hold(rid_for(n, sku, shards), &[(sku, "w1", 1)], 3_600_000, None);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match node.submit(command.clone()).await {
+            Ok(outcome) => {
+                assert!(matches!(outcome, Outcome::Held { .. }), "hold {n}: {outcome:?}");
+                return;
+            }
+            Err(error) => assert!(attempt < WRITE_ATTEMPTS_MAX, "hold {n} failed {attempt} times: {error}"),
+        }
     }
 }
 
