@@ -806,23 +806,8 @@ async fn heal_membership(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let count = |node: u8| voters.iter().find(|(id, _)| *id == node).map_or(0, |(_, n)| *n);
-    let spare = cluster.spare();
-    if count(spare) > 0 {
-        cluster.remove_node(via, spare).await?;
-        cluster.restart_as_new(spare).await?;
-        faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {spare} removed"), heals: true });
-    }
-    for id in cluster.ids() {
-        if count(id) < shards {
-            if !cluster.is_running(id) {
-                cluster.restart_as_new(id).await?;
-            }
-            cluster.add_node(via, id).await?;
-            cluster.joined(id);
-            faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {id} added back"), heals: true });
-        }
-    }
-    Ok(())
+    let short: Vec<u8> = cluster.ids().filter(|id| count(*id) < shards).collect();
+    rejoin(cluster, via, count(cluster.spare()) > 0, &short, recorder, faults).await
 }
 
 /// In a placed cluster, the spare holds no replica and every node some:
@@ -838,21 +823,34 @@ async fn heal_placement(
     let count = |node: u8| held.get(&node).copied().unwrap_or(0);
     let via =
         cluster.ids().find(|id| cluster.is_running(*id) && count(*id) > 0).ok_or("no running node holds a replica")?;
+    let empty: Vec<u8> = cluster.ids().filter(|id| count(*id) == 0).collect();
+    rejoin(cluster, via, count(cluster.spare()) > 0, &empty, recorder, faults).await
+}
+
+/// The heals' repair, through node `via`: the spare removed (and started
+/// empty again) when `spare_holds` replicas, then each node of `missing`
+/// (started empty when down) added back.
+async fn rejoin(
+    cluster: &mut ChaosCluster,
+    via: u8,
+    spare_holds: bool,
+    missing: &[u8],
+    recorder: &Recorder,
+    faults: &mut Vec<FaultEvent>,
+) -> Result<(), String> {
     let spare = cluster.spare();
-    if count(spare) > 0 {
+    if spare_holds {
         cluster.remove_node(via, spare).await?;
         cluster.restart_as_new(spare).await?;
         faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {spare} removed"), heals: true });
     }
-    for id in cluster.ids() {
-        if count(id) == 0 {
-            if !cluster.is_running(id) {
-                cluster.restart_as_new(id).await?;
-            }
-            cluster.add_node(via, id).await?;
-            cluster.joined(id);
-            faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {id} added back"), heals: true });
+    for &id in missing {
+        if !cluster.is_running(id) {
+            cluster.restart_as_new(id).await?;
         }
+        cluster.add_node(via, id).await?;
+        cluster.joined(id);
+        faults.push(FaultEvent { at_us: recorder.micros(), what: format!("node {id} added back"), heals: true });
     }
     Ok(())
 }
