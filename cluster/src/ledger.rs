@@ -237,8 +237,11 @@ impl LedgerEntry {
     }
 }
 
-/// A position in the merged order (`LedgerEntry::key`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A position in the merged order (`LedgerEntry::key`). Travels between
+/// nodes as a page's cursor (`Request::LedgerScan`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct LedgerKey {
     pub at_ms: u64,
     pub shard: u32,
@@ -246,8 +249,9 @@ pub struct LedgerKey {
     pub position: u32,
 }
 
-/// What `Ledger::page` keeps.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What `Ledger::page` keeps. Travels between nodes with a page's part
+/// (`Request::LedgerScan`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct LedgerFilter {
     pub sku: Option<String>,
     pub warehouse: Option<String>,

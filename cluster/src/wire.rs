@@ -17,6 +17,7 @@ use engine::read::{Answer, Query};
 use engine::{Command, Outcome};
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::ledger::{LedgerFilter, LedgerKey};
 use crate::raft_types::NodeId;
 
 /// A request from one node to another.
@@ -125,24 +126,13 @@ pub enum Request {
         max: u32,
     },
     /// "`group`'s part of a ledger page": from a node paging the ledger of
-    /// a shard it does not host (`Node::ledger_page`). `after` is a ledger
-    /// key (log time, shard, index, position).
+    /// a shard it does not host (`Node::ledger_page`).
     LedgerScan {
         group: u32,
-        filter: LedgerScanFilter,
-        after: Option<(u64, u32, u64, u32)>,
+        filter: LedgerFilter,
+        after: Option<LedgerKey>,
         limit: u32,
     },
-}
-
-/// A ledger page's filter, as `cluster::ledger::LedgerFilter`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
-pub struct LedgerScanFilter {
-    pub sku: Option<String>,
-    pub warehouse: Option<String>,
-    pub kind: Option<String>,
-    pub since_ms: Option<u64>,
-    pub until_ms: Option<u64>,
 }
 
 impl Request {
@@ -257,7 +247,7 @@ pub enum Response {
     /// the shard's end.
     LedgerScanned {
         entries: Vec<String>,
-        stopped_at: Option<(u64, u32, u64, u32)>,
+        stopped_at: Option<LedgerKey>,
     },
 }
 

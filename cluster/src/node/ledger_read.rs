@@ -16,7 +16,7 @@ use super::Node;
 use super::retry::Retry;
 use super::route::Route;
 use crate::ledger::{Ledger, LedgerEntry, LedgerFilter, LedgerKey, LedgerPage, Scan, merge_page};
-use crate::wire::{LedgerScanFilter, Request, Response};
+use crate::wire::{Request, Response};
 
 /// Why a page could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -25,34 +25,6 @@ pub enum LedgerReadError {
     Disabled,
     #[error("the ledger of shard {shard} cannot be read: {reason}")]
     Unavailable { shard: u32, reason: String },
-}
-
-fn key_to_wire(key: LedgerKey) -> (u64, u32, u64, u32) {
-    (key.at_ms, key.shard, key.index, key.position)
-}
-
-fn key_from_wire((at_ms, shard, index, position): (u64, u32, u64, u32)) -> LedgerKey {
-    LedgerKey { at_ms, shard, index, position }
-}
-
-pub(super) fn filter_to_wire(filter: &LedgerFilter) -> LedgerScanFilter {
-    LedgerScanFilter {
-        sku: filter.sku.clone(),
-        warehouse: filter.warehouse.clone(),
-        kind: filter.kind.clone(),
-        since_ms: filter.since_ms,
-        until_ms: filter.until_ms,
-    }
-}
-
-fn filter_from_wire(filter: &LedgerScanFilter) -> LedgerFilter {
-    LedgerFilter {
-        sku: filter.sku.clone(),
-        warehouse: filter.warehouse.clone(),
-        kind: filter.kind.clone(),
-        since_ms: filter.since_ms,
-        until_ms: filter.until_ms,
-    }
 }
 
 /// One shard's part read from this node's files, off the async runtime.
@@ -75,19 +47,19 @@ async fn scan_here(
 pub(super) async fn answer_scan(
     node: &Node,
     shard: u32,
-    filter: &LedgerScanFilter,
-    after: Option<(u64, u32, u64, u32)>,
+    filter: &LedgerFilter,
+    after: Option<LedgerKey>,
     limit: u32,
 ) -> Response {
     let Some(ledger) = node.inner.ledger.clone() else {
         return Response::Refused("the ledger is off on this node (ledger.enabled)".into());
     };
     let limit = ledger.limit(limit as usize);
-    match scan_here(&ledger, shard, &filter_from_wire(filter), after.map(key_from_wire), limit).await {
+    match scan_here(&ledger, shard, filter, after, limit).await {
         Ok(scan) => {
             let entries: Result<Vec<String>, _> = scan.entries.iter().map(serde_json::to_string).collect();
             match entries {
-                Ok(entries) => Response::LedgerScanned { entries, stopped_at: scan.stopped_at.map(key_to_wire) },
+                Ok(entries) => Response::LedgerScanned { entries, stopped_at: scan.stopped_at },
                 Err(error) => Response::Refused(error.to_string()),
             }
         }
@@ -133,8 +105,8 @@ impl Node {
         let route = inner.routes.get(shard as usize).ok_or_else(|| unavailable("no such shard".into()))?;
         let request = Request::LedgerScan {
             group: shard,
-            filter: filter_to_wire(filter),
-            after: after.map(key_to_wire),
+            filter: filter.clone(),
+            after,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         };
         let mut retry = Retry::new(inner.config.retry_window_ms);
@@ -146,7 +118,7 @@ impl Node {
                         let entries: Result<Vec<LedgerEntry>, _> =
                             entries.iter().map(|entry| serde_json::from_str(entry)).collect();
                         let entries = entries.map_err(|error| unavailable(format!("node {target}: {error}")))?;
-                        return Ok(Scan { entries, stopped_at: stopped_at.map(key_from_wire) });
+                        return Ok(Scan { entries, stopped_at });
                     }
                     Ok(Response::Refused(reason)) => return Err(unavailable(format!("node {target}: {reason}"))),
                     Ok(Response::NotHosted { leader }) => route.redirect(target, leader),
