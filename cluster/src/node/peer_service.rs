@@ -83,15 +83,16 @@ impl Handler for Service {
 /// The requests that move replicas and the map (`hosting`, `membership`):
 /// answered whether or not this node hosts the shard. `None` for the rest.
 async fn serve_hosting(inner: &Arc<Inner>, request: &Request) -> Option<Response> {
-    let node = Node { inner: Arc::clone(inner) };
+    // Made only for these requests: every Raft message passes here first.
+    let node = || Node { inner: Arc::clone(inner) };
     let done = |result: Result<(), String>| match result {
         Ok(()) => Response::AdminDone,
         Err(reason) => Response::Refused(reason),
     };
     Some(match request {
-        Request::Host { group } => done(node.host_shard(*group).await),
-        Request::Release { group, voters } => done(node.release_shard(*group, voters).await),
-        Request::Membership { group } => match node.membership_view(*group) {
+        Request::Host { group } => done(node().host_shard(*group).await),
+        Request::Release { group, voters } => done(node().release_shard(*group, voters).await),
+        Request::Membership { group } => match node().membership_view(*group) {
             Some(view) => Response::Membership(view),
             None => not_here(inner, *group, request),
         },
@@ -101,7 +102,7 @@ async fn serve_hosting(inner: &Arc<Inner>, request: &Request) -> Option<Response
             }
             let voters = voters.iter().copied().collect();
             let addrs = addrs.iter().cloned().collect();
-            match node.move_shard_releasing(*group, &voters, &addrs, *release).await {
+            match node().move_shard_releasing(*group, &voters, &addrs, *release).await {
                 Ok(changed) => Response::Moved { changed },
                 Err(error) => Response::Refused(error.to_string()),
             }
@@ -114,7 +115,7 @@ async fn serve_hosting(inner: &Arc<Inner>, request: &Request) -> Option<Response
             _ => not_here(inner, *group, request),
         },
         Request::LedgerScan { group, filter, after, limit } => match inner.route(*group) {
-            Some(Route::Local(_)) => answer_scan(&node, *group, filter, *after, *limit).await,
+            Some(Route::Local(_)) => answer_scan(&node(), *group, filter, *after, *limit).await,
             _ => not_here(inner, *group, request),
         },
         Request::Placement { shards, members, .. } => {
@@ -124,7 +125,7 @@ async fn serve_hosting(inner: &Arc<Inner>, request: &Request) -> Option<Response
                     .map(|(voters, leader)| ShardPlacement { voters: voters.clone(), preferred_leader: *leader })
                     .collect(),
             };
-            done(node.set_placement(placement, members))
+            done(node().set_placement(placement, members))
         }
         _ => return None,
     })
