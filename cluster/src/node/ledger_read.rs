@@ -13,8 +13,7 @@
 use std::sync::Arc;
 
 use super::Node;
-use super::retry::Retry;
-use super::route::Route;
+use super::route::{Asked, Route};
 use crate::ledger::{Ledger, LedgerEntry, LedgerFilter, LedgerKey, LedgerPage, Scan, merge_page};
 use crate::wire::{Request, Response};
 
@@ -109,32 +108,20 @@ impl Node {
             after,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         };
-        let mut retry = Retry::new(inner.config.retry_window_ms);
-        let mut last = "no node serves the shard".to_owned();
-        loop {
-            if let Some(target) = route.target(&inner.route_peers()) {
-                match inner.transport.call(target, &request, inner.rpc_timeout()).await {
-                    Ok(Response::LedgerScanned { entries, stopped_at }) => {
-                        let entries: Result<Vec<LedgerEntry>, _> =
-                            entries.iter().map(|entry| serde_json::from_str(entry)).collect();
-                        let entries = entries.map_err(|error| unavailable(format!("node {target}: {error}")))?;
-                        return Ok(Scan { entries, stopped_at });
-                    }
-                    Ok(Response::Refused(reason)) => return Err(unavailable(format!("node {target}: {reason}"))),
-                    Ok(Response::NotHosted { leader }) => route.redirect(target, leader),
-                    Ok(other) => {
-                        last = format!("node {target} answered {other:?}");
-                        route.forget(target);
-                    }
-                    Err(error) => {
-                        last = format!("node {target}: {error}");
-                        route.forget(target);
-                    }
-                }
+        let take = |answer| match answer {
+            Response::LedgerScanned { entries, stopped_at } => Ok((entries, stopped_at)),
+            other => Err(other),
+        };
+        match inner.ask_serving(route, &request, take).await {
+            Asked::Answered { node, value: (entries, stopped_at) } => {
+                let entries: Result<Vec<LedgerEntry>, _> =
+                    entries.iter().map(|entry| serde_json::from_str(entry)).collect();
+                let entries = entries.map_err(|error| unavailable(format!("node {node}: {error}")))?;
+                Ok(Scan { entries, stopped_at })
             }
-            if !retry.pause().await {
-                return Err(unavailable(last));
-            }
+            Asked::Refused { node, reason } => Err(unavailable(format!("node {node}: {reason}"))),
+            Asked::ShuttingDown => Err(unavailable("this node is shutting down".into())),
+            Asked::Unavailable { last } => Err(unavailable(last)),
         }
     }
 }

@@ -19,7 +19,7 @@ use engine::state::ShardStats;
 use openraft::ReadPolicy;
 
 use super::retry::Retry;
-use super::route::{Route, ShardRoute};
+use super::route::{Asked, Route, ShardRoute};
 use super::start::shard_dir;
 use super::{BackupView, Group, Node, Stale};
 use crate::error::ReadError;
@@ -84,25 +84,18 @@ impl Node {
         let inner = &self.inner;
         let linearizable = consistency == Consistency::Linearizable;
         let request = Request::Query { group: shard, linearizable, query };
-        let mut retry = Retry::new(inner.config.retry_window_ms);
-        loop {
-            if inner.shut_down.load(Ordering::Acquire) {
-                return Err(ReadError::ShuttingDown);
+        let take = |answer| match answer {
+            Response::Answered(answer) => Ok(*answer),
+            other => Err(other),
+        };
+        match inner.ask_serving(route, &request, take).await {
+            Asked::Answered { value, .. } => Ok(value),
+            Asked::Refused { node, reason } => {
+                Err(ReadError::Invalid(format!("node {node} refused the query: {reason}")))
             }
-            if let Some(target) = route.target(&inner.route_peers()) {
-                match inner.transport.call(target, &request, inner.rpc_timeout()).await {
-                    Ok(Response::Answered(answer)) => return Ok(*answer),
-                    Ok(Response::NotHosted { leader } | Response::NotLeader { leader }) => {
-                        route.redirect(target, leader);
-                    }
-                    Ok(Response::Refused(reason)) => {
-                        return Err(ReadError::Invalid(format!("node {target} refused the query: {reason}")));
-                    }
-                    Ok(_) | Err(_) => route.forget(target),
-                }
-            }
-            if !retry.pause().await {
-                return Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms });
+            Asked::ShuttingDown => Err(ReadError::ShuttingDown),
+            Asked::Unavailable { .. } => {
+                Err(ReadError::Unavailable { shard, retry_after_ms: inner.config.election_timeout_max_ms })
             }
         }
     }

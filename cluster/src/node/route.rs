@@ -20,9 +20,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use super::retry::Retry;
 use super::{Group, Inner};
 use crate::forwarder::{ForwardError, Forwarder};
 use crate::raft_types::NodeId;
+use crate::wire::{Request, Response};
 
 /// One shard's route from this node.
 pub(super) struct ShardRoute {
@@ -37,6 +39,14 @@ pub(super) struct ShardRoute {
     leader_hint: AtomicU64,
     /// Where the round of peers goes on when no hint helps.
     next_peer: AtomicUsize,
+}
+
+/// How `Inner::ask_serving` ended.
+pub(super) enum Asked<T> {
+    Answered { node: NodeId, value: T },
+    Refused { node: NodeId, reason: String },
+    ShuttingDown,
+    Unavailable { last: String },
 }
 
 /// How this node serves one shard.
@@ -134,6 +144,49 @@ impl Inner {
         match self.group(shard) {
             Some(group) if route.is_hosted() && !group.excluded.load(Ordering::Acquire) => Some(Route::Local(group)),
             _ => Some(Route::Remote(route)),
+        }
+    }
+
+    /// Sends `request` to the nodes that serve a shard, through its `route`:
+    /// the node asked next (`ShardRoute::target`), then the one its
+    /// `NotHosted`/`NotLeader` answer names, and another after a failure,
+    /// within the retry window. Ends with the first answer `take` accepts
+    /// (it hands back the others), a refusal, this node shutting down, or
+    /// the window's end (with what the last failure was).
+    pub(super) async fn ask_serving<T>(
+        &self,
+        route: &ShardRoute,
+        request: &Request,
+        take: impl Fn(Response) -> Result<T, Response>,
+    ) -> Asked<T> {
+        let mut retry = Retry::new(self.config.retry_window_ms);
+        let mut last = "no node serves the shard".to_owned();
+        loop {
+            if self.shut_down.load(Ordering::Acquire) {
+                return Asked::ShuttingDown;
+            }
+            if let Some(target) = route.target(&self.route_peers()) {
+                match self.transport.call(target, request, self.rpc_timeout()).await {
+                    Ok(Response::NotHosted { leader } | Response::NotLeader { leader }) => {
+                        route.redirect(target, leader);
+                    }
+                    Ok(Response::Refused(reason)) => return Asked::Refused { node: target, reason },
+                    Ok(answer) => match take(answer) {
+                        Ok(value) => return Asked::Answered { node: target, value },
+                        Err(other) => {
+                            last = format!("node {target} answered {other:?}");
+                            route.forget(target);
+                        }
+                    },
+                    Err(error) => {
+                        last = format!("node {target}: {error}");
+                        route.forget(target);
+                    }
+                }
+            }
+            if !retry.pause().await {
+                return Asked::Unavailable { last };
+            }
         }
     }
 
